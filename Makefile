@@ -1,0 +1,199 @@
+# kvscope — GNU make. Out-of-tree build in $(BUILD); `make V=1` shows commands.
+#   make               build kvscope (CPU engine always; CUDA/CUPTI when found)
+#   make run           set up, get the model, build, start kvscope on the default model
+#   make test          set up, build, run every test (unit, reference, TUI, fuzz)
+#   make bench         benchmarks, each with a baseline measured in the same run
+#   make check-deps    module boundaries of DESIGN.md §2
+#   make check-gpu     CPU<->CUDA comparisons (needs an NVIDIA GPU)
+#   make model         fetch the default model (SmolLM2-135M-Instruct Q4_1) into models/
+#   make install       binary and man pages under $(PREFIX)
+
+BUILD ?= build
+PREFIX ?= /usr/local
+USE_CUDA ?= auto
+USE_CUPTI ?= auto
+SAN ?=
+MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+ARCHFLAGS ?= -march=native
+WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow=local -Wstrict-prototypes
+ifeq ($(CI),true)
+WARN += -Werror
+endif
+CPPFLAGS_ALL := -Iengine -Itraces -Iviews -Ikernels -D_GNU_SOURCE -DKVS_BUILD_DIR='"$(abspath $(BUILD))"'
+DEPFLAGS := -MMD -MP
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
+LDLIBS_ALL := -lopenblas -llapacke -lz -lncursesw -ldl -lm -pthread
+
+ifneq ($(SAN),)
+CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+# ---- CUDA and CUPTI detection (one line each) ----
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ( [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc ))
+CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
+HAVE_CUDA := no
+ifneq ($(USE_CUDA),no)
+ifneq ($(NVCC),)
+ifneq ($(wildcard $(CUDA_HOME)/include/cublas_v2.h),)
+ifneq ($(wildcard $(CUDA_HOME)/include/cusolverDn.h),)
+HAVE_CUDA := yes
+endif
+endif
+endif
+endif
+ifeq ($(USE_CUDA),yes)
+ifneq ($(HAVE_CUDA),yes)
+$(error USE_CUDA=yes but nvcc, cuBLAS or cuSOLVER headers were not found under $(CUDA_HOME))
+endif
+endif
+CUPTI_INC := $(firstword $(wildcard $(CUDA_HOME)/include/cupti.h $(CUDA_HOME)/extras/CUPTI/include/cupti.h))
+HAVE_CUPTI := no
+ifneq ($(USE_CUPTI),no)
+ifneq ($(CUPTI_INC),)
+HAVE_CUPTI := yes
+endif
+endif
+ifeq ($(USE_CUPTI),yes)
+ifneq ($(HAVE_CUPTI),yes)
+$(error USE_CUPTI=yes but cupti.h was not found under $(CUDA_HOME))
+endif
+endif
+
+ifeq ($(MAKELEVEL),0)
+ifeq ($(filter clean model setup,$(MAKECMDGOALS)),)
+ifeq ($(HAVE_CUDA),yes)
+$(info ✓ CUDA: $(NVCC) (backend built as $(BUILD)/libkvscope_cuda.so, loaded at run time))
+else
+$(info ✗ CUDA: not built (USE_CUDA=$(USE_CUDA); nvcc/cuBLAS/cuSOLVER not found))
+endif
+ifeq ($(HAVE_CUPTI),yes)
+$(info ✓ CUPTI: $(CUPTI_INC) (libcupti loaded at run time))
+else
+$(info ✗ CUPTI: not built (USE_CUPTI=$(USE_CUPTI); cupti.h not found))
+endif
+endif
+endif
+
+ifeq ($(HAVE_CUPTI),yes)
+CPPFLAGS_ALL += -DKVS_HAVE_CUPTI -I$(dir $(CUPTI_INC))
+endif
+ifeq ($(HAVE_CUDA),yes)
+CPPFLAGS_ALL += -DKVS_HAVE_CUDA
+endif
+
+ALL_CFLAGS = -std=gnu11 $(WARN) $(ARCHFLAGS) $(CFLAGS) $(BLAS_CFLAGS) $(CPPFLAGS_ALL) $(CPPFLAGS) -pthread $(DEPFLAGS)
+
+ENGINE_SRC := $(wildcard engine/*.c)
+TRACES_SRC := $(wildcard traces/*.c)
+VIEWS_SRC := $(wildcard views/*.c)
+APP_SRC := $(wildcard app/*.c)
+TESTLIB_SRC := $(wildcard tests/lib/*.c)
+TEST_SRC := $(wildcard tests/test_*.c)
+CUDA_SRC := $(wildcard kernels/*.cu)
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+ENGINE_LIB := $(BUILD)/libkvs_engine.a
+TRACES_LIB := $(BUILD)/libkvs_traces.a
+VIEWS_LIB := $(BUILD)/libkvs_views.a
+TESTLIB := $(BUILD)/libkvs_testlib.a
+BIN := $(BUILD)/kvscope
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+CUDA_SO := $(BUILD)/libkvscope_cuda.so
+LIBS := $(VIEWS_LIB) $(TRACES_LIB) $(ENGINE_LIB)
+
+.PHONY: all run test test-only tests check-deps check-gpu bench model setup install clean fuzz asan
+all: $(BIN) $(if $(filter yes,$(HAVE_CUDA)),$(CUDA_SO))
+	$(Q)ln -sf $(BIN) kvscope
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(ENGINE_LIB): $(call obj,$(ENGINE_SRC))
+$(TRACES_LIB): $(call obj,$(TRACES_SRC))
+$(VIEWS_LIB): $(call obj,$(VIEWS_SRC))
+$(TESTLIB): $(call obj,$(TESTLIB_SRC))
+$(BUILD)/%.a:
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BIN): $(call obj,$(APP_SRC)) $(LIBS)
+	$(if $(Q),@echo "  LINK    $@")
+	$(Q)$(CC) $(ARCHFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(call obj,$(APP_SRC)) $(LIBS) $(LDLIBS_ALL)
+
+$(BUILD)/tests/%: tests/%.c $(TESTLIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  TEST    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -Itests/lib -o $@ $< $(TESTLIB) $(LIBS) $(LDFLAGS) $(LDLIBS_ALL)
+
+# ---- CUDA backend: a shared object the engine dlopens, so kvscope starts without CUDA ----
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVCCFLAGS ?= -O3 -lineinfo
+NVCC_WARN := -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC -Werror all-warnings
+$(BUILD)/kernels/%.o: kernels/%.cu kernels/kernels.h
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  NVCC    $<")
+	$(Q)$(NVCC) $(CUDA_ARCH) $(NVCCFLAGS) $(NVCC_WARN) -std=c++17 -Ikernels -Iengine -c $< -o $@
+$(CUDA_SO): $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_SRC))
+	$(if $(Q),@echo "  LINK    $@")
+	$(Q)$(NVCC) -shared $(CUDA_ARCH) -o $@ $^ -lcublas -lcusolver -lcudart
+
+tests: $(TEST_BINS) $(BIN)
+
+# ---- set-up: Debian packages, Python reference tools, the model ----
+setup:
+	@scripts/setup.sh
+model: $(MODEL)
+$(MODEL):
+	@scripts/get-model.sh $(MODEL)
+
+run: setup
+	@$(MAKE) --no-print-directory model all
+	./kvscope run -m $(MODEL) $(ARGS)
+
+test: setup
+	@$(MAKE) --no-print-directory model
+	@$(MAKE) --no-print-directory test-only
+
+test-only: all tests
+	@tests/run.sh $(BUILD)
+
+fuzz:
+	@tests/fuzz.sh $(BUILD) $(or $(FUZZ_SECONDS),60)
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan SAN=1 USE_CUDA=no tests
+
+check-deps:
+	@scripts/check-deps.sh
+
+check-gpu: all tests
+	@tests/check-gpu.sh $(BUILD)
+
+bench: all
+	@$(MAKE) --no-print-directory model
+	@tests/bench.sh $(BUILD) $(MODEL)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/kvscope
+	$(if $(filter yes,$(HAVE_CUDA)),install -d $(DESTDIR)$(PREFIX)/lib/kvscope && install -m 644 $(CUDA_SO) $(DESTDIR)$(PREFIX)/lib/kvscope/)
+	install -m 644 man/kvscope.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 man/kvscope-trace.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+
+clean:
+	rm -rf $(BUILD) kvscope
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,51 @@
+/* Common definitions shared by every module of kvscope: status codes and small helpers.
+ * Depends on libc only; never prints, never exits. */
+#ifndef KVS_H
+#define KVS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define KVS_VERSION "0.1.0"
+
+enum kvs_status {
+    KVS_OK = 0,
+    KVS_ERR_IO = -1,          /* open/read/mmap/write failed */
+    KVS_ERR_FORMAT = -2,      /* malformed input bytes */
+    KVS_ERR_UNSUPPORTED = -3, /* valid input we cannot handle (arch, tensor type, version) */
+    KVS_ERR_NOMEM = -4,
+    KVS_ERR_ARG = -5,         /* bad argument or option value */
+    KVS_ERR_STATE = -6,       /* call not valid in the current state */
+    KVS_ERR_BACKEND = -7,     /* backend (CUDA, BLAS) failure */
+    KVS_ERR_LIMIT = -8,       /* a capacity limit was reached (context full, …) */
+};
+
+/* Returns a static string naming the status; never NULL. */
+const char *kvs_status_str(enum kvs_status s);
+
+/* Overflow-safe size arithmetic: return false on overflow, leaving *out untouched. */
+static inline bool kvs_mul_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    if (a != 0 && b > UINT64_MAX / a) return false;
+    *out = a * b;
+    return true;
+}
+static inline bool kvs_add_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    if (b > UINT64_MAX - a) return false;
+    *out = a + b;
+    return true;
+}
+
+/* Monotonic clock in nanoseconds. */
+uint64_t kvs_now_ns(void);
+
+/* printf-style formatting into a fixed error buffer (truncates, always NUL-terminates). */
+void kvs_seterr(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+#define KVS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define KVS_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define KVS_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

@@ -1,0 +1,99 @@
+/* KV-cache methods ("presses", DESIGN.md §5) on one interface. The forward pass hands each layer's
+ * new tokens to the press and asks it for attention; the press owns all cache memory and counts
+ * its bytes. Depends on engine/model.h, engine/record.h. */
+#ifndef KVS_PRESS_H
+#define KVS_PRESS_H
+
+#include "model.h"
+#include "record.h"
+
+enum kvs_method_bit {
+    KVS_M_FULL = 1u << 0,
+    KVS_M_COMMONKV = 1u << 1,
+    KVS_M_LOWRANK = 1u << 2,
+    KVS_M_MINICACHE = 1u << 3,
+    KVS_M_QUANT = 1u << 4,
+    KVS_M_SNAPKV = 1u << 5,
+    KVS_M_STREAMING = 1u << 6,
+};
+
+enum kvs_sim_mode { KVS_SIM_FIRST_LAST = 0, KVS_SIM_ADJ_MEAN = 1 };
+enum kvs_merge_weights { KVS_MERGE_UNIFORM = 0, KVS_MERGE_SENSITIVITY = 1 };
+
+struct kvs_method_config {
+    char spec[64];          /* as given, e.g. "commonkv+quant+snapkv" */
+    uint32_t methods;       /* kvs_method_bit mask */
+    float target_cr;        /* fraction of full fp16 KV bytes removed; <0: unset */
+    /* commonkv / lowrank */
+    uint32_t group_size;    /* G, default 4 */
+    float rank_ratio;       /* rank = ratio * D when rank == 0; 0: derived from target_cr */
+    uint32_t rank;          /* explicit rank per group; 0: use rank_ratio */
+    uint32_t sinks, recent; /* never merged: first SINKS, last RECENT tokens (4, 128) */
+    uint32_t sim_mode;      /* enum kvs_sim_mode */
+    uint32_t merge_weights; /* enum kvs_merge_weights */
+    bool whiten;
+    bool rank_by_similarity;
+    /* quant */
+    uint32_t quant_bits;    /* 2, 4, 8 */
+    uint32_t quant_group;   /* elements per quantization group (32) */
+    uint32_t quant_residual;/* fp16 recent tokens (128) */
+    /* snapkv */
+    uint32_t snap_capacity; /* tokens kept per layer (or per (group, token) slot) */
+    uint32_t snap_window;   /* observation window (32) */
+    uint32_t snap_kernel;   /* pooling kernel (7) */
+    /* streaming */
+    uint32_t stream_sinks, stream_window;
+    /* minicache */
+    uint32_t mc_start_layer; /* 0: n_layer/2 */
+    float mc_t, mc_threshold;
+    /* where offline factors are cached ("" disables the cache) */
+    char cache_dir[256];
+};
+
+/* Fills C with defaults for the method SPEC ("full", "commonkv+quant", …). Returns KVS_ERR_ARG with
+ * a message in err for an unknown method name. */
+enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, char *err, size_t errlen);
+
+/* Flags a press sets to tell the forward pass what it needs computed. */
+enum { KVS_PRESS_NEEDS_KV = 1u << 0, KVS_PRESS_NEEDS_XN = 1u << 1 };
+
+struct kvs_press;
+
+struct kvs_press_ops {
+    const char *name;
+    /* Stores T new tokens of LAYER. pos: (T) absolute positions; xn: (T, D) the layer's normed
+     * input; k: (T, n_kv*d) keys after RoPE (NULL unless NEEDS_KV); v: (T, n_kv*d) values. */
+    enum kvs_status (*store)(struct kvs_press *p, int layer, int T, const int32_t *pos,
+                             const float *xn, const float *k, const float *v);
+    /* Attention of T query tokens (already stored) of LAYER: q: (T, n_head*d) after RoPE;
+     * out: (T, n_head*d). Token i sees cached tokens with position <= pos[i]. */
+    enum kvs_status (*attend)(struct kvs_press *p, int layer, int T, const int32_t *pos,
+                              const float *q, float *out);
+    /* Called once all layers processed a step (merging, eviction, quantization happen here). */
+    enum kvs_status (*end_step)(struct kvs_press *p, int n_ctx);
+    /* Fills the cache fields of a step record (bytes, kept, budgets, similarity). */
+    void (*fill_record)(const struct kvs_press *p, struct kvs_rec_step *rec);
+    /* Forgets every token (new sequence); keeps factors. */
+    void (*reset)(struct kvs_press *p);
+    void (*destroy)(struct kvs_press *p);
+};
+
+struct kvs_press {
+    const struct kvs_press_ops *ops;
+    const struct kvs_model *model;
+    struct kvs_method_config cfg;
+    uint32_t needs;                 /* KVS_PRESS_NEEDS_* */
+    struct kvs_op_counter *ops_ctr; /* the context's counters (KVS_OP_COUNT), may be NULL */
+    char err[256];
+};
+
+/* Creates the press for CFG over MODEL with room for N_CTX_MAX tokens. May run offline work
+ * (SVD factorization), reporting progress through PROGRESS (may be NULL). On failure returns an
+ * error with a message in err and *out stays NULL. Free with kvs_press_delete. */
+typedef void (*kvs_progress_fn)(void *ctx, const char *what, float frac);
+enum kvs_status kvs_press_new(struct kvs_press **out, const struct kvs_model *model,
+                              const struct kvs_method_config *cfg, int n_ctx_max,
+                              kvs_progress_fn progress, void *progress_ctx, char *err, size_t errlen);
+void kvs_press_delete(struct kvs_press *p);
+
+#endif
