@@ -1,0 +1,62 @@
+/* The forward pass: a context runs tokens of a model through a press (the KV-cache method) on the
+ * CPU backend, with internal op counters. Depends on engine/model.h, engine/press.h, threads. */
+#ifndef KVS_INFER_H
+#define KVS_INFER_H
+
+#include "press.h"
+#include "threads.h"
+
+struct kvs_ctx_params {
+    int n_ctx;          /* max tokens (positions) */
+    int n_batch;        /* prefill chunk size; kvs_ctx_eval splits longer inputs */
+    int n_threads;      /* <= 0: online cores */
+};
+void kvs_ctx_params_default(struct kvs_ctx_params *p);
+
+struct kvs_ctx;
+
+/* Creates a context over MODEL using PRESS (neither owned; both must outlive the context).
+ * Returns an error with a message in err on failure. Free with kvs_ctx_delete. */
+enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model, struct kvs_press *press,
+                            const struct kvs_ctx_params *p, char *err, size_t errlen);
+void kvs_ctx_delete(struct kvs_ctx *c);
+
+/* Runs N tokens at positions n_past .. n_past+N-1, in chunks of at most n_batch; the press's
+ * end_step runs after every chunk. LOGITS: NULL, or room for (N, n_vocab) floats to receive every
+ * token's logits (teacher forcing). The last token's logits are always kept (kvs_ctx_logits).
+ * Returns KVS_ERR_LIMIT when n_past+N exceeds n_ctx; message in kvs_ctx_error. */
+enum kvs_status kvs_ctx_eval(struct kvs_ctx *c, const int32_t *tokens, int n, float *logits);
+
+/* Last evaluated token's logits (n_vocab floats), valid until the next eval/reset. */
+const float *kvs_ctx_logits(const struct kvs_ctx *c);
+int kvs_ctx_n_past(const struct kvs_ctx *c);
+/* Forgets all tokens (press reset too); counters are kept. */
+void kvs_ctx_reset(struct kvs_ctx *c);
+/* The context's op counters (KVS_OP_COUNT entries), cumulative; the caller may zero them. */
+struct kvs_op_counter *kvs_ctx_counters(struct kvs_ctx *c);
+struct kvs_pool *kvs_ctx_pool(struct kvs_ctx *c);
+const char *kvs_ctx_error(const struct kvs_ctx *c);
+
+/* Optional observer called for every layer of every chunk (similarity evidence, calibration).
+ * x: (T, D) residual stream entering the layer; xn: (T, D) after attn RMSNorm; k: (T, n_kv*d) keys
+ * before RoPE (always computed while a hook is set). Pointers are valid during the call only. */
+typedef void (*kvs_layer_hook)(void *ud, int layer, int T, const int32_t *pos,
+                               const float *x, const float *xn, const float *k);
+void kvs_ctx_set_hook(struct kvs_ctx *c, kvs_layer_hook fn, void *ud);
+
+/* Sampling: greedy when temp <= 0, else temperature + nucleus (top_p) with a xorshift RNG state. */
+int32_t kvs_sample(const float *logits, int n_vocab, float temp, float top_p, uint64_t *rng);
+/* log softmax of logits at ID. */
+float kvs_logprob(const float *logits, int n_vocab, int32_t id);
+
+/* Building blocks shared with the presses and the CUDA twin (reference implementations). */
+void kvs_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+/* Rotates N_HEADS heads of width HEAD_DIM at position POS in place. FREQS: (head_dim/2) inverse
+ * frequencies (llama3 scaling already applied); NEOX: pairs (i, i+d/2) instead of (2i, 2i+1). */
+void kvs_cpu_rope(float *x, int n_heads, int head_dim, int32_t pos, const float *freqs, bool neox);
+/* Inverse frequencies for the model (head_dim/2 floats, malloc'd; caller frees). */
+float *kvs_rope_freqs(const struct kvs_hparams *hp);
+/* Y (T, rows) = X (T, cols) · Wᵀ for a quantized or float weight; threads over rows. */
+void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T);
+
+#endif
