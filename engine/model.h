@@ -25,6 +25,7 @@ struct kvs_hparams {
     /* llama3 RoPE frequency scaling (factor 0: none) */
     float rope_scale_factor, rope_low_freq, rope_high_freq;
     uint32_t rope_orig_ctx;
+    const float *rope_factors; /* optional (head_dim/2) frequency divisors (rope_freqs.weight) */
 };
 
 /* A weight matrix of ROWS rows (outputs) by COLS (inputs), each row contiguous in TYPE. */
@@ -39,7 +40,6 @@ struct kvs_layer {
     const float *attn_norm; /* (D) */
     struct kvs_weight wq, wk, wv, wo;   /* (n_head*d, D), (n_kv*d, D), (n_kv*d, D), (D, n_head*d) */
     const float *bq, *bk, *bv;          /* optional biases (qwen2), fp32 */
-    float *bias_buf;                    /* owned storage when biases were converted */
     const float *ffn_norm;  /* (D) */
     struct kvs_weight w_gate, w_up, w_down; /* (n_ff, D), (n_ff, D), (D, n_ff) */
 };
@@ -53,7 +53,7 @@ struct kvs_model {
     struct kvs_weight output;    /* (n_vocab, D); tok_embd when tied */
     struct kvs_layer *layers;    /* n_layer */
     struct kvs_tokenizer *tok;
-    float *f32_buf;              /* owned fp32 copies of norm vectors stored as f16/bf16 */
+    float *f32_buf;              /* owned fp32 copies of vectors stored as f16/bf16 */
     uint64_t file_bytes;
 };
 

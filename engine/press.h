@@ -58,6 +58,7 @@ enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, 
 enum { KVS_PRESS_NEEDS_KV = 1u << 0, KVS_PRESS_NEEDS_XN = 1u << 1 };
 
 struct kvs_press;
+struct kvs_pool;
 
 struct kvs_press_ops {
     const char *name;
@@ -84,6 +85,7 @@ struct kvs_press {
     struct kvs_method_config cfg;
     uint32_t needs;                 /* KVS_PRESS_NEEDS_* */
     struct kvs_op_counter *ops_ctr; /* the context's counters (KVS_OP_COUNT), may be NULL */
+    struct kvs_pool *pool;          /* the context's thread pool (set by kvs_ctx_new), may be NULL */
     char err[256];
 };
 

@@ -1,0 +1,440 @@
+/* CPU forward pass (the oracle): embeddings, RMSNorm, RoPE, grouped-query attention through the
+ * press, SwiGLU, output head; prefill in chunks, decode one token at a time; sampling.
+ * Depends on model, quant, press, threads and OpenBLAS; never on curses or CUDA. */
+#include "infer.h"
+#include "quant.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct kvs_ctx {
+    const struct kvs_model *m;
+    struct kvs_press *press;
+    struct kvs_ctx_params p;
+    struct kvs_pool *pool;
+    float *freqs;               /* (head_dim/2) */
+    int n_past;
+    /* scratch for one chunk of at most n_batch tokens */
+    float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up; /* (B,D) (B,D) (B,dq) (B,dkv) (B,dkv) (B,dq) (B,D) (B,F) (B,F) */
+    int32_t *pos;               /* (B) */
+    float *logits;              /* (n_vocab) last token */
+    struct kvs_op_counter ctr[KVS_OP_COUNT];
+    kvs_layer_hook hook;
+    void *hook_ud;
+    char err[256];
+};
+
+void kvs_ctx_params_default(struct kvs_ctx_params *p)
+{
+    p->n_ctx = 4096;
+    p->n_batch = 256;
+    p->n_threads = 0;
+}
+
+/* ---------------------------------------------------------------- building blocks */
+
+void kvs_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+float *kvs_rope_freqs(const struct kvs_hparams *hp)
+{
+    int half = (int)hp->head_dim / 2;
+    float *f = malloc((size_t)half * sizeof(float));
+    if (!f) return NULL;
+    for (int i = 0; i < half; i++) {
+        double inv = pow((double)hp->rope_theta, -2.0 * i / (double)hp->head_dim);
+        if (hp->rope_scale_factor > 0) {
+            double factor = hp->rope_scale_factor;
+            if (hp->rope_low_freq == 0 && hp->rope_high_freq == 0) {
+                inv /= factor; /* linear */
+            } else {
+                double orig = hp->rope_orig_ctx ? hp->rope_orig_ctx : 8192;
+                double wavelen = 2 * M_PI / inv;
+                double low_wl = orig / hp->rope_low_freq, high_wl = orig / hp->rope_high_freq;
+                if (wavelen < high_wl) {
+                    /* high frequencies unchanged */
+                } else if (wavelen > low_wl) {
+                    inv /= factor;
+                } else {
+                    double smooth = (orig / wavelen - hp->rope_low_freq) / (hp->rope_high_freq - hp->rope_low_freq);
+                    inv = (1 - smooth) * inv / factor + smooth * inv;
+                }
+            }
+        }
+        if (hp->rope_factors) inv /= hp->rope_factors[i];
+        f[i] = (float)inv;
+    }
+    return f;
+}
+
+void kvs_cpu_rope(float *x, int n_heads, int head_dim, int32_t pos, const float *freqs, bool neox)
+{
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double ang = (double)pos * freqs[i];
+        float c = (float)cos(ang), s = (float)sin(ang);
+        for (int h = 0; h < n_heads; h++) {
+            float *hx = x + (size_t)h * head_dim;
+            int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+            float x0 = hx[a], x1 = hx[b];
+            hx[a] = x0 * c - x1 * s;
+            hx[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- matrix products */
+
+#define MM_VEC_MAX 4     /* up to this many tokens use quantized dots, beyond it dequant + sgemm */
+#define MM_TILE 32       /* weight rows dequantized at once for sgemm */
+
+struct mm_job {
+    const struct kvs_weight *w;
+    const float *x;
+    float *y;
+    int T;
+    struct kvs_qvec *qx;
+};
+
+static __thread float *tls_tile;
+static __thread size_t tls_tile_cap;
+
+static void mm_vec_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    const struct mm_job *j = ctx;
+    const uint8_t *base = j->w->data;
+    for (int64_t r = b; r < e; r++) {
+        const void *row = base + (uint64_t)r * j->w->row_bytes;
+        for (int t = 0; t < j->T; t++) j->y[(int64_t)t * j->w->rows + r] = kvs_vec_dot(j->w->type, row, &j->qx[t]);
+    }
+}
+
+static void mm_gemm_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    const struct mm_job *j = ctx;
+    const struct kvs_weight *w = j->w;
+    int64_t cols = w->cols;
+    for (int64_t r0 = b; r0 < e; r0 += MM_TILE) {
+        int64_t nr = KVS_MIN(MM_TILE, e - r0);
+        const float *tile;
+        if (w->type == KVS_GGML_F32) {
+            tile = (const float *)w->data + r0 * cols;
+        } else {
+            size_t need = (size_t)(nr * cols);
+            if (need > tls_tile_cap) {
+                float *nt = realloc(tls_tile, need * sizeof(float));
+                if (!nt) abort(); /* scratch of a few hundred KiB; nothing sensible to do without it */
+                tls_tile = nt;
+                tls_tile_cap = need;
+            }
+            for (int64_t r = 0; r < nr; r++) kvs_weight_row_f32(w, r0 + r, tls_tile + r * cols);
+            tile = tls_tile;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, (int)nr, (int)cols, 1.0f, j->x, (int)cols, tile,
+                    (int)cols, 0.0f, j->y + r0, (int)w->rows);
+    }
+}
+
+static __thread struct kvs_qvec tls_q[MM_VEC_MAX];
+
+void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T)
+{
+    struct mm_job j = {.w = w, .x = x, .y = y, .T = T, .qx = tls_q};
+    if (T <= MM_VEC_MAX) {
+        for (int t = 0; t < T; t++)
+            if (kvs_quant_prepare(&tls_q[t], w->type, x + (int64_t)t * w->cols, w->cols) != KVS_OK) abort();
+        kvs_pool_for(pool, w->rows, mm_vec_range, &j);
+    } else {
+        /* each thread takes a contiguous row range, so no tile is dequantized twice */
+        kvs_pool_for(pool, w->rows, mm_gemm_range, &j);
+    }
+}
+
+/* ---------------------------------------------------------------- context */
+
+static void ctr_add(struct kvs_ctx *c, enum kvs_op op, uint64_t t0, uint64_t bytes, uint64_t flops)
+{
+    struct kvs_op_counter *k = &c->ctr[op];
+    k->ns += kvs_now_ns() - t0;
+    k->bytes += bytes;
+    k->flops += flops;
+    k->calls++;
+}
+
+enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model, struct kvs_press *press,
+                            const struct kvs_ctx_params *p, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (p->n_ctx <= 0 || p->n_ctx > (1 << 24) || p->n_batch <= 0 || p->n_batch > 65536) {
+        kvs_seterr(err, errlen, "context %d / batch %d out of range", p->n_ctx, p->n_batch);
+        return KVS_ERR_ARG;
+    }
+    struct kvs_ctx *c = calloc(1, sizeof *c);
+    if (!c) goto oom;
+    c->m = model;
+    c->press = press;
+    c->p = *p;
+    openblas_set_num_threads(1); /* we thread over rows ourselves */
+    c->pool = kvs_pool_new(p->n_threads);
+    c->freqs = kvs_rope_freqs(&model->hp);
+    const struct kvs_hparams *hp = &model->hp;
+    size_t B = (size_t)p->n_batch, D = hp->n_embd, dq = (size_t)hp->n_head * hp->head_dim;
+    size_t dkv = (size_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    c->x = malloc(B * D * sizeof(float));
+    c->xn = malloc(B * D * sizeof(float));
+    c->q = malloc(B * dq * sizeof(float));
+    c->k = malloc(B * dkv * sizeof(float));
+    c->v = malloc(B * dkv * sizeof(float));
+    c->att = malloc(B * dq * sizeof(float));
+    c->tmp = malloc(B * D * sizeof(float));
+    c->gate = malloc(B * F * sizeof(float));
+    c->up = malloc(B * F * sizeof(float));
+    c->pos = malloc(B * sizeof(int32_t));
+    c->logits = calloc(hp->n_vocab, sizeof(float));
+    if (!c->pool || !c->freqs || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->tmp || !c->gate ||
+        !c->up || !c->pos || !c->logits)
+        goto oom;
+    if (press) {
+        press->ops_ctr = c->ctr;
+        press->pool = c->pool;
+    }
+    *out = c;
+    return KVS_OK;
+oom:
+    kvs_ctx_delete(c);
+    kvs_seterr(err, errlen, "out of memory for a context of %d tokens (batch %d)", p->n_ctx, p->n_batch);
+    return KVS_ERR_NOMEM;
+}
+
+void kvs_ctx_delete(struct kvs_ctx *c)
+{
+    if (!c) return;
+    kvs_pool_delete(c->pool);
+    free(c->freqs);
+    free(c->x); free(c->xn); free(c->q); free(c->k); free(c->v);
+    free(c->att); free(c->tmp); free(c->gate); free(c->up);
+    free(c->pos); free(c->logits);
+    free(c);
+}
+
+const float *kvs_ctx_logits(const struct kvs_ctx *c) { return c->logits; }
+int kvs_ctx_n_past(const struct kvs_ctx *c) { return c->n_past; }
+struct kvs_op_counter *kvs_ctx_counters(struct kvs_ctx *c) { return c->ctr; }
+struct kvs_pool *kvs_ctx_pool(struct kvs_ctx *c) { return c->pool; }
+const char *kvs_ctx_error(const struct kvs_ctx *c) { return c->err; }
+
+void kvs_ctx_set_hook(struct kvs_ctx *c, kvs_layer_hook fn, void *ud)
+{
+    c->hook = fn;
+    c->hook_ud = ud;
+}
+
+void kvs_ctx_reset(struct kvs_ctx *c)
+{
+    c->n_past = 0;
+    if (c->press && c->press->ops->reset) c->press->ops->reset(c->press);
+}
+
+static void matmul_ctr(struct kvs_ctx *c, const struct kvs_weight *w, const float *x, float *y, int T)
+{
+    uint64_t t0 = kvs_now_ns();
+    kvs_cpu_matmul(c->pool, w, x, y, T);
+    ctr_add(c, KVS_OP_MATMUL, t0, (uint64_t)w->rows * w->row_bytes + (uint64_t)T * (w->cols + w->rows) * 4,
+            2ull * T * w->rows * w->cols);
+}
+
+static void add_bias(float *y, const float *b, int T, int n)
+{
+    if (!b) return;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+}
+
+static void silu_mul(float *g, const float *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* One chunk of T <= n_batch tokens. */
+static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int T, float *logits_all)
+{
+    const struct kvs_model *m = c->m;
+    const struct kvs_hparams *hp = &m->hp;
+    const int D = (int)hp->n_embd, d = (int)hp->head_dim, nh = (int)hp->n_head, nkv = (int)hp->n_head_kv;
+    const int dq = nh * d, dkv = nkv * d, F = (int)hp->n_ff, V = (int)hp->n_vocab;
+    struct kvs_press *pr = c->press;
+    bool need_kv = !pr || (pr->needs & KVS_PRESS_NEEDS_KV) || c->hook;
+    for (int t = 0; t < T; t++) {
+        if (tokens[t] < 0 || tokens[t] >= V) {
+            kvs_seterr(c->err, sizeof c->err, "token id %d out of range (vocabulary %d)", tokens[t], V);
+            return KVS_ERR_ARG;
+        }
+        c->pos[t] = c->n_past + t;
+        kvs_weight_row_f32(&m->tok_embd, tokens[t], c->x + (size_t)t * D);
+    }
+    for (int l = 0; l < (int)hp->n_layer; l++) {
+        const struct kvs_layer *ly = &m->layers[l];
+        uint64_t t0 = kvs_now_ns();
+        for (int t = 0; t < T; t++)
+            kvs_cpu_rmsnorm(c->xn + (size_t)t * D, c->x + (size_t)t * D, ly->attn_norm, D, hp->rms_eps);
+        ctr_add(c, KVS_OP_NORM, t0, (uint64_t)T * D * 12, (uint64_t)T * D * 4);
+        matmul_ctr(c, &ly->wq, c->xn, c->q, T);
+        add_bias(c->q, ly->bq, T, dq);
+        if (need_kv) {
+            matmul_ctr(c, &ly->wk, c->xn, c->k, T);
+            add_bias(c->k, ly->bk, T, dkv);
+            matmul_ctr(c, &ly->wv, c->xn, c->v, T);
+            add_bias(c->v, ly->bv, T, dkv);
+        }
+        if (c->hook) c->hook(c->hook_ud, l, T, c->pos, c->x, c->xn, c->k);
+        t0 = kvs_now_ns();
+        for (int t = 0; t < T; t++) {
+            kvs_cpu_rope(c->q + (size_t)t * dq, nh, d, c->pos[t], c->freqs, hp->rope_neox);
+            if (need_kv) kvs_cpu_rope(c->k + (size_t)t * dkv, nkv, d, c->pos[t], c->freqs, hp->rope_neox);
+        }
+        ctr_add(c, KVS_OP_ROPE, t0, (uint64_t)T * (dq + dkv) * 8, (uint64_t)T * (dq + dkv) * 3);
+        if (pr) {
+            enum kvs_status st;
+            t0 = kvs_now_ns();
+            st = pr->ops->store(pr, l, T, c->pos, c->xn, need_kv ? c->k : NULL, need_kv ? c->v : NULL);
+            ctr_add(c, KVS_OP_STORE, t0, (uint64_t)T * dkv * 2 * 2, 0);
+            if (st != KVS_OK) goto press_fail;
+            t0 = kvs_now_ns();
+            st = pr->ops->attend(pr, l, T, c->pos, c->q, c->att);
+            uint64_t ctxlen = (uint64_t)c->n_past + T;
+            ctr_add(c, KVS_OP_ATTN, t0, (uint64_t)ctxlen * dkv * 2 * 2 + (uint64_t)T * dq * 8,
+                    4ull * T * nh * d * ctxlen);
+            if (st != KVS_OK) goto press_fail;
+        } else {
+            kvs_seterr(c->err, sizeof c->err, "no KV-cache method set");
+            return KVS_ERR_STATE;
+        }
+        matmul_ctr(c, &ly->wo, c->att, c->tmp, T);
+        for (size_t i = 0; i < (size_t)T * D; i++) c->x[i] += c->tmp[i];
+        t0 = kvs_now_ns();
+        for (int t = 0; t < T; t++)
+            kvs_cpu_rmsnorm(c->xn + (size_t)t * D, c->x + (size_t)t * D, ly->ffn_norm, D, hp->rms_eps);
+        ctr_add(c, KVS_OP_NORM, t0, (uint64_t)T * D * 12, (uint64_t)T * D * 4);
+        matmul_ctr(c, &ly->w_gate, c->xn, c->gate, T);
+        matmul_ctr(c, &ly->w_up, c->xn, c->up, T);
+        silu_mul(c->gate, c->up, (size_t)T * F);
+        matmul_ctr(c, &ly->w_down, c->gate, c->tmp, T);
+        for (size_t i = 0; i < (size_t)T * D; i++) c->x[i] += c->tmp[i];
+    }
+    c->n_past += T;
+    if (pr && pr->ops->end_step) {
+        uint64_t t0 = kvs_now_ns();
+        enum kvs_status st = pr->ops->end_step(pr, c->n_past);
+        ctr_add(c, KVS_OP_MERGE, t0, 0, 0);
+        if (st != KVS_OK) goto press_fail;
+    }
+    /* output head: every token when asked, else the last one */
+    uint64_t t0 = kvs_now_ns();
+    int first = logits_all ? 0 : T - 1;
+    for (int t = first; t < T; t++)
+        kvs_cpu_rmsnorm(c->xn + (size_t)(t - first) * D, c->x + (size_t)t * D, m->output_norm, D, hp->rms_eps);
+    int nt = T - first;
+    if (logits_all) {
+        kvs_cpu_matmul(c->pool, &m->output, c->xn, logits_all, nt);
+        memcpy(c->logits, logits_all + (size_t)(nt - 1) * V, (size_t)V * sizeof(float));
+    } else {
+        kvs_cpu_matmul(c->pool, &m->output, c->xn, c->logits, 1);
+    }
+    ctr_add(c, KVS_OP_LOGITS, t0, (uint64_t)m->output.rows * m->output.row_bytes, 2ull * nt * V * D);
+    return KVS_OK;
+press_fail:
+    kvs_seterr(c->err, sizeof c->err, "%s: %s", pr->ops->name, pr->err[0] ? pr->err : "failed");
+    return KVS_ERR_STATE;
+}
+
+enum kvs_status kvs_ctx_eval(struct kvs_ctx *c, const int32_t *tokens, int n, float *logits)
+{
+    if (n <= 0) return KVS_OK;
+    if ((int64_t)c->n_past + n > c->p.n_ctx) {
+        kvs_seterr(c->err, sizeof c->err, "context full: %d + %d tokens exceed the context of %d", c->n_past, n,
+                   c->p.n_ctx);
+        return KVS_ERR_LIMIT;
+    }
+    for (int i = 0; i < n; i += c->p.n_batch) {
+        int T = KVS_MIN(c->p.n_batch, n - i);
+        enum kvs_status st = eval_chunk(c, tokens + i, T, logits ? logits + (size_t)i * c->m->hp.n_vocab : NULL);
+        if (st != KVS_OK) return st;
+    }
+    return KVS_OK;
+}
+
+/* ---------------------------------------------------------------- sampling */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+float kvs_logprob(const float *logits, int n_vocab, int32_t id)
+{
+    float mx = logits[0];
+    for (int i = 1; i < n_vocab; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double s = 0;
+    for (int i = 0; i < n_vocab; i++) s += exp((double)logits[i] - mx);
+    return (float)((double)logits[id] - mx - log(s));
+}
+
+struct cand { float p; int32_t id; };
+static int cand_cmp(const void *a, const void *b)
+{
+    float pa = ((const struct cand *)a)->p, pb = ((const struct cand *)b)->p;
+    return pa < pb ? 1 : pa > pb ? -1 : 0;
+}
+
+int32_t kvs_sample(const float *logits, int n_vocab, float temp, float top_p, uint64_t *rng)
+{
+    int32_t best = 0;
+    for (int i = 1; i < n_vocab; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (temp <= 0) return best;
+    float mx = logits[best];
+    /* candidates within e^-20 of the best: the rest cannot matter for any sane top_p */
+    struct cand *c = malloc((size_t)n_vocab * sizeof *c);
+    if (!c) return best;
+    int n = 0;
+    double sum = 0;
+    for (int i = 0; i < n_vocab; i++) {
+        float z = (logits[i] - mx) / temp;
+        if (z < -20) continue;
+        c[n].p = expf(z);
+        c[n].id = i;
+        sum += c[n].p;
+        n++;
+    }
+    qsort(c, (size_t)n, sizeof *c, cand_cmp);
+    if (top_p <= 0 || top_p > 1) top_p = 1;
+    double cum = 0;
+    int keep = n;
+    for (int i = 0; i < n; i++) {
+        cum += c[i].p / sum;
+        if (cum >= top_p) { keep = i + 1; break; }
+    }
+    double tot = 0;
+    for (int i = 0; i < keep; i++) tot += c[i].p;
+    double r = (double)(rng_next(rng) >> 11) / 9007199254740992.0 * tot;
+    int32_t id = c[keep - 1].id;
+    for (int i = 0; i < keep; i++) {
+        r -= c[i].p;
+        if (r <= 0) { id = c[i].id; break; }
+    }
+    free(c);
+    return id;
+}
