@@ -3,6 +3,7 @@
  * Depends on press.h, attn.h. */
 #include "attn.h"
 #include "press.h"
+#include "quant.h"
 
 #include <math.h>
 #include <stdlib.h>
