@@ -48,6 +48,8 @@ struct kvs_method_config {
     float mc_t, mc_threshold;
     /* where offline factors are cached ("" disables the cache) */
     char cache_dir[256];
+    /* per-layer merge weights measured by `kvscope calibrate` (merge_weights = SENSITIVITY) */
+    char merge_weights_file[256];
 };
 
 /* Fills C with defaults for the method SPEC ("full", "commonkv+quant", …). Returns KVS_ERR_ARG with
@@ -74,6 +76,10 @@ struct kvs_press_ops {
     enum kvs_status (*end_step)(struct kvs_press *p, int n_ctx);
     /* Fills the cache fields of a step record (bytes, kept, budgets, similarity). */
     void (*fill_record)(const struct kvs_press *p, struct kvs_rec_step *rec);
+    /* optional: NULL -> nothing. Publishes run-level records (SVD spectra, latent similarity
+     * matrix of the tokens seen so far) through EMIT, which takes over each reference. Called by
+     * the session after prefill. */
+    void (*run_records)(struct kvs_press *p, void (*emit)(void *ud, struct kvs_record *r), void *ud);
     /* Forgets every token (new sequence); keeps factors. */
     void (*reset)(struct kvs_press *p);
     void (*destroy)(struct kvs_press *p);

@@ -1,0 +1,432 @@
+/* Session: the engine thread. Builds the press, runs prefill in chunks and decodes, and publishes
+ * RUN, LOG, MATRIX, STEP, QUALITY and END records (DESIGN.md §1). Never touches the terminal. */
+#include "session.h"
+#include "infer.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SIM_SAMPLES 64 /* prompt tokens sampled for the layer x layer similarity matrices */
+
+struct kvs_session {
+    const struct kvs_model *model;
+    struct kvs_session_params p;
+    char *prompt;
+    struct kvs_queue *q;
+    pthread_t thread;
+    volatile int stop;
+    volatile int done;
+    uint64_t seq;
+    uint64_t t0;
+    /* similarity collection (hook) */
+    float *sim_x, *sim_k; /* (n_layer, SIM_SAMPLES, D) and (n_layer, SIM_SAMPLES, dkv) */
+    int sim_n;
+};
+
+void kvs_session_params_default(struct kvs_session_params *p)
+{
+    memset(p, 0, sizeof *p);
+    kvs_method_parse(&p->method, "full", NULL, 0);
+    p->n_predict = 64;
+    p->n_ctx = 4096;
+    p->n_batch = 256;
+    p->seed = 42;
+    p->temp = 0;
+    p->top_p = 0.95f;
+    p->similarity = true;
+}
+
+static void emit(struct kvs_session *s, struct kvs_record *r)
+{
+    if (!r) return;
+    r->seq = s->seq++;
+    kvs_queue_push_wait(s->q, r);
+}
+
+static void emit_cb(void *ud, struct kvs_record *r) { emit(ud, r); }
+
+static void logf_(struct kvs_session *s, uint32_t level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void logf_(struct kvs_session *s, uint32_t level, const char *fmt, ...)
+{
+    struct kvs_record *r = kvs_record_new(KVS_REC_LOG, 0);
+    if (!r) return;
+    r->u.log.level = level;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->u.log.text, sizeof r->u.log.text, fmt, ap);
+    va_end(ap);
+    emit(s, r);
+}
+
+static void progress_cb(void *ud, const char *what, float frac)
+{
+    struct kvs_session *s = ud;
+    logf_(s, 0, "%s %3.0f%%", what, (double)(frac * 100));
+}
+
+/* Samples up to SIM_SAMPLES prompt tokens per layer for the similarity matrices. */
+static void sim_hook(void *ud, int layer, int T, const int32_t *pos, const float *x, const float *xn, const float *k)
+{
+    struct kvs_session *s = ud;
+    const struct kvs_hparams *hp = &s->model->hp;
+    int D = (int)hp->n_embd, dkv = (int)(hp->n_head_kv * hp->head_dim);
+    for (int t = 0; t < T; t++) {
+        int slot = pos[t] % SIM_SAMPLES; /* later tokens overwrite earlier ones: a spread sample */
+        if (pos[t] < 4) continue;        /* attention sinks are outliers in every layer */
+        memcpy(s->sim_x + ((size_t)layer * SIM_SAMPLES + slot) * D, x + (size_t)t * D, (size_t)D * sizeof(float));
+        if (k) memcpy(s->sim_k + ((size_t)layer * SIM_SAMPLES + slot) * dkv, k + (size_t)t * dkv, (size_t)dkv * sizeof(float));
+        if (layer == 0 && slot + 1 > s->sim_n) s->sim_n = slot + 1;
+    }
+}
+
+static double cosine(const float *a, const float *b, int n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) { ab += (double)a[i] * b[i]; aa += (double)a[i] * a[i]; bb += (double)b[i] * b[i]; }
+    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0;
+}
+
+static void emit_sim_matrix(struct kvs_session *s, uint32_t kind, const float *data, int width)
+{
+    int L = (int)s->model->hp.n_layer;
+    if (s->sim_n <= 0) return;
+    struct kvs_record *r = kvs_record_new(KVS_REC_MATRIX, (uint32_t)(L * L));
+    if (!r) return;
+    r->u.matrix.kind = kind;
+    r->u.matrix.rows = r->u.matrix.cols = (uint32_t)L;
+    for (int i = 0; i < L; i++)
+        for (int j = i; j < L; j++) {
+            double sum = 0;
+            for (int t = 0; t < s->sim_n; t++)
+                sum += cosine(data + ((size_t)i * SIM_SAMPLES + t) * width, data + ((size_t)j * SIM_SAMPLES + t) * width, width);
+            float v = (float)(sum / s->sim_n);
+            r->u.matrix.v[i * L + j] = r->u.matrix.v[j * L + i] = v;
+        }
+    emit(s, r);
+}
+
+static void fill_step(struct kvs_session *s, struct kvs_press *press, struct kvs_ctx *ctx, struct kvs_rec_step *st,
+                      struct kvs_op_counter *prev)
+{
+    struct kvs_op_counter *c = kvs_ctx_counters(ctx);
+    for (int i = 0; i < KVS_OP_COUNT; i++) {
+        st->ops[i].ns = c[i].ns - prev[i].ns;
+        st->ops[i].bytes = c[i].bytes - prev[i].bytes;
+        st->ops[i].flops = c[i].flops - prev[i].flops;
+        st->ops[i].calls = c[i].calls - prev[i].calls;
+        prev[i] = c[i];
+    }
+    st->valid |= KVS_VALID_OPS;
+    st->n_layer = s->model->hp.n_layer;
+    st->cr_target = s->p.method.target_cr;
+    if (press->ops->fill_record) press->ops->fill_record(press, st);
+}
+
+static void emit_run(struct kvs_session *s, struct kvs_press *press, int n_threads)
+{
+    struct kvs_record *r = kvs_record_new(KVS_REC_RUN, 0);
+    if (!r) return;
+    struct kvs_rec_run *run = &r->u.run;
+    const struct kvs_hparams *hp = &s->model->hp;
+    run->run_id = s->p.run_id;
+    snprintf(run->model, sizeof run->model, "%s", s->model->name);
+    snprintf(run->arch, sizeof run->arch, "%s", hp->arch == KVS_ARCH_QWEN2 ? "qwen2" : "llama");
+    snprintf(run->backend, sizeof run->backend, "cpu");
+    char cpu[128] = "CPU";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f))
+            if (strncmp(line, "model name", 10) == 0) {
+                char *c = strchr(line, ':');
+                if (c) { snprintf(cpu, sizeof cpu, "%s", c + 2); cpu[strcspn(cpu, "\n")] = 0; }
+                break;
+            }
+        fclose(f);
+    }
+    snprintf(run->device, sizeof run->device, "%.63s", cpu);
+    snprintf(run->method, sizeof run->method, "%s", s->p.method.spec);
+    run->n_layer = hp->n_layer; run->n_embd = hp->n_embd; run->n_head = hp->n_head;
+    run->n_head_kv = hp->n_head_kv; run->head_dim = hp->head_dim; run->n_ff = hp->n_ff;
+    run->n_vocab = hp->n_vocab; run->n_ctx_max = (uint32_t)s->p.n_ctx;
+    run->model_bytes = s->model->file_bytes;
+    const struct kvs_method_config *m = &s->p.method;
+    run->target_cr = m->target_cr;
+    run->rank_ratio = m->rank_ratio;
+    run->group_size = (m->methods & (KVS_M_COMMONKV)) ? m->group_size : 0;
+    run->n_groups = run->group_size ? (hp->n_layer + run->group_size - 1) / run->group_size : 0;
+    run->sinks = m->sinks;
+    run->recent = m->recent;
+    run->quant_bits = (m->methods & KVS_M_QUANT) ? m->quant_bits : 0;
+    run->evict_capacity = (m->methods & KVS_M_SNAPKV) ? m->snap_capacity : 0;
+    /* ranks as the press reports them in its first step record */
+    struct kvs_rec_step tmp;
+    memset(&tmp, 0, sizeof tmp);
+    if (press->ops->fill_record) press->ops->fill_record(press, &tmp);
+    for (uint32_t g = 0; g < tmp.n_groups && g < KVS_MAX_GROUPS; g++) run->group_rank[g] = tmp.group_rank[g];
+    if (tmp.n_groups) run->n_groups = tmp.n_groups;
+    run->n_threads = (uint32_t)n_threads;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    run->unix_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    emit(s, r);
+}
+
+static void *session_main(void *arg)
+{
+    struct kvs_session *s = arg;
+    const struct kvs_model *m = s->model;
+    const struct kvs_hparams *hp = &m->hp;
+    char err[512] = "";
+    struct kvs_press *press = NULL, *ref_press = NULL;
+    struct kvs_ctx *ctx = NULL, *ref_ctx = NULL;
+    int32_t *toks = NULL;
+    float *ref_logits = NULL;
+    struct kvs_op_counter prev[KVS_OP_COUNT];
+    memset(prev, 0, sizeof prev);
+    uint64_t n_steps = 0;
+    int n_prompt = 0, n_gen = 0;
+    double prefill_s = 0, decode_s = 0;
+    s->t0 = kvs_now_ns();
+
+    enum kvs_status st = kvs_press_new(&press, m, &s->p.method, s->p.n_ctx, progress_cb, s, err, sizeof err);
+    if (st != KVS_OK) { logf_(s, 2, "method %s: %s", s->p.method.spec, err); goto end; }
+    struct kvs_ctx_params cp;
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = s->p.n_ctx;
+    cp.n_batch = s->p.n_batch > 0 ? s->p.n_batch : 256;
+    cp.n_threads = s->p.n_threads;
+    if ((st = kvs_ctx_new(&ctx, m, press, &cp, err, sizeof err)) != KVS_OK) { logf_(s, 2, "%s", err); goto end; }
+    if (s->p.compare_full && s->p.method.methods != KVS_M_FULL) {
+        struct kvs_method_config fc;
+        kvs_method_parse(&fc, "full", NULL, 0);
+        if (kvs_press_new(&ref_press, m, &fc, s->p.n_ctx, NULL, NULL, err, sizeof err) != KVS_OK ||
+            kvs_ctx_new(&ref_ctx, m, ref_press, &cp, err, sizeof err) != KVS_OK) {
+            logf_(s, 1, "quality comparison disabled: %s", err);
+        } else if (!(ref_logits = malloc((size_t)hp->n_vocab * sizeof(float)))) {
+            logf_(s, 1, "quality comparison disabled: out of memory");
+        }
+    }
+    emit_run(s, press, kvs_pool_size(kvs_ctx_pool(ctx)));
+
+    /* prompt tokens */
+    const char *text = s->prompt;
+    char *chat = NULL;
+    if (s->p.chat) {
+        chat = kvs_tokenizer_chat_format(m->tok, NULL, text);
+        if (chat) text = chat;
+    }
+    size_t len = strlen(text);
+    int64_t cap = (int64_t)len + 8;
+    toks = malloc((size_t)(cap + s->p.n_predict + 1) * sizeof(int32_t));
+    if (!toks) { free(chat); logf_(s, 2, "out of memory tokenizing the prompt"); goto end; }
+    int64_t n = 0;
+    if (kvs_tokenizer_add_bos(m->tok) && kvs_tokenizer_bos(m->tok) >= 0) toks[n++] = kvs_tokenizer_bos(m->tok);
+    int64_t got = kvs_tokenizer_encode(m->tok, text, len, s->p.chat, toks + n, cap - n);
+    free(chat);
+    if (got < 0 || got > cap - n) { logf_(s, 2, "tokenizer failed on the prompt"); goto end; }
+    n += got;
+    if (n == 0) { logf_(s, 2, "empty prompt"); goto end; }
+    if (n + s->p.n_predict > s->p.n_ctx) {
+        int64_t keep = s->p.n_ctx - s->p.n_predict;
+        if (keep < 1) { logf_(s, 2, "context %d too small for %d new tokens", s->p.n_ctx, s->p.n_predict); goto end; }
+        logf_(s, 1, "prompt of %lld tokens cut to %lld to fit the context of %d", (long long)n, (long long)keep, s->p.n_ctx);
+        n = keep;
+    }
+    n_prompt = (int)n;
+
+    if (s->p.similarity) {
+        int D = (int)hp->n_embd, dkv = (int)(hp->n_head_kv * hp->head_dim);
+        s->sim_x = calloc((size_t)hp->n_layer * SIM_SAMPLES * D, sizeof(float));
+        s->sim_k = calloc((size_t)hp->n_layer * SIM_SAMPLES * dkv, sizeof(float));
+        if (s->sim_x && s->sim_k) kvs_ctx_set_hook(ctx, sim_hook, s);
+    }
+    /* prefill, one STEP record per chunk */
+    uint64_t tp0 = kvs_now_ns();
+    for (int64_t i = 0; i < n && !s->stop; i += cp.n_batch) {
+        int T = (int)KVS_MIN((int64_t)cp.n_batch, n - i);
+        uint64_t a = kvs_now_ns();
+        if ((st = kvs_ctx_eval(ctx, toks + i, T, NULL)) != KVS_OK) { logf_(s, 2, "%s", kvs_ctx_error(ctx)); goto end; }
+        if (ref_ctx && kvs_ctx_eval(ref_ctx, toks + i, T, NULL) != KVS_OK) {
+            logf_(s, 1, "reference run failed: %s", kvs_ctx_error(ref_ctx));
+            kvs_ctx_delete(ref_ctx); ref_ctx = NULL;
+        }
+        struct kvs_record *r = kvs_record_new(KVS_REC_STEP, 0);
+        if (!r) continue;
+        struct kvs_rec_step *sr = &r->u.step;
+        sr->step = n_steps++;
+        sr->kind = KVS_STEP_PREFILL;
+        sr->n_new = (uint32_t)T;
+        sr->n_ctx = (uint32_t)kvs_ctx_n_past(ctx);
+        sr->token = toks[i + T - 1];
+        sr->t_start_ns = a - s->t0;
+        sr->t_end_ns = kvs_now_ns() - s->t0;
+        fill_step(s, press, ctx, sr, prev);
+        emit(s, r);
+    }
+    prefill_s = (double)(kvs_now_ns() - tp0) / 1e9;
+    kvs_ctx_set_hook(ctx, NULL, NULL);
+    if (s->p.similarity && s->sim_x) {
+        emit_sim_matrix(s, KVS_MAT_SIM_HIDDEN, s->sim_x, (int)hp->n_embd);
+        emit_sim_matrix(s, KVS_MAT_SIM_KEYS, s->sim_k, (int)(hp->n_head_kv * hp->head_dim));
+    }
+    if (press->ops->run_records) press->ops->run_records(press, emit_cb, s);
+
+    /* decode */
+    uint64_t rng = s->p.seed ? s->p.seed : 0x1234567ull;
+    double kl_sum = 0, nll_sum = 0;
+    int agree = 0, compared = 0;
+    uint64_t td0 = kvs_now_ns();
+    for (int i = 0; i < s->p.n_predict && !s->stop; i++) {
+        uint64_t a = kvs_now_ns();
+        const float *lg = kvs_ctx_logits(ctx);
+        int32_t id = kvs_sample(lg, (int)hp->n_vocab, s->p.temp, s->p.top_p, &rng);
+        float lp = kvs_logprob(lg, (int)hp->n_vocab, id);
+        struct kvs_record *r = kvs_record_new(KVS_REC_STEP, 0);
+        if (ref_ctx) {
+            /* KL(full || method) and top-1 agreement on the same prefix */
+            const float *rl = kvs_ctx_logits(ref_ctx);
+            int V = (int)hp->n_vocab;
+            float mr = rl[0], mm = lg[0];
+            int ar = 0, am = 0;
+            for (int v = 1; v < V; v++) { if (rl[v] > rl[ar]) ar = v; if (lg[v] > lg[am]) am = v; }
+            mr = rl[ar]; mm = lg[am];
+            double zr = 0, zm = 0;
+            for (int v = 0; v < V; v++) { zr += exp((double)rl[v] - mr); zm += exp((double)lg[v] - mm); }
+            double kl = 0;
+            for (int v = 0; v < V; v++) {
+                double pr = exp((double)rl[v] - mr) / zr;
+                if (pr > 0) kl += pr * (((double)rl[v] - mr - log(zr)) - ((double)lg[v] - mm - log(zm)));
+            }
+            kl_sum += kl > 0 ? kl : 0;
+            agree += ar == am;
+            compared++;
+            nll_sum += -lp;
+        }
+        if (kvs_tokenizer_is_eog(m->tok, id)) {
+            if (r) kvs_record_unref(r);
+            break;
+        }
+        toks[n++] = id;
+        if ((st = kvs_ctx_eval(ctx, &id, 1, NULL)) != KVS_OK) {
+            if (r) kvs_record_unref(r);
+            logf_(s, 2, "%s", kvs_ctx_error(ctx));
+            goto end;
+        }
+        if (ref_ctx && kvs_ctx_eval(ref_ctx, &id, 1, NULL) != KVS_OK) { kvs_ctx_delete(ref_ctx); ref_ctx = NULL; }
+        n_gen++;
+        if (!r) continue;
+        struct kvs_rec_step *sr = &r->u.step;
+        sr->step = n_steps++;
+        sr->kind = KVS_STEP_DECODE;
+        sr->n_new = 1;
+        sr->n_ctx = (uint32_t)kvs_ctx_n_past(ctx);
+        sr->token = id;
+        int pl = kvs_tokenizer_piece(m->tok, id, sr->piece, KVS_REC_PIECE_MAX - 1);
+        sr->piece[pl > 0 ? KVS_MIN(pl, KVS_REC_PIECE_MAX - 1) : 0] = 0;
+        sr->logprob = lp;
+        sr->valid |= KVS_VALID_LOGPROB;
+        if (compared) {
+            sr->kl = (float)(kl_sum / compared);
+            sr->top1 = (float)agree / compared;
+            sr->ppl = (float)exp(nll_sum / compared);
+            sr->valid |= KVS_VALID_QUALITY;
+        }
+        sr->t_start_ns = a - s->t0;
+        sr->t_end_ns = kvs_now_ns() - s->t0;
+        fill_step(s, press, ctx, sr, prev);
+        emit(s, r);
+    }
+    decode_s = (double)(kvs_now_ns() - td0) / 1e9;
+    if (compared) {
+        struct kvs_record *r = kvs_record_new(KVS_REC_QUALITY, 0);
+        if (r) {
+            snprintf(r->u.quality.method, sizeof r->u.quality.method, "%s", s->p.method.spec);
+            r->u.quality.target_cr = s->p.method.target_cr;
+            r->u.quality.kl = (float)(kl_sum / compared);
+            r->u.quality.top1 = (float)agree / compared;
+            r->u.quality.ppl = (float)exp(nll_sum / compared);
+            r->u.quality.ppl_full = NAN;
+            r->u.quality.passkey_acc = NAN;
+            r->u.quality.decode_tps = decode_s > 0 ? (float)(n_gen / decode_s) : 0;
+            r->u.quality.n_tokens = (uint32_t)compared;
+            struct kvs_rec_step tmp;
+            memset(&tmp, 0, sizeof tmp);
+            press->ops->fill_record(press, &tmp);
+            r->u.quality.achieved_cr = tmp.cr_achieved;
+            emit(s, r);
+        }
+    }
+end:;
+    struct kvs_record *r = kvs_record_new(KVS_REC_END, 0);
+    if (r) {
+        r->u.end.n_steps = n_steps;
+        r->u.end.n_prompt = (uint32_t)n_prompt;
+        r->u.end.n_gen = (uint32_t)n_gen;
+        r->u.end.prefill_tps = prefill_s > 0 ? (float)(n_prompt / prefill_s) : 0;
+        r->u.end.decode_tps = decode_s > 0 ? (float)(n_gen / decode_s) : 0;
+        r->u.end.dropped_records = kvs_queue_dropped(s->q);
+        emit(s, r);
+    }
+    kvs_ctx_delete(ref_ctx);
+    kvs_press_delete(ref_press);
+    kvs_ctx_delete(ctx);
+    kvs_press_delete(press);
+    free(toks);
+    free(ref_logits);
+    __atomic_store_n(&s->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+enum kvs_status kvs_session_start(struct kvs_session **out, const struct kvs_model *model,
+                                  const struct kvs_session_params *p, struct kvs_queue *q, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (p->n_predict < 0 || p->n_predict > (1 << 20) || p->n_ctx <= 0 || p->n_ctx > (1 << 22)) {
+        kvs_seterr(err, errlen, "tokens to generate (%d) or context (%d) out of range", p->n_predict, p->n_ctx);
+        return KVS_ERR_ARG;
+    }
+    struct kvs_session *s = calloc(1, sizeof *s);
+    if (!s) { kvs_seterr(err, errlen, "out of memory"); return KVS_ERR_NOMEM; }
+    s->model = model;
+    s->p = *p;
+    s->q = q;
+    s->prompt = strdup(p->prompt ? p->prompt : "");
+    s->p.prompt = s->prompt;
+    if (!s->prompt) { free(s); kvs_seterr(err, errlen, "out of memory"); return KVS_ERR_NOMEM; }
+    if (pthread_create(&s->thread, NULL, session_main, s) != 0) {
+        free(s->prompt);
+        free(s);
+        kvs_seterr(err, errlen, "cannot start the engine thread");
+        return KVS_ERR_STATE;
+    }
+    *out = s;
+    return KVS_OK;
+}
+
+void kvs_session_stop(struct kvs_session *s)
+{
+    if (!s) return;
+    s->stop = 1;
+    /* a consumer that stopped popping must not leave the engine blocked in push_wait */
+    while (!__atomic_load_n(&s->done, __ATOMIC_ACQUIRE)) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+        if (__atomic_load_n(&s->done, __ATOMIC_ACQUIRE)) break;
+        struct kvs_record *r = kvs_queue_pop(s->q, 0);
+        if (r) kvs_record_unref(r);
+    }
+    pthread_join(s->thread, NULL);
+    free(s->sim_x);
+    free(s->sim_k);
+    free(s->prompt);
+    free(s);
+}
+
+bool kvs_session_done(const struct kvs_session *s) { return __atomic_load_n(&s->done, __ATOMIC_ACQUIRE); }
