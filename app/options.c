@@ -1,0 +1,119 @@
+/* Option parsing helpers (see options.h). */
+#include "options.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void kvs_die_msg(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("kvscope: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+bool kvs_opt_int(const char *opt, const char *val, long lo, long hi, long *out)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    char *end;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (errno || end == val || *end || v < lo || v > hi) {
+        kvs_die_msg("option %s: '%s' is not an integer in [%ld, %ld]", opt, val, lo, hi);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool kvs_opt_float(const char *opt, const char *val, double lo, double hi, double *out)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (errno || end == val || *end || !isfinite(v) || v < lo || v > hi) {
+        kvs_die_msg("option %s: '%s' is not a number in [%g, %g]", opt, val, lo, hi);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(val, &end, 10);
+    if (errno || end == val || *end || val[0] == '-') {
+        kvs_die_msg("option %s: '%s' is not a non-negative integer", opt, val);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+char *kvs_read_text_file(const char *path, size_t max)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) { kvs_die_msg("%s: %s", path, strerror(errno)); return NULL; }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        kvs_die_msg("%s: is a directory", path);
+        fclose(f);
+        return NULL;
+    }
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (n > max) { kvs_die_msg("%s: larger than %zu bytes", path, max); free(buf); buf = NULL; break; }
+        if (r == 0) break;
+        if (n == cap) {
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) { free(buf); buf = NULL; break; }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    if (buf && ferror(f)) { kvs_die_msg("%s: read error", path); free(buf); buf = NULL; }
+    fclose(f);
+    if (buf) buf[n] = 0;
+    return buf;
+}
+
+const char *kvs_default_model(void)
+{
+    static char path[PATH_MAX];
+    const char *e = getenv("KVSCOPE_MODEL");
+    if (e && *e) return e;
+    const char *rel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (access(rel, R_OK) == 0) return rel;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0; /* .../build */
+            slash = strrchr(exe, '/');
+            if (slash) {
+                *slash = 0;
+                snprintf(path, sizeof path, "%.*s/%s", (int)(sizeof path - strlen(rel) - 2), exe, rel);
+                if (access(path, R_OK) == 0) return path;
+            }
+        }
+    }
+    return rel;
+}

@@ -1,0 +1,25 @@
+/* Option parsing helpers shared by the subcommands: strict number parsing with ranges and
+ * one-line errors ("kvscope: option -n: 'x' is not an integer in [1, 100000]"). */
+#ifndef KVS_OPTIONS_H
+#define KVS_OPTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Each returns false after printing a one-line error to stderr. */
+bool kvs_opt_int(const char *opt, const char *val, long lo, long hi, long *out);
+bool kvs_opt_float(const char *opt, const char *val, double lo, double hi, double *out);
+bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out);
+/* Reads a whole text file into a malloc'd NUL-terminated string (at most MAX bytes); prints the
+ * error and returns NULL on failure. */
+char *kvs_read_text_file(const char *path, size_t max);
+/* The default model path: $KVSCOPE_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf in the
+ * current directory or next to the executable's build tree. Never NULL. */
+const char *kvs_default_model(void);
+/* The default document (DESIGN.md §6). */
+#define KVS_DEFAULT_TEXT "/usr/share/common-licenses/GPL-3"
+/* Prints "kvscope: " + message to stderr. */
+void kvs_die_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
