@@ -35,5 +35,14 @@ enum kvs_status kvs_quant_prepare(struct kvs_qvec *q, uint32_t wtype, const floa
 void kvs_qvec_free(struct kvs_qvec *q);
 /* Dot of one weight row (TYPE, n elements) with a prepared vector. */
 float kvs_vec_dot(uint32_t wtype, const void *wrow, const struct kvs_qvec *q);
+/* The portable kernel behind kvs_vec_dot (the oracle for the SIMD one); same contract. */
+float kvs_vec_dot_scalar(uint32_t wtype, const void *wrow, const struct kvs_qvec *q);
+/* SIMD level of kvs_vec_dot in this build: "avx512-vnni", "avx2" or "scalar". Static string. */
+const char *kvs_quant_simd(void);
+
+/* Quantizes N floats (a whole number of blocks) from SRC into DST in TYPE's ggml layout (round to
+ * nearest, no importance weighting). Returns KVS_ERR_ARG for a partial block or a type without a
+ * quantizer. DST needs kvs_type_row_bytes(TYPE, N) bytes. */
+enum kvs_status kvs_quant_row(uint32_t type, const float *src, void *dst, int64_t n);
 
 #endif
