@@ -1,0 +1,118 @@
+/* Budgets panel: per group its rank and merged fraction next to what a uniform allocation of the
+ * same total would give, and the tokens each layer keeps; a zero budget or zero kept tokens is
+ * drawn in red. Draws only from step and run records. */
+#include "view.h"
+
+#include <stdio.h>
+
+static void bud_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
+{
+    *min_w = 32;
+    *min_h = 7;
+}
+
+static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, struct kvs_panel_state *st)
+{
+    const struct kvs_theme *t = v->t;
+    const struct kvs_rec_run *run = kvs_view_run(v);
+    const struct kvs_rec_step *s = kvs_view_step(v);
+    int y = r.y, ye = r.y + r.h;
+    if (!run) { kvs_view_empty(w, r, v, "waiting for a run"); return; }
+    {
+        char cr[16];
+        int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_TEXT, "%s", run->method);
+        if (run->group_size) x += kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "  G=%u", run->group_size);
+        if (run->rank_ratio > 0) x += kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, " r=%.2f", run->rank_ratio);
+        kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "  target CR %s",
+                     kvs_fmt_f(cr, sizeof cr, run->target_cr >= 0, "%.2f", run->target_cr));
+        y++;
+    }
+    if (y >= ye) return;
+    if (!s) { kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "no steps yet"); return; }
+    bool budget_ok = (s->valid & KVS_VALID_BUDGET) && s->n_groups > 0;
+    bool kept_ok = (s->valid & (KVS_VALID_BUDGET | KVS_VALID_BYTES)) && s->n_layer > 0;
+    uint32_t ng = s->n_groups < KVS_MAX_GROUPS ? s->n_groups : KVS_MAX_GROUPS;
+    uint32_t nl = s->n_layer < KVS_MAX_LAYERS ? s->n_layer : KVS_MAX_LAYERS;
+    int kept_rows = kept_ok ? 2 : 1;
+    if (!budget_ok) {
+        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_NA, "group budgets: n/a (%s has none)", run->method);
+    } else {
+        /* uniform allocation: the same total rank and merged tokens spread evenly */
+        double sum_rank = 0, sum_merged = 0, max_rank = 0;
+        for (uint32_t g = 0; g < ng; g++) {
+            sum_rank += s->group_rank[g];
+            sum_merged += s->group_merged[g];
+            if (s->group_rank[g] > max_rank) max_rank = s->group_rank[g];
+        }
+        double uni_rank = sum_rank / ng, uni_merged = sum_merged / ng;
+        double scale = max_rank > uni_rank ? max_rank : uni_rank;
+        if (scale <= 0) scale = 1;
+        int rows = ye - y - kept_rows - 1;
+        if (rows < 1) rows = ye - y - 1;
+        if (rows >= 1) {
+            kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "grp layers  rank (%s uniform %.0f)  merged (%s %.0f%%)", t->utf8 ? "┃" : "|",
+                         uni_rank, t->utf8 ? "┃" : "|", uni_merged * 100);
+        }
+        if (st->scroll > (int)ng - rows) st->scroll = (int)ng - rows;
+        if (st->scroll < 0) st->scroll = 0;
+        int bw = (r.w - 30) / 2;
+        if (bw < 3) bw = 0;
+        for (int i = 0; i < rows && y < ye; i++) {
+            uint32_t g = (uint32_t)(i + st->scroll);
+            if (g >= ng) break;
+            uint32_t G = run->group_size ? run->group_size : 1;
+            uint32_t l0 = g * G, l1 = l0 + G - 1;
+            if (l1 >= nl && nl) l1 = nl - 1;
+            int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_TEXT, "g%-2u %2u-%-2u ", g, l0, l1);
+            bool zero = s->group_rank[g] == 0;
+            x += kvs_w_printf(w, t, y, r.x + x, r.w - x, zero ? KVS_C_BAD : KVS_C_TEXT, "%4u ", s->group_rank[g]);
+            if (bw) {
+                kvs_w_bar(w, t, y, r.x + x, bw, s->group_rank[g] / scale, zero ? KVS_C_BAD : KVS_C_BAR_HELD);
+                kvs_w_mark(w, t, y, r.x + x, bw, uni_rank / scale, KVS_C_BAR_REF);
+                x += bw + 1;
+            }
+            char b[16];
+            float mf = s->group_merged[g];
+            x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_TEXT, kvs_fmt_f(b, sizeof b, true, "%3.0f%% ", mf * 100.0));
+            if (bw && x + bw <= r.w) {
+                kvs_w_bar(w, t, y, r.x + x, bw, mf, KVS_C_BAR_ALLOC);
+                kvs_w_mark(w, t, y, r.x + x, bw, uni_merged, KVS_C_BAR_REF);
+            }
+            y++;
+        }
+    }
+    if (y >= ye) return;
+    if (!kept_ok) { kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "kept tokens per layer: n/a"); return; }
+    uint32_t kmin = UINT32_MAX, kmax = 0, zeros = 0;
+    for (uint32_t l = 0; l < nl; l++) {
+        uint32_t k = s->layer_kept[l];
+        if (k < kmin) kmin = k;
+        if (k > kmax) kmax = k;
+        if (k == 0) zeros++;
+    }
+    int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "kept/layer %u..%u of %u", kmin, kmax, s->n_ctx);
+    if (zeros) kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_BAD, "  %u layer%s keep 0", zeros, zeros > 1 ? "s" : "");
+    y++;
+    if (y >= ye) return;
+    /* one cell per layer: height = kept / context; zero in red */
+    float top = kmax > s->n_ctx ? (float)kmax : (float)s->n_ctx;
+    if (top <= 0) top = 1;
+    for (uint32_t l = 0; l < nl && (int)l < r.w; l++) {
+        uint32_t k = s->layer_kept[l];
+        if (k == 0) {
+            kvs_w_glyph(w, t, y, r.x + (int)l, KVS_C_BAD, "0", '0');
+        } else {
+            float val = (float)k;
+            kvs_w_spark(w, t, y, r.x + (int)l, &val, 1, 0, top, KVS_C_BAR_HELD);
+        }
+    }
+}
+
+const struct kvs_panel kvs_panel_budgets = {
+    .name = "budgets",
+    .title = "Budgets",
+    .layout = bud_layout,
+    .draw = bud_draw,
+    .key = kvs_view_scroll_key,
+    .help = "Up/Down\tscroll groups\n",
+};

@@ -1,0 +1,246 @@
+/* Frame drawing (see frame.h) and the panel registry. Small panels lose their border before they
+ * lose content; nothing is drawn outside a layout rectangle. Depends on curses and views/. */
+#include "frame.h"
+
+#include <stdio.h>
+#include <string.h>
+
+const struct kvs_panel *const kvs_panels[KVS_PANEL_COUNT] = {
+    &kvs_panel_similarity, &kvs_panel_budgets, &kvs_panel_memory,
+    &kvs_panel_tokens,     &kvs_panel_profiler, &kvs_panel_quality,
+};
+
+const struct kvs_rec_step *kvs_view_step(const struct kvs_view_ctx *v)
+{
+    if (!v->h->n_steps) return NULL;
+    uint64_t c = v->live || v->cursor >= v->h->n_steps ? v->h->n_steps - 1 : v->cursor;
+    const struct kvs_rec_step *s = kvs_history_step(v->h, c);
+    if (!s) s = kvs_history_step(v->h, kvs_history_first(v->h));
+    return s;
+}
+
+void kvs_view_empty(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, const char *why)
+{
+    kvs_w_text(w, v->t, r.y, r.x, r.w, KVS_C_DIM, why);
+}
+
+bool kvs_view_scroll_key(struct kvs_panel_state *st, int key)
+{
+    switch (key) {
+    case KEY_DOWN: st->scroll++; return true;
+    case KEY_UP: if (st->scroll > 0) st->scroll--; return true;
+    case KEY_NPAGE: st->scroll += 10; return true;
+    case KEY_PPAGE: st->scroll = st->scroll > 10 ? st->scroll - 10 : 0; return true;
+    default: return false;
+    }
+}
+
+void kvs_frame_layout_req(const struct kvs_view_ctx *v, int w, int h, bool scrubber, int focus, int zoom,
+                          struct kvs_layout_req *rq)
+{
+    memset(rq, 0, sizeof *rq);
+    rq->w = w;
+    rq->h = h;
+    rq->scrubber = scrubber;
+    rq->focus = focus;
+    rq->zoom = zoom;
+    for (int p = 0; p < KVS_PANEL_COUNT; p++)
+        if (kvs_panels[p]->layout) kvs_panels[p]->layout(v, &rq->min_w[p], &rq->min_h[p]);
+}
+
+int kvs_frame_hit_panel(const struct kvs_layout *lay, int x, int y)
+{
+    for (int p = 0; p < KVS_PANEL_COUNT; p++)
+        if (kvs_rect_contains(lay->panel[p], x, y)) return p;
+    return -1;
+}
+
+/* The scrubber track spans the middle of its row: [x0, x1). */
+static void scrub_track(const struct kvs_layout *lay, int *x0, int *x1)
+{
+    *x0 = lay->scrub.x + (lay->scrub.w >= 40 ? 9 : 2);
+    *x1 = lay->scrub.x + lay->scrub.w - (lay->scrub.w >= 40 ? 26 : 2);
+}
+
+double kvs_frame_hit_scrub(const struct kvs_layout *lay, int x, int y)
+{
+    if (!kvs_rect_contains(lay->scrub, x, y)) return -1;
+    int x0, x1;
+    scrub_track(lay, &x0, &x1);
+    if (x1 <= x0 + 1) return -1;
+    if (x < x0) return 0;
+    if (x >= x1) return 1;
+    return (double)(x - x0) / (double)(x1 - 1 - x0);
+}
+
+static void draw_status(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, const struct kvs_frame_info *fi)
+{
+    const struct kvs_theme *t = v->t;
+    kvs_w_fill(w, t, r, KVS_C_STATUS);
+    const struct kvs_rec_run *run = kvs_view_run(v);
+    const struct kvs_rec_step *s = kvs_view_step(v);
+    char buf[256];
+    int x = 0;
+    if (r.w >= 40) x += kvs_w_text(w, t, r.y, r.x, r.w, KVS_C_STATUS, " kvscope ");
+    x += kvs_w_printf(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, "%s%s ", fi->mode ? fi->mode : "", fi->pinned ? " A/B" : "");
+    if (fi->settings) {
+        snprintf(buf, sizeof buf, "%s%s ", fi->settings, fi->pending ? "*" : "");
+        x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);
+    }
+    if (s) {
+        char cr[16];
+        bool ok = s->valid & KVS_VALID_BYTES;
+        snprintf(buf, sizeof buf, "| CR %s | step %llu/%llu ctx %u ", kvs_fmt_f(cr, sizeof cr, ok, "%.3f", s->cr_achieved),
+                 (unsigned long long)s->step, (unsigned long long)(v->h->n_steps ? v->h->n_steps - 1 : 0), s->n_ctx);
+        x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);
+    }
+    if (run && r.w - x > 20) {
+        snprintf(buf, sizeof buf, "| %s %s", run->model, run->backend);
+        x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);
+    }
+    (void)x;
+}
+
+static void draw_keys(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, const struct kvs_frame_info *fi)
+{
+    const struct kvs_theme *t = v->t;
+    kvs_w_fill(w, t, r, KVS_C_TEXT);
+    int x = 0;
+    if (fi->busy || fi->progress) {
+        static const char *spin_u[] = {"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"};
+        static const char spin_a[] = "|/-\\";
+        if (fi->busy) {
+            kvs_w_glyph(w, t, r.y, r.x, KVS_C_WARN, spin_u[fi->spin % 10], spin_a[fi->spin % 4]);
+            x = 2;
+        }
+        if (fi->progress) x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_WARN, fi->progress);
+        x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_DIM, "  ");
+    }
+    if (fi->message) {
+        kvs_w_text(w, t, r.y, r.x + x, r.w - x, fi->message_role, fi->message);
+        return;
+    }
+    /* key bar: "KEY desc  KEY desc", keys highlighted; tokens separated by two spaces */
+    const char *p = fi->keys_line ? fi->keys_line : "";
+    while (*p && x < r.w) {
+        const char *sp = strchr(p, ' ');
+        size_t kl = sp ? (size_t)(sp - p) : strlen(p);
+        char key[32];
+        if (kl >= sizeof key) kl = sizeof key - 1;
+        memcpy(key, p, kl);
+        key[kl] = 0;
+        x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_KEY, key);
+        p += kl;
+        const char *end = strstr(p, "  ");
+        size_t dl = end ? (size_t)(end - p) : strlen(p);
+        char desc[64];
+        if (dl >= sizeof desc) dl = sizeof desc - 1;
+        memcpy(desc, p, dl);
+        desc[dl] = 0;
+        x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_DIM, desc);
+        p += dl;
+        while (*p == ' ') p++;
+        x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_DIM, "  ");
+    }
+}
+
+static void draw_scrub(WINDOW *w, const struct kvs_layout *lay, const struct kvs_view_ctx *v, const struct kvs_frame_info *fi)
+{
+    const struct kvs_theme *t = v->t;
+    struct kvs_rect r = lay->scrub;
+    kvs_w_fill(w, t, r, KVS_C_TEXT);
+    int x0, x1;
+    scrub_track(lay, &x0, &x1);
+    if (r.w >= 40) kvs_w_printf(w, t, r.y, r.x, 9, KVS_C_KEY, "%s %5.2gx", fi->playing ? KVS_G(t, "▶", ">") : KVS_G(t, "⏸", "="), fi->speed);
+    double f = fi->scrub_len > 1 ? (double)fi->scrub_pos / (double)(fi->scrub_len - 1) : 0;
+    if (x1 > x0) {
+        kvs_w_bar(w, t, r.y, x0, x1 - x0, f, KVS_C_BAR_HELD);
+        int px = x0 + (int)(f * (x1 - 1 - x0) + 0.5);
+        kvs_w_glyph(w, t, r.y, px, KVS_C_FOCUS, "●", 'O');
+    }
+    if (r.w >= 40)
+        kvs_w_printf(w, t, r.y, x1 + 1, r.x + r.w - x1 - 1, KVS_C_TEXT, "%llu/%llu %s", (unsigned long long)fi->scrub_pos,
+                     (unsigned long long)(fi->scrub_len ? fi->scrub_len - 1 : 0), fi->scrub_extra ? fi->scrub_extra : "");
+}
+
+static void draw_help(WINDOW *w, int sw, int sh, const struct kvs_view_ctx *v, const struct kvs_frame_info *fi, int focus)
+{
+    const struct kvs_theme *t = v->t;
+    /* the panel's own keys come after the global ones */
+    struct kvs_help_line extra[16];
+    int n_extra = 0;
+    char store[16][64];
+    const char *ph = focus >= 0 && focus < KVS_PANEL_COUNT ? kvs_panels[focus]->help : NULL;
+    while (ph && *ph && n_extra < 16) {
+        const char *nl = strchr(ph, '\n');
+        size_t len = nl ? (size_t)(nl - ph) : strlen(ph);
+        if (len >= sizeof store[0]) len = sizeof store[0] - 1;
+        memcpy(store[n_extra], ph, len);
+        store[n_extra][len] = 0;
+        char *tab = strchr(store[n_extra], '\t');
+        if (tab) {
+            *tab = 0;
+            extra[n_extra].key = store[n_extra];
+            extra[n_extra].what = tab + 1;
+            n_extra++;
+        }
+        ph = nl ? nl + 1 : ph + len;
+    }
+    int total = fi->n_help + (n_extra ? n_extra + 1 : 0);
+    int bw = sw >= 64 ? 64 : sw;
+    int bh = total + 2 < sh ? total + 2 : sh;
+    struct kvs_rect box = {(sw - bw) / 2, (sh - bh) / 2, bw, bh};
+    kvs_w_fill(w, t, box, KVS_C_TEXT);
+    bool border = bw >= 10 && bh >= 4;
+    if (border) kvs_w_box(w, t, box, "Help: keys (? or Esc closes)", true);
+    struct kvs_rect in = border ? kvs_rect_inset(box, 1) : box;
+    int first = fi->help_scroll;
+    if (first > total - in.h) first = total - in.h;
+    if (first < 0) first = 0;
+    int kw = in.w >= 40 ? 16 : in.w / 3;
+    for (int i = 0; i < in.h && first + i < total; i++) {
+        int k = first + i;
+        const char *key, *what;
+        if (k < fi->n_help) { key = fi->help_lines[k].key; what = fi->help_lines[k].what; }
+        else if (k == fi->n_help) { key = ""; what = "focused panel:"; }
+        else { key = extra[k - fi->n_help - 1].key; what = extra[k - fi->n_help - 1].what; }
+        kvs_w_text(w, t, in.y + i, in.x, kw, KVS_C_KEY, key);
+        kvs_w_text(w, t, in.y + i, in.x + kw, in.w - kw, KVS_C_TEXT, what);
+    }
+}
+
+void kvs_frame_draw(WINDOW *w, const struct kvs_layout *lay, const struct kvs_view_ctx *v,
+                    struct kvs_panel_state st[KVS_PANEL_COUNT], const struct kvs_frame_info *fi)
+{
+    const struct kvs_theme *t = v->t;
+    int sw = getmaxx(w), sh = getmaxy(w);
+    wbkgdset(w, ' ' | kvs_attr(t, KVS_C_TEXT));
+    werase(w);
+    if (!kvs_rect_empty(lay->status)) draw_status(w, lay->status, v, fi);
+    for (int p = 0; p < KVS_PANEL_COUNT; p++) {
+        struct kvs_rect r = lay->panel[p];
+        if (kvs_rect_empty(r)) continue;
+        st[p].focused = p == fi->focus;
+        struct kvs_rect in;
+        if (r.w >= 12 && r.h >= 4) {
+            char title[80];
+            if (lay->n_visible == 1) snprintf(title, sizeof title, "%d %s  (Tab: next)", p + 1, kvs_panels[p]->title);
+            else snprintf(title, sizeof title, "%d %s", p + 1, kvs_panels[p]->title);
+            kvs_w_box(w, t, r, title, st[p].focused && lay->n_visible > 1);
+            in = kvs_rect_inset(r, 1);
+        } else {
+            /* too small for a border: a title row, then content */
+            kvs_w_printf(w, t, r.y, r.x, r.w, KVS_C_FOCUS, "%d %s", p + 1, kvs_panels[p]->title);
+            in = (struct kvs_rect){r.x, r.y + 1, r.w, r.h - 1};
+        }
+        if (!kvs_rect_empty(in)) kvs_panels[p]->draw(w, in, v, &st[p]);
+    }
+    if (!kvs_rect_empty(lay->scrub)) draw_scrub(w, lay, v, fi);
+    if (!kvs_rect_empty(lay->keys)) draw_keys(w, lay->keys, v, fi);
+    else if (fi->message && !kvs_rect_empty(lay->status)) {
+        /* no key bar on small screens: messages take the status line */
+        kvs_w_fill(w, t, lay->status, KVS_C_STATUS);
+        kvs_w_text(w, t, lay->status.y, 0, lay->status.w, KVS_C_STATUS, fi->message);
+    }
+    if (fi->help) draw_help(w, sw, sh, v, fi, fi->focus);
+}

@@ -1,0 +1,118 @@
+/* Memory panel: full fp16 vs held vs allocated KV bytes, absolute and as CR (target, achieved from
+ * held bytes, and from allocated bytes), per layer, and growth with the context over the steps in
+ * the history. Draws only from step and run records. */
+#include "view.h"
+
+#include <math.h>
+#include <stdio.h>
+
+static void mem_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
+{
+    *min_w = 32;
+    *min_h = 7;
+}
+
+static void mem_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, struct kvs_panel_state *st)
+{
+    const struct kvs_theme *t = v->t;
+    const struct kvs_rec_run *run = kvs_view_run(v);
+    const struct kvs_rec_step *s = kvs_view_step(v);
+    int y = r.y, ye = r.y + r.h;
+    if (!s) { kvs_view_empty(w, r, v, run ? "no steps yet" : "waiting for a run"); return; }
+    char a[24], b[24];
+    bool ok = (s->valid & KVS_VALID_BYTES) && s->bytes_full > 0;
+    float cr_alloc = ok ? 1.0f - (float)s->bytes_alloc / (float)s->bytes_full : 0;
+    {
+        int x = kvs_w_text(w, t, y, r.x, r.w, KVS_C_DIM, "CR target ");
+        x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_TEXT, kvs_fmt_f(a, sizeof a, s->cr_target >= 0, "%.2f", s->cr_target));
+        x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "  achieved ");
+        bool short_of = ok && s->cr_target >= 0 && s->cr_achieved + 0.02f < s->cr_target;
+        x += kvs_w_text(w, t, y, r.x + x, r.w - x, !ok ? KVS_C_NA : short_of ? KVS_C_WARN : KVS_C_GOOD,
+                        kvs_fmt_f(a, sizeof a, ok, "%.3f", s->cr_achieved));
+        x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "  alloc ");
+        kvs_w_text(w, t, y, r.x + x, r.w - x, ok ? KVS_C_TEXT : KVS_C_NA, kvs_fmt_f(a, sizeof a, ok, "%.3f", cr_alloc));
+        y++;
+    }
+    if (!ok) {
+        if (y < ye) kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "KV bytes: n/a");
+        return;
+    }
+    uint64_t top = s->bytes_full > s->bytes_alloc ? s->bytes_full : s->bytes_alloc;
+    if (s->bytes_held > top) top = s->bytes_held;
+    int bw = r.w - 17;
+    struct { const char *name; uint64_t v; enum kvs_role role; } rows[3] = {
+        {"full ", s->bytes_full, KVS_C_BAR_FULL}, {"held ", s->bytes_held, KVS_C_BAR_HELD}, {"alloc", s->bytes_alloc, KVS_C_BAR_ALLOC}};
+    for (int i = 0; i < 3 && y < ye; i++, y++) {
+        int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "%s ", rows[i].name);
+        if (bw >= 4) {
+            kvs_w_bar(w, t, y, r.x + x, bw, (double)rows[i].v / (double)top, rows[i].role);
+            x += bw + 1;
+        }
+        kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_TEXT, "%9s", kvs_fmt_bytes(a, sizeof a, rows[i].v));
+    }
+    if (y >= ye) return;
+    /* growth: held and full bytes over the steps up to the cursor, sampled to the width */
+    int sw = r.w - 6;
+    uint64_t first = kvs_history_first(v->h);
+    uint64_t last = v->cursor < v->h->n_steps ? v->cursor : v->h->n_steps - 1;
+    if (sw >= 4 && ye - y >= 3 && last > first) {
+        const struct kvs_rec_step *s0 = kvs_history_step(v->h, first);
+        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "growth, ctx %u %s %u (%s held)", s0 ? s0->n_ctx : 0, KVS_G(t, "→", "->"), s->n_ctx,
+                     kvs_fmt_bytes(b, sizeof b, s->bytes_held));
+        float full[512], held[512];
+        if (sw > 512) sw = 512;
+        uint64_t span = last - first + 1;
+        int n = span < (uint64_t)sw ? (int)span : sw;
+        float mx = 1;
+        for (int i = 0; i < n; i++) {
+            uint64_t k = first + (span - 1) * (uint64_t)i / (uint64_t)(n > 1 ? n - 1 : 1);
+            const struct kvs_rec_step *q = kvs_history_step(v->h, k);
+            bool qok = q && (q->valid & KVS_VALID_BYTES);
+            full[i] = qok ? (float)q->bytes_full : NAN;
+            held[i] = qok ? (float)q->bytes_held : NAN;
+            if (qok && full[i] > mx) mx = full[i];
+            if (qok && held[i] > mx) mx = held[i];
+        }
+        kvs_w_text(w, t, y, r.x, 6, KVS_C_DIM, "full ");
+        kvs_w_spark(w, t, y++, r.x + 6, full, n, 0, mx, KVS_C_BAR_FULL);
+        kvs_w_text(w, t, y, r.x, 6, KVS_C_DIM, "held ");
+        kvs_w_spark(w, t, y++, r.x + 6, held, n, 0, mx, KVS_C_BAR_HELD);
+    }
+    if (y >= ye) return;
+    /* per layer: held bytes against the layer's share of the full cache */
+    uint32_t nl = s->n_layer < KVS_MAX_LAYERS ? s->n_layer : KVS_MAX_LAYERS;
+    if (nl == 0) return;
+    double layer_full = run && run->n_head_kv && run->head_dim
+                            ? (double)s->n_ctx * 2.0 * run->n_head_kv * run->head_dim * 2.0
+                            : (double)s->bytes_full / nl;
+    int rows_left = ye - y;
+    if (rows_left >= 2) {
+        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "per layer (of %s full each)", kvs_fmt_bytes(a, sizeof a, (uint64_t)layer_full));
+        rows_left--;
+    }
+    if (st->scroll > (int)nl - rows_left) st->scroll = (int)nl - rows_left;
+    if (st->scroll < 0) st->scroll = 0;
+    int lbw = r.w - 22;
+    for (int i = 0; i < rows_left; i++) {
+        uint32_t l = (uint32_t)(i + st->scroll);
+        if (l >= nl) break;
+        uint64_t hb = s->layer_bytes_held[l];
+        double f = layer_full > 0 ? hb / layer_full : 0;
+        int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "L%02u ", l);
+        if (lbw >= 3) {
+            kvs_w_bar(w, t, y, r.x + x, lbw, f, hb == 0 ? KVS_C_BAD : KVS_C_BAR_HELD);
+            x += lbw + 1;
+        }
+        kvs_w_printf(w, t, y, r.x + x, r.w - x, hb == 0 ? KVS_C_BAD : KVS_C_TEXT, "%9s %3.0f%%", kvs_fmt_bytes(a, sizeof a, hb), f * 100);
+        y++;
+    }
+}
+
+const struct kvs_panel kvs_panel_memory = {
+    .name = "memory",
+    .title = "Memory",
+    .layout = mem_layout,
+    .draw = mem_draw,
+    .key = kvs_view_scroll_key,
+    .help = "Up/Down\tscroll layers\n",
+};

@@ -1,0 +1,156 @@
+/* Quality panel: perplexity, KL divergence and top-1 agreement against the full cache for the
+ * current settings (step records with KVS_VALID_QUALITY, or a QUALITY record), and an A/B table
+ * against a pinned run. Invalid metrics print n/a. Draws only from the history. */
+#include "view.h"
+
+#include <math.h>
+#include <stdio.h>
+
+static void q_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
+{
+    *min_w = 30;
+    *min_h = 6;
+}
+
+/* The metrics of one side of the comparison. NaN = not available. */
+struct qcol {
+    const char *method;
+    double cr_target, cr_achieved, held, ppl, ppl_full, kl, top1, passkey, tps, ttft_ms;
+};
+
+static void fill_col(struct qcol *q, const struct kvs_record *run, const struct kvs_rec_step *s, const struct kvs_record *qr,
+                     const struct kvs_record *end, uint64_t ttft_ns, uint64_t n_dec, uint64_t dec_ns)
+{
+    q->method = run ? run->u.run.method : "?";
+    q->cr_target = q->cr_achieved = q->held = q->ppl = q->ppl_full = q->kl = q->top1 = q->passkey = q->tps = q->ttft_ms = NAN;
+    if (run && run->u.run.target_cr >= 0) q->cr_target = run->u.run.target_cr;
+    if (s && (s->valid & KVS_VALID_BYTES)) {
+        q->cr_achieved = s->cr_achieved;
+        q->held = (double)s->bytes_held;
+    }
+    if (s && (s->valid & KVS_VALID_QUALITY)) {
+        q->ppl = s->ppl;
+        q->kl = s->kl;
+        q->top1 = s->top1;
+    }
+    if (qr) {
+        const struct kvs_rec_quality *k = &qr->u.quality;
+        q->ppl = k->ppl;
+        q->ppl_full = k->ppl_full;
+        q->kl = k->kl;
+        q->top1 = k->top1;
+        q->passkey = k->passkey_acc;
+        if (isfinite(k->achieved_cr) && !isfinite(q->cr_achieved)) q->cr_achieved = k->achieved_cr;
+        if (k->decode_tps > 0) q->tps = k->decode_tps;
+    }
+    if (end && end->u.end.decode_tps > 0) q->tps = end->u.end.decode_tps;
+    else if (!isfinite(q->tps) && n_dec > 0 && dec_ns > 0) q->tps = n_dec / (dec_ns / 1e9);
+    if (ttft_ns) q->ttft_ms = ttft_ns / 1e6;
+}
+
+/* Self-perplexity of the generated tokens from their log-probabilities (NaN when not valid). */
+static double self_ppl(const struct kvs_history *h, uint64_t cursor)
+{
+    double sum = 0;
+    uint64_t n = 0;
+    for (uint64_t i = kvs_history_first(h); i <= cursor && i < h->n_steps; i++) {
+        const struct kvs_rec_step *s = kvs_history_step(h, i);
+        if (s && s->kind == KVS_STEP_DECODE && (s->valid & KVS_VALID_LOGPROB) && isfinite(s->logprob)) {
+            sum += s->logprob;
+            n++;
+        }
+    }
+    return n ? exp(-sum / (double)n) : NAN;
+}
+
+static void q_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, struct kvs_panel_state *st)
+{
+    const struct kvs_theme *t = v->t;
+    const struct kvs_history *h = v->h;
+    const struct kvs_rec_step *s = kvs_view_step(v);
+    int y = r.y, ye = r.y + r.h;
+    if (!h->run) { kvs_view_empty(w, r, v, "waiting for a run"); return; }
+    bool at_end = v->live || v->cursor + 1 >= h->n_steps;
+    uint64_t n_dec = 0, dec_ns = 0;
+    for (uint64_t i = kvs_history_first(h); i <= v->cursor && i < h->n_steps; i++) {
+        const struct kvs_rec_step *q = kvs_history_step(h, i);
+        if (q && q->kind == KVS_STEP_DECODE) { n_dec++; dec_ns += q->t_end_ns - q->t_start_ns; }
+    }
+    struct qcol b, a;
+    fill_col(&b, h->run, s, at_end ? h->quality : NULL, at_end ? h->end : NULL, h->t_first_decode_ns, n_dec, dec_ns);
+    const struct kvs_hist_pin *pin = v->pin && v->pin->set ? v->pin : NULL;
+    if (pin) fill_col(&a, pin->run, pin->step ? &pin->step->u.step : NULL, pin->quality, pin->end, pin->t_first_decode_ns,
+                      pin->n_decode, pin->decode_ns);
+    char x1[24], x2[24], x3[24];
+    double sp = self_ppl(h, v->cursor);
+    {
+        int x = kvs_w_text(w, t, y, r.x, r.w, KVS_C_DIM, "vs full: ");
+        bool any = isfinite(b.ppl) || isfinite(b.kl) || isfinite(b.top1);
+        if (!any) {
+            x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_NA, "n/a");
+            kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_DIM, " (compare-full off: press c)");
+        } else {
+            kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_TEXT, "KL %s  top-1 %s", kvs_fmt_f(x1, sizeof x1, true, "%.4f", b.kl),
+                         kvs_fmt_f(x2, sizeof x2, true, "%.1f%%", b.top1 * 100));
+        }
+        y++;
+    }
+    if (y >= ye) return;
+    kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "self-ppl of output %s", kvs_fmt_f(x1, sizeof x1, true, "%.2f", sp));
+    if (y >= ye) return;
+    /* table: metric | B (now) | A (pinned) | delta */
+    int cw = pin ? (r.w - 12) / 3 : r.w - 12;
+    if (cw > 14) cw = 14;
+    if (cw < 6) cw = 6;
+    kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "%-11s", "");
+    kvs_w_printf(w, t, y, r.x + 12, cw, KVS_C_FOCUS, "B %s", b.method);
+    if (pin && r.x + 12 + 2 * cw < r.x + r.w) {
+        kvs_w_printf(w, t, y, r.x + 12 + cw + 1, cw, KVS_C_BAR_REF, "A %s", a.method);
+        kvs_w_text(w, t, y, r.x + 12 + 2 * cw + 2, r.w - 14 - 2 * cw, KVS_C_DIM, "B-A");
+    }
+    y++;
+    struct row { const char *name; double bv, av; const char *fmt; double mul; bool lower_better; } rows[] = {
+        {"CR target", b.cr_target, a.cr_target, "%.2f", 1, false},
+        {"CR achieved", b.cr_achieved, a.cr_achieved, "%.3f", 1, false},
+        {"KV held MiB", b.held, a.held, "%.2f", 1.0 / 1048576, true},
+        {"ppl", b.ppl, a.ppl, "%.3f", 1, true},
+        {"ppl full", b.ppl_full, a.ppl_full, "%.3f", 1, true},
+        {"KL", b.kl, a.kl, "%.4f", 1, true},
+        {"top-1 %", b.top1, a.top1, "%.1f", 100, false},
+        {"passkey %", b.passkey, a.passkey, "%.0f", 100, false},
+        {"TTFT ms", b.ttft_ms, a.ttft_ms, "%.1f", 1, true},
+        {"tok/s", b.tps, a.tps, "%.1f", 1, false},
+    };
+    int nrows = (int)(sizeof rows / sizeof rows[0]);
+    int avail = ye - y;
+    if (st->scroll > nrows - avail) st->scroll = nrows - avail;
+    if (st->scroll < 0) st->scroll = 0;
+    for (int i = st->scroll; i < nrows && y < ye; i++, y++) {
+        struct row *rw = &rows[i];
+        kvs_w_printf(w, t, y, r.x, 12, KVS_C_DIM, "%-11s", rw->name);
+        bool bv = isfinite(rw->bv), av = pin && isfinite(rw->av);
+        kvs_w_text(w, t, y, r.x + 12, cw, bv ? KVS_C_TEXT : KVS_C_NA, kvs_fmt_f(x1, sizeof x1, bv, rw->fmt, rw->bv * rw->mul));
+        if (!pin || r.x + 12 + 2 * cw >= r.x + r.w) continue;
+        kvs_w_text(w, t, y, r.x + 12 + cw + 1, cw, av ? KVS_C_TEXT : KVS_C_NA, kvs_fmt_f(x2, sizeof x2, av, rw->fmt, rw->av * rw->mul));
+        if (bv && av) {
+            double d = (rw->bv - rw->av) * rw->mul;
+            char f[16];
+            snprintf(f, sizeof f, "%%+%s", rw->fmt + 1);
+            bool worse = rw->lower_better ? d > 0 : d < 0;
+            bool same = fabs(d) < 1e-9;
+            kvs_w_text(w, t, y, r.x + 12 + 2 * cw + 2, r.w - 14 - 2 * cw, same ? KVS_C_DIM : worse ? KVS_C_WARN : KVS_C_GOOD,
+                       kvs_fmt_f(x3, sizeof x3, true, f, d));
+        } else {
+            kvs_w_text(w, t, y, r.x + 12 + 2 * cw + 2, r.w - 14 - 2 * cw, KVS_C_NA, "n/a");
+        }
+    }
+}
+
+const struct kvs_panel kvs_panel_quality = {
+    .name = "quality",
+    .title = "Quality",
+    .layout = q_layout,
+    .draw = q_draw,
+    .key = kvs_view_scroll_key,
+    .help = "Up/Down\tscroll the metrics\n",
+};
