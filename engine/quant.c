@@ -517,9 +517,13 @@ enum kvs_status kvs_quant_prepare(struct kvs_qvec *q, uint32_t wtype, const floa
     }
     q->type = at;
     q->n = n;
-    if (at == KVS_GGML_Q8_0) prep_q8a(x, q->data, n / QK32);
-    else if (at == KVS_GGML_Q8_K) prep_q8k(x, q->data, n / QKK);
-    else memcpy(q->data, x, need);
+    if (at == KVS_GGML_Q8_0) {
+        if (!kvs_simd_prepare(at, x, q->data, n / QK32)) prep_q8a(x, q->data, n / QK32);
+    } else if (at == KVS_GGML_Q8_K) {
+        if (!kvs_simd_prepare(at, x, q->data, n / QKK)) prep_q8k(x, q->data, n / QKK);
+    } else {
+        memcpy(q->data, x, need);
+    }
     return KVS_OK;
 }
 

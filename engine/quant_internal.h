@@ -69,6 +69,9 @@ static inline void kvs_q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8
  * prepared activation. kvs_simd_dot returns false when no SIMD kernel exists for the type on
  * this build (the caller then uses the scalar one). */
 bool kvs_simd_dot(uint32_t wtype, const void *wrow, const void *act, int64_t n, float *out);
+/* Quantizes NB blocks of X into kvs_q8a (ATYPE KVS_GGML_Q8_0) or kvs_q8k (KVS_GGML_Q8_K) blocks,
+ * bit-identical to the scalar code in quant.c; false when no SIMD version exists. */
+bool kvs_simd_prepare(uint32_t atype, const float *x, void *dst, int64_t nb);
 /* Name of the SIMD level compiled in ("avx512-vnni", "avx2", "none"). */
 const char *kvs_simd_level(void);
 

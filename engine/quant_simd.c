@@ -234,6 +234,79 @@ static float dot_f16(const uint8_t *b, const float *x, int64_t n, bool bf16)
     return r;
 }
 
+/* ---- activation quantization: x * (127 / max|x|) rounded to nearest even, as quant.c ---- */
+
+static inline float hmax8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static inline __m256 absf(__m256 v)
+{
+    return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+}
+
+static inline int hsum8i(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* 32 floats scaled by ID to 32 int8 (in order) at DST; the int32 values go to Q[4]. */
+static inline void round32(const float *x, __m256 id, int8_t *dst, __m256i q[4])
+{
+    const __m256i lim = _mm256_set1_epi32(127);
+    for (int k = 0; k < 4; k++) {
+        q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), id));
+        q[k] = _mm256_max_epi32(_mm256_min_epi32(q[k], lim), _mm256_sub_epi32(_mm256_setzero_si256(), lim));
+    }
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)dst, p);
+}
+
+bool kvs_simd_prepare(uint32_t atype, const float *x, void *dst, int64_t nb)
+{
+    __m256i q[4];
+    if (atype == KVS_GGML_Q8_0) {
+        struct kvs_q8a *a = dst;
+        for (int64_t i = 0; i < nb; i++, x += QK32) {
+            __m256 m = _mm256_max_ps(_mm256_max_ps(absf(_mm256_loadu_ps(x)), absf(_mm256_loadu_ps(x + 8))),
+                                     _mm256_max_ps(absf(_mm256_loadu_ps(x + 16)), absf(_mm256_loadu_ps(x + 24))));
+            float amax = hmax8(m);
+            float d = amax / 127.0f, id = d != 0 ? 127.0f / amax : 0;
+            round32(x, _mm256_set1_ps(id), a[i].qs, q);
+            int sum = hsum8i(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+            a[i].d = d;
+            a[i].s = d * (float)sum;
+        }
+        return true;
+    }
+    if (atype == KVS_GGML_Q8_K) {
+        struct kvs_q8k *a = dst;
+        for (int64_t i = 0; i < nb; i++, x += QKK) {
+            __m256 m = _mm256_setzero_ps();
+            for (int k = 0; k < QKK; k += 8) m = _mm256_max_ps(m, absf(_mm256_loadu_ps(x + k)));
+            float amax = hmax8(m);
+            float d = amax / 127.0f, id = d != 0 ? 127.0f / amax : 0;
+            __m256 idv = _mm256_set1_ps(id);
+            for (int c = 0; c < QKK / 32; c++) {
+                round32(x + 32 * c, idv, a[i].qs + 32 * c, q);
+                a[i].bsums[2 * c] = (int16_t)hsum8i(_mm256_add_epi32(q[0], q[1]));
+                a[i].bsums[2 * c + 1] = (int16_t)hsum8i(_mm256_add_epi32(q[2], q[3]));
+            }
+            a[i].d = d;
+        }
+        return true;
+    }
+    return false;
+}
+
 bool kvs_simd_dot(uint32_t wtype, const void *wrow, const void *act, int64_t n, float *out)
 {
     const uint8_t *b = wrow;
@@ -263,6 +336,12 @@ const char *kvs_simd_level(void)
 }
 
 #else /* no AVX2: the scalar kernels in quant.c do all the work */
+
+bool kvs_simd_prepare(uint32_t atype, const float *x, void *dst, int64_t nb)
+{
+    (void)atype; (void)x; (void)dst; (void)nb;
+    return false;
+}
 
 bool kvs_simd_dot(uint32_t wtype, const void *wrow, const void *act, int64_t n, float *out)
 {
