@@ -11,7 +11,6 @@
 #pragma weak kvs_cmd_replay
 #pragma weak kvs_cmd_eval
 #pragma weak kvs_cmd_calibrate
-#pragma weak kvs_cmd_bench
 #pragma weak kvs_cmd_trace
 
 static void usage(FILE *f)

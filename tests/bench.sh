@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark prints its numbers next to a baseline measured in the same run.
+#   1. kvscope (full cache) vs llama.cpp (llama-cpp-python, same GGUF, same threads): prefill and
+#      decode tokens/s at 512 and 2048 tokens of context, as ratios.
+#   2. commonkv vs full decode at 2048 tokens of context (when the method is built).
+#   3. tests/bench_*.sh of the other modules (views, traces, methods).
+set -u
+BUILD=${1:-build}
+MODEL=${2:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+cd "$(dirname "$0")/.."
+BIN=$BUILD/kvscope
+THREADS=${BENCH_THREADS:-$(nproc)}
+CTXS=${BENCH_CTX:-512,2048}
+NDEC=${BENCH_DECODE:-64}
+TEXT=/usr/share/common-licenses/GPL-3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "== kvscope vs llama.cpp: $MODEL, $THREADS threads, context $CTXS, $NDEC decoded tokens"
+"$BIN" bench -m "$MODEL" --ctx "$CTXS" --methods full -n "$NDEC" -t "$THREADS" --json >"$tmp/kvs.json" || { echo "kvscope bench failed"; exit 1; }
+if ! python3 -c "import llama_cpp" 2>/dev/null; then
+    echo "installing llama-cpp-python (builds llama.cpp from source; several minutes)…"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" python3 -m pip install -q llama-cpp-python >/dev/null 2>&1 ||
+        CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" python3 -m pip install -q --break-system-packages llama-cpp-python >/dev/null 2>&1
+fi
+if python3 -c "import llama_cpp" 2>/dev/null; then
+    python3 tests/bench_llamacpp.py "$MODEL" "$CTXS" "$THREADS" "$NDEC" "$TEXT" >"$tmp/llama.json" 2>"$tmp/llama.err" ||
+        { echo "llama.cpp baseline failed:"; tail -5 "$tmp/llama.err"; }
+else
+    echo "llama.cpp baseline unavailable (llama-cpp-python could not be installed)"
+    : >"$tmp/llama.json"
+fi
+python3 - "$tmp/kvs.json" "$tmp/llama.json" <<'PY'
+import json, sys
+kvs = json.load(open(sys.argv[1]))
+base = {}
+for line in open(sys.argv[2]):
+    line = line.strip()
+    if line:
+        d = json.loads(line); base[d["ctx"]] = d
+print(f"{'ctx':>6} {'prefill kvscope':>16} {'llama.cpp':>10} {'ratio':>6}   {'decode kvscope':>15} {'llama.cpp':>10} {'ratio':>6}")
+for r in kvs:
+    b = base.get(r["ctx"])
+    if b:
+        print(f"{r['ctx']:>6} {r['prefill_tps']:>16.1f} {b['prefill_tps']:>10.1f} {r['prefill_tps']/b['prefill_tps']:>5.2f}x"
+              f"   {r['decode_tps']:>15.1f} {b['decode_tps']:>10.1f} {r['decode_tps']/b['decode_tps']:>5.2f}x")
+    else:
+        print(f"{r['ctx']:>6} {r['prefill_tps']:>16.1f} {'n/a':>10} {'n/a':>6}   {r['decode_tps']:>15.1f} {'n/a':>10} {'n/a':>6}")
+PY
+
+echo
+echo "== commonkv vs full: decode at 2048 tokens of context"
+if "$BIN" bench -m "$MODEL" --ctx 2048 --methods full,commonkv --cr "${BENCH_CR:-0.5}" -n "$NDEC" -t "$THREADS" --json >"$tmp/ckv.json" 2>"$tmp/ckv.err"; then
+    python3 - "$tmp/ckv.json" <<'PY'
+import json, sys
+rows = {r["method"]: r for r in json.load(open(sys.argv[1]))}
+f, c = rows.get("full"), rows.get("commonkv")
+for r in rows.values():
+    cr = 1 - r["bytes_held"] / r["bytes_full"] if r["bytes_full"] else 0
+    print(f"{r['method']:>10}: decode {r['decode_tps']:.1f} tok/s, prefill {r['prefill_tps']:.1f} tok/s, KV held {r['bytes_held']} B (CR {cr:.3f})")
+if f and c:
+    print(f"commonkv / full decode: {c['decode_tps']/f['decode_tps']:.2f}x (target >= 0.9x)")
+PY
+else
+    echo "commonkv unavailable: $(tail -1 "$tmp/ckv.err")"
+fi
+
+for b in tests/bench_*.sh; do
+    [ -f "$b" ] || continue
+    echo
+    echo "== $b"
+    bash "$b" "$BUILD" "$MODEL" || echo "($b failed)"
+done
