@@ -4,11 +4,18 @@ tokenizer from a GGUF's vocabulary and merges (read with the `gguf` package) wit
 pre-tokenizer (each digit isolated, then the GPT-2 split regex + ByteLevel) and prints ids.
 
   tokenizer_ref.py MODEL.gguf TEXTFILE [--special]   ids, one per line
+  tokenizer_ref.py --cases OUTDIR                       writes the test texts (NAME.txt; a name
+                                                        ending .special.txt is encoded with specials)
+  tokenizer_ref.py MODEL.gguf --batch CASEFILE...       writes CASEFILE.ref (ids) for each
   tokenizer_ref.py MODEL.gguf --golden OUT CASEFILE...  writes golden cases (text + ids)
+  tokenizer_ref.py MODEL.gguf --chat USER [SYSTEM]      renders the GGUF's chat template (jinja2)
 
 --special registers the GGUF's control tokens as special tokens, so their text in the input
 becomes single ids (kvscope's parse_special)."""
+import os
+import random
 import sys
+import unicodedata
 
 import gguf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, AddedToken
@@ -43,8 +50,93 @@ def build(model_path, special):
     return tok
 
 
+VARIED = (
+    "Hello, World! It's a test: we'll see they're fine & I'm \"quoted\" \u2014 don't 'panic'.\n"
+    "Numbers: 1234567, 3.14159, -42, 1,000,000, 2024-05-09 and \u00bd \u00b2 \u00b3 \u0663 10\u2075.\n"
+    "Unicode: caf\u00e9 na\u00efve \u00c5ngstr\u00f6m Stra\u00dfe \u0395\u03bb\u03bb\u03b7\u03bd\u03b9\u03ba\u03ac "
+    "\u0440\u0443\u0441\u0441\u043a\u0438\u0439 \u05e2\u05d1\u05e8\u05d9\u05ea \u0627\u0644\u0639\u0631\u0628\u064a\u0629 "
+    "\u0939\u093f\u0928\u094d\u0926\u0940 e\u0301 combining\n"
+    "CJK: \u4e2d\u6587\u5b57\u7b26\u6d4b\u8bd5\uff0c\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3001"
+    "\ud55c\uad6d\uc5b4 \ud14d\uc2a4\ud2b8\n"
+    "Emoji: \U0001F600\U0001F44D\U0001F3FD \U0001F468\u200d\U0001F469\u200d\U0001F467 \U0001F1EB\U0001F1F7 \u2728!!\n"
+    "Code:\n    def f(x):\n\treturn x**2 + 0x1F  # comment\n"
+    "int main(void) { printf(\"%d\\n\", a[i]); return 0; }\n"
+    "Whitespace:   three spaces,\ttab,\t\ttwo tabs,  \n\n\n  newlines \r\n CRLF \u00a0nbsp\u3000ideographic"
+    " \u2028line sep\v\f\n"
+    "'S 'T 'RE 'Ve 's's'd'll'm o'clock rock'n'roll\n"
+    "trailing spaces   \n   \n\t \n"
+    "URL https://example.org/a_b-c?d=1&e=%20#frag  email a.b@c.de $5.00 \u20ac12 50% ~/x.txt\n"
+    "   ")
+
+SPECIAL = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
+           "<|im_start|>assistant\n<|endoftext|>text<repo_name>x<|im_end|><|im_end|> <|im_start|>")
+
+
+def random_text(seed, n):
+    """Mixed text: ASCII words, digits, punctuation, whitespace runs and random assigned code points
+    (Unicode 14, so that both sides classify them alike)."""
+    rnd = random.Random(seed)
+    pieces = ["the", "The", "hello", " ", "  ", "   ", "\n", "\n\n", "\t", "\r\n", "'s", "'ll", "'", "0", "42",
+              "1234567", ".", ",", "!", "?", "...", "--", "()", "{}", "\u00e9", "\u00df", "\u4e2d\u6587", "\U0001F600",
+              "\u00a0", "\u3000", "\u0663", "\u00b2", "_", "#", "@", "\\", "\"", "<|", "|>"]
+    out = []
+    while sum(map(len, out)) < n:
+        if rnd.random() < 0.25:
+            cp = rnd.randrange(0x20, 0x30000)
+            ch = chr(cp)
+            if 0xD800 <= cp <= 0xDFFF or unicodedata.category(ch) in ("Cn", "Cs", "Co"):
+                continue
+            out.append(ch)
+        else:
+            out.append(rnd.choice(pieces))
+    return "".join(out)
+
+
+def write_cases(outdir):
+    os.makedirs(outdir, exist_ok=True)
+    cases = {"varied.txt": VARIED, "special.special.txt": SPECIAL}
+    for i in range(4):
+        cases["random%d.txt" % i] = random_text(1000 + i, 1500)
+    gpl = "/usr/share/common-licenses/GPL-3"
+    if os.path.exists(gpl):
+        with open(gpl, encoding="utf-8") as f:
+            cases["gpl3_head.txt"] = f.read()[:3000]
+    for name, text in cases.items():
+        with open(os.path.join(outdir, name), "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+
+def render_chat(model_path, user, system):
+    import jinja2
+    r = gguf.GGUFReader(model_path)
+    tpl = bytes(r.fields["tokenizer.chat_template"].parts[-1]).decode()
+    tokens = field_strings(r, "tokenizer.ggml.tokens")
+    bos = int(r.fields["tokenizer.ggml.bos_token_id"].parts[-1][0])
+    eos = int(r.fields["tokenizer.ggml.eos_token_id"].parts[-1][0])
+    msgs = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    out = env.from_string(tpl).render(messages=msgs, add_generation_prompt=True,
+                                      bos_token=tokens[bos], eos_token=tokens[eos])
+    sys.stdout.write(out)
+
+
 def main():
     args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "--cases":
+        write_cases(args[1])
+        return
+    if len(args) in (3, 4) and args[1] == "--chat":
+        render_chat(args[0], args[2], args[3] if len(args) == 4 else None)
+        return
+    if len(args) >= 3 and args[1] == "--batch":
+        plain, spec = build(args[0], False), build(args[0], True)
+        for path in args[2:]:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+            ids = (spec if path.endswith(".special.txt") else plain).encode(text, add_special_tokens=False).ids
+            with open(path + ".ref", "w") as f:
+                f.write("".join("%d\n" % i for i in ids))
+        return
     if len(args) >= 3 and args[1] == "--golden":
         model, out, cases = args[0], args[2], args[3:]
         plain, spec = build(model, False), build(model, True)
