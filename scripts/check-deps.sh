@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Enforces the module boundaries of DESIGN.md §2 on #include lines:
+#   engine/  never curses, never views/ or traces/ headers; CUDA headers only through kernels.h
+#            (engine/cupti.c may include cupti.h: the profiler is part of the engine)
+#   views/   never CUDA/cuBLAS/cuSOLVER/CUPTI, and from the engine only plain record headers
+#   traces/  never curses or CUDA; from the engine only kvs.h and record.h
+#   kernels/ never curses
+set -u
+cd "$(dirname "$0")/.."
+fail=0
+bad() { echo "check-deps: $1"; fail=1; }
+inc() { grep -HnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*[<"]' "$@" 2>/dev/null; }
+CUDA_RE='[<"](cuda|cuda_runtime|cuda_fp16|cublas|cublas_v2|cusolver|cusolverDn|cupti)[^">]*[">]'
+CURSES_RE='[<"](n)?cursesw?(/)?[^">]*[">]|[<"](term|panel|menu|form)\.h[">]'
+
+while IFS= read -r l; do
+    case "$l" in
+    engine/cupti.c:*cupti*) ;;
+    *) bad "$l: CUDA header in engine/ (use kernels/kernels.h)";;
+    esac
+done < <(inc engine/*.c engine/*.h | grep -E "$CUDA_RE")
+inc engine/*.c engine/*.h | grep -E "$CURSES_RE" | while IFS= read -r l; do echo "check-deps: $l: curses in engine/"; done
+[ -z "$(inc engine/*.c engine/*.h | grep -E "$CURSES_RE")" ] || fail=1
+[ -z "$(inc engine/*.c engine/*.h | grep -E '"(views|traces)/|"(view|crt|trace|widgets|layout)\.h"')" ] || {
+    inc engine/*.c engine/*.h | grep -E '"(views|traces)/|"(view|crt|trace|widgets|layout)\.h"' | sed 's/^/check-deps: engine depends on views\/traces: /'; fail=1; }
+
+for f in views/*.c views/*.h; do
+    [ -f "$f" ] || continue
+    inc "$f" | grep -E "$CUDA_RE|kernels\.h" | sed 's/^/check-deps: CUDA in views\/: /' | grep . && fail=1
+    # engine headers allowed in views: plain structs only
+    while IFS= read -r l; do
+        h=$(echo "$l" | sed -E 's/.*"([^"]+)".*/\1/')
+        base=$(basename "$h")
+        if [ -f "engine/$base" ] && ! [ -f "views/$base" ]; then
+            case "$base" in kvs.h|record.h) ;; *) bad "$l: views/ may use only engine/kvs.h and engine/record.h";; esac
+        fi
+    done < <(inc "$f" | grep '"')
+done
+
+for f in traces/*.c traces/*.h; do
+    [ -f "$f" ] || continue
+    inc "$f" | grep -E "$CUDA_RE|$CURSES_RE|kernels\.h" | sed 's/^/check-deps: curses or CUDA in traces\/: /' | grep . && fail=1
+    while IFS= read -r l; do
+        h=$(echo "$l" | sed -E 's/.*"([^"]+)".*/\1/')
+        base=$(basename "$h")
+        if [ -f "engine/$base" ] && ! [ -f "traces/$base" ]; then
+            case "$base" in kvs.h|record.h) ;; *) bad "$l: traces/ may use only engine/kvs.h and engine/record.h";; esac
+        fi
+    done < <(inc "$f" | grep '"')
+done
+
+for f in kernels/*; do
+    [ -f "$f" ] || continue
+    inc "$f" | grep -E "$CURSES_RE" | sed 's/^/check-deps: curses in kernels\/: /' | grep . && fail=1
+done
+
+# the only file that starts or ends curses mode
+for f in $(grep -lE '\b(initscr|newterm|endwin)[[:space:]]*\(' app/*.c views/*.c engine/*.c traces/*.c 2>/dev/null); do
+    [ "$f" = views/crt.c ] || bad "$f: calls initscr/newterm/endwin (only views/crt.c may)"
+done
+if [ $fail -eq 0 ]; then echo "check-deps: ok (engine, kernels, views, traces, app)"; fi
+exit $fail
