@@ -225,6 +225,8 @@ static size_t match_contraction(const uint8_t *s, size_t p, size_t e, bool ci)
 {
     if (p + 1 >= e) return p;
     uint8_t a = s[p + 1];
+    /* Unicode case folding, as the reference regex engine applies it: U+017F (long s) is 's' */
+    if (ci && p + 2 < e && a == 0xC5 && s[p + 2] == 0xBF) return p + 3;
     if (is_ascii_ci(a, 's', ci) || is_ascii_ci(a, 't', ci) || is_ascii_ci(a, 'm', ci) ||
         is_ascii_ci(a, 'd', ci))
         return p + 2;

@@ -2,7 +2,8 @@
 # Reference test of the tokenizer: kvscope's ids (tests/test_tokenizer MODEL TEXTFILE) against an
 # independent HuggingFace `tokenizers` build of the same GGUF vocabulary and merges
 # (tests/ref/tokenizer_ref.py) on varied Unicode/code/number/whitespace text, seeded random text,
-# special-token text and GPL-3; and the chat prompt against the GGUF's template rendered by
+# special-token text and GPL-3, with SmolLM2's own pre-tokenizer and with the GPT-2, Llama 3 and
+# Qwen2 ones over the same vocabulary; and the chat prompt against the GGUF's template rendered by
 # jinja2. Skips (0 passed, 0 failed) without the model or the Python packages.
 set -u
 cd "$(dirname "$0")/.."
@@ -22,23 +23,30 @@ TMP=$(mktemp -d "${KVS_TEST_TMP:-/tmp}/tokref.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 python3 tests/ref/tokenizer_ref.py --cases "$TMP/cases" || { echo "0 passed, 1 failed"; exit 1; }
 [ -f /usr/share/common-licenses/GPL-3 ] && cp /usr/share/common-licenses/GPL-3 "$TMP/cases/gpl3_full.txt"
-python3 tests/ref/tokenizer_ref.py "$MODEL" --batch "$TMP"/cases/*.txt || { echo "0 passed, 1 failed"; exit 1; }
+# the model's own pre-tokenizer (smollm), then the other byte-level families on the same vocabulary
+PRES=smollm,gpt2,llama-bpe,qwen2
+python3 tests/ref/tokenizer_ref.py "$MODEL" --batch "$TMP" $PRES "$TMP"/cases/*.txt || { echo "0 passed, 1 failed"; exit 1; }
 
-for f in "$TMP"/cases/*.txt; do
-    name=$(basename "$f")
-    special=
-    case $name in *.special.txt) special=--special ;; esac
-    if ! "$BIN" "$MODEL" "$f" $special >"$f.got" 2>"$f.err"; then
-        bad "$name: kvscope failed: $(head -c 300 "$f.err")"
-        continue
-    fi
-    if cmp -s "$f.ref" "$f.got"; then
-        ok "$name ($(wc -l <"$f.ref") ids)"
-    else
-        line=$(cmp "$f.ref" "$f.got" 2>&1 | sed -nE 's/.* line ([0-9]+).*/\1/p')
-        bad "$name: $(wc -l <"$f.ref") reference ids, $(wc -l <"$f.got") from kvscope; first difference at id #${line:-?}:" \
-            "reference $(sed -n "${line:-1}p" "$f.ref"), kvscope $(sed -n "${line:-1}p" "$f.got")"
-    fi
+for pre in ${PRES//,/ }; do
+    gg=$TMP/$pre.gguf
+    [ "$pre" = smollm ] && gg=$MODEL
+    for f in "$TMP"/cases/*.txt; do
+        name="$pre/$(basename "$f")"
+        special=
+        case $f in *.special.txt) special=--special ;; esac
+        ref=$f.$pre.ref got=$f.$pre.got
+        if ! "$BIN" "$gg" "$f" $special >"$got" 2>"$got.err"; then
+            bad "$name: kvscope failed: $(head -c 300 "$got.err")"
+            continue
+        fi
+        if cmp -s "$ref" "$got"; then
+            ok "$name ($(wc -l <"$ref") ids)"
+        else
+            line=$(cmp "$ref" "$got" 2>&1 | sed -nE 's/.* line ([0-9]+).*/\1/p')
+            bad "$name: $(wc -l <"$ref") reference ids, $(wc -l <"$got") from kvscope; first difference at id" \
+                "#${line:-?}: reference $(sed -n "${line:-1}p" "$ref"), kvscope $(sed -n "${line:-1}p" "$got")"
+        fi
+    done
 done
 
 # chat prompt: one user turn, without (default system prompt) and with a system message

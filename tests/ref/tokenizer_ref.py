@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Independent reference for kvscope's byte-level BPE tokenizer: builds a HuggingFace `tokenizers`
-tokenizer from a GGUF's vocabulary and merges (read with the `gguf` package) with SmolLM2's
-pre-tokenizer (each digit isolated, then the GPT-2 split regex + ByteLevel) and prints ids.
+tokenizer from a GGUF's vocabulary and merges (read with the `gguf` package) with the pre-tokenizer
+its tokenizer.ggml.pre names (smollm: each digit isolated, then the GPT-2 split regex + ByteLevel;
+gpt2, llama-bpe, qwen2: their split regex + ByteLevel) and prints ids.
 
   tokenizer_ref.py MODEL.gguf TEXTFILE [--special]   ids, one per line
   tokenizer_ref.py --cases OUTDIR                       writes the test texts (NAME.txt; a name
                                                         ending .special.txt is encoded with specials)
-  tokenizer_ref.py MODEL.gguf --batch CASEFILE...       writes CASEFILE.ref (ids) for each
+  tokenizer_ref.py MODEL.gguf --batch DIR PRE,... CASEFILE...
+                        for each pre-tokenizer family PRE: writes CASEFILE.PRE.ref (ids) and, for a
+                        PRE other than MODEL's own, DIR/PRE.gguf: a tokenizer-only GGUF with MODEL's
+                        vocabulary and merges under that tokenizer.ggml.pre
   tokenizer_ref.py MODEL.gguf --golden OUT CASEFILE...  writes golden cases (text + ids)
   tokenizer_ref.py MODEL.gguf --chat USER [SYSTEM]      renders the GGUF's chat template (jinja2)
 
@@ -18,7 +22,7 @@ import sys
 import unicodedata
 
 import gguf
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, AddedToken
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 
 def field_strings(reader, key):
@@ -26,28 +30,70 @@ def field_strings(reader, key):
     return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
 
 
-def build(model_path, special):
+GPT2_RE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"""
+LLAMA3_RE = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+             r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN2_RE = LLAMA3_RE.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def pre_tokenizer(pre):
+    """The HuggingFace pre-tokenizer of each tokenizer.ggml.pre family, as the models' own
+    tokenizer.json files spell them."""
+    bytelevel = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if pre == "smollm":
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    if pre in ("gpt2", "gpt-2", "default"):
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(GPT2_RE), behavior="isolated"), bytelevel])
+    if pre in ("llama-bpe", "llama3"):
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_RE), behavior="isolated"), bytelevel])
+    if pre == "qwen2":
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated"), bytelevel])
+    sys.exit("tokenizer_ref.py: pre-tokenizer %r is not modelled" % pre)
+
+
+def read_vocab(model_path):
     r = gguf.GGUFReader(model_path)
-    pre = bytes(r.fields["tokenizer.ggml.pre"].parts[-1]).decode()
-    if pre != "smollm":
-        sys.exit("tokenizer_ref.py: only the 'smollm' pre-tokenizer is modelled, not %r" % pre)
-    tokens = field_strings(r, "tokenizer.ggml.tokens")
     tt = r.fields["tokenizer.ggml.token_type"]
-    types = [int(tt.parts[i][0]) for i in tt.data]
-    merges = [tuple(m.split(" ", 1)) for m in field_strings(r, "tokenizer.ggml.merges")]
+    return {
+        "reader": r,
+        "pre": bytes(r.fields["tokenizer.ggml.pre"].parts[-1]).decode(),
+        "tokens": field_strings(r, "tokenizer.ggml.tokens"),
+        "types": [int(tt.parts[i][0]) for i in tt.data],
+        "merges": field_strings(r, "tokenizer.ggml.merges"),
+    }
+
+
+def build(v, special):
     vocab = {}
-    for i, tok in enumerate(tokens):
+    for i, tok in enumerate(v["tokens"]):
         vocab.setdefault(tok, i)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    merges = [tuple(m.split(" ", 1)) for m in v["merges"]]
+    # Llama 3's tokenizer.json sets ignore_merges: a word that is a token is taken whole
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=v["pre"] in ("llama-bpe", "llama3")))
+    tok.pre_tokenizer = pre_tokenizer(v["pre"])
     tok.decoder = decoders.ByteLevel()
     if special:
-        tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                for i in range(len(tokens)) if types[i] == 3])
+        tok.add_special_tokens([AddedToken(v["tokens"][i], special=True, normalized=False)
+                                for i in range(len(v["tokens"])) if v["types"][i] == 3])
     return tok
+
+
+def retarget(v, out, pre):
+    """Writes a tokenizer-only GGUF with V's vocabulary and merges but tokenizer.ggml.pre PRE,
+    so that both sides can be compared on the other pre-tokenizer families."""
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(v["tokens"])
+    w.add_token_types(v["types"])
+    w.add_token_merges(v["merges"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
 
 
 VARIED = (
@@ -63,7 +109,7 @@ VARIED = (
     "int main(void) { printf(\"%d\\n\", a[i]); return 0; }\n"
     "Whitespace:   three spaces,\ttab,\t\ttwo tabs,  \n\n\n  newlines \r\n CRLF \u00a0nbsp\u3000ideographic"
     " \u2028line sep\v\f\n"
-    "'S 'T 'RE 'Ve 's's'd'll'm o'clock rock'n'roll\n"
+    "'S 'T 'RE 'Ve 's's'd'll'm o'clock rock'n'roll '\u017f'\u212a\n"
     "trailing spaces   \n   \n\t \n"
     "URL https://example.org/a_b-c?d=1&e=%20#frag  email a.b@c.de $5.00 \u20ac12 50% ~/x.txt\n"
     "   ")
@@ -128,18 +174,26 @@ def main():
     if len(args) in (3, 4) and args[1] == "--chat":
         render_chat(args[0], args[2], args[3] if len(args) == 4 else None)
         return
-    if len(args) >= 3 and args[1] == "--batch":
-        plain, spec = build(args[0], False), build(args[0], True)
-        for path in args[2:]:
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8")
-            ids = (spec if path.endswith(".special.txt") else plain).encode(text, add_special_tokens=False).ids
-            with open(path + ".ref", "w") as f:
-                f.write("".join("%d\n" % i for i in ids))
+    if len(args) >= 4 and args[1] == "--batch":
+        # one read of the vocabulary for every pre-tokenizer family: slow part of this script
+        v = read_vocab(args[0])
+        outdir, pres, cases = args[2], args[3].split(","), args[4:]
+        for pre in pres:
+            if pre != v["pre"]:
+                retarget(v, os.path.join(outdir, pre + ".gguf"), pre)
+            w = dict(v, pre=pre)
+            plain, spec = build(w, False), build(w, True)
+            for path in cases:
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8")
+                ids = (spec if path.endswith(".special.txt") else plain).encode(text, add_special_tokens=False).ids
+                with open("%s.%s.ref" % (path, pre), "w") as f:
+                    f.write("".join("%d\n" % i for i in ids))
         return
     if len(args) >= 3 and args[1] == "--golden":
         model, out, cases = args[0], args[2], args[3:]
-        plain, spec = build(model, False), build(model, True)
+        v = read_vocab(model)
+        plain, spec = build(v, False), build(v, True)
         with open(out, "w") as f:
             f.write("# Golden ids for tests/test_tokenizer.c, written by tests/ref/tokenizer_ref.py\n")
             f.write("# from %s with HuggingFace tokenizers (independent of kvscope).\n" % model.split("/")[-1])
@@ -155,7 +209,7 @@ def main():
         return
     if len(args) not in (2, 3) or (len(args) == 3 and args[2] != "--special"):
         sys.exit(__doc__)
-    tok = build(args[0], len(args) == 3)
+    tok = build(read_vocab(args[0]), len(args) == 3)
     with open(args[1], "rb") as f:
         text = f.read().decode("utf-8")
     ids = tok.encode(text, add_special_tokens=False).ids
