@@ -197,7 +197,7 @@ static void draw_help(WINDOW *w, int sw, int sh, const struct kvs_view_ctx *v, c
     int first = fi->help_scroll;
     if (first > total - in.h) first = total - in.h;
     if (first < 0) first = 0;
-    int kw = in.w >= 40 ? 16 : in.w / 3;
+    int kw = in.w >= 40 ? 19 : in.w / 3;
     for (int i = 0; i < in.h && first + i < total; i++) {
         int k = first + i;
         const char *key, *what;

@@ -1,0 +1,293 @@
+/* `kvscope run`: a model, a KV-cache method and a prompt, shown live in the terminal UI (a tty and
+ * no --batch) or written as JSON lines of every step record with a summary line last. The live
+ * source is an engine session; changing settings in the UI stops it and starts a new one on the
+ * same loaded model. Depends on the engine's session/model API, app/ui.h, app/config.h. */
+#include "commands.h"
+#include "config.h"
+#include "model.h"
+#include "options.h"
+#include "record_json.h"
+#include "session.h"
+#include "theme.h"
+#include "ui.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEFAULT_DOC_BYTES 6000 /* the default document is cut here so a run takes seconds */
+
+static void usage(FILE *f)
+{
+    fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--sinks N]\n"
+          "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
+          "                   [--theme default|mono|projector] [--no-mouse] [--batch] [--record FILE] [--compare-full]\n",
+          f);
+}
+
+struct live {
+    const struct kvs_model *model;
+    struct kvs_session_params base; /* prompt, lengths, seed: fixed for the process */
+    struct kvs_session *sess;
+    struct kvs_queue *q;
+    uint32_t run_id;
+};
+
+static bool make_params(struct live *l, const struct kvs_ui_settings *s, struct kvs_session_params *p, char *err, size_t errlen)
+{
+    *p = l->base;
+    if (kvs_method_parse(&p->method, s->method, err, errlen) != KVS_OK) return false;
+    p->method.target_cr = s->cr;
+    p->method.group_size = s->group ? s->group : p->method.group_size;
+    p->method.rank_ratio = s->rank_ratio;
+    p->method.sinks = s->sinks;
+    p->method.recent = s->recent;
+    p->compare_full = s->compare_full;
+    p->run_id = ++l->run_id;
+    return true;
+}
+
+static bool live_start(struct live *l, const struct kvs_ui_settings *s, char *err, size_t errlen)
+{
+    struct kvs_session_params p;
+    if (!make_params(l, s, &p, err, errlen)) return false;
+    return kvs_session_start(&l->sess, l->model, &p, l->q, err, errlen) == KVS_OK;
+}
+
+static struct kvs_record *live_poll(void *ctx)
+{
+    struct live *l = ctx;
+    return kvs_queue_pop(l->q, 0);
+}
+
+static bool live_busy(void *ctx)
+{
+    struct live *l = ctx;
+    return l->sess && !kvs_session_done(l->sess);
+}
+
+static bool live_restart(void *ctx, const struct kvs_ui_settings *s, char *err, size_t errlen)
+{
+    struct live *l = ctx;
+    struct kvs_session_params p;
+    /* check the settings before stopping what runs */
+    if (!make_params(l, s, &p, err, errlen)) return false;
+    l->run_id--;
+    kvs_session_stop(l->sess);
+    l->sess = NULL;
+    /* records of the old run still queued are dropped: the new RUN record resets the views */
+    struct kvs_record *r;
+    while ((r = kvs_queue_pop(l->q, 0)) != NULL) kvs_record_unref(r);
+    return live_start(l, s, err, errlen);
+}
+
+/* Reads the default document, cut at a line end near DEFAULT_DOC_BYTES. */
+static char *default_doc(void)
+{
+    char *t = kvs_read_text_file(KVS_DEFAULT_TEXT, 1u << 20);
+    if (!t) return NULL;
+    size_t n = strlen(t);
+    if (n > DEFAULT_DOC_BYTES) {
+        char *nl = memchr(t + DEFAULT_DOC_BYTES / 2, '\n', DEFAULT_DOC_BYTES / 2);
+        t[nl ? (size_t)(nl - t) + 1 : DEFAULT_DOC_BYTES] = 0;
+    }
+    return t;
+}
+
+/* --batch: every record as a JSON line, then one summary line. */
+static int run_batch(struct live *l)
+{
+    uint64_t n_records = 0, n_steps = 0;
+    struct kvs_record *last_step = NULL, *end = NULL, *quality = NULL, *run = NULL;
+    int errors = 0;
+    char *text = NULL;
+    size_t text_len = 0, text_cap = 0;
+    for (;;) {
+        struct kvs_record *r = kvs_queue_pop(l->q, 200);
+        if (!r) {
+            if (kvs_session_done(l->sess)) { r = kvs_queue_pop(l->q, 0); if (!r) break; }
+            else continue;
+        }
+        n_records++;
+        if (!kvs_app_record_json(stdout, r)) { kvs_record_unref(r); errors++; break; }
+        switch (r->type) {
+        case KVS_REC_STEP:
+            n_steps++;
+            if (r->u.step.kind == KVS_STEP_DECODE) {
+                size_t pl = strnlen(r->u.step.piece, KVS_REC_PIECE_MAX);
+                if (text_len + pl + 1 > text_cap) {
+                    size_t nc = (text_len + pl + 1) * 2;
+                    char *nt = realloc(text, nc);
+                    if (nt) { text = nt; text_cap = nc; }
+                }
+                if (text_len + pl + 1 <= text_cap) { memcpy(text + text_len, r->u.step.piece, pl); text_len += pl; text[text_len] = 0; }
+            }
+            kvs_record_unref(last_step); last_step = r; break;
+        case KVS_REC_RUN: kvs_record_unref(run); run = r; break;
+        case KVS_REC_QUALITY: kvs_record_unref(quality); quality = r; break;
+        case KVS_REC_END: kvs_record_unref(end); end = r; break;
+        case KVS_REC_LOG: if (r->u.log.level >= 2) errors++; kvs_record_unref(r); break;
+        default: kvs_record_unref(r); break;
+        }
+        if (end) break;
+    }
+    /* the summary: what a person would read off the panels at the end */
+    printf("{\"type\":\"summary\",\"records\":%llu,\"steps\":%llu", (unsigned long long)n_records, (unsigned long long)n_steps);
+    if (run) printf(",\"method\":\"%s\"", run->u.run.method);
+    if (last_step && (last_step->u.step.valid & KVS_VALID_BYTES)) {
+        const struct kvs_rec_step *s = &last_step->u.step;
+        printf(",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":%.6g", s->n_ctx,
+               (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held, (unsigned long long)s->bytes_alloc,
+               (double)s->cr_achieved);
+    }
+    if (quality) {
+        const struct kvs_rec_quality *q = &quality->u.quality;
+        if (isfinite(q->kl)) printf(",\"kl\":%.6g", (double)q->kl);
+        if (isfinite(q->top1)) printf(",\"top1\":%.6g", (double)q->top1);
+        if (isfinite(q->ppl)) printf(",\"ppl\":%.6g", (double)q->ppl);
+    }
+    if (end) printf(",\"n_prompt\":%u,\"n_gen\":%u,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"dropped_records\":%llu",
+                    end->u.end.n_prompt, end->u.end.n_gen, (double)end->u.end.prefill_tps, (double)end->u.end.decode_tps,
+                    (unsigned long long)end->u.end.dropped_records);
+    printf(",\"errors\":%d,\"text\":", errors);
+    kvs_app_json_str(stdout, text ? text : "", text_len);
+    printf("}\n");
+    free(text);
+    kvs_record_unref(last_step);
+    kvs_record_unref(end);
+    kvs_record_unref(quality);
+    kvs_record_unref(run);
+    fflush(stdout);
+    return errors ? 1 : 0;
+}
+
+int kvs_cmd_run(int argc, char **argv)
+{
+    const char *model_path = NULL, *prompt = NULL, *file = NULL, *record = NULL;
+    const char *method = NULL, *theme_name = NULL;
+    double cr = NAN, rank_ratio = NAN;
+    long group = -1, sinks = -1, recent = -1, n_predict = 64, n_ctx = 2048, threads = 0;
+    uint64_t seed = 42;
+    bool chat = false, batch = false, no_mouse = false, compare_full = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!v) goto needs; model_path = v; i++; }
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!v) goto needs; prompt = v; i++; }
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!v) goto needs; file = v; i++; }
+        else if (!strcmp(a, "--method")) { if (!v) goto needs; method = v; i++; }
+        else if (!strcmp(a, "--record")) { if (!v) goto needs; record = v; i++; }
+        else if (!strcmp(a, "--theme")) { if (!v) goto needs; theme_name = v; i++; }
+        else if (!strcmp(a, "--cr")) { if (!kvs_opt_float(a, v, 0, 0.999, &cr)) return 2; i++; }
+        else if (!strcmp(a, "--rank-ratio")) { if (!kvs_opt_float(a, v, 0, 1, &rank_ratio)) return 2; i++; }
+        else if (!strcmp(a, "--group")) { if (!kvs_opt_int(a, v, 1, 64, &group)) return 2; i++; }
+        else if (!strcmp(a, "--sinks")) { if (!kvs_opt_int(a, v, 0, 4096, &sinks)) return 2; i++; }
+        else if (!strcmp(a, "--recent")) { if (!kvs_opt_int(a, v, 0, 1 << 20, &recent)) return 2; i++; }
+        else if (!strcmp(a, "-n")) { if (!kvs_opt_int(a, v, 0, 1 << 20, &n_predict)) return 2; i++; }
+        else if (!strcmp(a, "--ctx")) { if (!kvs_opt_int(a, v, 16, 1 << 22, &n_ctx)) return 2; i++; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
+        else if (!strcmp(a, "--seed")) { if (!kvs_opt_u64(a, v, &seed)) return 2; i++; }
+        else if (!strcmp(a, "--chat")) chat = true;
+        else if (!strcmp(a, "--batch")) batch = true;
+        else if (!strcmp(a, "--no-mouse")) no_mouse = true;
+        else if (!strcmp(a, "--compare-full")) compare_full = true;
+        else { kvs_die_msg("run: unknown option '%s'", a); usage(stderr); return 2; }
+        continue;
+    needs:
+        kvs_die_msg("option %s needs a value", a);
+        return 2;
+    }
+    if (prompt && file) { kvs_die_msg("run: give -p or -f, not both"); return 2; }
+    bool tui = !batch && isatty(STDOUT_FILENO) && isatty(STDIN_FILENO);
+    if (record) {
+        kvs_die_msg("run: --record is not available in this build yet (the trace writer has not landed)");
+        return 2;
+    }
+    /* settings: defaults, then the config file (interactive only), then the command line */
+    struct kvs_config cfg;
+    kvs_config_defaults(&cfg);
+    char cfg_path[1024];
+    bool have_cfg_path = kvs_config_path(cfg_path, sizeof cfg_path);
+    if (tui && have_cfg_path) {
+        char err[512];
+        if (!kvs_config_load(&cfg, cfg_path, err, sizeof err)) { kvs_die_msg("config: %s", err); return 2; }
+    }
+    if (!tui) cfg.compare_full = false; /* batch output does not depend on the config file */
+    if (method) snprintf(cfg.method, sizeof cfg.method, "%s", method);
+    if (!isnan(cr)) cfg.cr = (float)cr;
+    if (!isnan(rank_ratio)) cfg.rank_ratio = (float)rank_ratio;
+    if (group >= 0) cfg.group = (uint32_t)group;
+    if (sinks >= 0) cfg.sinks = (uint32_t)sinks;
+    if (recent >= 0) cfg.recent = (uint32_t)recent;
+    if (compare_full) cfg.compare_full = true;
+    if (theme_name) {
+        int t = kvs_theme_parse(theme_name);
+        if (t < 0) { kvs_die_msg("option --theme: '%s' is not default, mono or projector", theme_name); return 2; }
+        cfg.theme = t;
+    }
+    if (no_mouse) cfg.mouse = false;
+    char err[512];
+    {
+        struct kvs_method_config mc;
+        if (kvs_method_parse(&mc, cfg.method, err, sizeof err) != KVS_OK) { kvs_die_msg("option --method: %s", err); return 2; }
+    }
+    char *text = NULL;
+    if (file) text = kvs_read_text_file(file, 64u << 20);
+    else if (prompt) text = strdup(prompt);
+    else text = default_doc();
+    if (!text) { if (prompt) kvs_die_msg("out of memory"); return 1; }
+    if (!model_path) model_path = kvs_default_model();
+    struct kvs_model *model = NULL;
+    if (kvs_model_load(&model, model_path, err, sizeof err) != KVS_OK) {
+        kvs_die_msg("%s", err);
+        free(text);
+        return 1;
+    }
+    struct live l;
+    memset(&l, 0, sizeof l);
+    l.model = model;
+    kvs_session_params_default(&l.base);
+    l.base.prompt = text;
+    l.base.chat = chat;
+    l.base.n_predict = (int)n_predict;
+    l.base.n_ctx = (int)n_ctx;
+    l.base.n_threads = (int)threads;
+    l.base.seed = seed;
+    l.q = kvs_queue_new(4096);
+    int rc = 1;
+    if (!l.q) { kvs_die_msg("out of memory"); goto done; }
+    struct kvs_ui_settings s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.method, sizeof s.method, "%s", cfg.method);
+    s.cr = cfg.cr;
+    s.group = cfg.group;
+    s.rank_ratio = cfg.rank_ratio;
+    s.sinks = cfg.sinks;
+    s.recent = cfg.recent;
+    s.compare_full = cfg.compare_full;
+    if (!live_start(&l, &s, err, sizeof err)) { kvs_die_msg("run: %s", err); goto done; }
+    if (!tui) {
+        rc = run_batch(&l);
+    } else {
+        struct kvs_ui_source src = {.ctx = &l, .poll = live_poll, .busy = live_busy, .restart = live_restart};
+        struct kvs_ui_opts o;
+        memset(&o, 0, sizeof o);
+        o.settings = s;
+        o.theme = cfg.theme;
+        o.no_mouse = !cfg.mouse;
+        o.sim_kind = cfg.sim_kind;
+        o.config_path = have_cfg_path ? cfg_path : NULL;
+        rc = kvs_ui_run(&src, &o, err, sizeof err);
+        /* the terminal is restored by now */
+        if (rc) kvs_die_msg("%s", err);
+    }
+done:
+    if (l.sess) kvs_session_stop(l.sess);
+    kvs_queue_delete(l.q);
+    kvs_model_delete(model);
+    free(text);
+    return rc;
+}

@@ -1,0 +1,624 @@
+/* The terminal UI main loop (see ui.h). One thread: drain the source, apply settings after a short
+ * debounce, draw when something changed, then wait in getch for at most the rest of the frame.
+ * Signal handlers only set flags; every exit path goes through kvs_crt_end before any message.
+ * Depends on views/ (curses through them), app/config.h and engine/record.h. */
+#include "ui.h"
+
+#include "crt.h"
+#include "frame.h"
+#include "history.h"
+#include "theme.h"
+#include "view.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define FRAME_BUSY_MS 50    /* 20 frames/s while records arrive */
+#define FRAME_IDLE_MS 500   /* idle: a wake-up twice a second, nothing drawn unless needed */
+#define DRAIN_BUDGET_NS 15000000ull
+#define APPLY_DELAY_NS 600000000ull
+
+static volatile sig_atomic_t g_quit, g_resize;
+
+static void on_quit(int sig) { g_quit = sig; }
+static void on_winch(int sig) { (void)sig; g_resize = 1; }
+
+static const char *methods[] = {"full", "commonkv", "lowrank", "minicache", "quant", "snapkv", "streaming",
+                                "commonkv+quant", "commonkv+quant+snapkv"};
+#define N_METHODS ((int)(sizeof methods / sizeof methods[0]))
+
+static const struct kvs_help_line help_live[] = {
+    {"q", "quit (from any state)"},
+    {"? F1", "this help (Esc or ? closes)"},
+    {"+ -", "raise / lower the target CR by 0.05"},
+    {"m M", "next / previous method"},
+    {"g G", "smaller / larger CommonKV group"},
+    {"r R", "lower / raise the rank ratio (0: from CR)"},
+    {"s S", "fewer / more attention sinks"},
+    {"w W", "smaller / larger recent window"},
+    {"c", "quality against full on / off"},
+    {"Enter", "apply changed settings now (else after 0.6 s)"},
+    {"e", "run again with the same settings"},
+    {"space p", "pause / follow the newest step"},
+    {"Left Right", "one step back / forward (pauses)"},
+    {"[ ]", "ten steps back / forward"},
+    {"Home End", "first step / newest step"},
+    {"b", "pin this result as A (compare A/B)"},
+    {"f", "run the full cache once and pin it as A"},
+    {"B", "clear the pin"},
+    {"v", "similarity: hidden / keys / latent"},
+    {"Tab BTab 1-6", "focus a panel"},
+    {"z", "zoom the focused panel"},
+    {"Up Down PgUp PgDn", "scroll the focused panel"},
+    {"t", "theme: default / mono / projector"},
+    {"x", "mouse on / off"},
+    {"o", "save settings to the config file"},
+    {"mouse", "click focuses, double-click zooms, wheel scrolls"},
+};
+static const struct kvs_help_line help_replay[] = {
+    {"q", "quit (from any state)"},
+    {"? F1", "this help (Esc or ? closes)"},
+    {"space p", "play / pause"},
+    {"Left Right", "one step back / forward"},
+    {"[ ]", "ten steps back / forward"},
+    {"< >", "slower / faster (0.25x to 16x)"},
+    {"Home End", "start / end of the trace"},
+    {":", "seek: type a step number, or t and a token number, Enter"},
+    {"b", "pin this result as A (compare A/B)"},
+    {"B", "clear the pin"},
+    {"v", "similarity: hidden / keys / latent"},
+    {"Tab BTab 1-6", "focus a panel"},
+    {"z", "zoom the focused panel"},
+    {"Up Down PgUp PgDn", "scroll the focused panel"},
+    {"t", "theme: default / mono / projector"},
+    {"x", "mouse on / off"},
+    {"o", "save theme and view to the config file"},
+    {"mouse", "click focuses or seeks, double-click zooms, wheel scrolls"},
+};
+
+struct ui {
+    struct kvs_ui_source *src;
+    const struct kvs_ui_opts *o;
+    bool replay;
+    struct kvs_history h;
+    struct kvs_hist_pin pin;
+    struct kvs_theme theme;
+    int theme_id;
+    bool mouse;
+    struct kvs_view_ctx v;
+    struct kvs_panel_state st[KVS_PANEL_COUNT];
+    struct kvs_layout lay;
+    int focus, zoom;
+    bool help;
+    int help_scroll;
+    bool paused;            /* live: the cursor stays where it is */
+    uint64_t cursor;
+    struct kvs_ui_settings cur, want;
+    bool pending;
+    uint64_t pending_since;
+    char msg[256];
+    enum kvs_role msg_role;
+    uint64_t msg_until;
+    char progress[200];
+    bool progress_on;
+    unsigned spin;
+    bool prompt;            /* ':' seek prompt */
+    char prompt_buf[24];
+    int ref_state;          /* 1: running full for a pin, then restore */
+    struct kvs_ui_settings ref_restore;
+    bool dirty;
+};
+
+static void say(struct ui *u, enum kvs_role role, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void say(struct ui *u, enum kvs_role role, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(u->msg, sizeof u->msg, fmt, ap);
+    va_end(ap);
+    u->msg_role = role;
+    u->msg_until = kvs_now_ns() + 4000000000ull;
+    u->dirty = true;
+}
+
+static void setup_theme(struct ui *u)
+{
+    kvs_theme_setup(&u->theme, u->theme_id, has_colors(), COLORS, kvs_crt_utf8());
+    u->v.t = &u->theme;
+}
+
+static void settings_text(const struct kvs_ui_settings *s, char *buf, size_t n)
+{
+    char cr[16], rr[16];
+    if (s->cr < 0) snprintf(cr, sizeof cr, "none");
+    else snprintf(cr, sizeof cr, "%.2f", (double)s->cr);
+    if (s->rank_ratio > 0) snprintf(rr, sizeof rr, "%.2f", (double)s->rank_ratio);
+    else snprintf(rr, sizeof rr, "auto");
+    snprintf(buf, n, "%s CR %s G%u r %s s%u w%u%s", s->method, cr, s->group, rr, s->sinks, s->recent,
+             s->compare_full ? " +full" : "");
+}
+
+static void apply(struct ui *u)
+{
+    char err[256] = "";
+    u->pending = false;
+    if (!u->src->restart) return;
+    /* stopping the engine can take one step: show that it is happening */
+    say(u, KVS_C_WARN, "restarting the engine…");
+    if (!u->src->restart(u->src->ctx, &u->want, err, sizeof err)) {
+        say(u, KVS_C_BAD, "restart failed: %s", err);
+        u->want = u->cur;
+        return;
+    }
+    u->cur = u->want;
+    u->paused = false;
+    u->progress_on = false;
+    say(u, KVS_C_GOOD, "running %s", u->cur.method);
+}
+
+static void change(struct ui *u)
+{
+    if (u->replay) { say(u, KVS_C_WARN, "replay: the run's settings are fixed"); return; }
+    u->pending = true;
+    u->pending_since = kvs_now_ns();
+    u->dirty = true;
+}
+
+static uint64_t last_step(const struct ui *u) { return u->h.n_steps ? u->h.n_steps - 1 : 0; }
+
+/* Moves the view to step S of the current run (live or replay history). */
+static void goto_step(struct ui *u, int64_t s)
+{
+    if (u->replay && u->src->seek) {
+        uint64_t n = 0, delivered = 0;
+        u->src->position(u->src->ctx, &n, &delivered);
+        if (s < 0) s = 0;
+        if (n && (uint64_t)s >= n) s = (int64_t)n - 1;
+        /* inside the history: just move the cursor; elsewhere: the source seeks */
+        uint64_t first = kvs_history_first(&u->h);
+        uint64_t base = delivered - u->h.n_steps; /* steps of earlier runs in the trace */
+        if (delivered >= u->h.n_steps && (uint64_t)s >= base + first && (uint64_t)s < delivered) {
+            u->cursor = (uint64_t)s - base;
+            u->paused = u->cursor != last_step(u);
+        } else {
+            char err[256];
+            u->src->set_playing(u->src->ctx, false);
+            if (!u->src->seek(u->src->ctx, (uint64_t)s, err, sizeof err)) say(u, KVS_C_BAD, "seek: %s", err);
+            u->paused = false;
+        }
+        u->dirty = true;
+        return;
+    }
+    if (!u->h.n_steps) return;
+    uint64_t first = kvs_history_first(&u->h);
+    if (s < (int64_t)first) s = (int64_t)first;
+    if ((uint64_t)s > last_step(u)) s = (int64_t)last_step(u);
+    u->cursor = (uint64_t)s;
+    u->paused = u->cursor != last_step(u);
+    if (!u->paused) u->paused = false;
+    u->dirty = true;
+}
+
+static void step_by(struct ui *u, int64_t d)
+{
+    if (u->replay) {
+        uint64_t n = 0, delivered = 0;
+        u->src->position(u->src->ctx, &n, &delivered);
+        uint64_t base = delivered >= u->h.n_steps ? delivered - u->h.n_steps : 0;
+        int64_t cur = (int64_t)(base + (u->paused ? u->cursor : last_step(u)));
+        u->src->set_playing(u->src->ctx, false);
+        goto_step(u, cur + d);
+        return;
+    }
+    int64_t cur = (int64_t)(u->paused ? u->cursor : last_step(u));
+    u->paused = true;
+    goto_step(u, cur + d);
+    if (d > 0 && u->cursor == last_step(u)) u->paused = true; /* stays paused at the newest step */
+}
+
+static void pin_now(struct ui *u)
+{
+    if (!u->h.run) { say(u, KVS_C_WARN, "nothing to pin yet"); return; }
+    kvs_history_pin(&u->h, u->paused ? u->cursor : last_step(u), &u->pin);
+    say(u, KVS_C_GOOD, "pinned %s as A; change settings to compare B against it", u->h.run->u.run.method);
+}
+
+/* Handles one record before the history takes it (progress, messages, the full-reference pin). */
+static void on_record(struct ui *u, struct kvs_record *r)
+{
+    if (r->type == KVS_REC_LOG) {
+        const struct kvs_rec_log *l = &r->u.log;
+        if (l->level == 0) {
+            snprintf(u->progress, sizeof u->progress, "%s", l->text);
+            u->progress_on = true;
+        } else {
+            say(u, l->level >= 2 ? KVS_C_BAD : KVS_C_WARN, "%s", l->text);
+            if (l->level >= 2) u->msg_until = kvs_now_ns() + 30000000000ull;
+        }
+    } else if (r->type == KVS_REC_STEP) {
+        u->progress_on = false;
+    } else if (r->type == KVS_REC_RUN) {
+        u->progress_on = false;
+        u->cursor = 0;
+        if (!u->replay) u->paused = false;
+    }
+    kvs_history_push(&u->h, r);
+    if (r->type == KVS_REC_END && u->ref_state == 1 && u->h.run && strcmp(u->h.run->u.run.method, "full") == 0) {
+        kvs_history_pin(&u->h, last_step(u), &u->pin);
+        u->ref_state = 0;
+        u->want = u->ref_restore;
+        say(u, KVS_C_GOOD, "full reference pinned as A");
+        apply(u);
+    }
+    u->dirty = true;
+}
+
+static void save_config(struct ui *u)
+{
+    if (!u->o->config_path) { say(u, KVS_C_WARN, "no config path (set HOME or XDG_CONFIG_HOME)"); return; }
+    struct kvs_config c;
+    kvs_config_defaults(&c);
+    char err[512];
+    kvs_config_load(&c, u->o->config_path, err, sizeof err); /* keep what replay cannot change */
+    if (!u->replay) {
+        snprintf(c.method, sizeof c.method, "%s", u->want.method);
+        c.cr = u->want.cr;
+        c.group = u->want.group;
+        c.rank_ratio = u->want.rank_ratio;
+        c.sinks = u->want.sinks;
+        c.recent = u->want.recent;
+        c.compare_full = u->want.compare_full;
+    }
+    c.theme = u->theme_id;
+    c.mouse = u->mouse;
+    c.sim_kind = u->v.sim_kind;
+    if (kvs_config_save(&c, u->o->config_path, err, sizeof err)) say(u, KVS_C_GOOD, "saved %s", u->o->config_path);
+    else say(u, KVS_C_BAD, "cannot save: %s", err);
+}
+
+static int method_index(const char *m)
+{
+    for (int i = 0; i < N_METHODS; i++)
+        if (!strcmp(methods[i], m)) return i;
+    return -1;
+}
+
+static void seek_prompt_done(struct ui *u)
+{
+    const char *p = u->prompt_buf;
+    bool token = *p == 't';
+    if (token) p++;
+    char *end;
+    unsigned long long n = strtoull(p, &end, 10);
+    u->prompt = false;
+    if (end == p || *end) { say(u, KVS_C_WARN, "seek: type a step number, or t and a token number"); return; }
+    if (!token) { goto_step(u, (int64_t)n); return; }
+    /* a token number maps to the step that produced it in the current run */
+    if (n < u->h.tok.n) {
+        uint64_t base = 0;
+        if (u->replay) {
+            uint64_t total = 0, delivered = 0;
+            u->src->position(u->src->ctx, &total, &delivered);
+            base = delivered >= u->h.n_steps ? delivered - u->h.n_steps : 0;
+        }
+        goto_step(u, (int64_t)(base + u->h.tok.step[n]));
+    } else {
+        say(u, KVS_C_WARN, "token %llu not reached yet (%u tokens so far)", n, u->h.tok.n);
+    }
+}
+
+/* Returns false when the UI should quit. */
+static bool on_key(struct ui *u, int ch)
+{
+    if (ch == 'q' || ch == 'Q') return false;
+    u->dirty = true;
+    if (u->prompt) {
+        size_t n = strlen(u->prompt_buf);
+        if (ch == 27) u->prompt = false;
+        else if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) seek_prompt_done(u);
+        else if ((ch == KEY_BACKSPACE || ch == 127 || ch == 8) && n) u->prompt_buf[n - 1] = 0;
+        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0)) && n + 1 < sizeof u->prompt_buf) {
+            u->prompt_buf[n] = (char)ch;
+            u->prompt_buf[n + 1] = 0;
+        }
+        return true;
+    }
+    if (u->help) {
+        if (ch == '?' || ch == 27 || ch == KEY_F(1) || ch == 'h') u->help = false;
+        else if (ch == KEY_DOWN) u->help_scroll++;
+        else if (ch == KEY_UP && u->help_scroll > 0) u->help_scroll--;
+        else if (ch == KEY_NPAGE) u->help_scroll += 10;
+        else if (ch == KEY_PPAGE) u->help_scroll = u->help_scroll > 10 ? u->help_scroll - 10 : 0;
+        return true;
+    }
+    const struct kvs_panel *fp = kvs_panels[u->focus];
+    if (fp->key && fp->key(&u->st[u->focus], ch)) return true;
+    struct kvs_ui_settings *w = &u->want;
+    switch (ch) {
+    case '?': case 'h': case KEY_F(1): u->help = true; u->help_scroll = 0; break;
+    case 27: if (u->zoom >= 0) u->zoom = -1; break;
+    case '\t': u->focus = (u->focus + 1) % KVS_PANEL_COUNT; if (u->zoom >= 0) u->zoom = u->focus; break;
+    case KEY_BTAB: u->focus = (u->focus + KVS_PANEL_COUNT - 1) % KVS_PANEL_COUNT; if (u->zoom >= 0) u->zoom = u->focus; break;
+    case '1': case '2': case '3': case '4': case '5': case '6':
+        u->focus = ch - '1';
+        if (u->zoom >= 0) u->zoom = u->focus;
+        break;
+    case 'z': u->zoom = u->zoom >= 0 ? -1 : u->focus; break;
+    case 'v': u->v.sim_kind = u->v.sim_kind % 3 + 1; break;
+    case 't':
+        u->theme_id = (u->theme_id + 1) % KVS_THEME_COUNT;
+        setup_theme(u);
+        say(u, KVS_C_GOOD, "theme %s", kvs_theme_name(u->theme_id));
+        break;
+    case 'x':
+        u->mouse = !u->mouse;
+        kvs_crt_mouse(u->mouse);
+        say(u, KVS_C_GOOD, "mouse %s", u->mouse ? "on" : "off");
+        break;
+    case 'o': save_config(u); break;
+    case 'b': pin_now(u); break;
+    case 'B': kvs_hist_pin_free(&u->pin); say(u, KVS_C_GOOD, "pin cleared"); break;
+    case ' ': case 'p':
+        if (u->replay) {
+            bool on = !u->src->playing(u->src->ctx);
+            if (on && u->paused) {
+                /* resume from the cursor: drop to the newest step first */
+                u->paused = false;
+            }
+            u->src->set_playing(u->src->ctx, on);
+        } else {
+            u->paused = !u->paused;
+            u->cursor = last_step(u);
+            say(u, KVS_C_GOOD, u->paused ? "paused: Left/Right step through history, space follows again" : "following the newest step");
+        }
+        break;
+    case KEY_LEFT: step_by(u, -1); break;
+    case KEY_RIGHT: step_by(u, 1); break;
+    case '[': case KEY_SLEFT: step_by(u, -10); break;
+    case ']': case KEY_SRIGHT: step_by(u, 10); break;
+    case KEY_HOME: goto_step(u, 0); break;
+    case KEY_END:
+        if (u->replay) {
+            uint64_t n = 0, d = 0;
+            u->src->position(u->src->ctx, &n, &d);
+            goto_step(u, n ? (int64_t)n - 1 : 0);
+        } else {
+            u->paused = false;
+        }
+        break;
+    case '<': case ',':
+        if (u->replay) { double s = u->src->speed(u->src->ctx) / 2; u->src->set_speed(u->src->ctx, s < 0.25 ? 0.25 : s); }
+        break;
+    case '>': case '.':
+        if (u->replay) { double s = u->src->speed(u->src->ctx) * 2; u->src->set_speed(u->src->ctx, s > 16 ? 16 : s); }
+        break;
+    case ':':
+        if (u->replay) { u->prompt = true; u->prompt_buf[0] = 0; }
+        else say(u, KVS_C_WARN, "seek is for replays; Left/Right/Home/End move through this run");
+        break;
+    case '+': case '=':
+        w->cr = w->cr < 0 ? 0.5f : w->cr + 0.05f;
+        if (w->cr > 0.95f) w->cr = 0.95f;
+        change(u);
+        break;
+    case '-': case '_':
+        w->cr = w->cr < 0 ? 0.5f : w->cr - 0.05f;
+        if (w->cr < 0.05f) w->cr = 0.05f;
+        change(u);
+        break;
+    case 'm': case 'M': {
+        int i = method_index(w->method);
+        i = ch == 'm' ? (i + 1) % N_METHODS : (i <= 0 ? N_METHODS - 1 : i - 1);
+        snprintf(w->method, sizeof w->method, "%s", methods[i]);
+        change(u);
+        break;
+    }
+    case 'g': if (w->group > 1) w->group--; change(u); break;
+    case 'G': if (w->group < 16) w->group++; change(u); break;
+    case 'r':
+        w->rank_ratio = w->rank_ratio - 0.05f < 0.049f ? 0 : w->rank_ratio - 0.05f;
+        change(u);
+        break;
+    case 'R':
+        w->rank_ratio = w->rank_ratio <= 0 ? 0.1f : w->rank_ratio + 0.05f;
+        if (w->rank_ratio > 1) w->rank_ratio = 1;
+        change(u);
+        break;
+    case 's': w->sinks = w->sinks > 8 ? w->sinks / 2 : w->sinks ? w->sinks - 1 : 0; change(u); break;
+    case 'S': w->sinks = w->sinks >= 8 ? (w->sinks < 1024 ? w->sinks * 2 : w->sinks) : w->sinks + 1; change(u); break;
+    case 'w': w->recent = w->recent > 16 ? w->recent / 2 : 0; change(u); break;
+    case 'W': w->recent = w->recent ? (w->recent < 65536 ? w->recent * 2 : w->recent) : 16; change(u); break;
+    case 'c': w->compare_full = !w->compare_full; change(u); break;
+    case '\n': case '\r': case KEY_ENTER:
+        if (u->pending) apply(u);
+        else if (u->zoom < 0) u->zoom = u->focus;
+        else u->zoom = -1;
+        break;
+    case 'e':
+        if (u->replay) say(u, KVS_C_WARN, "replay: Home starts over");
+        else apply(u);
+        break;
+    case 'f':
+        if (u->replay) { say(u, KVS_C_WARN, "replay: the run's settings are fixed"); break; }
+        u->ref_state = 1;
+        u->ref_restore = u->want;
+        snprintf(u->want.method, sizeof u->want.method, "full");
+        apply(u);
+        say(u, KVS_C_WARN, "running the full cache as reference A…");
+        break;
+    default: u->dirty = false; break;
+    }
+    return true;
+}
+
+static void on_mouse(struct ui *u)
+{
+    MEVENT ev;
+    if (getmouse(&ev) != OK) return;
+    u->dirty = true;
+    if (u->help) { if (ev.bstate & (BUTTON1_CLICKED | BUTTON1_PRESSED)) u->help = false; return; }
+    double f = kvs_frame_hit_scrub(&u->lay, ev.x, ev.y);
+    if (f >= 0 && u->replay && (ev.bstate & (BUTTON1_CLICKED | BUTTON1_PRESSED))) {
+        uint64_t n = 0, d = 0;
+        u->src->position(u->src->ctx, &n, &d);
+        if (n) goto_step(u, (int64_t)llround(f * (double)(n - 1)));
+        return;
+    }
+    int p = kvs_frame_hit_panel(&u->lay, ev.x, ev.y);
+    if (p < 0) return;
+    if (ev.bstate & BUTTON4_PRESSED) { if (kvs_panels[p]->key) kvs_panels[p]->key(&u->st[p], KEY_UP); return; }
+    if (ev.bstate & BUTTON5_PRESSED) { if (kvs_panels[p]->key) kvs_panels[p]->key(&u->st[p], KEY_DOWN); return; }
+    if (ev.bstate & BUTTON1_DOUBLE_CLICKED) { u->focus = p; u->zoom = u->zoom >= 0 ? -1 : p; return; }
+    if (ev.bstate & (BUTTON1_CLICKED | BUTTON1_PRESSED)) u->focus = p;
+}
+
+static void draw(struct ui *u)
+{
+    int w = COLS, h = LINES;
+    u->v.h = &u->h;
+    u->v.pin = u->pin.set ? &u->pin : NULL;
+    u->v.live = !u->paused;
+    u->v.cursor = u->paused ? u->cursor : last_step(u);
+    struct kvs_layout_req rq;
+    kvs_frame_layout_req(&u->v, w, h, u->replay, u->focus, u->zoom, &rq);
+    kvs_layout_compute(&rq, &u->lay);
+    char settings[160], mode[48], extra[64], prompt[80];
+    struct kvs_frame_info fi;
+    memset(&fi, 0, sizeof fi);
+    uint64_t now = kvs_now_ns();
+    bool busy = u->src->busy && u->src->busy(u->src->ctx);
+    if (u->replay) {
+        uint64_t n = 0, d = 0;
+        u->src->position(u->src->ctx, &n, &d);
+        uint64_t base = d >= u->h.n_steps ? d - u->h.n_steps : 0;
+        fi.playing = u->src->playing(u->src->ctx);
+        fi.speed = u->src->speed(u->src->ctx);
+        fi.scrub_len = n;
+        fi.scrub_pos = base + (u->paused ? u->cursor : last_step(u));
+        uint32_t nt = u->h.n_steps ? kvs_history_tokens_upto(&u->h, u->paused ? u->cursor : last_step(u)) : 0;
+        snprintf(extra, sizeof extra, "token %u", nt);
+        fi.scrub_extra = extra;
+        snprintf(mode, sizeof mode, "REPLAY %s", fi.playing ? "playing" : "paused");
+        fi.settings = u->o->title;
+    } else {
+        snprintf(mode, sizeof mode, "%s", u->paused ? "PAUSED" : "LIVE");
+        settings_text(&u->want, settings, sizeof settings);
+        fi.settings = settings;
+        fi.pending = u->pending;
+    }
+    fi.mode = mode;
+    fi.pinned = u->pin.set;
+    fi.busy = busy;
+    fi.spin = u->spin;
+    fi.progress = u->progress_on ? u->progress : NULL;
+    if (u->prompt) {
+        snprintf(prompt, sizeof prompt, "seek to step (or tN for token N): %s_", u->prompt_buf);
+        fi.message = prompt;
+        fi.message_role = KVS_C_KEY;
+    } else if (u->msg[0] && now < u->msg_until) {
+        fi.message = u->msg;
+        fi.message_role = u->msg_role;
+    }
+    fi.help = u->help;
+    fi.help_scroll = u->help_scroll;
+    fi.help_lines = u->replay ? help_replay : help_live;
+    fi.n_help = u->replay ? (int)KVS_ARRAY_LEN(help_replay) : (int)KVS_ARRAY_LEN(help_live);
+    fi.keys_line = u->replay ? "q quit  ? help  space play/pause  </> speed  Left/Right step  : seek  b pin  v similarity  Tab focus  z zoom"
+                             : "q quit  ? help  +/- CR  m method  g/G group  r/R rank  s/S sinks  w/W recent  space pause  b pin  f full-ref  v sim  z zoom";
+    fi.focus = u->focus;
+    fi.zoom = u->zoom;
+    kvs_frame_draw(stdscr, &u->lay, &u->v, u->st, &fi);
+    wnoutrefresh(stdscr);
+    doupdate();
+    u->dirty = false;
+}
+
+int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err, size_t errlen)
+{
+    struct ui *u = calloc(1, sizeof *u);
+    if (!u) { snprintf(err, errlen, "out of memory"); return 1; }
+    u->src = src;
+    u->o = o;
+    u->replay = src->restart == NULL;
+    u->cur = u->want = o->settings;
+    u->zoom = -1;
+    u->theme_id = o->theme;
+    u->mouse = !o->no_mouse;
+    u->v.sim_kind = o->sim_kind >= 1 && o->sim_kind <= 3 ? o->sim_kind : KVS_MAT_SIM_HIDDEN;
+    if (kvs_history_init(&u->h, o->history ? o->history : 16384) != KVS_OK) {
+        free(u);
+        snprintf(err, errlen, "out of memory");
+        return 1;
+    }
+    if (!kvs_crt_start(o->no_mouse, err, errlen)) {
+        kvs_history_free(&u->h);
+        free(u);
+        return 1;
+    }
+    g_quit = g_resize = 0;
+    struct sigaction sa, old_int, old_term, old_hup, old_winch;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_quit;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGHUP, &sa, &old_hup);
+    sa.sa_handler = on_winch;
+    sigaction(SIGWINCH, &sa, &old_winch);
+    setup_theme(u);
+    u->dirty = true;
+    uint64_t frame_start = kvs_now_ns(), last_spin = 0;
+    for (;;) {
+        if (g_quit) break;
+        if (g_resize) {
+            g_resize = 0;
+            kvs_crt_resize();
+            u->dirty = true;
+        }
+        /* drain what is due, within a budget so input stays responsive */
+        uint64_t t0 = kvs_now_ns();
+        struct kvs_record *r;
+        while (kvs_now_ns() - t0 < DRAIN_BUDGET_NS && (r = src->poll(src->ctx)) != NULL) on_record(u, r);
+        uint64_t now = kvs_now_ns();
+        if (u->pending && now - u->pending_since >= APPLY_DELAY_NS) apply(u);
+        bool busy = src->busy && src->busy(src->ctx);
+        if (busy && now - last_spin >= 100000000ull) {
+            u->spin++;
+            last_spin = now;
+            u->dirty = true;
+        }
+        if (u->msg[0] && u->msg_until && now >= u->msg_until) {
+            u->msg[0] = 0;
+            u->dirty = true;
+        }
+        if (u->dirty) draw(u);
+        /* wait for input for the rest of the frame */
+        int frame_ms = busy || u->pending ? FRAME_BUSY_MS : FRAME_IDLE_MS;
+        uint64_t el = (kvs_now_ns() - frame_start) / 1000000ull;
+        int left = el >= (uint64_t)frame_ms ? 0 : frame_ms - (int)el;
+        timeout(left);
+        int ch = getch();
+        if (ch == ERR) {
+            frame_start = kvs_now_ns();
+            continue;
+        }
+        if (ch == KEY_RESIZE) { g_resize = 1; continue; }
+        if (ch == KEY_MOUSE) { on_mouse(u); continue; }
+        if (!on_key(u, ch)) break;
+    }
+    kvs_crt_end();
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGHUP, &old_hup, NULL);
+    sigaction(SIGWINCH, &old_winch, NULL);
+    kvs_hist_pin_free(&u->pin);
+    kvs_history_free(&u->h);
+    free(u);
+    return 0;
+}
