@@ -210,7 +210,8 @@ static void byte_char(int b, char *out)
     out[put_utf8(cp, out)] = '\0';
 }
 
-static bool build_crafted(const struct crafted *c, struct loaded *l)
+/* The crafted GGUF's bytes (malloc'd, *LEN bytes), or NULL. */
+static uint8_t *crafted_bytes(const struct crafted *c, size_t *len)
 {
     crafted_n = 0;
     int32_t types[600];
@@ -254,8 +255,17 @@ static bool build_crafted(const struct crafted *c, struct loaded *l)
     kvs_gbuf_bytes(&f, kv.p, kv.len);
     kvs_gbuf_pad(&f, 32);
     kvs_gbuf_free(&kv);
-    if (f.oom) { kvs_gbuf_free(&f); return false; }
-    return load_mem(l, f.p, f.len);
+    if (f.oom) { kvs_gbuf_free(&f); return NULL; }
+    *len = f.len;
+    return f.p;
+}
+
+static bool build_crafted(const struct crafted *c, struct loaded *l)
+{
+    size_t len;
+    uint8_t *mem = crafted_bytes(c, &len);
+    if (!mem) { memset(l, 0, sizeof(*l)); return false; }
+    return load_mem(l, mem, len);
 }
 
 /* Ids of TEXT as a comma-separated list of token texts: "he,llo,Ġ". */
@@ -537,6 +547,54 @@ static void test_hostile_metadata(void)
     CHECK(kvs_tokenizer_new(NULL, err, sizeof(err)) == NULL);
 }
 
+/* Random byte mutations of a valid tokenizer GGUF: whatever opens must build or fail cleanly,
+ * and whatever builds must encode, decode and format without crashing (run under ASan). */
+static void test_mutated_metadata(void)
+{
+    static const char *const m[] = {"h e", "he y", "Ġ hey", "1 2", "' s"};
+    struct crafted c = {.pre = "llama-bpe", .merges = m, .n_merges = KVS_ARRAY_LEN(m),
+                        .tmpl = "<|im_start|>system\nDefault<|im_end|>"};
+    size_t len;
+    uint8_t *orig = crafted_bytes(&c, &len);
+    CHECK(orig != NULL);
+    if (!orig) return;
+    int opened = 0, built = 0, crashed_not = 0;
+    char text[600];
+    for (int it = 0; it < 600; it++) {
+        uint8_t *mem = malloc(len);
+        memcpy(mem, orig, len);
+        int flips = 1 + (int)(rnd() % 6);
+        for (int k = 0; k < flips; k++) {
+            /* keep the header; mostly hit text bytes (token texts, merges, keys), sometimes lengths */
+            size_t at = 24 + rnd() % (len - 24);
+            for (int tries = 0; tries < 8 && orig[at] < 0x20 && rnd() % 8 != 0; tries++) at = 24 + rnd() % (len - 24);
+            mem[at] = (rnd() % 3 == 0) ? (uint8_t)rnd() : (uint8_t)(mem[at] ^ (1u << (rnd() % 8)));
+        }
+        struct loaded l;
+        if (load_mem(&l, mem, len)) opened++;
+        if (l.t) {
+            built++;
+            size_t n = random_utf8(text, 8 + rnd() % 500, false);
+            int64_t k;
+            int32_t *ids = encode(l.t, text, n, rnd() % 2, &k);
+            if (ids && k >= 0) {
+                char *dec = malloc(4 * n + 64);
+                kvs_tokenizer_decode(l.t, ids, k, dec, (int64_t)(4 * n + 64));
+                free(dec);
+            }
+            free(ids);
+            free(kvs_tokenizer_chat_format(l.t, rnd() % 2 ? "s" : NULL, "u"));
+        } else if (opened && !l.err[0]) {
+            CHECKF(0, "failure without a reason");
+        }
+        crashed_not++;
+        loaded_free(&l);
+    }
+    printf("mutations: %d tried, %d opened, %d built a tokenizer\n", crashed_not, opened, built);
+    CHECK(crashed_not == 600 && built > 0 && built < 600);
+    free(orig);
+}
+
 /* Hex string -> bytes in place; returns the length or -1. */
 static long unhex(char *s)
 {
@@ -687,6 +745,7 @@ int main(int argc, char **argv)
     RUN(test_spm);
     RUN(test_chat_formats);
     RUN(test_hostile_metadata);
+    RUN(test_mutated_metadata);
     RUN(test_smollm2_golden);
     return kvs_test_summary();
 }
