@@ -1,0 +1,569 @@
+/* The CUDA backend as the engine sees it: finds and dlopens libkvscope_cuda.so ($KVS_CUDA_LIB, next
+ * to the executable, the build directory, $(PREFIX)/lib/kvscope), checks its ABI, asks the driver and
+ * the runtime for a GPU, and implements the backend vtable on host pointers by staging through
+ * device buffers. Depends on libc, libdl and kernels/kernels.h only (no CUDA headers or libraries
+ * at link time), so kvscope starts on any machine; every failure is a status string. */
+#include "backend.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CUDA_LIB_NAME "libkvscope_cuda.so"
+
+/* ---------------------------------------------------------------- driver probe */
+
+static struct {
+    pthread_once_t once;
+    enum kvs_gpu_driver state;
+    int count;
+    char detail[256];
+} drv = {.once = PTHREAD_ONCE_INIT};
+
+static void driver_probe_once(void)
+{
+    /* CUresult is an int-sized enum; 0 is CUDA_SUCCESS, 100 CUDA_ERROR_NO_DEVICE */
+    typedef int (*cu_init_fn)(unsigned);
+    typedef int (*cu_count_fn)(int *);
+    typedef int (*cu_errstr_fn)(int, const char **);
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *e = dlerror();
+        drv.state = KVS_GPU_NO_DRIVER;
+        kvs_seterr(drv.detail, sizeof drv.detail, "%s", e ? e : "libcuda.so.1 not found");
+        return;
+    }
+    cu_init_fn cu_init = (cu_init_fn)dlsym(h, "cuInit");
+    cu_count_fn cu_count = (cu_count_fn)dlsym(h, "cuDeviceGetCount");
+    cu_errstr_fn cu_errstr = (cu_errstr_fn)dlsym(h, "cuGetErrorString");
+    if (!cu_init || !cu_count) {
+        drv.state = KVS_GPU_NO_DRIVER;
+        kvs_seterr(drv.detail, sizeof drv.detail, "libcuda.so.1 lacks cuInit/cuDeviceGetCount");
+        return;
+    }
+    int rc = cu_init(0);
+    if (rc == 0) rc = cu_count(&drv.count);
+    if (rc != 0 || drv.count <= 0) {
+        const char *s = NULL;
+        if (rc != 0 && cu_errstr) cu_errstr(rc, &s);
+        drv.state = KVS_GPU_NO_DEVICE;
+        drv.count = 0;
+        kvs_seterr(drv.detail, sizeof drv.detail, "driver: %s (%d)", s ? s : rc ? "error" : "no devices", rc);
+        return;
+    }
+    drv.state = KVS_GPU_PRESENT;
+    kvs_seterr(drv.detail, sizeof drv.detail, "driver: %d device(s)", drv.count);
+    /* the handle stays open: the driver is not meant to be unloaded */
+}
+
+enum kvs_gpu_driver kvs_gpu_driver_probe(int *count, char *detail, size_t cap)
+{
+    pthread_once(&drv.once, driver_probe_once);
+    if (count) *count = drv.count;
+    if (detail && cap) kvs_seterr(detail, cap, "%s", drv.detail);
+    return drv.state;
+}
+
+/* ---------------------------------------------------------------- library discovery */
+
+static struct {
+    pthread_once_t once;
+    struct kvs_backend_cuda_info info;
+    const struct kvs_cuda_api *api;
+} cu = {.once = PTHREAD_ONCE_INIT};
+
+static bool readable(const char *p) { return p && *p && access(p, R_OK) == 0; }
+
+/* Directory of the running executable into buf (no trailing slash); false when unknown. */
+static bool exe_dir(char *buf, size_t cap)
+{
+    char tmp[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", tmp, sizeof tmp - 1);
+    if (n <= 0) return false;
+    tmp[n] = 0;
+    char *slash = strrchr(tmp, '/');
+    if (!slash) return false;
+    *slash = 0;
+    if ((size_t)(slash - tmp) >= cap) return false;
+    memcpy(buf, tmp, (size_t)(slash - tmp) + 1);
+    return true;
+}
+
+/* First readable candidate into info->lib_path; false (with a detail) when none. */
+static bool find_library(struct kvs_backend_cuda_info *in)
+{
+    const char *env = getenv("KVS_CUDA_LIB");
+    if (env && *env) {
+        kvs_seterr(in->lib_path, sizeof in->lib_path, "%s", env);
+        if (readable(env)) return true;
+        kvs_seterr(in->detail, sizeof in->detail, "KVS_CUDA_LIB=%s is not readable", env);
+        return false;
+    }
+    char dir[PATH_MAX / 2];
+    char cand[PATH_MAX];
+    if (exe_dir(dir, sizeof dir)) {
+        kvs_seterr(cand, sizeof cand, "%s/" CUDA_LIB_NAME, dir);
+        if (readable(cand)) goto found;
+    }
+#ifdef KVS_BUILD_DIR
+    kvs_seterr(cand, sizeof cand, "%s/" CUDA_LIB_NAME, KVS_BUILD_DIR);
+    if (readable(cand)) goto found;
+#endif
+#ifdef KVS_PREFIX
+    kvs_seterr(cand, sizeof cand, "%s/lib/kvscope/" CUDA_LIB_NAME, KVS_PREFIX);
+    if (readable(cand)) goto found;
+#endif
+    /* an installed tree is relocatable: PREFIX/bin/kvscope next to PREFIX/lib/kvscope/ */
+    if (exe_dir(dir, sizeof dir)) {
+        kvs_seterr(cand, sizeof cand, "%s/../lib/kvscope/" CUDA_LIB_NAME, dir);
+        if (readable(cand)) goto found;
+    }
+    kvs_seterr(in->detail, sizeof in->detail, CUDA_LIB_NAME " not found next to the executable, in the build "
+             "directory or under lib/kvscope (set KVS_CUDA_LIB to point at it)");
+    return false;
+found:
+    if (strlen(cand) >= sizeof in->lib_path) {
+        kvs_seterr(in->detail, sizeof in->detail, "path of " CUDA_LIB_NAME " too long");
+        return false;
+    }
+    memcpy(in->lib_path, cand, strlen(cand) + 1);
+    return true;
+}
+
+static void cuda_probe_once(void)
+{
+    struct kvs_backend_cuda_info *in = &cu.info;
+    char ddetail[256];
+    enum kvs_gpu_driver dstate;
+
+    in->lib_found = find_library(in);
+    if (!in->lib_found) {
+        kvs_seterr(in->status, sizeof in->status, "CUDA backend not built");
+        return;
+    }
+    dstate = kvs_gpu_driver_probe(NULL, ddetail, sizeof ddetail);
+    in->driver_loaded = dstate != KVS_GPU_NO_DRIVER;
+
+    /* RTLD_LOCAL: the CUDA libraries' symbols stay out of the global namespace */
+    void *h = dlopen(in->lib_path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *e = dlerror();
+        kvs_seterr(in->detail, sizeof in->detail, "%s", e ? e : "dlopen failed");
+        kvs_seterr(in->status, sizeof in->status, "%s",
+                 in->driver_loaded ? "CUDA runtime libraries missing" : "no NVIDIA driver");
+        return;
+    }
+    kvs_cuda_get_api_fn get = (kvs_cuda_get_api_fn)dlsym(h, KVS_CUDA_ENTRY);
+    const struct kvs_cuda_api *api = get ? get() : NULL;
+    if (!api) {
+        kvs_seterr(in->status, sizeof in->status, "CUDA backend library is invalid");
+        kvs_seterr(in->detail, sizeof in->detail, "%s has no " KVS_CUDA_ENTRY, in->lib_path);
+        return;
+    }
+    if (api->abi_version != KVS_CUDA_ABI_VERSION || api->struct_size < sizeof(struct kvs_cuda_api)) {
+        kvs_seterr(in->status, sizeof in->status, "CUDA backend ABI mismatch (library v%u, kvscope v%u)",
+                 api->abi_version, KVS_CUDA_ABI_VERSION);
+        kvs_seterr(in->detail, sizeof in->detail, "rebuild %s", in->lib_path);
+        return;
+    }
+    in->lib_loaded = true;
+    /* the runtime answers sensibly without a driver too (cudaErrorInsufficientDriver) */
+    api->probe(&in->probe);
+    const struct kvs_cuda_probe *p = &in->probe;
+    if (!in->driver_loaded) {
+        kvs_seterr(in->status, sizeof in->status, "no NVIDIA driver");
+        kvs_seterr(in->detail, sizeof in->detail, "%s", ddetail);
+        return;
+    }
+    switch (p->status) {
+    case KVS_CUDA_PROBE_OK:
+        break;
+    case KVS_CUDA_PROBE_NO_DRIVER:
+        kvs_seterr(in->status, sizeof in->status, "no NVIDIA driver");
+        kvs_seterr(in->detail, sizeof in->detail, "%s", p->message);
+        return;
+    case KVS_CUDA_PROBE_OLD_DRIVER:
+        kvs_seterr(in->status, sizeof in->status, "NVIDIA driver too old for CUDA %d.%d", p->runtime_version / 1000,
+                 p->runtime_version % 1000 / 10);
+        kvs_seterr(in->detail, sizeof in->detail, "driver supports CUDA %d.%d: %s", p->driver_version / 1000,
+                 p->driver_version % 1000 / 10, p->message);
+        return;
+    case KVS_CUDA_PROBE_NO_GPU:
+        kvs_seterr(in->status, sizeof in->status, "no GPU");
+        kvs_seterr(in->detail, sizeof in->detail, "%s; %s", p->message, ddetail);
+        return;
+    default:
+        kvs_seterr(in->status, sizeof in->status, "CUDA error: %.140s", p->message);
+        kvs_seterr(in->detail, sizeof in->detail, "cudaGetDeviceCount returned %d", p->runtime_error);
+        return;
+    }
+    in->available = true;
+    cu.api = api;
+    kvs_seterr(in->status, sizeof in->status, "cuda: %.100s (sm_%d%d)", p->name, p->cc_major, p->cc_minor);
+    /* the library stays loaded for the life of the process: CUDA does not support unloading well */
+}
+
+const char *kvs_backend_probe(bool *available)
+{
+    pthread_once(&cu.once, cuda_probe_once);
+    if (available) *available = cu.info.available;
+    return cu.info.status;
+}
+
+const struct kvs_backend_cuda_info *kvs_backend_cuda_info(void)
+{
+    pthread_once(&cu.once, cuda_probe_once);
+    return &cu.info;
+}
+
+/* ---------------------------------------------------------------- backend on host pointers */
+
+enum {
+    ST_X, ST_Y, ST_W, ST_POS, ST_QPOS, ST_FREQS, ST_C, ST_V, ST_BK, ST_BV, ST_U, ST_S, ST_VT, ST_COUNT
+};
+
+struct cuda_be {
+    const struct kvs_cuda_api *api;
+    struct kvs_cuda_ctx *cx;
+    void *buf[ST_COUNT];      /* device staging buffers, grown on demand */
+    size_t cap[ST_COUNT];
+    int weight_dtype;         /* enum kvs_cuda_dtype */
+};
+
+static enum kvs_status api_fail(struct kvs_backend *b, const char *what)
+{
+    struct cuda_be *s = b->ctx;
+    kvs_seterr(b->err, sizeof b->err, "%s: %s", what, s->api->last_error(s->cx));
+    return KVS_ERR_BACKEND;
+}
+
+/* Device buffer SLOT of at least BYTES (NULL with b->err set on failure). */
+static void *stage(struct kvs_backend *b, int slot, size_t bytes)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->buf[slot] && s->cap[slot] >= bytes) return s->buf[slot];
+    size_t cap = bytes + bytes / 2;
+    if (cap < 4096) cap = 4096;
+    s->api->free(s->cx, s->buf[slot]);
+    s->buf[slot] = NULL;
+    s->cap[slot] = 0;
+    if (s->api->alloc(s->cx, &s->buf[slot], cap) != KVS_CUDA_OK) {
+        api_fail(b, "device allocation");
+        return NULL;
+    }
+    s->cap[slot] = cap;
+    return s->buf[slot];
+}
+
+/* Stages BYTES from host SRC into SLOT; *dev receives the device pointer. */
+static enum kvs_status put(struct kvs_backend *b, int slot, const void *src, size_t bytes, void **dev)
+{
+    struct cuda_be *s = b->ctx;
+    void *d = stage(b, slot, bytes);
+    if (!d) return KVS_ERR_BACKEND;
+    if (bytes && s->api->upload(s->cx, d, src, bytes) != KVS_CUDA_OK) return api_fail(b, "upload");
+    *dev = d;
+    return KVS_OK;
+}
+
+static enum kvs_status get(struct kvs_backend *b, void *dst, const void *dev, size_t bytes)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->download(s->cx, dst, dev, bytes) != KVS_CUDA_OK) return api_fail(b, "download");
+    return KVS_OK;
+}
+
+#define TRY(expr)                               \
+    do {                                        \
+        enum kvs_status try_st_ = (expr);       \
+        if (try_st_ != KVS_OK) return try_st_;  \
+    } while (0)
+
+static enum kvs_status cu_rmsnorm(struct kvs_backend *b, float *out, const float *x, const float *w, int T, int n,
+                                  float eps)
+{
+    struct cuda_be *s = b->ctx;
+    void *dx, *dw, *dy;
+    size_t bytes = (size_t)T * n * sizeof(float);
+    if (T <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
+    TRY(put(b, ST_X, x, bytes, &dx));
+    TRY(put(b, ST_W, w, (size_t)n * sizeof(float), &dw));
+    if (!(dy = stage(b, ST_Y, bytes))) return KVS_ERR_BACKEND;
+    if (s->api->rmsnorm(s->cx, dy, dx, dw, T, n, eps) != KVS_CUDA_OK) return api_fail(b, "rmsnorm");
+    return get(b, out, dy, bytes);
+}
+
+static enum kvs_status cu_rope(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim,
+                               const int32_t *pos, const float *freqs, bool neox)
+{
+    struct cuda_be *s = b->ctx;
+    void *dx, *dp, *df;
+    size_t bytes = (size_t)T * n_heads * head_dim * sizeof(float);
+    if (T <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
+    TRY(put(b, ST_X, x, bytes, &dx));
+    TRY(put(b, ST_POS, pos, (size_t)T * sizeof(int32_t), &dp));
+    TRY(put(b, ST_FREQS, freqs, (size_t)(head_dim / 2) * sizeof(float), &df));
+    if (s->api->rope(s->cx, dx, T, n_heads, head_dim, dp, df, neox) != KVS_CUDA_OK) return api_fail(b, "rope");
+    return get(b, x, dx, bytes);
+}
+
+static enum kvs_status cu_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw)
+{
+    struct cuda_be *s = b->ctx;
+    const struct kvs_weight *w = bw->w;
+    struct kvs_cuda_weight *dw = NULL;
+    if (!w || w->rows <= 0 || w->cols <= 0) {
+        kvs_seterr(b->err, sizeof b->err, "weight_prepare: empty weight");
+        return KVS_ERR_ARG;
+    }
+    if (s->api->weight_new(s->cx, &dw, w->rows, w->cols, s->weight_dtype) != KVS_CUDA_OK)
+        return api_fail(b, "weight upload");
+    /* dequantize on the host a few MiB at a time; the device converts to fp16/bf16 */
+    int64_t chunk = KVS_MAX((int64_t)1, ((int64_t)8 << 20) / (w->cols * (int64_t)sizeof(float)));
+    chunk = KVS_MIN(chunk, w->rows);
+    float *tmp = malloc((size_t)chunk * (size_t)w->cols * sizeof(float));
+    if (!tmp) {
+        s->api->weight_free(s->cx, dw);
+        kvs_seterr(b->err, sizeof b->err, "weight_prepare: out of memory");
+        return KVS_ERR_NOMEM;
+    }
+    for (int64_t r0 = 0; r0 < w->rows; r0 += chunk) {
+        int64_t nr = KVS_MIN(chunk, w->rows - r0);
+        for (int64_t r = 0; r < nr; r++) kvs_weight_row_f32(w, r0 + r, tmp + r * w->cols);
+        if (s->api->weight_set_rows(s->cx, dw, r0, nr, tmp) != KVS_CUDA_OK) {
+            free(tmp);
+            enum kvs_status st = api_fail(b, "weight upload");
+            s->api->weight_free(s->cx, dw);
+            return st;
+        }
+    }
+    free(tmp);
+    bw->dev = dw;
+    return KVS_OK;
+}
+
+static void cu_weight_release(struct kvs_backend *b, struct kvs_backend_weight *bw)
+{
+    struct cuda_be *s = b->ctx;
+    s->api->weight_free(s->cx, bw->dev);
+    bw->dev = NULL;
+}
+
+static enum kvs_status cu_matmul(struct kvs_backend *b, const struct kvs_backend_weight *bw, const float *x,
+                                 float *y, int T)
+{
+    struct cuda_be *s = b->ctx;
+    const struct kvs_weight *w = bw->w;
+    void *dx, *dy;
+    size_t ybytes = (size_t)T * (size_t)w->rows * sizeof(float);
+    if (T <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
+    TRY(put(b, ST_X, x, (size_t)T * (size_t)w->cols * sizeof(float), &dx));
+    if (!(dy = stage(b, ST_Y, ybytes))) return KVS_ERR_BACKEND;
+    if (s->api->matmul(s->cx, bw->dev, dx, dy, T) != KVS_CUDA_OK) return api_fail(b, "matmul");
+    return get(b, y, dy, ybytes);
+}
+
+/* Concatenates N_SEGS host runs (ELEM bytes per token, counts from N_OF) into device SLOT. */
+static enum kvs_status put_segs(struct kvs_backend *b, int slot, int n_segs, const void *const *src,
+                                const int *counts, size_t elem, int64_t n, void **dev)
+{
+    struct cuda_be *s = b->ctx;
+    char *d = stage(b, slot, (size_t)n * elem);
+    if (!d) return KVS_ERR_BACKEND;
+    size_t off = 0;
+    for (int i = 0; i < n_segs; i++) {
+        size_t bytes = (size_t)counts[i] * elem;
+        if (bytes && s->api->upload(s->cx, d + off, src[i], bytes) != KVS_CUDA_OK) return api_fail(b, "upload");
+        off += bytes;
+    }
+    *dev = d;
+    return KVS_OK;
+}
+
+/* Total token count of the segments; -1 when a count is negative or the sum exceeds INT_MAX. */
+static int64_t seg_total(const int *counts, int n_segs)
+{
+    int64_t n = 0;
+    for (int i = 0; i < n_segs; i++) {
+        if (counts[i] < 0) return -1;
+        n += counts[i];
+    }
+    return n > INT_MAX ? -1 : n;
+}
+
+static enum kvs_status cu_attn_latent(struct kvs_backend *b, const struct kvs_attn_latent_args *a, const float *q,
+                                      float *out)
+{
+    struct cuda_be *s = b->ctx;
+    enum kvs_status st = KVS_ERR_NOMEM;
+    if (a->n_segs < 0 || a->T < 0) return KVS_ERR_ARG;
+    int ns = a->n_segs;
+    const void **cs = malloc((size_t)(ns ? ns : 1) * sizeof *cs);
+    const void **ps = malloc((size_t)(ns ? ns : 1) * sizeof *ps);
+    int *counts = malloc((size_t)(ns ? ns : 1) * sizeof *counts);
+    if (!cs || !ps || !counts) goto done;
+    for (int i = 0; i < ns; i++) {
+        cs[i] = a->segs[i].c;
+        ps[i] = a->segs[i].pos;
+        counts[i] = a->segs[i].n;
+    }
+    int64_t n = seg_total(counts, ns);
+    st = KVS_ERR_ARG;
+    if (n < 0 || a->n_head <= 0 || a->head_dim <= 0 || a->rank <= 0 || a->n_head_kv <= 0) goto done;
+    size_t dq = (size_t)a->n_head * a->head_dim, dkv = (size_t)a->n_head_kv * a->head_dim;
+    size_t obytes = (size_t)a->T * dq * sizeof(float);
+    struct kvs_cuda_attn_latent d = {.T = a->T, .n = (int)n, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+                                     .head_dim = a->head_dim, .rank = a->rank, .neox = a->neox,
+                                     .scale = a->scale};
+    void *dq_, *dqp, *dc, *dp, *dbk, *dbv, *df, *dout;
+    if ((st = put(b, ST_X, q, obytes, &dq_)) != KVS_OK) goto done;
+    if ((st = put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp)) != KVS_OK) goto done;
+    if ((st = put_segs(b, ST_C, ns, cs, counts, (size_t)a->rank * sizeof(float), n, &dc)) != KVS_OK) goto done;
+    if ((st = put_segs(b, ST_POS, ns, ps, counts, sizeof(int32_t), n, &dp)) != KVS_OK) goto done;
+    if ((st = put(b, ST_BK, a->bk, dkv * a->rank * sizeof(float), &dbk)) != KVS_OK) goto done;
+    if ((st = put(b, ST_BV, a->bv, dkv * a->rank * sizeof(float), &dbv)) != KVS_OK) goto done;
+    if ((st = put(b, ST_FREQS, a->freqs, (size_t)(a->head_dim / 2) * sizeof(float), &df)) != KVS_OK) goto done;
+    st = KVS_ERR_BACKEND;
+    if (!(dout = stage(b, ST_Y, obytes))) goto done;
+    d.q = dq_;
+    d.q_pos = dqp;
+    d.c = dc;
+    d.pos = dp;
+    d.bk = dbk;
+    d.bv = dbv;
+    d.freqs = df;
+    d.out = dout;
+    if (s->api->attn_latent(s->cx, &d) != KVS_CUDA_OK) {
+        st = api_fail(b, "attn_latent");
+        goto done;
+    }
+    st = get(b, out, dout, obytes);
+done:
+    free(cs);
+    free(ps);
+    free(counts);
+    return st;
+}
+
+static enum kvs_status cu_attn_kv16(struct kvs_backend *b, const struct kvs_attn_kv16_args *a, const float *q,
+                                    float *out)
+{
+    struct cuda_be *s = b->ctx;
+    enum kvs_status st = KVS_ERR_NOMEM;
+    if (a->n_segs < 0 || a->T < 0) return KVS_ERR_ARG;
+    int ns = a->n_segs;
+    const void **ks = malloc((size_t)(ns ? ns : 1) * sizeof *ks);
+    const void **vs = malloc((size_t)(ns ? ns : 1) * sizeof *vs);
+    const void **ps = malloc((size_t)(ns ? ns : 1) * sizeof *ps);
+    int *counts = malloc((size_t)(ns ? ns : 1) * sizeof *counts);
+    if (!ks || !vs || !ps || !counts) goto done;
+    for (int i = 0; i < ns; i++) {
+        ks[i] = a->segs[i].k;
+        vs[i] = a->segs[i].v;
+        ps[i] = a->segs[i].pos;
+        counts[i] = a->segs[i].n;
+    }
+    int64_t n = seg_total(counts, ns);
+    st = KVS_ERR_ARG;
+    if (n < 0 || a->n_head <= 0 || a->head_dim <= 0 || a->n_head_kv <= 0) goto done;
+    size_t dq = (size_t)a->n_head * a->head_dim, dkv = (size_t)a->n_head_kv * a->head_dim;
+    size_t obytes = (size_t)a->T * dq * sizeof(float);
+    struct kvs_cuda_attn_kv16 d = {.T = a->T, .n = (int)n, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+                                   .head_dim = a->head_dim, .scale = a->scale};
+    void *dq_, *dqp, *dk, *dv, *dp, *dout;
+    if ((st = put(b, ST_X, q, obytes, &dq_)) != KVS_OK) goto done;
+    if ((st = put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp)) != KVS_OK) goto done;
+    if ((st = put_segs(b, ST_C, ns, ks, counts, dkv * sizeof(uint16_t), n, &dk)) != KVS_OK) goto done;
+    if ((st = put_segs(b, ST_V, ns, vs, counts, dkv * sizeof(uint16_t), n, &dv)) != KVS_OK) goto done;
+    if ((st = put_segs(b, ST_POS, ns, ps, counts, sizeof(int32_t), n, &dp)) != KVS_OK) goto done;
+    st = KVS_ERR_BACKEND;
+    if (!(dout = stage(b, ST_Y, obytes))) goto done;
+    d.q = dq_;
+    d.q_pos = dqp;
+    d.k = dk;
+    d.v = dv;
+    d.pos = dp;
+    d.out = dout;
+    if (s->api->attn_kv16(s->cx, &d) != KVS_CUDA_OK) {
+        st = api_fail(b, "attn_kv16");
+        goto done;
+    }
+    st = get(b, out, dout, obytes);
+done:
+    free(ks);
+    free(vs);
+    free(ps);
+    free(counts);
+    return st;
+}
+
+static enum kvs_status cu_svd(struct kvs_backend *b, const float *a, int m, int n, float *u, float *sv, float *vt)
+{
+    struct cuda_be *s = b->ctx;
+    void *da, *du, *ds, *dvt;
+    if (m <= 0 || n <= 0) return KVS_ERR_ARG;
+    size_t k = (size_t)KVS_MIN(m, n);
+    TRY(put(b, ST_X, a, (size_t)m * n * sizeof(float), &da));
+    if (!(du = stage(b, ST_U, (size_t)m * k * sizeof(float)))) return KVS_ERR_BACKEND;
+    if (!(ds = stage(b, ST_S, k * sizeof(float)))) return KVS_ERR_BACKEND;
+    if (!(dvt = stage(b, ST_VT, k * n * sizeof(float)))) return KVS_ERR_BACKEND;
+    if (s->api->svd(s->cx, da, m, n, du, ds, dvt) != KVS_CUDA_OK) return api_fail(b, "svd");
+    TRY(get(b, u, du, (size_t)m * k * sizeof(float)));
+    TRY(get(b, sv, ds, k * sizeof(float)));
+    return get(b, vt, dvt, k * n * sizeof(float));
+}
+
+static void cu_destroy(struct kvs_backend *b)
+{
+    struct cuda_be *s = b->ctx;
+    if (!s) return;
+    for (int i = 0; i < ST_COUNT; i++) s->api->free(s->cx, s->buf[i]);
+    s->api->shutdown(s->cx);
+    free(s);
+    b->ctx = NULL;
+}
+
+static const struct kvs_backend_ops cuda_ops = {
+    .name = "cuda",
+    .destroy = cu_destroy,
+    .rmsnorm = cu_rmsnorm,
+    .rope = cu_rope,
+    .weight_prepare = cu_weight_prepare,
+    .weight_release = cu_weight_release,
+    .matmul = cu_matmul,
+    .attn_latent = cu_attn_latent,
+    .attn_kv16 = cu_attn_kv16,
+    .svd = cu_svd,
+};
+
+enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)
+{
+    bool ok = false;
+    const char *why = kvs_backend_probe(&ok);
+    if (!ok) {
+        kvs_seterr(err, errlen, "%s", why);
+        return KVS_ERR_UNSUPPORTED;
+    }
+    struct cuda_be *s = calloc(1, sizeof *s);
+    if (!s) {
+        kvs_seterr(err, errlen, "out of memory");
+        return KVS_ERR_NOMEM;
+    }
+    s->api = cu.api;
+    const char *dt = getenv("KVS_CUDA_WEIGHTS");
+    s->weight_dtype = dt && !strcmp(dt, "bf16") ? KVS_CUDA_BF16 : KVS_CUDA_F16;
+    char e[256] = "";
+    if (s->api->init(&s->cx, 0, e, sizeof e) != KVS_CUDA_OK) {
+        kvs_seterr(err, errlen, "CUDA initialisation failed: %s", e);
+        free(s);
+        return KVS_ERR_BACKEND;
+    }
+    b->ops = &cuda_ops;
+    b->ctx = s;
+    kvs_seterr(b->device, sizeof b->device, "%s (sm_%d%d)", s->api->device_name(s->cx), cu.info.probe.cc_major,
+             cu.info.probe.cc_minor);
+    return KVS_OK;
+}

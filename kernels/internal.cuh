@@ -1,0 +1,118 @@
+/* Private to the kernels/ .cu files: the context and weight structs, the CUDA/cuBLAS/cuSOLVER members of the
+ * check macro family, scratch buffers and small device helpers. Never included by engine/ code.
+ * Functions here use the single `fail:` label convention of KVS_CHECK_GEN (kernels.h). */
+#ifndef KVS_KERNELS_INTERNAL_CUH
+#define KVS_KERNELS_INTERNAL_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cublas_v2.h>
+#include <cusolverDn.h>
+
+#include "kernels.h"
+
+/* Scratch slots, each grown on demand and kept for the context's lifetime. */
+enum kvs_cuda_scratch_slot {
+    KVS_SCR_ACT = 0,    /* matmul: activations converted to the weight dtype */
+    KVS_SCR_STAGE,      /* weight upload: fp32 rows before conversion */
+    KVS_SCR_SCORES,     /* attention: (T_chunk, n_head, n) scores then probabilities */
+    KVS_SCR_PC,         /* latent attention: (T_chunk, n_head, rank) P·C */
+    KVS_SCR_SVD_A,      /* svd: copy of the input (gesvdj overwrites it) */
+    KVS_SCR_SVD_V,      /* svd: V of the column-major problem */
+    KVS_SCR_SVD_WORK,
+    KVS_SCR_SVD_INFO,
+    KVS_SCR_COUNT
+};
+
+struct kvs_cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cusolverDnHandle_t solver;
+    char name[96];
+    int cc_major, cc_minor;
+    void *scratch[KVS_SCR_COUNT];
+    size_t scratch_cap[KVS_SCR_COUNT];
+    char err[512];
+};
+
+struct kvs_cuda_weight {
+    int64_t rows, cols;
+    int dtype;       /* enum kvs_cuda_dtype */
+    void *data;      /* (rows, cols) row-major, 2 bytes per element */
+};
+
+const char *kvs_cusolver_status_str(cusolverStatus_t s);
+
+#define CUDA_CHECK(expr) KVS_CHECK_GEN(c->err, sizeof c->err, "CUDA", expr, cudaSuccess, cudaGetErrorString)
+#define CUBLAS_CHECK(expr) \
+    KVS_CHECK_GEN(c->err, sizeof c->err, "cuBLAS", expr, CUBLAS_STATUS_SUCCESS, cublasGetStatusString)
+#define CUSOLVER_CHECK(expr) \
+    KVS_CHECK_GEN(c->err, sizeof c->err, "cuSOLVER", expr, CUSOLVER_STATUS_SUCCESS, kvs_cusolver_status_str)
+/* Launch check: configuration errors surface at once, faults at the next synchronising call. */
+#define KVS_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+/* Argument check with a formatted message, same fail: convention. */
+#define KVS_REQUIRE(cond, ...)                                  \
+    do {                                                        \
+        if (!(cond)) {                                          \
+            snprintf(c->err, sizeof c->err, __VA_ARGS__);       \
+            goto fail;                                          \
+        }                                                       \
+    } while (0)
+
+/* Returns scratch SLOT with at least BYTES, or NULL with c->err set. Invalidates the slot's
+ * previous contents when it grows. */
+void *kvs_cuda_scratch(struct kvs_cuda_ctx *c, int slot, size_t bytes);
+
+/* ---- device helpers ---- */
+
+static __device__ __forceinline__ float kvs_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result. */
+static __device__ __forceinline__ float kvs_block_sum(float v)
+{
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = kvs_warp_sum(v);
+    __syncthreads(); /* part[] may still be read by a previous call */
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = lane < nw ? part[lane] : 0.0f;
+    return kvs_warp_sum(v);
+}
+
+static __device__ __forceinline__ float kvs_block_max(float v)
+{
+    __shared__ float part[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = lane < nw ? part[lane] : -INFINITY;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Grid size for N independent items of PER_BLOCK each, capped to the 1-D grid limit. */
+static inline unsigned kvs_grid(int64_t n, int per_block)
+{
+    int64_t g = (n + per_block - 1) / per_block;
+    if (g < 1) g = 1;
+    if (g > 0x7fffffff) g = 0x7fffffff;
+    return (unsigned)g;
+}
+
+/* Converts N fp32 device values to DTYPE (enum kvs_cuda_dtype) at DST; fp16 saturates at ±65504. */
+int kvs_cuda_convert(struct kvs_cuda_ctx *c, void *dst, const float *src, int64_t n, int dtype);
+
+/* Softmax of R rows of length N in place (masked entries are -inf and become 0; a fully masked
+ * row becomes all 0). Shared by both attention kinds. */
+int kvs_cuda_softmax_rows(struct kvs_cuda_ctx *c, float *x, int64_t rows, int n);
+
+#endif

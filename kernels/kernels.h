@@ -1,0 +1,177 @@
+/* The only boundary between the C engine and the CUDA backend (DESIGN.md §2, §7): plain C types,
+ * a versioned function table that libkvscope_cuda.so returns from kvs_cuda_get_api(), and the
+ * generic check macro shared by the CUDA side and the CUPTI profiler.
+ * Every pointer handed to a table entry that names "device" is CUDA device memory.
+ * Must not include CUDA headers: engine/ compiles it with a plain C compiler. */
+#ifndef KVS_KERNELS_H
+#define KVS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
+#define KVS_CUDA_ABI_VERSION 1u
+/* Name of the exported entry point (for dlsym). */
+#define KVS_CUDA_ENTRY "kvs_cuda_get_api"
+/* Largest head width the attention kernels accept (per-warp key in shared memory). */
+#define KVS_CUDA_MAX_HEAD_DIM 256
+
+/* ---- generic check macro family (CUDA, cuBLAS, cuSOLVER on the CUDA side; CUPTI in engine/) ----
+ * KVS_CHECK_GEN evaluates EXPR once; when the result differs from OK it records the library, the
+ * expression, the code and its text (STRFN(code)), the function, file and line into ERRBUF (CAP
+ * bytes) and jumps to the enclosing function's single `fail:` label. In C++ every local must be
+ * declared before the first check (goto may not cross an initialisation). */
+static inline void kvs_check_record(char *errbuf, size_t cap, const char *lib, const char *expr, long code,
+                                    const char *text, const char *func, const char *file, int line)
+{
+    if (errbuf && cap) snprintf(errbuf, cap, "%s error %ld (%s) in %s() at %s:%d: %s", lib, code,
+                                text ? text : "?", func, file, line, expr);
+}
+#ifdef __cplusplus
+#define KVS_CHECK_TYPEOF(x) decltype(x)
+#else
+#define KVS_CHECK_TYPEOF(x) __typeof__(x)
+#endif
+#define KVS_CHECK_GEN(errbuf, cap, lib, expr, ok, strfn)                                              \
+    do {                                                                                             \
+        KVS_CHECK_TYPEOF(expr) kvs_check_rc_ = (expr);                                                     \
+        if (kvs_check_rc_ != (ok)) {                                                                 \
+            kvs_check_record((errbuf), (cap), (lib), #expr, (long)kvs_check_rc_, strfn(kvs_check_rc_), \
+                             __func__, __FILE__, __LINE__);                                          \
+            goto fail;                                                                               \
+        }                                                                                            \
+    } while (0)
+
+/* ---- types ---- */
+
+/* Return codes of every int-returning table entry. */
+enum kvs_cuda_rc { KVS_CUDA_OK = 0, KVS_CUDA_FAIL = -1 /* message in last_error() */ };
+
+/* Device storage of uploaded weights (tensor-core GEMM inputs). */
+enum kvs_cuda_dtype { KVS_CUDA_F16 = 1, KVS_CUDA_BF16 = 2 };
+
+/* What probe() found, from the most to the least fundamental failure. */
+enum kvs_cuda_probe_status {
+    KVS_CUDA_PROBE_OK = 0,
+    KVS_CUDA_PROBE_NO_DRIVER = 1,  /* cudart found no driver (libcuda missing) */
+    KVS_CUDA_PROBE_OLD_DRIVER = 2, /* driver older than the runtime the library was built with */
+    KVS_CUDA_PROBE_NO_GPU = 3,     /* driver present, no usable device */
+    KVS_CUDA_PROBE_ERROR = 4,      /* any other runtime error (message says which) */
+};
+
+struct kvs_cuda_probe {
+    int status;               /* enum kvs_cuda_probe_status */
+    int runtime_error;        /* cudaError_t of cudaGetDeviceCount (0 when fine) */
+    int device_count;
+    int runtime_version;      /* e.g. 13000 */
+    int driver_version;       /* 0 when no driver */
+    int cc_major, cc_minor;   /* device 0 */
+    uint64_t total_mem;       /* device 0, bytes */
+    char name[96];            /* device 0, e.g. "NVIDIA H100 80GB HBM3" */
+    char message[160];        /* runtime's text for runtime_error */
+};
+
+struct kvs_cuda_ctx;    /* one device, one stream, cuBLAS and cuSOLVER handles, scratch, last error */
+struct kvs_cuda_weight; /* a (rows, cols) row-major matrix resident on the device as fp16 or bf16 */
+
+/* Attention of T queries over one layer's CommonKV latents (DESIGN.md §3 steps 5–6), all device:
+ *   scores[t,h,j] = scale · q[t,h] · RoPE_{pos[j]}(B_k[g] c_j)     (fused, K never stored)
+ *   out[t,h]      = (softmax_j(scores[t,h,:]) · C) · B_v[g]ᵀ       (re-association, V never stored)
+ * with g = h / (n_head / n_head_kv); query t sees latent j only when pos[j] <= q_pos[t]. */
+struct kvs_cuda_attn_latent {
+    int T, n;                 /* queries, cached latents (n may be 0: out becomes 0) */
+    int n_head, n_head_kv, head_dim, rank;
+    const float *q;           /* (T, n_head*head_dim) after RoPE */
+    const int32_t *q_pos;     /* (T) */
+    const float *c;           /* (n, rank) latents, pre-RoPE */
+    const int32_t *pos;       /* (n) original positions of the latents */
+    const float *bk, *bv;     /* (n_head_kv*head_dim, rank) the layer's B_k, B_v */
+    const float *freqs;       /* (head_dim/2) RoPE inverse frequencies */
+    int neox;                 /* pairs (i, i+d/2) instead of (2i, 2i+1) */
+    float scale;              /* usually 1/sqrt(head_dim) */
+    float *out;               /* (T, n_head*head_dim) */
+};
+
+/* Attention of T queries over a plain fp16 K/V cache (the `full` press), all device. */
+struct kvs_cuda_attn_kv16 {
+    int T, n;
+    int n_head, n_head_kv, head_dim;
+    const float *q;           /* (T, n_head*head_dim) after RoPE */
+    const int32_t *q_pos;     /* (T) */
+    const uint16_t *k, *v;    /* (n, n_head_kv*head_dim) IEEE fp16 bits; k after RoPE */
+    const int32_t *pos;       /* (n) */
+    float scale;
+    float *out;               /* (T, n_head*head_dim) */
+};
+
+/* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in
+ * last_error(ctx). Calls on one context must come from one thread at a time. */
+struct kvs_cuda_api {
+    uint32_t abi_version;     /* KVS_CUDA_ABI_VERSION of the library */
+    uint32_t struct_size;     /* sizeof(struct kvs_cuda_api) in the library */
+
+    /* Asks the CUDA runtime for devices without creating a context; never fails hard. */
+    void (*probe)(struct kvs_cuda_probe *out);
+    /* Creates a context on DEVICE. On failure returns KVS_CUDA_FAIL with a message in err and
+     * *out NULL. Free with shutdown (frees every allocation and weight made through it). */
+    int (*init)(struct kvs_cuda_ctx **out, int device, char *err, size_t errlen);
+    void (*shutdown)(struct kvs_cuda_ctx *c);
+    const char *(*device_name)(const struct kvs_cuda_ctx *c); /* "NVIDIA H100 80GB HBM3" */
+    const char *(*last_error)(const struct kvs_cuda_ctx *c);
+
+    /* Device memory. upload returns once SRC may be reused; download waits for all prior work. */
+    int (*alloc)(struct kvs_cuda_ctx *c, void **dptr, size_t bytes);
+    void (*free)(struct kvs_cuda_ctx *c, void *dptr);
+    int (*upload)(struct kvs_cuda_ctx *c, void *dst_dev, const void *src_host, size_t bytes);
+    int (*download)(struct kvs_cuda_ctx *c, void *dst_host, const void *src_dev, size_t bytes);
+    int (*sync)(struct kvs_cuda_ctx *c);
+
+    /* Weights: create, fill rows [row0, row0+n) from fp32 host rows (converted on the device),
+     * free. A weight belongs to its context. */
+    int (*weight_new)(struct kvs_cuda_ctx *c, struct kvs_cuda_weight **out, int64_t rows, int64_t cols, int dtype);
+    int (*weight_set_rows)(struct kvs_cuda_ctx *c, struct kvs_cuda_weight *w, int64_t row0, int64_t n,
+                           const float *src_host);
+    void (*weight_free)(struct kvs_cuda_ctx *c, struct kvs_cuda_weight *w);
+
+    /* Operations on device pointers; twins of the CPU functions of the same suffix. */
+    int (*rmsnorm)(struct kvs_cuda_ctx *c, float *out, const float *x, const float *w, int T, int n, float eps);
+    int (*rope)(struct kvs_cuda_ctx *c, float *x, int T, int n_heads, int head_dim, const int32_t *pos,
+                const float *freqs, int neox);
+    int (*matmul)(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const float *x, float *y, int T);
+    int (*attn_latent)(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a);
+    int (*attn_kv16)(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *a);
+    int (*svd)(struct kvs_cuda_ctx *c, const float *a, int m, int n, float *u, float *s, float *vt);
+};
+
+/* The library's single exported entry point: a static table (never NULL, never freed). */
+const struct kvs_cuda_api *kvs_cuda_get_api(void);
+typedef const struct kvs_cuda_api *(*kvs_cuda_get_api_fn)(void);
+
+/* ---- the launchers behind the table, named after their CPU twins (engine/infer.h, backend.h).
+ * The engine reaches them only through the table; they are listed here so that each twin pair
+ * can be found by name. All pointers are device memory. ---- */
+
+/* out (T, n) = x (T, n) · rsqrt(mean(x²) + eps) · w (n), one block per row. */
+int kvs_cuda_rmsnorm(struct kvs_cuda_ctx *c, float *out, const float *x, const float *w, int T, int n, float eps);
+/* Rotates x (T, n_heads, head_dim) in place, token t at pos[t]; one thread per pair. */
+int kvs_cuda_rope(struct kvs_cuda_ctx *c, float *x, int T, int n_heads, int head_dim, const int32_t *pos,
+                  const float *freqs, int neox);
+/* y (T, rows) = x (T, cols) · Wᵀ: x converted to W's dtype, cublasGemmEx with CUBLAS_COMPUTE_32F
+ * (tensor cores), fp32 output. Activations beyond the fp16 range saturate; use bf16 for those. */
+int kvs_cuda_matmul(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const float *x, float *y, int T);
+int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a);
+int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *a);
+/* Thin SVD of a (m, n) row-major: u (m, k), s (k) descending, vt (k, n), k = min(m, n);
+ * cuSOLVER gesvdj (Jacobi) in fp32. */
+int kvs_cuda_svd(struct kvs_cuda_ctx *c, const float *a, int m, int n, float *u, float *s, float *vt);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,96 @@
+/* Element-wise and row kernels: RMSNorm (one block per row), RoPE (one thread per rotated pair),
+ * row softmax with masking (one block per row). Twins of kvs_cpu_rmsnorm / kvs_cpu_rope
+ * (engine/infer.c), which are the oracle: same formulas, RoPE angles in double as on the CPU.
+ * Depends on the CUDA runtime only. */
+#include "internal.cuh"
+
+#define NORM_THREADS 256
+
+__global__ void k_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    const float *xr = x + (size_t)blockIdx.x * n;
+    float *orow = out + (size_t)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = kvs_block_sum(ss);
+    float scale = rsqrtf(ss / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * scale * w[i];
+}
+
+int kvs_cuda_rmsnorm(struct kvs_cuda_ctx *c, float *out, const float *x, const float *w, int T, int n, float eps)
+{
+    KVS_REQUIRE(T >= 0 && n > 0, "rmsnorm: bad shape (%d, %d)", T, n);
+    if (T == 0) return KVS_CUDA_OK;
+    k_rmsnorm<<<(unsigned)T, NORM_THREADS, 0, c->stream>>>(out, x, w, n, eps);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* One thread per (token, head, pair). */
+__global__ void k_rope(float *x, int T, int n_heads, int head_dim, const int32_t *pos, const float *freqs, int neox)
+{
+    int half = head_dim / 2;
+    int64_t total = (int64_t)T * n_heads * half;
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    int i = (int)(idx % half);
+    int64_t th = idx / half; /* token * n_heads + head */
+    int t = (int)(th / n_heads);
+    float *hx = x + th * head_dim;
+    int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+    double sn, cs;
+    sincos((double)pos[t] * (double)freqs[i], &sn, &cs);
+    float fc = (float)cs, fs = (float)sn;
+    float x0 = hx[a], x1 = hx[b];
+    hx[a] = x0 * fc - x1 * fs;
+    hx[b] = x0 * fs + x1 * fc;
+}
+
+int kvs_cuda_rope(struct kvs_cuda_ctx *c, float *x, int T, int n_heads, int head_dim, const int32_t *pos,
+                  const float *freqs, int neox)
+{
+    int64_t total;
+    KVS_REQUIRE(T >= 0 && n_heads > 0 && head_dim > 0 && head_dim % 2 == 0, "rope: bad shape (%d, %d, %d)", T,
+                n_heads, head_dim);
+    total = (int64_t)T * n_heads * (head_dim / 2);
+    if (total == 0) return KVS_CUDA_OK;
+    k_rope<<<kvs_grid(total, 256), 256, 0, c->stream>>>(x, T, n_heads, head_dim, pos, freqs, neox);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+__global__ void k_softmax_rows(float *x, int n)
+{
+    float *row = x + (size_t)blockIdx.x * n;
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, row[i]);
+    m = kvs_block_max(m);
+    if (m == -INFINITY) { /* nothing visible: attend to nothing rather than produce NaN */
+        for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = 0.0f;
+        return;
+    }
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float e = expf(row[i] - m);
+        row[i] = e;
+        s += e;
+    }
+    s = kvs_block_sum(s);
+    float inv = 1.0f / s;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] *= inv;
+}
+
+int kvs_cuda_softmax_rows(struct kvs_cuda_ctx *c, float *x, int64_t rows, int n)
+{
+    KVS_REQUIRE(rows >= 0 && rows <= 0x7fffffff && n > 0, "softmax: bad shape (%lld, %d)", (long long)rows, n);
+    if (rows == 0) return KVS_CUDA_OK;
+    k_softmax_rows<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(x, n);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
