@@ -291,6 +291,40 @@ static const char *memcpy_name(uint8_t kind)
     }
 }
 
+/* Readable kernel name from an Itanium-mangled one: the (possibly nested) name without its
+ * parameter or template lists, "_ZN7cublasLt6kernelIfEEvv" -> "cublasLt::kernel"; anything that does
+ * not parse is copied as is. */
+static void kernel_name(char *dst, size_t cap, const char *m)
+{
+    if (!m) {
+        kvs_seterr(dst, cap, "kernel");
+        return;
+    }
+    if (strncmp(m, "_Z", 2) != 0) {
+        kvs_seterr(dst, cap, "%s", m);
+        return;
+    }
+    const char *s = m + 2;
+    bool nested = *s == 'N';
+    if (nested) s++;
+    size_t used = 0;
+    dst[0] = 0;
+    while (*s >= '1' && *s <= '9') {
+        char *end;
+        unsigned long len = strtoul(s, &end, 10);
+        if (strnlen(end, len) < len) break;
+        int w = snprintf(dst + used, cap - used, "%s%.*s", used ? "::" : "", (int)len, end);
+        if (w < 0 || (size_t)w >= cap - used) {
+            used = cap - 1;
+            break;
+        }
+        used += (size_t)w;
+        s = end + len;
+        if (!nested) break;
+    }
+    if (!used) kvs_seterr(dst, cap, "%s", m);
+}
+
 /* Monotonic ns relative to the run start; 0 for stamps before it. */
 static uint64_t rel_ns(const struct kvs_profiler *p, uint64_t ts)
 {
@@ -306,7 +340,7 @@ static void convert(struct kvs_profiler *p, const CUpti_Activity *rec)
     case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
         const CUpti_ActivityKernel10 *a = (const CUpti_ActivityKernel10 *)rec;
         k.kind = KVS_KREC_KERNEL;
-        kvs_seterr(k.name, sizeof k.name, "%s", a->name ? a->name : "kernel");
+        kernel_name(k.name, sizeof k.name, a->name);
         k.stream = a->streamId;
         k.start_ns = rel_ns(p, a->start);
         k.end_ns = rel_ns(p, a->end);
