@@ -3,7 +3,8 @@
  * and the real SmolLM2 vocabulary against golden ids made by HuggingFace tokenizers.
  *   test_tokenizer                          unit tests ("N passed, N failed" last)
  *   test_tokenizer MODEL TEXTFILE [--special]  prints the ids of TEXTFILE, one per line
- *   test_tokenizer --chat MODEL USER [SYSTEM]  prints the chat prompt for one user turn */
+ *   test_tokenizer --chat MODEL USER [SYSTEM]  prints the chat prompt for one user turn
+ *   test_tokenizer --tiny-spm OUT.gguf          writes the tiny SentencePiece-style model */
 #include "harness.h"
 #include "tinymodel.h"
 #include "tokenizer.h"
@@ -731,12 +732,24 @@ static int cli_chat(const char *model, const char *user, const char *system)
     return s ? 0 : 1;
 }
 
+/* Writes the tiny SPM model the unit tests use (richer: 400 merges) for the reference script. */
+static int cli_tiny_spm(const char *path)
+{
+    struct kvs_tiny_opts o;
+    kvs_tiny_defaults(&o);
+    o.tokenizer = KVS_TINY_TOK_SPM;
+    o.n_merges = 400;
+    if (kvs_tiny_write(path, &o) != 0) { fprintf(stderr, "%s\n", kvs_tiny_error()); return 1; }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--tiny-spm") == 0) return cli_tiny_spm(argv[2]);
     if (argc >= 4 && strcmp(argv[1], "--chat") == 0) return cli_chat(argv[2], argv[3], argc > 4 ? argv[4] : NULL);
     if (argc == 3 || (argc == 4 && strcmp(argv[3], "--special") == 0)) return cli_encode(argv[1], argv[2], argc == 4);
     if (argc != 1) {
-        fprintf(stderr, "usage: %s [MODEL.gguf TEXTFILE [--special] | --chat MODEL.gguf USER [SYSTEM]]\n", argv[0]);
+        fprintf(stderr, "usage: %s [MODEL.gguf TEXTFILE [--special] | --chat MODEL.gguf USER [SYSTEM] | --tiny-spm OUT]\n", argv[0]);
         return 2;
     }
     RUN(test_bpe_merges_and_pre);

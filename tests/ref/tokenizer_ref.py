@@ -2,7 +2,8 @@
 """Independent reference for kvscope's byte-level BPE tokenizer: builds a HuggingFace `tokenizers`
 tokenizer from a GGUF's vocabulary and merges (read with the `gguf` package) with the pre-tokenizer
 its tokenizer.ggml.pre names (smollm: each digit isolated, then the GPT-2 split regex + ByteLevel;
-gpt2, llama-bpe, qwen2: their split regex + ByteLevel) and prints ids.
+gpt2, llama-bpe, qwen2: their split regex + ByteLevel), or, for a "llama" (SentencePiece-style)
+vocabulary, BPE with byte fallback and merges ranked by score, and prints ids.
 
   tokenizer_ref.py MODEL.gguf TEXTFILE [--special]   ids, one per line
   tokenizer_ref.py --cases OUTDIR                       writes the test texts (NAME.txt; a name
@@ -22,7 +23,7 @@ import sys
 import unicodedata
 
 import gguf
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 
 def field_strings(reader, key):
@@ -55,24 +56,55 @@ def pre_tokenizer(pre):
 def read_vocab(model_path):
     r = gguf.GGUFReader(model_path)
     tt = r.fields["tokenizer.ggml.token_type"]
-    return {
+    v = {
         "reader": r,
-        "pre": bytes(r.fields["tokenizer.ggml.pre"].parts[-1]).decode(),
+        "model": bytes(r.fields["tokenizer.ggml.model"].parts[-1]).decode(),
         "tokens": field_strings(r, "tokenizer.ggml.tokens"),
         "types": [int(tt.parts[i][0]) for i in tt.data],
-        "merges": field_strings(r, "tokenizer.ggml.merges"),
     }
+    if v["model"] == "llama":
+        sc = r.fields["tokenizer.ggml.scores"]
+        v["scores"] = [float(sc.parts[i][0]) for i in sc.data]
+        v["pre"] = "spm"
+    else:
+        v["merges"] = field_strings(r, "tokenizer.ggml.merges")
+        v["pre"] = bytes(r.fields["tokenizer.ggml.pre"].parts[-1]).decode()
+    return v
+
+
+def build_spm(v):
+    """SentencePiece-style BPE as HuggingFace spells it for Llama 2: ' ' -> U+2581 with one
+    prepended, BPE with byte fallback. The merges come from the scores: every split of a piece into
+    two pieces, ranked by the merged piece's score (as HF's SentencePiece converter does)."""
+    tokens, types, scores = v["tokens"], v["types"], v["scores"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for i, t in enumerate(tokens):
+        if types[i] != 1 or len(t) < 2:
+            continue
+        for k in range(1, len(t)):
+            a, b = t[:k], t[k:]
+            if a in vocab and b in vocab and types[vocab[a]] == 1 and types[vocab[b]] == 1:
+                merges.append((-scores[i], vocab[a], a, b))
+    merges.sort(key=lambda m: (m[0], m[1]))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for _, _, a, b in merges], byte_fallback=True,
+                               unk_token=tokens[0]))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    return tok
 
 
 def build(v, special):
-    vocab = {}
-    for i, tok in enumerate(v["tokens"]):
-        vocab.setdefault(tok, i)
-    merges = [tuple(m.split(" ", 1)) for m in v["merges"]]
-    # Llama 3's tokenizer.json sets ignore_merges: a word that is a token is taken whole
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=v["pre"] in ("llama-bpe", "llama3")))
-    tok.pre_tokenizer = pre_tokenizer(v["pre"])
-    tok.decoder = decoders.ByteLevel()
+    if v["model"] == "llama":
+        tok = build_spm(v)
+    else:
+        vocab = {}
+        for i, t in enumerate(v["tokens"]):
+            vocab.setdefault(t, i)
+        merges = [tuple(m.split(" ", 1)) for m in v["merges"]]
+        # Llama 3's tokenizer.json sets ignore_merges: a word that is a token is taken whole
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=v["pre"] in ("llama-bpe", "llama3")))
+        tok.pre_tokenizer = pre_tokenizer(v["pre"])
+        tok.decoder = decoders.ByteLevel()
     if special:
         tok.add_special_tokens([AddedToken(v["tokens"][i], special=True, normalized=False)
                                 for i in range(len(v["tokens"])) if v["types"][i] == 3])
