@@ -79,6 +79,9 @@ static enum kvs_status ferr(struct kvs_gguf *g, enum kvs_status st, uint64_t off
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* keys and tensor names come from the file: keep the message on one printable line */
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
     kvs_seterr(g->err, sizeof g->err, "%s: offset %llu: %s", g->path, (unsigned long long)off, msg);
     return st;
 }

@@ -3,6 +3,7 @@
  *   test_dequant_dump                                 self-test
  *   test_dequant_dump --write-models DIR              tiny models of every type + random.gguf; prints paths
  *   test_dequant_dump --all FILE DIR                  every tensor of FILE to DIR/<name>.f32
+ *   test_dequant_dump --write-seeds DIR               small GGUF files: a fuzzing corpus (tests/fuzz.sh)
  *   test_dequant_dump FILE TENSOR OUT [ROW0 NROWS]    fp32 of rows [ROW0, ROW0+NROWS) (default all) */
 #include <stdint.h>
 #include <stdlib.h>
@@ -137,6 +138,77 @@ static int write_models(const char *dir)
     return 0;
 }
 
+/* Small files that between them reach every branch of the reader: both versions, every value
+ * type, string arrays, an alignment key, several tensor types, both tokenizers. */
+static int write_seeds(const char *dir)
+{
+    char path[1024];
+    mkdir(dir, 0755);
+    static const struct { uint32_t w, e; const char *arch; int tok; uint32_t ver, align; } m[] = {
+        {KVS_GGML_F32, KVS_GGML_F32, "llama", KVS_TINY_TOK_NONE, 3, 0},
+        {KVS_GGML_Q4_1, KVS_GGML_Q8_0, "llama", KVS_TINY_TOK_NONE, 2, 64},
+        {KVS_GGML_Q5_0, KVS_GGML_F16, "qwen2", KVS_TINY_TOK_NONE, 3, 8},
+        {KVS_GGML_Q4_0, KVS_GGML_BF16, "llama", KVS_TINY_TOK_BPE, 3, 0},
+        {KVS_GGML_Q6_K, KVS_GGML_Q4_K, "llama", KVS_TINY_TOK_NONE, 3, 0},
+    };
+    for (size_t i = 0; i < KVS_ARRAY_LEN(m); i++) {
+        struct kvs_tiny_opts o;
+        kvs_tiny_defaults(&o);
+        o.wtype = m[i].w;
+        o.embd_type = m[i].e;
+        o.arch = m[i].arch;
+        o.tokenizer = m[i].tok;
+        o.version = m[i].ver;
+        o.alignment = m[i].align;
+        o.n_layer = 1;
+        o.n_embd = kvs_type_block_elems(o.wtype) == 256 ? 256 : 32;
+        o.n_ff = o.n_embd;
+        o.n_head = 2;
+        o.n_head_kv = 1;
+        o.n_vocab = m[i].tok == KVS_TINY_TOK_NONE ? 4 : 0;
+        o.n_merges = 4;
+        o.chat_template = "";
+        o.rope_llama3 = i == 0;
+        snprintf(path, sizeof path, "%s/seed-%zu.gguf", dir, i);
+        if (kvs_tiny_write(path, &o)) {
+            fprintf(stderr, "%s: %s\n", path, kvs_tiny_error());
+            return 1;
+        }
+    }
+    /* every metadata value type, arrays of each, and a 2-D tensor */
+    struct kvs_gbuf b = {0};
+    uint64_t ne[2] = {32, 2};
+    kvs_gbuf_header(&b, 3, 1, 14);
+    for (uint32_t t = 0; t <= KVS_GGUF_FLOAT64; t++) {
+        char key[32];
+        snprintf(key, sizeof key, "seed.type%u", t);
+        kvs_gbuf_str(&b, key);
+        if (t == KVS_GGUF_ARRAY) {
+            static const char *const strs[] = {"a", "bc", ""};
+            kvs_gbuf_u32(&b, KVS_GGUF_ARRAY);
+            kvs_gbuf_u32(&b, KVS_GGUF_STRING);
+            kvs_gbuf_u64(&b, 3);
+            for (int k = 0; k < 3; k++) kvs_gbuf_str(&b, strs[k]);
+            continue;
+        }
+        kvs_gbuf_u32(&b, t);
+        if (t == KVS_GGUF_STRING) kvs_gbuf_str(&b, "value");
+        else kvs_gbuf_bytes(&b, "\x01\x02\x03\x04\x05\x06\x07\x08", t == KVS_GGUF_BOOL ? 1 : t <= 1 ? 1 : t <= 3 ? 2 : t <= 6 ? 4 : 8);
+    }
+    int32_t iv[3] = {1, -2, 3};
+    kvs_gbuf_kv_i32s(&b, "seed.i32s", iv, 3);
+    kvs_gbuf_tensor(&b, "t", 2, ne, KVS_GGML_Q8_0, 0);
+    kvs_gbuf_pad(&b, 32);
+    uint8_t blocks[68] = {0x00, 0x3C, 1, 2, 3};
+    kvs_gbuf_bytes(&b, blocks, sizeof blocks);
+    snprintf(path, sizeof path, "%s/seed-types.gguf", dir);
+    FILE *fp = fopen(path, "wb");
+    int rc = (!b.oom && fp && fwrite(b.p, 1, b.len, fp) == b.len) ? 0 : 1;
+    if (fp && fclose(fp) != 0) rc = 1;
+    kvs_gbuf_free(&b);
+    return rc;
+}
+
 static int dump_all(const char *file, const char *dir)
 {
     struct kvs_gguf g;
@@ -218,15 +290,29 @@ static void test_self(void)
     struct kvs_gguf g;
     CHECKF(kvs_gguf_open(&g, path) == KVS_OK && g.n_tensors == KVS_ARRAY_LEN(model_types), "%s", g.err);
     kvs_gguf_close(&g);
+    /* the fuzzing seeds are valid files */
+    snprintf(dir, sizeof dir, "%s/seeds", kvs_test_tmpdir());
+    CHECK(write_seeds(dir) == 0);
+    for (int i = 0; i < 6; i++) {
+        if (i < 5) snprintf(path, sizeof path, "%s/seed-%d.gguf", dir, i);
+        else snprintf(path, sizeof path, "%s/seed-types.gguf", dir);
+        CHECKF(kvs_gguf_open(&g, path) == KVS_OK, "%s", g.err);
+        if (i == 5) {
+            CHECK(g.n_kv == 14 && g.kv[8].type == KVS_GGUF_STRING && g.kv[9].v.arr.n == 3 &&
+                  g.kv[9].v.arr.strs[1].len == 2 && g.kv[12].type == KVS_GGUF_FLOAT64);
+        }
+        kvs_gguf_close(&g);
+    }
 }
 
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--write-models") == 0) return write_models(argv[2]);
     if (argc == 4 && strcmp(argv[1], "--all") == 0) return dump_all(argv[2], argv[3]);
+    if (argc == 3 && strcmp(argv[1], "--write-seeds") == 0) return write_seeds(argv[2]);
     if (argc >= 4) return dump_one(argc, argv);
     if (argc != 1) {
-        fprintf(stderr, "usage: %s [--write-models DIR | --all FILE DIR | FILE TENSOR OUT [ROW0 NROWS]]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--write-models DIR | --write-seeds DIR | --all FILE DIR | FILE TENSOR OUT [ROW0 NROWS]]\n", argv[0]);
         return 2;
     }
     RUN(test_self);

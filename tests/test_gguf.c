@@ -471,6 +471,12 @@ static void test_crafted(void)
     kvs_gbuf_kv_u32(&b, "general.x", 2);
     expect_fail(&b, KVS_ERR_FORMAT, "offset 49: duplicate key 'general.x'", "duplicate key");
 
+    kvs_gbuf_header(&b, 3, 0, 1);
+    kvs_gbuf_str(&b, "bad\nkey\x1b[2J");
+    kvs_gbuf_u32(&b, 77);
+    kvs_gbuf_u64(&b, 0);
+    expect_fail(&b, KVS_ERR_FORMAT, "key 'bad?key?[2J': unknown value type 77", "control bytes in a key");
+
     /* alignment */
     kvs_gbuf_header(&b, 3, 0, 1);
     kvs_gbuf_kv_u32(&b, "general.alignment", 3);
