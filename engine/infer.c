@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,8 +105,36 @@ struct mm_job {
     struct kvs_qvec *qx;
 };
 
-static __thread float *tls_tile;
-static __thread size_t tls_tile_cap;
+/* Per-thread scratch (dequantized tiles, quantized activations), freed when its thread exits. */
+struct mm_tls {
+    float *tile;
+    size_t tile_cap;
+    struct kvs_qvec q[MM_VEC_MAX];
+};
+static pthread_key_t mm_key;
+static pthread_once_t mm_once = PTHREAD_ONCE_INIT;
+
+static void mm_tls_free(void *p)
+{
+    struct mm_tls *t = p;
+    free(t->tile);
+    for (int i = 0; i < MM_VEC_MAX; i++) kvs_qvec_free(&t->q[i]);
+    free(t);
+}
+
+static void mm_key_init(void) { pthread_key_create(&mm_key, mm_tls_free); }
+
+static struct mm_tls *mm_tls_get(void)
+{
+    pthread_once(&mm_once, mm_key_init);
+    struct mm_tls *t = pthread_getspecific(mm_key);
+    if (!t) {
+        t = calloc(1, sizeof *t);
+        if (!t) abort(); /* a few bytes; nothing sensible to do without them */
+        pthread_setspecific(mm_key, t);
+    }
+    return t;
+}
 
 static void mm_vec_range(void *ctx, int64_t b, int64_t e, int thread)
 {
@@ -128,29 +157,30 @@ static void mm_gemm_range(void *ctx, int64_t b, int64_t e, int thread)
         if (w->type == KVS_GGML_F32) {
             tile = (const float *)w->data + r0 * cols;
         } else {
+            struct mm_tls *tl = mm_tls_get();
             size_t need = (size_t)(nr * cols);
-            if (need > tls_tile_cap) {
-                float *nt = realloc(tls_tile, need * sizeof(float));
+            if (need > tl->tile_cap) {
+                float *nt = realloc(tl->tile, need * sizeof(float));
                 if (!nt) abort(); /* scratch of a few hundred KiB; nothing sensible to do without it */
-                tls_tile = nt;
-                tls_tile_cap = need;
+                tl->tile = nt;
+                tl->tile_cap = need;
             }
-            for (int64_t r = 0; r < nr; r++) kvs_weight_row_f32(w, r0 + r, tls_tile + r * cols);
-            tile = tls_tile;
+            for (int64_t r = 0; r < nr; r++) kvs_weight_row_f32(w, r0 + r, tl->tile + r * cols);
+            tile = tl->tile;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, (int)nr, (int)cols, 1.0f, j->x, (int)cols, tile,
                     (int)cols, 0.0f, j->y + r0, (int)w->rows);
     }
 }
 
-static __thread struct kvs_qvec tls_q[MM_VEC_MAX];
-
 void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T)
 {
-    struct mm_job j = {.w = w, .x = x, .y = y, .T = T, .qx = tls_q};
+    struct mm_job j = {.w = w, .x = x, .y = y, .T = T, .qx = NULL};
     if (T <= MM_VEC_MAX) {
+        struct mm_tls *tl = mm_tls_get();
+        j.qx = tl->q;
         for (int t = 0; t < T; t++)
-            if (kvs_quant_prepare(&tls_q[t], w->type, x + (int64_t)t * w->cols, w->cols) != KVS_OK) abort();
+            if (kvs_quant_prepare(&tl->q[t], w->type, x + (int64_t)t * w->cols, w->cols) != KVS_OK) abort();
         kvs_pool_for(pool, w->rows, mm_vec_range, &j);
     } else {
         /* each thread takes a contiguous row range, so no tile is dequantized twice */
