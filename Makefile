@@ -22,7 +22,7 @@ WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow=local -Wstrict-prototypes
 ifeq ($(CI),true)
 WARN += -Werror
 endif
-CPPFLAGS_ALL := -Iengine -Itraces -Iviews -Ikernels -D_GNU_SOURCE -DKVS_BUILD_DIR='"$(abspath $(BUILD))"'
+CPPFLAGS_ALL := -Iengine -Itraces -Iviews -Ikernels -D_GNU_SOURCE -DKVS_BUILD_DIR='"$(abspath $(BUILD))"' -DKVS_PREFIX='"$(PREFIX)"'
 DEPFLAGS := -MMD -MP
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
 LDLIBS_ALL := -lopenblas -llapacke -lz -lncursesw -ldl -lm -pthread
@@ -142,7 +142,7 @@ $(BUILD)/tests/%: tests/%.c $(TESTLIB) $(LIBS)
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 NVCCFLAGS ?= -O3 -lineinfo
 NVCC_WARN := -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC -Werror all-warnings
-$(BUILD)/kernels/%.o: kernels/%.cu kernels/kernels.h
+$(BUILD)/kernels/%.o: kernels/%.cu kernels/kernels.h $(wildcard kernels/*.cuh)
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  NVCC    $<")
 	$(Q)$(NVCC) $(CUDA_ARCH) $(NVCCFLAGS) $(NVCC_WARN) -std=c++17 -Ikernels -Iengine -c $< -o $@
