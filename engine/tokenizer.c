@@ -325,7 +325,7 @@ static void out_push(struct out *o, int32_t id)
 
 /* Heap entry: BPE orders by rank ascending, SPM by score descending; ties by left position. */
 struct bigram {
-    float key;    /* BPE: rank; SPM: -score (so smaller is better in both) */
+    double key;   /* BPE: rank; SPM: -score (so smaller is better in both; exact for both) */
     int32_t left, right;
     int32_t a, b; /* BPE: the two ids merged; SPM: the merged byte length in a */
     int32_t id;   /* BPE: the merged token */
@@ -419,23 +419,25 @@ static void bpe_try_pair(const struct kvs_tokenizer *t, struct scratch *w, int32
     if (l < 0 || r < 0) return;
     const struct merge_slot *m = merge_find(t, w->id[l], w->id[r]);
     if (!m) return;
-    struct bigram g = {(float)m->rank, l, r, w->id[l], w->id[r], m->id};
+    struct bigram g = {(double)m->rank, l, r, w->id[l], w->id[r], m->id};
     heap_push(w, g);
 }
 
-/* Encodes one pre-token word S[0..n) (raw bytes). Returns false when a byte has no token and
- * the vocabulary has no unknown token. */
+/* Encodes one pre-token word S[0..n) (raw bytes). Returns KVS_OK, KVS_ERR_FORMAT when a byte has
+ * no token and the vocabulary no unknown token, or KVS_ERR_NOMEM. */
 static int bpe_word(const struct kvs_tokenizer *t, struct scratch *w, const uint8_t *s, size_t n,
                     struct out *o)
 {
     if (n == 0) return KVS_OK;
     if (t->ignore_merges) {
-        /* Llama 3: a word that is a whole token is taken as is. The mapped text is needed. */
-        char buf[256];
+        /* Llama 3: a word that is a whole token is taken as is; look up its byte-alphabet text
+         * (at most two UTF-8 bytes per byte) */
+        char stack[256], *buf = n <= sizeof(stack) / 2 ? stack : malloc(2 * n);
+        if (!buf) return KVS_ERR_NOMEM;
         size_t k = 0;
-        bool fits = n * 2 <= sizeof(buf);
-        for (size_t i = 0; fits && i < n; i++) k += (size_t)utf8_put(byte_to_cp(s[i]), buf + k);
-        int32_t id = fits ? tok_find(t, buf, k) : -1;
+        for (size_t i = 0; i < n; i++) k += (size_t)utf8_put(byte_to_cp(s[i]), buf + k);
+        int32_t id = tok_find(t, buf, k);
+        if (buf != stack) free(buf);
         if (id >= 0) {
             out_push(o, id);
             return KVS_OK;
@@ -604,6 +606,11 @@ static int32_t special_at(const struct kvs_tokenizer *t, const uint8_t *s, size_
     return -1;
 }
 
+/* Text is cut at special tokens first (leftmost, then longest): control tokens only with
+ * PARSE_SPECIAL, user-defined tokens (type 4) always, as llama.cpp and HF tokenizers do for added
+ * tokens. Each stretch between them is encoded on its own; SPM puts its space prefix at the start
+ * of the text and after every special token (so decode removes it there), and reads a literal
+ * U+2581 in the input as a space, as SentencePiece does. */
 int64_t kvs_tokenizer_encode(const struct kvs_tokenizer *t, const char *text, size_t len,
                              bool parse_special, int32_t *ids, int64_t cap)
 {
