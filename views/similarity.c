@@ -14,7 +14,7 @@ static const char *kind_name(int k)
 static void sim_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
 {
     *min_w = 30;
-    *min_h = 8;
+    *min_h = 7;
 }
 
 /* NaN-aware mean of the block [r0, r1) x [c0, c1) of an n x n matrix. */

@@ -1,0 +1,486 @@
+/* Panels drawn into an off-screen curses screen (newterm on /dev/null, TERM=xterm-256color) from
+ * synthetic records: real numbers where valid, n/a (never 0) where a validity bit is clear, red for
+ * zero budgets and zero kept tokens, A/B divergence, every frame size down to 20x6. Also the record
+ * history ring. Modes: --bench (median full-frame time at 200x60), --tiny-model PATH (writes the
+ * deterministic tiny GGUF model the TUI tests run on). */
+#include "crt.h"
+#include "frame.h"
+#include "harness.h"
+#include "history.h"
+#include "tinymodel.h"
+#include "view.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define NL 30
+#define G 4
+#define NG ((NL + G - 1) / G)
+
+/* ---- a synthetic record producer (test only) ---- */
+static struct kvs_record *mk_run(const char *method)
+{
+    struct kvs_record *r = kvs_record_new(KVS_REC_RUN, 0);
+    struct kvs_rec_run *u = &r->u.run;
+    snprintf(u->model, sizeof u->model, "synthetic");
+    snprintf(u->backend, sizeof u->backend, "cpu");
+    snprintf(u->method, sizeof u->method, "%s", method);
+    u->n_layer = NL; u->n_embd = 576; u->n_head = 9; u->n_head_kv = 3; u->head_dim = 64;
+    u->target_cr = 0.5f; u->rank_ratio = 0.5f; u->group_size = G; u->n_groups = NG;
+    u->sinks = 4; u->recent = 128;
+    return r;
+}
+
+static struct kvs_record *mk_matrix(uint32_t kind)
+{
+    struct kvs_record *r = kvs_record_new(KVS_REC_MATRIX, NL * NL);
+    r->u.matrix.kind = kind;
+    r->u.matrix.rows = r->u.matrix.cols = NL;
+    for (int i = 0; i < NL; i++)
+        for (int j = 0; j < NL; j++) {
+            float v = expf(-fabsf((float)(i - j)) / (kind == KVS_MAT_SIM_KEYS ? 2.0f : 6.0f));
+            if (kind == KVS_MAT_SIM_LATENT && i / G != j / G) v = NAN;
+            r->u.matrix.v[i * NL + j] = v;
+        }
+    return r;
+}
+
+/* Step I: prefill for i == 0, else a decode step producing token i; FLAGS its validity bits. */
+static struct kvs_record *mk_step(uint64_t i, uint32_t valid, int token_base)
+{
+    struct kvs_record *r = kvs_record_new(KVS_REC_STEP, 0);
+    struct kvs_rec_step *s = &r->u.step;
+    s->step = i;
+    s->kind = i == 0 ? KVS_STEP_PREFILL : KVS_STEP_DECODE;
+    s->n_new = i == 0 ? 100 : 1;
+    s->n_ctx = 100 + (uint32_t)i;
+    s->token = token_base + (int)i;
+    snprintf(s->piece, sizeof s->piece, " w%d", token_base + (int)i);
+    s->t_start_ns = 1000000ull * (10 + i * 20);
+    s->t_end_ns = s->t_start_ns + 15000000ull + (i % 3) * 1000000ull;
+    s->valid = valid;
+    s->n_layer = NL;
+    s->n_groups = NG;
+    for (int l = 0; l < NL - 1; l++) s->layer_sim[l] = 0.9f - 0.01f * l;
+    for (int g = 0; g < NG; g++) {
+        s->group_sim[g] = 0.8f;
+        s->group_rank[g] = g == 2 ? 0 : 100 + 20 * g;  /* group 2: zero budget */
+        s->group_merged[g] = 0.1f * g;
+    }
+    uint64_t per = (uint64_t)s->n_ctx * 2 * 3 * 64 * 2;
+    for (int l = 0; l < NL; l++) {
+        s->layer_kept[l] = l == 5 ? 0 : s->n_ctx;      /* layer 5 keeps nothing */
+        s->layer_bytes_held[l] = per / 2;
+    }
+    s->bytes_full = per * NL;
+    s->bytes_held = per * NL / 2;
+    s->bytes_alloc = per * NL;
+    s->cr_target = 0.5f;
+    s->cr_achieved = 0.5f;
+    s->logprob = -1.0f;
+    s->ppl = 3.25f; s->kl = 0.0125f; s->top1 = 0.96f;
+    for (int o = 0; o < KVS_OP_COUNT; o++) {
+        s->ops[o].ns = 1000000ull * (KVS_OP_COUNT - o);
+        s->ops[o].bytes = 1u << 20;
+        s->ops[o].flops = 1000000000ull;
+        s->ops[o].calls = 30;
+    }
+    return r;
+}
+
+static struct kvs_record *mk_log(uint32_t level, const char *text)
+{
+    struct kvs_record *r = kvs_record_new(KVS_REC_LOG, 0);
+    r->u.log.level = level;
+    snprintf(r->u.log.text, sizeof r->u.log.text, "%s", text);
+    return r;
+}
+
+static void feed(struct kvs_history *h, const char *method, int n_steps, uint32_t valid, int token_base)
+{
+    kvs_history_push(h, mk_run(method));
+    kvs_history_push(h, mk_log(0, "profiler: no NVIDIA driver"));
+    for (uint32_t k = 1; k <= 3; k++) kvs_history_push(h, mk_matrix(k));
+    for (int i = 0; i < n_steps; i++) kvs_history_push(h, mk_step((uint64_t)i, valid, token_base));
+}
+
+#define ALL_VALID (KVS_VALID_LAYER_SIM | KVS_VALID_GROUP_SIM | KVS_VALID_BUDGET | KVS_VALID_BYTES | KVS_VALID_QUALITY | \
+                   KVS_VALID_LOGPROB | KVS_VALID_OPS)
+
+/* ---- reading the screen back ---- */
+static int W = 200, H = 60;
+
+/* Row Y of the screen, cells [x0, x0+w), as UTF-8 into buf. */
+static char *row_text(int y, int x0, int w, char *buf, size_t n)
+{
+    size_t o = 0;
+    for (int x = x0; x < x0 + w && o + 8 < n; x++) {
+        cchar_t cc;
+        wchar_t wc[CCHARW_MAX + 1];
+        attr_t a;
+        short pair;
+        if (mvwin_wch(stdscr, y, x, &cc) == ERR) break;
+        getcchar(&cc, wc, &a, &pair, NULL);
+        if (wc[0] == 0) continue;
+        char mb[8];
+        int k = wctomb(mb, wc[0]);
+        if (k <= 0) { mb[0] = '?'; k = 1; }
+        memcpy(buf + o, mb, (size_t)k);
+        o += (size_t)k;
+    }
+    buf[o] = 0;
+    return buf;
+}
+
+/* True when TEXT appears anywhere in rectangle R. */
+static bool screen_has(struct kvs_rect r, const char *text)
+{
+    char buf[2048];
+    for (int y = r.y; y < r.y + r.h; y++)
+        if (strstr(row_text(y, r.x, r.w, buf, sizeof buf), text)) return true;
+    return false;
+}
+
+/* Screen position of the first occurrence of TEXT in R (cell x of its first byte), false if none. */
+static bool screen_find(struct kvs_rect r, const char *text, int *fx, int *fy)
+{
+    for (int y = r.y; y < r.y + r.h; y++)
+        for (int x = r.x; x < r.x + r.w; x++) {
+            char buf[256];
+            row_text(y, x, (int)strlen(text), buf, sizeof buf);
+            if (strcmp(buf, text) == 0) { *fx = x; *fy = y; return true; }
+        }
+    return false;
+}
+
+static short cell_pair(int y, int x, attr_t *attrs)
+{
+    cchar_t cc;
+    wchar_t wc[CCHARW_MAX + 1];
+    attr_t a;
+    short pair = -1;
+    if (mvwin_wch(stdscr, y, x, &cc) == ERR) return -1;
+    getcchar(&cc, wc, &a, &pair, NULL);
+    if (attrs) *attrs = a;
+    return pair;
+}
+
+static int count_pair(struct kvs_rect r, short pair)
+{
+    int n = 0;
+    for (int y = r.y; y < r.y + r.h; y++)
+        for (int x = r.x; x < r.x + r.w; x++)
+            if (cell_pair(y, x, NULL) == pair) n++;
+    return n;
+}
+
+static int count_nonblank(struct kvs_rect r)
+{
+    char buf[2048];
+    int n = 0;
+    for (int y = r.y; y < r.y + r.h; y++) {
+        row_text(y, r.x, r.w, buf, sizeof buf);
+        for (char *p = buf; *p; p++) n += *p != ' ';
+    }
+    return n;
+}
+
+static struct kvs_theme theme;
+
+static void draw_panel(int p, const struct kvs_view_ctx *v, struct kvs_rect r)
+{
+    struct kvs_panel_state st = {0};
+    werase(stdscr);
+    kvs_panels[p]->draw(stdscr, r, v, &st);
+}
+
+static void test_history(void)
+{
+    struct kvs_history h;
+    CHECK(kvs_history_init(&h, 8) == KVS_OK);
+    feed(&h, "commonkv", 20, ALL_VALID, 0);
+    CHECK(h.n_steps == 20);
+    CHECK(kvs_history_first(&h) == 12);
+    CHECK(kvs_history_step(&h, 11) == NULL);
+    CHECK(kvs_history_step(&h, 12) && kvs_history_step(&h, 12)->step == 12);
+    CHECK(kvs_history_step(&h, 19) && kvs_history_step(&h, 20) == NULL);
+    CHECK(h.tok.n == 19);                       /* every step but the prefill */
+    CHECK(kvs_history_tokens_upto(&h, 0) == 0);
+    CHECK(kvs_history_tokens_upto(&h, 5) == 5);
+    CHECK(kvs_history_tokens_upto(&h, 100) == 19);
+    CHECK(h.mat[KVS_MAT_SIM_LATENT] != NULL);
+    CHECK(kvs_history_log(&h, 0) && strstr(kvs_history_log(&h, 0)->text, "NVIDIA"));
+    CHECK(h.ops_total[KVS_OP_MATMUL].calls == 20 * 30);
+    struct kvs_hist_pin pin = {0};
+    kvs_history_pin(&h, 15, &pin);
+    CHECK(pin.set && pin.tok.n == 15 && pin.step && pin.step->u.step.step == 15);
+    /* a new run forgets the old one but the pin keeps it */
+    feed(&h, "full", 3, ALL_VALID, 0);
+    CHECK(h.n_steps == 3 && h.tok.n == 2 && h.n_runs == 2);
+    CHECK(strcmp(pin.run->u.run.method, "commonkv") == 0);
+    kvs_hist_pin_free(&pin);
+    kvs_history_free(&h);
+}
+
+static void test_panels_valid(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 256);
+    feed(&h, "commonkv", 12, ALL_VALID, 0);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 11, .live = true, .t = &theme, .sim_kind = KVS_MAT_SIM_HIDDEN};
+    struct kvs_rect r = {2, 2, 70, 40};
+
+    draw_panel(KVS_PANEL_SIMILARITY, &v, r);
+    CHECK(screen_has(r, "[hidden]"));
+    int heat = 0;
+    for (int l = 0; l < KVS_HEAT_LEVELS; l++) heat += count_pair(r, theme.pair[KVS_C_HEAT0 + l]);
+    CHECKF(heat >= NL * NL, "heat cells %d", heat);
+    v.sim_kind = KVS_MAT_SIM_LATENT;
+    draw_panel(KVS_PANEL_SIMILARITY, &v, r);
+    CHECK(screen_has(r, "[latent]"));
+    CHECK(count_pair(r, theme.pair[KVS_C_NA]) > 0);      /* NaN outside groups */
+
+    draw_panel(KVS_PANEL_BUDGETS, &v, r);
+    int x, y;
+    CHECK(screen_has(r, "g2"));
+    CHECK(screen_find(r, "   0 ", &x, &y));
+    /* group 2's rank of 0 is red */
+    if (screen_find(r, "g2", &x, &y)) {
+        int zx = -1;
+        char buf[256];
+        row_text(y, r.x, r.w, buf, sizeof buf);
+        char *p = strstr(buf, "   0");
+        if (p) zx = r.x + (int)(p - buf) + 3;
+        CHECKF(zx >= 0 && cell_pair(y, zx, NULL) == theme.pair[KVS_C_BAD], "zero rank not red");
+    }
+    CHECK(screen_has(r, "1 layer keep 0"));
+    CHECK(count_pair(r, theme.pair[KVS_C_BAD]) >= 3);    /* the rank, its bar track, the note, the zero layer */
+
+    draw_panel(KVS_PANEL_MEMORY, &v, r);
+    CHECK(screen_has(r, "achieved 0.500"));
+    CHECK(screen_has(r, "KiB"));
+    CHECK(screen_has(r, "L05"));
+
+    draw_panel(KVS_PANEL_TOKENS, &v, r);
+    CHECK(screen_has(r, "w1 w2 w3"));
+    CHECK(screen_has(r, "TTFT 46.0 ms"));
+    CHECK(screen_has(r, "tok/s"));
+
+    draw_panel(KVS_PANEL_PROFILER, &v, r);
+    CHECK(screen_has(r, "matmul"));
+    CHECK(screen_has(r, "profiler: no NVIDIA driver"));
+
+    draw_panel(KVS_PANEL_QUALITY, &v, r);
+    CHECK(screen_has(r, "KL 0.0125"));
+    CHECK(screen_has(r, "top-1 96.0%"));
+    kvs_history_free(&h);
+}
+
+static void test_panels_invalid(void)
+{
+    /* every validity bit clear: n/a everywhere, never a fabricated 0 */
+    struct kvs_history h;
+    kvs_history_init(&h, 256);
+    kvs_history_push(&h, mk_run("full"));
+    for (int i = 0; i < 5; i++) kvs_history_push(&h, mk_step((uint64_t)i, 0, 0));
+    struct kvs_view_ctx v = {.h = &h, .cursor = 4, .live = true, .t = &theme, .sim_kind = KVS_MAT_SIM_HIDDEN};
+    struct kvs_rect r = {0, 0, 70, 30};
+    for (int p = 0; p < KVS_PANEL_COUNT; p++) {
+        if (p == KVS_PANEL_TOKENS) continue; /* tokens and their times carry no validity bits */
+        draw_panel(p, &v, r);
+        CHECKF(screen_has(r, "n/a"), "panel %s shows no n/a", kvs_panels[p]->name);
+    }
+    draw_panel(KVS_PANEL_MEMORY, &v, r);
+    CHECK(!screen_has(r, "achieved 0.000"));
+    CHECK(screen_has(r, "achieved n/a"));
+    draw_panel(KVS_PANEL_QUALITY, &v, r);
+    CHECK(!screen_has(r, "0.0000"));
+    CHECK(screen_has(r, "vs full: n/a"));
+    draw_panel(KVS_PANEL_BUDGETS, &v, r);
+    CHECK(screen_has(r, "group budgets: n/a"));
+    CHECK(count_pair(r, theme.pair[KVS_C_BAD]) == 0);   /* unknown is not zero: no red */
+    draw_panel(KVS_PANEL_PROFILER, &v, r);
+    CHECK(screen_has(r, "op counters: n/a"));
+    draw_panel(KVS_PANEL_SIMILARITY, &v, r);
+    CHECK(screen_has(r, "adj n/a"));
+    kvs_history_free(&h);
+}
+
+static void test_ab(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 256);
+    feed(&h, "full", 10, ALL_VALID, 0);
+    struct kvs_hist_pin pin = {0};
+    kvs_history_pin(&h, 9, &pin);
+    /* run B: same first tokens, then different from token 4 */
+    kvs_history_push(&h, mk_run("commonkv"));
+    for (int i = 0; i < 10; i++) kvs_history_push(&h, mk_step((uint64_t)i, ALL_VALID, i < 5 ? 0 : 1000));
+    struct kvs_view_ctx v = {.h = &h, .pin = &pin, .cursor = 9, .live = true, .t = &theme, .sim_kind = 1};
+    struct kvs_rect r = {0, 0, 80, 30};
+    draw_panel(KVS_PANEL_TOKENS, &v, r);
+    CHECK(screen_has(r, "diverges from A full at token 4"));
+    CHECK(screen_has(r, "A: full"));
+    draw_panel(KVS_PANEL_QUALITY, &v, r);
+    CHECK(screen_has(r, "A full"));
+    CHECK(screen_has(r, "B commonkv"));
+    kvs_hist_pin_free(&pin);
+    kvs_history_free(&h);
+}
+
+static void draw_frame(struct kvs_history *h, int w, int hh, bool scrub, int zoom, struct kvs_layout *lay)
+{
+    struct kvs_view_ctx v = {.h = h, .cursor = h->n_steps ? h->n_steps - 1 : 0, .live = true, .t = &theme, .sim_kind = 1};
+    struct kvs_panel_state st[KVS_PANEL_COUNT];
+    memset(st, 0, sizeof st);
+    struct kvs_layout_req rq;
+    kvs_frame_layout_req(&v, w, hh, scrub, 0, zoom, &rq);
+    kvs_layout_compute(&rq, lay);
+    static const struct kvs_help_line help[] = {{"q", "quit"}, {"?", "help"}};
+    struct kvs_frame_info fi = {.mode = "LIVE", .settings = "commonkv CR 0.50", .keys_line = "q quit  ? help",
+                                .help_lines = help, .n_help = 2, .speed = 1, .scrub_len = 100, .scrub_pos = 40};
+    kvs_frame_draw(stdscr, lay, &v, st, &fi);
+}
+
+static void test_frames(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 256);
+    feed(&h, "commonkv", 30, ALL_VALID, 0);
+    static const int sizes[][2] = {{20, 6}, {24, 8}, {40, 12}, {80, 24}, {120, 40}, {200, 60}, {300, 100}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        int w = sizes[i][0], hh = sizes[i][1];
+        resize_term(hh, w);
+        for (int scrub = 0; scrub < 2; scrub++) {
+            struct kvs_layout lay;
+            draw_frame(&h, w, hh, scrub, -1, &lay);
+            int vis = 0;
+            for (int p = 0; p < KVS_PANEL_COUNT; p++) {
+                if (kvs_rect_empty(lay.panel[p])) continue;
+                vis++;
+                CHECKF(count_nonblank(lay.panel[p]) > 5, "%dx%d: panel %d nearly empty", w, hh, p);
+            }
+            CHECKF(vis >= 1, "%dx%d: nothing visible", w, hh);
+            if (scrub) CHECKF(!kvs_rect_empty(lay.scrub) && count_nonblank(lay.scrub) > 0, "%dx%d: no scrubber", w, hh);
+        }
+    }
+    resize_term(24, 80);
+    struct kvs_layout lay;
+    draw_frame(&h, 80, 24, false, -1, &lay);
+    CHECK(screen_has((struct kvs_rect){0, 0, 80, 24}, "1 Similarity"));
+    CHECK(screen_has((struct kvs_rect){0, 0, 80, 24}, "6 Quality"));
+    resize_term(H, W);
+    kvs_history_free(&h);
+}
+
+static void test_mono(void)
+{
+    struct kvs_theme mono;
+    kvs_theme_setup(&mono, KVS_THEME_MONO, has_colors(), COLORS, true);
+    CHECK(!mono.color);
+    struct kvs_history h;
+    kvs_history_init(&h, 64);
+    feed(&h, "commonkv", 3, ALL_VALID, 0);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 2, .live = true, .t = &mono, .sim_kind = 1};
+    struct kvs_rect r = {0, 0, 70, 30};
+    draw_panel(KVS_PANEL_BUDGETS, &v, r);
+    int x, y;
+    CHECK(screen_find(r, "   0 ", &x, &y));
+    attr_t a = 0;
+    cell_pair(y, x + 3, &a);
+    CHECK((a & A_REVERSE) != 0); /* zero budget stands out without colour */
+    /* ASCII fallback draws no wide glyphs */
+    struct kvs_theme ascii;
+    kvs_theme_setup(&ascii, KVS_THEME_MONO, false, 0, false);
+    v.t = &ascii;
+    draw_panel(KVS_PANEL_SIMILARITY, &v, r);
+    char buf[512];
+    bool only_ascii = true;
+    for (int yy = 0; yy < 30; yy++) {
+        row_text(yy, 0, 70, buf, sizeof buf);
+        for (char *p = buf; *p; p++) if ((unsigned char)*p >= 0x80) only_ascii = false;
+    }
+    CHECK(only_ascii);
+    kvs_history_free(&h);
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int bench(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 4096);
+    feed(&h, "commonkv", 2000, ALL_VALID, 0);
+    enum { N = 200 };
+    double draw_ms[N], full_ms[N];
+    struct kvs_layout lay;
+    for (int i = 0; i < N; i++) {
+        uint64_t t0 = kvs_now_ns();
+        draw_frame(&h, 200, 60, false, -1, &lay);
+        uint64_t t1 = kvs_now_ns();
+        clearok(curscr, TRUE); /* force a full repaint: the worst case */
+        wnoutrefresh(stdscr);
+        doupdate();
+        uint64_t t2 = kvs_now_ns();
+        draw_ms[i] = (double)(t1 - t0) / 1e6;
+        full_ms[i] = (double)(t2 - t0) / 1e6;
+    }
+    qsort(draw_ms, N, sizeof(double), cmp_d);
+    qsort(full_ms, N, sizeof(double), cmp_d);
+    kvs_crt_offscreen_end();
+    printf("bench_views: 200x60 frame, 2000 steps of history, %d frames\n", N);
+    printf("  draw (panels into curses)        median %.3f ms  p90 %.3f ms\n", draw_ms[N / 2], draw_ms[N * 9 / 10]);
+    printf("  draw + full repaint to /dev/null median %.3f ms  p90 %.3f ms\n", full_ms[N / 2], full_ms[N * 9 / 10]);
+    printf("  baseline: one frame at 20 fps = 50 ms; median full frame = %.1f%% of it\n", full_ms[N / 2] / 50.0 * 100);
+    kvs_history_free(&h);
+    return 0;
+}
+
+static int write_tiny(const char *path)
+{
+    struct kvs_tiny_opts o;
+    kvs_tiny_defaults(&o);
+    o.name = "tiny-tui";
+    o.n_layer = 8;
+    o.n_embd = 64;
+    o.n_head = 4;
+    o.n_head_kv = 2;
+    o.n_ff = 128;
+    o.n_ctx = 2048;
+    o.seed = 7;
+    if (kvs_tiny_write(path, &o) != 0) {
+        fprintf(stderr, "tiny model: %s\n", kvs_tiny_error());
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--tiny-model") == 0) return write_tiny(argv[2]);
+    char err[256];
+    setenv("TERM", "xterm-256color", 1);
+    setenv("LC_ALL", "C.UTF-8", 1);
+    if (!kvs_crt_offscreen_start(W, H, err, sizeof err)) {
+        fprintf(stderr, "off-screen terminal: %s\n", err);
+        CHECK(0);
+        return kvs_test_summary();
+    }
+    kvs_theme_setup(&theme, KVS_THEME_DEFAULT, has_colors(), COLORS, kvs_crt_utf8());
+    if (argc == 2 && strcmp(argv[1], "--bench") == 0) return bench();
+    CHECK(has_colors() && kvs_crt_utf8());
+    RUN(test_history);
+    RUN(test_panels_valid);
+    RUN(test_panels_invalid);
+    RUN(test_ab);
+    RUN(test_frames);
+    RUN(test_mono);
+    kvs_crt_offscreen_end();
+    return kvs_test_summary();
+}
