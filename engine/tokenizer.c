@@ -738,6 +738,9 @@ static void sb_token(struct sbuf *b, const struct kvs_tokenizer *t, int32_t id)
     sb_add(b, s, len);
 }
 
+/* A template's leading bos_token is left out when the tokenizer adds BOS itself (callers prepend
+ * it when kvs_tokenizer_add_bos is true, as llama.cpp does), so the prompt's ids carry exactly one
+ * BOS either way. */
 char *kvs_tokenizer_chat_format(const struct kvs_tokenizer *t, const char *system, const char *user)
 {
     if (!t || !user || t->chat == KVS_CHAT_NONE) return NULL;
@@ -755,7 +758,7 @@ char *kvs_tokenizer_chat_format(const struct kvs_tokenizer *t, const char *syste
         sb_str(&b, "<|im_end|>\n<|im_start|>assistant\n");
         break;
     case KVS_CHAT_LLAMA3:
-        if (t->chat_bos) sb_token(&b, t, t->bos);
+        if (t->chat_bos && !t->add_bos) sb_token(&b, t, t->bos);
         if (system) {
             sb_str(&b, "<|start_header_id|>system<|end_header_id|>\n\n");
             sb_trimmed(&b, system);
@@ -766,7 +769,7 @@ char *kvs_tokenizer_chat_format(const struct kvs_tokenizer *t, const char *syste
         sb_str(&b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     case KVS_CHAT_LLAMA2:
-        if (t->chat_bos) sb_token(&b, t, t->bos);
+        if (t->chat_bos && !t->add_bos) sb_token(&b, t, t->bos);
         sb_str(&b, "[INST] ");
         if (system && t->chat_llama2_sys) {
             /* Llama 2: <<SYS>> block inside the first user turn, the whole content stripped */

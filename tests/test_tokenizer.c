@@ -181,6 +181,7 @@ struct crafted {
     bool no_tokens, tokens_wrong_type, bad_types_len, no_merges;
     const char *bad_merge; /* appended to the merges */
     uint32_t bos;          /* default 1 */
+    int add_bos;           /* 0: no add_bos_token key; 1: true; 2: false */
 };
 
 static const char *const crafted_specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool>", "<|im"};
@@ -251,6 +252,7 @@ static uint8_t *crafted_bytes(const struct crafted *c, size_t *len)
     kvs_gbuf_kv_u32(&kv, "tokenizer.ggml.bos_token_id", c->bos ? c->bos : 1), n_kv++;
     kvs_gbuf_kv_u32(&kv, "tokenizer.ggml.eos_token_id", 2), n_kv++;
     if (c->tmpl) kvs_gbuf_kv_str(&kv, "tokenizer.chat_template", c->tmpl), n_kv++;
+    if (c->add_bos) kvs_gbuf_kv_bool(&kv, "tokenizer.ggml.add_bos_token", c->add_bos == 1), n_kv++;
     struct kvs_gbuf f = {0};
     kvs_gbuf_header(&f, 3, 0, n_kv);
     kvs_gbuf_bytes(&f, kv.p, kv.len);
@@ -457,7 +459,7 @@ static void test_spm(void)
     free(buf);
     char *chat = kvs_tokenizer_chat_format(t, NULL, "Hi");
     CHECK(kvs_tokenizer_chat_kind(t) == KVS_CHAT_LLAMA2);
-    CHECK(chat && strcmp(chat, "<s>[INST] Hi [/INST]") == 0);
+    CHECK(chat && strcmp(chat, "[INST] Hi [/INST]") == 0); /* the caller adds BOS (add_bos) */
     free(chat);
     loaded_free(&l);
 }
@@ -479,28 +481,32 @@ static void test_chat_formats(void)
         "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
         "{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}";
     static const char llama2[] = "{{ bos_token + '[INST] ' + '<<SYS>>\\n' + content.strip() + ' [/INST]' }}";
-    struct { const char *tmpl; enum kvs_chat_kind kind; const char *sys, *user, *expect; } cases[] = {
-        {smol, KVS_CHAT_CHATML, NULL, "Hi",
+    /* ADD_BOS 1: the tokenizer adds BOS, so the template's bos_token is left out of the text */
+    struct { const char *tmpl; int add_bos; enum kvs_chat_kind kind; const char *sys, *user, *expect; } cases[] = {
+        {smol, 0, KVS_CHAT_CHATML, NULL, "Hi",
          "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
          "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"},
-        {smol, KVS_CHAT_CHATML, "Be brief.", "Hi",
+        {smol, 1, KVS_CHAT_CHATML, "Be brief.", "Hi",
          "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"},
-        {qwen, KVS_CHAT_CHATML, NULL, "Hi",
+        {qwen, 0, KVS_CHAT_CHATML, NULL, "Hi",
          "<|im_start|>system\nYou are Qwen, a 'helpful' assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
          "<|im_start|>assistant\n"},
-        {"{{'<|im_start|>' + message['role']}}", KVS_CHAT_CHATML, NULL, "Hi",
+        {"{{'<|im_start|>' + message['role']}}", 0, KVS_CHAT_CHATML, NULL, "Hi",
          "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"},
-        {llama3, KVS_CHAT_LLAMA3, " S ", " Hi\n",
+        {llama3, 0, KVS_CHAT_LLAMA3, " S ", " Hi\n",
          "<|im_start|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user"
          "<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"},
-        {llama2, KVS_CHAT_LLAMA2, "Sys", "Hi ",
+        {llama3, 1, KVS_CHAT_LLAMA3, NULL, "Hi",
+         "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"},
+        {llama2, 2, KVS_CHAT_LLAMA2, "Sys", "Hi ",
          "<|im_start|>[INST] <<SYS>>\nSys\n<</SYS>>\n\nHi [/INST]"},
-        {"[INST]", KVS_CHAT_LLAMA2, "Sys", "Hi", "[INST] Sys\n\nHi [/INST]"},
-        {"{{ messages }}", KVS_CHAT_NONE, NULL, "Hi", NULL},
+        {llama2, 1, KVS_CHAT_LLAMA2, NULL, " Hi ", "[INST] Hi [/INST]"},
+        {"[INST]", 0, KVS_CHAT_LLAMA2, "Sys", "Hi", "[INST] Sys\n\nHi [/INST]"},
+        {"{{ messages }}", 0, KVS_CHAT_NONE, NULL, "Hi", NULL},
     };
     for (size_t i = 0; i < KVS_ARRAY_LEN(cases); i++) {
         struct loaded l;
-        struct crafted c = {.pre = "smollm", .tmpl = cases[i].tmpl};
+        struct crafted c = {.pre = "smollm", .tmpl = cases[i].tmpl, .add_bos = cases[i].add_bos};
         if (!build_crafted(&c, &l) || !l.t) { CHECKF(0, "case %zu: %s", i, l.err); loaded_free(&l); continue; }
         CHECKF(kvs_tokenizer_chat_kind(l.t) == cases[i].kind, "case %zu", i);
         char *got = kvs_tokenizer_chat_format(l.t, cases[i].sys, cases[i].user);
