@@ -6,7 +6,7 @@
 #include "config.h"
 #include "model.h"
 #include "options.h"
-#include "record_json.h"
+#include "batch.h"
 #include "session.h"
 #include "theme.h"
 #include "ui.h"
@@ -96,71 +96,15 @@ static char *default_doc(void)
     return t;
 }
 
-/* --batch: every record as a JSON line, then one summary line. */
-static int run_batch(struct live *l)
+/* --batch: records until the session's END (or until it finished without one). */
+static struct kvs_record *batch_next(void *ctx)
 {
-    uint64_t n_records = 0, n_steps = 0;
-    struct kvs_record *last_step = NULL, *end = NULL, *quality = NULL, *run = NULL;
-    int errors = 0;
-    char *text = NULL;
-    size_t text_len = 0, text_cap = 0;
+    struct live *l = ctx;
     for (;;) {
         struct kvs_record *r = kvs_queue_pop(l->q, 200);
-        if (!r) {
-            if (kvs_session_done(l->sess)) { r = kvs_queue_pop(l->q, 0); if (!r) break; }
-            else continue;
-        }
-        n_records++;
-        if (!kvs_app_record_json(stdout, r)) { kvs_record_unref(r); errors++; break; }
-        switch (r->type) {
-        case KVS_REC_STEP:
-            n_steps++;
-            if (r->u.step.kind == KVS_STEP_DECODE) {
-                size_t pl = strnlen(r->u.step.piece, KVS_REC_PIECE_MAX);
-                if (text_len + pl + 1 > text_cap) {
-                    size_t nc = (text_len + pl + 1) * 2;
-                    char *nt = realloc(text, nc);
-                    if (nt) { text = nt; text_cap = nc; }
-                }
-                if (text_len + pl + 1 <= text_cap) { memcpy(text + text_len, r->u.step.piece, pl); text_len += pl; text[text_len] = 0; }
-            }
-            kvs_record_unref(last_step); last_step = r; break;
-        case KVS_REC_RUN: kvs_record_unref(run); run = r; break;
-        case KVS_REC_QUALITY: kvs_record_unref(quality); quality = r; break;
-        case KVS_REC_END: kvs_record_unref(end); end = r; break;
-        case KVS_REC_LOG: if (r->u.log.level >= 2) errors++; kvs_record_unref(r); break;
-        default: kvs_record_unref(r); break;
-        }
-        if (end) break;
+        if (r) return r;
+        if (kvs_session_done(l->sess)) return kvs_queue_pop(l->q, 0);
     }
-    /* the summary: what a person would read off the panels at the end */
-    printf("{\"type\":\"summary\",\"records\":%llu,\"steps\":%llu", (unsigned long long)n_records, (unsigned long long)n_steps);
-    if (run) printf(",\"method\":\"%s\"", run->u.run.method);
-    if (last_step && (last_step->u.step.valid & KVS_VALID_BYTES)) {
-        const struct kvs_rec_step *s = &last_step->u.step;
-        printf(",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":%.6g", s->n_ctx,
-               (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held, (unsigned long long)s->bytes_alloc,
-               (double)s->cr_achieved);
-    }
-    if (quality) {
-        const struct kvs_rec_quality *q = &quality->u.quality;
-        if (isfinite(q->kl)) printf(",\"kl\":%.6g", (double)q->kl);
-        if (isfinite(q->top1)) printf(",\"top1\":%.6g", (double)q->top1);
-        if (isfinite(q->ppl)) printf(",\"ppl\":%.6g", (double)q->ppl);
-    }
-    if (end) printf(",\"n_prompt\":%u,\"n_gen\":%u,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"dropped_records\":%llu",
-                    end->u.end.n_prompt, end->u.end.n_gen, (double)end->u.end.prefill_tps, (double)end->u.end.decode_tps,
-                    (unsigned long long)end->u.end.dropped_records);
-    printf(",\"errors\":%d,\"text\":", errors);
-    kvs_app_json_str(stdout, text ? text : "", text_len);
-    printf("}\n");
-    free(text);
-    kvs_record_unref(last_step);
-    kvs_record_unref(end);
-    kvs_record_unref(quality);
-    kvs_record_unref(run);
-    fflush(stdout);
-    return errors ? 1 : 0;
 }
 
 int kvs_cmd_run(int argc, char **argv)
@@ -270,7 +214,7 @@ int kvs_cmd_run(int argc, char **argv)
     s.compare_full = cfg.compare_full;
     if (!live_start(&l, &s, err, sizeof err)) { kvs_die_msg("run: %s", err); goto done; }
     if (!tui) {
-        rc = run_batch(&l);
+        rc = kvs_batch_print(stdout, batch_next, &l, true);
     } else {
         struct kvs_ui_source src = {.ctx = &l, .poll = live_poll, .busy = live_busy, .restart = live_restart};
         struct kvs_ui_opts o;

@@ -1,0 +1,94 @@
+/* --batch output (see batch.h): JSON lines through kvs_app_record_json and a summary of the last
+ * run: steps, bytes, achieved CR, quality, rates and the generated text. Depends on app/record_json. */
+#include "batch.h"
+
+#include "record_json.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end)
+{
+    uint64_t n_records = 0, n_steps = 0, n_runs = 0;
+    struct kvs_record *last_step = NULL, *end = NULL, *quality = NULL, *run = NULL;
+    int errors = 0;
+    bool write_failed = false;
+    char *text = NULL;
+    size_t text_len = 0, text_cap = 0;
+    struct kvs_record *r;
+    while ((r = next(ctx)) != NULL) {
+        n_records++;
+        if (!kvs_app_record_json(f, r)) write_failed = true;
+        switch (r->type) {
+        case KVS_REC_STEP:
+            n_steps++;
+            if (r->u.step.kind == KVS_STEP_DECODE) {
+                size_t pl = strnlen(r->u.step.piece, KVS_REC_PIECE_MAX);
+                if (text_len + pl + 1 > text_cap) {
+                    size_t nc = (text_len + pl + 1) * 2;
+                    char *nt = realloc(text, nc);
+                    if (nt) { text = nt; text_cap = nc; }
+                }
+                if (text_len + pl + 1 <= text_cap) {
+                    memcpy(text + text_len, r->u.step.piece, pl);
+                    text_len += pl;
+                    text[text_len] = 0;
+                }
+            }
+            kvs_record_unref(last_step);
+            last_step = r;
+            break;
+        case KVS_REC_RUN:
+            /* the summary describes the last run */
+            n_runs++;
+            kvs_record_unref(run); run = r;
+            kvs_record_unref(last_step); last_step = NULL;
+            kvs_record_unref(quality); quality = NULL;
+            kvs_record_unref(end); end = NULL;
+            text_len = 0;
+            if (text) text[0] = 0;
+            break;
+        case KVS_REC_QUALITY: kvs_record_unref(quality); quality = r; break;
+        case KVS_REC_END: kvs_record_unref(end); end = r; break;
+        case KVS_REC_LOG:
+            if (r->u.log.level >= 2) errors++;
+            kvs_record_unref(r);
+            break;
+        default: kvs_record_unref(r); break;
+        }
+        if (write_failed || (stop_at_end && end)) break;
+    }
+    fprintf(f, "{\"type\":\"summary\",\"records\":%llu,\"runs\":%llu,\"steps\":%llu", (unsigned long long)n_records,
+            (unsigned long long)n_runs, (unsigned long long)n_steps);
+    if (run) {
+        fputs(",\"method\":", f);
+        kvs_app_json_str(f, run->u.run.method, sizeof run->u.run.method);
+    }
+    if (last_step && (last_step->u.step.valid & KVS_VALID_BYTES)) {
+        const struct kvs_rec_step *s = &last_step->u.step;
+        fprintf(f, ",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":%.6g", s->n_ctx,
+                (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held, (unsigned long long)s->bytes_alloc,
+                (double)s->cr_achieved);
+    }
+    if (quality) {
+        const struct kvs_rec_quality *q = &quality->u.quality;
+        if (isfinite(q->kl)) fprintf(f, ",\"kl\":%.6g", (double)q->kl);
+        if (isfinite(q->top1)) fprintf(f, ",\"top1\":%.6g", (double)q->top1);
+        if (isfinite(q->ppl)) fprintf(f, ",\"ppl\":%.6g", (double)q->ppl);
+    }
+    if (end)
+        fprintf(f, ",\"n_prompt\":%u,\"n_gen\":%u,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"dropped_records\":%llu",
+                end->u.end.n_prompt, end->u.end.n_gen, (double)end->u.end.prefill_tps, (double)end->u.end.decode_tps,
+                (unsigned long long)end->u.end.dropped_records);
+    fprintf(f, ",\"complete\":%s,\"errors\":%d,\"text\":", end ? "true" : "false", errors);
+    kvs_app_json_str(f, text ? text : "", text_len);
+    fputs("}\n", f);
+    free(text);
+    kvs_record_unref(last_step);
+    kvs_record_unref(end);
+    kvs_record_unref(quality);
+    kvs_record_unref(run);
+    if (fflush(f) != 0 || ferror(f)) write_failed = true;
+    return errors || write_failed ? 1 : 0;
+}
