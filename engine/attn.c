@@ -30,79 +30,83 @@ void kvs_f16_to_f32_row(const uint16_t *src, float *dst, int n)
     for (; i < n; i++) dst[i] = kvs_fp16_to_fp32(src[i]);
 }
 
-static inline float dot_f16(const float *q, const uint16_t *k, int n)
-{
-    int i = 0;
-    float s = 0;
-#ifdef KVS_SIMD_F16
-    __m256 acc = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))), acc);
-    __m128 lo = _mm256_castps256_ps128(acc), hi = _mm256_extractf128_ps(acc, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_hadd_ps(lo, lo);
-    lo = _mm_hadd_ps(lo, lo);
-    s = _mm_cvtss_f32(lo);
-#endif
-    for (; i < n; i++) s += q[i] * kvs_fp16_to_fp32(k[i]);
-    return s;
-}
-
-static inline void axpy_f16(float *y, float a, const uint16_t *x, int n)
-{
-    int i = 0;
-#ifdef KVS_SIMD_F16
-    __m256 va = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))),
-                                                _mm256_loadu_ps(y + i)));
-#endif
-    for (; i < n; i++) y[i] += a * kvs_fp16_to_fp32(x[i]);
-}
-
 struct attn_job {
     const struct kvs_attn_args *a;
     float **scratch;
-    bool oom;
 };
 
+/* One (query token, KV head) pair at a time: the REP query heads that share the KV head read each
+ * fp16 key and value row once. */
 static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
 {
     struct attn_job *j = ctx;
     const struct kvs_attn_args *a = j->a;
-    float *sc = j->scratch[thread];
     const int d = a->head_dim, dkv = a->n_head_kv * d, dq = a->n_head * d;
-    const int rep = a->n_head / a->n_head_kv;
+    const int rep = a->n_head / a->n_head_kv, nk = a->n_keys;
     const float scale = 1.0f / sqrtf((float)d);
+    float *sc = j->scratch[thread];          /* (rep, n_keys) */
+    float *krow = sc + (size_t)rep * nk;     /* (d) */
     for (int64_t it = b; it < e; it++) {
-        int t = (int)(it / a->n_head), h = (int)(it % a->n_head), g = h / rep;
-        const float *q = a->q + (size_t)t * dq + (size_t)h * d;
-        float *o = a->out + (size_t)t * dq + (size_t)h * d;
+        int t = (int)(it / a->n_head_kv), g = (int)(it % a->n_head_kv);
         int32_t qp = a->qpos[t];
-        float mx = -INFINITY;
-        for (int jx = 0; jx < a->n_keys; jx++) {
+        const float *q0 = a->q + (size_t)t * dq + (size_t)g * rep * d;
+        float mx[64];
+        for (int r = 0; r < rep; r++) mx[r] = -INFINITY;
+        for (int jx = 0; jx < nk; jx++) {
             int32_t kp = a->kpos ? a->kpos[jx] : jx;
-            float s = kp <= qp ? dot_f16(q, a->k + (size_t)jx * dkv + (size_t)g * d, d) * scale : -INFINITY;
-            sc[jx] = s;
-            if (s > mx) mx = s;
+            if (kp > qp) {
+                for (int r = 0; r < rep; r++) sc[(size_t)r * nk + jx] = -INFINITY;
+                continue;
+            }
+            kvs_f16_to_f32_row(a->k + (size_t)jx * dkv + (size_t)g * d, krow, d);
+            for (int r = 0; r < rep; r++) {
+                const float *q = q0 + (size_t)r * d;
+                float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                int i = 0;
+                for (; i + 4 <= d; i += 4) {
+                    s0 += q[i] * krow[i];
+                    s1 += q[i + 1] * krow[i + 1];
+                    s2 += q[i + 2] * krow[i + 2];
+                    s3 += q[i + 3] * krow[i + 3];
+                }
+                for (; i < d; i++) s0 += q[i] * krow[i];
+                float s = (s0 + s1 + s2 + s3) * scale;
+                sc[(size_t)r * nk + jx] = s;
+                if (s > mx[r]) mx[r] = s;
+            }
         }
-        memset(o, 0, (size_t)d * sizeof(float));
-        if (mx == -INFINITY) continue; /* nothing visible */
-        double sum = 0;
-        for (int jx = 0; jx < a->n_keys; jx++) {
-            float p = sc[jx] == -INFINITY ? 0.0f : expf(sc[jx] - mx);
-            sc[jx] = p;
-            sum += p;
+        float inv[64];
+        for (int r = 0; r < rep; r++) {
+            float *o = a->out + (size_t)t * dq + (size_t)(g * rep + r) * d;
+            memset(o, 0, (size_t)d * sizeof(float));
+            float *row = sc + (size_t)r * nk;
+            inv[r] = 0;
+            if (mx[r] == -INFINITY) continue; /* nothing visible */
+            double sum = 0;
+            for (int jx = 0; jx < nk; jx++) {
+                float p = row[jx] == -INFINITY ? 0.0f : expf(row[jx] - mx[r]);
+                row[jx] = p;
+                sum += p;
+            }
+            inv[r] = (float)(1.0 / sum);
         }
-        float inv = (float)(1.0 / sum);
-        for (int jx = 0; jx < a->n_keys; jx++) {
-            if (sc[jx] == 0.0f) continue;
-            axpy_f16(o, sc[jx] * inv, a->v + (size_t)jx * dkv + (size_t)g * d, d);
+        for (int jx = 0; jx < nk; jx++) {
+            bool any = false;
+            for (int r = 0; r < rep; r++) any |= inv[r] != 0 && sc[(size_t)r * nk + jx] != 0.0f;
+            if (!any) continue;
+            kvs_f16_to_f32_row(a->v + (size_t)jx * dkv + (size_t)g * d, krow, d);
+            for (int r = 0; r < rep; r++) {
+                float w = sc[(size_t)r * nk + jx] * inv[r];
+                if (w == 0.0f) continue;
+                float *o = a->out + (size_t)t * dq + (size_t)(g * rep + r) * d;
+                for (int i = 0; i < d; i++) o[i] += w * krow[i];
+            }
         }
-        if (a->probs) {
-            float *pr = a->probs + ((size_t)t * a->n_head + h) * a->n_keys;
-            for (int jx = 0; jx < a->n_keys; jx++) pr[jx] = sc[jx] * inv;
-        }
+        if (a->probs)
+            for (int r = 0; r < rep; r++) {
+                float *pr = a->probs + ((size_t)t * a->n_head + g * rep + r) * nk;
+                for (int jx = 0; jx < nk; jx++) pr[jx] = sc[(size_t)r * nk + jx] * inv[r];
+            }
     }
 }
 
@@ -111,12 +115,14 @@ bool kvs_attn_f16(struct kvs_pool *pool, const struct kvs_attn_args *a)
     int nth = kvs_pool_size(pool);
     float *bufs[256];
     struct attn_job j = {.a = a, .scratch = bufs};
+    int rep = a->n_head / a->n_head_kv;
+    if (rep > 64 || a->n_head % a->n_head_kv) return false;
     bool ok = true;
     for (int i = 0; i < nth; i++) {
-        bufs[i] = malloc((size_t)(a->n_keys > 0 ? a->n_keys : 1) * sizeof(float));
+        bufs[i] = malloc(((size_t)rep * (a->n_keys > 0 ? a->n_keys : 1) + (size_t)a->head_dim) * sizeof(float));
         if (!bufs[i]) ok = false;
     }
-    if (ok) kvs_pool_for(pool, (int64_t)a->T * a->n_head, attn_range, &j);
+    if (ok) kvs_pool_for(pool, (int64_t)a->T * a->n_head_kv, attn_range, &j);
     for (int i = 0; i < nth; i++) free(bufs[i]);
     return ok;
 }

@@ -3,6 +3,7 @@
 #include "threads.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -47,7 +48,7 @@ static void *worker_main(void *arg)
     for (;;) {
         int spins = 0;
         while (__atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen &&
-               !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE) && spins < 40000) {
+               !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE) && spins < 20000) {
             cpu_relax();
             spins++;
         }
@@ -131,5 +132,9 @@ void kvs_pool_for(struct kvs_pool *p, int64_t n, kvs_range_fn fn, void *ctx)
     int64_t b, e;
     range_of(n, p->n, 0, &b, &e);
     if (e > b) fn(ctx, b, e, 0);
-    while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0) cpu_relax();
+    /* spin briefly, then yield: on an oversubscribed machine the last worker may not be running */
+    for (int spins = 0; __atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0; spins++) {
+        if (spins < 2000) cpu_relax();
+        else sched_yield();
+    }
 }
