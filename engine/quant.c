@@ -227,6 +227,11 @@ static void deq_q6_k(const uint8_t *b, float *y)
 
 void kvs_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
 {
+    if (!kvs_simd_dequant(type, src, dst, n)) kvs_dequant_row_scalar(type, src, dst, n);
+}
+
+void kvs_dequant_row_scalar(uint32_t type, const void *src, float *dst, int64_t n)
+{
     const uint8_t *b = src;
     switch (type) {
     case KVS_GGML_F32: memcpy(dst, src, (size_t)n * 4); return;

@@ -15,6 +15,8 @@ bool kvs_type_row_bytes(uint32_t type, uint64_t n, uint64_t *out);
 
 /* Dequantizes N elements (a whole number of blocks) from SRC into DST (fp32). */
 void kvs_dequant_row(uint32_t type, const void *src, float *dst, int64_t n);
+/* The portable version of kvs_dequant_row (the oracle for the SIMD one); bit-identical results. */
+void kvs_dequant_row_scalar(uint32_t type, const void *src, float *dst, int64_t n);
 
 /* fp16/bf16 <-> fp32 scalar conversions (IEEE, round to nearest even). */
 float kvs_fp16_to_fp32(uint16_t h);

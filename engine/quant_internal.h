@@ -72,6 +72,9 @@ bool kvs_simd_dot(uint32_t wtype, const void *wrow, const void *act, int64_t n, 
 /* Quantizes NB blocks of X into kvs_q8a (ATYPE KVS_GGML_Q8_0) or kvs_q8k (KVS_GGML_Q8_K) blocks,
  * bit-identical to the scalar code in quant.c; false when no SIMD version exists. */
 bool kvs_simd_prepare(uint32_t atype, const float *x, void *dst, int64_t nb);
+/* Dequantizes N elements (whole blocks), bit-identical to quant.c's scalar code; false when no
+ * SIMD version exists for TYPE. */
+bool kvs_simd_dequant(uint32_t type, const void *src, float *dst, int64_t n);
 /* Name of the SIMD level compiled in ("avx512-vnni", "avx2", "none"). */
 const char *kvs_simd_level(void);
 

@@ -307,6 +307,126 @@ bool kvs_simd_prepare(uint32_t atype, const float *x, void *dst, int64_t nb)
     return false;
 }
 
+/* ---- dequantization: the same operations in the same order as quant.c (a multiply, then an
+ * add or subtract, never fused), so the results are bit-identical ---- */
+
+/* Keeps the compiler from contracting the multiply before it into a fused multiply-add. */
+#define NO_FMA(v) __asm__("" : "+x"(v))
+
+/* 32 int8 quants Q (element order) to y = q * D [+ M | - M]. */
+static inline void store_q32(float *y, __m256i q, __m256 d, __m256 m, int op)
+{
+    __m128i h[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
+    for (int k = 0; k < 4; k++) {
+        __m128i part = k & 1 ? _mm_srli_si128(h[k >> 1], 8) : h[k >> 1];
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part)), d);
+        if (op) {
+            NO_FMA(f);
+            f = op > 0 ? _mm256_add_ps(f, m) : _mm256_sub_ps(f, m);
+        }
+        _mm256_storeu_ps(y + 8 * k, f);
+    }
+}
+
+static void deq_q6_k(const uint8_t *b, float *y)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = ldh(b + 208);
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+        __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m3));
+        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m3));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m3));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m3));
+        for (int k = 0; k < 4; k++) {
+            __m256i v = _mm256_sub_epi8(q[k], off);
+            const int8_t *s = sc + 8 * h + 2 * k;
+            __m128i h2[2] = {_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)};
+            for (int e = 0; e < 4; e++) {
+                __m128i part = e & 1 ? _mm_srli_si128(h2[e >> 1], 8) : h2[e >> 1];
+                __m256 ds = _mm256_set1_ps(d * (float)s[e >> 1]);
+                _mm256_storeu_ps(y + 128 * h + 32 * k + 8 * e,
+                                 _mm256_mul_ps(ds, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part))));
+            }
+        }
+    }
+}
+
+bool kvs_simd_dequant(uint32_t type, const void *src, float *y, int64_t n)
+{
+    const uint8_t *b = src;
+    const __m256 zero = _mm256_setzero_ps();
+    int64_t i = 0;
+    switch (type) {
+    case KVS_GGML_F16:
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 2 * i))));
+        for (; i < n; i++) y[i] = _cvtsh_ss(kvs_rd16(b + 2 * i));
+        return true;
+    case KVS_GGML_BF16:
+        for (; i + 8 <= n; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(b + 2 * i)));
+            _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+        for (; i < n; i++) y[i] = kvs_bf16_to_fp32(kvs_rd16(b + 2 * i));
+        return true;
+    case KVS_GGML_Q8_0:
+    case KVS_GGML_Q8_1: {
+        int off = type == KVS_GGML_Q8_0 ? 2 : 4, bb = type == KVS_GGML_Q8_0 ? BB_Q8_0 : BB_Q8_1;
+        for (; i < n; i += QK32, b += bb)
+            store_q32(y + i, _mm256_loadu_si256((const __m256i *)(b + off)), _mm256_set1_ps(ldh(b)), zero, 0);
+        return true;
+    }
+    case KVS_GGML_Q4_0:
+        for (; i < n; i += QK32, b += BB_Q4_0)
+            store_q32(y + i, _mm256_sub_epi8(unpack_nibbles(b + 2), _mm256_set1_epi8(8)), _mm256_set1_ps(ldh(b)),
+                      zero, 0);
+        return true;
+    case KVS_GGML_Q4_1:
+        for (; i < n; i += QK32, b += BB_Q4_1)
+            store_q32(y + i, unpack_nibbles(b + 4), _mm256_set1_ps(ldh(b)), _mm256_set1_ps(ldh(b + 2)), 1);
+        return true;
+    case KVS_GGML_Q5_0:
+        for (; i < n; i += QK32, b += BB_Q5_0) {
+            __m256i q = _mm256_or_si256(unpack_nibbles(b + 6), q5_high_bits(b + 2));
+            store_q32(y + i, _mm256_sub_epi8(q, _mm256_set1_epi8(16)), _mm256_set1_ps(ldh(b)), zero, 0);
+        }
+        return true;
+    case KVS_GGML_Q5_1:
+        for (; i < n; i += QK32, b += BB_Q5_1) {
+            __m256i q = _mm256_or_si256(unpack_nibbles(b + 8), q5_high_bits(b + 4));
+            store_q32(y + i, q, _mm256_set1_ps(ldh(b)), _mm256_set1_ps(ldh(b + 2)), 1);
+        }
+        return true;
+    case KVS_GGML_Q4_K: {
+        const __m256i m4 = _mm256_set1_epi8(0xF);
+        for (; i < n; i += QKK, b += BB_Q4_K) {
+            float d = ldh(b), dmin = ldh(b + 2);
+            for (int c = 0; c < 4; c++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * c));
+                for (int half = 0; half < 2; half++) {
+                    uint8_t sc, m;
+                    kvs_q4k_scale_min(2 * c + half, b + 4, &sc, &m);
+                    __m256i v = half ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+                    store_q32(y + i + 64 * c + 32 * half, v, _mm256_set1_ps(d * (float)sc),
+                              _mm256_set1_ps(dmin * (float)m), -1);
+                }
+            }
+        }
+        return true;
+    }
+    case KVS_GGML_Q6_K:
+        for (; i < n; i += QKK, b += BB_Q6_K) deq_q6_k(b, y + i);
+        return true;
+    }
+    return false;
+}
+
 bool kvs_simd_dot(uint32_t wtype, const void *wrow, const void *act, int64_t n, float *out)
 {
     const uint8_t *b = wrow;
@@ -340,6 +460,12 @@ const char *kvs_simd_level(void)
 bool kvs_simd_prepare(uint32_t atype, const float *x, void *dst, int64_t nb)
 {
     (void)atype; (void)x; (void)dst; (void)nb;
+    return false;
+}
+
+bool kvs_simd_dequant(uint32_t type, const void *src, float *y, int64_t n)
+{
+    (void)type; (void)src; (void)y; (void)n;
     return false;
 }
 

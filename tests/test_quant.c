@@ -237,6 +237,26 @@ static void random_row(uint32_t t, uint8_t *b, int64_t n)
     }
 }
 
+/* The SIMD dequantizers give exactly the scalar results, for any bit pattern. */
+static void test_dequant_simd(void)
+{
+    enum { N = 2048 };
+    static uint8_t row[N * 4];
+    static float a[N], b[N];
+    for (size_t k = 0; k < KVS_ARRAY_LEN(all_types); k++) {
+        uint32_t t = all_types[k];
+        int diff = 0;
+        for (int trial = 0; trial < 20; trial++) {
+            int64_t n = trial % 2 ? N : 256 + 256 * (trial % 5);
+            random_row(t, row, n);
+            kvs_dequant_row(t, row, a, n);
+            kvs_dequant_row_scalar(t, row, b, n);
+            diff += memcmp(a, b, (size_t)n * sizeof *a) != 0;
+        }
+        CHECKF(diff == 0, "%s: SIMD and scalar dequantization differ in %d of 20 rows", kvs_ggml_type_name(t), diff);
+    }
+}
+
 static void test_dot(void)
 {
     static const int64_t ns[] = {256, 512, 1536};
@@ -327,7 +347,8 @@ static void bench(void)
     static const int64_t cols[] = {576, 1536};
     enum { ROWS = 1536 };
     printf("SIMD level: %s; ns per row (one row dot, %d rows per pass, best of 5)\n", kvs_quant_simd(), ROWS);
-    printf("%-6s %6s %10s %10s %8s %12s\n", "type", "cols", "simd", "scalar", "speedup", "prepare(ns)");
+    printf("%-6s %6s %10s %10s %8s %12s %12s\n", "type", "cols", "simd", "scalar", "speedup", "prepare(ns)",
+           "dequant(ns)");
     for (size_t c = 0; c < KVS_ARRAY_LEN(cols); c++) {
         int64_t n = cols[c];
         float *x = malloc((size_t)n * sizeof *x), *w = malloc((size_t)n * sizeof *w);
@@ -360,8 +381,14 @@ static void bench(void)
                     best[path] = fmin(best[path], (now_s() - t0) / ROWS);
                 }
             (void)sink;
-            printf("%-6s %6lld %10.1f %10.1f %7.1fx %12.0f\n", kvs_ggml_type_name(t), (long long)n, best[0] * 1e9,
-                   best[1] * 1e9, best[1] / best[0], tp * 1e9);
+            double td = 1e9;
+            for (int rep = 0; rep < 5; rep++) {
+                double t0 = now_s();
+                for (int r = 0; r < ROWS; r++) kvs_dequant_row(t, m + rb * r, w, n);
+                td = fmin(td, (now_s() - t0) / ROWS);
+            }
+            printf("%-6s %6lld %10.1f %10.1f %7.1fx %12.0f %12.0f\n", kvs_ggml_type_name(t), (long long)n,
+                   best[0] * 1e9, best[1] * 1e9, best[1] / best[0], tp * 1e9, td * 1e9);
             kvs_qvec_free(&qv);
             free(m);
         }
@@ -379,6 +406,7 @@ int main(int argc, char **argv)
     RUN(test_fp16);
     RUN(test_known_blocks);
     RUN(test_roundtrip);
+    RUN(test_dequant_simd);
     RUN(test_dot);
     return kvs_test_summary();
 }
