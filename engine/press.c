@@ -1,5 +1,6 @@
 /* Method registry: parses method specs ("commonkv+quant+snapkv") into a configuration with
  * defaults and creates the matching press. Depends on engine/press.h and the press constructors. */
+#include "commonkv_priv.h"
 #include "press.h"
 
 #include <stdio.h>
@@ -39,6 +40,8 @@ enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, 
     c->stream_window = 1024;
     c->mc_t = 0.6f;
     c->mc_threshold = 0.05f;
+    kvs_ckv_cache_dir_default(c->cache_dir, sizeof c->cache_dir);
+    c->whiten = true; /* activation-aware factors: far better quality for commonkv and lowrank */
     char buf[64];
     snprintf(buf, sizeof buf, "%s", spec);
     char *save = NULL;
@@ -64,13 +67,52 @@ enum kvs_status kvs_press_new(struct kvs_press **out, const struct kvs_model *mo
                               kvs_progress_fn progress, void *progress_ctx, char *err, size_t errlen)
 {
     *out = NULL;
-    if (cfg->methods == KVS_M_FULL)
+    uint32_t m = cfg->methods;
+    if (m == KVS_M_FULL)
         return kvs_press_full_create(out, model, cfg, n_ctx_max, err, errlen);
-    kvs_seterr(err, errlen, "method '%s' is not available in this build", cfg->spec);
-    return KVS_ERR_UNSUPPORTED;
+    if (m & KVS_M_FULL) {
+        kvs_seterr(err, errlen, "method '%s': full does not compose with other methods", cfg->spec);
+        return KVS_ERR_ARG;
+    }
+    /* latent methods: commonkv or lowrank, optionally with quantized latents and slot eviction */
+    uint32_t latent = m & (KVS_M_COMMONKV | KVS_M_LOWRANK);
+    if (latent == (KVS_M_COMMONKV | KVS_M_LOWRANK)) {
+        kvs_seterr(err, errlen, "method '%s': commonkv and lowrank are alternatives, pick one", cfg->spec);
+        return KVS_ERR_ARG;
+    }
+    if (latent) {
+        if (m & (KVS_M_MINICACHE | KVS_M_STREAMING)) {
+            kvs_seterr(err, errlen, "method '%s': %s composes with quant and snapkv only", cfg->spec,
+                       latent == KVS_M_COMMONKV ? "commonkv" : "lowrank");
+            return KVS_ERR_ARG;
+        }
+        return kvs_press_commonkv_create(out, model, cfg, n_ctx_max, NULL, progress, progress_ctx, err, errlen);
+    }
+    if (m & KVS_M_MINICACHE) {
+        if (m != KVS_M_MINICACHE) {
+            kvs_seterr(err, errlen, "method '%s': minicache does not compose with other methods", cfg->spec);
+            return KVS_ERR_ARG;
+        }
+        return kvs_press_minicache_create(out, model, cfg, n_ctx_max, err, errlen);
+    }
+    if ((m & KVS_M_SNAPKV) && (m & KVS_M_STREAMING)) {
+        kvs_seterr(err, errlen, "method '%s': snapkv and streaming are both eviction rules, pick one", cfg->spec);
+        return KVS_ERR_ARG;
+    }
+    /* quant, snapkv, streaming and their pairs keep K/V rows */
+    return kvs_press_kv_create(out, model, cfg, n_ctx_max, err, errlen);
 }
 
 void kvs_press_delete(struct kvs_press *p)
 {
     if (p && p->ops && p->ops->destroy) p->ops->destroy(p);
+}
+
+const char *kvs_press_note(const struct kvs_press *p)
+{
+    if (!p) return "";
+    const struct kvs_ckv_plan *plan = kvs_press_commonkv_plan(p);
+    if (plan) return plan->note;
+    const char *n = kvs_press_minicache_note(p);
+    return n ? n : "";
 }

@@ -1,0 +1,1051 @@
+/* The CommonKV latent cache (DESIGN.md §3 steps 5-9, §4) and, with group size 1 and no merging,
+ * the lowrank (Palu-like) press. Per layer a private pool of latents c = A_g xn (fp16 rows, or
+ * packed rows when composed with quant), per group a shared pool of merged latents, each with the
+ * tokens' positions. Keys are rebuilt per block of cached tokens (latents -> B_k -> RoPE at their
+ * own positions), values by re-association (P C) B_v^T, never materialised. Merging under a
+ * global byte budget, quantization of old rows and eviction of (group, token) slots happen in
+ * end_step. Depends on commonkv.h, attn.h (fp16 rows), threads.h and OpenBLAS. */
+#include "attn.h"
+#include "commonkv_priv.h"
+#include "infer.h"
+#include "quant.h"
+#include "threads.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CKV_BLOCK 256       /* pools grow and shrink in blocks of this many tokens */
+#define CKV_MERGE_BLOCK 32  /* decoded tokens merge once this many have left the recent window */
+#define CKV_ROWS_TASK 64    /* cached rows per key-reconstruction task */
+#define CKV_QTILE 32        /* query rows per attention task */
+
+enum { FMT_F16 = 0, FMT_Q = 1 };
+
+/* ---------------------------------------------------------------- RoPE table */
+
+enum kvs_status kvs_rope_table_init(struct kvs_rope_table *t, const struct kvs_hparams *hp, int n_pos)
+{
+    memset(t, 0, sizeof *t);
+    float *fr = kvs_rope_freqs(hp);
+    if (!fr) return KVS_ERR_NOMEM;
+    t->n_pos = n_pos;
+    t->half = (int)hp->head_dim / 2;
+    t->neox = hp->rope_neox;
+    t->cs = malloc((size_t)n_pos * t->half * 2 * sizeof(float));
+    if (!t->cs) {
+        free(fr);
+        return KVS_ERR_NOMEM;
+    }
+    for (int p = 0; p < n_pos; p++)
+        for (int i = 0; i < t->half; i++) {
+            double ang = (double)p * fr[i]; /* the same angle as kvs_cpu_rope */
+            t->cs[((size_t)p * t->half + i) * 2] = (float)cos(ang);
+            t->cs[((size_t)p * t->half + i) * 2 + 1] = (float)sin(ang);
+        }
+    free(fr);
+    return KVS_OK;
+}
+
+void kvs_rope_table_free(struct kvs_rope_table *t)
+{
+    free(t->cs);
+    t->cs = NULL;
+}
+
+void kvs_rope_table_apply(const struct kvs_rope_table *t, float *x, int n_heads, int32_t pos)
+{
+    const float *cs = t->cs + (size_t)pos * t->half * 2;
+    int half = t->half, d = 2 * half;
+    for (int h = 0; h < n_heads; h++) {
+        float *hx = x + (size_t)h * d;
+        if (t->neox) {
+            for (int i = 0; i < half; i++) {
+                float c = cs[2 * i], s = cs[2 * i + 1], x0 = hx[i], x1 = hx[i + half];
+                hx[i] = x0 * c - x1 * s;
+                hx[i + half] = x0 * s + x1 * c;
+            }
+        } else {
+            for (int i = 0; i < half; i++) {
+                float c = cs[2 * i], s = cs[2 * i + 1], x0 = hx[2 * i], x1 = hx[2 * i + 1];
+                hx[2 * i] = x0 * c - x1 * s;
+                hx[2 * i + 1] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- segments (pools) */
+
+/* Rows of latents in one storage format with their tokens' positions. A private segment holds one
+ * array per layer of the group, in lock-step (row i of every array is the same token); a shared
+ * segment holds one array of merged latents. */
+struct seg {
+    uint32_t fmt, n_arr, width, row_bytes, bits, qgroup;
+    uint32_t n, cap;
+    int32_t *pos;                   /* (cap) */
+    uint8_t *rows[KVS_CKV_MAX_G];   /* n_arr x (cap, row_bytes) */
+};
+
+static void seg_init(struct seg *s, uint32_t fmt, uint32_t n_arr, uint32_t width, uint32_t bits, uint32_t qgroup)
+{
+    memset(s, 0, sizeof *s);
+    s->fmt = fmt;
+    s->n_arr = n_arr;
+    s->width = width;
+    s->bits = bits;
+    s->qgroup = qgroup;
+    s->row_bytes = fmt == FMT_F16 ? width * 2 : kvs_qrow_bytes(width, bits, qgroup);
+}
+
+static bool seg_resize(struct seg *s, uint32_t cap)
+{
+    if (cap == s->cap) return true;
+    if (cap == 0) {
+        free(s->pos);
+        s->pos = NULL;
+        for (uint32_t a = 0; a < s->n_arr; a++) { free(s->rows[a]); s->rows[a] = NULL; }
+        s->cap = 0;
+        return true;
+    }
+    int32_t *np = realloc(s->pos, (size_t)cap * sizeof(int32_t));
+    if (!np) return false;
+    s->pos = np;
+    for (uint32_t a = 0; a < s->n_arr; a++) {
+        uint8_t *nr = realloc(s->rows[a], (size_t)cap * s->row_bytes);
+        if (!nr) return false; /* arrays keep min(old, new) capacity valid; cap stays the old value */
+        s->rows[a] = nr;
+    }
+    s->cap = cap;
+    return true;
+}
+
+static bool seg_reserve(struct seg *s, uint32_t need)
+{
+    if (need <= s->cap) return true;
+    uint32_t cap = (need + CKV_BLOCK - 1) / CKV_BLOCK * CKV_BLOCK;
+    return seg_resize(s, cap);
+}
+
+/* Releases whole blocks no longer needed after compaction. */
+static void seg_shrink(struct seg *s)
+{
+    uint32_t cap = (s->n + CKV_BLOCK - 1) / CKV_BLOCK * CKV_BLOCK;
+    if (cap < s->cap) seg_resize(s, cap);
+}
+
+static void seg_free(struct seg *s) { seg_resize(s, 0); }
+
+static uint64_t seg_held(const struct seg *s) { return (uint64_t)s->n * ((uint64_t)s->n_arr * s->row_bytes + 4); }
+static uint64_t seg_alloc(const struct seg *s) { return (uint64_t)s->cap * ((uint64_t)s->n_arr * s->row_bytes + 4); }
+/* the same rows as fp16 (what the merge budget counts, independent of later quantization) */
+static uint64_t seg_held16(const struct seg *s) { return (uint64_t)s->n * ((uint64_t)s->n_arr * s->width * 2 + 4); }
+
+static void seg_put(struct seg *s, uint32_t arr, uint32_t i, const float *x)
+{
+    uint8_t *dst = s->rows[arr] + (size_t)i * s->row_bytes;
+    if (s->fmt == FMT_F16) kvs_f32_to_f16_row(x, (uint16_t *)dst, (int)s->width);
+    else kvs_qrow_encode(x, s->width, s->bits, s->qgroup, dst);
+}
+
+static void seg_get(const struct seg *s, uint32_t arr, uint32_t i, float *x)
+{
+    const uint8_t *src = s->rows[arr] + (size_t)i * s->row_bytes;
+    if (s->fmt == FMT_F16) kvs_f16_to_f32_row((const uint16_t *)src, x, (int)s->width);
+    else kvs_qrow_decode(src, s->width, s->bits, s->qgroup, x);
+}
+
+/* Removes rows whose DROP flag is set, keeping order; returns the rows removed. */
+static uint32_t seg_compact(struct seg *s, const uint8_t *drop)
+{
+    uint32_t w = 0;
+    for (uint32_t i = 0; i < s->n; i++) {
+        if (drop[i]) continue;
+        if (w != i) {
+            s->pos[w] = s->pos[i];
+            for (uint32_t a = 0; a < s->n_arr; a++)
+                memcpy(s->rows[a] + (size_t)w * s->row_bytes, s->rows[a] + (size_t)i * s->row_bytes, s->row_bytes);
+        }
+        w++;
+    }
+    uint32_t removed = s->n - w;
+    s->n = w;
+    seg_shrink(s);
+    return removed;
+}
+
+/* ---------------------------------------------------------------- the press */
+
+struct grp {
+    uint32_t l0, nl, r;
+    float *A;                       /* (r, D) */
+    struct seg p16, pq, s16, sq;    /* private fp16, private packed, shared fp16, shared packed */
+    float w[KVS_CKV_MAX_G];         /* merge weights, summing to 1 */
+    float *score;                   /* (n_ctx_max) eviction scores by position (snapkv), or NULL */
+    double sim_mean;                /* mean similarity of the slots scored at the last merge */
+    bool sim_valid;
+    uint64_t evicted;
+};
+
+struct ckv {
+    struct kvs_press base;
+    struct kvs_ckv_factors *own;
+    const struct kvs_ckv_factors *f;
+    struct kvs_ckv_plan plan;
+    int N, D, dkv, d, nh, nkv, ng, n_ctx_max;
+    struct grp g[KVS_MAX_GROUPS];
+    int l2g[KVS_MAX_LAYERS];
+    float *Bk[KVS_MAX_LAYERS], *Bv[KVS_MAX_LAYERS]; /* (dkv, r) */
+    const float *bk[KVS_MAX_LAYERS], *bv[KVS_MAX_LAYERS];
+    struct kvs_rope_table rope;
+    bool merge, quant, evict;
+    float cr_final;             /* target on real bytes (<0: none) */
+    float cr_merge;             /* target the merge budget aims at, in fp16-equivalent bytes */
+    uint32_t qbits, qgroup, qres, sinks, recent, snap_window, snap_kernel, snap_capacity;
+    int n_ctx, last_merge_ctx, last_evict_ctx;
+    /* attention scratch, grown on demand */
+    float *cf, *kk;             /* (rows, r), (rows, dkv) */
+    int32_t *rp;                /* (rows) */
+    size_t rows_cap;
+    int nth;
+    float **th_s, **th_y, **th_ev; /* per thread: (QTILE, rows), (QTILE, r), (rows) */
+    size_t th_cap;
+    float *lat;                 /* (T, r) store scratch */
+    size_t lat_cap;
+};
+
+static int ckv_max_rank(const struct ckv *c)
+{
+    int r = 0;
+    for (int g = 0; g < c->ng; g++) r = KVS_MAX(r, (int)c->g[g].r);
+    return r;
+}
+
+static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *xn,
+                                 const float *k, const float *v)
+{
+    struct ckv *c = (struct ckv *)p;
+    struct grp *g = &c->g[c->l2g[layer]];
+    uint32_t li = (uint32_t)layer - g->l0, r = g->r;
+    if ((size_t)T * r > c->lat_cap) {
+        float *nl = realloc(c->lat, (size_t)T * r * sizeof(float));
+        if (!nl) goto oom;
+        c->lat = nl;
+        c->lat_cap = (size_t)T * r;
+    }
+    /* c = A xn for every new token: (T, D) x (r, D)^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)r, c->D, 1.0f, xn, c->D, g->A, c->D, 0.0f, c->lat,
+                (int)r);
+    struct seg *s = &g->p16;
+    if (li == 0) {
+        if (!seg_reserve(s, s->n + (uint32_t)T)) goto oom;
+        for (int t = 0; t < T; t++) {
+            if (pos[t] < 0 || pos[t] >= c->n_ctx_max) {
+                kvs_seterr(p->err, sizeof p->err, "commonkv: position %d outside the context of %d", pos[t],
+                           c->n_ctx_max);
+                return KVS_ERR_LIMIT;
+            }
+            s->pos[s->n + t] = pos[t];
+        }
+        s->n += (uint32_t)T;
+    } else {
+        /* later layers of the group fill the rows the first layer opened, token for token */
+        if (s->n < (uint32_t)T || memcmp(s->pos + s->n - T, pos, (size_t)T * sizeof(int32_t)) != 0) {
+            kvs_seterr(p->err, sizeof p->err, "commonkv: layer %d stored tokens its group's first layer did not",
+                       layer);
+            return KVS_ERR_STATE;
+        }
+    }
+    for (int t = 0; t < T; t++) seg_put(s, li, s->n - (uint32_t)T + (uint32_t)t, c->lat + (size_t)t * r);
+    return KVS_OK;
+oom:
+    kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory storing layer %d", layer);
+    return KVS_ERR_NOMEM;
+}
+
+/* The rows layer LI of group G attends to, in order: private fp16, private packed, shared fp16,
+ * shared packed. */
+struct rowsrc {
+    const struct seg *seg[4];
+    uint32_t arr[4];
+    uint32_t start[5];
+};
+
+static void rowsrc_init(struct rowsrc *rs, const struct grp *g, uint32_t li)
+{
+    const struct seg *s[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
+    uint32_t a[4] = {li, li, 0, 0};
+    rs->start[0] = 0;
+    for (int i = 0; i < 4; i++) {
+        rs->seg[i] = s[i];
+        rs->arr[i] = a[i];
+        rs->start[i + 1] = rs->start[i] + s[i]->n;
+    }
+}
+
+struct keys_job {
+    struct ckv *c;
+    const struct grp *g;
+    struct rowsrc rs;
+    int layer, n_rows;
+};
+
+/* Rows [b, e) of tasks of CKV_ROWS_TASK rows: latents to fp32, keys = latents B_k^T (+ b_k), RoPE
+ * at each row's own position. */
+static void keys_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    struct keys_job *j = ctx;
+    struct ckv *c = j->c;
+    int r = (int)j->g->r, dkv = c->dkv;
+    for (int64_t task = b; task < e; task++) {
+        int r0 = (int)task * CKV_ROWS_TASK, r1 = KVS_MIN(j->n_rows, r0 + CKV_ROWS_TASK);
+        int si = 0;
+        for (int row = r0; row < r1; row++) {
+            while ((uint32_t)row >= j->rs.start[si + 1]) si++;
+            uint32_t i = (uint32_t)row - j->rs.start[si];
+            seg_get(j->rs.seg[si], j->rs.arr[si], i, c->cf + (size_t)row * r);
+            c->rp[row] = j->rs.seg[si]->pos[i];
+        }
+        int m = r1 - r0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, dkv, r, 1.0f, c->cf + (size_t)r0 * r, r,
+                    c->Bk[j->layer], r, 0.0f, c->kk + (size_t)r0 * dkv, dkv);
+        const float *bk = c->bk[j->layer];
+        for (int row = r0; row < r1; row++) {
+            float *kr = c->kk + (size_t)row * dkv;
+            if (bk)
+                for (int i = 0; i < dkv; i++) kr[i] += bk[i];
+            kvs_rope_table_apply(&c->rope, kr, c->nkv, c->rp[row]);
+        }
+    }
+}
+
+struct attn_job {
+    struct ckv *c;
+    const struct grp *g;
+    int layer, T, n_rows, n_tiles, ev_from;
+    const int32_t *pos;
+    const float *q;
+    float *out;
+};
+
+/* Tasks (head, tile of CKV_QTILE queries): scores, masked softmax, Y = P C, out = Y B_v^T. */
+static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    struct attn_job *j = ctx;
+    struct ckv *c = j->c;
+    const int d = c->d, r = (int)j->g->r, n = j->n_rows, dq = c->nh * d, dkv = c->dkv;
+    const int rep = c->nh / c->nkv;
+    const float scale = 1.0f / sqrtf((float)d);
+    float *S = c->th_s[thread], *Y = c->th_y[thread], *ev = c->th_ev ? c->th_ev[thread] : NULL;
+    for (int64_t task = b; task < e; task++) {
+        int h = (int)(task / j->n_tiles), tile = (int)(task % j->n_tiles);
+        int kv = h / rep, i0 = tile * CKV_QTILE, tq = KVS_MIN(CKV_QTILE, j->T - i0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, n, d, scale, j->q + (size_t)i0 * dq + (size_t)h * d,
+                    dq, c->kk + (size_t)kv * d, dkv, 0.0f, S, n);
+        for (int i = 0; i < tq; i++) {
+            float *s = S + (size_t)i * n;
+            int32_t qp = j->pos[i0 + i];
+            float mx = -INFINITY;
+            for (int x = 0; x < n; x++) {
+                if (c->rp[x] > qp) s[x] = -INFINITY;
+                else if (s[x] > mx) mx = s[x];
+            }
+            if (mx == -INFINITY) {
+                memset(s, 0, (size_t)n * sizeof(float));
+                continue;
+            }
+            double sum = 0;
+            for (int x = 0; x < n; x++) {
+                float pexp = s[x] == -INFINITY ? 0.0f : expf(s[x] - mx);
+                s[x] = pexp;
+                sum += pexp;
+            }
+            float inv = (float)(1.0 / sum);
+            for (int x = 0; x < n; x++) s[x] *= inv;
+            if (ev && i0 + i >= j->ev_from)
+                for (int x = 0; x < n; x++) ev[x] += s[x];
+        }
+        /* values by re-association: (P C) B_v^T, V is never formed */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tq, r, n, 1.0f, S, n, c->cf, r, 0.0f, Y, r);
+        float *o = j->out + (size_t)i0 * dq + (size_t)h * d;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, d, r, 1.0f, Y, r, c->Bv[j->layer] + (size_t)kv * d * r,
+                    r, 0.0f, o, dq);
+        const float *bv = c->bv[j->layer];
+        if (bv)
+            for (int i = 0; i < tq; i++)
+                for (int x = 0; x < d; x++) o[(size_t)i * dq + x] += bv[kv * d + x];
+    }
+}
+
+static bool ckv_scratch(struct ckv *c, size_t rows, int r_max)
+{
+    if (rows > c->rows_cap) {
+        size_t cap = (rows + CKV_BLOCK - 1) / CKV_BLOCK * CKV_BLOCK;
+        float *cf = realloc(c->cf, cap * r_max * sizeof(float));
+        if (cf) c->cf = cf;
+        float *kk = realloc(c->kk, cap * c->dkv * sizeof(float));
+        if (kk) c->kk = kk;
+        int32_t *rp = realloc(c->rp, cap * sizeof(int32_t));
+        if (rp) c->rp = rp;
+        if (!cf || !kk || !rp) return false;
+        c->rows_cap = cap;
+    }
+    int nth = kvs_pool_size(c->base.pool);
+    if (nth > c->nth || c->rows_cap > c->th_cap) {
+        for (int t = 0; t < c->nth; t++) {
+            free(c->th_s[t]);
+            free(c->th_y[t]);
+            if (c->th_ev) free(c->th_ev[t]);
+        }
+        free(c->th_s);
+        free(c->th_y);
+        free(c->th_ev);
+        c->th_ev = NULL;
+        c->nth = 0;
+        c->th_s = calloc((size_t)nth, sizeof(float *));
+        c->th_y = calloc((size_t)nth, sizeof(float *));
+        if (c->evict) c->th_ev = calloc((size_t)nth, sizeof(float *));
+        if (!c->th_s || !c->th_y || (c->evict && !c->th_ev)) return false;
+        c->nth = nth;
+        for (int t = 0; t < nth; t++) {
+            c->th_s[t] = malloc((size_t)CKV_QTILE * c->rows_cap * sizeof(float));
+            c->th_y[t] = malloc((size_t)CKV_QTILE * r_max * sizeof(float));
+            if (c->evict) c->th_ev[t] = malloc(c->rows_cap * sizeof(float));
+            if (!c->th_s[t] || !c->th_y[t] || (c->evict && !c->th_ev[t])) return false;
+        }
+        c->th_cap = c->rows_cap;
+    }
+    return true;
+}
+
+static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *q,
+                                  float *out)
+{
+    struct ckv *c = (struct ckv *)p;
+    struct grp *g = &c->g[c->l2g[layer]];
+    struct keys_job kj = {.c = c, .g = g, .layer = layer};
+    rowsrc_init(&kj.rs, g, (uint32_t)layer - g->l0);
+    kj.n_rows = (int)kj.rs.start[4];
+    if (!ckv_scratch(c, (size_t)KVS_MAX(kj.n_rows, 1), ckv_max_rank(c))) {
+        kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory for attention over %d tokens", kj.n_rows);
+        return KVS_ERR_NOMEM;
+    }
+    if (kj.n_rows == 0) {
+        memset(out, 0, (size_t)T * c->nh * c->d * sizeof(float));
+        return KVS_OK;
+    }
+    kvs_pool_for(p->pool, (kj.n_rows + CKV_ROWS_TASK - 1) / CKV_ROWS_TASK, keys_range, &kj);
+    struct attn_job aj = {.c = c, .g = g, .layer = layer, .T = T, .n_rows = kj.n_rows, .pos = pos, .q = q,
+                          .out = out, .n_tiles = (T + CKV_QTILE - 1) / CKV_QTILE,
+                          .ev_from = T - (int)c->snap_window};
+    if (c->evict)
+        for (int t = 0; t < c->nth; t++) memset(c->th_ev[t], 0, (size_t)kj.n_rows * sizeof(float));
+    kvs_pool_for(p->pool, (int64_t)c->nh * aj.n_tiles, attn_range, &aj);
+    if (c->evict) {
+        /* attention mass from the observation window, summed over heads, layers and threads */
+        for (int t = 0; t < c->nth; t++)
+            for (int x = 0; x < kj.n_rows; x++) g->score[c->rp[x]] += c->th_ev[t][x];
+    }
+    return KVS_OK;
+}
+
+/* ---------------------------------------------------------------- end of step: merge, quantize, evict */
+
+static void ckv_bytes(const struct ckv *c, uint64_t *held, uint64_t *alloc, uint64_t *held16)
+{
+    uint64_t h = 0, a = 0, h16 = 0;
+    for (int gi = 0; gi < c->ng; gi++) {
+        const struct grp *g = &c->g[gi];
+        const struct seg *s[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
+        for (int i = 0; i < 4; i++) {
+            h += seg_held(s[i]);
+            a += seg_alloc(s[i]);
+            h16 += seg_held16(s[i]);
+        }
+    }
+    if (held) *held = h;
+    if (alloc) *alloc = a;
+    if (held16) *held16 = h16;
+}
+
+static uint64_t ckv_full_bytes(const struct ckv *c, int n_ctx) { return (uint64_t)n_ctx * c->N * c->dkv * 2 * 2; }
+
+static double cosine(const float *a, const float *b, int n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) {
+        ab += (double)a[i] * b[i];
+        aa += (double)a[i] * a[i];
+        bb += (double)b[i] * b[i];
+    }
+    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
+}
+
+struct cand {
+    float sim;
+    uint16_t g;
+    uint8_t packed;
+    uint32_t idx;
+};
+
+static int cand_cmp(const void *x, const void *y)
+{
+    const struct cand *a = x, *b = y;
+    if (a->sim != b->sim) return a->sim < b->sim ? 1 : -1;
+    if (a->g != b->g) return a->g < b->g ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+/* Similarity of one (group, token) slot: cosine of its first and last layers' latents, or the
+ * mean over adjacent pairs. */
+static float slot_sim(const struct ckv *c, const struct grp *g, const struct seg *s, uint32_t idx, float *buf)
+{
+    int r = (int)g->r;
+    if (c->base.cfg.sim_mode == KVS_SIM_ADJ_MEAN) {
+        double acc = 0;
+        seg_get(s, 0, idx, buf);
+        for (uint32_t l = 1; l < g->nl; l++) {
+            float *prev = buf + (size_t)((l - 1) & 1) * r, *cur = buf + (size_t)(l & 1) * r;
+            seg_get(s, l, idx, cur);
+            acc += cosine(prev, cur, r);
+        }
+        return (float)(acc / (g->nl - 1));
+    }
+    seg_get(s, 0, idx, buf);
+    seg_get(s, g->nl - 1, idx, buf + r);
+    return (float)cosine(buf, buf + r, r);
+}
+
+static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
+{
+    uint64_t held16;
+    ckv_bytes(c, NULL, NULL, &held16);
+    double target = (1.0 - c->cr_merge) * (double)ckv_full_bytes(c, n_ctx);
+    int r_max = ckv_max_rank(c);
+    float *buf = malloc((size_t)(KVS_CKV_MAX_G + 2) * r_max * sizeof(float));
+    size_t nc = 0, ccap = 0;
+    struct cand *cd = NULL;
+    enum kvs_status st = KVS_OK;
+    if (!buf) goto oom;
+    int32_t lo = (int32_t)c->sinks, hi = n_ctx - (int32_t)c->recent;
+    for (int gi = 0; gi < c->ng; gi++) {
+        struct grp *g = &c->g[gi];
+        if (g->nl < 2) continue;
+        double sum = 0;
+        uint64_t cnt = 0;
+        for (int packed = 0; packed < 2; packed++) {
+            const struct seg *s = packed ? &g->pq : &g->p16;
+            for (uint32_t i = 0; i < s->n; i++) {
+                if (s->pos[i] < lo || s->pos[i] >= hi) continue;
+                if (nc == ccap) {
+                    size_t ncap = ccap ? ccap * 2 : 1024;
+                    struct cand *n2 = realloc(cd, ncap * sizeof *cd);
+                    if (!n2) goto oom;
+                    cd = n2;
+                    ccap = ncap;
+                }
+                float sim = slot_sim(c, g, s, i, buf);
+                cd[nc++] = (struct cand){.sim = sim, .g = (uint16_t)gi, .packed = (uint8_t)packed, .idx = i};
+                sum += sim;
+                cnt++;
+            }
+        }
+        if (cnt) {
+            g->sim_mean = sum / cnt;
+            g->sim_valid = true;
+        }
+    }
+    if ((double)held16 <= target || nc == 0) goto done;
+    /* the global budget: merge the most similar slots first, until the bytes fit */
+    qsort(cd, nc, sizeof *cd, cand_cmp);
+    size_t take = 0;
+    double need = (double)held16 - target;
+    while (take < nc && need > 0) {
+        const struct grp *g = &c->g[cd[take].g];
+        need -= (double)(g->nl - 1) * g->r * 2;
+        take++;
+    }
+    uint8_t *drop[2] = {NULL, NULL};
+    for (int gi = 0; gi < c->ng && st == KVS_OK; gi++) {
+        struct grp *g = &c->g[gi];
+        if (g->nl < 2) continue;
+        int r = (int)g->r;
+        bool any = false;
+        for (size_t x = 0; x < take; x++) any |= cd[x].g == gi;
+        if (!any) continue;
+        drop[0] = calloc(g->p16.n + 1, 1);
+        drop[1] = calloc(g->pq.n + 1, 1);
+        if (!drop[0] || !drop[1]) {
+            free(drop[0]);
+            free(drop[1]);
+            goto oom;
+        }
+        for (size_t x = 0; x < take; x++) {
+            if (cd[x].g != gi) continue;
+            struct seg *src = cd[x].packed ? &g->pq : &g->p16, *dst = cd[x].packed ? &g->sq : &g->s16;
+            if (!seg_reserve(dst, dst->n + 1)) {
+                free(drop[0]);
+                free(drop[1]);
+                goto oom;
+            }
+            float *acc = buf + (size_t)(KVS_CKV_MAX_G + 1) * r_max, *row = buf;
+            memset(acc, 0, (size_t)r * sizeof(float));
+            for (uint32_t l = 0; l < g->nl; l++) {
+                seg_get(src, l, cd[x].idx, row);
+                for (int i = 0; i < r; i++) acc[i] += g->w[l] * row[i];
+            }
+            dst->pos[dst->n] = src->pos[cd[x].idx];
+            seg_put(dst, 0, dst->n, acc);
+            dst->n++;
+            drop[cd[x].packed][cd[x].idx] = 1;
+        }
+        seg_compact(&g->p16, drop[0]);
+        seg_compact(&g->pq, drop[1]);
+        free(drop[0]);
+        free(drop[1]);
+    }
+done:
+    free(buf);
+    free(cd);
+    return st;
+oom:
+    free(buf);
+    free(cd);
+    kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory while merging");
+    return KVS_ERR_NOMEM;
+}
+
+/* Moves rows older than the fp16 residual window into packed segments. */
+static enum kvs_status ckv_quantize(struct ckv *c, int n_ctx)
+{
+    int32_t hi = n_ctx - (int32_t)c->qres;
+    float *buf = malloc((size_t)ckv_max_rank(c) * sizeof(float));
+    if (!buf) goto oom;
+    for (int gi = 0; gi < c->ng; gi++) {
+        struct grp *g = &c->g[gi];
+        struct seg *pairs[2][2] = {{&g->p16, &g->pq}, {&g->s16, &g->sq}};
+        for (int k = 0; k < 2; k++) {
+            struct seg *src = pairs[k][0], *dst = pairs[k][1];
+            uint32_t m = 0;
+            for (uint32_t i = 0; i < src->n; i++) m += src->pos[i] < hi;
+            if (!m) continue;
+            uint8_t *drop = calloc(src->n, 1);
+            if (!drop || !seg_reserve(dst, dst->n + m)) {
+                free(drop);
+                goto oom;
+            }
+            for (uint32_t i = 0; i < src->n; i++) {
+                if (src->pos[i] >= hi) continue;
+                for (uint32_t a = 0; a < src->n_arr; a++) {
+                    seg_get(src, a, i, buf);
+                    seg_put(dst, a, dst->n, buf);
+                }
+                dst->pos[dst->n++] = src->pos[i];
+                drop[i] = 1;
+            }
+            seg_compact(src, drop);
+            free(drop);
+        }
+    }
+    free(buf);
+    return KVS_OK;
+oom:
+    free(buf);
+    kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory quantizing latents");
+    return KVS_ERR_NOMEM;
+}
+
+struct evc {
+    float score;
+    uint16_t g;
+    uint8_t which;  /* 0..3: p16, pq, s16, sq */
+    uint32_t idx;
+    uint64_t bytes;
+};
+
+static int evc_cmp(const void *x, const void *y)
+{
+    const struct evc *a = x, *b = y;
+    if (a->score != b->score) return a->score < b->score ? -1 : 1;
+    if (a->g != b->g) return a->g < b->g ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+/* SnapKV on (group, token) slots: pooled attention mass from the observation window; the lowest
+ * slots go until the real bytes meet the target (or each group keeps snap_capacity tokens). */
+static enum kvs_status ckv_evict(struct ckv *c, int n_ctx)
+{
+    uint64_t held;
+    ckv_bytes(c, &held, NULL, NULL);
+    double target = c->cr_final >= 0 ? (1.0 - c->cr_final) * (double)ckv_full_bytes(c, n_ctx) : -1;
+    float *pooled = malloc((size_t)KVS_MAX(n_ctx, 1) * sizeof(float));
+    struct evc *ev = NULL;
+    size_t ne = 0, cap = 0;
+    if (!pooled) goto oom;
+    int32_t win_lo = n_ctx - (int32_t)c->snap_window;
+    for (int gi = 0; gi < c->ng; gi++) {
+        struct grp *g = &c->g[gi];
+        kvs_snap_pool(g->score, n_ctx, (int)c->snap_kernel, pooled);
+        struct seg *ss[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
+        uint32_t kept = 0;
+        for (int w = 0; w < 4; w++) kept += ss[w]->n;
+        size_t first = ne;
+        for (int w = 0; w < 4; w++) {
+            struct seg *s = ss[w];
+            uint64_t per = (uint64_t)s->n_arr * s->row_bytes + 4;
+            for (uint32_t i = 0; i < s->n; i++) {
+                int32_t ps = s->pos[i];
+                if (ps < (int32_t)c->sinks || ps >= win_lo) continue;
+                if (ne == cap) {
+                    size_t nc2 = cap ? cap * 2 : 1024;
+                    struct evc *n2 = realloc(ev, nc2 * sizeof *ev);
+                    if (!n2) goto oom;
+                    ev = n2;
+                    cap = nc2;
+                }
+                ev[ne++] = (struct evc){.score = pooled[ps] / g->nl, .g = (uint16_t)gi, .which = (uint8_t)w,
+                                        .idx = i, .bytes = per};
+            }
+        }
+        if (target < 0 && kept > c->snap_capacity) {
+            /* fixed capacity per group: keep the best, mark the rest with -inf so they go first */
+            size_t n_g = ne - first;
+            qsort(ev + first, n_g, sizeof *ev, evc_cmp);
+            size_t excess = KVS_MIN((size_t)(kept - c->snap_capacity), n_g);
+            for (size_t x = 0; x < n_g; x++) ev[first + x].score = x < excess ? -INFINITY : INFINITY;
+        } else if (target < 0) {
+            for (size_t x = first; x < ne; x++) ev[x].score = INFINITY;
+        }
+    }
+    qsort(ev, ne, sizeof *ev, evc_cmp);
+    size_t take = 0;
+    if (target >= 0) {
+        double need = (double)held - target;
+        while (take < ne && need > 0) need -= (double)ev[take++].bytes;
+    } else {
+        while (take < ne && ev[take].score == -INFINITY) take++;
+    }
+    for (int gi = 0; gi < c->ng && take; gi++) {
+        struct grp *g = &c->g[gi];
+        struct seg *ss[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
+        for (int w = 0; w < 4; w++) {
+            uint8_t *drop = calloc(ss[w]->n + 1, 1);
+            if (!drop) goto oom;
+            for (size_t x = 0; x < take; x++)
+                if (ev[x].g == gi && ev[x].which == w) drop[ev[x].idx] = 1;
+            g->evicted += seg_compact(ss[w], drop);
+            free(drop);
+        }
+    }
+    for (int gi = 0; gi < c->ng; gi++) memset(c->g[gi].score, 0, (size_t)c->n_ctx_max * sizeof(float));
+    free(pooled);
+    free(ev);
+    return KVS_OK;
+oom:
+    free(pooled);
+    free(ev);
+    kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory evicting");
+    return KVS_ERR_NOMEM;
+}
+
+static enum kvs_status ckv_end_step(struct kvs_press *p, int n_ctx)
+{
+    struct ckv *c = (struct ckv *)p;
+    int step = n_ctx - c->n_ctx;
+    c->n_ctx = n_ctx;
+    enum kvs_status st = KVS_OK;
+    uint64_t t0 = kvs_now_ns();
+    if (c->merge && (step > 1 || n_ctx - c->last_merge_ctx >= CKV_MERGE_BLOCK)) {
+        st = ckv_merge(c, n_ctx);
+        c->last_merge_ctx = n_ctx;
+    }
+    if (st == KVS_OK && c->quant) {
+        uint64_t t1 = kvs_now_ns();
+        st = ckv_quantize(c, n_ctx);
+        if (p->ops_ctr) {
+            p->ops_ctr[KVS_OP_QUANT].ns += kvs_now_ns() - t1;
+            p->ops_ctr[KVS_OP_QUANT].calls++;
+        }
+    }
+    if (st == KVS_OK && c->evict && (step > 1 || n_ctx - c->last_evict_ctx >= (int)c->snap_window)) {
+        uint64_t t1 = kvs_now_ns();
+        st = ckv_evict(c, n_ctx);
+        c->last_evict_ctx = n_ctx;
+        if (p->ops_ctr) {
+            p->ops_ctr[KVS_OP_EVICT].ns += kvs_now_ns() - t1;
+            p->ops_ctr[KVS_OP_EVICT].calls++;
+        }
+    }
+    (void)t0;
+    return st;
+}
+
+static void ckv_fill_record(const struct kvs_press *p, struct kvs_rec_step *rec)
+{
+    const struct ckv *c = (const struct ckv *)p;
+    rec->n_layer = (uint32_t)c->N;
+    rec->n_groups = (uint32_t)c->ng;
+    uint64_t held = 0, alloc = 0;
+    bool any_sim = false, any_gsim = false;
+    float *buf = malloc((size_t)2 * ckv_max_rank(c) * sizeof(float));
+    for (int gi = 0; gi < c->ng; gi++) {
+        const struct grp *g = &c->g[gi];
+        const struct seg *ss[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
+        uint64_t gh = 0, priv_rows = 0, shared = 0, pos_bytes = 0;
+        uint32_t kept = 0;
+        for (int w = 0; w < 4; w++) {
+            gh += seg_held(ss[w]);
+            alloc += seg_alloc(ss[w]);
+            kept += ss[w]->n;
+            pos_bytes += (uint64_t)ss[w]->n * 4;
+        }
+        shared = (uint64_t)g->s16.n * g->s16.row_bytes + (uint64_t)g->sq.n * g->sq.row_bytes;
+        held += gh;
+        rec->group_rank[gi] = g->r;
+        uint32_t merged = g->s16.n + g->sq.n;
+        rec->group_merged[gi] = kept ? (float)merged / kept : 0.0f;
+        rec->group_sim[gi] = g->sim_valid ? (float)g->sim_mean : NAN;
+        any_gsim |= g->sim_valid;
+        /* bytes per layer: its private rows plus an equal share of the shared rows and positions;
+         * the remainder of the division goes to the group's first layer so the sum is exact */
+        uint64_t share = (shared + pos_bytes) / g->nl, rem = (shared + pos_bytes) % g->nl;
+        for (uint32_t l = 0; l < g->nl; l++) {
+            priv_rows = (uint64_t)g->p16.n * g->p16.row_bytes + (uint64_t)g->pq.n * g->pq.row_bytes;
+            rec->layer_bytes_held[g->l0 + l] = priv_rows + share + (l == 0 ? rem : 0);
+            rec->layer_kept[g->l0 + l] = kept;
+            int lay = (int)(g->l0 + l);
+            rec->layer_sim[lay] = NAN;
+            if (buf && l + 1 < g->nl && g->p16.n > 0) {
+                seg_get(&g->p16, l, g->p16.n - 1, buf);
+                seg_get(&g->p16, l + 1, g->p16.n - 1, buf + g->r);
+                rec->layer_sim[lay] = (float)cosine(buf, buf + g->r, (int)g->r);
+                any_sim = true;
+            }
+        }
+    }
+    free(buf);
+    rec->bytes_full = ckv_full_bytes(c, c->n_ctx);
+    rec->bytes_held = held;
+    rec->bytes_alloc = alloc;
+    rec->cr_target = c->cr_final;
+    rec->cr_achieved = rec->bytes_full ? (float)(1.0 - (double)held / rec->bytes_full) : 0.0f;
+    rec->valid |= KVS_VALID_BYTES | KVS_VALID_BUDGET | (any_sim ? KVS_VALID_LAYER_SIM : 0) |
+                  (any_gsim ? KVS_VALID_GROUP_SIM : 0);
+}
+
+static void ckv_run_records(struct kvs_press *p, void (*emit)(void *ud, struct kvs_record *r), void *ud)
+{
+    struct ckv *c = (struct ckv *)p;
+    struct kvs_record *recs[KVS_MAX_GROUPS];
+    int n = kvs_ckv_spectrum_records(c->f, recs, KVS_MAX_GROUPS);
+    for (int i = 0; i < n; i++) emit(ud, recs[i]);
+}
+
+static void ckv_reset(struct kvs_press *p)
+{
+    struct ckv *c = (struct ckv *)p;
+    for (int gi = 0; gi < c->ng; gi++) {
+        struct grp *g = &c->g[gi];
+        struct seg *ss[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
+        for (int w = 0; w < 4; w++) {
+            ss[w]->n = 0;
+            seg_shrink(ss[w]);
+        }
+        if (g->score) memset(g->score, 0, (size_t)c->n_ctx_max * sizeof(float));
+        g->sim_valid = false;
+        g->evicted = 0;
+    }
+    c->n_ctx = c->last_merge_ctx = c->last_evict_ctx = 0;
+}
+
+static void ckv_destroy(struct kvs_press *p)
+{
+    struct ckv *c = (struct ckv *)p;
+    for (int gi = 0; gi < c->ng; gi++) {
+        struct grp *g = &c->g[gi];
+        seg_free(&g->p16);
+        seg_free(&g->pq);
+        seg_free(&g->s16);
+        seg_free(&g->sq);
+        free(g->A);
+        free(g->score);
+    }
+    for (int l = 0; l < c->N; l++) {
+        free(c->Bk[l]);
+        free(c->Bv[l]);
+    }
+    for (int t = 0; t < c->nth; t++) {
+        free(c->th_s[t]);
+        free(c->th_y[t]);
+        if (c->th_ev) free(c->th_ev[t]);
+    }
+    free(c->th_s);
+    free(c->th_y);
+    free(c->th_ev);
+    free(c->cf);
+    free(c->kk);
+    free(c->rp);
+    free(c->lat);
+    kvs_rope_table_free(&c->rope);
+    kvs_ckv_factors_delete(c->own);
+    free(c);
+}
+
+static const struct kvs_press_ops ckv_ops = {
+    .name = "commonkv", .store = ckv_store, .attend = ckv_attend, .end_step = ckv_end_step,
+    .fill_record = ckv_fill_record, .run_records = ckv_run_records, .reset = ckv_reset, .destroy = ckv_destroy,
+};
+static const struct kvs_press_ops lowrank_ops = {
+    .name = "lowrank", .store = ckv_store, .attend = ckv_attend, .end_step = ckv_end_step,
+    .fill_record = ckv_fill_record, .run_records = ckv_run_records, .reset = ckv_reset, .destroy = ckv_destroy,
+};
+
+const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p)
+{
+    if (!p || (p->ops != &ckv_ops && p->ops != &lowrank_ops)) return NULL;
+    return &((const struct ckv *)p)->plan;
+}
+
+/* Bytes of a packed latent row relative to fp16. */
+static double quant_factor(uint32_t r, uint32_t bits, uint32_t group)
+{
+    return (double)kvs_qrow_bytes(r, bits, group) / (2.0 * r);
+}
+
+enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct kvs_model *m,
+                                          const struct kvs_method_config *cfg_in, int n_ctx_max,
+                                          const struct kvs_ckv_factors *factors, kvs_progress_fn progress,
+                                          void *ud, char *err, size_t errlen)
+{
+    *out = NULL;
+    const struct kvs_hparams *hp = &m->hp;
+    struct kvs_method_config cfg = *cfg_in;
+    bool common = (cfg.methods & KVS_M_COMMONKV) != 0;
+    uint32_t G = common ? cfg.group_size : 1;
+    if (hp->n_layer > KVS_MAX_LAYERS || n_ctx_max <= 0) {
+        kvs_seterr(err, errlen, "%s: %u layers / context %d out of range", cfg.spec, hp->n_layer, n_ctx_max);
+        return KVS_ERR_UNSUPPORTED;
+    }
+    if (cfg.quant_bits != 2 && cfg.quant_bits != 4 && cfg.quant_bits != 8 && (cfg.methods & KVS_M_QUANT)) {
+        kvs_seterr(err, errlen, "%s: quantization bits must be 2, 4 or 8 (got %u)", cfg.spec, cfg.quant_bits);
+        return KVS_ERR_ARG;
+    }
+    struct ckv *c = calloc(1, sizeof *c);
+    if (!c) {
+        kvs_seterr(err, errlen, "%s: out of memory", cfg.spec);
+        return KVS_ERR_NOMEM;
+    }
+    c->base.ops = common ? &ckv_ops : &lowrank_ops;
+    c->base.model = m;
+    c->base.cfg = cfg;
+    c->base.needs = KVS_PRESS_NEEDS_XN;
+    c->N = (int)hp->n_layer;
+    c->D = (int)hp->n_embd;
+    c->d = (int)hp->head_dim;
+    c->nh = (int)hp->n_head;
+    c->nkv = (int)hp->n_head_kv;
+    c->dkv = c->nkv * c->d;
+    c->n_ctx_max = n_ctx_max;
+    c->merge = common && G > 1;
+    c->quant = (cfg.methods & KVS_M_QUANT) != 0;
+    c->evict = (cfg.methods & KVS_M_SNAPKV) != 0;
+    c->qbits = cfg.quant_bits;
+    c->qgroup = cfg.quant_group ? cfg.quant_group : 32;
+    c->qres = cfg.quant_residual;
+    c->sinks = cfg.sinks;
+    c->recent = cfg.recent;
+    c->snap_window = cfg.snap_window ? cfg.snap_window : 32;
+    c->snap_kernel = cfg.snap_kernel ? cfg.snap_kernel : 7;
+    c->snap_capacity = cfg.snap_capacity;
+    enum kvs_status st = KVS_OK;
+    char warn[300] = "";
+    if (factors) {
+        if (factors->group_size != G || factors->n_layer != hp->n_layer || factors->n_embd != hp->n_embd ||
+            factors->d_kv != (uint32_t)c->dkv) {
+            kvs_seterr(err, errlen, "%s: factors were built for another model or group size", cfg.spec);
+            st = KVS_ERR_ARG;
+            goto fail;
+        }
+        c->f = factors;
+    } else {
+        st = kvs_ckv_factors_get(&c->own, m, G, cfg.whiten, cfg.cache_dir, progress, ud, warn, sizeof warn, err, errlen);
+        if (st != KVS_OK) goto fail;
+        c->f = c->own;
+    }
+    c->ng = (int)c->f->n_groups;
+    /* targets: a bare commonkv defaults to CR 0.5; in compositions the latent part plans for
+     * min(target, 0.5) and quantization and eviction take the rest */
+    float target = cfg.target_cr;
+    if (target < 0 && common && !cfg.rank && cfg.rank_ratio <= 0) target = 0.5f;
+    c->cr_final = target;
+    struct kvs_method_config pc = cfg;
+    if (target >= 0) {
+        float ckv_cr = target;
+        if (c->evict) ckv_cr = KVS_MIN(target, 0.5f);
+        else if (c->quant) {
+            /* the packed rows shrink what merging must save */
+            uint32_t r_guess = (uint32_t)(0.5 * c->D);
+            double qf = quant_factor(r_guess, c->qbits, c->qgroup);
+            ckv_cr = (float)KVS_MAX(0.0, 1.0 - (1.0 - target) / qf);
+        }
+        pc.target_cr = ckv_cr;
+    }
+    kvs_ckv_plan(c->f, &pc, n_ctx_max, &c->plan);
+    if (warn[0] && !c->plan.note[0]) snprintf(c->plan.note, sizeof c->plan.note, "%s", warn);
+    c->cr_merge = pc.target_cr >= 0 ? pc.target_cr : -1.0f;
+    if (c->cr_merge < 0) c->merge = false;
+    /* per-group A and per-layer B_k, B_v at the planned rank */
+    float wl[KVS_MAX_LAYERS];
+    for (int l = 0; l < c->N; l++) wl[l] = 1.0f;
+    if (cfg.merge_weights == KVS_MERGE_SENSITIVITY && cfg.merge_weights_file[0]) {
+        st = kvs_ckv_weights_load(cfg.merge_weights_file, wl, c->N, err, errlen);
+        if (st != KVS_OK) goto fail;
+    }
+    for (int gi = 0; gi < c->ng; gi++) {
+        struct grp *g = &c->g[gi];
+        g->l0 = c->f->g_l0[gi];
+        g->nl = c->f->g_nl[gi];
+        g->r = c->plan.rank[gi];
+        uint32_t rmax = c->f->r_max[gi], r = g->r;
+        g->A = malloc((size_t)r * c->D * sizeof(float));
+        if (!g->A) goto oom;
+        memcpy(g->A, c->f->A[gi], (size_t)r * c->D * sizeof(float));
+        double wsum = 0;
+        for (uint32_t l = 0; l < g->nl; l++) wsum += wl[g->l0 + l];
+        for (uint32_t l = 0; l < g->nl; l++)
+            g->w[l] = wsum > 0 ? (float)(wl[g->l0 + l] / wsum) : 1.0f / g->nl;
+        for (uint32_t l = 0; l < g->nl; l++) {
+            int lay = (int)(g->l0 + l);
+            c->l2g[lay] = gi;
+            c->Bk[lay] = malloc((size_t)c->dkv * r * sizeof(float));
+            c->Bv[lay] = malloc((size_t)c->dkv * r * sizeof(float));
+            if (!c->Bk[lay] || !c->Bv[lay]) goto oom;
+            const float *B = c->f->B[gi];
+            for (int i = 0; i < c->dkv; i++) {
+                memcpy(c->Bk[lay] + (size_t)i * r, B + ((size_t)l * c->dkv + i) * rmax, r * sizeof(float));
+                memcpy(c->Bv[lay] + (size_t)i * r, B + ((size_t)(g->nl + l) * c->dkv + i) * rmax, r * sizeof(float));
+            }
+            c->bk[lay] = m->layers[lay].bk;
+            c->bv[lay] = m->layers[lay].bv;
+        }
+        seg_init(&g->p16, FMT_F16, g->nl, r, 0, 0);
+        seg_init(&g->pq, FMT_Q, g->nl, r, c->qbits, c->qgroup);
+        seg_init(&g->s16, FMT_F16, 1, r, 0, 0);
+        seg_init(&g->sq, FMT_Q, 1, r, c->qbits, c->qgroup);
+        if (c->evict) {
+            g->score = calloc((size_t)n_ctx_max, sizeof(float));
+            if (!g->score) goto oom;
+        }
+    }
+    if (kvs_rope_table_init(&c->rope, hp, n_ctx_max) != KVS_OK) goto oom;
+    *out = &c->base;
+    return KVS_OK;
+oom:
+    kvs_seterr(err, errlen, "%s: out of memory", cfg.spec);
+    st = KVS_ERR_NOMEM;
+fail:
+    ckv_destroy(&c->base);
+    return st;
+}

@@ -1,0 +1,53 @@
+/* Internal pieces shared by the presses other than `full` (commonkv, lowrank, quant, snapkv,
+ * streaming, minicache): packed quantization of rows, a RoPE table, and constructors that
+ * press.c dispatches to. Not a public interface. Depends on press.h only. */
+#ifndef KVS_COMMONKV_PRIV_H
+#define KVS_COMMONKV_PRIV_H
+
+#include "commonkv.h"
+
+/* ---- packed asymmetric quantization of one row (press_quant.c) ----
+ * N elements in groups of GROUP; each group: fp16 scale, fp16 minimum, then its codes packed
+ * LSB-first at BITS (2, 4 or 8) per element, rounded up to whole bytes. */
+uint32_t kvs_qrow_bytes(uint32_t n, uint32_t bits, uint32_t group);
+void kvs_qrow_encode(const float *x, uint32_t n, uint32_t bits, uint32_t group, uint8_t *dst);
+void kvs_qrow_decode(const uint8_t *src, uint32_t n, uint32_t bits, uint32_t group, float *dst);
+
+/* KIVI key block: T tokens x C channels quantized per channel (each channel's T values share a
+ * scale and minimum). Bytes: C * (4 + ceil(T*bits/8)). Layout: channel-major. */
+uint32_t kvs_qcol_bytes(uint32_t T, uint32_t C, uint32_t bits);
+void kvs_qcol_encode(const float *x, uint32_t T, uint32_t C, uint32_t bits, uint8_t *dst);
+/* Decodes token t (C values) of a block. */
+void kvs_qcol_decode_row(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, uint32_t t, float *dst);
+
+/* ---- RoPE with a precomputed table (same angles as kvs_cpu_rope) ---- */
+struct kvs_rope_table {
+    int n_pos, half;
+    bool neox;
+    float *cs;              /* (n_pos, half, 2): cos, sin */
+};
+enum kvs_status kvs_rope_table_init(struct kvs_rope_table *t, const struct kvs_hparams *hp, int n_pos);
+void kvs_rope_table_free(struct kvs_rope_table *t);
+/* Rotates N_HEADS heads of width 2*half at position POS (0 <= pos < n_pos). */
+void kvs_rope_table_apply(const struct kvs_rope_table *t, float *x, int n_heads, int32_t pos);
+
+/* ---- constructors (press.c dispatches) ---- */
+enum kvs_status kvs_press_kv_create(struct kvs_press **out, const struct kvs_model *m,
+                                    const struct kvs_method_config *cfg, int n_ctx_max, char *err, size_t errlen);
+enum kvs_status kvs_press_minicache_create(struct kvs_press **out, const struct kvs_model *m,
+                                           const struct kvs_method_config *cfg, int n_ctx_max, char *err,
+                                           size_t errlen);
+
+const char *kvs_press_minicache_note(const struct kvs_press *p); /* NULL: not minicache */
+
+/* ---- SnapKV scoring helpers (press_snapkv.c) ----
+ * Max-pools SCORE (n, indexed by position) with a window of KERNEL positions into OUT. */
+void kvs_snap_pool(const float *score, int n, int kernel, float *out);
+/* Chooses which of N candidates to keep: the KEEP largest POOLED scores (ties: later positions).
+ * KEEP_MASK (n) receives 1 for kept. */
+void kvs_snap_select(const float *pooled, int n, int keep, uint8_t *keep_mask);
+
+/* ---- streaming (press_streaming.c): is position P kept with N tokens seen? ---- */
+bool kvs_stream_keep(int32_t p, int n, int sinks, int window);
+
+#endif
