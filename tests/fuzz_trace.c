@@ -1,4 +1,5 @@
 // fuzz-sources: traces/crc32c.c traces/codec.c traces/reader.c traces/export.c engine/kvs.c engine/record.c
+// fuzz-seeds: "$BUILD/tests/test_traces" --write-seeds "$SEEDS"
 /* libFuzzer target for the trace reader (traces/reader.c, codec.c, export.c) over a memory buffer.
  * The first input byte picks a mode: bit 0 repairs the header and chunk CRCs (so the fuzzer reaches
  * the code behind them), bit 1 prepends a valid header, bits 2-3 are the open flags. Then every

@@ -3,7 +3,8 @@
  * feature refusal, queue overflow, seeking by step and token, recovery and exports. Files are also
  * taken apart here byte by byte from the layout in man/kvscope-trace.5, not with the library.
  * Extra modes for tests/t_traces.sh: --writer-child FILE, --write-sample FILE N, --recover IN OUT,
- * --info FILE, --export FILE FORMAT OUT. */
+ * --info FILE, --export FILE FORMAT OUT; for tests/fuzz.sh: --write-seeds DIR; for
+ * tests/bench_traces.sh: --bench [N]. */
 #include "harness.h"
 #include "trace.h"
 
@@ -11,6 +12,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1169,10 +1171,235 @@ static int write_sample(const char *path, uint32_t n)
     return ok ? 0 : 1;
 }
 
+/* The chunks of B re-written stored (codec 0), without the footer: what the fuzzer mutates best. */
+static size_t to_stored(const uint8_t *b, size_t len, uint8_t *out)
+{
+    uint32_t hlen;
+    struct chunk_at ch[512];
+    size_t nch = layout(b, len, &hlen, ch, 512), n = hlen;
+    memcpy(out, b, hlen);
+    for (size_t i = 0; i < nch; i++) {
+        const uint8_t *h = b + ch[i].off;
+        if (h[4] == 4) break;
+        uLongf raw = le32(h + 12);
+        uint8_t *p = malloc(raw + 1);
+        if (h[5] == 1) uncompress(p, &raw, h + 72, le32(h + 8));
+        else memcpy(p, h + 72, raw);
+        n += make_chunk(out + n, h[4], le64(h + 16), p, (uint32_t)raw, le64(h + 40), le32(h + 48), le32(h + 52));
+        free(p);
+    }
+    return n;
+}
+
+static int write_seeds(const char *dir)
+{
+    struct recs v = {0};
+    sample(&v, 10, 4, 2);
+    struct kvs_trace_writer_opts o = small_opts();
+    o.keyframe_every = 4;
+    o.chunk_bytes = 1000;
+    char path[600];
+    snprintf(path, sizeof path, "%s/sample.kvt", dir);
+    bool ok = write_trace(path, &v, &o);
+    recs_free(&v);
+    size_t len;
+    uint8_t *b = ok ? slurp(path, &len) : NULL;
+    unlink(path);
+    if (!b) return 1;
+    uint8_t *buf = malloc(4 * len + 64), *st = malloc(4 * len);
+    size_t sn = to_stored(b, len, st);
+    /* mode byte, then the file: plain, verified, fast, CRC-repairing over stored chunks, cut */
+    struct { const char *name; uint8_t mode; const uint8_t *p; size_t n; } seeds[] = {
+        { "plain", 0x00, b, len }, { "verify", 0x04, b, len }, { "fast", 0x08, b, len },
+        { "stored-repair", 0x05, st, sn }, { "stored-window", 0x11, st, sn }, { "cut", 0x00, b, len * 2 / 3 },
+    };
+    for (size_t i = 0; i < KVS_ARRAY_LEN(seeds); i++) {
+        buf[0] = seeds[i].mode;
+        memcpy(buf + 1, seeds[i].p, seeds[i].n);
+        snprintf(path, sizeof path, "%s/%s", dir, seeds[i].name);
+        if (!spit(path, buf, seeds[i].n + 1)) ok = false;
+    }
+    free(buf);
+    free(st);
+    free(b);
+    return ok ? 0 : 1;
+}
+
+/* ---- benchmark (tests/bench_traces.sh): realistic decode steps, 30 layers, 8 groups ---- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A decode step as the engine would publish it: similarities drifting around per-layer means
+ * with noise, budgets fixed, kept tokens and bytes growing with the context, op timings jittered. */
+static struct kvs_record *real_step(uint64_t step, uint32_t nl, uint32_t ng)
+{
+    static const char *words[] = { " the", " of", " software", " License", " to", " and", " you", ",", ".",
+                                   " GNU", " program", " any", " work", " that", " is", "\n" };
+    static float base[KVS_MAX_LAYERS];
+    if (step == 0)
+        for (uint32_t l = 0; l < nl; l++) base[l] = 0.35f + 0.5f * (float)l / (float)nl;
+    struct kvs_record *r = kvs_record_new(KVS_REC_STEP, 0);
+    struct kvs_rec_step *s = &r->u.step;
+    r->seq = g_seq++;
+    s->step = step;
+    s->kind = step == 0 ? KVS_STEP_PREFILL : KVS_STEP_DECODE;
+    s->n_new = step == 0 ? 512 : 1;
+    g_ctx += s->n_new;
+    s->n_ctx = g_ctx;
+    s->token = (int32_t)(rnd() % 49152);
+    snprintf(s->piece, sizeof s->piece, "%s", words[rnd() % 16]);
+    s->t_start_ns = 2000000000ull + step * 12000000ull + rnd() % 400000;
+    s->t_end_ns = s->t_start_ns + 11000000ull + rnd() % 900000;
+    s->valid = KVS_VALID_LAYER_SIM | KVS_VALID_GROUP_SIM | KVS_VALID_BUDGET | KVS_VALID_BYTES | KVS_VALID_LOGPROB |
+               KVS_VALID_OPS;
+    s->n_layer = nl;
+    s->n_groups = ng;
+    uint32_t merged = s->n_ctx > 132 ? (s->n_ctx - 132) / 2 : 0;
+    for (uint32_t l = 0; l < nl; l++) {
+        s->layer_sim[l] = base[l] + 0.05f * rndf();
+        s->layer_kept[l] = s->n_ctx;
+        s->layer_bytes_held[l] = (uint64_t)(s->n_ctx - merged) * 2 * 192 * 2 + (uint64_t)merged * 192 * 2 / 4;
+    }
+    for (uint32_t g = 0; g < ng; g++) {
+        s->group_sim[g] = 0.6f + 0.3f * (float)g / (float)ng + 0.03f * rndf();
+        s->group_rank[g] = 403;
+        s->group_merged[g] = (float)merged / (float)s->n_ctx;
+    }
+    s->bytes_full = (uint64_t)s->n_ctx * nl * 2 * 192 * 2;
+    s->bytes_held = 0;
+    for (uint32_t l = 0; l < nl; l++) s->bytes_held += s->layer_bytes_held[l];
+    s->bytes_alloc = (s->bytes_held + 65535) & ~65535ull;
+    s->cr_target = 0.5f;
+    s->cr_achieved = 1.0f - (float)s->bytes_held / (float)s->bytes_full;
+    s->logprob = -2.0f * (float)(rnd() % 1000) / 1000.0f;
+    static const uint64_t op_ns[KVS_OP_COUNT] = { 7000000, 2500000, 200000, 150000, 100000, 300000, 0, 0, 900000, 50000, 0 };
+    for (int i = 0; i < KVS_OP_COUNT; i++) {
+        if (!op_ns[i]) continue;
+        s->ops[i].ns = op_ns[i] + rnd() % (op_ns[i] / 10);
+        s->ops[i].bytes = (uint64_t)s->n_ctx * 1024 * (uint64_t)(i + 1);
+        s->ops[i].flops = (uint64_t)s->n_ctx * 4096 * (uint64_t)(i + 1);
+        s->ops[i].calls = 30;
+    }
+    return r;
+}
+
+static int bench(uint64_t n)
+{
+    const uint32_t nl = 30, ng = 8;
+    g_seq = 0;
+    g_ctx = 0;
+    struct kvs_record **recs = malloc((n + 2) * sizeof *recs);
+    recs[0] = mk_run(1, nl, ng);
+    recs[1] = mk_matrix(KVS_MAT_SIM_HIDDEN, 0, nl, nl);
+    for (uint64_t i = 0; i < n; i++) recs[i + 2] = real_step(i, nl, ng);
+    const char *path = tmp_path("bench.kvt");
+    struct kvs_trace_writer_opts o;
+    kvs_trace_writer_opts_default(&o);
+    o.queue_cap = (uint32_t)n + 16; /* measure the writer, not the drops */
+    struct kvs_trace_writer *w;
+    char err[512];
+    if (kvs_trace_writer_open(&w, path, NULL, 0, &o, err, sizeof err) != KVS_OK) { fprintf(stderr, "%s\n", err); return 1; }
+    double t0 = now_s();
+    for (uint64_t i = 0; i < n + 2; i++) kvs_trace_writer_push(w, kvs_record_ref(recs[i]));
+    double t_push = now_s() - t0;
+    if (kvs_trace_writer_close(w, err, sizeof err) != KVS_OK) { fprintf(stderr, "%s\n", err); return 1; }
+    double t_write = now_s() - t0;
+    struct stat sb;
+    stat(path, &sb);
+
+    /* baseline in the same run: the same records as JSON lines (what --batch prints) */
+    FILE *devnull = fopen("/dev/null", "w");
+    double t1 = now_s();
+    for (uint64_t i = 0; i < n + 2; i++) kvs_record_to_json(recs[i], devnull);
+    fclose(devnull);
+    double t_json = now_s() - t1;
+
+    printf("records           %llu decode steps, %u layers, %u groups (+ RUN and a %ux%u matrix)\n",
+           (unsigned long long)n, nl, ng, nl, nl);
+    printf("in-memory step    %zu bytes (struct kvs_record)\n", offsetof(struct kvs_record, u) + sizeof(struct kvs_rec_step));
+
+    struct kvs_trace *t;
+    t1 = now_s();
+    if (kvs_trace_open(&t, path, 0, err, sizeof err) != KVS_OK) { fprintf(stderr, "%s\n", err); return 1; }
+    double t_open = now_s() - t1;
+    const struct kvs_trace_info *in = kvs_trace_get_info(t);
+    printf("size              %.1f bytes per decoded token on disk (file %lld bytes); raw serialized %.1f, "
+           "zlib ratio %.2fx\n", (double)sb.st_size / (double)n, (long long)sb.st_size,
+           (double)in->raw_bytes / (double)n, (double)in->raw_bytes / (double)in->comp_bytes);
+    printf("writer            %.0f steps/s end to end (%.2f us per step incl. compression and fsync); "
+           "push %.3f us per record\n", (double)n / t_write, t_write * 1e6 / (double)n, t_push * 1e6 / (double)(n + 2));
+    printf("baseline          JSON lines of the same records: %.2f us per step (writer/JSON %.2fx)\n",
+           t_json * 1e6 / (double)n, t_write / t_json);
+    printf("overhead budget   at 12 ms per decoded token, the writer's work is %.3f%% of decode time\n",
+           t_write / (double)n / 0.012 * 100.0);
+    t1 = now_s();
+    struct kvs_trace *tf;
+    if (kvs_trace_open(&tf, path, KVS_TRACE_OPEN_FAST, err, sizeof err) == KVS_OK) kvs_trace_close(tf);
+    double t_open_fast = now_s() - t1;
+    printf("open              %.1f ms checking every chunk CRC, %.2f ms trusting the footer index\n", t_open * 1e3,
+           t_open_fast * 1e3);
+
+    /* seek to random steps and replay to them */
+    enum { SEEKS = 200 };
+    double worst = 0, sum = 0, lin_sum = 0;
+    double ts[SEEKS];
+    uint64_t targets[SEEKS];
+    for (int k = 0; k < SEEKS; k++) targets[k] = rnd() % n;
+    bool ok = true;
+    for (int k = 0; k < SEEKS; k++) {
+        t1 = now_s();
+        kvs_trace_seek_step(t, targets[k], NULL);
+        struct kvs_record *r;
+        struct kvs_trace_where wh;
+        bool hit = false;
+        while (kvs_trace_next(t, &r, &wh) == KVS_OK && r) {
+            hit = r->type == KVS_REC_STEP && !wh.keyframe && wh.step == targets[k];
+            if (hit) ok &= rec_equal(r, recs[targets[k] + 2]);
+            kvs_record_unref(r);
+            if (hit) break;
+        }
+        ok &= hit;
+        ts[k] = now_s() - t1;
+        sum += ts[k];
+        if (ts[k] > worst) worst = ts[k];
+    }
+    /* baseline: reading from the start to the target, for 10 of the targets */
+    for (int k = 0; k < 10; k++) {
+        t1 = now_s();
+        kvs_trace_rewind(t);
+        struct kvs_record *r;
+        struct kvs_trace_where wh;
+        while (kvs_trace_next(t, &r, &wh) == KVS_OK && r) {
+            bool hit = r->type == KVS_REC_STEP && wh.step == targets[k];
+            kvs_record_unref(r);
+            if (hit) break;
+        }
+        lin_sum += now_s() - t1;
+    }
+    for (int i = 1; i < SEEKS; i++)
+        for (int j = i; j > 0 && ts[j - 1] > ts[j]; j--) { double x = ts[j]; ts[j] = ts[j - 1]; ts[j - 1] = x; }
+    printf("seek              %d random steps of %llu: mean %.2f ms, median %.2f ms, max %.2f ms (target < 50 ms)%s\n",
+           SEEKS, (unsigned long long)n, sum / SEEKS * 1e3, ts[SEEKS / 2] * 1e3, worst * 1e3, ok ? "" : " WRONG RECORDS");
+    printf("baseline          reading from the start to the step: mean %.1f ms (seek is %.0fx faster)\n",
+           lin_sum / 10 * 1e3, (lin_sum / 10) / (sum / SEEKS));
+    kvs_trace_close(t);
+    for (uint64_t i = 0; i < n + 2; i++) kvs_record_unref(recs[i]);
+    free(recs);
+    unlink(path);
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     char err[512];
     if (argc >= 3 && !strcmp(argv[1], "--writer-child")) return writer_child(argv[2]);
+    if (argc >= 3 && !strcmp(argv[1], "--write-seeds")) return write_seeds(argv[2]);
+    if (argc >= 2 && !strcmp(argv[1], "--bench")) return bench(argc >= 3 ? strtoull(argv[2], NULL, 10) : 100000);
     if (argc >= 4 && !strcmp(argv[1], "--write-sample")) return write_sample(argv[2], (uint32_t)atoi(argv[3]));
     if (argc >= 4 && !strcmp(argv[1], "--recover")) {
         struct kvs_trace_recover_report rep;
