@@ -30,6 +30,36 @@ void kvs_f16_to_f32_row(const uint16_t *src, float *dst, int n)
     for (; i < n; i++) dst[i] = kvs_fp16_to_fp32(src[i]);
 }
 
+static inline float dot_f32(const float *q, const float *k, int d)
+{
+    int i = 0;
+    float s = 0;
+#ifdef KVS_SIMD_F16
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; i + 16 <= d; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(k + i + 8), a1);
+    }
+    a0 = _mm256_add_ps(a0, a1);
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    s = _mm_cvtss_f32(lo);
+#endif
+    for (; i < d; i++) s += q[i] * k[i];
+    return s;
+}
+
+static inline void axpy_f32(float *y, float a, const float *x, int d)
+{
+    int i = 0;
+#ifdef KVS_SIMD_F16
+    __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= d; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < d; i++) y[i] += a * x[i];
+}
+
 struct attn_job {
     const struct kvs_attn_args *a;
     float **scratch;
@@ -60,17 +90,7 @@ static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
             }
             kvs_f16_to_f32_row(a->k + (size_t)jx * dkv + (size_t)g * d, krow, d);
             for (int r = 0; r < rep; r++) {
-                const float *q = q0 + (size_t)r * d;
-                float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-                int i = 0;
-                for (; i + 4 <= d; i += 4) {
-                    s0 += q[i] * krow[i];
-                    s1 += q[i + 1] * krow[i + 1];
-                    s2 += q[i + 2] * krow[i + 2];
-                    s3 += q[i + 3] * krow[i + 3];
-                }
-                for (; i < d; i++) s0 += q[i] * krow[i];
-                float s = (s0 + s1 + s2 + s3) * scale;
+                float s = dot_f32(q0 + (size_t)r * d, krow, d) * scale;
                 sc[(size_t)r * nk + jx] = s;
                 if (s > mx[r]) mx[r] = s;
             }
@@ -98,8 +118,7 @@ static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
             for (int r = 0; r < rep; r++) {
                 float w = sc[(size_t)r * nk + jx] * inv[r];
                 if (w == 0.0f) continue;
-                float *o = a->out + (size_t)t * dq + (size_t)(g * rep + r) * d;
-                for (int i = 0; i < d; i++) o[i] += w * krow[i];
+                axpy_f32(a->out + (size_t)t * dq + (size_t)(g * rep + r) * d, w, krow, d);
             }
         }
         if (a->probs)

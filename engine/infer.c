@@ -181,7 +181,9 @@ void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const flo
         j.qx = tl->q;
         for (int t = 0; t < T; t++)
             if (kvs_quant_prepare(&tl->q[t], w->type, x + (int64_t)t * w->cols, w->cols) != KVS_OK) abort();
-        kvs_pool_for(pool, w->rows, mm_vec_range, &j);
+        /* small products cost less than waking the pool */
+        if ((int64_t)w->rows * w->cols * T < (1 << 16)) mm_vec_range(&j, 0, w->rows, 0);
+        else kvs_pool_for(pool, w->rows, mm_vec_range, &j);
     } else {
         /* each thread takes a contiguous row range, so no tile is dequantized twice */
         kvs_pool_for(pool, w->rows, mm_gemm_range, &j);

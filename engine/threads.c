@@ -1,5 +1,9 @@
-/* Fixed thread pool: workers sleep on a condition variable between parallel loops; the caller
- * runs the first range itself. Depends on libc and pthreads only. */
+/* Fixed thread pool for data-parallel loops. A loop is cut into chunks that the caller and the
+ * workers claim from one atomic counter, so a worker the OS has not scheduled yet never holds the
+ * loop up: the caller simply takes its chunks (an oversubscribed 2-core machine is the normal
+ * case here: engine, UI and other processes share the cores). Workers spin briefly between loops
+ * (decode issues hundreds of small loops per token), then sleep so an idle engine costs no CPU.
+ * Depends on libc and pthreads only. */
 #include "threads.h"
 
 #include <pthread.h>
@@ -12,22 +16,16 @@ struct kvs_pool {
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv_work;
-    uint64_t generation;    /* bumped for every loop */
-    int pending;            /* workers still running the current loop */
-    bool quit;
+    uint64_t work;          /* atomic: generation << 32 | next chunk to claim */
+    uint32_t done;          /* atomic: chunks finished in this generation */
+    uint32_t nchunks;
+    int64_t total;
     kvs_range_fn fn;
     void *ctx;
-    int64_t total;
+    bool quit;
 };
 
 struct worker_arg { struct kvs_pool *p; int index; };
-
-static void range_of(int64_t n, int parts, int i, int64_t *b, int64_t *e)
-{
-    int64_t q = n / parts, r = n % parts;
-    *b = i * q + (i < r ? i : r);
-    *e = *b + q + (i < r ? 1 : 0);
-}
 
 static inline void cpu_relax(void)
 {
@@ -36,34 +34,53 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Workers spin briefly for the next loop (decode issues hundreds of small loops per token), then
- * sleep so an idle engine costs no CPU. */
+static void range_of(int64_t n, int64_t parts, int64_t i, int64_t *b, int64_t *e)
+{
+    int64_t q = n / parts, r = n % parts;
+    *b = i * q + (i < r ? i : r);
+    *e = *b + q + (i < r ? 1 : 0);
+}
+
+/* Claims and runs chunks of generation GEN until none is left. A claim is a CAS on the combined
+ * word, so a participant still holding an old generation can never claim a chunk of a new one. */
+static void run_chunks(struct kvs_pool *p, uint32_t gen, int index)
+{
+    for (;;) {
+        uint64_t v = __atomic_load_n(&p->work, __ATOMIC_ACQUIRE);
+        if ((uint32_t)(v >> 32) != gen) return;
+        uint32_t c = (uint32_t)v;
+        if (c >= p->nchunks) return;
+        if (!__atomic_compare_exchange_n(&p->work, &v, v + 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+        int64_t b, e;
+        range_of(p->total, p->nchunks, c, &b, &e);
+        if (e > b) p->fn(p->ctx, b, e, index);
+        __atomic_add_fetch(&p->done, 1, __ATOMIC_ACQ_REL);
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct worker_arg *wa = arg;
     struct kvs_pool *p = wa->p;
     int idx = wa->index;
     free(wa);
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     for (;;) {
         int spins = 0;
-        while (__atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen &&
+        while ((uint32_t)(__atomic_load_n(&p->work, __ATOMIC_ACQUIRE) >> 32) == seen &&
                !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE) && spins < 20000) {
             cpu_relax();
             spins++;
         }
-        if (__atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen) {
+        if ((uint32_t)(__atomic_load_n(&p->work, __ATOMIC_ACQUIRE) >> 32) == seen) {
             pthread_mutex_lock(&p->mu);
-            while (!p->quit && __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen)
+            while (!p->quit && (uint32_t)(__atomic_load_n(&p->work, __ATOMIC_ACQUIRE) >> 32) == seen)
                 pthread_cond_wait(&p->cv_work, &p->mu);
             pthread_mutex_unlock(&p->mu);
         }
         if (__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE)) break;
-        seen = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE);
-        int64_t b, e;
-        range_of(p->total, p->n, idx, &b, &e);
-        if (e > b) p->fn(p->ctx, b, e, idx);
-        __atomic_sub_fetch(&p->pending, 1, __ATOMIC_ACQ_REL);
+        seen = (uint32_t)(__atomic_load_n(&p->work, __ATOMIC_ACQUIRE) >> 32);
+        run_chunks(p, seen, idx);
     }
     return NULL;
 }
@@ -121,20 +138,23 @@ void kvs_pool_for(struct kvs_pool *p, int64_t n, kvs_range_fn fn, void *ctx)
         fn(ctx, 0, n, 0);
         return;
     }
+    /* a few chunks per thread balance the load without much claiming traffic */
+    int64_t chunks = (int64_t)p->n * 4;
+    if (chunks > n) chunks = n;
     p->fn = fn;
     p->ctx = ctx;
     p->total = n;
-    __atomic_store_n(&p->pending, p->n - 1, __ATOMIC_RELEASE);
+    p->nchunks = (uint32_t)chunks;
+    __atomic_store_n(&p->done, 0, __ATOMIC_RELEASE);
+    uint32_t gen = (uint32_t)(__atomic_load_n(&p->work, __ATOMIC_ACQUIRE) >> 32) + 1;
     pthread_mutex_lock(&p->mu);
-    __atomic_add_fetch(&p->generation, 1, __ATOMIC_ACQ_REL);
+    __atomic_store_n(&p->work, (uint64_t)gen << 32, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
-    int64_t b, e;
-    range_of(n, p->n, 0, &b, &e);
-    if (e > b) fn(ctx, b, e, 0);
-    /* spin briefly, then yield: on an oversubscribed machine the last worker may not be running */
-    for (int spins = 0; __atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0; spins++) {
-        if (spins < 2000) cpu_relax();
+    run_chunks(p, gen, 0);
+    /* only chunks a worker has claimed and not finished are left: spin briefly, then yield */
+    for (int spins = 0; __atomic_load_n(&p->done, __ATOMIC_ACQUIRE) < (uint32_t)chunks; spins++) {
+        if (spins < 4000) cpu_relax();
         else sched_yield();
     }
 }

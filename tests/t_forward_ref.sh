@@ -21,7 +21,7 @@ a = np.fromfile(sys.argv[1], dtype="<f4"); b = np.fromfile(sys.argv[2], dtype="<
 name = sys.argv[3]
 if a.shape != b.shape:
     print(f"FAIL {name}: shapes {a.shape} vs {b.shape}"); sys.exit(1)
-d = np.abs(a - b); tol = 0.02 + 0.01 * np.abs(b)
+d = np.abs(a - b); tol = 0.05 + 0.01 * np.abs(b)
 nerr = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
 bad = int((d > tol).sum())
 print(f"   {name}: {a.size} logits, max |diff| {d.max():.4g}, normalised error {nerr:.3g}, {bad} out of tolerance")
