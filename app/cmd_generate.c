@@ -11,7 +11,8 @@
 static void usage(FILE *f)
 {
     fputs("usage: kvscope generate [-m MODEL.gguf] (-p PROMPT | -f FILE) [-n N] [--chat] [--method M] [--cr X]\n"
-          "                        [--temp T] [--top-p P] [--seed S] [-t THREADS] [--ctx N] [--batch-size N] [--json]\n",
+          "                        [--temp T] [--top-p P] [--seed S] [-t THREADS] [--ctx N] [--batch-size N]\n"
+          "                        [--backend cpu|cuda|auto] [--json]\n",
           f);
 }
 
@@ -32,7 +33,7 @@ static void json_str(FILE *f, const char *s, size_t n)
 
 int kvs_cmd_generate(int argc, char **argv)
 {
-    const char *model_path = NULL, *prompt = NULL, *file = NULL, *method = "full";
+    const char *model_path = NULL, *prompt = NULL, *file = NULL, *method = "full", *backend = "cpu";
     long n_predict = 64, threads = 0, n_ctx = 4096, n_batch = 256;
     double temp = 0, top_p = 0.95, cr = -1;
     uint64_t seed = 42;
@@ -45,6 +46,12 @@ int kvs_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!v) goto needs; prompt = v; i++; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!v) goto needs; file = v; i++; }
         else if (!strcmp(a, "--method")) { if (!v) goto needs; method = v; i++; }
+        else if (!strcmp(a, "--backend")) {
+            if (!v) goto needs;
+            if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) { kvs_die_msg("option --backend: '%s' is not cpu, cuda or auto", v); return 2; }
+            backend = v;
+            i++;
+        }
         else if (!strcmp(a, "-n")) { if (!kvs_opt_int(a, v, 0, 1 << 20, &n_predict)) return 2; i++; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--ctx")) { if (!kvs_opt_int(a, v, 16, 1 << 22, &n_ctx)) return 2; i++; }
@@ -93,6 +100,7 @@ int kvs_cmd_generate(int argc, char **argv)
     cp.n_ctx = (int)n_ctx;
     cp.n_batch = (int)n_batch;
     cp.n_threads = (int)threads;
+    snprintf(cp.backend, sizeof cp.backend, "%s", backend);
     if (kvs_ctx_new(&ctx, m, press, &cp, err, sizeof err) != KVS_OK) { kvs_die_msg("%s", err); goto done; }
     const char *ptext = text;
     if (chat) {
@@ -154,8 +162,8 @@ int kvs_cmd_generate(int argc, char **argv)
                "\"threads\": %d}\n", (long long)n, n_gen, ptps, dtps, kvs_pool_size(kvs_ctx_pool(ctx)));
     } else {
         printf("\n");
-        fprintf(stderr, "prompt: %lld tokens, %.1f tok/s; decode: %d tokens, %.1f tok/s (%d threads, method %s)\n",
-                (long long)n, ptps, n_gen, dtps, kvs_pool_size(kvs_ctx_pool(ctx)), mc.spec);
+        fprintf(stderr, "prompt: %lld tokens, %.1f tok/s; decode: %d tokens, %.1f tok/s (%s, %d threads, method %s)\n",
+                (long long)n, ptps, n_gen, dtps, kvs_ctx_backend(ctx), kvs_pool_size(kvs_ctx_pool(ctx)), mc.spec);
     }
     rc = 0;
 done:

@@ -2,6 +2,7 @@
  * press, SwiGLU, output head; prefill in chunks, decode one token at a time; sampling.
  * Depends on model, quant, press, threads and OpenBLAS; never on curses or CUDA. */
 #include "infer.h"
+#include "backend.h"
 #include "quant.h"
 
 #include <cblas.h>
@@ -16,6 +17,8 @@ struct kvs_ctx {
     struct kvs_press *press;
     struct kvs_ctx_params p;
     struct kvs_pool *pool;
+    struct kvs_backend *be;
+    struct kvs_backend_weight *bw; /* per layer: wq wk wv wo gate up down (7 each), then output */
     float *freqs;               /* (head_dim/2) */
     int n_past;
     /* scratch for one chunk of at most n_batch tokens */
@@ -33,6 +36,7 @@ void kvs_ctx_params_default(struct kvs_ctx_params *p)
     p->n_ctx = 4096;
     p->n_batch = 256;
     p->n_threads = 0;
+    snprintf(p->backend, sizeof p->backend, "cpu");
 }
 
 /* ---------------------------------------------------------------- building blocks */
@@ -234,6 +238,33 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
     if (!c->pool || !c->freqs || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->tmp || !c->gate ||
         !c->up || !c->pos || !c->logits)
         goto oom;
+    const char *bname = p->backend[0] ? p->backend : "cpu";
+    enum kvs_status bst = kvs_backend_new(&c->be, bname, c->pool, err, errlen);
+    if (bst != KVS_OK) {
+        kvs_ctx_delete(c);
+        return bst;
+    }
+    size_t nbw = (size_t)hp->n_layer * 7 + 1;
+    c->bw = calloc(nbw, sizeof *c->bw);
+    if (!c->bw) goto oom;
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const struct kvs_layer *ly = &model->layers[l];
+        const struct kvs_weight *ws[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->w_gate, &ly->w_up, &ly->w_down};
+        for (int i = 0; i < 7; i++) {
+            bst = kvs_backend_weight_prepare(c->be, &c->bw[l * 7 + i], ws[i]);
+            if (bst != KVS_OK) {
+                kvs_seterr(err, errlen, "%s backend: preparing layer %u weights: %s", bname, l, kvs_backend_error(c->be));
+                kvs_ctx_delete(c);
+                return bst;
+            }
+        }
+    }
+    bst = kvs_backend_weight_prepare(c->be, &c->bw[nbw - 1], &model->output);
+    if (bst != KVS_OK) {
+        kvs_seterr(err, errlen, "%s backend: preparing the output head: %s", bname, kvs_backend_error(c->be));
+        kvs_ctx_delete(c);
+        return bst;
+    }
     if (press) {
         press->ops_ctr = c->ctr;
         press->pool = c->pool;
@@ -249,6 +280,10 @@ oom:
 void kvs_ctx_delete(struct kvs_ctx *c)
 {
     if (!c) return;
+    if (c->bw && c->be)
+        for (size_t i = 0; i < (size_t)c->m->hp.n_layer * 7 + 1; i++) kvs_backend_weight_release(c->be, &c->bw[i]);
+    free(c->bw);
+    kvs_backend_delete(c->be);
     kvs_pool_delete(c->pool);
     free(c->freqs);
     free(c->x); free(c->xn); free(c->q); free(c->k); free(c->v);
@@ -262,6 +297,8 @@ int kvs_ctx_n_past(const struct kvs_ctx *c) { return c->n_past; }
 struct kvs_op_counter *kvs_ctx_counters(struct kvs_ctx *c) { return c->ctr; }
 struct kvs_pool *kvs_ctx_pool(struct kvs_ctx *c) { return c->pool; }
 const char *kvs_ctx_error(const struct kvs_ctx *c) { return c->err; }
+const char *kvs_ctx_backend(const struct kvs_ctx *c) { return kvs_backend_name(c->be); }
+const char *kvs_ctx_device(const struct kvs_ctx *c) { return kvs_backend_device(c->be); }
 
 void kvs_ctx_set_hook(struct kvs_ctx *c, kvs_layer_hook fn, void *ud)
 {
@@ -275,12 +312,15 @@ void kvs_ctx_reset(struct kvs_ctx *c)
     if (c->press && c->press->ops->reset) c->press->ops->reset(c->press);
 }
 
-static void matmul_ctr(struct kvs_ctx *c, const struct kvs_weight *w, const float *x, float *y, int T)
+static enum kvs_status matmul_ctr(struct kvs_ctx *c, const struct kvs_backend_weight *bw, const float *x, float *y, int T)
 {
+    const struct kvs_weight *w = bw->w;
     uint64_t t0 = kvs_now_ns();
-    kvs_cpu_matmul(c->pool, w, x, y, T);
+    enum kvs_status st = kvs_backend_matmul(c->be, bw, x, y, T);
     ctr_add(c, KVS_OP_MATMUL, t0, (uint64_t)w->rows * w->row_bytes + (uint64_t)T * (w->cols + w->rows) * 4,
             2ull * T * w->rows * w->cols);
+    if (st != KVS_OK) kvs_seterr(c->err, sizeof c->err, "%s backend: %s", kvs_backend_name(c->be), kvs_backend_error(c->be));
+    return st;
 }
 
 static void add_bias(float *y, const float *b, int T, int n)
@@ -312,79 +352,77 @@ static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int 
         c->pos[t] = c->n_past + t;
         kvs_weight_row_f32(&m->tok_embd, tokens[t], c->x + (size_t)t * D);
     }
+    enum kvs_status st = KVS_OK;
+#define TRY(expr) do { if ((st = (expr)) != KVS_OK) { if (!c->err[0]) kvs_seterr(c->err, sizeof c->err, "%s backend: %s", kvs_backend_name(c->be), kvs_backend_error(c->be)); return st; } } while (0)
+    c->err[0] = 0;
     for (int l = 0; l < (int)hp->n_layer; l++) {
         const struct kvs_layer *ly = &m->layers[l];
+        const struct kvs_backend_weight *bw = &c->bw[l * 7];
         uint64_t t0 = kvs_now_ns();
-        for (int t = 0; t < T; t++)
-            kvs_cpu_rmsnorm(c->xn + (size_t)t * D, c->x + (size_t)t * D, ly->attn_norm, D, hp->rms_eps);
+        TRY(kvs_backend_rmsnorm(c->be, c->xn, c->x, ly->attn_norm, T, D, hp->rms_eps));
         ctr_add(c, KVS_OP_NORM, t0, (uint64_t)T * D * 12, (uint64_t)T * D * 4);
-        matmul_ctr(c, &ly->wq, c->xn, c->q, T);
+        TRY(matmul_ctr(c, &bw[0], c->xn, c->q, T));
         add_bias(c->q, ly->bq, T, dq);
         if (need_kv) {
-            matmul_ctr(c, &ly->wk, c->xn, c->k, T);
+            TRY(matmul_ctr(c, &bw[1], c->xn, c->k, T));
             add_bias(c->k, ly->bk, T, dkv);
-            matmul_ctr(c, &ly->wv, c->xn, c->v, T);
+            TRY(matmul_ctr(c, &bw[2], c->xn, c->v, T));
             add_bias(c->v, ly->bv, T, dkv);
         }
         if (c->hook) c->hook(c->hook_ud, l, T, c->pos, c->x, c->xn, c->k);
         t0 = kvs_now_ns();
-        for (int t = 0; t < T; t++) {
-            kvs_cpu_rope(c->q + (size_t)t * dq, nh, d, c->pos[t], c->freqs, hp->rope_neox);
-            if (need_kv) kvs_cpu_rope(c->k + (size_t)t * dkv, nkv, d, c->pos[t], c->freqs, hp->rope_neox);
-        }
+        TRY(kvs_backend_rope(c->be, c->q, T, nh, d, c->pos, c->freqs, hp->rope_neox));
+        if (need_kv) TRY(kvs_backend_rope(c->be, c->k, T, nkv, d, c->pos, c->freqs, hp->rope_neox));
         ctr_add(c, KVS_OP_ROPE, t0, (uint64_t)T * (dq + dkv) * 8, (uint64_t)T * (dq + dkv) * 3);
-        if (pr) {
-            enum kvs_status st;
-            t0 = kvs_now_ns();
-            st = pr->ops->store(pr, l, T, c->pos, c->xn, need_kv ? c->k : NULL, need_kv ? c->v : NULL);
-            ctr_add(c, KVS_OP_STORE, t0, (uint64_t)T * dkv * 2 * 2, 0);
-            if (st != KVS_OK) goto press_fail;
-            t0 = kvs_now_ns();
-            st = pr->ops->attend(pr, l, T, c->pos, c->q, c->att);
-            uint64_t ctxlen = (uint64_t)c->n_past + T;
-            ctr_add(c, KVS_OP_ATTN, t0, (uint64_t)ctxlen * dkv * 2 * 2 + (uint64_t)T * dq * 8,
-                    4ull * T * nh * d * ctxlen);
-            if (st != KVS_OK) goto press_fail;
-        } else {
+        if (!pr) {
             kvs_seterr(c->err, sizeof c->err, "no KV-cache method set");
             return KVS_ERR_STATE;
         }
-        matmul_ctr(c, &ly->wo, c->att, c->tmp, T);
+        t0 = kvs_now_ns();
+        st = pr->ops->store(pr, l, T, c->pos, c->xn, need_kv ? c->k : NULL, need_kv ? c->v : NULL);
+        ctr_add(c, KVS_OP_STORE, t0, (uint64_t)T * dkv * 2 * 2, 0);
+        if (st != KVS_OK) goto press_fail;
+        t0 = kvs_now_ns();
+        st = pr->ops->attend(pr, l, T, c->pos, c->q, c->att);
+        uint64_t ctxlen = (uint64_t)c->n_past + T;
+        ctr_add(c, KVS_OP_ATTN, t0, (uint64_t)ctxlen * dkv * 2 * 2 + (uint64_t)T * dq * 8, 4ull * T * nh * d * ctxlen);
+        if (st != KVS_OK) goto press_fail;
+        TRY(matmul_ctr(c, &bw[3], c->att, c->tmp, T));
         for (size_t i = 0; i < (size_t)T * D; i++) c->x[i] += c->tmp[i];
         t0 = kvs_now_ns();
-        for (int t = 0; t < T; t++)
-            kvs_cpu_rmsnorm(c->xn + (size_t)t * D, c->x + (size_t)t * D, ly->ffn_norm, D, hp->rms_eps);
+        TRY(kvs_backend_rmsnorm(c->be, c->xn, c->x, ly->ffn_norm, T, D, hp->rms_eps));
         ctr_add(c, KVS_OP_NORM, t0, (uint64_t)T * D * 12, (uint64_t)T * D * 4);
-        matmul_ctr(c, &ly->w_gate, c->xn, c->gate, T);
-        matmul_ctr(c, &ly->w_up, c->xn, c->up, T);
+        TRY(matmul_ctr(c, &bw[4], c->xn, c->gate, T));
+        TRY(matmul_ctr(c, &bw[5], c->xn, c->up, T));
         silu_mul(c->gate, c->up, (size_t)T * F);
-        matmul_ctr(c, &ly->w_down, c->gate, c->tmp, T);
+        TRY(matmul_ctr(c, &bw[6], c->gate, c->tmp, T));
         for (size_t i = 0; i < (size_t)T * D; i++) c->x[i] += c->tmp[i];
     }
     c->n_past += T;
-    if (pr && pr->ops->end_step) {
+    if (pr->ops->end_step) {
         uint64_t t0 = kvs_now_ns();
-        enum kvs_status st = pr->ops->end_step(pr, c->n_past);
+        st = pr->ops->end_step(pr, c->n_past);
         ctr_add(c, KVS_OP_MERGE, t0, 0, 0);
         if (st != KVS_OK) goto press_fail;
     }
     /* output head: every token when asked, else the last one */
     uint64_t t0 = kvs_now_ns();
     int first = logits_all ? 0 : T - 1;
-    for (int t = first; t < T; t++)
-        kvs_cpu_rmsnorm(c->xn + (size_t)(t - first) * D, c->x + (size_t)t * D, m->output_norm, D, hp->rms_eps);
     int nt = T - first;
+    TRY(kvs_backend_rmsnorm(c->be, c->xn, c->x + (size_t)first * D, m->output_norm, nt, D, hp->rms_eps));
+    const struct kvs_backend_weight *ow = &c->bw[(size_t)hp->n_layer * 7];
     if (logits_all) {
-        kvs_cpu_matmul(c->pool, &m->output, c->xn, logits_all, nt);
+        TRY(kvs_backend_matmul(c->be, ow, c->xn, logits_all, nt));
         memcpy(c->logits, logits_all + (size_t)(nt - 1) * V, (size_t)V * sizeof(float));
     } else {
-        kvs_cpu_matmul(c->pool, &m->output, c->xn, c->logits, 1);
+        TRY(kvs_backend_matmul(c->be, ow, c->xn, c->logits, 1));
     }
     ctr_add(c, KVS_OP_LOGITS, t0, (uint64_t)m->output.rows * m->output.row_bytes, 2ull * nt * V * D);
     return KVS_OK;
+#undef TRY
 press_fail:
     kvs_seterr(c->err, sizeof c->err, "%s: %s", pr->ops->name, pr->err[0] ? pr->err : "failed");
-    return KVS_ERR_STATE;
+    return st;
 }
 
 enum kvs_status kvs_ctx_eval(struct kvs_ctx *c, const int32_t *tokens, int n, float *logits)

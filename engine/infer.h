@@ -10,6 +10,7 @@ struct kvs_ctx_params {
     int n_ctx;          /* max tokens (positions) */
     int n_batch;        /* prefill chunk size; kvs_ctx_eval splits longer inputs */
     int n_threads;      /* <= 0: online cores */
+    char backend[16];   /* "cpu" (default), "cuda" or "auto" (CUDA when a GPU is usable) */
 };
 void kvs_ctx_params_default(struct kvs_ctx_params *p);
 
@@ -36,6 +37,10 @@ void kvs_ctx_reset(struct kvs_ctx *c);
 struct kvs_op_counter *kvs_ctx_counters(struct kvs_ctx *c);
 struct kvs_pool *kvs_ctx_pool(struct kvs_ctx *c);
 const char *kvs_ctx_error(const struct kvs_ctx *c);
+/* The compute backend the context runs its matrix products, norms and RoPE on ("cpu", "cuda")
+ * and its device description. */
+const char *kvs_ctx_backend(const struct kvs_ctx *c);
+const char *kvs_ctx_device(const struct kvs_ctx *c);
 
 /* Optional observer called for every layer of every chunk (similarity evidence, calibration).
  * x: (T, D) residual stream entering the layer; xn: (T, D) after attn RMSNorm; k: (T, n_kv*d) keys

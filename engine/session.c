@@ -128,7 +128,7 @@ static void fill_step(struct kvs_session *s, struct kvs_press *press, struct kvs
     if (press->ops->fill_record) press->ops->fill_record(press, st);
 }
 
-static void emit_run(struct kvs_session *s, struct kvs_press *press, int n_threads)
+static void emit_run(struct kvs_session *s, struct kvs_press *press, struct kvs_ctx *ctx)
 {
     struct kvs_record *r = kvs_record_new(KVS_REC_RUN, 0);
     if (!r) return;
@@ -137,7 +137,7 @@ static void emit_run(struct kvs_session *s, struct kvs_press *press, int n_threa
     run->run_id = s->p.run_id;
     snprintf(run->model, sizeof run->model, "%s", s->model->name);
     snprintf(run->arch, sizeof run->arch, "%s", hp->arch == KVS_ARCH_QWEN2 ? "qwen2" : "llama");
-    snprintf(run->backend, sizeof run->backend, "cpu");
+    snprintf(run->backend, sizeof run->backend, "%s", kvs_ctx_backend(ctx));
     char cpu[128] = "CPU";
     FILE *f = fopen("/proc/cpuinfo", "r");
     if (f) {
@@ -150,7 +150,7 @@ static void emit_run(struct kvs_session *s, struct kvs_press *press, int n_threa
             }
         fclose(f);
     }
-    snprintf(run->device, sizeof run->device, "%.63s", cpu);
+    snprintf(run->device, sizeof run->device, "%.63s", strcmp(kvs_ctx_backend(ctx), "cpu") ? kvs_ctx_device(ctx) : cpu);
     snprintf(run->method, sizeof run->method, "%s", s->p.method.spec);
     run->n_layer = hp->n_layer; run->n_embd = hp->n_embd; run->n_head = hp->n_head;
     run->n_head_kv = hp->n_head_kv; run->head_dim = hp->head_dim; run->n_ff = hp->n_ff;
@@ -171,7 +171,7 @@ static void emit_run(struct kvs_session *s, struct kvs_press *press, int n_threa
     if (press->ops->fill_record) press->ops->fill_record(press, &tmp);
     for (uint32_t g = 0; g < tmp.n_groups && g < KVS_MAX_GROUPS; g++) run->group_rank[g] = tmp.group_rank[g];
     if (tmp.n_groups) run->n_groups = tmp.n_groups;
-    run->n_threads = (uint32_t)n_threads;
+    run->n_threads = (uint32_t)kvs_pool_size(kvs_ctx_pool(ctx));
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     run->unix_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
@@ -202,6 +202,7 @@ static void *session_main(void *arg)
     cp.n_ctx = s->p.n_ctx;
     cp.n_batch = s->p.n_batch > 0 ? s->p.n_batch : 256;
     cp.n_threads = s->p.n_threads;
+    if (s->p.backend[0]) snprintf(cp.backend, sizeof cp.backend, "%s", s->p.backend);
     if ((st = kvs_ctx_new(&ctx, m, press, &cp, err, sizeof err)) != KVS_OK) { logf_(s, 2, "%s", err); goto end; }
     if (s->p.compare_full && s->p.method.methods != KVS_M_FULL) {
         struct kvs_method_config fc;
@@ -213,7 +214,7 @@ static void *session_main(void *arg)
             logf_(s, 1, "quality comparison disabled: out of memory");
         }
     }
-    emit_run(s, press, kvs_pool_size(kvs_ctx_pool(ctx)));
+    emit_run(s, press, ctx);
 
     /* prompt tokens */
     const char *text = s->prompt;

@@ -22,6 +22,7 @@ struct kvs_session_params {
     bool compare_full;          /* also run `full` on the same tokens for quality (KL, top-1) */
     bool similarity;            /* emit layer x layer similarity matrices after prefill */
     uint32_t run_id;
+    char backend[16];           /* "cpu" (default), "cuda", "auto" */
 };
 
 void kvs_session_params_default(struct kvs_session_params *p);
