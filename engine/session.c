@@ -2,6 +2,7 @@
  * RUN, LOG, MATRIX, STEP, QUALITY and END records (DESIGN.md §1). Never touches the terminal. */
 #include "session.h"
 #include "infer.h"
+#include "profiler.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -111,6 +112,14 @@ static void emit_sim_matrix(struct kvs_session *s, uint32_t kind, const float *d
     emit(s, r);
 }
 
+static void drain_profiler(struct kvs_session *s, struct kvs_profiler *prof)
+{
+    if (!prof) return;
+    kvs_profiler_flush(prof);
+    struct kvs_record *r;
+    while ((r = kvs_profiler_pop_record(prof)) != NULL) emit(s, r);
+}
+
 static void fill_step(struct kvs_session *s, struct kvs_press *press, struct kvs_ctx *ctx, struct kvs_rec_step *st,
                       struct kvs_op_counter *prev)
 {
@@ -215,6 +224,21 @@ static void *session_main(void *arg)
         }
     }
     emit_run(s, press, ctx);
+    /* GPU activity: CUPTI when the run is on the GPU, otherwise the reason on one line */
+    struct kvs_profiler *prof = NULL;
+    enum kvs_prof_state pstate;
+    const char *why = kvs_profiler_probe(&pstate);
+    if (strcmp(kvs_ctx_backend(ctx), "cpu") != 0) {
+        if (kvs_profiler_new(&prof, 0) == KVS_OK && kvs_profiler_start(prof, s->t0) == KVS_OK) {
+            logf_(s, 0, "profiler: %s", kvs_profiler_status(prof));
+        } else {
+            logf_(s, 1, "profiler: %s", prof ? kvs_profiler_status(prof) : why);
+            kvs_profiler_delete(prof);
+            prof = NULL;
+        }
+    } else {
+        logf_(s, 0, "profiler: CPU run, internal counters only (GPU: %s)", why);
+    }
 
     /* prompt tokens */
     const char *text = s->prompt;
@@ -270,6 +294,7 @@ static void *session_main(void *arg)
         sr->t_end_ns = kvs_now_ns() - s->t0;
         fill_step(s, press, ctx, sr, prev);
         emit(s, r);
+        drain_profiler(s, prof);
     }
     prefill_s = (double)(kvs_now_ns() - tp0) / 1e9;
     kvs_ctx_set_hook(ctx, NULL, NULL);
@@ -343,6 +368,7 @@ static void *session_main(void *arg)
         sr->t_end_ns = kvs_now_ns() - s->t0;
         fill_step(s, press, ctx, sr, prev);
         emit(s, r);
+        drain_profiler(s, prof);
     }
     decode_s = (double)(kvs_now_ns() - td0) / 1e9;
     if (compared) {
@@ -365,6 +391,11 @@ static void *session_main(void *arg)
         }
     }
 end:;
+    if (prof) {
+        kvs_profiler_stop(prof);
+        drain_profiler(s, prof);
+        kvs_profiler_delete(prof);
+    }
     struct kvs_record *r = kvs_record_new(KVS_REC_END, 0);
     if (r) {
         r->u.end.n_steps = n_steps;
