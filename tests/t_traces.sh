@@ -53,8 +53,9 @@ check "recorder reached 100 steps before the kill" grep -q ready "$TMP/child.out
 check "killed recorder left NAME.part and no NAME" test -s "$TMP/killed.kvt.part" -a ! -e "$TMP/killed.kvt"
 info "$TMP/killed.kvt.part" >"$TMP/killed.info" 2>&1
 check "info on the killed file reports what it recovered" grep -qE 'recovered [0-9]+ steps; tail lost at offset [0-9]+' "$TMP/killed.info"
-recover "$TMP/killed.kvt.part" "$TMP/recovered.kvt" >"$TMP/recover.out" 2>&1
-check "trace recover exits 0" test $? -eq 0
+recover "$TMP/killed.kvt.part" "$TMP/killed.kvt" >"$TMP/recover.out" 2>&1
+check "trace recover NAME.part NAME exits 0" test $? -eq 0
+mv "$TMP/killed.kvt" "$TMP/recovered.kvt" 2>/dev/null
 info "$TMP/recovered.kvt" >"$TMP/recovered.info" 2>&1
 check "recovered trace is clean" grep -qE '^status +clean' "$TMP/recovered.info"
 steps=$(sed -nE 's/^steps +([0-9]+).*/\1/p' "$TMP/recovered.info")
@@ -141,7 +142,11 @@ assert [r[0] for r in rows[1:]] == [str(i) for i in range(50, 60)], [r[0] for r 
     "$BIN" trace export "$TMP/sample.kvt" --format xml >/dev/null 2>"$TMP/e3"; rc=$?
     check "export --format xml: exit 2" test $rc -eq 2 -a "$(wc -l <"$TMP/e3")" -eq 1
     "$BIN" trace recover "$TMP/garbage.kvt" "$TMP/out.kvt" >/dev/null 2>"$TMP/e4"; rc=$?
-    check "recover of garbage fails and writes nothing" test $rc -eq 1 -a ! -e "$TMP/out.kvt" -a ! -e "$TMP/out.kvt.part"
+    check "recover of garbage fails and writes nothing" test $rc -eq 1 -a -z "$(ls "$TMP" | grep '^out\.kvt')"
+    cp "$TMP/sample.kvt" "$TMP/inplace.kvt"
+    "$BIN" trace recover "$TMP/inplace.kvt" "$TMP/inplace.kvt" >/dev/null 2>&1 &&
+        "$BIN" trace info "$TMP/inplace.kvt" 2>/dev/null | grep -qE '^steps +200 '
+    check "recover IN IN rewrites in place" test $? -eq 0
 fi
 
 echo "$pass passed, $fail failed"

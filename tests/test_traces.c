@@ -561,6 +561,31 @@ static void test_truncation(void)
     CHECKF(bad_count == 0, "%zu prefixes gave the wrong records", bad_count);
     CHECKF(bad_note == 0, "%zu prefixes had no recovery note", bad_note);
 
+    /* recovery at a spread of cut points gives clean files with the same records */
+    size_t bad_recover = 0, n_recover = 0;
+    for (size_t L = hlen; L <= len; L += len / 37 + 1) {
+        const char *in = tmp_path("cut-r.kvt.part"), *out = tmp_path("cut-r.kvt");
+        struct kvs_trace_recover_report rep;
+        char err[512];
+        struct kvs_trace *t;
+        size_t want = records_before(ch, nch, L, NULL);
+        n_recover++;
+        if (!spit(in, full, L) || kvs_trace_recover(in, out, &rep, err, sizeof err) != KVS_OK ||
+            kvs_trace_open(&t, out, KVS_TRACE_OPEN_VERIFY, err, sizeof err) != KVS_OK) {
+            bad_recover++;
+            fprintf(stderr, "   recover at %zu: %s\n", L, err);
+            continue;
+        }
+        long got = read_all_match(t, &v, NULL);
+        if (!kvs_trace_get_info(t)->footer || got != (long)want) {
+            bad_recover++;
+            fprintf(stderr, "   recover at %zu: footer %d, %ld records, expected %zu (%s)\n", L,
+                    kvs_trace_get_info(t)->footer, got, want, rep.note);
+        }
+        kvs_trace_close(t);
+    }
+    CHECKF(bad_recover == 0, "%zu of %zu recoveries wrong", bad_recover, n_recover);
+
     /* the note for one cut in the middle of a chunk names the offset */
     struct kvs_trace *t;
     char err[512];
@@ -1124,6 +1149,19 @@ static void test_time_flush(void)
         kvs_trace_close(t);
     }
     CHECK(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK);
+    /* a trace with no records at all is clean and empty */
+    const char *empty = tmp_path("empty.kvt");
+    CHECK(kvs_trace_writer_open(&w, empty, NULL, 0, NULL, err, sizeof err) == KVS_OK);
+    if (w) CHECK(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK);
+    CHECK(kvs_trace_open(&t, empty, KVS_TRACE_OPEN_VERIFY, err, sizeof err) == KVS_OK);
+    if (t) {
+        struct kvs_record *r = (struct kvs_record *)1;
+        uint64_t kf = 1;
+        CHECK(kvs_trace_get_info(t)->footer && kvs_trace_n_steps(t) == 0);
+        CHECK(kvs_trace_next(t, &r, NULL) == KVS_OK && r == NULL);
+        CHECK(kvs_trace_seek_step(t, 5, &kf) == KVS_OK && kf == 0);
+        kvs_trace_close(t);
+    }
     /* a bad metadata key is refused */
     struct kvs_trace_kv bad[] = { { "a=b", "c" } };
     CHECK(kvs_trace_writer_open(&w, path, bad, 1, NULL, err, sizeof err) == KVS_ERR_ARG && w == NULL);

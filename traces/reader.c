@@ -182,7 +182,7 @@ static bool parse_footer(struct kvs_trace *t, uint64_t off, const uint8_t *p, ui
     for (uint32_t i = 0; i < f->n; i++) {
         struct kvt_index_entry *e = &f->ent[i];
         kvt_index_entry_get(p + KVT_FOOTER_FIXED + (size_t)i * KVT_INDEX_ENTRY_BYTES, e);
-        bool ok = e->step == next_step && e->offset >= t->info.header_bytes && e->offset < off &&
+        bool ok = e->step == next_step && e->offset >= t->info.header_bytes && e->offset <= off &&
                   (i == 0 ? e->offset == t->info.header_bytes : e->offset > prev_off) &&
                   e->n_steps <= f->n_steps - e->step && e->tok_lo <= e->tok_hi;
         if (!ok) {

@@ -1,6 +1,6 @@
 /* Trace recovery: rewrites the longest valid prefix of a trace (e.g. a NAME.part left by a killed
  * recorder) as a clean file: the header and every good chunk copied verbatim, then a fresh footer
- * index and trailer; written to OUT.part, fsynced and renamed. Depends on libc and zlib. */
+ * index and trailer; written to a temporary file beside OUT, fsynced and renamed. Depends on libc and zlib. */
 #include "trace_int.h"
 
 #include <errno.h>
@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static bool put_all(int fd, const void *buf, size_t n)
@@ -42,19 +43,21 @@ enum kvs_status kvs_trace_recover(const char *in, const char *out, struct kvs_tr
     rep->n_chunks = info->n_chunks; /* chunks before the footer */
     snprintf(rep->note, sizeof rep->note, "%s", kvs_trace_note(t) ? kvs_trace_note(t) : "the trace was already clean");
 
-    char part[PATH_MAX + 8];
+    /* a fresh temporary name: "OUT.part" would be IN itself in the usual `recover NAME.part NAME` */
+    char part[PATH_MAX + 16];
     if (strlen(out) >= PATH_MAX) {
         kvs_trace_close(t);
         kvs_seterr(err, errlen, "%s: path too long", out);
         return KVS_ERR_ARG;
     }
-    snprintf(part, sizeof part, "%s.part", out);
-    int fd = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    snprintf(part, sizeof part, "%s.XXXXXX.part", out);
+    int fd = mkstemps(part, 5);
     if (fd < 0) {
-        kvs_seterr(err, errlen, "%s: cannot create: %s", part, strerror(errno));
+        kvs_seterr(err, errlen, "%s: cannot create a temporary file beside it: %s", out, strerror(errno));
         kvs_trace_close(t);
         return KVS_ERR_IO;
     }
+    fchmod(fd, 0644);
     /* the header and the good chunks, verbatim */
     uint8_t *buf = malloc(1u << 20);
     struct kvt_buf fb = {0};

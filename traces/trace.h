@@ -163,8 +163,9 @@ struct kvs_trace_recover_report {
     char note[200];          /* what was recovered and where the tail was lost */
 };
 
-/* Rewrites the longest valid prefix of IN as a clean trace OUT (via OUT.part, fsync, rename): the
- * header and every good chunk verbatim, then a fresh footer index. REP may be NULL. */
+/* Rewrites the longest valid prefix of IN as a clean trace OUT (through a temporary file beside
+ * OUT, fsync, rename; IN may be OUT.part or OUT itself): the header and every good chunk verbatim,
+ * then a fresh footer index. REP may be NULL. */
 enum kvs_status kvs_trace_recover(const char *in, const char *out, struct kvs_trace_recover_report *rep,
                                   char *err, size_t errlen);
 
