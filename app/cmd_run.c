@@ -23,6 +23,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--sinks N]\n"
           "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
+          "                   [--backend cpu|cuda|auto]\n"
           "                   [--theme default|mono|projector] [--no-mouse] [--batch] [--record FILE] [--compare-full]\n",
           f);
 }
@@ -110,7 +111,7 @@ static struct kvs_record *batch_next(void *ctx)
 int kvs_cmd_run(int argc, char **argv)
 {
     const char *model_path = NULL, *prompt = NULL, *file = NULL, *record = NULL;
-    const char *method = NULL, *theme_name = NULL;
+    const char *method = NULL, *theme_name = NULL, *backend = "cpu";
     double cr = NAN, rank_ratio = NAN;
     long group = -1, sinks = -1, recent = -1, n_predict = 64, n_ctx = 2048, threads = 0;
     uint64_t seed = 42;
@@ -124,6 +125,12 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!v) goto needs; file = v; i++; }
         else if (!strcmp(a, "--method")) { if (!v) goto needs; method = v; i++; }
         else if (!strcmp(a, "--record")) { if (!v) goto needs; record = v; i++; }
+        else if (!strcmp(a, "--backend")) {
+            if (!v) goto needs;
+            if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) { kvs_die_msg("option --backend: '%s' is not cpu, cuda or auto", v); return 2; }
+            backend = v;
+            i++;
+        }
         else if (!strcmp(a, "--theme")) { if (!v) goto needs; theme_name = v; i++; }
         else if (!strcmp(a, "--cr")) { if (!kvs_opt_float(a, v, 0, 0.999, &cr)) return 2; i++; }
         else if (!strcmp(a, "--rank-ratio")) { if (!kvs_opt_float(a, v, 0, 1, &rank_ratio)) return 2; i++; }
@@ -199,6 +206,7 @@ int kvs_cmd_run(int argc, char **argv)
     l.base.n_predict = (int)n_predict;
     l.base.n_ctx = (int)n_ctx;
     l.base.n_threads = (int)threads;
+    snprintf(l.base.backend, sizeof l.base.backend, "%s", backend);
     l.base.seed = seed;
     l.q = kvs_queue_new(4096);
     int rc = 1;
