@@ -680,6 +680,13 @@ static enum kvs_status ckv_evict(struct ckv *c, int n_ctx)
     uint64_t held;
     ckv_bytes(c, &held, NULL, NULL);
     double target = c->cr_final >= 0 ? (1.0 - c->cr_final) * (double)ckv_full_bytes(c, n_ctx) : -1;
+    if (target >= 0) {
+        /* evictions come every snap_window tokens: leave room for half a window of new fp16 slots
+         * so the ratio swings around the target in between, not only below it */
+        double per_token = 0;
+        for (int gi = 0; gi < c->ng; gi++) per_token += (double)c->g[gi].nl * c->g[gi].r * 2 + 4;
+        target = KVS_MAX(0.0, target - 0.5 * c->snap_window * per_token);
+    }
     float *pooled = malloc((size_t)KVS_MAX(n_ctx, 1) * sizeof(float));
     struct evc *ev = NULL;
     size_t ne = 0, cap = 0;
@@ -959,6 +966,8 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     c->snap_window = cfg.snap_window ? cfg.snap_window : 32;
     c->snap_kernel = cfg.snap_kernel ? cfg.snap_kernel : 7;
     c->snap_capacity = cfg.snap_capacity;
+    /* with eviction the observation window is the recent part worth keeping in fp16 */
+    if (c->evict && c->quant) c->qres = KVS_MIN(c->qres, c->snap_window);
     enum kvs_status st = KVS_OK;
     char warn[300] = "";
     if (factors) {
