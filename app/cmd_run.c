@@ -1,7 +1,9 @@
 /* `kvscope run`: a model, a KV-cache method and a prompt, shown live in the terminal UI (a tty and
  * no --batch) or written as JSON lines of every step record with a summary line last. The live
  * source is an engine session; changing settings in the UI stops it and starts a new one on the
- * same loaded model. Depends on the engine's session/model API, app/ui.h, app/config.h. */
+ * same loaded model. With --record every record the UI or the batch output receives also goes to
+ * the trace writer (which never blocks), closed on every exit path, signals included (handlers
+ * only set flags). Depends on the engine's session/model API, app/ui.h, app/config.h, trace.h. */
 #include "commands.h"
 #include "config.h"
 #include "model.h"
@@ -9,12 +11,15 @@
 #include "batch.h"
 #include "session.h"
 #include "theme.h"
+#include "trace.h"
 #include "ui.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_DOC_BYTES 6000 /* the default document is cut here so a run takes seconds */
@@ -34,7 +39,19 @@ struct live {
     struct kvs_session *sess;
     struct kvs_queue *q;
     uint32_t run_id;
+    struct kvs_trace_writer *w;     /* --record: gets a reference to every record consumed */
 };
+
+/* Set by SIGINT/SIGTERM/SIGHUP during --batch; the output loop stops and the writer is closed. */
+static volatile sig_atomic_t g_stop;
+static void on_stop(int sig) { g_stop = sig; }
+
+/* Hands R (may be NULL) to the trace writer as well; returns R to the caller. */
+static struct kvs_record *consumed(struct live *l, struct kvs_record *r)
+{
+    if (r && l->w) kvs_trace_writer_push(l->w, kvs_record_ref(r));
+    return r;
+}
 
 static bool make_params(struct live *l, const struct kvs_ui_settings *s, struct kvs_session_params *p, char *err, size_t errlen)
 {
@@ -60,7 +77,7 @@ static bool live_start(struct live *l, const struct kvs_ui_settings *s, char *er
 static struct kvs_record *live_poll(void *ctx)
 {
     struct live *l = ctx;
-    return kvs_queue_pop(l->q, 0);
+    return consumed(l, kvs_queue_pop(l->q, 0));
 }
 
 static bool live_busy(void *ctx)
@@ -97,15 +114,83 @@ static char *default_doc(void)
     return t;
 }
 
-/* --batch: records until the session's END (or until it finished without one). */
+/* --batch: records until the session's END (or until it finished without one, or a signal). */
 static struct kvs_record *batch_next(void *ctx)
 {
     struct live *l = ctx;
-    for (;;) {
+    while (!g_stop) {
         struct kvs_record *r = kvs_queue_pop(l->q, 200);
-        if (r) return r;
-        if (kvs_session_done(l->sess)) return kvs_queue_pop(l->q, 0);
+        if (r) return consumed(l, r);
+        if (kvs_session_done(l->sess)) return consumed(l, kvs_queue_pop(l->q, 0));
     }
+    return NULL;
+}
+
+/* Header metadata of a recording: what was run, on what, with which shapes. */
+static struct kvs_trace_writer *record_open(const char *path, const struct kvs_model *m, const char *model_path,
+                                            const struct kvs_session_params *p, const struct kvs_ui_settings *s,
+                                            bool tui, char *err, size_t errlen)
+{
+    const struct kvs_hparams *hp = &m->hp;
+    char v[16][64];
+    int n = 0;
+#define NUM(fmt, x) (snprintf(v[n], sizeof v[n], fmt, x), v[n++])
+    const char *cr = s->cr < 0 ? "none" : NUM("%.3f", (double)s->cr);
+    struct kvs_trace_kv meta[] = {
+        {"kvscope_version", KVS_VERSION},
+        {"model", model_path},
+        {"model_name", m->name},
+        {"method", s->method},
+        {"target_cr", cr},
+        {"backend", p->backend},
+        {"threads", NUM("%d", p->n_threads)},
+        {"n_layer", NUM("%u", hp->n_layer)},
+        {"n_embd", NUM("%u", hp->n_embd)},
+        {"n_head", NUM("%u", hp->n_head)},
+        {"n_head_kv", NUM("%u", hp->n_head_kv)},
+        {"head_dim", NUM("%u", hp->head_dim)},
+        {"n_ff", NUM("%u", hp->n_ff)},
+        {"n_vocab", NUM("%u", hp->n_vocab)},
+        {"n_ctx", NUM("%d", p->n_ctx)},
+        {"n_predict", NUM("%d", p->n_predict)},
+        {"seed", NUM("%llu", (unsigned long long)p->seed)},
+        {"mode", tui ? "tui" : "batch"},
+    };
+#undef NUM
+    /* values are one line: a path with a newline in it is written with spaces */
+    char path_line[1024];
+    snprintf(path_line, sizeof path_line, "%s", model_path);
+    for (char *c = path_line; *c; c++)
+        if (*c == '\n' || *c == '\r') *c = ' ';
+    meta[1].value = path_line;
+    struct kvs_trace_writer *w = NULL;
+    if (kvs_trace_writer_open(&w, path, meta, KVS_ARRAY_LEN(meta), NULL, err, errlen) != KVS_OK) return NULL;
+    return w;
+}
+
+/* Closes the writer and says what was recorded (on stderr: stdout may hold --batch output).
+ * Returns false after printing the error when the trace could not be finished. */
+static bool record_close(struct kvs_trace_writer *w, const char *path)
+{
+    uint64_t dropped = kvs_trace_writer_dropped(w);
+    char err[600];
+    if (kvs_trace_writer_close(w, err, sizeof err) != KVS_OK) {
+        kvs_die_msg("--record %s: %s (what was written is in %s.part; `kvscope trace recover` rescues it)", path, err,
+                    path);
+        return false;
+    }
+    /* the footer holds the final counts */
+    struct kvs_trace *t;
+    if (kvs_trace_open(&t, path, KVS_TRACE_OPEN_FAST, err, sizeof err) != KVS_OK) {
+        kvs_die_msg("--record %s: written, but cannot be read back: %s", path, err);
+        return false;
+    }
+    const struct kvs_trace_info *in = kvs_trace_get_info(t);
+    if (in->dropped > dropped) dropped = in->dropped;
+    fprintf(stderr, "kvscope: recorded %llu records to %s (%llu bytes, %llu dropped)\n", (unsigned long long)in->n_records,
+            path, (unsigned long long)in->file_bytes, (unsigned long long)dropped);
+    kvs_trace_close(t);
+    return true;
 }
 
 int kvs_cmd_run(int argc, char **argv)
@@ -153,10 +238,6 @@ int kvs_cmd_run(int argc, char **argv)
     }
     if (prompt && file) { kvs_die_msg("run: give -p or -f, not both"); return 2; }
     bool tui = !batch && isatty(STDOUT_FILENO) && isatty(STDIN_FILENO);
-    if (record) {
-        kvs_die_msg("run: --record is not available in this build yet (the trace writer has not landed)");
-        return 2;
-    }
     /* settings: defaults, then the config file (interactive only), then the command line */
     struct kvs_config cfg;
     kvs_config_defaults(&cfg);
@@ -210,6 +291,8 @@ int kvs_cmd_run(int argc, char **argv)
     l.base.seed = seed;
     l.q = kvs_queue_new(4096);
     int rc = 1;
+    struct sigaction sa, old_int, old_term, old_hup, old_pipe;
+    bool handlers = false;
     if (!l.q) { kvs_die_msg("out of memory"); goto done; }
     struct kvs_ui_settings s;
     memset(&s, 0, sizeof s);
@@ -220,9 +303,27 @@ int kvs_cmd_run(int argc, char **argv)
     s.sinks = cfg.sinks;
     s.recent = cfg.recent;
     s.compare_full = cfg.compare_full;
+    /* batch output stops at the next record on a signal; the UI sets its own flags while it runs
+     * (these cover the moments around it); either way the trace is closed below */
+    g_stop = 0;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_stop;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGHUP, &sa, &old_hup);
+    /* a closed stdout is a write error that ends the output, not a death that loses the trace */
+    sa.sa_handler = record && !tui ? SIG_IGN : SIG_DFL;
+    sigaction(SIGPIPE, &sa, &old_pipe);
+    handlers = true;
+    if (record && !(l.w = record_open(record, model, model_path, &l.base, &s, tui, err, sizeof err))) {
+        kvs_die_msg("--record: %s", err);
+        goto done;
+    }
     if (!live_start(&l, &s, err, sizeof err)) { kvs_die_msg("run: %s", err); goto done; }
     if (!tui) {
         rc = kvs_batch_print(stdout, batch_next, &l, true);
+        if (g_stop) rc = 128 + g_stop;
     } else {
         struct kvs_ui_source src = {.ctx = &l, .poll = live_poll, .busy = live_busy, .restart = live_restart};
         struct kvs_ui_opts o;
@@ -232,12 +333,19 @@ int kvs_cmd_run(int argc, char **argv)
         o.no_mouse = !cfg.mouse;
         o.sim_kind = cfg.sim_kind;
         o.config_path = have_cfg_path ? cfg_path : NULL;
-        rc = kvs_ui_run(&src, &o, err, sizeof err);
+        rc = g_stop ? 0 : kvs_ui_run(&src, &o, err, sizeof err);
         /* the terminal is restored by now */
         if (rc) kvs_die_msg("%s", err);
     }
 done:
     if (l.sess) kvs_session_stop(l.sess);
+    if (l.w && !record_close(l.w, record) && rc == 0) rc = 1;
+    if (handlers) {
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+        sigaction(SIGHUP, &old_hup, NULL);
+        sigaction(SIGPIPE, &old_pipe, NULL);
+    }
     kvs_queue_delete(l.q);
     kvs_model_delete(model);
     free(text);
