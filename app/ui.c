@@ -211,7 +211,8 @@ static void step_by(struct ui *u, int64_t d)
         uint64_t n = 0, delivered = 0;
         u->src->position(u->src->ctx, &n, &delivered);
         uint64_t base = delivered >= u->h.n_steps ? delivered - u->h.n_steps : 0;
-        int64_t cur = (int64_t)(base + (u->paused ? u->cursor : last_step(u)));
+        /* before the run's first step, one step forward is that first step */
+        int64_t cur = u->h.n_steps ? (int64_t)(base + (u->paused ? u->cursor : last_step(u))) : (int64_t)base - 1;
         u->src->set_playing(u->src->ctx, false);
         goto_step(u, cur + d);
         return;
@@ -308,6 +309,12 @@ static void seek_prompt_done(struct ui *u)
             base = delivered >= u->h.n_steps ? delivered - u->h.n_steps : 0;
         }
         goto_step(u, (int64_t)(base + u->h.tok.step[n]));
+    } else if (u->replay && u->src->seek_token) {
+        /* not delivered yet: the source fast-forwards through the current run to it */
+        char err[256];
+        u->src->set_playing(u->src->ctx, false);
+        if (!u->src->seek_token(u->src->ctx, n, err, sizeof err)) say(u, KVS_C_BAD, "seek: %s", err);
+        u->paused = false;
     } else {
         say(u, KVS_C_WARN, "token %llu not reached yet (%u tokens so far)", n, u->h.tok.n);
     }
@@ -572,6 +579,10 @@ int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err
     sa.sa_handler = on_winch;
     sigaction(SIGWINCH, &sa, &old_winch);
     setup_theme(u);
+    if (o->note) {
+        say(u, KVS_C_WARN, "%s", o->note);
+        u->msg_until = kvs_now_ns() + 30000000000ull;
+    }
     u->dirty = true;
     uint64_t frame_start = kvs_now_ns(), last_spin = 0;
     for (;;) {

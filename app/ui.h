@@ -37,6 +37,9 @@ struct kvs_ui_source {
     /* Make poll deliver records so that exactly STEP+1 steps have been delivered (STEP < delivered:
      * the source starts over with a RUN record, which resets the history). */
     bool (*seek)(void *ctx, uint64_t step, char *err, size_t errlen);
+    /* Optional: make poll deliver records without pacing until decoded token TOKEN (0-based) of the
+     * current run has been delivered, or the run ends. */
+    bool (*seek_token)(void *ctx, uint64_t token, char *err, size_t errlen);
 };
 
 struct kvs_ui_opts {
@@ -46,6 +49,7 @@ struct kvs_ui_opts {
     int sim_kind;
     const char *config_path;         /* NULL: never saved */
     const char *title;               /* shown in the status line, e.g. a trace file name */
+    const char *note;                /* a warning shown at the start (e.g. a recovered trace) */
     uint32_t history;                /* steps kept for scrolling back (0: 16384) */
 };
 
