@@ -80,19 +80,24 @@ static void test_snap_stream(void)
     CHECK(!kvs_stream_keep(89, 100, 4, 10) && kvs_stream_keep(90, 100, 4, 10));
 }
 
+static void tiny_opts(struct kvs_tiny_opts *o, const char *arch)
+{
+    kvs_tiny_defaults(o);
+    o->arch = arch;
+    o->n_layer = 6;
+    o->n_embd = 64;
+    o->n_head = 4;
+    o->n_head_kv = 2;
+    o->n_ctx = 1024;
+    o->weight_std = 0.08f;
+    o->embd_std = 0.5f;
+    o->seed = 5;
+}
+
 static struct kvs_model *tiny(const char *arch)
 {
     struct kvs_tiny_opts o;
-    kvs_tiny_defaults(&o);
-    o.arch = arch;
-    o.n_layer = 6;
-    o.n_embd = 64;
-    o.n_head = 4;
-    o.n_head_kv = 2;
-    o.n_ctx = 1024;
-    o.weight_std = 0.08f;
-    o.embd_std = 0.5f;
-    o.seed = 5;
+    tiny_opts(&o, arch);
     char path[512], err[512];
     snprintf(path, sizeof path, "%s/methods-%s.gguf", kvs_test_tmpdir(), arch);
     if (kvs_tiny_write(path, &o) != 0) return NULL;
@@ -256,8 +261,18 @@ static void test_real_model(void)
     kvs_model_delete(m);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    /* test_methods --write-tiny PATH [llama|qwen2]: the model the script tests use */
+    if (argc >= 3 && !strcmp(argv[1], "--write-tiny")) {
+        struct kvs_tiny_opts o;
+        tiny_opts(&o, argc >= 4 ? argv[3] : "llama");
+        if (kvs_tiny_write(argv[2], &o) != 0) {
+            fprintf(stderr, "%s\n", kvs_tiny_error());
+            return 1;
+        }
+        return 0;
+    }
     RUN(test_qrow);
     RUN(test_snap_stream);
     RUN(test_all_methods);
