@@ -522,7 +522,14 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
 {
     uint64_t held16;
     ckv_bytes(c, NULL, NULL, &held16);
-    double target = (1.0 - c->cr_merge) * (double)ckv_full_bytes(c, n_ctx);
+    /* the budget is relative to the full fp16 bytes of the slots still held, so that eviction in
+     * a composition does not use up what merging is meant to save */
+    double full_held = 0;
+    for (int gi = 0; gi < c->ng; gi++) {
+        const struct grp *g = &c->g[gi];
+        full_held += (double)(g->p16.n + g->pq.n + g->s16.n + g->sq.n) * g->nl * c->dkv * 4;
+    }
+    double target = (1.0 - c->cr_merge) * full_held;
     int r_max = ckv_max_rank(c);
     float *buf = malloc((size_t)(KVS_CKV_MAX_G + 2) * r_max * sizeof(float));
     size_t nc = 0, ccap = 0;

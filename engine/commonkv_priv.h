@@ -39,6 +39,7 @@ enum kvs_status kvs_press_minicache_create(struct kvs_press **out, const struct 
                                            size_t errlen);
 
 const char *kvs_press_minicache_note(const struct kvs_press *p); /* NULL: not minicache */
+const char *kvs_press_kv_note(const struct kvs_press *p);        /* NULL: not a K/V press */
 
 /* ---- SnapKV scoring helpers (press_snapkv.c) ----
  * Max-pools SCORE (n, indexed by position) with a window of KERNEL positions into OUT. */

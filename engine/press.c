@@ -114,5 +114,6 @@ const char *kvs_press_note(const struct kvs_press *p)
     const struct kvs_ckv_plan *plan = kvs_press_commonkv_plan(p);
     if (plan) return plan->note;
     const char *n = kvs_press_minicache_note(p);
+    if (!n) n = kvs_press_kv_note(p);
     return n ? n : "";
 }

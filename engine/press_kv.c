@@ -9,6 +9,7 @@
 #include "quant.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +38,7 @@ struct kvp {
     bool quant, snap, stream;
     uint32_t bits, qgroup, qres, window, kernel, capacity, sinks, swin;
     float cr;
+    char note[160];
     struct kvl *L;
     uint16_t *sk, *sv;      /* attention scratch (rows, dkv) fp16 */
     int32_t *sp;
@@ -411,6 +413,12 @@ static void kv_destroy(struct kvs_press *pr)
     free(p);
 }
 
+static const struct kvs_press_ops kv_ops;
+const char *kvs_press_kv_note(const struct kvs_press *p)
+{
+    return p->ops == &kv_ops ? ((const struct kvp *)p)->note : NULL;
+}
+
 static const struct kvs_press_ops kv_ops = {
     .name = "kv", .store = kv_store, .attend = kv_attend, .end_step = kv_end_step,
     .fill_record = kv_fill_record, .reset = kv_reset, .destroy = kv_destroy,
@@ -458,6 +466,10 @@ enum kvs_status kvs_press_kv_create(struct kvs_press **out, const struct kvs_mod
                        ((double)p->qgroup * p->dkv * 4);
             p->bits = order[i];
             if (1.0 - f >= p->cr - 0.02) break;
+            if (i == 2)
+                snprintf(p->note, sizeof p->note,
+                         "quant: 2 bits remove at most %.3f of the bytes (before the fp16 recent window), target %.2f",
+                         1.0 - f, p->cr);
         }
     }
     p->L = calloc((size_t)p->N, sizeof *p->L);
