@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trace files end to end: a recorder killed with SIGKILL leaves NAME.part that `kvscope trace
 # recover` turns into a valid trace; Perfetto JSON parses with python3 and every event carries the
-# keys its "ph" requires; CSV and JSON lines exports have one row per step; errors are one line
+# keys its "ph" requires; CSV and JSON lines exports have one row per step; `replay --batch` prints
+# the export's lines and a summary; errors are one line
 # with a non-zero exit. Uses build/<dir>/tests/test_traces for the recorder and sample traces, and
 # falls back to its --recover/--info/--export modes when kvscope has no `trace` command yet.
 set -u
@@ -143,6 +144,13 @@ assert [r[0] for r in rows[1:]] == [str(i) for i in range(50, 60)], [r[0] for r 
     check "export --format xml: exit 2" test $rc -eq 2 -a "$(wc -l <"$TMP/e3")" -eq 1
     "$BIN" trace recover "$TMP/garbage.kvt" "$TMP/out.kvt" >/dev/null 2>"$TMP/e4"; rc=$?
     check "recover of garbage fails and writes nothing" test $rc -eq 1 -a -z "$(ls "$TMP" | grep '^out\.kvt')"
+    # replay --batch prints the export's JSON lines (one formatter), then the summary
+    "$BIN" replay "$TMP/sample.kvt" --batch >"$TMP/replay.jsonl" 2>"$TMP/replay.err"
+    check "replay --batch exits 0 on the sample" test $? -eq 0 -a ! -s "$TMP/replay.err"
+    check "replay --batch = trace export --format jsonl + a summary line" \
+        sh -c "head -n -1 '$TMP/replay.jsonl' | cmp -s - '$TMP/sample.jsonl' && tail -n 1 '$TMP/replay.jsonl' | grep -q '\"type\":\"summary\",\"records\":[0-9]*,\"runs\":2,\"steps\":200'"
+    "$BIN" replay "$TMP/garbage.kvt" --batch >/dev/null 2>"$TMP/e5"; rc=$?
+    check "replay of garbage: one line, exit 1" test $rc -eq 1 -a "$(wc -l <"$TMP/e5")" -eq 1
     cp "$TMP/sample.kvt" "$TMP/inplace.kvt"
     "$BIN" trace recover "$TMP/inplace.kvt" "$TMP/inplace.kvt" >/dev/null 2>&1 &&
         "$BIN" trace info "$TMP/inplace.kvt" 2>/dev/null | grep -qE '^steps +200 '
