@@ -112,8 +112,15 @@ print("%.3f %d %d" % (last["cr_achieved"], s["n_gen"], s["n_ctx"]))' "$TMP/live.
 echo "   (batch: achieved CR $CR, $NGEN tokens, ctx $NCTX)"
 
 # ---- 2. the live TUI and its replay draw the same panels ----
-start 160 45 "$RUN -n 200 --record $TMP/tui.kvt"
-check "live TUI reaches the last step" wait_for "step 200/200" 20
+# three runs (the target CR raised twice from the keyboard), each longer than a keyframe interval
+start 160 45 "$RUN -n 300 --record $TMP/tui.kvt"
+check "live TUI: run 1 reaches its last step" wait_for "step 300/300" 20
+T send-keys -t ui + Enter
+wait_for "CR target 0.55" 20 >/dev/null
+check "live TUI: run 2 (CR 0.55) reaches its last step" wait_for "step 300/300" 20
+T send-keys -t ui + Enter
+wait_for "CR target 0.60" 20 >/dev/null
+check "live TUI: run 3 (CR 0.60) reaches its last step" wait_for "step 300/300" 20
 wait_stable 15
 cap >"$TMP/live.txt"
 T send-keys -t ui q
@@ -122,16 +129,30 @@ check "live TUI: terminal restored" alt_off
 check "live TUI: 'recorded N records' printed after the terminal is restored" \
     wait_for "kvscope: recorded " 2
 check "live TUI: the trace is complete" sh -c "'$BIN' trace info '$TMP/tui.kvt' 2>/dev/null | grep -qE '^status +clean'"
+"$BIN" replay "$TMP/tui.kvt" --batch 2>/dev/null | tail -n 1 >"$TMP/tui-summary.json"
+check "the TUI trace holds the three runs" grep -q '"runs":3,"steps":903,' "$TMP/tui-summary.json"
 # one more row for the scrubber: the panels get the same height as in the live run
+same_panels() {
+    wait_stable 15
+    cap >"$TMP/replay.txt"
+    diff <(sed -n '2,44p' "$TMP/live.txt") <(sed -n '2,44p' "$TMP/replay.txt") >"$TMP/panels.diff" && return 0
+    sed 's/^/   | /' "$TMP/panels.diff" | head -20
+    return 1
+}
 start 160 46 "$BIN replay $TMP/tui.kvt"
 wait_for "REPLAY" 10 >/dev/null
 T send-keys -t ui End
-check "replay of the TUI trace reaches its end" wait_for "200/200 token 200" 10
-wait_stable 15
-cap >"$TMP/replay.txt"
-diff <(sed -n '2,44p' "$TMP/live.txt") <(sed -n '2,44p' "$TMP/replay.txt") >"$TMP/panels.diff"
-check "every panel of the replay matches the live run's last frame" test $? -eq 0
-[ -s "$TMP/panels.diff" ] && sed 's/^/   | /' "$TMP/panels.diff" | head -20
+check "replay of the TUI trace reaches its end" wait_for "902/902 token 300" 10
+check "every panel of the replay matches the live run's last frame" same_panels
+T send-keys -t ui : 4 5 0 Enter
+check "seek back into run 2 (through a keyframe)" wait_for "450/902 token 149" 10
+check "run 2's settings are back in the panels" wait_for "CR target 0.55" 5
+T send-keys -t ui : 1 0 0 Enter
+check "seek back into run 1" wait_for "100/902 token 100" 10
+check "run 1's settings are back in the panels" wait_for "CR target 0.50" 5
+T send-keys -t ui End
+check "End again" wait_for "902/902 token 300" 10
+check "after seeking around, the panels still match the live run's last frame" same_panels
 T send-keys -t ui q
 exited 0 10 >/dev/null
 
