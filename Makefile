@@ -182,7 +182,7 @@ check-deps:
 check-gpu: all tests
 	@tests/check-gpu.sh $(BUILD)
 
-bench: all
+bench: all tests
 	@$(MAKE) --no-print-directory model
 	@tests/bench.sh $(BUILD) $(MODEL)
 

@@ -2,8 +2,9 @@
 # `make bench`: every benchmark prints its numbers next to a baseline measured in the same run.
 #   1. kvscope (full cache) vs llama.cpp (llama-cpp-python, same GGUF, same threads): prefill and
 #      decode tokens/s at 512 and 2048 tokens of context, as ratios.
-#   2. commonkv vs full decode at 2048 tokens of context (when the method is built).
-#   3. tests/bench_*.sh of the other modules (views, traces, methods).
+#   2. the views: time to draw a full frame.
+#   3. tests/bench_*.sh of the other modules: methods (commonkv/lowrank vs full decode at 2048
+#      tokens), traces (recording overhead, bytes per token, seek time).
 set -u
 BUILD=${1:-build}
 MODEL=${2:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -49,21 +50,9 @@ for r in kvs:
 PY
 
 echo
-echo "== commonkv vs full: decode at 2048 tokens of context"
-if "$BIN" bench -m "$MODEL" --ctx 2048 --methods full,commonkv --cr "${BENCH_CR:-0.5}" -n "$NDEC" -t "$THREADS" --json >"$tmp/ckv.json" 2>"$tmp/ckv.err"; then
-    python3 - "$tmp/ckv.json" <<'PY'
-import json, sys
-rows = {r["method"]: r for r in json.load(open(sys.argv[1]))}
-f, c = rows.get("full"), rows.get("commonkv")
-for r in rows.values():
-    cr = 1 - r["bytes_held"] / r["bytes_full"] if r["bytes_full"] else 0
-    print(f"{r['method']:>10}: decode {r['decode_tps']:.1f} tok/s, prefill {r['prefill_tps']:.1f} tok/s, KV held {r['bytes_held']} B (CR {cr:.3f})")
-if f and c:
-    print(f"commonkv / full decode: {c['decode_tps']/f['decode_tps']:.2f}x (target >= 0.9x)")
-PY
-else
-    echo "commonkv unavailable: $(tail -1 "$tmp/ckv.err")"
-fi
+echo "== views: median time to draw a full 200x60 frame (budget: one 50 ms frame)"
+if [ -x "$BUILD/tests/test_views" ]; then "$BUILD/tests/test_views" --bench || echo "(views bench failed)"
+else echo "(build the tests first: make tests)"; fi
 
 for b in tests/bench_*.sh; do
     [ -f "$b" ] || continue
