@@ -289,6 +289,7 @@ int kvs_cmd_run(int argc, char **argv)
     l.base.n_threads = (int)threads;
     snprintf(l.base.backend, sizeof l.base.backend, "%s", backend);
     l.base.seed = seed;
+    l.base.lossless = !tui; /* batch output must not lose records; the TUI must not slow the engine */
     l.q = kvs_queue_new(4096);
     int rc = 1;
     struct sigaction sa, old_int, old_term, old_hup, old_pipe;

@@ -47,7 +47,8 @@ static void emit(struct kvs_session *s, struct kvs_record *r)
 {
     if (!r) return;
     r->seq = s->seq++;
-    kvs_queue_push_wait(s->q, r);
+    if (s->p.lossless || r->type == KVS_REC_RUN || r->type == KVS_REC_END) kvs_queue_push_wait(s->q, r);
+    else kvs_queue_push(s->q, r);
 }
 
 static void emit_cb(void *ud, struct kvs_record *r) { emit(ud, r); }
