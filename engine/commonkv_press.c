@@ -1009,7 +1009,7 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
         pc.target_cr = ckv_cr;
     }
     kvs_ckv_plan(c->f, &pc, n_ctx_max, &c->plan);
-    if (warn[0] && !c->plan.note[0]) snprintf(c->plan.note, sizeof c->plan.note, "%s", warn);
+    if (warn[0] && !c->plan.note[0]) snprintf(c->plan.note, sizeof c->plan.note, "%.199s", warn);
     c->cr_merge = pc.target_cr >= 0 ? pc.target_cr : -1.0f;
     if (c->cr_merge < 0) c->merge = false;
     /* per-group A and per-layer B_k, B_v at the planned rank */
