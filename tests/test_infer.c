@@ -4,7 +4,9 @@
  * Paris. Modes for tests/t_forward_ref.sh:
  *   test_infer --write-tiny PATH CONFIG     write a tiny model (configs: see tiny_config)
  *   test_infer --dump MODEL OUT.bin ID...   all logits (n, n_vocab) fp32 of one prefill */
+#include "attn.h"
 #include "gguf.h"
+#include "quant.h"
 #include "harness.h"
 #include "infer.h"
 #include "tinymodel.h"
@@ -166,6 +168,57 @@ static void test_rope(void)
     CHECK(fabsf(a[1] - sinf(1)) < 1e-6f && a[4] == 0);
     CHECK(fabsf(b[4] - sinf(1)) < 1e-6f && b[1] == 0);
     free(fr);
+}
+
+/* fp16 K/V attention: the split-key path (many threads, few heads: decode) and the single-range
+ * path both equal a float64 reference with an explicit causal mask. */
+static void test_attn_f16(void)
+{
+    const int nh = 6, nkv = 2, d = 64, nk = 1000;
+    for (int T = 1; T <= 3; T += 2) {
+        uint16_t *k = malloc(sizeof(uint16_t) * nk * nkv * d), *v = malloc(sizeof(uint16_t) * nk * nkv * d);
+        float *q = malloc(sizeof(float) * T * nh * d), *o1 = malloc(sizeof(float) * T * nh * d);
+        float *o2 = malloc(sizeof(float) * T * nh * d), *ref = malloc(sizeof(float) * T * nh * d);
+        int32_t qpos[3] = {nk - 1, 500, 0};
+        uint64_t rng = 5;
+        for (int i = 0; i < nk * nkv * d; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            k[i] = kvs_fp32_to_fp16((float)((rng >> 40) % 2001) / 1000.0f - 1.0f);
+            v[i] = kvs_fp32_to_fp16((float)((rng >> 20) % 2001) / 1000.0f - 1.0f);
+        }
+        for (int i = 0; i < T * nh * d; i++) q[i] = sinf((float)i * 0.37f) * 2.0f;
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < nh; h++) {
+                int g = h / (nh / nkv);
+                double mx = -1e300, *sc = malloc(sizeof(double) * nk), sum = 0;
+                for (int j = 0; j <= qpos[t]; j++) {
+                    double s0 = 0;
+                    for (int x = 0; x < d; x++) s0 += (double)q[(t * nh + h) * d + x] * kvs_fp16_to_fp32(k[(j * nkv + g) * d + x]);
+                    sc[j] = s0 / sqrt(d);
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int j = 0; j <= qpos[t]; j++) { sc[j] = exp(sc[j] - mx); sum += sc[j]; }
+                for (int x = 0; x < d; x++) {
+                    double acc = 0;
+                    for (int j = 0; j <= qpos[t]; j++) acc += sc[j] * kvs_fp16_to_fp32(v[(j * nkv + g) * d + x]);
+                    ref[(t * nh + h) * d + x] = (float)(acc / sum);
+                }
+                free(sc);
+            }
+        struct kvs_attn_args a = {.T = T, .n_head = nh, .n_head_kv = nkv, .head_dim = d, .q = q, .out = o1,
+                                  .qpos = qpos, .n_keys = nk, .k = k, .v = v};
+        struct kvs_pool *p4 = kvs_pool_new(4);
+        CHECK(kvs_attn_f16(p4, &a));  /* few items for four threads: keys split into ranges */
+        a.out = o2;
+        CHECK(kvs_attn_f16(NULL, &a)); /* one thread: one range */
+        char what[64];
+        snprintf(what, sizeof what, "attention T=%d, split key ranges", T);
+        kvs_test_allclose(what, o1, ref, (long)T * nh * d, 1e-5f, 1e-4f);
+        snprintf(what, sizeof what, "attention T=%d, one range", T);
+        kvs_test_allclose(what, o2, ref, (long)T * nh * d, 1e-5f, 1e-4f);
+        kvs_pool_delete(p4);
+        free(k); free(v); free(q); free(o1); free(o2); free(ref);
+    }
 }
 
 static void test_sample(void)
@@ -364,6 +417,7 @@ int main(int argc, char **argv)
     if (argc >= 5 && !strcmp(argv[1], "--dump")) return dump(argc, argv);
     RUN(test_pool);
     RUN(test_rope);
+    RUN(test_attn_f16);
     RUN(test_sample);
     RUN(test_chunked_equals_decode);
     RUN(test_model_errors);
