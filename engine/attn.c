@@ -30,26 +30,6 @@ void kvs_f16_to_f32_row(const uint16_t *src, float *dst, int n)
     for (; i < n; i++) dst[i] = kvs_fp16_to_fp32(src[i]);
 }
 
-static inline float dot_f32(const float *q, const float *k, int d)
-{
-    int i = 0;
-    float s = 0;
-#ifdef KVS_SIMD_F16
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (; i + 16 <= d; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(k + i + 8), a1);
-    }
-    a0 = _mm256_add_ps(a0, a1);
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-    s = _mm_cvtss_f32(lo);
-#endif
-    for (; i < d; i++) s += q[i] * k[i];
-    return s;
-}
-
 static inline void axpy_f32(float *y, float a, const float *x, int d)
 {
     int i = 0;
@@ -67,81 +47,168 @@ struct attn_job {
     float *part;    /* (T, n_kv, n_splits, rep, 2 + d): max, sum, unnormalised output per range */
 };
 
-/* One (query token, KV head, key range) at a time: the REP query heads that share the KV head read
- * each fp16 key and value row once. With one range the output is final; with several, each range
- * leaves its softmax partials (max, sum, unnormalised sum of values) for kvs_attn_f16 to combine. */
+#ifdef KVS_SIMD_F16
+/* exp on 8 lanes: 2^(x log2 e) as 2^n * p(f), p a degree-6 polynomial on [-0.5, 0.5];
+ * relative error below 4e-6 over the whole float range used here (below 3e-7 for x > -80). */
+static inline __m256 exp256(__m256 x)
+{
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
+    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(t, n);
+    __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
+
+static inline float hsum256(__m256 v)
+{
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+#endif
+
+/* row[x] = exp(row[x] - mx) (0 where row[x] is -inf); returns the sum. */
+static double exp_row(float *row, int n, float mx)
+{
+    int x = 0;
+    double sum = 0;
+#ifdef KVS_SIMD_F16
+    __m256 vm = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY), acc = _mm256_setzero_ps();
+    for (; x + 8 <= n; x += 8) {
+        __m256 s = _mm256_loadu_ps(row + x);
+        __m256 e = exp256(_mm256_sub_ps(s, vm));
+        e = _mm256_blendv_ps(e, _mm256_setzero_ps(), _mm256_cmp_ps(s, ninf, _CMP_EQ_OQ));
+        _mm256_storeu_ps(row + x, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    sum = hsum256(acc);
+#endif
+    for (; x < n; x++) {
+        float pe = row[x] == -INFINITY ? 0.0f : expf(row[x] - mx);
+        row[x] = pe;
+        sum += pe;
+    }
+    return sum;
+}
+
+/* One (query token, KV head, key range): scores for the REP query heads that share the KV head
+ * (each fp16 key row converted once), softmax, then each head's output accumulated in registers
+ * over the value rows. D is a compile-time constant in the common case (64), so the loops unroll. */
+static inline __attribute__((always_inline)) void attn_item(const struct kvs_attn_args *a, const struct attn_job *j,
+                                                             float *sc, int t, int g, int sp, const int d)
+{
+    const int dkv = a->n_head_kv * d, dq = a->n_head * d, rep = a->n_head / a->n_head_kv;
+    const int nk = a->n_keys, ns = j->n_splits;
+    const int k0 = (int)((int64_t)sp * nk / ns), k1 = (int)((int64_t)(sp + 1) * nk / ns), n = k1 - k0;
+    const float scale = 1.0f / sqrtf((float)d);
+    const int32_t qp = a->qpos[t];
+    const float *q0 = a->q + (size_t)t * dq + (size_t)g * rep * d;
+    float mx[64];
+    for (int r = 0; r < rep; r++) mx[r] = -INFINITY;
+    for (int jx = k0; jx < k1; jx++) {
+        int32_t kp = a->kpos ? a->kpos[jx] : jx;
+        float *col = sc + (jx - k0);
+        if (kp > qp) {
+            for (int r = 0; r < rep; r++) col[(size_t)r * n] = -INFINITY;
+            continue;
+        }
+        const uint16_t *kr = a->k + (size_t)jx * dkv + (size_t)g * d;
+#ifdef KVS_SIMD_F16
+        if (d % 8 == 0 && d <= 128) {
+            __m256 kv[16];
+            for (int c = 0; c < d / 8; c++) kv[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + 8 * c)));
+            for (int r = 0; r < rep; r++) {
+                const float *q = q0 + (size_t)r * d;
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                int c = 0;
+                for (; c + 2 <= d / 8; c += 2) {
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c), kv[c], a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c + 8), kv[c + 1], a1);
+                }
+                if (c < d / 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c), kv[c], a0);
+                float s = hsum256(_mm256_add_ps(a0, a1)) * scale;
+                col[(size_t)r * n] = s;
+                if (s > mx[r]) mx[r] = s;
+            }
+            continue;
+        }
+#endif
+        for (int r = 0; r < rep; r++) {
+            const float *q = q0 + (size_t)r * d;
+            float s = 0;
+            for (int x = 0; x < d; x++) s += q[x] * kvs_fp16_to_fp32(kr[x]);
+            s *= scale;
+            col[(size_t)r * n] = s;
+            if (s > mx[r]) mx[r] = s;
+        }
+    }
+    for (int r = 0; r < rep; r++) {
+        float *row = sc + (size_t)r * n;
+        float *o;
+        if (ns == 1) {
+            o = a->out + (size_t)t * dq + (size_t)(g * rep + r) * d;
+        } else {
+            float *pp = j->part + ((((size_t)t * a->n_head_kv + g) * ns + sp) * rep + r) * (size_t)(d + 2);
+            o = pp + 2;
+            pp[0] = mx[r];
+            pp[1] = 0;
+        }
+        if (mx[r] == -INFINITY) { /* nothing visible in this range */
+            memset(o, 0, (size_t)d * sizeof(float));
+            continue;
+        }
+        double sum = exp_row(row, n, mx[r]);
+        /* one range: normalise here; several: kvs_attn_f16 normalises after combining */
+        float inv = ns == 1 ? (float)(1.0 / sum) : 1.0f;
+        if (ns > 1) o[-1] = (float)sum;
+        if (a->probs) { /* only with one range (see kvs_attn_f16) */
+            float *pr = a->probs + ((size_t)t * a->n_head + g * rep + r) * nk;
+            for (int x = 0; x < n; x++) pr[x] = row[x] * inv;
+        }
+#ifdef KVS_SIMD_F16
+        if (d % 8 == 0 && d <= 128) {
+            __m256 acc[16];
+            for (int c = 0; c < d / 8; c++) acc[c] = _mm256_setzero_ps();
+            for (int x = 0; x < n; x++) {
+                if (row[x] == 0.0f) continue;
+                __m256 w = _mm256_set1_ps(row[x] * inv);
+                const uint16_t *vr = a->v + (size_t)(k0 + x) * dkv + (size_t)g * d;
+                for (int c = 0; c < d / 8; c++)
+                    acc[c] = _mm256_fmadd_ps(w, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * c))), acc[c]);
+            }
+            for (int c = 0; c < d / 8; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
+            continue;
+        }
+#endif
+        memset(o, 0, (size_t)d * sizeof(float));
+        for (int x = 0; x < n; x++) {
+            if (row[x] == 0.0f) continue;
+            float w = row[x] * inv;
+            const uint16_t *vr = a->v + (size_t)(k0 + x) * dkv + (size_t)g * d;
+            for (int c = 0; c < d; c++) o[c] += w * kvs_fp16_to_fp32(vr[c]);
+        }
+    }
+}
+
 static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
 {
-    struct attn_job *j = ctx;
+    const struct attn_job *j = ctx;
     const struct kvs_attn_args *a = j->a;
-    const int d = a->head_dim, dkv = a->n_head_kv * d, dq = a->n_head * d;
-    const int rep = a->n_head / a->n_head_kv, nk = a->n_keys, ns = j->n_splits;
-    const float scale = 1.0f / sqrtf((float)d);
+    const int ns = j->n_splits;
     for (int64_t it = b; it < e; it++) {
         int sp = (int)(it % ns), tg = (int)(it / ns);
         int t = tg / a->n_head_kv, g = tg % a->n_head_kv;
-        int k0 = (int)((int64_t)sp * nk / ns), k1 = (int)((int64_t)(sp + 1) * nk / ns), n = k1 - k0;
-        float *sc = j->scratch[thread];        /* (rep, n) */
-        float *krow = sc + (size_t)rep * n;    /* (d) */
-        int32_t qp = a->qpos[t];
-        const float *q0 = a->q + (size_t)t * dq + (size_t)g * rep * d;
-        float mx[64];
-        for (int r = 0; r < rep; r++) mx[r] = -INFINITY;
-        for (int jx = k0; jx < k1; jx++) {
-            int32_t kp = a->kpos ? a->kpos[jx] : jx;
-            if (kp > qp) {
-                for (int r = 0; r < rep; r++) sc[(size_t)r * n + (jx - k0)] = -INFINITY;
-                continue;
-            }
-            kvs_f16_to_f32_row(a->k + (size_t)jx * dkv + (size_t)g * d, krow, d);
-            for (int r = 0; r < rep; r++) {
-                float s = dot_f32(q0 + (size_t)r * d, krow, d) * scale;
-                sc[(size_t)r * n + (jx - k0)] = s;
-                if (s > mx[r]) mx[r] = s;
-            }
-        }
-        float inv[64], sums[64];
-        for (int r = 0; r < rep; r++) {
-            float *row = sc + (size_t)r * n;
-            inv[r] = 0;
-            sums[r] = 0;
-            if (mx[r] == -INFINITY) continue; /* nothing visible in this range */
-            double sum = 0;
-            for (int x = 0; x < n; x++) {
-                float p = row[x] == -INFINITY ? 0.0f : expf(row[x] - mx[r]);
-                row[x] = p;
-                sum += p;
-            }
-            sums[r] = (float)sum;
-            inv[r] = ns == 1 ? (float)(1.0 / sum) : 1.0f;
-        }
-        float *outs[64];
-        for (int r = 0; r < rep; r++) {
-            if (ns == 1) {
-                outs[r] = a->out + (size_t)t * dq + (size_t)(g * rep + r) * d;
-            } else {
-                float *pp = j->part + ((((size_t)t * a->n_head_kv + g) * ns + sp) * rep + r) * (size_t)(d + 2);
-                pp[0] = mx[r];
-                pp[1] = sums[r];
-                outs[r] = pp + 2;
-            }
-            memset(outs[r], 0, (size_t)d * sizeof(float));
-        }
-        for (int jx = k0; jx < k1; jx++) {
-            bool any = false;
-            for (int r = 0; r < rep; r++) any |= inv[r] != 0 && sc[(size_t)r * n + (jx - k0)] != 0.0f;
-            if (!any) continue;
-            kvs_f16_to_f32_row(a->v + (size_t)jx * dkv + (size_t)g * d, krow, d);
-            for (int r = 0; r < rep; r++) {
-                float w = sc[(size_t)r * n + (jx - k0)] * inv[r];
-                if (w != 0.0f) axpy_f32(outs[r], w, krow, d);
-            }
-        }
-        if (a->probs) /* only with one range (see kvs_attn_f16) */
-            for (int r = 0; r < rep; r++) {
-                float *pr = a->probs + ((size_t)t * a->n_head + g * rep + r) * nk;
-                for (int x = 0; x < n; x++) pr[x] = sc[(size_t)r * n + x] * inv[r];
-            }
+        if (a->head_dim == 64) attn_item(a, j, j->scratch[thread], t, g, sp, 64);
+        else attn_item(a, j, j->scratch[thread], t, g, sp, a->head_dim);
     }
 }
 
@@ -167,7 +234,7 @@ bool kvs_attn_f16(struct kvs_pool *pool, const struct kvs_attn_args *a)
         if (!j.part) return false;
     }
     for (int i = 0; i < nth; i++) {
-        bufs[i] = malloc(((size_t)rep * (chunk > 0 ? chunk : 1) + (size_t)a->head_dim) * sizeof(float));
+        bufs[i] = malloc(((size_t)rep * (chunk > 0 ? chunk : 1) + 2 * (size_t)a->head_dim) * sizeof(float));
         if (!bufs[i]) ok = false;
     }
     if (ok) kvs_pool_for(pool, (int64_t)items * ns, attn_range, &j);
