@@ -23,7 +23,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope eval [-m MODEL] [--methods full,commonkv,lowrank,minicache] [--cr 0.3,0.5,0.7]\n"
           "                    [-f FILE] [--ctx N] [--passkey 512,1024] [--passkey-trials N] [--decode N]\n"
-          "                    [--group G] [--rank R] [--rank-ratio X] [--rank-by-similarity] [--no-whiten]\n"
+          "                    [--group G] [--rank R] [--rank-ratio X] [--rank-by-similarity] [--merge-share X] [--no-whiten]\n"
           "                    [--sim adjacent|first-last] [--merge-weights FILE] [--bits B] [--sinks N] [--recent N]\n"
           "                    [--cache-dir DIR | --no-cache] [-t THREADS] [--similarity] [--json]\n"
           "       kvscope calibrate [-m MODEL] [-f FILE] [--ctx N] [--noise X] [-o FILE] [-t THREADS]\n",
@@ -139,6 +139,7 @@ static void eval_one(const struct kvs_model *m, const struct evalopt *o, const c
     mc.rank = b.rank;
     mc.rank_ratio = b.rank_ratio;
     mc.rank_by_similarity = b.rank_by_similarity;
+    mc.merge_share = b.merge_share;
     mc.whiten = b.whiten;
     mc.sim_mode = b.sim_mode;
     mc.sinks = b.sinks;
@@ -400,6 +401,12 @@ int kvs_cmd_eval(int argc, char **argv)
         else if (!strcmp(a, "--rank")) { if (!kvs_opt_int(a, v, 1, 1 << 16, &lv)) return 2; o.base.rank = (uint32_t)lv; i++; }
         else if (!strcmp(a, "--rank-ratio")) { if (!kvs_opt_float(a, v, 0.001, 4, &dv)) return 2; o.base.rank_ratio = (float)dv; i++; }
         else if (!strcmp(a, "--rank-by-similarity")) o.base.rank_by_similarity = true;
+        else if (!strcmp(a, "--merge-share")) {
+            double x;
+            if (!kvs_opt_float(a, v, 0, 1, &x)) return 2;
+            o.base.merge_share = (float)x;
+            i++;
+        }
         else if (!strcmp(a, "--no-whiten")) o.base.whiten = false;
         else if (!strcmp(a, "--whiten")) o.base.whiten = true;
         else if (!strcmp(a, "--sim") && v) {

@@ -317,9 +317,10 @@ void kvs_ckv_plan(const struct kvs_ckv_factors *f, const struct kvs_method_confi
                    : (uint32_t)lround(0.5 * D);
         for (uint32_t g = 0; g < f->n_groups; g++) plan->rank[g] = KVS_MAX(1u, KVS_MIN(r, f->r_max[g]));
     } else {
-        /* Derived from the target: plan to merge half the mergeable slots (the rest of the saving
-         * comes from rank), so both the cross-layer sharing and the low rank carry part of it. */
-        double share = merging ? 0.5 * mu : 0.0;
+        /* Derived from the target: plan to merge a share of the mergeable slots (the rest of the
+         * saving comes from rank), so both the cross-layer sharing and the low rank carry part of it. */
+        double ms = cfg->merge_share >= 0 ? KVS_MIN(1.0, (double)cfg->merge_share) : KVS_CKV_MERGE_SHARE;
+        double share = merging ? ms * mu : 0.0;
         uint32_t one[KVS_MAX_GROUPS] = {0};
         for (uint32_t g = 0; g < f->n_groups; g++) one[g] = 1;
         double per_rank = plan_bytes(f, one, share, &full);

@@ -93,6 +93,11 @@ enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *id
  * number of records written into recs (at most cap); each carries one reference for the caller. */
 int kvs_ckv_spectrum_records(const struct kvs_ckv_factors *f, struct kvs_record **recs, int cap);
 
+/* Share of the mergeable slots a target-CR plan merges by default (see kvs_ckv_plan); --merge-share
+ * overrides it. Measured on SmolLM2-135M (G=4, GPL-3, 1024 tokens; perplexity at CR 0.3/0.5/0.7):
+ * share 0: 30.1/38.3/73.3, 0.25: 24.3/35.1/57.5, 0.5: 100.9/105.3/157.1. */
+#define KVS_CKV_MERGE_SHARE 0.25
+
 /* Rank and merge plan for a target compression ratio. Bytes per (group, token): unmerged
  * nl*r*2 (+4 position), merged r*2 (+4), full nl*2*d_kv*2. */
 struct kvs_ckv_plan {

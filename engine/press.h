@@ -33,6 +33,8 @@ struct kvs_method_config {
     uint32_t merge_weights; /* enum kvs_merge_weights */
     bool whiten;
     bool rank_by_similarity;
+    float merge_share;      /* with a target CR: share of the mergeable (group, token) slots the
+                             * plan merges (the rest of the saving comes from rank); <0: default */
     /* quant */
     uint32_t quant_bits;    /* 2, 4, 8 */
     uint32_t quant_group;   /* elements per quantization group (32) */
