@@ -334,6 +334,8 @@ static bool write_footer(struct kvs_trace_writer *w)
     return write_all(w, tr, sizeof tr);
 }
 
+#define WRITER_POLL_MS 50ull
+
 static void *writer_main(void *arg)
 {
     struct kvs_trace_writer *w = arg;
@@ -341,13 +343,14 @@ static void *writer_main(void *arg)
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (w->count == 0 && !w->closing) {
-            if (w->chunk.len == 0) {
-                pthread_cond_wait(&w->cv, &w->mu);
-                continue;
-            }
-            uint64_t due = w->chunk_t0 + (uint64_t)w->o.flush_ms * 1000000ull;
+            /* pushes do not wake the writer one by one (a wake-up per record preempts the engine's
+             * threads on a small machine): it polls every WRITER_POLL_MS, and a push wakes it
+             * only when the queue is half full */
+            uint64_t due = w->chunk.len ? w->chunk_t0 + (uint64_t)w->o.flush_ms * 1000000ull
+                                        : kvs_now_ns() + WRITER_POLL_MS * 1000000ull;
             uint64_t now = kvs_now_ns();
-            if (now >= due) {
+            if (due > now + WRITER_POLL_MS * 1000000ull) due = now + WRITER_POLL_MS * 1000000ull;
+            if (now >= due && w->chunk.len) {
                 pthread_mutex_unlock(&w->mu);
                 if (!failed(w)) flush_data(w);
                 else chunk_reset(w);
@@ -529,7 +532,7 @@ bool kvs_trace_writer_push(struct kvs_trace_writer *w, struct kvs_record *r)
         return false;
     }
     w->ring[(w->head + w->count) % w->o.queue_cap] = (struct qitem){ r, t };
-    if (w->count++ == 0) pthread_cond_signal(&w->cv);
+    if (++w->count == (w->o.queue_cap + 1) / 2) pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     return true;
 }
