@@ -10,52 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Length of the valid UTF-8 sequence at P (N bytes left; N >= 1), 0 when it is not one. */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-    unsigned c = p[0];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80) return 1;
-    if (c >= 0xc2 && c <= 0xdf) { len = 2; cp = c & 0x1f; }
-    else if (c >= 0xe0 && c <= 0xef) { len = 3; cp = c & 0x0f; }
-    else if (c >= 0xf0 && c <= 0xf4) { len = 4; cp = c & 0x07; }
-    else return 0;
-    if (n < len) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80) return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
-/* The first N bytes of S as a JSON string, escaped as kvs_record_to_json escapes record strings
- * (invalid UTF-8 becomes U+FFFD), so the summary text reads like the step pieces it joins. */
-static void json_str(FILE *f, const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    fputc('"', f);
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i];
-        if (c == '"' || c == '\\') { fputc('\\', f); fputc((int)c, f); i++; continue; }
-        if (c < 0x20) {
-            if (c == '\n') fputs("\\n", f);
-            else if (c == '\t') fputs("\\t", f);
-            else if (c == '\r') fputs("\\r", f);
-            else fprintf(f, "\\u%04x", c);
-            i++;
-            continue;
-        }
-        size_t l = utf8_len(p + i, n - i);
-        if (l == 0) { fputs("\\ufffd", f); i++; continue; }
-        fwrite(p + i, 1, l, f);
-        i += l;
-    }
-    fputc('"', f);
-}
-
 int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end)
 {
     uint64_t n_records = 0, n_steps = 0, n_runs = 0;
@@ -112,7 +66,7 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
             (unsigned long long)n_runs, (unsigned long long)n_steps);
     if (run) {
         fputs(",\"method\":", f);
-        json_str(f, run->u.run.method, strnlen(run->u.run.method, sizeof run->u.run.method));
+        kvs_json_string(f, run->u.run.method, strnlen(run->u.run.method, sizeof run->u.run.method));
     }
     if (last_step && (last_step->u.step.valid & KVS_VALID_BYTES)) {
         const struct kvs_rec_step *s = &last_step->u.step;
@@ -131,7 +85,7 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
                 end->u.end.n_prompt, end->u.end.n_gen, (double)end->u.end.prefill_tps, (double)end->u.end.decode_tps,
                 (unsigned long long)end->u.end.dropped_records);
     fprintf(f, ",\"complete\":%s,\"errors\":%d,\"text\":", end ? "true" : "false", errors);
-    json_str(f, text ? text : "", text_len);
+    kvs_json_string(f, text ? text : "", text_len);
     fputs("}\n", f);
     free(text);
     kvs_record_unref(last_step);

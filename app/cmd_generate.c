@@ -3,6 +3,7 @@
 #include "commands.h"
 #include "infer.h"
 #include "options.h"
+#include "trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,21 +15,6 @@ static void usage(FILE *f)
           "                        [--temp T] [--top-p P] [--seed S] [-t THREADS] [--ctx N] [--batch-size N]\n"
           "                        [--backend cpu|cuda|auto] [--json]\n",
           f);
-}
-
-static void json_str(FILE *f, const char *s, size_t n)
-{
-    fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c == '\t') fputs("\\t", f);
-        else if (c == '\r') fputs("\\r", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
 }
 
 int kvs_cmd_generate(int argc, char **argv)
@@ -128,7 +114,7 @@ int kvs_cmd_generate(int argc, char **argv)
     int n_gen = 0;
     const int V = (int)m->hp.n_vocab;
     t0 = kvs_now_ns();
-    if (json) printf("{\"model\": "), json_str(stdout, m->name, strlen(m->name)), printf(", \"method\": \"%s\", \"tokens\": [", mc.spec);
+    if (json) printf("{\"model\": "), kvs_json_string(stdout, m->name, strlen(m->name)), printf(", \"method\": \"%s\", \"tokens\": [", mc.spec);
     for (long i = 0; i < n_predict; i++) {
         int32_t id = kvs_sample(kvs_ctx_logits(ctx), V, (float)temp, (float)top_p, &rng);
         if (kvs_tokenizer_is_eog(m->tok, id)) break;
@@ -157,7 +143,7 @@ int kvs_cmd_generate(int argc, char **argv)
     double ptps = prefill_s > 0 ? n / prefill_s : 0, dtps = decode_s > 0 ? n_gen / decode_s : 0;
     if (json) {
         printf("], \"text\": ");
-        json_str(stdout, out_text ? out_text : "", out_len);
+        kvs_json_string(stdout, out_text ? out_text : "", out_len);
         printf(", \"prompt_tokens\": %lld, \"generated_tokens\": %d, \"prefill_tps\": %.2f, \"decode_tps\": %.2f, "
                "\"threads\": %d}\n", (long long)n, n_gen, ptps, dtps, kvs_pool_size(kvs_ctx_pool(ctx)));
     } else {

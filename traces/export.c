@@ -48,11 +48,9 @@ static size_t utf8_len(const unsigned char *p, size_t n)
     return len;
 }
 
-/* A JSON string of the first CAP bytes of S (up to its NUL). */
-static void js(FILE *f, const char *s, size_t cap)
+void kvs_json_string(FILE *f, const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
-    size_t n = strnlen(s, cap);
     fputc('"', f);
     for (size_t i = 0; i < n;) {
         unsigned c = p[i];
@@ -74,6 +72,9 @@ static void js(FILE *f, const char *s, size_t cap)
     }
     fputc('"', f);
 }
+
+/* A JSON string of the first CAP bytes of S (up to its NUL). */
+static void js(FILE *f, const char *s, size_t cap) { kvs_json_string(f, s, strnlen(s, cap)); }
 #define JS(f, field) js(f, field, sizeof(field))
 
 static void ju64(FILE *f, uint64_t v) { fprintf(f, "%llu", (unsigned long long)v); }

@@ -188,5 +188,8 @@ enum kvs_status kvs_trace_export(struct kvs_trace *t, enum kvs_trace_format fmt,
  * validity bit is clear are null; per-layer and per-group arrays hold n_layer / n_groups entries;
  * NaN and infinities are null; strings are escaped, invalid UTF-8 replaced by U+FFFD. */
 void kvs_record_to_json(const struct kvs_record *r, FILE *f);
+/* Writes the N bytes of S as a JSON string literal: quotes and control characters escaped,
+ * invalid UTF-8 as U+FFFD (the escaping every record string gets). */
+void kvs_json_string(FILE *f, const char *s, size_t n);
 
 #endif
