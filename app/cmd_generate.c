@@ -32,12 +32,7 @@ int kvs_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!v) goto needs; prompt = v; i++; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!v) goto needs; file = v; i++; }
         else if (!strcmp(a, "--method")) { if (!v) goto needs; method = v; i++; }
-        else if (!strcmp(a, "--backend")) {
-            if (!v) goto needs;
-            if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) { kvs_die_msg("option --backend: '%s' is not cpu, cuda or auto", v); return 2; }
-            backend = v;
-            i++;
-        }
+        else if (!strcmp(a, "--backend")) { if (!kvs_opt_backend(a, v, &backend)) return 2; i++; }
         else if (!strcmp(a, "-n")) { if (!kvs_opt_int(a, v, 0, 1 << 20, &n_predict)) return 2; i++; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--ctx")) { if (!kvs_opt_int(a, v, 16, 1 << 22, &n_ctx)) return 2; i++; }

@@ -210,12 +210,7 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!v) goto needs; file = v; i++; }
         else if (!strcmp(a, "--method")) { if (!v) goto needs; method = v; i++; }
         else if (!strcmp(a, "--record")) { if (!v) goto needs; record = v; i++; }
-        else if (!strcmp(a, "--backend")) {
-            if (!v) goto needs;
-            if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) { kvs_die_msg("option --backend: '%s' is not cpu, cuda or auto", v); return 2; }
-            backend = v;
-            i++;
-        }
+        else if (!strcmp(a, "--backend")) { if (!kvs_opt_backend(a, v, &backend)) return 2; i++; }
         else if (!strcmp(a, "--theme")) { if (!v) goto needs; theme_name = v; i++; }
         else if (!strcmp(a, "--cr")) { if (!kvs_opt_float(a, v, 0, 0.999, &cr)) return 2; i++; }
         else if (!strcmp(a, "--rank-ratio")) { if (!kvs_opt_float(a, v, 0, 1, &rank_ratio)) return 2; i++; }

@@ -63,6 +63,17 @@ bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out)
     return true;
 }
 
+bool kvs_opt_backend(const char *opt, const char *val, const char **out)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    if (strcmp(val, "cpu") && strcmp(val, "cuda") && strcmp(val, "auto")) {
+        kvs_die_msg("option %s: '%s' is not cpu, cuda or auto", opt, val);
+        return false;
+    }
+    *out = val;
+    return true;
+}
+
 char *kvs_read_text_file(const char *path, size_t max)
 {
     FILE *f = fopen(path, "rb");

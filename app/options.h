@@ -11,6 +11,8 @@
 bool kvs_opt_int(const char *opt, const char *val, long lo, long hi, long *out);
 bool kvs_opt_float(const char *opt, const char *val, double lo, double hi, double *out);
 bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out);
+/* cpu, cuda or auto (kvs_backend_new's names). */
+bool kvs_opt_backend(const char *opt, const char *val, const char **out);
 /* Reads a whole text file into a malloc'd NUL-terminated string (at most MAX bytes); prints the
  * error and returns NULL on failure. */
 char *kvs_read_text_file(const char *path, size_t max);
