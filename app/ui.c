@@ -442,10 +442,8 @@ static bool on_key(struct ui *u, int ch)
     case 'w': w->recent = w->recent > 16 ? w->recent / 2 : 0; change(u); break;
     case 'W': w->recent = w->recent ? (w->recent < 65536 ? w->recent * 2 : w->recent) : 16; change(u); break;
     case 'c': w->compare_full = !w->compare_full; change(u); break;
-    case '\n': case '\r': case KEY_ENTER:
+    case '\n': case '\r': case KEY_ENTER: /* applies pending settings; zoom is z (Enter doing both surprised) */
         if (u->pending) apply(u);
-        else if (u->zoom < 0) u->zoom = u->focus;
-        else u->zoom = -1;
         break;
     case 'e':
         if (u->replay) say(u, KVS_C_WARN, "replay: Home starts over");
