@@ -79,6 +79,20 @@ struct latent_job {
     float *out;               /* (tn, n_head*d) */
 };
 
+/* Scores of key K (KV head G, position PJ) against the GQ query heads of G for every query of the
+ * chunk, written at column J of SCORES (tn, H, n); masked queries get -inf. */
+static void key_scores(const float *q, const int32_t *q_pos, int tn, int H, int gq, int d, float scale, int g,
+                       const float *k, int32_t pj, float *scores, int64_t n, int64_t j)
+{
+    for (int t = 0; t < tn; t++) {
+        bool visible = pj <= q_pos[t];
+        for (int hh = 0; hh < gq; hh++) {
+            int h = g * gq + hh;
+            scores[((size_t)t * H + h) * n + j] = visible ? dotf(q + ((size_t)t * H + h) * d, k, d) * scale : -INFINITY;
+        }
+    }
+}
+
 static void seg_find(const int64_t *off, int n_segs, int64_t j, int *s, int *local)
 {
     int i = 0;
@@ -102,14 +116,7 @@ static void latent_scores_range(void *ctx, int64_t b, int64_t e, int thread)
         for (int g = 0; g < a->n_head_kv; g++) {
             for (int i = 0; i < d; i++) k[i] = dotf(a->bk + ((size_t)g * d + i) * r, cj, r);
             kvs_cpu_rope(k, 1, d, pj, a->freqs, a->neox);
-            for (int t = 0; t < jb->tn; t++) {
-                bool visible = pj <= jb->q_pos[t];
-                for (int hh = 0; hh < gq; hh++) {
-                    int h = g * gq + hh;
-                    float sc = visible ? dotf(jb->q + ((size_t)t * H + h) * d, k, d) * a->scale : -INFINITY;
-                    jb->scores[((size_t)t * H + h) * jb->n + j] = sc;
-                }
-            }
+            key_scores(jb->q, jb->q_pos, jb->tn, H, gq, d, a->scale, g, k, pj, jb->scores, jb->n, j);
         }
     }
 }
@@ -209,14 +216,7 @@ static void kv16_scores_range(void *ctx, int64_t b, int64_t e, int thread)
         for (int g = 0; g < a->n_head_kv; g++) {
             const uint16_t *kj = a->segs[s].k + (size_t)l * dkv + (size_t)g * d;
             for (int i = 0; i < d; i++) k[i] = kvs_fp16_to_fp32(kj[i]);
-            for (int t = 0; t < jb->tn; t++) {
-                bool visible = pj <= jb->q_pos[t];
-                for (int hh = 0; hh < gq; hh++) {
-                    int h = g * gq + hh;
-                    float sc = visible ? dotf(jb->q + ((size_t)t * H + h) * d, k, d) * a->scale : -INFINITY;
-                    jb->scores[((size_t)t * H + h) * jb->n + j] = sc;
-                }
-            }
+            key_scores(jb->q, jb->q_pos, jb->tn, H, gq, d, a->scale, g, k, pj, jb->scores, jb->n, j);
         }
     }
 }
