@@ -11,6 +11,29 @@
 #define ATT_SCORE_BYTES (256u << 20)     /* cap on the (T_chunk, n_head, n) score matrix */
 
 /* scores (T, n_head, n): one warp per (latent j, KV head g) = (blockIdx.x*ATT_WARPS + warp, blockIdx.y). */
+/* One warp: scores of key K (KV head G, position PJ, in shared memory) against the query heads of G
+ * for every query, written at column J of SCORES (T, n_head, n); masked queries get -inf. */
+static __device__ void warp_key_scores(const float *q, const int32_t *q_pos, int T, int n_head, int n_head_kv,
+                                       int d, float scale, int g, const float *k, int32_t pj, float *scores,
+                                       int64_t n, int64_t j, int lane)
+{
+    int gq = n_head / n_head_kv;
+    for (int t = 0; t < T; t++) {
+        bool visible = pj <= q_pos[t];
+        for (int hh = 0; hh < gq; hh++) {
+            int h = g * gq + hh;
+            float s = -INFINITY;
+            if (visible) {
+                const float *qv = q + ((size_t)t * n_head + h) * d;
+                float acc = 0.0f;
+                for (int i = lane; i < d; i += 32) acc += qv[i] * k[i];
+                s = kvs_warp_sum(acc) * scale;
+            }
+            if (lane == 0) scores[((size_t)t * n_head + h) * n + j] = s;
+        }
+    }
+}
+
 __global__ void k_latent_scores(const float *q, const int32_t *q_pos, int T, int n_head, int n_head_kv, int d,
                                 int rank, const float *cl, const int32_t *pos, int n, const float *bk,
                                 const float *freqs, int neox, float scale, float *scores)
@@ -43,21 +66,7 @@ __global__ void k_latent_scores(const float *q, const int32_t *q_pos, int T, int
         k[b] = x0 * (float)sn + x1 * (float)cs;
     }
     __syncwarp();
-    int gq = n_head / n_head_kv;
-    for (int t = 0; t < T; t++) {
-        bool visible = pj <= q_pos[t];
-        for (int hh = 0; hh < gq; hh++) {
-            int h = g * gq + hh;
-            float s = -INFINITY;
-            if (visible) {
-                const float *qv = q + ((size_t)t * n_head + h) * d;
-                float acc = 0.0f;
-                for (int i = lane; i < d; i += 32) acc += qv[i] * k[i];
-                s = kvs_warp_sum(acc) * scale;
-            }
-            if (lane == 0) scores[((size_t)t * n_head + h) * n + j] = s;
-        }
-    }
+    warp_key_scores(q, q_pos, T, n_head, n_head_kv, d, scale, g, k, pj, scores, n, j, lane);
 }
 
 /* out[t, h, i] = B_v[g*d + i, :] · pc[t, h, :], one warp per output element. */
@@ -148,21 +157,7 @@ __global__ void k_kv16_scores(const float *q, const int32_t *q_pos, int T, int n
     for (int i = lane; i < d; i += 32) k[i] = __half2float(kj[i]);
     __syncwarp();
     int32_t pj = pos[j];
-    int gq = n_head / n_head_kv;
-    for (int t = 0; t < T; t++) {
-        bool visible = pj <= q_pos[t];
-        for (int hh = 0; hh < gq; hh++) {
-            int h = g * gq + hh;
-            float s = -INFINITY;
-            if (visible) {
-                const float *qv = q + ((size_t)t * n_head + h) * d;
-                float acc = 0.0f;
-                for (int i = lane; i < d; i += 32) acc += qv[i] * k[i];
-                s = kvs_warp_sum(acc) * scale;
-            }
-            if (lane == 0) scores[((size_t)t * n_head + h) * n + j] = s;
-        }
-    }
+    warp_key_scores(q, q_pos, T, n_head, n_head_kv, d, scale, g, k, pj, scores, n, j, lane);
 }
 
 /* out[t, h, :] = Σ_j p[t, h, j] v[j, g, :]: one block per (t, h), one thread per element i. */
