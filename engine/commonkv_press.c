@@ -4,8 +4,11 @@
  * tokens' positions. Keys are rebuilt per block of cached tokens (latents -> B_k -> RoPE at their
  * own positions), values by re-association (P C) B_v^T, never materialised. Merging under a
  * global byte budget, quantization of old rows and eviction of (group, token) slots happen in
- * end_step. Depends on commonkv.h, attn.h (fp16 rows), threads.h and OpenBLAS. */
+ * end_step. Keys are rebuilt with the bf16 kernel of ckv_kernels.h where the build has it
+ * (KVS_CKV_FP32=1 forces the fp32 BLAS path). Depends on commonkv.h, attn.h (fp16 rows),
+ * ckv_kernels.h, threads.h and OpenBLAS. */
 #include "attn.h"
+#include "ckv_kernels.h"
 #include "commonkv_priv.h"
 #include "infer.h"
 #include "quant.h"
@@ -199,6 +202,8 @@ struct ckv {
     int l2g[KVS_MAX_LAYERS];
     float *Bk[KVS_MAX_LAYERS], *Bv[KVS_MAX_LAYERS]; /* (dkv, r) */
     const float *bk[KVS_MAX_LAYERS], *bv[KVS_MAX_LAYERS];
+    bool bf16;                  /* keys rebuilt by the bf16 kernel (else fp32 sgemm) */
+    struct kvs_ckv_bf16_mat bk16[KVS_MAX_LAYERS]; /* B_k packed as bf16 pairs (weights) */
     struct kvs_rope_table rope;
     bool merge, quant, evict;
     float cr_final;             /* target on real bytes (<0: none) */
@@ -208,6 +213,7 @@ struct ckv {
     /* attention scratch, grown on demand */
     float *cf, *kk;             /* (rows, r), (rows, dkv) */
     int32_t *rp;                /* (rows) */
+    uint16_t *cb;               /* (rows, r_max rounded up to even) bf16 latents, bf16 path only */
     size_t rows_cap;
     int nth;
     float **th_s, **th_y, **th_ev; /* per thread: (QTILE, rows), (QTILE, r), (rows) */
@@ -309,8 +315,15 @@ static void keys_range(void *ctx, int64_t b, int64_t e, int thread)
             c->rp[row] = j->rs.seg[si]->pos[i];
         }
         int m = r1 - r0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, dkv, r, 1.0f, c->cf + (size_t)r0 * r, r,
-                    c->Bk[j->layer], r, 0.0f, c->kk + (size_t)r0 * dkv, dkv);
+        if (c->bf16) {
+            const struct kvs_ckv_bf16_mat *bm = &c->bk16[j->layer];
+            uint16_t *cb = c->cb + (size_t)r0 * bm->k_pad;
+            kvs_ckv_bf16_rows(bm, c->cf + (size_t)r0 * r, m, r, cb);
+            kvs_ckv_bf16_gemm(bm, cb, m, c->kk + (size_t)r0 * dkv, dkv);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, dkv, r, 1.0f, c->cf + (size_t)r0 * r, r,
+                        c->Bk[j->layer], r, 0.0f, c->kk + (size_t)r0 * dkv, dkv);
+        }
         const float *bk = c->bk[j->layer];
         for (int row = r0; row < r1; row++) {
             float *kr = c->kk + (size_t)row * dkv;
@@ -389,7 +402,12 @@ static bool ckv_scratch(struct ckv *c, size_t rows, int r_max)
         if (kk) c->kk = kk;
         int32_t *rp = realloc(c->rp, cap * sizeof(int32_t));
         if (rp) c->rp = rp;
-        if (!cf || !kk || !rp) return false;
+        uint16_t *cb = NULL;
+        if (c->bf16) {
+            cb = realloc(c->cb, cap * (size_t)(r_max + 1) * sizeof(uint16_t));
+            if (cb) c->cb = cb;
+        }
+        if (!cf || !kk || !rp || (c->bf16 && !cb)) return false;
         c->rows_cap = cap;
     }
     int nth = kvs_pool_size(c->base.pool);
@@ -889,6 +907,7 @@ static void ckv_destroy(struct kvs_press *p)
     for (int l = 0; l < c->N; l++) {
         free(c->Bk[l]);
         free(c->Bv[l]);
+        kvs_ckv_bf16_free(&c->bk16[l]);
     }
     for (int t = 0; t < c->nth; t++) {
         free(c->th_s[t]);
@@ -901,6 +920,7 @@ static void ckv_destroy(struct kvs_press *p)
     free(c->cf);
     free(c->kk);
     free(c->rp);
+    free(c->cb);
     free(c->lat);
     kvs_rope_table_free(&c->rope);
     kvs_ckv_factors_delete(c->own);
@@ -973,6 +993,8 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     c->snap_window = cfg.snap_window ? cfg.snap_window : 32;
     c->snap_kernel = cfg.snap_kernel ? cfg.snap_kernel : 7;
     c->snap_capacity = cfg.snap_capacity;
+    const char *fp32 = getenv("KVS_CKV_FP32");
+    c->bf16 = kvs_ckv_bf16_available() && !(fp32 && fp32[0] && strcmp(fp32, "0") != 0);
     /* with eviction the observation window is the recent part worth keeping in fp16 */
     if (c->evict && c->quant) c->qres = KVS_MIN(c->qres, c->snap_window);
     enum kvs_status st = KVS_OK;
@@ -1043,6 +1065,7 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
                 memcpy(c->Bk[lay] + (size_t)i * r, B + ((size_t)l * c->dkv + i) * rmax, r * sizeof(float));
                 memcpy(c->Bv[lay] + (size_t)i * r, B + ((size_t)(g->nl + l) * c->dkv + i) * rmax, r * sizeof(float));
             }
+            if (c->bf16 && kvs_ckv_bf16_pack(&c->bk16[lay], c->Bk[lay], c->dkv, (int)r, (int)r) != KVS_OK) goto oom;
             c->bk[lay] = m->layers[lay].bk;
             c->bv[lay] = m->layers[lay].bv;
         }

@@ -2,7 +2,8 @@
  * whitening), the factor cache (round trip, corrupt, stale, truncated), rank plans, and the latent
  * press on tiny models: full rank reproduces the full cache, a zero merge budget changes nothing,
  * merged tokens are decoded with each layer's own B, re-association equals explicit V, held bytes
- * equal an independent count; the real model when present. */
+ * equal an independent count; the bf16 key kernel against fp32; the real model when present. */
+#include "ckv_kernels.h"
 #include "commonkv_priv.h"
 #include "harness.h"
 #include "infer.h"
@@ -374,10 +375,90 @@ static void test_zero_budget(void)
     kvs_model_delete(m);
 }
 
-/* Merged tokens: one shared latent per (group, token), decoded with each layer's own B_k, B_v;
- * values by re-association match attention over explicitly built V. */
-static void test_merged_own_b(void)
+/* The bf16 key kernel (K = C B^T, bf16 pairs, fp32 accumulation) against a float64 product of the
+ * same fp32 inputs, over shapes that hit every edge: odd k (pair padding), outputs not a multiple
+ * of 16 (masked stores) or spanning several panels, rows not a multiple of the 4-row block.
+ * Bound: bf16 keeps 8 significant bits, so rounding a and b (unit roundoff u = 2^-8) perturbs
+ * each product by at most (2u + u^2)|a b| (~0.8%), and fp32 accumulation over k terms adds at
+ * most about k 2^-24 sum |a b|, so |got - ref| <= (2u + u^2 + k 2^-24) sum_i |a_i b_i| element by
+ * element; on random data the rounding errors are independent and partly cancel, and the
+ * normalised error ||got - ref|| / ||ref|| sits near 2e-3 (checked < 5e-3). Inputs exactly representable in bf16 with exact fp32 sums must come out exact, which
+ * pins the packed layout. */
+static void test_bf16_kernel(void)
 {
+    if (!kvs_ckv_bf16_available()) {
+        fprintf(stderr, "skipped: this build has no AVX512_BF16 key kernel\n");
+        return;
+    }
+    static const int shapes[][3] = {{64, 192, 300}, {7, 192, 201}, {5, 32, 20}, {1, 200, 1}, {3, 17, 33},
+                                    {66, 112, 64}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int rows = shapes[si][0], n_out = shapes[si][1], k = shapes[si][2];
+        float *C = malloc(sizeof(float) * rows * k), *B = malloc(sizeof(float) * n_out * k);
+        float *got = malloc(sizeof(float) * rows * n_out), *ref = malloc(sizeof(float) * rows * n_out);
+        uint16_t *cb = malloc(sizeof(uint16_t) * rows * (k + 1));
+        for (int i = 0; i < rows * k; i++) C[i] = frand() * 3.0f;
+        for (int i = 0; i < n_out * k; i++) B[i] = frand() * 0.2f;
+        struct kvs_ckv_bf16_mat m;
+        CHECK(kvs_ckv_bf16_pack(&m, B, n_out, k, k) == KVS_OK);
+        CHECK(m.k_pad == (k + 1) / 2 * 2 && m.n_out_pad % 16 == 0);
+        kvs_ckv_bf16_rows(&m, C, rows, k, cb);
+        for (int i = 0; i < rows * n_out; i++) got[i] = NAN;
+        CHECK(kvs_ckv_bf16_gemm(&m, cb, rows, got, n_out));
+        const double u = 1.0 / 256;
+        bool within = true;
+        for (int i = 0; i < rows; i++)
+            for (int o = 0; o < n_out; o++) {
+                double s = 0, sa = 0;
+                for (int t = 0; t < k; t++) {
+                    double p = (double)C[(size_t)i * k + t] * B[(size_t)o * k + t];
+                    s += p;
+                    sa += fabs(p);
+                }
+                ref[(size_t)i * n_out + o] = (float)s;
+                double e = fabs(got[(size_t)i * n_out + o] - s);
+                within &= e <= (2 * u + u * u + k * 0x1p-24) * sa + 1e-30; /* NaN fails too */
+            }
+        double ne = norm_err(got, ref, (long)rows * n_out);
+        CHECKF(within, "bf16 kernel %dx%dx%d: an element beyond its rounding bound", rows, n_out, k);
+        CHECKF(ne < 5e-3, "bf16 kernel %dx%dx%d: normalised error %g", rows, n_out, k, ne);
+        /* bf16-exact inputs (small integers times powers of two): exact sums */
+        for (int i = 0; i < rows * k; i++) C[i] = (float)((int)(frand() * 8)) * 0.5f;
+        for (int i = 0; i < n_out * k; i++) B[i] = (float)((int)(frand() * 8)) * 0.25f;
+        kvs_ckv_bf16_free(&m);
+        CHECK(kvs_ckv_bf16_pack(&m, B, n_out, k, k) == KVS_OK);
+        kvs_ckv_bf16_rows(&m, C, rows, k, cb);
+        kvs_ckv_bf16_gemm(&m, cb, rows, got, n_out);
+        bool exact = true;
+        for (int i = 0; i < rows; i++)
+            for (int o = 0; o < n_out; o++) {
+                float s = 0;
+                for (int t = 0; t < k; t++) s += C[(size_t)i * k + t] * B[(size_t)o * k + t];
+                exact &= got[(size_t)i * n_out + o] == s;
+            }
+        CHECKF(exact, "bf16 kernel %dx%dx%d: exact inputs give exact keys", rows, n_out, k);
+        kvs_ckv_bf16_free(&m);
+        free(C); free(B); free(got); free(ref); free(cb);
+    }
+    /* rounding: nearest even, NaN kept */
+    CHECK(kvs_f32_to_bf16(1.0f) == 0x3f80 && kvs_f32_to_bf16(-2.0f) == 0xc000);
+    CHECK(kvs_f32_to_bf16(1.0f + 0x1p-8f) == 0x3f80);              /* tie to even (down) */
+    CHECK(kvs_f32_to_bf16(1.0f + 0x1p-7f + 0x1p-8f) == 0x3f82);    /* tie to even (up) */
+    CHECK(kvs_f32_to_bf16(1.0f + 0x1p-8f + 0x1p-12f) == 0x3f81);   /* above the tie */
+    CHECK((kvs_f32_to_bf16(NAN) & 0x7fc0) == 0x7fc0);
+    struct kvs_ckv_bf16_mat bad;
+    float one = 1.0f;
+    CHECK(kvs_ckv_bf16_pack(&bad, &one, 1, 2, 1) == KVS_ERR_ARG && bad.w == NULL);
+}
+
+/* Merged tokens: one shared latent per (group, token), decoded with each layer's own B_k, B_v;
+ * values by re-association match attention over explicitly built V. FP32 forces the fp32 key
+ * path (KVS_CKV_FP32=1), checked to 1e-3; the bf16 path is checked by normalised error (keys
+ * carry bf16's ~2e-3 relative rounding). */
+static void merged_own_b(bool fp32)
+{
+    if (fp32) setenv("KVS_CKV_FP32", "1", 1);
+    else unsetenv("KVS_CKV_FP32");
     struct kvs_model *m = tiny_model("llama", 2, 11);
     CHECK(m != NULL);
     if (!m) return;
@@ -396,6 +477,7 @@ static void test_merged_own_b(void)
     int T = 12, D = 64, r = 20, d = 16, nh = 4, nkv = 2, dkv = 32;
     struct kvs_press *p = NULL;
     CHECK(kvs_press_commonkv_create(&p, m, &c, 64, f, NULL, NULL, err, sizeof err) == KVS_OK);
+    unsetenv("KVS_CKV_FP32");
     if (!p) { kvs_ckv_factors_delete(f); kvs_model_delete(m); return; }
     float *xn = malloc(sizeof(float) * 2 * T * D), q[4 * 16], out[2][4 * 16];
     int32_t pos[12];
@@ -460,8 +542,9 @@ static void test_merged_own_b(void)
             }
         }
         char what[64];
-        snprintf(what, sizeof what, "layer %d: merged latent with its own B", l);
-        CHECK(kvs_test_allclose(what, out[l], ref, nh * d, 1e-4f, 1e-3f));
+        snprintf(what, sizeof what, "layer %d%s: merged latent with its own B", l, fp32 ? " (fp32 keys)" : "");
+        if (fp32 || !kvs_ckv_bf16_available()) CHECK(kvs_test_allclose(what, out[l], ref, nh * d, 1e-4f, 1e-3f));
+        else CHECKF(norm_err(out[l], ref, nh * d) < 5e-3, "%s: normalised error %g", what, norm_err(out[l], ref, nh * d));
     }
     /* the two layers read the same latent but decode different K/V */
     double diff = 0;
@@ -478,6 +561,12 @@ static void test_merged_own_b(void)
     kvs_press_delete(p);
     kvs_ckv_factors_delete(f);
     kvs_model_delete(m);
+}
+
+static void test_merged_own_b(void)
+{
+    merged_own_b(true);
+    merged_own_b(false);
 }
 
 static void test_weights_file(void)
@@ -551,6 +640,7 @@ int main(void)
     RUN(test_cache);
     RUN(test_full_rank);
     RUN(test_zero_budget);
+    RUN(test_bf16_kernel);
     RUN(test_merged_own_b);
     RUN(test_weights_file);
     RUN(test_real_model);

@@ -1,0 +1,37 @@
+/* CPU kernels for the CommonKV press: keys rebuilt from latents, K = C B^T, with bf16 pairs and
+ * fp32 accumulation (AVX512_BF16 vdpbf16ps) when the build targets a CPU that has it. B is packed
+ * once per layer (weights); latent rows are converted to bf16 per call. Depends on kvs.h only
+ * (no BLAS, no press state): the fp32 path stays in the press as the reference. */
+#ifndef KVS_CKV_KERNELS_H
+#define KVS_CKV_KERNELS_H
+
+#include "kvs.h"
+
+/* B (n_out, k) as bf16 pairs in panels of up to KVS_CKV_BF16_NV x 16 outputs: panel P holds, for
+ * each pair p < k_pad/2 and each of its vectors v, 16 outputs x (B[o][2p], B[o][2p+1]). */
+#define KVS_CKV_BF16_NV 6
+struct kvs_ckv_bf16_mat {
+    uint16_t *w;        /* (k_pad/2, n_out_pad, 2) in panels, bf16; 64-byte aligned */
+    int n_out, k, k_pad, n_out_pad;
+};
+
+/* True when this build has the bf16 kernel (compiled with __AVX512BF16__). */
+bool kvs_ckv_bf16_available(void);
+
+/* Packs B (n_out, k) row-major with leading dimension ldb into M (k padded to even, outputs to a
+ * multiple of 16, pads zero). Returns KVS_ERR_NOMEM or KVS_ERR_ARG; free with kvs_ckv_bf16_free. */
+enum kvs_status kvs_ckv_bf16_pack(struct kvs_ckv_bf16_mat *m, const float *B, int n_out, int k, int ldb);
+void kvs_ckv_bf16_free(struct kvs_ckv_bf16_mat *m);
+
+/* Rounds fp32 to bf16, nearest even (NaN stays NaN). */
+uint16_t kvs_f32_to_bf16(float x);
+
+/* Converts ROWS rows of K floats (leading dimension ldx) to bf16 rows of M->k_pad (zero pad),
+ * leading dimension M->k_pad, into DST. */
+void kvs_ckv_bf16_rows(const struct kvs_ckv_bf16_mat *m, const float *x, int rows, int ldx, uint16_t *dst);
+
+/* OUT (rows, n_out; leading dimension ldo) = A (rows, k_pad bf16 from kvs_ckv_bf16_rows) B^T, fp32
+ * accumulation. Only when kvs_ckv_bf16_available(); otherwise it does nothing and returns false. */
+bool kvs_ckv_bf16_gemm(const struct kvs_ckv_bf16_mat *m, const uint16_t *a, int rows, float *out, int ldo);
+
+#endif
