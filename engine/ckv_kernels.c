@@ -91,9 +91,9 @@ void kvs_ckv_bf16_rows(const struct kvs_ckv_bf16_mat *m, const float *x, int row
 
 #ifdef __AVX512BF16__
 /* OUT rows [0, mr) x panel outputs [0, nv*16) (N_VALID of them stored) over NP pairs. A holds mr
- * rows of pairs (leading dimension LDA pairs); W is the panel. mr and nv are compile-time
+ * rows of bf16 pairs (leading dimension LDA pairs); W is the panel. mr and nv are compile-time
  * constants at every call site so the accumulators stay in registers. */
-static inline __attribute__((always_inline)) void micro(const uint32_t *a, int lda, const uint16_t *w, int np,
+static inline __attribute__((always_inline)) void micro(const uint16_t *a, int lda, const uint16_t *w, int np,
                                                         const int mr, const int nv, float *out, int ldo, int n_valid)
 {
     __m512 acc[MR][KVS_CKV_BF16_NV];
@@ -108,7 +108,9 @@ static inline __attribute__((always_inline)) void micro(const uint32_t *a, int l
         for (int v = 0; v < nv; v++) b[v] = (__m512bh)_mm512_load_si512(wp + v * 32);
 #pragma GCC unroll 4
         for (int i = 0; i < mr; i++) {
-            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[(size_t)i * lda + p]);
+            int32_t pair; /* memcpy: the rows are stored as uint16_t */
+            memcpy(&pair, a + ((size_t)i * lda + p) * 2, sizeof pair);
+            __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
 #pragma GCC unroll 6
             for (int v = 0; v < nv; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], ai, b[v]);
         }
@@ -136,7 +138,7 @@ static inline __attribute__((always_inline)) void micro(const uint32_t *a, int l
         }                                                                                 \
         break
 
-static void micro_any(const uint32_t *a, int lda, const uint16_t *w, int np, int mr, int nv, float *out, int ldo,
+static void micro_any(const uint16_t *a, int lda, const uint16_t *w, int np, int mr, int nv, float *out, int ldo,
                       int n_valid)
 {
     switch (mr) {
@@ -151,14 +153,13 @@ static void micro_any(const uint32_t *a, int lda, const uint16_t *w, int np, int
 bool kvs_ckv_bf16_gemm(const struct kvs_ckv_bf16_mat *m, const uint16_t *a16, int rows, float *out, int ldo)
 {
 #ifdef __AVX512BF16__
-    const uint32_t *a = (const uint32_t *)(const void *)a16;
     int np = m->k_pad / 2, lda = np, nvec = m->n_out_pad / 16;
     for (int v0 = 0; v0 < nvec; v0 += KVS_CKV_BF16_NV) {
         int nv = KVS_MIN(KVS_CKV_BF16_NV, nvec - v0);
         const uint16_t *w = m->w + (size_t)np * v0 * 32;
         int n_valid = KVS_MIN(nv * 16, m->n_out - v0 * 16);
         for (int r0 = 0; r0 < rows; r0 += MR)
-            micro_any(a + (size_t)r0 * lda, lda, w, np, KVS_MIN(MR, rows - r0), nv, out + (size_t)r0 * ldo + v0 * 16,
+            micro_any(a16 + (size_t)r0 * lda * 2, lda, w, np, KVS_MIN(MR, rows - r0), nv, out + (size_t)r0 * ldo + v0 * 16,
                       ldo, n_valid);
     }
     return true;
