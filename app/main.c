@@ -6,13 +6,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Commands that other parts of the tree provide; weak until every one has landed. */
-#pragma weak kvs_cmd_run
-#pragma weak kvs_cmd_replay
-#pragma weak kvs_cmd_eval
-#pragma weak kvs_cmd_calibrate
-#pragma weak kvs_cmd_trace
-
 static void usage(FILE *f)
 {
     fputs("usage: kvscope [run] [-m MODEL.gguf] [--method commonkv] [--cr 0.5] [-p PROMPT | -f FILE] [--record run.kvt]\n"
@@ -55,10 +48,6 @@ int main(int argc, char **argv)
         }
     } else {
         fn = kvs_cmd_run; /* `kvscope [options]` is `kvscope run [options]` */
-    }
-    if (!fn) {
-        fprintf(stderr, "kvscope: command '%s' is not available in this build\n", name);
-        return 2;
     }
     argv[shift] = (char *)name;
     return fn(argc - shift, argv + shift);
