@@ -55,7 +55,11 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
         case KVS_REC_QUALITY: kvs_record_unref(quality); quality = r; break;
         case KVS_REC_END: kvs_record_unref(end); end = r; break;
         case KVS_REC_LOG:
-            if (r->u.log.level >= 2) errors++;
+            if (r->u.log.level >= 2) {
+                /* also on stderr: a script reading only the exit status and stderr learns why */
+                errors++;
+                fprintf(stderr, "kvscope: %.*s\n", (int)strnlen(r->u.log.text, sizeof r->u.log.text), r->u.log.text);
+            }
             kvs_record_unref(r);
             break;
         default: kvs_record_unref(r); break;

@@ -53,6 +53,9 @@ if [ -f "$M" ]; then
         if [ $rc -eq 1 ] && [ "$(wc -l <"$T/err")" -eq 1 ] && grep -q "trunc.gguf" "$T/err"; then ok
         else ko "model truncated at $off: exit $rc: $(head -c 300 "$T/err")"; fi
     done
+    # batch runs report engine errors on stderr too, with exit status 1
+    expect_err 1 "context 16 too small for 100 new tokens" run --batch -m "$M" --method full --ctx 16 -n 100 -p hi
+    expect_err 1 "group size 64 out of range" run --batch -m "$M" --method commonkv --group 64 -n 2 -p hi
     out=$(timeout 120 "$K" generate -m "$M" -p "The capital of France is" -n 8 2>"$T/err")
     if grep -q "Paris" <<<"$out"; then ok; else ko "generate did not answer Paris: '$out'"; fi
     if grep -qE "prompt: 5 tokens, [0-9.]+ tok/s; decode: [0-9]+ tokens, [0-9.]+ tok/s" "$T/err"; then ok
