@@ -29,33 +29,43 @@ enum { FMT_F16 = 0, FMT_Q = 1 };
 
 /* ---------------------------------------------------------------- RoPE table */
 
-enum kvs_status kvs_rope_table_init(struct kvs_rope_table *t, const struct kvs_hparams *hp, int n_pos)
+enum kvs_status kvs_rope_table_reserve(struct kvs_rope_table *t, int n_pos)
 {
-    memset(t, 0, sizeof *t);
-    float *fr = kvs_rope_freqs(hp);
-    if (!fr) return KVS_ERR_NOMEM;
-    t->n_pos = n_pos;
-    t->half = (int)hp->head_dim / 2;
-    t->neox = hp->rope_neox;
-    t->cs = malloc((size_t)n_pos * t->half * 2 * sizeof(float));
-    if (!t->cs) {
-        free(fr);
-        return KVS_ERR_NOMEM;
-    }
-    for (int p = 0; p < n_pos; p++)
+    if (n_pos <= t->n_pos) return KVS_OK;
+    int cap = t->n_pos ? t->n_pos : 256;
+    while (cap < n_pos) cap = cap > (1 << 29) ? n_pos : cap * 2;
+    float *cs = realloc(t->cs, (size_t)cap * t->half * 2 * sizeof(float));
+    if (!cs) return KVS_ERR_NOMEM;
+    t->cs = cs;
+    for (int p = t->n_pos; p < cap; p++)
         for (int i = 0; i < t->half; i++) {
-            double ang = (double)p * fr[i]; /* the same angle as kvs_cpu_rope */
+            double ang = (double)p * t->freqs[i]; /* the same angle as kvs_cpu_rope */
             t->cs[((size_t)p * t->half + i) * 2] = (float)cos(ang);
             t->cs[((size_t)p * t->half + i) * 2 + 1] = (float)sin(ang);
         }
-    free(fr);
+    t->n_pos = cap;
     return KVS_OK;
+}
+
+enum kvs_status kvs_rope_table_init(struct kvs_rope_table *t, const struct kvs_hparams *hp, int n_pos)
+{
+    memset(t, 0, sizeof *t);
+    t->freqs = kvs_rope_freqs(hp);
+    if (!t->freqs) return KVS_ERR_NOMEM;
+    t->half = (int)hp->head_dim / 2;
+    t->neox = hp->rope_neox;
+    enum kvs_status st = kvs_rope_table_reserve(t, n_pos);
+    if (st != KVS_OK) kvs_rope_table_free(t);
+    return st;
 }
 
 void kvs_rope_table_free(struct kvs_rope_table *t)
 {
     free(t->cs);
+    free(t->freqs);
     t->cs = NULL;
+    t->freqs = NULL;
+    t->n_pos = 0;
 }
 
 void kvs_rope_table_apply(const struct kvs_rope_table *t, float *x, int n_heads, int32_t pos)
@@ -254,6 +264,7 @@ static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const in
                 return KVS_ERR_LIMIT;
             }
             s->pos[s->n + t] = pos[t];
+            if (kvs_rope_table_reserve(&c->rope, pos[t] + 1) != KVS_OK) goto oom;
         }
         s->n += (uint32_t)T;
     } else {
@@ -1078,7 +1089,7 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
             if (!g->score) goto oom;
         }
     }
-    if (kvs_rope_table_init(&c->rope, hp, n_ctx_max) != KVS_OK) goto oom;
+    if (kvs_rope_table_init(&c->rope, hp, KVS_MIN(n_ctx_max, 4096)) != KVS_OK) goto oom;
     *out = &c->base;
     return KVS_OK;
 oom:

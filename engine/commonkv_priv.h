@@ -25,8 +25,12 @@ struct kvs_rope_table {
     int n_pos, half;
     bool neox;
     float *cs;              /* (n_pos, half, 2): cos, sin */
+    float *freqs;           /* (half) inverse frequencies, for growing the table */
 };
+/* Builds the table for the first N_POS positions; kvs_rope_table_reserve extends it on demand so a
+ * huge context capacity costs nothing until it is used. */
 enum kvs_status kvs_rope_table_init(struct kvs_rope_table *t, const struct kvs_hparams *hp, int n_pos);
+enum kvs_status kvs_rope_table_reserve(struct kvs_rope_table *t, int n_pos);
 void kvs_rope_table_free(struct kvs_rope_table *t);
 /* Rotates N_HEADS heads of width 2*half at position POS (0 <= pos < n_pos). */
 void kvs_rope_table_apply(const struct kvs_rope_table *t, float *x, int n_heads, int32_t pos);
