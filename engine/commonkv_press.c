@@ -782,7 +782,10 @@ static enum kvs_status ckv_evict(struct ckv *c, int n_ctx)
             free(drop);
         }
     }
-    for (int gi = 0; gi < c->ng; gi++) memset(c->g[gi].score, 0, (size_t)c->n_ctx_max * sizeof(float));
+    /* every stored position is below the RoPE table's size, which grows with use: clearing only that
+     * much keeps a huge context capacity from costing a huge memset per eviction */
+    size_t n_used = (size_t)KVS_MIN(c->rope.n_pos, c->n_ctx_max);
+    for (int gi = 0; gi < c->ng; gi++) memset(c->g[gi].score, 0, n_used * sizeof(float));
     free(pooled);
     free(ev);
     return KVS_OK;
@@ -896,7 +899,7 @@ static void ckv_reset(struct kvs_press *p)
             ss[w]->n = 0;
             seg_shrink(ss[w]);
         }
-        if (g->score) memset(g->score, 0, (size_t)c->n_ctx_max * sizeof(float));
+        if (g->score) memset(g->score, 0, (size_t)KVS_MIN(c->rope.n_pos, c->n_ctx_max) * sizeof(float));
         g->sim_valid = false;
         g->evicted = 0;
     }
