@@ -129,6 +129,9 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
                                           void *ud, char *err, size_t errlen);
 /* The plan the press runs with (ranks, merge fraction, reachability note). */
 const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p);
+/* The grouped factors a CommonKV press (alone or in a composition) runs with; NULL for any other
+ * press. Owned by the press. */
+const struct kvs_ckv_factors *kvs_press_commonkv_factors(const struct kvs_press *p);
 
 /* Why a press cannot reach its target CR (or another caveat of its plan); "" when none. */
 const char *kvs_press_note(const struct kvs_press *p);

@@ -950,6 +950,12 @@ static const struct kvs_press_ops lowrank_ops = {
     .fill_record = ckv_fill_record, .run_records = ckv_run_records, .reset = ckv_reset, .destroy = ckv_destroy,
 };
 
+const struct kvs_ckv_factors *kvs_press_commonkv_factors(const struct kvs_press *p)
+{
+    if (!p || p->ops != &ckv_ops) return NULL; /* lowrank's factors are per layer, not grouped */
+    return ((const struct ckv *)p)->f;
+}
+
 const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p)
 {
     if (!p || (p->ops != &ckv_ops && p->ops != &lowrank_ops)) return NULL;

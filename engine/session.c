@@ -1,7 +1,9 @@
 /* Session: the engine thread. Builds the press, runs prefill in chunks and decodes, and publishes
  * RUN, LOG, MATRIX, STEP, QUALITY and END records (DESIGN.md §1). Never touches the terminal. */
 #include "session.h"
+#include "commonkv.h"
 #include "infer.h"
+#include "metrics.h"
 #include "profiler.h"
 
 #include <math.h>
@@ -27,6 +29,7 @@ struct kvs_session {
     uint64_t t0;
     /* similarity collection (hook) */
     float *sim_x, *sim_k; /* (n_layer, SIM_SAMPLES, D) and (n_layer, SIM_SAMPLES, dkv) */
+    bool sim_filled[SIM_SAMPLES];
     int sim_n;
 };
 
@@ -83,7 +86,10 @@ static void sim_hook(void *ud, int layer, int T, const int32_t *pos, const float
         if (pos[t] < 4) continue;        /* attention sinks are outliers in every layer */
         memcpy(s->sim_x + ((size_t)layer * SIM_SAMPLES + slot) * D, x + (size_t)t * D, (size_t)D * sizeof(float));
         if (k) memcpy(s->sim_k + ((size_t)layer * SIM_SAMPLES + slot) * dkv, k + (size_t)t * dkv, (size_t)dkv * sizeof(float));
-        if (layer == 0 && slot + 1 > s->sim_n) s->sim_n = slot + 1;
+        if (layer == 0 && !s->sim_filled[slot]) {
+            s->sim_filled[slot] = true;
+            s->sim_n++;
+        }
     }
 }
 
@@ -105,8 +111,9 @@ static void emit_sim_matrix(struct kvs_session *s, uint32_t kind, const float *d
     for (int i = 0; i < L; i++)
         for (int j = i; j < L; j++) {
             double sum = 0;
-            for (int t = 0; t < s->sim_n; t++)
-                sum += cosine(data + ((size_t)i * SIM_SAMPLES + t) * width, data + ((size_t)j * SIM_SAMPLES + t) * width, width);
+            for (int t = 0; t < SIM_SAMPLES; t++)
+                if (s->sim_filled[t])
+                    sum += cosine(data + ((size_t)i * SIM_SAMPLES + t) * width, data + ((size_t)j * SIM_SAMPLES + t) * width, width);
             float v = (float)(sum / s->sim_n);
             r->u.matrix.v[i * L + j] = r->u.matrix.v[j * L + i] = v;
         }
@@ -119,6 +126,35 @@ static void drain_profiler(struct kvs_session *s, struct kvs_profiler *prof)
     kvs_profiler_flush(prof);
     struct kvs_record *r;
     while ((r = kvs_profiler_pop_record(prof)) != NULL) emit(s, r);
+}
+
+/* The CommonKV latent similarity (layer pairs within a group; others NaN) on the first prompt
+ * tokens, at the ranks the press runs with, so the Similarity panel can set latents beside hidden
+ * states and raw keys. An extra forward pass over at most LATENT_SIM_TOKENS tokens. */
+#define LATENT_SIM_TOKENS 128
+static void emit_latent_similarity(struct kvs_session *s, struct kvs_press *press, const int32_t *toks, int n)
+{
+    const struct kvs_ckv_factors *f = kvs_press_commonkv_factors(press);
+    const struct kvs_ckv_plan *plan = kvs_press_commonkv_plan(press);
+    if (!f || !plan || n < 8) return;
+    int L = (int)s->model->hp.n_layer;
+    float *H = NULL, *K = NULL, *Lt = NULL;
+    char err[256];
+    if (kvs_similarity_layers(s->model, toks, KVS_MIN(n, LATENT_SIM_TOKENS), f, plan->rank, s->p.n_threads, &H, &K, &Lt,
+                              err, sizeof err) != KVS_OK) {
+        logf_(s, 1, "latent similarity unavailable: %s", err);
+        return;
+    }
+    struct kvs_record *r = kvs_record_new(KVS_REC_MATRIX, (uint32_t)(L * L));
+    if (r) {
+        r->u.matrix.kind = KVS_MAT_SIM_LATENT;
+        r->u.matrix.rows = r->u.matrix.cols = (uint32_t)L;
+        memcpy(r->u.matrix.v, Lt, (size_t)L * L * sizeof(float));
+        emit(s, r);
+    }
+    free(H);
+    free(K);
+    free(Lt);
 }
 
 static void fill_step(struct kvs_session *s, struct kvs_press *press, struct kvs_ctx *ctx, struct kvs_rec_step *st,
@@ -303,6 +339,7 @@ static void *session_main(void *arg)
         emit_sim_matrix(s, KVS_MAT_SIM_HIDDEN, s->sim_x, (int)hp->n_embd);
         emit_sim_matrix(s, KVS_MAT_SIM_KEYS, s->sim_k, (int)(hp->n_head_kv * hp->head_dim));
     }
+    if (s->p.similarity && !s->stop) emit_latent_similarity(s, press, toks, n_prompt);
     if (press->ops->run_records) press->ops->run_records(press, emit_cb, s);
 
     /* decode */
