@@ -27,6 +27,8 @@ struct kvs_pool {
 
 struct worker_arg { struct kvs_pool *p; int index; };
 
+#define PUBLISHING 0xffffffffu /* chunk index while kvs_pool_for fills in a new loop */
+
 static inline void cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -49,6 +51,10 @@ static void run_chunks(struct kvs_pool *p, uint32_t gen, int index)
         uint64_t v = __atomic_load_n(&p->work, __ATOMIC_ACQUIRE);
         if ((uint32_t)(v >> 32) != gen) return;
         uint32_t c = (uint32_t)v;
+        if (c == PUBLISHING) { /* the caller is still filling in this loop's fields */
+            cpu_relax();
+            continue;
+        }
         if (c >= p->nchunks) return;
         if (!__atomic_compare_exchange_n(&p->work, &v, v + 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
         int64_t b, e;
@@ -141,12 +147,19 @@ void kvs_pool_for(struct kvs_pool *p, int64_t n, kvs_range_fn fn, void *ctx)
     /* a few chunks per thread balance the load without much claiming traffic */
     int64_t chunks = (int64_t)p->n * 4;
     if (chunks > n) chunks = n;
+    /* The new generation opens closed (chunk index PUBLISHING) before the loop's fields change: a
+     * worker still in the previous loop's run_chunks may read the new nchunks, but its claim is a
+     * CAS against the old generation and fails. Filling the fields first let such a late worker
+     * claim (and run) a chunk of the new loop under the old generation and count it done, so the
+     * chunk ran twice and the caller could return before the loop had finished. */
+    uint32_t gen = (uint32_t)(__atomic_load_n(&p->work, __ATOMIC_ACQUIRE) >> 32) + 1;
+    __atomic_store_n(&p->work, (uint64_t)gen << 32 | PUBLISHING, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     p->fn = fn;
     p->ctx = ctx;
     p->total = n;
     p->nchunks = (uint32_t)chunks;
     __atomic_store_n(&p->done, 0, __ATOMIC_RELEASE);
-    uint32_t gen = (uint32_t)(__atomic_load_n(&p->work, __ATOMIC_ACQUIRE) >> 32) + 1;
     pthread_mutex_lock(&p->mu);
     __atomic_store_n(&p->work, (uint64_t)gen << 32, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->cv_work);

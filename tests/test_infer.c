@@ -142,6 +142,35 @@ static void test_pool(void)
     CHECK(s == 45);
 }
 
+/* Every index of every loop runs exactly once, and has run when kvs_pool_for returns, while loops
+ * of few and of many chunks alternate (a worker still leaving one loop as the next is set up once
+ * claimed a chunk of the new loop under the old generation: that chunk ran twice and the caller
+ * could return early). */
+struct hits { int *h; };
+static void hit_range(void *ctx, int64_t b, int64_t e, int th)
+{
+    struct hits *x = ctx;
+    (void)th;
+    for (int64_t i = b; i < e; i++) __atomic_add_fetch(&x->h[i], 1, __ATOMIC_RELAXED);
+}
+
+static void test_pool_stress(void)
+{
+    struct kvs_pool *p = kvs_pool_new(2);
+    CHECK(p != NULL);
+    int h[64];
+    struct hits x = {h};
+    long bad = 0, loops = 300000;
+    for (long rep = 0; rep < loops && !bad; rep++) {
+        int n = rep & 1 ? 64 : 1 + (int)(rep % 3);
+        memset(h, 0, sizeof h);
+        kvs_pool_for(p, n, hit_range, &x);
+        for (int i = 0; i < n; i++) bad += __atomic_load_n(&h[i], __ATOMIC_RELAXED) != 1;
+    }
+    CHECKF(bad == 0, "pool: an index ran other than once in %ld alternating loops", loops);
+    kvs_pool_delete(p);
+}
+
 static void test_rope(void)
 {
     struct kvs_hparams hp = {.head_dim = 8, .rope_theta = 10000.0f};
@@ -416,6 +445,7 @@ int main(int argc, char **argv)
     }
     if (argc >= 5 && !strcmp(argv[1], "--dump")) return dump(argc, argv);
     RUN(test_pool);
+    RUN(test_pool_stress);
     RUN(test_rope);
     RUN(test_attn_f16);
     RUN(test_sample);
