@@ -24,6 +24,9 @@ void kvs_f32_to_f16_row(const float *src, uint16_t *dst, int n)
 void kvs_f16_to_f32_row(const uint16_t *src, float *dst, int n)
 {
     int i = 0;
+#ifdef __AVX512F__
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+#endif
 #ifdef KVS_SIMD_F16
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
 #endif
@@ -77,7 +80,7 @@ static inline float hsum256(__m256 v)
 #endif
 
 /* row[x] = exp(row[x] - mx) (0 where row[x] is -inf); returns the sum. */
-static double exp_row(float *row, int n, float mx)
+double kvs_exp_row(float *row, int n, float mx)
 {
     int x = 0;
     double sum = 0;
@@ -166,7 +169,7 @@ static inline __attribute__((always_inline)) void attn_item(const struct kvs_att
             memset(o, 0, (size_t)d * sizeof(float));
             continue;
         }
-        double sum = exp_row(row, n, mx[r]);
+        double sum = kvs_exp_row(row, n, mx[r]);
         /* one range: normalise here; several: kvs_attn_f16 normalises after combining */
         float inv = ns == 1 ? (float)(1.0 / sum) : 1.0f;
         if (ns > 1) o[-1] = (float)sum;

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef __AVX512BF16__
+#if defined(__AVX512BF16__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -167,4 +167,115 @@ bool kvs_ckv_bf16_gemm(const struct kvs_ckv_bf16_mat *m, const uint16_t *a16, in
     (void)m; (void)a16; (void)rows; (void)out; (void)ldo;
     return false;
 #endif
+}
+
+/* ---------------------------------------------------------------- fused decode pieces */
+
+static void rope_row_scalar(const float *c, int half, bool neox, float *x, int n_heads)
+{
+    int d = 2 * half;
+    for (int h = 0; h < n_heads; h++) {
+        float *hx = x + (size_t)h * d;
+        for (int i = 0; i < half; i++) {
+            int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+            float cs = c[2 * i], sn = c[2 * i + 1], x0 = hx[a], x1 = hx[b];
+            hx[a] = x0 * cs - x1 * sn;
+            hx[b] = x0 * sn + x1 * cs;
+        }
+    }
+}
+
+void kvs_ckv_rope_rows(const float *cs, int half, bool neox, float *x, int rows, int ldx, int n_heads,
+                       const int32_t *pos)
+{
+    int d = 2 * half;
+    for (int row = 0; row < rows; row++) {
+        const float *c = cs + (size_t)pos[row] * half * 2;
+        float *xr = x + (size_t)row * ldx;
+#ifdef __AVX512F__
+        if (!neox && d % 16 == 0) {
+            /* 16 dims = 8 pairs; the table's 16 floats for them are (cos, sin) x 8 */
+            const __m512i ev = _mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12, 14, 14);
+            const __m512i od = _mm512_setr_epi32(1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15);
+            const __m512 sg = _mm512_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1);
+            for (int v = 0; v < d / 16; v++) {
+                __m512 t = _mm512_loadu_ps(c + 16 * v);
+                __m512 cd = _mm512_permutexvar_ps(ev, t), sd = _mm512_mul_ps(_mm512_permutexvar_ps(od, t), sg);
+                for (int h = 0; h < n_heads; h++) {
+                    float *p = xr + (size_t)h * d + 16 * v;
+                    __m512 a = _mm512_loadu_ps(p), sw = _mm512_permute_ps(a, 0xB1); /* swap within pairs */
+                    _mm512_storeu_ps(p, _mm512_fmadd_ps(a, cd, _mm512_mul_ps(sw, sd)));
+                }
+            }
+            continue;
+        }
+        if (neox && half % 16 == 0) {
+            const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            for (int v = 0; v < half / 16; v++) {
+                __m512 t0 = _mm512_loadu_ps(c + 32 * v), t1 = _mm512_loadu_ps(c + 32 * v + 16);
+                __m512 co = _mm512_permutex2var_ps(t0, ev, t1), sn = _mm512_permutex2var_ps(t0, od, t1);
+                for (int h = 0; h < n_heads; h++) {
+                    float *lo = xr + (size_t)h * d + 16 * v, *hi = lo + half;
+                    __m512 a = _mm512_loadu_ps(lo), b = _mm512_loadu_ps(hi);
+                    _mm512_storeu_ps(lo, _mm512_fmsub_ps(a, co, _mm512_mul_ps(b, sn)));
+                    _mm512_storeu_ps(hi, _mm512_fmadd_ps(a, sn, _mm512_mul_ps(b, co)));
+                }
+            }
+            continue;
+        }
+#endif
+        rope_row_scalar(c, half, neox, xr, n_heads);
+    }
+}
+
+void kvs_ckv_scores(const float *k, int rows, int ldk, const float *q, int nq, int ldq, int d, float *s, int lds)
+{
+    for (int t = 0; t < rows; t++) {
+        const float *kt = k + (size_t)t * ldk;
+        for (int i = 0; i < nq; i++) {
+            const float *qi = q + (size_t)i * ldq;
+            int x = 0;
+            float acc = 0;
+#ifdef __AVX512F__
+            __m512 va = _mm512_setzero_ps();
+            for (; x + 16 <= d; x += 16) va = _mm512_fmadd_ps(_mm512_loadu_ps(qi + x), _mm512_loadu_ps(kt + x), va);
+            acc = _mm512_reduce_add_ps(va);
+#endif
+            for (; x < d; x++) acc += qi[x] * kt[x];
+            s[(size_t)i * lds + t] = acc;
+        }
+    }
+}
+
+void kvs_ckv_accum(float *y, const float *p, const float *c, int rows, int ldc, int r)
+{
+    int j = 0;
+#ifdef __AVX512F__
+    /* blocks of 8 vectors held in registers over all rows; the last block masked */
+    for (; j < r; j += 128) {
+        __mmask16 mk[8];
+        __m512 acc[8];
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++) {
+            int left = r - j - 16 * v;
+            mk[v] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+            acc[v] = _mm512_maskz_loadu_ps(mk[v], y + j + 16 * v);
+        }
+        for (int t = 0; t < rows; t++) {
+            if (p[t] == 0.0f) continue;
+            __m512 bp = _mm512_set1_ps(p[t]);
+            const float *ct = c + (size_t)t * ldc + j;
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; v++) acc[v] = _mm512_fmadd_ps(bp, _mm512_maskz_loadu_ps(mk[v], ct + 16 * v), acc[v]);
+        }
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++) _mm512_mask_storeu_ps(y + j + 16 * v, mk[v], acc[v]);
+    }
+#endif
+    for (; j < r; j++) {
+        float acc = y[j];
+        for (int t = 0; t < rows; t++) acc += p[t] * c[(size_t)t * ldc + j];
+        y[j] = acc;
+    }
 }

@@ -34,4 +34,20 @@ void kvs_ckv_bf16_rows(const struct kvs_ckv_bf16_mat *m, const float *x, int row
  * accumulation. Only when kvs_ckv_bf16_available(); otherwise it does nothing and returns false. */
 bool kvs_ckv_bf16_gemm(const struct kvs_ckv_bf16_mat *m, const uint16_t *a, int rows, float *out, int ldo);
 
+/* The fused decode path's pieces (AVX-512F where the build has it, else the scalar loops that are
+ * their reference). */
+
+/* Rotates N_HEADS heads of width 2*HALF in each of ROWS rows of X (leading dimension LDX), row i at
+ * position POS[i]; CS is a RoPE table (n_pos, half, 2) of cos, sin. NEOX pairs i with i+half,
+ * otherwise 2i with 2i+1. */
+void kvs_ckv_rope_rows(const float *cs, int half, bool neox, float *x, int rows, int ldx, int n_heads,
+                       const int32_t *pos);
+
+/* S[i*lds + t] = Q_i . K_t for NQ query rows (leading dimension ldq) and ROWS key rows (ldk), width D. */
+void kvs_ckv_scores(const float *k, int rows, int ldk, const float *q, int nq, int ldq, int d, float *s, int lds);
+
+/* Y[0:r] += sum_t P[t] C[t][0:r] over ROWS rows of C (leading dimension ldc): the attention-weighted
+ * sum of latents (values by re-association). Rows with P[t] == 0 are skipped. */
+void kvs_ckv_accum(float *y, const float *p, const float *c, int rows, int ldc, int r);
+
 #endif

@@ -24,6 +24,9 @@
 #define CKV_MERGE_BLOCK 32  /* decoded tokens merge once this many have left the recent window */
 #define CKV_ROWS_TASK 64    /* cached rows per key-reconstruction task */
 #define CKV_QTILE 32        /* query rows per attention task */
+#define CKV_DTILE 64        /* cached rows per fused decode task */
+#define CKV_DSUB 16         /* rows of a tile accumulated at once (L1-sized) */
+#define CKV_FUSED_T 4       /* attention over at most this many query rows runs fused (decode) */
 
 enum { FMT_F16 = 0, FMT_Q = 1 };
 
@@ -70,24 +73,7 @@ void kvs_rope_table_free(struct kvs_rope_table *t)
 
 void kvs_rope_table_apply(const struct kvs_rope_table *t, float *x, int n_heads, int32_t pos)
 {
-    const float *cs = t->cs + (size_t)pos * t->half * 2;
-    int half = t->half, d = 2 * half;
-    for (int h = 0; h < n_heads; h++) {
-        float *hx = x + (size_t)h * d;
-        if (t->neox) {
-            for (int i = 0; i < half; i++) {
-                float c = cs[2 * i], s = cs[2 * i + 1], x0 = hx[i], x1 = hx[i + half];
-                hx[i] = x0 * c - x1 * s;
-                hx[i + half] = x0 * s + x1 * c;
-            }
-        } else {
-            for (int i = 0; i < half; i++) {
-                float c = cs[2 * i], s = cs[2 * i + 1], x0 = hx[2 * i], x1 = hx[2 * i + 1];
-                hx[2 * i] = x0 * c - x1 * s;
-                hx[2 * i + 1] = x0 * s + x1 * c;
-            }
-        }
-    }
+    kvs_ckv_rope_rows(t->cs, t->half, t->neox, x, 1, 0, n_heads, &pos);
 }
 
 /* ---------------------------------------------------------------- segments (pools) */
@@ -230,6 +216,17 @@ struct ckv {
     size_t th_cap;
     float *lat;                 /* (T, r) store scratch */
     size_t lat_cap;
+    struct ckv_dec *dec;        /* (dec_nth) fused decode scratch per thread */
+    int dec_nth;
+    float *qs;                  /* (CKV_FUSED_T, nh*d) queries scaled by 1/sqrt(d) */
+};
+
+/* One thread's scratch for the fused decode: a tile of latents (fp32 and bf16), its keys, positions
+ * and scores, and the running softmax (max, sum, weighted latent sum) of every (query, head). */
+struct ckv_dec {
+    float *tf, *tk, *ts, *m, *l, *y;
+    uint16_t *tb;
+    int32_t *rp;
 };
 
 static int ckv_max_rank(const struct ckv *c)
@@ -449,6 +446,178 @@ static bool ckv_scratch(struct ckv *c, size_t rows, int r_max)
     return true;
 }
 
+/* Fused decode: one pass over the cached rows in tiles of CKV_DTILE, each task rebuilding its tile's
+ * keys (bf16 kernel or sgemm), RoPE, scores for every (query, head), then an online softmax that
+ * folds the tile into the running max, sum and weighted latent sum Y = sum p C of its thread.
+ * Nothing the size of the context is materialised; the threads' partial results are combined
+ * after, and out = (Y / sum) B_v^T. */
+struct dec_job {
+    struct ckv *c;
+    const struct grp *g;
+    struct rowsrc rs;
+    int layer, T, n_rows;
+    const int32_t *pos;
+};
+
+static void dec_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    struct dec_job *j = ctx;
+    struct ckv *c = j->c;
+    struct ckv_dec *w = &c->dec[thread];
+    const int r = (int)j->g->r, d = c->d, dkv = c->dkv, nh = c->nh, rep = nh / c->nkv, dq = nh * d;
+    for (int64_t task = b; task < e; task++) {
+        int r0 = (int)task * CKV_DTILE, m = KVS_MIN(j->n_rows, r0 + CKV_DTILE) - r0;
+        int si = 0;
+        for (int i = 0; i < m; i++) {
+            int row = r0 + i;
+            while ((uint32_t)row >= j->rs.start[si + 1]) si++;
+            uint32_t x = (uint32_t)row - j->rs.start[si];
+            seg_get(j->rs.seg[si], j->rs.arr[si], x, w->tf + (size_t)i * r);
+            w->rp[i] = j->rs.seg[si]->pos[x];
+        }
+        if (c->bf16) {
+            const struct kvs_ckv_bf16_mat *bm = &c->bk16[j->layer];
+            kvs_ckv_bf16_rows(bm, w->tf, m, r, w->tb);
+            kvs_ckv_bf16_gemm(bm, w->tb, m, w->tk, dkv);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, dkv, r, 1.0f, w->tf, r, c->Bk[j->layer], r, 0.0f,
+                        w->tk, dkv);
+        }
+        const float *bk = c->bk[j->layer];
+        if (bk)
+            for (int i = 0; i < m; i++)
+                for (int x = 0; x < dkv; x++) w->tk[(size_t)i * dkv + x] += bk[x];
+        kvs_ckv_rope_rows(c->rope.cs, c->rope.half, c->rope.neox, w->tk, m, dkv, c->nkv, w->rp);
+        for (int qi = 0; qi < j->T; qi++)
+            for (int kv = 0; kv < c->nkv; kv++)
+                kvs_ckv_scores(w->tk + (size_t)kv * d, m, dkv, c->qs + (size_t)qi * dq + (size_t)kv * rep * d, rep, d,
+                               d, w->ts + (size_t)(qi * nh + kv * rep) * CKV_DTILE, CKV_DTILE);
+        for (int qi = 0; qi < j->T; qi++) {
+            int32_t qp = j->pos[qi];
+            for (int h = 0; h < nh; h++) {
+                int sh = qi * nh + h;
+                float *s = w->ts + (size_t)sh * CKV_DTILE, mx = -INFINITY;
+                for (int i = 0; i < m; i++) {
+                    if (w->rp[i] > qp) s[i] = -INFINITY;
+                    else if (s[i] > mx) mx = s[i];
+                }
+                if (mx == -INFINITY) { /* every row of the tile is in this query's future */
+                    memset(s, 0, (size_t)m * sizeof(float));
+                    continue;
+                }
+                float *y = w->y + (size_t)sh * r;
+                if (mx > w->m[sh]) {
+                    float f = w->m[sh] == -INFINITY ? 0.0f : expf(w->m[sh] - mx);
+                    w->l[sh] *= f;
+                    for (int x = 0; x < r; x++) y[x] *= f;
+                    w->m[sh] = mx;
+                }
+                w->l[sh] += (float)kvs_exp_row(s, m, w->m[sh]);
+            }
+        }
+        /* Y += P C in sub-blocks of rows small enough to stay in L1 while every head reads them
+         * (a tile whose rows are all masked for a head has P = 0 there and is skipped) */
+        for (int i0 = 0; i0 < m; i0 += CKV_DSUB)
+            for (int sh = 0; sh < j->T * nh; sh++)
+                kvs_ckv_accum(w->y + (size_t)sh * r, w->ts + (size_t)sh * CKV_DTILE + i0, w->tf + (size_t)i0 * r,
+                              KVS_MIN(CKV_DSUB, m - i0), r, r);
+    }
+}
+
+static void ckv_dec_free(struct ckv *c)
+{
+    for (int t = 0; c->dec && t < c->dec_nth; t++) {
+        struct ckv_dec *w = &c->dec[t];
+        free(w->tf); free(w->tk); free(w->ts); free(w->m); free(w->l); free(w->y); free(w->tb); free(w->rp);
+    }
+    free(c->dec);
+    free(c->qs);
+    c->dec = NULL;
+    c->qs = NULL;
+    c->dec_nth = 0;
+}
+
+static bool ckv_dec_scratch(struct ckv *c, int r_max)
+{
+    int nth = kvs_pool_size(c->base.pool);
+    if (c->dec && c->dec_nth >= nth) return true;
+    struct ckv_dec *dec = calloc((size_t)nth, sizeof *dec);
+    if (!dec) return false;
+    int nq = CKV_FUSED_T * c->nh;
+    bool ok = true;
+    for (int t = 0; t < nth; t++) {
+        struct ckv_dec *w = &dec[t];
+        w->tf = malloc((size_t)CKV_DTILE * r_max * sizeof(float));
+        w->tk = malloc((size_t)CKV_DTILE * c->dkv * sizeof(float));
+        w->ts = malloc((size_t)nq * CKV_DTILE * sizeof(float));
+        w->m = malloc((size_t)nq * sizeof(float));
+        w->l = malloc((size_t)nq * sizeof(float));
+        w->y = malloc((size_t)nq * r_max * sizeof(float));
+        w->tb = malloc((size_t)CKV_DTILE * (r_max + 1) * sizeof(uint16_t));
+        w->rp = malloc((size_t)CKV_DTILE * sizeof(int32_t));
+        ok &= w->tf && w->tk && w->ts && w->m && w->l && w->y && w->tb && w->rp;
+    }
+    float *qs = malloc((size_t)CKV_FUSED_T * c->nh * c->d * sizeof(float));
+    ok &= qs != NULL;
+    ckv_dec_free(c);
+    c->dec = dec;
+    c->dec_nth = nth;
+    c->qs = qs;
+    if (!ok) ckv_dec_free(c);
+    return ok;
+}
+
+static enum kvs_status ckv_attend_fused(struct ckv *c, struct dec_job *j, const float *q, float *out)
+{
+    const int r = (int)j->g->r, d = c->d, nh = c->nh, dq = nh * d, rep = nh / c->nkv, nq = j->T * nh;
+    if (!ckv_dec_scratch(c, ckv_max_rank(c))) {
+        kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory for decode attention");
+        return KVS_ERR_NOMEM;
+    }
+    const float scale = 1.0f / sqrtf((float)d);
+    for (int i = 0; i < j->T * dq; i++) c->qs[i] = q[i] * scale;
+    for (int t = 0; t < c->dec_nth; t++) {
+        struct ckv_dec *w = &c->dec[t];
+        for (int i = 0; i < nq; i++) {
+            w->m[i] = -INFINITY;
+            w->l[i] = 0;
+        }
+        memset(w->y, 0, (size_t)nq * r * sizeof(float));
+    }
+    kvs_pool_for(c->base.pool, (j->n_rows + CKV_DTILE - 1) / CKV_DTILE, dec_range, j);
+    /* combine the threads' running softmax states, then values by re-association */
+    float *y = c->dec[0].y;
+    const float *bv = c->bv[j->layer];
+    for (int sh = 0; sh < nq; sh++) {
+        float M = -INFINITY;
+        for (int t = 0; t < c->dec_nth; t++) M = KVS_MAX(M, c->dec[t].m[sh]);
+        float *o = out + (size_t)(sh / nh) * dq + (size_t)(sh % nh) * d;
+        int kv = (sh % nh) / rep;
+        if (M == -INFINITY) { /* no visible row: nothing to attend to */
+            memset(o, 0, (size_t)d * sizeof(float));
+            continue;
+        }
+        float *ys = y + (size_t)sh * r;
+        double l = 0;
+        for (int t = 0; t < c->dec_nth; t++) {
+            struct ckv_dec *w = &c->dec[t];
+            float f = w->m[sh] == -INFINITY ? 0.0f : expf(w->m[sh] - M);
+            l += (double)f * w->l[sh];
+            if (t == 0) {
+                for (int x = 0; x < r; x++) ys[x] *= f;
+            } else if (f != 0.0f) {
+                const float *yt = w->y + (size_t)sh * r;
+                for (int x = 0; x < r; x++) ys[x] += f * yt[x];
+            }
+        }
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, d, r, (float)(1.0 / l), c->Bv[j->layer] + (size_t)kv * d * r, r, ys,
+                    1, 0.0f, o, 1);
+        if (bv)
+            for (int x = 0; x < d; x++) o[x] += bv[kv * d + x];
+    }
+    return KVS_OK;
+}
+
 static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *q,
                                   float *out)
 {
@@ -457,13 +626,19 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
     struct keys_job kj = {.c = c, .g = g, .layer = layer};
     rowsrc_init(&kj.rs, g, (uint32_t)layer - g->l0);
     kj.n_rows = (int)kj.rs.start[4];
-    if (!ckv_scratch(c, (size_t)KVS_MAX(kj.n_rows, 1), ckv_max_rank(c))) {
-        kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory for attention over %d tokens", kj.n_rows);
-        return KVS_ERR_NOMEM;
-    }
     if (kj.n_rows == 0) {
         memset(out, 0, (size_t)T * c->nh * c->d * sizeof(float));
         return KVS_OK;
+    }
+    if (T <= CKV_FUSED_T && !c->evict) {
+        /* decode: eviction statistics need every row's normalised weight, so presses that evict
+         * keep the materialising path below */
+        struct dec_job dj = {.c = c, .g = g, .rs = kj.rs, .layer = layer, .T = T, .n_rows = kj.n_rows, .pos = pos};
+        return ckv_attend_fused(c, &dj, q, out);
+    }
+    if (!ckv_scratch(c, (size_t)kj.n_rows, ckv_max_rank(c))) {
+        kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory for attention over %d tokens", kj.n_rows);
+        return KVS_ERR_NOMEM;
     }
     kvs_pool_for(p->pool, (kj.n_rows + CKV_ROWS_TASK - 1) / CKV_ROWS_TASK, keys_range, &kj);
     struct attn_job aj = {.c = c, .g = g, .layer = layer, .T = T, .n_rows = kj.n_rows, .pos = pos, .q = q,
@@ -936,6 +1111,7 @@ static void ckv_destroy(struct kvs_press *p)
     free(c->rp);
     free(c->cb);
     free(c->lat);
+    ckv_dec_free(c);
     kvs_rope_table_free(&c->rope);
     kvs_ckv_factors_delete(c->own);
     free(c);

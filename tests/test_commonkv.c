@@ -8,6 +8,7 @@
 #include "harness.h"
 #include "infer.h"
 #include "quant.h"
+#include "threads.h"
 #include "tinymodel.h"
 
 #include <math.h>
@@ -104,21 +105,31 @@ static void test_svd(void)
     free(Aw); free(Bw); free(Sw); free(A2); free(B2); free(S2); free(L); free(xtx); free(X); free(M);
 }
 
+static struct kvs_model *tiny_model_dims(const char *arch, uint32_t n_layer, uint32_t n_embd, uint32_t n_head,
+                                         uint32_t n_head_kv, uint64_t seed);
+
 static struct kvs_model *tiny_model(const char *arch, uint32_t n_layer, uint64_t seed)
+{
+    return tiny_model_dims(arch, n_layer, 64, 4, 2, seed);
+}
+
+static struct kvs_model *tiny_model_dims(const char *arch, uint32_t n_layer, uint32_t n_embd, uint32_t n_head,
+                                         uint32_t n_head_kv, uint64_t seed)
 {
     struct kvs_tiny_opts o;
     kvs_tiny_defaults(&o);
     o.arch = arch;
     o.n_layer = n_layer;
-    o.n_embd = 64;
-    o.n_head = 4;
-    o.n_head_kv = 2;
+    o.n_embd = n_embd;
+    o.n_head = n_head;
+    o.n_head_kv = n_head_kv;
     o.n_ctx = 512;
     o.seed = seed;
     o.weight_std = 0.08f;
     o.embd_std = 0.5f;
     char path[512], err[512];
-    snprintf(path, sizeof path, "%s/ckv-%s-%u-%llu.gguf", kvs_test_tmpdir(), arch, n_layer, (unsigned long long)seed);
+    snprintf(path, sizeof path, "%s/ckv-%s-%u-%u-%u-%u-%llu.gguf", kvs_test_tmpdir(), arch, n_layer, n_embd, n_head,
+             n_head_kv, (unsigned long long)seed);
     if (kvs_tiny_write(path, &o) != 0) {
         fprintf(stderr, "tiny: %s\n", kvs_tiny_error());
         return NULL;
@@ -569,6 +580,159 @@ static void test_merged_own_b(void)
     merged_own_b(false);
 }
 
+/* The fused decode pieces against float64 loops: RoPE on rows (both pairings, widths the vector path
+ * takes and widths it leaves to the scalar loop), scores, and the weighted latent sum (rows with
+ * zero weight skipped, widths around the 16-lane blocks). */
+static void test_fused_kernels(void)
+{
+    struct kvs_hparams hp;
+    memset(&hp, 0, sizeof hp);
+    int halves[4] = {8, 12, 32, 64};
+    bool rope_ok = true;
+    for (int hi = 0; hi < 4; hi++)
+        for (int neox = 0; neox < 2; neox++) {
+            int half = halves[hi], d = 2 * half, nheads = 3, rows = 5, ld = nheads * d + 3;
+            float *cs = malloc(sizeof(float) * 64 * half * 2), *x = malloc(sizeof(float) * rows * ld);
+            double *ref = malloc(sizeof(double) * rows * ld);
+            int32_t pos[5] = {0, 7, 63, 31, 1};
+            for (int p = 0; p < 64; p++)
+                for (int i = 0; i < half; i++) {
+                    double a = p * pow(10000.0, -2.0 * i / d);
+                    cs[(p * half + i) * 2] = (float)cos(a);
+                    cs[(p * half + i) * 2 + 1] = (float)sin(a);
+                }
+            for (int i = 0; i < rows * ld; i++) ref[i] = x[i] = frand();
+            for (int r = 0; r < rows; r++)
+                for (int h = 0; h < nheads; h++)
+                    for (int i = 0; i < half; i++) {
+                        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+                        double c = cs[(pos[r] * half + i) * 2], sn = cs[(pos[r] * half + i) * 2 + 1];
+                        double *hx = ref + r * ld + h * d, x0 = hx[a], x1 = hx[b];
+                        hx[a] = x0 * c - x1 * sn;
+                        hx[b] = x0 * sn + x1 * c;
+                    }
+            kvs_ckv_rope_rows(cs, half, neox, x, rows, ld, nheads, pos);
+            for (int i = 0; i < rows * ld; i++) rope_ok &= fabs(x[i] - ref[i]) <= 1e-5 * (1 + fabs(ref[i]));
+            CHECKF(rope_ok, "rope rows: half %d %s", half, neox ? "neox" : "interleaved");
+            free(cs); free(x); free(ref);
+        }
+    /* scores: S[i][t] = q_i . k_t */
+    int dims[4] = {16, 24, 64, 128};
+    for (int di = 0; di < 4; di++) {
+        int d = dims[di], rows = 37, nq = 3, ldk = d + 5, lds = 40;
+        float *k = malloc(sizeof(float) * rows * ldk), *q = malloc(sizeof(float) * nq * d), *sc = malloc(sizeof(float) * nq * lds);
+        for (int i = 0; i < rows * ldk; i++) k[i] = frand();
+        for (int i = 0; i < nq * d; i++) q[i] = frand();
+        kvs_ckv_scores(k, rows, ldk, q, nq, d, d, sc, lds);
+        bool ok = true;
+        for (int i = 0; i < nq; i++)
+            for (int t = 0; t < rows; t++) {
+                double e = 0;
+                for (int x = 0; x < d; x++) e += (double)q[i * d + x] * k[t * ldk + x];
+                ok &= fabs(sc[i * lds + t] - e) <= 1e-5 * (1 + fabs(e));
+            }
+        CHECKF(ok, "scores d %d", d);
+        free(k); free(q); free(sc);
+    }
+    /* accumulation: y += sum p_t c_t */
+    int widths[7] = {1, 15, 16, 127, 128, 227, 300};
+    for (int wi = 0; wi < 7; wi++) {
+        int r = widths[wi], rows = 21, ldc = r + 3;
+        float *c = malloc(sizeof(float) * rows * ldc), *y = malloc(sizeof(float) * (r + 16)), p[21];
+        double *ref = malloc(sizeof(double) * r);
+        for (int i = 0; i < rows * ldc; i++) c[i] = frand();
+        for (int t = 0; t < rows; t++) p[t] = t % 4 == 1 ? 0.0f : fabsf(frand());
+        for (int j = 0; j < r + 16; j++) y[j] = j < r ? frand() : 12345.0f; /* past r: must stay */
+        for (int j = 0; j < r; j++) {
+            ref[j] = y[j];
+            for (int t = 0; t < rows; t++) ref[j] += (double)p[t] * c[t * ldc + j];
+        }
+        kvs_ckv_accum(y, p, c, rows, ldc, r);
+        bool ok = true;
+        for (int j = 0; j < r; j++) ok &= fabs(y[j] - ref[j]) <= 1e-5 * (1 + fabs(ref[j]));
+        for (int j = r; j < r + 16; j++) ok &= y[j] == 12345.0f;
+        CHECKF(ok, "accum width %d", r);
+        free(c); free(y); free(ref);
+    }
+}
+
+/* Decode attention runs fused (one pass over tiles of latents, online softmax) for up to four
+ * query rows and materialises keys and probabilities for more. The two must agree: same latents,
+ * same key rounding, only summation order and the vectorised exp differ. Covered: interleaved
+ * (llama) and NEOX pairing with K/V biases (qwen2), head widths 16 and 64, fp16 and quantized
+ * latent pools, the bf16 and the fp32 key path, two threads, and queries whose causal mask hides
+ * whole tiles. */
+static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint32_t n_head_kv, const char *spec,
+                       bool fp32, struct kvs_pool *pool)
+{
+    if (fp32) setenv("KVS_CKV_FP32", "1", 1);
+    else unsetenv("KVS_CKV_FP32");
+    struct kvs_model *m = tiny_model_dims(arch, 2, n_embd, n_head, n_head_kv, 21);
+    CHECK(m != NULL);
+    if (!m) return;
+    char err[512], what[160];
+    struct kvs_method_config c;
+    kvs_method_parse(&c, spec, err, sizeof err);
+    c.group_size = 2;
+    c.rank = 20;
+    c.target_cr = -1;
+    c.whiten = false;
+    c.cache_dir[0] = 0;
+    c.quant_residual = 16; /* composed with quant: older rows move to the packed pool */
+    struct kvs_press *p = NULL;
+    enum kvs_status st = kvs_press_commonkv_create(&p, m, &c, 256, NULL, NULL, NULL, err, sizeof err);
+    unsetenv("KVS_CKV_FP32");
+    CHECKF(st == KVS_OK, "%s %s: %s", arch, spec, err);
+    if (!p) { kvs_model_delete(m); return; }
+    p->pool = pool;
+    int n = 150, D = (int)n_embd, d = D / (int)n_head, dq = D, nq = 5;
+    float *xn = malloc(sizeof(float) * n * D), *q = malloc(sizeof(float) * nq * dq);
+    float *om = malloc(sizeof(float) * nq * dq), *of = malloc(sizeof(float) * nq * dq);
+    int32_t pos[150], qpos[5] = {149, 149, 100, 63, 0};
+    for (int t = 0; t < n; t++) pos[t] = t;
+    for (int i = 0; i < nq * dq; i++) q[i] = 2.0f * frand();
+    for (int l = 0; l < 2; l++) {
+        for (int i = 0; i < n * D; i++) xn[i] = frand();
+        CHECK(p->ops->store(p, l, n, pos, xn, NULL, NULL) == KVS_OK);
+    }
+    CHECK(p->ops->end_step(p, n) == KVS_OK);
+    struct kvs_rec_step rec;
+    memset(&rec, 0, sizeof rec);
+    p->ops->fill_record(p, &rec);
+    uint64_t f16_bytes = (uint64_t)n * (2 * 20 * 2 + 4); /* one group: two layers' fp16 latents + position */
+    if (strstr(spec, "quant")) CHECKF(rec.bytes_held < f16_bytes * 2 / 3, "%s: rows quantized: %llu bytes", spec,
+                                      (unsigned long long)rec.bytes_held);
+    else CHECK(rec.bytes_held == f16_bytes);
+    for (int l = 0; l < 2; l++) {
+        CHECK(p->ops->attend(p, l, nq, qpos, q, om) == KVS_OK); /* materialised: 5 query rows */
+        for (int i = 0; i < nq; i++) CHECK(p->ops->attend(p, l, 1, qpos + i, q + i * dq, of + i * dq) == KVS_OK);
+        snprintf(what, sizeof what, "%s d%d %s%s layer %d: fused decode == materialised", arch, d, spec,
+                 fp32 ? " fp32" : "", l);
+        CHECKF(norm_err(of, om, (long)nq * dq) < 2e-5, "%s: normalised error %g", what, norm_err(of, om, (long)nq * dq));
+        /* four rows at once take the fused path too */
+        CHECK(p->ops->attend(p, l, 4, qpos, q, of) == KVS_OK);
+        CHECKF(norm_err(of, om, 4L * dq) < 2e-5, "%s (4 rows): normalised error %g", what, norm_err(of, om, 4L * dq));
+    }
+    free(xn); free(q); free(om); free(of);
+    p->pool = NULL;
+    kvs_press_delete(p);
+    kvs_model_delete(m);
+}
+
+static void test_fused_decode(void)
+{
+    struct kvs_pool *pool = kvs_pool_new(2);
+    CHECK(pool != NULL);
+    const char *archs[2] = {"llama", "qwen2"};
+    for (int a = 0; a < 2; a++)
+        for (int w = 0; w < 2; w++)
+            for (int sp = 0; sp < 2; sp++)
+                for (int fp = 0; fp < 2; fp++)
+                    fused_case(archs[a], w ? 128 : 64, w ? 2 : 4, w ? 1 : 2, sp ? "commonkv+quant" : "commonkv",
+                               fp == 1, pool);
+    kvs_pool_delete(pool);
+}
+
 static void test_weights_file(void)
 {
     char path[512], err[256];
@@ -642,6 +806,8 @@ int main(void)
     RUN(test_zero_budget);
     RUN(test_bf16_kernel);
     RUN(test_merged_own_b);
+    RUN(test_fused_kernels);
+    RUN(test_fused_decode);
     RUN(test_weights_file);
     RUN(test_real_model);
     return kvs_test_summary();
