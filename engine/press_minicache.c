@@ -7,6 +7,7 @@
 #include "attn.h"
 #include "commonkv_priv.h"
 #include "quant.h"
+#include "threads.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -105,6 +106,45 @@ static enum kvs_status mc_store(struct kvs_press *pr, int layer, int T, const in
     return KVS_OK;
 }
 
+/* The merged rows of pair P as this layer's keys and values (its own norms times the shared unit
+ * directions), written after the AT unmerged rows of the attention scratch; tasks of
+ * MC_REBUILD_ROWS rows. */
+#define MC_REBUILD_ROWS 64
+struct rebuild_job {
+    struct mc *m;
+    const struct mpair *P;
+    int side;
+    uint32_t at;
+};
+
+static void rebuild_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    struct rebuild_job *j = ctx;
+    struct mc *m = j->m;
+    const struct mpair *P = j->P;
+    const int d = m->d, dkv = m->dkv, nkv = m->nkv;
+    float tmp[256];
+    (void)thread;
+    for (int64_t task = b; task < e; task++) {
+        uint32_t i1 = (uint32_t)KVS_MIN((int64_t)P->n, (task + 1) * MC_REBUILD_ROWS);
+        for (uint32_t i = (uint32_t)task * MC_REBUILD_ROWS; i < i1; i++) {
+            const uint16_t *nr = P->nrm + (size_t)i * 4 * nkv;
+            uint16_t *dst[2] = {m->sk + (size_t)(j->at + i) * dkv, m->sv + (size_t)(j->at + i) * dkv};
+            const uint16_t *src[2] = {P->ek + (size_t)i * dkv, P->ev + (size_t)i * dkv};
+            for (int kv = 0; kv < 2; kv++)
+                for (int h = 0; h < nkv; h++)
+                    for (int x0 = 0; x0 < d; x0 += 256) { /* spans of at most 256 (head widths are <= 256) */
+                        int w = KVS_MIN(256, d - x0);
+                        float nrm = kvs_fp16_to_fp32(nr[(2 * kv + j->side) * nkv + h]);
+                        kvs_f16_to_f32_row(src[kv] + (size_t)h * d + x0, tmp, w);
+                        for (int x = 0; x < w; x++) tmp[x] *= nrm;
+                        kvs_f32_to_f16_row(tmp, dst[kv] + (size_t)h * d + x0, w);
+                    }
+            m->sp[j->at + i] = P->pos[i];
+        }
+    }
+}
+
 static enum kvs_status mc_attend(struct kvs_press *pr, int layer, int T, const int32_t *pos, const float *q,
                                  float *out)
 {
@@ -130,20 +170,8 @@ static enum kvs_status mc_attend(struct kvs_press *pr, int layer, int T, const i
         memcpy(m->sk, r->k, (size_t)r->n * m->dkv * 2);
         memcpy(m->sv, r->v, (size_t)r->n * m->dkv * 2);
         memcpy(m->sp, r->pos, (size_t)r->n * 4);
-        int side = layer == P->la ? 0 : 1;
-        for (uint32_t i = 0; i < P->n; i++) {
-            const uint16_t *nr = P->nrm + (size_t)i * 4 * m->nkv;
-            uint16_t *dk = m->sk + (size_t)(r->n + i) * m->dkv, *dv = m->sv + (size_t)(r->n + i) * m->dkv;
-            for (int h = 0; h < m->nkv; h++) {
-                float nk = kvs_fp16_to_fp32(nr[side * m->nkv + h]), nv = kvs_fp16_to_fp32(nr[(2 + side) * m->nkv + h]);
-                for (int x = 0; x < m->d; x++) {
-                    size_t o = (size_t)h * m->d + x;
-                    dk[o] = kvs_fp32_to_fp16(nk * kvs_fp16_to_fp32(P->ek[(size_t)i * m->dkv + o]));
-                    dv[o] = kvs_fp32_to_fp16(nv * kvs_fp16_to_fp32(P->ev[(size_t)i * m->dkv + o]));
-                }
-            }
-            m->sp[r->n + i] = P->pos[i];
-        }
+        struct rebuild_job rj = {.m = m, .P = P, .side = layer == P->la ? 0 : 1, .at = r->n};
+        kvs_pool_for(pr->pool, (P->n + MC_REBUILD_ROWS - 1) / MC_REBUILD_ROWS, rebuild_range, &rj);
         K = m->sk;
         V = m->sv;
         PS = m->sp;
