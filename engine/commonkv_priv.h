@@ -19,6 +19,8 @@ uint32_t kvs_qcol_bytes(uint32_t T, uint32_t C, uint32_t bits);
 void kvs_qcol_encode(const float *x, uint32_t T, uint32_t C, uint32_t bits, uint8_t *dst);
 /* Decodes token t (C values) of a block. */
 void kvs_qcol_decode_row(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, uint32_t t, float *dst);
+/* All T tokens of a column-quantized block, as (T, C) floats (the same values as decode_row). */
+void kvs_qcol_decode(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, float *dst);
 
 /* ---- RoPE with a precomputed table (same angles as kvs_cpu_rope) ---- */
 struct kvs_rope_table {

@@ -7,6 +7,7 @@
 #include "attn.h"
 #include "commonkv_priv.h"
 #include "quant.h"
+#include "threads.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -44,6 +45,10 @@ struct kvp {
     int32_t *sp;
     float *probs, *fbuf;
     size_t scap, pcap;
+    uint32_t *boff;         /* (nblk) scratch row of each packed block */
+    float *tbuf;            /* (threads, qgroup, dkv) unpacking scratch */
+    uint32_t boff_cap;
+    int tbuf_nth;
 };
 
 static uint64_t blk_bytes(const struct kvp *p, uint32_t nt)
@@ -110,6 +115,31 @@ static enum kvs_status kv_store(struct kvs_press *pr, int layer, int T, const in
     return KVS_OK;
 }
 
+/* Packed blocks [b, e) of layer L to fp16 rows of the attention scratch, at their offsets. */
+struct unpack_job {
+    struct kvp *p;
+    const struct kvl *L;
+};
+
+static void unpack_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    struct unpack_job *j = ctx;
+    struct kvp *p = j->p;
+    const uint32_t dkv = (uint32_t)p->dkv, vb = kvs_qrow_bytes(dkv, p->bits, p->qgroup);
+    float *f = p->tbuf + (size_t)thread * p->qgroup * dkv;
+    for (int64_t bi = b; bi < e; bi++) {
+        const struct qblk *q2 = &j->L->blk[bi];
+        uint32_t at = p->boff[bi];
+        kvs_qcol_decode(q2->k, q2->nt, dkv, p->bits, f);
+        for (uint32_t t = 0; t < q2->nt; t++) kvs_f32_to_f16_row(f + (size_t)t * dkv, p->sk + (size_t)(at + t) * dkv, (int)dkv);
+        for (uint32_t t = 0; t < q2->nt; t++) {
+            kvs_qrow_decode(q2->v + (size_t)t * vb, dkv, p->bits, p->qgroup, f);
+            kvs_f32_to_f16_row(f, p->sv + (size_t)(at + t) * dkv, (int)dkv);
+        }
+        memcpy(p->sp + at, q2->pos, (size_t)q2->nt * sizeof(int32_t));
+    }
+}
+
 static enum kvs_status kv_attend(struct kvs_press *pr, int layer, int T, const int32_t *pos, const float *q,
                                  float *out)
 {
@@ -131,19 +161,25 @@ static enum kvs_status kv_attend(struct kvs_press *pr, int layer, int T, const i
     const uint16_t *K = L->k16, *V = L->v16;
     const int32_t *P = L->p16;
     if (L->nblk) {
-        /* packed blocks first, then the fp16 residual, into scratch */
+        /* packed blocks first (decoded in parallel), then the fp16 residual, into scratch */
+        int nth = kvs_pool_size(pr->pool);
+        size_t tb = (size_t)p->qgroup * dkv;
+        if (L->nblk + 1 > p->boff_cap || nth > p->tbuf_nth) {
+            uint32_t *bo = realloc(p->boff, (L->nblk + 1) * 2 * sizeof(uint32_t));
+            if (bo) p->boff = bo;
+            float *t = realloc(p->tbuf, (size_t)nth * tb * sizeof(float));
+            if (t) p->tbuf = t;
+            if (!bo || !t) goto oom;
+            p->boff_cap = (L->nblk + 1) * 2;
+            p->tbuf_nth = nth;
+        }
         uint32_t at = 0;
         for (uint32_t b = 0; b < L->nblk; b++) {
-            const struct qblk *q2 = &L->blk[b];
-            for (uint32_t t = 0; t < q2->nt; t++, at++) {
-                kvs_qcol_decode_row(q2->k, q2->nt, (uint32_t)dkv, p->bits, t, p->fbuf);
-                kvs_f32_to_f16_row(p->fbuf, p->sk + (size_t)at * dkv, dkv);
-                kvs_qrow_decode(q2->v + (size_t)t * kvs_qrow_bytes((uint32_t)dkv, p->bits, p->qgroup), (uint32_t)dkv,
-                                p->bits, p->qgroup, p->fbuf);
-                kvs_f32_to_f16_row(p->fbuf, p->sv + (size_t)at * dkv, dkv);
-                p->sp[at] = q2->pos[t];
-            }
+            p->boff[b] = at;
+            at += L->blk[b].nt;
         }
+        struct unpack_job uj = {.p = p, .L = L};
+        kvs_pool_for(pr->pool, L->nblk, unpack_range, &uj);
         memcpy(p->sk + (size_t)at * dkv, L->k16, (size_t)L->n16 * dkv * 2);
         memcpy(p->sv + (size_t)at * dkv, L->v16, (size_t)L->n16 * dkv * 2);
         memcpy(p->sp + at, L->p16, (size_t)L->n16 * 4);
@@ -410,6 +446,7 @@ static void kv_destroy(struct kvs_press *pr)
     }
     free(p->L);
     free(p->sk); free(p->sv); free(p->sp); free(p->probs); free(p->fbuf);
+    free(p->boff); free(p->tbuf);
     free(p);
 }
 

@@ -99,6 +99,19 @@ void kvs_qcol_encode(const float *x, uint32_t T, uint32_t C, uint32_t bits, uint
     for (uint32_t c = 0; c < C; c++) q_encode(x + c, C, T, bits, dst + (size_t)c * per, dst + (size_t)c * per + 4);
 }
 
+void kvs_qcol_decode(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, float *dst)
+{
+    uint32_t per = 4 + (T * bits + 7) / 8;
+    for (uint32_t c = 0; c < C; c++) {
+        const uint8_t *h = src + (size_t)c * per;
+        uint16_t hs, hm;
+        memcpy(&hs, h, 2);
+        memcpy(&hm, h + 2, 2);
+        float s = kvs_fp16_to_fp32(hs), mn = kvs_fp16_to_fp32(hm);
+        for (uint32_t t = 0; t < T; t++) dst[(size_t)t * C + c] = mn + s * (float)pack_get(h + 4, t, bits);
+    }
+}
+
 void kvs_qcol_decode_row(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, uint32_t t, float *dst)
 {
     uint32_t per = 4 + (T * bits + 7) / 8;

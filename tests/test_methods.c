@@ -3,9 +3,12 @@
  * and composition run on tiny llama and qwen2 models (prefill in chunks, then decoding token by
  * token) without NaNs, with bytes that add up and targets met; commonkv+quant+snapkv reaches
  * CR >= 0.95. SmolLM2 too when present. */
+#include "attn.h"
 #include "commonkv_priv.h"
 #include "harness.h"
 #include "infer.h"
+#include "quant.h"
+#include "threads.h"
 #include "tinymodel.h"
 
 #include <math.h>
@@ -61,6 +64,16 @@ static void test_qrow(void)
         }
         CHECKF(err / mag < (bits[b] == 2 ? 0.35 : bits[b] == 4 ? 0.08 : 0.01), "qcol %u bits: rel err %.4f", bits[b],
                err / mag);
+        /* the whole-block decoder gives decode_row's values, token for token */
+        float *all = malloc(sizeof(float) * T * C);
+        kvs_qcol_decode(qb, T, C, bits[b], all);
+        bool same = true;
+        for (uint32_t t = 0; t < T; t++) {
+            kvs_qcol_decode_row(qb, T, C, bits[b], t, row);
+            same &= memcmp(row, all + t * C, sizeof row) == 0;
+        }
+        CHECKF(same, "qcol %u bits: block decode == row decode", bits[b]);
+        free(all);
         free(k);
         free(qb);
     }
@@ -155,6 +168,118 @@ done:
     free(lg);
     kvs_ctx_delete(cx);
     kvs_press_delete(p);
+}
+
+/* Row conversions fp32 <-> fp16 (vectorised) against the scalar converters: every half, and
+ * floats across the range with ties, subnormals, overflow, infinities and NaN. */
+static void test_row_conversions(void)
+{
+    static uint16_t h[65536];
+    static float f[65536];
+    for (int i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    kvs_f16_to_f32_row(h, f, 65536);
+    bool ok = true;
+    for (int i = 0; i < 65536; i++) {
+        float r = kvs_fp16_to_fp32((uint16_t)i);
+        ok &= isnan(r) ? isnan(f[i]) : memcmp(&r, &f[i], 4) == 0;
+    }
+    CHECKF(ok, "fp16 -> fp32 rows equal the scalar converter on all 65536 halves");
+    int n = 0;
+    for (int e = -30; e <= 18 && n < 60000; e++)
+        for (int k = 0; k < 1000; k++) {
+            float base = ldexpf(1.0f + (float)k / 1000.0f, e);
+            f[n++] = k & 1 ? -base : base;
+        }
+    for (int i = 0; i < 2000; i++) f[n++] = ldexpf(1.0f + (float)(2 * i + 1) / 2048.0f, -3); /* exact ties */
+    f[n++] = 65504.0f; f[n++] = 65520.0f; f[n++] = 1e9f; f[n++] = -1e9f; f[n++] = INFINITY; f[n++] = -INFINITY;
+    f[n++] = NAN; f[n++] = 0.0f; f[n++] = -0.0f; f[n++] = 5.96e-8f; f[n++] = 2.98e-8f; f[n++] = 1e-10f;
+    kvs_f32_to_f16_row(f, h, n);
+    ok = true;
+    for (int i = 0; i < n; i++) {
+        uint16_t r = kvs_fp32_to_fp16(f[i]);
+        bool nan_r = (r & 0x7c00) == 0x7c00 && (r & 0x3ff), nan_h = (h[i] & 0x7c00) == 0x7c00 && (h[i] & 0x3ff);
+        ok &= nan_r ? nan_h : r == h[i];
+        if (!ok) { fprintf(stderr, "   %.9g: row %04x scalar %04x\n", f[i], h[i], r); break; }
+    }
+    CHECKF(ok, "fp32 -> fp16 rows equal the scalar converter on %d floats", n);
+}
+
+/* The quant press's attention over packed blocks (unpacked in parallel, at their offsets) and its
+ * fp16 residual, against float64 attention over K/V quantized here with the same codecs and the
+ * press's policy (once residual + group tokens are fp16, the oldest group is packed). */
+static void test_quant_attend(void)
+{
+    struct kvs_model *m = tiny("llama");
+    CHECK(m != NULL);
+    if (!m) return;
+    char err[256];
+    struct kvs_method_config c;
+    kvs_method_parse(&c, "quant", err, sizeof err);
+    c.target_cr = -1;
+    c.quant_bits = 4;
+    c.quant_group = 32;
+    c.quant_residual = 16;
+    struct kvs_press *p = NULL;
+    CHECKF(kvs_press_new(&p, m, &c, 256, NULL, NULL, err, sizeof err) == KVS_OK, "quant press: %s", err);
+    struct kvs_pool *pool = kvs_pool_new(2);
+    if (!p || !pool) { kvs_press_delete(p); kvs_pool_delete(pool); kvs_model_delete(m); return; }
+    p->pool = pool;
+    enum { N = 200, DKV = 32, NH = 4, D = 16, G = 32, NB = 5 }; /* 200 -> 5 packed blocks + 40 fp16 */
+    static float k[N * DKV], v[N * DKV], xn[N * 64], kr[N * DKV], vr[N * DKV];
+    float q[NH * D], out[NH * D];
+    int32_t pos[N];
+    for (int i = 0; i < N * DKV; i++) { k[i] = 2 * frand(); v[i] = frand(); }
+    for (int i = 0; i < N * 64; i++) xn[i] = frand();
+    for (int i = 0; i < NH * D; i++) q[i] = 2 * frand();
+    for (int t = 0; t < N; t++) pos[t] = t;
+    CHECK(p->ops->store(p, 0, N, pos, xn, k, v) == KVS_OK);
+    CHECK(p->ops->end_step(p, N) == KVS_OK);
+    int32_t qp = N - 1;
+    CHECK(p->ops->attend(p, 0, 1, &qp, q, out) == KVS_OK);
+    /* reference K/V: fp16 rows, the oldest NB groups packed with the press's codecs */
+    for (int i = 0; i < N * DKV; i++) {
+        kr[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(k[i]));
+        vr[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(v[i]));
+    }
+    uint32_t vb = kvs_qrow_bytes(DKV, 4, G);
+    uint8_t *kb = malloc(kvs_qcol_bytes(G, DKV, 4)), *vbuf = malloc(vb);
+    for (int b = 0; b < NB; b++) {
+        kvs_qcol_encode(kr + b * G * DKV, G, DKV, 4, kb);
+        for (int t = 0; t < G; t++) kvs_qcol_decode_row(kb, G, DKV, 4, (uint32_t)t, kr + (b * G + t) * DKV);
+        for (int t = 0; t < G; t++) {
+            kvs_qrow_encode(vr + (b * G + t) * DKV, DKV, 4, G, vbuf);
+            kvs_qrow_decode(vbuf, DKV, 4, G, vr + (b * G + t) * DKV);
+        }
+    }
+    for (int i = 0; i < NB * G * DKV; i++) {
+        kr[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(kr[i]));
+        vr[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(vr[i]));
+    }
+    double e = 0, r = 0;
+    for (int h = 0; h < NH; h++) {
+        int kv = h / 2;
+        double sc[N], mx = -1e300, sum = 0;
+        for (int t = 0; t < N; t++) {
+            double s = 0;
+            for (int x = 0; x < D; x++) s += (double)q[h * D + x] * kr[t * DKV + kv * D + x];
+            sc[t] = s / sqrt((double)D);
+            mx = fmax(mx, sc[t]);
+        }
+        for (int t = 0; t < N; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+        for (int x = 0; x < D; x++) {
+            double o = 0;
+            for (int t = 0; t < N; t++) o += sc[t] / sum * vr[t * DKV + kv * D + x];
+            e += (o - out[h * D + x]) * (o - out[h * D + x]);
+            r += o * o;
+        }
+    }
+    CHECKF(sqrt(e / r) < 1e-5, "quant attention over packed blocks: normalised error %g", sqrt(e / r));
+    free(kb);
+    free(vbuf);
+    p->pool = NULL;
+    kvs_press_delete(p);
+    kvs_pool_delete(pool);
+    kvs_model_delete(m);
 }
 
 static void test_all_methods(void)
@@ -275,6 +400,8 @@ int main(int argc, char **argv)
     }
     RUN(test_qrow);
     RUN(test_snap_stream);
+    RUN(test_row_conversions);
+    RUN(test_quant_attend);
     RUN(test_all_methods);
     RUN(test_bad_specs);
     RUN(test_real_model);
