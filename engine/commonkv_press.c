@@ -218,6 +218,9 @@ struct ckv {
     size_t lat_cap;
     struct ckv_dec *dec;        /* (dec_nth) fused decode scratch per thread */
     int dec_nth;
+    float *dec_s;               /* (CKV_FUSED_T * nh, dec_cap) masked scores, for eviction statistics */
+    int32_t *dec_rp;            /* (dec_cap) positions of the rows */
+    size_t dec_cap;
     float *qs;                  /* (CKV_FUSED_T, nh*d) queries scaled by 1/sqrt(d) */
 };
 
@@ -457,6 +460,8 @@ struct dec_job {
     struct rowsrc rs;
     int layer, T, n_rows;
     const int32_t *pos;
+    float *S;                   /* (T*nh, n_rows) masked scores kept for eviction statistics, or NULL */
+    int32_t *rp;                /* (n_rows) positions, with S */
 };
 
 static void dec_range(void *ctx, int64_t b, int64_t e, int thread)
@@ -488,6 +493,7 @@ static void dec_range(void *ctx, int64_t b, int64_t e, int thread)
             for (int i = 0; i < m; i++)
                 for (int x = 0; x < dkv; x++) w->tk[(size_t)i * dkv + x] += bk[x];
         kvs_ckv_rope_rows(c->rope.cs, c->rope.half, c->rope.neox, w->tk, m, dkv, c->nkv, w->rp);
+        if (j->rp) memcpy(j->rp + r0, w->rp, (size_t)m * sizeof(int32_t));
         for (int qi = 0; qi < j->T; qi++)
             for (int kv = 0; kv < c->nkv; kv++)
                 kvs_ckv_scores(w->tk + (size_t)kv * d, m, dkv, c->qs + (size_t)qi * dq + (size_t)kv * rep * d, rep, d,
@@ -501,6 +507,7 @@ static void dec_range(void *ctx, int64_t b, int64_t e, int thread)
                     if (w->rp[i] > qp) s[i] = -INFINITY;
                     else if (s[i] > mx) mx = s[i];
                 }
+                if (j->S) memcpy(j->S + (size_t)sh * j->n_rows + r0, s, (size_t)m * sizeof(float));
                 if (mx == -INFINITY) { /* every row of the tile is in this query's future */
                     memset(s, 0, (size_t)m * sizeof(float));
                     continue;
@@ -532,6 +539,11 @@ static void ckv_dec_free(struct ckv *c)
     }
     free(c->dec);
     free(c->qs);
+    free(c->dec_s);
+    free(c->dec_rp);
+    c->dec_s = NULL;
+    c->dec_rp = NULL;
+    c->dec_cap = 0;
     c->dec = NULL;
     c->qs = NULL;
     c->dec_nth = 0;
@@ -574,6 +586,22 @@ static enum kvs_status ckv_attend_fused(struct ckv *c, struct dec_job *j, const 
         kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory for decode attention");
         return KVS_ERR_NOMEM;
     }
+    if (c->evict) {
+        if ((size_t)j->n_rows > c->dec_cap) {
+            size_t cap = ((size_t)j->n_rows + CKV_BLOCK - 1) / CKV_BLOCK * CKV_BLOCK;
+            float *S = realloc(c->dec_s, cap * CKV_FUSED_T * nh * sizeof(float));
+            if (S) c->dec_s = S;
+            int32_t *rp = realloc(c->dec_rp, cap * sizeof(int32_t));
+            if (rp) c->dec_rp = rp;
+            if (!S || !rp) {
+                kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory for decode attention");
+                return KVS_ERR_NOMEM;
+            }
+            c->dec_cap = cap;
+        }
+        j->S = c->dec_s;
+        j->rp = c->dec_rp;
+    }
     const float scale = 1.0f / sqrtf((float)d);
     for (int i = 0; i < j->T * dq; i++) c->qs[i] = q[i] * scale;
     for (int t = 0; t < c->dec_nth; t++) {
@@ -614,6 +642,13 @@ static enum kvs_status ckv_attend_fused(struct ckv *c, struct dec_job *j, const 
                     1, 0.0f, o, 1);
         if (bv)
             for (int x = 0; x < d; x++) o[x] += bv[kv * d + x];
+        if (j->S && sh / nh >= j->T - (int)c->snap_window) {
+            /* eviction statistics: this (query, head)'s normalised weights, by position */
+            float *srow = j->S + (size_t)sh * j->n_rows;
+            kvs_exp_row(srow, j->n_rows, M);
+            float inv = (float)(1.0 / l);
+            for (int x = 0; x < j->n_rows; x++) j->g->score[j->rp[x]] += srow[x] * inv;
+        }
     }
     return KVS_OK;
 }
@@ -630,9 +665,7 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
         memset(out, 0, (size_t)T * c->nh * c->d * sizeof(float));
         return KVS_OK;
     }
-    if (T <= CKV_FUSED_T && !c->evict) {
-        /* decode: eviction statistics need every row's normalised weight, so presses that evict
-         * keep the materialising path below */
+    if (T <= CKV_FUSED_T) {
         struct dec_job dj = {.c = c, .g = g, .rs = kj.rs, .layer = layer, .T = T, .n_rows = kj.n_rows, .pos = pos};
         return ckv_attend_fused(c, &dj, q, out);
     }
@@ -1130,6 +1163,13 @@ const struct kvs_ckv_factors *kvs_press_commonkv_factors(const struct kvs_press 
 {
     if (!p || p->ops != &ckv_ops) return NULL; /* lowrank's factors are per layer, not grouped */
     return ((const struct ckv *)p)->f;
+}
+
+const float *kvs_press_commonkv_scores(const struct kvs_press *p, int group)
+{
+    if (!p || (p->ops != &ckv_ops && p->ops != &lowrank_ops)) return NULL;
+    const struct ckv *c = (const struct ckv *)p;
+    return group >= 0 && group < c->ng ? c->g[group].score : NULL;
 }
 
 const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p)

@@ -37,6 +37,10 @@ void kvs_rope_table_free(struct kvs_rope_table *t);
 /* Rotates N_HEADS heads of width 2*half at position POS (0 <= pos < n_pos). */
 void kvs_rope_table_apply(const struct kvs_rope_table *t, float *x, int n_heads, int32_t pos);
 
+/* The eviction scores (attention mass by position) of GROUP of a commonkv/lowrank press that
+ * evicts; NULL otherwise. For tests. */
+const float *kvs_press_commonkv_scores(const struct kvs_press *p, int group);
+
 /* ---- constructors (press.c dispatches) ---- */
 enum kvs_status kvs_press_kv_create(struct kvs_press **out, const struct kvs_model *m,
                                     const struct kvs_method_config *cfg, int n_ctx_max, char *err, size_t errlen);

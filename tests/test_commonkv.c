@@ -700,12 +700,29 @@ static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint3
     memset(&rec, 0, sizeof rec);
     p->ops->fill_record(p, &rec);
     uint64_t f16_bytes = (uint64_t)n * (2 * 20 * 2 + 4); /* one group: two layers' fp16 latents + position */
-    if (strstr(spec, "quant")) CHECKF(rec.bytes_held < f16_bytes * 2 / 3, "%s: rows quantized: %llu bytes", spec,
+    if (strstr(spec, "snapkv")) CHECK(rec.bytes_held <= f16_bytes);
+    else if (strstr(spec, "quant")) CHECKF(rec.bytes_held < f16_bytes * 2 / 3, "%s: rows quantized: %llu bytes", spec,
                                       (unsigned long long)rec.bytes_held);
     else CHECK(rec.bytes_held == f16_bytes);
+    const float *score = kvs_press_commonkv_scores(p, 0);
+    CHECK((score != NULL) == (strstr(spec, "snapkv") != NULL));
+    float s0[150], s1[150];
     for (int l = 0; l < 2; l++) {
+        if (score) memcpy(s0, score, sizeof s0);
         CHECK(p->ops->attend(p, l, nq, qpos, q, om) == KVS_OK); /* materialised: 5 query rows */
+        if (score) memcpy(s1, score, sizeof s1);
         for (int i = 0; i < nq; i++) CHECK(p->ops->attend(p, l, 1, qpos + i, q + i * dq, of + i * dq) == KVS_OK);
+        if (score) {
+            /* both paths add the same attention mass by position (eviction statistics) */
+            double e = 0, r = 0;
+            for (int x = 0; x < n; x++) {
+                double dm = (double)s1[x] - s0[x], df = (double)score[x] - s1[x];
+                e += (dm - df) * (dm - df);
+                r += dm * dm;
+            }
+            CHECKF(r > 0 && sqrt(e / r) < 1e-5, "%s %s layer %d: eviction scores fused == materialised (%g)", arch, spec,
+                   l, r > 0 ? sqrt(e / r) : -1.0);
+        }
         snprintf(what, sizeof what, "%s d%d %s%s layer %d: fused decode == materialised", arch, d, spec,
                  fp32 ? " fp32" : "", l);
         CHECKF(norm_err(of, om, (long)nq * dq) < 2e-5, "%s: normalised error %g", what, norm_err(of, om, (long)nq * dq));
@@ -724,12 +741,12 @@ static void test_fused_decode(void)
     struct kvs_pool *pool = kvs_pool_new(2);
     CHECK(pool != NULL);
     const char *archs[2] = {"llama", "qwen2"};
+    const char *specs[4] = {"commonkv", "commonkv+quant", "commonkv+snapkv", "commonkv+quant+snapkv"};
     for (int a = 0; a < 2; a++)
         for (int w = 0; w < 2; w++)
-            for (int sp = 0; sp < 2; sp++)
+            for (int sp = 0; sp < 4; sp++)
                 for (int fp = 0; fp < 2; fp++)
-                    fused_case(archs[a], w ? 128 : 64, w ? 2 : 4, w ? 1 : 2, sp ? "commonkv+quant" : "commonkv",
-                               fp == 1, pool);
+                    fused_case(archs[a], w ? 128 : 64, w ? 2 : 4, w ? 1 : 2, specs[sp], fp == 1, pool);
     kvs_pool_delete(pool);
 }
 
