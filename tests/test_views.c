@@ -98,6 +98,18 @@ static struct kvs_record *mk_log(uint32_t level, const char *text)
     return r;
 }
 
+/* Group G's spectrum: singular values 1/(1+i), i < 200 */
+static struct kvs_record *mk_spectrum(uint32_t g)
+{
+    struct kvs_record *r = kvs_record_new(KVS_REC_MATRIX, 200);
+    r->u.matrix.kind = KVS_MAT_SPECTRUM;
+    r->u.matrix.group = g;
+    r->u.matrix.rows = 1;
+    r->u.matrix.cols = 200;
+    for (int i = 0; i < 200; i++) r->u.matrix.v[i] = 1.0f / (1.0f + (float)i);
+    return r;
+}
+
 static void feed(struct kvs_history *h, const char *method, int n_steps, uint32_t valid, int token_base)
 {
     kvs_history_push(h, mk_run(method));
@@ -257,6 +269,33 @@ static void test_panels_valid(void)
     }
     CHECK(screen_has(r, "1 layer keep 0"));
     CHECK(count_pair(r, theme.pair[KVS_C_BAD]) >= 3);    /* the rank, its bar track, the note, the zero layer */
+    CHECK(!screen_has(r, "energy"));                     /* no spectrum records yet */
+    /* with spectra: the share of energy each group's rank keeps (sum of 1/(1+i)^2 over i < rank,
+     * of i < 200), n/a for a group without one */
+    for (uint32_t g = 0; g < NG; g++)
+        if (g != 1) kvs_history_push(&h, mk_spectrum(g));
+    draw_panel(KVS_PANEL_BUDGETS, &v, r);
+    CHECK(screen_has(r, "energy"));
+    double all = 0, k0 = 0, k3 = 0;
+    for (int i = 0; i < 200; i++) {
+        double s2 = 1.0 / ((1.0 + i) * (1.0 + i));
+        all += s2;
+        if (i < 100) k0 += s2;
+        if (i < 160) k3 += s2;
+    }
+    char want[64];
+    snprintf(want, sizeof want, "g0   0-3   100 ");
+    CHECK(screen_has(r, want));
+    snprintf(want, sizeof want, "%5.1f%%", 100.0 * k0 / all);
+    CHECKF(screen_find(r, want, &x, &y), "group 0 energy %s", want);
+    snprintf(want, sizeof want, "%5.1f%%", 100.0 * k3 / all);
+    CHECKF(screen_has(r, want), "group 3 energy %s", want);
+    CHECK(screen_has(r, "  0.0%"));                      /* group 2: rank 0 keeps nothing */
+    CHECK(screen_has(r, "n/a"));                         /* group 1: no spectrum */
+    struct kvs_rect nr = {2, 2, 42, 40};                 /* narrower: whole percents, rounded down */
+    draw_panel(KVS_PANEL_BUDGETS, &v, nr);
+    snprintf(want, sizeof want, "%3.0f%%", floor(100.0 * k0 / all));
+    CHECKF(screen_has(nr, "energy") && screen_has(nr, want), "narrow budgets: group 0 energy %s", want);
 
     draw_panel(KVS_PANEL_MEMORY, &v, r);
     CHECK(screen_has(r, "achieved 0.500"));
@@ -275,6 +314,26 @@ static void test_panels_valid(void)
     draw_panel(KVS_PANEL_QUALITY, &v, r);
     CHECK(screen_has(r, "KL 0.0125"));
     CHECK(screen_has(r, "top-1 96.0%"));
+    kvs_history_free(&h);
+}
+
+/* A run the model ended at once (END with no token generated) says so instead of waiting. */
+static void test_tokens_ended(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 256);
+    kvs_history_push(&h, mk_run("full"));
+    kvs_history_push(&h, mk_step(0, ALL_VALID, 0));
+    struct kvs_view_ctx v = {.h = &h, .cursor = 0, .live = true, .t = &theme, .sim_kind = KVS_MAT_SIM_HIDDEN};
+    struct kvs_rect r = {0, 0, 70, 12};
+    draw_panel(KVS_PANEL_TOKENS, &v, r);
+    CHECK(screen_has(r, "(no tokens yet)"));
+    struct kvs_record *e = kvs_record_new(KVS_REC_END, 0);
+    e->u.end.n_steps = 1;
+    e->u.end.n_prompt = 100;
+    kvs_history_push(&h, e);
+    draw_panel(KVS_PANEL_TOKENS, &v, r);
+    CHECK(screen_has(r, "the model ended the text right after the prompt"));
     kvs_history_free(&h);
 }
 
@@ -478,6 +537,7 @@ int main(int argc, char **argv)
     RUN(test_history);
     RUN(test_panels_valid);
     RUN(test_panels_invalid);
+    RUN(test_tokens_ended);
     RUN(test_ab);
     RUN(test_frames);
     RUN(test_mono);

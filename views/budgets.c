@@ -1,9 +1,30 @@
 /* Budgets panel: per group its rank and merged fraction next to what a uniform allocation of the
- * same total would give, and the tokens each layer keeps; a zero budget or zero kept tokens is
- * drawn in red. Draws only from step and run records. */
+ * same total would give, the share of the group's spectral energy its rank keeps (from the SVD
+ * spectrum records), and the tokens each layer keeps; a zero budget or zero kept tokens is drawn
+ * in red. Draws only from run, step and spectrum records. */
 #include "view.h"
 
+#include <math.h>
 #include <stdio.h>
+
+/* Share of group G's energy (sum of squared singular values) in its first RANK values; false when
+ * no spectrum record for G is held. */
+static bool energy_kept(const struct kvs_history *h, uint32_t g, uint32_t rank, double *frac)
+{
+    if (g >= KVS_MAX_GROUPS || !h->spectrum[g]) return false;
+    const struct kvs_rec_matrix *m = &h->spectrum[g]->u.matrix;
+    uint64_t n = (uint64_t)m->rows * m->cols;
+    double all = 0, kept = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        double s = m->v[i];
+        if (!isfinite(s)) return false;
+        all += s * s;
+        if (i < rank) kept += s * s;
+    }
+    if (all <= 0) return false;
+    *frac = kept / all;
+    return true;
+}
 
 static void bud_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
 {
@@ -49,13 +70,23 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
         if (scale <= 0) scale = 1;
         int rows = ye - y - kept_rows - 1;
         if (rows < 1) rows = ye - y - 1;
+        /* the energy column where a spectrum is held and the panel is wide enough */
+        double e;
+        bool energy = r.w >= 40 && energy_kept(v->h, 0, s->group_rank[0], &e);
+        int ecol = r.w >= 56 ? 7 : 5; /* "99.1% " or, narrower, whole percents rounded down "99% " */
         if (rows >= 1) {
-            kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "grp layers  rank (%s uniform %.0f)  merged (%s %.0f%%)", t->utf8 ? "┃" : "|",
-                         uni_rank, t->utf8 ? "┃" : "|", uni_merged * 100);
+            const char *mk = t->utf8 ? "┃" : "|";
+            if (energy && ecol == 5) /* narrow: the uniform marks as "|=value" */
+                kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "grp layers rank %s=%.0f  energy  merged %s=%.0f%%", mk,
+                             uni_rank, mk, uni_merged * 100);
+            else
+                kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "grp layers  rank (%s uniform %.0f)%s  merged (%s %.0f%%)", mk,
+                             uni_rank, energy ? "  energy" : "", mk, uni_merged * 100);
+            y++;
         }
         if (st->scroll > (int)ng - rows) st->scroll = (int)ng - rows;
         if (st->scroll < 0) st->scroll = 0;
-        int bw = (r.w - 30) / 2;
+        int bw = (r.w - 30 - (energy ? ecol : 0)) / 2;
         if (bw < 3) bw = 0;
         for (int i = 0; i < rows && y < ye; i++) {
             uint32_t g = (uint32_t)(i + st->scroll);
@@ -72,6 +103,14 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
                 x += bw + 1;
             }
             char b[16];
+            if (energy) {
+                double eg;
+                bool ok = energy_kept(v->h, g, s->group_rank[g], &eg);
+                if (ok && ecol == 7) snprintf(b, sizeof b, "%5.1f%% ", eg * 100.0);
+                else if (ok) snprintf(b, sizeof b, "%3.0f%% ", floor(eg * 100.0));
+                x += kvs_w_text(w, t, y, r.x + x, r.w - x, ok ? KVS_C_TEXT : KVS_C_NA,
+                                ok ? b : ecol == 7 ? "   n/a " : " n/a ");
+            }
             float mf = s->group_merged[g];
             x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_TEXT, kvs_fmt_f(b, sizeof b, true, "%3.0f%% ", mf * 100.0));
             if (bw && x + bw <= r.w) {
@@ -114,5 +153,6 @@ const struct kvs_panel kvs_panel_budgets = {
     .layout = bud_layout,
     .draw = bud_draw,
     .key = kvs_view_scroll_key,
-    .help = "Up/Down\tscroll groups\n",
+    .help = "Up/Down\tscroll groups\n"
+            "\tenergy: spectrum share the rank keeps\n",
 };

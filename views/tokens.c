@@ -54,10 +54,14 @@ static int wrap_tokens(WINDOW *w, const struct kvs_theme *t, const struct kvs_hi
 }
 
 static void draw_stream(WINDOW *w, const struct kvs_theme *t, const struct kvs_hist_tokens *tk, uint32_t n, struct kvs_rect r,
-                        int scroll, uint32_t div)
+                        int scroll, uint32_t div, bool ended)
 {
     if (r.w <= 0 || r.h <= 0) return;
-    if (n == 0) { kvs_w_text(w, t, r.y, r.x, r.w, KVS_C_DIM, "(no tokens yet)"); return; }
+    if (n == 0) {
+        kvs_w_text(w, t, r.y, r.x, r.w, KVS_C_DIM,
+                   ended ? "(none: the model ended the text right after the prompt)" : "(no tokens yet)");
+        return;
+    }
     int lines = wrap_tokens(w, t, tk, n, r.x, r.y, r.w, r.h, 0, false, div);
     int first = lines - r.h - scroll;
     if (first < 0) first = 0;
@@ -135,10 +139,12 @@ static void tok_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     }
     if (y >= ye) return;
     const struct kvs_hist_pin *pin = v->pin && v->pin->set ? v->pin : NULL;
+    /* a finished run with no token generated: the model's first token ended the text */
+    bool ended = h->end && h->end->u.end.n_gen == 0, pin_ended = pin && pin->end && pin->end->u.end.n_gen == 0;
     struct kvs_rect body = {r.x, y, r.w, ye - y};
     if (st->scroll < 0) st->scroll = 0;
     if (!pin || r.w < 24) {
-        draw_stream(w, t, &h->tok, n, body, st->scroll, UINT32_MAX);
+        draw_stream(w, t, &h->tok, n, body, st->scroll, UINT32_MAX, ended);
         return;
     }
     /* A/B: the pinned run's tokens beside this run's */
@@ -159,8 +165,8 @@ static void tok_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
         left.y++; left.h--; right.y++; right.h--;
     }
     for (int yy = body.y; yy < ye; yy++) kvs_w_glyph(w, t, yy, r.x + hw, KVS_C_BORDER, "│", '|');
-    draw_stream(w, t, &h->tok, n, left, st->scroll, div);
-    draw_stream(w, t, &pin->tok, na, right, st->scroll, div);
+    draw_stream(w, t, &h->tok, n, left, st->scroll, div, ended);
+    draw_stream(w, t, &pin->tok, na, right, st->scroll, div, pin_ended);
 }
 
 /* Up scrolls back to older lines (the stream is anchored at its newest line). */
