@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX512BF16__) || defined(__AVX512F__)
+#if defined(__AVX512BF16__) || defined(__AVX512F__) || defined(__AVX512VNNI__)
 #include <immintrin.h>
 #endif
 
@@ -165,6 +165,196 @@ bool kvs_ckv_bf16_gemm(const struct kvs_ckv_bf16_mat *m, const uint16_t *a16, in
     return true;
 #else
     (void)m; (void)a16; (void)rows; (void)out; (void)ldo;
+    return false;
+#endif
+}
+
+/* ---------------------------------------------------------------- int8 keys */
+
+bool kvs_ckv_i8_available(void)
+{
+#ifdef __AVX512VNNI__
+    return true;
+#else
+    return false;
+#endif
+}
+
+void kvs_ckv_i8_free(struct kvs_ckv_i8_mat *m)
+{
+    free(m->w);
+    free(m->scale);
+    free(m->corr);
+    free(m->ginv);
+    memset(m, 0, sizeof *m);
+}
+
+enum kvs_status kvs_ckv_i8_pack(struct kvs_ckv_i8_mat *m, const float *B, int n_out, int k, int ldb, const float *g)
+{
+    memset(m, 0, sizeof *m);
+    if (n_out <= 0 || k <= 0 || ldb < k || n_out > (1 << 20) || k > (1 << 20)) return KVS_ERR_ARG;
+    int k_pad = (k + 3) & ~3, n_pad = (n_out + 15) & ~15, nq = k_pad / 4;
+    size_t bytes = (size_t)nq * n_pad * 4;
+    m->w = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    m->scale = calloc((size_t)n_pad, sizeof(float));
+    m->corr = calloc((size_t)n_pad, sizeof(int32_t));
+    m->ginv = malloc((size_t)k * sizeof(float));
+    float *gv = malloc((size_t)k * sizeof(float));
+    if (!m->w || !m->scale || !m->corr || !m->ginv || !gv) {
+        free(gv);
+        kvs_ckv_i8_free(m);
+        return KVS_ERR_NOMEM;
+    }
+    memset(m->w, 0, bytes);
+    for (int i = 0; i < k; i++) {
+        float gi = g ? g[i] : 1.0f;
+        bool ok = gi > 0 && isfinite(gi) && isfinite(1.0f / gi);
+        gv[i] = ok ? gi : 0.0f;
+        m->ginv[i] = ok ? 1.0f / gi : 0.0f;
+    }
+    int nvec = n_pad / 16;
+    for (int out = 0; out < n_out; out++) {
+        const float *row = B + (size_t)out * ldb;
+        float mx = 0;
+        for (int i = 0; i < k; i++) mx = fmaxf(mx, fabsf(row[i] * gv[i]));
+        float sc = mx / 127.0f, inv = sc > 0 ? 1.0f / sc : 0.0f;
+        m->scale[out] = sc;
+        int v = out / 16, o = out % 16, v0 = v / KVS_CKV_BF16_NV * KVS_CKV_BF16_NV;
+        int nv = KVS_MIN(KVS_CKV_BF16_NV, nvec - v0);
+        int8_t *panel = m->w + (size_t)nq * v0 * 64;
+        int32_t sum = 0;
+        for (int i = 0; i < k; i++) {
+            int qv = (int)lrintf(row[i] * gv[i] * inv);
+            qv = qv > 127 ? 127 : qv < -127 ? -127 : qv;
+            panel[(((size_t)(i / 4) * nv + (v - v0)) * 16 + o) * 4 + i % 4] = (int8_t)qv;
+            sum += qv;
+        }
+        m->corr[out] = 128 * sum;
+    }
+    free(gv);
+    m->n_out = n_out;
+    m->k = k;
+    m->k_pad = k_pad;
+    m->n_out_pad = n_pad;
+    return KVS_OK;
+}
+
+void kvs_ckv_i8_rows(const struct kvs_ckv_i8_mat *m, const float *x, int rows, int ldx, uint8_t *dst, float *scale)
+{
+    int k = m->k, kp = m->k_pad;
+    for (int r = 0; r < rows; r++) {
+        const float *s = x + (size_t)r * ldx;
+        uint8_t *d = dst + (size_t)r * kp;
+        float mx = 0;
+        int i = 0;
+#ifdef __AVX512F__
+        __m512 vm = _mm512_setzero_ps();
+        for (; i + 16 <= k; i += 16)
+            vm = _mm512_max_ps(vm, _mm512_abs_ps(_mm512_mul_ps(_mm512_loadu_ps(s + i), _mm512_loadu_ps(m->ginv + i))));
+        mx = _mm512_reduce_max_ps(vm);
+#endif
+        for (; i < k; i++) mx = fmaxf(mx, fabsf(s[i] * m->ginv[i]));
+        float sc = mx / 127.0f, inv = sc > 0 ? 1.0f / sc : 0.0f;
+        scale[r] = sc;
+        i = 0;
+#ifdef __AVX512F__
+        __m512 vi = _mm512_set1_ps(inv);
+        for (; i + 16 <= k; i += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + i), _mm512_loadu_ps(m->ginv + i)), vi);
+            __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(128)); /* nearest even */
+            _mm_storeu_si128((__m128i *)(d + i), _mm512_cvtepi32_epi8(q));
+        }
+#endif
+        for (; i < k; i++) d[i] = (uint8_t)(lrintf(s[i] * m->ginv[i] * inv) + 128);
+        for (; i < kp; i++) d[i] = 128;
+    }
+}
+
+#ifdef __AVX512VNNI__
+/* vpdpbusd through asm: GCC 12 keeps the intrinsic's accumulators on the stack (copying each one
+ * in and out of a register every step, half the speed); "+v" pins them in registers. */
+#define DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+
+static inline __attribute__((always_inline)) void micro8(const uint8_t *a, int lda, const int8_t *w, int nq,
+                                                         const int mr, const int nv, float *out, int ldo, int n_valid,
+                                                         const float *ascale, const float *bscale, const int32_t *corr)
+{
+    __m512i acc[MR][KVS_CKV_BF16_NV];
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 6
+        for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_si512();
+    for (int p = 0; p < nq; p++) {
+        const int8_t *wp = w + (size_t)p * nv * 64;
+        __m512i ai[MR];
+#pragma GCC unroll 4
+        for (int i = 0; i < mr; i++) {
+            int32_t quad; /* memcpy: the rows are bytes */
+            memcpy(&quad, a + (size_t)i * lda + 4 * p, sizeof quad);
+            ai[i] = _mm512_set1_epi32(quad);
+        }
+#pragma GCC unroll 6
+        for (int v = 0; v < nv; v++) {
+            __m512i b = _mm512_load_si512(wp + v * 64);
+#pragma GCC unroll 4
+            for (int i = 0; i < mr; i++) DPBUSD(acc[i][v], ai[i], b);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++) {
+        __m512 sa = _mm512_set1_ps(ascale[i]);
+#pragma GCC unroll 6
+        for (int v = 0; v < nv; v++) {
+            __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][v], _mm512_loadu_si512(corr + 16 * v)));
+            f = _mm512_mul_ps(f, _mm512_mul_ps(sa, _mm512_loadu_ps(bscale + 16 * v)));
+            int left = n_valid - 16 * v;
+            float *o = out + (size_t)i * ldo + 16 * v;
+            if (left >= 16) _mm512_storeu_ps(o, f);
+            else if (left > 0) _mm512_mask_storeu_ps(o, (__mmask16)((1u << left) - 1), f);
+        }
+    }
+}
+
+#define MICRO8_NV(mr_, nv_)                                                                        \
+    case nv_:                                                                                      \
+        micro8(a, lda, w, nq, mr_, nv_, out, ldo, n_valid, ascale, bscale, corr);                  \
+        break
+#define MICRO8_MR(mr_)                                                                             \
+    case mr_:                                                                                      \
+        switch (nv) {                                                                              \
+            MICRO8_NV(mr_, 1); MICRO8_NV(mr_, 2); MICRO8_NV(mr_, 3);                                \
+            MICRO8_NV(mr_, 4); MICRO8_NV(mr_, 5); MICRO8_NV(mr_, 6);                                \
+        }                                                                                          \
+        break
+
+static void micro8_any(const uint8_t *a, int lda, const int8_t *w, int nq, int mr, int nv, float *out, int ldo,
+                       int n_valid, const float *ascale, const float *bscale, const int32_t *corr)
+{
+    switch (mr) {
+        MICRO8_MR(1);
+        MICRO8_MR(2);
+        MICRO8_MR(3);
+        MICRO8_MR(4);
+    }
+}
+#endif
+
+bool kvs_ckv_i8_gemm(const struct kvs_ckv_i8_mat *m, const uint8_t *a, const float *ascale, int rows, float *out,
+                     int ldo)
+{
+#ifdef __AVX512VNNI__
+    int nq = m->k_pad / 4, lda = m->k_pad, nvec = m->n_out_pad / 16;
+    for (int v0 = 0; v0 < nvec; v0 += KVS_CKV_BF16_NV) {
+        int nv = KVS_MIN(KVS_CKV_BF16_NV, nvec - v0);
+        const int8_t *w = m->w + (size_t)nq * v0 * 64;
+        int n_valid = KVS_MIN(nv * 16, m->n_out - v0 * 16);
+        for (int r0 = 0; r0 < rows; r0 += MR)
+            micro8_any(a + (size_t)r0 * lda, lda, w, nq, KVS_MIN(MR, rows - r0), nv, out + (size_t)r0 * ldo + v0 * 16,
+                       ldo, n_valid, ascale + r0, m->scale + v0 * 16, m->corr + v0 * 16);
+    }
+    return true;
+#else
+    (void)m; (void)a; (void)ascale; (void)rows; (void)out; (void)ldo;
     return false;
 #endif
 }

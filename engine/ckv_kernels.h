@@ -34,6 +34,29 @@ void kvs_ckv_bf16_rows(const struct kvs_ckv_bf16_mat *m, const float *x, int row
  * accumulation. Only when kvs_ckv_bf16_available(); otherwise it does nothing and returns false. */
 bool kvs_ckv_bf16_gemm(const struct kvs_ckv_bf16_mat *m, const uint16_t *a, int rows, float *out, int ldo);
 
+/* The int8 key kernel (AVX512-VNNI vpdpbusd: 64 multiply-adds an instruction, twice bf16's).
+ * B (n_out, k) with column i multiplied by G[i] is quantized to int8 per output with a scale;
+ * each latent row, divided by G, is quantized to int8 with one scale per row and stored offset by
+ * 128 as unsigned bytes. Keys = (acc - 128 sum_k Bq) * row scale * output scale. Panels as the
+ * bf16 matrix, with quads of k. */
+struct kvs_ckv_i8_mat {
+    int8_t *w;          /* (k_pad/4, n_out_pad, 4) in panels of KVS_CKV_BF16_NV vectors */
+    float *scale;       /* (n_out_pad) per-output scale */
+    int32_t *corr;      /* (n_out_pad) 128 * sum over k of the output's quantized weights */
+    float *ginv;        /* (k) 1 / G (0 where G is not positive: that dimension is dropped) */
+    int n_out, k, k_pad, n_out_pad;
+};
+bool kvs_ckv_i8_available(void);
+/* G may be NULL (no prescale). Returns KVS_ERR_NOMEM or KVS_ERR_ARG. */
+enum kvs_status kvs_ckv_i8_pack(struct kvs_ckv_i8_mat *m, const float *B, int n_out, int k, int ldb, const float *g);
+void kvs_ckv_i8_free(struct kvs_ckv_i8_mat *m);
+/* ROWS latent rows (K floats, leading dimension ldx) to offset bytes, rows of m->k_pad, in DST and
+ * their scales in SCALE. */
+void kvs_ckv_i8_rows(const struct kvs_ckv_i8_mat *m, const float *x, int rows, int ldx, uint8_t *dst, float *scale);
+/* OUT (rows, n_out; ldo) = the dequantized A B^T. False (and nothing done) without VNNI. */
+bool kvs_ckv_i8_gemm(const struct kvs_ckv_i8_mat *m, const uint8_t *a, const float *ascale, int rows, float *out,
+                     int ldo);
+
 /* The fused decode path's pieces (AVX-512F where the build has it, else the scalar loops that are
  * their reference). */
 

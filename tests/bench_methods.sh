@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Decode speed of the latent methods against `full`, measured in the same run at the same context
 # (default 2048 tokens of the default document): tokens/s and the ratio to full (target >= 0.9).
-# commonkv is also run with KVS_CKV_FP32=1 (keys rebuilt by fp32 sgemm instead of the bf16 kernel,
-# where the build has one) and shown as commonkv-fp32.
+# commonkv (keys rebuilt by the bf16 kernel where the build has one) is also run with
+# KVS_CKV_KEYS=int8 (the VNNI kernel: faster, coarser) and =fp32 (BLAS), shown as commonkv-int8 and
+# commonkv-fp32.
 # This machine's speed drifts by tens of percent from minute to minute (shared host), so the
 # methods run interleaved for ROUNDS rounds: each method's best decode rate is reported, and the
 # commonkv/full ratio of every round (neighbours in time) with their median.
@@ -24,8 +25,11 @@ for round in $(seq 1 "$ROUNDS"); do
         "$BIN" bench -m "$MODEL" --methods "$m" --cr "$CR" --ctx "$CTX" -n 64 --json |
             sed "s/^\[{/[{\"round\": $round, /" >>"$OUT" || exit 1
     done
-    KVS_CKV_FP32=1 "$BIN" bench -m "$MODEL" --methods commonkv --cr "$CR" --ctx "$CTX" -n 64 --json |
-        sed 's/"method": *"commonkv"/"method":"commonkv-fp32"/' | sed "s/^\[{/[{\"round\": $round, /" >>"$OUT" || exit 1
+    for keys in int8 fp32; do
+        KVS_CKV_KEYS=$keys "$BIN" bench -m "$MODEL" --methods commonkv --cr "$CR" --ctx "$CTX" -n 64 --json |
+            sed "s/\"method\": *\"commonkv\"/\"method\":\"commonkv-$keys\"/" |
+            sed "s/^\[{/[{\"round\": $round, /" >>"$OUT" || exit 1
+    done
 done
 python3 - "$OUT" "$CTX" "$CR" <<'PY'
 import json, statistics, sys

@@ -302,6 +302,16 @@ static void test_full_rank(void)
                    norm_err(got, ref, (long)n * V));
             CHECK(rec.bytes_held == (uint64_t)n * 2 * (2 * 64 * 2 + 4)); /* 2 groups, 2 layers, r 64 */
         }
+        /* the int8 key kernel at full rank: one scale per latent row costs the smallest
+         * dimensions precision (measured ~1.4e-3 here, against bf16's ~4.5e-4) */
+        if (kvs_ckv_i8_available()) {
+            setenv("KVS_CKV_KEYS", "int8", 1);
+            float *g8 = run_logits(m, &ck, ids, n, 16, NULL);
+            unsetenv("KVS_CKV_KEYS");
+            CHECKF(ref && g8 && norm_err(g8, ref, (long)n * V) < 5e-3, "%s: int8 keys at full rank: normalised error %g",
+                   archs[a], ref && g8 ? norm_err(g8, ref, (long)n * V) : -1.0);
+            free(g8);
+        }
         /* whitened factors at full rank reproduce it too */
         ck.whiten = true;
         float *w = run_logits(m, &ck, ids, n, 16, NULL);
@@ -462,14 +472,96 @@ static void test_bf16_kernel(void)
     CHECK(kvs_ckv_bf16_pack(&bad, &one, 1, 2, 1) == KVS_ERR_ARG && bad.w == NULL);
 }
 
+/* The int8 key kernel (vpdpbusd, rows quantized with one scale each and offset by 128, B with one
+ * scale per output) against float64 over the same edge shapes as the bf16 kernel (k not a multiple
+ * of 4: quad padding). Bound: each latent moves by at most s_a/2 and each weight by at most s_b/2
+ * (s = max|x| / 127), so |got - ref| <= sum_i (s_a/2 |b_i| + s_b/2 |a_i| + s_a s_b / 4), plus fp32
+ * rounding of the final scaling; integer inputs whose row and output maxima are 127 (scales of
+ * exactly 1) must come out exact, which pins the packed layout and the offset correction. */
+static void test_i8_kernel(void)
+{
+    if (!kvs_ckv_i8_available()) {
+        fprintf(stderr, "skipped: this build has no AVX512-VNNI key kernel\n");
+        return;
+    }
+    static const int shapes[][3] = {{64, 192, 300}, {7, 192, 201}, {5, 32, 21}, {1, 200, 1}, {3, 17, 33},
+                                    {66, 112, 64}, {4, 16, 2}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int rows = shapes[si][0], n_out = shapes[si][1], k = shapes[si][2];
+        float *C = malloc(sizeof(float) * rows * k), *B = malloc(sizeof(float) * n_out * k);
+        float *got = malloc(sizeof(float) * rows * n_out), *ref = malloc(sizeof(float) * rows * n_out);
+        float *sc = malloc(sizeof(float) * rows);
+        uint8_t *cb = malloc((size_t)rows * (k + 4));
+        for (int i = 0; i < rows * k; i++) C[i] = frand() * 3.0f;
+        for (int i = 0; i < n_out * k; i++) B[i] = frand() * 0.2f;
+        struct kvs_ckv_i8_mat m;
+        CHECK(kvs_ckv_i8_pack(&m, B, n_out, k, k, NULL) == KVS_OK);
+        CHECK(m.k_pad == (k + 3) / 4 * 4 && m.n_out_pad % 16 == 0);
+        kvs_ckv_i8_rows(&m, C, rows, k, cb, sc);
+        for (int i = 0; i < rows * n_out; i++) got[i] = NAN;
+        CHECK(kvs_ckv_i8_gemm(&m, cb, sc, rows, got, n_out));
+        bool within = true;
+        for (int i = 0; i < rows; i++) {
+            double amax = 0;
+            for (int t = 0; t < k; t++) amax = fmax(amax, fabs(C[(size_t)i * k + t]));
+            double sa = amax / 127;
+            for (int o = 0; o < n_out; o++) {
+                double bmax = 0, s = 0, bound = 0;
+                for (int t = 0; t < k; t++) bmax = fmax(bmax, fabs(B[(size_t)o * k + t]));
+                double sb = bmax / 127;
+                for (int t = 0; t < k; t++) {
+                    double a = C[(size_t)i * k + t], b = B[(size_t)o * k + t];
+                    s += a * b;
+                    bound += sa / 2 * fabs(b) + sb / 2 * fabs(a) + sa * sb / 4;
+                }
+                ref[(size_t)i * n_out + o] = (float)s;
+                double e = fabs(got[(size_t)i * n_out + o] - s);
+                within &= e <= bound * 1.001 + 1e-5 * fabs(s) + 1e-30; /* NaN fails too */
+            }
+        }
+        CHECKF(within, "int8 kernel %dx%dx%d: an element beyond its quantization bound", rows, n_out, k);
+        double ne = norm_err(got, ref, (long)rows * n_out);
+        CHECKF(ne < 2e-2, "int8 kernel %dx%dx%d: normalised error %g", rows, n_out, k, ne);
+        /* integers in [-127, 127] with 127 in every row and output: scales 1, exact sums */
+        for (int i = 0; i < rows * k; i++) C[i] = (float)((int)(frand() * 127));
+        for (int i = 0; i < n_out * k; i++) B[i] = (float)((int)(frand() * 127));
+        for (int i = 0; i < rows; i++) C[(size_t)i * k] = 127;
+        for (int o = 0; o < n_out; o++) B[(size_t)o * k + k - 1] = -127;
+        kvs_ckv_i8_free(&m);
+        CHECK(kvs_ckv_i8_pack(&m, B, n_out, k, k, NULL) == KVS_OK);
+        kvs_ckv_i8_rows(&m, C, rows, k, cb, sc);
+        kvs_ckv_i8_gemm(&m, cb, sc, rows, got, n_out);
+        bool exact = true;
+        for (int i = 0; i < rows; i++)
+            for (int o = 0; o < n_out; o++) {
+                double s = 0;
+                for (int t = 0; t < k; t++) s += (double)C[(size_t)i * k + t] * B[(size_t)o * k + t];
+                exact &= got[(size_t)i * n_out + o] == (float)s;
+            }
+        CHECKF(exact, "int8 kernel %dx%dx%d: integer inputs give exact keys", rows, n_out, k);
+        /* a zero row gives zero keys */
+        for (int t = 0; t < k; t++) C[t] = 0;
+        kvs_ckv_i8_rows(&m, C, 1, k, cb, sc);
+        kvs_ckv_i8_gemm(&m, cb, sc, 1, got, n_out);
+        bool zero = true;
+        for (int o = 0; o < n_out; o++) zero &= got[o] == 0.0f;
+        CHECKF(zero, "int8 kernel %dx%dx%d: zero row", rows, n_out, k);
+        kvs_ckv_i8_free(&m);
+        free(C); free(B); free(got); free(ref); free(cb); free(sc);
+    }
+    struct kvs_ckv_i8_mat bad;
+    float one = 1.0f;
+    CHECK(kvs_ckv_i8_pack(&bad, &one, 1, 2, 1, NULL) == KVS_ERR_ARG && bad.w == NULL);
+}
+
 /* Merged tokens: one shared latent per (group, token), decoded with each layer's own B_k, B_v;
  * values by re-association match attention over explicitly built V. FP32 forces the fp32 key
  * path (KVS_CKV_FP32=1), checked to 1e-3; the bf16 path is checked by normalised error (keys
  * carry bf16's ~2e-3 relative rounding). */
-static void merged_own_b(bool fp32)
+static void merged_own_b(const char *keys)
 {
-    if (fp32) setenv("KVS_CKV_FP32", "1", 1);
-    else unsetenv("KVS_CKV_FP32");
+    bool fp32 = !strcmp(keys, "fp32");
+    setenv("KVS_CKV_KEYS", keys, 1);
     struct kvs_model *m = tiny_model("llama", 2, 11);
     CHECK(m != NULL);
     if (!m) return;
@@ -488,7 +580,7 @@ static void merged_own_b(bool fp32)
     int T = 12, D = 64, r = 20, d = 16, nh = 4, nkv = 2, dkv = 32;
     struct kvs_press *p = NULL;
     CHECK(kvs_press_commonkv_create(&p, m, &c, 64, f, NULL, NULL, err, sizeof err) == KVS_OK);
-    unsetenv("KVS_CKV_FP32");
+    unsetenv("KVS_CKV_KEYS");
     if (!p) { kvs_ckv_factors_delete(f); kvs_model_delete(m); return; }
     float *xn = malloc(sizeof(float) * 2 * T * D), q[4 * 16], out[2][4 * 16];
     int32_t pos[12];
@@ -553,8 +645,9 @@ static void merged_own_b(bool fp32)
             }
         }
         char what[64];
-        snprintf(what, sizeof what, "layer %d%s: merged latent with its own B", l, fp32 ? " (fp32 keys)" : "");
-        if (fp32 || !kvs_ckv_bf16_available()) CHECK(kvs_test_allclose(what, out[l], ref, nh * d, 1e-4f, 1e-3f));
+        snprintf(what, sizeof what, "layer %d (%s keys): merged latent with its own B", l, keys);
+        bool exact = fp32 || (!strcmp(keys, "int8") ? !kvs_ckv_i8_available() : !kvs_ckv_bf16_available());
+        if (exact) CHECK(kvs_test_allclose(what, out[l], ref, nh * d, 1e-4f, 1e-3f));
         else CHECKF(norm_err(out[l], ref, nh * d) < 5e-3, "%s: normalised error %g", what, norm_err(out[l], ref, nh * d));
     }
     /* the two layers read the same latent but decode different K/V */
@@ -576,8 +669,9 @@ static void merged_own_b(bool fp32)
 
 static void test_merged_own_b(void)
 {
-    merged_own_b(true);
-    merged_own_b(false);
+    merged_own_b("fp32");
+    merged_own_b("bf16");
+    merged_own_b("int8");
 }
 
 /* The fused decode pieces against float64 loops: RoPE on rows (both pairings, widths the vector path
@@ -660,13 +754,12 @@ static void test_fused_kernels(void)
  * query rows and materialises keys and probabilities for more. The two must agree: same latents,
  * same key rounding, only summation order and the vectorised exp differ. Covered: interleaved
  * (llama) and NEOX pairing with K/V biases (qwen2), head widths 16 and 64, fp16 and quantized
- * latent pools, the bf16 and the fp32 key path, two threads, and queries whose causal mask hides
- * whole tiles. */
+ * latent pools, the bf16, fp32 and int8 key kernels, eviction statistics, two threads, and queries
+ * whose causal mask hides whole tiles. */
 static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint32_t n_head_kv, const char *spec,
-                       bool fp32, struct kvs_pool *pool)
+                       const char *keys, struct kvs_pool *pool)
 {
-    if (fp32) setenv("KVS_CKV_FP32", "1", 1);
-    else unsetenv("KVS_CKV_FP32");
+    setenv("KVS_CKV_KEYS", keys, 1);
     struct kvs_model *m = tiny_model_dims(arch, 2, n_embd, n_head, n_head_kv, 21);
     CHECK(m != NULL);
     if (!m) return;
@@ -681,7 +774,7 @@ static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint3
     c.quant_residual = 16; /* composed with quant: older rows move to the packed pool */
     struct kvs_press *p = NULL;
     enum kvs_status st = kvs_press_commonkv_create(&p, m, &c, 256, NULL, NULL, NULL, err, sizeof err);
-    unsetenv("KVS_CKV_FP32");
+    unsetenv("KVS_CKV_KEYS");
     CHECKF(st == KVS_OK, "%s %s: %s", arch, spec, err);
     if (!p) { kvs_model_delete(m); return; }
     p->pool = pool;
@@ -723,8 +816,8 @@ static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint3
             CHECKF(r > 0 && sqrt(e / r) < 1e-5, "%s %s layer %d: eviction scores fused == materialised (%g)", arch, spec,
                    l, r > 0 ? sqrt(e / r) : -1.0);
         }
-        snprintf(what, sizeof what, "%s d%d %s%s layer %d: fused decode == materialised", arch, d, spec,
-                 fp32 ? " fp32" : "", l);
+        snprintf(what, sizeof what, "%s d%d %s %s keys layer %d: fused decode == materialised", arch, d, spec, keys,
+                 l);
         CHECKF(norm_err(of, om, (long)nq * dq) < 2e-5, "%s: normalised error %g", what, norm_err(of, om, (long)nq * dq));
         /* four rows at once take the fused path too */
         CHECK(p->ops->attend(p, l, 4, qpos, q, of) == KVS_OK);
@@ -742,11 +835,12 @@ static void test_fused_decode(void)
     CHECK(pool != NULL);
     const char *archs[2] = {"llama", "qwen2"};
     const char *specs[4] = {"commonkv", "commonkv+quant", "commonkv+snapkv", "commonkv+quant+snapkv"};
+    const char *keys[3] = {"bf16", "fp32", "int8"}; /* each falls back where the build lacks it */
     for (int a = 0; a < 2; a++)
         for (int w = 0; w < 2; w++)
             for (int sp = 0; sp < 4; sp++)
-                for (int fp = 0; fp < 2; fp++)
-                    fused_case(archs[a], w ? 128 : 64, w ? 2 : 4, w ? 1 : 2, specs[sp], fp == 1, pool);
+                for (int k = 0; k < 3; k++)
+                    fused_case(archs[a], w ? 128 : 64, w ? 2 : 4, w ? 1 : 2, specs[sp], keys[k], pool);
     kvs_pool_delete(pool);
 }
 
@@ -822,6 +916,7 @@ int main(void)
     RUN(test_full_rank);
     RUN(test_zero_budget);
     RUN(test_bf16_kernel);
+    RUN(test_i8_kernel);
     RUN(test_merged_own_b);
     RUN(test_fused_kernels);
     RUN(test_fused_decode);
