@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The parsers and the engine under AddressSanitizer + UndefinedBehaviorSanitizer: builds the
-# untrusted-input tests (GGUF, tokenizer, traces, quant) and the forward-pass tests in a separate
+# untrusted-input tests (GGUF, tokenizer, traces, quant), the forward-pass tests and the compression
+# methods (CommonKV kernels, fused decode, every press) in a separate
 # build tree with -fsanitize=address,undefined and runs them; any sanitizer report fails.
 set -u
 cd "$(dirname "$0")/.."
 BASE=${KVS_BUILD:-build}
 B=$BASE/asan
 pass=0; fail=0
-tests="test_gguf test_tokenizer test_traces test_quant test_infer"
+tests="test_gguf test_tokenizer test_traces test_quant test_infer test_commonkv test_methods"
 targets=""
 for t in $tests; do [ -f tests/$t.c ] && targets="$targets $B/tests/$t"; done
 if ! make --no-print-directory -j2 BUILD=$B SAN=1 USE_CUDA=no $targets >"$KVS_TEST_TMP/asan-build.log" 2>&1; then
