@@ -192,7 +192,8 @@ void kvs_ckv_i8_free(struct kvs_ckv_i8_mat *m)
 enum kvs_status kvs_ckv_i8_pack(struct kvs_ckv_i8_mat *m, const float *B, int n_out, int k, int ldb, const float *g)
 {
     memset(m, 0, sizeof *m);
-    if (n_out <= 0 || k <= 0 || ldb < k || n_out > (1 << 20) || k > (1 << 20)) return KVS_ERR_ARG;
+    /* int32 accumulators: 255 * 127 * k_pad must stay below 2^31 */
+    if (n_out <= 0 || k <= 0 || ldb < k || n_out > (1 << 20) || k > (1 << 16)) return KVS_ERR_ARG;
     int k_pad = (k + 3) & ~3, n_pad = (n_out + 15) & ~15, nq = k_pad / 4;
     size_t bytes = (size_t)nq * n_pad * 4;
     m->w = aligned_alloc(64, (bytes + 63) & ~(size_t)63);

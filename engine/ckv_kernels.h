@@ -47,7 +47,8 @@ struct kvs_ckv_i8_mat {
     int n_out, k, k_pad, n_out_pad;
 };
 bool kvs_ckv_i8_available(void);
-/* G may be NULL (no prescale). Returns KVS_ERR_NOMEM or KVS_ERR_ARG. */
+/* G may be NULL (no prescale). K is at most 65536 (int32 accumulators). Returns KVS_ERR_NOMEM or
+ * KVS_ERR_ARG. */
 enum kvs_status kvs_ckv_i8_pack(struct kvs_ckv_i8_mat *m, const float *B, int n_out, int k, int ldb, const float *g);
 void kvs_ckv_i8_free(struct kvs_ckv_i8_mat *m);
 /* ROWS latent rows (K floats, leading dimension ldx) to offset bytes, rows of m->k_pad, in DST and

@@ -55,7 +55,7 @@ static void run_chunks(struct kvs_pool *p, uint32_t gen, int index)
             cpu_relax();
             continue;
         }
-        if (c >= p->nchunks) return;
+        if (c >= __atomic_load_n(&p->nchunks, __ATOMIC_RELAXED)) return;
         if (!__atomic_compare_exchange_n(&p->work, &v, v + 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
         int64_t b, e;
         range_of(p->total, p->nchunks, c, &b, &e);
@@ -158,7 +158,7 @@ void kvs_pool_for(struct kvs_pool *p, int64_t n, kvs_range_fn fn, void *ctx)
     p->fn = fn;
     p->ctx = ctx;
     p->total = n;
-    p->nchunks = (uint32_t)chunks;
+    __atomic_store_n(&p->nchunks, (uint32_t)chunks, __ATOMIC_RELAXED); /* read by late workers */
     __atomic_store_n(&p->done, 0, __ATOMIC_RELEASE);
     pthread_mutex_lock(&p->mu);
     __atomic_store_n(&p->work, (uint64_t)gen << 32, __ATOMIC_RELEASE);

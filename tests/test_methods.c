@@ -234,8 +234,7 @@ static void test_quant_attend(void)
     for (int t = 0; t < N; t++) pos[t] = t;
     CHECK(p->ops->store(p, 0, N, pos, xn, k, v) == KVS_OK);
     CHECK(p->ops->end_step(p, N) == KVS_OK);
-    int32_t qp = N - 1;
-    CHECK(p->ops->attend(p, 0, 1, &qp, q, out) == KVS_OK);
+    static const int32_t qps[3] = {N - 1, 100, 40}; /* later ones mask the newer blocks and the residual */
     /* reference K/V: fp16 rows, the oldest NB groups packed with the press's codecs */
     for (int i = 0; i < N * DKV; i++) {
         kr[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(k[i]));
@@ -255,27 +254,138 @@ static void test_quant_attend(void)
         kr[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(kr[i]));
         vr[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(vr[i]));
     }
-    double e = 0, r = 0;
-    for (int h = 0; h < NH; h++) {
-        int kv = h / 2;
-        double sc[N], mx = -1e300, sum = 0;
-        for (int t = 0; t < N; t++) {
-            double s = 0;
-            for (int x = 0; x < D; x++) s += (double)q[h * D + x] * kr[t * DKV + kv * D + x];
-            sc[t] = s / sqrt((double)D);
-            mx = fmax(mx, sc[t]);
+    for (int qi = 0; qi < 3; qi++) {
+        int32_t qp = qps[qi];
+        CHECK(p->ops->attend(p, 0, 1, &qp, q, out) == KVS_OK);
+        double e = 0, r = 0;
+        for (int h = 0; h < NH; h++) {
+            int kv = h / 2;
+            double sc[N], mx = -1e300, sum = 0;
+            for (int t = 0; t <= qp; t++) {
+                double s = 0;
+                for (int x = 0; x < D; x++) s += (double)q[h * D + x] * kr[t * DKV + kv * D + x];
+                sc[t] = s / sqrt((double)D);
+                mx = fmax(mx, sc[t]);
+            }
+            for (int t = 0; t <= qp; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+            for (int x = 0; x < D; x++) {
+                double o = 0;
+                for (int t = 0; t <= qp; t++) o += sc[t] / sum * vr[t * DKV + kv * D + x];
+                e += (o - out[h * D + x]) * (o - out[h * D + x]);
+                r += o * o;
+            }
         }
-        for (int t = 0; t < N; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
-        for (int x = 0; x < D; x++) {
-            double o = 0;
-            for (int t = 0; t < N; t++) o += sc[t] / sum * vr[t * DKV + kv * D + x];
-            e += (o - out[h * D + x]) * (o - out[h * D + x]);
-            r += o * o;
-        }
+        CHECKF(sqrt(e / r) < 1e-5, "quant attention over packed blocks, query at %d: normalised error %g", qp,
+               sqrt(e / r));
     }
-    CHECKF(sqrt(e / r) < 1e-5, "quant attention over packed blocks: normalised error %g", sqrt(e / r));
     free(kb);
     free(vbuf);
+    p->pool = NULL;
+    kvs_press_delete(p);
+    kvs_pool_delete(pool);
+    kvs_model_delete(m);
+}
+
+/* MiniCache's merged rows as each layer reads them (its own norms times the shared SLERP
+ * direction, rebuilt at every step over the pool) against float64 attention over K/V merged here
+ * by the same rule: every token of the pair merged (no retained share, sinks or window), fp16 at
+ * the points where the press stores fp16. */
+static void test_minicache_attend(void)
+{
+    struct kvs_model *m = tiny("llama");   /* 6 layers: the pair (4, 5) */
+    CHECK(m != NULL);
+    if (!m) return;
+    char err[256];
+    struct kvs_method_config c;
+    kvs_method_parse(&c, "minicache", err, sizeof err);
+    c.target_cr = -1;
+    c.mc_threshold = 0;
+    c.sinks = 0;
+    c.recent = 0;
+    struct kvs_press *p = NULL;
+    CHECKF(kvs_press_new(&p, m, &c, 256, NULL, NULL, err, sizeof err) == KVS_OK, "minicache press: %s", err);
+    struct kvs_pool *pool = kvs_pool_new(2);
+    if (!p || !pool) { kvs_press_delete(p); kvs_pool_delete(pool); kvs_model_delete(m); return; }
+    p->pool = pool;
+    enum { N = 150, DKV = 32, NH = 4, D = 16 };
+    static float k[2][N * DKV], v[2][N * DKV], xn[N * 64], kr[2][N * DKV], vr[2][N * DKV];
+    float q[NH * D], out[NH * D];
+    int32_t pos[N];
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; i < N * DKV; i++) {
+            k[l][i] = (1 + l + (i / D) % 3) * frand(); /* norms differ by layer and head */
+            v[l][i] = (2 - l + (i / D) % 2) * frand();
+        }
+    for (int i = 0; i < N * 64; i++) xn[i] = frand();
+    for (int i = 0; i < NH * D; i++) q[i] = 2 * frand();
+    for (int t = 0; t < N; t++) pos[t] = t;
+    for (int l = 0; l < 2; l++) CHECK(p->ops->store(p, 4 + l, N, pos, xn, k[l], v[l]) == KVS_OK);
+    CHECK(p->ops->end_step(p, N) == KVS_OK);
+    /* reference merge, token by token, per head, keys and values */
+    const double tt = 0.6;
+    for (int t = 0; t < N; t++)
+        for (int kvi = 0; kvi < 2; kvi++)
+            for (int h = 0; h < 2; h++) {
+                float xa[D], xb[D], ua[D], ub[D];
+                double na = 0, nb = 0, dot = 0;
+                for (int x = 0; x < D; x++) {
+                    size_t o = (size_t)t * DKV + h * D + x;
+                    xa[x] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(kvi ? v[0][o] : k[0][o]));
+                    xb[x] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(kvi ? v[1][o] : k[1][o]));
+                    na += (double)xa[x] * xa[x];
+                    nb += (double)xb[x] * xb[x];
+                }
+                float fa = (float)sqrt(na), fb = (float)sqrt(nb);
+                for (int x = 0; x < D; x++) {
+                    ua[x] = xa[x] / fa;
+                    ub[x] = xb[x] / fb;
+                    dot += (double)ua[x] * ub[x];
+                }
+                double om = acos(fmin(1, fmax(-1, dot))), so = sin(om), e[D], es = 0;
+                for (int x = 0; x < D; x++) {
+                    e[x] = so < 1e-6 ? (1 - tt) * ua[x] + tt * ub[x]
+                                     : (sin((1 - tt) * om) * ua[x] + sin(tt * om) * ub[x]) / so;
+                    es += e[x] * e[x];
+                }
+                for (int x = 0; x < D; x++) {
+                    float dir = kvs_fp16_to_fp32(kvs_fp32_to_fp16((float)(e[x] / sqrt(es))));
+                    size_t o = (size_t)t * DKV + h * D + x;
+                    float ra = kvs_fp16_to_fp32(kvs_fp32_to_fp16(kvs_fp16_to_fp32(kvs_fp32_to_fp16(fa)) * dir));
+                    float rb = kvs_fp16_to_fp32(kvs_fp32_to_fp16(kvs_fp16_to_fp32(kvs_fp32_to_fp16(fb)) * dir));
+                    if (kvi) { vr[0][o] = ra; vr[1][o] = rb; }
+                    else { kr[0][o] = ra; kr[1][o] = rb; }
+                }
+            }
+    static const int32_t qps[2] = {N - 1, 60};
+    for (int l = 0; l < 2; l++)
+        for (int qi = 0; qi < 2; qi++) {
+            int32_t qp = qps[qi];
+            CHECK(p->ops->attend(p, 4 + l, 1, &qp, q, out) == KVS_OK);
+            double e = 0, r = 0;
+            for (int h = 0; h < NH; h++) {
+                int kvh = h / 2;
+                double sc[N], mx = -1e300, sum = 0;
+                for (int t = 0; t <= qp; t++) {
+                    double s = 0;
+                    for (int x = 0; x < D; x++) s += (double)q[h * D + x] * kr[l][t * DKV + kvh * D + x];
+                    sc[t] = s / sqrt((double)D);
+                    mx = fmax(mx, sc[t]);
+                }
+                for (int t = 0; t <= qp; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+                for (int x = 0; x < D; x++) {
+                    double o = 0;
+                    for (int t = 0; t <= qp; t++) o += sc[t] / sum * vr[l][t * DKV + kvh * D + x];
+                    e += (o - out[h * D + x]) * (o - out[h * D + x]);
+                    r += o * o;
+                }
+            }
+            CHECKF(sqrt(e / r) < 1e-3, "minicache layer %d, query at %d: merged rows with own norms: normalised error %g",
+                   4 + l, qp, sqrt(e / r));
+        }
+    struct kvs_rec_step rec;
+    memset(&rec, 0, sizeof rec);
+    p->ops->fill_record(p, &rec);
+    CHECK(rec.layer_kept[4] == N && rec.bytes_held < rec.bytes_full); /* every token merged, still attended */
     p->pool = NULL;
     kvs_press_delete(p);
     kvs_pool_delete(pool);
@@ -402,6 +512,7 @@ int main(int argc, char **argv)
     RUN(test_snap_stream);
     RUN(test_row_conversions);
     RUN(test_quant_attend);
+    RUN(test_minicache_attend);
     RUN(test_all_methods);
     RUN(test_bad_specs);
     RUN(test_real_model);
