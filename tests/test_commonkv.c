@@ -25,6 +25,16 @@ static float frand(void)
     return (float)((double)(rng >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
 }
 
+/* KVS_CKV_KEYS as the suite was started with: tests that pick a key kernel put it back, so a run
+ * under KVS_CKV_KEYS=int8 checks int8 everywhere else. */
+static char keys_env[16];
+static bool keys_env_set;
+static void keys_restore(void)
+{
+    if (keys_env_set) setenv("KVS_CKV_KEYS", keys_env, 1);
+    else unsetenv("KVS_CKV_KEYS");
+}
+
 static double frob_err(const float *M, const float *B, const float *A, int rows, int D, int k, int r)
 {
     double e = 0;
@@ -307,7 +317,7 @@ static void test_full_rank(void)
         if (kvs_ckv_i8_available()) {
             setenv("KVS_CKV_KEYS", "int8", 1);
             float *g8 = run_logits(m, &ck, ids, n, 16, NULL);
-            unsetenv("KVS_CKV_KEYS");
+            keys_restore();
             CHECKF(ref && g8 && norm_err(g8, ref, (long)n * V) < 5e-3, "%s: int8 keys at full rank: normalised error %g",
                    archs[a], ref && g8 ? norm_err(g8, ref, (long)n * V) : -1.0);
             free(g8);
@@ -582,7 +592,7 @@ static void merged_own_b(const char *keys)
     int T = 12, D = 64, r = 20, d = 16, nh = 4, nkv = 2, dkv = 32;
     struct kvs_press *p = NULL;
     CHECK(kvs_press_commonkv_create(&p, m, &c, 64, f, NULL, NULL, err, sizeof err) == KVS_OK);
-    unsetenv("KVS_CKV_KEYS");
+    keys_restore();
     if (!p) { kvs_ckv_factors_delete(f); kvs_model_delete(m); return; }
     float *xn = malloc(sizeof(float) * 2 * T * D), q[4 * 16], out[2][4 * 16];
     int32_t pos[12];
@@ -779,7 +789,7 @@ static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint3
     c.quant_residual = 16; /* composed with quant: older rows move to the packed pool */
     struct kvs_press *p = NULL;
     enum kvs_status st = kvs_press_commonkv_create(&p, m, &c, 256, NULL, NULL, NULL, err, sizeof err);
-    unsetenv("KVS_CKV_KEYS");
+    keys_restore();
     CHECKF(st == KVS_OK, "%s %s: %s", arch, spec, err);
     if (!p) { kvs_model_delete(m); return; }
     p->pool = pool;
@@ -916,6 +926,11 @@ static void test_real_model(void)
 
 int main(void)
 {
+    const char *k = getenv("KVS_CKV_KEYS");
+    if (k) {
+        snprintf(keys_env, sizeof keys_env, "%s", k);
+        keys_env_set = true;
+    }
     RUN(test_svd);
     RUN(test_cache);
     RUN(test_full_rank);
