@@ -305,11 +305,21 @@ static void rowsrc_init(struct rowsrc *rs, const struct grp *g, uint32_t li)
     }
 }
 
-/* Keys of M latent rows CF (fp32, leading dimension r) of LAYER into KK (leading dimension dkv)
- * by the int8, bf16 or fp32 kernel. CB: conversion scratch (m rows of r + 4 uint16); SC: m floats
- * (int8 row scales). */
-static void ckv_keys(const struct ckv *c, int layer, const float *cf, int m, int r, uint16_t *cb, float *sc, float *kk)
+/* Rows [r0, r0 + m) of RS (layer LAYER): latents to CF (fp32, leading dimension r) and positions
+ * to RP, then keys into KK (leading dimension dkv) by the int8, bf16 or fp32 kernel, plus b_k, with
+ * RoPE at each row's own position. CB: conversion scratch (m rows of r + 4 uint16); SC: m floats
+ * (int8 row scales). Shared by the materialising path (prefill) and the fused decode tiles. */
+static void ckv_rows_keys(const struct ckv *c, const struct rowsrc *rs, int layer, int r0, int m, int r, float *cf,
+                          int32_t *rp, uint16_t *cb, float *sc, float *kk)
 {
+    int si = 0;
+    for (int i = 0; i < m; i++) {
+        int row = r0 + i;
+        while ((uint32_t)row >= rs->start[si + 1]) si++;
+        uint32_t x = (uint32_t)row - rs->start[si];
+        seg_get(rs->seg[si], rs->arr[si], x, cf + (size_t)i * r);
+        rp[i] = rs->seg[si]->pos[x];
+    }
     if (c->i8) {
         const struct kvs_ckv_i8_mat *bm = &c->bk8[layer];
         kvs_ckv_i8_rows(bm, cf, m, r, (uint8_t *)cb, sc);
@@ -322,6 +332,11 @@ static void ckv_keys(const struct ckv *c, int layer, const float *cf, int m, int
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, c->dkv, r, 1.0f, cf, r, c->Bk[layer], r, 0.0f, kk,
                     c->dkv);
     }
+    const float *bk = c->bk[layer];
+    if (bk)
+        for (int i = 0; i < m; i++)
+            for (int x = 0; x < c->dkv; x++) kk[(size_t)i * c->dkv + x] += bk[x];
+    kvs_ckv_rope_rows(c->rope.cs, c->rope.half, c->rope.neox, kk, m, c->dkv, c->nkv, rp);
 }
 
 struct keys_job {
@@ -337,26 +352,13 @@ static void keys_range(void *ctx, int64_t b, int64_t e, int thread)
 {
     struct keys_job *j = ctx;
     struct ckv *c = j->c;
-    int r = (int)j->g->r, dkv = c->dkv;
+    int r = (int)j->g->r;
+    (void)thread;
     for (int64_t task = b; task < e; task++) {
-        int r0 = (int)task * CKV_ROWS_TASK, r1 = KVS_MIN(j->n_rows, r0 + CKV_ROWS_TASK);
-        int si = 0;
-        for (int row = r0; row < r1; row++) {
-            while ((uint32_t)row >= j->rs.start[si + 1]) si++;
-            uint32_t i = (uint32_t)row - j->rs.start[si];
-            seg_get(j->rs.seg[si], j->rs.arr[si], i, c->cf + (size_t)row * r);
-            c->rp[row] = j->rs.seg[si]->pos[i];
-        }
-        int m = r1 - r0;
-        ckv_keys(c, j->layer, c->cf + (size_t)r0 * r, m, r, c->cb ? c->cb + (size_t)r0 * (r + 4) : NULL,
-                 c->csc ? c->csc + r0 : NULL, c->kk + (size_t)r0 * dkv);
-        const float *bk = c->bk[j->layer];
-        for (int row = r0; row < r1; row++) {
-            float *kr = c->kk + (size_t)row * dkv;
-            if (bk)
-                for (int i = 0; i < dkv; i++) kr[i] += bk[i];
-            kvs_rope_table_apply(&c->rope, kr, c->nkv, c->rp[row]);
-        }
+        int r0 = (int)task * CKV_ROWS_TASK, m = KVS_MIN(j->n_rows, r0 + CKV_ROWS_TASK) - r0;
+        ckv_rows_keys(c, &j->rs, j->layer, r0, m, r, c->cf + (size_t)r0 * r, c->rp + r0,
+                      c->cb ? c->cb + (size_t)r0 * (r + 4) : NULL, c->csc ? c->csc + r0 : NULL,
+                      c->kk + (size_t)r0 * c->dkv);
     }
 }
 
@@ -492,20 +494,7 @@ static void dec_range(void *ctx, int64_t b, int64_t e, int thread)
     const int r = (int)j->g->r, d = c->d, dkv = c->dkv, nh = c->nh, rep = nh / c->nkv, dq = nh * d;
     for (int64_t task = b; task < e; task++) {
         int r0 = (int)task * CKV_DTILE, m = KVS_MIN(j->n_rows, r0 + CKV_DTILE) - r0;
-        int si = 0;
-        for (int i = 0; i < m; i++) {
-            int row = r0 + i;
-            while ((uint32_t)row >= j->rs.start[si + 1]) si++;
-            uint32_t x = (uint32_t)row - j->rs.start[si];
-            seg_get(j->rs.seg[si], j->rs.arr[si], x, w->tf + (size_t)i * r);
-            w->rp[i] = j->rs.seg[si]->pos[x];
-        }
-        ckv_keys(c, j->layer, w->tf, m, r, w->tb, w->tsc, w->tk);
-        const float *bk = c->bk[j->layer];
-        if (bk)
-            for (int i = 0; i < m; i++)
-                for (int x = 0; x < dkv; x++) w->tk[(size_t)i * dkv + x] += bk[x];
-        kvs_ckv_rope_rows(c->rope.cs, c->rope.half, c->rope.neox, w->tk, m, dkv, c->nkv, w->rp);
+        ckv_rows_keys(c, &j->rs, j->layer, r0, m, r, w->tf, w->rp, w->tb, w->tsc, w->tk);
         if (j->rp) memcpy(j->rp + r0, w->rp, (size_t)m * sizeof(int32_t));
         for (int qi = 0; qi < j->T; qi++)
             for (int kv = 0; kv < c->nkv; kv++)
