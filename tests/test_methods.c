@@ -204,6 +204,33 @@ static void test_row_conversions(void)
     CHECKF(ok, "fp32 -> fp16 rows equal the scalar converter on %d floats", n);
 }
 
+/* ||out - ref|| / ||ref|| for one query row at position QP: ref is float64 attention of Q (NH heads of
+ * width D, two query heads per KV head) over rows 0..QP of K and V (leading dimension DKV). */
+static double ref_attention_err(const float *q, const float *k, const float *v, int dkv, int nh, int d, int qp,
+                                const float *out)
+{
+    double e = 0, r = 0, *sc = malloc(sizeof(double) * (size_t)(qp + 1));
+    for (int h = 0; h < nh; h++) {
+        int kv = h / 2;
+        double mx = -1e300, sum = 0;
+        for (int t = 0; t <= qp; t++) {
+            double s = 0;
+            for (int x = 0; x < d; x++) s += (double)q[h * d + x] * k[t * dkv + kv * d + x];
+            sc[t] = s / sqrt((double)d);
+            mx = fmax(mx, sc[t]);
+        }
+        for (int t = 0; t <= qp; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
+        for (int x = 0; x < d; x++) {
+            double o = 0;
+            for (int t = 0; t <= qp; t++) o += sc[t] / sum * v[t * dkv + kv * d + x];
+            e += (o - out[h * d + x]) * (o - out[h * d + x]);
+            r += o * o;
+        }
+    }
+    free(sc);
+    return sqrt(e / r);
+}
+
 /* The quant press's attention over packed blocks (unpacked in parallel, at their offsets) and its
  * fp16 residual, against float64 attention over K/V quantized here with the same codecs and the
  * press's policy (once residual + group tokens are fp16, the oldest group is packed). */
@@ -257,26 +284,8 @@ static void test_quant_attend(void)
     for (int qi = 0; qi < 3; qi++) {
         int32_t qp = qps[qi];
         CHECK(p->ops->attend(p, 0, 1, &qp, q, out) == KVS_OK);
-        double e = 0, r = 0;
-        for (int h = 0; h < NH; h++) {
-            int kv = h / 2;
-            double sc[N], mx = -1e300, sum = 0;
-            for (int t = 0; t <= qp; t++) {
-                double s = 0;
-                for (int x = 0; x < D; x++) s += (double)q[h * D + x] * kr[t * DKV + kv * D + x];
-                sc[t] = s / sqrt((double)D);
-                mx = fmax(mx, sc[t]);
-            }
-            for (int t = 0; t <= qp; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
-            for (int x = 0; x < D; x++) {
-                double o = 0;
-                for (int t = 0; t <= qp; t++) o += sc[t] / sum * vr[t * DKV + kv * D + x];
-                e += (o - out[h * D + x]) * (o - out[h * D + x]);
-                r += o * o;
-            }
-        }
-        CHECKF(sqrt(e / r) < 1e-5, "quant attention over packed blocks, query at %d: normalised error %g", qp,
-               sqrt(e / r));
+        double ne = ref_attention_err(q, kr, vr, DKV, NH, D, qp, out);
+        CHECKF(ne < 1e-5, "quant attention over packed blocks, query at %d: normalised error %g", qp, ne);
     }
     free(kb);
     free(vbuf);
@@ -361,26 +370,9 @@ static void test_minicache_attend(void)
         for (int qi = 0; qi < 2; qi++) {
             int32_t qp = qps[qi];
             CHECK(p->ops->attend(p, 4 + l, 1, &qp, q, out) == KVS_OK);
-            double e = 0, r = 0;
-            for (int h = 0; h < NH; h++) {
-                int kvh = h / 2;
-                double sc[N], mx = -1e300, sum = 0;
-                for (int t = 0; t <= qp; t++) {
-                    double s = 0;
-                    for (int x = 0; x < D; x++) s += (double)q[h * D + x] * kr[l][t * DKV + kvh * D + x];
-                    sc[t] = s / sqrt((double)D);
-                    mx = fmax(mx, sc[t]);
-                }
-                for (int t = 0; t <= qp; t++) { sc[t] = exp(sc[t] - mx); sum += sc[t]; }
-                for (int x = 0; x < D; x++) {
-                    double o = 0;
-                    for (int t = 0; t <= qp; t++) o += sc[t] / sum * vr[l][t * DKV + kvh * D + x];
-                    e += (o - out[h * D + x]) * (o - out[h * D + x]);
-                    r += o * o;
-                }
-            }
-            CHECKF(sqrt(e / r) < 1e-3, "minicache layer %d, query at %d: merged rows with own norms: normalised error %g",
-                   4 + l, qp, sqrt(e / r));
+            double ne = ref_attention_err(q, kr[l], vr[l], DKV, NH, D, qp, out);
+            CHECKF(ne < 1e-3, "minicache layer %d, query at %d: merged rows with own norms: normalised error %g", 4 + l,
+                   qp, ne);
         }
     struct kvs_rec_step rec;
     memset(&rec, 0, sizeof rec);
