@@ -43,7 +43,7 @@ struct kvp {
     struct kvl *L;
     uint16_t *sk, *sv;      /* attention scratch (rows, dkv) fp16 */
     int32_t *sp;
-    float *probs, *fbuf;
+    float *probs;
     size_t scap, pcap;
     uint32_t *boff;         /* (nblk) scratch row of each packed block */
     float *tbuf;            /* (threads, qgroup, dkv) unpacking scratch */
@@ -445,7 +445,7 @@ static void kv_destroy(struct kvs_press *pr)
         }
     }
     free(p->L);
-    free(p->sk); free(p->sv); free(p->sp); free(p->probs); free(p->fbuf);
+    free(p->sk); free(p->sv); free(p->sp); free(p->probs);
     free(p->boff); free(p->tbuf);
     free(p);
 }
@@ -510,8 +510,7 @@ enum kvs_status kvs_press_kv_create(struct kvs_press **out, const struct kvs_mod
         }
     }
     p->L = calloc((size_t)p->N, sizeof *p->L);
-    p->fbuf = malloc((size_t)p->dkv * sizeof(float));
-    if (!p->L || !p->fbuf) goto oom;
+    if (!p->L) goto oom;
     if (p->snap)
         for (int l = 0; l < p->N; l++) {
             p->L[l].score = calloc((size_t)n_ctx_max, sizeof(float));

@@ -132,14 +132,15 @@ static void rebuild_range(void *ctx, int64_t b, int64_t e, int thread)
             uint16_t *dst[2] = {m->sk + (size_t)(j->at + i) * dkv, m->sv + (size_t)(j->at + i) * dkv};
             const uint16_t *src[2] = {P->ek + (size_t)i * dkv, P->ev + (size_t)i * dkv};
             for (int kv = 0; kv < 2; kv++)
-                for (int h = 0; h < nkv; h++)
-                    for (int x0 = 0; x0 < d; x0 += 256) { /* spans of at most 256 (head widths are <= 256) */
+                for (int h = 0; h < nkv; h++) {
+                    float nrm = kvs_fp16_to_fp32(nr[(2 * kv + j->side) * nkv + h]);
+                    for (int x0 = 0; x0 < d; x0 += 256) { /* tmp holds 256 floats; head widths may be more */
                         int w = KVS_MIN(256, d - x0);
-                        float nrm = kvs_fp16_to_fp32(nr[(2 * kv + j->side) * nkv + h]);
                         kvs_f16_to_f32_row(src[kv] + (size_t)h * d + x0, tmp, w);
                         for (int x = 0; x < w; x++) tmp[x] *= nrm;
                         kvs_f32_to_f16_row(tmp, dst[kv] + (size_t)h * d + x0, w);
                     }
+                }
             m->sp[j->at + i] = P->pos[i];
         }
     }
