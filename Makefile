@@ -150,7 +150,30 @@ $(CUDA_SO): $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_SRC))
 	$(if $(Q),@echo "  LINK    $@")
 	$(Q)$(NVCC) -shared $(CUDA_ARCH) -o $@ $^ -lcublas -lcusolver -lcudart
 
-tests: $(TEST_BINS) $(BIN)
+# ---- CUDA host emulation: the same kernels/*.cu as host C++ against tests/cuda_emu (no nvcc needed),
+# loaded through KVS_CUDA_LIB by the emulated tier of the tests. The score cap is lowered so that the
+# attention tests reach the query-chunk loop at small sizes. ----
+CXX ?= g++
+EMU_DIR := $(BUILD)/emu
+EMU_SO := $(EMU_DIR)/libkvscope_cuda_emu.so
+EMU_SRC := $(wildcard tests/cuda_emu/*.cpp)
+EMU_HDR := $(wildcard tests/cuda_emu/include/*.h) kernels/kernels.h $(wildcard kernels/*.cuh)
+EMU_CXXFLAGS := -std=c++17 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter \
+	$(if $(filter true,$(CI)),-Werror) $(BLAS_CFLAGS) -DKVS_CUDA_EMU -DATT_SCORE_BYTES=65536u \
+	-Itests/cuda_emu/include -Ikernels
+$(EMU_DIR)/kernels/%.o: kernels/%.cu $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  EMU     $<")
+	$(Q)$(CXX) -x c++ $(EMU_CXXFLAGS) -c $< -o $@
+$(EMU_DIR)/cuda_emu/%.o: tests/cuda_emu/%.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  EMU     $<")
+	$(Q)$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+$(EMU_SO): $(patsubst kernels/%.cu,$(EMU_DIR)/kernels/%.o,$(CUDA_SRC)) $(patsubst tests/cuda_emu/%.cpp,$(EMU_DIR)/cuda_emu/%.o,$(EMU_SRC))
+	$(if $(Q),@echo "  LINK    $@")
+	$(Q)$(CXX) -shared -o $@ $^ -lopenblas -llapacke -lm -pthread
+
+tests: $(TEST_BINS) $(BIN) $(EMU_SO)
 
 # ---- set-up: Debian packages, Python reference tools, the model ----
 setup:

@@ -1,8 +1,9 @@
 /* The CUDA backend as the engine sees it: finds and dlopens libkvscope_cuda.so ($KVS_CUDA_LIB, next
  * to the executable, the build directory, $(PREFIX)/lib/kvscope), checks its ABI, asks the driver and
- * the runtime for a GPU, and implements the backend vtable on host pointers by staging through
- * device buffers. Depends on libc, libdl and kernels/kernels.h only (no CUDA headers or libraries
- * at link time), so kvscope starts on any machine; every failure is a status string. */
+ * the runtime for a GPU (or accepts the host emulation of tests/cuda_emu, which says so), and
+ * implements the backend vtable on host pointers by staging through device buffers. Depends on libc,
+ * libdl and kernels/kernels.h only (no CUDA headers or libraries at link time), so kvscope starts on
+ * any machine; every failure is a status string. */
 #include "backend.h"
 
 #include <dlfcn.h>
@@ -136,7 +137,7 @@ found:
 static void cuda_probe_once(void)
 {
     struct kvs_backend_cuda_info *in = &cu.info;
-    char ddetail[256];
+    char ddetail[256] = "";
     enum kvs_gpu_driver dstate;
 
     in->lib_found = find_library(in);
@@ -144,14 +145,13 @@ static void cuda_probe_once(void)
         kvs_seterr(in->status, sizeof in->status, "CUDA backend not built");
         return;
     }
-    dstate = kvs_gpu_driver_probe(NULL, ddetail, sizeof ddetail);
-    in->driver_loaded = dstate != KVS_GPU_NO_DRIVER;
 
     /* RTLD_LOCAL: the CUDA libraries' symbols stay out of the global namespace */
     void *h = dlopen(in->lib_path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *e = dlerror();
         kvs_seterr(in->detail, sizeof in->detail, "%s", e ? e : "dlopen failed");
+        in->driver_loaded = kvs_gpu_driver_probe(NULL, NULL, 0) != KVS_GPU_NO_DRIVER;
         kvs_seterr(in->status, sizeof in->status, "%s",
                  in->driver_loaded ? "CUDA runtime libraries missing" : "no NVIDIA driver");
         return;
@@ -169,6 +169,27 @@ static void cuda_probe_once(void)
         kvs_seterr(in->detail, sizeof in->detail, "rebuild %s", in->lib_path);
         return;
     }
+    /* The host emulation of the kernels (tests/cuda_emu) marks itself: it needs no driver, and its
+     * device name says that no GPU is involved. */
+    typedef const char *(*emu_marker_fn)(void);
+    emu_marker_fn emulated = (emu_marker_fn)dlsym(h, "kvs_cuda_emulation");
+    if (emulated) {
+        in->lib_loaded = true;
+        api->probe(&in->probe);
+        if (in->probe.status != KVS_CUDA_PROBE_OK) {
+            kvs_seterr(in->status, sizeof in->status, "CUDA emulation failed its probe");
+            kvs_seterr(in->detail, sizeof in->detail, "%s: %s", in->lib_path, in->probe.message);
+            return;
+        }
+        in->available = true;
+        cu.api = api;
+        kvs_seterr(in->status, sizeof in->status, "cuda: %.100s (sm_%d%d)", in->probe.name, in->probe.cc_major,
+                 in->probe.cc_minor);
+        kvs_seterr(in->detail, sizeof in->detail, "%s: %.120s, no GPU in use", in->lib_path, emulated());
+        return;
+    }
+    dstate = kvs_gpu_driver_probe(NULL, ddetail, sizeof ddetail);
+    in->driver_loaded = dstate != KVS_GPU_NO_DRIVER;
     in->lib_loaded = true;
     /* the runtime answers sensibly without a driver too (cudaErrorInsufficientDriver) */
     api->probe(&in->probe);

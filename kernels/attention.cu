@@ -8,7 +8,9 @@
 #include "internal.cuh"
 
 #define ATT_WARPS 4                      /* warps (tokens) per block in the score kernels */
+#ifndef ATT_SCORE_BYTES                  /* the emulated build lowers it so that tests reach the chunk loop */
 #define ATT_SCORE_BYTES (256u << 20)     /* cap on the (T_chunk, n_head, n) score matrix */
+#endif
 
 /* scores (T, n_head, n): one warp per (latent j, KV head g) = (blockIdx.x*ATT_WARPS + warp, blockIdx.y). */
 /* One warp: scores of key K (KV head G, position PJ, in shared memory) against the query heads of G
@@ -125,7 +127,7 @@ int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_late
         int64_t rows = (int64_t)tn * a->n_head;
         int64_t outs = rows * a->head_dim;
         dim3 grid(kvs_grid(a->n, ATT_WARPS), (unsigned)a->n_head_kv);
-        k_latent_scores<<<grid, ATT_WARPS * 32, 0, c->stream>>>(
+        KVS_LAUNCH(k_latent_scores, grid, ATT_WARPS * 32, 0, c->stream)(
             a->q + (size_t)t0 * dq, a->q_pos + t0, tn, a->n_head, a->n_head_kv, a->head_dim, a->rank, a->c, a->pos,
             a->n, a->bk, a->freqs, a->neox, a->scale, scores);
         KVS_LAUNCH_CHECK();
@@ -133,9 +135,8 @@ int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_late
         /* Row-major PC (rows, rank) = P (rows, n) · C (n, rank); column-major: PCᶜ = Cᶜ · Pᶜ. */
         CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, a->rank, (int)rows, a->n, &one, a->c, a->rank,
                                  scores, a->n, &zero, pc, a->rank));
-        k_latent_out<<<kvs_grid(outs * 32, 256), 256, 0, c->stream>>>(pc, a->bv, tn, a->n_head, a->n_head_kv,
-                                                                      a->head_dim, a->rank,
-                                                                      a->out + (size_t)t0 * dq);
+        KVS_LAUNCH(k_latent_out, kvs_grid(outs * 32, 256), 256, 0, c->stream)(
+            pc, a->bv, tn, a->n_head, a->n_head_kv, a->head_dim, a->rank, a->out + (size_t)t0 * dq);
         KVS_LAUNCH_CHECK();
     }
     return KVS_CUDA_OK;
@@ -198,13 +199,13 @@ int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *
         int tn = a->T - t0 < tc ? a->T - t0 : tc;
         int64_t rows = (int64_t)tn * a->n_head;
         dim3 grid(kvs_grid(a->n, ATT_WARPS), (unsigned)a->n_head_kv);
-        k_kv16_scores<<<grid, ATT_WARPS * 32, 0, c->stream>>>(a->q + (size_t)t0 * dq, a->q_pos + t0, tn, a->n_head,
-                                                              a->n_head_kv, a->head_dim, (const __half *)a->k,
-                                                              a->pos, a->n, a->scale, scores);
+        KVS_LAUNCH(k_kv16_scores, grid, ATT_WARPS * 32, 0, c->stream)(
+            a->q + (size_t)t0 * dq, a->q_pos + t0, tn, a->n_head, a->n_head_kv, a->head_dim, (const __half *)a->k,
+            a->pos, a->n, a->scale, scores);
         KVS_LAUNCH_CHECK();
         if (kvs_cuda_softmax_rows(c, scores, rows, a->n) != KVS_CUDA_OK) goto fail;
-        k_kv16_out<<<(unsigned)rows, 64, 0, c->stream>>>(scores, (const __half *)a->v, a->n_head, a->n_head_kv,
-                                                         a->head_dim, a->n, a->out + (size_t)t0 * dq);
+        KVS_LAUNCH(k_kv16_out, (unsigned)rows, 64, 0, c->stream)(
+            scores, (const __half *)a->v, a->n_head, a->n_head_kv, a->head_dim, a->n, a->out + (size_t)t0 * dq);
         KVS_LAUNCH_CHECK();
     }
     return KVS_CUDA_OK;

@@ -214,8 +214,8 @@ int kvs_cuda_convert(struct kvs_cuda_ctx *c, void *dst, const float *src, int64_
     unsigned grid = kvs_grid(n, 256);
     if (grid > 65535u * 8u) grid = 65535u * 8u; /* grid-stride loop covers the rest */
     if (n <= 0) return KVS_CUDA_OK;
-    if (dtype == KVS_CUDA_F16) k_f32_to_f16<<<grid, 256, 0, c->stream>>>((__half *)dst, src, n);
-    else k_f32_to_bf16<<<grid, 256, 0, c->stream>>>((__nv_bfloat16 *)dst, src, n);
+    if (dtype == KVS_CUDA_F16) KVS_LAUNCH(k_f32_to_f16, grid, 256, 0, c->stream)((__half *)dst, src, n);
+    else KVS_LAUNCH(k_f32_to_bf16, grid, 256, 0, c->stream)((__nv_bfloat16 *)dst, src, n);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:

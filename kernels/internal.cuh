@@ -1,6 +1,7 @@
 /* Private to the kernels/ .cu files: the context and weight structs, the CUDA/cuBLAS/cuSOLVER members of the
- * check macro family, scratch buffers and small device helpers. Never included by engine/ code.
- * Functions here use the single `fail:` label convention of KVS_CHECK_GEN (kernels.h). */
+ * check macro family, the launch macro, scratch buffers and small device helpers. Never included by engine/
+ * code. Functions here use the single `fail:` label convention of KVS_CHECK_GEN (kernels.h).
+ * Built by nvcc, or as host C++ with -DKVS_CUDA_EMU against the stand-in headers of tests/cuda_emu. */
 #ifndef KVS_KERNELS_INTERNAL_CUH
 #define KVS_KERNELS_INTERNAL_CUH
 
@@ -11,6 +12,16 @@
 #include <cusolverDn.h>
 
 #include "kernels.h"
+
+/* Every launch goes through KVS_LAUNCH(kernel, grid, block, shmem, stream)(args...): `<<<>>>` under
+ * nvcc, the emulator's launcher (a fiber per thread, launch-limit and pointer checks) under
+ * KVS_CUDA_EMU, so that one source serves both. */
+#ifdef KVS_CUDA_EMU
+#define KVS_LAUNCH(kernel, grid, block, shmem, stream) \
+    kvs_emu::make_launcher(#kernel, kernel, (grid), (block), (shmem), (stream))
+#else
+#define KVS_LAUNCH(kernel, grid, block, shmem, stream) kernel<<<(grid), (block), (shmem), (stream)>>>
+#endif
 
 /* Scratch slots, each grown on demand and kept for the context's lifetime. */
 enum kvs_cuda_scratch_slot {

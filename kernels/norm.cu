@@ -21,7 +21,7 @@ int kvs_cuda_rmsnorm(struct kvs_cuda_ctx *c, float *out, const float *x, const f
 {
     KVS_REQUIRE(T >= 0 && n > 0, "rmsnorm: bad shape (%d, %d)", T, n);
     if (T == 0) return KVS_CUDA_OK;
-    k_rmsnorm<<<(unsigned)T, NORM_THREADS, 0, c->stream>>>(out, x, w, n, eps);
+    KVS_LAUNCH(k_rmsnorm, (unsigned)T, NORM_THREADS, 0, c->stream)(out, x, w, n, eps);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:
@@ -56,7 +56,7 @@ int kvs_cuda_rope(struct kvs_cuda_ctx *c, float *x, int T, int n_heads, int head
                 n_heads, head_dim);
     total = (int64_t)T * n_heads * (head_dim / 2);
     if (total == 0) return KVS_CUDA_OK;
-    k_rope<<<kvs_grid(total, 256), 256, 0, c->stream>>>(x, T, n_heads, head_dim, pos, freqs, neox);
+    KVS_LAUNCH(k_rope, kvs_grid(total, 256), 256, 0, c->stream)(x, T, n_heads, head_dim, pos, freqs, neox);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:
@@ -88,7 +88,7 @@ int kvs_cuda_softmax_rows(struct kvs_cuda_ctx *c, float *x, int64_t rows, int n)
 {
     KVS_REQUIRE(rows >= 0 && rows <= 0x7fffffff && n > 0, "softmax: bad shape (%lld, %d)", (long long)rows, n);
     if (rows == 0) return KVS_CUDA_OK;
-    k_softmax_rows<<<(unsigned)rows, NORM_THREADS, 0, c->stream>>>(x, n);
+    KVS_LAUNCH(k_softmax_rows, (unsigned)rows, NORM_THREADS, 0, c->stream)(x, n);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:

@@ -1,0 +1,400 @@
+/* The CUDA backend's kernels (kernels/ .cu files) run through the host emulation of tests/cuda_emu
+ * (build/emu/libkvscope_cuda_emu.so, loaded by KVS_CUDA_LIB) against their CPU twins, at real model
+ * shapes: head widths 64 and 128, GQA 3:1 and 4:1, ranks that are not multiples of 32, contexts of
+ * several tiles, query chunks (the emulated build caps the score matrix at 64 KiB), an empty cache;
+ * matmul with fp16 and bf16 weights, with the conversions checked bit for bit; the SVD.
+ * Each comparison prints its normalised error and worst elements. KVS_CUDA_EMU_LIB overrides the
+ * library (tests/plant_bugs.sh points it at a copy with a planted bug). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "harness.h"
+#include "infer.h"
+#include "quant.h"
+
+static struct kvs_pool *pool;
+static struct kvs_backend *cuda16, *cuda_bf, *cpu;
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+static float frand(float lo, float hi)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return lo + (hi - lo) * (float)((rng >> 40) * (1.0 / 16777216.0));
+}
+static float *rand_vec(size_t n, float lo, float hi)
+{
+    float *v = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) v[i] = frand(lo, hi);
+    return v;
+}
+
+/* kvs_test_allclose plus the three worst elements, always printed. */
+static int compare(const char *what, const float *got, const float *ref, long n, float atol, float rtol)
+{
+    long w[3] = {-1, -1, -1};
+    for (long i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        for (int k = 0; k < 3; k++) {
+            if (w[k] < 0 || isnan(d) || d > fabs((double)got[w[k]] - ref[w[k]])) {
+                for (int m = 2; m > k; m--) w[m] = w[m - 1];
+                w[k] = i;
+                break;
+            }
+        }
+    }
+    int ok = kvs_test_allclose(what, got, ref, n, atol, rtol);
+    for (int k = 0; k < 3 && w[k] >= 0; k++)
+        fprintf(stderr, "      worst[%d] [%ld] got %.7g ref %.7g |d| %.3g\n", k, w[k], (double)got[w[k]],
+                (double)ref[w[k]], fabs((double)got[w[k]] - ref[w[k]]));
+    return ok;
+}
+
+static float *rope_freqs(int d, double theta)
+{
+    float *f = malloc((size_t)(d / 2) * sizeof(float));
+    for (int i = 0; i < d / 2; i++) f[i] = (float)pow(theta, -2.0 * i / d);
+    return f;
+}
+
+/* ---------------------------------------------------------------- probe */
+
+static void test_probe(void)
+{
+    bool avail = false;
+    const char *s = kvs_backend_probe(&avail);
+    const struct kvs_backend_cuda_info *in = kvs_backend_cuda_info();
+    fprintf(stderr, "   probe: \"%s\" (%s)\n", s, in->detail);
+    CHECKF(avail, "emulated CUDA library unavailable: %s (%s)", s, in->detail);
+    CHECKF(strstr(s, "CUDA emulation (host)") != NULL, "status \"%s\" does not say emulation", s);
+    CHECK(in->lib_loaded);
+}
+
+static void test_backends(void)
+{
+    char err[256] = "";
+    CHECKF(kvs_backend_new(&cuda16, "cuda", NULL, err, sizeof err) == KVS_OK, "%s", err);
+    setenv("KVS_CUDA_WEIGHTS", "bf16", 1);
+    CHECKF(kvs_backend_new(&cuda_bf, "cuda", NULL, err, sizeof err) == KVS_OK, "%s", err);
+    unsetenv("KVS_CUDA_WEIGHTS");
+    CHECK(kvs_backend_new(&cpu, "cpu", pool, err, sizeof err) == KVS_OK);
+    if (cuda16) {
+        fprintf(stderr, "   device: %s\n", kvs_backend_device(cuda16));
+        CHECK(!strncmp(kvs_backend_device(cuda16), "CUDA emulation (host)", 21));
+    }
+}
+
+/* ---------------------------------------------------------------- rmsnorm, rope */
+
+static void test_rmsnorm(void)
+{
+    int shapes[3][2] = {{1, 576}, {7, 576}, {3, 2048}};
+    for (int k = 0; k < 3; k++) {
+        int T = shapes[k][0], n = shapes[k][1];
+        float *x = rand_vec((size_t)T * n, -3, 3), *w = rand_vec(n, 0.2f, 2.0f);
+        float *yg = calloc((size_t)T * n, sizeof(float)), *yc = calloc((size_t)T * n, sizeof(float));
+        CHECKF(kvs_backend_rmsnorm(cuda16, yg, x, w, T, n, 1e-5f) == KVS_OK, "%s", kvs_backend_error(cuda16));
+        CHECK(kvs_backend_rmsnorm(cpu, yc, x, w, T, n, 1e-5f) == KVS_OK);
+        char what[64];
+        snprintf(what, sizeof what, "emu rmsnorm T=%d n=%d", T, n);
+        compare(what, yg, yc, (long)T * n, 1e-5f, 1e-4f);
+        free(x), free(w), free(yg), free(yc);
+    }
+}
+
+static void test_rope(void)
+{
+    int32_t pos[6] = {0, 1, 17, 511, 4096, 8191};
+    int dims[2] = {64, 128}, heads[2] = {9, 3};
+    for (int k = 0; k < 2; k++)
+        for (int neox = 0; neox < 2; neox++) {
+            int d = dims[k], H = heads[k], T = 6;
+            float *freqs = rope_freqs(d, k ? 500000.0 : 10000.0);
+            float *qg = rand_vec((size_t)T * H * d, -2, 2), *qc = malloc((size_t)T * H * d * sizeof(float));
+            memcpy(qc, qg, (size_t)T * H * d * sizeof(float));
+            CHECKF(kvs_backend_rope(cuda16, qg, T, H, d, pos, freqs, neox) == KVS_OK, "%s",
+                   kvs_backend_error(cuda16));
+            CHECK(kvs_backend_rope(cpu, qc, T, H, d, pos, freqs, neox) == KVS_OK);
+            char what[64];
+            snprintf(what, sizeof what, "emu rope d=%d %s", d, neox ? "neox" : "interleaved");
+            compare(what, qg, qc, (long)T * H * d, 1e-5f, 1e-4f);
+            free(freqs), free(qg), free(qc);
+        }
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+static uint16_t bf16_rne(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+/* Weight values that stress the conversion: ties both ways, subnormals, the fp16 saturation
+ * boundary, tiny and huge magnitudes. An identity activation brings them back exactly. */
+static void test_convert_exact(void)
+{
+    enum { ROWS = 48, COLS = 32 };
+    static float wf[ROWS * COLS];
+    const float special[] = {0.0f, -0.0f, 1.0f, -1.0f, 1.0009765625f /* 1 + 2^-10 */, 1.00048828125f /* tie */,
+                             1.00146484375f /* tie, odd */, 65504.0f, 65519.0f, 70000.0f, -1e30f, 6.0e-8f,
+                             5.96046448e-8f /* 2^-24 */, 2.98023224e-8f /* 2^-25 tie */, 3.0e-8f, 1e-40f,
+                             6.103515625e-05f /* 2^-14 */, 3.0517578e-05f, 1.00390625f /* bf16 tie */,
+                             1.01171875f /* bf16 tie, odd */, 3.3895314e38f, -2.5f, 0.1f, 1.0f / 3.0f};
+    size_t ns = sizeof special / sizeof special[0];
+    for (int i = 0; i < ROWS * COLS; i++) wf[i] = i < (int)ns ? special[i] : frand(-4, 4) * powf(2.0f, frand(-20, 20));
+    struct kvs_weight w = {.type = KVS_GGML_F32, .rows = ROWS, .cols = COLS, .data = wf,
+                           .row_bytes = (uint64_t)COLS * 4};
+    float *x = calloc((size_t)COLS * COLS, sizeof(float)), *y = malloc((size_t)COLS * ROWS * sizeof(float));
+    for (int t = 0; t < COLS; t++) x[t * COLS + t] = 1.0f; /* y[t][r] = W[r][t], one exact product */
+    for (int k = 0; k < 2; k++) {
+        struct kvs_backend *b = k ? cuda_bf : cuda16;
+        struct kvs_backend_weight bw;
+        CHECKF(kvs_backend_weight_prepare(b, &bw, &w) == KVS_OK && bw.dev, "%s", kvs_backend_error(b));
+        CHECKF(kvs_backend_matmul(b, &bw, x, y, COLS) == KVS_OK, "%s", kvs_backend_error(b));
+        int bad = 0;
+        for (int r = 0; r < ROWS; r++)
+            for (int t = 0; t < COLS; t++) {
+                float v = wf[r * COLS + t], got = y[t * ROWS + r], want;
+                if (k) {
+                    want = kvs_bf16_to_fp32(bf16_rne(v));
+                } else { /* the upload saturates at the fp16 range, then rounds to nearest even */
+                    float c = v > 65504.0f ? 65504.0f : v < -65504.0f ? -65504.0f : v;
+                    want = kvs_fp16_to_fp32(kvs_fp32_to_fp16(c));
+                }
+                if (memcmp(&got, &want, 4) && !(got == 0 && want == 0)) {
+                    if (bad++ < 3)
+                        fprintf(stderr, "   %s W[%d][%d] = %.9g: device %.9g, expected %.9g\n", k ? "bf16" : "fp16",
+                                r, t, (double)v, (double)got, (double)want);
+                }
+            }
+        CHECKF(bad == 0, "%s conversion: %d of %d values differ from round-to-nearest-even", k ? "bf16" : "fp16",
+               bad, ROWS * COLS);
+        if (!bad) fprintf(stderr, "   %s conversion: %d values bit-exact\n", k ? "bf16" : "fp16", ROWS * COLS);
+        kvs_backend_weight_release(b, &bw);
+    }
+    free(x), free(y);
+}
+
+static void test_matmul(void)
+{
+    int rows = 1536, cols = 576; /* SmolLM2's FFN up projection */
+    float *wf = rand_vec((size_t)rows * cols, -0.1f, 0.1f);
+    struct kvs_weight w = {.type = KVS_GGML_F32, .rows = rows, .cols = cols, .data = wf,
+                           .row_bytes = (uint64_t)cols * 4};
+    struct kvs_backend_weight bc;
+    CHECK(kvs_backend_weight_prepare(cpu, &bc, &w) == KVS_OK);
+    for (int k = 0; k < 2; k++) {
+        struct kvs_backend *b = k ? cuda_bf : cuda16;
+        struct kvs_backend_weight bg;
+        CHECKF(kvs_backend_weight_prepare(b, &bg, &w) == KVS_OK && bg.dev, "%s", kvs_backend_error(b));
+        for (int T = 1; T <= 33; T += 32) {
+            float *x = rand_vec((size_t)T * cols, -1, 1);
+            float *yg = calloc((size_t)T * rows, sizeof(float)), *yc = calloc((size_t)T * rows, sizeof(float)),
+                  *yr = calloc((size_t)T * rows, sizeof(float));
+            CHECKF(kvs_backend_matmul(b, &bg, x, yg, T) == KVS_OK, "%s", kvs_backend_error(b));
+            CHECK(kvs_backend_matmul(cpu, &bc, x, yc, T) == KVS_OK);
+            /* exact reference: both operands rounded to the device dtype, products summed in double */
+            for (int t = 0; t < T; t++)
+                for (int r = 0; r < rows; r++) {
+                    double s = 0;
+                    for (int c = 0; c < cols; c++) {
+                        float wv = wf[(size_t)r * cols + c], xv = x[(size_t)t * cols + c];
+                        if (k) wv = kvs_bf16_to_fp32(bf16_rne(wv)), xv = kvs_bf16_to_fp32(bf16_rne(xv));
+                        else wv = kvs_fp16_to_fp32(kvs_fp32_to_fp16(wv)), xv = kvs_fp16_to_fp32(kvs_fp32_to_fp16(xv));
+                        s += (double)wv * xv;
+                    }
+                    yr[(size_t)t * rows + r] = (float)s;
+                }
+            char what[80];
+            snprintf(what, sizeof what, "emu matmul %s T=%d vs rounded-operand reference", k ? "bf16" : "fp16", T);
+            compare(what, yg, yr, (long)T * rows, 1e-5f, 1e-4f);
+            snprintf(what, sizeof what, "emu matmul %s T=%d vs CPU twin", k ? "bf16" : "fp16", T);
+            /* the device rounds activations to fp16/bf16; bf16 keeps 8 bits */
+            compare(what, yg, yc, (long)T * rows, k ? 3e-2f : 5e-3f, k ? 3e-2f : 5e-3f);
+            free(x), free(yg), free(yc), free(yr);
+        }
+        kvs_backend_weight_release(b, &bg);
+    }
+    kvs_backend_weight_release(cpu, &bc);
+    free(wf);
+}
+
+/* ---------------------------------------------------------------- attention */
+
+/* A cache split over two segments, positions interleaved, queries at the last T positions. */
+struct att_case {
+    int T, H, G, d, r, n0, n1;
+    float *q, *bk, *bv, *c0, *c1, *freqs;
+    uint16_t *k0, *v0, *k1, *v1;
+    int32_t *qpos, *p0, *p1;
+};
+
+static uint16_t *rand_f16(size_t n)
+{
+    uint16_t *v = malloc((n ? n : 1) * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) v[i] = kvs_fp32_to_fp16(frand(-1, 1));
+    return v;
+}
+
+static void att_init(struct att_case *A, int T, int H, int G, int d, int r, int n0, int n1)
+{
+    memset(A, 0, sizeof *A);
+    A->T = T, A->H = H, A->G = G, A->d = d, A->r = r, A->n0 = n0, A->n1 = n1;
+    size_t dkv = (size_t)G * d;
+    A->q = rand_vec((size_t)T * H * d, -1, 1);
+    A->bk = rand_vec(dkv * r, -0.15f, 0.15f);
+    A->bv = rand_vec(dkv * r, -0.15f, 0.15f);
+    A->c0 = rand_vec((size_t)n0 * r, -1, 1);
+    A->c1 = rand_vec((size_t)n1 * r, -1, 1);
+    A->k0 = rand_f16(n0 * dkv), A->v0 = rand_f16(n0 * dkv), A->k1 = rand_f16(n1 * dkv), A->v1 = rand_f16(n1 * dkv);
+    A->freqs = rope_freqs(d, 10000.0);
+    A->qpos = malloc((size_t)(T ? T : 1) * sizeof(int32_t));
+    A->p0 = malloc((size_t)(n0 ? n0 : 1) * sizeof(int32_t));
+    A->p1 = malloc((size_t)(n1 ? n1 : 1) * sizeof(int32_t));
+    int n = n0 + n1, i0 = 0, i1 = 0;
+    for (int p = 0; p < n; p++) {
+        if ((p % 3 == 1 && i1 < n1) || i0 >= n0) A->p1[i1++] = p;
+        else A->p0[i0++] = p;
+    }
+    /* causal prefill over the cache's last T positions (decode when T = 1) */
+    for (int t = 0; t < T; t++) A->qpos[t] = (n ? n : 1) - T + t;
+}
+
+static void att_free(struct att_case *A)
+{
+    free(A->q), free(A->bk), free(A->bv), free(A->c0), free(A->c1), free(A->freqs);
+    free(A->k0), free(A->v0), free(A->k1), free(A->v1), free(A->qpos), free(A->p0), free(A->p1);
+}
+
+static void att_latent(const char *tag, int T, int H, int G, int d, int r, int n0, int n1, bool neox)
+{
+    struct att_case A;
+    att_init(&A, T, H, G, d, r, n0, n1);
+    struct kvs_latent_seg segs[2] = {{A.c0, A.p0, n0}, {A.c1, A.p1, n1}};
+    struct kvs_attn_latent_args a = {.T = T, .q_pos = A.qpos, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                     .rank = r, .bk = A.bk, .bv = A.bv, .freqs = A.freqs, .neox = neox,
+                                     .scale = 1.0f / sqrtf((float)d), .segs = segs, .n_segs = 2};
+    size_t no = (size_t)T * H * d;
+    float *og = malloc(no * sizeof(float)), *oc = malloc(no * sizeof(float));
+    for (size_t i = 0; i < no; i++) og[i] = 12345.0f, oc[i] = -1.0f; /* stale values must not survive */
+    CHECKF(kvs_backend_attn_latent(cuda16, &a, A.q, og) == KVS_OK, "%s", kvs_backend_error(cuda16));
+    CHECK(kvs_backend_attn_latent(cpu, &a, A.q, oc) == KVS_OK);
+    char what[128];
+    snprintf(what, sizeof what, "emu attn_latent %s (T %d, %d:%d heads, d %d, rank %d, n %d%s)", tag, T, H, G, d, r,
+             n0 + n1, neox ? ", neox" : "");
+    compare(what, og, oc, (long)no, 2e-5f, 1e-3f);
+    free(og), free(oc);
+    att_free(&A);
+}
+
+static void att_kv16(const char *tag, int T, int H, int G, int d, int n0, int n1)
+{
+    struct att_case A;
+    att_init(&A, T, H, G, d, 1, n0, n1);
+    struct kvs_kv16_seg segs[2] = {{A.k0, A.v0, A.p0, n0}, {A.k1, A.v1, A.p1, n1}};
+    struct kvs_attn_kv16_args a = {.T = T, .q_pos = A.qpos, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                   .scale = 1.0f / sqrtf((float)d), .segs = segs, .n_segs = 2};
+    size_t no = (size_t)T * H * d;
+    float *og = malloc(no * sizeof(float)), *oc = malloc(no * sizeof(float));
+    for (size_t i = 0; i < no; i++) og[i] = 12345.0f, oc[i] = -1.0f;
+    CHECKF(kvs_backend_attn_kv16(cuda16, &a, A.q, og) == KVS_OK, "%s", kvs_backend_error(cuda16));
+    CHECK(kvs_backend_attn_kv16(cpu, &a, A.q, oc) == KVS_OK);
+    char what[128];
+    snprintf(what, sizeof what, "emu attn_kv16 %s (T %d, %d:%d heads, d %d, n %d)", tag, T, H, G, d, n0 + n1);
+    compare(what, og, oc, (long)no, 2e-5f, 1e-3f);
+    free(og), free(oc);
+    att_free(&A);
+}
+
+static void test_attn_latent(void)
+{
+    /* SmolLM2-135M: 9 query heads over 3 KV heads of 64 */
+    att_latent("decode", 1, 9, 3, 64, 45, 150, 107, false);
+    att_latent("decode", 1, 9, 3, 64, 45, 150, 107, true);
+    /* 9 queries > the emulated chunk of 7 at n = 257: two chunks */
+    att_latent("prefill chunks", 9, 9, 3, 64, 45, 150, 107, false);
+    /* Llama-3-like: 8 query heads over 2 KV heads of 128, GQA 4:1 */
+    att_latent("decode", 1, 8, 2, 128, 77, 180, 120, true);
+    att_latent("prefill chunks", 9, 8, 2, 128, 77, 180, 120, false);
+    /* an empty cache attends to nothing */
+    att_latent("empty cache", 3, 9, 3, 64, 45, 0, 0, false);
+}
+
+static void test_attn_kv16(void)
+{
+    att_kv16("decode", 1, 9, 3, 64, 150, 107);
+    att_kv16("prefill chunks", 9, 9, 3, 64, 150, 107);
+    att_kv16("decode", 1, 8, 2, 128, 180, 120);
+    att_kv16("prefill chunks", 9, 8, 2, 128, 180, 120);
+    att_kv16("empty cache", 3, 8, 2, 128, 0, 0);
+}
+
+/* ---------------------------------------------------------------- svd */
+
+static void test_svd(void)
+{
+    int shapes[3][2] = {{384, 96}, {96, 200}, {77, 77}};
+    for (int k = 0; k < 3; k++) {
+        int m = shapes[k][0], n = shapes[k][1], p = m < n ? m : n;
+        float *a = rand_vec((size_t)m * n, -1, 1);
+        float *u = malloc((size_t)m * p * sizeof(float)), *s = malloc((size_t)p * sizeof(float)),
+              *vt = malloc((size_t)p * n * sizeof(float)), *uc = malloc((size_t)m * p * sizeof(float)),
+              *sc = malloc((size_t)p * sizeof(float)), *vc = malloc((size_t)p * n * sizeof(float));
+        CHECKF(kvs_backend_svd(cuda16, a, m, n, u, s, vt) == KVS_OK, "%s", kvs_backend_error(cuda16));
+        CHECK(kvs_backend_svd(cpu, a, m, n, uc, sc, vc) == KVS_OK);
+        char what[64];
+        snprintf(what, sizeof what, "emu svd values %dx%d", m, n);
+        compare(what, s, sc, p, 1e-5f * sc[0], 1e-4f);
+        /* u diag(s) vt must rebuild a, and u, vt be orthonormal: the layout conventions */
+        double num = 0, den = 0, orth = 0;
+        for (int r = 0; r < m; r++)
+            for (int c = 0; c < n; c++) {
+                double x = 0;
+                for (int i = 0; i < p; i++) x += (double)u[(size_t)r * p + i] * s[i] * vt[(size_t)i * n + c];
+                num += (x - a[(size_t)r * n + c]) * (x - a[(size_t)r * n + c]);
+                den += (double)a[(size_t)r * n + c] * a[(size_t)r * n + c];
+            }
+        for (int i = 0; i < p; i++)
+            for (int j = 0; j < p; j++) {
+                double du = 0, dv = 0;
+                for (int r = 0; r < m; r++) du += (double)u[(size_t)r * p + i] * u[(size_t)r * p + j];
+                for (int c = 0; c < n; c++) dv += (double)vt[(size_t)i * n + c] * vt[(size_t)j * n + c];
+                orth = fmax(orth, fmax(fabs(du - (i == j)), fabs(dv - (i == j))));
+            }
+        double rec = sqrt(num / den);
+        fprintf(stderr, "   emu svd %dx%d: reconstruction %.3g, orthogonality %.3g\n", m, n, rec, orth);
+        CHECKF(rec < 1e-5 && orth < 1e-4, "svd %dx%d: reconstruction %.3g orthogonality %.3g", m, n, rec, orth);
+        free(a), free(u), free(s), free(vt), free(uc), free(sc), free(vc);
+    }
+}
+
+int main(void)
+{
+    char lib[1024];
+    const char *env = getenv("KVS_CUDA_EMU_LIB");
+    snprintf(lib, sizeof lib, "%s", env && *env ? env : KVS_BUILD_DIR "/emu/libkvscope_cuda_emu.so");
+    setenv("KVS_CUDA_LIB", lib, 1); /* before anything probes: the answer is cached per process */
+    printf("emulated CUDA library: %s\n", lib);
+    pool = kvs_pool_new(2);
+    RUN(test_probe);
+    RUN(test_backends);
+    if (cuda16 && cuda_bf && cpu) {
+        RUN(test_rmsnorm);
+        RUN(test_rope);
+        RUN(test_convert_exact);
+        RUN(test_matmul);
+        RUN(test_attn_latent);
+        RUN(test_attn_kv16);
+        RUN(test_svd);
+    }
+    kvs_backend_delete(cuda16);
+    kvs_backend_delete(cuda_bf);
+    kvs_backend_delete(cpu);
+    kvs_pool_delete(pool);
+    return kvs_test_summary();
+}
