@@ -7,11 +7,14 @@
  * library (tests/plant_bugs.sh points it at a copy with a planted bug). */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "harness.h"
 #include "infer.h"
 #include "quant.h"
+#include "tinymodel.h"
+#include "tokenizer.h"
 
 static struct kvs_pool *pool;
 static struct kvs_backend *cuda16, *cuda_bf, *cpu;
@@ -373,8 +376,181 @@ static void test_svd(void)
     }
 }
 
-int main(void)
+/* ---------------------------------------------------------------- end to end */
+
+/* Statistics of one logit row against the CPU's: normalised error, KL(cpu || cuda), argmaxes. */
+struct logit_cmp {
+    double nerr, maxd, kl;
+    int top_cpu, top_gpu;
+    double margin; /* CPU's top-1 minus top-2 logit */
+};
+
+static struct logit_cmp logit_compare(const float *g, const float *c, int V)
 {
+    struct logit_cmp r = {0};
+    double num = 0, den = 0, mc = -INFINITY, mg = -INFINITY, second = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        double d = (double)g[i] - c[i];
+        num += d * d;
+        den += (double)c[i] * c[i];
+        r.maxd = fmax(r.maxd, fabs(d));
+        if (c[i] > mc) second = mc, mc = c[i], r.top_cpu = i;
+        else if (c[i] > second) second = c[i];
+        if (g[i] > mg) mg = g[i], r.top_gpu = i;
+    }
+    r.nerr = sqrt(num / (den > 0 ? den : 1));
+    r.margin = mc - second;
+    double zc = 0, zg = 0;
+    for (int i = 0; i < V; i++) zc += exp(c[i] - mc), zg += exp(g[i] - mg);
+    for (int i = 0; i < V; i++) {
+        double pc = exp(c[i] - mc) / zc, lpc = c[i] - mc - log(zc), lpg = g[i] - mg - log(zg);
+        r.kl += pc * (lpc - lpg);
+    }
+    return r;
+}
+
+/* Prefill PROMPT then N_GEN greedy tokens with the CPU engine and the emulated CUDA backend (weights
+ * as DTYPE), both through the `full` press. Every logit row must be within NERR_TOL (normalised
+ * error), the mean KL(cpu || cuda) within KL_TOL, and every greedy token must agree. The CPU rounds
+ * activations to q8 for quantized weights, the device to fp16/bf16: the tolerances cover that. */
+static void e2e_model(const char *label, const char *path, const char *dtype, const char *prompt, int n_gen,
+                      double nerr_tol, double kl_tol)
+{
+    char err[512] = "";
+    struct kvs_model *m = NULL;
+    if (kvs_model_load(&m, path, err, sizeof err) != KVS_OK) {
+        CHECKF(0, "%s: %s", label, err);
+        return;
+    }
+    struct kvs_method_config mc;
+    CHECK(kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK);
+    struct kvs_press *pc = NULL, *pg = NULL;
+    struct kvs_ctx *cc = NULL, *cg = NULL;
+    int32_t toks[256];
+    int n = 0;
+    if (kvs_tokenizer_add_bos(m->tok) && kvs_tokenizer_bos(m->tok) >= 0) toks[n++] = kvs_tokenizer_bos(m->tok);
+    int64_t got = kvs_tokenizer_encode(m->tok, prompt, strlen(prompt), false, toks + n, 200);
+    CHECKF(got > 0, "%s: tokenizer", label);
+    if (got <= 0) goto done;
+    n += (int)got;
+    struct kvs_ctx_params cp;
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = 256;
+    cp.n_batch = 64;
+    cp.n_threads = 2;
+    CHECK(kvs_press_new(&pc, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK);
+    CHECK(kvs_press_new(&pg, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK);
+    CHECKF(kvs_ctx_new(&cc, m, pc, &cp, err, sizeof err) == KVS_OK, "%s", err);
+    snprintf(cp.backend, sizeof cp.backend, "cuda");
+    if (dtype) setenv("KVS_CUDA_WEIGHTS", dtype, 1);
+    CHECKF(kvs_ctx_new(&cg, m, pg, &cp, err, sizeof err) == KVS_OK, "%s", err);
+    unsetenv("KVS_CUDA_WEIGHTS");
+    if (!cc || !cg) goto done;
+    CHECKF(!strcmp(kvs_ctx_backend(cg), "cuda"), "%s: context runs on %s", label, kvs_ctx_backend(cg));
+    int V = (int)m->hp.n_vocab;
+    float *lc = malloc((size_t)n * V * sizeof(float)), *lg = malloc((size_t)n * V * sizeof(float));
+    CHECKF(kvs_ctx_eval(cc, toks, n, lc) == KVS_OK, "%s", kvs_ctx_error(cc));
+    CHECKF(kvs_ctx_eval(cg, toks, n, lg) == KVS_OK, "%s", kvs_ctx_error(cg));
+    double worst = 0, kl = 0, maxd = 0, min_margin = INFINITY;
+    int rows = 0, top1 = 0, tok_ok = 0;
+    for (int t = 0; t < n; t++) { /* teacher-forced prompt rows */
+        struct logit_cmp r = logit_compare(lg + (size_t)t * V, lc + (size_t)t * V, V);
+        worst = fmax(worst, r.nerr), maxd = fmax(maxd, r.maxd), kl += r.kl, rows++, top1 += r.top_cpu == r.top_gpu;
+    }
+    char gen_c[256] = "", gen_g[256] = "";
+    for (int i = 0; i < n_gen; i++) { /* greedy decode; both are fed the CPU's token */
+        struct logit_cmp r = logit_compare(kvs_ctx_logits(cg), kvs_ctx_logits(cc), V);
+        worst = fmax(worst, r.nerr), maxd = fmax(maxd, r.maxd), kl += r.kl, rows++, top1 += r.top_cpu == r.top_gpu;
+        min_margin = fmin(min_margin, r.margin);
+        tok_ok += r.top_cpu == r.top_gpu;
+        snprintf(gen_c + strlen(gen_c), sizeof gen_c - strlen(gen_c), " %d", r.top_cpu);
+        snprintf(gen_g + strlen(gen_g), sizeof gen_g - strlen(gen_g), " %d", r.top_gpu);
+        int32_t id = r.top_cpu;
+        if (kvs_ctx_eval(cc, &id, 1, NULL) != KVS_OK || kvs_ctx_eval(cg, &id, 1, NULL) != KVS_OK) {
+            CHECKF(0, "%s: decode step %d: %s %s", label, i, kvs_ctx_error(cc), kvs_ctx_error(cg));
+            break;
+        }
+    }
+    fprintf(stderr, "   %s (%s weights): %d prompt + %d greedy tokens; cpu%s / cuda-emu%s\n", label,
+            dtype ? dtype : "fp16", n, n_gen, gen_c, gen_g);
+    fprintf(stderr, "   %s: logits normalised error max %.3g (tolerance %.3g), max |d| %.3g, mean KL %.3g "
+            "(tolerance %.3g), top-1 agreement %d/%d, smallest greedy margin %.3g\n", label, worst, nerr_tol, maxd,
+            kl / rows, kl_tol, top1, rows, min_margin);
+    CHECKF(tok_ok == n_gen, "%s: greedy tokens differ: cpu%s cuda-emu%s", label, gen_c, gen_g);
+    CHECKF(worst <= nerr_tol, "%s: logits normalised error %.3g > %.3g", label, worst, nerr_tol);
+    CHECKF(kl / rows <= kl_tol, "%s: mean KL %.3g > %.3g", label, kl / rows, kl_tol);
+    free(lc), free(lg);
+done:
+    kvs_ctx_delete(cg);
+    kvs_ctx_delete(cc);
+    kvs_press_delete(pg);
+    kvs_press_delete(pc);
+    kvs_model_delete(m);
+}
+
+/* Tiny models written here: peaked logits (larger weights) so that greedy tokens are decided by
+ * margins well above fp16 rounding. */
+static void tiny_opts(struct kvs_tiny_opts *o, int which)
+{
+    kvs_tiny_defaults(o);
+    o->weight_std = 0.15f;
+    o->embd_std = 1.0f;
+    o->seed = 7;
+    if (which == 1) { /* GQA 3:1, head width 32, Qwen2 biases, fp16 weights */
+        o->arch = "qwen2";
+        o->n_embd = 192;
+        o->n_head = 6;
+        o->n_head_kv = 2;
+        o->n_ff = 256;
+        o->wtype = KVS_GGML_F16;
+        o->tied = false;
+        o->seed = 11;
+    }
+}
+
+static const char *const tiny_names[] = {"llama", "qwen2-gqa3"};
+
+static void test_e2e_tiny(void)
+{
+    const char *prompt = "The GNU General Public License is a free, copyleft license for software";
+    for (int k = 0; k < 2; k++) {
+        struct kvs_tiny_opts o;
+        tiny_opts(&o, k);
+        char path[1024];
+        snprintf(path, sizeof path, "%s/emu-tiny-%s.gguf", kvs_test_tmpdir(), tiny_names[k]);
+        CHECKF(kvs_tiny_write(path, &o) == 0, "%s", kvs_tiny_error());
+        char label[64];
+        snprintf(label, sizeof label, "tiny %s", tiny_names[k]);
+        e2e_model(label, path, NULL, prompt, 8, 1e-2, 1e-4);
+        e2e_model(label, path, "bf16", prompt, 8, 6e-2, 2e-3);
+        remove(path);
+    }
+}
+
+static void test_e2e_smollm2(void)
+{
+    const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (access(path, R_OK) != 0) {
+        printf("skipped: %s not present (make model)\n", path);
+        return;
+    }
+    e2e_model("SmolLM2-135M", path, NULL, "The capital of France is", 4, 5e-2, 2e-3);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 4 && !strcmp(argv[1], "--write-tiny")) { /* for tests/t_cuda_emu.sh */
+        for (int k = 0; k < 2; k++)
+            if (!strcmp(argv[3], tiny_names[k])) {
+                struct kvs_tiny_opts o;
+                tiny_opts(&o, k);
+                if (kvs_tiny_write(argv[2], &o) == 0) return 0;
+                fprintf(stderr, "%s\n", kvs_tiny_error());
+                return 1;
+            }
+        fprintf(stderr, "unknown tiny model '%s'\n", argv[3]);
+        return 2;
+    }
     char lib[1024];
     const char *env = getenv("KVS_CUDA_EMU_LIB");
     snprintf(lib, sizeof lib, "%s", env && *env ? env : KVS_BUILD_DIR "/emu/libkvscope_cuda_emu.so");
@@ -391,6 +567,8 @@ int main(void)
         RUN(test_attn_latent);
         RUN(test_attn_kv16);
         RUN(test_svd);
+        RUN(test_e2e_tiny);
+        RUN(test_e2e_smollm2);
     }
     kvs_backend_delete(cuda16);
     kvs_backend_delete(cuda_bf);
