@@ -5,6 +5,7 @@
 #   make bench         benchmarks, each with a baseline measured in the same run
 #   make check-deps    module boundaries of DESIGN.md §2
 #   make check-gpu     CPU<->CUDA comparisons (needs an NVIDIA GPU)
+#   make check-planted plants known bugs in a copy of kernels/ and shows the emulated tests catch each
 #   make model         fetch the default model (SmolLM2-135M-Instruct Q4_1) into models/
 #   make install       binary and man pages under $(PREFIX)
 
@@ -70,7 +71,7 @@ endif
 endif
 
 ifeq ($(MAKELEVEL),0)
-ifeq ($(filter clean model setup,$(MAKECMDGOALS)),)
+ifeq ($(filter clean model setup emu-cxx emu-link,$(MAKECMDGOALS)),)
 ifeq ($(HAVE_CUDA),yes)
 $(info ✓ CUDA: $(NVCC) (backend built as $(BUILD)/libkvscope_cuda.so, loaded at run time))
 else
@@ -111,7 +112,7 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 CUDA_SO := $(BUILD)/libkvscope_cuda.so
 LIBS := $(VIEWS_LIB) $(TRACES_LIB) $(ENGINE_LIB)
 
-.PHONY: all run test test-only tests check-deps check-gpu bench model setup install clean fuzz asan
+.PHONY: all run test test-only tests check-deps check-gpu check-planted emu-cxx emu-link bench model setup install clean fuzz asan
 all: $(BIN) $(if $(filter yes,$(HAVE_CUDA)),$(CUDA_SO))
 	$(Q)ln -sf $(BIN) kvscope
 
@@ -173,6 +174,13 @@ $(EMU_SO): $(patsubst kernels/%.cu,$(EMU_DIR)/kernels/%.o,$(CUDA_SRC)) $(patsubs
 	$(if $(Q),@echo "  LINK    $@")
 	$(Q)$(CXX) -shared -o $@ $^ -lopenblas -llapacke -lm -pthread
 
+# the emulated compile and link commands, for tests/plant_bugs.sh (which builds from a patched copy)
+emu-cxx:
+	@echo "$(CXX) -x c++ $(EMU_CXXFLAGS)"
+emu-link:
+	@echo "$(CXX) -shared"
+	@echo "-lopenblas -llapacke -lm -pthread"
+
 tests: $(TEST_BINS) $(BIN) $(EMU_SO)
 
 # ---- set-up: Debian packages, Python reference tools, the model ----
@@ -201,6 +209,9 @@ asan:
 
 check-deps:
 	@scripts/check-deps.sh
+
+check-planted: tests
+	@tests/plant_bugs.sh $(BUILD)
 
 check-gpu: all tests
 	@tests/check-gpu.sh $(BUILD)

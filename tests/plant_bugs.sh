@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Tests that can fail: copies kernels/ to a scratch directory, plants one known bug at a time with a
+# small substitution, builds the emulated CUDA library from the copy (only the changed sources are
+# recompiled; the rest and the shim come from BUILD/emu) and runs build/tests/test_cuda_emu --ops
+# against it. Each bug must make the test fail. Prints one line per bug (caught / NOT caught) and
+# "N passed, N failed" last. Usage: tests/plant_bugs.sh [BUILD]   (make check-planted);
+# PLANT_ONLY=TEXT plants only the bugs whose name contains TEXT.
+set -u
+cd "$(dirname "$0")/.."
+B=${1:-${KVS_BUILD:-build}}
+TEST=$B/tests/test_cuda_emu
+EMU=$B/emu
+W=$(mktemp -d /tmp/kvscope-planted.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+pass=0; fail=0
+
+if [ ! -x "$TEST" ] || [ ! -f "$EMU/libkvscope_cuda_emu.so" ]; then
+    echo "plant_bugs: build first (make BUILD=$B tests)"; echo "0 passed, 1 failed"; exit 1
+fi
+CXX=$(make -s --no-print-directory BUILD="$B" emu-cxx) || { echo "0 passed, 1 failed"; exit 1; }
+{ read -r LINK; read -r LIBS; } < <(make -s --no-print-directory BUILD="$B" emu-link)
+
+# the unpatched library must pass, or nothing below means anything
+if ! KVS_CUDA_EMU_LIB=$PWD/$EMU/libkvscope_cuda_emu.so "$TEST" --ops >"$W/baseline.log" 2>&1; then
+    echo "plant_bugs: the unpatched emulated library fails its tests:"
+    grep FAIL "$W/baseline.log" | head -5
+    echo "0 passed, 1 failed"; exit 1
+fi
+
+# plant NAME FILE PERL-SUBSTITUTION: one bug in a fresh copy, built and tested
+plant() {
+    local name=$1 file=$2 subst=$3
+    case "$name" in *"${PLANT_ONLY:-}"*) ;; *) return ;; esac
+    local d=$W/$(echo "$name" | tr -c 'a-z0-9\n' '_')
+    rm -rf "$d"; mkdir -p "$d/obj"
+    cp -r kernels "$d/kernels"
+    perl -0pi -e "$subst" "$d/kernels/$file"
+    if cmp -s "kernels/$file" "$d/kernels/$file"; then
+        echo "FAIL $name: the patch did not apply to kernels/$file (update tests/plant_bugs.sh)"
+        fail=$((fail+1)); return
+    fi
+    local objs="" f o
+    for f in kernels/*.cu; do
+        o=$(basename "$f" .cu).o
+        # a changed header recompiles everything, a changed .cu only itself
+        if [ "$file" = "$(basename "$f")" ] || [ "${file##*.}" != cu ]; then
+            if ! $CXX -I"$d/kernels" -c "$d/$f" -o "$d/obj/$o" 2>"$d/build.log"; then
+                echo "FAIL $name: the planted copy does not compile:"; head -5 "$d/build.log"
+                fail=$((fail+1)); return
+            fi
+            objs="$objs $d/obj/$o"
+        else
+            objs="$objs $EMU/kernels/$o"
+        fi
+    done
+    # shellcheck disable=SC2086
+    if ! $LINK -o "$d/lib.so" $objs "$EMU"/cuda_emu/*.o $LIBS 2>"$d/link.log"; then
+        echo "FAIL $name: link failed:"; head -5 "$d/link.log"; fail=$((fail+1)); return
+    fi
+    KVS_CUDA_EMU_LIB=$d/lib.so timeout 300 "$TEST" --ops >"$d/test.log" 2>&1
+    local rc=$?
+    local why
+    why=$(grep -E '^(FAIL|cuda-emu:)' "$d/test.log" | head -n 1 | cut -c1-150)
+    if [ $rc -ne 0 ]; then
+        echo "caught:     $name  ($(grep -cE '^FAIL' "$d/test.log") failed checks; first: ${why:-exit $rc})"
+        pass=$((pass+1))
+    else
+        echo "NOT caught: $name"
+        fail=$((fail+1))
+    fi
+}
+
+plant "softmax without the max subtraction" norm.cu 's/expf\(row\[i\] - m\)/expf(row[i])/'
+plant "wrong output offset in the query-chunk loop" attention.cu \
+    's/a->out \+ \(size_t\)t0 \* dq\)/a->out + (size_t)t0 * a->head_dim)/'
+plant "last token of the cache dropped" attention.cu 's/if \(j >= n\) return; \/\* whole warp/if (j >= n - 1) return; \/* whole warp/'
+plant "GQA head->KV-head map shifted" attention.cu \
+    's/int g = h \/ \(n_head \/ n_head_kv\);/int g = (h + 1) % n_head \/ (n_head \/ n_head_kv);/'
+plant "bf16 conversion off by a factor" cuda_ctx.cu 's/__float2bfloat16_rn\(src\[i\]\)/__float2bfloat16_rn(src[i] * 2.0f)/'
+plant "empty cache leaves the output unwritten" attention.cu \
+    's/if \(a->n == 0\) \{\s*CUDA_CHECK\(cudaMemsetAsync\(a->out, 0, [^;]*;/if (a->n == 0) {/'
+plant "RoPE pairing swapped (interleaved <-> neox)" norm.cu 's/int a = neox \? i : 2 \* i, b = neox \? i \+ half : 2 \* i \+ 1;/int a = neox ? 2 * i : i, b = neox ? 2 * i + 1 : i + half;/'
+plant "missing __syncthreads before the block sum reads the partials" internal.cuh \
+    's/(if \(lane == 0\) part\[warp\] = v;\n)\s*__syncthreads\(\);\n(\s*v = lane < nw \? part\[lane\] : 0\.0f;)/$1$2/'
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
