@@ -157,7 +157,7 @@ $(CUDA_SO): $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_SRC))
 CXX ?= g++
 EMU_DIR := $(BUILD)/emu
 EMU_SO := $(EMU_DIR)/libkvscope_cuda_emu.so
-EMU_SRC := $(wildcard tests/cuda_emu/*.cpp)
+EMU_SRC := $(filter-out tests/cuda_emu/test_shim.cpp,$(wildcard tests/cuda_emu/*.cpp))
 EMU_HDR := $(wildcard tests/cuda_emu/include/*.h) kernels/kernels.h $(wildcard kernels/*.cuh)
 EMU_CXXFLAGS := -std=c++17 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter \
 	$(if $(filter true,$(CI)),-Werror) $(BLAS_CFLAGS) -DKVS_CUDA_EMU -DATT_SCORE_BYTES=65536u \
@@ -174,6 +174,17 @@ $(EMU_SO): $(patsubst kernels/%.cu,$(EMU_DIR)/kernels/%.o,$(CUDA_SRC)) $(patsubs
 	$(if $(Q),@echo "  LINK    $@")
 	$(Q)$(CXX) -shared -o $@ $^ -lopenblas -llapacke -lm -pthread
 
+# the shim's own tests (divergence, limits, memory checks, conversions, cuBLAS/cuSOLVER arguments)
+EMU_TEST := $(BUILD)/tests/test_cuda_shim
+$(EMU_DIR)/test_shim.o: tests/cuda_emu/test_shim.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  EMU     $<")
+	$(Q)$(CXX) $(EMU_CXXFLAGS) -Itests/lib -Iengine -c $< -o $@
+$(EMU_TEST): $(EMU_DIR)/test_shim.o $(patsubst tests/cuda_emu/%.cpp,$(EMU_DIR)/cuda_emu/%.o,$(EMU_SRC)) $(TESTLIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  TEST    $@")
+	$(Q)$(CXX) -o $@ $^ $(LDFLAGS) $(LDLIBS_ALL)
+
 # the emulated compile and link commands, for tests/plant_bugs.sh (which builds from a patched copy)
 emu-cxx:
 	@echo "$(CXX) -x c++ $(EMU_CXXFLAGS)"
@@ -181,7 +192,7 @@ emu-link:
 	@echo "$(CXX) -shared"
 	@echo "-lopenblas -llapacke -lm -pthread"
 
-tests: $(TEST_BINS) $(BIN) $(EMU_SO)
+tests: $(TEST_BINS) $(BIN) $(EMU_SO) $(EMU_TEST)
 
 # ---- set-up: Debian packages, Python reference tools, the model ----
 setup:
