@@ -5,7 +5,8 @@
  * matmul with fp16 and bf16 weights, with the conversions checked bit for bit; the SVD.
  * Each comparison prints its normalised error and worst elements. KVS_CUDA_EMU_LIB overrides the
  * library (tests/plant_bugs.sh points it at a copy with a planted bug); --ops skips the end-to-end
- * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh. */
+ * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh,
+ * --gpu runs the same checks on a real GPU through $KVS_CUDA_LIB (tests/check-gpu.sh). */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "tokenizer.h"
 
 static struct kvs_pool *pool;
+static bool on_gpu; /* --gpu: the same checks against the real library on a GPU (make check-gpu) */
 static struct kvs_backend *cuda16, *cuda_bf, *cpu;
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -71,8 +73,9 @@ static void test_probe(void)
     const char *s = kvs_backend_probe(&avail);
     const struct kvs_backend_cuda_info *in = kvs_backend_cuda_info();
     fprintf(stderr, "   probe: \"%s\" (%s)\n", s, in->detail);
-    CHECKF(avail, "emulated CUDA library unavailable: %s (%s)", s, in->detail);
-    CHECKF(strstr(s, "CUDA emulation (host)") != NULL, "status \"%s\" does not say emulation", s);
+    CHECKF(avail, "CUDA library unavailable: %s (%s)", s, in->detail);
+    if (on_gpu) CHECKF(strstr(s, "CUDA emulation") == NULL, "--gpu, but the library is the emulation: \"%s\"", s);
+    else CHECKF(strstr(s, "CUDA emulation (host)") != NULL, "status \"%s\" does not say emulation", s);
     CHECK(in->lib_loaded);
 }
 
@@ -86,7 +89,7 @@ static void test_backends(void)
     CHECK(kvs_backend_new(&cpu, "cpu", pool, err, sizeof err) == KVS_OK);
     if (cuda16) {
         fprintf(stderr, "   device: %s\n", kvs_backend_device(cuda16));
-        CHECK(!strncmp(kvs_backend_device(cuda16), "CUDA emulation (host)", 21));
+        CHECK(on_gpu || !strncmp(kvs_backend_device(cuda16), "CUDA emulation (host)", 21));
     }
 }
 
@@ -544,7 +547,15 @@ static void test_e2e_smollm2(void)
 
 int main(int argc, char **argv)
 {
-    bool ops_only = argc == 2 && !strcmp(argv[1], "--ops"); /* no end-to-end runs (tests/plant_bugs.sh) */
+    bool ops_only = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--ops")) ops_only = true; /* no end-to-end runs (tests/plant_bugs.sh) */
+        else if (!strcmp(argv[i], "--gpu")) on_gpu = true;
+        else if (strcmp(argv[i], "--write-tiny")) {
+            fprintf(stderr, "usage: test_cuda_emu [--ops] [--gpu] | --write-tiny PATH NAME\n");
+            return 2;
+        } else break;
+    }
     if (argc == 4 && !strcmp(argv[1], "--write-tiny")) { /* for tests/t_cuda_emu.sh */
         for (int k = 0; k < 2; k++)
             if (!strcmp(argv[3], tiny_names[k])) {
@@ -557,11 +568,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "unknown tiny model '%s'\n", argv[3]);
         return 2;
     }
-    char lib[1024];
-    const char *env = getenv("KVS_CUDA_EMU_LIB");
-    snprintf(lib, sizeof lib, "%s", env && *env ? env : KVS_BUILD_DIR "/emu/libkvscope_cuda_emu.so");
-    setenv("KVS_CUDA_LIB", lib, 1); /* before anything probes: the answer is cached per process */
-    printf("emulated CUDA library: %s\n", lib);
+    if (!on_gpu) {
+        char lib[1024];
+        const char *env = getenv("KVS_CUDA_EMU_LIB");
+        snprintf(lib, sizeof lib, "%s", env && *env ? env : KVS_BUILD_DIR "/emu/libkvscope_cuda_emu.so");
+        setenv("KVS_CUDA_LIB", lib, 1); /* before anything probes: the answer is cached per process */
+        printf("emulated CUDA library: %s\n", lib);
+    }
     pool = kvs_pool_new(2);
     RUN(test_probe);
     RUN(test_backends);
