@@ -5,6 +5,7 @@
 #   make bench         benchmarks, each with a baseline measured in the same run
 #   make check-deps    module boundaries of DESIGN.md §2
 #   make check-gpu     CPU<->CUDA comparisons (needs an NVIDIA GPU)
+#   make gpu-report    one command for a GPU loan: build, check-gpu, compute-sanitizer, GPU benchmark
 #   make check-planted plants known bugs in a copy of kernels/ and shows the emulated tests catch each
 #   make model         fetch the default model (SmolLM2-135M-Instruct Q4_1) into models/
 #   make install       binary and man pages under $(PREFIX)
@@ -112,7 +113,7 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 CUDA_SO := $(BUILD)/libkvscope_cuda.so
 LIBS := $(VIEWS_LIB) $(TRACES_LIB) $(ENGINE_LIB)
 
-.PHONY: all run test test-only tests check-deps check-gpu check-planted emu-cxx emu-link bench model setup install clean fuzz asan
+.PHONY: all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench model setup install clean fuzz asan
 all: $(BIN) $(if $(filter yes,$(HAVE_CUDA)),$(CUDA_SO))
 	$(Q)ln -sf $(BIN) kvscope
 
@@ -220,6 +221,9 @@ asan:
 
 check-deps:
 	@scripts/check-deps.sh
+
+gpu-report:
+	@tests/gpu_report.sh $(BUILD)
 
 check-planted: tests
 	@tests/plant_bugs.sh $(BUILD)
