@@ -39,7 +39,7 @@ constexpr size_t REDZONE = 64;
 constexpr unsigned char REDZONE_BYTE = 0xa5;
 constexpr size_t SHARED_LIMIT = 48 << 10;
 
-enum fiber_state { F_RUN, F_BAR, F_WARP, F_DONE };
+enum fiber_state { F_NEW, F_RUN, F_BAR, F_WARP, F_DONE };
 enum shfl_kind { K_IDX, K_UP, K_DOWN, K_XOR, K_SYNCWARP };
 const char *const kind_name[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
                                  "__syncwarp"};
@@ -67,6 +67,7 @@ struct {
     std::vector<fiber> f;
     warp w[32];
     int n, cur, done, first_done, at_bar;
+    int next_new; /* lowest thread of the block not started yet */
     const char *bar_file;
     int bar_line;
     void *sched_sp;
@@ -212,7 +213,8 @@ unsigned warp_lanes_mask(int w)
     return lanes >= 32 ? 0xffffffffu : (1u << lanes) - 1u;
 }
 
-[[noreturn]] void thread_exit(void)
+/* Bookkeeping of a thread whose kernel function returned. */
+void thread_finish(void)
 {
     int i = S.cur, lane = i & 31;
     const uint3 &t = tid_of(i);
@@ -226,8 +228,6 @@ unsigned warp_lanes_mask(int w)
     W.exited |= 1u << lane;
     S.f[i].state = F_DONE;
     if (S.done++ == 0) S.first_done = i;
-    yield();
-    abort(); /* never resumed */
 }
 
 void report_deadlock(void)
@@ -261,14 +261,18 @@ void run_block(void)
     S.bar_file = nullptr;
     S.bar_line = 0;
     memset(S.w, 0, sizeof S.w);
-    for (int i = 0; i < S.n; i++) {
-        S.f[i].state = F_RUN;
-        fiber_prepare(S.f[i]);
-    }
+    for (int i = 0; i < S.n; i++) S.f[i].state = F_NEW;
+    S.next_new = 0;
     for (;;) {
         bool ran = false;
         for (int i = 0; i < S.n; i++) {
-            if (S.f[i].state != F_RUN) continue;
+            if (S.f[i].state == F_NEW) { /* threads start in order: i == S.next_new */
+                S.next_new = i + 1;
+                S.f[i].state = F_RUN;
+                fiber_prepare(S.f[i]);
+            } else if (S.f[i].state != F_RUN) {
+                continue;
+            }
             switch_to(i);
             ran = true;
         }
@@ -314,10 +318,23 @@ void check_redzones(const char *after)
 
 } // namespace
 
+/* A fiber runs its thread; when that returns without having waited, the fiber goes straight on
+ * with the next thread not started yet, on the same stack (that thread's own stack is unused), so a
+ * kernel without barriers costs one switch per block, not two per thread. A thread that waits keeps
+ * the stack it runs on until it ends. */
 extern "C" void kvs_emu_fiber_main(void)
 {
-    S.fn(S.arg);
-    thread_exit();
+    for (;;) {
+        S.fn(S.arg);
+        thread_finish();
+        if (S.next_new >= S.n) break;
+        int k = S.next_new++;
+        S.f[k].state = F_RUN;
+        S.cur = k;
+        kvs_emu::thread_idx = S.f[k].tid;
+    }
+    yield();
+    abort(); /* a finished fiber is never resumed */
 }
 
 /* ---------------------------------------------------------------- synchronisation */
