@@ -155,11 +155,11 @@ $(CUDA_SO): $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_SRC))
 # ---- CUDA host emulation: the same kernels/*.cu as host C++ against tests/cuda_emu (no nvcc needed),
 # loaded through KVS_CUDA_LIB by the emulated tier of the tests. The score cap is lowered so that the
 # attention tests reach the query-chunk loop at small sizes. ----
-CXX ?= g++
 EMU_DIR := $(BUILD)/emu
 EMU_SO := $(EMU_DIR)/libkvscope_cuda_emu.so
 EMU_SRC := $(filter-out tests/cuda_emu/test_shim.cpp,$(wildcard tests/cuda_emu/*.cpp))
 EMU_HDR := $(wildcard tests/cuda_emu/include/*.h) kernels/kernels.h $(wildcard kernels/*.cuh)
+EMU_LIBS := -lopenblas -llapacke -lm -pthread
 EMU_CXXFLAGS := -std=c++17 -O2 -g -fPIC -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter \
 	$(if $(filter true,$(CI)),-Werror) $(BLAS_CFLAGS) -DKVS_CUDA_EMU -DATT_SCORE_BYTES=65536u \
 	-Itests/cuda_emu/include -Ikernels
@@ -173,7 +173,7 @@ $(EMU_DIR)/cuda_emu/%.o: tests/cuda_emu/%.cpp $(EMU_HDR)
 	$(Q)$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
 $(EMU_SO): $(patsubst kernels/%.cu,$(EMU_DIR)/kernels/%.o,$(CUDA_SRC)) $(patsubst tests/cuda_emu/%.cpp,$(EMU_DIR)/cuda_emu/%.o,$(EMU_SRC))
 	$(if $(Q),@echo "  LINK    $@")
-	$(Q)$(CXX) -shared -o $@ $^ -lopenblas -llapacke -lm -pthread
+	$(Q)$(CXX) -shared -o $@ $^ $(EMU_LIBS)
 
 # the shim's own tests (divergence, limits, memory checks, conversions, cuBLAS/cuSOLVER arguments)
 EMU_TEST := $(BUILD)/tests/test_cuda_shim
@@ -191,7 +191,7 @@ emu-cxx:
 	@echo "$(CXX) -x c++ $(EMU_CXXFLAGS)"
 emu-link:
 	@echo "$(CXX) -shared"
-	@echo "-lopenblas -llapacke -lm -pthread"
+	@echo "$(EMU_LIBS)"
 
 tests: $(TEST_BINS) $(BIN) $(EMU_SO) $(EMU_TEST)
 
