@@ -543,6 +543,7 @@ static void test_e2e_smollm2(void)
         return;
     }
     e2e_model("SmolLM2-135M", path, NULL, "The capital of France is", 4, 5e-2, 2e-3);
+    e2e_model("SmolLM2-135M", path, "bf16", "The capital of France is", 4, 6e-2, 2e-3);
 }
 
 int main(int argc, char **argv)
