@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `kvscope generate --backend cuda` through the host emulation of the CUDA kernels
 # (build/emu/libkvscope_cuda_emu.so via KVS_CUDA_LIB), as a user would run it: on a tiny model and
-# on SmolLM2 the greedy tokens (--json) equal the CPU engine's; a missing emulated library is one
-# clear line and a non-zero exit. Logits are compared in build/tests/test_cuda_emu.
+# on SmolLM2 the greedy tokens (--json) equal the CPU engine's; test_backend's GPU comparisons run
+# on the emulation; a missing emulated library is one clear line and a non-zero exit. Logits are
+# compared in build/tests/test_cuda_emu.
 # Prints "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -58,6 +59,15 @@ if KVS_CUDA_LIB=$LIB timeout 300 "$K" generate -m "$T/tiny.gguf" -p "The GNU" -n
     if grep -q "cuda" "$T/name.err"; then ok; else ko "generate --backend cuda does not say cuda: $(cat "$T/name.err")"; fi
 else
     ko "generate --backend cuda (emulated, text) failed: $(head -n 1 "$T/name.err")"
+fi
+
+# test_backend's CPU<->CUDA comparisons (quantized weights too), which otherwise need a GPU
+if KVS_CUDA_LIB=$LIB timeout 300 "$B/tests/test_backend" >"$T/backend.log" 2>&1 &&
+        grep -q "^comparing CUDA emulation (host)" "$T/backend.log"; then
+    echo "   test_backend through the emulation: $(tail -n 1 "$T/backend.log")"
+    ok
+else
+    ko "test_backend with KVS_CUDA_LIB=emulation: $(grep -E '^FAIL|^skipped' "$T/backend.log" | head -n 3)"
 fi
 
 # a missing library: one line naming the reason, exit 1, no crash
