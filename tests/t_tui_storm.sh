@@ -6,7 +6,8 @@
 # and checks the terminal state, not only the exit status: the process is gone, the pane is out
 # of the alternate screen, the cursor visible, mouse reporting and keypad mode off, `stty -g`
 # identical to before, and no .part file left. Every wait is for a condition with a generous
-# deadline (KVS_TEST_WAIT, 60 s). KVS_STORM_ROUNDS and KVS_STORM_EVENTS make it longer (make fuzz).
+# deadline (KVS_TEST_WAIT, 60 s). KVS_STORM_ROUNDS and KVS_STORM_EVENTS make it longer;
+# KVS_STORM_SECONDS keeps starting rounds (new seeds) until that much time has passed (make fuzz).
 # Prints "N passed, N failed" last.
 set -u
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ SOCK=kvs-storm-$$
 ROUNDS=${KVS_STORM_ROUNDS:-5}
 EVENTS=${KVS_STORM_EVENTS:-300}
 WAIT=${KVS_TEST_WAIT:-60}
+STORM_SECONDS=${KVS_STORM_SECONDS:-0}
 pass=0; fail=0
 ok() { pass=$((pass + 1)); echo "ok   $*"; }
 bad() { fail=$((fail + 1)); echo "FAIL $*"; }
@@ -92,7 +94,8 @@ $ENV sh -c "$RUN -n 400 --batch --record '$TMP/rec.kvt'" >/dev/null 2>&1
 check "a trace to replay" test -s "$TMP/rec.kvt"
 
 QUITS=(q C-\\ C-c TERM HUP)
-for ((round = 0; round < ROUNDS; round++)); do
+storm_end=$(( $(date +%s) + STORM_SECONDS ))
+for ((round = 0; round < ROUNDS || $(date +%s) < storm_end; round++)); do
     seed=$((1000 + round))
     how=${QUITS[$((round % ${#QUITS[@]}))]}
     if [ $((round % 2)) -eq 0 ]; then
@@ -137,6 +140,7 @@ for ((round = 0; round < ROUNDS; round++)); do
     fi
 done
 
+echo "   ($round rounds of $EVENTS events)"
 echo
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
