@@ -273,7 +273,11 @@ check "SIGTERM in --batch: replay --batch prints the same bytes" cmp -s "$TMP/te
 
 # SIGKILL: NAME.part is left; trace recover makes it a trace that info and replay accept
 rm -f "$TMP/killed.kvt"*
-$ENV sh -c "exec $RUN -n 3000 --ctx 4096 --record '$TMP/killed.kvt'" >"$TMP/killed.jsonl" 2>/dev/null &
+# stdout line-buffered where stdbuf exists: a block-buffered stdout can lag the trace by more than
+# the one record being printed (the writer flushes every 8 steps), and the prefix check needs the
+# printed lines to be at most one record behind what was recorded
+LINEBUF=; command -v stdbuf >/dev/null && LINEBUF="stdbuf -oL"
+$ENV $LINEBUF sh -c "exec $RUN -n 3000 --ctx 4096 --record '$TMP/killed.kvt'" >"$TMP/killed.jsonl" 2>/dev/null &
 bgpid=$!
 part_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 wait_cond "$WAIT" eval '[ "$(part_size "$TMP/killed.kvt.part")" -ge 20000 ]'

@@ -17,7 +17,7 @@ TV=$PWD/$BUILD/tests/test_views
 TMP=$(mktemp -d "${KVS_TEST_TMP:-/tmp}/storm.XXXXXX")
 SOCK=kvs-storm-$$
 ROUNDS=${KVS_STORM_ROUNDS:-5}
-EVENTS=${KVS_STORM_EVENTS:-300}
+EVENTS=${KVS_STORM_EVENTS:-1000}
 WAIT=${KVS_TEST_WAIT:-60}
 STORM_SECONDS=${KVS_STORM_SECONDS:-0}
 pass=0; fail=0
@@ -73,17 +73,21 @@ RAW=("ff" "fe fe" "c3" "c3 28" "e2 82" "f0 9f 98" "ed a0 80" "c0 af" "f8 88 80 8
      "1b 5b 39 39 39 39 39 39 39 39 39 39 3b 39 39 39 39 39 39 39 39 7e" "1b 78" "1b 5b 32 30 30 7e")
 SIZES=("1 1" "2 1" "1 2" "3 3" "20 6" "10 40" "200 3" "80 24" "120 40" "7 2")
 
-storm() { # storm SEED: EVENTS random events into the pane
+storm() { # storm SEED: EVENTS random events into the pane, in bursts of 10 per tmux call
     rng=$1
-    local i
+    local i cmds=()
     for ((i = 0; i < EVENTS; i++)); do
         rnd 20
         if [ "$R" -lt 13 ]; then
-            rnd ${#KEYS[@]}; T send-keys -t ui -- "${KEYS[$R]}" 2>/dev/null
+            rnd ${#KEYS[@]}; cmds+=(send-keys -t ui -- "${KEYS[$R]}" ';')
         elif [ "$R" -lt 17 ]; then
-            rnd ${#RAW[@]}; T send-keys -t ui -H ${RAW[$R]} 2>/dev/null
+            rnd ${#RAW[@]}; cmds+=(send-keys -t ui -H ${RAW[$R]} ';')
         else
-            rnd ${#SIZES[@]}; set -- ${SIZES[$R]}; T resize-window -t ui -x "$1" -y "$2" 2>/dev/null
+            rnd ${#SIZES[@]}; set -- ${SIZES[$R]}; cmds+=(resize-window -t ui -x "$1" -y "$2" ';')
+        fi
+        if [ $((i % 10)) -eq 9 ] || [ $((i + 1)) -eq "$EVENTS" ]; then
+            T "${cmds[@]}" 2>/dev/null
+            cmds=()
         fi
     done
     T resize-window -t ui -x 120 -y 40
