@@ -42,7 +42,8 @@ struct live {
     struct kvs_trace_writer *w;     /* --record: gets a reference to every record consumed */
 };
 
-/* Set by SIGINT/SIGQUIT/SIGTERM/SIGHUP outside the UI (--batch, engine shutdown); the output loop stops and the writer is closed. */
+/* Set by SIGINT/SIGQUIT/SIGTERM/SIGHUP outside the UI (--batch, engine shutdown); the output loop
+ * stops and the writer is closed. */
 static volatile sig_atomic_t g_stop;
 static void on_stop(int sig) { g_stop = sig; }
 
