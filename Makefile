@@ -215,6 +215,7 @@ test-only: all tests
 
 fuzz:
 	@tests/fuzz.sh $(BUILD) $(or $(FUZZ_SECONDS),60)
+	@KVS_BUILD=$(BUILD) KVS_STORM_SECONDS=$(or $(FUZZ_SECONDS),60) bash tests/t_tui_storm.sh
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan SAN=1 USE_CUDA=no tests

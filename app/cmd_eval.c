@@ -47,16 +47,17 @@ static int parse_list(const char *opt, const char *s, double lo, double hi, doub
     return n;
 }
 
-static void progress_cb(void *ud, const char *what, float frac)
+static bool progress_cb(void *ud, const char *what, float frac)
 {
     bool *quiet = ud;
-    if (*quiet) return;
+    if (*quiet) return true;
     if (isatty(2)) {
         fprintf(stderr, "\r  %s %3.0f%%", what, frac * 100);
         if (frac >= 1.0f) fputc('\n', stderr);
     } else if (frac <= 0.0f || frac >= 1.0f) {
         fprintf(stderr, "  %s %s\n", what, frac <= 0.0f ? "..." : "done");
     }
+    return true;
 }
 
 struct row {

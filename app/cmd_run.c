@@ -42,7 +42,8 @@ struct live {
     struct kvs_trace_writer *w;     /* --record: gets a reference to every record consumed */
 };
 
-/* Set by SIGINT/SIGTERM/SIGHUP during --batch; the output loop stops and the writer is closed. */
+/* Set by SIGINT/SIGQUIT/SIGTERM/SIGHUP outside the UI (--batch, engine shutdown); the output loop
+ * stops and the writer is closed. */
 static volatile sig_atomic_t g_stop;
 static void on_stop(int sig) { g_stop = sig; }
 
@@ -287,7 +288,7 @@ int kvs_cmd_run(int argc, char **argv)
     l.base.lossless = !tui; /* batch output must not lose records; the TUI must not slow the engine */
     l.q = kvs_queue_new(4096);
     int rc = 1;
-    struct sigaction sa, old_int, old_term, old_hup, old_pipe;
+    struct sigaction sa, old_int, old_term, old_hup, old_quit, old_pipe;
     bool handlers = false;
     if (!l.q) { kvs_die_msg("out of memory"); goto done; }
     struct kvs_ui_settings s;
@@ -308,6 +309,7 @@ int kvs_cmd_run(int argc, char **argv)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGHUP, &sa, &old_hup);
+    sigaction(SIGQUIT, &sa, &old_quit);
     /* a closed stdout is a write error that ends the output, not a death that loses the trace */
     sa.sa_handler = record && !tui ? SIG_IGN : SIG_DFL;
     sigaction(SIGPIPE, &sa, &old_pipe);
@@ -340,6 +342,7 @@ done:
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);
         sigaction(SIGHUP, &old_hup, NULL);
+        sigaction(SIGQUIT, &old_quit, NULL);
         sigaction(SIGPIPE, &old_pipe, NULL);
     }
     kvs_queue_delete(l.q);

@@ -567,13 +567,16 @@ int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err
         return 1;
     }
     g_quit = g_resize = 0;
-    struct sigaction sa, old_int, old_term, old_hup, old_winch;
+    /* Ctrl-\ (SIGQUIT) quits like Ctrl-C: its default action (a core dump) would leave the
+     * terminal in the alternate screen with a hidden cursor and the recording as .part */
+    struct sigaction sa, old_int, old_term, old_hup, old_quit, old_winch;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_quit;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGHUP, &sa, &old_hup);
+    sigaction(SIGQUIT, &sa, &old_quit);
     sa.sa_handler = on_winch;
     sigaction(SIGWINCH, &sa, &old_winch);
     setup_theme(u);
@@ -625,6 +628,7 @@ int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGHUP, &old_hup, NULL);
+    sigaction(SIGQUIT, &old_quit, NULL);
     sigaction(SIGWINCH, &old_winch, NULL);
     kvs_hist_pin_free(&u->pin);
     kvs_history_free(&u->h);

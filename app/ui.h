@@ -53,8 +53,8 @@ struct kvs_ui_opts {
     uint32_t history;                /* steps kept for scrolling back (0: 16384) */
 };
 
-/* Runs the UI until the user quits (q, SIGINT, SIGTERM, SIGHUP). Returns 0, or 1 with a message
- * in err when the terminal could not be used; the terminal is restored before returning. */
+/* Runs the UI until the user quits (q, SIGINT, SIGQUIT, SIGTERM, SIGHUP). Returns 0, or 1 with a
+ * message in err when the terminal could not be used; the terminal is restored before returning. */
 int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err, size_t errlen);
 
 #endif

@@ -156,7 +156,11 @@ enum kvs_status kvs_ckv_factors_build(struct kvs_ckv_factors **out, const struct
     uint64_t t0 = kvs_now_ns();
     enum kvs_status st = KVS_OK;
     for (uint32_t g = 0; g < f->n_groups && st == KVS_OK; g++) {
-        if (progress) progress(ud, "factorizing layer groups (SVD)", (float)g / f->n_groups);
+        if (progress && !progress(ud, "factorizing layer groups (SVD)", (float)g / f->n_groups)) {
+            kvs_seterr(err, errlen, "commonkv: cancelled");
+            st = KVS_ERR_CANCELLED;
+            break;
+        }
         uint32_t nl = f->g_nl[g], rows = 2 * nl * dkv;
         float *M = malloc((size_t)rows * D * sizeof(float));
         double *L = NULL;

@@ -41,7 +41,8 @@ enum kvs_status kvs_ckv_svd(const float *M, int rows, int D, const double *L, fl
 enum kvs_status kvs_ckv_cholesky(const double *xtx, int D, double eps, double **L, char *err, size_t errlen);
 
 /* Factorizes every group of MODEL with group size G. XTX: NULL, or per group a (D x D) sum of
- * x x^T over calibration inputs of the group's layers (whitening). Reports progress. */
+ * x x^T over calibration inputs of the group's layers (whitening). Reports progress before each
+ * group; a PROGRESS that returns false cancels (KVS_ERR_CANCELLED, nothing built). */
 enum kvs_status kvs_ckv_factors_build(struct kvs_ckv_factors **out, const struct kvs_model *m, uint32_t G,
                                       double *const *xtx, uint64_t calib_key, kvs_progress_fn progress,
                                       void *ud, char *err, size_t errlen);
@@ -80,9 +81,10 @@ enum kvs_status kvs_ckv_calib_tokens(const struct kvs_model *m, const char *path
                                      char *err, size_t errlen);
 uint64_t kvs_ckv_calib_key(const int32_t *ids, int n);
 /* Per group, the (D x D) sum of xn xn^T over the tokens and the group's layers (double). Free with
- * kvs_ckv_calib_free. */
+ * kvs_ckv_calib_free. PROGRESS (may be NULL) between batch-size chunks; false cancels
+ * (KVS_ERR_CANCELLED). */
 enum kvs_status kvs_ckv_calib_xtx(const struct kvs_model *m, uint32_t G, const int32_t *ids, int n, double ***out,
-                                  char *err, size_t errlen);
+                                  kvs_progress_fn progress, void *ud, char *err, size_t errlen);
 void kvs_ckv_calib_free(double **xtx, uint32_t n_groups);
 /* Per-layer key sensitivity: perplexity rise on IDS when that layer's keys get Gaussian noise of
  * NOISE times their rms (floored at 0.1% of the base perplexity). SENS: n_layer floats. */

@@ -79,8 +79,12 @@ static void xtx_hook(void *ud, int layer, int T, const int32_t *pos, const float
         }
 }
 
+/* Runs IDS through MODEL with PRESS (NULL: a full cache). PROGRESS (may be NULL) is asked between
+ * chunks of the context's batch size (the chunks kvs_ctx_eval would make, so the numbers do not
+ * change) and cancels with KVS_ERR_CANCELLED when it returns false. */
 static enum kvs_status run_full(const struct kvs_model *m, const int32_t *ids, int n, kvs_layer_hook hook, void *ud,
-                                struct kvs_press *press, double *nll, char *err, size_t errlen)
+                                struct kvs_press *press, double *nll, kvs_progress_fn progress, void *pud,
+                                const char *what, char *err, size_t errlen)
 {
     struct kvs_method_config cfg;
     enum kvs_status st = kvs_method_parse(&cfg, "full", err, errlen);
@@ -107,10 +111,18 @@ static enum kvs_status run_full(const struct kvs_model *m, const int32_t *ids, i
             goto done;
         }
     }
-    st = kvs_ctx_eval(ctx, ids, n, logits);
-    if (st != KVS_OK) {
-        kvs_seterr(err, errlen, "calibration: %s", kvs_ctx_error(ctx));
-        goto done;
+    for (int i = 0; i < n; i += cp.n_batch) {
+        if (progress && !progress(pud, what, (float)i / n)) {
+            kvs_seterr(err, errlen, "calibration: cancelled");
+            st = KVS_ERR_CANCELLED;
+            goto done;
+        }
+        int T = KVS_MIN(cp.n_batch, n - i);
+        st = kvs_ctx_eval(ctx, ids + i, T, logits ? logits + (size_t)i * m->hp.n_vocab : NULL);
+        if (st != KVS_OK) {
+            kvs_seterr(err, errlen, "calibration: %s", kvs_ctx_error(ctx));
+            goto done;
+        }
     }
     if (nll) {
         double s = 0;
@@ -136,7 +148,7 @@ uint64_t kvs_ckv_calib_key(const int32_t *ids, int n)
 }
 
 enum kvs_status kvs_ckv_calib_xtx(const struct kvs_model *m, uint32_t G, const int32_t *ids, int n, double ***out,
-                                  char *err, size_t errlen)
+                                  kvs_progress_fn progress, void *ud, char *err, size_t errlen)
 {
     *out = NULL;
     uint32_t D = m->hp.n_embd, ng = (m->hp.n_layer + G - 1) / G;
@@ -149,7 +161,7 @@ enum kvs_status kvs_ckv_calib_xtx(const struct kvs_model *m, uint32_t G, const i
         a.xtx[g] = calloc((size_t)D * D, sizeof(double));
         if (!a.xtx[g]) goto oom;
     }
-    st = run_full(m, ids, n, xtx_hook, &a, NULL, NULL, err, errlen);
+    st = run_full(m, ids, n, xtx_hook, &a, NULL, NULL, progress, ud, "calibrating (whitening statistics)", err, errlen);
     free(a.tmp);
     if (st != KVS_OK) {
         kvs_ckv_calib_free(a.xtx, ng);
@@ -263,13 +275,17 @@ enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *id
 {
     double base;
     int N = (int)m->hp.n_layer;
-    enum kvs_status st = run_full(m, ids, n, NULL, NULL, NULL, &base, err, errlen);
+    enum kvs_status st = run_full(m, ids, n, NULL, NULL, NULL, &base, progress, ud, "measuring layer sensitivity", err,
+                                  errlen);
     if (st != KVS_OK) return st;
     if (ppl_base) *ppl_base = exp(base);
     struct kvs_method_config cfg;
     kvs_method_parse(&cfg, "full", err, errlen);
     for (int l = 0; l < N; l++) {
-        if (progress) progress(ud, "measuring layer sensitivity", (float)l / N);
+        if (progress && !progress(ud, "measuring layer sensitivity", (float)l / N)) {
+            kvs_seterr(err, errlen, "calibration: cancelled");
+            return KVS_ERR_CANCELLED;
+        }
         struct noisy *nz = calloc(1, sizeof *nz);
         if (!nz) {
             kvs_seterr(err, errlen, "calibration: out of memory");
@@ -288,7 +304,7 @@ enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *id
             return st;
         }
         double nll;
-        st = run_full(m, ids, n, NULL, NULL, &nz->base, &nll, err, errlen);
+        st = run_full(m, ids, n, NULL, NULL, &nz->base, &nll, NULL, NULL, NULL, err, errlen);
         kvs_press_delete(&nz->base);
         if (st != KVS_OK) return st;
         /* perplexity rise; a floor keeps every layer's weight positive */

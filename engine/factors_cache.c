@@ -286,8 +286,7 @@ enum kvs_status kvs_ckv_factors_get(struct kvs_ckv_factors **out, const struct k
     double **xtx = NULL;
     uint32_t ng = (hp->n_layer + G - 1) / G;
     if (whiten) {
-        if (progress) progress(ud, "calibrating (whitening statistics)", 0.0f);
-        enum kvs_status st = kvs_ckv_calib_xtx(m, G, ids, n_ids, &xtx, err, errlen);
+        enum kvs_status st = kvs_ckv_calib_xtx(m, G, ids, n_ids, &xtx, progress, ud, err, errlen);
         free(ids);
         if (st != KVS_OK) return st;
     }

@@ -17,6 +17,7 @@ const char *kvs_status_str(enum kvs_status s)
     case KVS_ERR_STATE: return "invalid state";
     case KVS_ERR_BACKEND: return "backend failure";
     case KVS_ERR_LIMIT: return "limit reached";
+    case KVS_ERR_CANCELLED: return "cancelled";
     }
     return "unknown status";
 }

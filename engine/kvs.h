@@ -19,6 +19,7 @@ enum kvs_status {
     KVS_ERR_STATE = -6,       /* call not valid in the current state */
     KVS_ERR_BACKEND = -7,     /* backend (CUDA, BLAS) failure */
     KVS_ERR_LIMIT = -8,       /* a capacity limit was reached (context full, …) */
+    KVS_ERR_CANCELLED = -9,   /* the caller asked to stop (progress callback returned false) */
 };
 
 /* Returns a static string naming the status; never NULL. */

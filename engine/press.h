@@ -98,9 +98,11 @@ struct kvs_press {
 };
 
 /* Creates the press for CFG over MODEL with room for N_CTX_MAX tokens. May run offline work
- * (SVD factorization), reporting progress through PROGRESS (may be NULL). On failure returns an
- * error with a message in err and *out stays NULL. Free with kvs_press_delete. */
-typedef void (*kvs_progress_fn)(void *ctx, const char *what, float frac);
+ * (SVD factorization, calibration), reporting progress through PROGRESS (may be NULL). On failure
+ * returns an error with a message in err and *out stays NULL. Free with kvs_press_delete.
+ * PROGRESS is called between units of offline work (groups, calibration chunks, layers); when it
+ * returns false the work stops there and the call returns KVS_ERR_CANCELLED ("cancelled"). */
+typedef bool (*kvs_progress_fn)(void *ctx, const char *what, float frac);
 enum kvs_status kvs_press_new(struct kvs_press **out, const struct kvs_model *model,
                               const struct kvs_method_config *cfg, int n_ctx_max,
                               kvs_progress_fn progress, void *progress_ctx, char *err, size_t errlen);

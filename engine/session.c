@@ -69,10 +69,14 @@ static void logf_(struct kvs_session *s, uint32_t level, const char *fmt, ...)
     emit(s, r);
 }
 
-static void progress_cb(void *ud, const char *what, float frac)
+/* Offline work (factorization, calibration) asks this between units: a stop request cancels it,
+ * so quitting or restarting during calibration does not wait for the whole of it. */
+static bool progress_cb(void *ud, const char *what, float frac)
 {
     struct kvs_session *s = ud;
+    if (__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) return false;
     logf_(s, 0, "%s %3.0f%%", what, (double)(frac * 100));
+    return true;
 }
 
 /* Samples up to SIM_SAMPLES prompt tokens per layer for the similarity matrices. */

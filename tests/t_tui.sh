@@ -3,7 +3,10 @@
 # model (deterministic seed), wait for panels with real numbers, raise the target CR with a key and
 # watch memory and budgets change, help overlay, resize to 20x6 and back, pause and step back,
 # save the config, quit with q from the UI and from the help overlay, SIGTERM, a failing start,
-# idle CPU, and --batch output. Every wait is bounded. Prints "N passed, N failed" last.
+# idle CPU, --batch output, and the terminal coming back after Ctrl-\ (with a recording), Ctrl-S
+# not freezing the UI, and q during calibration. Every wait is for a condition (screen text, file
+# state) with a generous deadline (KVS_TEST_WAIT, 60 s), never a fixed sleep, so a loaded machine
+# only makes it slower. Prints "N passed, N failed" last.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${KVS_BUILD:-build}
@@ -28,32 +31,41 @@ PROMPT="The quick brown fox jumps over the lazy dog. The lazy dog sleeps while t
 RUN="$BIN run -m $TMP/tiny.gguf -p '$PROMPT' -n 200 -t 1 --seed 1 --method commonkv --cr 0.5"
 
 cap() { T capture-pane -p -t ui 2>/dev/null; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# Every wait gets at least WAIT seconds: the deadline is there to end a hung test, not to time it.
+WAIT=${KVS_TEST_WAIT:-60}
+deadline_ms() { local s=${1:-$WAIT}; [ "$s" -lt "$WAIT" ] && s=$WAIT; echo $(( $(now_ms) + s * 1000 )); }
+# wait_cond SECONDS CMD...: true once CMD succeeds
+wait_cond() {
+    local deadline; deadline=$(deadline_ms "$1"); shift
+    while [ "$(now_ms)" -lt "$deadline" ]; do "$@" && return 0; sleep 0.1; done
+    "$@"
+}
+on_screen() { cap | grep -qF -- "$1"; }
 # wait_for TEXT [SECONDS]: true once TEXT is on the screen (fixed string)
 wait_for() {
-    local deadline=$(( $(date +%s%N) / 1000000 + ${2:-10} * 1000 ))
-    while [ $(( $(date +%s%N) / 1000000 )) -lt $deadline ]; do
-        cap | grep -qF -- "$1" && return 0
-        sleep 0.1
-    done
+    wait_cond "${2:-$WAIT}" on_screen "$1" && return 0
     echo "   (timed out waiting for '$1'; screen:)"; cap | sed 's/^/   | /' | head -60
     return 1
 }
-wait_gone() {
-    local deadline=$(( $(date +%s%N) / 1000000 + ${2:-10} * 1000 ))
-    while [ $(( $(date +%s%N) / 1000000 )) -lt $deadline ]; do
-        cap | grep -qF -- "$1" || return 0
-        sleep 0.1
-    done
-    return 1
-}
+not_on_screen() { ! on_screen "$1"; }
+wait_gone() { wait_cond "${2:-$WAIT}" not_on_screen "$1"; }
+NSTART=0
 start() { # start SHELL-COMMAND (the pane's shell reports the exit status and terminal state)
     T kill-server 2>/dev/null
-    rm -f "$TMP/stty.after"
-    T new-session -d -s ui -x 120 -y 40 "$ENV sh -c \"$1\"; rc=\$?; stty -a > $TMP/stty.after; echo __EXIT__ rc=\$rc; sleep 120"
+    # a fresh server each time: a new session must not reach the old server while it shuts down
+    NSTART=$((NSTART + 1)); SOCK=kvs-tui-$$-$NSTART
+    rm -f "$TMP/stty.after" "$TMP/stty.before" "$TMP/stty.g"
+    # the pane's shell survives Ctrl-C and Ctrl-\ (they reach the whole foreground group); a trap
+    # that runs a command is reset to the default in kvscope, which installs its own handlers
+    T new-session -d -s ui -x 120 -y 40 "trap : INT QUIT; stty -g > $TMP/stty.before; $ENV sh -c \"exec $1\"; rc=\$?; stty -g > $TMP/stty.g; stty -a > $TMP/stty.after; echo __EXIT__ rc=\$rc; sleep 120"
 }
-exited() { wait_for "__EXIT__ rc=$1" "${2:-10}" >/dev/null; }
+exited() { wait_for "__EXIT__ rc=$1" "${2:-$WAIT}" >/dev/null; }
 alt_off() { [ "$(T display-message -p -t ui '#{alternate_on}')" = 0 ]; }
 stty_sane() { grep -q -- ' icanon' "$TMP/stty.after" && grep -q -- ' echo ' "$TMP/stty.after"; }
+stty_same() { [ -s "$TMP/stty.before" ] && cmp -s "$TMP/stty.before" "$TMP/stty.g"; }
+cursor_on() { [ "$(T display-message -p -t ui '#{cursor_flag}')" = 1 ]; }
+mouse_off() { [ "$(T display-message -p -t ui '#{mouse_any_flag}#{mouse_standard_flag}#{mouse_button_flag}#{mouse_all_flag}#{mouse_sgr_flag}')" = 00000 ]; }
 panel_line() { cap | grep -F -- "$1" | head -1; }
 
 # ---- 1. live panels with real numbers ----
@@ -73,8 +85,9 @@ T send-keys -t ui +
 check "target CR 0.55 shown as pending" wait_for "CR 0.55" 5
 check "memory panel shows the new target" wait_for "CR target 0.55" 15
 check "new run reaches its numbers" wait_for "achieved 0." 15
-sleep 0.5
-after_budget=$(panel_line "g0 " | sed 's/.*\(g0 [^│║]*\).*/\1/')
+budget_now() { panel_line "g0 " | sed 's/.*\(g0 [^│║]*\).*/\1/'; }
+wait_cond 15 eval '[ "$(panel_line "CR target")" != "$before_mem" ] && [ "$(budget_now)" != "$before_budget" ]'
+after_budget=$(budget_now)
 after_mem=$(panel_line "CR target")
 check "memory line changed ($before_mem -> $after_mem)" test "$before_mem" != "$after_mem"
 check "group budget changed ($before_budget -> $after_budget)" test "$before_budget" != "$after_budget"
@@ -88,23 +101,24 @@ check "help closes" wait_gone "Help: keys" 5
 
 # ---- 4. resize to 20x6 and back ----
 T resize-window -t ui -x 20 -y 6
-sleep 0.8
+# redrawn for 20x6: the status line starts with the mode and one panel is shown with its hint
+check "20x6 redrawn (status line first)" wait_cond 10 eval 'cap | head -n 1 | grep -qE "^(LIVE|PAUSED)"'
+check "20x6 shows one panel with its title" wait_for "1 Similarity  (" 5
 small=$(cap)
 check "20x6 draws something" test "$(echo "$small" | tr -d ' \n' | wc -c)" -gt 20
-check "20x6 shows a panel title" sh -c "echo \"\$1\" | grep -q 'Similarity\|Budgets\|Memory\|Tokens\|Profiler\|Quality'" _ "$small"
 T send-keys -t ui Tab
-sleep 0.3
-check "20x6 Tab shows the next panel" sh -c "cap_now=\$(LC_ALL=C.UTF-8 tmux -u -L $SOCK capture-pane -p -t ui); [ \"\$cap_now\" != \"\$1\" ]" _ "$small"
+check "20x6 Tab shows the next panel" wait_for "2 Budgets  (" 5
 T resize-window -t ui -x 120 -y 40
 check "back to 120x40 with all panels" wait_for "6 Quality" 5
 
 # ---- 5. pause and step back through history ----
 T send-keys -t ui Space
 check "pause" wait_for "PAUSED" 5
-step_now=$(cap | grep -o 'step [0-9]*/[0-9]*' | head -1)
+step_of() { cap | grep -o 'step [0-9]*/[0-9]*' | head -1; }
+step_now=$(step_of)
 T send-keys -t ui Left Left Left
-sleep 0.4
-step_back=$(cap | grep -o 'step [0-9]*/[0-9]*' | head -1)
+wait_cond 5 eval '[ "$(step_of)" != "$step_now" ]'
+step_back=$(step_of)
 check "Left steps back ($step_now -> $step_back)" test "$step_now" != "$step_back"
 T send-keys -t ui Space
 check "follow again" wait_for "LIVE" 5
@@ -121,8 +135,9 @@ check "config keeps the theme" grep -q "theme = mono" "$TMP/cfg/kvscope/config"
 
 # ---- 7. idle CPU: the run has finished; the UI must sleep ----
 pid=$(pgrep -n -f "^$BIN run -m $TMP/tiny.gguf" || true)
+# finished: the busy spinner at the start of the status line is gone
+check "the run finishes" wait_cond 30 eval 'cap | head -n 1 | grep -q "^ kvscope "'
 if [ -n "$pid" ]; then
-    sleep 1
     t0=$(awk '{print $14 + $15}' /proc/$pid/stat)
     sleep 3
     t1=$(awk '{print $14 + $15}' /proc/$pid/stat)
@@ -174,6 +189,51 @@ fi
 # not a tty on stdout: batch output even without --batch
 $ENV sh -c "$RUN -n 4" > "$TMP/pipe.jsonl" 2>/dev/null </dev/null
 check "stdout not a tty: JSON lines" sh -c "tail -n 1 '$TMP/pipe.jsonl' | grep -q '\"type\":\"summary\"'"
+
+# ---- 13. Ctrl-\ (SIGQUIT) while recording: the terminal comes back and the trace is closed ----
+rm -f "$TMP/quit.kvt" "$TMP/quit.kvt.part"
+start "$RUN --record $TMP/quit.kvt"
+check "Ctrl-\\: the UI runs with mouse reporting on" wait_cond 15 eval 'on_screen "achieved 0." && ! mouse_off'
+T send-keys -t ui 'C-\'
+check "Ctrl-\\: exits with status 0 (not killed by SIGQUIT)" exited 0
+check "Ctrl-\\: alternate screen left" alt_off
+check "Ctrl-\\: cursor visible" cursor_on
+check "Ctrl-\\: mouse reporting off" mouse_off
+check "Ctrl-\\: stty settings as before" stty_same
+check "Ctrl-\\: the recording is renamed, no .part" test -s "$TMP/quit.kvt" -a ! -e "$TMP/quit.kvt.part"
+check "Ctrl-\\: the recording is clean" sh -c "'$BIN' trace info '$TMP/quit.kvt' 2>/dev/null | grep -qE '^status +clean'"
+
+# ---- 14. Ctrl-S does not freeze the UI (flow control is off while it runs) ----
+start "$RUN"
+wait_for "1 Similarity" >/dev/null
+T send-keys -t ui C-s
+T send-keys -t ui '?'
+check "Ctrl-S: a key after it still acts (help opens)" wait_for "Help: keys" 20
+T send-keys -t ui q
+check "Ctrl-S: q quits" exited 0
+check "Ctrl-S: stty settings as before (IXON back on)" stty_same
+check "Ctrl-S: stty shows ixon again" grep -q -- ' ixon' "$TMP/stty.after"
+
+# ---- 15. q during calibration: the process exits, the calibration is cancelled ----
+# The real model with an empty factor cache: whitening calibration and 8 SVDs take seconds. q
+# while the progress line shows calibration must end the process promptly: the factor cache is
+# then never written (it is written only when calibration and factorization complete).
+MODEL=${KVS_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+if [ -f "$MODEL" ]; then
+    rm -rf "$TMP/cache"
+    start "env XDG_CACHE_HOME=$TMP/cache $BIN run -m $PWD/$MODEL -p 'hello' -n 8 --method commonkv --cr 0.5"
+    check "calibration: the progress line shows it" wait_for "calibrating" 60
+    t0=$(now_ms)
+    T send-keys -t ui q
+    check "calibration: q exits with status 0" exited 0
+    t1=$(now_ms)
+    echo "   (q to exit during calibration: $((t1 - t0)) ms)"
+    check "calibration: terminal restored" alt_off
+    check "calibration: cancelled, no factor cache written" \
+        sh -c "! ls '$TMP/cache/kvscope/' 2>/dev/null | grep -q '\.factors\$'"
+else
+    echo "   (skipped q during calibration: no real model at $MODEL)"
+fi
 
 echo
 echo "$pass passed, $fail failed"

@@ -1170,6 +1170,41 @@ static void test_time_flush(void)
     CHECKF(strstr(err, "/nonexistent-dir/x.kvt.part: cannot create"), "%s", err);
 }
 
+/* Steps on disk in PATH.part (0 when it cannot be read yet). */
+static uint64_t part_steps(const char *path)
+{
+    char part[600], err[512];
+    snprintf(part, sizeof part, "%s.part", path);
+    struct kvs_trace *t;
+    if (kvs_trace_open(&t, part, 0, err, sizeof err) != KVS_OK) return 0;
+    uint64_t n = kvs_trace_n_steps(t);
+    kvs_trace_close(t);
+    return n;
+}
+
+static void test_step_flush(void)
+{
+    /* the crash-loss bound: flush_steps steps reach the disk (write(2), no close) however young
+     * they are; the age limit is set out of reach so only the step count can write them */
+    const char *path = tmp_path("steps.kvt");
+    struct kvs_trace_writer_opts o;
+    kvs_trace_writer_opts_default(&o);
+    CHECK(o.flush_steps == 8 && o.flush_ms == 100);
+    o.flush_ms = 600000;
+    struct kvs_trace_writer *w;
+    char err[512];
+    CHECK(kvs_trace_writer_open(&w, path, NULL, 0, &o, err, sizeof err) == KVS_OK);
+    if (!w) return;
+    g_seq = 0;
+    kvs_trace_writer_push(w, mk_run(1, 4, 1));
+    for (uint64_t s = 0; s < 19; s++) kvs_trace_writer_push(w, mk_step(s, 4, 1));
+    /* a condition with a generous deadline, not a sleep: 16 of the 19 steps are due */
+    uint64_t deadline = kvs_now_ns() + 30000000000ull, n = 0;
+    while ((n = part_steps(path)) < 16 && kvs_now_ns() < deadline) usleep(10 * 1000);
+    CHECKF(n == 16, "%llu steps on disk, expected 16 (two chunks of 8; 3 still open)", (unsigned long long)n);
+    CHECK(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK);
+}
+
 /* ---- modes for tests/t_traces.sh ---- */
 
 static int writer_child(const char *path)
@@ -1475,5 +1510,6 @@ int main(int argc, char **argv)
     RUN(test_recover);
     RUN(test_export);
     RUN(test_time_flush);
+    RUN(test_step_flush);
     return kvs_test_summary();
 }

@@ -33,7 +33,8 @@ struct kvs_trace_writer_opts {
     uint32_t queue_cap;      /* records the queue holds before it drops (default 4096) */
     uint32_t keyframe_every; /* K: a keyframe before every K-th step (default 256) */
     uint32_t chunk_bytes;    /* a data chunk is written once it holds this many raw bytes (64 KiB) */
-    uint32_t flush_ms;       /* ... or once its oldest record is this old (default 500 ms) */
+    uint32_t flush_ms;       /* ... or once its oldest record was pushed this long ago (default 100 ms) */
+    uint32_t flush_steps;    /* ... or once it holds this many steps (default 8): the crash-loss bound */
     uint32_t index_every;    /* keyframes between index chunks (default 16) */
     int zlevel;              /* zlib level 1..9 (default 6) */
 };

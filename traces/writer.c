@@ -1,7 +1,9 @@
 /* Trace writer: header, then append-only chunks written by a thread of its own from a bounded
  * queue (a full queue drops and counts; the producer never waits on the disk), keyframes every K
  * steps, index chunks along the way, a footer index on close, NAME.part renamed to NAME at the
- * end. Never rewrites earlier bytes. Depends on libc, pthreads, zlib (via codec.c). */
+ * end. Never rewrites earlier bytes. A data chunk goes out with write(2) (page cache, no fsync)
+ * once it holds flush_steps steps or its oldest record is flush_ms old, which bounds what a
+ * killed process loses. Depends on libc, pthreads, zlib (via codec.c). */
 #include "trace_int.h"
 
 #include <errno.h>
@@ -36,6 +38,7 @@ struct kvs_trace_writer {
     struct qitem *ring;
     uint32_t head, count;
     bool closing, aborting;
+    uint32_t unflushed;    /* steps pushed and not yet written: queued + in the open chunk (atomic) */
     uint64_t dropped;      /* atomic */
     pthread_t thread;
     bool thread_started;
@@ -47,7 +50,7 @@ struct kvs_trace_writer {
     uint64_t header_len;
     struct kvt_buf chunk;  /* records of the data chunk being filled */
     struct kvt_chunk_hdr ch;
-    uint64_t chunk_t0;     /* monotonic ns when its first record arrived */
+    uint64_t chunk_t0;     /* monotonic ns when its first record was pushed */
     uint64_t n_chunks, n_steps, n_records, raw_bytes, comp_bytes;
     struct kvs_record *kf_run;
     struct kvs_record *kf_mat[KF_MAX_MATRIX];
@@ -64,7 +67,8 @@ void kvs_trace_writer_opts_default(struct kvs_trace_writer_opts *o)
     o->queue_cap = 4096;
     o->keyframe_every = 256;
     o->chunk_bytes = 64u << 10;
-    o->flush_ms = 500;
+    o->flush_ms = 100;
+    o->flush_steps = 8;
     o->index_every = 16;
     o->zlevel = 6;
 }
@@ -151,8 +155,10 @@ static void chunk_reset(struct kvs_trace_writer *w)
 static bool flush_data(struct kvs_trace_writer *w)
 {
     if (w->chunk.len == 0) return true;
+    uint32_t steps = w->ch.n_steps;
     bool ok = write_chunk(w, &w->ch, w->chunk.p, w->chunk.len, NULL);
     chunk_reset(w);
+    __atomic_sub_fetch(&w->unflushed, steps, __ATOMIC_RELAXED);
     return ok;
 }
 
@@ -293,7 +299,7 @@ static void handle(struct kvs_trace_writer *w, struct kvs_record *r, uint64_t t)
     }
     if (w->ch.n_records == 0) {
         w->ch.first_ts = t;
-        w->chunk_t0 = kvs_now_ns();
+        w->chunk_t0 = w->origin_mono + t; /* its age counts from the push, not from this thread's turn */
     }
     w->ch.last_ts = t;
     w->ch.n_records++;
@@ -309,7 +315,7 @@ static void handle(struct kvs_trace_writer *w, struct kvs_record *r, uint64_t t)
     } else {
         kf_keep(w, r);
     }
-    if (w->chunk.len >= w->o.chunk_bytes) flush_data(w);
+    if (w->chunk.len >= w->o.chunk_bytes || w->ch.n_steps >= w->o.flush_steps) flush_data(w);
 }
 
 static bool write_footer(struct kvs_trace_writer *w)
@@ -374,8 +380,12 @@ static void *writer_main(void *arg)
         bool bad = w->status != KVS_OK;
         pthread_mutex_unlock(&w->mu);
         for (uint32_t i = 0; i < n; i++) {
+            uint64_t before = w->n_steps;
             if (bad) __atomic_add_fetch(&w->dropped, 1, __ATOMIC_RELAXED);
             else handle(w, batch[i].rec, batch[i].t);
+            /* a step that did not reach the chunk (dropped, not serializable) is not pending */
+            if (batch[i].rec->type == KVS_REC_STEP && w->n_steps == before)
+                __atomic_sub_fetch(&w->unflushed, 1, __ATOMIC_RELAXED);
             kvs_record_unref(batch[i].rec);
         }
         pthread_mutex_lock(&w->mu);
@@ -461,6 +471,7 @@ enum kvs_status kvs_trace_writer_open(struct kvs_trace_writer **out, const char 
         if (opts->keyframe_every) w->o.keyframe_every = opts->keyframe_every;
         if (opts->chunk_bytes) w->o.chunk_bytes = KVS_MIN(opts->chunk_bytes, KVT_RAW_MAX);
         if (opts->flush_ms) w->o.flush_ms = opts->flush_ms;
+        if (opts->flush_steps) w->o.flush_steps = opts->flush_steps;
         if (opts->index_every) w->o.index_every = opts->index_every;
         if (opts->zlevel >= 1 && opts->zlevel <= 9) w->o.zlevel = opts->zlevel;
     }
@@ -532,7 +543,12 @@ bool kvs_trace_writer_push(struct kvs_trace_writer *w, struct kvs_record *r)
         return false;
     }
     w->ring[(w->head + w->count) % w->o.queue_cap] = (struct qitem){ r, t };
-    if (++w->count == (w->o.queue_cap + 1) / 2) pthread_cond_signal(&w->cv);
+    /* the writer polls; a push wakes it only when the queue is half full or enough steps wait to
+     * make a chunk (the crash-loss bound), not once per record */
+    bool wake = ++w->count == (w->o.queue_cap + 1) / 2;
+    if (r->type == KVS_REC_STEP && __atomic_add_fetch(&w->unflushed, 1, __ATOMIC_RELAXED) >= w->o.flush_steps)
+        wake = true;
+    if (wake) pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     return true;
 }

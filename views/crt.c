@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 static SCREEN *screen;
@@ -43,6 +44,17 @@ static void common_setup(void)
 
 static void at_exit(void) { kvs_crt_end(); }
 
+/* Ctrl-S must be a key, not XOFF: with flow control on it freezes the output until Ctrl-Q, which
+ * looks like a hung UI. newterm saved the shell's modes before this, so endwin brings IXON back;
+ * def_prog_mode makes curses keep the change when it resumes (after a suspend). */
+static void flow_control_off(void)
+{
+    struct termios t;
+    if (tcgetattr(STDIN_FILENO, &t) != 0) return;
+    t.c_iflag &= ~(tcflag_t)(IXON | IXOFF);
+    if (tcsetattr(STDIN_FILENO, TCSANOW, &t) == 0) def_prog_mode();
+}
+
 bool kvs_crt_start(bool no_mouse, char *err, size_t errlen)
 {
     if (active) return true;
@@ -66,6 +78,7 @@ bool kvs_crt_start(bool no_mouse, char *err, size_t errlen)
     active = true;
     if (!atexit_done) { atexit(at_exit); atexit_done = true; }
     common_setup();
+    flow_control_off();
     kvs_crt_mouse(!no_mouse);
     return true;
 }
