@@ -150,13 +150,15 @@ static void mm_vec_range(void *ctx, int64_t b, int64_t e, int thread)
     }
 }
 
+/* Tiles [b, e) of MM_TILE weight rows. Tiles start at multiples of MM_TILE whatever the thread
+ * count, so every sgemm call, and so every output bit, is the same at any -t. */
 static void mm_gemm_range(void *ctx, int64_t b, int64_t e, int thread)
 {
     const struct mm_job *j = ctx;
     const struct kvs_weight *w = j->w;
     int64_t cols = w->cols;
-    for (int64_t r0 = b; r0 < e; r0 += MM_TILE) {
-        int64_t nr = KVS_MIN(MM_TILE, e - r0);
+    for (int64_t r0 = b * MM_TILE; r0 < e * MM_TILE && r0 < w->rows; r0 += MM_TILE) {
+        int64_t nr = KVS_MIN(MM_TILE, w->rows - r0);
         const float *tile;
         if (w->type == KVS_GGML_F32) {
             tile = (const float *)w->data + r0 * cols;
@@ -189,8 +191,7 @@ void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const flo
         if ((int64_t)w->rows * w->cols * T < (1 << 16)) mm_vec_range(&j, 0, w->rows, 0);
         else kvs_pool_for(pool, w->rows, mm_vec_range, &j);
     } else {
-        /* each thread takes a contiguous row range, so no tile is dequantized twice */
-        kvs_pool_for(pool, w->rows, mm_gemm_range, &j);
+        kvs_pool_for(pool, (w->rows + MM_TILE - 1) / MM_TILE, mm_gemm_range, &j);
     }
 }
 
