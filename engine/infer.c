@@ -37,6 +37,7 @@ void kvs_ctx_params_default(struct kvs_ctx_params *p)
     p->n_batch = 256;
     p->n_threads = 0;
     snprintf(p->backend, sizeof p->backend, "cpu");
+    p->precise = false;
 }
 
 /* ---------------------------------------------------------------- building blocks */
@@ -181,8 +182,14 @@ static void mm_gemm_range(void *ctx, int64_t b, int64_t e, int thread)
 
 void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T)
 {
+    kvs_cpu_matmul_ex(pool, w, x, y, T, false);
+}
+
+void kvs_cpu_matmul_ex(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T,
+                       bool precise)
+{
     struct mm_job j = {.w = w, .x = x, .y = y, .T = T, .qx = NULL};
-    if (T <= MM_VEC_MAX) {
+    if (T <= MM_VEC_MAX && !precise) {
         struct mm_tls *tl = mm_tls_get();
         j.qx = tl->q;
         for (int t = 0; t < T; t++)
@@ -245,6 +252,7 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
         kvs_ctx_delete(c);
         return bst;
     }
+    c->be->precise = p->precise;
     size_t nbw = (size_t)hp->n_layer * 7 + 1;
     c->bw = calloc(nbw, sizeof *c->bw);
     if (!c->bw) goto oom;
