@@ -3,7 +3,9 @@
  * committed numpy reference (tests/golden/smollm2_logits.txt) and "The capital of France is" ->
  * Paris. Modes for tests/t_forward_ref.sh:
  *   test_infer --write-tiny PATH CONFIG     write a tiny model (configs: see tiny_config)
- *   test_infer --dump MODEL OUT.bin ID...   all logits (n, n_vocab) fp32 of one prefill */
+ *   test_infer --dump MODEL OUT.bin ID...   all logits (n, n_vocab) fp32 of one prefill
+ *   test_infer --dump-decode MODEL OUT.bin ID...          the same logits, one token at a time (decode)
+ *   test_infer --dump-decode-precise MODEL OUT.bin ID...  the same, decode with kvs_ctx_params.precise */
 #include "attn.h"
 #include "gguf.h"
 #include "quant.h"
@@ -72,7 +74,7 @@ struct runner {
     struct kvs_ctx *ctx;
 };
 
-static bool runner_open(struct runner *r, const char *path, int n_batch, int threads)
+static bool runner_open_ex(struct runner *r, const char *path, int n_batch, int threads, bool precise)
 {
     char err[512];
     memset(r, 0, sizeof *r);
@@ -85,8 +87,14 @@ static bool runner_open(struct runner *r, const char *path, int n_batch, int thr
     p.n_ctx = 512;
     p.n_batch = n_batch;
     p.n_threads = threads;
+    p.precise = precise;
     if (kvs_ctx_new(&r->ctx, r->m, r->press, &p, err, sizeof err) != KVS_OK) { fprintf(stderr, "%s\n", err); return false; }
     return true;
+}
+
+static bool runner_open(struct runner *r, const char *path, int n_batch, int threads)
+{
+    return runner_open_ex(r, path, n_batch, threads, false);
 }
 
 static void runner_close(struct runner *r)
@@ -96,17 +104,28 @@ static void runner_close(struct runner *r)
     kvs_model_delete(r->m);
 }
 
-static int dump(int argc, char **argv)
+/* DECODE: one token per kvs_ctx_eval (the short-product path generate and run decode on). */
+static int dump(int argc, char **argv, bool decode, bool precise)
 {
     if (argc < 5) return 2;
     struct runner r;
-    if (!runner_open(&r, argv[2], 256, 2)) return 1;
+    if (!runner_open_ex(&r, argv[2], 256, 2, precise)) return 1;
     int n = argc - 4;
+    const size_t V = r.m->hp.n_vocab;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
-    float *lg = malloc(sizeof(float) * (size_t)n * r.m->hp.n_vocab);
+    float *lg = malloc(sizeof(float) * (size_t)n * V);
     for (int i = 0; i < n; i++) ids[i] = atoi(argv[4 + i]);
     int rc = 1;
-    if (kvs_ctx_eval(r.ctx, ids, n, lg) == KVS_OK) {
+    bool ok = true;
+    if (decode) {
+        for (int i = 0; i < n && ok; i++) {
+            ok = kvs_ctx_eval(r.ctx, ids + i, 1, NULL) == KVS_OK;
+            if (ok) memcpy(lg + (size_t)i * V, kvs_ctx_logits(r.ctx), V * sizeof(float));
+        }
+    } else {
+        ok = kvs_ctx_eval(r.ctx, ids, n, lg) == KVS_OK;
+    }
+    if (ok) {
         FILE *f = fopen(argv[3], "wb");
         if (f && fwrite(lg, sizeof(float), (size_t)n * r.m->hp.n_vocab, f) == (size_t)n * r.m->hp.n_vocab) rc = 0;
         if (f) fclose(f);
@@ -443,7 +462,9 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < KVS_ARRAY_LEN(tiny_configs); i++) printf("%s\n", tiny_configs[i]);
         return 0;
     }
-    if (argc >= 5 && !strcmp(argv[1], "--dump")) return dump(argc, argv);
+    if (argc >= 5 && !strcmp(argv[1], "--dump")) return dump(argc, argv, false, false);
+    if (argc >= 5 && !strcmp(argv[1], "--dump-decode")) return dump(argc, argv, true, false);
+    if (argc >= 5 && !strcmp(argv[1], "--dump-decode-precise")) return dump(argc, argv, true, true);
     RUN(test_pool);
     RUN(test_pool_stress);
     RUN(test_rope);
