@@ -190,6 +190,75 @@ static void test_pool_stress(void)
     kvs_pool_delete(p);
 }
 
+/* Determinism (DESIGN.md §7): kvs_pool_for's chunk boundaries depend on N only, and a product
+ * gives the same bits at 1, 2 and 3 threads on both paths (8-bit activations, sgemm tiles) and
+ * with precise. A split that follows the thread count fails here. */
+struct bounds { uint8_t *start; };
+static void mark_range(void *ctx, int64_t b, int64_t e, int th)
+{
+    struct bounds *x = ctx;
+    (void)th;
+    __atomic_store_n(&x->start[b], 1, __ATOMIC_RELAXED);
+    (void)e;
+}
+
+static void test_pool_split_fixed(void)
+{
+    static const int64_t ns[] = {1, 5, 47, 48, 49, 97, 576, 1536, 49152};
+    for (size_t k = 0; k < KVS_ARRAY_LEN(ns); k++) {
+        int64_t n = ns[k];
+        uint8_t *ref = calloc((size_t)n, 1), *got = calloc((size_t)n, 1);
+        if (!ref || !got) { CHECK(0); free(ref); free(got); return; }
+        struct bounds x = {ref};
+        kvs_pool_for(NULL, n, mark_range, &x);
+        for (int nt = 2; nt <= 3; nt++) {
+            struct kvs_pool *p = kvs_pool_new(nt);
+            memset(got, 0, (size_t)n);
+            x.start = got;
+            kvs_pool_for(p, n, mark_range, &x);
+            CHECKF(memcmp(ref, got, (size_t)n) == 0, "pool: chunks of a %lld-long loop differ at %d threads",
+                   (long long)n, nt);
+            kvs_pool_delete(p);
+        }
+        free(ref);
+        free(got);
+    }
+}
+
+static void test_matmul_threads(void)
+{
+    const int64_t rows = 1000, cols = 256; /* rows not a multiple of any tile or chunk count */
+    const uint32_t types[] = {KVS_GGML_Q4_1, KVS_GGML_Q6_K, KVS_GGML_F32};
+    float *wf = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * 40 * cols);
+    float *ref = malloc(sizeof(float) * 40 * rows), *y = malloc(sizeof(float) * 40 * rows);
+    uint8_t *wq = malloc((size_t)rows * cols * 4);
+    if (!wf || !x || !ref || !y || !wq) { CHECK(0); goto out; }
+    for (int64_t i = 0; i < rows * cols; i++) wf[i] = sinf((float)i * 0.37f) * 0.1f;
+    for (int64_t i = 0; i < 40 * cols; i++) x[i] = cosf((float)i * 0.11f);
+    struct kvs_pool *pools[3] = {kvs_pool_new(1), kvs_pool_new(2), kvs_pool_new(3)};
+    for (size_t k = 0; k < KVS_ARRAY_LEN(types); k++) {
+        uint64_t rb = 0;
+        CHECK(kvs_type_row_bytes(types[k], (uint64_t)cols, &rb));
+        for (int64_t r = 0; r < rows; r++) kvs_quant_row(types[k], wf + r * cols, wq + r * rb, cols);
+        struct kvs_weight w = {.type = types[k], .rows = rows, .cols = cols, .data = wq, .row_bytes = rb};
+        static const int Ts[] = {1, 3, 4, 5, 37};
+        for (size_t ti = 0; ti < KVS_ARRAY_LEN(Ts); ti++)
+            for (int precise = 0; precise < 2; precise++) {
+                int T = Ts[ti];
+                kvs_cpu_matmul_ex(pools[0], &w, x, ref, T, precise);
+                for (int pi = 1; pi < 3; pi++) {
+                    kvs_cpu_matmul_ex(pools[pi], &w, x, y, T, precise);
+                    CHECKF(memcmp(ref, y, sizeof(float) * (size_t)T * rows) == 0,
+                           "matmul type %u, %d rows of X%s: bits differ at %d threads", types[k], T,
+                           precise ? " (precise)" : "", pi + 1);
+                }
+            }
+    }
+    for (int i = 0; i < 3; i++) kvs_pool_delete(pools[i]);
+out:
+    free(wf); free(x); free(ref); free(y); free(wq);
+}
+
 static void test_rope(void)
 {
     struct kvs_hparams hp = {.head_dim = 8, .rope_theta = 10000.0f};
@@ -467,6 +536,8 @@ int main(int argc, char **argv)
     if (argc >= 5 && !strcmp(argv[1], "--dump-decode-precise")) return dump(argc, argv, true, true);
     RUN(test_pool);
     RUN(test_pool_stress);
+    RUN(test_pool_split_fixed);
+    RUN(test_matmul_threads);
     RUN(test_rope);
     RUN(test_attn_f16);
     RUN(test_sample);
