@@ -13,7 +13,7 @@
 static void usage(FILE *f)
 {
     fputs("usage: kvscope bench [-m MODEL] [--ctx 512,2048] [--methods full,commonkv] [--cr X] [-n DECODE_TOKENS]\n"
-          "                     [-t THREADS] [-f FILE] [--json]\n", f);
+          "                     [-t THREADS] [-f FILE] [--precise] [--json]\n", f);
 }
 
 int kvs_cmd_bench(int argc, char **argv)
@@ -21,7 +21,7 @@ int kvs_cmd_bench(int argc, char **argv)
     const char *model_path = NULL, *ctxs = "512,2048", *methods = "full", *file = KVS_DEFAULT_TEXT;
     long n_decode = 64, threads = 0;
     double cr = -1;
-    bool json = false;
+    bool json = false, precise = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -33,6 +33,7 @@ int kvs_cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "-n")) { if (!kvs_opt_int(a, v, 1, 100000, &n_decode)) return 2; i++; }
         else if (!strcmp(a, "-t")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--json")) json = true;
+        else if (!strcmp(a, "--precise")) precise = true;
         else { kvs_die_msg("bench: unknown option or missing value '%s'", a); usage(stderr); return 2; }
     }
     if (!model_path) model_path = kvs_default_model();
@@ -72,6 +73,7 @@ int kvs_cmd_bench(int argc, char **argv)
             kvs_ctx_params_default(&cp);
             cp.n_ctx = (int)(ctx + n_decode + 1);
             cp.n_threads = (int)threads;
+            cp.precise = precise;
             if (kvs_press_new(&press, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) != KVS_OK ||
                 kvs_ctx_new(&cx, m, press, &cp, err, sizeof err) != KVS_OK) {
                 kvs_die_msg("%s", err);

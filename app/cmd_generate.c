@@ -13,7 +13,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope generate [-m MODEL.gguf] (-p PROMPT | -f FILE) [-n N] [--chat] [--method M] [--cr X]\n"
           "                        [--temp T] [--top-p P] [--seed S] [-t THREADS] [--ctx N] [--batch-size N]\n"
-          "                        [--backend cpu|cuda|auto] [--json]\n",
+          "                        [--backend cpu|cuda|auto] [--precise] [--json]\n",
           f);
 }
 
@@ -23,7 +23,7 @@ int kvs_cmd_generate(int argc, char **argv)
     long n_predict = 64, threads = 0, n_ctx = 4096, n_batch = 256;
     double temp = 0, top_p = 0.95, cr = -1;
     uint64_t seed = 42;
-    bool chat = false, json = false;
+    bool chat = false, json = false, precise = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -42,6 +42,7 @@ int kvs_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--cr")) { if (!kvs_opt_float(a, v, 0, 0.999, &cr)) return 2; i++; }
         else if (!strcmp(a, "--seed")) { if (!kvs_opt_u64(a, v, &seed)) return 2; i++; }
         else if (!strcmp(a, "--chat")) chat = true;
+        else if (!strcmp(a, "--precise")) precise = true;
         else if (!strcmp(a, "--json")) json = true;
         else { kvs_die_msg("generate: unknown option '%s'", a); usage(stderr); return 2; }
         continue;
@@ -81,6 +82,7 @@ int kvs_cmd_generate(int argc, char **argv)
     cp.n_ctx = (int)n_ctx;
     cp.n_batch = (int)n_batch;
     cp.n_threads = (int)threads;
+    cp.precise = precise;
     snprintf(cp.backend, sizeof cp.backend, "%s", backend);
     if (kvs_ctx_new(&ctx, m, press, &cp, err, sizeof err) != KVS_OK) { kvs_die_msg("%s", err); goto done; }
     const char *ptext = text;
@@ -140,7 +142,8 @@ int kvs_cmd_generate(int argc, char **argv)
         printf("], \"text\": ");
         kvs_json_string(stdout, out_text ? out_text : "", out_len);
         printf(", \"prompt_tokens\": %lld, \"generated_tokens\": %d, \"prefill_tps\": %.2f, \"decode_tps\": %.2f, "
-               "\"threads\": %d}\n", (long long)n, n_gen, ptps, dtps, kvs_pool_size(kvs_ctx_pool(ctx)));
+               "\"threads\": %d, \"precise\": %s}\n", (long long)n, n_gen, ptps, dtps, kvs_pool_size(kvs_ctx_pool(ctx)),
+               precise ? "true" : "false");
     } else {
         printf("\n");
         fprintf(stderr, "prompt: %lld tokens, %.1f tok/s; decode: %d tokens, %.1f tok/s (%s, %d threads, method %s)\n",

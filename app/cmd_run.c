@@ -28,7 +28,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--sinks N]\n"
           "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
-          "                   [--backend cpu|cuda|auto]\n"
+          "                   [--backend cpu|cuda|auto] [--precise]\n"
           "                   [--theme default|mono|projector] [--no-mouse] [--batch] [--record FILE] [--compare-full]\n",
           f);
 }
@@ -201,7 +201,7 @@ int kvs_cmd_run(int argc, char **argv)
     double cr = NAN, rank_ratio = NAN;
     long group = -1, sinks = -1, recent = -1, n_predict = 64, n_ctx = 2048, threads = 0;
     uint64_t seed = 42;
-    bool chat = false, batch = false, no_mouse = false, compare_full = false;
+    bool chat = false, batch = false, no_mouse = false, compare_full = false, precise = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -223,6 +223,7 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--seed")) { if (!kvs_opt_u64(a, v, &seed)) return 2; i++; }
         else if (!strcmp(a, "--chat")) chat = true;
+        else if (!strcmp(a, "--precise")) precise = true;
         else if (!strcmp(a, "--batch")) batch = true;
         else if (!strcmp(a, "--no-mouse")) no_mouse = true;
         else if (!strcmp(a, "--compare-full")) compare_full = true;
@@ -283,6 +284,7 @@ int kvs_cmd_run(int argc, char **argv)
     l.base.n_predict = (int)n_predict;
     l.base.n_ctx = (int)n_ctx;
     l.base.n_threads = (int)threads;
+    l.base.precise = precise;
     snprintf(l.base.backend, sizeof l.base.backend, "%s", backend);
     l.base.seed = seed;
     l.base.lossless = !tui; /* batch output must not lose records; the TUI must not slow the engine */

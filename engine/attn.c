@@ -11,6 +11,10 @@
 #define KVS_SIMD_F16 1
 #endif
 
+/* (token, KV head) items below which decode splits the keys into ranges (a fixed count, not one per
+ * thread: see kvs_attn_f16) */
+#define ATTN_MIN_ITEMS 16
+
 void kvs_f32_to_f16_row(const float *src, uint16_t *dst, int n)
 {
     int i = 0;
@@ -222,10 +226,12 @@ bool kvs_attn_f16(struct kvs_pool *pool, const struct kvs_attn_args *a)
     float *bufs[256];
     int rep = a->n_head / a->n_head_kv;
     if (rep > 64 || a->n_head % a->n_head_kv) return false;
-    /* split the keys when there are too few (token, KV head) items to keep every thread busy */
+    /* Split the keys when there are too few (token, KV head) items to keep threads busy. The split
+     * depends on the shapes only, never on the thread count: the partial softmaxes are combined in
+     * split order, so the output is the same bytes at any -t. */
     int items = a->T * a->n_head_kv, ns = 1;
-    if (!a->probs && nth > 1 && items < 4 * nth && a->n_keys >= 256) {
-        ns = (4 * nth + items - 1) / items;
+    if (!a->probs && items < ATTN_MIN_ITEMS && a->n_keys >= 256) {
+        ns = (ATTN_MIN_ITEMS + items - 1) / items;
         if (ns > a->n_keys / 128) ns = a->n_keys / 128;
         if (ns < 1) ns = 1;
     }

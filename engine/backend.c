@@ -329,7 +329,7 @@ static enum kvs_status cpu_rope(struct kvs_backend *b, float *x, int T, int n_he
 static enum kvs_status cpu_matmul(struct kvs_backend *b, const struct kvs_backend_weight *bw, const float *x,
                                   float *y, int T)
 {
-    kvs_cpu_matmul(b->pool, bw->w, x, y, T);
+    kvs_cpu_matmul_ex(b->pool, bw->w, x, y, T, b->precise);
     return KVS_OK;
 }
 
@@ -485,7 +485,7 @@ enum kvs_status kvs_backend_matmul(struct kvs_backend *b, const struct kvs_backe
                                    float *y, int T)
 {
     if (b && b->ops->matmul && (bw->dev || !b->ops->weight_prepare)) return b->ops->matmul(b, bw, x, y, T);
-    kvs_cpu_matmul(b ? b->pool : NULL, bw->w, x, y, T);
+    kvs_cpu_matmul_ex(b ? b->pool : NULL, bw->w, x, y, T, b && b->precise);
     return KVS_OK;
 }
 

@@ -89,6 +89,7 @@ struct kvs_backend {
     const struct kvs_backend_ops *ops;
     void *ctx;                /* backend-private state */
     struct kvs_pool *pool;    /* threads for CPU paths (not owned; NULL: the caller's thread) */
+    bool precise;             /* CPU products never quantize activations (kvs_ctx_params.precise) */
     char device[128];         /* "CPU" or "NVIDIA H100 80GB HBM3 (sm_90)" */
     char err[512];            /* last error */
 };

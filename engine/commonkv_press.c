@@ -27,6 +27,7 @@
 #define CKV_DTILE 64        /* cached rows per fused decode task */
 #define CKV_DSUB 16         /* rows of a tile accumulated at once (L1-sized) */
 #define CKV_FUSED_T 4       /* attention over at most this many query rows runs fused (decode) */
+#define CKV_DSLOTS 8        /* fused decode: softmax states, each over a fixed run of tiles (not per thread) */
 
 enum { FMT_F16 = 0, FMT_Q = 1 };
 
@@ -215,11 +216,13 @@ struct ckv {
     uint16_t *cb;               /* (rows, r_max rounded up to even) bf16 latents, bf16 path only */
     size_t rows_cap;
     int nth;
-    float **th_s, **th_y, **th_ev; /* per thread: (QTILE, rows), (QTILE, r), (rows) */
+    float **th_s, **th_y;       /* per thread: (QTILE, rows), (QTILE, r) */
     size_t th_cap;
+    float *ev_part;             /* (nh, window tiles, rows) eviction mass per attention task */
+    size_t ev_cap;
     float *lat;                 /* (T, r) store scratch */
     size_t lat_cap;
-    struct ckv_dec *dec;        /* (dec_nth) fused decode scratch per thread */
+    struct ckv_dec *dec;        /* (dec_nth) fused decode: tile scratch per thread, softmax state per slot */
     int dec_nth;
     float *dec_s;               /* (CKV_FUSED_T * nh, dec_cap) masked scores, for eviction statistics */
     int32_t *dec_rp;            /* (dec_cap) positions of the rows */
@@ -365,10 +368,11 @@ static void keys_range(void *ctx, int64_t b, int64_t e, int thread)
 struct attn_job {
     struct ckv *c;
     const struct grp *g;
-    int layer, T, n_rows, n_tiles, ev_from;
+    int layer, T, n_rows, n_tiles, ev_from, ev_tile0;
     const int32_t *pos;
     const float *q;
     float *out;
+    float *ev;                  /* (nh, n_tiles - ev_tile0, n_rows) eviction mass, or NULL */
 };
 
 /* Tasks (head, tile of CKV_QTILE queries): scores, masked softmax, Y = P C, out = Y B_v^T. */
@@ -379,10 +383,14 @@ static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
     const int d = c->d, r = (int)j->g->r, n = j->n_rows, dq = c->nh * d, dkv = c->dkv;
     const int rep = c->nh / c->nkv;
     const float scale = 1.0f / sqrtf((float)d);
-    float *S = c->th_s[thread], *Y = c->th_y[thread], *ev = c->th_ev ? c->th_ev[thread] : NULL;
+    float *S = c->th_s[thread], *Y = c->th_y[thread];
     for (int64_t task = b; task < e; task++) {
         int h = (int)(task / j->n_tiles), tile = (int)(task % j->n_tiles);
         int kv = h / rep, i0 = tile * CKV_QTILE, tq = KVS_MIN(CKV_QTILE, j->T - i0);
+        /* this task's own eviction row (summed in task order after the loop, never per thread) */
+        float *ev = j->ev && tile >= j->ev_tile0 ?
+                    j->ev + ((size_t)h * (j->n_tiles - j->ev_tile0) + (tile - j->ev_tile0)) * n : NULL;
+        if (ev) memset(ev, 0, (size_t)n * sizeof(float));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, n, d, scale, j->q + (size_t)i0 * dq + (size_t)h * d,
                     dq, c->kk + (size_t)kv * d, dkv, 0.0f, S, n);
         for (int i = 0; i < tq; i++) {
@@ -448,23 +456,18 @@ static bool ckv_scratch(struct ckv *c, size_t rows, int r_max)
         for (int t = 0; t < c->nth; t++) {
             free(c->th_s[t]);
             free(c->th_y[t]);
-            if (c->th_ev) free(c->th_ev[t]);
         }
         free(c->th_s);
         free(c->th_y);
-        free(c->th_ev);
-        c->th_ev = NULL;
         c->nth = 0;
         c->th_s = calloc((size_t)nth, sizeof(float *));
         c->th_y = calloc((size_t)nth, sizeof(float *));
-        if (c->evict) c->th_ev = calloc((size_t)nth, sizeof(float *));
-        if (!c->th_s || !c->th_y || (c->evict && !c->th_ev)) return false;
+        if (!c->th_s || !c->th_y) return false;
         c->nth = nth;
         for (int t = 0; t < nth; t++) {
             c->th_s[t] = malloc((size_t)CKV_QTILE * c->rows_cap * sizeof(float));
             c->th_y[t] = malloc((size_t)CKV_QTILE * r_max * sizeof(float));
-            if (c->evict) c->th_ev[t] = malloc(c->rows_cap * sizeof(float));
-            if (!c->th_s[t] || !c->th_y[t] || (c->evict && !c->th_ev[t])) return false;
+            if (!c->th_s[t] || !c->th_y[t]) return false;
         }
         c->th_cap = c->rows_cap;
     }
@@ -473,63 +476,77 @@ static bool ckv_scratch(struct ckv *c, size_t rows, int r_max)
 
 /* Fused decode: one pass over the cached rows in tiles of CKV_DTILE, each task rebuilding its tile's
  * keys (bf16 kernel or sgemm), RoPE, scores for every (query, head), then an online softmax that
- * folds the tile into the running max, sum and weighted latent sum Y = sum p C of its thread.
- * Nothing the size of the context is materialised; the threads' partial results are combined
- * after, and out = (Y / sum) B_v^T. */
+ * folds the tile into the running max, sum and weighted latent sum Y = sum p C of its slot.
+ * A slot is a fixed run of consecutive tiles folded in order (at most CKV_DSLOTS slots, whatever
+ * the thread count), and the slots are combined in slot order, so the result is the same bytes at
+ * any -t and on any run. Nothing the size of the context is materialised; out = (Y / sum) B_v^T. */
 struct dec_job {
     struct ckv *c;
     const struct grp *g;
     struct rowsrc rs;
-    int layer, T, n_rows;
+    int layer, T, n_rows, n_tiles, n_slots;
     const int32_t *pos;
     float *S;                   /* (T*nh, n_rows) masked scores kept for eviction statistics, or NULL */
     int32_t *rp;                /* (n_rows) positions, with S */
 };
 
+/* Tile TASK: rebuild its keys in W's scratch and fold it into W's softmax state. */
+static void dec_tile(struct dec_job *j, struct ckv_dec *w, int64_t task)
+{
+    struct ckv *c = j->c;
+    const int r = (int)j->g->r, d = c->d, dkv = c->dkv, nh = c->nh, rep = nh / c->nkv, dq = nh * d;
+    int r0 = (int)task * CKV_DTILE, m = KVS_MIN(j->n_rows, r0 + CKV_DTILE) - r0;
+    ckv_rows_keys(c, &j->rs, j->layer, r0, m, r, w->tf, w->rp, w->tb, w->tsc, w->tk);
+    if (j->rp) memcpy(j->rp + r0, w->rp, (size_t)m * sizeof(int32_t));
+    for (int qi = 0; qi < j->T; qi++)
+        for (int kv = 0; kv < c->nkv; kv++)
+            kvs_ckv_scores(w->tk + (size_t)kv * d, m, dkv, c->qs + (size_t)qi * dq + (size_t)kv * rep * d, rep, d,
+                           d, w->ts + (size_t)(qi * nh + kv * rep) * CKV_DTILE, CKV_DTILE);
+    for (int qi = 0; qi < j->T; qi++) {
+        int32_t qp = j->pos[qi];
+        for (int h = 0; h < nh; h++) {
+            int sh = qi * nh + h;
+            float *s = w->ts + (size_t)sh * CKV_DTILE, mx = -INFINITY;
+            for (int i = 0; i < m; i++) {
+                if (w->rp[i] > qp) s[i] = -INFINITY;
+                else if (s[i] > mx) mx = s[i];
+            }
+            if (j->S) memcpy(j->S + (size_t)sh * j->n_rows + r0, s, (size_t)m * sizeof(float));
+            if (mx == -INFINITY) { /* every row of the tile is in this query's future */
+                memset(s, 0, (size_t)m * sizeof(float));
+                continue;
+            }
+            float *y = w->y + (size_t)sh * r;
+            if (mx > w->m[sh]) {
+                float f = w->m[sh] == -INFINITY ? 0.0f : expf(w->m[sh] - mx);
+                w->l[sh] *= f;
+                for (int x = 0; x < r; x++) y[x] *= f;
+                w->m[sh] = mx;
+            }
+            w->l[sh] += (float)kvs_exp_row(s, m, w->m[sh]);
+        }
+    }
+    /* Y += P C in sub-blocks of rows small enough to stay in L1 while every head reads them
+     * (a tile whose rows are all masked for a head has P = 0 there and is skipped) */
+    for (int i0 = 0; i0 < m; i0 += CKV_DSUB)
+        for (int sh = 0; sh < j->T * nh; sh++)
+            kvs_ckv_accum(w->y + (size_t)sh * r, w->ts + (size_t)sh * CKV_DTILE + i0, w->tf + (size_t)i0 * r,
+                          KVS_MIN(CKV_DSUB, m - i0), r, r);
+}
+
+/* Slots [b, e): each folds its own run of tiles, in order, into its own softmax state; the tile
+ * scratch is the thread's. */
 static void dec_range(void *ctx, int64_t b, int64_t e, int thread)
 {
     struct dec_job *j = ctx;
     struct ckv *c = j->c;
-    struct ckv_dec *w = &c->dec[thread];
-    const int r = (int)j->g->r, d = c->d, dkv = c->dkv, nh = c->nh, rep = nh / c->nkv, dq = nh * d;
-    for (int64_t task = b; task < e; task++) {
-        int r0 = (int)task * CKV_DTILE, m = KVS_MIN(j->n_rows, r0 + CKV_DTILE) - r0;
-        ckv_rows_keys(c, &j->rs, j->layer, r0, m, r, w->tf, w->rp, w->tb, w->tsc, w->tk);
-        if (j->rp) memcpy(j->rp + r0, w->rp, (size_t)m * sizeof(int32_t));
-        for (int qi = 0; qi < j->T; qi++)
-            for (int kv = 0; kv < c->nkv; kv++)
-                kvs_ckv_scores(w->tk + (size_t)kv * d, m, dkv, c->qs + (size_t)qi * dq + (size_t)kv * rep * d, rep, d,
-                               d, w->ts + (size_t)(qi * nh + kv * rep) * CKV_DTILE, CKV_DTILE);
-        for (int qi = 0; qi < j->T; qi++) {
-            int32_t qp = j->pos[qi];
-            for (int h = 0; h < nh; h++) {
-                int sh = qi * nh + h;
-                float *s = w->ts + (size_t)sh * CKV_DTILE, mx = -INFINITY;
-                for (int i = 0; i < m; i++) {
-                    if (w->rp[i] > qp) s[i] = -INFINITY;
-                    else if (s[i] > mx) mx = s[i];
-                }
-                if (j->S) memcpy(j->S + (size_t)sh * j->n_rows + r0, s, (size_t)m * sizeof(float));
-                if (mx == -INFINITY) { /* every row of the tile is in this query's future */
-                    memset(s, 0, (size_t)m * sizeof(float));
-                    continue;
-                }
-                float *y = w->y + (size_t)sh * r;
-                if (mx > w->m[sh]) {
-                    float f = w->m[sh] == -INFINITY ? 0.0f : expf(w->m[sh] - mx);
-                    w->l[sh] *= f;
-                    for (int x = 0; x < r; x++) y[x] *= f;
-                    w->m[sh] = mx;
-                }
-                w->l[sh] += (float)kvs_exp_row(s, m, w->m[sh]);
-            }
-        }
-        /* Y += P C in sub-blocks of rows small enough to stay in L1 while every head reads them
-         * (a tile whose rows are all masked for a head has P = 0 there and is skipped) */
-        for (int i0 = 0; i0 < m; i0 += CKV_DSUB)
-            for (int sh = 0; sh < j->T * nh; sh++)
-                kvs_ckv_accum(w->y + (size_t)sh * r, w->ts + (size_t)sh * CKV_DTILE + i0, w->tf + (size_t)i0 * r,
-                              KVS_MIN(CKV_DSUB, m - i0), r, r);
+    for (int64_t slot = b; slot < e; slot++) {
+        struct ckv_dec w = c->dec[thread];
+        w.m = c->dec[slot].m;
+        w.l = c->dec[slot].l;
+        w.y = c->dec[slot].y;
+        for (int64_t task = slot * j->n_tiles / j->n_slots; task < (slot + 1) * j->n_tiles / j->n_slots; task++)
+            dec_tile(j, &w, task);
     }
 }
 
@@ -554,7 +571,7 @@ static void ckv_dec_free(struct ckv *c)
 
 static bool ckv_dec_scratch(struct ckv *c, int r_max)
 {
-    int nth = kvs_pool_size(c->base.pool);
+    int nth = KVS_MAX(kvs_pool_size(c->base.pool), CKV_DSLOTS); /* scratch per thread, state per slot */
     if (c->dec && c->dec_nth >= nth) return true;
     struct ckv_dec *dec = calloc((size_t)nth, sizeof *dec);
     if (!dec) return false;
@@ -608,7 +625,9 @@ static enum kvs_status ckv_attend_fused(struct ckv *c, struct dec_job *j, const 
     }
     const float scale = 1.0f / sqrtf((float)d);
     for (int i = 0; i < j->T * dq; i++) c->qs[i] = q[i] * scale;
-    for (int t = 0; t < c->dec_nth; t++) {
+    j->n_tiles = (j->n_rows + CKV_DTILE - 1) / CKV_DTILE;
+    j->n_slots = KVS_MIN(j->n_tiles, CKV_DSLOTS);
+    for (int t = 0; t < j->n_slots; t++) {
         struct ckv_dec *w = &c->dec[t];
         for (int i = 0; i < nq; i++) {
             w->m[i] = -INFINITY;
@@ -616,13 +635,13 @@ static enum kvs_status ckv_attend_fused(struct ckv *c, struct dec_job *j, const 
         }
         memset(w->y, 0, (size_t)nq * r * sizeof(float));
     }
-    kvs_pool_for(c->base.pool, (j->n_rows + CKV_DTILE - 1) / CKV_DTILE, dec_range, j);
-    /* combine the threads' running softmax states, then values by re-association */
+    kvs_pool_for(c->base.pool, j->n_slots, dec_range, j);
+    /* combine the slots' running softmax states in slot order, then values by re-association */
     float *y = c->dec[0].y;
     const float *bv = c->bv[j->layer];
     for (int sh = 0; sh < nq; sh++) {
         float M = -INFINITY;
-        for (int t = 0; t < c->dec_nth; t++) M = KVS_MAX(M, c->dec[t].m[sh]);
+        for (int t = 0; t < j->n_slots; t++) M = KVS_MAX(M, c->dec[t].m[sh]);
         float *o = out + (size_t)(sh / nh) * dq + (size_t)(sh % nh) * d;
         int kv = (sh % nh) / rep;
         if (M == -INFINITY) { /* no visible row: nothing to attend to */
@@ -631,7 +650,7 @@ static enum kvs_status ckv_attend_fused(struct ckv *c, struct dec_job *j, const 
         }
         float *ys = y + (size_t)sh * r;
         double l = 0;
-        for (int t = 0; t < c->dec_nth; t++) {
+        for (int t = 0; t < j->n_slots; t++) {
             struct ckv_dec *w = &c->dec[t];
             float f = w->m[sh] == -INFINITY ? 0.0f : expf(w->m[sh] - M);
             l += (double)f * w->l[sh];
@@ -681,13 +700,26 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
     struct attn_job aj = {.c = c, .g = g, .layer = layer, .T = T, .n_rows = kj.n_rows, .pos = pos, .q = q,
                           .out = out, .n_tiles = (T + CKV_QTILE - 1) / CKV_QTILE,
                           .ev_from = T - (int)c->snap_window};
-    if (c->evict)
-        for (int t = 0; t < c->nth; t++) memset(c->th_ev[t], 0, (size_t)kj.n_rows * sizeof(float));
+    aj.ev_tile0 = KVS_MAX(aj.ev_from, 0) / CKV_QTILE;
+    size_t n_ev = (size_t)c->nh * (size_t)(aj.n_tiles - aj.ev_tile0);
+    if (c->evict) {
+        if (n_ev * (size_t)kj.n_rows > c->ev_cap) {
+            float *e = realloc(c->ev_part, n_ev * (size_t)kj.n_rows * sizeof(float));
+            if (!e) {
+                kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory for eviction scores over %d tokens",
+                           kj.n_rows);
+                return KVS_ERR_NOMEM;
+            }
+            c->ev_part = e;
+            c->ev_cap = n_ev * (size_t)kj.n_rows;
+        }
+        aj.ev = c->ev_part;
+    }
     kvs_pool_for(p->pool, (int64_t)c->nh * aj.n_tiles, attn_range, &aj);
     if (c->evict) {
-        /* attention mass from the observation window, summed over heads, layers and threads */
-        for (int t = 0; t < c->nth; t++)
-            for (int x = 0; x < kj.n_rows; x++) g->score[c->rp[x]] += c->th_ev[t][x];
+        /* attention mass from the observation window, summed over heads and layers in task order */
+        for (size_t t = 0; t < n_ev; t++)
+            for (int x = 0; x < kj.n_rows; x++) g->score[c->rp[x]] += c->ev_part[t * (size_t)kj.n_rows + x];
     }
     return KVS_OK;
 }
@@ -1139,11 +1171,10 @@ static void ckv_destroy(struct kvs_press *p)
     for (int t = 0; t < c->nth; t++) {
         free(c->th_s[t]);
         free(c->th_y[t]);
-        if (c->th_ev) free(c->th_ev[t]);
     }
     free(c->th_s);
     free(c->th_y);
-    free(c->th_ev);
+    free(c->ev_part);
     free(c->cf);
     free(c->kk);
     free(c->rp);

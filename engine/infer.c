@@ -37,6 +37,7 @@ void kvs_ctx_params_default(struct kvs_ctx_params *p)
     p->n_batch = 256;
     p->n_threads = 0;
     snprintf(p->backend, sizeof p->backend, "cpu");
+    p->precise = false;
 }
 
 /* ---------------------------------------------------------------- building blocks */
@@ -150,13 +151,15 @@ static void mm_vec_range(void *ctx, int64_t b, int64_t e, int thread)
     }
 }
 
+/* Tiles [b, e) of MM_TILE weight rows. Tiles start at multiples of MM_TILE whatever the thread
+ * count, so every sgemm call, and so every output bit, is the same at any -t. */
 static void mm_gemm_range(void *ctx, int64_t b, int64_t e, int thread)
 {
     const struct mm_job *j = ctx;
     const struct kvs_weight *w = j->w;
     int64_t cols = w->cols;
-    for (int64_t r0 = b; r0 < e; r0 += MM_TILE) {
-        int64_t nr = KVS_MIN(MM_TILE, e - r0);
+    for (int64_t r0 = b * MM_TILE; r0 < e * MM_TILE && r0 < w->rows; r0 += MM_TILE) {
+        int64_t nr = KVS_MIN(MM_TILE, w->rows - r0);
         const float *tile;
         if (w->type == KVS_GGML_F32) {
             tile = (const float *)w->data + r0 * cols;
@@ -179,8 +182,14 @@ static void mm_gemm_range(void *ctx, int64_t b, int64_t e, int thread)
 
 void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T)
 {
+    kvs_cpu_matmul_ex(pool, w, x, y, T, false);
+}
+
+void kvs_cpu_matmul_ex(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T,
+                       bool precise)
+{
     struct mm_job j = {.w = w, .x = x, .y = y, .T = T, .qx = NULL};
-    if (T <= MM_VEC_MAX) {
+    if (T <= MM_VEC_MAX && !precise) {
         struct mm_tls *tl = mm_tls_get();
         j.qx = tl->q;
         for (int t = 0; t < T; t++)
@@ -189,8 +198,7 @@ void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const flo
         if ((int64_t)w->rows * w->cols * T < (1 << 16)) mm_vec_range(&j, 0, w->rows, 0);
         else kvs_pool_for(pool, w->rows, mm_vec_range, &j);
     } else {
-        /* each thread takes a contiguous row range, so no tile is dequantized twice */
-        kvs_pool_for(pool, w->rows, mm_gemm_range, &j);
+        kvs_pool_for(pool, (w->rows + MM_TILE - 1) / MM_TILE, mm_gemm_range, &j);
     }
 }
 
@@ -244,6 +252,7 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
         kvs_ctx_delete(c);
         return bst;
     }
+    c->be->precise = p->precise;
     size_t nbw = (size_t)hp->n_layer * 7 + 1;
     c->bw = calloc(nbw, sizeof *c->bw);
     if (!c->bw) goto oom;

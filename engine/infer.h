@@ -11,6 +11,9 @@ struct kvs_ctx_params {
     int n_batch;        /* prefill chunk size; kvs_ctx_eval splits longer inputs */
     int n_threads;      /* <= 0: online cores */
     char backend[16];   /* "cpu" (default), "cuda" or "auto" (CUDA when a GPU is usable) */
+    bool precise;       /* CPU: every product dequantizes the weights and multiplies in fp32, as
+                         * prefill does, instead of quantizing short products' activations to 8 bits
+                         * (decode is slower and about as accurate as prefill; see kvscope(1)) */
 };
 void kvs_ctx_params_default(struct kvs_ctx_params *p);
 
@@ -61,7 +64,12 @@ void kvs_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float ep
 void kvs_cpu_rope(float *x, int n_heads, int head_dim, int32_t pos, const float *freqs, bool neox);
 /* Inverse frequencies for the model (head_dim/2 floats, malloc'd; caller frees). */
 float *kvs_rope_freqs(const struct kvs_hparams *hp);
-/* Y (T, rows) = X (T, cols) · Wᵀ for a quantized or float weight; threads over rows. */
+/* Y (T, rows) = X (T, cols) · Wᵀ for a quantized or float weight; threads over rows. Up to 4 rows
+ * of X are quantized to 8 bits and dotted with the packed weights (fast, less accurate) unless
+ * PRECISE; longer X, or PRECISE, dequantize the weights and run sgemm in fp32. The result does not
+ * depend on the pool's thread count. kvs_cpu_matmul is kvs_cpu_matmul_ex without PRECISE. */
 void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T);
+void kvs_cpu_matmul_ex(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T,
+                       bool precise);
 
 #endif

@@ -75,6 +75,7 @@ struct kvs_rec_run {
     uint32_t group_rank[KVS_MAX_GROUPS];
     uint32_t n_threads;
     uint64_t unix_ns;                /* wall-clock start */
+    uint32_t precise;                /* 1: CPU decode on the accurate path (--precise), 0: quantized dots */
 };
 
 enum kvs_step_kind { KVS_STEP_PREFILL = 1, KVS_STEP_DECODE = 2 };

@@ -225,6 +225,7 @@ static void emit_run(struct kvs_session *s, struct kvs_press *press, struct kvs_
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     run->unix_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    run->precise = s->p.precise;
     emit(s, r);
 }
 
@@ -253,6 +254,7 @@ static void *session_main(void *arg)
     cp.n_batch = s->p.n_batch > 0 ? s->p.n_batch : 256;
     cp.n_threads = s->p.n_threads;
     if (s->p.backend[0]) snprintf(cp.backend, sizeof cp.backend, "%s", s->p.backend);
+    cp.precise = s->p.precise;
     if ((st = kvs_ctx_new(&ctx, m, press, &cp, err, sizeof err)) != KVS_OK) { logf_(s, 2, "%s", err); goto end; }
     if (s->p.compare_full && s->p.method.methods != KVS_M_FULL) {
         struct kvs_method_config fc;

@@ -1,7 +1,9 @@
 /* Fixed thread pool for data-parallel loops. A loop is cut into chunks that the caller and the
  * workers claim from one atomic counter, so a worker the OS has not scheduled yet never holds the
  * loop up: the caller simply takes its chunks (an oversubscribed 2-core machine is the normal
- * case here: engine, UI and other processes share the cores). Workers spin briefly between loops
+ * case here: engine, UI and other processes share the cores). Chunk boundaries depend on the loop
+ * length only, never on the thread count or on who claims what, so a loop body whose result per
+ * chunk is fixed gives the same bytes at any -t (DESIGN.md §7). Workers spin briefly between loops
  * (decode issues hundreds of small loops per token), then sleep so an idle engine costs no CPU.
  * Depends on libc and pthreads only. */
 #include "threads.h"
@@ -141,11 +143,18 @@ void kvs_pool_for(struct kvs_pool *p, int64_t n, kvs_range_fn fn, void *ctx)
 {
     if (n <= 0) return;
     if (!p || p->n == 1 || n == 1) {
-        fn(ctx, 0, n, 0);
+        /* one participant: the same chunks, in order, so per-chunk results match a threaded run */
+        int64_t chunks = n < KVS_POOL_CHUNKS ? n : KVS_POOL_CHUNKS;
+        for (int64_t c = 0; c < chunks; c++) {
+            int64_t b, e;
+            range_of(n, chunks, c, &b, &e);
+            if (e > b) fn(ctx, b, e, 0);
+        }
         return;
     }
-    /* a few chunks per thread balance the load without much claiming traffic */
-    int64_t chunks = (int64_t)p->n * 4;
+    /* A fixed number of chunks, whatever the thread count: enough to balance up to a dozen threads
+     * without much claiming traffic, and the same boundaries for every -t (determinism). */
+    int64_t chunks = KVS_POOL_CHUNKS;
     if (chunks > n) chunks = n;
     /* The new generation opens closed (chunk index PUBLISHING) before the loop's fields change: a
      * worker still in the previous loop's run_chunks may read the new nchunks, but its claim is a

@@ -3,7 +3,9 @@
  * committed numpy reference (tests/golden/smollm2_logits.txt) and "The capital of France is" ->
  * Paris. Modes for tests/t_forward_ref.sh:
  *   test_infer --write-tiny PATH CONFIG     write a tiny model (configs: see tiny_config)
- *   test_infer --dump MODEL OUT.bin ID...   all logits (n, n_vocab) fp32 of one prefill */
+ *   test_infer --dump MODEL OUT.bin ID...   all logits (n, n_vocab) fp32 of one prefill
+ *   test_infer --dump-decode MODEL OUT.bin ID...          the same logits, one token at a time (decode)
+ *   test_infer --dump-decode-precise MODEL OUT.bin ID...  the same, decode with kvs_ctx_params.precise */
 #include "attn.h"
 #include "gguf.h"
 #include "quant.h"
@@ -72,7 +74,7 @@ struct runner {
     struct kvs_ctx *ctx;
 };
 
-static bool runner_open(struct runner *r, const char *path, int n_batch, int threads)
+static bool runner_open_ex(struct runner *r, const char *path, int n_batch, int threads, bool precise)
 {
     char err[512];
     memset(r, 0, sizeof *r);
@@ -85,8 +87,14 @@ static bool runner_open(struct runner *r, const char *path, int n_batch, int thr
     p.n_ctx = 512;
     p.n_batch = n_batch;
     p.n_threads = threads;
+    p.precise = precise;
     if (kvs_ctx_new(&r->ctx, r->m, r->press, &p, err, sizeof err) != KVS_OK) { fprintf(stderr, "%s\n", err); return false; }
     return true;
+}
+
+static bool runner_open(struct runner *r, const char *path, int n_batch, int threads)
+{
+    return runner_open_ex(r, path, n_batch, threads, false);
 }
 
 static void runner_close(struct runner *r)
@@ -96,17 +104,28 @@ static void runner_close(struct runner *r)
     kvs_model_delete(r->m);
 }
 
-static int dump(int argc, char **argv)
+/* DECODE: one token per kvs_ctx_eval (the short-product path generate and run decode on). */
+static int dump(int argc, char **argv, bool decode, bool precise)
 {
     if (argc < 5) return 2;
     struct runner r;
-    if (!runner_open(&r, argv[2], 256, 2)) return 1;
+    if (!runner_open_ex(&r, argv[2], 256, 2, precise)) return 1;
     int n = argc - 4;
+    const size_t V = r.m->hp.n_vocab;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
-    float *lg = malloc(sizeof(float) * (size_t)n * r.m->hp.n_vocab);
+    float *lg = malloc(sizeof(float) * (size_t)n * V);
     for (int i = 0; i < n; i++) ids[i] = atoi(argv[4 + i]);
     int rc = 1;
-    if (kvs_ctx_eval(r.ctx, ids, n, lg) == KVS_OK) {
+    bool ok = true;
+    if (decode) {
+        for (int i = 0; i < n && ok; i++) {
+            ok = kvs_ctx_eval(r.ctx, ids + i, 1, NULL) == KVS_OK;
+            if (ok) memcpy(lg + (size_t)i * V, kvs_ctx_logits(r.ctx), V * sizeof(float));
+        }
+    } else {
+        ok = kvs_ctx_eval(r.ctx, ids, n, lg) == KVS_OK;
+    }
+    if (ok) {
         FILE *f = fopen(argv[3], "wb");
         if (f && fwrite(lg, sizeof(float), (size_t)n * r.m->hp.n_vocab, f) == (size_t)n * r.m->hp.n_vocab) rc = 0;
         if (f) fclose(f);
@@ -169,6 +188,75 @@ static void test_pool_stress(void)
     }
     CHECKF(bad == 0, "pool: an index ran other than once in %ld alternating loops", loops);
     kvs_pool_delete(p);
+}
+
+/* Determinism (DESIGN.md §7): kvs_pool_for's chunk boundaries depend on N only, and a product
+ * gives the same bits at 1, 2 and 3 threads on both paths (8-bit activations, sgemm tiles) and
+ * with precise. A split that follows the thread count fails here. */
+struct bounds { uint8_t *start; };
+static void mark_range(void *ctx, int64_t b, int64_t e, int th)
+{
+    struct bounds *x = ctx;
+    (void)th;
+    __atomic_store_n(&x->start[b], 1, __ATOMIC_RELAXED);
+    (void)e;
+}
+
+static void test_pool_split_fixed(void)
+{
+    static const int64_t ns[] = {1, 5, 47, 48, 49, 97, 576, 1536, 49152};
+    for (size_t k = 0; k < KVS_ARRAY_LEN(ns); k++) {
+        int64_t n = ns[k];
+        uint8_t *ref = calloc((size_t)n, 1), *got = calloc((size_t)n, 1);
+        if (!ref || !got) { CHECK(0); free(ref); free(got); return; }
+        struct bounds x = {ref};
+        kvs_pool_for(NULL, n, mark_range, &x);
+        for (int nt = 2; nt <= 3; nt++) {
+            struct kvs_pool *p = kvs_pool_new(nt);
+            memset(got, 0, (size_t)n);
+            x.start = got;
+            kvs_pool_for(p, n, mark_range, &x);
+            CHECKF(memcmp(ref, got, (size_t)n) == 0, "pool: chunks of a %lld-long loop differ at %d threads",
+                   (long long)n, nt);
+            kvs_pool_delete(p);
+        }
+        free(ref);
+        free(got);
+    }
+}
+
+static void test_matmul_threads(void)
+{
+    const int64_t rows = 1000, cols = 256; /* rows not a multiple of any tile or chunk count */
+    const uint32_t types[] = {KVS_GGML_Q4_1, KVS_GGML_Q6_K, KVS_GGML_F32};
+    float *wf = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * 40 * cols);
+    float *ref = malloc(sizeof(float) * 40 * rows), *y = malloc(sizeof(float) * 40 * rows);
+    uint8_t *wq = malloc((size_t)rows * cols * 4);
+    if (!wf || !x || !ref || !y || !wq) { CHECK(0); goto out; }
+    for (int64_t i = 0; i < rows * cols; i++) wf[i] = sinf((float)i * 0.37f) * 0.1f;
+    for (int64_t i = 0; i < 40 * cols; i++) x[i] = cosf((float)i * 0.11f);
+    struct kvs_pool *pools[3] = {kvs_pool_new(1), kvs_pool_new(2), kvs_pool_new(3)};
+    for (size_t k = 0; k < KVS_ARRAY_LEN(types); k++) {
+        uint64_t rb = 0;
+        CHECK(kvs_type_row_bytes(types[k], (uint64_t)cols, &rb));
+        for (int64_t r = 0; r < rows; r++) kvs_quant_row(types[k], wf + r * cols, wq + r * rb, cols);
+        struct kvs_weight w = {.type = types[k], .rows = rows, .cols = cols, .data = wq, .row_bytes = rb};
+        static const int Ts[] = {1, 3, 4, 5, 37};
+        for (size_t ti = 0; ti < KVS_ARRAY_LEN(Ts); ti++)
+            for (int precise = 0; precise < 2; precise++) {
+                int T = Ts[ti];
+                kvs_cpu_matmul_ex(pools[0], &w, x, ref, T, precise);
+                for (int pi = 1; pi < 3; pi++) {
+                    kvs_cpu_matmul_ex(pools[pi], &w, x, y, T, precise);
+                    CHECKF(memcmp(ref, y, sizeof(float) * (size_t)T * rows) == 0,
+                           "matmul type %u, %d rows of X%s: bits differ at %d threads", types[k], T,
+                           precise ? " (precise)" : "", pi + 1);
+                }
+            }
+    }
+    for (int i = 0; i < 3; i++) kvs_pool_delete(pools[i]);
+out:
+    free(wf); free(x); free(ref); free(y); free(wq);
 }
 
 static void test_rope(void)
@@ -443,9 +531,13 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < KVS_ARRAY_LEN(tiny_configs); i++) printf("%s\n", tiny_configs[i]);
         return 0;
     }
-    if (argc >= 5 && !strcmp(argv[1], "--dump")) return dump(argc, argv);
+    if (argc >= 5 && !strcmp(argv[1], "--dump")) return dump(argc, argv, false, false);
+    if (argc >= 5 && !strcmp(argv[1], "--dump-decode")) return dump(argc, argv, true, false);
+    if (argc >= 5 && !strcmp(argv[1], "--dump-decode-precise")) return dump(argc, argv, true, true);
     RUN(test_pool);
     RUN(test_pool_stress);
+    RUN(test_pool_split_fixed);
+    RUN(test_matmul_threads);
     RUN(test_rope);
     RUN(test_attn_f16);
     RUN(test_sample);

@@ -86,6 +86,7 @@ static void enc_run(struct kvt_buf *b, const struct kvs_rec_run *r)
     for (uint32_t i = 0; i < ng; i++) kvt_buf_u32(b, r->group_rank[i]);
     kvt_buf_u32(b, r->n_threads);
     kvt_buf_u64(b, r->unix_ns);
+    kvt_buf_u32(b, r->precise);
 }
 
 static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
@@ -269,6 +270,7 @@ static void dec_run(struct cur *c, struct kvs_rec_run *r)
     for (uint32_t i = 0; i < ng; i++) r->group_rank[i] = g32(c);
     r->n_threads = g32(c);
     r->unix_ns = g64(c);
+    r->precise = c->pos < c->len ? g32(c) : 0; /* appended field: absent in older traces */
 }
 
 static void dec_step(struct cur *c, struct kvs_rec_step *s)

@@ -149,6 +149,7 @@ static void json_run(FILE *f, const struct kvs_rec_run *r)
     jarr_u32(f, r->group_rank, KVS_MIN(r->n_groups, (uint32_t)KVS_MAX_GROUPS));
     fprintf(f, ",\"n_threads\":%u,\"unix_ns\":", r->n_threads);
     ju64(f, r->unix_ns);
+    fprintf(f, ",\"precise\":%s", r->precise ? "true" : "false");
 }
 
 static void json_step(FILE *f, const struct kvs_rec_step *s)
