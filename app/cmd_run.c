@@ -225,7 +225,7 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "--batch")) batch = true;
         else if (!strcmp(a, "--no-mouse")) no_mouse = true;
         else if (!strcmp(a, "--compare-full")) compare_full = true;
-        else { kvs_die_msg("run: unknown option '%s'", a); usage(stderr); return 2; }
+        else { kvs_die_msg("run: unknown option '%s'", a); return 2; }
         continue;
     needs:
         kvs_die_msg("option %s needs a value", a);
@@ -243,7 +243,11 @@ int kvs_cmd_run(int argc, char **argv)
         if (!kvs_config_load(&cfg, cfg_path, err, sizeof err)) { kvs_die_msg("config: %s", err); return 2; }
     }
     if (!tui) cfg.compare_full = false; /* batch output does not depend on the config file */
-    if (method) snprintf(cfg.method, sizeof cfg.method, "%s", method);
+    /* checked whole before it is copied (the settings hold 63 bytes) and before the model loads */
+    if (method) {
+        if (!kvs_opt_method("--method", method)) return 2;
+        snprintf(cfg.method, sizeof cfg.method, "%s", method);
+    }
     if (!isnan(cr)) cfg.cr = (float)cr;
     if (!isnan(rank_ratio)) cfg.rank_ratio = (float)rank_ratio;
     if (group >= 0) cfg.group = (uint32_t)group;
@@ -259,7 +263,10 @@ int kvs_cmd_run(int argc, char **argv)
     char err[512];
     {
         struct kvs_method_config mc;
-        if (kvs_method_parse(&mc, cfg.method, err, sizeof err) != KVS_OK) { kvs_die_msg("option --method: %s", err); return 2; }
+        if (kvs_method_parse(&mc, cfg.method, err, sizeof err) != KVS_OK) {
+            kvs_die_msg("config %s: method: %s", have_cfg_path ? cfg_path : "", err);
+            return 2;
+        }
     }
     char *text = NULL;
     if (file) text = kvs_read_text_file(file, 64u << 20);

@@ -115,7 +115,6 @@ static int cmd_export(int argc, char **argv)
             i++;
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "kvscope trace export: unknown option '%s'\n", a);
-            usage(stderr);
             return 2;
         } else if (!path) {
             path = a;
@@ -130,7 +129,6 @@ static int cmd_export(int argc, char **argv)
     }
     if (!path) {
         fprintf(stderr, "kvscope trace export: no trace file given\n");
-        usage(stderr);
         return 2;
     }
     enum kvs_trace_format fmt = fmt_s ? kvs_trace_format_parse(fmt_s) : 0;
@@ -233,6 +231,5 @@ int kvs_cmd_trace(int argc, char **argv)
         return kvs_cmd_trace_dump(argv[2], stdout);
     }
     fprintf(stderr, "kvscope trace: unknown subcommand '%s'\n", sub);
-    usage(stderr);
     return 2;
 }

@@ -1,6 +1,8 @@
 /* Option parsing helpers (see options.h). */
 #include "options.h"
 
+#include "press.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -127,4 +129,36 @@ const char *kvs_default_model(void)
         }
     }
     return rel;
+}
+
+bool kvs_opt_method(const char *opt, const char *val)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    struct kvs_method_config mc;
+    char err[256];
+    if (kvs_method_parse(&mc, val, err, sizeof err) != KVS_OK) {
+        kvs_die_msg("option %s: %s", opt, err);
+        return false;
+    }
+    return true;
+}
+
+bool kvs_opt_method_list(const char *opt, const char *val)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    if (strlen(val) >= KVS_OPT_LIST_MAX) {
+        kvs_die_msg("option %s: the list is %zu bytes long, the limit is %d", opt, strlen(val), KVS_OPT_LIST_MAX - 1);
+        return false;
+    }
+    char one[KVS_OPT_LIST_MAX];
+    for (const char *p = val;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (n == 0) { kvs_die_msg("option %s: empty entry in '%s'", opt, val); return false; }
+        memcpy(one, p, n);
+        one[n] = 0;
+        if (!kvs_opt_method(opt, one)) return false;
+        if (!comma) return true;
+        p = comma + 1;
+    }
 }

@@ -546,10 +546,12 @@ static void test_real_model(void)
 
 int main(int argc, char **argv)
 {
-    /* test_methods --write-tiny PATH [llama|qwen2]: the model the script tests use */
+    /* test_methods --write-tiny PATH [llama|qwen2 [WEIGHT_STD]]: the model the script tests use;
+     * a huge WEIGHT_STD (1e30) gives a model whose activations overflow to NaN */
     if (argc >= 3 && !strcmp(argv[1], "--write-tiny")) {
         struct kvs_tiny_opts o;
         tiny_opts(&o, argc >= 4 ? argv[3] : "llama");
+        if (argc >= 5) o.weight_std = strtof(argv[4], NULL);
         if (kvs_tiny_write(argv[2], &o) != 0) {
             fprintf(stderr, "%s\n", kvs_tiny_error());
             return 1;

@@ -191,5 +191,8 @@ void kvs_record_to_json(const struct kvs_record *r, FILE *f);
 /* Writes the N bytes of S as a JSON string literal: quotes and control characters escaped,
  * invalid UTF-8 as U+FFFD (the escaping every record string gets). */
 void kvs_json_string(FILE *f, const char *s, size_t n);
+/* Writes V with the printf format FMT (one double conversion, e.g. "%.4f"), or null when V is NaN
+ * or infinite: JSON has no spelling for those. */
+void kvs_json_number(FILE *f, const char *fmt, double v);
 
 #endif
