@@ -78,14 +78,11 @@ bool kvs_opt_backend(const char *opt, const char *val, const char **out)
 
 char *kvs_read_text_file(const char *path, size_t max)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) { kvs_die_msg("%s: %s", path, strerror(errno)); return NULL; }
-    struct stat st;
-    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
-        kvs_die_msg("%s: is a directory", path);
-        fclose(f);
-        return NULL;
-    }
+    char err[600];
+    int fd = kvs_open_regular(path, err, sizeof err); /* a FIFO or device would block or never end */
+    if (fd < 0) { kvs_die_msg("%s", err); return NULL; }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) { kvs_die_msg("%s: %s", path, strerror(errno)); close(fd); return NULL; }
     size_t cap = 65536, n = 0;
     char *buf = malloc(cap + 1);
     while (buf) {

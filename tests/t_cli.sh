@@ -43,6 +43,34 @@ expect_err 2 "unknown option" generate -p x --frobnicate
 expect_err 2 "option --cr" run --cr 2
 expect_err 1 "not a kvscope trace" trace info /etc/hostname
 
+# FIFOs and devices given as input files are refused at once with one line naming them (an
+# open() of a FIFO would wait for a writer forever); `timeout` turns a hang into exit 124
+mkfifo "$T/in.fifo"
+ln -sf /dev/zero "$T/zero.link"
+fifo_refused() { # fifo_refused PATH ARGS...: exit 1, one stderr line naming PATH as not a regular file
+    local path=$1; shift
+    timeout 20 "$K" "$@" >"$T/out" 2>"$T/err" </dev/null
+    local rc=$?
+    if [ $rc -eq 1 ] && [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF "$path is a" "$T/err" &&
+       grep -q "not a regular file" "$T/err"; then ok
+    else ko "kvscope $* -> exit $rc: $(head -c 300 "$T/err")"; fi
+}
+for F in "$T/in.fifo" "$T/zero.link"; do
+    fifo_refused "$F" generate -m "$F" -p x
+    fifo_refused "$F" trace info "$F"
+    fifo_refused "$F" trace export "$F" --format jsonl
+    fifo_refused "$F" trace recover "$F" "$T/rec-out.kvt"
+    fifo_refused "$F" replay "$F" --batch
+    if [ -f "$M" ]; then
+        fifo_refused "$F" generate -m "$M" -f "$F"
+        fifo_refused "$F" run --batch -m "$M" -f "$F" -n 1
+        fifo_refused "$F" eval -m "$M" -f "$F" --methods full --passkey none
+        fifo_refused "$F" bench -m "$M" -f "$F" --methods full
+        fifo_refused "$F" calibrate -m "$M" -f "$F" -o "$T/w.txt"
+    fi
+done
+[ -p "$T/in.fifo" ] && [ ! -e "$T/rec-out.kvt" ] && [ ! -e "$T/w.txt" ] && ok || ko "FIFO changed or output written"
+
 # method specs are checked whole and before the model is opened (the model path here does not
 # exist: a method error first proves the order)
 NOM=/nonexistent/m.gguf
