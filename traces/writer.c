@@ -62,6 +62,7 @@ struct kvs_trace_writer {
 
 void kvs_trace_writer_opts_default(struct kvs_trace_writer_opts *o)
 {
+    memset(o, 0, sizeof *o); /* every field a later version adds starts off (replace: false) */
     o->queue_cap = 4096;
     o->keyframe_every = 256;
     o->chunk_bytes = 64u << 10;
