@@ -1321,6 +1321,25 @@ static int write_sample(const char *path, uint32_t n)
     return ok ? 0 : 1;
 }
 
+/* A clean, small trace holding exactly one well-formed KERNEL record (what a GPU run adds): the
+ * TUI's replay regression for records the history does not keep (tests/t_asan.sh). */
+static int write_kernel(const char *path)
+{
+    struct recs v = {0};
+    g_seq = 0;
+    g_ctx = 0;
+    recs_add(&v, mk_run(1, 4, 1));
+    for (uint64_t i = 0; i < 4; i++) {
+        recs_add(&v, mk_step(i, 4, 1));
+        if (i == 1) recs_add(&v, mk_kernel(1));
+    }
+    recs_add(&v, mk_end(4));
+    struct kvs_trace_writer_opts o = small_opts();
+    bool ok = write_trace(path, &v, &o);
+    recs_free(&v);
+    return ok ? 0 : 1;
+}
+
 /* The chunks of B re-written stored (codec 0), without the footer: what the fuzzer mutates best. */
 static size_t to_stored(const uint8_t *b, size_t len, uint8_t *out)
 {
@@ -1550,6 +1569,7 @@ int main(int argc, char **argv)
     if (argc >= 3 && !strcmp(argv[1], "--writer-child")) return writer_child(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "--write-seeds")) return write_seeds(argv[2]);
     if (argc >= 2 && !strcmp(argv[1], "--bench")) return bench(argc >= 3 ? strtoull(argv[2], NULL, 10) : 100000);
+    if (argc >= 3 && !strcmp(argv[1], "--write-kernel")) return write_kernel(argv[2]);
     if (argc >= 4 && !strcmp(argv[1], "--write-sample")) return write_sample(argv[2], (uint32_t)atoi(argv[3]));
     if (argc >= 4 && !strcmp(argv[1], "--recover")) {
         struct kvs_trace_recover_report rep;
