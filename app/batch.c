@@ -6,6 +6,7 @@
 
 #include "trace.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,5 +102,7 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
     kvs_record_unref(quality);
     kvs_record_unref(run);
     if (fflush(f) != 0 || ferror(f)) write_failed = true;
+    /* the exit status alone would not say why */
+    if (write_failed) fprintf(stderr, "kvscope: cannot write the output: %s\n", errno ? strerror(errno) : "write error");
     return errors || write_failed ? 1 : 0;
 }

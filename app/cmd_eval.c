@@ -572,6 +572,11 @@ int kvs_cmd_calibrate(int argc, char **argv)
     }
     if (!model_path) model_path = kvs_default_model();
     char err[512];
+    /* -o names a file to write, never a device, FIFO or directory (checked before the long work) */
+    if (outp && kvs_trace_target_check(outp, true, err, sizeof err) != KVS_OK) {
+        kvs_die_msg("option -o: %s", err);
+        return 1;
+    }
     struct kvs_model *m = NULL;
     if (kvs_model_load(&m, model_path, err, sizeof err) != KVS_OK) {
         kvs_die_msg("%s", err);

@@ -67,6 +67,7 @@ for F in "$T/in.fifo" "$T/zero.link"; do
         fifo_refused "$F" eval -m "$M" -f "$F" --methods full --passkey none
         fifo_refused "$F" bench -m "$M" -f "$F" --methods full
         fifo_refused "$F" calibrate -m "$M" -f "$F" -o "$T/w.txt"
+        fifo_refused "$F" calibrate -m "$M" -o "$F"
     fi
 done
 [ -p "$T/in.fifo" ] && [ ! -e "$T/rec-out.kvt" ] && [ ! -e "$T/w.txt" ] && ok || ko "FIFO changed or output written"
@@ -117,6 +118,9 @@ if [ -f "$M" ]; then
     timeout 120 "$K" generate -m "$M" -p "The capital of France is" -n 4 --json >/dev/full 2>"$T/err"
     rc=$?
     if [ $rc -eq 1 ] && grep -q "cannot write to stdout" "$T/err"; then ok; else ko "generate --json >/dev/full: exit $rc: $(cat "$T/err")"; fi
+    timeout 120 "$K" run --batch -m "$M" -p "The capital of France is" -n 2 --method full >/dev/full 2>"$T/err"
+    rc=$?
+    if [ $rc -eq 1 ] && grep -q "cannot write the output" "$T/err"; then ok; else ko "run --batch >/dev/full: exit $rc: $(cat "$T/err")"; fi
     out=$(timeout 120 "$K" generate -m "$M" -p "The capital of France is" -n 8 2>"$T/err")
     if grep -q "Paris" <<<"$out"; then ok; else ko "generate did not answer Paris: '$out'"; fi
     if grep -qE "prompt: 5 tokens, [0-9.]+ tok/s; decode: [0-9]+ tokens, [0-9.]+ tok/s" "$T/err"; then ok
