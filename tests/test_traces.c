@@ -443,6 +443,7 @@ static struct kvs_trace_writer_opts small_opts(void)
 {
     struct kvs_trace_writer_opts o;
     kvs_trace_writer_opts_default(&o);
+    o.replace = true; /* scratch names are reused when the tests run again in one directory */
     o.keyframe_every = 8;
     o.chunk_bytes = 3000;
     o.index_every = 3;
@@ -733,7 +734,7 @@ static void test_unknown_types(void)
     const char *p2 = tmp_path("unk2.kvt"), *p3 = tmp_path("unk3.kvt");
     CHECK(spit(p2, nb, n));
     struct kvs_trace_recover_report rep;
-    CHECKF(kvs_trace_recover(p2, p3, false, &rep, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_trace_recover(p2, p3, true, &rep, err, sizeof err) == KVS_OK, "%s", err);
     CHECK(!rep.was_clean && rep.n_steps == v.n_steps);
     CHECKF(kvs_trace_open(&t, p3, KVS_TRACE_OPEN_VERIFY, err, sizeof err) == KVS_OK, "%s", err);
     if (t) {
@@ -840,6 +841,7 @@ static void test_overflow(void)
 {
     struct kvs_trace_writer_opts o;
     kvs_trace_writer_opts_default(&o);
+    o.replace = true; /* scratch names are reused when the tests run again in one directory */
     o.queue_cap = 4;
     const char *path = tmp_path("drop.kvt");
     struct kvs_trace_writer *w;
@@ -1015,7 +1017,7 @@ static void test_recover(void)
     const char *cutp = tmp_path("cut.kvt.part"), *out = tmp_path("recovered.kvt");
     CHECK(spit(cutp, b, cut));
     struct kvs_trace_recover_report rep;
-    CHECKF(kvs_trace_recover(cutp, out, false, &rep, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_trace_recover(cutp, out, true, &rep, err, sizeof err) == KVS_OK, "%s", err);
     CHECK(!rep.was_clean && strstr(rep.note, "tail lost at offset"));
     fprintf(stderr, "   recover: %s\n", rep.note);
     CHECK(kvs_trace_open(&t, out, KVS_TRACE_OPEN_VERIFY, err, sizeof err) == KVS_OK);
@@ -1029,7 +1031,7 @@ static void test_recover(void)
     }
     /* recovering a clean trace keeps it whole */
     const char *out2 = tmp_path("recovered2.kvt");
-    CHECK(kvs_trace_recover(out, out2, false, &rep, err, sizeof err) == KVS_OK && rep.was_clean);
+    CHECK(kvs_trace_recover(out, out2, true, &rep, err, sizeof err) == KVS_OK && rep.was_clean);
     CHECK(kvs_trace_open(&t, out2, 0, err, sizeof err) == KVS_OK);
     if (t) {
         CHECK(read_all_match(t, &v, NULL) == (long)want);
@@ -1131,6 +1133,7 @@ static void test_time_flush(void)
     const char *path = tmp_path("flush.kvt");
     struct kvs_trace_writer_opts o;
     kvs_trace_writer_opts_default(&o);
+    o.replace = true; /* scratch names are reused when the tests run again in one directory */
     o.flush_ms = 30;
     struct kvs_trace_writer *w;
     char err[512];
@@ -1151,7 +1154,7 @@ static void test_time_flush(void)
     CHECK(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK);
     /* a trace with no records at all is clean and empty */
     const char *empty = tmp_path("empty.kvt");
-    CHECK(kvs_trace_writer_open(&w, empty, NULL, 0, NULL, err, sizeof err) == KVS_OK);
+    CHECK(kvs_trace_writer_open(&w, empty, NULL, 0, &o, err, sizeof err) == KVS_OK);
     if (w) CHECK(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK);
     CHECK(kvs_trace_open(&t, empty, KVS_TRACE_OPEN_VERIFY, err, sizeof err) == KVS_OK);
     if (t) {
@@ -1469,6 +1472,7 @@ static int bench(uint64_t n)
     const char *path = tmp_path("bench.kvt");
     struct kvs_trace_writer_opts o;
     kvs_trace_writer_opts_default(&o);
+    o.replace = true; /* scratch names are reused when the tests run again in one directory */
     o.queue_cap = (uint32_t)n + 16; /* measure the writer, not the drops */
     struct kvs_trace_writer *w;
     char err[512];
