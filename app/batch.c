@@ -6,6 +6,7 @@
 
 #include "trace.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,9 +75,9 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
     }
     if (last_step && (last_step->u.step.valid & KVS_VALID_BYTES)) {
         const struct kvs_rec_step *s = &last_step->u.step;
-        fprintf(f, ",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":%.6g", s->n_ctx,
-                (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held, (unsigned long long)s->bytes_alloc,
-                (double)s->cr_achieved);
+        fprintf(f, ",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":", s->n_ctx,
+                (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held, (unsigned long long)s->bytes_alloc);
+        kvs_json_number(f, "%.6g", (double)s->cr_achieved);
     }
     if (quality) {
         const struct kvs_rec_quality *q = &quality->u.quality;
@@ -84,10 +85,14 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
         if (isfinite(q->top1)) fprintf(f, ",\"top1\":%.6g", (double)q->top1);
         if (isfinite(q->ppl)) fprintf(f, ",\"ppl\":%.6g", (double)q->ppl);
     }
-    if (end)
-        fprintf(f, ",\"n_prompt\":%u,\"n_gen\":%u,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"dropped_records\":%llu",
-                end->u.end.n_prompt, end->u.end.n_gen, (double)end->u.end.prefill_tps, (double)end->u.end.decode_tps,
-                (unsigned long long)end->u.end.dropped_records);
+    if (end) {
+        /* a replayed END record comes from a file: its rates may be anything */
+        fprintf(f, ",\"n_prompt\":%u,\"n_gen\":%u,\"prefill_tps\":", end->u.end.n_prompt, end->u.end.n_gen);
+        kvs_json_number(f, "%.3f", (double)end->u.end.prefill_tps);
+        fputs(",\"decode_tps\":", f);
+        kvs_json_number(f, "%.3f", (double)end->u.end.decode_tps);
+        fprintf(f, ",\"dropped_records\":%llu", (unsigned long long)end->u.end.dropped_records);
+    }
     fprintf(f, ",\"complete\":%s,\"errors\":%d,\"text\":", end ? "true" : "false", errors);
     kvs_json_string(f, text ? text : "", text_len);
     fputs("}\n", f);
@@ -97,5 +102,7 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
     kvs_record_unref(quality);
     kvs_record_unref(run);
     if (fflush(f) != 0 || ferror(f)) write_failed = true;
+    /* the exit status alone would not say why */
+    if (write_failed) fprintf(stderr, "kvscope: cannot write the output: %s\n", errno ? strerror(errno) : "write error");
     return errors || write_failed ? 1 : 0;
 }

@@ -4,7 +4,9 @@
 #include "commands.h"
 #include "infer.h"
 #include "options.h"
+#include "trace.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +36,9 @@ int kvs_cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "-t")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--json")) json = true;
         else if (!strcmp(a, "--precise")) precise = true;
-        else { kvs_die_msg("bench: unknown option or missing value '%s'", a); usage(stderr); return 2; }
+        else { kvs_die_msg("bench: unknown option or missing value '%s'", a); return 2; }
     }
+    if (!kvs_opt_method_list("--methods", methods)) return 2;
     if (!model_path) model_path = kvs_default_model();
     char *text = kvs_read_text_file(file, 64u << 20);
     if (!text) return 1;
@@ -95,12 +98,16 @@ int kvs_cmd_bench(int argc, char **argv)
             struct kvs_rec_step rec;
             memset(&rec, 0, sizeof rec);
             press->ops->fill_record(press, &rec);
-            if (json)
-                printf("%s{\"method\": \"%s\", \"ctx\": %ld, \"prefill_tps\": %.2f, \"decode_tps\": %.2f, \"decode_tokens\": %ld, "
-                       "\"bytes_held\": %llu, \"bytes_full\": %llu, \"threads\": %d}", rows ? ", " : "", mc.spec, ctx, ctx / pf,
-                       n_decode / dc, n_decode, (unsigned long long)rec.bytes_held, (unsigned long long)rec.bytes_full,
-                       kvs_pool_size(kvs_ctx_pool(cx)));
-            else
+            if (json) {
+                printf("%s{\"method\": ", rows ? ", " : "");
+                kvs_json_string(stdout, mc.spec, strlen(mc.spec));
+                printf(", \"ctx\": %ld, \"prefill_tps\": ", ctx);
+                kvs_json_number(stdout, "%.2f", ctx / pf);
+                printf(", \"decode_tps\": ");
+                kvs_json_number(stdout, "%.2f", n_decode / dc);
+                printf(", \"decode_tokens\": %ld, \"bytes_held\": %llu, \"bytes_full\": %llu, \"threads\": %d}", n_decode,
+                       (unsigned long long)rec.bytes_held, (unsigned long long)rec.bytes_full, kvs_pool_size(kvs_ctx_pool(cx)));
+            } else
                 printf("%-22s %7ld %12.1f %12.1f %14llu\n", mc.spec, ctx, ctx / pf, n_decode / dc, (unsigned long long)rec.bytes_held);
             fflush(stdout);
             rows++;
@@ -114,6 +121,10 @@ int kvs_cmd_bench(int argc, char **argv)
     if (json) printf("]\n");
     else printf("peak RSS %.1f MiB (model file %.1f MiB)\n", ru.ru_maxrss / 1024.0, (double)m->file_bytes / (1 << 20));
     rc = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        kvs_die_msg("bench: cannot write to stdout: %s", strerror(errno));
+        rc = 1;
+    }
 out:
     free(doc);
     kvs_model_delete(m);

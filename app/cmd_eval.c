@@ -7,7 +7,9 @@
 #include "commonkv.h"
 #include "metrics.h"
 #include "options.h"
+#include "trace.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +171,12 @@ static void eval_one(const struct kvs_model *m, const struct evalopt *o, const c
     r->ppl = kvs_quality_ppl(&qa);
     r->kl = ref ? kvs_quality_kl(&qa) : 0;
     r->top1 = ref ? kvs_quality_top1(&qa) : 1;
+    if (!isfinite(r->ppl) || !isfinite(r->kl) || !isfinite(r->top1)) {
+        /* NaN or infinite logits (a factorization gone wrong, a corrupt model): a failure, not a number */
+        snprintf(r->note, sizeof r->note, "the logits are not finite (perplexity %g, KL %g)", r->ppl, r->kl);
+        r->failed = true;
+        goto done;
+    }
     struct kvs_rec_step rec;
     memset(&rec, 0, sizeof rec);
     press->ops->fill_record(press, &rec);
@@ -247,26 +255,49 @@ static void fmt_bytes(char *b, size_t cap, uint64_t v)
 static void print_rows(const struct row *rows, int n, bool json, int n_tokens)
 {
     if (json) {
-        printf("[");
+        /* strings escaped, non-finite numbers as null: the output must always parse */
+        FILE *f = stdout;
+        fputs("[", f);
         for (int i = 0; i < n; i++) {
             const struct row *r = &rows[i];
-            printf("%s\n {\"method\": \"%s\", ", i ? "," : "", r->method);
-            if (r->target >= 0) printf("\"target_cr\": %.3f, ", r->target);
-            else printf("\"target_cr\": null, ");
+            fprintf(f, "%s\n {\"method\": ", i ? "," : "");
+            kvs_json_string(f, r->method, strnlen(r->method, sizeof r->method));
+            fputs(", \"target_cr\": ", f);
+            if (r->target >= 0) kvs_json_number(f, "%.3f", r->target);
+            else fputs("null", f);
             if (r->failed) {
-                printf("\"error\": \"%s\"}", r->note);
+                fputs(", \"error\": ", f);
+                kvs_json_string(f, r->note, strnlen(r->note, sizeof r->note));
+                fputs("}", f);
                 continue;
             }
-            printf("\"achieved_cr\": %.4f, \"bytes_full\": %llu, \"bytes_held\": %llu, \"bytes_alloc\": %llu, "
-                   "\"rank_min\": %u, \"rank_max\": %u, \"merged_frac\": %.4f, \"ppl\": %.4f, \"kl\": %.5f, "
-                   "\"top1\": %.4f, ",
-                   r->achieved, (unsigned long long)r->full, (unsigned long long)r->held, (unsigned long long)r->alloc,
-                   r->rank_min, r->rank_max, r->merged, r->ppl, r->kl, r->top1);
-            if (r->pk_n) printf("\"passkey_acc\": %.3f, \"passkey_trials\": %d, ", r->passkey, r->pk_n);
-            else printf("\"passkey_acc\": null, ");
-            printf("\"decode_tps\": %.2f, \"n_tokens\": %d, \"note\": \"%s\"}", r->tps, n_tokens, r->note);
+            fputs(", \"achieved_cr\": ", f);
+            kvs_json_number(f, "%.4f", r->achieved);
+            fprintf(f, ", \"bytes_full\": %llu, \"bytes_held\": %llu, \"bytes_alloc\": %llu, \"rank_min\": %u, "
+                       "\"rank_max\": %u, \"merged_frac\": ",
+                    (unsigned long long)r->full, (unsigned long long)r->held, (unsigned long long)r->alloc, r->rank_min,
+                    r->rank_max);
+            kvs_json_number(f, "%.4f", r->merged);
+            fputs(", \"ppl\": ", f);
+            kvs_json_number(f, "%.4f", r->ppl);
+            fputs(", \"kl\": ", f);
+            kvs_json_number(f, "%.5f", r->kl);
+            fputs(", \"top1\": ", f);
+            kvs_json_number(f, "%.4f", r->top1);
+            fputs(", \"passkey_acc\": ", f);
+            if (r->pk_n) {
+                kvs_json_number(f, "%.3f", r->passkey);
+                fprintf(f, ", \"passkey_trials\": %d", r->pk_n);
+            } else {
+                fputs("null", f);
+            }
+            fputs(", \"decode_tps\": ", f);
+            kvs_json_number(f, "%.2f", r->tps);
+            fprintf(f, ", \"n_tokens\": %d, \"note\": ", n_tokens);
+            kvs_json_string(f, r->note, strnlen(r->note, sizeof r->note));
+            fputs("}", f);
         }
-        printf("\n]\n");
+        fputs("\n]\n", f);
         return;
     }
     printf("%-22s %6s %8s %9s %-16s %9s %8s %6s %8s %8s\n", "method", "target", "achieved", "held", "rank / merged",
@@ -322,10 +353,13 @@ static int similarity(const struct kvs_model *m, const struct kvs_method_config 
         printf("{\"tokens\": %d, \"group_size\": %u, \"rank\": %u, \"adjacent\": [", sn, G, plan.rank[0]);
         for (int l = 0; l + 1 < N; l++) {
             float lv = L[l * N + l + 1];
-            printf("%s{\"layer\": %d, \"hidden\": %.4f, \"keys\": %.4f, \"latent\": ", l ? ", " : "", l, H[l * N + l + 1],
-                   K[l * N + l + 1]);
-            if (isnan(lv)) printf("null}");
-            else printf("%.4f}", lv);
+            printf("%s{\"layer\": %d, \"hidden\": ", l ? ", " : "", l);
+            kvs_json_number(stdout, "%.4f", H[l * N + l + 1]);
+            printf(", \"keys\": ");
+            kvs_json_number(stdout, "%.4f", K[l * N + l + 1]);
+            printf(", \"latent\": ");
+            kvs_json_number(stdout, "%.4f", lv);
+            printf("}");
         }
         printf("]}\n");
     } else {
@@ -433,8 +467,9 @@ int kvs_cmd_eval(int argc, char **argv)
         else if (!strcmp(a, "--similarity")) sim = true;
         else if (!strcmp(a, "--json")) json = true;
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = true;
-        else { kvs_die_msg("eval: unknown option or missing value '%s'", a); usage(stderr); return 2; }
+        else { kvs_die_msg("eval: unknown option or missing value '%s'", a); return 2; }
     }
+    if (!kvs_opt_method_list("--methods", methods)) return 2;
     double crv[MAX_LIST];
     int n_cr = parse_list("--cr", crs, 0, 0.999, crv);
     o.n_pk = strcmp(pks, "0") && strcmp(pks, "none") ? parse_list("--passkey", pks, 64, 1 << 20, o.pk) : 0;
@@ -457,6 +492,10 @@ int kvs_cmd_eval(int argc, char **argv)
     int n = (int)KVS_MIN((long)n_all, ctx);
     if (sim) {
         rc = similarity(m, &o.base, ids, n, o.n_threads, json, &quiet);
+        if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
+            kvs_die_msg("eval: cannot write the results to stdout: %s", strerror(errno));
+            rc = 1;
+        }
         goto out;
     }
     size_t V = m->hp.n_vocab;
@@ -495,7 +534,17 @@ int kvs_cmd_eval(int argc, char **argv)
     }
     print_rows(rows, nr, json, n);
     rc = 0;
-    for (int i = 0; i < nr; i++) rc |= rows[i].failed;
+    for (int i = 0; i < nr; i++) {
+        if (!rows[i].failed) continue;
+        /* the exit status says something failed; stderr says what, also when stdout is JSON */
+        if (rows[i].target >= 0) kvs_die_msg("eval: %s @ CR %.2f: %s", rows[i].method, rows[i].target, rows[i].note);
+        else kvs_die_msg("eval: %s: %s", rows[i].method, rows[i].note);
+        rc = 1;
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        kvs_die_msg("eval: cannot write the results to stdout: %s", strerror(errno));
+        rc = 1;
+    }
 out:
     free(ref);
     free(logits);
@@ -520,10 +569,15 @@ int kvs_cmd_calibrate(int argc, char **argv)
         else if (!strcmp(a, "--ctx")) { if (!kvs_opt_int(a, v, 16, 1 << 16, &ctx)) return 2; i++; }
         else if (!strcmp(a, "--noise")) { if (!kvs_opt_float(a, v, 0.01, 100, &noise)) return 2; i++; }
         else if (!strcmp(a, "-q")) quiet = true;
-        else { kvs_die_msg("calibrate: unknown option or missing value '%s'", a); usage(stderr); return 2; }
+        else { kvs_die_msg("calibrate: unknown option or missing value '%s'", a); return 2; }
     }
     if (!model_path) model_path = kvs_default_model();
     char err[512];
+    /* -o names a file to write, never a device, FIFO or directory (checked before the long work) */
+    if (outp && kvs_trace_target_check(outp, true, err, sizeof err) != KVS_OK) {
+        kvs_die_msg("option -o: %s", err);
+        return 1;
+    }
     struct kvs_model *m = NULL;
     if (kvs_model_load(&m, model_path, err, sizeof err) != KVS_OK) {
         kvs_die_msg("%s", err);

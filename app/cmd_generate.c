@@ -5,6 +5,7 @@
 #include "options.h"
 #include "trace.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,13 +45,17 @@ int kvs_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--chat")) chat = true;
         else if (!strcmp(a, "--precise")) precise = true;
         else if (!strcmp(a, "--json")) json = true;
-        else { kvs_die_msg("generate: unknown option '%s'", a); usage(stderr); return 2; }
+        else { kvs_die_msg("generate: unknown option '%s'", a); return 2; }
         continue;
     needs:
         kvs_die_msg("option %s needs a value", a);
         return 2;
     }
     if (prompt && file) { kvs_die_msg("generate: give -p or -f, not both"); return 2; }
+    /* the method is checked before any file is read or the model loaded */
+    char err[512];
+    struct kvs_method_config mc;
+    if (kvs_method_parse(&mc, method, err, sizeof err) != KVS_OK) { kvs_die_msg("option --method: %s", err); return 2; }
     char *text = NULL;
     if (file) {
         if (!(text = kvs_read_text_file(file, 64u << 20))) return 1;
@@ -58,14 +63,10 @@ int kvs_cmd_generate(int argc, char **argv)
         text = strdup(prompt);
     } else {
         kvs_die_msg("generate: no prompt (use -p TEXT or -f FILE)");
-        usage(stderr);
         return 2;
     }
     if (!model_path) model_path = kvs_default_model();
 
-    char err[512];
-    struct kvs_method_config mc;
-    if (kvs_method_parse(&mc, method, err, sizeof err) != KVS_OK) { kvs_die_msg("option --method: %s", err); free(text); return 2; }
     mc.target_cr = (float)cr;
     struct kvs_model *m = NULL;
     if (kvs_model_load(&m, model_path, err, sizeof err) != KVS_OK) { kvs_die_msg("%s", err); free(text); return 1; }
@@ -111,7 +112,13 @@ int kvs_cmd_generate(int argc, char **argv)
     int n_gen = 0;
     const int V = (int)m->hp.n_vocab;
     t0 = kvs_now_ns();
-    if (json) printf("{\"model\": "), kvs_json_string(stdout, m->name, strlen(m->name)), printf(", \"method\": \"%s\", \"tokens\": [", mc.spec);
+    if (json) {
+        printf("{\"model\": ");
+        kvs_json_string(stdout, m->name, strlen(m->name));
+        printf(", \"method\": ");
+        kvs_json_string(stdout, mc.spec, strlen(mc.spec));
+        printf(", \"tokens\": [");
+    }
     for (long i = 0; i < n_predict; i++) {
         int32_t id = kvs_sample(kvs_ctx_logits(ctx), V, (float)temp, (float)top_p, &rng);
         if (kvs_tokenizer_is_eog(m->tok, id)) break;
@@ -129,7 +136,7 @@ int kvs_cmd_generate(int argc, char **argv)
                 out_len += (size_t)pl;
             } else {
                 fwrite(piece, 1, (size_t)pl, stdout);
-                fflush(stdout);
+                if (fflush(stdout) != 0) { kvs_die_msg("generate: cannot write to stdout: %s", strerror(errno)); goto done; }
             }
         }
         if (json) printf("%s%d", n_gen ? ", " : "", id);
@@ -141,13 +148,19 @@ int kvs_cmd_generate(int argc, char **argv)
     if (json) {
         printf("], \"text\": ");
         kvs_json_string(stdout, out_text ? out_text : "", out_len);
-        printf(", \"prompt_tokens\": %lld, \"generated_tokens\": %d, \"prefill_tps\": %.2f, \"decode_tps\": %.2f, "
-               "\"threads\": %d, \"precise\": %s}\n", (long long)n, n_gen, ptps, dtps, kvs_pool_size(kvs_ctx_pool(ctx)),
-               precise ? "true" : "false");
+        printf(", \"prompt_tokens\": %lld, \"generated_tokens\": %d, \"prefill_tps\": ", (long long)n, n_gen);
+        kvs_json_number(stdout, "%.2f", ptps);
+        printf(", \"decode_tps\": ");
+        kvs_json_number(stdout, "%.2f", dtps);
+        printf(", \"threads\": %d, \"precise\": %s}\n", kvs_pool_size(kvs_ctx_pool(ctx)), precise ? "true" : "false");
     } else {
         printf("\n");
         fprintf(stderr, "prompt: %lld tokens, %.1f tok/s; decode: %d tokens, %.1f tok/s (%s, %d threads, method %s)\n",
                 (long long)n, ptps, n_gen, dtps, kvs_ctx_backend(ctx), kvs_pool_size(kvs_ctx_pool(ctx)), mc.spec);
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        kvs_die_msg("generate: cannot write to stdout: %s", strerror(errno));
+        goto done;
     }
     rc = 0;
 done:

@@ -201,11 +201,11 @@ int kvs_cmd_replay(int argc, char **argv)
         else if (!strcmp(a, "--paused")) paused = true;
         else if (!strcmp(a, "--speed")) { if (!kvs_opt_float(a, v, 0.25, 16, &speed)) return 2; i++; }
         else if (!strcmp(a, "--theme")) { if (!v) { kvs_die_msg("option --theme needs a value"); return 2; } theme_name = v; i++; }
-        else if (a[0] == '-' && a[1]) { kvs_die_msg("replay: unknown option '%s'", a); usage(stderr); return 2; }
+        else if (a[0] == '-' && a[1]) { kvs_die_msg("replay: unknown option '%s'", a); return 2; }
         else if (!file) file = a;
         else { kvs_die_msg("replay: one trace file at a time ('%s' and '%s')", file, a); return 2; }
     }
-    if (!file) { kvs_die_msg("replay: no trace file"); usage(stderr); return 2; }
+    if (!file) { kvs_die_msg("replay: no trace file"); return 2; }
     bool tui = !batch && isatty(STDOUT_FILENO) && isatty(STDIN_FILENO);
     struct kvs_config cfg;
     kvs_config_defaults(&cfg);

@@ -29,7 +29,8 @@ static void usage(FILE *f)
     fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--sinks N]\n"
           "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
           "                   [--backend cpu|cuda|auto] [--precise]\n"
-          "                   [--theme default|mono|projector] [--no-mouse] [--batch] [--record FILE] [--compare-full]\n",
+          "                   [--theme default|mono|projector] [--no-mouse] [--batch] [--record FILE [--force]]\n"
+          "                   [--compare-full]\n",
           f);
 }
 
@@ -130,7 +131,7 @@ static struct kvs_record *batch_next(void *ctx)
 /* Header metadata of a recording: what was run, on what, with which shapes. */
 static struct kvs_trace_writer *record_open(const char *path, const struct kvs_model *m, const char *model_path,
                                             const struct kvs_session_params *p, const struct kvs_ui_settings *s,
-                                            bool tui, char *err, size_t errlen)
+                                            bool tui, bool force, char *err, size_t errlen)
 {
     const struct kvs_hparams *hp = &m->hp;
     char v[16][64];
@@ -165,7 +166,10 @@ static struct kvs_trace_writer *record_open(const char *path, const struct kvs_m
         if (*c == '\n' || *c == '\r') *c = ' ';
     meta[1].value = path_line;
     struct kvs_trace_writer *w = NULL;
-    if (kvs_trace_writer_open(&w, path, meta, KVS_ARRAY_LEN(meta), NULL, err, errlen) != KVS_OK) return NULL;
+    struct kvs_trace_writer_opts o;
+    kvs_trace_writer_opts_default(&o);
+    o.replace = force;
+    if (kvs_trace_writer_open(&w, path, meta, KVS_ARRAY_LEN(meta), &o, err, errlen) != KVS_OK) return NULL;
     return w;
 }
 
@@ -201,7 +205,7 @@ int kvs_cmd_run(int argc, char **argv)
     double cr = NAN, rank_ratio = NAN;
     long group = -1, sinks = -1, recent = -1, n_predict = 64, n_ctx = 2048, threads = 0;
     uint64_t seed = 42;
-    bool chat = false, batch = false, no_mouse = false, compare_full = false, precise = false;
+    bool chat = false, batch = false, no_mouse = false, compare_full = false, precise = false, force = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -227,7 +231,8 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "--batch")) batch = true;
         else if (!strcmp(a, "--no-mouse")) no_mouse = true;
         else if (!strcmp(a, "--compare-full")) compare_full = true;
-        else { kvs_die_msg("run: unknown option '%s'", a); usage(stderr); return 2; }
+        else if (!strcmp(a, "--force")) force = true;
+        else { kvs_die_msg("run: unknown option '%s'", a); return 2; }
         continue;
     needs:
         kvs_die_msg("option %s needs a value", a);
@@ -245,7 +250,11 @@ int kvs_cmd_run(int argc, char **argv)
         if (!kvs_config_load(&cfg, cfg_path, err, sizeof err)) { kvs_die_msg("config: %s", err); return 2; }
     }
     if (!tui) cfg.compare_full = false; /* batch output does not depend on the config file */
-    if (method) snprintf(cfg.method, sizeof cfg.method, "%s", method);
+    /* checked whole before it is copied (the settings hold 63 bytes) and before the model loads */
+    if (method) {
+        if (!kvs_opt_method("--method", method)) return 2;
+        snprintf(cfg.method, sizeof cfg.method, "%s", method);
+    }
     if (!isnan(cr)) cfg.cr = (float)cr;
     if (!isnan(rank_ratio)) cfg.rank_ratio = (float)rank_ratio;
     if (group >= 0) cfg.group = (uint32_t)group;
@@ -261,7 +270,28 @@ int kvs_cmd_run(int argc, char **argv)
     char err[512];
     {
         struct kvs_method_config mc;
-        if (kvs_method_parse(&mc, cfg.method, err, sizeof err) != KVS_OK) { kvs_die_msg("option --method: %s", err); return 2; }
+        if (kvs_method_parse(&mc, cfg.method, err, sizeof err) != KVS_OK) {
+            kvs_die_msg("config %s: method: %s", have_cfg_path ? cfg_path : "", err);
+            return 2;
+        }
+    }
+    if (record) {
+        /* where the recording will go is checked before the model loads (and again by the writer) */
+        char part[1100];
+        snprintf(part, sizeof part, "%s.part", record);
+        const char *paths[2] = {record, part};
+        for (int i = 0; i < 2; i++) {
+            enum kvs_status st = kvs_trace_target_check(paths[i], force, err, sizeof err);
+            if (st == KVS_ERR_STATE && i == 1) {
+                kvs_die_msg("--record: %s already exists (an interrupted recording? `kvscope trace recover %s %s` "
+                            "rescues it; --force replaces it)", part, part, record);
+                return 1;
+            }
+            if (st != KVS_OK) {
+                kvs_die_msg("--record: %s%s", err, st == KVS_ERR_STATE ? " (--force replaces it)" : "");
+                return 1;
+            }
+        }
     }
     char *text = NULL;
     if (file) text = kvs_read_text_file(file, 64u << 20);
@@ -316,7 +346,7 @@ int kvs_cmd_run(int argc, char **argv)
     sa.sa_handler = record && !tui ? SIG_IGN : SIG_DFL;
     sigaction(SIGPIPE, &sa, &old_pipe);
     handlers = true;
-    if (record && !(l.w = record_open(record, model, model_path, &l.base, &s, tui, err, sizeof err))) {
+    if (record && !(l.w = record_open(record, model, model_path, &l.base, &s, tui, force, err, sizeof err))) {
         kvs_die_msg("--record: %s", err);
         goto done;
     }

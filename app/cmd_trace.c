@@ -4,6 +4,8 @@
 #include "cmd_trace.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -16,7 +18,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope trace info FILE\n"
           "       kvscope trace export FILE --format perfetto|csv|jsonl [--from STEP] [--to STEP] [-o OUT]\n"
-          "       kvscope trace recover IN OUT\n"
+          "       kvscope trace recover IN OUT [--force]\n"
           "See kvscope-trace(5).\n",
           f);
 }
@@ -115,7 +117,6 @@ static int cmd_export(int argc, char **argv)
             i++;
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "kvscope trace export: unknown option '%s'\n", a);
-            usage(stderr);
             return 2;
         } else if (!path) {
             path = a;
@@ -130,7 +131,6 @@ static int cmd_export(int argc, char **argv)
     }
     if (!path) {
         fprintf(stderr, "kvscope trace export: no trace file given\n");
-        usage(stderr);
         return 2;
     }
     enum kvs_trace_format fmt = fmt_s ? kvs_trace_format_parse(fmt_s) : 0;
@@ -144,18 +144,39 @@ static int cmd_export(int argc, char **argv)
                 (unsigned long long)to);
         return 2;
     }
-    struct kvs_trace *t;
     char err[600];
+    /* -o OUT: written beside OUT under a temporary name and renamed over it only once complete, so
+     * a failed export leaves what was there; a device, FIFO or directory is never replaced */
+    bool to_file = out_path && strcmp(out_path, "-");
+    if (to_file && kvs_trace_target_check(out_path, true, err, sizeof err) != KVS_OK) {
+        fprintf(stderr, "kvscope trace export: %s\n", err);
+        return 1;
+    }
+    struct kvs_trace *t;
     if (kvs_trace_open(&t, path, 0, err, sizeof err) != KVS_OK) {
         fprintf(stderr, "kvscope trace: %s\n", err);
         return 1;
     }
     if (kvs_trace_note(t)) fprintf(stderr, "kvscope trace: %s: %s\n", path, kvs_trace_note(t));
     FILE *out = stdout;
-    if (out_path && strcmp(out_path, "-")) {
-        out = fopen(out_path, "w");
+    char tmp[PATH_MAX + 16];
+    if (to_file) {
+        if (strlen(out_path) >= PATH_MAX) {
+            fprintf(stderr, "kvscope trace export: %s: path too long\n", out_path);
+            kvs_trace_close(t);
+            return 1;
+        }
+        snprintf(tmp, sizeof tmp, "%s.XXXXXX.part", out_path);
+        int fd = mkstemps(tmp, 5);
+        if (fd >= 0) {
+            mode_t um = umask(0);
+            umask(um);
+            fchmod(fd, 0666 & ~um); /* what fopen would have created */
+        }
+        out = fd >= 0 ? fdopen(fd, "w") : NULL;
         if (!out) {
-            fprintf(stderr, "kvscope trace export: %s: %s\n", out_path, strerror(errno));
+            fprintf(stderr, "kvscope trace export: %s: cannot create a file beside it: %s\n", out_path, strerror(errno));
+            if (fd >= 0) { close(fd); unlink(tmp); }
             kvs_trace_close(t);
             return 1;
         }
@@ -163,16 +184,27 @@ static int cmd_export(int argc, char **argv)
     enum kvs_status st = kvs_trace_export(t, fmt, from, to, out, err, sizeof err);
     int rc = 0;
     if (st != KVS_OK) {
-        fprintf(stderr, "kvscope trace export: %s\n", err);
+        fprintf(stderr, "kvscope trace export: %s%s%s\n", err, to_file ? "; not written: " : "", to_file ? out_path : "");
         rc = 1;
     }
-    if (out != stdout) {
-        if (fclose(out) != 0 && rc == 0) {
-            fprintf(stderr, "kvscope trace export: %s: %s\n", out_path, strerror(errno));
+    if (to_file) {
+        bool werr = ferror(out) != 0;
+        if ((fclose(out) != 0 || werr) && rc == 0) {
+            fprintf(stderr, "kvscope trace export: %s: not written: %s\n", out_path, strerror(errno));
             rc = 1;
         }
-        if (rc) unlink(out_path);
-    } else if (fflush(stdout) != 0 && rc == 0) {
+        /* checked again: something else may have been put there meanwhile */
+        if (rc == 0 && kvs_trace_target_check(out_path, true, err, sizeof err) != KVS_OK) {
+            fprintf(stderr, "kvscope trace export: %s\n", err);
+            rc = 1;
+        }
+        if (rc == 0 && rename(tmp, out_path) != 0) {
+            fprintf(stderr, "kvscope trace export: %s: not written: cannot rename %s over it: %s\n", out_path, tmp,
+                    strerror(errno));
+            rc = 1;
+        }
+        if (rc) unlink(tmp);
+    } else if ((fflush(stdout) != 0 || ferror(stdout)) && rc == 0) {
         fprintf(stderr, "kvscope trace export: write failed: %s\n", strerror(errno));
         rc = 1;
     }
@@ -180,12 +212,13 @@ static int cmd_export(int argc, char **argv)
     return rc;
 }
 
-static int cmd_recover(const char *in, const char *out)
+static int cmd_recover(const char *in, const char *out, bool force)
 {
     struct kvs_trace_recover_report rep;
     char err[600];
-    if (kvs_trace_recover(in, out, &rep, err, sizeof err) != KVS_OK) {
-        fprintf(stderr, "kvscope trace recover: %s\n", err);
+    enum kvs_status st = kvs_trace_recover(in, out, force, &rep, err, sizeof err);
+    if (st != KVS_OK) {
+        fprintf(stderr, "kvscope trace recover: %s%s\n", err, st == KVS_ERR_STATE ? " (--force replaces it)" : "");
         return 1;
     }
     printf("%s: %s\n", in, rep.note);
@@ -225,14 +258,24 @@ int kvs_cmd_trace(int argc, char **argv)
     }
     if (!strcmp(sub, "export")) return cmd_export(argc - 2, argv + 2);
     if (!strcmp(sub, "recover")) {
-        if (argc != 4) { fprintf(stderr, "kvscope trace recover: needs IN and OUT\n"); return 2; }
-        return cmd_recover(argv[2], argv[3]);
+        const char *io[2] = {NULL, NULL};
+        bool force = false;
+        int n = 0;
+        for (int i = 2; i < argc; i++) {
+            if (!strcmp(argv[i], "--force")) force = true;
+            else if (argv[i][0] == '-' && argv[i][1]) {
+                fprintf(stderr, "kvscope trace recover: unknown option '%s'\n", argv[i]);
+                return 2;
+            } else if (n < 2) io[n++] = argv[i];
+            else n = 3;
+        }
+        if (n != 2) { fprintf(stderr, "kvscope trace recover: needs IN and OUT\n"); return 2; }
+        return cmd_recover(io[0], io[1], force);
     }
     if (!strcmp(sub, "dump")) {
         if (argc != 3) { fprintf(stderr, "kvscope trace dump: needs exactly one FILE\n"); return 2; }
         return kvs_cmd_trace_dump(argv[2], stdout);
     }
     fprintf(stderr, "kvscope trace: unknown subcommand '%s'\n", sub);
-    usage(stderr);
     return 2;
 }

@@ -1,6 +1,8 @@
 /* Config file reading and writing (see config.h). The file is untrusted text: lines are bounded,
- * numbers range-checked, and a bad line is reported with its number. Depends on libc only. */
+ * numbers range-checked, and a bad line is reported with its number. Depends on libc and
+ * engine/kvs.h (kvs_open_regular: a FIFO is refused, never waited on). */
 #include "config.h"
+#include "kvs.h"
 
 #include <errno.h>
 #include <math.h>
@@ -8,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 void kvs_config_defaults(struct kvs_config *c)
 {
@@ -74,10 +77,16 @@ static const char *sim_names[] = {"", "hidden", "keys", "latent"};
 
 bool kvs_config_load(struct kvs_config *c, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
+    char oerr[600];
+    int fd = kvs_open_regular(path, oerr, sizeof oerr); /* a FIFO would block the start */
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
     if (!f) {
-        if (errno == ENOENT) return true;
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        if (fd < 0 && errno == ENOENT) return true;
+        if (fd >= 0) {
+            snprintf(oerr, sizeof oerr, "%s: %s", path, strerror(errno));
+            close(fd);
+        }
+        snprintf(err, errlen, "%s", oerr);
         return false;
     }
     char line[512];

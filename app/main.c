@@ -43,7 +43,6 @@ int main(int argc, char **argv)
             if (!strcmp(argv[1], cmds[i].name)) { fn = cmds[i].fn; name = cmds[i].name; shift = 1; }
         if (!shift) {
             fprintf(stderr, "kvscope: unknown command '%s'\n", argv[1]);
-            usage(stderr);
             return 2;
         }
     } else {

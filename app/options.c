@@ -1,6 +1,8 @@
 /* Option parsing helpers (see options.h). */
 #include "options.h"
 
+#include "press.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -76,14 +78,11 @@ bool kvs_opt_backend(const char *opt, const char *val, const char **out)
 
 char *kvs_read_text_file(const char *path, size_t max)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) { kvs_die_msg("%s: %s", path, strerror(errno)); return NULL; }
-    struct stat st;
-    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
-        kvs_die_msg("%s: is a directory", path);
-        fclose(f);
-        return NULL;
-    }
+    char err[600];
+    int fd = kvs_open_regular(path, err, sizeof err); /* a FIFO or device would block or never end */
+    if (fd < 0) { kvs_die_msg("%s", err); return NULL; }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) { kvs_die_msg("%s: %s", path, strerror(errno)); close(fd); return NULL; }
     size_t cap = 65536, n = 0;
     char *buf = malloc(cap + 1);
     while (buf) {
@@ -127,4 +126,36 @@ const char *kvs_default_model(void)
         }
     }
     return rel;
+}
+
+bool kvs_opt_method(const char *opt, const char *val)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    struct kvs_method_config mc;
+    char err[256];
+    if (kvs_method_parse(&mc, val, err, sizeof err) != KVS_OK) {
+        kvs_die_msg("option %s: %s", opt, err);
+        return false;
+    }
+    return true;
+}
+
+bool kvs_opt_method_list(const char *opt, const char *val)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    if (strlen(val) >= KVS_OPT_LIST_MAX) {
+        kvs_die_msg("option %s: the list is %zu bytes long, the limit is %d", opt, strlen(val), KVS_OPT_LIST_MAX - 1);
+        return false;
+    }
+    char one[KVS_OPT_LIST_MAX];
+    for (const char *p = val;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (n == 0) { kvs_die_msg("option %s: empty entry in '%s'", opt, val); return false; }
+        memcpy(one, p, n);
+        one[n] = 0;
+        if (!kvs_opt_method(opt, one)) return false;
+        if (!comma) return true;
+        p = comma + 1;
+    }
 }

@@ -13,6 +13,12 @@ bool kvs_opt_float(const char *opt, const char *val, double lo, double hi, doubl
 bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out);
 /* cpu, cuda or auto (kvs_backend_new's names). */
 bool kvs_opt_backend(const char *opt, const char *val, const char **out);
+/* A method spec kvs_method_parse accepts ("commonkv+quant"); checked before any model is loaded. */
+bool kvs_opt_method(const char *opt, const char *val);
+/* A comma-separated list of method specs, each accepted by kvs_method_parse, no empty entries,
+ * shorter than KVS_OPT_LIST_MAX bytes (the buffers the commands split it in). */
+#define KVS_OPT_LIST_MAX 256
+bool kvs_opt_method_list(const char *opt, const char *val);
 /* Reads a whole text file into a malloc'd NUL-terminated string (at most MAX bytes); prints the
  * error and returns NULL on failure. */
 char *kvs_read_text_file(const char *path, size_t max);

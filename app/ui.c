@@ -249,8 +249,11 @@ static void on_record(struct ui *u, struct kvs_record *r)
         u->cursor = 0;
         if (!u->replay) u->paused = false;
     }
+    /* the history takes our reference and may release R at once (records it does not keep) */
+    bool is_end = r->type == KVS_REC_END;
     kvs_history_push(&u->h, r);
-    if (r->type == KVS_REC_END && u->ref_state == 1 && u->h.run && strcmp(u->h.run->u.run.method, "full") == 0) {
+    r = NULL;
+    if (is_end && u->ref_state == 1 && u->h.run && strcmp(u->h.run->u.run.method, "full") == 0) {
         kvs_history_pin(&u->h, last_step(u), &u->pin);
         u->ref_state = 0;
         u->want = u->ref_restore;

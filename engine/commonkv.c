@@ -4,12 +4,14 @@
  * LAPACKE; never prints, never exits. */
 #include "commonkv.h"
 
+#include <errno.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 void kvs_ckv_factors_delete(struct kvs_ckv_factors *f)
 {
@@ -371,9 +373,13 @@ void kvs_ckv_plan(const struct kvs_ckv_factors *f, const struct kvs_method_confi
 enum kvs_status kvs_ckv_weights_load(const char *path, float *w, int n_layer, char *err, size_t errlen)
 {
     for (int l = 0; l < n_layer; l++) w[l] = 1.0f;
-    FILE *fp = fopen(path, "r");
+    int fd = kvs_open_regular(path, err, errlen); /* a FIFO would block */
+    FILE *fp = fd >= 0 ? fdopen(fd, "r") : NULL;
     if (!fp) {
-        kvs_seterr(err, errlen, "%s: cannot open merge weights", path);
+        if (fd >= 0) {
+            kvs_seterr(err, errlen, "%s: cannot open merge weights: %s", path, strerror(errno));
+            close(fd);
+        }
         return KVS_ERR_IO;
     }
     char line[256];

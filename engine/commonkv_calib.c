@@ -7,10 +7,12 @@
 #include "infer.h"
 
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_model *m,
                                       const struct kvs_method_config *cfg, int n_ctx_max, char *err, size_t errlen);
@@ -20,9 +22,13 @@ enum kvs_status kvs_ckv_calib_tokens(const struct kvs_model *m, const char *path
 {
     *ids = NULL;
     *n = 0;
-    FILE *fp = fopen(path, "rb");
+    int fd = kvs_open_regular(path, err, errlen); /* a FIFO would block */
+    FILE *fp = fd >= 0 ? fdopen(fd, "rb") : NULL;
     if (!fp) {
-        kvs_seterr(err, errlen, "%s: cannot open calibration text", path);
+        if (fd >= 0) {
+            kvs_seterr(err, errlen, "%s: cannot open calibration text: %s", path, strerror(errno));
+            close(fd);
+        }
         return KVS_ERR_IO;
     }
     size_t cap = 1 << 16, len = 0;

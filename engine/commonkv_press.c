@@ -999,14 +999,15 @@ static enum kvs_status ckv_evict(struct ckv *c, int n_ctx)
         if (target < 0 && kept > c->snap_capacity) {
             /* fixed capacity per group: keep the best, mark the rest with -inf so they go first */
             size_t n_g = ne - first;
-            qsort(ev + first, n_g, sizeof *ev, evc_cmp);
+            if (n_g > 1) qsort(ev + first, n_g, sizeof *ev, evc_cmp); /* ev is NULL while empty */
             size_t excess = KVS_MIN((size_t)(kept - c->snap_capacity), n_g);
             for (size_t x = 0; x < n_g; x++) ev[first + x].score = x < excess ? -INFINITY : INFINITY;
         } else if (target < 0) {
             for (size_t x = first; x < ne; x++) ev[x].score = INFINITY;
         }
     }
-    qsort(ev, ne, sizeof *ev, evc_cmp);
+    /* a short context leaves no candidates and EV NULL: qsort(NULL, 0, ...) is undefined */
+    if (ne > 1) qsort(ev, ne, sizeof *ev, evc_cmp);
     size_t take = 0;
     if (target >= 0) {
         double need = (double)held - target;

@@ -451,19 +451,12 @@ enum kvs_status kvs_gguf_open_mem(struct kvs_gguf *g, const void *data, uint64_t
 enum kvs_status kvs_gguf_open(struct kvs_gguf *g, const char *path)
 {
     set_path(g, path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        kvs_seterr(g->err, sizeof g->err, "%s: cannot open: %s", g->path, strerror(errno));
-        return KVS_ERR_IO;
-    }
+    /* a FIFO or device is refused before it can block the open */
+    int fd = kvs_open_regular(path, g->err, sizeof g->err);
+    if (fd < 0) return KVS_ERR_IO;
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         kvs_seterr(g->err, sizeof g->err, "%s: cannot stat: %s", g->path, strerror(errno));
-        close(fd);
-        return KVS_ERR_IO;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        kvs_seterr(g->err, sizeof g->err, "%s: not a regular file", g->path);
         close(fd);
         return KVS_ERR_IO;
     }

@@ -498,7 +498,7 @@ int32_t kvs_sample(const float *logits, int n_vocab, float temp, float top_p, ui
         sum += c[n].p;
         n++;
     }
-    qsort(c, (size_t)n, sizeof *c, cand_cmp);
+    if (n > 1) qsort(c, (size_t)n, sizeof *c, cand_cmp);
     if (top_p <= 0 || top_p > 1) top_p = 1;
     double cum = 0;
     int keep = n;

@@ -45,6 +45,12 @@ uint64_t kvs_now_ns(void);
 /* printf-style formatting into a fixed error buffer (truncates, always NUL-terminates). */
 void kvs_seterr(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Opens PATH for reading only if it is a regular file (or a link to one): a FIFO or device is
+ * refused without blocking (opened O_NONBLOCK, then examined), a directory too. Returns a file
+ * descriptor (O_CLOEXEC, blocking again), or -1 with "PATH: cannot open: ..." or "PATH is a FIFO,
+ * not a regular file" in ERR (errno kept for the caller). */
+int kvs_open_regular(const char *path, char *err, size_t errlen);
+
 #define KVS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define KVS_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define KVS_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -17,12 +17,46 @@ static const struct { const char *name; uint32_t bit; } method_names[] = {
     {"streaming", KVS_M_STREAMING},
 };
 
+/* The combinations kvs_press_new can build; they depend on the names alone, so a spec is checked
+ * before any model is loaded. */
+static enum kvs_status check_combination(uint32_t m, const char *spec, char *err, size_t errlen)
+{
+    if ((m & KVS_M_FULL) && m != KVS_M_FULL) {
+        kvs_seterr(err, errlen, "method '%s': full does not compose with other methods", spec);
+        return KVS_ERR_ARG;
+    }
+    uint32_t latent = m & (KVS_M_COMMONKV | KVS_M_LOWRANK);
+    if (latent == (KVS_M_COMMONKV | KVS_M_LOWRANK)) {
+        kvs_seterr(err, errlen, "method '%s': commonkv and lowrank are alternatives, pick one", spec);
+        return KVS_ERR_ARG;
+    }
+    if (latent && (m & (KVS_M_MINICACHE | KVS_M_STREAMING))) {
+        kvs_seterr(err, errlen, "method '%s': %s composes with quant and snapkv only", spec,
+                   latent == KVS_M_COMMONKV ? "commonkv" : "lowrank");
+        return KVS_ERR_ARG;
+    }
+    if ((m & KVS_M_MINICACHE) && m != KVS_M_MINICACHE) {
+        kvs_seterr(err, errlen, "method '%s': minicache does not compose with other methods", spec);
+        return KVS_ERR_ARG;
+    }
+    if ((m & KVS_M_SNAPKV) && (m & KVS_M_STREAMING)) {
+        kvs_seterr(err, errlen, "method '%s': snapkv and streaming are both eviction rules, pick one", spec);
+        return KVS_ERR_ARG;
+    }
+    return KVS_OK;
+}
+
 enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
-    if (!spec || !*spec) spec = "full";
-    if (strlen(spec) >= sizeof c->spec) {
-        kvs_seterr(err, errlen, "method '%.40s…': too long", spec);
+    if (!spec) spec = "full";
+    if (!*spec) {
+        kvs_seterr(err, errlen, "empty method name (known: full, commonkv, lowrank, minicache, quant, snapkv, streaming)");
+        return KVS_ERR_ARG;
+    }
+    size_t len = strlen(spec);
+    if (len >= sizeof c->spec) {
+        kvs_seterr(err, errlen, "method '%.40s...' is %zu bytes long, the limit is %zu", spec, len, sizeof c->spec - 1);
         return KVS_ERR_ARG;
     }
     snprintf(c->spec, sizeof c->spec, "%s", spec);
@@ -43,24 +77,31 @@ enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, 
     c->mc_threshold = 0.05f;
     kvs_ckv_cache_dir_default(c->cache_dir, sizeof c->cache_dir);
     c->whiten = true; /* activation-aware factors: far better quality for commonkv and lowrank */
-    char buf[64];
-    snprintf(buf, sizeof buf, "%s", spec);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, "+", &save); tok; tok = strtok_r(NULL, "+", &save)) {
+    /* components split on '+' by hand: strtok would skip the empty ones in "a++b", "+a" or "a+" */
+    for (const char *tok = spec;;) {
+        const char *plus = strchr(tok, '+');
+        size_t n = plus ? (size_t)(plus - tok) : strlen(tok);
+        if (n == 0) {
+            kvs_seterr(err, errlen, "method '%s': empty name around '+'", spec);
+            return KVS_ERR_ARG;
+        }
         uint32_t bit = 0;
         for (size_t i = 0; i < KVS_ARRAY_LEN(method_names); i++)
-            if (strcmp(tok, method_names[i].name) == 0) bit = method_names[i].bit;
+            if (strlen(method_names[i].name) == n && memcmp(tok, method_names[i].name, n) == 0) bit = method_names[i].bit;
         if (!bit) {
-            kvs_seterr(err, errlen, "unknown method '%s' (known: full, commonkv, lowrank, minicache, quant, snapkv, streaming)", tok);
+            kvs_seterr(err, errlen, "unknown method '%.*s' (known: full, commonkv, lowrank, minicache, quant, snapkv, streaming)",
+                       (int)n, tok);
+            return KVS_ERR_ARG;
+        }
+        if (c->methods & bit) {
+            kvs_seterr(err, errlen, "method '%s': '%.*s' is named twice", spec, (int)n, tok);
             return KVS_ERR_ARG;
         }
         c->methods |= bit;
+        if (!plus) break;
+        tok = plus + 1;
     }
-    if (!c->methods) {
-        kvs_seterr(err, errlen, "empty method spec '%s'", spec);
-        return KVS_ERR_ARG;
-    }
-    return KVS_OK;
+    return check_combination(c->methods, spec, err, errlen);
 }
 
 enum kvs_status kvs_press_new(struct kvs_press **out, const struct kvs_model *model,
@@ -69,37 +110,20 @@ enum kvs_status kvs_press_new(struct kvs_press **out, const struct kvs_model *mo
 {
     *out = NULL;
     uint32_t m = cfg->methods;
+    /* a config built by hand (not by kvs_method_parse) is checked too */
+    if (!m) {
+        kvs_seterr(err, errlen, "method '%s': no method named", cfg->spec);
+        return KVS_ERR_ARG;
+    }
+    enum kvs_status st = check_combination(m, cfg->spec, err, errlen);
+    if (st != KVS_OK) return st;
     if (m == KVS_M_FULL)
         return kvs_press_full_create(out, model, cfg, n_ctx_max, err, errlen);
-    if (m & KVS_M_FULL) {
-        kvs_seterr(err, errlen, "method '%s': full does not compose with other methods", cfg->spec);
-        return KVS_ERR_ARG;
-    }
     /* latent methods: commonkv or lowrank, optionally with quantized latents and slot eviction */
-    uint32_t latent = m & (KVS_M_COMMONKV | KVS_M_LOWRANK);
-    if (latent == (KVS_M_COMMONKV | KVS_M_LOWRANK)) {
-        kvs_seterr(err, errlen, "method '%s': commonkv and lowrank are alternatives, pick one", cfg->spec);
-        return KVS_ERR_ARG;
-    }
-    if (latent) {
-        if (m & (KVS_M_MINICACHE | KVS_M_STREAMING)) {
-            kvs_seterr(err, errlen, "method '%s': %s composes with quant and snapkv only", cfg->spec,
-                       latent == KVS_M_COMMONKV ? "commonkv" : "lowrank");
-            return KVS_ERR_ARG;
-        }
+    if (m & (KVS_M_COMMONKV | KVS_M_LOWRANK))
         return kvs_press_commonkv_create(out, model, cfg, n_ctx_max, NULL, progress, progress_ctx, err, errlen);
-    }
-    if (m & KVS_M_MINICACHE) {
-        if (m != KVS_M_MINICACHE) {
-            kvs_seterr(err, errlen, "method '%s': minicache does not compose with other methods", cfg->spec);
-            return KVS_ERR_ARG;
-        }
+    if (m & KVS_M_MINICACHE)
         return kvs_press_minicache_create(out, model, cfg, n_ctx_max, err, errlen);
-    }
-    if ((m & KVS_M_SNAPKV) && (m & KVS_M_STREAMING)) {
-        kvs_seterr(err, errlen, "method '%s': snapkv and streaming are both eviction rules, pick one", cfg->spec);
-        return KVS_ERR_ARG;
-    }
     /* quant, snapkv, streaming and their pairs keep K/V rows */
     return kvs_press_kv_create(out, model, cfg, n_ctx_max, err, errlen);
 }

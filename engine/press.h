@@ -54,8 +54,10 @@ struct kvs_method_config {
     char merge_weights_file[256];
 };
 
-/* Fills C with defaults for the method SPEC ("full", "commonkv+quant", …). Returns KVS_ERR_ARG with
- * a message in err for an unknown method name. */
+/* Fills C with defaults for the method SPEC ("full", "commonkv+quant", …; NULL means "full").
+ * Returns KVS_ERR_ARG with a message in err for an empty or over-long spec (63 bytes at most), an
+ * empty, unknown or repeated component, or a combination kvs_press_new cannot build — all
+ * decided from the names alone, so callers check a spec before loading a model. */
 enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, char *err, size_t errlen);
 
 /* Flags a press sets to tell the forward pass what it needs computed. */

@@ -88,8 +88,28 @@ check "eval with merge weights" python3 -c "import json; r=json.load(open('$TMP/
 # bad input
 "$BIN" eval -m "$TINY" --cr 1.5 >/dev/null 2>&1
 check "bad --cr refused" test $? -eq 2
-"$BIN" eval -m "$TINY" --methods bogus --cr 0.5 -f "$TMP/text.txt" --ctx 64 --passkey none --json >"$TMP/bogus.json" 2>/dev/null
-check "unknown method reported" grep -q "unknown method" "$TMP/bogus.json"
+"$BIN" eval -m "$TINY" --methods full,bogus --cr 0.5 -f "$TMP/text.txt" --ctx 64 --passkey none --json >"$TMP/bogus.json" 2>"$TMP/bogus.err"
+check "unknown method refused before the run" test $? -eq 2 -a ! -s "$TMP/bogus.json"
+check "unknown method named" grep -q "option --methods: unknown method 'bogus'" "$TMP/bogus.err"
+# a model that overflows to NaN: the JSON still parses, exit 1, and stderr says why
+"$BUILD/tests/test_methods" --write-tiny "$TMP/nan.gguf" llama 1e30
+"$BIN" eval -m "$TMP/nan.gguf" -f "$TMP/text.txt" --methods full,commonkv --cr 0.5 --ctx 64 --passkey none --decode 0 \
+    --json >"$TMP/nan.json" 2>"$TMP/nan.err"
+check "NaN model: exit 1" test $? -eq 1
+check "NaN model: stderr says why" grep -q "not finite" "$TMP/nan.err"
+check "NaN model: stdout is empty or JSON" python3 -c "
+import json,sys; t=open('$TMP/nan.json').read(); t.strip() and json.loads(t)"
+# a row that fails (merge weights that do not exist): valid JSON with an error field, and stderr
+"$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods commonkv --cr 0.5 --ctx 64 --passkey none --decode 0 \
+    --merge-weights "$TMP/none.txt" --json >"$TMP/fail.json" 2>"$TMP/fail.err"
+check "failed row: exit 1" test $? -eq 1
+check "failed row: stderr names it" grep -q "eval: commonkv @ CR 0.50: .*none.txt" "$TMP/fail.err"
+check "failed row: JSON with an error" python3 -c "
+import json; r=json.load(open('$TMP/fail.json')); assert 'error' in r[1] and r[0]['method']=='full', r"
+# write errors on stdout are errors
+"$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods full --ctx 64 --passkey none --decode 0 --json >/dev/full 2>"$TMP/full.err"
+check "eval --json >/dev/full exits 1" test $? -eq 1
+check "eval --json >/dev/full says so" grep -q "cannot write" "$TMP/full.err"
 
 # the real model, briefly
 MODEL=${KVS_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}

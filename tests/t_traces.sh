@@ -152,9 +152,69 @@ assert [r[0] for r in rows[1:]] == [str(i) for i in range(50, 60)], [r[0] for r 
     "$BIN" replay "$TMP/garbage.kvt" --batch >/dev/null 2>"$TMP/e5"; rc=$?
     check "replay of garbage: one line, exit 1" test $rc -eq 1 -a "$(wc -l <"$TMP/e5")" -eq 1
     cp "$TMP/sample.kvt" "$TMP/inplace.kvt"
-    "$BIN" trace recover "$TMP/inplace.kvt" "$TMP/inplace.kvt" >/dev/null 2>&1 &&
+    "$BIN" trace recover "$TMP/inplace.kvt" "$TMP/inplace.kvt" >/dev/null 2>"$TMP/e6"; rc=$?
+    check "recover IN IN without --force: refused, one line, IN untouched" \
+        sh -c "[ $rc -eq 1 ] && [ \$(wc -l <'$TMP/e6') -eq 1 ] && grep -q 'already exists (--force replaces it)' '$TMP/e6' &&
+               cmp -s '$TMP/sample.kvt' '$TMP/inplace.kvt'"
+    "$BIN" trace recover "$TMP/inplace.kvt" "$TMP/inplace.kvt" --force >/dev/null 2>&1 &&
         "$BIN" trace info "$TMP/inplace.kvt" 2>/dev/null | grep -qE '^steps +200 '
-    check "recover IN IN rewrites in place" test $? -eq 0
+    check "recover IN IN --force rewrites in place" test $? -eq 0
+
+    # ---- files that are not ours: a FIFO and a link to a device are never written or replaced ----
+    # (the real /dev/null is only ever examined through the link, never opened for writing)
+    mkfifo "$TMP/fifo.kvt"
+    ln -s /dev/null "$TMP/null.kvt"
+    ino_fifo=$(stat -c %i "$TMP/fifo.kvt"); ino_link=$(stat -c %i "$TMP/null.kvt")
+    untouched() { # untouched WHAT: the FIFO is still that FIFO, the link still that link to /dev/null
+        [ -p "$TMP/fifo.kvt" ] && [ "$(stat -c %i "$TMP/fifo.kvt")" = "$ino_fifo" ] &&
+        [ -L "$TMP/null.kvt" ] && [ "$(stat -c %i "$TMP/null.kvt")" = "$ino_link" ] &&
+        [ "$(readlink "$TMP/null.kvt")" = /dev/null ] && [ -c /dev/null ] &&
+        [ -z "$(ls "$TMP" | grep -E '^(fifo|null)\.kvt.+')" ]
+    }
+    refused() { # refused RC ERRFILE WORD: exit RC, one line naming the target and what it is
+        [ "$1" -eq 1 ] && [ "$(wc -l <"$2")" -eq 1 ] && grep -q "$3" "$2"
+    }
+    NOM=/nonexistent/m.gguf
+    for tgt in fifo null; do
+        what=$([ $tgt = fifo ] && echo "a FIFO" || echo "a character device")
+        timeout 20 "$BIN" run --batch -m $NOM -p x -n 1 --record "$TMP/$tgt.kvt" >/dev/null 2>"$TMP/e7"; rc=$?
+        check "run --record $tgt: refused before the model loads" refused $rc "$TMP/e7" "$TMP/$tgt.kvt is $what, not a regular file"
+        timeout 20 "$BIN" run --batch -m $NOM -p x -n 1 --record "$TMP/$tgt.kvt" --force >/dev/null 2>"$TMP/e7"; rc=$?
+        check "run --record $tgt --force: still refused" refused $rc "$TMP/e7" "$what"
+        timeout 20 "$BIN" trace recover "$TMP/sample.kvt" "$TMP/$tgt.kvt" --force >/dev/null 2>"$TMP/e7"; rc=$?
+        check "trace recover IN $tgt --force: refused" refused $rc "$TMP/e7" "$TMP/$tgt.kvt is $what"
+        timeout 20 "$BIN" trace export "$TMP/sample.kvt" --format jsonl -o "$TMP/$tgt.kvt" >/dev/null 2>"$TMP/e7"; rc=$?
+        check "trace export -o $tgt: refused" refused $rc "$TMP/e7" "$TMP/$tgt.kvt is $what"
+        check "the $tgt target is untouched" untouched
+    done
+    # NAME.part a FIFO: never opened (it would block), never replaced
+    mkfifo "$TMP/p.kvt.part"
+    timeout 20 "$BIN" run --batch -m $NOM -p x -n 1 --record "$TMP/p.kvt" --force >/dev/null 2>"$TMP/e7"; rc=$?
+    check "run --record P with P.part a FIFO: refused" sh -c "[ $rc -eq 1 ] && [ -p '$TMP/p.kvt.part' ] && [ ! -e '$TMP/p.kvt' ]"
+    # an existing file: kept unless --force
+    echo precious >"$TMP/old.kvt"
+    timeout 20 "$BIN" run --batch -m $NOM -p x -n 1 --record "$TMP/old.kvt" >/dev/null 2>"$TMP/e7"; rc=$?
+    check "run --record over a file: refused without --force, file kept" \
+        sh -c "[ $rc -eq 1 ] && grep -q 'old.kvt already exists (--force replaces it)' '$TMP/e7' && [ \"\$(cat '$TMP/old.kvt')\" = precious ]"
+    if [ -x "$BUILD/tests/test_methods" ] && "$BUILD/tests/test_methods" --write-tiny "$TMP/tiny.gguf" llama; then
+        timeout 120 "$BIN" run --batch -m "$TMP/tiny.gguf" -p "the quick brown fox" -n 2 -t 1 --method full \
+            --record "$TMP/old.kvt" --force >/dev/null 2>"$TMP/e8"; rc=$?
+        check "run --record over a file --force: replaced by a clean trace" \
+            sh -c "[ $rc -eq 0 ] && '$BIN' trace info '$TMP/old.kvt' 2>/dev/null | grep -qE '^status +clean'"
+    else
+        no "write the tiny model"
+    fi
+    timeout 20 "$BIN" trace recover "$TMP/sample.kvt" "$TMP/old.kvt" >/dev/null 2>"$TMP/e7"; rc=$?
+    check "trace recover over a file: refused without --force" sh -c "[ $rc -eq 1 ] && grep -q 'already exists' '$TMP/e7'"
+    # a failed export (writes past a file size limit fail) leaves what was at -o and says so
+    echo precious >"$TMP/keep.jsonl"
+    ( trap '' XFSZ; ulimit -f 8; exec "$BIN" trace export "$TMP/sample.kvt" --format jsonl -o "$TMP/keep.jsonl" ) \
+        >/dev/null 2>"$TMP/e9"; rc=$?
+    check "failed export: exit 1, one line naming -o" refused $rc "$TMP/e9" "not written: $TMP/keep.jsonl"
+    check "failed export: the old file is kept, no temporary left" \
+        sh -c "[ \"\$(cat '$TMP/keep.jsonl')\" = precious ] && [ -z \"\$(ls '$TMP' | grep '^keep\.jsonl.')\" ]"
+    "$BIN" trace export "$TMP/sample.kvt" --format jsonl -o "$TMP/keep.jsonl" 2>/dev/null
+    check "export -o over a regular file replaces it when it succeeds" cmp -s "$TMP/keep.jsonl" "$TMP/sample.jsonl"
 fi
 
 echo "$pass passed, $fail failed"

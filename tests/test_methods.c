@@ -440,18 +440,74 @@ static void test_all_methods(void)
     }
 }
 
+/* Prompts shorter than the sinks, the recent window and SnapKV's observation window, for every
+ * valid composition, with and without a target: nothing to evict or merge must still be well
+ * defined (the asan tier runs this under UBSan: qsort/memcpy on NULL with a count of 0). */
+static void test_short_prompts(void)
+{
+    struct kvs_model *m = tiny("llama");
+    if (!m) { CHECK(0); return; }
+    const char *specs[] = {"full", "commonkv", "lowrank", "minicache", "quant", "snapkv", "streaming",
+                           "commonkv+quant", "commonkv+snapkv", "commonkv+quant+snapkv", "lowrank+snapkv",
+                           "lowrank+quant+snapkv", "quant+snapkv", "quant+streaming"};
+    const int lens[] = {1, 3, 9};
+    const float crs[] = {-1.0f, 0.9f};
+    int32_t ids[16];
+    int V = (int)m->hp.n_vocab;
+    for (int i = 0; i < 16; i++) ids[i] = (int32_t)((i * 7 + 3) % V);
+    for (size_t s = 0; s < KVS_ARRAY_LEN(specs); s++)
+        for (size_t l = 0; l < KVS_ARRAY_LEN(lens); l++)
+            for (size_t c = 0; c < KVS_ARRAY_LEN(crs); c++) {
+                struct outcome o;
+                run(m, specs[s], crs[c], ids, lens[l], 3, 4, &o);
+                CHECKF(o.ok && o.finite, "%s, %d prompt tokens, cr %.1f: %s", specs[s], lens[l], (double)crs[c], o.err);
+            }
+    kvs_model_delete(m);
+}
+
 static void test_bad_specs(void)
 {
     struct kvs_model *m = tiny("llama");
     if (!m) { CHECK(0); return; }
+    /* combinations that cannot be built are refused by the parser (before any model is loaded),
+     * and by kvs_press_new when a config is put together by hand */
     const char *bad[] = {"full+quant", "commonkv+lowrank", "commonkv+streaming", "snapkv+streaming", "minicache+quant"};
+    const uint32_t bad_bits[] = {KVS_M_FULL | KVS_M_QUANT, KVS_M_COMMONKV | KVS_M_LOWRANK, KVS_M_COMMONKV | KVS_M_STREAMING,
+                                 KVS_M_SNAPKV | KVS_M_STREAMING, KVS_M_MINICACHE | KVS_M_QUANT};
     for (size_t i = 0; i < KVS_ARRAY_LEN(bad); i++) {
         struct kvs_method_config c;
-        char err[256];
+        char err[256] = "";
         struct kvs_press *p = NULL;
-        CHECK(kvs_method_parse(&c, bad[i], err, sizeof err) == KVS_OK);
+        CHECKF(kvs_method_parse(&c, bad[i], err, sizeof err) == KVS_ERR_ARG && strstr(err, bad[i]), "%s: %s", bad[i], err);
+        kvs_method_parse(&c, "full", err, sizeof err);
+        c.methods = bad_bits[i];
+        snprintf(c.spec, sizeof c.spec, "%s", bad[i]);
+        err[0] = 0;
         CHECKF(kvs_press_new(&p, m, &c, 64, NULL, NULL, err, sizeof err) == KVS_ERR_ARG && p == NULL && err[0],
                "%s refused", bad[i]);
+    }
+    /* malformed specs: one clear message each, never a silent default or a truncation */
+    char long_spec[80];
+    memset(long_spec, 0, sizeof long_spec);
+    for (int i = 0; i + 6 < 70; i += 6) memcpy(long_spec + i, "quant+", 6);
+    memcpy(long_spec + 66, "full", 4); /* 70 bytes: over the 63-byte limit */
+    const struct { const char *spec, *want; } malformed[] = {
+        {"", "empty method name"},           {"commonkv++quant", "empty name around '+'"},
+        {"+quant", "empty name around '+'"}, {"quant+", "empty name around '+'"},
+        {"quant+quant", "named twice"},      {"foo", "unknown method 'foo'"},
+        {"quant+fo", "unknown method 'fo'"}, {long_spec, "the limit is 63"},
+    };
+    for (size_t i = 0; i < KVS_ARRAY_LEN(malformed); i++) {
+        struct kvs_method_config c;
+        char err[256] = "";
+        CHECKF(kvs_method_parse(&c, malformed[i].spec, err, sizeof err) == KVS_ERR_ARG && strstr(err, malformed[i].want),
+               "'%s' refused with '%s': got '%s'", malformed[i].spec, malformed[i].want, err);
+    }
+    const char *good[] = {"full", "commonkv+quant+snapkv", "quant+streaming", "lowrank+snapkv"};
+    for (size_t i = 0; i < KVS_ARRAY_LEN(good); i++) {
+        struct kvs_method_config c;
+        char err[256] = "";
+        CHECKF(kvs_method_parse(&c, good[i], err, sizeof err) == KVS_OK && !strcmp(c.spec, good[i]), "%s: %s", good[i], err);
     }
     struct kvs_method_config c;
     char err[256];
@@ -490,10 +546,12 @@ static void test_real_model(void)
 
 int main(int argc, char **argv)
 {
-    /* test_methods --write-tiny PATH [llama|qwen2]: the model the script tests use */
+    /* test_methods --write-tiny PATH [llama|qwen2 [WEIGHT_STD]]: the model the script tests use;
+     * a huge WEIGHT_STD (1e30) gives a model whose activations overflow to NaN */
     if (argc >= 3 && !strcmp(argv[1], "--write-tiny")) {
         struct kvs_tiny_opts o;
         tiny_opts(&o, argc >= 4 ? argv[3] : "llama");
+        if (argc >= 5) o.weight_std = strtof(argv[4], NULL);
         if (kvs_tiny_write(argv[2], &o) != 0) {
             fprintf(stderr, "%s\n", kvs_tiny_error());
             return 1;
@@ -506,6 +564,7 @@ int main(int argc, char **argv)
     RUN(test_quant_attend);
     RUN(test_minicache_attend);
     RUN(test_all_methods);
+    RUN(test_short_prompts);
     RUN(test_bad_specs);
     RUN(test_real_model);
     return kvs_test_summary();

@@ -443,6 +443,7 @@ static struct kvs_trace_writer_opts small_opts(void)
 {
     struct kvs_trace_writer_opts o;
     kvs_trace_writer_opts_default(&o);
+    o.replace = true; /* scratch names are reused when the tests run again in one directory */
     o.keyframe_every = 8;
     o.chunk_bytes = 3000;
     o.index_every = 3;
@@ -570,7 +571,7 @@ static void test_truncation(void)
         struct kvs_trace *t;
         size_t want = records_before(ch, nch, L, NULL);
         n_recover++;
-        if (!spit(in, full, L) || kvs_trace_recover(in, out, &rep, err, sizeof err) != KVS_OK ||
+        if (!spit(in, full, L) || kvs_trace_recover(in, out, true, &rep, err, sizeof err) != KVS_OK ||
             kvs_trace_open(&t, out, KVS_TRACE_OPEN_VERIFY, err, sizeof err) != KVS_OK) {
             bad_recover++;
             fprintf(stderr, "   recover at %zu: %s\n", L, err);
@@ -733,7 +734,7 @@ static void test_unknown_types(void)
     const char *p2 = tmp_path("unk2.kvt"), *p3 = tmp_path("unk3.kvt");
     CHECK(spit(p2, nb, n));
     struct kvs_trace_recover_report rep;
-    CHECKF(kvs_trace_recover(p2, p3, &rep, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_trace_recover(p2, p3, true, &rep, err, sizeof err) == KVS_OK, "%s", err);
     CHECK(!rep.was_clean && rep.n_steps == v.n_steps);
     CHECKF(kvs_trace_open(&t, p3, KVS_TRACE_OPEN_VERIFY, err, sizeof err) == KVS_OK, "%s", err);
     if (t) {
@@ -840,6 +841,7 @@ static void test_overflow(void)
 {
     struct kvs_trace_writer_opts o;
     kvs_trace_writer_opts_default(&o);
+    o.replace = true; /* scratch names are reused when the tests run again in one directory */
     o.queue_cap = 4;
     const char *path = tmp_path("drop.kvt");
     struct kvs_trace_writer *w;
@@ -1015,7 +1017,7 @@ static void test_recover(void)
     const char *cutp = tmp_path("cut.kvt.part"), *out = tmp_path("recovered.kvt");
     CHECK(spit(cutp, b, cut));
     struct kvs_trace_recover_report rep;
-    CHECKF(kvs_trace_recover(cutp, out, &rep, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_trace_recover(cutp, out, true, &rep, err, sizeof err) == KVS_OK, "%s", err);
     CHECK(!rep.was_clean && strstr(rep.note, "tail lost at offset"));
     fprintf(stderr, "   recover: %s\n", rep.note);
     CHECK(kvs_trace_open(&t, out, KVS_TRACE_OPEN_VERIFY, err, sizeof err) == KVS_OK);
@@ -1029,14 +1031,14 @@ static void test_recover(void)
     }
     /* recovering a clean trace keeps it whole */
     const char *out2 = tmp_path("recovered2.kvt");
-    CHECK(kvs_trace_recover(out, out2, &rep, err, sizeof err) == KVS_OK && rep.was_clean);
+    CHECK(kvs_trace_recover(out, out2, true, &rep, err, sizeof err) == KVS_OK && rep.was_clean);
     CHECK(kvs_trace_open(&t, out2, 0, err, sizeof err) == KVS_OK);
     if (t) {
         CHECK(read_all_match(t, &v, NULL) == (long)want);
         kvs_trace_close(t);
     }
     /* nothing usable: a clear error */
-    CHECK(kvs_trace_recover(tmp_path("missing.kvt"), out2, &rep, err, sizeof err) == KVS_ERR_IO);
+    CHECK(kvs_trace_recover(tmp_path("missing.kvt"), out2, true, &rep, err, sizeof err) == KVS_ERR_IO);
     free(b);
     recs_free(&v);
 }
@@ -1131,6 +1133,7 @@ static void test_time_flush(void)
     const char *path = tmp_path("flush.kvt");
     struct kvs_trace_writer_opts o;
     kvs_trace_writer_opts_default(&o);
+    o.replace = true; /* scratch names are reused when the tests run again in one directory */
     o.flush_ms = 30;
     struct kvs_trace_writer *w;
     char err[512];
@@ -1151,7 +1154,7 @@ static void test_time_flush(void)
     CHECK(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK);
     /* a trace with no records at all is clean and empty */
     const char *empty = tmp_path("empty.kvt");
-    CHECK(kvs_trace_writer_open(&w, empty, NULL, 0, NULL, err, sizeof err) == KVS_OK);
+    CHECK(kvs_trace_writer_open(&w, empty, NULL, 0, &o, err, sizeof err) == KVS_OK);
     if (w) CHECK(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK);
     CHECK(kvs_trace_open(&t, empty, KVS_TRACE_OPEN_VERIFY, err, sizeof err) == KVS_OK);
     if (t) {
@@ -1205,6 +1208,118 @@ static void test_step_flush(void)
     CHECK(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK);
 }
 
+static bool file_is(const char *path, const char *want)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    char buf[64] = {0};
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    return n == strlen(want) && memcmp(buf, want, n) == 0;
+}
+
+static bool put_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    fputs(text, f);
+    return fclose(f) == 0;
+}
+
+/* Files that are not ours: the writer and recovery never write into or replace a FIFO, a device
+ * (also behind a symbolic link) or, unless asked, an existing file; not even one that appears
+ * while the recording runs. Never touches a real device: the link's target is only examined. */
+static void test_targets(void)
+{
+    char err[512];
+    struct kvs_trace_writer *w = NULL;
+    struct kvs_trace_writer_opts o;
+    kvs_trace_writer_opts_default(&o);
+    char fifo[512], link_dev[512], old[512], name[512], other[512]; /* tmp_path's buffers rotate */
+    snprintf(fifo, sizeof fifo, "%s", tmp_path("tg-fifo.kvt"));
+    snprintf(link_dev, sizeof link_dev, "%s", tmp_path("tg-devnull.kvt"));
+    snprintf(old, sizeof old, "%s", tmp_path("tg-old.kvt"));
+    snprintf(name, sizeof name, "%s", tmp_path("tg-new.kvt"));
+    snprintf(other, sizeof other, "%s", tmp_path("tg-other.kvt"));
+    unlink(fifo);
+    unlink(link_dev);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    CHECK(symlink("/dev/null", link_dev) == 0);
+    struct stat before, after;
+    CHECK(lstat(fifo, &before) == 0);
+    for (int replace = 0; replace < 2; replace++) {
+        o.replace = replace;
+        CHECKF(kvs_trace_writer_open(&w, fifo, NULL, 0, &o, err, sizeof err) == KVS_ERR_ARG && !w && strstr(err, "a FIFO"),
+               "FIFO target refused (replace %d): %s", replace, err);
+        CHECKF(kvs_trace_writer_open(&w, link_dev, NULL, 0, &o, err, sizeof err) == KVS_ERR_ARG && !w &&
+               strstr(err, "character device"), "link to a device refused (replace %d): %s", replace, err);
+    }
+    CHECK(lstat(fifo, &after) == 0 && S_ISFIFO(after.st_mode) && after.st_ino == before.st_ino);
+    char lt[64] = {0};
+    CHECK(readlink(link_dev, lt, sizeof lt - 1) == 9 && !strcmp(lt, "/dev/null"));
+    char part[600];
+    snprintf(part, sizeof part, "%s.part", fifo);
+    CHECK(access(part, F_OK) != 0);
+
+    /* an existing file: refused unless asked, then replaced at close */
+    CHECK(put_text(old, "precious"));
+    o.replace = false;
+    CHECKF(kvs_trace_writer_open(&w, old, NULL, 0, &o, err, sizeof err) == KVS_ERR_STATE && !w && strstr(err, old),
+           "existing file refused: %s", err);
+    CHECK(file_is(old, "precious"));
+    o.replace = true;
+    CHECK(kvs_trace_writer_open(&w, old, NULL, 0, &o, err, sizeof err) == KVS_OK);
+    if (w) CHECKF(kvs_trace_writer_close(w, err, sizeof err) == KVS_OK, "%s", err);
+    struct kvs_trace *t = NULL;
+    CHECK(kvs_trace_open(&t, old, KVS_TRACE_OPEN_VERIFY, err, sizeof err) == KVS_OK);
+    kvs_trace_close(t);
+
+    /* NAME.part: a FIFO is never opened; a file (an interrupted recording) only replaced when asked */
+    snprintf(part, sizeof part, "%s.part", name);
+    unlink(name);
+    unlink(part);
+    CHECK(mkfifo(part, 0600) == 0);
+    o.replace = true;
+    CHECKF(kvs_trace_writer_open(&w, name, NULL, 0, &o, err, sizeof err) == KVS_ERR_ARG && !w, "FIFO .part: %s", err);
+    CHECK(lstat(part, &after) == 0 && S_ISFIFO(after.st_mode));
+    unlink(part);
+    CHECK(put_text(part, "interrupted"));
+    o.replace = false;
+    CHECKF(kvs_trace_writer_open(&w, name, NULL, 0, &o, err, sizeof err) == KVS_ERR_STATE && !w &&
+           strstr(err, "trace recover"), "leftover .part kept: %s", err);
+    CHECK(file_is(part, "interrupted"));
+    unlink(part);
+
+    /* a file that appears while the recording runs is not replaced; a FIFO never is */
+    CHECK(kvs_trace_writer_open(&w, name, NULL, 0, &o, err, sizeof err) == KVS_OK);
+    CHECK(put_text(name, "appeared"));
+    if (w) CHECKF(kvs_trace_writer_close(w, err, sizeof err) == KVS_ERR_STATE && strstr(err, name), "%s", err);
+    CHECK(file_is(name, "appeared") && access(part, F_OK) == 0);
+    unlink(part);
+    unlink(name);
+    o.replace = true;
+    CHECK(kvs_trace_writer_open(&w, name, NULL, 0, &o, err, sizeof err) == KVS_OK);
+    CHECK(mkfifo(name, 0600) == 0);
+    if (w) CHECKF(kvs_trace_writer_close(w, err, sizeof err) == KVS_ERR_ARG, "%s", err);
+    CHECK(lstat(name, &after) == 0 && S_ISFIFO(after.st_mode));
+    unlink(name);
+    unlink(part);
+
+    /* recovery: the same rules for OUT, checked before IN is read */
+    struct kvs_trace_recover_report rep;
+    CHECK(kvs_trace_recover(old, fifo, true, &rep, err, sizeof err) == KVS_ERR_ARG);
+    CHECK(kvs_trace_recover(old, link_dev, true, &rep, err, sizeof err) == KVS_ERR_ARG);
+    CHECK(put_text(other, "precious"));
+    CHECKF(kvs_trace_recover(old, other, false, &rep, err, sizeof err) == KVS_ERR_STATE && strstr(err, other), "%s", err);
+    CHECK(file_is(other, "precious"));
+    CHECKF(kvs_trace_recover(old, other, true, &rep, err, sizeof err) == KVS_OK, "%s", err);
+    CHECK(lstat(fifo, &after) == 0 && S_ISFIFO(after.st_mode) && after.st_ino == before.st_ino);
+    unlink(fifo);
+    unlink(link_dev);
+    unlink(old);
+    unlink(other);
+}
+
 /* ---- modes for tests/t_traces.sh ---- */
 
 static int writer_child(const char *path)
@@ -1239,6 +1354,25 @@ static int write_sample(const char *path, uint32_t n)
     struct kvs_trace_writer_opts o = small_opts();
     o.chunk_bytes = 64 << 10;
     o.keyframe_every = 64;
+    bool ok = write_trace(path, &v, &o);
+    recs_free(&v);
+    return ok ? 0 : 1;
+}
+
+/* A clean, small trace holding exactly one well-formed KERNEL record (what a GPU run adds): the
+ * TUI's replay regression for records the history does not keep (tests/t_asan.sh). */
+static int write_kernel(const char *path)
+{
+    struct recs v = {0};
+    g_seq = 0;
+    g_ctx = 0;
+    recs_add(&v, mk_run(1, 4, 1));
+    for (uint64_t i = 0; i < 4; i++) {
+        recs_add(&v, mk_step(i, 4, 1));
+        if (i == 1) recs_add(&v, mk_kernel(1));
+    }
+    recs_add(&v, mk_end(4));
+    struct kvs_trace_writer_opts o = small_opts();
     bool ok = write_trace(path, &v, &o);
     recs_free(&v);
     return ok ? 0 : 1;
@@ -1373,6 +1507,7 @@ static int bench(uint64_t n)
     const char *path = tmp_path("bench.kvt");
     struct kvs_trace_writer_opts o;
     kvs_trace_writer_opts_default(&o);
+    o.replace = true; /* scratch names are reused when the tests run again in one directory */
     o.queue_cap = (uint32_t)n + 16; /* measure the writer, not the drops */
     struct kvs_trace_writer *w;
     char err[512];
@@ -1473,10 +1608,11 @@ int main(int argc, char **argv)
     if (argc >= 3 && !strcmp(argv[1], "--writer-child")) return writer_child(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "--write-seeds")) return write_seeds(argv[2]);
     if (argc >= 2 && !strcmp(argv[1], "--bench")) return bench(argc >= 3 ? strtoull(argv[2], NULL, 10) : 100000);
+    if (argc >= 3 && !strcmp(argv[1], "--write-kernel")) return write_kernel(argv[2]);
     if (argc >= 4 && !strcmp(argv[1], "--write-sample")) return write_sample(argv[2], (uint32_t)atoi(argv[3]));
     if (argc >= 4 && !strcmp(argv[1], "--recover")) {
         struct kvs_trace_recover_report rep;
-        if (kvs_trace_recover(argv[2], argv[3], &rep, err, sizeof err) != KVS_OK) { fprintf(stderr, "%s\n", err); return 1; }
+        if (kvs_trace_recover(argv[2], argv[3], false, &rep, err, sizeof err) != KVS_OK) { fprintf(stderr, "%s\n", err); return 1; }
         printf("%s\n", rep.note);
         return 0;
     }
@@ -1511,5 +1647,6 @@ int main(int argc, char **argv)
     RUN(test_export);
     RUN(test_time_flush);
     RUN(test_step_flush);
+    RUN(test_targets);
     return kvs_test_summary();
 }

@@ -73,6 +73,15 @@ void kvs_json_string(FILE *f, const char *s, size_t n)
     fputc('"', f);
 }
 
+void kvs_json_number(FILE *f, const char *fmt, double v)
+{
+    if (!isfinite(v)) { fputs("null", f); return; }
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    fprintf(f, fmt, v);
+#pragma GCC diagnostic pop
+}
+
 /* A JSON string of the first CAP bytes of S (up to its NUL). */
 static void js(FILE *f, const char *s, size_t cap) { kvs_json_string(f, s, strnlen(s, cap)); }
 #define JS(f, field) js(f, field, sizeof(field))
@@ -412,6 +421,7 @@ static void pf_name_process(struct pf *p, const struct kvs_rec_run *r)
 
 static void pf_counter(struct pf *p, const char *name, uint64_t ts, double v, bool integer)
 {
+    if (!isfinite(v)) return; /* a counter sample needs a number; a gap says "unknown" */
     pf_begin(p);
     fprintf(p->f, "{\"ph\":\"C\",\"name\":\"%s\",\"pid\":%u,\"tid\":0", name, p->pid);
     pf_ts(p->f, "ts", ts);

@@ -564,15 +564,15 @@ enum kvs_status kvs_trace_open(struct kvs_trace **out, const char *path, unsigne
     *out = NULL;
     struct kvs_trace *t = trace_alloc(path, flags);
     if (!t) { kvs_seterr(err, errlen, "out of memory"); return KVS_ERR_NOMEM; }
-    t->fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (t->fd < 0 || fstat(t->fd, &sb) != 0) {
-        kvs_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    /* a FIFO or device is refused before it can block the open */
+    t->fd = kvs_open_regular(path, err, errlen);
+    if (t->fd < 0) {
         kvs_trace_close(t);
         return KVS_ERR_IO;
     }
-    if (!S_ISREG(sb.st_mode)) {
-        kvs_seterr(err, errlen, "%s: not a regular file", path);
+    struct stat sb;
+    if (fstat(t->fd, &sb) != 0) {
+        kvs_seterr(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         kvs_trace_close(t);
         return KVS_ERR_IO;
     }

@@ -24,14 +24,17 @@ static bool put_all(int fd, const void *buf, size_t n)
     return true;
 }
 
-enum kvs_status kvs_trace_recover(const char *in, const char *out, struct kvs_trace_recover_report *rep,
+enum kvs_status kvs_trace_recover(const char *in, const char *out, bool replace, struct kvs_trace_recover_report *rep,
                                   char *err, size_t errlen)
 {
     struct kvs_trace_recover_report tmp;
     if (!rep) rep = &tmp;
     memset(rep, 0, sizeof *rep);
     struct kvs_trace *t;
-    enum kvs_status st = kvs_trace_open(&t, in, KVS_TRACE_OPEN_VERIFY, err, errlen);
+    /* refuse a target we may not write before reading anything */
+    enum kvs_status st = kvs_trace_target_check(out, replace, err, errlen);
+    if (st != KVS_OK) return st;
+    st = kvs_trace_open(&t, in, KVS_TRACE_OPEN_VERIFY, err, errlen);
     if (st != KVS_OK) return st;
     const struct kvs_trace_info *info = kvs_trace_get_info(t);
     size_t n_ent;
@@ -90,7 +93,8 @@ enum kvs_status kvs_trace_recover(const char *in, const char *out, struct kvs_tr
     if (fsync(fd) != 0) { kvs_seterr(err, errlen, "%s: fsync failed: %s", part, strerror(errno)); goto fail; }
     if (close(fd) != 0) { fd = -1; kvs_seterr(err, errlen, "%s: close failed: %s", part, strerror(errno)); goto fail; }
     fd = -1;
-    if (rename(part, out) != 0) { kvs_seterr(err, errlen, "%s: cannot rename to %s: %s", part, out, strerror(errno)); goto fail; }
+    st = kvt_publish(part, out, replace, err, errlen);
+    if (st != KVS_OK) goto fail;
     rep->bytes_kept = end + KVT_CHUNK_HDR + h.comp_len + KVT_TRAILER;
     free(buf);
     kvt_buf_free(&fb);

@@ -37,12 +37,20 @@ struct kvs_trace_writer_opts {
     uint32_t flush_steps;    /* ... or once it holds this many steps (default 8): the crash-loss bound */
     uint32_t index_every;    /* keyframes between index chunks (default 16) */
     int zlevel;              /* zlib level 1..9 (default 6) */
+    bool replace;            /* an existing regular file at PATH (or PATH.part) may be replaced
+                              * (default false: the open or the close fails instead) */
 };
 
 /* Fills O with the defaults above. */
 void kvs_trace_writer_opts_default(struct kvs_trace_writer_opts *o);
 
-/* Creates PATH.part (truncating it), writes the header with the N_META entries of META (the keys
+/* Whether the library may create PATH: KVS_OK when nothing is there, or a regular file (or a link
+ * to one) is there and REPLACE is set; KVS_ERR_ARG when PATH is (or links to) a device, FIFO,
+ * socket or directory, which is never replaced; KVS_ERR_STATE when a file exists and REPLACE is
+ * not set; KVS_ERR_IO when PATH cannot be examined. The message in ERR names PATH. */
+enum kvs_status kvs_trace_target_check(const char *path, bool replace, char *err, size_t errlen);
+
+/* Checks PATH and PATH.part with kvs_trace_target_check (opts->replace), creates PATH.part, writes the header with the N_META entries of META (the keys
  * "kvscope_version" and "created_unix_ns" are added when absent) and starts the writer thread.
  * OPTS may be NULL for defaults. On failure returns an error with a message in ERR and *out NULL.
  * The writer must be finished with kvs_trace_writer_close (or kvs_trace_writer_abort). */
@@ -165,9 +173,10 @@ struct kvs_trace_recover_report {
 };
 
 /* Rewrites the longest valid prefix of IN as a clean trace OUT (through a temporary file beside
- * OUT, fsync, rename; IN may be OUT.part or OUT itself): the header and every good chunk verbatim,
- * then a fresh footer index. REP may be NULL. */
-enum kvs_status kvs_trace_recover(const char *in, const char *out, struct kvs_trace_recover_report *rep,
+ * OUT, fsync, rename; IN may be OUT.part, or OUT itself with REPLACE): the header and every good
+ * chunk verbatim, then a fresh footer index. OUT is checked with kvs_trace_target_check(REPLACE)
+ * before anything is read and again when the copy is published. REP may be NULL. */
+enum kvs_status kvs_trace_recover(const char *in, const char *out, bool replace, struct kvs_trace_recover_report *rep,
                                   char *err, size_t errlen);
 
 /* ---------------------------------------------------------------------------------------------
@@ -192,5 +201,8 @@ void kvs_record_to_json(const struct kvs_record *r, FILE *f);
 /* Writes the N bytes of S as a JSON string literal: quotes and control characters escaped,
  * invalid UTF-8 as U+FFFD (the escaping every record string gets). */
 void kvs_json_string(FILE *f, const char *s, size_t n);
+/* Writes V with the printf format FMT (one double conversion, e.g. "%.4f"), or null when V is NaN
+ * or infinite: JSON has no spelling for those. */
+void kvs_json_number(FILE *f, const char *fmt, double v);
 
 #endif

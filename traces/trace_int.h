@@ -123,4 +123,8 @@ void kvt_trailer_put(uint8_t out[KVT_TRAILER], uint64_t footer_off);
 const struct kvt_index_entry *kvt_trace_index(const struct kvs_trace *t, size_t *n, uint64_t *end);
 bool kvt_trace_read(struct kvs_trace *t, uint64_t off, void *buf, size_t n);
 
+/* Renames TMP to PATH: over an existing regular file only with REPLACE, never over anything else
+ * (see kvs_trace_target_check); without REPLACE atomically refuses a PATH that exists. */
+enum kvs_status kvt_publish(const char *tmp, const char *path, bool replace, char *err, size_t errlen);
+
 #endif

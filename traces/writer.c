@@ -1,9 +1,10 @@
 /* Trace writer: header, then append-only chunks written by a thread of its own from a bounded
  * queue (a full queue drops and counts; the producer never waits on the disk), keyframes every K
  * steps, index chunks along the way, a footer index on close, NAME.part renamed to NAME at the
- * end. Never rewrites earlier bytes. A data chunk goes out with write(2) (page cache, no fsync)
- * once it holds flush_steps steps or its oldest record is flush_ms old, which bounds what a
- * killed process loses. Depends on libc, pthreads, zlib (via codec.c). */
+ * end (never over a device or FIFO, over an existing file only when asked). Never rewrites earlier
+ * bytes. A data chunk goes out with write(2) (page cache, no fsync) once it holds flush_steps
+ * steps or its oldest record is flush_ms old, which bounds what a killed process loses.
+ * Depends on libc, pthreads, zlib (via codec.c). */
 #include "trace_int.h"
 
 #include <errno.h>
@@ -64,6 +65,7 @@ struct kvs_trace_writer {
 
 void kvs_trace_writer_opts_default(struct kvs_trace_writer_opts *o)
 {
+    memset(o, 0, sizeof *o); /* every field a later version adds starts off (replace: false) */
     o->queue_cap = 4096;
     o->keyframe_every = 256;
     o->chunk_bytes = 64u << 10;
@@ -474,6 +476,7 @@ enum kvs_status kvs_trace_writer_open(struct kvs_trace_writer **out, const char 
         if (opts->flush_steps) w->o.flush_steps = opts->flush_steps;
         if (opts->index_every) w->o.index_every = opts->index_every;
         if (opts->zlevel >= 1 && opts->zlevel <= 9) w->o.zlevel = opts->zlevel;
+        w->o.replace = opts->replace;
     }
     snprintf(w->path, sizeof w->path, "%s", path);
     snprintf(w->part, sizeof w->part, "%s.part", path);
@@ -497,7 +500,22 @@ enum kvs_status kvs_trace_writer_open(struct kvs_trace_writer **out, const char 
     w->ent = calloc(64, sizeof *w->ent);
     if (!w->ring || !w->ent) { st = KVS_ERR_NOMEM; kvs_seterr(err, errlen, "out of memory"); goto fail; }
     w->cap_ent = 64;
-    w->fd = open(w->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* PATH is only replaced at close, but a recording that cannot be published is refused now;
+     * PATH.part may be an interrupted recording (only replaced when asked) or worse */
+    st = kvs_trace_target_check(path, w->o.replace, err, errlen);
+    if (st == KVS_OK) {
+        st = kvs_trace_target_check(w->part, w->o.replace, err, errlen);
+        if (st == KVS_ERR_STATE)
+            kvs_seterr(err, errlen, "%s already exists (an interrupted recording? `kvscope trace recover` rescues it)",
+                       w->part);
+        else if (st == KVS_OK && unlink(w->part) != 0 && errno != ENOENT) {
+            st = KVS_ERR_IO;
+            kvs_seterr(err, errlen, "%s: cannot remove: %s", w->part, strerror(errno));
+        }
+    }
+    if (st != KVS_OK) goto fail;
+    /* O_EXCL | O_NOFOLLOW: whatever appears at PATH.part meanwhile is not ours to write into */
+    w->fd = open(w->part, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (w->fd < 0) {
         st = KVS_ERR_IO;
         kvs_seterr(err, errlen, "%s: cannot create: %s", w->part, strerror(errno));
@@ -615,12 +633,8 @@ enum kvs_status kvs_trace_writer_close(struct kvs_trace_writer *w, char *err, si
         kvs_seterr(err, errlen, "%s: close failed: %s", w->part, strerror(errno));
     }
     if (st == KVS_OK) {
-        if (rename(w->part, w->path) != 0) {
-            st = KVS_ERR_IO;
-            kvs_seterr(err, errlen, "%s: cannot rename to %s: %s", w->part, w->path, strerror(errno));
-        } else {
-            sync_dir(w->path);
-        }
+        st = kvt_publish(w->part, w->path, w->o.replace, err, errlen);
+        if (st == KVS_OK) sync_dir(w->path);
     }
     writer_free(w);
     return st;
