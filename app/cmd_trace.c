@@ -50,8 +50,14 @@ static int cmd_info(const char *path)
     if (gmtime_r(&secs, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm);
     printf("recorded    %s (%s clock, %u ns per tick)\n", when, in->clock_id == 1 ? "monotonic" : "unknown",
            in->tick_ns);
-    for (size_t i = 0; i < kvs_trace_meta_count(t); i++)
-        printf("%-12s%s=%s\n", i ? "" : "metadata", kvs_trace_meta_key(t, i), kvs_trace_meta_value(t, i));
+    for (size_t i = 0; i < kvs_trace_meta_count(t); i++) {
+        /* the metadata is the file's text: escape it so each pair stays one terminal-safe line */
+        const char *mk = kvs_trace_meta_key(t, i), *mv = kvs_trace_meta_value(t, i);
+        char ek[512], ev[2048];
+        kvs_escape(ek, sizeof ek, mk, strlen(mk));
+        kvs_escape(ev, sizeof ev, mv, strlen(mv));
+        printf("%-12s%s=%s\n", i ? "" : "metadata", ek, ev);
+    }
     printf("steps       %llu (%llu records", (unsigned long long)in->n_steps, (unsigned long long)in->n_records);
     if (in->tok_hi > in->tok_lo) printf("; tokens %u..%u", in->tok_lo, in->tok_hi - 1);
     printf(")\n");
