@@ -183,6 +183,17 @@ enum kvs_status kvs_model_load(struct kvs_model **out, const char *path, char *e
                    path, L.arch, bad, hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, KVS_MAX_LAYERS);
         goto fail;
     }
+    /* a block_count smaller than the layers present would silently run a truncated model */
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
+        const char *tn = m->gguf.tensors[i].name;
+        if (strncmp(tn, "blk.", 4) != 0 || tn[4] < '0' || tn[4] > '9') continue;
+        unsigned long long li = strtoull(tn + 4, NULL, 10);
+        if (li >= hp->n_layer) {
+            kvs_seterr(err, errlen, "%s: metadata %s.block_count is %u but the file holds tensor %s of layer %llu",
+                       path, L.arch, hp->n_layer, tn, li);
+            goto fail;
+        }
+    }
     hp->head_dim = hp->n_embd / hp->n_head;
     uint32_t kl = 0;
     if (get_u32(&L, "attention.key_length", &kl, false) && kl != hp->head_dim) {
