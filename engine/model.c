@@ -103,6 +103,57 @@ static bool bind_vec(struct loader *L, const float **out, const char *name, int6
     return true;
 }
 
+/* Byte offsets of the fp16 scale fields inside one block of TYPE (up to 2; -1 ends the list). */
+static void scale_fields(uint32_t type, int f[2])
+{
+    f[0] = f[1] = -1;
+    switch (type) {
+    case KVS_GGML_Q4_0: case KVS_GGML_Q5_0: case KVS_GGML_Q8_0: f[0] = 0; break;
+    case KVS_GGML_Q4_1: case KVS_GGML_Q5_1: case KVS_GGML_Q4_K: case KVS_GGML_Q5_K: f[0] = 0; f[1] = 2; break;
+    case KVS_GGML_Q6_K: f[0] = 208; break;
+    }
+}
+
+/* Looks for NaN or Inf in a tensor: every value of F32/F16/BF16 tensors, every block scale of the
+ * quantized ones (one pass over the mapping, which the first forward pass reads anyway). A NaN
+ * there can vanish into an int8 activation scale or a fp16 cache and give finite garbage, so it is
+ * refused at load with the tensor's name and the file offset. */
+static bool check_finite(struct loader *L, const struct kvs_gguf_tensor *t)
+{
+    const uint8_t *p = t->data;
+    uint64_t bad = UINT64_MAX, at = 0;
+    if (t->type == KVS_GGML_F32) {
+        for (uint64_t i = 0; i + 4 <= t->nbytes && bad == UINT64_MAX; i += 4) {
+            uint32_t u;
+            memcpy(&u, p + i, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) bad = i / 4, at = i;
+        }
+    } else if (t->type == KVS_GGML_F16 || t->type == KVS_GGML_BF16) {
+        uint16_t mask = t->type == KVS_GGML_F16 ? 0x7c00 : 0x7f80;
+        for (uint64_t i = 0; i + 2 <= t->nbytes && bad == UINT64_MAX; i += 2) {
+            uint16_t h;
+            memcpy(&h, p + i, 2);
+            if ((h & mask) == mask) bad = i / 2, at = i;
+        }
+    } else {
+        int f[2];
+        scale_fields(t->type, f);
+        uint32_t bb = kvs_type_block_bytes(t->type);
+        for (uint64_t i = 0; bb && f[0] >= 0 && i + bb <= t->nbytes && bad == UINT64_MAX; i += bb)
+            for (int k = 0; k < 2 && f[k] >= 0; k++) {
+                uint16_t h;
+                memcpy(&h, p + i + (uint64_t)f[k], 2);
+                if ((h & 0x7c00) == 0x7c00) { bad = i / bb; at = i + (uint64_t)f[k]; break; }
+            }
+    }
+    if (bad == UINT64_MAX) return true;
+    bool scale = t->type != KVS_GGML_F32 && t->type != KVS_GGML_F16 && t->type != KVS_GGML_BF16;
+    kvs_seterr(L->err, L->errlen, "%s: offset %llu: tensor %s (%s): %s %llu is NaN or Inf", L->m->gguf.path,
+               (unsigned long long)((const uint8_t *)t->data - (const uint8_t *)L->m->gguf.map + at), t->name,
+               kvs_ggml_type_name(t->type), scale ? "the scale of block" : "element", (unsigned long long)bad);
+    return false;
+}
+
 static bool load_rope_scaling(struct loader *L)
 {
     struct kvs_hparams *hp = &L->m->hp;
@@ -267,6 +318,8 @@ enum kvs_status kvs_model_load(struct kvs_model **out, const char *path, char *e
     const float *rf = NULL;
     if (!bind_vec(&L, &rf, "rope_freqs.weight", hp->head_dim / 2, true, &m->f32_buf, &conv_used)) goto fail;
     hp->rope_factors = rf;
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++)
+        if (!check_finite(&L, &m->gguf.tensors[i])) goto fail;
     *out = m;
     return KVS_OK;
 fail:

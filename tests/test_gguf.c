@@ -678,21 +678,29 @@ static void test_model_refused(void)
         m = NULL;
         memcpy(p + 17 + 4, &three, 4);
     }
-    /* NaN and Inf in a weight load (the reader cannot look at every value) but the first forward
-     * pass stops with the model's name instead of producing text from NaN */
+    /* NaN and Inf in a weight are refused at load, naming the tensor; a huge finite weight loads
+     * but overflows, and the first forward pass stops with the model's name instead of producing
+     * text from Inf/NaN logits */
     struct kvs_gguf g;
     CHECK(kvs_gguf_open_mem(&g, buf, len, "tiny") == KVS_OK);
     const struct kvs_gguf_tensor *t = kvs_gguf_tensor(&g, "output_norm.weight");
     size_t off = t ? (size_t)((const uint8_t *)t->data - buf) : 0;
     kvs_gguf_close(&g);
     CHECK(off > 0);
-    const float bad[2] = {NAN, INFINITY};
-    for (int k = 0; k < 2 && off; k++) {
-        float keep;
-        memcpy(&keep, buf + off + 4 * 5, 4);
+    const float bad[3] = {NAN, -INFINITY, 3e38f};
+    for (int k = 0; k < 3 && off; k++) {
+        float keep[64];
+        memcpy(keep, buf + off, sizeof keep);
         memcpy(buf + off + 4 * 5, &bad[k], 4);
+        for (int i = 0; k == 2 && i < 64; i++) memcpy(buf + off + 4 * i, &bad[k], 4); /* x/rms * 3e38 */
         const char *path = write_tmp("nan.gguf", buf, len);
-        CHECK(kvs_model_load(&m, path, err, sizeof err) == KVS_OK);
+        enum kvs_status lst = kvs_model_load(&m, path, err, sizeof err);
+        if (k < 2)
+            CHECKF(lst == KVS_ERR_FORMAT && strstr(err, path) &&
+                       strstr(err, "tensor output_norm.weight (F32): element 5 is NaN or Inf"),
+                   "%g in output_norm: status %d: %s", (double)bad[k], lst, err);
+        else
+            CHECKF(lst == KVS_OK, "3e38 in output_norm: %s", err);
         if (m) {
             struct kvs_method_config mc;
             kvs_method_parse(&mc, "full", NULL, 0);
@@ -709,14 +717,14 @@ static void test_model_refused(void)
                 enum kvs_status st = kvs_ctx_eval(ctx, ids, 3, NULL);
                 const char *e = kvs_ctx_error(ctx);
                 CHECKF(st == KVS_ERR_FORMAT && strstr(e, path) && strstr(e, "non-finite logits"),
-                       "%s in output_norm: status %d: %s", k ? "Inf" : "NaN", st, e);
+                       "3e38 in output_norm: status %d: %s", st, e);
             }
             kvs_ctx_delete(ctx);
             kvs_press_delete(pr);
             kvs_model_delete(m);
             m = NULL;
         }
-        memcpy(buf + off + 4 * 5, &keep, 4);
+        memcpy(buf + off, keep, sizeof keep);
     }
     free(buf);
 }
