@@ -156,7 +156,6 @@ static int cmd_export(int argc, char **argv)
         fprintf(stderr, "kvscope trace: %s\n", err);
         return 1;
     }
-    if (kvs_trace_note(t)) fprintf(stderr, "kvscope trace: %s: %s\n", path, kvs_trace_note(t));
     FILE *out = stdout;
     if (out_path && strcmp(out_path, "-")) {
         out = fopen(out_path, "w");
@@ -168,9 +167,12 @@ static int cmd_export(int argc, char **argv)
     }
     enum kvs_status st = kvs_trace_export(t, fmt, from, to, out, err, sizeof err);
     int rc = 0;
+    /* one line either way: the recovery note only when the export worked, else just the error */
     if (st != KVS_OK) {
         fprintf(stderr, "kvscope trace export: %s\n", err);
         rc = 1;
+    } else if (kvs_trace_note(t)) {
+        fprintf(stderr, "kvscope trace: %s: %s\n", path, kvs_trace_note(t));
     }
     if (out != stdout) {
         if (fclose(out) != 0 && rc == 0) {
@@ -208,13 +210,14 @@ int kvs_cmd_trace_dump(const char *path, FILE *out)
         fprintf(stderr, "kvscope: %s\n", err);
         return 1;
     }
-    if (kvs_trace_note(t)) fprintf(stderr, "kvscope: %s: %s\n", path, kvs_trace_note(t));
     enum kvs_status st = kvs_trace_export(t, KVS_TRACE_FMT_JSONL, 0, UINT64_MAX, out, err, sizeof err);
-    kvs_trace_close(t);
     if (st != KVS_OK) {
         fprintf(stderr, "kvscope: %s\n", err);
+        kvs_trace_close(t);
         return 1;
     }
+    if (kvs_trace_note(t)) fprintf(stderr, "kvscope: %s: %s\n", path, kvs_trace_note(t));
+    kvs_trace_close(t);
     return 0;
 }
 

@@ -211,9 +211,13 @@ enum kvs_status kvs_model_load(struct kvs_model **out, const char *path, char *e
         st = KVS_ERR_UNSUPPORTED;
         goto fail;
     }
-    if (!kvs_gguf_get_str(&m->gguf, "general.name", m->name, sizeof m->name)) {
+    /* the name is shown in panels, traces and exports: keep the file's bytes on one visible line */
+    const struct kvs_gguf_kv *nm = kvs_gguf_find(&m->gguf, "general.name");
+    if (nm && nm->type == KVS_GGUF_STRING) {
+        kvs_escape(m->name, sizeof m->name, nm->v.str.ptr, (size_t)nm->v.str.len);
+    } else {
         const char *base = strrchr(path, '/');
-        snprintf(m->name, sizeof m->name, "%s", base ? base + 1 : path);
+        kvs_escape(m->name, sizeof m->name, base ? base + 1 : path, strlen(base ? base + 1 : path));
     }
     if (!get_u32(&L, "block_count", &hp->n_layer, true) || !get_u32(&L, "embedding_length", &hp->n_embd, true) ||
         !get_u32(&L, "feed_forward_length", &hp->n_ff, true) ||
