@@ -250,6 +250,15 @@ enum kvs_status kvs_model_load(struct kvs_model **out, const char *path, char *e
         }
     }
     hp->head_dim = hp->n_embd / hp->n_head;
+    /* head counts that divide the width but not the tensors would otherwise be blamed on a
+     * later key (rope.dimension_count, key_length): name them while the shapes say why */
+    const struct kvs_gguf_tensor *k0 = kvs_gguf_tensor(&m->gguf, "blk.0.attn_k.weight");
+    if (k0 && k0->n_dims == 2 && k0->ne[1] != (uint64_t)hp->n_head_kv * hp->head_dim) {
+        kvs_seterr(err, errlen, "%s: metadata %s.attention.head_count %u and head_count_kv %u give K/V rows of %u, "
+                   "but tensor blk.0.attn_k.weight has %llu", path, L.arch, hp->n_head, hp->n_head_kv,
+                   hp->n_head_kv * hp->head_dim, (unsigned long long)k0->ne[1]);
+        goto fail;
+    }
     uint32_t kl = 0;
     if (get_u32(&L, "attention.key_length", &kl, false) && kl != hp->head_dim) {
         kvs_seterr(err, errlen, "%s: metadata %s.attention.key_length: %u differs from embedding/heads %u (unsupported)",

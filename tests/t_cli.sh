@@ -93,8 +93,10 @@ assert len(d['tokens'])==d['generated_tokens']
             else ko "corrupt model ($2): exit $rc: $(head -c 400 "$T/err" | cat -v)"; fi
         }
         corrupt "metadata llama.block_count is 1 but the file holds tensor blk.1." "set-u32 llama.block_count 1"
-        corrupt "tensor blk.0.attn_k.weight: shape [576, 192] (2 dims), expected [576, 64]" \
+        corrupt "llama.attention.head_count 9 and head_count_kv 1 give K/V rows of 64, but tensor blk.0.attn_k.weight has 192" \
             "set-u32 llama.attention.head_count_kv 1"
+        corrupt "llama.attention.head_count 3 and head_count_kv 3 give K/V rows of 576, but tensor blk.0.attn_k.weight has 192" \
+            "set-u32 llama.attention.head_count 3"
         corrupt "after tensor 'blk.5.attn_q.weight': a tensor's type or shape does not match its data" \
             "tensor-type blk.5.attn_q.weight 2"
         corrupt "overlaps tensor 'blk.5.attn_q.weight' (F32, 1327104 bytes" "tensor-type blk.5.attn_q.weight 0"
