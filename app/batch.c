@@ -10,6 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ,"KEY":V with V in %.PRECg / %.3f, or null when V is not finite (a replayed trace can hold
+ * anything, and JSON has no NaN). */
+static void json_num(FILE *f, const char *key, double v, bool fixed3)
+{
+    if (!isfinite(v)) fprintf(f, ",\"%s\":null", key);
+    else if (fixed3) fprintf(f, ",\"%s\":%.3f", key, v);
+    else fprintf(f, ",\"%s\":%.6g", key, v);
+}
+
 int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end)
 {
     uint64_t n_records = 0, n_steps = 0, n_runs = 0;
@@ -76,9 +85,9 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
     }
     if (last_step && (last_step->u.step.valid & KVS_VALID_BYTES)) {
         const struct kvs_rec_step *s = &last_step->u.step;
-        fprintf(f, ",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":%.6g", s->n_ctx,
-                (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held, (unsigned long long)s->bytes_alloc,
-                (double)s->cr_achieved);
+        fprintf(f, ",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu", s->n_ctx,
+                (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held, (unsigned long long)s->bytes_alloc);
+        json_num(f, "cr_achieved", s->cr_achieved, false);
     }
     if (quality) {
         const struct kvs_rec_quality *q = &quality->u.quality;
@@ -86,10 +95,12 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
         if (isfinite(q->top1)) fprintf(f, ",\"top1\":%.6g", (double)q->top1);
         if (isfinite(q->ppl)) fprintf(f, ",\"ppl\":%.6g", (double)q->ppl);
     }
-    if (end)
-        fprintf(f, ",\"n_prompt\":%u,\"n_gen\":%u,\"prefill_tps\":%.3f,\"decode_tps\":%.3f,\"dropped_records\":%llu",
-                end->u.end.n_prompt, end->u.end.n_gen, (double)end->u.end.prefill_tps, (double)end->u.end.decode_tps,
-                (unsigned long long)end->u.end.dropped_records);
+    if (end) {
+        fprintf(f, ",\"n_prompt\":%u,\"n_gen\":%u", end->u.end.n_prompt, end->u.end.n_gen);
+        json_num(f, "prefill_tps", end->u.end.prefill_tps, true);
+        json_num(f, "decode_tps", end->u.end.decode_tps, true);
+        fprintf(f, ",\"dropped_records\":%llu", (unsigned long long)end->u.end.dropped_records);
+    }
     fprintf(f, ",\"complete\":%s,\"errors\":%d,\"text\":", end ? "true" : "false", errors);
     kvs_json_string(f, text ? text : "", text_len);
     fputs("}\n", f);

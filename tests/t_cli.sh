@@ -149,6 +149,14 @@ assert all(r[7]=='\\\\x1b]0;pwned\\\\x07\\\\n\\\\xff\\\\xc2\\\\x9b\"x,' for r in
         if clean "$T/out" && clean "$T/err" && grep -qF '\u001b]0;pwned\u0007\n\ufffd\u009b' "$T/out"; then ok
         else ko "$cmd with control bytes: $(grep -o 'pwned.\{0,40\}' "$T/out" | head -n 2 | cat -v) / $(cat -v "$T/err")"; fi
     done
+    # NaN rates in a trace's END record: replay --batch's summary says null, never nan
+    python3 tests/lib/kvstrace.py nan-end "$T/s.kvt" "$T/nan.kvt"
+    "$K" replay "$T/nan.kvt" --batch >"$T/out" 2>"$T/err"
+    if python3 -c "
+import json,sys
+rows=[json.loads(l, parse_constant=lambda c: sys.exit('bare '+c)) for l in open('$T/out')]
+assert rows[-1]['type']=='summary' and rows[-1]['decode_tps'] is None and rows[-1]['prefill_tps'] is None, rows[-1]
+"; then ok; else ko "replay --batch with NaN rates: $(tail -n 1 "$T/out" | cut -c 1-300)"; fi
 fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -124,10 +124,19 @@ POISON = b'\x1b]0;pwned\x07\n\xff\xc2\x9b"x,'
 def _main(argv):
     """kvstrace.py poison IN OUT: writes OUT, IN with control bytes, invalid UTF-8, a C1 control
     and CSV/JSON syntax in a metadata value, every STEP piece and every LOG text (lengths and CRCs
-    recomputed, footer kept)."""
-    if len(argv) != 3 or argv[0] != 'poison':
+    recomputed, footer kept).
+    kvstrace.py nan-end IN OUT: OUT is IN with NaN rates in every END record."""
+    if len(argv) != 3 or argv[0] not in ('poison', 'nan-end'):
         raise SystemExit(_main.__doc__)
     tr = Trace(open(argv[1], 'rb').read())
+    if argv[0] == 'nan-end':
+        for c in tr.chunks:
+            for r in records(c.raw):
+                if r[1] == REC_END and r[4] >= 32:  # u64 seq, u64 steps, 2 x u32, f32 prefill, f32 decode
+                    struct.pack_into('<ff', c.raw, r[3] + 24, float('nan'), float('nan'))
+        with open(argv[2], 'wb') as f:
+            f.write(tr.build())
+        return
     lines = tr.meta.split(b'\n')
     lines[0] += POISON.replace(b'\n', b'')
     tr.meta = bytearray(b'\n'.join(lines))
