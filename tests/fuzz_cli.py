@@ -402,7 +402,7 @@ def base_traces(a):
     the model is there, a real recording."""
     out = []
     tt = os.path.join(a.build, 'tests', 'test_traces')
-    for steps in (6, 40):
+    for steps in (6, 150):  # 150: two keyframes and an index chunk besides the footer
         p = os.path.join(a.work, 'base-sample-%d.kvt' % steps)
         if subprocess.run([tt, '--write-sample', p, str(steps)], capture_output=True).returncode == 0:
             out.append(p)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bounded fuzzing for `make test`: every libFuzzer target briefly (10 s each; KVS_FUZZ_SECONDS
 # overrides) through tests/fuzz.sh, then a fixed set of command-line cases from tests/fuzz_cli.py
-# (seed 1: 40 mutations of the real model, 60 mutated traces through info, export and replay;
+# (seed 1: 40 mutations of the real model, 40 mutated traces through info, export and replay;
 # KVS_FUZZ_CASES overrides), capped at 40 s. Prints "N passed, N failed" last.
 set -u
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ bash tests/fuzz.sh "$B" "${KVS_FUZZ_SECONDS:-10}" fuzz_gguf fuzz_trace 2>&1 | te
 count "$W/libfuzzer.log"
 if command -v python3 >/dev/null 2>&1; then
     n=${KVS_FUZZ_CASES:-}
-    for c in "gguf ${n:-40}" "trace ${n:-60}"; do
+    for c in "gguf ${n:-40}" "trace ${n:-40}"; do
         set -- $c
         python3 tests/fuzz_cli.py "$K" "$B" models/SmolLM2-135M-Instruct.Q4_1.gguf "$W/$1" --only "$1" --cases "$2" \
             --seconds 40 --seed 1 >"$W/cli-$1.log" 2>&1

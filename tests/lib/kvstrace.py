@@ -33,9 +33,10 @@ def crc32c(data, crc=0):
 
 
 class Chunk:
-    def __init__(self, hdr, raw):
+    def __init__(self, hdr, raw, orig=None):
         self.hdr = bytearray(hdr)   # 72 bytes as read; lengths and CRCs are rewritten on build
         self.raw = bytearray(raw)   # inflated payload
+        self.orig = orig            # file offset it was read from (None: made up)
 
     @property
     def type(self):
@@ -63,13 +64,42 @@ class Trace:
             comp, = struct.unpack_from('<I', hdr, 8)
             payload = b[off + CHUNK_HDR:off + CHUNK_HDR + comp]
             raw = zlib.decompress(payload) if hdr[5] == 1 else payload
-            self.chunks.append(Chunk(hdr, raw))
+            self.chunks.append(Chunk(hdr, raw, off))
             off += CHUNK_HDR + comp
         self.tail = b[off:]
 
     def build(self, keep_footer=True, level=6):
-        """Bytes of the trace with every length, CRC and stream recomputed. Without keep_footer the
-        footer chunk and trailer are left out (the reader then scans)."""
+        """Bytes of the trace with every length, CRC and stream recomputed, and the chunk offsets in
+        index and footer entries moved to where those chunks now are (entries naming no chunk are
+        left as they are). Without keep_footer the footer chunk and trailer are left out (the
+        reader then scans)."""
+        remap = {}
+        for _ in range(6):  # an index payload's size depends on the offsets it holds: iterate
+            data, now = self._emit(keep_footer, level, remap)
+            if now == remap:
+                break
+            remap = now
+        return data
+
+    @staticmethod
+    def _moved(c, remap):
+        if c.type not in (CH_INDEX, CH_FOOTER) or not remap:
+            return bytes(c.raw)
+        raw = bytearray(c.raw)
+        fixed = 20 if c.type == CH_INDEX else 52
+        if len(raw) < fixed:
+            return bytes(raw)
+        n, = struct.unpack_from('<I', raw, fixed - 4)
+        for i in range(n):
+            at = fixed + 40 * i
+            if at + 8 > len(raw):
+                break
+            off, = struct.unpack_from('<Q', raw, at)
+            if off in remap:
+                struct.pack_into('<Q', raw, at, remap[off])
+        return bytes(raw)
+
+    def _emit(self, keep_footer, level, remap):
         fixed = bytearray(self.fixed)
         hlen = HDR_FIXED + len(self.meta) + 4
         struct.pack_into('<I', fixed, 12, hlen)
@@ -77,13 +107,17 @@ class Trace:
         out = bytearray(fixed + self.meta)
         out += struct.pack('<I', crc32c(out))
         footer_at = None
+        now = {}
         for c in self.chunks:
             if c.type == CH_FOOTER and not keep_footer:
                 continue
-            payload = zlib.compress(bytes(c.raw), level) if c.codec == 1 else bytes(c.raw)
+            if c.orig is not None:
+                now.setdefault(c.orig, len(out))
+            raw = self._moved(c, remap)
+            payload = zlib.compress(raw, level) if c.codec == 1 else raw
             h = bytearray(c.hdr)
             struct.pack_into('<I', h, 0, SYNC)
-            struct.pack_into('<II', h, 8, len(payload), len(c.raw))
+            struct.pack_into('<II', h, 8, len(payload), len(raw))
             struct.pack_into('<I', h, 64, crc32c(payload))
             struct.pack_into('<I', h, 68, crc32c(h[:68]))
             if c.type == CH_FOOTER:
@@ -91,7 +125,7 @@ class Trace:
             out += h + payload
         if keep_footer and footer_at is not None:
             out += struct.pack('<Q', footer_at) + TRAILER_MAGIC
-        return bytes(out)
+        return bytes(out), now
 
 
 def records(raw):
