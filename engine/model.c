@@ -1,5 +1,7 @@
 /* Model loading: architecture and hyperparameters from GGUF metadata, weight views into the
- * mapping with their shapes checked against the hyperparameters. Depends on gguf, quant, tokenizer. */
+ * mapping with their shapes checked against the hyperparameters (and the tensors present against
+ * block_count), and every float value and block scale checked for NaN/Inf.
+ * Depends on gguf, quant, tokenizer. */
 #include "model.h"
 #include "quant.h"
 #include "record.h"
