@@ -299,79 +299,89 @@ def trace_mutate(tr, rng):
         kind = rng.choice(['meta_ctl', 'meta_line', 'piece_ctl', 'log_ctl', 'rec_byte', 'rec_u32', 'rec_len',
                            'rec_type', 'rec_dup', 'rec_drop', 'raw_cut', 'chunk_field', 'chunk_order',
                            'footer', 'header'])
-        labels.append(kind)
-        c = rng.choice(data) if data else None
-        recs = kvstrace.records(c.raw) if c else []
-        if kind == 'meta_ctl' and tr.meta:
-            lines = tr.meta.split(b'\n')
-            i = rng.randrange(max(len(lines) - 1, 1))
-            lines[i] += hostile(rng, rng.randrange(1, 12)).replace(b'\n', b'') or b'\x1b'
-            tr.meta = bytearray(b'\n'.join(lines))
-        elif kind == 'meta_line':
-            tr.meta += rng.choice([b'noequals\n', b'=v\n', b'k=' + b'x' * 300 + b'\n', b'\x1b[31m=red\x07\n',
-                                   b'k=v', b'\xff\xfe=\xc0\x80\n'])
-        elif kind in ('piece_ctl', 'log_ctl') and c:
-            want = kvstrace.REC_STEP if kind == 'piece_ctl' else kvstrace.REC_LOG
-            cand = [r for r in recs if r[1] == want and r[4] >= 25]
-            if cand:
-                c.raw = kvstrace.set_text(c.raw, rng.choice(cand), hostile(rng, rng.randrange(1, 40)))
-        elif kind == 'rec_byte' and recs:
-            r = rng.choice(recs)
-            if r[4]:
-                at = r[3] + rng.randrange(min(r[4], len(c.raw) - r[3]) or 1)
-                if at < len(c.raw):
-                    c.raw[at] = rng.choice([0, 0xff, 0x7f, 0x80, rng.randrange(256)])
-        elif kind == 'rec_u32' and recs:
-            r = rng.choice(recs)
-            if r[4] >= 4:
-                at = r[3] + 4 * rng.randrange(r[4] // 4)
-                if at + 4 <= len(c.raw):
-                    struct.pack_into('<I', c.raw, at, rng.choice([0, 1, 0xffffffff, 0x7fffffff, 65536, 4097,
-                                                                  rng.randrange(2 ** 32)]))
-        elif kind == 'rec_len' and recs:
-            r = rng.choice(recs)
-            struct.pack_into('<I', c.raw, r[0] + 4, rng.choice([0, max(r[4] - 1, 0), r[4] + 1, 0xffffffff,
-                                                                 rng.randrange(2 ** 16)]))
-        elif kind == 'rec_type' and recs:
-            r = rng.choice(recs)
-            struct.pack_into('<H', c.raw, r[0], rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 99, 0xffff]))
-        elif kind == 'rec_dup' and recs:
-            r = rng.choice(recs)
-            c.raw = c.raw[:r[0]] + c.raw[r[0]:r[3] + r[4]] + c.raw[r[0]:]
-        elif kind == 'rec_drop' and recs:
-            r = rng.choice(recs)
-            c.raw = c.raw[:r[0]] + c.raw[r[3] + r[4]:]
-        elif kind == 'raw_cut' and c and c.raw:
-            c.raw = c.raw[:rng.randrange(len(c.raw))]
-        elif kind == 'chunk_field' and tr.chunks:
-            h = rng.choice(tr.chunks).hdr
-            off, fmt = rng.choice([(4, '<B'), (5, '<B'), (6, '<H'), (16, '<Q'), (24, '<Q'), (32, '<Q'), (40, '<Q'),
-                                   (48, '<I'), (52, '<I'), (56, '<I'), (60, '<I')])
-            bits = struct.calcsize(fmt) * 8
-            struct.pack_into(fmt, h, off, rng.choice([0, 1, 2, 3, 4, 5, 2 ** bits - 1, rng.randrange(2 ** bits)]))
-        elif kind == 'chunk_order' and len(tr.chunks) > 1:
-            i, j = rng.randrange(len(tr.chunks)), rng.randrange(len(tr.chunks))
-            op = rng.choice(['swap', 'dup', 'drop'])
-            if op == 'swap':
-                tr.chunks[i], tr.chunks[j] = tr.chunks[j], tr.chunks[i]
-            elif op == 'dup':
-                tr.chunks.insert(j, kvstrace.Chunk(tr.chunks[i].hdr, tr.chunks[i].raw))
-            else:
-                del tr.chunks[i]
-        elif kind == 'footer':
-            f = [x for x in tr.chunks if x.type in (kvstrace.CH_FOOTER, kvstrace.CH_INDEX)]
-            if f:
-                x = rng.choice(f)
-                if len(x.raw) >= 8:
-                    at = 8 * rng.randrange(len(x.raw) // 8)
-                    struct.pack_into('<Q', x.raw, at, rng.choice([0, 1, 2 ** 63, 2 ** 64 - 1, rng.randrange(2 ** 20)]))
-        elif kind == 'header':
-            off, fmt = rng.choice([(8, '<B'), (9, '<B'), (16, '<Q'), (24, '<Q'), (32, '<I'), (36, '<I'), (56, '<I')])
-            bits = struct.calcsize(fmt) * 8
-            struct.pack_into(fmt, tr.fixed, off, rng.choice([0, 1, 2, 2 ** bits - 1, rng.randrange(2 ** bits)]))
+        try:
+            mutate_one(tr, rng, kind, data)
+            labels.append(kind)
+        except (IndexError, struct.error):
+            labels.append('skipped')  # a mutation that no longer fits what earlier ones left
     keep = rng.random() < 0.6
     cut = rng.random() < 0.1
     return labels, keep, cut
+
+
+def mutate_one(tr, rng, kind, data):
+    """Applies one mutation KIND to trace TR in place (DATA: its data and keyframe chunks)."""
+    c = rng.choice(data) if data else None
+    recs = kvstrace.records(c.raw) if c else []
+    # records() stops at a framing an earlier mutation broke; keep only whole bodies
+    recs = [r for r in recs if r[3] + r[4] <= len(c.raw)] if c else []
+    if kind == 'meta_ctl' and tr.meta:
+        lines = tr.meta.split(b'\n')
+        i = rng.randrange(max(len(lines) - 1, 1))
+        lines[i] += hostile(rng, rng.randrange(1, 12)).replace(b'\n', b'') or b'\x1b'
+        tr.meta = bytearray(b'\n'.join(lines))
+    elif kind == 'meta_line':
+        tr.meta += rng.choice([b'noequals\n', b'=v\n', b'k=' + b'x' * 300 + b'\n', b'\x1b[31m=red\x07\n',
+                               b'k=v', b'\xff\xfe=\xc0\x80\n'])
+    elif kind in ('piece_ctl', 'log_ctl') and c:
+        want = kvstrace.REC_STEP if kind == 'piece_ctl' else kvstrace.REC_LOG
+        cand = [r for r in recs if r[1] == want and r[4] >= 25]
+        if cand:
+            c.raw = kvstrace.set_text(c.raw, rng.choice(cand), hostile(rng, rng.randrange(1, 40)))
+    elif kind == 'rec_byte' and recs:
+        r = rng.choice(recs)
+        if r[4]:
+            at = r[3] + rng.randrange(min(r[4], len(c.raw) - r[3]) or 1)
+            if at < len(c.raw):
+                c.raw[at] = rng.choice([0, 0xff, 0x7f, 0x80, rng.randrange(256)])
+    elif kind == 'rec_u32' and recs:
+        r = rng.choice(recs)
+        if r[4] >= 4:
+            at = r[3] + 4 * rng.randrange(r[4] // 4)
+            if at + 4 <= len(c.raw):
+                struct.pack_into('<I', c.raw, at, rng.choice([0, 1, 0xffffffff, 0x7fffffff, 65536, 4097,
+                                                              rng.randrange(2 ** 32)]))
+    elif kind == 'rec_len' and recs:
+        r = rng.choice(recs)
+        struct.pack_into('<I', c.raw, r[0] + 4, rng.choice([0, max(r[4] - 1, 0), r[4] + 1, 0xffffffff,
+                                                             rng.randrange(2 ** 16)]))
+    elif kind == 'rec_type' and recs:
+        r = rng.choice(recs)
+        struct.pack_into('<H', c.raw, r[0], rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 99, 0xffff]))
+    elif kind == 'rec_dup' and recs:
+        r = rng.choice(recs)
+        c.raw = c.raw[:r[0]] + c.raw[r[0]:r[3] + r[4]] + c.raw[r[0]:]
+    elif kind == 'rec_drop' and recs:
+        r = rng.choice(recs)
+        c.raw = c.raw[:r[0]] + c.raw[r[3] + r[4]:]
+    elif kind == 'raw_cut' and c and c.raw:
+        c.raw = c.raw[:rng.randrange(len(c.raw))]
+    elif kind == 'chunk_field' and tr.chunks:
+        h = rng.choice(tr.chunks).hdr
+        off, fmt = rng.choice([(4, '<B'), (5, '<B'), (6, '<H'), (16, '<Q'), (24, '<Q'), (32, '<Q'), (40, '<Q'),
+                               (48, '<I'), (52, '<I'), (56, '<I'), (60, '<I')])
+        bits = struct.calcsize(fmt) * 8
+        struct.pack_into(fmt, h, off, rng.choice([0, 1, 2, 3, 4, 5, 2 ** bits - 1, rng.randrange(2 ** bits)]))
+    elif kind == 'chunk_order' and len(tr.chunks) > 1:
+        i, j = rng.randrange(len(tr.chunks)), rng.randrange(len(tr.chunks))
+        op = rng.choice(['swap', 'dup', 'drop'])
+        if op == 'swap':
+            tr.chunks[i], tr.chunks[j] = tr.chunks[j], tr.chunks[i]
+        elif op == 'dup':
+            tr.chunks.insert(j, kvstrace.Chunk(tr.chunks[i].hdr, tr.chunks[i].raw))
+        else:
+            del tr.chunks[i]
+    elif kind == 'footer':
+        f = [x for x in tr.chunks if x.type in (kvstrace.CH_FOOTER, kvstrace.CH_INDEX)]
+        if f:
+            x = rng.choice(f)
+            if len(x.raw) >= 8:
+                at = 8 * rng.randrange(len(x.raw) // 8)
+                struct.pack_into('<Q', x.raw, at, rng.choice([0, 1, 2 ** 63, 2 ** 64 - 1, rng.randrange(2 ** 20)]))
+    elif kind == 'header':
+        off, fmt = rng.choice([(8, '<B'), (9, '<B'), (16, '<Q'), (24, '<Q'), (32, '<I'), (36, '<I'), (56, '<I')])
+        bits = struct.calcsize(fmt) * 8
+        struct.pack_into(fmt, tr.fixed, off, rng.choice([0, 1, 2, 2 ** bits - 1, rng.randrange(2 ** bits)]))
 
 
 def check_csv(out):

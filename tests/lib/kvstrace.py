@@ -145,6 +145,8 @@ def set_text(raw, rec, text):
     the record's body length. Returns the new payload."""
     p, t, fl, body, n = rec
     at = body + (32 if t == REC_STEP else 12)  # u64 seq; then STEP: u64 step, 4 x u32; LOG: u32 level
+    if at >= len(raw) or at + 1 + raw[at] > len(raw):
+        return raw  # a record an earlier mutation cut short: leave it
     old = raw[at]
     text = text[:255]
     new = raw[:at] + bytes([len(text)]) + text + raw[at + 1 + old:]
