@@ -59,7 +59,9 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
             if (r->u.log.level >= 2) {
                 /* also on stderr: a script reading only the exit status and stderr learns why */
                 errors++;
-                fprintf(stderr, "kvscope: %.*s\n", (int)strnlen(r->u.log.text, sizeof r->u.log.text), r->u.log.text);
+                char msg[4 * sizeof r->u.log.text + 1];
+                kvs_escape(msg, sizeof msg, r->u.log.text, strnlen(r->u.log.text, sizeof r->u.log.text));
+                fprintf(stderr, "kvscope: %s\n", msg);
             }
             kvs_record_unref(r);
             break;

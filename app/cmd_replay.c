@@ -224,11 +224,13 @@ int kvs_cmd_replay(int argc, char **argv)
     const char *note = rd.note(rd.ctx);
     int rc;
     if (!tui) {
-        if (note) kvs_die_msg("replay: %s: %s", file, note);
         rc = kvs_batch_print(stdout, batch_next, &rd, false);
+        /* one line on stderr: the error, or else the recovery note */
         if (rd.error(rd.ctx)) {
             kvs_die_msg("replay: %s", rd.error(rd.ctx));
             rc = 1;
+        } else if (note) {
+            kvs_die_msg("replay: %s: %s", file, note);
         }
     } else {
         rd.log_errors(rd.ctx, true);

@@ -52,8 +52,14 @@ static int cmd_info(const char *path)
     if (gmtime_r(&secs, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm);
     printf("recorded    %s (%s clock, %u ns per tick)\n", when, in->clock_id == 1 ? "monotonic" : "unknown",
            in->tick_ns);
-    for (size_t i = 0; i < kvs_trace_meta_count(t); i++)
-        printf("%-12s%s=%s\n", i ? "" : "metadata", kvs_trace_meta_key(t, i), kvs_trace_meta_value(t, i));
+    for (size_t i = 0; i < kvs_trace_meta_count(t); i++) {
+        /* the metadata is the file's text: escape it so each pair stays one terminal-safe line */
+        const char *mk = kvs_trace_meta_key(t, i), *mv = kvs_trace_meta_value(t, i);
+        char ek[512], ev[2048];
+        kvs_escape(ek, sizeof ek, mk, strlen(mk));
+        kvs_escape(ev, sizeof ev, mv, strlen(mv));
+        printf("%-12s%s=%s\n", i ? "" : "metadata", ek, ev);
+    }
     printf("steps       %llu (%llu records", (unsigned long long)in->n_steps, (unsigned long long)in->n_records);
     if (in->tok_hi > in->tok_lo) printf("; tokens %u..%u", in->tok_lo, in->tok_hi - 1);
     printf(")\n");
@@ -157,7 +163,6 @@ static int cmd_export(int argc, char **argv)
         fprintf(stderr, "kvscope trace: %s\n", err);
         return 1;
     }
-    if (kvs_trace_note(t)) fprintf(stderr, "kvscope trace: %s: %s\n", path, kvs_trace_note(t));
     FILE *out = stdout;
     char tmp[PATH_MAX + 16];
     if (to_file) {
@@ -183,9 +188,12 @@ static int cmd_export(int argc, char **argv)
     }
     enum kvs_status st = kvs_trace_export(t, fmt, from, to, out, err, sizeof err);
     int rc = 0;
+    /* one line either way: the recovery note only when the export worked, else just the error */
     if (st != KVS_OK) {
         fprintf(stderr, "kvscope trace export: %s%s%s\n", err, to_file ? "; not written: " : "", to_file ? out_path : "");
         rc = 1;
+    } else if (kvs_trace_note(t)) {
+        fprintf(stderr, "kvscope trace: %s: %s\n", path, kvs_trace_note(t));
     }
     if (to_file) {
         bool werr = ferror(out) != 0;
@@ -235,13 +243,14 @@ int kvs_cmd_trace_dump(const char *path, FILE *out)
         fprintf(stderr, "kvscope: %s\n", err);
         return 1;
     }
-    if (kvs_trace_note(t)) fprintf(stderr, "kvscope: %s: %s\n", path, kvs_trace_note(t));
     enum kvs_status st = kvs_trace_export(t, KVS_TRACE_FMT_JSONL, 0, UINT64_MAX, out, err, sizeof err);
-    kvs_trace_close(t);
     if (st != KVS_OK) {
         fprintf(stderr, "kvscope: %s\n", err);
+        kvs_trace_close(t);
         return 1;
     }
+    if (kvs_trace_note(t)) fprintf(stderr, "kvscope: %s: %s\n", path, kvs_trace_note(t));
+    kvs_trace_close(t);
     return 0;
 }
 

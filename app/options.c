@@ -1,5 +1,6 @@
 /* Option parsing helpers (see options.h). */
 #include "options.h"
+#include "kvs.h"
 
 #include "press.h"
 
@@ -15,12 +16,14 @@
 
 void kvs_die_msg(const char *fmt, ...)
 {
+    /* messages quote paths, options and file contents: escape them so the line stays one line */
+    char msg[2048], out[4096];
     va_list ap;
     va_start(ap, fmt);
-    fputs("kvscope: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    kvs_escape(out, sizeof out, msg, strlen(msg));
+    fprintf(stderr, "kvscope: %s\n", out);
 }
 
 bool kvs_opt_int(const char *opt, const char *val, long lo, long hi, long *out)

@@ -1,6 +1,7 @@
 /* GGUF v2/v3 reader. The file is untrusted: every count, length, offset and size is checked with
  * overflow-safe arithmetic against the bytes that are really there before it is used, so a bad or
- * truncated file fails with "FILE: offset N: what was wrong" and never reads out of bounds.
+ * truncated file fails with "FILE: offset N: what was wrong" and never reads out of bounds; the
+ * tensors' data must tile the data section, so overlapping or retyped tensors are refused.
  * Depends on libc, POSIX mmap and engine/quant.h (block sizes); never prints. */
 #include "gguf.h"
 
@@ -79,9 +80,7 @@ static enum kvs_status ferr(struct kvs_gguf *g, enum kvs_status st, uint64_t off
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    /* keys and tensor names come from the file: keep the message on one printable line */
-    for (char *c = msg; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+    /* keys and tensor names come from the file: kvs_seterr escapes them onto one printable line */
     kvs_seterr(g->err, sizeof g->err, "%s: offset %llu: %s", g->path, (unsigned long long)off, msg);
     return st;
 }
@@ -313,6 +312,57 @@ static enum kvs_status parse_tensor(struct rd *r, struct kvs_gguf_tensor *t)
     return KVS_OK;
 }
 
+static int cmp_by_offset(const void *a, const void *b)
+{
+    const struct kvs_gguf_tensor *x = *(const struct kvs_gguf_tensor *const *)a,
+                                 *y = *(const struct kvs_gguf_tensor *const *)b;
+    if (x->offset != y->offset) return x->offset < y->offset ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* Tensor data must tile the data section: sorted by offset, each tensor starts where the one
+ * before it ends (rounded up to the alignment) and the file ends within one alignment of the last.
+ * An overlap means two tensors share bytes; a gap or a tail means a descriptor's type or shape
+ * no longer matches the bytes written for it. Both would otherwise run silently to garbage. */
+static enum kvs_status check_layout(struct kvs_gguf *g)
+{
+    if (g->n_tensors == 0) return KVS_OK;
+    const struct kvs_gguf_tensor **by = malloc(g->n_tensors * sizeof *by);
+    if (!by) return ferr(g, KVS_ERR_NOMEM, g->data_offset, "out of memory sorting %llu tensors",
+                         (unsigned long long)g->n_tensors);
+    for (uint64_t i = 0; i < g->n_tensors; i++) by[i] = &g->tensors[i];
+    qsort(by, g->n_tensors, sizeof *by, cmp_by_offset);
+    enum kvs_status st = KVS_OK;
+    uint64_t expect = 0; /* data offset where the next tensor should start */
+    const struct kvs_gguf_tensor *prev = NULL;
+    for (uint64_t i = 0; i < g->n_tensors && !st; i++) {
+        const struct kvs_gguf_tensor *t = by[i];
+        /* offsets and sizes were checked against the file size: no overflow below */
+        if (prev && t->offset < prev->offset + prev->nbytes)
+            st = ferr(g, KVS_ERR_FORMAT, g->data_offset + t->offset,
+                      "tensor '%s' (%s, data offset %llu) overlaps tensor '%s' (%s, %llu bytes at data offset %llu)",
+                      t->name, kvs_ggml_type_name(t->type), (unsigned long long)t->offset, prev->name,
+                      kvs_ggml_type_name(prev->type), (unsigned long long)prev->nbytes,
+                      (unsigned long long)prev->offset);
+        else if (t->offset != expect)
+            st = ferr(g, KVS_ERR_FORMAT, g->data_offset + expect,
+                      "%llu unused bytes before tensor '%s' (%s, data offset %llu)%s%s%s: a tensor's type or shape "
+                      "does not match its data", (unsigned long long)(t->offset - expect), t->name,
+                      kvs_ggml_type_name(t->type), (unsigned long long)t->offset, prev ? " after tensor '" : "",
+                      prev ? prev->name : "", prev ? "'" : "");
+        expect = (t->offset + t->nbytes + g->alignment - 1) / g->alignment * g->alignment;
+        prev = t;
+    }
+    uint64_t end = g->data_offset + prev->offset + prev->nbytes;
+    if (!st && g->size - end >= g->alignment)
+        st = ferr(g, KVS_ERR_FORMAT, end,
+                  "%llu bytes after the last tensor '%s' (%s, %llu bytes at data offset %llu): a tensor's type or "
+                  "shape does not match its data", (unsigned long long)(g->size - end), prev->name,
+                  kvs_ggml_type_name(prev->type), (unsigned long long)prev->nbytes, (unsigned long long)prev->offset);
+    free(by);
+    return st;
+}
+
 static enum kvs_status parse(struct kvs_gguf *g)
 {
     struct rd r = {g, g->map, g->size, 0};
@@ -413,6 +463,7 @@ static enum kvs_status parse(struct kvs_gguf *g)
         }
         t->data = (const uint8_t *)g->map + start;
     }
+    if ((st = check_layout(g))) goto out;
     st = KVS_OK;
 out:
     free(names);

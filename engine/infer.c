@@ -427,6 +427,17 @@ static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int 
         TRY(kvs_backend_matmul(c->be, ow, c->xn, c->logits, 1));
     }
     ctr_add(c, KVS_OP_LOGITS, t0, (uint64_t)m->output.rows * m->output.row_bytes, 2ull * nt * V * D);
+    /* a corrupt model (NaN/Inf weights, bytes that do not match their type) must stop here with its
+     * name, not run on to empty or <unk> text */
+    int64_t bad = 0;
+    for (int64_t i = 0; i < V; i++) bad += !isfinite(c->logits[i]);
+    if (bad) {
+        kvs_seterr(c->err, sizeof c->err,
+                   "%s: the forward pass gave %lld non-finite logits of %lld at position %d: the model's weights "
+                   "hold NaN or Inf, or do not match their declared types", m->gguf.path, (long long)bad,
+                   (long long)V, c->n_past - 1);
+        return KVS_ERR_FORMAT;
+    }
     return KVS_OK;
 #undef TRY
 press_fail:

@@ -1,5 +1,7 @@
 /* Model loading: architecture and hyperparameters from GGUF metadata, weight views into the
- * mapping with their shapes checked against the hyperparameters. Depends on gguf, quant, tokenizer. */
+ * mapping with their shapes checked against the hyperparameters (and the tensors present against
+ * block_count), and every float value and block scale checked for NaN/Inf.
+ * Depends on gguf, quant, tokenizer. */
 #include "model.h"
 #include "quant.h"
 #include "record.h"
@@ -103,6 +105,57 @@ static bool bind_vec(struct loader *L, const float **out, const char *name, int6
     return true;
 }
 
+/* Byte offsets of the fp16 scale fields inside one block of TYPE (up to 2; -1 ends the list). */
+static void scale_fields(uint32_t type, int f[2])
+{
+    f[0] = f[1] = -1;
+    switch (type) {
+    case KVS_GGML_Q4_0: case KVS_GGML_Q5_0: case KVS_GGML_Q8_0: f[0] = 0; break;
+    case KVS_GGML_Q4_1: case KVS_GGML_Q5_1: case KVS_GGML_Q4_K: case KVS_GGML_Q5_K: f[0] = 0; f[1] = 2; break;
+    case KVS_GGML_Q6_K: f[0] = 208; break;
+    }
+}
+
+/* Looks for NaN or Inf in a tensor: every value of F32/F16/BF16 tensors, every block scale of the
+ * quantized ones (one pass over the mapping, which the first forward pass reads anyway). A NaN
+ * there can vanish into an int8 activation scale or a fp16 cache and give finite garbage, so it is
+ * refused at load with the tensor's name and the file offset. */
+static bool check_finite(struct loader *L, const struct kvs_gguf_tensor *t)
+{
+    const uint8_t *p = t->data;
+    uint64_t bad = UINT64_MAX, at = 0;
+    if (t->type == KVS_GGML_F32) {
+        for (uint64_t i = 0; i + 4 <= t->nbytes && bad == UINT64_MAX; i += 4) {
+            uint32_t u;
+            memcpy(&u, p + i, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) bad = i / 4, at = i;
+        }
+    } else if (t->type == KVS_GGML_F16 || t->type == KVS_GGML_BF16) {
+        uint16_t mask = t->type == KVS_GGML_F16 ? 0x7c00 : 0x7f80;
+        for (uint64_t i = 0; i + 2 <= t->nbytes && bad == UINT64_MAX; i += 2) {
+            uint16_t h;
+            memcpy(&h, p + i, 2);
+            if ((h & mask) == mask) bad = i / 2, at = i;
+        }
+    } else {
+        int f[2];
+        scale_fields(t->type, f);
+        uint32_t bb = kvs_type_block_bytes(t->type);
+        for (uint64_t i = 0; bb && f[0] >= 0 && i + bb <= t->nbytes && bad == UINT64_MAX; i += bb)
+            for (int k = 0; k < 2 && f[k] >= 0; k++) {
+                uint16_t h;
+                memcpy(&h, p + i + (uint64_t)f[k], 2);
+                if ((h & 0x7c00) == 0x7c00) { bad = i / bb; at = i + (uint64_t)f[k]; break; }
+            }
+    }
+    if (bad == UINT64_MAX) return true;
+    bool scale = t->type != KVS_GGML_F32 && t->type != KVS_GGML_F16 && t->type != KVS_GGML_BF16;
+    kvs_seterr(L->err, L->errlen, "%s: offset %llu: tensor %s (%s): %s %llu is NaN or Inf", L->m->gguf.path,
+               (unsigned long long)((const uint8_t *)t->data - (const uint8_t *)L->m->gguf.map + at), t->name,
+               kvs_ggml_type_name(t->type), scale ? "the scale of block" : "element", (unsigned long long)bad);
+    return false;
+}
+
 static bool load_rope_scaling(struct loader *L)
 {
     struct kvs_hparams *hp = &L->m->hp;
@@ -160,9 +213,13 @@ enum kvs_status kvs_model_load(struct kvs_model **out, const char *path, char *e
         st = KVS_ERR_UNSUPPORTED;
         goto fail;
     }
-    if (!kvs_gguf_get_str(&m->gguf, "general.name", m->name, sizeof m->name)) {
+    /* the name is shown in panels, traces and exports: keep the file's bytes on one visible line */
+    const struct kvs_gguf_kv *nm = kvs_gguf_find(&m->gguf, "general.name");
+    if (nm && nm->type == KVS_GGUF_STRING) {
+        kvs_escape(m->name, sizeof m->name, nm->v.str.ptr, (size_t)nm->v.str.len);
+    } else {
         const char *base = strrchr(path, '/');
-        snprintf(m->name, sizeof m->name, "%s", base ? base + 1 : path);
+        kvs_escape(m->name, sizeof m->name, base ? base + 1 : path, strlen(base ? base + 1 : path));
     }
     if (!get_u32(&L, "block_count", &hp->n_layer, true) || !get_u32(&L, "embedding_length", &hp->n_embd, true) ||
         !get_u32(&L, "feed_forward_length", &hp->n_ff, true) ||
@@ -183,7 +240,27 @@ enum kvs_status kvs_model_load(struct kvs_model **out, const char *path, char *e
                    path, L.arch, bad, hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, KVS_MAX_LAYERS);
         goto fail;
     }
+    /* a block_count smaller than the layers present would silently run a truncated model */
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
+        const char *tn = m->gguf.tensors[i].name;
+        if (strncmp(tn, "blk.", 4) != 0 || tn[4] < '0' || tn[4] > '9') continue;
+        unsigned long long li = strtoull(tn + 4, NULL, 10);
+        if (li >= hp->n_layer) {
+            kvs_seterr(err, errlen, "%s: metadata %s.block_count is %u but the file holds tensor %s of layer %llu",
+                       path, L.arch, hp->n_layer, tn, li);
+            goto fail;
+        }
+    }
     hp->head_dim = hp->n_embd / hp->n_head;
+    /* head counts that divide the width but not the tensors would otherwise be blamed on a
+     * later key (rope.dimension_count, key_length): name them while the shapes say why */
+    const struct kvs_gguf_tensor *k0 = kvs_gguf_tensor(&m->gguf, "blk.0.attn_k.weight");
+    if (k0 && k0->n_dims == 2 && k0->ne[1] != (uint64_t)hp->n_head_kv * hp->head_dim) {
+        kvs_seterr(err, errlen, "%s: metadata %s.attention.head_count %u and head_count_kv %u give K/V rows of %u, "
+                   "but tensor blk.0.attn_k.weight has %llu", path, L.arch, hp->n_head, hp->n_head_kv,
+                   hp->n_head_kv * hp->head_dim, (unsigned long long)k0->ne[1]);
+        goto fail;
+    }
     uint32_t kl = 0;
     if (get_u32(&L, "attention.key_length", &kl, false) && kl != hp->head_dim) {
         kvs_seterr(err, errlen, "%s: metadata %s.attention.key_length: %u differs from embedding/heads %u (unsupported)",
@@ -256,6 +333,8 @@ enum kvs_status kvs_model_load(struct kvs_model **out, const char *path, char *e
     const float *rf = NULL;
     if (!bind_vec(&L, &rf, "rope_freqs.weight", hp->head_dim / 2, true, &m->f32_buf, &conv_used)) goto fail;
     hp->rope_factors = rf;
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++)
+        if (!check_finite(&L, &m->gguf.tensors[i])) goto fail;
     *out = m;
     return KVS_OK;
 fail:

@@ -467,8 +467,10 @@ static void prep_q8a(const float *x, struct kvs_q8a *a, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += QK32) {
         float amax = 0;
-        for (int j = 0; j < QK32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        bool nan = false; /* fmaxf drops NaN: note it so the dot products carry it on */
+        for (int j = 0; j < QK32; j++) amax = fmaxf(amax, fabsf(x[j])), nan |= x[j] != x[j];
         float d = amax / 127.0f, id = d != 0 ? 127.0f / amax : 0;
+        if (nan) d = NAN;
         int sum = 0;
         for (int j = 0; j < QK32; j++) {
             int v = clampi(rnd(x[j] * id), -127, 127);
@@ -484,7 +486,8 @@ static void prep_q8k(const float *x, struct kvs_q8k *a, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += QKK) {
         float amax = 0;
-        for (int j = 0; j < QKK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        bool nan = false;
+        for (int j = 0; j < QKK; j++) amax = fmaxf(amax, fabsf(x[j])), nan |= x[j] != x[j];
         float d = amax / 127.0f, id = d != 0 ? 127.0f / amax : 0;
         for (int g = 0; g < QKK / 16; g++) {
             int sum = 0;
@@ -495,7 +498,7 @@ static void prep_q8k(const float *x, struct kvs_q8k *a, int64_t nb)
             }
             a[i].bsums[g] = (int16_t)sum;
         }
-        a[i].d = d;
+        a[i].d = nan ? NAN : d;
     }
 }
 

@@ -7,6 +7,7 @@
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
+#include <math.h>
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define KVS_VNNI 1
@@ -257,6 +258,18 @@ static inline int hsum8i(__m256i v)
     return _mm_cvtsi128_si32(s);
 }
 
+/* max_ps drops a NaN operand, so a NaN activation would vanish into a finite scale: look for one
+ * separately and let the block's scale carry it (NaN in, NaN out, as the scalar path). */
+static inline bool has_nan(const float *x, int n)
+{
+    __m256 u = _mm256_setzero_ps();
+    for (int k = 0; k < n; k += 8) {
+        __m256 v = _mm256_loadu_ps(x + k);
+        u = _mm256_or_ps(u, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    return _mm256_movemask_ps(u) != 0;
+}
+
 /* 32 floats scaled by ID to 32 int8 (in order) at DST; the int32 values go to Q[4]. */
 static inline void round32(const float *x, __m256 id, int8_t *dst, __m256i q[4])
 {
@@ -280,6 +293,7 @@ bool kvs_simd_prepare(uint32_t atype, const float *x, void *dst, int64_t nb)
                                      _mm256_max_ps(absf(_mm256_loadu_ps(x + 16)), absf(_mm256_loadu_ps(x + 24))));
             float amax = hmax8(m);
             float d = amax / 127.0f, id = d != 0 ? 127.0f / amax : 0;
+            if (has_nan(x, QK32)) d = NAN;
             round32(x, _mm256_set1_ps(id), a[i].qs, q);
             int sum = hsum8i(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
             a[i].d = d;
@@ -300,7 +314,7 @@ bool kvs_simd_prepare(uint32_t atype, const float *x, void *dst, int64_t nb)
                 a[i].bsums[2 * c] = (int16_t)hsum8i(_mm256_add_epi32(q[0], q[1]));
                 a[i].bsums[2 * c + 1] = (int16_t)hsum8i(_mm256_add_epi32(q[2], q[3]));
             }
-            a[i].d = d;
+            a[i].d = has_nan(x, QKK) ? NAN : d;
         }
         return true;
     }

@@ -3,8 +3,11 @@
 # (-fsanitize=fuzzer,address,undefined) from the engine/traces sources the target names in its
 # "fuzz-sources:" header line (never the gcc-built libraries), seeds its corpus with the command
 # in its "fuzz-seeds:" line ($BUILD and $SEEDS are set), runs each for SECONDS and fails on any
-# crash, leak, sanitizer report or timeout. Prints one line per target and "N passed, N failed".
-#   tests/fuzz.sh BUILD SECONDS [TARGET...]      e.g. tests/fuzz.sh build 60 fuzz_gguf
+# crash, leak, sanitizer report or timeout. Then the command-line corpora of tests/fuzz_cli.py
+# (mutations of the real model and of traces, run through $BUILD/kvscope) for SECONDS each,
+# keeping every case under $BUILD/fuzz/corpus/cli (FUZZ_SEED picks the seed, default 1).
+# Prints one line per target and "N passed, N failed".
+#   tests/fuzz.sh BUILD SECONDS [TARGET...]      e.g. tests/fuzz.sh build 60 fuzz_gguf fuzz_cli
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -15,26 +18,43 @@ OUT=$BUILD/fuzz
 mkdir -p "$OUT"
 passed=0; failed=0
 
-if ! command -v "$CLANG" >/dev/null 2>&1; then
-    echo "skipped: $CLANG not found (fuzzing needs clang with libFuzzer)"
-    echo "0 passed, 0 failed"
-    exit 0
-fi
-probe=$OUT/.probe
-printf '#include <stdint.h>\n#include <stddef.h>\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n' >"$probe.c"
-if ! "$CLANG" -fsanitize=fuzzer "$probe.c" -o "$probe" 2>/dev/null; then
-    echo "skipped: $CLANG cannot link -fsanitize=fuzzer (libFuzzer runtime missing)"
-    echo "0 passed, 0 failed"
-    exit 0
-fi
-rm -f "$probe" "$probe.c"
-
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     for f in tests/fuzz_*.c; do [ -f "$f" ] && targets+=("$(basename "$f" .c)"); done
+    targets+=(fuzz_cli)
+fi
+libfuzzer=yes
+if ! command -v "$CLANG" >/dev/null 2>&1; then
+    echo "skipped: $CLANG not found (libFuzzer targets need clang with libFuzzer)"
+    libfuzzer=no
+else
+    probe=$OUT/.probe
+    printf '#include <stdint.h>\n#include <stddef.h>\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n' >"$probe.c"
+    if ! "$CLANG" -fsanitize=fuzzer "$probe.c" -o "$probe" 2>/dev/null; then
+        echo "skipped: $CLANG cannot link -fsanitize=fuzzer (libFuzzer runtime missing)"
+        libfuzzer=no
+    fi
+    rm -f "$probe" "$probe.c"
 fi
 
 for name in "${targets[@]}"; do
+    if [ "$name" = fuzz_cli ]; then
+        # command-line corpora: no clang needed, only python3 and the built kvscope
+        if ! command -v python3 >/dev/null 2>&1; then echo "fuzz_cli: skipped (python3 not found)"; continue; fi
+        mkdir -p "$OUT/corpus/cli" "$OUT/cli-work"
+        if python3 tests/fuzz_cli.py "$BUILD/kvscope" "$BUILD" "${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}" \
+                "$OUT/cli-work" --cases 100000000 --seconds "$SECONDS_EACH" --seed "${FUZZ_SEED:-1}" \
+                --corpus "$OUT/corpus/cli" --real-trace >"$OUT/fuzz_cli.log" 2>&1; then
+            passed=$((passed + 1))
+        else
+            failed=$((failed + 1))
+        fi
+        grep -v ' passed, .* failed$' "$OUT/fuzz_cli.log"
+        echo "fuzz_cli: corpus $OUT/corpus/cli: $(ls "$OUT/corpus/cli" | grep -c '^gguf-') GGUF cases" \
+             "($(du -sk "$OUT/corpus/cli" | cut -f1) KiB in all), $(ls "$OUT/corpus/cli" | grep -c '^trace-') traces"
+        continue
+    fi
+    [ "$libfuzzer" = yes ] || continue
     src=tests/$name.c
     bin=$OUT/$name
     log=$OUT/$name.log

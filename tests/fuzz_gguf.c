@@ -1,7 +1,8 @@
 /* libFuzzer target for the GGUF reader: kvs_gguf_open_mem over arbitrary bytes; on success every
  * metadata string and array is touched and every tensor's first and last block is dequantized,
- * so a descriptor that points outside the input shows up under ASan. A failure must leave a
- * one-line message naming the input and, for malformed bytes, an offset. Built by tests/fuzz.sh.
+ * so a descriptor that points outside the input shows up under ASan; accepted tensors must not
+ * overlap. A failure must leave one printable line (kvs_text_is_clean) naming the input and, for
+ * malformed bytes, an offset. Built by tests/fuzz.sh.
  * fuzz-sources: engine/gguf.c engine/quant.c engine/quant_simd.c engine/kvs.c
  * fuzz-seeds: "$BUILD/tests/test_dequant_dump" --write-seeds "$SEEDS" */
 #include <stdint.h>
@@ -18,10 +19,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct kvs_gguf g;
     enum kvs_status st = kvs_gguf_open_mem(&g, data, size, "fuzz");
     if (st != KVS_OK) {
-        if (strncmp(g.err, "fuzz: ", 6) != 0 || strchr(g.err, '\n')) abort();
+        /* one printable line: no control byte or invalid UTF-8 from the file gets through */
+        if (strncmp(g.err, "fuzz: ", 6) != 0 || !kvs_text_is_clean(g.err, strlen(g.err))) abort();
         if (st == KVS_ERR_FORMAT && !strstr(g.err, "offset ")) abort();
         return 0;
     }
+    /* an accepted file's tensors never share bytes */
+    for (uint64_t i = 0; i < g.n_tensors; i++)
+        for (uint64_t j = i + 1; j < g.n_tensors && j < i + 64; j++) {
+            const struct kvs_gguf_tensor *a = &g.tensors[i], *b = &g.tensors[j];
+            if (a->offset < b->offset + b->nbytes && b->offset < a->offset + a->nbytes) abort();
+        }
     volatile uint32_t sink = 0;
     for (uint64_t i = 0; i < g.n_kv; i++) {
         const struct kvs_gguf_kv *kv = &g.kv[i];

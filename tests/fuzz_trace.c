@@ -4,6 +4,7 @@
  * The first input byte picks a mode: bit 0 repairs the header and chunk CRCs (so the fuzzer reaches
  * the code behind them), bit 1 prepends a valid header, bits 2-3 are the open flags. Then every
  * record is read and formatted, seeks are tried and every export format is written to /dev/null.
+ * Every error and recovery note must be one printable line (kvs_text_is_clean).
  * Build with clang -fsanitize=fuzzer,address,undefined (tests/fuzz.sh); -DKVS_FUZZ_MAIN gives a
  * main() that replays files named on the command line. */
 #include <stdio.h>
@@ -76,7 +77,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct kvs_trace *t;
     char err[600];
     unsigned flags = (mode >> 2) & 3;
-    if (kvs_trace_open_mem(&t, exact, n, "fuzz.kvt", flags, err, sizeof err) == KVS_OK) {
+    enum kvs_status st = kvs_trace_open_mem(&t, exact, n, "fuzz.kvt", flags, err, sizeof err);
+    /* every message is one printable line naming the trace, whatever bytes the file holds */
+    if (st != KVS_OK && (!strstr(err, "fuzz.kvt") || !kvs_text_is_clean(err, strlen(err)))) abort();
+    if (st == KVS_OK) {
+        if (kvs_trace_note(t) && !kvs_text_is_clean(kvs_trace_note(t), strlen(kvs_trace_note(t)))) abort();
         (void)kvs_trace_note(t);
         for (size_t i = 0; i < kvs_trace_meta_count(t); i++) (void)kvs_trace_meta_value(t, i);
         struct kvs_record *r;
@@ -94,8 +99,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)kvs_trace_seek_token(t, (uint32_t)(size * 7 % 4096), &s, &kf);
         if (devnull)
             for (int f = KVS_TRACE_FMT_PERFETTO; f <= KVS_TRACE_FMT_JSONL; f++)
-                (void)kvs_trace_export(t, (enum kvs_trace_format)f, mode & 0x10 ? steps / 3 : 0, UINT64_MAX, devnull,
-                                       err, sizeof err);
+                if (kvs_trace_export(t, (enum kvs_trace_format)f, mode & 0x10 ? steps / 3 : 0, UINT64_MAX, devnull,
+                                     err, sizeof err) != KVS_OK && !kvs_text_is_clean(err, strlen(err)))
+                    abort();
         kvs_trace_close(t);
     }
     free(exact);

@@ -2,7 +2,9 @@
 # The command line as a user meets it: `generate` answers "The capital of France is" with Paris
 # (text and --json), and bad input — missing, non-GGUF, empty, truncated or directory model files,
 # bad option values, unknown commands — gives a one-line message naming the file or option,
-# a non-zero exit status, and no crash (exit status < 128). Prints "N passed, N failed".
+# a non-zero exit status, and no crash (exit status < 128). Corrupt copies of the real model
+# (overlapping or retyped tensors, shrunk block_count, NaN/Inf weights, control bytes in strings)
+# and a trace full of control bytes give printable single lines. Prints "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
 K=${KVS_BIN:-build/kvscope}
@@ -138,8 +140,88 @@ assert len(d['tokens'])==d['generated_tokens']
     out=$(timeout 120 "$K" generate -m "$M" --chat -p "What is the capital of France?" -n 24 2>"$T/err")
     if [ -n "$(tr -d '[:space:]' <<<"$out")" ] && ! grep -q "im_start\|im_end" <<<"$out" &&
        grep -q "prompt: 37 tokens" "$T/err"; then ok; else ko "chat: '$out' / $(cat "$T/err")"; fi
+
+    # corrupt copies of the real model (patched in place, then put back): each is refused with one
+    # printable line naming the file and what is wrong, instead of running on to NaN or <unk>
+    if command -v python3 >/dev/null 2>&1; then
+        B=$T/bad.gguf
+        cp "$M" "$B"
+        # corrupt SUBSTRING "OP ARGS [+ OP ARGS...]" (tests/lib/kvsgguf.py ops)
+        corrupt() {
+            local sub=$1 undo rc
+            undo=$(python3 tests/lib/kvsgguf.py "$B" $2) || { ko "patch $2 failed"; return; }
+            timeout 60 "$K" generate -m "$B" -p Hello -n 2 >"$T/out" 2>"$T/err" </dev/null
+            rc=$?
+            python3 tests/lib/kvsgguf.py "$B" $undo >/dev/null
+            if [ $rc -eq 1 ] && [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "$B" "$T/err" &&
+               grep -qF -- "$sub" "$T/err" && ! tr -d '\n' <"$T/err" | LC_ALL=C grep -q '[^ -~]'; then ok
+            else ko "corrupt model ($2): exit $rc: $(head -c 400 "$T/err" | cat -v)"; fi
+        }
+        corrupt "metadata llama.block_count is 1 but the file holds tensor blk.1." "set-u32 llama.block_count 1"
+        corrupt "llama.attention.head_count 9 and head_count_kv 1 give K/V rows of 64, but tensor blk.0.attn_k.weight has 192" \
+            "set-u32 llama.attention.head_count_kv 1"
+        corrupt "llama.attention.head_count 3 and head_count_kv 3 give K/V rows of 576, but tensor blk.0.attn_k.weight has 192" \
+            "set-u32 llama.attention.head_count 3"
+        corrupt "after tensor 'blk.5.attn_q.weight': a tensor's type or shape does not match its data" \
+            "tensor-type blk.5.attn_q.weight 2"
+        corrupt "overlaps tensor 'blk.5.attn_q.weight' (F32, 1327104 bytes" "tensor-type blk.5.attn_q.weight 0"
+        corrupt "tensor 'blk.5.attn_q.weight' (Q4_1, data offset 87155712) overlaps tensor 'blk.5.attn_k.weight'" \
+            "tensor-offset blk.5.attn_q.weight blk.5.attn_k.weight"
+        corrupt "tensor output_norm.weight (F32): element 7 is NaN or Inf" "tensor-f32 output_norm.weight 7 nan"
+        corrupt "tensor blk.3.ffn_norm.weight (F32): element 0 is NaN or Inf" "tensor-f32 blk.3.ffn_norm.weight 0 -inf"
+        corrupt "tensor blk.9.attn_v.weight (Q4_1): the scale of block 2 is NaN or Inf" \
+            "tensor-poke blk.9.attn_v.weight 42 007e"
+        # finite but huge norm weights load, overflow to Inf in the forward pass and stop there
+        corrupt "the forward pass gave 49152 non-finite logits" \
+            "tensor-poke output_norm.weight 0 $(python3 -c 'import struct; print(struct.pack("<576f", *[3e38] * 576).hex())')"
+        # file bytes with ESC, BEL, newline, 0xff in a metadata value, a merge and a key
+        corrupt "pre-tokenizer '\x1b\x07\n\xff[m' is not supported" "str-bytes tokenizer.ggml.pre 1b070aff5b6d"
+        corrupt "merge 0 '\x1b\x07 \xff' names a token that is not in the vocabulary" "merge-bytes 0 1b0720ff"
+        corrupt "key 'ge\x1b\x07\n\xffl.type': unknown value type 77" "value-type general.type 77 + \
+            key-bytes general.type 67651b070aff6c2e74797065"
+        if cmp -s "$B" "$M"; then ok; else ko "the corrupted copy was not put back"; fi
+        rm -f "$B"
+    fi
 else
     echo "skipped: $M missing"
+fi
+
+# a trace whose metadata, step pieces and log texts hold ESC, BEL, newline, 0xff and a C1 control:
+# info, CSV, JSON lines and replay print them as visible escapes, one line per row or message
+if command -v python3 >/dev/null 2>&1 && "${KVS_BUILD:-build}/tests/test_traces" --write-sample "$T/s.kvt" 6 >/dev/null 2>&1 &&
+   python3 tests/lib/kvstrace.py poison "$T/s.kvt" "$T/ctl.kvt"; then
+    # no raw control byte (but newline) and no invalid UTF-8
+    clean() { python3 -c "
+import sys
+t=open(sys.argv[1],'rb').read().decode('utf-8')
+sys.exit(any((ord(c)<32 and c!='\n') or 127<=ord(c)<=159 for c in t))" "$1" 2>/dev/null; }
+    "$K" trace info "$T/ctl.kvt" >"$T/out" 2>"$T/err"
+    if [ $? -eq 0 ] && clean "$T/out" && clean "$T/err" &&
+       grep -qF 'model=tiny\x1b]0;pwned\x07\xff\xc2\x9b"x,' "$T/out"; then ok
+    else ko "trace info with control bytes: $(head -c 300 "$T/out" | cat -v) / $(cat -v "$T/err")"; fi
+    "$K" trace export "$T/ctl.kvt" --format csv >"$T/out" 2>"$T/err"
+    if [ $? -eq 0 ] && clean "$T/out" && [ "$(wc -l <"$T/err")" -le 1 ] && clean "$T/err" &&
+       grep -qF '"\x1b]0;pwned\x07\n\xff\xc2\x9b""x,"' "$T/out" && python3 -c "
+import csv,sys
+t=open('$T/out').read(); rows=list(csv.reader(t.splitlines()))
+assert len(rows)==7 and t.count('\n')==7 and all(len(r)==len(rows[0]) for r in rows), rows
+assert all(r[7]=='\\\\x1b]0;pwned\\\\x07\\\\n\\\\xff\\\\xc2\\\\x9b\"x,' for r in rows[1:]), rows[1][7]
+"; then ok
+    else ko "trace export csv with control bytes: $(head -c 400 "$T/out" | cat -v) / $(cat -v "$T/err")"; fi
+    for cmd in "trace export $T/ctl.kvt --format jsonl" "trace export $T/ctl.kvt --format perfetto" \
+               "replay $T/ctl.kvt --batch"; do
+        $K $cmd >"$T/out" 2>"$T/err"
+        if clean "$T/out" && clean "$T/err" && grep -qF '\u001b]0;pwned\u0007\n\ufffd\u009b' "$T/out"; then ok
+        else ko "$cmd with control bytes: $(grep -o 'pwned.\{0,40\}' "$T/out" | head -n 2 | cat -v) / $(cat -v "$T/err")"; fi
+    done
+    # NaN rates in a trace's END record: replay --batch's summary says null, never nan
+    python3 tests/lib/kvstrace.py nan-end "$T/s.kvt" "$T/nan.kvt"
+    "$K" replay "$T/nan.kvt" --batch >"$T/out" 2>"$T/err"
+    if python3 -c "
+import json,sys
+rows=[json.loads(l, parse_constant=lambda c: sys.exit('bare '+c)) for l in open('$T/out')]
+assert rows[-1]['type']=='summary' and rows[-1]['decode_tps'] is None and rows[-1]['prefill_tps'] is None, rows[-1]
+"; then ok; else ko "replay --batch with NaN rates: $(tail -n 1 "$T/out" | cut -c 1-300)"; fi
 fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -2,7 +2,9 @@
  * through the reader; hostile input (missing, non-GGUF, truncated at every byte, absurd counts
  * and lengths, overflowing dimensions, bad types, v1, duplicates, bad alignment, random byte
  * corruption) fails cleanly with the expected message and never reads out of bounds (run it
- * under ASan: every buffer handed to the reader is allocated at its exact size). */
+ * under ASan: every buffer handed to the reader is allocated at its exact size). Corrupt models
+ * that parse (overlapping or retyped tensors, a shrunk block_count, NaN weights) are refused at
+ * load or at the first forward pass, and kvs_escape keeps file bytes on one visible line. */
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -10,6 +12,8 @@
 
 #include "gguf.h"
 #include "harness.h"
+#include "infer.h"
+#include "model.h"
 #include "quant.h"
 #include "tinymodel.h"
 
@@ -475,7 +479,7 @@ static void test_crafted(void)
     kvs_gbuf_str(&b, "bad\nkey\x1b[2J");
     kvs_gbuf_u32(&b, 77);
     kvs_gbuf_u64(&b, 0);
-    expect_fail(&b, KVS_ERR_FORMAT, "key 'bad?key?[2J': unknown value type 77", "control bytes in a key");
+    expect_fail(&b, KVS_ERR_FORMAT, "key 'bad\\nkey\\x1b[2J': unknown value type 77", "control bytes in a key");
 
     /* alignment */
     kvs_gbuf_header(&b, 3, 0, 1);
@@ -553,6 +557,214 @@ static void test_crafted(void)
 #undef TENSOR_FILE
 }
 
+
+/* ---- tensor data layout: overlaps, gaps and retyped tensors ---- */
+
+/* Offset of the u32 type field of tensor NAME's descriptor in a GGUF buffer (0 when absent). */
+static size_t tensor_type_at(const uint8_t *buf, size_t len, const char *name)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 8; i + nl + 4 <= len; i++) {
+        uint64_t sl;
+        memcpy(&sl, buf + i - 8, 8);
+        if (sl != nl || memcmp(buf + i, name, nl) != 0) continue;
+        uint32_t nd;
+        memcpy(&nd, buf + i + nl, 4);
+        if (nd < 1 || nd > 4) continue;
+        return i + nl + 4 + 8 * (size_t)nd;
+    }
+    return 0;
+}
+
+static void test_layout(void)
+{
+    struct kvs_gbuf b = {0};
+    uint8_t z[256] = {0};
+    uint64_t n16[1] = {16}, n8[1] = {8};
+    kvs_gbuf_header(&b, 3, 2, 0);
+    kvs_gbuf_tensor(&b, "a", 1, n16, KVS_GGML_F32, 0);
+    kvs_gbuf_tensor(&b, "b", 1, n8, KVS_GGML_F32, 32);
+    kvs_gbuf_pad(&b, 32);
+    kvs_gbuf_bytes(&b, z, 64);
+    expect_fail(&b, KVS_ERR_FORMAT, "tensor 'b' (F32, data offset 32) overlaps tensor 'a' (F32, 64 bytes at data offset 0)",
+                "overlap");
+    kvs_gbuf_header(&b, 3, 2, 0);
+    kvs_gbuf_tensor(&b, "a", 1, n8, KVS_GGML_F32, 0);
+    kvs_gbuf_tensor(&b, "b", 1, n8, KVS_GGML_F32, 64);
+    kvs_gbuf_pad(&b, 32);
+    kvs_gbuf_bytes(&b, z, 96);
+    expect_fail(&b, KVS_ERR_FORMAT, "32 unused bytes before tensor 'b' (F32, data offset 64) after tensor 'a'", "gap");
+    kvs_gbuf_header(&b, 3, 1, 0);
+    kvs_gbuf_tensor(&b, "w", 1, n8, KVS_GGML_F32, 32);
+    kvs_gbuf_pad(&b, 32);
+    kvs_gbuf_bytes(&b, z, 64);
+    expect_fail(&b, KVS_ERR_FORMAT, "32 unused bytes before tensor 'w' (F32, data offset 32):", "gap at the start");
+    kvs_gbuf_header(&b, 3, 1, 0);
+    kvs_gbuf_tensor(&b, "w", 1, n8, KVS_GGML_F32, 0);
+    kvs_gbuf_pad(&b, 32);
+    kvs_gbuf_bytes(&b, z, 96);
+    expect_fail(&b, KVS_ERR_FORMAT, "64 bytes after the last tensor 'w' (F32, 32 bytes at data offset 0)", "tail");
+    /* descriptors listed out of offset order are fine as long as the data tiles */
+    kvs_gbuf_header(&b, 3, 2, 0);
+    kvs_gbuf_tensor(&b, "b", 1, n8, KVS_GGML_F32, 32);
+    kvs_gbuf_tensor(&b, "a", 1, n8, KVS_GGML_F32, 0);
+    kvs_gbuf_pad(&b, 32);
+    kvs_gbuf_bytes(&b, z, 64);
+    expect_ok(&b, "permuted descriptors");
+
+    /* a real tiny model whose tensor's declared type no longer matches its bytes */
+    struct kvs_tiny_opts o;
+    kvs_tiny_defaults(&o);
+    o.wtype = KVS_GGML_Q4_1;
+    uint8_t *buf;
+    size_t len;
+    CHECK(kvs_tiny_build(&o, &buf, &len) == 0);
+    size_t at = tensor_type_at(buf, len, "blk.0.attn_k.weight");
+    CHECK(at > 0);
+    struct kvs_gguf g;
+    uint32_t types[3] = {KVS_GGML_F32, KVS_GGML_Q4_0, KVS_GGML_Q8_0};
+    for (int k = 0; k < 3 && at; k++) {
+        uint32_t old;
+        memcpy(&old, buf + at, 4);
+        memcpy(buf + at, &types[k], 4);
+        enum kvs_status st = open_copy(&g, buf, len, "retyped.gguf");
+        CHECKF(st == KVS_ERR_FORMAT && strncmp(g.err, "retyped.gguf: offset ", 21) == 0 &&
+                   (strstr(g.err, "does not match its data") || strstr(g.err, "overlaps") ||
+                    strstr(g.err, "run past the end")) && strstr(g.err, "blk.0.attn_k.weight"),
+               "Q4_1 retyped as %s: status %d: %s", kvs_ggml_type_name(types[k]), st, g.err);
+        memcpy(buf + at, &old, 4);
+    }
+    CHECK(open_copy(&g, buf, len, "restored.gguf") == KVS_OK);
+    free(buf);
+}
+
+/* ---- models that parse but must not run ---- */
+
+/* Writes BUF to DIR/NAME and returns the path (static storage). */
+static const char *write_tmp(const char *name, const uint8_t *buf, size_t len)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", kvs_test_tmpdir(), name);
+    FILE *f = fopen(path, "wb");
+    CHECK(f && fwrite(buf, 1, len, f) == len);
+    if (f) fclose(f);
+    return path;
+}
+
+static void test_model_refused(void)
+{
+    struct kvs_tiny_opts o;
+    kvs_tiny_defaults(&o);
+    o.n_layer = 3;
+    uint8_t *buf;
+    size_t len;
+    CHECK(kvs_tiny_build(&o, &buf, &len) == 0);
+    struct kvs_model *m = NULL;
+    char err[512];
+    /* block_count 3 -> 1 with three layers' tensors present */
+    uint8_t *p = memmem(buf, len, "llama.block_count", 17);
+    CHECK(p != NULL);
+    if (p) {
+        uint32_t one = 1, three;
+        memcpy(&three, p + 17 + 4, 4);
+        CHECK(three == 3);
+        memcpy(p + 17 + 4, &one, 4);
+        const char *path = write_tmp("layers.gguf", buf, len);
+        enum kvs_status st = kvs_model_load(&m, path, err, sizeof err);
+        CHECKF(st == KVS_ERR_FORMAT && strstr(err, path) &&
+                   strstr(err, "llama.block_count is 1 but the file holds tensor blk.1.") && !strchr(err, '\n'),
+               "block_count 1: status %d: %s", st, err);
+        kvs_model_delete(m);
+        m = NULL;
+        memcpy(p + 17 + 4, &three, 4);
+    }
+    /* NaN and Inf in a weight are refused at load, naming the tensor; a huge finite weight loads
+     * but overflows, and the first forward pass stops with the model's name instead of producing
+     * text from Inf/NaN logits */
+    struct kvs_gguf g;
+    CHECK(kvs_gguf_open_mem(&g, buf, len, "tiny") == KVS_OK);
+    const struct kvs_gguf_tensor *t = kvs_gguf_tensor(&g, "output_norm.weight");
+    size_t off = t ? (size_t)((const uint8_t *)t->data - buf) : 0;
+    kvs_gguf_close(&g);
+    CHECK(off > 0);
+    const float bad[3] = {NAN, -INFINITY, 3e38f};
+    for (int k = 0; k < 3 && off; k++) {
+        float keep[64];
+        memcpy(keep, buf + off, sizeof keep);
+        memcpy(buf + off + 4 * 5, &bad[k], 4);
+        for (int i = 0; k == 2 && i < 64; i++) memcpy(buf + off + 4 * i, &bad[k], 4); /* x/rms * 3e38 */
+        const char *path = write_tmp("nan.gguf", buf, len);
+        enum kvs_status lst = kvs_model_load(&m, path, err, sizeof err);
+        if (k < 2)
+            CHECKF(lst == KVS_ERR_FORMAT && strstr(err, path) &&
+                       strstr(err, "tensor output_norm.weight (F32): element 5 is NaN or Inf"),
+                   "%g in output_norm: status %d: %s", (double)bad[k], lst, err);
+        else
+            CHECKF(lst == KVS_OK, "3e38 in output_norm: %s", err);
+        if (m) {
+            struct kvs_method_config mc;
+            kvs_method_parse(&mc, "full", NULL, 0);
+            struct kvs_press *pr = NULL;
+            struct kvs_ctx *ctx = NULL;
+            struct kvs_ctx_params cp;
+            kvs_ctx_params_default(&cp);
+            cp.n_ctx = 64;
+            cp.n_threads = 1;
+            CHECK(kvs_press_new(&pr, m, &mc, 64, NULL, NULL, err, sizeof err) == KVS_OK);
+            CHECK(pr && kvs_ctx_new(&ctx, m, pr, &cp, err, sizeof err) == KVS_OK);
+            if (ctx) {
+                int32_t ids[3] = {5, 6, 7};
+                enum kvs_status st = kvs_ctx_eval(ctx, ids, 3, NULL);
+                const char *e = kvs_ctx_error(ctx);
+                CHECKF(st == KVS_ERR_FORMAT && strstr(e, path) && strstr(e, "non-finite logits"),
+                       "3e38 in output_norm: status %d: %s", st, e);
+            }
+            kvs_ctx_delete(ctx);
+            kvs_press_delete(pr);
+            kvs_model_delete(m);
+            m = NULL;
+        }
+        memcpy(buf + off, keep, sizeof keep);
+    }
+    free(buf);
+}
+
+/* ---- kvs_escape: one visible line from any bytes ---- */
+
+static void expect_escape(const char *in, size_t n, const char *want)
+{
+    char out[256], twice[256];
+    size_t w = kvs_escape(out, sizeof out, in, n);
+    CHECKF(strcmp(out, want) == 0 && w == strlen(want), "escape gave \"%s\", want \"%s\"", out, want);
+    kvs_escape(twice, sizeof twice, out, strlen(out));
+    CHECKF(strcmp(out, twice) == 0, "escaping twice changed \"%s\" to \"%s\"", out, twice);
+    CHECK(kvs_text_is_clean(out, strlen(out)));
+}
+
+static void test_escape(void)
+{
+    expect_escape("plain text", 10, "plain text");
+    expect_escape("a\x1b[2J\x07\n\xff", 8, "a\\x1b[2J\\x07\\n\\xff");
+    expect_escape("tab\tcr\r\x7f", 8, "tab\\tcr\\r\\x7f");
+    expect_escape("nul\0x", 5, "nul\\x00x");
+    expect_escape("\xc3\xa9\xe2\x96\x81\xf0\x9f\x98\x80", 9, "\xc3\xa9\xe2\x96\x81\xf0\x9f\x98\x80"); /* é ▁ 😀 */
+    expect_escape("\xc2\x9b" "31m", 5, "\\xc2\\x9b31m");         /* C1 CSI */
+    expect_escape("\xc0\xaf", 2, "\\xc0\\xaf");                   /* overlong '/' */
+    expect_escape("\xed\xa0\x80", 3, "\\xed\\xa0\\x80");          /* surrogate */
+    expect_escape("\xe2\x96", 2, "\\xe2\\x96");                   /* cut sequence */
+    expect_escape("\xf4\x90\x80\x80", 4, "\\xf4\\x90\\x80\\x80"); /* above U+10FFFF */
+    expect_escape("back\\slash", 10, "back\\slash");
+    /* output is cut only between whole escapes or characters */
+    char small[6];
+    CHECK(kvs_escape(small, sizeof small, "ab\x1b", 3) == 2 && strcmp(small, "ab") == 0);
+    CHECK(kvs_escape(small, sizeof small, "ab\xc3\xa9\xc3\xa9", 6) == 4 && strcmp(small, "ab\xc3\xa9") == 0);
+    CHECK(kvs_escape(small, 1, "abc", 3) == 0 && small[0] == 0);
+    /* kvs_seterr escapes what it formats, so every engine and trace message is one line */
+    char e[64];
+    kvs_seterr(e, sizeof e, "%s: key '%s'", "f.gguf", "x\x1b]0;pwned\x07\ny\xff");
+    CHECKF(strcmp(e, "f.gguf: key 'x\\x1b]0;pwned\\x07\\ny\\xff'") == 0, "%s", e);
+}
+
 int main(void)
 {
     RUN(test_roundtrip);
@@ -561,5 +773,8 @@ int main(void)
     RUN(test_truncation);
     RUN(test_corruption);
     RUN(test_crafted);
+    RUN(test_layout);
+    RUN(test_model_refused);
+    RUN(test_escape);
     return kvs_test_summary();
 }

@@ -397,6 +397,31 @@ static void bench(void)
     }
 }
 
+
+/* A NaN activation must reach the dot product's result (SIMD and scalar): max|x| ignores NaN, and
+ * a finite int8 scale would turn a corrupt model's NaN into plausible garbage. */
+static void test_dot_nan(void)
+{
+    const uint32_t types[] = {KVS_GGML_Q4_0, KVS_GGML_Q4_1, KVS_GGML_Q8_0, KVS_GGML_Q4_K, KVS_GGML_Q6_K};
+    float x[256], w[256];
+    for (int i = 0; i < 256; i++) x[i] = w[i] = 0.01f * (float)(i % 17) - 0.05f;
+    for (size_t t = 0; t < KVS_ARRAY_LEN(types); t++) {
+        uint8_t row[512];
+        CHECK(kvs_quant_row(types[t], w, row, 256) == KVS_OK);
+        for (int pos = 0; pos < 256; pos += 85) {
+            float keep = x[pos];
+            x[pos] = NAN;
+            struct kvs_qvec q = {0};
+            CHECK(kvs_quant_prepare(&q, types[t], x, 256) == KVS_OK);
+            float d = kvs_vec_dot(types[t], row, &q), ds = kvs_vec_dot_scalar(types[t], row, &q);
+            CHECKF(isnan(d) && isnan(ds), "%s: NaN at %d gave dot %g (scalar %g)", kvs_ggml_type_name(types[t]), pos,
+                   (double)d, (double)ds);
+            kvs_qvec_free(&q);
+            x[pos] = keep;
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
@@ -408,5 +433,6 @@ int main(int argc, char **argv)
     RUN(test_roundtrip);
     RUN(test_dequant_simd);
     RUN(test_dot);
+    RUN(test_dot_nan);
     return kvs_test_summary();
 }

@@ -55,7 +55,7 @@ void kvs_json_string(FILE *f, const char *s, size_t n)
     for (size_t i = 0; i < n;) {
         unsigned c = p[i];
         if (c == '"' || c == '\\') { fputc('\\', f); fputc((int)c, f); i++; continue; }
-        if (c < 0x20) {
+        if (c < 0x20 || c == 0x7f) {
             switch (c) {
             case '\n': fputs("\\n", f); break;
             case '\t': fputs("\\t", f); break;
@@ -67,6 +67,8 @@ void kvs_json_string(FILE *f, const char *s, size_t n)
         }
         size_t l = utf8_len(p + i, n - i);
         if (l == 0) { fputs("\\ufffd", f); i++; continue; }
+        /* C1 controls (U+0080..U+009F) are valid JSON but act on terminals: escape them too */
+        if (l == 2 && c == 0xc2 && p[i + 1] < 0xa0) { fprintf(f, "\\u%04x", p[i + 1]); i += 2; continue; }
         fwrite(p + i, 1, l, f);
         i += l;
     }
@@ -335,9 +337,13 @@ static void csv_row(FILE *f, struct csv *c, uint64_t trace_step, uint32_t run, c
     fprintf(f, "%llu,%u,%llu,%s,%u,%u,%d,\"", (unsigned long long)trace_step, run, (unsigned long long)s->step,
             s->kind == KVS_STEP_PREFILL ? "prefill" : s->kind == KVS_STEP_DECODE ? "decode" : "?", s->n_new,
             s->n_ctx, s->token);
-    for (size_t i = 0; i < sizeof s->piece && s->piece[i]; i++) {
-        if (s->piece[i] == '"') fputc('"', f);
-        fputc(s->piece[i], f);
+    /* token text comes from the model's vocabulary: control bytes and invalid UTF-8 become
+     * visible escapes so a row stays one line of text */
+    char piece[4 * sizeof s->piece + 1];
+    kvs_escape(piece, sizeof piece, s->piece, strnlen(s->piece, sizeof s->piece));
+    for (const char *pc = piece; *pc; pc++) {
+        if (*pc == '"') fputc('"', f);
+        fputc(*pc, f);
     }
     fprintf(f, "\",%llu,%llu", (unsigned long long)s->t_start_ns, (unsigned long long)s->t_end_ns);
     bool bytes = s->valid & KVS_VALID_BYTES, budget = s->valid & KVS_VALID_BUDGET;
