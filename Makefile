@@ -24,7 +24,15 @@ WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow=local -Wstrict-prototypes
 ifeq ($(CI),true)
 WARN += -Werror
 endif
-CPPFLAGS_ALL := -Iengine -Itraces -Iviews -Ikernels -D_GNU_SOURCE -DKVS_BUILD_DIR='"$(abspath $(BUILD))"' -DKVS_PREFIX='"$(PREFIX)"'
+# Include paths are the module boundaries of DESIGN.md §2, enforced by the compiler: engine/ sees its
+# own sub-folders and kernels/kernels.h; traces/ and views/ see only engine/core (status, records,
+# queue, threads); app/ and tests/ see everything.
+ENGINE_DIRS := $(patsubst %/,%,$(sort $(dir $(wildcard engine/*/*.h))))
+ENGINE_INC := $(addprefix -I,$(ENGINE_DIRS)) -Ikernels
+CORE_INC := -Iengine/core
+ALL_INC := $(ENGINE_INC) -Itraces -Iviews
+MOD_INC = $(ALL_INC)
+CPPFLAGS_ALL := -D_GNU_SOURCE -DKVS_BUILD_DIR='"$(abspath $(BUILD))"' -DKVS_PREFIX='"$(PREFIX)"'
 DEPFLAGS := -MMD -MP
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
 LDLIBS_ALL := -lopenblas -llapacke -lz -lncursesw -ldl -lm -pthread
@@ -72,7 +80,7 @@ endif
 endif
 
 ifeq ($(MAKELEVEL),0)
-ifeq ($(filter clean model setup emu-cxx emu-link,$(MAKECMDGOALS)),)
+ifeq ($(filter clean model setup print-inc emu-cxx emu-link,$(MAKECMDGOALS)),)
 ifeq ($(HAVE_CUDA),yes)
 $(info ✓ CUDA: $(NVCC) (backend built as $(BUILD)/libkvscope_cuda.so, loaded at run time))
 else
@@ -93,9 +101,9 @@ ifeq ($(HAVE_CUDA),yes)
 CPPFLAGS_ALL += -DKVS_HAVE_CUDA
 endif
 
-ALL_CFLAGS = -std=gnu11 $(WARN) $(ARCHFLAGS) $(CFLAGS) $(BLAS_CFLAGS) $(CPPFLAGS_ALL) $(CPPFLAGS) -pthread $(DEPFLAGS)
+ALL_CFLAGS = -std=gnu11 $(WARN) $(ARCHFLAGS) $(CFLAGS) $(BLAS_CFLAGS) $(MOD_INC) $(CPPFLAGS_ALL) $(CPPFLAGS) -pthread $(DEPFLAGS)
 
-ENGINE_SRC := $(wildcard engine/*.c)
+ENGINE_SRC := $(wildcard engine/*/*.c)
 TRACES_SRC := $(wildcard traces/*.c)
 VIEWS_SRC := $(wildcard views/*.c)
 APP_SRC := $(wildcard app/*.c)
@@ -113,10 +121,20 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 CUDA_SO := $(BUILD)/libkvscope_cuda.so
 LIBS := $(VIEWS_LIB) $(TRACES_LIB) $(ENGINE_LIB)
 
-.PHONY: all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench model setup install clean fuzz asan
+.PHONY: print-inc all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench model setup install clean fuzz asan
 all: $(BIN) $(if $(filter yes,$(HAVE_CUDA)),$(CUDA_SO))
 	$(Q)ln -sf $(BIN) kvscope
 
+$(BUILD)/engine/%.o: MOD_INC = $(ENGINE_INC)
+TRACES_INC := -Itraces $(CORE_INC)
+VIEWS_INC := -Iviews $(CORE_INC)
+$(BUILD)/traces/%.o: MOD_INC = $(TRACES_INC)
+$(BUILD)/views/%.o: MOD_INC = $(VIEWS_INC)
+# the include paths each module compiles with (tests/t_check_deps.sh checks they refuse a crossing)
+print-inc:
+	@echo "engine: $(ENGINE_INC)"
+	@echo "traces: $(TRACES_INC)"
+	@echo "views: $(VIEWS_INC)"
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  CC      $<")
@@ -147,7 +165,7 @@ NVCC_WARN := -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC -Werror all-wa
 $(BUILD)/kernels/%.o: kernels/%.cu kernels/kernels.h $(wildcard kernels/*.cuh)
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  NVCC    $<")
-	$(Q)$(NVCC) $(CUDA_ARCH) $(NVCCFLAGS) $(NVCC_WARN) -std=c++17 -Ikernels -Iengine -c $< -o $@
+	$(Q)$(NVCC) $(CUDA_ARCH) $(NVCCFLAGS) $(NVCC_WARN) -std=c++17 -Ikernels -c $< -o $@
 $(CUDA_SO): $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_SRC))
 	$(if $(Q),@echo "  LINK    $@")
 	$(Q)$(NVCC) -shared $(CUDA_ARCH) -o $@ $^ -lcublas -lcusolver -lcudart
@@ -180,7 +198,7 @@ EMU_TEST := $(BUILD)/tests/test_cuda_shim
 $(EMU_DIR)/test_shim.o: tests/cuda_emu/test_shim.cpp $(EMU_HDR)
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  EMU     $<")
-	$(Q)$(CXX) $(EMU_CXXFLAGS) -Itests/lib -Iengine -c $< -o $@
+	$(Q)$(CXX) $(EMU_CXXFLAGS) -Itests/lib $(ALL_INC) -c $< -o $@
 $(EMU_TEST): $(EMU_DIR)/test_shim.o $(patsubst tests/cuda_emu/%.cpp,$(EMU_DIR)/cuda_emu/%.o,$(EMU_SRC)) $(TESTLIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(if $(Q),@echo "  TEST    $@")

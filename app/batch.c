@@ -1,7 +1,7 @@
 /* --batch output (see batch.h): every record as the trace library's JSON line (kvs_record_to_json,
  * also the `trace export --format jsonl` format, so a live run and its replay print the same
  * bytes), then a summary of the last run: steps, bytes, achieved CR, quality, rates and the
- * generated text. Depends on engine/record.h and traces/trace.h (formatting only). */
+ * generated text. Depends on engine/core/record.h and traces/trace.h (formatting only). */
 #include "batch.h"
 
 #include "trace.h"

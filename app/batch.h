@@ -1,5 +1,5 @@
 /* --batch output shared by `run` and `replay`, so both print the same lines for the same records:
- * every record as one JSON line, then a summary line. Depends on engine/record.h. */
+ * every record as one JSON line, then a summary line. Depends on engine/core/record.h. */
 #ifndef KVS_BATCH_H
 #define KVS_BATCH_H
 

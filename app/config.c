@@ -1,6 +1,6 @@
 /* Config file reading and writing (see config.h). The file is untrusted text: lines are bounded,
  * numbers range-checked, and a bad line is reported with its number. Depends on libc and
- * engine/kvs.h (kvs_open_regular: a FIFO is refused, never waited on). */
+ * engine/core/kvs.h (kvs_open_regular: a FIFO is refused, never waited on). */
 #include "config.h"
 #include "kvs.h"
 

@@ -1,7 +1,7 @@
 /* The terminal UI main loop (see ui.h). One thread: drain the source, apply settings after a short
  * debounce, draw when something changed, then wait in getch for at most the rest of the frame.
  * Signal handlers only set flags; every exit path goes through kvs_crt_end before any message.
- * Depends on views/ (curses through them), app/config.h and engine/record.h. */
+ * Depends on views/ (curses through them), app/config.h and engine/core/record.h. */
 #include "ui.h"
 
 #include "crt.h"

@@ -4,7 +4,7 @@
  *    P·C with cuBLAS; then (P C) B_vᵀ, one warp per output element (re-association, V never stored);
  *  - over a plain fp16 K/V cache: warp-per-token dots, softmax, P·V per (query, head).
  * Queries are processed in chunks so the score matrix stays bounded. The CPU twins are
- * kvs_cpu_attn_latent / kvs_cpu_attn_kv16 (engine/backend.c). Depends on CUDA, cuBLAS. */
+ * kvs_cpu_attn_latent / kvs_cpu_attn_kv16 (engine/backend/backend.c). Depends on CUDA, cuBLAS. */
 #include "internal.cuh"
 
 #define ATT_WARPS 4                      /* warps (tokens) per block in the score kernels */

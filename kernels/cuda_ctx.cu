@@ -1,6 +1,6 @@
 /* CUDA backend core: device probe, context (stream, cuBLAS, cuSOLVER), device memory, scratch,
  * weights resident as fp16/bf16, and the function table returned by kvs_cuda_get_api().
- * Loaded with dlopen by engine/backend_cuda.c; depends on the CUDA runtime, cuBLAS, cuSOLVER only. */
+ * Loaded with dlopen by engine/backend/backend_cuda.c; depends on the CUDA runtime, cuBLAS, cuSOLVER only. */
 #include <stdlib.h>
 #include <string.h>
 

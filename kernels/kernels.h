@@ -152,7 +152,7 @@ struct kvs_cuda_api {
 const struct kvs_cuda_api *kvs_cuda_get_api(void);
 typedef const struct kvs_cuda_api *(*kvs_cuda_get_api_fn)(void);
 
-/* ---- the launchers behind the table, named after their CPU twins (engine/infer.h, backend.h).
+/* ---- the launchers behind the table, named after their CPU twins (engine/run/infer.h, backend.h).
  * The engine reaches them only through the table; they are listed here so that each twin pair
  * can be found by name. All pointers are device memory. ---- */
 

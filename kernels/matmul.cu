@@ -1,5 +1,5 @@
 /* Matrix product on tensor cores: y (T, rows) = x (T, cols) · Wᵀ with W resident as fp16/bf16.
- * Twin of kvs_cpu_matmul (engine/infer.c). The fp32 activations are converted to W's dtype (cuBLAS
+ * Twin of kvs_cpu_matmul (engine/run/infer.c). The fp32 activations are converted to W's dtype (cuBLAS
  * wants both inputs of one type) and cublasGemmEx accumulates in fp32 (CUBLAS_COMPUTE_32F).
  * Depends on the CUDA runtime and cuBLAS. */
 #include "internal.cuh"

@@ -1,6 +1,6 @@
 /* Element-wise and row kernels: RMSNorm (one block per row), RoPE (one thread per rotated pair),
  * row softmax with masking (one block per row). Twins of kvs_cpu_rmsnorm / kvs_cpu_rope
- * (engine/infer.c), which are the oracle: same formulas, RoPE angles in double as on the CPU.
+ * (engine/run/infer.c), which are the oracle: same formulas, RoPE angles in double as on the CPU.
  * Depends on the CUDA runtime only. */
 #include "internal.cuh"
 

@@ -66,7 +66,7 @@ for name in "${targets[@]}"; do
     seeds_cmd=$(sed -n 's/^.*fuzz-seeds:[[:space:]]*//p' "$src" | head -n 1 | sed 's|[[:space:]]*\*/[[:space:]]*$||')
     if ! "$CLANG" -std=gnu11 -g -O1 -fno-omit-frame-pointer -march=native \
             -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-            -D_GNU_SOURCE -Iengine -Itraces -Itests/lib -o "$bin" "$src" $sources -lz -lm -pthread >"$log" 2>&1; then
+            -D_GNU_SOURCE $(for d in engine/*/; do printf -- "-I%s " "${d%/}"; done) -Itraces -Itests/lib -o "$bin" "$src" $sources -lz -lm -pthread >"$log" 2>&1; then
         echo "$name: FAIL (build; see $log)"; sed 's/^/    | /' "$log" | tail -n 20
         failed=$((failed + 1)); continue
     fi

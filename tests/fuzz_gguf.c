@@ -3,7 +3,7 @@
  * so a descriptor that points outside the input shows up under ASan; accepted tensors must not
  * overlap. A failure must leave one printable line (kvs_text_is_clean) naming the input and, for
  * malformed bytes, an offset. Built by tests/fuzz.sh.
- * fuzz-sources: engine/gguf.c engine/quant.c engine/quant_simd.c engine/kvs.c
+ * fuzz-sources: engine/model/gguf.c engine/model/quant.c engine/model/quant_simd.c engine/core/kvs.c
  * fuzz-seeds: "$BUILD/tests/test_dequant_dump" --write-seeds "$SEEDS" */
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-// fuzz-sources: traces/crc32c.c traces/codec.c traces/reader.c traces/export.c engine/kvs.c engine/record.c
+// fuzz-sources: traces/crc32c.c traces/codec.c traces/reader.c traces/export.c engine/core/kvs.c engine/core/record.c
 // fuzz-seeds: "$BUILD/tests/test_traces" --write-seeds "$SEEDS"
 /* libFuzzer target for the trace reader (traces/reader.c, codec.c, export.c) over a memory buffer.
  * The first input byte picks a mode: bit 0 repairs the header and chunk CRCs (so the fuzzer reaches

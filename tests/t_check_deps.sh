@@ -18,5 +18,19 @@ out=$(cd "$tmp" && scripts/check-deps.sh 2>&1); rc=$?
 for want in "curses in engine" "views/ may use only" "traces/" "only views/crt.c"; do
     echo "$out" | grep -q "$want" && ok || ko "no message for: $want"
 done
+
+# the compiler enforces the same boundaries: with the include paths the Makefile gives views/ and
+# traces/, an engine internal is not found, while the plain record headers are
+inc=$(make -s --no-print-directory print-inc 2>/dev/null)
+for mod in views traces; do
+    flags=$(echo "$inc" | sed -n "s/^$mod: //p")
+    [ -n "$flags" ] && ok || ko "make print-inc gives no include paths for $mod"
+    printf '#include "record.h"\n#include "kvs.h"\nint zz;\n' >"$tmp/ok_$mod.c"
+    if cc -fsyntax-only -D_GNU_SOURCE $flags "$tmp/ok_$mod.c" 2>"$tmp/err"; then ok; else ko "$mod cannot include record.h: $(head -n1 "$tmp/err")"; fi
+    for h in infer.h commonkv_priv.h press.h backend.h; do
+        printf '#include "%s"\nint zz;\n' "$h" >"$tmp/bad_$mod.c"
+        if cc -fsyntax-only -D_GNU_SOURCE $flags "$tmp/bad_$mod.c" 2>/dev/null; then ko "$mod could include engine's $h"; else ok; fi
+    done
+done
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

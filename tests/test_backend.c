@@ -1,4 +1,4 @@
-/* Backends (engine/backend.h) and the CUPTI profiler (engine/profiler.h): the CUDA probe degrades
+/* Backends (engine/backend/backend.h) and the CUPTI profiler (engine/backend/profiler.h): the CUDA probe degrades
  * to a reason without crashing (library missing, invalid, no driver, no GPU); the CPU backend ops
  * match plain reference implementations written here (naive attention that materialises K and V,
  * a double-precision RoPE, SVD reconstruction); the profiler reports why it cannot start.

@@ -1,4 +1,4 @@
-/* Tests for engine/gguf.c: tiny models of every tensor type and both architectures round-trip
+/* Tests for engine/model/gguf.c: tiny models of every tensor type and both architectures round-trip
  * through the reader; hostile input (missing, non-GGUF, truncated at every byte, absurd counts
  * and lengths, overflowing dimensions, bad types, v1, duplicates, bad alignment, random byte
  * corruption) fails cleanly with the expected message and never reads out of bounds (run it

@@ -1,4 +1,4 @@
-/* Tests for engine/quant.c and quant_simd.c: fp16/bf16 conversions, hand-built blocks of every
+/* Tests for engine/model/quant.c and quant_simd.c: fp16/bf16 conversions, hand-built blocks of every
  * layout, dequant(quant(x)) error per type, and kvs_vec_dot (SIMD and scalar) against a double
  * dot of the dequantized weights. `test_quant --bench` measures ns per row instead. */
 #include <stdint.h>

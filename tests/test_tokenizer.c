@@ -1,4 +1,4 @@
-/* Tests of engine/tokenizer.c: byte-level BPE and SPM on crafted and tiny GGUF vocabularies,
+/* Tests of engine/model/tokenizer.c: byte-level BPE and SPM on crafted and tiny GGUF vocabularies,
  * pre-tokenizer families, special tokens, chat formats, hostile metadata, exact round trips,
  * and the real SmolLM2 vocabulary against golden ids made by HuggingFace tokenizers.
  *   test_tokenizer                          unit tests ("N passed, N failed" last)

@@ -1,6 +1,6 @@
 /* Record serialization (field by field, little-endian, explicit: never a struct memcpy, so files
  * are portable and stable), chunk headers, chunk payload packing with zlib (one stream per chunk)
- * and index entries. Depends on libc, zlib and engine/record.h. */
+ * and index entries. Depends on libc, zlib and engine/core/record.h. */
 #include "trace_int.h"
 
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* The .kvt trace format (DESIGN.md §8, man/kvscope-trace.5): a writer with its own thread and a
  * bounded queue, a validating reader with keyframe seeking, recovery of truncated files, and
  * exports (Perfetto/Chrome trace JSON, CSV, JSON lines). A library of its own: depends on libc,
- * zlib, pthreads and the plain record structs of engine/record.h; never prints, never exits;
+ * zlib, pthreads and the plain record structs of engine/core/record.h; never prints, never exits;
  * functions return enum kvs_status and leave a message naming the file, offset and problem. */
 #ifndef KVS_TRACE_H
 #define KVS_TRACE_H

@@ -1,5 +1,5 @@
 /* Record history for the views (see history.h). Holds references to immutable records; never
- * modifies them. Depends on engine/record.h and libc only. */
+ * modifies them. Depends on engine/core/record.h and libc only. */
 #include "history.h"
 
 #include <stdlib.h>

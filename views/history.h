@@ -1,7 +1,7 @@
 /* The record history the views draw from: the current run's RUN, END, QUALITY and matrix records,
  * a ring of its most recent STEP records, its decoded tokens, GPU kernel totals and the last log
  * lines, plus pinned snapshots for A/B comparison. Live and replay feed it the same way.
- * Depends on engine/record.h only (no curses, no engine internals). */
+ * Depends on engine/core/record.h only (no curses, no engine internals). */
 #ifndef KVS_HISTORY_H
 #define KVS_HISTORY_H
 

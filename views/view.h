@@ -1,6 +1,6 @@
 /* The panel interface: each panel is a struct of function pointers (layout, draw, key) over the
  * record history. Panels only draw; they never collect data and cannot tell live from replay.
- * Depends on curses, engine/record.h (plain structs) and views/history.h. */
+ * Depends on curses, engine/core/record.h (plain structs) and views/history.h. */
 #ifndef KVS_VIEW_H
 #define KVS_VIEW_H
 

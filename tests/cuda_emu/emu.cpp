@@ -26,7 +26,7 @@ uint3 thread_idx, block_idx;
 dim3 block_dim, grid_dim;
 }
 
-/* The marker the engine looks for (engine/backend_cuda.c): this library is not a GPU. */
+/* The marker the engine looks for (engine/backend/backend_cuda.c): this library is not a GPU. */
 extern "C" __attribute__((visibility("default"))) const char *kvs_cuda_emulation(void)
 {
     return "CUDA emulation (host)";

@@ -3,7 +3,7 @@
  * divergence (threads at different __syncthreads, a thread leaving a barrier or a shuffle, lanes
  * at different shuffles, an overrun past an allocation) aborts with a line naming the kernel.
  * Aborting cases run in a forked child whose stderr is checked. fp16/bf16 conversions are checked
- * against the engine's (engine/quant.h). cuBLAS and gesvdj argument checks and layouts. */
+ * against the engine's (engine/model/quant.h). cuBLAS and gesvdj argument checks and layouts. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,7 +1,7 @@
 /* Writes tiny random-weight GGUF models (see tinymodel.h). The tokenizer vocabulary is learned at
  * build time by byte-pair merging over a short built-in English text, so merges and merged tokens
- * are consistent by construction. Weights are quantized with engine/quant.c's kvs_quant_row.
- * Depends on engine/quant.h, engine/gguf.h (type ids) and libc. */
+ * are consistent by construction. Weights are quantized with engine/model/quant.c's kvs_quant_row.
+ * Depends on engine/model/quant.h, engine/model/gguf.h (type ids) and libc. */
 #include "tinymodel.h"
 
 #include <math.h>

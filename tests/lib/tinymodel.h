@@ -1,7 +1,7 @@
 /* Tiny random-weight GGUF models for tests: llama or qwen2 architecture, any supported weight type,
  * a byte-level BPE (gpt2) or SentencePiece-style (llama) tokenizer learned from a built-in text,
  * metadata keys and tensor names exactly as llama.cpp writes them. Also a small GGUF byte writer
- * (struct kvs_gbuf) for crafting hostile files. Depends on engine/quant.h (quantizers) and libc. */
+ * (struct kvs_gbuf) for crafting hostile files. Depends on engine/model/quant.h (quantizers) and libc. */
 #ifndef KVS_TINYMODEL_H
 #define KVS_TINYMODEL_H
 

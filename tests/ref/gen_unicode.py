@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Generates engine/tokenizer_unicode.c: the code point classes the byte-level BPE pre-tokenizer
+"""Generates engine/model/tokenizer_unicode.c: the code point classes the byte-level BPE pre-tokenizer
 regexes need (\\p{L}, \\p{N}, \\s), as sorted ranges, from Python's unicodedata.
-Usage: python3 tests/ref/gen_unicode.py > engine/tokenizer_unicode.c
+Usage: python3 tests/ref/gen_unicode.py > engine/model/tokenizer_unicode.c
 White_Space is not exposed by unicodedata; its (small, stable) list is spelled out below from
 the Unicode Character Database PropList.txt."""
 import sys

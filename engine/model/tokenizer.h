@@ -1,6 +1,6 @@
 /* Tokenizer built from GGUF metadata: byte-level BPE (gpt2 style: SmolLM2, Llama 3, Qwen2) and
  * SentencePiece style (llama: Llama 2, Mistral), special tokens and chat templates.
- * Depends on libc and engine/gguf.h only. */
+ * Depends on libc and engine/model/gguf.h only. */
 #ifndef KVS_TOKENIZER_H
 #define KVS_TOKENIZER_H
 

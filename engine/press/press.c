@@ -1,5 +1,5 @@
 /* Method registry: parses method specs ("commonkv+quant+snapkv") into a configuration with
- * defaults and creates the matching press. Depends on engine/press.h and the press constructors. */
+ * defaults and creates the matching press. Depends on engine/press/press.h and the press constructors. */
 #include "commonkv_priv.h"
 #include "press.h"
 

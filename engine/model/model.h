@@ -1,5 +1,5 @@
 /* A loaded model: hyperparameters from GGUF metadata and weight views into the mapping.
- * Depends on engine/gguf.h, engine/tokenizer.h. Llama family (SmolLM2, Llama 2/3, Mistral) and
+ * Depends on engine/model/gguf.h, engine/model/tokenizer.h. Llama family (SmolLM2, Llama 2/3, Mistral) and
  * qwen2 (K/V bias, NEOX RoPE pairing). */
 #ifndef KVS_MODEL_H
 #define KVS_MODEL_H

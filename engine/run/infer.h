@@ -1,5 +1,5 @@
 /* The forward pass: a context runs tokens of a model through a press (the KV-cache method) on the
- * CPU backend, with internal op counters. Depends on engine/model.h, engine/press.h, threads. */
+ * CPU backend, with internal op counters. Depends on engine/model/model.h, engine/press/press.h, threads. */
 #ifndef KVS_INFER_H
 #define KVS_INFER_H
 

@@ -1,7 +1,7 @@
 /* Tokenizer built from GGUF tokenizer.* metadata: byte-level BPE (gpt2 style) with hand-written
  * matchers for the pre-tokenizer regexes, SentencePiece-style BPE over scores with byte
  * fallback, special-token splitting, piece decoding and chat-template formatting.
- * Depends on libc, engine/gguf.h and the generated Unicode table (tokenizer_unicode.c) only;
+ * Depends on libc, engine/model/gguf.h and the generated Unicode table (tokenizer_unicode.c) only;
  * never prints, never exits. A built tokenizer is immutable: encode/decode are thread-safe. */
 #include "tokenizer.h"
 #include "tokenizer_unicode.h"

@@ -1,7 +1,7 @@
 /* Compute backends (DESIGN.md §7): a vtable per backend plus a context pointer, a registry (a static
  * array, CPU first, CUDA found at run time by dlopen of libkvscope_cuda.so), and wrappers that take
  * the CPU path when an optional entry is NULL. The CPU backend is the oracle for the CUDA one.
- * Depends on engine/model.h, engine/threads.h and kernels/kernels.h (plain C); never on CUDA
+ * Depends on engine/model/model.h, engine/core/threads.h and kernels/kernels.h (plain C); never on CUDA
  * headers or libraries: a machine without an NVIDIA driver gets a status message, never a crash. */
 #ifndef KVS_BACKEND_H
 #define KVS_BACKEND_H
@@ -155,7 +155,7 @@ enum kvs_status kvs_cpu_attn_kv16(struct kvs_pool *pool, const struct kvs_attn_k
 /* Thin SVD with LAPACK sgesdd (A untouched); KVS_ERR_BACKEND when LAPACK reports a failure. */
 enum kvs_status kvs_cpu_svd(const float *a, int m, int n, float *u, float *s, float *vt);
 
-/* ---- CUDA discovery details (engine/backend_cuda.c), for diagnostics and tests ---- */
+/* ---- CUDA discovery details (engine/backend/backend_cuda.c), for diagnostics and tests ---- */
 
 enum kvs_gpu_driver { KVS_GPU_NO_DRIVER = 0, KVS_GPU_NO_DEVICE = 1, KVS_GPU_PRESENT = 2 };
 

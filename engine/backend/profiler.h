@@ -2,7 +2,7 @@
  * kernels, memcpy, memset and runtime API calls (never CUPTI_ACTIVITY_KIND_KERNEL, which serialises
  * kernels), drained by CUPTI's buffer callbacks into a bounded ring that the session turns into
  * KVS_REC_KERNEL records. Degrades step by step with a status string for each reason; a missing
- * piece is never a crash. Depends on engine/record.h and engine/backend.h (driver probe) only. */
+ * piece is never a crash. Depends on engine/core/record.h and engine/backend/backend.h (driver probe) only. */
 #ifndef KVS_PROFILER_H
 #define KVS_PROFILER_H
 

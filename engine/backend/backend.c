@@ -1,6 +1,6 @@
 /* Backend registry (a static array, CPU first, CUDA found at run time), the wrappers that fall back
  * to the CPU path when an optional entry is NULL, and the CPU backend itself: thin adapters over
- * the reference functions of engine/infer.c plus CPU attention over latents / fp16 K/V and the
+ * the reference functions of engine/run/infer.c plus CPU attention over latents / fp16 K/V and the
  * LAPACK SVD, which are the oracle for kernels/. Depends on libc, BLAS/LAPACKE, engine/ headers;
  * never prints, never exits. */
 #include "backend.h"

@@ -2,7 +2,7 @@
  * overflow-safe arithmetic against the bytes that are really there before it is used, so a bad or
  * truncated file fails with "FILE: offset N: what was wrong" and never reads out of bounds; the
  * tensors' data must tile the data section, so overlapping or retyped tensors are refused.
- * Depends on libc, POSIX mmap and engine/quant.h (block sizes); never prints. */
+ * Depends on libc, POSIX mmap and engine/model/quant.h (block sizes); never prints. */
 #include "gguf.h"
 
 #include <errno.h>

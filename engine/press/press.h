@@ -1,6 +1,6 @@
 /* KV-cache methods ("presses", DESIGN.md §5) on one interface. The forward pass hands each layer's
  * new tokens to the press and asks it for attention; the press owns all cache memory and counts
- * its bytes. Depends on engine/model.h, engine/record.h. */
+ * its bytes. Depends on engine/model/model.h, engine/core/record.h. */
 #ifndef KVS_PRESS_H
 #define KVS_PRESS_H
 
