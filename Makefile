@@ -80,7 +80,7 @@ endif
 endif
 
 ifeq ($(MAKELEVEL),0)
-ifeq ($(filter clean model setup print-inc emu-cxx emu-link,$(MAKECMDGOALS)),)
+ifeq ($(filter clean model setup print-inc gpu-bundle emu-cxx emu-link,$(MAKECMDGOALS)),)
 ifeq ($(HAVE_CUDA),yes)
 $(info ✓ CUDA: $(NVCC) (backend built as $(BUILD)/libkvscope_cuda.so, loaded at run time))
 else
@@ -121,7 +121,7 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 CUDA_SO := $(BUILD)/libkvscope_cuda.so
 LIBS := $(VIEWS_LIB) $(TRACES_LIB) $(ENGINE_LIB)
 
-.PHONY: print-inc all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench model setup install clean fuzz asan
+.PHONY: print-inc gpu-bundle all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench model setup install clean fuzz asan
 all: $(BIN) $(if $(filter yes,$(HAVE_CUDA)),$(CUDA_SO))
 	$(Q)ln -sf $(BIN) kvscope
 
@@ -243,6 +243,10 @@ check-deps:
 
 gpu-report:
 	@tests/gpu_report.sh $(BUILD)
+
+# binaries and their non-CUDA libraries for a GPU machine that cannot install packages
+gpu-bundle:
+	@BUILD=$(BUILD) scripts/gpu-bundle.sh
 
 check-planted: tests
 	@tests/plant_bugs.sh $(BUILD)

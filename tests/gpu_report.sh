@@ -32,12 +32,22 @@ section "build (nvcc, warnings are errors)"
 if timeout 300 make -j"$(nproc)" BUILD="$BUILD" USE_CUDA=yes CI=true all tests >"$TMP/build.log" 2>&1; then
     grep -E '^(✓|✗)' "$TMP/build.log"
     result build ok
+elif [ -f .gpu-bundle.tar.xz ]; then
+    # a GPU machine without the build's packages: use the binaries scripts/gpu-bundle.sh packed
+    tail -n 5 "$TMP/build.log"
+    tar -C "$TMP" -xJf .gpu-bundle.tar.xz
+    echo "built here: no; using .gpu-bundle.tar.xz (commit $(cat "$TMP/bundle/COMMIT"))"
+    BUILD=$TMP/bundle/build
+    export LD_LIBRARY_PATH=$TMP/bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    [ "$(cat "$TMP/bundle/COMMIT")" = "$(git rev-parse HEAD 2>/dev/null)" ] || echo "warning: the bundle was packed from another commit"
+    result build "bundle ($(cat "$TMP/bundle/COMMIT" | cut -c1-10))"
 else
     tail -n 30 "$TMP/build.log"
     result build FAIL
     echo; printf '%s\n' "${summary[@]}"; exit 1
 fi
-export KVS_CUDA_LIB=$PWD/$BUILD/libkvscope_cuda.so
+case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD;; esac
+export KVS_CUDA_LIB=$BUILD/libkvscope_cuda.so
 
 section "check-gpu"
 if timeout 240 tests/check-gpu.sh "$BUILD" >"$TMP/check.log" 2>&1; then r=ok; else r=FAIL; fi
@@ -90,4 +100,6 @@ fi
 section "summary"
 printf '%s\n' "${summary[@]}"
 echo "report: $REPORT"
+# on a device loan, $OUT is the folder whose files come back
+[ -n "${OUT:-}" ] && [ -d "$OUT" ] && cp "$REPORT" "$OUT/" 2>/dev/null
 ! printf '%s\n' "${summary[@]}" | grep -q FAIL
