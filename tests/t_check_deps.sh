@@ -32,5 +32,19 @@ for mod in views traces; do
         if cc -fsyntax-only -D_GNU_SOURCE $flags "$tmp/bad_$mod.c" 2>/dev/null; then ko "$mod could include engine's $h"; else ok; fi
     done
 done
+
+# the profiler builds with and without CUPTI headers (a toolkit without cupti.h, or USE_CUPTI=no),
+# warning-free either way
+eng=$(echo "$inc" | sed -n 's/^engine: //p')
+if cc -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fsyntax-only -D_GNU_SOURCE $eng engine/backend/cupti.c 2>"$tmp/err"
+then ok; else ko "cupti.c without CUPTI headers: $(head -n1 "$tmp/err")"; fi
+cupti_h=$(ls /usr/local/cuda/include/cupti.h /usr/local/cuda/extras/CUPTI/include/cupti.h 2>/dev/null | head -n1)
+if [ -n "$cupti_h" ]; then
+    if cc -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fsyntax-only -D_GNU_SOURCE -DKVS_HAVE_CUPTI \
+        -I"$(dirname "$cupti_h")" $eng engine/backend/cupti.c 2>"$tmp/err"
+    then ok; else ko "cupti.c with $cupti_h: $(head -n1 "$tmp/err")"; fi
+else
+    echo "skipped: cupti.c with CUPTI headers (no cupti.h installed)"
+fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

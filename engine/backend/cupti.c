@@ -1,12 +1,16 @@
-/* CUPTI profiler (profiler.h): libcupti is dlopen'd, never linked; the activity API collects
- * CONCURRENT_KERNEL, MEMCPY, MEMSET and RUNTIME records (never KIND_KERNEL: it serialises kernels)
- * into buffers whose completion callback copies them into a mutex-guarded ring. Degrades: CUPTI
- * support not built -> no NVIDIA driver -> no GPU -> CUPTI not found -> CUPTI busy. Uses cupti.h
- * for types only when KVS_HAVE_CUPTI is defined; depends on libc, libdl, pthreads. */
+/* CUPTI profiler (profiler.h): libcupti (.so.13 or .so.12) is dlopen'd, never linked; the activity
+ * API collects CONCURRENT_KERNEL, MEMCPY, MEMSET and RUNTIME records (never KIND_KERNEL: it
+ * serialises kernels) into buffers whose completion callback copies them into a mutex-guarded ring.
+ * Records are read through the field offsets every layout since CUDA 8 shares (checked against the
+ * header at compile time), so a library older or newer than the header is read right; runtime-API
+ * records are aggregated per call so they cannot flood the ring. Degrades: CUPTI support not built
+ * -> no NVIDIA driver -> no GPU -> CUPTI not found or too old -> CUPTI busy. Uses cupti.h for types
+ * only when KVS_HAVE_CUPTI is defined; depends on libc, libdl, pthreads. */
 #include "profiler.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +27,11 @@ struct kvs_profiler {
     struct kvs_rec_kernel *ring;
     uint32_t cap, head, count;        /* oldest at head */
     uint64_t dropped_ring, dropped_cupti;
+    /* runtime-API throttle: per callback id (mod RT_SLOTS), when the last kept record ended and how
+     * many calls were folded into the next one kept */
+    uint64_t rt_last_ns[256];
+    uint32_t rt_folded[256];
+    uint64_t rt_folded_total;
     enum kvs_prof_state state;
     uint64_t t0_ns;                   /* subtracted from monotonic timestamps */
     int64_t clock_offset;             /* cupti clock - monotonic clock, when no timestamp callback */
@@ -133,6 +142,7 @@ enum kvs_status kvs_profiler_start(struct kvs_profiler *p, uint64_t t0_ns)
 
 void kvs_profiler_stop(struct kvs_profiler *p) {}
 void kvs_profiler_flush(struct kvs_profiler *p) {}
+void kvs_profiler_convert_record(struct kvs_profiler *p, const void *rec) {}
 
 void kvs_profiler_delete(struct kvs_profiler *p)
 {
@@ -148,12 +158,58 @@ void kvs_profiler_delete(struct kvs_profiler *p)
 
 #define CUPTI_BUF_BYTES (1u << 20)
 #define CUPTI_BUF_ALIGN 8
+/* CUPTI API versions: CUDA 12.x reports 18..2x, CUDA 13 130001. Libraries before CUDA 10 (12) are
+ * refused; the record layouts read below have been stable since CUDA 8. */
+#define KVS_CUPTI_MIN_API 12u
+/* A runtime-API call of one kind is kept at most once per window; the calls in between are folded
+ * into the next one kept ("cudaLaunchKernel x38"). */
+#define RT_WINDOW_NS 1000000ull
+#define RT_SLOTS 256u
+
+/* Field offsets shared by every layout of these record kinds since CUDA 8 (Kernel3..Kernel10,
+ * Memcpy..Memcpy6, Memset..Memset4). CUPTI fills records in the layout of the library loaded, which
+ * may be older or newer than the header this file was built with: reading through these offsets
+ * (never through the newest struct) is right for both. */
+enum {
+    KREC_START = 16, KREC_END = 24, KREC_KSTREAM = 48, KREC_KNAME = 104, /* kernel */
+    KREC_COPYKIND = 4, KREC_BYTES = 8, KREC_MSTREAM = 40,                /* memcpy and memset */
+    KREC_API_CBID = 4, KREC_API_START = 8, KREC_API_END = 16,            /* runtime API */
+};
+_Static_assert(offsetof(CUpti_ActivityKernel4, start) == KREC_START && offsetof(CUpti_ActivityKernel4, end) == KREC_END &&
+                   offsetof(CUpti_ActivityKernel4, streamId) == KREC_KSTREAM &&
+                   offsetof(CUpti_ActivityKernel4, name) == KREC_KNAME,
+               "kernel record layout changed: read it by version");
+_Static_assert(offsetof(CUpti_ActivityMemcpy, copyKind) == KREC_COPYKIND && offsetof(CUpti_ActivityMemcpy, bytes) == KREC_BYTES &&
+                   offsetof(CUpti_ActivityMemcpy, start) == KREC_START && offsetof(CUpti_ActivityMemcpy, end) == KREC_END &&
+                   offsetof(CUpti_ActivityMemcpy, streamId) == KREC_MSTREAM,
+               "memcpy record layout changed: read it by version");
+_Static_assert(offsetof(CUpti_ActivityMemset, bytes) == KREC_BYTES && offsetof(CUpti_ActivityMemset, start) == KREC_START &&
+                   offsetof(CUpti_ActivityMemset, end) == KREC_END && offsetof(CUpti_ActivityMemset, streamId) == KREC_MSTREAM,
+               "memset record layout changed: read it by version");
+_Static_assert(offsetof(CUpti_ActivityAPI, cbid) == KREC_API_CBID && offsetof(CUpti_ActivityAPI, start) == KREC_API_START &&
+                   offsetof(CUpti_ActivityAPI, end) == KREC_API_END,
+               "runtime API record layout changed: read it by version");
+
+static uint64_t rd_u64(const CUpti_Activity *r, size_t off)
+{
+    uint64_t v;
+    memcpy(&v, (const char *)r + off, sizeof v);
+    return v;
+}
+static uint32_t rd_u32(const CUpti_Activity *r, size_t off)
+{
+    uint32_t v;
+    memcpy(&v, (const char *)r + off, sizeof v);
+    return v;
+}
 
 /* Function pointers typed from the header's own declarations (typeof does not reference them). */
 static struct {
     pthread_once_t once;
     bool ok;
     char path[256];
+    uint32_t api_version;     /* cuptiGetVersion of the library loaded */
+    __typeof__(&cuptiGetVersion) get_version;
     __typeof__(&cuptiGetResultString) get_result_string;
     __typeof__(&cuptiSubscribe) subscribe;
     __typeof__(&cuptiUnsubscribe) unsubscribe;
@@ -170,12 +226,16 @@ static struct {
 
 static void lib_load_once(void)
 {
+    /* CUDA 13 first, then 12 (the record layouts read are the same), then whatever is installed */
     static const char *const names[] = {
         "libcupti.so.13",
+        "libcupti.so.12",
         "libcupti.so",
         "/usr/local/cuda/extras/CUPTI/lib64/libcupti.so.13",
+        "/usr/local/cuda/extras/CUPTI/lib64/libcupti.so.12",
         "/usr/local/cuda/extras/CUPTI/lib64/libcupti.so",
         "/usr/local/cuda/lib64/libcupti.so.13",
+        "/usr/local/cuda/lib64/libcupti.so.12",
         "/usr/local/cuda/lib64/libcupti.so",
     };
     void *h = NULL;
@@ -189,7 +249,7 @@ static void lib_load_once(void)
         if (h) kvs_seterr(lib.path, sizeof lib.path, "%s", names[i]);
     }
     if (!h) {
-        kvs_seterr(lib.path, sizeof lib.path, "libcupti.so.13 not found");
+        kvs_seterr(lib.path, sizeof lib.path, "libcupti.so.13 or .12 not found");
         return;
     }
 #define SYM(field, name)                                                         \
@@ -200,6 +260,7 @@ static void lib_load_once(void)
             return;                                                              \
         }                                                                        \
     } while (0)
+    SYM(get_version, "cuptiGetVersion");
     SYM(get_result_string, "cuptiGetResultString");
     SYM(subscribe, "cuptiSubscribe");
     SYM(unsubscribe, "cuptiUnsubscribe");
@@ -213,6 +274,13 @@ static void lib_load_once(void)
 #undef SYM
     *(void **)&lib.callback_name = dlsym(h, "cuptiGetCallbackName");
     *(void **)&lib.register_timestamp = dlsym(h, "cuptiActivityRegisterTimestampCallback");
+    if (lib.get_version(&lib.api_version) != CUPTI_SUCCESS || lib.api_version < KVS_CUPTI_MIN_API) {
+        char was[sizeof lib.path];
+        snprintf(was, sizeof was, "%s", lib.path);
+        kvs_seterr(lib.path, sizeof lib.path, "%s: CUPTI API version %u too old (need %u, CUDA 10 or newer)", was,
+                   lib.api_version, KVS_CUPTI_MIN_API);
+        return;
+    }
     lib.ok = true;
     /* the library stays loaded: CUPTI may call back at any time until the process ends */
 }
@@ -243,7 +311,7 @@ const char *kvs_profiler_probe(enum kvs_prof_state *state)
             msg = "CUPTI ready";
         } else {
             st = KVS_PROF_NO_CUPTI;
-            msg = "CUPTI not found";
+            msg = strstr(lib.path, "too old") ? "CUPTI too old" : "CUPTI not found";
         }
     }
     if (state) *state = st;
@@ -332,55 +400,79 @@ static uint64_t rel_ns(const struct kvs_profiler *p, uint64_t ts)
     return mono > (int64_t)p->t0_ns ? (uint64_t)mono - p->t0_ns : 0;
 }
 
+/* Whether a runtime-API record of callback CBID ending at END_NS is kept; a kept one gets the
+ * number of calls folded into it since the last one kept (1: itself only). */
+static uint32_t runtime_keep(struct kvs_profiler *p, uint32_t cbid, uint64_t end_ns)
+{
+    uint32_t s = cbid % RT_SLOTS;
+    if (p->rt_last_ns[s] && end_ns >= p->rt_last_ns[s] && end_ns - p->rt_last_ns[s] < RT_WINDOW_NS) {
+        p->rt_folded[s]++;
+        p->rt_folded_total++;
+        return 0;
+    }
+    uint32_t n = p->rt_folded[s] + 1;
+    p->rt_last_ns[s] = end_ns ? end_ns : 1;
+    p->rt_folded[s] = 0;
+    return n;
+}
+
 static void convert(struct kvs_profiler *p, const CUpti_Activity *rec)
 {
     struct kvs_rec_kernel k;
     memset(&k, 0, sizeof k);
     switch (rec->kind) {
     case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
-        const CUpti_ActivityKernel10 *a = (const CUpti_ActivityKernel10 *)rec;
+        const char *name;
+        memcpy(&name, (const char *)rec + KREC_KNAME, sizeof name);
         k.kind = KVS_KREC_KERNEL;
-        kernel_name(k.name, sizeof k.name, a->name);
-        k.stream = a->streamId;
-        k.start_ns = rel_ns(p, a->start);
-        k.end_ns = rel_ns(p, a->end);
+        kernel_name(k.name, sizeof k.name, name);
+        k.stream = rd_u32(rec, KREC_KSTREAM);
+        k.start_ns = rel_ns(p, rd_u64(rec, KREC_START));
+        k.end_ns = rel_ns(p, rd_u64(rec, KREC_END));
         break;
     }
-    case CUPTI_ACTIVITY_KIND_MEMCPY: {
-        const CUpti_ActivityMemcpy6 *a = (const CUpti_ActivityMemcpy6 *)rec;
+    case CUPTI_ACTIVITY_KIND_MEMCPY:
         k.kind = KVS_KREC_MEMCPY;
-        kvs_seterr(k.name, sizeof k.name, "%s", memcpy_name(a->copyKind));
-        k.stream = a->streamId;
-        k.start_ns = rel_ns(p, a->start);
-        k.end_ns = rel_ns(p, a->end);
-        k.bytes = a->bytes;
+        kvs_seterr(k.name, sizeof k.name, "%s", memcpy_name(*((const uint8_t *)rec + KREC_COPYKIND)));
+        k.stream = rd_u32(rec, KREC_MSTREAM);
+        k.start_ns = rel_ns(p, rd_u64(rec, KREC_START));
+        k.end_ns = rel_ns(p, rd_u64(rec, KREC_END));
+        k.bytes = rd_u64(rec, KREC_BYTES);
         break;
-    }
-    case CUPTI_ACTIVITY_KIND_MEMSET: {
-        const CUpti_ActivityMemset4 *a = (const CUpti_ActivityMemset4 *)rec;
+    case CUPTI_ACTIVITY_KIND_MEMSET:
         k.kind = KVS_KREC_MEMSET;
         kvs_seterr(k.name, sizeof k.name, "memset");
-        k.stream = a->streamId;
-        k.start_ns = rel_ns(p, a->start);
-        k.end_ns = rel_ns(p, a->end);
-        k.bytes = a->bytes;
+        k.stream = rd_u32(rec, KREC_MSTREAM);
+        k.start_ns = rel_ns(p, rd_u64(rec, KREC_START));
+        k.end_ns = rel_ns(p, rd_u64(rec, KREC_END));
+        k.bytes = rd_u64(rec, KREC_BYTES);
         break;
-    }
     case CUPTI_ACTIVITY_KIND_RUNTIME: {
-        const CUpti_ActivityAPI *a = (const CUpti_ActivityAPI *)rec;
+        uint32_t cbid = rd_u32(rec, KREC_API_CBID);
+        uint64_t end = rel_ns(p, rd_u64(rec, KREC_API_END));
+        uint32_t calls = runtime_keep(p, cbid, end);
+        if (!calls) return;
         const char *name = NULL;
-        if (lib.callback_name) lib.callback_name(CUPTI_CB_DOMAIN_RUNTIME_API, a->cbid, &name);
+        if (lib.callback_name) lib.callback_name(CUPTI_CB_DOMAIN_RUNTIME_API, cbid, &name);
         k.kind = KVS_KREC_RUNTIME;
-        if (name) kvs_seterr(k.name, sizeof k.name, "%s", name);
-        else kvs_seterr(k.name, sizeof k.name, "runtime api %u", (unsigned)a->cbid);
-        k.start_ns = rel_ns(p, a->start);
-        k.end_ns = rel_ns(p, a->end);
+        char base[64];
+        if (name) snprintf(base, sizeof base, "%s", name);
+        else snprintf(base, sizeof base, "runtime api %u", (unsigned)cbid);
+        if (calls > 1) kvs_seterr(k.name, sizeof k.name, "%s x%u", base, (unsigned)calls);
+        else kvs_seterr(k.name, sizeof k.name, "%s", base);
+        k.start_ns = rel_ns(p, rd_u64(rec, KREC_API_START));
+        k.end_ns = end;
         break;
     }
     default:
         return;
     }
     ring_push(p, &k);
+}
+
+void kvs_profiler_convert_record(struct kvs_profiler *p, const void *rec)
+{
+    convert(p, (const CUpti_Activity *)rec);
 }
 
 static void CUPTIAPI on_buffer_completed(CUcontext ctx, uint32_t stream, uint8_t *buffer, size_t size,
@@ -453,7 +545,10 @@ enum kvs_status kvs_profiler_start(struct kvs_profiler *p, uint64_t t0_ns)
     CUPTI_CHECK(lib.register_callbacks(on_buffer_requested, on_buffer_completed));
     for (; enabled < KVS_ARRAY_LEN(kinds); enabled++) CUPTI_CHECK(lib.enable(kinds[enabled]));
     p->state = KVS_PROF_ACTIVE;
-    kvs_seterr(p->status, sizeof p->status, "CUPTI active (kernels, memcpy, memset, runtime)");
+    memset(p->rt_last_ns, 0, sizeof p->rt_last_ns);
+    memset(p->rt_folded, 0, sizeof p->rt_folded);
+    p->rt_folded_total = 0;
+    kvs_seterr(p->status, sizeof p->status, "CUPTI active (API %u: kernels, memcpy, memset, runtime)", lib.api_version);
     return KVS_OK;
 fail:
     while (enabled > 0) lib.disable(kinds[--enabled]);
@@ -491,7 +586,8 @@ void kvs_profiler_stop(struct kvs_profiler *p)
     if (active == p) active = NULL;
     pthread_mutex_unlock(&active_mu);
     p->state = KVS_PROF_READY;
-    kvs_seterr(p->status, sizeof p->status, "CUPTI stopped");
+    kvs_seterr(p->status, sizeof p->status, "CUPTI stopped (%llu runtime-API calls folded into others)",
+               (unsigned long long)p->rt_folded_total);
 }
 
 void kvs_profiler_delete(struct kvs_profiler *p)

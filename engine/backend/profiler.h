@@ -56,6 +56,11 @@ struct kvs_record *kvs_profiler_pop_record(struct kvs_profiler *p);
 /* Activities lost so far: ring overflow plus what CUPTI itself dropped. */
 uint64_t kvs_profiler_dropped(const struct kvs_profiler *p);
 
+/* Converts one CUPTI activity record (REC, in the layout of the loaded library) into the ring as
+ * collection does, throttle included; for tests, which build records of several CUPTI versions'
+ * layouts. A record of a kind kvscope does not collect is ignored. Without CUPTI support: no-op. */
+void kvs_profiler_convert_record(struct kvs_profiler *p, const void *rec);
+
 enum kvs_prof_state kvs_profiler_state(const struct kvs_profiler *p);
 /* The current status line ("CUPTI active", "no GPU", …); valid until the next call on P. */
 const char *kvs_profiler_status(const struct kvs_profiler *p);
