@@ -235,11 +235,15 @@ static void on_record(struct ui *u, struct kvs_record *r)
 {
     if (r->type == KVS_REC_LOG) {
         const struct kvs_rec_log *l = &r->u.log;
+        /* a replayed log line comes from a file: its control bytes are shown, never sent */
+        size_t len = strnlen(l->text, sizeof l->text);
+        char text[sizeof l->text * 4];
+        kvs_escape(text, sizeof text, l->text, len);
         if (l->level == 0) {
-            snprintf(u->progress, sizeof u->progress, "%s", l->text);
+            kvs_escape(u->progress, sizeof u->progress, l->text, len);
             u->progress_on = true;
         } else {
-            say(u, l->level >= 2 ? KVS_C_BAD : KVS_C_WARN, "%s", l->text);
+            say(u, l->level >= 2 ? KVS_C_BAD : KVS_C_WARN, "%s", text);
             if (l->level >= 2) u->msg_until = kvs_now_ns() + 30000000000ull;
         }
     } else if (r->type == KVS_REC_STEP) {

@@ -214,6 +214,25 @@ assert all(r[7]=='\\\\x1b]0;pwned\\\\x07\\\\n\\\\xff\\\\xc2\\\\x9b\"x,' for r in
         if clean "$T/out" && clean "$T/err" && grep -qF '\u001b]0;pwned\u0007\n\ufffd\u009b' "$T/out"; then ok
         else ko "$cmd with control bytes: $(grep -o 'pwned.\{0,40\}' "$T/out" | head -n 2 | cat -v) / $(cat -v "$T/err")"; fi
     done
+    # the TUI shows a replayed log line's control bytes as escapes, not as terminal commands
+    # (ncurses would draw ESC as ^[ and BEL as ^G); the sample logs a warning at step 9
+    if command -v tmux >/dev/null 2>&1 && "${KVS_BUILD:-build}/tests/test_traces" --write-sample "$T/s12.kvt" 12 \
+            >/dev/null 2>&1 && python3 tests/lib/kvstrace.py poison "$T/s12.kvt" "$T/ctl12.kvt"; then
+        TS=kvs-cli-$$
+        tmux -L "$TS" -f /dev/null new-session -d -x 200 -y 50 \
+            "env TERM=tmux-256color LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME=$T $K replay $T/ctl12.kvt" 2>/dev/null
+        seen=""
+        for _ in $(seq 1 300); do
+            seen=$(tmux -L "$TS" capture-pane -p 2>/dev/null | grep -F 'pwned' | grep -vF '·]0;pwned·' | head -n 1)
+            [ -n "$seen" ] && break
+            sleep 0.2
+        done
+        tmux -L "$TS" kill-server 2>/dev/null
+        case "$seen" in
+        *'\x1b]0;pwned\x07\n\xff'*) ok;;
+        *) ko "replay TUI, a log line with control bytes: '$seen'";;
+        esac
+    fi
     # NaN rates in a trace's END record: replay --batch's summary says null, never nan
     python3 tests/lib/kvstrace.py nan-end "$T/s.kvt" "$T/nan.kvt"
     "$K" replay "$T/nan.kvt" --batch >"$T/out" 2>"$T/err"
