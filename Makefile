@@ -159,7 +159,7 @@ $(BUILD)/tests/%: tests/%.c $(TESTLIB) $(LIBS)
 	$(Q)$(CC) $(ALL_CFLAGS) -Itests/lib -o $@ $< $(TESTLIB) $(LIBS) $(LDFLAGS) $(LDLIBS_ALL)
 
 # ---- CUDA backend: a shared object the engine dlopens, so kvscope starts without CUDA ----
-CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -gencode arch=compute_75,code=compute_75
 NVCCFLAGS ?= -O3 -lineinfo
 NVCC_WARN := -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC -Werror all-warnings
 $(BUILD)/kernels/%.o: kernels/%.cu kernels/kernels.h $(wildcard kernels/*.cuh)

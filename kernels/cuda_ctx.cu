@@ -100,6 +100,10 @@ static int api_init(struct kvs_cuda_ctx **out, int device, char *err, size_t err
     copy_str(c->name, sizeof c->name, prop.name);
     c->cc_major = prop.major;
     c->cc_minor = prop.minor;
+    {
+        const char *sync = getenv("KVS_CUDA_SYNC"); /* a debugging switch, like CUDA_LAUNCH_BLOCKING */
+        c->sync_launches = sync && *sync && strcmp(sync, "0") != 0;
+    }
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&c->blas));
     CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));

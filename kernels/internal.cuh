@@ -43,6 +43,7 @@ struct kvs_cuda_ctx {
     cusolverDnHandle_t solver;
     char name[96];
     int cc_major, cc_minor;
+    bool sync_launches;   /* KVS_CUDA_SYNC=1: wait after every launch, so a fault names its launcher */
     void *scratch[KVS_SCR_COUNT];
     size_t scratch_cap[KVS_SCR_COUNT];
     char err[512];
@@ -61,8 +62,21 @@ const char *kvs_cusolver_status_str(cusolverStatus_t s);
     KVS_CHECK_GEN(c->err, sizeof c->err, "cuBLAS", expr, CUBLAS_STATUS_SUCCESS, cublasGetStatusString)
 #define CUSOLVER_CHECK(expr) \
     KVS_CHECK_GEN(c->err, sizeof c->err, "cuSOLVER", expr, CUSOLVER_STATUS_SUCCESS, kvs_cusolver_status_str)
-/* Launch check: configuration errors surface at once, faults at the next synchronising call. */
-#define KVS_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+/* Launch check: configuration errors surface at once, faults at the next synchronising call; with
+ * KVS_CUDA_SYNC=1 the stream is waited on here, so a fault names the launcher that caused it (the
+ * launcher is the CPU twin's namesake: "kernel launched by kvs_cuda_rmsnorm() at norm.cu:24"). */
+#define KVS_LAUNCH_CHECK()                                                                            \
+    do {                                                                                              \
+        CUDA_CHECK(cudaGetLastError());                                                               \
+        if (c->sync_launches) {                                                                       \
+            cudaError_t kvs_sync_rc_ = cudaStreamSynchronize(c->stream);                              \
+            if (kvs_sync_rc_ != cudaSuccess) {                                                        \
+                snprintf(c->err, sizeof c->err, "kernel launched by %s() at %s:%d faulted: %s", __func__, \
+                         __FILE__, __LINE__, cudaGetErrorString(kvs_sync_rc_));                       \
+                goto fail;                                                                            \
+            }                                                                                         \
+        }                                                                                             \
+    } while (0)
 /* Argument check with a formatted message, same fail: convention. */
 #define KVS_REQUIRE(cond, ...)                                  \
     do {                                                        \

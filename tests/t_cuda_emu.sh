@@ -70,6 +70,10 @@ else
     ko "test_backend with KVS_CUDA_LIB=emulation: $(grep -E '^FAIL|^skipped' "$T/backend.log" | head -n 3)"
 fi
 
+# KVS_CUDA_SYNC=1 (wait after every launch, to name a faulting launcher) changes no result
+if KVS_CUDA_SYNC=1 KVS_CUDA_LIB=$LIB timeout 300 "$B/tests/test_cuda_emu" --ops >"$T/sync.log" 2>&1; then ok
+else ko "test_cuda_emu --ops with KVS_CUDA_SYNC=1: $(grep -E '^FAIL' "$T/sync.log" | head -n 3)"; fi
+
 # a missing library: one line naming the reason, exit 1, no crash
 KVS_CUDA_LIB=$T/nonexistent.so timeout 60 "$K" generate -m "$T/tiny.gguf" -p x -n 1 --backend cuda >"$T/miss.out" 2>"$T/miss.err"
 rc=$?
