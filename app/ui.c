@@ -34,9 +34,10 @@ static const char *methods[] = {"full", "commonkv", "lowrank", "minicache", "qua
 #define N_METHODS ((int)(sizeof methods / sizeof methods[0]))
 
 static const struct kvs_help_line help_live[] = {
-    {"q", "quit (from any state)"},
-    {"? F1", "this help (Esc or ? closes)"},
-    {"+ -", "raise / lower the target CR by 0.05"},
+    {"q Q F10", "quit (from any state, also from this help)"},
+    {"? h F1", "this help; Esc, ?, h or F1 closes it"},
+    {"Esc", "close the help, leave zoom"},
+    {"+ - = _", "raise / lower the target CR by 0.05 (= and _ too)"},
     {"m M", "next / previous method"},
     {"g G", "smaller / larger CommonKV group"},
     {"r R", "lower / raise the rank ratio (0: from CR)"},
@@ -45,37 +46,38 @@ static const struct kvs_help_line help_live[] = {
     {"c", "quality against full on / off"},
     {"Enter", "apply changed settings now (else after 0.6 s)"},
     {"e", "run again with the same settings"},
-    {"space p", "pause / follow the newest step"},
+    {"Space p", "pause / follow the newest step"},
     {"Left Right", "one step back / forward (pauses)"},
-    {"[ ]", "ten steps back / forward"},
+    {"[ ] S-Left S-Right", "ten steps back / forward"},
     {"Home End", "first step / newest step"},
     {"b", "pin this result as A (compare A/B)"},
     {"f", "run the full cache once and pin it as A"},
     {"B", "clear the pin"},
-    {"v", "similarity: hidden / keys / latent"},
+    {"v", "similarity source: hidden / keys / latent"},
     {"Tab BTab 1-6", "focus a panel"},
-    {"z", "zoom the focused panel"},
-    {"Up Down PgUp PgDn", "scroll the focused panel"},
+    {"z", "zoom the focused panel (Esc: back to the grid)"},
+    {"Up Down PgUp PgDn", "scroll the focused panel (Similarity: move the cell cursor)"},
     {"t", "theme: default / mono / projector"},
     {"x", "mouse on / off"},
     {"o", "save settings to the config file"},
     {"mouse", "click focuses, double-click zooms, wheel scrolls"},
 };
 static const struct kvs_help_line help_replay[] = {
-    {"q", "quit (from any state)"},
-    {"? F1", "this help (Esc or ? closes)"},
-    {"space p", "play / pause"},
+    {"q Q F10", "quit (from any state, also from this help)"},
+    {"? h F1", "this help; Esc, ?, h or F1 closes it"},
+    {"Esc", "close the help or the seek prompt, leave zoom"},
+    {"Space p", "play / pause"},
     {"Left Right", "one step back / forward"},
-    {"[ ]", "ten steps back / forward"},
-    {"< >", "slower / faster (0.25x to 16x)"},
+    {"[ ] S-Left S-Right", "ten steps back / forward"},
+    {"< > , .", "slower / faster (0.25x to 16x)"},
     {"Home End", "start / end of the trace"},
     {":", "seek: type a step number, or t and a token number, Enter"},
     {"b", "pin this result as A (compare A/B)"},
     {"B", "clear the pin"},
-    {"v", "similarity: hidden / keys / latent"},
+    {"v", "similarity source: hidden / keys / latent"},
     {"Tab BTab 1-6", "focus a panel"},
-    {"z", "zoom the focused panel"},
-    {"Up Down PgUp PgDn", "scroll the focused panel"},
+    {"z", "zoom the focused panel (Esc: back to the grid)"},
+    {"Up Down PgUp PgDn", "scroll the focused panel (Similarity: move the cell cursor)"},
     {"t", "theme: default / mono / projector"},
     {"x", "mouse on / off"},
     {"o", "save theme and view to the config file"},
@@ -97,6 +99,7 @@ struct ui {
     int focus, zoom;
     bool help;
     int help_scroll;
+    int help_scroll_max;    /* from the last frame drawn */
     bool paused;            /* live: the cursor stays where it is */
     uint64_t cursor;
     struct kvs_ui_settings cur, want;
@@ -323,7 +326,7 @@ static void seek_prompt_done(struct ui *u)
 /* Returns false when the UI should quit. */
 static bool on_key(struct ui *u, int ch)
 {
-    if (ch == 'q' || ch == 'Q') return false;
+    if (ch == 'q' || ch == 'Q' || ch == KEY_F(10)) return false;
     u->dirty = true;
     if (u->prompt) {
         size_t n = strlen(u->prompt_buf);
@@ -339,9 +342,14 @@ static bool on_key(struct ui *u, int ch)
     if (u->help) {
         if (ch == '?' || ch == 27 || ch == KEY_F(1) || ch == 'h') u->help = false;
         else if (ch == KEY_DOWN) u->help_scroll++;
-        else if (ch == KEY_UP && u->help_scroll > 0) u->help_scroll--;
+        else if (ch == KEY_UP) u->help_scroll--;
         else if (ch == KEY_NPAGE) u->help_scroll += 10;
-        else if (ch == KEY_PPAGE) u->help_scroll = u->help_scroll > 10 ? u->help_scroll - 10 : 0;
+        else if (ch == KEY_PPAGE) u->help_scroll -= 10;
+        else if (ch == KEY_HOME) u->help_scroll = 0;
+        else if (ch == KEY_END) u->help_scroll = u->help_scroll_max;
+        /* stay inside what the last frame could show, so Up works at once after many Downs */
+        if (u->help_scroll > u->help_scroll_max) u->help_scroll = u->help_scroll_max;
+        if (u->help_scroll < 0) u->help_scroll = 0;
         return true;
     }
     const struct kvs_panel *fp = kvs_panels[u->focus];
@@ -532,6 +540,7 @@ static void draw(struct ui *u)
     }
     fi.help = u->help;
     fi.help_scroll = u->help_scroll;
+    fi.help_scroll_max = &u->help_scroll_max;
     fi.help_lines = u->replay ? help_replay : help_live;
     fi.n_help = u->replay ? (int)KVS_ARRAY_LEN(help_replay) : (int)KVS_ARRAY_LEN(help_live);
     fi.keys_line = u->replay ? "q quit  ? help  space play/pause  </> speed  Left/Right step  : seek  b pin  v similarity  Tab focus  z zoom"

@@ -29,6 +29,7 @@ struct kvs_frame_info {
     /* help overlay */
     bool help;
     int help_scroll;
+    int *help_scroll_max;        /* out (may be NULL): the largest useful help_scroll at this size */
     const struct kvs_help_line *help_lines;
     int n_help;
     const char *keys_line;       /* key bar text */
