@@ -65,7 +65,9 @@ static void sim_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     if (m && (m->rows != m->cols || m->rows == 0)) m = NULL;
     /* source tabs, then the adjacent-layer mean of the same source */
     int x = r.x;
+    bool all_tabs = r.w >= 50; /* narrow: only the selected source's tab, so the number fits */
     for (int k = KVS_MAT_SIM_HIDDEN; k <= KVS_MAT_SIM_LATENT && x < r.x + r.w; k++) {
+        if (!all_tabs && k != v->sim_kind) continue;
         char b[16];
         snprintf(b, sizeof b, k == v->sim_kind ? "[%s]" : " %s ", kind_name(k));
         x += kvs_w_text(w, t, y, x, r.x + r.w - x, k == v->sim_kind ? KVS_C_FOCUS : KVS_C_DIM, b);
