@@ -696,6 +696,63 @@ static void test_projector_contrast(void)
     kvs_theme_setup(&theme, KVS_THEME_DEFAULT, has_colors(), COLORS, kvs_crt_utf8());
 }
 
+/* History keeps the session's runs as quality/CR points across RUN records (one point per run,
+ * updated by its steps; QUALITY records keyed by method and target), and the Quality panel's
+ * curve mode plots and lists them. */
+static void test_story_quality(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 64);
+    feed(&h, "commonkv", 3, ALL_VALID, 0);
+    CHECK(h.n_points == 1);
+    /* a second run with other numbers: the first run's point stays */
+    kvs_history_push(&h, mk_run("quant"));
+    for (int i = 0; i < 3; i++) {
+        struct kvs_record *r = mk_step((uint64_t)i, ALL_VALID, 0);
+        r->u.step.cr_achieved = 0.75f;
+        r->u.step.kl = 0.25f;
+        kvs_history_push(&h, r);
+    }
+    CHECKF(h.n_points == 2, "points %u", h.n_points);
+    CHECK(strcmp(h.points[0].method, "commonkv") == 0 && fabsf(h.points[0].kl - 0.0125f) < 1e-6f);
+    CHECK(strcmp(h.points[1].method, "quant") == 0 && fabsf(h.points[1].cr - 0.75f) < 1e-6f);
+    /* steps without quality add nothing */
+    kvs_history_push(&h, mk_run("full"));
+    kvs_history_push(&h, mk_step(0, KVS_VALID_BYTES, 0));
+    CHECK(h.n_points == 2);
+    /* a QUALITY record (eval in a trace) adds a point; the same method and target again updates it */
+    for (int k = 0; k < 2; k++) {
+        struct kvs_record *q = kvs_record_new(KVS_REC_QUALITY, 0);
+        snprintf(q->u.quality.method, sizeof q->u.quality.method, "lowrank");
+        q->u.quality.target_cr = 0.5f;
+        q->u.quality.achieved_cr = 0.5f;
+        q->u.quality.kl = k ? 0.5f : 0.4f;
+        kvs_history_push(&h, q);
+    }
+    CHECKF(h.n_points == 3 && fabsf(h.points[2].kl - 0.5f) < 1e-6f, "points %u", h.n_points);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 0, .live = true, .t = &theme, .sim_kind = 1};
+    struct kvs_rect r = {0, 0, 70, 20};
+    struct kvs_panel_state st = {0};
+    CHECK(kvs_panel_quality.key(&st, 'k') && st.mode == 1);
+    werase(stdscr);
+    kvs_panel_quality.draw(stdscr, r, &v, &st);
+    CHECK(screen_has(r, "KL vs full against achieved CR"));
+    CHECK(screen_has(r, "c commonkv"));
+    CHECK(screen_has(r, "CR 0.750  KL 0.2500"));
+    CHECK(screen_has(r, "l lowrank"));
+    /* the largest KL (0.5) tops the y axis; quant (0.25 at CR 0.75) sits half-way, 3/4 across */
+    CHECK(screen_has(r, "    0.5"));
+    int px = 8 + (int)lroundf(0.75f * (70 - 8 - 1));
+    int ph = 20 - 1 - 1 - 3; /* 3 listed points */
+    if (ph > 12) ph = 12;
+    int py = 1 + ph - 1 - (int)lroundf(0.5f * (float)(ph - 1));
+    char buf[16];
+    row_text(py, px, 1, buf, sizeof buf);
+    CHECKF(strcmp(buf, "q") == 0, "quant point at (%d,%d) is '%s'", px, py, buf);
+
+    kvs_history_free(&h);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--tiny-model") == 0) return write_tiny(argv[2]);
@@ -720,6 +777,7 @@ int main(int argc, char **argv)
     RUN(test_story_similarity);
     RUN(test_story_budgets);
     RUN(test_projector_contrast);
+    RUN(test_story_quality);
     kvs_crt_offscreen_end();
     return kvs_test_summary();
 }
