@@ -706,7 +706,9 @@ static void test_story_quality(void)
     feed(&h, "commonkv", 3, ALL_VALID, 0);
     CHECK(h.n_points == 1);
     /* a second run with other numbers: the first run's point stays */
-    kvs_history_push(&h, mk_run("quant"));
+    struct kvs_record *qr = mk_run("quant");
+    qr->u.run.run_id = 2;
+    kvs_history_push(&h, qr);
     for (int i = 0; i < 3; i++) {
         struct kvs_record *r = mk_step((uint64_t)i, ALL_VALID, 0);
         r->u.step.cr_achieved = 0.75f;
@@ -717,7 +719,9 @@ static void test_story_quality(void)
     CHECK(strcmp(h.points[0].method, "commonkv") == 0 && fabsf(h.points[0].kl - 0.0125f) < 1e-6f);
     CHECK(strcmp(h.points[1].method, "quant") == 0 && fabsf(h.points[1].cr - 0.75f) < 1e-6f);
     /* steps without quality add nothing */
-    kvs_history_push(&h, mk_run("full"));
+    struct kvs_record *fr = mk_run("full");
+    fr->u.run.run_id = 3;
+    kvs_history_push(&h, fr);
     kvs_history_push(&h, mk_step(0, KVS_VALID_BYTES, 0));
     CHECK(h.n_points == 2);
     /* a QUALITY record (eval in a trace) adds a point; the same method and target again updates it */
@@ -749,6 +753,12 @@ static void test_story_quality(void)
     char buf[16];
     row_text(py, px, 1, buf, sizeof buf);
     CHECKF(strcmp(buf, "q") == 0, "quant point at (%d,%d) is '%s'", px, py, buf);
+    /* a replay seeking back starts the same run over (same id and start time): no new point */
+    struct kvs_record *again = mk_run("quant");
+    again->u.run.run_id = 2;
+    kvs_history_push(&h, again);
+    kvs_history_push(&h, mk_step(0, ALL_VALID, 0));
+    CHECKF(h.n_points == 3, "a run started over added a point (%u)", h.n_points);
 
     kvs_history_free(&h);
 }

@@ -171,7 +171,7 @@ void kvs_history_push(struct kvs_history *h, struct kvs_record *r)
         const struct kvs_rec_step *s = &r->u.step;
         uint32_t need = KVS_VALID_QUALITY | KVS_VALID_BYTES;
         if (h->run && (s->valid & need) == need && isfinite(s->kl) && isfinite(s->cr_achieved)) {
-            struct kvs_hist_point *p = point_for(h, h->n_runs);
+            struct kvs_hist_point *p = point_for(h, kvs_history_run_key(&h->run->u.run));
             snprintf(p->method, sizeof p->method, "%s", h->run->u.run.method);
             p->target_cr = h->run->u.run.target_cr;
             p->cr = s->cr_achieved;

@@ -30,7 +30,7 @@ struct kvs_hist_kernel {
 /* One run of the session (or one QUALITY record) as a point on the quality/CR curve. */
 #define KVS_HIST_POINTS 64
 struct kvs_hist_point {
-    uint64_t key;                   /* run: its index in the session (n_runs); quality: ~0 - slot */
+    uint64_t key;                   /* run: kvs_history_run_key of its RUN record; quality: top bit set */
     char method[KVS_REC_NAME_MAX];
     float target_cr, cr, kl;        /* achieved CR; KL against the full cache */
 };
@@ -82,6 +82,12 @@ void kvs_history_push(struct kvs_history *h, struct kvs_record *r);
 
 /* Step I of the current run, or NULL when it was never seen or has left the ring. */
 const struct kvs_rec_step *kvs_history_step(const struct kvs_history *h, uint64_t i);
+/* The key of run R's quality/CR point: its run id and start time, so a replay that starts a run
+ * over (a backward seek) updates the run's point instead of adding another (top bit clear). */
+static inline uint64_t kvs_history_run_key(const struct kvs_rec_run *r)
+{
+    return (((uint64_t)r->run_id << 44) ^ r->unix_ns) & ~(1ull << 63);
+}
 /* Index of the oldest step still held (== n_steps when none). */
 uint64_t kvs_history_first(const struct kvs_history *h);
 /* The I-th most recent log line (0: newest), or NULL. */

@@ -99,7 +99,7 @@ static void curve_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *
             if (px >= pw) px = pw - 1;
             if (py < 0) py = 0;
             if (py >= ph) py = ph - 1;
-            bool cur = p->key == h->n_runs;
+            bool cur = h->run && p->key == kvs_history_run_key(&h->run->u.run);
             char g[2] = {p->method[0] ? p->method[0] : '?', 0};
             attr_t a = kvs_attr(t, cur ? KVS_C_FOCUS : KVS_C_TEXT) | (cur ? A_REVERSE : 0);
             mvwaddch(w, y + py, r.x + lab + px, (chtype)(unsigned char)g[0] | a);
@@ -111,7 +111,8 @@ static void curve_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *
     for (int i = 0; i < list && y < ye; i++) {
         const struct kvs_hist_point *p = &h->points[h->n_points - 1 - (uint32_t)i];
         char tb[16];
-        kvs_w_printf(w, t, y++, r.x, r.w, p->key == h->n_runs ? KVS_C_FOCUS : KVS_C_TEXT, "%c %-18.18s target %s  CR %.3f  KL %.4f",
+        bool cur = h->run && p->key == kvs_history_run_key(&h->run->u.run);
+        kvs_w_printf(w, t, y++, r.x, r.w, cur ? KVS_C_FOCUS : KVS_C_TEXT, "%c %-18.18s target %s  CR %.3f  KL %.4f",
                      p->method[0] ? p->method[0] : '?', p->method,
                      kvs_fmt_f(tb, sizeof tb, p->target_cr >= 0, "%.2f", p->target_cr), p->cr, p->kl);
     }
