@@ -71,6 +71,7 @@ static const struct kvs_help_line help_replay[] = {
     {"[ ] S-Left S-Right", "ten steps back / forward"},
     {"< > , .", "slower / faster (0.25x to 16x)"},
     {"Home End", "start / end of the trace"},
+    {"{ }", "start of the previous / next run (marked on the scrubber)"},
     {":", "seek: type a step number, or t and a token number, Enter"},
     {"b", "pin this result as A (compare A/B)"},
     {"B", "clear the pin"},
@@ -323,6 +324,30 @@ static void seek_prompt_done(struct ui *u)
     }
 }
 
+/* Replay: to the start of the next run (DIR 1), or of this run, or the previous one when already at
+ * its start (DIR -1). */
+static void seek_run(struct ui *u, int dir)
+{
+    const uint64_t *first = NULL;
+    size_t n = u->src->runs(u->src->ctx, &first);
+    if (!n) { say(u, KVS_C_WARN, "no runs indexed in this trace"); return; }
+    uint64_t total = 0, d = 0;
+    u->src->position(u->src->ctx, &total, &d);
+    uint64_t base = d >= u->h.n_steps ? d - u->h.n_steps : 0;
+    uint64_t pos = base + (u->paused ? u->cursor : last_step(u));
+    size_t k = 0;
+    while (k + 1 < n && first[k + 1] <= pos) k++;
+    size_t to = k;
+    if (dir > 0) {
+        if (k + 1 >= n) { say(u, KVS_C_WARN, "already in the last run (%zu of %zu)", k + 1, n); return; }
+        to = k + 1;
+    } else if (pos == first[k] && k > 0) {
+        to = k - 1;
+    }
+    goto_step(u, (int64_t)first[to]);
+    say(u, KVS_C_GOOD, "run %zu of %zu (step %llu)", to + 1, n, (unsigned long long)first[to]);
+}
+
 /* Returns false when the UI should quit. */
 static bool on_key(struct ui *u, int ch)
 {
@@ -412,6 +437,10 @@ static bool on_key(struct ui *u, int ch)
         break;
     case '>': case '.':
         if (u->replay) { double s = u->src->speed(u->src->ctx) * 2; u->src->set_speed(u->src->ctx, s > 16 ? 16 : s); }
+        break;
+    case '{': case '}':
+        if (!u->replay || !u->src->runs) { say(u, KVS_C_WARN, "run seek is for replays"); break; }
+        seek_run(u, ch == '}' ? 1 : -1);
         break;
     case ':':
         if (u->replay) { u->prompt = true; u->prompt_buf[0] = 0; }
@@ -514,6 +543,7 @@ static void draw(struct ui *u)
         fi.speed = u->src->speed(u->src->ctx);
         fi.scrub_len = n;
         fi.scrub_pos = base + (u->paused ? u->cursor : last_step(u));
+        if (u->src->runs) fi.n_scrub_runs = u->src->runs(u->src->ctx, &fi.scrub_runs);
         uint32_t nt = u->h.n_steps ? kvs_history_tokens_upto(&u->h, u->paused ? u->cursor : last_step(u)) : 0;
         snprintf(extra, sizeof extra, "token %u", nt);
         fi.scrub_extra = extra;

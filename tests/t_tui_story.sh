@@ -2,7 +2,8 @@
 # The story panels driven through tmux as a person would: the similarity header and strip follow
 # the source chosen with v, the fixed colour scale is stated, the cell cursor reads out a value,
 # the Budgets panel shows rank/max and switches to the spectrum with d, the help overlay is
-# scrollable with a visible hint at 80x24 and the replay help lists replay keys only, F10 quits,
+# scrollable with a visible hint at 80x24 and the replay help lists replay keys only, the replay
+# scrubber marks where each run starts and { } seek by run, F10 quits,
 # SGR (1006) mouse reporting is on, and the projector theme draws. Every wait is for screen text
 # with a generous deadline (KVS_TEST_WAIT, 60 s), never a fixed sleep. Prints "N passed, N failed".
 set -u
@@ -80,6 +81,11 @@ check "spectrum shows energy kept" wait_cond 10 eval 'cap | grep -qE "energy +[0
 T send-keys -t ui d
 check "d again: group budgets" wait_for "rank/max" 5
 
+# a second run in the same recording (the replay below seeks between them)
+T send-keys -t ui + Enter
+check "a second run with the new target" wait_for "CR target 0.55" 30
+check "the second run reaches its numbers" wait_for "achieved 0." 30
+
 # ---- 3. SGR mouse reporting (clicks past column 223) ----
 check "SGR 1006 mouse mode on" wait_cond 5 eval '[ "$(T display-message -p -t ui "#{mouse_sgr_flag}")" = 1 ]'
 
@@ -100,6 +106,11 @@ check "F10 quits" wait_for "__EXIT__ rc=0" 30
 if [ -s "$TMP/story.kvt" ]; then
     start 100 50 "$BIN replay $TMP/story.kvt --paused"
     check "replay drawn" wait_for "1 Similarity" 15
+    check "the scrubber marks the second run" wait_cond 10 eval 'cap | tail -n 3 | grep -q "┃"'
+    T send-keys -t ui '}'
+    check "} seeks to the next run" wait_for "run 2 of 2" 10
+    T send-keys -t ui '{' '{'
+    check "{ seeks back to the first run" wait_for "run 1 of 2" 10
     T send-keys -t ui '?'
     check "replay help opens" wait_for "Help: keys" 5
     check "replay help has the seek key" wait_for "seek: type a step number" 5

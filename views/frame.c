@@ -155,6 +155,12 @@ static void draw_scrub(WINDOW *w, const struct kvs_layout *lay, const struct kvs
     double f = fi->scrub_len > 1 ? (double)fi->scrub_pos / (double)(fi->scrub_len - 1) : 0;
     if (x1 > x0) {
         kvs_w_bar(w, t, r.y, x0, x1 - x0, f, KVS_C_BAR_HELD);
+        /* run boundaries: where each run after the first starts */
+        for (size_t k = 1; k < fi->n_scrub_runs && fi->scrub_len > 1; k++) {
+            double fk = (double)fi->scrub_runs[k] / (double)(fi->scrub_len - 1);
+            if (fk > 1) continue;
+            kvs_w_glyph(w, t, r.y, x0 + (int)(fk * (x1 - 1 - x0) + 0.5), KVS_C_BAR_REF, "┃", '|');
+        }
         int px = x0 + (int)(f * (x1 - 1 - x0) + 0.5);
         kvs_w_glyph(w, t, r.y, px, KVS_C_FOCUS, "●", 'O');
     }

@@ -26,6 +26,8 @@ struct kvs_frame_info {
     double speed;
     bool playing;
     const char *scrub_extra;     /* e.g. "token 17" */
+    const uint64_t *scrub_runs;  /* global step where each run starts (marked on the track) */
+    size_t n_scrub_runs;
     /* help overlay */
     bool help;
     int help_scroll;
