@@ -763,6 +763,41 @@ static void test_story_quality(void)
     kvs_history_free(&h);
 }
 
+/* F6 sorts the Profiler's ops (time, bytes, FLOPs, name) and the Memory panel's layers (layer,
+ * bytes held); the header says which. */
+static void test_sortable_rows(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 64);
+    feed(&h, "commonkv", 3, ALL_VALID, 0);
+    /* layer 7 holds the most, layer 5 nothing */
+    struct kvs_record *r7 = mk_step(3, ALL_VALID, 0);
+    r7->u.step.layer_bytes_held[7] = r7->u.step.layer_bytes_held[0] * 3;
+    kvs_history_push(&h, r7);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 3, .live = true, .t = &theme, .sim_kind = 1};
+    struct kvs_rect r = {0, 0, 70, 40};
+    struct kvs_panel_state st = {0};
+    werase(stdscr);
+    kvs_panel_memory.draw(stdscr, r, &v, &st);
+    int x, y0, y1;
+    CHECK(screen_has(r, "by layer (F6)"));
+    CHECK(screen_find(r, "L00 ", &x, &y0) && screen_find(r, "L07 ", &x, &y1) && y0 < y1);
+    CHECK(kvs_panel_memory.key(&st, KEY_F(6)) && st.sort == 1);
+    werase(stdscr);
+    kvs_panel_memory.draw(stdscr, r, &v, &st);
+    CHECK(screen_has(r, "by bytes held (F6)"));
+    CHECK(screen_find(r, "L07 ", &x, &y0) && screen_find(r, "L00 ", &x, &y1) && y0 < y1);
+    /* profiler: by name, "attention" comes before "matmul" whatever their times */
+    struct kvs_panel_state ps = {0};
+    for (int i = 0; i < 3; i++) CHECK(kvs_panel_profiler.key(&ps, KEY_F(6)));
+    werase(stdscr);
+    kvs_panel_profiler.draw(stdscr, r, &v, &ps);
+    CHECK(screen_has(r, "by name (F6)"));
+    int ya = -1, ym = -1;
+    CHECKF(screen_find(r, "attention", &x, &ya) && screen_find(r, "matmul", &x, &ym) && ya < ym, "attention row %d, matmul row %d", ya, ym);
+    kvs_history_free(&h);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--tiny-model") == 0) return write_tiny(argv[2]);
@@ -788,6 +823,7 @@ int main(int argc, char **argv)
     RUN(test_story_budgets);
     RUN(test_projector_contrast);
     RUN(test_story_quality);
+    RUN(test_sortable_rows);
     kvs_crt_offscreen_end();
     return kvs_test_summary();
 }
