@@ -34,9 +34,10 @@ static const char *methods[] = {"full", "commonkv", "lowrank", "minicache", "qua
 #define N_METHODS ((int)(sizeof methods / sizeof methods[0]))
 
 static const struct kvs_help_line help_live[] = {
-    {"q Q F10", "quit (from any state, also from this help)"},
+    {"q Q F10", "quit (from any state, also from this help; in a search only F10)"},
     {"? h F1", "this help; Esc, ?, h or F1 closes it"},
-    {"Esc", "close the help, leave zoom"},
+    {"Esc", "close the help or the search prompt, leave zoom"},
+    {"/", "search the tokens (next match), or a layer: L12 or 12"},
     {"+ - = _", "raise / lower the target CR by 0.05 (= and _ too)"},
     {"m M", "next / previous method"},
     {"g G", "smaller / larger CommonKV group"},
@@ -63,9 +64,10 @@ static const struct kvs_help_line help_live[] = {
     {"mouse", "click focuses, double-click zooms, wheel scrolls"},
 };
 static const struct kvs_help_line help_replay[] = {
-    {"q Q F10", "quit (from any state, also from this help)"},
+    {"q Q F10", "quit (from any state, also from this help; in a search only F10)"},
     {"? h F1", "this help; Esc, ?, h or F1 closes it"},
     {"Esc", "close the help or the seek prompt, leave zoom"},
+    {"/", "search the tokens (next match), or a layer: L12 or 12"},
     {"Space p", "play / pause"},
     {"Left Right", "one step back / forward"},
     {"[ ] S-Left S-Right", "ten steps back / forward"},
@@ -112,8 +114,9 @@ struct ui {
     char progress[200];
     bool progress_on;
     unsigned spin;
-    bool prompt;            /* ':' seek prompt */
-    char prompt_buf[24];
+    bool prompt;            /* ':' seek prompt or '/' search prompt */
+    bool search;            /* the prompt is the '/' search */
+    char prompt_buf[48];
     int ref_state;          /* 1: running full for a pin, then restore */
     struct kvs_ui_settings ref_restore;
     bool dirty;
@@ -348,17 +351,70 @@ static void seek_run(struct ui *u, int dir)
     say(u, KVS_C_GOOD, "run %zu of %zu (step %llu)", to + 1, n, (unsigned long long)first[to]);
 }
 
+/* '/': a layer ("L12" or "12") puts the similarity cursor on that layer's row and scrolls the
+ * Memory panel to it; any other text finds the next decoded token (after the one shown, wrapping)
+ * whose text contains it, case-insensitively, and moves to the step that produced it. */
+static void search_done(struct ui *u)
+{
+    const char *q = u->prompt_buf;
+    u->prompt = u->search = false;
+    if (!*q) return;
+    const char *d = q + (*q == 'L' || *q == 'l');
+    char *end;
+    unsigned long layer = strtoul(d, &end, 10);
+    if (end != d && !*end) {
+        uint32_t nl = u->h.run ? u->h.run->u.run.n_layer : 0;
+        if (layer >= nl) { say(u, KVS_C_WARN, "search: no layer %lu (the model has %u)", layer, nl); return; }
+        u->st[KVS_PANEL_SIMILARITY].cur_r = (int)layer;
+        u->st[KVS_PANEL_MEMORY].sort = 0;
+        u->st[KVS_PANEL_MEMORY].scroll = (int)layer;
+        u->focus = KVS_PANEL_SIMILARITY;
+        say(u, KVS_C_GOOD, "layer %lu: similarity row and memory row", layer);
+        return;
+    }
+    const struct kvs_hist_tokens *tk = &u->h.tok;
+    if (!tk->n) { say(u, KVS_C_WARN, "search: no tokens yet"); return; }
+    uint32_t from = u->h.n_steps ? kvs_history_tokens_upto(&u->h, u->paused ? u->cursor : last_step(u)) : 0;
+    size_t ql = strlen(q);
+    for (uint32_t k = 0; k < tk->n; k++) {
+        uint32_t i = (from + k) % tk->n;
+        /* the match may start in token i and run into the following ones */
+        size_t off = tk->off[i], avail = tk->text_len - off;
+        if (avail >= ql && strncasecmp(tk->text + off, q, ql) == 0) goto found;
+        uint32_t len;
+        const char *piece = kvs_hist_tokens_piece(tk, i, &len);
+        for (uint32_t c = 1; c < len; c++)
+            if (avail - c >= ql && strncasecmp(piece + c, q, ql) == 0) goto found;
+        continue;
+    found:;
+        uint64_t base = 0;
+        if (u->replay) {
+            uint64_t total = 0, delivered = 0;
+            u->src->position(u->src->ctx, &total, &delivered);
+            base = delivered >= u->h.n_steps ? delivered - u->h.n_steps : 0;
+        }
+        goto_step(u, (int64_t)(base + tk->step[i]));
+        if (!u->replay) u->paused = true;
+        say(u, KVS_C_GOOD, "'%s' at token %u", q, i);
+        return;
+    }
+    say(u, KVS_C_WARN, "search: '%s' is not in the %u tokens", q, tk->n);
+}
+
 /* Returns false when the UI should quit. */
 static bool on_key(struct ui *u, int ch)
 {
-    if (ch == 'q' || ch == 'Q' || ch == KEY_F(10)) return false;
+    /* q quits from any state but the search prompt, where it is text (F10 quits there too) */
+    if (ch == KEY_F(10) || ((ch == 'q' || ch == 'Q') && !(u->prompt && u->search))) return false;
     u->dirty = true;
     if (u->prompt) {
         size_t n = strlen(u->prompt_buf);
         if (ch == 27) u->prompt = false;
-        else if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) seek_prompt_done(u);
+        else if (!u->search && (ch == '\n' || ch == '\r' || ch == KEY_ENTER)) seek_prompt_done(u);
         else if ((ch == KEY_BACKSPACE || ch == 127 || ch == 8) && n) u->prompt_buf[n - 1] = 0;
-        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0)) && n + 1 < sizeof u->prompt_buf) {
+        else if (u->search && (ch == '\n' || ch == '\r' || ch == KEY_ENTER)) search_done(u);
+        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0) || (u->search && ch >= 32 && ch < 127)) &&
+                 n + 1 < sizeof u->prompt_buf) {
             u->prompt_buf[n] = (char)ch;
             u->prompt_buf[n + 1] = 0;
         }
@@ -442,8 +498,9 @@ static bool on_key(struct ui *u, int ch)
         if (!u->replay || !u->src->runs) { say(u, KVS_C_WARN, "run seek is for replays"); break; }
         seek_run(u, ch == '}' ? 1 : -1);
         break;
+    case '/': u->prompt = u->search = true; u->prompt_buf[0] = 0; break;
     case ':':
-        if (u->replay) { u->prompt = true; u->prompt_buf[0] = 0; }
+        if (u->replay) { u->prompt = true; u->search = false; u->prompt_buf[0] = 0; }
         else say(u, KVS_C_WARN, "seek is for replays; Left/Right/Home/End move through this run");
         break;
     case '+': case '=':
@@ -530,7 +587,7 @@ static void draw(struct ui *u)
     struct kvs_layout_req rq;
     kvs_frame_layout_req(&u->v, w, h, u->replay, u->focus, u->zoom, &rq);
     kvs_layout_compute(&rq, &u->lay);
-    char settings[160], mode[48], extra[64], prompt[80];
+    char settings[160], mode[48], extra[64], prompt[128];
     struct kvs_frame_info fi;
     memset(&fi, 0, sizeof fi);
     uint64_t now = kvs_now_ns();
@@ -560,7 +617,10 @@ static void draw(struct ui *u)
     fi.busy = busy;
     fi.spin = u->spin;
     fi.progress = u->progress_on ? u->progress : NULL;
-    if (u->prompt) {
+    if (u->prompt && u->search) {
+        snprintf(prompt, sizeof prompt, "search tokens, or a layer (L12), Enter: %s_", u->prompt_buf);
+        fi.message = prompt;
+    } else if (u->prompt) {
         snprintf(prompt, sizeof prompt, "seek to step (or tN for token N): %s_", u->prompt_buf);
         fi.message = prompt;
         fi.message_role = KVS_C_KEY;

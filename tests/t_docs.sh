@@ -83,7 +83,11 @@ out(len(handled) > 30 and not any(k.startswith('UNKNOWN') for k in handled),
 
 def help_tokens(keystr):
     toks = set()
-    for t in re.split(r'[\s/]+', keystr):
+    # "Up/Down" is two keys; "/" alone is the search key
+    parts = []
+    for w in keystr.split():
+        parts += [w] if w == '/' else w.split('/')
+    for t in parts:
         if not t: continue
         if re.fullmatch(r'\d-\d', t):
             toks |= {str(i) for i in range(int(t[0]), int(t[2]) + 1)}

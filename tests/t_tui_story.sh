@@ -86,6 +86,17 @@ T send-keys -t ui + Enter
 check "a second run with the new target" wait_for "CR target 0.55" 30
 check "the second run reaches its numbers" wait_for "achieved 0." 30
 
+# ---- search: a layer puts the cell cursor on its row; text finds a token ----
+T send-keys -t ui / L 3 Enter
+check "/L3 moves the cell cursor to layer 3" wait_for "cell L3" 10
+T send-keys -t ui / z z q q Enter
+check "/ with text that is not there says so" wait_for "is not in the" 10
+# the tiny model's deterministic text (seed 1) repeats "um"
+T send-keys -t ui / u m Enter
+check "/um finds a token and pauses there" wait_for "'um' at token" 10
+check "the search paused on that step" wait_for "PAUSED" 10
+T send-keys -t ui Space
+
 # ---- 3. SGR mouse reporting (clicks past column 223) ----
 check "SGR 1006 mouse mode on" wait_cond 5 eval '[ "$(T display-message -p -t ui "#{mouse_sgr_flag}")" = 1 ]'
 
