@@ -120,6 +120,13 @@ struct ui {
     int ref_state;          /* 1: running full for a pin, then restore */
     struct kvs_ui_settings ref_restore;
     bool dirty;
+    /* live: a new run's records held back until its first step, so the previous run stays on
+     * screen (dimmed, labelled) through calibration and factorization */
+    struct kvs_record *held[256];
+    int n_held;
+    bool releasing;
+    bool restarting;        /* settings applied; the new run has no step yet */
+    char held_method[KVS_REC_NAME_MAX];
 };
 
 static void say(struct ui *u, enum kvs_role role, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -166,6 +173,9 @@ static void apply(struct ui *u)
     u->cur = u->want;
     u->paused = false;
     u->progress_on = false;
+    /* the run on screen stays, dimmed and labelled, until the new one has a step */
+    u->restarting = u->h.run != NULL && u->h.n_steps > 0;
+    snprintf(u->held_method, sizeof u->held_method, "%s", u->cur.method);
     say(u, KVS_C_GOOD, "running %s", u->cur.method);
 }
 
@@ -237,9 +247,42 @@ static void pin_now(struct ui *u)
     say(u, KVS_C_GOOD, "pinned %s as A; change settings to compare B against it", u->h.run->u.run.method);
 }
 
+static void on_record(struct ui *u, struct kvs_record *r);
+
+/* Hands the held records of the new run to the history, in order. */
+static void release_held(struct ui *u)
+{
+    int n = u->n_held;
+    u->n_held = 0;
+    u->releasing = true;
+    for (int i = 0; i < n; i++) on_record(u, u->held[i]);
+    u->releasing = false;
+}
+
 /* Handles one record before the history takes it (progress, messages, the full-reference pin). */
 static void on_record(struct ui *u, struct kvs_record *r)
 {
+    if (!u->replay && !u->releasing) {
+        if (r->type == KVS_REC_STEP || r->type == KVS_REC_END) u->restarting = false;
+        bool start = r->type == KVS_REC_RUN && u->h.run && u->h.n_steps > 0 && !u->n_held;
+        if (u->n_held && (r->type == KVS_REC_STEP || r->type == KVS_REC_END || r->type == KVS_REC_RUN ||
+                          u->n_held == (int)KVS_ARRAY_LEN(u->held))) {
+            release_held(u);
+        } else if (start || u->n_held) {
+            if (start) {
+                snprintf(u->held_method, sizeof u->held_method, "%s", r->u.run.method);
+                u->restarting = true;
+                u->progress_on = false;
+            }
+            if (r->type == KVS_REC_LOG && r->u.log.level == 0) {
+                snprintf(u->progress, sizeof u->progress, "%s", r->u.log.text);
+                u->progress_on = true;
+            }
+            u->held[u->n_held++] = r;
+            u->dirty = true;
+            return;
+        }
+    }
     if (r->type == KVS_REC_LOG) {
         const struct kvs_rec_log *l = &r->u.log;
         if (l->level == 0) {
@@ -617,6 +660,12 @@ static void draw(struct ui *u)
     fi.busy = busy;
     fi.spin = u->spin;
     fi.progress = u->progress_on ? u->progress : NULL;
+    char stale[200];
+    if (u->n_held || u->restarting) {
+        snprintf(stale, sizeof stale, "previous run (%s), dimmed until the new %s run has data",
+                 u->h.run ? u->h.run->u.run.method : "?", u->held_method);
+        fi.stale = stale;
+    }
     if (u->prompt && u->search) {
         snprintf(prompt, sizeof prompt, "search tokens, or a layer (L12), Enter: %s_", u->prompt_buf);
         fi.message = prompt;
@@ -730,6 +779,8 @@ int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err
     sigaction(SIGQUIT, &old_quit, NULL);
     sigaction(SIGWINCH, &old_winch, NULL);
     kvs_hist_pin_free(&u->pin);
+    for (int k = 0; k < u->n_held; k++) kvs_record_unref(u->held[k]);
+    u->n_held = 0;
     kvs_history_free(&u->h);
     free(u);
     return 0;

@@ -291,6 +291,27 @@ void kvs_frame_draw(WINDOW *w, const struct kvs_layout *lay, const struct kvs_vi
         }
         if (!kvs_rect_empty(in)) kvs_panels[p]->draw(w, in, v, &st[p]);
     }
+    if (fi->stale) {
+        /* the previous run stays readable but dimmed, and says what it is */
+        for (int p = 0; p < KVS_PANEL_COUNT; p++) {
+            struct kvs_rect r = lay->panel[p];
+            for (int yy = r.y; yy < r.y + r.h; yy++)
+                for (int xx = r.x; xx < r.x + r.w; xx++) {
+                    cchar_t cc;
+                    if (mvwin_wch(w, yy, xx, &cc) == ERR) continue;
+                    wchar_t wc[CCHARW_MAX + 1];
+                    attr_t a;
+                    short pair;
+                    if (getcchar(&cc, wc, &a, &pair, NULL) == ERR) continue;
+                    a = (a & ~A_BOLD) | A_DIM;
+                    if (setcchar(&cc, wc, a, pair, NULL) == OK) mvwadd_wch(w, yy, xx, &cc);
+                }
+        }
+        if (!kvs_rect_empty(lay->status)) {
+            int sx = lay->status.w > 60 ? lay->status.w / 3 : 0;
+            kvs_w_text(w, t, lay->status.y, sx, lay->status.w - sx, KVS_C_WARN, fi->stale);
+        }
+    }
     if (!kvs_rect_empty(lay->scrub)) draw_scrub(w, lay, v, fi);
     if (!kvs_rect_empty(lay->keys)) draw_keys(w, lay->keys, v, fi);
     else if (fi->message && !kvs_rect_empty(lay->status)) {

@@ -36,6 +36,7 @@ struct kvs_frame_info {
     int n_help;
     const char *keys_line;       /* key bar text */
     int focus, zoom;
+    const char *stale;           /* non-NULL: the panels show a previous run; this labels them */
 };
 
 /* Fills the layout request for a W x H terminal from each panel's size hints. */
