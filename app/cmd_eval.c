@@ -27,7 +27,7 @@ static void usage(FILE *f)
           "                    [-f FILE] [--ctx N] [--passkey 512,1024] [--passkey-trials N] [--decode N]\n"
           "                    [--group G] [--rank R] [--rank-ratio X] [--rank-by-similarity] [--merge-share X] [--no-whiten]\n"
           "                    [--sim adjacent|first-last] [--merge-weights FILE] [--bits B] [--sinks N] [--recent N]\n"
-          "                    [--cache-dir DIR | --no-cache] [-t THREADS] [--similarity] [--json]\n"
+          "                    [--cache-dir DIR | --no-cache] [-t THREADS] [--similarity] [--json] [--svg FILE]\n"
           "       kvscope calibrate [-m MODEL] [-f FILE] [--ctx N] [--noise X] [-o FILE] [-t THREADS]\n",
           f);
 }
@@ -325,6 +325,133 @@ static void print_rows(const struct row *rows, int n, bool json, int n_tokens)
             printf("note: %s @ %.2f: %s\n", rows[i].method, rows[i].target, rows[i].note);
 }
 
+/* ---- --svg: the quality/memory curves as a chart for slides and papers ---- */
+
+/* XML-escapes S into B (method names come from the command line). */
+static const char *xml_esc(char *b, size_t cap, const char *s)
+{
+    size_t o = 0;
+    for (; *s && o + 7 < cap; s++) {
+        const char *r = *s == '<' ? "&lt;" : *s == '>' ? "&gt;" : *s == '&' ? "&amp;" : *s == '"' ? "&quot;" : NULL;
+        if (r) { memcpy(b + o, r, strlen(r)); o += strlen(r); }
+        else b[o++] = *s;
+    }
+    b[o] = 0;
+    return b;
+}
+
+/* Colours that stay apart for colour-blind readers (Okabe-Ito). */
+static const char *svg_colour(int i)
+{
+    static const char *c[] = {"#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442"};
+    return c[i % 8];
+}
+
+/* Writes two charts to PATH: KL against achieved CR, one curve per method (points sorted by
+ * achieved CR, the full cache at CR 0 and KL 0), and the KV bytes each method holds against the
+ * context, drawn through the origin and the bytes held at the N_TOKENS measured (the pools grow
+ * in proportion to the tokens held). Every point carries its numbers as data-* attributes.
+ * Returns false with a message on stderr when the file cannot be written. */
+static bool write_svg(const char *path, const struct row *rows, int n, int n_tokens, const char *model)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        kvs_die_msg("eval: --svg %s: %s", path, strerror(errno));
+        return false;
+    }
+    const double W = 960, H = 420, pw = 380, ph = 300, ox1 = 80, ox2 = 560, oy = 60;
+    /* methods in order of first appearance */
+    const char *names[MAX_LIST * (MAX_LIST + 1)];
+    int nm = 0;
+    double kl_max = 0, held_max = 0;
+    for (int i = 0; i < n; i++) {
+        if (rows[i].failed) continue;
+        int k = 0;
+        while (k < nm && strcmp(names[k], rows[i].method)) k++;
+        if (k == nm) names[nm++] = rows[i].method;
+        if (isfinite(rows[i].kl) && rows[i].kl > kl_max) kl_max = rows[i].kl;
+        if ((double)rows[i].held > held_max) held_max = (double)rows[i].held;
+        if ((double)rows[i].full > held_max) held_max = (double)rows[i].full;
+    }
+    if (kl_max <= 0) kl_max = 1;
+    if (held_max <= 0) held_max = 1;
+    char esc[256];
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
+               "font-family=\"sans-serif\" font-size=\"12\">\n"
+               "<title>kvscope eval: %s, %d tokens</title>\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+            W, H, W, H, xml_esc(esc, sizeof esc, model), n_tokens);
+    /* axes and ticks of both charts */
+    for (int c = 0; c < 2; c++) {
+        double ox = c ? ox2 : ox1;
+        fprintf(f, "<g class=\"axes\" id=\"%s-axes\" stroke=\"#444\" fill=\"none\">"
+                   "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/><line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/></g>\n",
+                c ? "memory" : "quality", ox, oy + ph, ox + pw, oy + ph, ox, oy, ox, oy + ph);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"14\">%s</text>\n", ox + pw / 2, oy - 24,
+                c ? "KV cache bytes held vs context" : "KL vs full against achieved CR");
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", ox + pw / 2, oy + ph + 36,
+                c ? "context (tokens)" : "achieved CR = 1 - held / full fp16 bytes");
+        for (int t = 0; t <= 4; t++) {
+            double fx = ox + pw * t / 4, fy = oy + ph - ph * t / 4;
+            if (c) {
+                fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>\n", fx, oy + ph + 16, n_tokens * t / 4);
+                fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.2f MiB</text>\n", ox - 4, fy + 4,
+                        held_max * t / 4 / 1048576.0);
+            } else {
+                fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.2f</text>\n", fx, oy + ph + 16, t / 4.0);
+                fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n", ox - 4, fy + 4, kl_max * t / 4);
+            }
+        }
+    }
+    /* one curve per method on each chart */
+    for (int k = 0; k < nm; k++) {
+        int idx[MAX_LIST * (MAX_LIST + 1)], m = 0;
+        for (int i = 0; i < n; i++)
+            if (!rows[i].failed && !strcmp(rows[i].method, names[k])) idx[m++] = i;
+        for (int a = 1; a < m; a++) /* by achieved CR */
+            for (int b = a; b > 0 && rows[idx[b]].achieved < rows[idx[b - 1]].achieved; b--) {
+                int t = idx[b]; idx[b] = idx[b - 1]; idx[b - 1] = t;
+            }
+        const char *col = svg_colour(k);
+        xml_esc(esc, sizeof esc, names[k]);
+        fprintf(f, "<g class=\"curve\" data-chart=\"quality\" data-method=\"%s\" stroke=\"%s\" fill=\"%s\">\n<polyline fill=\"none\" points=\"",
+                esc, col, col);
+        for (int a = 0; a < m; a++) {
+            const struct row *r = &rows[idx[a]];
+            fprintf(f, "%s%.1f,%.1f", a ? " " : "", ox1 + pw * r->achieved, oy + ph - ph * (isfinite(r->kl) ? r->kl : 0) / kl_max);
+        }
+        fprintf(f, "\"/>\n");
+        for (int a = 0; a < m; a++) {
+            const struct row *r = &rows[idx[a]];
+            fprintf(f, "<circle r=\"4\" cx=\"%.1f\" cy=\"%.1f\" data-target-cr=\"%.3f\" data-achieved-cr=\"%.4f\" data-kl=\"%.5f\" "
+                       "data-ppl=\"%.4f\" data-top1=\"%.4f\"/>\n",
+                    ox1 + pw * r->achieved, oy + ph - ph * (isfinite(r->kl) ? r->kl : 0) / kl_max, r->target, r->achieved,
+                    r->kl, r->ppl, r->top1);
+        }
+        fprintf(f, "</g>\n");
+        /* memory: the row with the highest achieved CR of this method, through the origin */
+        const struct row *r = &rows[idx[m - 1]];
+        fprintf(f, "<g class=\"curve\" data-chart=\"memory\" data-method=\"%s\" stroke=\"%s\" fill=\"%s\">"
+                   "<polyline fill=\"none\" points=\"%.1f,%.1f %.1f,%.1f\"/>"
+                   "<circle r=\"4\" cx=\"%.1f\" cy=\"%.1f\" data-tokens=\"%d\" data-bytes-held=\"%llu\" data-bytes-full=\"%llu\" "
+                   "data-achieved-cr=\"%.4f\"/></g>\n",
+                esc, col, col, ox2, oy + ph, ox2 + pw, oy + ph - ph * (double)r->held / held_max, ox2 + pw,
+                oy + ph - ph * (double)r->held / held_max, n_tokens, (unsigned long long)r->held,
+                (unsigned long long)r->full, r->achieved);
+        /* legend */
+        fprintf(f, "<g class=\"legend\"><rect x=\"%.1f\" y=\"%.1f\" width=\"12\" height=\"12\" fill=\"%s\"/>"
+                   "<text x=\"%.1f\" y=\"%.1f\">%s</text></g>\n",
+                ox1 + 130.0 * k, H - 30, col, ox1 + 130.0 * k + 16, H - 20, esc);
+    }
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" fill=\"#444\">memory: bytes held at %d tokens, drawn through 0 (pools grow "
+               "with the tokens held)</text>\n</svg>\n",
+            ox2, H - 4, n_tokens);
+    bool ok = !ferror(f);
+    if (fclose(f) != 0) ok = false;
+    if (!ok) kvs_die_msg("eval: --svg %s: write failed", path);
+    return ok;
+}
+
 static int similarity(const struct kvs_model *m, const struct kvs_method_config *base, const int32_t *ids, int n,
                       int n_threads, bool json, bool *quiet)
 {
@@ -416,6 +543,7 @@ int kvs_cmd_eval(int argc, char **argv)
     long ctx = 1024, n_decode = 16, threads = 0, trials = 2, lv;
     double dv;
     bool json = false, sim = false, quiet = false;
+    const char *svg = NULL;
     struct evalopt o;
     memset(&o, 0, sizeof o);
     char err[512];
@@ -466,10 +594,26 @@ int kvs_cmd_eval(int argc, char **argv)
         else if (!strcmp(a, "--no-cache")) o.base.cache_dir[0] = 0;
         else if (!strcmp(a, "--similarity")) sim = true;
         else if (!strcmp(a, "--json")) json = true;
+        else if (!strcmp(a, "--svg") && v) { svg = v; i++; }
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = true;
         else { kvs_die_msg("eval: unknown option or missing value '%s'", a); return 2; }
     }
     if (!kvs_opt_method_list("--methods", methods)) return 2;
+    if (svg) {
+        /* fail before minutes of evaluation, not after: the chart's folder must be writable and
+         * the name must not be a folder */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", svg);
+        char *slash = strrchr(dir, '/');
+        if (slash) *(slash == dir ? slash + 1 : slash) = 0;
+        else snprintf(dir, sizeof dir, ".");
+        struct stat st;
+        if (access(dir, W_OK) != 0 || (stat(svg, &st) == 0 && S_ISDIR(st.st_mode))) {
+            kvs_die_msg("eval: --svg %s: %s", svg, access(dir, W_OK) != 0 ? strerror(errno) : "is a directory");
+            return 2;
+        }
+        if (sim) { kvs_die_msg("eval: --svg draws the quality rows; it does not apply to --similarity"); return 2; }
+    }
     double crv[MAX_LIST];
     int n_cr = parse_list("--cr", crs, 0, 0.999, crv);
     o.n_pk = strcmp(pks, "0") && strcmp(pks, "none") ? parse_list("--passkey", pks, 64, 1 << 20, o.pk) : 0;
@@ -545,6 +689,7 @@ int kvs_cmd_eval(int argc, char **argv)
         kvs_die_msg("eval: cannot write the results to stdout: %s", strerror(errno));
         rc = 1;
     }
+    if (svg && !write_svg(svg, rows, nr, n, m->name)) rc = 1;
 out:
     free(ref);
     free(logits);

@@ -32,6 +32,9 @@ struct replay_reader {
     /* A truncated trace: what was recovered and where the tail was lost; NULL for a clean one. */
     const char *(*note)(void *ctx);
     void (*log_errors)(void *ctx, bool on);
+    /* The global step where each run starts (built by one pass over the file, which leaves the
+     * reader rewound); returns how many. Call before playing. */
+    size_t (*runs)(void *ctx, const uint64_t **first);
     void (*close)(void *ctx);
 };
 
@@ -50,6 +53,8 @@ struct player {
     uint64_t runs;                /* RUN records delivered */
     uint64_t ref_wall, ref_rec;   /* pacing: wall clock and record time at the last (re)start */
     bool ref_set;
+    const uint64_t *run_first;    /* global first step of each run (owned by the reader) */
+    size_t n_runs;
 };
 
 static struct kvs_record *pl_peek(struct player *p)
@@ -159,6 +164,13 @@ static bool pl_seek(void *ctx, uint64_t step, char *err, size_t errlen)
     return true;
 }
 
+static size_t pl_runs(void *ctx, const uint64_t **first)
+{
+    struct player *p = ctx;
+    *first = p->run_first;
+    return p->n_runs;
+}
+
 static bool pl_seek_token(void *ctx, uint64_t token, char *err, size_t errlen)
 {
     struct player *p = ctx;
@@ -239,10 +251,12 @@ int kvs_cmd_replay(int argc, char **argv)
         p.rd = rd;
         p.playing = !paused;
         p.speed = speed;
+        /* index the runs once, before playing, so the scrubber can mark them */
+        p.n_runs = rd.runs(rd.ctx, &p.run_first);
         struct kvs_ui_source src = {.ctx = &p, .poll = pl_poll, .busy = pl_busy, .set_playing = pl_set_playing,
                                     .playing = pl_playing, .set_speed = pl_set_speed, .speed = pl_speed,
                                     .position = pl_position, .seek = pl_seek,
-                                    .seek_token = pl_seek_token};
+                                    .seek_token = pl_seek_token, .runs = pl_runs};
         struct kvs_ui_opts o;
         memset(&o, 0, sizeof o);
         o.theme = cfg.theme;
@@ -379,6 +393,20 @@ static const char *tr_error(void *ctx) { struct trace_rd *d = ctx; return d->fai
 static const char *tr_note(void *ctx) { return kvs_trace_note(((struct trace_rd *)ctx)->t); }
 static void tr_log_errors(void *ctx, bool on) { ((struct trace_rd *)ctx)->log_errors = on; }
 
+static size_t tr_runs(void *ctx, const uint64_t **first)
+{
+    struct trace_rd *d = ctx;
+    char err[256];
+    if (!d->indexed) {
+        /* a failed pass leaves what it found; playback starts from the top either way */
+        tr_index(d, err, sizeof err);
+        d->indexed = true;
+        kvs_trace_rewind(d->t);
+    }
+    *first = d->run_first;
+    return d->n_runs;
+}
+
 static void tr_close(void *ctx)
 {
     struct trace_rd *d = ctx;
@@ -409,6 +437,6 @@ static bool open_reader(const char *file, struct replay_reader *rd, char *err, s
     kvs_record_unref(r);
     kvs_trace_rewind(d->t);
     *rd = (struct replay_reader){.ctx = d, .next = tr_next, .seek = tr_seek, .n_steps = tr_n_steps, .error = tr_error,
-                                 .note = tr_note, .log_errors = tr_log_errors, .close = tr_close};
+                                 .note = tr_note, .log_errors = tr_log_errors, .runs = tr_runs, .close = tr_close};
     return true;
 }

@@ -34,9 +34,11 @@ static const char *methods[] = {"full", "commonkv", "lowrank", "minicache", "qua
 #define N_METHODS ((int)(sizeof methods / sizeof methods[0]))
 
 static const struct kvs_help_line help_live[] = {
-    {"q", "quit (from any state)"},
-    {"? F1", "this help (Esc or ? closes)"},
-    {"+ -", "raise / lower the target CR by 0.05"},
+    {"q Q F10", "quit (from any state, also from this help; in a search only F10)"},
+    {"? h F1", "this help; Esc, ?, h or F1 closes it"},
+    {"Esc", "close the help or the search prompt, leave zoom"},
+    {"/", "search the tokens (next match), or a layer: L12 or 12"},
+    {"+ - = _", "raise / lower the target CR by 0.05 (= and _ too)"},
     {"m M", "next / previous method"},
     {"g G", "smaller / larger CommonKV group"},
     {"r R", "lower / raise the rank ratio (0: from CR)"},
@@ -45,37 +47,40 @@ static const struct kvs_help_line help_live[] = {
     {"c", "quality against full on / off"},
     {"Enter", "apply changed settings now (else after 0.6 s)"},
     {"e", "run again with the same settings"},
-    {"space p", "pause / follow the newest step"},
+    {"Space p", "pause / follow the newest step"},
     {"Left Right", "one step back / forward (pauses)"},
-    {"[ ]", "ten steps back / forward"},
+    {"[ ] S-Left S-Right", "ten steps back / forward"},
     {"Home End", "first step / newest step"},
     {"b", "pin this result as A (compare A/B)"},
     {"f", "run the full cache once and pin it as A"},
     {"B", "clear the pin"},
-    {"v", "similarity: hidden / keys / latent"},
+    {"v", "similarity source: hidden / keys / latent"},
     {"Tab BTab 1-6", "focus a panel"},
-    {"z", "zoom the focused panel"},
-    {"Up Down PgUp PgDn", "scroll the focused panel"},
+    {"z", "zoom the focused panel (Esc: back to the grid)"},
+    {"Up Down PgUp PgDn", "scroll the focused panel (Similarity: move the cell cursor)"},
     {"t", "theme: default / mono / projector"},
     {"x", "mouse on / off"},
     {"o", "save settings to the config file"},
     {"mouse", "click focuses, double-click zooms, wheel scrolls"},
 };
 static const struct kvs_help_line help_replay[] = {
-    {"q", "quit (from any state)"},
-    {"? F1", "this help (Esc or ? closes)"},
-    {"space p", "play / pause"},
+    {"q Q F10", "quit (from any state, also from this help; in a search only F10)"},
+    {"? h F1", "this help; Esc, ?, h or F1 closes it"},
+    {"Esc", "close the help or the seek prompt, leave zoom"},
+    {"/", "search the tokens (next match), or a layer: L12 or 12"},
+    {"Space p", "play / pause"},
     {"Left Right", "one step back / forward"},
-    {"[ ]", "ten steps back / forward"},
-    {"< >", "slower / faster (0.25x to 16x)"},
+    {"[ ] S-Left S-Right", "ten steps back / forward"},
+    {"< > , .", "slower / faster (0.25x to 16x)"},
     {"Home End", "start / end of the trace"},
+    {"{ }", "start of the previous / next run (marked on the scrubber)"},
     {":", "seek: type a step number, or t and a token number, Enter"},
     {"b", "pin this result as A (compare A/B)"},
     {"B", "clear the pin"},
-    {"v", "similarity: hidden / keys / latent"},
+    {"v", "similarity source: hidden / keys / latent"},
     {"Tab BTab 1-6", "focus a panel"},
-    {"z", "zoom the focused panel"},
-    {"Up Down PgUp PgDn", "scroll the focused panel"},
+    {"z", "zoom the focused panel (Esc: back to the grid)"},
+    {"Up Down PgUp PgDn", "scroll the focused panel (Similarity: move the cell cursor)"},
     {"t", "theme: default / mono / projector"},
     {"x", "mouse on / off"},
     {"o", "save theme and view to the config file"},
@@ -97,6 +102,7 @@ struct ui {
     int focus, zoom;
     bool help;
     int help_scroll;
+    int help_scroll_max;    /* from the last frame drawn */
     bool paused;            /* live: the cursor stays where it is */
     uint64_t cursor;
     struct kvs_ui_settings cur, want;
@@ -108,11 +114,19 @@ struct ui {
     char progress[200];
     bool progress_on;
     unsigned spin;
-    bool prompt;            /* ':' seek prompt */
-    char prompt_buf[24];
+    bool prompt;            /* ':' seek prompt or '/' search prompt */
+    bool search;            /* the prompt is the '/' search */
+    char prompt_buf[48];
     int ref_state;          /* 1: running full for a pin, then restore */
     struct kvs_ui_settings ref_restore;
     bool dirty;
+    /* live: a new run's records held back until its first step, so the previous run stays on
+     * screen (dimmed, labelled) through calibration and factorization */
+    struct kvs_record *held[256];
+    int n_held;
+    bool releasing;
+    bool restarting;        /* settings applied; the new run has no step yet */
+    char held_method[KVS_REC_NAME_MAX];
 };
 
 static void say(struct ui *u, enum kvs_role role, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -159,6 +173,9 @@ static void apply(struct ui *u)
     u->cur = u->want;
     u->paused = false;
     u->progress_on = false;
+    /* the run on screen stays, dimmed and labelled, until the new one has a step */
+    u->restarting = u->h.run != NULL && u->h.n_steps > 0;
+    snprintf(u->held_method, sizeof u->held_method, "%s", u->cur.method);
     say(u, KVS_C_GOOD, "running %s", u->cur.method);
 }
 
@@ -230,9 +247,42 @@ static void pin_now(struct ui *u)
     say(u, KVS_C_GOOD, "pinned %s as A; change settings to compare B against it", u->h.run->u.run.method);
 }
 
+static void on_record(struct ui *u, struct kvs_record *r);
+
+/* Hands the held records of the new run to the history, in order. */
+static void release_held(struct ui *u)
+{
+    int n = u->n_held;
+    u->n_held = 0;
+    u->releasing = true;
+    for (int i = 0; i < n; i++) on_record(u, u->held[i]);
+    u->releasing = false;
+}
+
 /* Handles one record before the history takes it (progress, messages, the full-reference pin). */
 static void on_record(struct ui *u, struct kvs_record *r)
 {
+    if (!u->replay && !u->releasing) {
+        if (r->type == KVS_REC_STEP || r->type == KVS_REC_END) u->restarting = false;
+        bool start = r->type == KVS_REC_RUN && u->h.run && u->h.n_steps > 0 && !u->n_held;
+        if (u->n_held && (r->type == KVS_REC_STEP || r->type == KVS_REC_END || r->type == KVS_REC_RUN ||
+                          u->n_held == (int)KVS_ARRAY_LEN(u->held))) {
+            release_held(u);
+        } else if (start || u->n_held) {
+            if (start) {
+                snprintf(u->held_method, sizeof u->held_method, "%s", r->u.run.method);
+                u->restarting = true;
+                u->progress_on = false;
+            }
+            if (r->type == KVS_REC_LOG && r->u.log.level == 0) {
+                snprintf(u->progress, sizeof u->progress, "%s", r->u.log.text);
+                u->progress_on = true;
+            }
+            u->held[u->n_held++] = r;
+            u->dirty = true;
+            return;
+        }
+    }
     if (r->type == KVS_REC_LOG) {
         const struct kvs_rec_log *l = &r->u.log;
         /* a replayed log line comes from a file: its control bytes are shown, never sent */
@@ -327,17 +377,94 @@ static void seek_prompt_done(struct ui *u)
     }
 }
 
+/* Replay: to the start of the next run (DIR 1), or of this run, or the previous one when already at
+ * its start (DIR -1). */
+static void seek_run(struct ui *u, int dir)
+{
+    const uint64_t *first = NULL;
+    size_t n = u->src->runs(u->src->ctx, &first);
+    if (!n) { say(u, KVS_C_WARN, "no runs indexed in this trace"); return; }
+    uint64_t total = 0, d = 0;
+    u->src->position(u->src->ctx, &total, &d);
+    uint64_t base = d >= u->h.n_steps ? d - u->h.n_steps : 0;
+    uint64_t pos = base + (u->paused ? u->cursor : last_step(u));
+    size_t k = 0;
+    while (k + 1 < n && first[k + 1] <= pos) k++;
+    size_t to = k;
+    if (dir > 0) {
+        if (k + 1 >= n) { say(u, KVS_C_WARN, "already in the last run (%zu of %zu)", k + 1, n); return; }
+        to = k + 1;
+    } else if (pos == first[k] && k > 0) {
+        to = k - 1;
+    }
+    goto_step(u, (int64_t)first[to]);
+    say(u, KVS_C_GOOD, "run %zu of %zu (step %llu)", to + 1, n, (unsigned long long)first[to]);
+}
+
+/* '/': a layer ("L12" or "12") puts the similarity cursor on that layer's row and scrolls the
+ * Memory panel to it; any other text finds the next decoded token (after the one shown, wrapping)
+ * whose text contains it, case-insensitively, and moves to the step that produced it. */
+static void search_done(struct ui *u)
+{
+    const char *q = u->prompt_buf;
+    u->prompt = u->search = false;
+    if (!*q) return;
+    const char *d = q + (*q == 'L' || *q == 'l');
+    char *end;
+    unsigned long layer = strtoul(d, &end, 10);
+    if (end != d && !*end) {
+        uint32_t nl = u->h.run ? u->h.run->u.run.n_layer : 0;
+        if (layer >= nl) { say(u, KVS_C_WARN, "search: no layer %lu (the model has %u)", layer, nl); return; }
+        u->st[KVS_PANEL_SIMILARITY].cur_r = (int)layer;
+        u->st[KVS_PANEL_MEMORY].sort = 0;
+        u->st[KVS_PANEL_MEMORY].scroll = (int)layer;
+        u->focus = KVS_PANEL_SIMILARITY;
+        say(u, KVS_C_GOOD, "layer %lu: similarity row and memory row", layer);
+        return;
+    }
+    const struct kvs_hist_tokens *tk = &u->h.tok;
+    if (!tk->n) { say(u, KVS_C_WARN, "search: no tokens yet"); return; }
+    uint32_t from = u->h.n_steps ? kvs_history_tokens_upto(&u->h, u->paused ? u->cursor : last_step(u)) : 0;
+    size_t ql = strlen(q);
+    for (uint32_t k = 0; k < tk->n; k++) {
+        uint32_t i = (from + k) % tk->n;
+        /* the match may start in token i and run into the following ones */
+        size_t off = tk->off[i], avail = tk->text_len - off;
+        if (avail >= ql && strncasecmp(tk->text + off, q, ql) == 0) goto found;
+        uint32_t len;
+        const char *piece = kvs_hist_tokens_piece(tk, i, &len);
+        for (uint32_t c = 1; c < len; c++)
+            if (avail - c >= ql && strncasecmp(piece + c, q, ql) == 0) goto found;
+        continue;
+    found:;
+        uint64_t base = 0;
+        if (u->replay) {
+            uint64_t total = 0, delivered = 0;
+            u->src->position(u->src->ctx, &total, &delivered);
+            base = delivered >= u->h.n_steps ? delivered - u->h.n_steps : 0;
+        }
+        goto_step(u, (int64_t)(base + tk->step[i]));
+        if (!u->replay) u->paused = true;
+        say(u, KVS_C_GOOD, "'%s' at token %u", q, i);
+        return;
+    }
+    say(u, KVS_C_WARN, "search: '%s' is not in the %u tokens", q, tk->n);
+}
+
 /* Returns false when the UI should quit. */
 static bool on_key(struct ui *u, int ch)
 {
-    if (ch == 'q' || ch == 'Q') return false;
+    /* q quits from any state but the search prompt, where it is text (F10 quits there too) */
+    if (ch == KEY_F(10) || ((ch == 'q' || ch == 'Q') && !(u->prompt && u->search))) return false;
     u->dirty = true;
     if (u->prompt) {
         size_t n = strlen(u->prompt_buf);
         if (ch == 27) u->prompt = false;
-        else if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) seek_prompt_done(u);
+        else if (!u->search && (ch == '\n' || ch == '\r' || ch == KEY_ENTER)) seek_prompt_done(u);
         else if ((ch == KEY_BACKSPACE || ch == 127 || ch == 8) && n) u->prompt_buf[n - 1] = 0;
-        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0)) && n + 1 < sizeof u->prompt_buf) {
+        else if (u->search && (ch == '\n' || ch == '\r' || ch == KEY_ENTER)) search_done(u);
+        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0) || (u->search && ch >= 32 && ch < 127)) &&
+                 n + 1 < sizeof u->prompt_buf) {
             u->prompt_buf[n] = (char)ch;
             u->prompt_buf[n + 1] = 0;
         }
@@ -346,9 +473,14 @@ static bool on_key(struct ui *u, int ch)
     if (u->help) {
         if (ch == '?' || ch == 27 || ch == KEY_F(1) || ch == 'h') u->help = false;
         else if (ch == KEY_DOWN) u->help_scroll++;
-        else if (ch == KEY_UP && u->help_scroll > 0) u->help_scroll--;
+        else if (ch == KEY_UP) u->help_scroll--;
         else if (ch == KEY_NPAGE) u->help_scroll += 10;
-        else if (ch == KEY_PPAGE) u->help_scroll = u->help_scroll > 10 ? u->help_scroll - 10 : 0;
+        else if (ch == KEY_PPAGE) u->help_scroll -= 10;
+        else if (ch == KEY_HOME) u->help_scroll = 0;
+        else if (ch == KEY_END) u->help_scroll = u->help_scroll_max;
+        /* stay inside what the last frame could show, so Up works at once after many Downs */
+        if (u->help_scroll > u->help_scroll_max) u->help_scroll = u->help_scroll_max;
+        if (u->help_scroll < 0) u->help_scroll = 0;
         return true;
     }
     const struct kvs_panel *fp = kvs_panels[u->focus];
@@ -412,8 +544,13 @@ static bool on_key(struct ui *u, int ch)
     case '>': case '.':
         if (u->replay) { double s = u->src->speed(u->src->ctx) * 2; u->src->set_speed(u->src->ctx, s > 16 ? 16 : s); }
         break;
+    case '{': case '}':
+        if (!u->replay || !u->src->runs) { say(u, KVS_C_WARN, "run seek is for replays"); break; }
+        seek_run(u, ch == '}' ? 1 : -1);
+        break;
+    case '/': u->prompt = u->search = true; u->prompt_buf[0] = 0; break;
     case ':':
-        if (u->replay) { u->prompt = true; u->prompt_buf[0] = 0; }
+        if (u->replay) { u->prompt = true; u->search = false; u->prompt_buf[0] = 0; }
         else say(u, KVS_C_WARN, "seek is for replays; Left/Right/Home/End move through this run");
         break;
     case '+': case '=':
@@ -500,7 +637,7 @@ static void draw(struct ui *u)
     struct kvs_layout_req rq;
     kvs_frame_layout_req(&u->v, w, h, u->replay, u->focus, u->zoom, &rq);
     kvs_layout_compute(&rq, &u->lay);
-    char settings[160], mode[48], extra[64], prompt[80];
+    char settings[160], mode[48], extra[64], prompt[128];
     struct kvs_frame_info fi;
     memset(&fi, 0, sizeof fi);
     uint64_t now = kvs_now_ns();
@@ -513,6 +650,7 @@ static void draw(struct ui *u)
         fi.speed = u->src->speed(u->src->ctx);
         fi.scrub_len = n;
         fi.scrub_pos = base + (u->paused ? u->cursor : last_step(u));
+        if (u->src->runs) fi.n_scrub_runs = u->src->runs(u->src->ctx, &fi.scrub_runs);
         uint32_t nt = u->h.n_steps ? kvs_history_tokens_upto(&u->h, u->paused ? u->cursor : last_step(u)) : 0;
         snprintf(extra, sizeof extra, "token %u", nt);
         fi.scrub_extra = extra;
@@ -529,7 +667,16 @@ static void draw(struct ui *u)
     fi.busy = busy;
     fi.spin = u->spin;
     fi.progress = u->progress_on ? u->progress : NULL;
-    if (u->prompt) {
+    char stale[200];
+    if (u->n_held || u->restarting) {
+        snprintf(stale, sizeof stale, "previous run (%s), dimmed until the new %s run has data",
+                 u->h.run ? u->h.run->u.run.method : "?", u->held_method);
+        fi.stale = stale;
+    }
+    if (u->prompt && u->search) {
+        snprintf(prompt, sizeof prompt, "search tokens, or a layer (L12), Enter: %s_", u->prompt_buf);
+        fi.message = prompt;
+    } else if (u->prompt) {
         snprintf(prompt, sizeof prompt, "seek to step (or tN for token N): %s_", u->prompt_buf);
         fi.message = prompt;
         fi.message_role = KVS_C_KEY;
@@ -539,6 +686,7 @@ static void draw(struct ui *u)
     }
     fi.help = u->help;
     fi.help_scroll = u->help_scroll;
+    fi.help_scroll_max = &u->help_scroll_max;
     fi.help_lines = u->replay ? help_replay : help_live;
     fi.n_help = u->replay ? (int)KVS_ARRAY_LEN(help_replay) : (int)KVS_ARRAY_LEN(help_live);
     fi.keys_line = u->replay ? "q quit  ? help  space play/pause  </> speed  Left/Right step  : seek  b pin  v similarity  Tab focus  z zoom"
@@ -638,6 +786,8 @@ int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err
     sigaction(SIGQUIT, &old_quit, NULL);
     sigaction(SIGWINCH, &old_winch, NULL);
     kvs_hist_pin_free(&u->pin);
+    for (int k = 0; k < u->n_held; k++) kvs_record_unref(u->held[k]);
+    u->n_held = 0;
     kvs_history_free(&u->h);
     free(u);
     return 0;

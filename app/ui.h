@@ -40,6 +40,9 @@ struct kvs_ui_source {
     /* Optional: make poll deliver records without pacing until decoded token TOKEN (0-based) of the
      * current run has been delivered, or the run ends. */
     bool (*seek_token)(void *ctx, uint64_t token, char *err, size_t errlen);
+    /* Optional: the global step where each run of the trace starts, in order; returns how many
+     * (the array stays owned by the source and valid until it closes). */
+    size_t (*runs)(void *ctx, const uint64_t **first);
 };
 
 struct kvs_ui_opts {

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what kvscope needs to build and test on Debian, only what is missing:
-# Debian packages (compiler, BLAS/LAPACK, ncurses, zlib, tmux, clang for fuzzing) and the Python
-# reference tools used by the tests (numpy, gguf, tokenizers). Idempotent; quiet when all present.
+# Debian packages (compiler, BLAS/LAPACK, ncurses, zlib, tmux, clang for fuzzing, groff for the
+# man-page lint) and the Python reference tools used by the tests (numpy, gguf, tokenizers).
+# Idempotent; quiet when all present.
 set -euo pipefail
 
 pkgs=(build-essential pkg-config libopenblas-dev liblapacke-dev libncurses-dev zlib1g-dev tmux clang
-      libclang-rt-dev python3 python3-pip unzip)
+      libclang-rt-dev python3 python3-pip unzip groff)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -257,7 +257,7 @@ static void test_panels_valid(void)
     draw_panel(KVS_PANEL_BUDGETS, &v, r);
     int x, y;
     CHECK(screen_has(r, "g2"));
-    CHECK(screen_find(r, "   0 ", &x, &y));
+    CHECK(screen_find(r, "   0/", &x, &y));
     /* group 2's rank of 0 is red */
     if (screen_find(r, "g2", &x, &y)) {
         int zx = -1;
@@ -284,7 +284,7 @@ static void test_panels_valid(void)
         if (i < 160) k3 += s2;
     }
     char want[64];
-    snprintf(want, sizeof want, "g0   0-3   100 ");
+    snprintf(want, sizeof want, "g0   0-3   100/200 ");
     CHECK(screen_has(r, want));
     snprintf(want, sizeof want, "%5.1f%%", 100.0 * k0 / all);
     CHECKF(screen_find(r, want, &x, &y), "group 0 energy %s", want);
@@ -363,7 +363,7 @@ static void test_panels_invalid(void)
     draw_panel(KVS_PANEL_PROFILER, &v, r);
     CHECK(screen_has(r, "op counters: n/a"));
     draw_panel(KVS_PANEL_SIMILARITY, &v, r);
-    CHECK(screen_has(r, "adj n/a"));
+    CHECK(screen_has(r, "adj hidden n/a"));
     kvs_history_free(&h);
 }
 
@@ -446,7 +446,7 @@ static void test_mono(void)
     struct kvs_rect r = {0, 0, 70, 30};
     draw_panel(KVS_PANEL_BUDGETS, &v, r);
     int x, y;
-    CHECK(screen_find(r, "   0 ", &x, &y));
+    CHECK(screen_find(r, "   0/", &x, &y));
     attr_t a = 0;
     cell_pair(y, x + 3, &a);
     CHECK((a & A_REVERSE) != 0); /* zero budget stands out without colour */
@@ -520,6 +520,284 @@ static int write_tiny(const char *path)
     return 0;
 }
 
+
+/* The similarity story: the strip and its header follow the selected source (the matrix's
+ * superdiagonal, not the step's latent layer_sim), one fixed 0..1 colour scale for every source,
+ * rows labelled with the layers they cover with the last layer always shown, a cell cursor that
+ * reads out its value, and cells that grow when the panel is zoomed. */
+static void test_story_similarity(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 64);
+    feed(&h, "commonkv", 3, ALL_VALID, 0);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 2, .live = true, .t = &theme, .sim_kind = KVS_MAT_SIM_KEYS};
+    struct kvs_rect r = {2, 2, 70, 40};
+    char want[64];
+    draw_panel(KVS_PANEL_SIMILARITY, &v, r);
+    snprintf(want, sizeof want, "adj keys %.3f", expf(-1.0f / 2.0f));
+    CHECKF(screen_has(r, want), "keys header %s", want);
+    v.sim_kind = KVS_MAT_SIM_HIDDEN;
+    draw_panel(KVS_PANEL_SIMILARITY, &v, r);
+    snprintf(want, sizeof want, "adj hidden %.3f", expf(-1.0f / 6.0f));
+    CHECKF(screen_has(r, want), "hidden header %s", want);
+    /* the strip beside row 0 says the same as the header's source */
+    snprintf(want, sizeof want, "%5.2f", expf(-1.0f / 6.0f));
+    char buf[512];
+    row_text(r.y + 1, r.x, r.w, buf, sizeof buf);
+    CHECKF(strstr(buf, want) != NULL, "strip row 0 '%s' lacks %s", buf, want);
+    CHECK(screen_has(r, "cos ≤0") && screen_has(r, " 1 fixed"));
+    /* the fixed scale: latent's in-group cell (0,1) = exp(-1/6) = 0.846 is level 6 of 8 on 0..1 (a
+     * scale fitted to the latent data, 0.61..1, would make it level 4) */
+    v.sim_kind = KVS_MAT_SIM_LATENT;
+    draw_panel(KVS_PANEL_SIMILARITY, &v, r);
+    int gutter = 4; /* "nn" + group bar + space: one row per layer here */
+    CHECKF(cell_pair(r.y + 1, r.x + gutter + 1, NULL) == theme.pair[KVS_C_HEAT0 + 6], "latent (0,1) pair %d",
+           cell_pair(r.y + 1, r.x + gutter + 1, NULL));
+    CHECK(cell_pair(r.y + 1, r.x + gutter, NULL) == theme.pair[KVS_C_HEAT0 + 7]); /* the diagonal, 1.0 */
+    /* the last layer is labelled, one row per layer and binned */
+    row_text(r.y + NL, r.x, 2, buf, sizeof buf);
+    CHECKF(strcmp(buf, "29") == 0, "last row label '%s'", buf);
+    struct kvs_rect small = {2, 2, 70, 12};
+    draw_panel(KVS_PANEL_SIMILARITY, &v, small);
+    CHECK(screen_has(small, "-29"));
+    CHECK(screen_has(small, " 0-"));
+    /* the cell cursor reads out its value */
+    struct kvs_panel_state st = {.focused = true};
+    CHECK(kvs_panel_similarity.key(&st, KEY_DOWN) && kvs_panel_similarity.key(&st, KEY_DOWN));
+    for (int i = 0; i < 5; i++) kvs_panel_similarity.key(&st, KEY_NPAGE);
+    v.sim_kind = KVS_MAT_SIM_HIDDEN;
+    werase(stdscr);
+    kvs_panel_similarity.draw(stdscr, r, &v, &st);
+    snprintf(want, sizeof want, "cell L2×L5 hidden %.3f", expf(-3.0f / 6.0f));
+    CHECKF(screen_has(r, want), "cursor readout %s", want);
+    attr_t a = 0;
+    cell_pair(r.y + 1 + 2, r.x + gutter + 5, &a);
+    CHECK((a & A_REVERSE) != 0);
+    /* zoom: a wide panel gets wider cells (up to 4 per layer) */
+    struct kvs_rect wide = {0, 0, 160, 40};
+    draw_panel(KVS_PANEL_SIMILARITY, &v, wide);
+    int heat = 0;
+    for (int l = 0; l < KVS_HEAT_LEVELS; l++) heat += count_pair(wide, theme.pair[KVS_C_HEAT0 + l]);
+    CHECKF(heat >= 4 * NL * NL, "zoomed heat cells %d", heat);
+    kvs_history_free(&h);
+}
+
+/* Budgets tell the story per group: similarity beside merged share, rank against its maximum, and
+ * the spectrum mode with the chosen rank marked. */
+static void test_story_budgets(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 64);
+    feed(&h, "commonkv", 3, ALL_VALID, 0);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 2, .live = true, .t = &theme, .sim_kind = 1};
+    struct kvs_rect r = {0, 0, 100, 30};
+    struct kvs_panel_state st = {0};
+    werase(stdscr);
+    kvs_panel_budgets.draw(stdscr, r, &v, &st);
+    /* no spectrum held: the max comes from the shapes, min(2*G*d_kv, n_embd) = min(1536, 576) */
+    CHECK(screen_has(r, "g0   0-3   100/576 "));
+    CHECK(screen_has(r, "g7  28-29  240/576 ")); /* last group: 2 layers, min(2*2*192, 576) */
+    CHECK(screen_has(r, " sim "));
+    CHECK(screen_has(r, "0.80  10% ")); /* group 1: similarity 0.80 beside 10% merged */
+    CHECK(screen_has(r, "0.80  70% "));
+    CHECK(kvs_panel_budgets.key(&st, 'd') && st.mode == 1);
+    werase(stdscr);
+    kvs_panel_budgets.draw(stdscr, r, &v, &st);
+    CHECK(screen_has(r, "spectrum: n/a"));
+    for (uint32_t g = 0; g < NG; g++) kvs_history_push(&h, mk_spectrum(g));
+    werase(stdscr);
+    kvs_panel_budgets.draw(stdscr, r, &v, &st);
+    CHECK(screen_has(r, "spectrum per group"));
+    CHECK(screen_has(r, "g0  r 100/200"));
+    double all = 0, k0 = 0;
+    for (int i = 0; i < 200; i++) {
+        double s2 = 1.0 / ((1.0 + i) * (1.0 + i));
+        all += s2;
+        if (i < 100) k0 += s2;
+    }
+    char want[64];
+    snprintf(want, sizeof want, "energy %5.1f%%", 100.0 * k0 / all);
+    CHECKF(screen_has(r, want), "spectrum energy %s", want);
+    /* the rank mark sits at rank/n of the sparkline (18 label cells, 82 wide): 100/200 -> 41 */
+    int x, y;
+    CHECK(screen_find(r, "g0  r", &x, &y));
+    CHECK(cell_pair(y, 18 + 41, NULL) == theme.pair[KVS_C_BAR_REF]);
+    CHECK(cell_pair(y + 1, 18 + 41, NULL) == theme.pair[KVS_C_BAR_REF]);
+    CHECK(kvs_panel_budgets.key(&st, 'd') && st.mode == 0);
+    kvs_history_free(&h);
+}
+
+/* WCAG 2 contrast of two xterm-256 colours. */
+static void xterm_rgb(int i, double rgb[3])
+{
+    static const int base[16][3] = {{0, 0, 0},     {205, 0, 0},   {0, 205, 0},   {205, 205, 0},
+                                    {0, 0, 238},   {205, 0, 205}, {0, 205, 205}, {229, 229, 229},
+                                    {127, 127, 127}, {255, 0, 0}, {0, 255, 0},   {255, 255, 0},
+                                    {92, 92, 255}, {255, 0, 255}, {0, 255, 255}, {255, 255, 255}};
+    static const int lv[6] = {0, 95, 135, 175, 215, 255};
+    int c[3];
+    if (i < 16) { c[0] = base[i][0]; c[1] = base[i][1]; c[2] = base[i][2]; }
+    else if (i < 232) { i -= 16; c[0] = lv[i / 36]; c[1] = lv[(i / 6) % 6]; c[2] = lv[i % 6]; }
+    else { c[0] = c[1] = c[2] = 8 + 10 * (i - 232); }
+    for (int k = 0; k < 3; k++) rgb[k] = c[k];
+}
+
+static double rel_lum(int i)
+{
+    double c[3];
+    xterm_rgb(i, c);
+    for (int k = 0; k < 3; k++) {
+        double x = c[k] / 255.0;
+        c[k] = x <= 0.03928 ? x / 12.92 : pow((x + 0.055) / 1.055, 2.4);
+    }
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+}
+
+static double contrast(int a, int b)
+{
+    double la = rel_lum(a), lb = rel_lum(b);
+    return la > lb ? (la + 0.05) / (lb + 0.05) : (lb + 0.05) / (la + 0.05);
+}
+
+/* The projector theme: every colour pair it uses (text, bars, heat levels, status) keeps a WCAG
+ * contrast ratio of at least 4.5:1 with 256 and with 16 colours, it draws on explicit black (no
+ * terminal default), and its bars use whole cells. */
+static void test_projector_contrast(void)
+{
+    CHECK(contrast(15, 0) > 20.9 && contrast(15, 0) < 21.1); /* the formula: white on black is 21:1 */
+    int ns[2] = {256, 16};
+    for (int k = 0; k < 2; k++)
+        for (int r = 0; r < KVS_C_COUNT; r++) {
+            short fg, bg;
+            attr_t a;
+            kvs_theme_spec(KVS_THEME_PROJECTOR, ns[k], (enum kvs_role)r, &fg, &bg, &a);
+            CHECKF(fg >= 0 && bg >= 0, "projector role %d uses the terminal default (%d on %d)", r, fg, bg);
+            if (fg < 0 || bg < 0) continue;
+            double c = contrast(fg, bg);
+            CHECKF(c >= 4.5, "projector role %d with %d colours: %d on %d is %.2f:1", r, ns[k], fg, bg, c);
+        }
+    /* the default heat ramp's lightness rises with the level (perceptual order) */
+    double prev = -1;
+    for (int l = 0; l < KVS_HEAT_LEVELS; l++) {
+        short fg, bg;
+        attr_t a;
+        kvs_theme_spec(KVS_THEME_DEFAULT, 256, (enum kvs_role)(KVS_C_HEAT0 + l), &fg, &bg, &a);
+        double lum = rel_lum(fg);
+        CHECKF(lum > prev, "heat level %d is not lighter than level %d", l, l - 1);
+        prev = lum;
+    }
+    struct kvs_theme proj;
+    kvs_theme_setup(&proj, KVS_THEME_PROJECTOR, has_colors(), COLORS, true);
+    werase(stdscr);
+    kvs_w_bar(stdscr, &proj, 0, 0, 10, 0.33, KVS_C_BAR_HELD);
+    char buf[128];
+    row_text(0, 0, 10, buf, sizeof buf);
+    CHECKF(strcmp(buf, "███░░░░░░░") == 0, "projector bar '%s'", buf);
+    kvs_theme_setup(&theme, KVS_THEME_DEFAULT, has_colors(), COLORS, kvs_crt_utf8());
+}
+
+/* History keeps the session's runs as quality/CR points across RUN records (one point per run,
+ * updated by its steps; QUALITY records keyed by method and target), and the Quality panel's
+ * curve mode plots and lists them. */
+static void test_story_quality(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 64);
+    feed(&h, "commonkv", 3, ALL_VALID, 0);
+    CHECK(h.n_points == 1);
+    /* a second run with other numbers: the first run's point stays */
+    struct kvs_record *qr = mk_run("quant");
+    qr->u.run.run_id = 2;
+    kvs_history_push(&h, qr);
+    for (int i = 0; i < 3; i++) {
+        struct kvs_record *r = mk_step((uint64_t)i, ALL_VALID, 0);
+        r->u.step.cr_achieved = 0.75f;
+        r->u.step.kl = 0.25f;
+        kvs_history_push(&h, r);
+    }
+    CHECKF(h.n_points == 2, "points %u", h.n_points);
+    CHECK(strcmp(h.points[0].method, "commonkv") == 0 && fabsf(h.points[0].kl - 0.0125f) < 1e-6f);
+    CHECK(strcmp(h.points[1].method, "quant") == 0 && fabsf(h.points[1].cr - 0.75f) < 1e-6f);
+    /* steps without quality add nothing */
+    struct kvs_record *fr = mk_run("full");
+    fr->u.run.run_id = 3;
+    kvs_history_push(&h, fr);
+    kvs_history_push(&h, mk_step(0, KVS_VALID_BYTES, 0));
+    CHECK(h.n_points == 2);
+    /* a QUALITY record (eval in a trace) adds a point; the same method and target again updates it */
+    for (int k = 0; k < 2; k++) {
+        struct kvs_record *q = kvs_record_new(KVS_REC_QUALITY, 0);
+        snprintf(q->u.quality.method, sizeof q->u.quality.method, "lowrank");
+        q->u.quality.target_cr = 0.5f;
+        q->u.quality.achieved_cr = 0.5f;
+        q->u.quality.kl = k ? 0.5f : 0.4f;
+        kvs_history_push(&h, q);
+    }
+    CHECKF(h.n_points == 3 && fabsf(h.points[2].kl - 0.5f) < 1e-6f, "points %u", h.n_points);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 0, .live = true, .t = &theme, .sim_kind = 1};
+    struct kvs_rect r = {0, 0, 70, 20};
+    struct kvs_panel_state st = {0};
+    CHECK(kvs_panel_quality.key(&st, 'k') && st.mode == 1);
+    werase(stdscr);
+    kvs_panel_quality.draw(stdscr, r, &v, &st);
+    CHECK(screen_has(r, "KL vs full against achieved CR"));
+    CHECK(screen_has(r, "c commonkv"));
+    CHECK(screen_has(r, "CR 0.750  KL 0.2500"));
+    CHECK(screen_has(r, "l lowrank"));
+    /* the largest KL (0.5) tops the y axis; quant (0.25 at CR 0.75) sits half-way, 3/4 across */
+    CHECK(screen_has(r, "    0.5"));
+    int px = 8 + (int)lroundf(0.75f * (70 - 8 - 1));
+    int ph = 20 - 1 - 1 - 3; /* 3 listed points */
+    if (ph > 12) ph = 12;
+    int py = 1 + ph - 1 - (int)lroundf(0.5f * (float)(ph - 1));
+    char buf[16];
+    row_text(py, px, 1, buf, sizeof buf);
+    CHECKF(strcmp(buf, "q") == 0, "quant point at (%d,%d) is '%s'", px, py, buf);
+    /* a replay seeking back starts the same run over (same id and start time): no new point */
+    struct kvs_record *again = mk_run("quant");
+    again->u.run.run_id = 2;
+    kvs_history_push(&h, again);
+    kvs_history_push(&h, mk_step(0, ALL_VALID, 0));
+    CHECKF(h.n_points == 3, "a run started over added a point (%u)", h.n_points);
+
+    kvs_history_free(&h);
+}
+
+/* F6 sorts the Profiler's ops (time, bytes, FLOPs, name) and the Memory panel's layers (layer,
+ * bytes held); the header says which. */
+static void test_sortable_rows(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 64);
+    feed(&h, "commonkv", 3, ALL_VALID, 0);
+    /* layer 7 holds the most, layer 5 nothing */
+    struct kvs_record *r7 = mk_step(3, ALL_VALID, 0);
+    r7->u.step.layer_bytes_held[7] = r7->u.step.layer_bytes_held[0] * 3;
+    kvs_history_push(&h, r7);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 3, .live = true, .t = &theme, .sim_kind = 1};
+    struct kvs_rect r = {0, 0, 70, 40};
+    struct kvs_panel_state st = {0};
+    werase(stdscr);
+    kvs_panel_memory.draw(stdscr, r, &v, &st);
+    int x, y0, y1;
+    CHECK(screen_has(r, "by layer (F6)"));
+    CHECK(screen_find(r, "L00 ", &x, &y0) && screen_find(r, "L07 ", &x, &y1) && y0 < y1);
+    CHECK(kvs_panel_memory.key(&st, KEY_F(6)) && st.sort == 1);
+    werase(stdscr);
+    kvs_panel_memory.draw(stdscr, r, &v, &st);
+    CHECK(screen_has(r, "by bytes held (F6)"));
+    CHECK(screen_find(r, "L07 ", &x, &y0) && screen_find(r, "L00 ", &x, &y1) && y0 < y1);
+    /* profiler: by name, "attention" comes before "matmul" whatever their times */
+    struct kvs_panel_state ps = {0};
+    for (int i = 0; i < 3; i++) CHECK(kvs_panel_profiler.key(&ps, KEY_F(6)));
+    werase(stdscr);
+    kvs_panel_profiler.draw(stdscr, r, &v, &ps);
+    CHECK(screen_has(r, "by name (F6)"));
+    int ya = -1, ym = -1;
+    CHECKF(screen_find(r, "attention", &x, &ya) && screen_find(r, "matmul", &x, &ym) && ya < ym, "attention row %d, matmul row %d", ya, ym);
+    kvs_history_free(&h);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--tiny-model") == 0) return write_tiny(argv[2]);
@@ -541,6 +819,11 @@ int main(int argc, char **argv)
     RUN(test_ab);
     RUN(test_frames);
     RUN(test_mono);
+    RUN(test_story_similarity);
+    RUN(test_story_budgets);
+    RUN(test_projector_contrast);
+    RUN(test_story_quality);
+    RUN(test_sortable_rows);
     kvs_crt_offscreen_end();
     return kvs_test_summary();
 }

@@ -1,11 +1,14 @@
-/* Budgets panel: per group its rank and merged fraction next to what a uniform allocation of the
- * same total would give, the share of the group's spectral energy its rank keeps (from the SVD
- * spectrum records), and the tokens each layer keeps; a zero budget or zero kept tokens is drawn
- * in red. Draws only from run, step and spectrum records. */
+/* Budgets panel: per group its rank against the group's maximum and its merged fraction next to
+ * what a uniform allocation of the same total would give, its similarity score beside the merged
+ * share, the share of spectral energy its rank keeps, and the tokens each layer keeps; a zero
+ * budget or zero kept tokens is drawn in red. A second mode (key d) draws each group's singular
+ * values and cumulative energy with the chosen rank marked. Draws only from run, step and
+ * spectrum records. */
 #include "view.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 /* Share of group G's energy (sum of squared singular values) in its first RANK values; false when
  * no spectrum record for G is held. */
@@ -24,6 +27,100 @@ static bool energy_kept(const struct kvs_history *h, uint32_t g, uint32_t rank, 
     if (all <= 0) return false;
     *frac = kept / all;
     return true;
+}
+
+/* The largest rank group G can have: the number of singular values its spectrum record holds, else
+ * min(rows, cols) of its stacked weights (2 * layers * d_kv x n_embd); 0 when unknown. */
+static uint32_t rank_max(const struct kvs_history *h, const struct kvs_rec_run *run, uint32_t g, uint32_t nl)
+{
+    if (g < KVS_MAX_GROUPS && h->spectrum[g]) {
+        const struct kvs_rec_matrix *m = &h->spectrum[g]->u.matrix;
+        return m->rows * m->cols;
+    }
+    if (!run || !run->group_size || !run->n_embd) return 0;
+    uint32_t l0 = g * run->group_size;
+    if (l0 >= nl) return 0;
+    uint32_t layers = nl - l0 < run->group_size ? nl - l0 : run->group_size;
+    uint64_t rows = 2ull * layers * run->n_head_kv * run->head_dim;
+    return rows && rows < run->n_embd ? (uint32_t)rows : rows ? run->n_embd : 0;
+}
+
+/* Spectrum mode: two lines per group, its singular values (log scale, resampled to the width) and
+ * the cumulative energy they keep, the chosen rank marked on both. */
+static void spectrum_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, struct kvs_panel_state *st,
+                          const struct kvs_rec_step *s, int y)
+{
+    const struct kvs_theme *t = v->t;
+    int ye = r.y + r.h;
+    uint32_t ng = 0;
+    for (uint32_t g = 0; g < KVS_MAX_GROUPS; g++)
+        if (v->h->spectrum[g]) ng = g + 1;
+    if (!ng) {
+        kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "spectrum: n/a (no SVD spectrum records in this run)");
+        return;
+    }
+    kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "spectrum per group: %s log singular values, cum energy; %s chosen rank",
+                 KVS_G(t, "▁▃▅▇", "_-=#"), KVS_G(t, "┃", "|"));
+    int rows = (ye - y) / 2;
+    if (rows < 1) return;
+    if (st->scroll > (int)ng - rows) st->scroll = (int)ng - rows;
+    if (st->scroll < 0) st->scroll = 0;
+    const int lab = 18;
+    int W = r.w - lab;
+    if (W < 4) return;
+    float *buf = malloc(sizeof(float) * (size_t)W);
+    if (!buf) return;
+    for (int i = 0; i < rows && y + 1 < ye; i++) {
+        uint32_t g = (uint32_t)(i + st->scroll);
+        if (g >= ng) break;
+        const struct kvs_record *rec = v->h->spectrum[g];
+        if (!rec) {
+            kvs_w_printf(w, t, y, r.x, r.w, KVS_C_NA, "g%-2u spectrum n/a", g);
+            y += 2;
+            continue;
+        }
+        const struct kvs_rec_matrix *m = &rec->u.matrix;
+        uint32_t n = m->rows * m->cols;
+        bool rank_ok = s && (s->valid & KVS_VALID_BUDGET) && g < s->n_groups;
+        uint32_t rank = rank_ok ? s->group_rank[g] : 0;
+        double all = 0, kept = 0, smax = 0, smin = INFINITY;
+        for (uint32_t k = 0; k < n; k++) {
+            double x = isfinite(m->v[k]) ? m->v[k] : 0;
+            all += x * x;
+            if (k < rank) kept += x * x;
+            if (x > smax) smax = x;
+            if (x > 0 && x < smin) smin = x;
+        }
+        char e[16];
+        kvs_w_printf(w, t, y, r.x, lab, KVS_C_TEXT, "g%-2u r ", g);
+        kvs_w_printf(w, t, y, r.x + 6, lab - 6, rank_ok && rank == 0 ? KVS_C_BAD : KVS_C_TEXT, "%s/%u",
+                     rank_ok ? (snprintf(e, sizeof e, "%u", rank), e) : "n/a", n);
+        kvs_w_printf(w, t, y + 1, r.x, lab, KVS_C_DIM, "    energy %s",
+                     kvs_fmt_f(e, sizeof e, rank_ok && all > 0, "%5.1f%%", all > 0 ? 100.0 * kept / all : 0));
+        /* singular values on a log scale from the smallest positive to the largest */
+        float lo = smin < INFINITY ? (float)log10(smin) : 0, hi = smax > 0 ? (float)log10(smax) : 1;
+        double cum = 0;
+        uint32_t k = 0;
+        float *cbuf = malloc(sizeof(float) * (size_t)W);
+        for (int j = 0; j < W; j++) {
+            uint32_t k0 = (uint32_t)((uint64_t)j * n / (uint32_t)W), k1 = (uint32_t)((uint64_t)(j + 1) * n / (uint32_t)W);
+            if (k1 <= k0) k1 = k0 + 1;
+            if (k1 > n) k1 = n;
+            float x = k0 < n && isfinite(m->v[k0]) && m->v[k0] > 0 ? (float)log10(m->v[k0]) : NAN;
+            buf[j] = k0 < n ? x : NAN;
+            for (; k < k1; k++) { double q = isfinite(m->v[k]) ? m->v[k] : 0; cum += q * q; }
+            if (cbuf) cbuf[j] = k0 < n && all > 0 ? (float)(cum / all) : NAN;
+        }
+        kvs_w_spark(w, t, y, r.x + lab, buf, W, lo, hi, KVS_C_BAR_HELD);
+        if (cbuf) kvs_w_spark(w, t, y + 1, r.x + lab, cbuf, W, 0, 1, KVS_C_BAR_ALLOC);
+        free(cbuf);
+        if (rank_ok && n) {
+            kvs_w_mark(w, t, y, r.x + lab, W, (double)rank / n, KVS_C_BAR_REF);
+            kvs_w_mark(w, t, y + 1, r.x + lab, W, (double)rank / n, KVS_C_BAR_REF);
+        }
+        y += 2;
+    }
+    free(buf);
 }
 
 static void bud_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
@@ -50,6 +147,7 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     }
     if (y >= ye) return;
     if (!s) { kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "no steps yet"); return; }
+    if (st->mode == 1) { spectrum_draw(w, r, v, st, s, y); return; }
     bool budget_ok = (s->valid & KVS_VALID_BUDGET) && s->n_groups > 0;
     bool kept_ok = (s->valid & (KVS_VALID_BUDGET | KVS_VALID_BYTES)) && s->n_layer > 0;
     uint32_t ng = s->n_groups < KVS_MAX_GROUPS ? s->n_groups : KVS_MAX_GROUPS;
@@ -77,16 +175,17 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
         if (rows >= 1) {
             const char *mk = t->utf8 ? "┃" : "|";
             if (energy && ecol == 5) /* narrow: the uniform marks as "|=value" */
-                kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "grp layers rank %s=%.0f  energy  merged %s=%.0f%%", mk,
+                kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "grp layers rank/max %s=%.0f energy sim merged %s=%.0f%%", mk,
                              uni_rank, mk, uni_merged * 100);
             else
-                kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "grp layers  rank (%s uniform %.0f)%s  merged (%s %.0f%%)", mk,
-                             uni_rank, energy ? "  energy" : "", mk, uni_merged * 100);
+                kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "grp layers  rank/max (%s uniform %.0f)%s  sim  merged (%s %.0f%%)",
+                             mk, uni_rank, energy ? "  energy" : "", mk, uni_merged * 100);
             y++;
         }
         if (st->scroll > (int)ng - rows) st->scroll = (int)ng - rows;
         if (st->scroll < 0) st->scroll = 0;
-        int bw = (r.w - 30 - (energy ? ecol : 0)) / 2;
+        bool sim_ok = (s->valid & KVS_VALID_GROUP_SIM) != 0;
+        int bw = (r.w - 40 - (energy ? ecol : 0)) / 2;
         if (bw < 3) bw = 0;
         for (int i = 0; i < rows && y < ye; i++) {
             uint32_t g = (uint32_t)(i + st->scroll);
@@ -96,10 +195,18 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
             if (l1 >= nl && nl) l1 = nl - 1;
             int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_TEXT, "g%-2u %2u-%-2u ", g, l0, l1);
             bool zero = s->group_rank[g] == 0;
-            x += kvs_w_printf(w, t, y, r.x + x, r.w - x, zero ? KVS_C_BAD : KVS_C_TEXT, "%4u ", s->group_rank[g]);
+            x += kvs_w_printf(w, t, y, r.x + x, r.w - x, zero ? KVS_C_BAD : KVS_C_TEXT, "%4u", s->group_rank[g]);
+            /* the rank against the most this group's SVD can keep; the bar is drawn to that scale */
+            uint32_t rmax = rank_max(v->h, run, g, nl);
+            {
+                char mb[16];
+                snprintf(mb, sizeof mb, rmax ? "/%-4u " : "/?    ", rmax);
+                x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_DIM, mb);
+            }
             if (bw) {
-                kvs_w_bar(w, t, y, r.x + x, bw, s->group_rank[g] / scale, zero ? KVS_C_BAD : KVS_C_BAR_HELD);
-                kvs_w_mark(w, t, y, r.x + x, bw, uni_rank / scale, KVS_C_BAR_REF);
+                double sc = rmax ? rmax : scale;
+                kvs_w_bar(w, t, y, r.x + x, bw, s->group_rank[g] / sc, zero ? KVS_C_BAD : KVS_C_BAR_HELD);
+                kvs_w_mark(w, t, y, r.x + x, bw, uni_rank / sc, KVS_C_BAR_REF);
                 x += bw + 1;
             }
             char b[16];
@@ -111,6 +218,10 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
                 x += kvs_w_text(w, t, y, r.x + x, r.w - x, ok ? KVS_C_TEXT : KVS_C_NA,
                                 ok ? b : ecol == 7 ? "   n/a " : " n/a ");
             }
+            /* the group's similarity score beside its merged share: the budget follows it */
+            x += kvs_w_text(w, t, y, r.x + x, r.w - x, sim_ok && isfinite(s->group_sim[g]) ? KVS_C_TEXT : KVS_C_NA,
+                            sim_ok && isfinite(s->group_sim[g]) ? kvs_fmt_f(b, sizeof b, true, "%4.2f ", s->group_sim[g])
+                                                                : " n/a ");
             float mf = s->group_merged[g];
             x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_TEXT, kvs_fmt_f(b, sizeof b, true, "%3.0f%% ", mf * 100.0));
             if (bw && x + bw <= r.w) {
@@ -147,12 +258,20 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     }
 }
 
+static bool bud_key(struct kvs_panel_state *st, int key)
+{
+    if (key == 'd') { st->mode = !st->mode; st->scroll = 0; return true; }
+    return kvs_view_scroll_key(st, key);
+}
+
 const struct kvs_panel kvs_panel_budgets = {
     .name = "budgets",
     .title = "Budgets",
     .layout = bud_layout,
     .draw = bud_draw,
-    .key = kvs_view_scroll_key,
+    .key = bud_key,
     .help = "Up/Down\tscroll groups\n"
-            "\tenergy: spectrum share the rank keeps\n",
+            "d\tgroups / singular-value spectrum\n"
+            "\tenergy: spectrum share the rank keeps\n"
+            "\tsim: group similarity score; rank/max: of the SVD\n",
 };

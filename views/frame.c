@@ -155,6 +155,12 @@ static void draw_scrub(WINDOW *w, const struct kvs_layout *lay, const struct kvs
     double f = fi->scrub_len > 1 ? (double)fi->scrub_pos / (double)(fi->scrub_len - 1) : 0;
     if (x1 > x0) {
         kvs_w_bar(w, t, r.y, x0, x1 - x0, f, KVS_C_BAR_HELD);
+        /* run boundaries: where each run after the first starts */
+        for (size_t k = 1; k < fi->n_scrub_runs && fi->scrub_len > 1; k++) {
+            double fk = (double)fi->scrub_runs[k] / (double)(fi->scrub_len - 1);
+            if (fk > 1) continue;
+            kvs_w_glyph(w, t, r.y, x0 + (int)(fk * (x1 - 1 - x0) + 0.5), KVS_C_BAR_REF, "┃", '|');
+        }
         int px = x0 + (int)(f * (x1 - 1 - x0) + 0.5);
         kvs_w_glyph(w, t, r.y, px, KVS_C_FOCUS, "●", 'O');
     }
@@ -163,49 +169,99 @@ static void draw_scrub(WINDOW *w, const struct kvs_layout *lay, const struct kvs
                      (unsigned long long)(fi->scrub_len ? fi->scrub_len - 1 : 0), fi->scrub_extra ? fi->scrub_extra : "");
 }
 
+/* One row of the help overlay: a key column and a piece of its description. */
+struct help_row {
+    const char *key;
+    const char *what;
+    int len;            /* bytes of WHAT on this row */
+    bool head;          /* a section heading */
+};
+
+#define HELP_ROWS 256
+
+/* Appends KEY/WHAT wrapped at spaces to WIDTH bytes per row (the texts are ASCII). */
+static int help_wrap(struct help_row *rows, int n, const char *key, const char *what, int width, bool head)
+{
+    if (width < 8) width = 8;
+    const char *p = what;
+    bool first = true;
+    do {
+        int len = (int)strlen(p);
+        if (len > width) {
+            int cut = width;
+            while (cut > 0 && p[cut] != ' ') cut--;
+            len = cut > 0 ? cut : width;
+        }
+        if (n < HELP_ROWS) rows[n++] = (struct help_row){first ? key : "", p, len, head};
+        p += len;
+        while (*p == ' ') p++;
+        first = false;
+    } while (*p);
+    return n;
+}
+
+/* The help overlay: the caller's keys (live or replay), then every panel's own keys under its
+ * name, each description wrapped to the overlay's width; when it does not fit, the last row says
+ * which rows are shown and how to scroll. */
 static void draw_help(WINDOW *w, int sw, int sh, const struct kvs_view_ctx *v, const struct kvs_frame_info *fi, int focus)
 {
     const struct kvs_theme *t = v->t;
-    /* the panel's own keys come after the global ones */
-    struct kvs_help_line extra[16];
-    int n_extra = 0;
-    char store[16][64];
-    const char *ph = focus >= 0 && focus < KVS_PANEL_COUNT ? kvs_panels[focus]->help : NULL;
-    while (ph && *ph && n_extra < 16) {
-        const char *nl = strchr(ph, '\n');
-        size_t len = nl ? (size_t)(nl - ph) : strlen(ph);
-        if (len >= sizeof store[0]) len = sizeof store[0] - 1;
-        memcpy(store[n_extra], ph, len);
-        store[n_extra][len] = 0;
-        char *tab = strchr(store[n_extra], '\t');
-        if (tab) {
-            *tab = 0;
-            extra[n_extra].key = store[n_extra];
-            extra[n_extra].what = tab + 1;
-            n_extra++;
+    int bw = sw >= 96 ? 96 : sw;
+    bool border = bw >= 10 && sh >= 4;
+    int inw = border ? bw - 2 : bw;
+    int kw = inw >= 50 ? 19 : inw / 3;
+    int tw = inw - kw;
+    static struct help_row rows[HELP_ROWS];
+    static char heads[KVS_PANEL_COUNT][48];
+    static char store[KVS_PANEL_COUNT][16][96];
+    int n = 0;
+    for (int k = 0; k < fi->n_help; k++) n = help_wrap(rows, n, fi->help_lines[k].key, fi->help_lines[k].what, tw, false);
+    for (int p = 0; p < KVS_PANEL_COUNT; p++) {
+        const char *ph = kvs_panels[p]->help;
+        if (!ph) continue;
+        snprintf(heads[p], sizeof heads[p], "%d %s panel%s:", p + 1, kvs_panels[p]->title, p == focus ? " (focused)" : "");
+        n = help_wrap(rows, n, "", heads[p], tw, true);
+        for (int i = 0; *ph && i < 16; i++) {
+            const char *nl = strchr(ph, '\n');
+            size_t len = nl ? (size_t)(nl - ph) : strlen(ph);
+            if (len >= sizeof store[p][i]) len = sizeof store[p][i] - 1;
+            memcpy(store[p][i], ph, len);
+            store[p][i][len] = 0;
+            char *tab = strchr(store[p][i], '\t');
+            if (tab) {
+                *tab = 0;
+                n = help_wrap(rows, n, store[p][i], tab + 1, tw, false);
+            }
+            ph = nl ? nl + 1 : ph + len;
         }
-        ph = nl ? nl + 1 : ph + len;
     }
-    int total = fi->n_help + (n_extra ? n_extra + 1 : 0);
-    int bw = sw >= 64 ? 64 : sw;
-    int bh = total + 2 < sh ? total + 2 : sh;
+    int bh = n + 2 < sh ? n + 2 : sh;
+    if (!border) bh = n < sh ? n : sh;
     struct kvs_rect box = {(sw - bw) / 2, (sh - bh) / 2, bw, bh};
     kvs_w_fill(w, t, box, KVS_C_TEXT);
-    bool border = bw >= 10 && bh >= 4;
     if (border) kvs_w_box(w, t, box, "Help: keys (? or Esc closes)", true);
     struct kvs_rect in = border ? kvs_rect_inset(box, 1) : box;
-    int first = fi->help_scroll;
-    if (first > total - in.h) first = total - in.h;
+    bool more = n > in.h;
+    int body = more ? in.h - 1 : in.h;
+    if (body < 0) body = 0;
+    int maxs = n - body > 0 ? n - body : 0;
+    if (fi->help_scroll_max) *fi->help_scroll_max = maxs;
+    int first = fi->help_scroll < maxs ? fi->help_scroll : maxs;
     if (first < 0) first = 0;
-    int kw = in.w >= 40 ? 19 : in.w / 3;
-    for (int i = 0; i < in.h && first + i < total; i++) {
-        int k = first + i;
-        const char *key, *what;
-        if (k < fi->n_help) { key = fi->help_lines[k].key; what = fi->help_lines[k].what; }
-        else if (k == fi->n_help) { key = ""; what = "focused panel:"; }
-        else { key = extra[k - fi->n_help - 1].key; what = extra[k - fi->n_help - 1].what; }
-        kvs_w_text(w, t, in.y + i, in.x, kw, KVS_C_KEY, key);
-        kvs_w_text(w, t, in.y + i, in.x + kw, in.w - kw, KVS_C_TEXT, what);
+    for (int i = 0; i < body && first + i < n; i++) {
+        const struct help_row *hr = &rows[first + i];
+        char b[128];
+        int len = hr->len < (int)sizeof b - 1 ? hr->len : (int)sizeof b - 1;
+        memcpy(b, hr->what, (size_t)len);
+        b[len] = 0;
+        kvs_w_text(w, t, in.y + i, in.x, kw, KVS_C_KEY, hr->key);
+        kvs_w_text(w, t, in.y + i, in.x + kw, in.w - kw, hr->head ? KVS_C_TITLE : KVS_C_TEXT, b);
+    }
+    if (more && in.h >= 1) {
+        int last = first + body < n ? first + body : n;
+        kvs_w_printf(w, t, in.y + in.h - 1, in.x, in.w, KVS_C_FOCUS, "%s rows %d-%d of %d: Up/Down PgUp/PgDn scroll",
+                     first > 0 && last < n ? KVS_G(t, "↕", "<>") : first > 0 ? KVS_G(t, "↑", "^") : KVS_G(t, "↓", "v"),
+                     first + 1, last, n);
     }
 }
 
@@ -234,6 +290,27 @@ void kvs_frame_draw(WINDOW *w, const struct kvs_layout *lay, const struct kvs_vi
             in = (struct kvs_rect){r.x, r.y + 1, r.w, r.h - 1};
         }
         if (!kvs_rect_empty(in)) kvs_panels[p]->draw(w, in, v, &st[p]);
+    }
+    if (fi->stale) {
+        /* the previous run stays readable but dimmed, and says what it is */
+        for (int p = 0; p < KVS_PANEL_COUNT; p++) {
+            struct kvs_rect r = lay->panel[p];
+            for (int yy = r.y; yy < r.y + r.h; yy++)
+                for (int xx = r.x; xx < r.x + r.w; xx++) {
+                    cchar_t cc;
+                    if (mvwin_wch(w, yy, xx, &cc) == ERR) continue;
+                    wchar_t wc[CCHARW_MAX + 1];
+                    attr_t a;
+                    short pair;
+                    if (getcchar(&cc, wc, &a, &pair, NULL) == ERR) continue;
+                    a = (a & ~A_BOLD) | A_DIM;
+                    if (setcchar(&cc, wc, a, pair, NULL) == OK) mvwadd_wch(w, yy, xx, &cc);
+                }
+        }
+        if (!kvs_rect_empty(lay->status)) {
+            int sx = lay->status.w > 60 ? lay->status.w / 3 : 0;
+            kvs_w_text(w, t, lay->status.y, sx, lay->status.w - sx, KVS_C_WARN, fi->stale);
+        }
     }
     if (!kvs_rect_empty(lay->scrub)) draw_scrub(w, lay, v, fi);
     if (!kvs_rect_empty(lay->keys)) draw_keys(w, lay->keys, v, fi);

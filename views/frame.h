@@ -26,13 +26,17 @@ struct kvs_frame_info {
     double speed;
     bool playing;
     const char *scrub_extra;     /* e.g. "token 17" */
+    const uint64_t *scrub_runs;  /* global step where each run starts (marked on the track) */
+    size_t n_scrub_runs;
     /* help overlay */
     bool help;
     int help_scroll;
+    int *help_scroll_max;        /* out (may be NULL): the largest useful help_scroll at this size */
     const struct kvs_help_line *help_lines;
     int n_help;
     const char *keys_line;       /* key bar text */
     int focus, zoom;
+    const char *stale;           /* non-NULL: the panels show a previous run; this labels them */
 };
 
 /* Fills the layout request for a W x H terminal from each panel's size hints. */

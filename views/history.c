@@ -2,6 +2,8 @@
  * modifies them. Depends on engine/core/record.h and libc only. */
 #include "history.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -140,6 +142,21 @@ static void push_kernel(struct kvs_history *h, const struct kvs_rec_kernel *k)
     e->bytes = k->bytes;
 }
 
+/* The point for KEY, added (dropping the oldest when full) when it is not there yet. */
+static struct kvs_hist_point *point_for(struct kvs_history *h, uint64_t key)
+{
+    for (uint32_t i = 0; i < h->n_points; i++)
+        if (h->points[i].key == key) return &h->points[i];
+    if (h->n_points == KVS_HIST_POINTS) {
+        memmove(h->points, h->points + 1, sizeof h->points[0] * (KVS_HIST_POINTS - 1));
+        h->n_points--;
+    }
+    struct kvs_hist_point *p = &h->points[h->n_points++];
+    memset(p, 0, sizeof *p);
+    p->key = key;
+    return p;
+}
+
 void kvs_history_push(struct kvs_history *h, struct kvs_record *r)
 {
     if (!r) return;
@@ -150,7 +167,19 @@ void kvs_history_push(struct kvs_history *h, struct kvs_record *r)
         h->run = r;
         h->n_runs++;
         return;
-    case KVS_REC_STEP: push_step(h, r); return;
+    case KVS_REC_STEP: {
+        const struct kvs_rec_step *s = &r->u.step;
+        uint32_t need = KVS_VALID_QUALITY | KVS_VALID_BYTES;
+        if (h->run && (s->valid & need) == need && isfinite(s->kl) && isfinite(s->cr_achieved)) {
+            struct kvs_hist_point *p = point_for(h, kvs_history_run_key(&h->run->u.run));
+            snprintf(p->method, sizeof p->method, "%s", h->run->u.run.method);
+            p->target_cr = h->run->u.run.target_cr;
+            p->cr = s->cr_achieved;
+            p->kl = s->kl;
+        }
+        push_step(h, r);
+        return;
+    }
     case KVS_REC_MATRIX: {
         uint32_t k = r->u.matrix.kind;
         if (k >= 1 && k <= 3) { set_ref(&h->mat[k], r); return; }
@@ -160,7 +189,22 @@ void kvs_history_push(struct kvs_history *h, struct kvs_record *r)
         }
         break;
     }
-    case KVS_REC_QUALITY: set_ref(&h->quality, r); return;
+    case KVS_REC_QUALITY: {
+        const struct kvs_rec_quality *q = &r->u.quality;
+        if (isfinite(q->kl) && isfinite(q->achieved_cr)) {
+            /* keyed by method and target, so a replayed or repeated record updates its point */
+            uint64_t key = UINT64_MAX - ((uint64_t)(q->target_cr * 1000.0f + 1000.0f) & 0xffff);
+            for (const char *c = q->method; *c; c++) key = key * 31u + (unsigned char)*c;
+            key |= 1ull << 63;
+            struct kvs_hist_point *p = point_for(h, key);
+            snprintf(p->method, sizeof p->method, "%s", q->method);
+            p->target_cr = q->target_cr;
+            p->cr = q->achieved_cr;
+            p->kl = q->kl;
+        }
+        set_ref(&h->quality, r);
+        return;
+    }
     case KVS_REC_KERNEL: push_kernel(h, &r->u.kernel); break;
     case KVS_REC_END: set_ref(&h->end, r); return;
     case KVS_REC_LOG:

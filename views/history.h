@@ -27,6 +27,14 @@ struct kvs_hist_kernel {
     uint64_t count, ns, bytes;
 };
 
+/* One run of the session (or one QUALITY record) as a point on the quality/CR curve. */
+#define KVS_HIST_POINTS 64
+struct kvs_hist_point {
+    uint64_t key;                   /* run: kvs_history_run_key of its RUN record; quality: top bit set */
+    char method[KVS_REC_NAME_MAX];
+    float target_cr, cr, kl;        /* achieved CR; KL against the full cache */
+};
+
 struct kvs_history {
     uint32_t cap;                   /* STEP ring capacity */
     struct kvs_record **ring;       /* ring[i % cap] holds step i for the last min(n_steps, cap) */
@@ -46,6 +54,10 @@ struct kvs_history {
     uint64_t n_logs;
     uint64_t n_records, n_runs;     /* everything pushed since init */
     uint64_t t_first_decode_ns;     /* run-relative end of the first decoded token (0: none yet) */
+    /* the session's runs with quality, kept across runs (a RUN record does not clear them); the
+     * oldest are dropped past KVS_HIST_POINTS */
+    struct kvs_hist_point points[KVS_HIST_POINTS];
+    uint32_t n_points;
 };
 
 /* A snapshot of a finished or running run kept for comparison. */
@@ -63,11 +75,19 @@ enum kvs_status kvs_history_init(struct kvs_history *h, uint32_t cap);
 /* Drops every reference and frees storage. */
 void kvs_history_free(struct kvs_history *h);
 /* Takes over the caller's reference to R. A RUN record starts a new run (forgets the previous
- * one's steps, tokens, matrices, quality, kernels and logs). */
+ * one's steps, tokens, matrices, quality, kernels and logs, but not the session's quality/CR
+ * points: each step with quality and bytes updates its run's point, each QUALITY record adds or
+ * updates the point of its method and target). */
 void kvs_history_push(struct kvs_history *h, struct kvs_record *r);
 
 /* Step I of the current run, or NULL when it was never seen or has left the ring. */
 const struct kvs_rec_step *kvs_history_step(const struct kvs_history *h, uint64_t i);
+/* The key of run R's quality/CR point: its run id and start time, so a replay that starts a run
+ * over (a backward seek) updates the run's point instead of adding another (top bit clear). */
+static inline uint64_t kvs_history_run_key(const struct kvs_rec_run *r)
+{
+    return (((uint64_t)r->run_id << 44) ^ r->unix_ns) & ~(1ull << 63);
+}
 /* Index of the oldest step still held (== n_steps when none). */
 uint64_t kvs_history_first(const struct kvs_history *h);
 /* The I-th most recent log line (0: newest), or NULL. */

@@ -87,15 +87,24 @@ static void mem_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
                             : (double)s->bytes_full / nl;
     int rows_left = ye - y;
     if (rows_left >= 2) {
-        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "per layer (of %s full each)", kvs_fmt_bytes(a, sizeof a, (uint64_t)layer_full));
+        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "per layer (of %s full each), by %s (F6)",
+                     kvs_fmt_bytes(a, sizeof a, (uint64_t)layer_full), st->sort == 1 ? "bytes held" : "layer");
         rows_left--;
     }
     if (st->scroll > (int)nl - rows_left) st->scroll = (int)nl - rows_left;
     if (st->scroll < 0) st->scroll = 0;
     int lbw = r.w - 22;
+    /* row order: by layer, or by bytes held (most first), stable by layer */
+    uint32_t order[KVS_MAX_LAYERS];
+    for (uint32_t l = 0; l < nl; l++) order[l] = l;
+    if (st->sort == 1)
+        for (uint32_t i = 1; i < nl; i++)
+            for (uint32_t k = i; k > 0 && s->layer_bytes_held[order[k]] > s->layer_bytes_held[order[k - 1]]; k--) {
+                uint32_t tmp = order[k]; order[k] = order[k - 1]; order[k - 1] = tmp;
+            }
     for (int i = 0; i < rows_left; i++) {
-        uint32_t l = (uint32_t)(i + st->scroll);
-        if (l >= nl) break;
+        if ((uint32_t)(i + st->scroll) >= nl) break;
+        uint32_t l = order[i + st->scroll];
         uint64_t hb = s->layer_bytes_held[l];
         double f = layer_full > 0 ? hb / layer_full : 0;
         int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "L%02u ", l);
@@ -108,11 +117,18 @@ static void mem_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     }
 }
 
+static bool mem_key(struct kvs_panel_state *st, int key)
+{
+    if (key == KEY_F(6)) { st->sort = (st->sort + 1) % 2; st->scroll = 0; return true; }
+    return kvs_view_scroll_key(st, key);
+}
+
 const struct kvs_panel kvs_panel_memory = {
     .name = "memory",
     .title = "Memory",
     .layout = mem_layout,
     .draw = mem_draw,
-    .key = kvs_view_scroll_key,
-    .help = "Up/Down\tscroll layers\n",
+    .key = mem_key,
+    .help = "Up/Down\tscroll layers\n"
+            "F6\tsort layers: by layer / by bytes held\n",
 };

@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 
 static void prof_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
@@ -15,10 +16,16 @@ static void prof_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
 }
 
 static const struct kvs_op_counter *sort_ops;
+static int sort_by; /* 0 time, 1 bytes, 2 FLOPs, 3 name */
+static const char *const sort_names[] = {"time", "bytes", "FLOPs", "name"};
 static int cmp_op(const void *a, const void *b)
 {
-    uint64_t x = sort_ops[*(const int *)a].ns, y = sort_ops[*(const int *)b].ns;
-    return x < y ? 1 : x > y ? -1 : *(const int *)a - *(const int *)b;
+    int i = *(const int *)a, j = *(const int *)b;
+    if (sort_by == 3) return strcmp(kvs_op_name((enum kvs_op)i), kvs_op_name((enum kvs_op)j));
+    const struct kvs_op_counter *p = &sort_ops[i], *q = &sort_ops[j];
+    uint64_t x = sort_by == 1 ? p->bytes : sort_by == 2 ? p->flops : p->ns;
+    uint64_t y = sort_by == 1 ? q->bytes : sort_by == 2 ? q->flops : q->ns;
+    return x < y ? 1 : x > y ? -1 : i - j;
 }
 
 static const struct kvs_hist_kernel *sort_k;
@@ -53,9 +60,9 @@ static void prof_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v
     else if (s && (s->valid & KVS_VALID_OPS)) ops = s->ops;
     char a[24], b[24], c[24];
     if (s) {
-        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "%s  (a: %s)",
+        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "%s  (a: %s)  by %s (F6)",
                      total ? "run total" : s->kind == KVS_STEP_PREFILL ? "this step: prefill" : "this step: decode",
-                     total ? "this step" : "run total");
+                     total ? "this step" : "run total", sort_names[st->sort % 4]);
     }
     if (y >= ye) return;
     if (!ops) {
@@ -68,6 +75,7 @@ static void prof_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v
             if (ops[o].ns || ops[o].calls) idx[n++] = o;
         }
         sort_ops = ops;
+        sort_by = st->sort % 4;
         qsort(idx, (size_t)n, sizeof *idx, cmp_op);
         bool wide = r.w >= 58;
         if (y < ye - gpu_rows)
@@ -109,6 +117,7 @@ static void prof_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v
 static bool prof_key(struct kvs_panel_state *st, int key)
 {
     if (key == 'a') { st->mode = !st->mode; return true; }
+    if (key == KEY_F(6)) { st->sort = (st->sort + 1) % 4; return true; }
     return false;
 }
 
@@ -118,5 +127,6 @@ const struct kvs_panel kvs_panel_profiler = {
     .layout = prof_layout,
     .draw = prof_draw,
     .key = prof_key,
-    .help = "a\tthis step / run total\n",
+    .help = "a\tthis step / run total\n"
+            "F6\tsort ops: by time / bytes / FLOPs / name\n",
 };

@@ -1,6 +1,8 @@
 /* Quality panel: perplexity, KL divergence and top-1 agreement against the full cache for the
  * current settings (step records with KVS_VALID_QUALITY, or a QUALITY record), and an A/B table
- * against a pinned run. Invalid metrics print n/a. Draws only from the history. */
+ * against a pinned run; a second mode (key k) plots KL against achieved CR for every run of the
+ * session (and every QUALITY record of a trace). Invalid metrics print n/a. Draws only from the
+ * history. */
 #include "view.h"
 
 #include <math.h>
@@ -63,12 +65,67 @@ static double self_ppl(const struct kvs_history *h, uint64_t cursor)
     return n ? exp(-sum / (double)n) : NAN;
 }
 
+/* KL against achieved CR, one letter per method (its first letter; the current run bold and
+ * reversed), then the points as a list. The x axis is CR 0..1; the y axis 0..the largest KL. */
+static void curve_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, struct kvs_panel_state *st)
+{
+    const struct kvs_theme *t = v->t;
+    const struct kvs_history *h = v->h;
+    int y = r.y, ye = r.y + r.h;
+    kvs_w_text(w, t, y++, r.x, r.w, KVS_C_DIM, "KL vs full against achieved CR, runs of this session");
+    if (!h->n_points) {
+        if (y < ye) kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "n/a: no run with quality yet (c: compare with full)");
+        return;
+    }
+    float kl_max = 0;
+    for (uint32_t i = 0; i < h->n_points; i++)
+        if (h->points[i].kl > kl_max) kl_max = h->points[i].kl;
+    if (kl_max <= 0) kl_max = 1e-3f;
+    int list = (int)h->n_points < 4 ? (int)h->n_points : 4;
+    int ph = ye - y - 1 - list; /* plot rows, then the x axis, then the list */
+    if (ph > 12) ph = 12;
+    int lab = 8, pw = r.w - lab;
+    if (ph >= 3 && pw >= 10) {
+        for (int i = 0; i < ph; i++) {
+            float top = kl_max * (float)(ph - i) / (float)ph;
+            if (i == 0 || i == ph - 1) kvs_w_printf(w, t, y + i, r.x, lab, KVS_C_DIM, "%7.3g", i == 0 ? top : 0.0f);
+            kvs_w_glyph(w, t, y + i, r.x + lab - 1, KVS_C_BORDER, "│", '|');
+        }
+        for (uint32_t k = 0; k < h->n_points; k++) {
+            const struct kvs_hist_point *p = &h->points[k];
+            int px = (int)lroundf(p->cr * (float)(pw - 1));
+            int py = ph - 1 - (int)lroundf(p->kl / kl_max * (float)(ph - 1));
+            if (px < 0) px = 0;
+            if (px >= pw) px = pw - 1;
+            if (py < 0) py = 0;
+            if (py >= ph) py = ph - 1;
+            bool cur = h->run && p->key == kvs_history_run_key(&h->run->u.run);
+            char g[2] = {p->method[0] ? p->method[0] : '?', 0};
+            attr_t a = kvs_attr(t, cur ? KVS_C_FOCUS : KVS_C_TEXT) | (cur ? A_REVERSE : 0);
+            mvwaddch(w, y + py, r.x + lab + px, (chtype)(unsigned char)g[0] | a);
+        }
+        y += ph;
+        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "%*s0%*s1 CR", lab, "", pw - 6 > 0 ? pw - 6 : 1, "");
+    }
+    /* newest points first */
+    for (int i = 0; i < list && y < ye; i++) {
+        const struct kvs_hist_point *p = &h->points[h->n_points - 1 - (uint32_t)i];
+        char tb[16];
+        bool cur = h->run && p->key == kvs_history_run_key(&h->run->u.run);
+        kvs_w_printf(w, t, y++, r.x, r.w, cur ? KVS_C_FOCUS : KVS_C_TEXT, "%c %-18.18s target %s  CR %.3f  KL %.4f",
+                     p->method[0] ? p->method[0] : '?', p->method,
+                     kvs_fmt_f(tb, sizeof tb, p->target_cr >= 0, "%.2f", p->target_cr), p->cr, p->kl);
+    }
+    (void)st;
+}
+
 static void q_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, struct kvs_panel_state *st)
 {
     const struct kvs_theme *t = v->t;
     const struct kvs_history *h = v->h;
     const struct kvs_rec_step *s = kvs_view_step(v);
     int y = r.y, ye = r.y + r.h;
+    if (st->mode == 1) { curve_draw(w, r, v, st); return; }
     if (!h->run) { kvs_view_empty(w, r, v, "waiting for a run"); return; }
     bool at_end = v->live || v->cursor + 1 >= h->n_steps;
     uint64_t n_dec = 0, dec_ns = 0;
@@ -146,11 +203,18 @@ static void q_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, s
     }
 }
 
+static bool q_key(struct kvs_panel_state *st, int key)
+{
+    if (key == 'k') { st->mode = !st->mode; return true; }
+    return kvs_view_scroll_key(st, key);
+}
+
 const struct kvs_panel kvs_panel_quality = {
     .name = "quality",
     .title = "Quality",
     .layout = q_layout,
     .draw = q_draw,
-    .key = kvs_view_scroll_key,
-    .help = "Up/Down\tscroll the metrics\n",
+    .key = q_key,
+    .help = "Up/Down\tscroll the metrics\n"
+            "k\tmetrics / KL-against-CR curve of the session's runs\n",
 };

@@ -1,6 +1,7 @@
 /* Similarity panel: layer x layer cosine-similarity heat map (hidden states, raw keys or CommonKV
- * latents, from KVS_REC_MATRIX records), the adjacent-layer strip from step.layer_sim, and group
- * boundaries from the run's group size. Draws only from the history; no engine internals. */
+ * latents, from KVS_REC_MATRIX records) on one fixed 0..1 colour scale, the adjacent-layer strip of
+ * the same source (the matrix's superdiagonal), a cell cursor with its value, and group boundaries
+ * from the run's group size. Draws only from the history; no engine internals. */
 #include "view.h"
 
 #include <math.h>
@@ -30,107 +31,154 @@ static float block_mean(const float *m, uint32_t n, int r0, int r1, int c0, int 
     return k ? (float)(s / k) : NAN;
 }
 
-static float adj_mean(const struct kvs_rec_step *s, int l0, int l1)
+/* Mean of the adjacent-layer similarities m[l][l+1] for l in [l0, l1) (the superdiagonal of the
+ * selected source's matrix, so the strip always tells the same story as the map beside it). */
+static float adj_mean(const struct kvs_rec_matrix *m, int l0, int l1)
 {
     double sum = 0;
     int k = 0;
-    for (int l = l0; l < l1; l++) {
-        if (l + 1 >= (int)s->n_layer || l >= KVS_MAX_LAYERS) break;
-        if (isfinite(s->layer_sim[l])) { sum += s->layer_sim[l]; k++; }
+    for (int l = l0; l < l1 && l + 1 < (int)m->rows; l++) {
+        float x = m->v[(size_t)l * m->cols + (size_t)l + 1];
+        if (isfinite(x)) { sum += x; k++; }
     }
     return k ? (float)(sum / k) : NAN;
+}
+
+/* The fixed colour scale shared by every source: cosine 0 (or below) .. 1. */
+#define SIM_LO 0.0f
+#define SIM_HI 1.0f
+
+/* Row (or column) I of N bins over L layers covers [b0, b1). */
+static void bin(int i, int nbins, int l, int *b0, int *b1)
+{
+    *b0 = (int)((long)i * l / nbins);
+    *b1 = (int)((long)(i + 1) * l / nbins);
 }
 
 static void sim_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, struct kvs_panel_state *st)
 {
     const struct kvs_theme *t = v->t;
     const struct kvs_rec_run *run = kvs_view_run(v);
-    const struct kvs_rec_step *s = kvs_view_step(v);
     int y = r.y;
-    /* source tabs */
+    const struct kvs_record *mr = v->sim_kind >= 1 && v->sim_kind <= 3 ? v->h->mat[v->sim_kind] : NULL;
+    const struct kvs_rec_matrix *m = mr ? &mr->u.matrix : NULL;
+    if (m && (m->rows != m->cols || m->rows == 0)) m = NULL;
+    /* source tabs, then the adjacent-layer mean of the same source */
     int x = r.x;
+    bool all_tabs = r.w >= 50; /* narrow: only the selected source's tab, so the number fits */
     for (int k = KVS_MAT_SIM_HIDDEN; k <= KVS_MAT_SIM_LATENT && x < r.x + r.w; k++) {
+        if (!all_tabs && k != v->sim_kind) continue;
         char b[16];
         snprintf(b, sizeof b, k == v->sim_kind ? "[%s]" : " %s ", kind_name(k));
         x += kvs_w_text(w, t, y, x, r.x + r.w - x, k == v->sim_kind ? KVS_C_FOCUS : KVS_C_DIM, b);
     }
-    bool adj_ok = s && (s->valid & KVS_VALID_LAYER_SIM) && s->n_layer > 1;
+    float adj_all = m ? adj_mean(m, 0, (int)m->rows) : NAN;
     if (x + 4 < r.x + r.w) {
         char b[32];
-        kvs_fmt_f(b, sizeof b, adj_ok, "%.3f", adj_ok ? adj_mean(s, 0, (int)s->n_layer) : 0);
-        x += kvs_w_text(w, t, y, x, r.x + r.w - x, KVS_C_DIM, " adj ");
-        kvs_w_text(w, t, y, x, r.x + r.w - x, adj_ok ? KVS_C_TEXT : KVS_C_NA, b);
+        x += kvs_w_printf(w, t, y, x, r.x + r.w - x, KVS_C_DIM, " adj %s ", kind_name(v->sim_kind));
+        kvs_w_text(w, t, y, x, r.x + r.w - x, isfinite(adj_all) ? KVS_C_TEXT : KVS_C_NA,
+                   kvs_fmt_f(b, sizeof b, true, "%.3f", adj_all));
     }
     y++;
     if (y >= r.y + r.h) return;
-    const struct kvs_record *mr = v->sim_kind >= 1 && v->sim_kind <= 3 ? v->h->mat[v->sim_kind] : NULL;
-    const struct kvs_rec_matrix *m = mr ? &mr->u.matrix : NULL;
     uint32_t G = run && run->group_size ? run->group_size : 0;
-    if (!m || m->rows != m->cols || m->rows == 0) {
-        kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_NA, "%s similarity: n/a (no matrix yet)", kind_name(v->sim_kind));
-        /* the adjacent strip still says something */
-        if (y < r.y + r.h && s) {
-            int n = s->n_layer > 1 ? (int)s->n_layer - 1 : 0;
-            if (!adj_ok) { kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "adjacent layers: n/a"); return; }
-            int lab = kvs_w_text(w, t, y, r.x, r.w, KVS_C_DIM, "adj ");
-            for (int i = 0; i < n && lab + i < r.w; i++) kvs_w_heat(w, t, y, r.x + lab + i, 1, s->layer_sim[i], 0, 1);
-        }
+    if (!m) {
+        kvs_w_printf(w, t, y, r.x, r.w, KVS_C_NA, "%s similarity: n/a (no matrix yet)", kind_name(v->sim_kind));
         return;
     }
-    uint32_t n = m->rows;
-    int legend = r.h >= 6 ? 1 : 0;
-    int avail_h = r.y + r.h - y - legend;
-    int gutter = 4;                          /* "nn" + group bar + space */
-    int strip = adj_ok ? (r.w >= 40 ? 8 : 3) : 0; /* " ██0.93" */
+    int n = (int)m->rows;
+    int legend = r.h >= 5 ? 1 : 0;
+    int readout = r.h >= 7 ? 1 : 0;
+    int avail_h = r.y + r.h - y - legend - readout;
+    int nrows = n < avail_h ? n : avail_h;
+    /* rows label the layers they cover: "12" for one layer, "12-15" for a bin */
+    int gutter = (nrows < n ? 5 : 2) + (G ? 1 : 0) + 1;
+    int strip = r.w >= 40 ? 8 : 3; /* " ██0.93" */
     int avail_w = r.w - gutter - strip;
     if (avail_h < 1 || avail_w < 2) {
         kvs_w_text(w, t, y, r.x, r.w, KVS_C_DIM, "(too small)");
         return;
     }
-    int nrows = (int)n < avail_h ? (int)n : avail_h;
-    int cw = avail_w >= 2 * (int)n ? 2 : 1;
-    int ncols = (int)n * cw <= avail_w ? (int)n : avail_w;
-    /* colour range from the data */
-    float lo = 1, hi = -1;
-    for (size_t i = 0; i < (size_t)n * n; i++)
-        if (isfinite(m->v[i])) { if (m->v[i] < lo) lo = m->v[i]; if (m->v[i] > hi) hi = m->v[i]; }
-    if (hi < lo) { lo = 0; hi = 1; }
-    if (hi - lo < 1e-3f) lo = hi - 1e-3f;
+    /* zoom: cells grow to fill the width they get (up to 4 columns per layer) */
+    int cw = avail_w / n;
+    if (cw > 4) cw = 4;
+    if (cw < 1) cw = 1;
+    int ncols = n * cw <= avail_w ? n : avail_w;
+    /* the cell cursor, in layers */
+    if (st->cur_r >= n) st->cur_r = n - 1;
+    if (st->cur_c >= n) st->cur_c = n - 1;
+    if (st->cur_r < 0) st->cur_r = 0;
+    if (st->cur_c < 0) st->cur_c = 0;
     for (int i = 0; i < nrows; i++) {
-        int r0 = (int)((long)i * n / nrows), r1 = (int)((long)(i + 1) * n / nrows);
+        int r0, r1;
+        bin(i, nrows, n, &r0, &r1);
         int yy = y + i;
-        bool label = nrows == (int)n ? (r0 % 5 == 0) : true;
-        if (label) kvs_w_printf(w, t, yy, r.x, 2, KVS_C_DIM, "%2d", r0 % 100);
-        else kvs_w_text(w, t, yy, r.x, 2, KVS_C_DIM, "  ");
+        bool last = i == nrows - 1;
+        if (nrows < n) {
+            char b[16];
+            if (r1 - r0 > 1) snprintf(b, sizeof b, "%2d-%-2d", r0 % 100, (r1 - 1) % 100);
+            else snprintf(b, sizeof b, "%2d   ", r0 % 100);
+            kvs_w_text(w, t, yy, r.x, 5, KVS_C_DIM, b);
+        } else if (r0 % 5 == 0 || last) {
+            kvs_w_printf(w, t, yy, r.x, 2, KVS_C_DIM, "%2d", r0 % 100);
+        }
         if (G) {
+            int gx = r.x + gutter - 2;
             uint32_t g = (uint32_t)r0 / G;
             bool boundary = r0 % (int)G == 0;
-            kvs_w_glyph(w, t, yy, r.x + 2, g & 1 ? KVS_C_GROUP_B : KVS_C_GROUP_A, boundary ? "┏" : "┃", boundary ? '+' : '|');
+            kvs_w_glyph(w, t, yy, gx, g & 1 ? KVS_C_GROUP_B : KVS_C_GROUP_A, boundary ? "┏" : "┃", boundary ? '+' : '|');
         }
+        bool cur_row = st->focused && st->cur_r >= r0 && st->cur_r < r1;
         for (int j = 0; j < ncols; j++) {
-            int c0 = (int)((long)j * n / ncols), c1 = (int)((long)(j + 1) * n / ncols);
-            float val = block_mean(m->v, n, r0, r1, c0, c1);
-            kvs_w_heat(w, t, yy, r.x + gutter + j * cw, cw, val, lo, hi);
+            int c0, c1;
+            bin(j, ncols, n, &c0, &c1);
+            float val = block_mean(m->v, (uint32_t)n, r0, r1, c0, c1);
+            int cx = r.x + gutter + j * cw;
+            kvs_w_heat(w, t, yy, cx, cw, val, SIM_LO, SIM_HI);
+            if (cur_row && st->cur_c >= c0 && st->cur_c < c1)
+                mvwchgat(w, yy, cx, cw, A_REVERSE | kvs_attr(t, KVS_C_FOCUS), t->pair[KVS_C_FOCUS], NULL);
         }
-        if (strip) {
-            int sx = r.x + gutter + ncols * cw + 1;
-            float a = adj_mean(s, r0, r1);
-            kvs_w_heat(w, t, yy, sx, 2, a, lo, hi);
-            if (strip > 3) {
-                char b[16];
-                kvs_w_text(w, t, yy, sx + 2, 5, isfinite(a) ? KVS_C_TEXT : KVS_C_NA, kvs_fmt_f(b, sizeof b, true, "%5.2f", a));
-            }
+        int sx = r.x + gutter + ncols * cw + 1;
+        float a = adj_mean(m, r0, r1);
+        kvs_w_heat(w, t, yy, sx, 2, a, SIM_LO, SIM_HI);
+        if (strip > 3) {
+            char b[16];
+            kvs_w_text(w, t, yy, sx + 2, 5, isfinite(a) ? KVS_C_TEXT : KVS_C_NA, kvs_fmt_f(b, sizeof b, true, "%5.2f", a));
         }
     }
+    y += nrows;
     if (legend) {
-        int yy = y + nrows;
-        int lx = kvs_w_printf(w, t, yy, r.x, r.w, KVS_C_DIM, "%.2f ", lo);
+        /* the fixed scale, stated: every source is drawn against the same 0..1 */
+        int lx = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "cos %s0 ", KVS_G(t, "≤", "<="));
         for (int l = 0; l < KVS_HEAT_LEVELS && lx < r.w - 1; l++, lx++)
-            kvs_w_heat(w, t, yy, r.x + lx, 1, lo + (hi - lo) * (l + 0.5f) / KVS_HEAT_LEVELS, lo, hi);
-        lx += kvs_w_printf(w, t, yy, r.x + lx, r.w - lx, KVS_C_DIM, " %.2f", hi);
-        if (G) kvs_w_printf(w, t, yy, r.x + lx, r.w - lx, KVS_C_DIM, "  G=%u", G);
+            kvs_w_heat(w, t, y, r.x + lx, 1, SIM_LO + (SIM_HI - SIM_LO) * (l + 0.5f) / KVS_HEAT_LEVELS, SIM_LO, SIM_HI);
+        lx += kvs_w_printf(w, t, y, r.x + lx, r.w - lx, KVS_C_DIM, " 1 fixed");
+        if (G) lx += kvs_w_printf(w, t, y, r.x + lx, r.w - lx, KVS_C_DIM, "  G=%u", G);
+        kvs_w_printf(w, t, y, r.x + lx, r.w - lx, KVS_C_DIM, "  %d layers", n);
+        y++;
     }
-    (void)st;
+    if (readout) {
+        char b[16];
+        float c = m->v[(size_t)st->cur_r * (size_t)n + (size_t)st->cur_c];
+        int lx = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "cell L%d%sL%d %s ", st->cur_r, KVS_G(t, "×", "x"),
+                              st->cur_c, kind_name(v->sim_kind));
+        lx += kvs_w_text(w, t, y, r.x + lx, r.w - lx, isfinite(c) ? KVS_C_TEXT : KVS_C_NA,
+                         kvs_fmt_f(b, sizeof b, true, "%.3f", c));
+        if (!st->focused) kvs_w_text(w, t, y, r.x + lx, r.w - lx, KVS_C_DIM, "  (focus 1, arrows move)");
+    }
+}
+
+/* Up/Down move the cell cursor between rows, PgUp/PgDn between columns (Left/Right stay the
+ * step keys everywhere); Home puts it on the diagonal. */
+static bool sim_key(struct kvs_panel_state *st, int key)
+{
+    switch (key) {
+    case KEY_UP: st->cur_r--; return true;
+    case KEY_DOWN: st->cur_r++; return true;
+    case KEY_PPAGE: st->cur_c--; return true;
+    case KEY_NPAGE: st->cur_c++; return true;
+    default: return false;
+    }
 }
 
 const struct kvs_panel kvs_panel_similarity = {
@@ -138,6 +186,8 @@ const struct kvs_panel kvs_panel_similarity = {
     .title = "Similarity",
     .layout = sim_layout,
     .draw = sim_draw,
-    .key = NULL,
-    .help = NULL,
+    .key = sim_key,
+    .help = "Up/Down\tcell cursor: previous / next row (layer)\n"
+            "PgUp/PgDn\tcell cursor: previous / next column (layer)\n"
+            "\tcolours: fixed cosine scale 0..1 for every source\n",
 };

@@ -26,7 +26,60 @@ enum kvs_role kvs_theme_heat(float v, float lo, float hi)
     return (enum kvs_role)(KVS_C_HEAT0 + l);
 }
 
-struct spec { short fg, bg; attr_t a; };
+void kvs_theme_spec(int id, int n_colors, enum kvs_role r, short *fg, short *bg, attr_t *a)
+{
+    bool c256 = n_colors >= 256;
+    bool c16 = n_colors >= 16;
+    bool proj = id == KVS_THEME_PROJECTOR;
+    /* the projector theme draws on explicit black with bright colours only: with 16 colours or
+     * more the bright half (8-15) is used so that every pair keeps 4.5:1 against black */
+    short B = proj && c16 ? 8 : 0;
+    short back = proj ? COLOR_BLACK : -1;
+    short f = -1;
+    attr_t at = A_NORMAL;
+    switch (r) {
+    case KVS_C_TEXT: f = proj ? (short)(COLOR_WHITE + B) : -1; at = proj ? A_BOLD : A_NORMAL; break;
+    case KVS_C_DIM: f = proj ? COLOR_WHITE : (c256 ? 245 : COLOR_WHITE); at = proj ? A_NORMAL : A_DIM; break;
+    case KVS_C_TITLE: f = proj ? (short)(COLOR_YELLOW + B) : COLOR_CYAN; at = A_BOLD; break;
+    case KVS_C_BORDER: f = proj ? (short)(COLOR_WHITE + B) : (c256 ? 240 : COLOR_BLUE); break;
+    case KVS_C_FOCUS: f = proj ? (short)(COLOR_YELLOW + B) : COLOR_CYAN; at = A_BOLD; break;
+    case KVS_C_STATUS: f = COLOR_BLACK; back = proj ? (short)(COLOR_YELLOW + B) : COLOR_CYAN; break;
+    case KVS_C_KEY: f = proj ? (short)(COLOR_YELLOW + B) : COLOR_CYAN; at = A_BOLD; break;
+    case KVS_C_GOOD: f = (short)(COLOR_GREEN + B); at = proj ? A_BOLD : A_NORMAL; break;
+    case KVS_C_WARN: f = (short)(COLOR_YELLOW + B); at = A_BOLD; break;
+    case KVS_C_BAD: f = (short)(COLOR_RED + B); at = A_BOLD; break;
+    case KVS_C_NA: f = proj ? COLOR_WHITE : (c256 ? 244 : COLOR_WHITE); at = proj ? A_NORMAL : A_DIM; break;
+    case KVS_C_BAR_FULL: f = proj ? (short)(COLOR_WHITE + B) : (c256 ? 250 : COLOR_WHITE); break;
+    case KVS_C_BAR_HELD: f = (short)(COLOR_GREEN + B); at = A_BOLD; break;
+    case KVS_C_BAR_ALLOC: f = proj ? (short)(COLOR_CYAN + B) : COLOR_BLUE; at = A_BOLD; break;
+    case KVS_C_BAR_REF: f = (short)(COLOR_MAGENTA + B); at = A_BOLD; break;
+    case KVS_C_GROUP_A: f = proj ? (short)(COLOR_YELLOW + B) : COLOR_CYAN; at = A_BOLD; break;
+    case KVS_C_GROUP_B: f = (short)(COLOR_MAGENTA + B); at = A_BOLD; break;
+    default: {
+        /* heat: a perceptual ramp (viridis-like: dark violet, blue, teal, green, yellow) whose
+         * lightness rises monotonically, so it reads in grey, on projectors and for red-green
+         * colour blindness; the projector ramp starts at teal (no dark colours on black) */
+        static const short heat256[KVS_HEAT_LEVELS] = {53, 60, 30, 36, 71, 113, 149, 220};
+        static const short heat256p[KVS_HEAT_LEVELS] = {30, 36, 71, 77, 113, 149, 185, 226};
+        static const short heat8[KVS_HEAT_LEVELS] = {COLOR_MAGENTA, COLOR_BLUE, COLOR_BLUE, COLOR_CYAN,
+                                                     COLOR_CYAN, COLOR_GREEN, COLOR_YELLOW, COLOR_YELLOW};
+        static const short heat16p[KVS_HEAT_LEVELS] = {6, 14, 14, 10, 10, 11, 11, 15};
+        static const short heat8p[KVS_HEAT_LEVELS] = {COLOR_CYAN, COLOR_CYAN, COLOR_GREEN, COLOR_GREEN,
+                                                      COLOR_YELLOW, COLOR_YELLOW, COLOR_WHITE, COLOR_WHITE};
+        int l = (int)r - KVS_C_HEAT0;
+        if (l < 0) l = 0;
+        if (l >= KVS_HEAT_LEVELS) l = KVS_HEAT_LEVELS - 1;
+        if (c256) f = proj ? heat256p[l] : heat256[l];
+        else if (proj && c16) f = heat16p[l];
+        else f = proj ? heat8p[l] : heat8[l];
+        at = (!c256 && (l & 1)) ? A_BOLD : A_NORMAL;
+        break;
+    }
+    }
+    *fg = f;
+    *bg = back;
+    *a = at;
+}
 
 void kvs_theme_setup(struct kvs_theme *t, int id, bool has_color, int n_colors, bool utf8)
 {
@@ -50,37 +103,13 @@ void kvs_theme_setup(struct kvs_theme *t, int id, bool has_color, int n_colors, 
             t->attr[KVS_C_HEAT0 + l] = l < 3 ? A_DIM : l < 6 ? A_NORMAL : A_BOLD;
         return;
     }
-    bool c256 = n_colors >= 256;
-    bool proj = id == KVS_THEME_PROJECTOR;
-    short bg = proj ? COLOR_BLACK : -1;
-    struct spec s[KVS_C_COUNT];
-    s[KVS_C_TEXT] = (struct spec){proj ? COLOR_WHITE : -1, bg, proj ? A_BOLD : A_NORMAL};
-    s[KVS_C_DIM] = (struct spec){proj ? COLOR_WHITE : (c256 ? 245 : COLOR_WHITE), bg, proj ? A_NORMAL : A_DIM};
-    s[KVS_C_TITLE] = (struct spec){proj ? COLOR_YELLOW : COLOR_CYAN, bg, A_BOLD};
-    s[KVS_C_BORDER] = (struct spec){proj ? COLOR_WHITE : (c256 ? 240 : COLOR_BLUE), bg, A_NORMAL};
-    s[KVS_C_FOCUS] = (struct spec){proj ? COLOR_YELLOW : COLOR_CYAN, bg, A_BOLD};
-    s[KVS_C_STATUS] = (struct spec){COLOR_BLACK, proj ? COLOR_YELLOW : COLOR_CYAN, A_NORMAL};
-    s[KVS_C_KEY] = (struct spec){proj ? COLOR_YELLOW : COLOR_CYAN, bg, A_BOLD};
-    s[KVS_C_GOOD] = (struct spec){COLOR_GREEN, bg, proj ? A_BOLD : A_NORMAL};
-    s[KVS_C_WARN] = (struct spec){COLOR_YELLOW, bg, A_BOLD};
-    s[KVS_C_BAD] = (struct spec){COLOR_RED, bg, A_BOLD};
-    s[KVS_C_NA] = (struct spec){proj ? COLOR_WHITE : (c256 ? 244 : COLOR_WHITE), bg, proj ? A_NORMAL : A_DIM};
-    s[KVS_C_BAR_FULL] = (struct spec){proj ? COLOR_WHITE : (c256 ? 250 : COLOR_WHITE), bg, A_NORMAL};
-    s[KVS_C_BAR_HELD] = (struct spec){COLOR_GREEN, bg, A_BOLD};
-    s[KVS_C_BAR_ALLOC] = (struct spec){proj ? COLOR_CYAN : COLOR_BLUE, bg, A_BOLD};
-    s[KVS_C_BAR_REF] = (struct spec){COLOR_MAGENTA, bg, A_BOLD};
-    s[KVS_C_GROUP_A] = (struct spec){proj ? COLOR_YELLOW : COLOR_CYAN, bg, A_BOLD};
-    s[KVS_C_GROUP_B] = (struct spec){COLOR_MAGENTA, bg, A_BOLD};
-    /* heat: cold blue to hot red; 256 colours get a smoother ramp */
-    static const short heat256[KVS_HEAT_LEVELS] = {17, 19, 27, 37, 71, 184, 208, 196};
-    static const short heat8[KVS_HEAT_LEVELS] = {COLOR_BLUE, COLOR_BLUE, COLOR_CYAN, COLOR_CYAN,
-                                                 COLOR_GREEN, COLOR_YELLOW, COLOR_YELLOW, COLOR_RED};
-    for (int l = 0; l < KVS_HEAT_LEVELS; l++)
-        s[KVS_C_HEAT0 + l] = (struct spec){c256 ? heat256[l] : heat8[l], bg, (!c256 && (l & 1)) ? A_BOLD : A_NORMAL};
     for (int r = 0; r < KVS_C_COUNT; r++) {
+        short fg, bg;
+        attr_t a;
+        kvs_theme_spec(id, n_colors, (enum kvs_role)r, &fg, &bg, &a);
         short pair = (short)(r + 1);
-        init_pair(pair, s[r].fg, s[r].bg);
+        init_pair(pair, fg, bg);
         t->pair[r] = pair;
-        t->attr[r] = COLOR_PAIR(pair) | s[r].a;
+        t->attr[r] = COLOR_PAIR(pair) | a;
     }
 }

@@ -51,6 +51,9 @@ const char *kvs_theme_name(int id);
 void kvs_theme_setup(struct kvs_theme *t, int id, bool has_color, int n_colors, bool utf8);
 
 static inline attr_t kvs_attr(const struct kvs_theme *t, enum kvs_role r) { return t->attr[r]; }
+/* The colours of ROLE in theme ID with N_COLORS colours (no curses calls): foreground and
+ * background colour numbers (-1: the terminal's default) and attributes. Colour themes only. */
+void kvs_theme_spec(int id, int n_colors, enum kvs_role role, short *fg, short *bg, attr_t *a);
 /* Heat role for V in [lo, hi] (NaN: KVS_C_NA). */
 enum kvs_role kvs_theme_heat(float v, float lo, float hi);
 

@@ -33,6 +33,8 @@ struct kvs_view_ctx {
 struct kvs_panel_state {
     int scroll;                     /* rows scrolled (panels clamp it) */
     int mode;                       /* panel-specific toggle */
+    int cur_r, cur_c;               /* cell cursor (similarity: layer row, layer column) */
+    int sort;                       /* row order of sortable panels (F6 cycles; 0: the default) */
     bool focused;
 };
 

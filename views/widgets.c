@@ -135,6 +135,16 @@ void kvs_w_bar(WINDOW *w, const struct kvs_theme *t, int y, int x, int width, do
     if (frac > 1) frac = 1;
     int eighths = (int)lround(frac * width * 8);
     attr_t a = kvs_attr(t, role), track = kvs_attr(t, KVS_C_DIM);
+    if (t->id == KVS_THEME_PROJECTOR) {
+        /* thick glyphs that survive a projector: whole cells only, and a shaded track instead of
+         * a hairline */
+        int cells = (eighths + 4) / 8;
+        for (int i = 0; i < width; i++) {
+            if (t->utf8) put_wc(w, y, x + i, i < cells ? 0x2588 : 0x2591, i < cells ? a : track);
+            else mvwaddch(w, y, x + i, (i < cells ? '#' : '.') | (i < cells ? a : track));
+        }
+        return;
+    }
     static const wchar_t part[8] = {0, 0x258F, 0x258E, 0x258D, 0x258C, 0x258B, 0x258A, 0x2589};
     for (int i = 0; i < width; i++) {
         int e = eighths - i * 8;
