@@ -17,6 +17,7 @@
 #include "cache_pool.h"
 #include "harness.h"
 #include "infer.h"
+#include "press.h"
 #include "quant.h"
 #include "tinymodel.h"
 #include "tokenizer.h"
@@ -618,6 +619,26 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
     fprintf(stderr, "   %s: logits normalised error max %.3g (tolerance %.3g), max |d| %.3g, mean KL %.3g "
             "(tolerance %.3g), top-1 agreement %d/%d, smallest greedy margin %.3g\n", label, worst, nerr_tol, maxd,
             kl / rows, kl_tol, top1, rows, min_margin);
+    /* the K/V cache is in (emulated) device memory: the CUDA backend holds exactly the bytes the
+     * press reports allocated, took no CPU fallback, and the CPU context holds the same amount */
+    struct kvs_rec_step *rg = calloc(1, sizeof *rg), *rc = calloc(1, sizeof *rc);
+    pg->ops->fill_record(pg, rg);
+    pc->ops->fill_record(pc, rc);
+    fprintf(stderr, "   %s: K/V pool %llu bytes allocated in device memory (%llu held), %u CPU fallbacks\n", label,
+            (unsigned long long)kvs_ctx_pool_bytes(cg), (unsigned long long)rg->bytes_held,
+            kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
+    CHECKF(rg->bytes_alloc > 0 && kvs_ctx_pool_bytes(cg) == rg->bytes_alloc,
+           "%s: the CUDA backend holds %llu pool bytes, the press reports %llu allocated", label,
+           (unsigned long long)kvs_ctx_pool_bytes(cg), (unsigned long long)rg->bytes_alloc);
+    CHECKF(rg->bytes_held == rc->bytes_held && rg->layer_kept[0] == (uint32_t)(n + n_gen) &&
+               rg->layer_kept[0] == rc->layer_kept[0],
+           "%s: device pool holds %llu bytes / %u tokens, CPU %llu / %u", label, (unsigned long long)rg->bytes_held,
+           rg->layer_kept[0], (unsigned long long)rc->bytes_held, rc->layer_kept[0]);
+    CHECKF(kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls == 0, "%s: %u CPU fallbacks on the CUDA backend", label,
+           kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
+    CHECKF(fabsf(rg->layer_sim[0] - rc->layer_sim[0]) < 0.02f, "%s: layer similarity %g on the device, %g on the CPU",
+           label, rg->layer_sim[0], rc->layer_sim[0]);
+    free(rg), free(rc);
     CHECKF(tok_ok == n_gen, "%s: greedy tokens differ: cpu%s cuda-emu%s", label, gen_c, gen_g);
     CHECKF(worst <= nerr_tol, "%s: logits normalised error %.3g > %.3g", label, worst, nerr_tol);
     CHECKF(kl / rows <= kl_tol, "%s: mean KL %.3g > %.3g", label, kl / rows, kl_tol);
