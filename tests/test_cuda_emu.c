@@ -556,8 +556,10 @@ static struct logit_cmp logit_compare(const float *g, const float *c, int V)
  * as DTYPE), both through the `full` press. Every logit row must be within NERR_TOL (normalised
  * error), the mean KL(cpu || cuda) within KL_TOL, and every greedy token must agree. The CPU rounds
  * activations to q8 for quantized weights, the device to fp16/bf16: the tolerances cover that. */
-static void e2e_model(const char *label, const char *path, const char *dtype, const char *prompt, int n_gen,
-                      double nerr_tol, double kl_tol)
+/* METHOD ("full", "streaming", "snapkv") at target CR (<0: its defaults) on the CPU and the emulated
+ * device, fed the same tokens: logits, greedy tokens and the cache's place and bytes compared. */
+static void e2e_model(const char *label, const char *path, const char *dtype, const char *method, float cr,
+                      const char *prompt, int n_gen, double nerr_tol, double kl_tol)
 {
     char err[512] = "";
     struct kvs_model *m = NULL;
@@ -566,7 +568,9 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
         return;
     }
     struct kvs_method_config mc;
-    CHECK(kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK);
+    CHECK(kvs_method_parse(&mc, method, err, sizeof err) == KVS_OK);
+    mc.target_cr = cr;
+    bool full = !strcmp(method, "full");
     struct kvs_press *pc = NULL, *pg = NULL;
     struct kvs_ctx *cc = NULL, *cg = NULL;
     int32_t toks[256];
@@ -614,7 +618,7 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
             break;
         }
     }
-    fprintf(stderr, "   %s (%s weights): %d prompt + %d greedy tokens; cpu%s / cuda-emu%s\n", label,
+    fprintf(stderr, "   %s %s (%s weights): %d prompt + %d greedy tokens; cpu%s / cuda-emu%s\n", label, method,
             dtype ? dtype : "fp16", n, n_gen, gen_c, gen_g);
     fprintf(stderr, "   %s: logits normalised error max %.3g (tolerance %.3g), max |d| %.3g, mean KL %.3g "
             "(tolerance %.3g), top-1 agreement %d/%d, smallest greedy margin %.3g\n", label, worst, nerr_tol, maxd,
@@ -624,19 +628,19 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
     struct kvs_rec_step *rg = calloc(1, sizeof *rg), *rc = calloc(1, sizeof *rc);
     pg->ops->fill_record(pg, rg);
     pc->ops->fill_record(pc, rc);
-    fprintf(stderr, "   %s: K/V pool %llu bytes allocated in device memory (%llu held), %u CPU fallbacks\n", label,
-            (unsigned long long)kvs_ctx_pool_bytes(cg), (unsigned long long)rg->bytes_held,
-            kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
+    fprintf(stderr, "   %s %s: K/V pool %llu bytes allocated in device memory (%llu held, %u of %d tokens kept in "
+            "layer 0), %u CPU fallbacks\n", label, method, (unsigned long long)kvs_ctx_pool_bytes(cg),
+            (unsigned long long)rg->bytes_held, rg->layer_kept[0], n + n_gen, kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
     CHECKF(rg->bytes_alloc > 0 && kvs_ctx_pool_bytes(cg) == rg->bytes_alloc,
            "%s: the CUDA backend holds %llu pool bytes, the press reports %llu allocated", label,
            (unsigned long long)kvs_ctx_pool_bytes(cg), (unsigned long long)rg->bytes_alloc);
-    CHECKF(rg->bytes_held == rc->bytes_held && rg->layer_kept[0] == (uint32_t)(n + n_gen) &&
-               rg->layer_kept[0] == rc->layer_kept[0],
+    CHECKF(rg->bytes_held == rc->bytes_held && (!full || rg->layer_kept[0] == (uint32_t)(n + n_gen)) &&
+               (full || cr < 0 || rg->layer_kept[0] < (uint32_t)(n + n_gen)) && rg->layer_kept[0] == rc->layer_kept[0],
            "%s: device pool holds %llu bytes / %u tokens, CPU %llu / %u", label, (unsigned long long)rg->bytes_held,
            rg->layer_kept[0], (unsigned long long)rc->bytes_held, rc->layer_kept[0]);
     CHECKF(kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls == 0, "%s: %u CPU fallbacks on the CUDA backend", label,
            kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
-    CHECKF(fabsf(rg->layer_sim[0] - rc->layer_sim[0]) < 0.02f, "%s: layer similarity %g on the device, %g on the CPU",
+    CHECKF(!full || fabsf(rg->layer_sim[0] - rc->layer_sim[0]) < 0.02f, "%s: layer similarity %g on the device, %g on the CPU",
            label, rg->layer_sim[0], rc->layer_sim[0]);
     free(rg), free(rc);
     CHECKF(tok_ok == n_gen, "%s: greedy tokens differ: cpu%s cuda-emu%s", label, gen_c, gen_g);
@@ -684,8 +688,11 @@ static void test_e2e_tiny(void)
         CHECKF(kvs_tiny_write(path, &o) == 0, "%s", kvs_tiny_error());
         char label[64];
         snprintf(label, sizeof label, "tiny %s", tiny_names[k]);
-        e2e_model(label, path, NULL, prompt, 8, 1e-2, 1e-4);
-        e2e_model(label, path, "bf16", prompt, 8, 6e-2, 2e-3);
+        e2e_model(label, path, NULL, "full", -1, prompt, 8, 1e-2, 1e-4);
+        e2e_model(label, path, "bf16", "full", -1, prompt, 8, 6e-2, 2e-3);
+        /* eviction in the prefill and at decode: the attention mass and compaction on the device */
+        e2e_model(label, path, NULL, "streaming", 0.5f, prompt, 8, 1e-2, 1e-4);
+        e2e_model(label, path, NULL, "snapkv", 0.5f, prompt, 8, 1e-2, 1e-4);
         remove(path);
     }
 }
@@ -697,8 +704,15 @@ static void test_e2e_smollm2(void)
         printf("skipped: %s not present (make model)\n", path);
         return;
     }
-    e2e_model("SmolLM2-135M", path, NULL, "The capital of France is", 4, 5e-2, 2e-3);
-    e2e_model("SmolLM2-135M", path, "bf16", "The capital of France is", 4, 6e-2, 2e-3);
+    e2e_model("SmolLM2-135M", path, NULL, "full", -1, "The capital of France is", 4, 5e-2, 2e-3);
+    e2e_model("SmolLM2-135M", path, "bf16", "full", -1, "The capital of France is", 4, 6e-2, 2e-3);
+    const char *longer = "This License applies to any program or other work which contains a notice placed by the "
+                         "copyright holder saying it may be distributed under the terms of this General Public "
+                         "License. The capital of France is";
+    /* measured: full 0.025, snapkv 0.055 normalised error (KL 1.3e-4 / 7e-5, top-1 41/41); both
+     * evicted the same positions in every layer, the decode rows over 22 kept tokens differ more */
+    e2e_model("SmolLM2-135M", path, NULL, "full", -1, longer, 4, 6e-2, 2e-3);
+    e2e_model("SmolLM2-135M", path, NULL, "snapkv", 0.5f, longer, 4, 6e-2, 2e-3);
 }
 
 int main(int argc, char **argv)
