@@ -57,6 +57,8 @@ struct kvs_kv_rows {
     void *k, *v;              /* (cap, dkv) IEEE fp16, keys after RoPE; backend memory */
     void *pos;                /* (cap) int32 original positions; backend memory */
     int n, cap;               /* rows held, rows allocated */
+    bool dense;               /* row j holds position j (kept by the pool module): the CPU's
+                               * attention then skips the position lookups */
 };
 
 /* Attention of T queries over the rows of one pool layer, scores scaled by 1/sqrt(head_dim). */
@@ -101,9 +103,9 @@ struct kvs_backend_ops {
      * vt (k, n), k = min(m, n). A is not modified. */
     enum kvs_status (*svd)(struct kvs_backend *b, const float *a, int m, int n, float *u, float *s, float *vt);
 
-    /* K/V pool storage (engine/cache_pool.h). The six entries come as a set: kv_grow NULL -> every
+    /* K/V pool storage (engine/cache_pool.h). The five entries come as a set: kv_grow NULL -> every
      * pool of this backend lives in host memory and takes the CPU path (each call a counted
-     * fallback); kv_grow set -> all six are set. DKV = n_head_kv*head_dim; host arrays are marked. */
+     * fallback); kv_grow set -> all five are set. DKV = n_head_kv*head_dim; host arrays are marked. */
     /* optional: NULL -> CPU path. Grows L to CAP >= L->n rows, keeping its rows (CAP 0 frees). */
     enum kvs_status (*kv_grow)(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int cap);
     /* Appends T rows: k, v (T, dkv) fp32 host, stored as fp16 by the backend; pos (T) host. */
@@ -197,8 +199,8 @@ enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_r
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 
 /* The K/V pool twins (engine/kv_pool.c, twin of kernels/kv_pool.cu), host memory; POOL (threads)
- * may be NULL. Same contracts as the vtable entries; KVS_ERR_NOMEM when memory runs out (L is then
- * unchanged), KVS_ERR_ARG for inconsistent shapes. */
+ * may be NULL. Same contracts as the vtable entries; KVS_ERR_NOMEM when memory runs out (L keeps
+ * its rows and capacity), KVS_ERR_ARG for inconsistent shapes. */
 enum kvs_status kvs_cpu_kv_grow(struct kvs_kv_rows *L, int dkv, int cap);
 enum kvs_status kvs_cpu_kv_store(struct kvs_kv_rows *L, int dkv, int T, const int32_t *pos, const float *k,
                                  const float *v);

@@ -64,8 +64,12 @@ enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T,
         enum kvs_status st = kvs_backend_kv_grow(p->be, L, p->dkv, cap);
         if (st != KVS_OK) return fail(p, st, "growing", layer);
     }
+    bool dense = L->n == 0 || L->dense;
+    for (int t = 0; t < T && dense; t++) dense = pos[t] == L->n + t;
     enum kvs_status st = kvs_backend_kv_store(p->be, L, p->dkv, T, pos, k, v);
-    return st == KVS_OK ? KVS_OK : fail(p, st, "storing", layer);
+    if (st != KVS_OK) return fail(p, st, "storing", layer);
+    L->dense = dense;
+    return KVS_OK;
 }
 
 enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
@@ -84,13 +88,20 @@ enum kvs_status kvs_cache_pool_compact(struct kvs_cache_pool *p, int layer, cons
 {
     if (!layer_ok(p, layer)) return KVS_ERR_ARG;
     struct kvs_kv_rows *L = &p->rows[layer];
+    int n0 = L->n, kept = 0;
+    bool dense = L->dense;
+    for (int i = 0; i < n0; i++) /* still dense only when the kept rows are a prefix */
+        if (keep[i]) {
+            dense = dense && kept == i;
+            kept++;
+        }
     enum kvs_status st = kvs_backend_kv_compact(p->be, L, p->dkv, keep);
     if (st != KVS_OK) return fail(p, st, "compacting", layer);
+    L->dense = dense;
     int cap = (L->n + p->block - 1) / p->block * p->block;
-    if (cap < L->cap) { /* giving blocks back is best effort: the rows stay valid either way */
-        st = kvs_backend_kv_grow(p->be, L, p->dkv, cap);
-        if (st != KVS_OK) return fail(p, st, "shrinking", layer);
-    }
+    /* giving whole blocks back is best effort: a failed move leaves the rows where they were, and
+     * the capacity (and so the allocated bytes) as it was */
+    if (cap < L->cap) kvs_backend_kv_grow(p->be, L, p->dkv, cap);
     return KVS_OK;
 }
 
@@ -104,7 +115,7 @@ enum kvs_status kvs_cache_pool_read(struct kvs_cache_pool *p, int layer, int row
 
 void kvs_cache_pool_reset(struct kvs_cache_pool *p)
 {
-    for (int l = 0; l < p->n_layer; l++) p->rows[l].n = 0;
+    for (int l = 0; l < p->n_layer; l++) p->rows[l].n = 0, p->rows[l].dense = true;
 }
 
 int kvs_cache_pool_rows(const struct kvs_cache_pool *p, int layer) { return p->rows[layer].n; }

@@ -62,7 +62,7 @@ enum kvs_status kvs_cpu_kv_attend(struct kvs_pool *pool, const struct kvs_kv_row
     }
     struct kvs_attn_args aa = {.T = a->T, .n_head = a->n_head, .n_head_kv = a->n_head_kv, .head_dim = a->head_dim,
                                .q = q, .out = out, .qpos = a->q_pos, .n_keys = n, .k = L->k, .v = L->v,
-                               .kpos = L->pos};
+                               .kpos = L->dense ? NULL : L->pos};
     if (!mass) return kvs_attn_f16(pool, &aa) ? KVS_OK : KVS_ERR_NOMEM;
     size_t rows = (size_t)a->T * a->n_head;
     float *probs = malloc(rows * (size_t)n * sizeof(float));
