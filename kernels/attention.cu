@@ -178,6 +178,17 @@ __global__ void k_kv16_out(const float *p, const __half *vc, int n_head, int n_h
     }
 }
 
+/* mass[j] += Σ_r p[r, j] over ROWS rows of probabilities, one thread per key; rows in order, so
+ * the sum is the CPU twin's (kvs_cpu_kv_attend). */
+__global__ void k_kv16_mass(const float *p, int64_t rows, int n, float *mass)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    float s = mass[j];
+    for (int64_t r = 0; r < rows; r++) s += p[r * n + j];
+    mass[j] = s;
+}
+
 int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *a)
 {
     int tc, dq;
@@ -187,6 +198,7 @@ int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *
                 "attn_kv16: bad shape (T %d, n %d, heads %d/%d, dim %d)", a->T, a->n, a->n_head, a->n_head_kv,
                 a->head_dim);
     dq = a->n_head * a->head_dim;
+    if (a->mass && a->n) CUDA_CHECK(cudaMemsetAsync(a->mass, 0, (size_t)a->n * sizeof(float), c->stream));
     if (a->T == 0) return KVS_CUDA_OK;
     if (a->n == 0) {
         CUDA_CHECK(cudaMemsetAsync(a->out, 0, (size_t)a->T * dq * sizeof(float), c->stream));
@@ -207,6 +219,10 @@ int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *
         KVS_LAUNCH(k_kv16_out, (unsigned)rows, 64, 0, c->stream)(
             scores, (const __half *)a->v, a->n_head, a->n_head_kv, a->head_dim, a->n, a->out + (size_t)t0 * dq);
         KVS_LAUNCH_CHECK();
+        if (a->mass) {
+            KVS_LAUNCH(k_kv16_mass, kvs_grid(a->n, 256), 256, 0, c->stream)(scores, rows, a->n, a->mass);
+            KVS_LAUNCH_CHECK();
+        }
     }
     return KVS_CUDA_OK;
 fail:

@@ -196,6 +196,14 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
+static int api_copy(struct kvs_cuda_ctx *c, void *dst, const void *src, size_t bytes)
+{
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
 /* ---------------------------------------------------------------- weights */
 
 __global__ void k_f32_to_f16(__half *dst, const float *src, int64_t n)
@@ -293,6 +301,7 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     api_upload,
     api_download,
     api_sync,
+    api_copy,
     api_weight_new,
     api_weight_set_rows,
     api_weight_free,
@@ -302,6 +311,8 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_attn_latent,
     kvs_cuda_attn_kv16,
     kvs_cuda_svd,
+    kvs_cuda_kv_store,
+    kvs_cuda_kv_compact,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

@@ -33,6 +33,7 @@ enum kvs_cuda_scratch_slot {
     KVS_SCR_SVD_V,      /* svd: V of the column-major problem */
     KVS_SCR_SVD_WORK,
     KVS_SCR_SVD_INFO,
+    KVS_SCR_COMPACT,    /* kv_compact: gathered K, V rows and positions */
     KVS_SCR_COUNT
 };
 

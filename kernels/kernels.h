@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 1u
+#define KVS_CUDA_ABI_VERSION 2u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -107,6 +107,7 @@ struct kvs_cuda_attn_kv16 {
     const int32_t *pos;       /* (n) */
     float scale;
     float *out;               /* (T, n_head*head_dim) */
+    float *mass;              /* NULL or (n): Σ over queries and heads of the attention weights */
 };
 
 /* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in
@@ -130,6 +131,8 @@ struct kvs_cuda_api {
     int (*upload)(struct kvs_cuda_ctx *c, void *dst_dev, const void *src_host, size_t bytes);
     int (*download)(struct kvs_cuda_ctx *c, void *dst_host, const void *src_dev, size_t bytes);
     int (*sync)(struct kvs_cuda_ctx *c);
+    /* Device-to-device copy of BYTES (regions must not overlap), ordered on the stream. */
+    int (*copy)(struct kvs_cuda_ctx *c, void *dst_dev, const void *src_dev, size_t bytes);
 
     /* Weights: create, fill rows [row0, row0+n) from fp32 host rows (converted on the device),
      * free. A weight belongs to its context. */
@@ -146,6 +149,10 @@ struct kvs_cuda_api {
     int (*attn_latent)(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a);
     int (*attn_kv16)(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *a);
     int (*svd)(struct kvs_cuda_ctx *c, const float *a, int m, int n, float *u, float *s, float *vt);
+    int (*kv_store)(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int dkv, int row0, int T, const float *ks,
+                    const float *vs);
+    int (*kv_compact)(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int32_t *pos, int dkv, const int32_t *src,
+                      int n_keep);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -169,6 +176,14 @@ int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *
 /* Thin SVD of a (m, n) row-major: u (m, k), s (k) descending, vt (k, n), k = min(m, n);
  * cuSOLVER gesvdj (Jacobi) in fp32. */
 int kvs_cuda_svd(struct kvs_cuda_ctx *c, const float *a, int m, int n, float *u, float *s, float *vt);
+/* K/V pool rows (twins in engine/kv_pool.c). kv_store: rows [row0, row0+T) of k, v (cap, dkv) fp16
+ * = ks, vs (T, dkv) fp32, IEEE round to nearest even, overflow to inf (the CPU's conversion).
+ * kv_compact: row i of k, v, pos becomes row src[i] for i < n_keep (src strictly increasing, so
+ * the order is kept), through scratch. */
+int kvs_cuda_kv_store(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int dkv, int row0, int T, const float *ks,
+                      const float *vs);
+int kvs_cuda_kv_compact(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int32_t *pos, int dkv,
+                        const int32_t *src, int n_keep);
 
 #ifdef __cplusplus
 }

@@ -83,5 +83,13 @@ plant "RoPE pairing swapped (interleaved <-> neox)" norm.cu 's/int a = neox \? i
 plant "missing __syncthreads before the block sum reads the partials" internal.cuh \
     's/(if \(lane == 0\) part\[warp\] = v;\n)\s*__syncthreads\(\);\n(\s*v = lane < nw \? part\[lane\] : 0\.0f;)/$1$2/'
 
+# the K/V cache pool on the device (kv_pool.cu, the mass in attention.cu)
+plant "kv pool: store writes the keys into V" kv_pool.cu 's/v\[off \+ i\] = __float2half_rn\(vs\[i\]\)/v[off + i] = __float2half_rn(ks[i])/'
+plant "kv pool: store ignores the row offset" kv_pool.cu 's/size_t off = \(size_t\)row0 \* dkv;/size_t off = 0;/'
+plant "kv pool: compaction gathers the wrong rows" kv_pool.cu 's/size_t from = \(size_t\)src\[r\] \* dkv/size_t from = (size_t)r * dkv/'
+plant "kv pool: compaction leaves the positions behind" kv_pool.cu 's/gp\[r\] = pos\[src\[r\]\]/gp[r] = pos[r]/'
+plant "kv pool: attention mass restarts at every query chunk" attention.cu 's/float s = mass\[j\];/float s = 0.0f;/'
+plant "kv pool: attention mass not zeroed first" attention.cu 's/if \(a->mass && a->n\) CUDA_CHECK\(cudaMemsetAsync\(a->mass, [^;]*;//'
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

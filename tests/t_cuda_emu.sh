@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `kvscope generate --backend cuda` through the host emulation of the CUDA kernels
 # (build/emu/libkvscope_cuda_emu.so via KVS_CUDA_LIB), as a user would run it: on a tiny model and
-# on SmolLM2 the greedy tokens (--json) equal the CPU engine's; test_backend's GPU comparisons run
+# on SmolLM2 the greedy tokens (--json) of --method full (and streaming/snapkv with eviction, whose
+# K/V rows also live in the backend's pool) equal the CPU engine's; test_backend's GPU comparisons run
 # on the emulation; a missing emulated library is one clear line and a non-zero exit. Logits are
 # compared in build/tests/test_cuda_emu.
 # Prints "N passed, N failed".
@@ -22,13 +23,15 @@ fi
 
 tokens() { sed -n 's/.*"tokens": \[\([^]]*\)\].*/\1/p' "$1"; }
 
-# same_tokens NAME MODEL PROMPT N: CPU and emulated CUDA give the same greedy tokens
+# same_tokens NAME MODEL PROMPT N [METHOD ARGS...]: CPU and emulated CUDA give the same greedy tokens
 same_tokens() {
     local name=$1 model=$2 prompt=$3 n=$4
-    if ! timeout 300 "$K" generate -m "$model" -p "$prompt" -n "$n" -t 2 --json >"$T/$name.cpu" 2>"$T/$name.cpu.err"; then
+    shift 4
+    [ $# -gt 0 ] || set -- --method full
+    if ! timeout 300 "$K" generate -m "$model" -p "$prompt" -n "$n" -t 2 "$@" --json >"$T/$name.cpu" 2>"$T/$name.cpu.err"; then
         ko "$name: cpu generate failed: $(head -n 1 "$T/$name.cpu.err")"; return
     fi
-    if ! KVS_CUDA_LIB=$LIB timeout 300 "$K" generate -m "$model" -p "$prompt" -n "$n" -t 2 --backend cuda --json \
+    if ! KVS_CUDA_LIB=$LIB timeout 300 "$K" generate -m "$model" -p "$prompt" -n "$n" -t 2 "$@" --backend cuda --json \
             >"$T/$name.cuda" 2>"$T/$name.cuda.err"; then
         ko "$name: --backend cuda (emulated) failed: $(head -n 1 "$T/$name.cuda.err")"; return
     fi
@@ -42,6 +45,9 @@ same_tokens() {
 
 if "$B/tests/test_cuda_emu" --write-tiny "$T/tiny.gguf" qwen2-gqa3 2>"$T/tiny.err"; then
     same_tokens tiny-qwen2 "$T/tiny.gguf" "The GNU General Public License is a free license" 8
+    long="The GNU General Public License is a free, copyleft license for software and other kinds of works"
+    same_tokens tiny-qwen2-streaming "$T/tiny.gguf" "$long" 8 --method streaming --cr 0.5
+    same_tokens tiny-qwen2-snapkv "$T/tiny.gguf" "$long" 8 --method snapkv --cr 0.5
 else
     ko "write tiny model: $(head -n 1 "$T/tiny.err")"
 fi

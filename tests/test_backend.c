@@ -13,10 +13,12 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "cache_pool.h"
 #include "harness.h"
 #include "infer.h"
 #include "profiler.h"
 #include "quant.h"
+#include "record.h"
 
 static int verbose;
 static int require_gpu;
@@ -536,6 +538,85 @@ static void test_cpu_attn_kv16(void)
     kv16_case_free(&C);
 }
 
+/* The K/V pool on the CPU backend: its attention (attn.c, the path the full press runs) agrees with
+ * the kv16 reference over the rows it holds, compaction keeps the chosen rows; and a backend
+ * without the kv_* entries keeps its pool in host memory, with every call counted as a fallback. */
+static void test_cpu_kv_pool(void)
+{
+    const int H = 6, G = 2, d = 32, dkv = G * d, n = 300, T = 5;
+    struct kvs_backend *cpu = NULL;
+    char err[256];
+    CHECK(kvs_backend_new(&cpu, "cpu", pool, err, sizeof err) == KVS_OK);
+    if (!cpu) return;
+    struct kvs_op_counter ctr[KVS_OP_COUNT] = {{0}}, fctr[KVS_OP_COUNT] = {{0}};
+    cpu->ctr = ctr;
+    struct kvs_backend_ops fake_ops = *cpu->ops;
+    fake_ops.name = "fake";
+    fake_ops.kv_grow = NULL, fake_ops.kv_store = NULL, fake_ops.kv_attend = NULL;
+    fake_ops.kv_compact = NULL, fake_ops.kv_read = NULL;
+    struct kvs_backend fake = {.ops = &fake_ops, .pool = pool, .ctr = fctr};
+    struct kvs_cache_pool *pc = NULL, *pf = NULL;
+    CHECKF(kvs_cache_pool_new(&pc, cpu, 1, dkv, 128, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_cache_pool_new(&pf, &fake, 1, dkv, 128, err, sizeof err) == KVS_OK, "%s", err);
+    float *k = malloc((size_t)n * dkv * sizeof(float)), *v = malloc((size_t)n * dkv * sizeof(float));
+    int32_t *pos = malloc((size_t)n * sizeof(int32_t)), qpos[T];
+    for (size_t i = 0; i < (size_t)n * dkv; i++) k[i] = frand(-1, 1), v[i] = frand(-1, 1);
+    for (int i = 0; i < n; i++) pos[i] = i;
+    for (int t = 0; t < T; t++) qpos[t] = n - T + t;
+    const int parts[3] = {100, 1, 199};
+    for (int i = 0, at = 0; i < 3; at += parts[i++]) {
+        CHECKF(kvs_cache_pool_store(pc, 0, parts[i], pos + at, k + (size_t)at * dkv, v + (size_t)at * dkv) == KVS_OK,
+               "%s", pc->err);
+        CHECKF(kvs_cache_pool_store(pf, 0, parts[i], pos + at, k + (size_t)at * dkv, v + (size_t)at * dkv) == KVS_OK,
+               "%s", pf->err);
+    }
+    CHECK(kvs_cache_pool_rows(pc, 0) == n && pc->rows[0].cap == 384);
+    CHECK(kvs_cache_pool_bytes_held(pc, 0) == (uint64_t)n * dkv * 4);
+    CHECK(kvs_cache_pool_bytes_alloc(pc, 0) == 384ull * (dkv * 4 + 4) && cpu->pool_bytes == 384ull * (dkv * 4 + 4));
+    size_t no = (size_t)T * H * d;
+    float *q = malloc(no * sizeof(float)), *oc = malloc(no * sizeof(float)), *of = malloc(no * sizeof(float));
+    float *ref = malloc(no * sizeof(float)), *mc = malloc(n * sizeof(float)), *mf = malloc(n * sizeof(float));
+    for (size_t i = 0; i < no; i++) q[i] = frand(-2, 2);
+    CHECK(kvs_cache_pool_attend(pc, 0, T, qpos, H, G, d, q, oc, mc) == KVS_OK);
+    CHECK(kvs_cache_pool_attend(pf, 0, T, qpos, H, G, d, q, of, mf) == KVS_OK);
+    uint16_t *k16 = malloc((size_t)n * dkv * 2), *v16 = malloc((size_t)n * dkv * 2);
+    int32_t *p16 = malloc((size_t)n * sizeof(int32_t));
+    CHECK(kvs_cache_pool_read(pc, 0, 0, n, k16, v16, p16) == KVS_OK);
+    struct kvs_kv16_seg seg = {k16, v16, p16, n};
+    struct kvs_attn_kv16_args a = {.T = T, .q_pos = qpos, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                   .scale = 1.0f / sqrtf((float)d), .segs = &seg, .n_segs = 1};
+    CHECK(kvs_cpu_attn_kv16(pool, &a, q, ref) == KVS_OK);
+    compare("kv pool attention vs the kv16 reference", oc, ref, (long)no, 1e-5f, 1e-4f);
+    double total = 0;
+    for (int j = 0; j < n; j++) total += mc[j];
+    CHECKF(fabs(total - T * H) < 1e-3, "attention mass sums to %.6f, not %d (queries x heads)", total, T * H);
+    CHECK(!memcmp(oc, of, no * sizeof(float)) && !memcmp(mc, mf, (size_t)n * sizeof(float)));
+    uint8_t *keep = calloc(n, 1);
+    for (int i = 0; i < n; i++) keep[i] = i % 7 == 0;
+    CHECK(kvs_cache_pool_compact(pc, 0, keep) == KVS_OK);
+    int kept = kvs_cache_pool_rows(pc, 0);
+    CHECK(kept == (n + 6) / 7 && pc->rows[0].cap == 128 && cpu->pool_bytes == 128ull * (dkv * 4 + 4));
+    int32_t *pk = malloc((size_t)kept * sizeof(int32_t));
+    uint16_t *kk = malloc((size_t)kept * dkv * 2);
+    CHECK(kvs_cache_pool_read(pc, 0, 0, kept, kk, NULL, pk) == KVS_OK);
+    bool rows_ok = true;
+    for (int i = 0; i < kept; i++)
+        rows_ok = rows_ok && pk[i] == 7 * i && !memcmp(kk + (size_t)i * dkv, k16 + (size_t)7 * i * dkv, (size_t)dkv * 2);
+    CHECKF(rows_ok, "compaction did not keep rows 0, 7, 14, ... in order");
+    CHECK(kvs_cache_pool_read(pc, 0, kept - 1, 2, kk, NULL, NULL) == KVS_ERR_ARG);
+    /* the fake backend: host rows, no bytes of its own, each of 2 grows (128, 384 rows), 3 stores, 1 attention counted */
+    CHECK(!kvs_cache_pool_native(pf) && kvs_cache_pool_native(pc));
+    CHECKF(fctr[KVS_OP_FALLBACK].calls == 6 && fake.pool_bytes == 0, "fallbacks counted %u, fake backend bytes %llu",
+           fctr[KVS_OP_FALLBACK].calls, (unsigned long long)fake.pool_bytes);
+    CHECKF(ctr[KVS_OP_FALLBACK].calls == 0, "the CPU backend counted %u fallbacks", ctr[KVS_OP_FALLBACK].calls);
+    kvs_cache_pool_delete(pc);
+    kvs_cache_pool_delete(pf);
+    CHECK(cpu->pool_bytes == 0);
+    kvs_backend_delete(cpu);
+    free(k), free(v), free(pos), free(q), free(oc), free(of), free(ref), free(mc), free(mf);
+    free(k16), free(v16), free(p16), free(keep), free(pk), free(kk);
+}
+
 /* Checks a thin SVD: descending non-negative s, orthonormal u columns and vt rows, u s vt = a. */
 static void check_svd(const char *what, const float *a, int m, int n, const float *u, const float *s,
                       const float *vt, double tol)
@@ -820,6 +901,7 @@ int main(int argc, char **argv)
     RUN(test_cpu_matmul);
     RUN(test_cpu_attn_latent);
     RUN(test_cpu_attn_kv16);
+    RUN(test_cpu_kv_pool);
     RUN(test_cpu_svd);
     RUN(test_profiler_probe);
     RUN(test_gpu);

@@ -2,7 +2,9 @@
  * (build/emu/libkvscope_cuda_emu.so, loaded by KVS_CUDA_LIB) against their CPU twins, at real model
  * shapes: head widths 64 and 128, GQA 3:1 and 4:1, ranks that are not multiples of 32, contexts of
  * several tiles, query chunks (the emulated build caps the score matrix at 64 KiB), an empty cache;
- * matmul with fp16 and bf16 weights, with the conversions checked bit for bit; the SVD.
+ * matmul with fp16 and bf16 weights, with the conversions checked bit for bit; the SVD; the K/V
+ * cache pool in device memory (stores bit for bit, growth past a block, attention with the
+ * attention mass, compaction, an empty pool) against the same pool on the CPU backend.
  * Each comparison prints its normalised error and worst elements. KVS_CUDA_EMU_LIB overrides the
  * library (tests/plant_bugs.sh points it at a copy with a planted bug); --ops skips the end-to-end
  * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh,
@@ -12,8 +14,10 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "cache_pool.h"
 #include "harness.h"
 #include "infer.h"
+#include "press.h"
 #include "quant.h"
 #include "tinymodel.h"
 #include "tokenizer.h"
@@ -347,6 +351,137 @@ static void test_attn_kv16(void)
 
 /* ---------------------------------------------------------------- svd */
 
+/* Rows of LAYER 0 of both pools are equal bit for bit (K, V and positions). */
+static void kv_rows_same(const char *what, struct kvs_cache_pool *pg, struct kvs_cache_pool *pc, int dkv)
+{
+    int n = kvs_cache_pool_rows(pc, 0);
+    CHECKF(kvs_cache_pool_rows(pg, 0) == n, "%s: rows %d on the device, %d on the CPU", what,
+           kvs_cache_pool_rows(pg, 0), n);
+    if (kvs_cache_pool_rows(pg, 0) != n || n == 0) return;
+    size_t e = (size_t)n * dkv;
+    uint16_t *kg = malloc(e * 2), *vg = malloc(e * 2), *kc = malloc(e * 2), *vc = malloc(e * 2);
+    int32_t *pgp = malloc((size_t)n * 4), *pcp = malloc((size_t)n * 4);
+    CHECKF(kvs_cache_pool_read(pg, 0, 0, n, kg, vg, pgp) == KVS_OK, "%s: %s", what, pg->err);
+    CHECKF(kvs_cache_pool_read(pc, 0, 0, n, kc, vc, pcp) == KVS_OK, "%s: %s", what, pc->err);
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < e; i++)
+        if (kg[i] != kc[i] || vg[i] != vc[i]) {
+            if (!bad) first = i;
+            bad++;
+        }
+    CHECKF(bad == 0, "%s: %zu of %zu fp16 K/V values differ from the CPU's, first at row %zu", what, bad, e,
+           first / dkv);
+    CHECKF(!memcmp(pgp, pcp, (size_t)n * 4), "%s: positions differ", what);
+    free(kg), free(vg), free(kc), free(vc), free(pgp), free(pcp);
+}
+
+/* Attention of T queries at the last T positions of both pools, with the attention mass. */
+static void kv_attend_same(const char *what, struct kvs_cache_pool *pg, struct kvs_cache_pool *pc, int T, int H,
+                           int G, int d, float sharp)
+{
+    int n = kvs_cache_pool_rows(pc, 0), last = 0;
+    if (n) CHECK(kvs_cache_pool_read(pc, 0, n - 1, 1, NULL, NULL, &last) == KVS_OK);
+    size_t no = (size_t)T * H * d;
+    float *q = rand_vec(no, -sharp, sharp);
+    float *og = malloc(no * sizeof(float)), *oc = malloc(no * sizeof(float));
+    float *mg = malloc((size_t)(n + 1) * sizeof(float)), *mc = malloc((size_t)(n + 1) * sizeof(float));
+    int32_t *qp = malloc((size_t)T * sizeof(int32_t));
+    for (int t = 0; t < T; t++) qp[t] = last - T + 1 + t; /* causal: early queries do not see late rows */
+    for (size_t i = 0; i < no; i++) og[i] = 12345.0f, oc[i] = -1.0f;
+    for (int j = 0; j <= n; j++) mg[j] = 777.0f, mc[j] = -1.0f;
+    CHECKF(kvs_cache_pool_attend(pg, 0, T, qp, H, G, d, q, og, mg) == KVS_OK, "%s: %s", what, pg->err);
+    CHECKF(kvs_cache_pool_attend(pc, 0, T, qp, H, G, d, q, oc, mc) == KVS_OK, "%s: %s", what, pc->err);
+    char w[160];
+    snprintf(w, sizeof w, "%s: attention (T %d, %d:%d heads, d %d, n %d)", what, T, H, G, d, n);
+    compare(w, og, oc, (long)no, 2e-5f, 1e-3f);
+    if (n) {
+        snprintf(w, sizeof w, "%s: attention mass (T %d, %d heads, n %d)", what, T, H, n);
+        compare(w, mg, mc, n, 1e-5f, 1e-3f);
+    }
+    CHECKF(mg[n] == 777.0f, "%s: attention mass written past the %d rows", what, n);
+    free(q), free(og), free(oc), free(mg), free(mc), free(qp);
+}
+
+/* One pool on the emulated device and one on the CPU fed the same rows: stores of CHUNKS rows
+ * (growing past blocks of BLOCK), attention with mass, compaction, more stores after it. */
+static void kv_pool_case(int H, int G, int d, int block, float sharp)
+{
+    int dkv = G * d, n = 0;
+    char what[96], err[256];
+    snprintf(what, sizeof what, "emu kv pool (%d:%d heads, d %d, blocks of %d)", H, G, d, block);
+    struct kvs_cache_pool *pg = NULL, *pc = NULL;
+    uint64_t base = cuda16->pool_bytes;
+    CHECKF(kvs_cache_pool_new(&pg, cuda16, 1, dkv, block, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_cache_pool_new(&pc, cpu, 1, dkv, block, err, sizeof err) == KVS_OK, "%s", err);
+    if (!pg || !pc) goto done;
+    CHECKF(kvs_cache_pool_native(pg), "%s: the device pool takes the CPU fallback", what);
+    kv_attend_same("empty pool", pg, pc, 3, H, G, d, 1); /* nothing allocated yet: output all zero */
+    const int chunks[] = {37, 1, 100, 1, 60};
+    for (size_t c = 0; c < KVS_ARRAY_LEN(chunks); c++) {
+        int T = chunks[c];
+        float *k = rand_vec((size_t)T * dkv, -4, 4), *v = rand_vec((size_t)T * dkv, -4, 4);
+        int32_t *pos = malloc((size_t)T * sizeof(int32_t));
+        for (int t = 0; t < T; t++) pos[t] = n + t;
+        if (c == 0) k[5] = 1e5f, v[7] = -3e-8f; /* overflow to inf and a subnormal round as on the CPU */
+        CHECKF(kvs_cache_pool_store(pg, 0, T, pos, k, v) == KVS_OK, "%s: %s", what, pg->err);
+        CHECKF(kvs_cache_pool_store(pc, 0, T, pos, k, v) == KVS_OK, "%s: %s", what, pc->err);
+        n += T;
+        free(k), free(v), free(pos);
+        if (c == 0) { /* the inf key would make every score non-finite: overwrite through a fresh pool below */
+            kv_rows_same(what, pg, pc, dkv);
+            kvs_cache_pool_reset(pg), kvs_cache_pool_reset(pc);
+            n = 0;
+            float *k2 = rand_vec((size_t)T * dkv, -4, 4), *v2 = rand_vec((size_t)T * dkv, -4, 4);
+            int32_t *p2 = malloc((size_t)T * sizeof(int32_t));
+            for (int t = 0; t < T; t++) p2[t] = t;
+            CHECK(kvs_cache_pool_store(pg, 0, T, p2, k2, v2) == KVS_OK);
+            CHECK(kvs_cache_pool_store(pc, 0, T, p2, k2, v2) == KVS_OK);
+            n = T;
+            free(k2), free(v2), free(p2);
+        }
+    }
+    CHECKF(kvs_cache_pool_bytes_alloc(pg, 0) == kvs_cache_pool_bytes_alloc(pc, 0) &&
+               kvs_cache_pool_bytes_alloc(pg, 0) >= kvs_cache_pool_bytes_held(pg, 0) &&
+               pg->rows[0].cap == (n + block - 1) / block * block,
+           "%s: %d rows in %d allocated (blocks of %d)", what, n, pg->rows[0].cap, block);
+    CHECKF(cuda16->pool_bytes - base == kvs_cache_pool_bytes_alloc(pg, 0),
+           "%s: the backend counts %llu device bytes, the pool %llu", what,
+           (unsigned long long)(cuda16->pool_bytes - base), (unsigned long long)kvs_cache_pool_bytes_alloc(pg, 0));
+    kv_rows_same(what, pg, pc, dkv);
+    kv_attend_same(what, pg, pc, 1, H, G, d, sharp);
+    kv_attend_same(what, pg, pc, 20, H, G, d, sharp); /* query chunks: the mass adds up over them */
+    /* eviction: keep the first 4, every third row and the last 30 */
+    uint8_t *keep = calloc((size_t)n, 1);
+    for (int i = 0; i < n; i++) keep[i] = i < 4 || i % 3 == 0 || i >= n - 30;
+    CHECKF(kvs_cache_pool_compact(pg, 0, keep) == KVS_OK, "%s: %s", what, pg->err);
+    CHECKF(kvs_cache_pool_compact(pc, 0, keep) == KVS_OK, "%s: %s", what, pc->err);
+    free(keep);
+    kv_rows_same("after compaction", pg, pc, dkv);
+    kv_attend_same("after compaction", pg, pc, 20, H, G, d, sharp);
+    CHECKF(pg->rows[0].cap == (kvs_cache_pool_rows(pg, 0) + block - 1) / block * block,
+           "%s: compaction kept %d blocks for %d rows", what, pg->rows[0].cap / block, kvs_cache_pool_rows(pg, 0));
+    float *k = rand_vec((size_t)70 * dkv, -4, 4), *v = rand_vec((size_t)70 * dkv, -4, 4);
+    int32_t pos[70];
+    for (int t = 0; t < 70; t++) pos[t] = n + t;
+    CHECK(kvs_cache_pool_store(pg, 0, 70, pos, k, v) == KVS_OK);
+    CHECK(kvs_cache_pool_store(pc, 0, 70, pos, k, v) == KVS_OK);
+    free(k), free(v);
+    kv_rows_same("stored after compaction", pg, pc, dkv);
+    kv_attend_same("stored after compaction", pg, pc, 1, H, G, d, sharp);
+done:
+    kvs_cache_pool_delete(pg);
+    kvs_cache_pool_delete(pc);
+    CHECKF(cuda16->pool_bytes == base, "%s: %llu device bytes left after the pool was deleted", what,
+           (unsigned long long)(cuda16->pool_bytes - base));
+}
+
+static void test_kv_pool(void)
+{
+    kv_pool_case(9, 3, 64, 64, 1);   /* SmolLM2: GQA 3:1, head width 64 */
+    kv_pool_case(8, 2, 128, 64, 1);  /* Llama-3-like: GQA 4:1, head width 128 */
+    kv_pool_case(8, 2, 128, 16, 12); /* small blocks (many moves), large scores */
+}
+
 static void test_svd(void)
 {
     int shapes[3][2] = {{384, 96}, {96, 200}, {77, 77}};
@@ -421,8 +556,10 @@ static struct logit_cmp logit_compare(const float *g, const float *c, int V)
  * as DTYPE), both through the `full` press. Every logit row must be within NERR_TOL (normalised
  * error), the mean KL(cpu || cuda) within KL_TOL, and every greedy token must agree. The CPU rounds
  * activations to q8 for quantized weights, the device to fp16/bf16: the tolerances cover that. */
-static void e2e_model(const char *label, const char *path, const char *dtype, const char *prompt, int n_gen,
-                      double nerr_tol, double kl_tol)
+/* METHOD ("full", "streaming", "snapkv") at target CR (<0: its defaults) on the CPU and the emulated
+ * device, fed the same tokens: logits, greedy tokens and the cache's place and bytes compared. */
+static void e2e_model(const char *label, const char *path, const char *dtype, const char *method, float cr,
+                      const char *prompt, int n_gen, double nerr_tol, double kl_tol)
 {
     char err[512] = "";
     struct kvs_model *m = NULL;
@@ -431,7 +568,9 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
         return;
     }
     struct kvs_method_config mc;
-    CHECK(kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK);
+    CHECK(kvs_method_parse(&mc, method, err, sizeof err) == KVS_OK);
+    mc.target_cr = cr;
+    bool full = !strcmp(method, "full");
     struct kvs_press *pc = NULL, *pg = NULL;
     struct kvs_ctx *cc = NULL, *cg = NULL;
     int32_t toks[256];
@@ -479,11 +618,31 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
             break;
         }
     }
-    fprintf(stderr, "   %s (%s weights): %d prompt + %d greedy tokens; cpu%s / cuda-emu%s\n", label,
+    fprintf(stderr, "   %s %s (%s weights): %d prompt + %d greedy tokens; cpu%s / cuda-emu%s\n", label, method,
             dtype ? dtype : "fp16", n, n_gen, gen_c, gen_g);
     fprintf(stderr, "   %s: logits normalised error max %.3g (tolerance %.3g), max |d| %.3g, mean KL %.3g "
             "(tolerance %.3g), top-1 agreement %d/%d, smallest greedy margin %.3g\n", label, worst, nerr_tol, maxd,
             kl / rows, kl_tol, top1, rows, min_margin);
+    /* the K/V cache is in (emulated) device memory: the CUDA backend holds exactly the bytes the
+     * press reports allocated, took no CPU fallback, and the CPU context holds the same amount */
+    struct kvs_rec_step *rg = calloc(1, sizeof *rg), *rc = calloc(1, sizeof *rc);
+    pg->ops->fill_record(pg, rg);
+    pc->ops->fill_record(pc, rc);
+    fprintf(stderr, "   %s %s: K/V pool %llu bytes allocated in device memory (%llu held, %u of %d tokens kept in "
+            "layer 0), %u CPU fallbacks\n", label, method, (unsigned long long)kvs_ctx_pool_bytes(cg),
+            (unsigned long long)rg->bytes_held, rg->layer_kept[0], n + n_gen, kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
+    CHECKF(rg->bytes_alloc > 0 && kvs_ctx_pool_bytes(cg) == rg->bytes_alloc,
+           "%s: the CUDA backend holds %llu pool bytes, the press reports %llu allocated", label,
+           (unsigned long long)kvs_ctx_pool_bytes(cg), (unsigned long long)rg->bytes_alloc);
+    CHECKF(rg->bytes_held == rc->bytes_held && (!full || rg->layer_kept[0] == (uint32_t)(n + n_gen)) &&
+               (full || cr < 0 || rg->layer_kept[0] < (uint32_t)(n + n_gen)) && rg->layer_kept[0] == rc->layer_kept[0],
+           "%s: device pool holds %llu bytes / %u tokens, CPU %llu / %u", label, (unsigned long long)rg->bytes_held,
+           rg->layer_kept[0], (unsigned long long)rc->bytes_held, rc->layer_kept[0]);
+    CHECKF(kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls == 0, "%s: %u CPU fallbacks on the CUDA backend", label,
+           kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
+    CHECKF(!full || fabsf(rg->layer_sim[0] - rc->layer_sim[0]) < 0.02f, "%s: layer similarity %g on the device, %g on the CPU",
+           label, rg->layer_sim[0], rc->layer_sim[0]);
+    free(rg), free(rc);
     CHECKF(tok_ok == n_gen, "%s: greedy tokens differ: cpu%s cuda-emu%s", label, gen_c, gen_g);
     CHECKF(worst <= nerr_tol, "%s: logits normalised error %.3g > %.3g", label, worst, nerr_tol);
     CHECKF(kl / rows <= kl_tol, "%s: mean KL %.3g > %.3g", label, kl / rows, kl_tol);
@@ -529,8 +688,11 @@ static void test_e2e_tiny(void)
         CHECKF(kvs_tiny_write(path, &o) == 0, "%s", kvs_tiny_error());
         char label[64];
         snprintf(label, sizeof label, "tiny %s", tiny_names[k]);
-        e2e_model(label, path, NULL, prompt, 8, 1e-2, 1e-4);
-        e2e_model(label, path, "bf16", prompt, 8, 6e-2, 2e-3);
+        e2e_model(label, path, NULL, "full", -1, prompt, 8, 1e-2, 1e-4);
+        e2e_model(label, path, "bf16", "full", -1, prompt, 8, 6e-2, 2e-3);
+        /* eviction in the prefill and at decode: the attention mass and compaction on the device */
+        e2e_model(label, path, NULL, "streaming", 0.5f, prompt, 8, 1e-2, 1e-4);
+        e2e_model(label, path, NULL, "snapkv", 0.5f, prompt, 8, 1e-2, 1e-4);
         remove(path);
     }
 }
@@ -542,8 +704,15 @@ static void test_e2e_smollm2(void)
         printf("skipped: %s not present (make model)\n", path);
         return;
     }
-    e2e_model("SmolLM2-135M", path, NULL, "The capital of France is", 4, 5e-2, 2e-3);
-    e2e_model("SmolLM2-135M", path, "bf16", "The capital of France is", 4, 6e-2, 2e-3);
+    e2e_model("SmolLM2-135M", path, NULL, "full", -1, "The capital of France is", 4, 5e-2, 2e-3);
+    e2e_model("SmolLM2-135M", path, "bf16", "full", -1, "The capital of France is", 4, 6e-2, 2e-3);
+    const char *longer = "This License applies to any program or other work which contains a notice placed by the "
+                         "copyright holder saying it may be distributed under the terms of this General Public "
+                         "License. The capital of France is";
+    /* measured: full 0.025, snapkv 0.055 normalised error (KL 1.3e-4 / 7e-5, top-1 41/41); both
+     * evicted the same positions in every layer, the decode rows over 22 kept tokens differ more */
+    e2e_model("SmolLM2-135M", path, NULL, "full", -1, longer, 4, 6e-2, 2e-3);
+    e2e_model("SmolLM2-135M", path, NULL, "snapkv", 0.5f, longer, 4, 6e-2, 2e-3);
 }
 
 int main(int argc, char **argv)
@@ -586,6 +755,7 @@ int main(int argc, char **argv)
         RUN(test_matmul);
         RUN(test_attn_latent);
         RUN(test_attn_kv16);
+        RUN(test_kv_pool);
         RUN(test_svd);
         if (!ops_only) RUN(test_e2e_tiny);
         if (!ops_only) RUN(test_e2e_smollm2);

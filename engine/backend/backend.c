@@ -12,6 +12,7 @@
 
 #include "infer.h"
 #include "quant.h"
+#include "record.h"
 
 /* ---------------------------------------------------------------- CPU references */
 
@@ -350,6 +351,34 @@ static enum kvs_status cpu_svd(struct kvs_backend *b, const float *a, int m, int
     return kvs_cpu_svd(a, m, n, u, s, vt);
 }
 
+static enum kvs_status cpu_kv_grow(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int cap)
+{
+    return kvs_cpu_kv_grow(L, dkv, cap);
+}
+
+static enum kvs_status cpu_kv_store(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int T,
+                                    const int32_t *pos, const float *k, const float *v)
+{
+    return kvs_cpu_kv_store(L, dkv, T, pos, k, v);
+}
+
+static enum kvs_status cpu_kv_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,
+                                     const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass)
+{
+    return kvs_cpu_kv_attend(b->pool, L, a, q, out, mass);
+}
+
+static enum kvs_status cpu_kv_compact(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, const uint8_t *keep)
+{
+    return kvs_cpu_kv_compact(L, dkv, keep);
+}
+
+static enum kvs_status cpu_kv_read(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
+                                   uint16_t *k, uint16_t *v, int32_t *pos)
+{
+    return kvs_cpu_kv_read(L, dkv, row0, n, k, v, pos);
+}
+
 static void cpu_destroy(struct kvs_backend *b) {}
 
 static const struct kvs_backend_ops cpu_ops = {
@@ -363,6 +392,11 @@ static const struct kvs_backend_ops cpu_ops = {
     .attn_latent = cpu_attn_latent,
     .attn_kv16 = cpu_attn_kv16,
     .svd = cpu_svd,
+    .kv_grow = cpu_kv_grow,
+    .kv_store = cpu_kv_store,
+    .kv_attend = cpu_kv_attend,
+    .kv_compact = cpu_kv_compact,
+    .kv_read = cpu_kv_read,
 };
 
 static const char *cpu_probe(bool *available)
@@ -507,4 +541,75 @@ enum kvs_status kvs_backend_svd(struct kvs_backend *b, const float *a, int m, in
 {
     if (b && b->ops->svd) return b->ops->svd(b, a, m, n, u, s, vt);
     return kvs_cpu_svd(a, m, n, u, s, vt);
+}
+
+/* ---- K/V pool entries: the backend's set, or the CPU twins on host memory, counted ---- */
+
+bool kvs_backend_kv_native(const struct kvs_backend *b) { return b && b->ops->kv_grow; }
+
+/* Starts timing a fallback call of a backend that lacks the pool entries (not for NULL B). */
+static uint64_t fallback_begin(const struct kvs_backend *b)
+{
+    return b && b->ctr ? kvs_now_ns() : 0;
+}
+
+static void fallback_end(struct kvs_backend *b, uint64_t t0)
+{
+    if (!b || !b->ctr) return;
+    b->ctr[KVS_OP_FALLBACK].ns += kvs_now_ns() - t0;
+    b->ctr[KVS_OP_FALLBACK].calls++;
+}
+
+enum kvs_status kvs_backend_kv_grow(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int cap)
+{
+    if (kvs_backend_kv_native(b)) {
+        int old = L->cap;
+        enum kvs_status st = b->ops->kv_grow(b, L, dkv, cap);
+        uint64_t row = (uint64_t)dkv * 2 * sizeof(uint16_t) + sizeof(int32_t);
+        b->pool_bytes = b->pool_bytes - (uint64_t)old * row + (uint64_t)L->cap * row;
+        return st;
+    }
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kv_grow(L, dkv, cap);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_kv_store(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int T,
+                                     const int32_t *pos, const float *k, const float *v)
+{
+    if (kvs_backend_kv_native(b)) return b->ops->kv_store(b, L, dkv, T, pos, k, v);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kv_store(L, dkv, T, pos, k, v);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_kv_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,
+                                      const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass)
+{
+    if (kvs_backend_kv_native(b)) return b->ops->kv_attend(b, L, a, q, out, mass);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kv_attend(b ? b->pool : NULL, L, a, q, out, mass);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_kv_compact(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, const uint8_t *keep)
+{
+    if (kvs_backend_kv_native(b)) return b->ops->kv_compact(b, L, dkv, keep);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kv_compact(L, dkv, keep);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
+                                    uint16_t *k, uint16_t *v, int32_t *pos)
+{
+    if (kvs_backend_kv_native(b)) return b->ops->kv_read(b, L, dkv, row0, n, k, v, pos);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kv_read(L, dkv, row0, n, k, v, pos);
+    fallback_end(b, t0);
+    return st;
 }

@@ -50,6 +50,24 @@ struct kvs_attn_kv16_args {
     int n_segs;
 };
 
+/* One layer's rows of a K/V cache pool (engine/cache_pool.h) in a backend's memory: host for the
+ * CPU backend, device for CUDA. Only backend entries read or write the storage; the pool module
+ * keeps the counts. */
+struct kvs_kv_rows {
+    void *k, *v;              /* (cap, dkv) IEEE fp16, keys after RoPE; backend memory */
+    void *pos;                /* (cap) int32 original positions; backend memory */
+    int n, cap;               /* rows held, rows allocated */
+    bool dense;               /* row j holds position j (kept by the pool module): the CPU's
+                               * attention then skips the position lookups */
+};
+
+/* Attention of T queries over the rows of one pool layer, scores scaled by 1/sqrt(head_dim). */
+struct kvs_kv_attend_args {
+    int T;
+    const int32_t *q_pos;     /* (T) host; query t sees row j only when pos_j <= q_pos[t] */
+    int n_head, n_head_kv, head_dim;
+};
+
 /* A weight as one backend sees it: the model's weight and, once prepared, its device copy. */
 struct kvs_backend_weight {
     const struct kvs_weight *w;
@@ -57,6 +75,7 @@ struct kvs_backend_weight {
 };
 
 struct kvs_backend;
+struct kvs_op_counter;
 
 struct kvs_backend_ops {
     const char *name;         /* "cpu", "cuda" */
@@ -83,6 +102,24 @@ struct kvs_backend_ops {
     /* optional: NULL -> CPU path. Thin SVD of a (m, n) row-major: u (m, k), s (k) descending,
      * vt (k, n), k = min(m, n). A is not modified. */
     enum kvs_status (*svd)(struct kvs_backend *b, const float *a, int m, int n, float *u, float *s, float *vt);
+
+    /* K/V pool storage (engine/cache_pool.h). The five entries come as a set: kv_grow NULL -> every
+     * pool of this backend lives in host memory and takes the CPU path (each call a counted
+     * fallback); kv_grow set -> all five are set. DKV = n_head_kv*head_dim; host arrays are marked. */
+    /* optional: NULL -> CPU path. Grows L to CAP >= L->n rows, keeping its rows (CAP 0 frees). */
+    enum kvs_status (*kv_grow)(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int cap);
+    /* Appends T rows: k, v (T, dkv) fp32 host, stored as fp16 by the backend; pos (T) host. */
+    enum kvs_status (*kv_store)(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int T, const int32_t *pos,
+                                const float *k, const float *v);
+    /* out (T, n_head*head_dim) host = attention of q (T, n_head*head_dim) host over L's rows. MASS
+     * (L->n) host, when not NULL, receives each row's attention mass summed over queries and heads. */
+    enum kvs_status (*kv_attend)(struct kvs_backend *b, const struct kvs_kv_rows *L,
+                                 const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass);
+    /* Keeps the rows whose KEEP (L->n) host byte is non-zero, in order (eviction). */
+    enum kvs_status (*kv_compact)(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, const uint8_t *keep);
+    /* Copies rows [row0, row0+n) to host: k, v (n, dkv) fp16 bits, pos (n); any may be NULL. */
+    enum kvs_status (*kv_read)(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
+                               uint16_t *k, uint16_t *v, int32_t *pos);
 };
 
 struct kvs_backend {
@@ -91,6 +128,8 @@ struct kvs_backend {
     struct kvs_pool *pool;    /* threads for CPU paths (not owned; NULL: the caller's thread) */
     bool precise;             /* CPU products never quantize activations (kvs_ctx_params.precise) */
     char device[128];         /* "CPU" or "NVIDIA H100 80GB HBM3 (sm_90)" */
+    struct kvs_op_counter *ctr; /* (KVS_OP_COUNT) where CPU fallbacks are counted (not owned; may be NULL) */
+    uint64_t pool_bytes;      /* K/V pool storage allocated through this backend's own kv_grow entry */
     char err[512];            /* last error */
 };
 
@@ -144,7 +183,33 @@ enum kvs_status kvs_backend_attn_kv16(struct kvs_backend *b, const struct kvs_at
 enum kvs_status kvs_backend_svd(struct kvs_backend *b, const float *a, int m, int n, float *u, float *s,
                                 float *vt);
 
+/* K/V pool entries: dispatch to the backend's set, or to the CPU twins (host memory) when it has
+ * none; a CPU backend's own entries are not fallbacks, another backend's NULL entries are, each
+ * call counted in b->ctr[KVS_OP_FALLBACK]. B may be NULL (the CPU path, nothing counted). The rows
+ * of one pool must only ever be given to the backend that grew them. */
+bool kvs_backend_kv_native(const struct kvs_backend *b); /* the backend holds pools in its own memory */
+enum kvs_status kvs_backend_kv_grow(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int cap);
+enum kvs_status kvs_backend_kv_store(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int T,
+                                     const int32_t *pos, const float *k, const float *v);
+enum kvs_status kvs_backend_kv_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,
+                                      const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass);
+enum kvs_status kvs_backend_kv_compact(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, const uint8_t *keep);
+enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
+                                    uint16_t *k, uint16_t *v, int32_t *pos);
+
 /* ---- CPU references (the oracle), usable without a backend object ---- */
+
+/* The K/V pool twins (engine/kv_pool.c, twin of kernels/kv_pool.cu), host memory; POOL (threads)
+ * may be NULL. Same contracts as the vtable entries; KVS_ERR_NOMEM when memory runs out (L keeps
+ * its rows and capacity), KVS_ERR_ARG for inconsistent shapes. */
+enum kvs_status kvs_cpu_kv_grow(struct kvs_kv_rows *L, int dkv, int cap);
+enum kvs_status kvs_cpu_kv_store(struct kvs_kv_rows *L, int dkv, int T, const int32_t *pos, const float *k,
+                                 const float *v);
+enum kvs_status kvs_cpu_kv_attend(struct kvs_pool *pool, const struct kvs_kv_rows *L,
+                                  const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass);
+enum kvs_status kvs_cpu_kv_compact(struct kvs_kv_rows *L, int dkv, const uint8_t *keep);
+enum kvs_status kvs_cpu_kv_read(const struct kvs_kv_rows *L, int dkv, int row0, int n, uint16_t *k, uint16_t *v,
+                                int32_t *pos);
 
 /* Attention over latents / an fp16 K/V cache on the CPU; POOL may be NULL. Returns KVS_ERR_NOMEM
  * when scratch cannot be allocated, KVS_ERR_ARG for inconsistent shapes. */

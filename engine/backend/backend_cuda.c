@@ -8,6 +8,7 @@
 
 #include <dlfcn.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -537,6 +538,120 @@ static enum kvs_status cu_svd(struct kvs_backend *b, const float *a, int m, int 
     return get(b, vt, dvt, k * n * sizeof(float));
 }
 
+/* ---- K/V pool rows in device memory (twins: engine/kv_pool.c) ---- */
+
+static void cu_rows_free(struct cuda_be *s, void **k, void **v, void **pos)
+{
+    s->api->free(s->cx, *k);
+    s->api->free(s->cx, *v);
+    s->api->free(s->cx, *pos);
+    *k = *v = *pos = NULL;
+}
+
+static enum kvs_status cu_kv_grow(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int cap)
+{
+    struct cuda_be *s = b->ctx;
+    if (dkv <= 0 || cap < L->n) return KVS_ERR_ARG;
+    if (cap == 0) {
+        cu_rows_free(s, &L->k, &L->v, &L->pos);
+        L->cap = 0;
+        return KVS_OK;
+    }
+    size_t row = (size_t)dkv * sizeof(uint16_t);
+    if ((size_t)cap > SIZE_MAX / row) return KVS_ERR_ARG;
+    void *k = NULL, *v = NULL, *p = NULL;
+    if (s->api->alloc(s->cx, &k, (size_t)cap * row) != KVS_CUDA_OK ||
+        s->api->alloc(s->cx, &v, (size_t)cap * row) != KVS_CUDA_OK ||
+        s->api->alloc(s->cx, &p, (size_t)cap * sizeof(int32_t)) != KVS_CUDA_OK)
+        goto fail;
+    /* the rows held move to the new blocks on the device; the old ones go once the copies ran */
+    if (L->n && (s->api->copy(s->cx, k, L->k, (size_t)L->n * row) != KVS_CUDA_OK ||
+                 s->api->copy(s->cx, v, L->v, (size_t)L->n * row) != KVS_CUDA_OK ||
+                 s->api->copy(s->cx, p, L->pos, (size_t)L->n * sizeof(int32_t)) != KVS_CUDA_OK))
+        goto fail;
+    cu_rows_free(s, &L->k, &L->v, &L->pos);
+    L->k = k, L->v = v, L->pos = p;
+    L->cap = cap;
+    return KVS_OK;
+fail:;
+    enum kvs_status st = api_fail(b, "kv_grow");
+    cu_rows_free(s, &k, &v, &p);
+    return st;
+}
+
+static enum kvs_status cu_kv_store(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int T,
+                                   const int32_t *pos, const float *k, const float *v)
+{
+    struct cuda_be *s = b->ctx;
+    void *dk, *dv;
+    if (T < 0 || dkv <= 0 || L->n + T > L->cap) return KVS_ERR_ARG;
+    if (T == 0) return KVS_OK;
+    size_t bytes = (size_t)T * dkv * sizeof(float);
+    TRY(put(b, ST_C, k, bytes, &dk));
+    TRY(put(b, ST_V, v, bytes, &dv));
+    if (s->api->upload(s->cx, (int32_t *)L->pos + L->n, pos, (size_t)T * sizeof(int32_t)) != KVS_CUDA_OK)
+        return api_fail(b, "kv_store");
+    if (s->api->kv_store(s->cx, L->k, L->v, dkv, L->n, T, dk, dv) != KVS_CUDA_OK) return api_fail(b, "kv_store");
+    L->n += T;
+    return KVS_OK;
+}
+
+static enum kvs_status cu_kv_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,
+                                    const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass)
+{
+    struct cuda_be *s = b->ctx;
+    void *dq_, *dqp, *dout, *dmass = NULL;
+    if (a->T < 0 || a->n_head <= 0 || a->n_head_kv <= 0 || a->head_dim <= 0) return KVS_ERR_ARG;
+    size_t obytes = (size_t)a->T * a->n_head * a->head_dim * sizeof(float);
+    struct kvs_cuda_attn_kv16 d = {.T = a->T, .n = L->n, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+                                   .head_dim = a->head_dim, .k = L->k, .v = L->v, .pos = L->pos,
+                                   .scale = 1.0f / sqrtf((float)a->head_dim)};
+    TRY(put(b, ST_X, q, obytes, &dq_));
+    TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
+    if (!(dout = stage(b, ST_Y, obytes))) return KVS_ERR_BACKEND;
+    if (mass && !(dmass = stage(b, ST_U, (size_t)L->n * sizeof(float)))) return KVS_ERR_BACKEND;
+    d.q = dq_;
+    d.q_pos = dqp;
+    d.out = dout;
+    d.mass = dmass;
+    if (s->api->attn_kv16(s->cx, &d) != KVS_CUDA_OK) return api_fail(b, "kv_attend");
+    if (mass) TRY(get(b, mass, dmass, (size_t)L->n * sizeof(float)));
+    return get(b, out, dout, obytes);
+}
+
+static enum kvs_status cu_kv_compact(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, const uint8_t *keep)
+{
+    struct cuda_be *s = b->ctx;
+    void *dsrc;
+    if (dkv <= 0) return KVS_ERR_ARG;
+    int32_t *src = malloc((size_t)(L->n ? L->n : 1) * sizeof(int32_t));
+    if (!src) return KVS_ERR_NOMEM;
+    int n_keep = 0;
+    for (int i = 0; i < L->n; i++)
+        if (keep[i]) src[n_keep++] = i;
+    enum kvs_status st = KVS_OK;
+    if (n_keep < L->n) {
+        st = put(b, ST_POS, src, (size_t)n_keep * sizeof(int32_t), &dsrc);
+        if (st == KVS_OK && s->api->kv_compact(s->cx, L->k, L->v, L->pos, dkv, dsrc, n_keep) != KVS_CUDA_OK)
+            st = api_fail(b, "kv_compact");
+        if (st == KVS_OK) L->n = n_keep;
+    }
+    free(src);
+    return st;
+}
+
+static enum kvs_status cu_kv_read(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
+                                  uint16_t *k, uint16_t *v, int32_t *pos)
+{
+    if (dkv <= 0 || row0 < 0 || n < 0 || row0 > L->n - n) return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    size_t off = (size_t)row0 * dkv, bytes = (size_t)n * dkv * sizeof(uint16_t);
+    if (k) TRY(get(b, k, (const uint16_t *)L->k + off, bytes));
+    if (v) TRY(get(b, v, (const uint16_t *)L->v + off, bytes));
+    if (pos) TRY(get(b, pos, (const int32_t *)L->pos + row0, (size_t)n * sizeof(int32_t)));
+    return KVS_OK;
+}
+
 static void cu_destroy(struct kvs_backend *b)
 {
     struct cuda_be *s = b->ctx;
@@ -558,6 +673,11 @@ static const struct kvs_backend_ops cuda_ops = {
     .attn_latent = cu_attn_latent,
     .attn_kv16 = cu_attn_kv16,
     .svd = cu_svd,
+    .kv_grow = cu_kv_grow,
+    .kv_store = cu_kv_store,
+    .kv_attend = cu_kv_attend,
+    .kv_compact = cu_kv_compact,
+    .kv_read = cu_kv_read,
 };
 
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)

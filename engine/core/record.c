@@ -9,6 +9,7 @@ const char *kvs_op_name(enum kvs_op op)
 {
     static const char *names[KVS_OP_COUNT] = {
         "matmul", "attention", "rmsnorm", "rope", "store", "merge", "quant", "evict", "logits", "sample", "svd",
+        "fallback",
     };
     return (unsigned)op < KVS_OP_COUNT ? names[op] : "?";
 }

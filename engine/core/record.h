@@ -36,6 +36,7 @@ enum kvs_op {
     KVS_OP_LOGITS,     /* output head */
     KVS_OP_SAMPLE,
     KVS_OP_SVD,        /* offline factorization */
+    KVS_OP_FALLBACK,   /* optional backend entries the backend lacks, run on the CPU instead */
     KVS_OP_COUNT
 };
 const char *kvs_op_name(enum kvs_op op);

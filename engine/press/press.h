@@ -65,6 +65,7 @@ enum { KVS_PRESS_NEEDS_KV = 1u << 0, KVS_PRESS_NEEDS_XN = 1u << 1 };
 
 struct kvs_press;
 struct kvs_pool;
+struct kvs_backend;
 
 struct kvs_press_ops {
     const char *name;
@@ -87,6 +88,9 @@ struct kvs_press_ops {
     /* Forgets every token (new sequence); keeps factors. */
     void (*reset)(struct kvs_press *p);
     void (*destroy)(struct kvs_press *p);
+    /* optional: NULL -> nothing. Frees what the press keeps in p->be's memory before that backend
+     * goes away (the context calls it on delete); the press forgets its tokens. */
+    void (*detach)(struct kvs_press *p);
 };
 
 struct kvs_press {
@@ -96,6 +100,8 @@ struct kvs_press {
     uint32_t needs;                 /* KVS_PRESS_NEEDS_* */
     struct kvs_op_counter *ops_ctr; /* the context's counters (KVS_OP_COUNT), may be NULL */
     struct kvs_pool *pool;          /* the context's thread pool (set by kvs_ctx_new), may be NULL */
+    struct kvs_backend *be;         /* the context's backend, owner of the cache pools (set by
+                                     * kvs_ctx_new); NULL: the CPU path */
     char err[256];
 };
 

@@ -1,7 +1,8 @@
 /* The `full` press: an fp16 K/V cache per layer, the reference every method is measured against.
- * Tokens are stored in position order; storage grows in blocks and its bytes are counted exactly.
- * Depends on press.h, attn.h. */
-#include "attn.h"
+ * Its rows live in a cache pool (cache_pool.h) in the backend's memory and are stored, attended and
+ * read only through backend entries; the press keeps counts and decides nothing else.
+ * Depends on press.h, cache_pool.h, quant.h. */
+#include "cache_pool.h"
 #include "press.h"
 #include "quant.h"
 
@@ -11,64 +12,54 @@
 
 #define FULL_BLOCK 256
 
-struct full_layer {
-    uint16_t *k, *v;    /* (cap, n_kv*d) fp16, keys after RoPE */
-    int n, cap;
-};
-
 struct press_full {
     struct kvs_press base;
-    struct full_layer *layers;
+    struct kvs_cache_pool *cp;  /* NULL until the first store; on base.be */
     int n_layer, dkv, n_ctx_max;
+    uint16_t *last;             /* (2, dkv) scratch: the newest key of two layers (similarity) */
 };
+
+/* The pool on the press's current backend, made on first use. */
+static enum kvs_status full_pool(struct press_full *f)
+{
+    if (f->cp) return KVS_OK;
+    char e[256];
+    enum kvs_status st = kvs_cache_pool_new(&f->cp, f->base.be, f->n_layer, f->dkv, FULL_BLOCK, e, sizeof e);
+    if (st != KVS_OK) kvs_seterr(f->base.err, sizeof f->base.err, "full: %s", e);
+    return st;
+}
 
 static enum kvs_status full_store(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *xn,
                                   const float *k, const float *v)
 {
     struct press_full *f = (struct press_full *)p;
-    struct full_layer *L = &f->layers[layer];
     if (!k || !v) {
         kvs_seterr(p->err, sizeof p->err, "full: keys/values not computed");
         return KVS_ERR_STATE;
     }
-    if (L->n + T > L->cap) {
-        int cap = ((L->n + T + FULL_BLOCK - 1) / FULL_BLOCK) * FULL_BLOCK;
-        uint16_t *nk = realloc(L->k, (size_t)cap * f->dkv * sizeof(uint16_t));
-        if (nk) L->k = nk;
-        uint16_t *nv = realloc(L->v, (size_t)cap * f->dkv * sizeof(uint16_t));
-        if (nv) L->v = nv;
-        if (!nk || !nv) {
-            kvs_seterr(p->err, sizeof p->err, "full: out of memory growing layer %d to %d tokens", layer, cap);
-            return KVS_ERR_NOMEM;
-        }
-        L->cap = cap;
-    }
-    for (int t = 0; t < T; t++) {
-        if (pos[t] != L->n + t) {
-            kvs_seterr(p->err, sizeof p->err, "full: token at position %d stored out of order (expected %d)", pos[t], L->n + t);
+    enum kvs_status st = full_pool(f);
+    if (st != KVS_OK) return st;
+    int n = kvs_cache_pool_rows(f->cp, layer);
+    for (int t = 0; t < T; t++)
+        if (pos[t] != n + t) {
+            kvs_seterr(p->err, sizeof p->err, "full: token at position %d stored out of order (expected %d)", pos[t], n + t);
             return KVS_ERR_STATE;
         }
-        kvs_f32_to_f16_row(k + (size_t)t * f->dkv, L->k + (size_t)(L->n + t) * f->dkv, f->dkv);
-        kvs_f32_to_f16_row(v + (size_t)t * f->dkv, L->v + (size_t)(L->n + t) * f->dkv, f->dkv);
-    }
-    L->n += T;
-    return KVS_OK;
+    st = kvs_cache_pool_store(f->cp, layer, T, pos, k, v);
+    if (st != KVS_OK) kvs_seterr(p->err, sizeof p->err, "full: %s", f->cp->err);
+    return st;
 }
 
 static enum kvs_status full_attend(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *q, float *out)
 {
     struct press_full *f = (struct press_full *)p;
     const struct kvs_hparams *hp = &p->model->hp;
-    struct full_layer *L = &f->layers[layer];
-    struct kvs_attn_args a = {
-        .T = T, .n_head = (int)hp->n_head, .n_head_kv = (int)hp->n_head_kv, .head_dim = (int)hp->head_dim,
-        .q = q, .out = out, .qpos = pos, .n_keys = L->n, .k = L->k, .v = L->v, .kpos = NULL,
-    };
-    if (!kvs_attn_f16(p->pool, &a)) {
-        kvs_seterr(p->err, sizeof p->err, "full: out of memory in attention");
-        return KVS_ERR_NOMEM;
-    }
-    return KVS_OK;
+    enum kvs_status st = full_pool(f);
+    if (st != KVS_OK) return st;
+    st = kvs_cache_pool_attend(f->cp, layer, T, pos, (int)hp->n_head, (int)hp->n_head_kv, (int)hp->head_dim, q, out,
+                               NULL);
+    if (st != KVS_OK) kvs_seterr(p->err, sizeof p->err, "full: %s", f->cp->err);
+    return st;
 }
 
 static enum kvs_status full_end_step(struct kvs_press *p, int n_ctx) { return KVS_OK; }
@@ -79,23 +70,27 @@ static void full_fill_record(const struct kvs_press *p, struct kvs_rec_step *r)
     uint64_t held = 0, alloc = 0;
     r->n_layer = (uint32_t)f->n_layer;
     r->n_groups = 0;
-    for (int l = 0; l < f->n_layer; l++) {
-        const struct full_layer *L = &f->layers[l];
-        uint64_t b = (uint64_t)L->n * f->dkv * 2 * sizeof(uint16_t);
-        r->layer_kept[l] = (uint32_t)L->n;
+    bool sim = false;
+    for (int l = 0; l < f->n_layer && f->cp; l++) {
+        int n = kvs_cache_pool_rows(f->cp, l);
+        uint64_t b = kvs_cache_pool_bytes_held(f->cp, l);
+        r->layer_kept[l] = (uint32_t)n;
         r->layer_bytes_held[l] = b;
         held += b;
-        alloc += (uint64_t)L->cap * f->dkv * 2 * sizeof(uint16_t);
+        alloc += kvs_cache_pool_bytes_alloc(f->cp, l);
         /* the newest token sits at the same position in both layers, so RoPE rotates both keys
          * alike and their cosine equals that of the unrotated keys */
-        if (l + 1 < f->n_layer && L->n > 0 && f->layers[l + 1].n == L->n) {
-            const uint16_t *a = L->k + (size_t)(L->n - 1) * f->dkv, *b2 = f->layers[l + 1].k + (size_t)(L->n - 1) * f->dkv;
+        if (l + 1 < f->n_layer && n > 0 && kvs_cache_pool_rows(f->cp, l + 1) == n && f->last &&
+            kvs_cache_pool_read(f->cp, l, n - 1, 1, f->last, NULL, NULL) == KVS_OK &&
+            kvs_cache_pool_read(f->cp, l + 1, n - 1, 1, f->last + f->dkv, NULL, NULL) == KVS_OK) {
+            const uint16_t *a = f->last, *b2 = f->last + f->dkv;
             double ab = 0, aa = 0, bb = 0;
             for (int i = 0; i < f->dkv; i++) {
                 double x = kvs_fp16_to_fp32(a[i]), y = kvs_fp16_to_fp32(b2[i]);
                 ab += x * y; aa += x * x; bb += y * y;
             }
             r->layer_sim[l] = (aa > 0 && bb > 0) ? (float)(ab / sqrt(aa * bb)) : 0.0f;
+            sim = true;
         }
     }
     r->bytes_full = held;
@@ -103,30 +98,33 @@ static void full_fill_record(const struct kvs_press *p, struct kvs_rec_step *r)
     r->bytes_alloc = alloc;
     r->cr_target = p->cfg.target_cr;
     r->cr_achieved = 0.0f;
-    r->valid |= KVS_VALID_BYTES | (f->n_layer > 1 && f->layers[0].n > 0 ? KVS_VALID_LAYER_SIM : 0);
+    r->valid |= KVS_VALID_BYTES | (sim ? KVS_VALID_LAYER_SIM : 0);
 }
 
 static void full_reset(struct kvs_press *p)
 {
     struct press_full *f = (struct press_full *)p;
-    for (int l = 0; l < f->n_layer; l++) f->layers[l].n = 0;
+    if (f->cp) kvs_cache_pool_reset(f->cp);
+}
+
+static void full_detach(struct kvs_press *p)
+{
+    struct press_full *f = (struct press_full *)p;
+    kvs_cache_pool_delete(f->cp);
+    f->cp = NULL;
 }
 
 static void full_destroy(struct kvs_press *p)
 {
     struct press_full *f = (struct press_full *)p;
-    if (f->layers)
-        for (int l = 0; l < f->n_layer; l++) {
-            free(f->layers[l].k);
-            free(f->layers[l].v);
-        }
-    free(f->layers);
+    kvs_cache_pool_delete(f->cp);
+    free(f->last);
     free(f);
 }
 
 static const struct kvs_press_ops full_ops = {
     .name = "full", .store = full_store, .attend = full_attend, .end_step = full_end_step,
-    .fill_record = full_fill_record, .reset = full_reset, .destroy = full_destroy,
+    .fill_record = full_fill_record, .reset = full_reset, .destroy = full_destroy, .detach = full_detach,
 };
 
 enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_model *m,
@@ -134,8 +132,10 @@ enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_m
                                       char *err, size_t errlen)
 {
     struct press_full *f = calloc(1, sizeof *f);
-    if (f) f->layers = calloc(m->hp.n_layer, sizeof *f->layers);
-    if (!f || !f->layers) {
+    size_t dkv = (size_t)m->hp.n_head_kv * m->hp.head_dim;
+    if (f) f->last = malloc(2 * (dkv ? dkv : 1) * sizeof(uint16_t));
+    if (!f || !f->last) {
+        if (f) free(f->last);
         free(f);
         kvs_seterr(err, errlen, "full: out of memory");
         return KVS_ERR_NOMEM;
@@ -145,7 +145,7 @@ enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_m
     f->base.cfg = *cfg;
     f->base.needs = KVS_PRESS_NEEDS_KV;
     f->n_layer = (int)m->hp.n_layer;
-    f->dkv = (int)(m->hp.n_head_kv * m->hp.head_dim);
+    f->dkv = (int)dkv;
     f->n_ctx_max = n_ctx_max;
     *out = &f->base;
     return KVS_OK;

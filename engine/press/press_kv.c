@@ -2,9 +2,13 @@
  * quant_group tokens, values per token in channel groups, the newest quant_residual tokens in
  * fp16), `snapkv` (eviction by pooled attention mass from an observation window) and `streaming`
  * (sinks + window), alone or as quant+snapkv / quant+streaming. Everything is really stored packed
- * and counted from what is held. Attention dequantizes into fp16 scratch and runs attn.h.
- * Depends on press.h, attn.h, quant.h, threads.h. */
+ * and counted from what is held. Without quant the rows live in a cache pool (cache_pool.h) in the
+ * backend's memory: stores, attention with the attention mass, eviction by compaction are backend
+ * entries. With quant the fp16 tier and packed blocks are still host memory here, and attention
+ * dequantizes into fp16 scratch and runs attn.h (the next step moves them to the backend).
+ * Depends on press.h, cache_pool.h, attn.h, quant.h, threads.h. */
 #include "attn.h"
+#include "cache_pool.h"
 #include "commonkv_priv.h"
 #include "quant.h"
 #include "threads.h"
@@ -41,6 +45,7 @@ struct kvp {
     float cr;
     char note[160];
     struct kvl *L;
+    struct kvs_cache_pool *cp; /* without quant: every layer's rows, on base.be (NULL until the first store) */
     uint16_t *sk, *sv;      /* attention scratch (rows, dkv) fp16 */
     int32_t *sp;
     float *probs;
@@ -94,6 +99,32 @@ static bool f16_reserve(struct kvp *p, struct kvl *L, uint32_t need)
     return true;
 }
 
+/* The pool of the rows without quant, on the press's current backend, made on first use. */
+static enum kvs_status kv_pool(struct kvp *p)
+{
+    if (p->cp) return KVS_OK;
+    char e[256];
+    enum kvs_status st = kvs_cache_pool_new(&p->cp, p->base.be, p->N, p->dkv, KV_BLOCK, e, sizeof e);
+    if (st != KVS_OK) kvs_seterr(p->base.err, sizeof p->base.err, "%s: %s", p->base.cfg.spec, e);
+    return st;
+}
+
+/* Grows the attention scratch to N rows (positions and the fp16 rows of the quantized path). */
+static bool scratch_reserve(struct kvp *p, uint32_t n)
+{
+    if (n <= p->scap) return true;
+    size_t cap = (n + KV_BLOCK - 1) / KV_BLOCK * KV_BLOCK;
+    uint16_t *a = realloc(p->sk, cap * p->dkv * 2);
+    if (a) p->sk = a;
+    uint16_t *b = realloc(p->sv, cap * p->dkv * 2);
+    if (b) p->sv = b;
+    int32_t *c = realloc(p->sp, cap * 4);
+    if (c) p->sp = c;
+    if (!a || !b || !c) return false;
+    p->scap = cap;
+    return true;
+}
+
 static enum kvs_status kv_store(struct kvs_press *pr, int layer, int T, const int32_t *pos, const float *xn,
                                 const float *k, const float *v)
 {
@@ -102,6 +133,12 @@ static enum kvs_status kv_store(struct kvs_press *pr, int layer, int T, const in
     if (!k || !v) {
         kvs_seterr(pr->err, sizeof pr->err, "%s: keys/values not computed", pr->cfg.spec);
         return KVS_ERR_STATE;
+    }
+    if (!p->quant) {
+        enum kvs_status st = kv_pool(p);
+        if (st == KVS_OK) st = kvs_cache_pool_store(p->cp, layer, T, pos, k, v);
+        if (st != KVS_OK && p->cp) kvs_seterr(pr->err, sizeof pr->err, "%s: %s", pr->cfg.spec, p->cp->err);
+        return st;
     }
     if (!f16_reserve(p, L, L->n16 + (uint32_t)T)) {
         kvs_seterr(pr->err, sizeof pr->err, "%s: out of memory storing layer %d", pr->cfg.spec, layer);
@@ -140,24 +177,46 @@ static void unpack_range(void *ctx, int64_t b, int64_t e, int thread)
     }
 }
 
+/* Attention over a layer's pooled rows; the observation window's queries (snapkv) also return the
+ * attention mass of each row, added to the layer's score by position. */
+static enum kvs_status kv_pool_attend(struct kvp *p, int layer, int T, const int32_t *pos, const float *q, float *out)
+{
+    struct kvs_press *pr = &p->base;
+    enum kvs_status st = kv_pool(p);
+    if (st != KVS_OK) return st;
+    int n = kvs_cache_pool_rows(p->cp, layer), dq = p->nh * p->d;
+    int obs = p->snap ? KVS_MIN(T, (int)p->window) : 0;
+    if (T - obs > 0) st = kvs_cache_pool_attend(p->cp, layer, T - obs, pos, p->nh, p->nkv, p->d, q, out, NULL);
+    if (st == KVS_OK && obs > 0) {
+        if ((size_t)n > p->pcap) {
+            float *pb = realloc(p->probs, (size_t)n * sizeof(float));
+            if (!pb) goto oom;
+            p->probs = pb;
+            p->pcap = (size_t)n;
+        }
+        if (!scratch_reserve(p, (uint32_t)n)) goto oom;
+        st = kvs_cache_pool_attend(p->cp, layer, obs, pos + (T - obs), p->nh, p->nkv, p->d,
+                                   q + (size_t)(T - obs) * dq, out + (size_t)(T - obs) * dq, p->probs);
+        if (st == KVS_OK) st = kvs_cache_pool_read(p->cp, layer, 0, n, NULL, NULL, p->sp);
+        if (st == KVS_OK)
+            for (int j = 0; j < n; j++) p->L[layer].score[p->sp[j]] += p->probs[j];
+    }
+    if (st != KVS_OK) kvs_seterr(pr->err, sizeof pr->err, "%s: %s", pr->cfg.spec, p->cp->err);
+    return st;
+oom:
+    kvs_seterr(pr->err, sizeof pr->err, "%s: out of memory in attention", pr->cfg.spec);
+    return KVS_ERR_NOMEM;
+}
+
 static enum kvs_status kv_attend(struct kvs_press *pr, int layer, int T, const int32_t *pos, const float *q,
                                  float *out)
 {
     struct kvp *p = (struct kvp *)pr;
     struct kvl *L = &p->L[layer];
+    if (!p->quant) return kv_pool_attend(p, layer, T, pos, q, out);
     uint32_t n = layer_tokens(L);
     int dkv = p->dkv;
-    if (n > p->scap) {
-        size_t cap = (n + KV_BLOCK - 1) / KV_BLOCK * KV_BLOCK;
-        uint16_t *a = realloc(p->sk, cap * dkv * 2);
-        if (a) p->sk = a;
-        uint16_t *b = realloc(p->sv, cap * dkv * 2);
-        if (b) p->sv = b;
-        int32_t *c = realloc(p->sp, cap * 4);
-        if (c) p->sp = c;
-        if (!a || !b || !c) goto oom;
-        p->scap = cap;
-    }
+    if (!scratch_reserve(p, n)) goto oom;
     const uint16_t *K = L->k16, *V = L->v16;
     const int32_t *P = L->p16;
     if (L->nblk) {
@@ -313,14 +372,43 @@ static bool kv_drop(struct kvp *p, struct kvl *L, const uint8_t *keep_by_pos)
     return true;
 }
 
+/* Pooled rows: drops the rows whose KEEP(position) is false by a backend compaction. POS (rows)
+ * holds the layer's positions; ROWKEEP is scratch of the same size. */
+static enum kvs_status kv_pool_drop(struct kvp *p, int layer, const int32_t *pos, int n, const uint8_t *keep_by_pos,
+                                    uint8_t *rowkeep)
+{
+    bool all = true;
+    for (int i = 0; i < n; i++) {
+        rowkeep[i] = keep_by_pos[pos[i]];
+        all = all && rowkeep[i];
+    }
+    if (all) return KVS_OK;
+    enum kvs_status st = kvs_cache_pool_compact(p->cp, layer, rowkeep);
+    if (st != KVS_OK) kvs_seterr(p->base.err, sizeof p->base.err, "%s: %s", p->base.cfg.spec, p->cp->err);
+    return st;
+}
+
 static enum kvs_status kv_evict(struct kvp *p, int n_ctx)
 {
     uint8_t *keep = malloc((size_t)n_ctx);
     float *pooled = malloc((size_t)n_ctx * sizeof(float));
+    uint8_t *rowkeep = NULL;
+    enum kvs_status st;
     if (!keep || !pooled) goto oom;
+    if (p->cp && (!scratch_reserve(p, (uint32_t)n_ctx) || !(rowkeep = malloc((size_t)n_ctx)))) goto oom;
     for (int l = 0; l < p->N; l++) {
         struct kvl *L = &p->L[l];
-        uint32_t n = layer_tokens(L);
+        uint32_t n = p->cp ? (uint32_t)kvs_cache_pool_rows(p->cp, l) : layer_tokens(L);
+        if (p->cp && n > (uint32_t)n_ctx) {
+            kvs_seterr(p->base.err, sizeof p->base.err, "%s: layer %d holds %u rows for %d tokens", p->base.cfg.spec,
+                       l, n, n_ctx);
+            st = KVS_ERR_STATE;
+            goto fail;
+        }
+        if (p->cp && (st = kvs_cache_pool_read(p->cp, l, 0, (int)n, NULL, NULL, p->sp)) != KVS_OK) {
+            kvs_seterr(p->base.err, sizeof p->base.err, "%s: %s", p->base.cfg.spec, p->cp->err);
+            goto fail;
+        }
         memset(keep, 0, (size_t)n_ctx);
         if (p->stream) {
             int win = (int)p->swin;
@@ -337,6 +425,8 @@ static enum kvs_status kv_evict(struct kvp *p, int n_ctx)
             /* positions already evicted must not be chosen again */
             uint8_t *present = calloc((size_t)n_ctx, 1);
             if (!present) goto oom;
+            if (p->cp)
+                for (uint32_t i = 0; i < n; i++) present[p->sp[i]] = 1;
             for (uint32_t i = 0; i < L->n16; i++) present[L->p16[i]] = 1;
             for (uint32_t b = 0; b < L->nblk; b++)
                 for (uint32_t t = 0; t < L->blk[b].nt; t++) present[L->blk[b].pos[t]] = 1;
@@ -345,17 +435,24 @@ static enum kvs_status kv_evict(struct kvp *p, int n_ctx)
             free(present);
             kvs_snap_select(pooled, n_ctx, cap, keep);
         }
-        if (!kv_drop(p, L, keep)) goto oom;
+        if (p->cp) {
+            if ((st = kv_pool_drop(p, l, p->sp, (int)n, keep, rowkeep)) != KVS_OK) goto fail;
+        } else if (!kv_drop(p, L, keep))
+            goto oom;
         if (L->score) memset(L->score, 0, (size_t)p->n_ctx_max * sizeof(float));
     }
     free(keep);
     free(pooled);
+    free(rowkeep);
     return KVS_OK;
 oom:
+    kvs_seterr(p->base.err, sizeof p->base.err, "%s: out of memory evicting", p->base.cfg.spec);
+    st = KVS_ERR_NOMEM;
+fail:
     free(keep);
     free(pooled);
-    kvs_seterr(p->base.err, sizeof p->base.err, "%s: out of memory evicting", p->base.cfg.spec);
-    return KVS_ERR_NOMEM;
+    free(rowkeep);
+    return st;
 }
 
 static enum kvs_status kv_end_step(struct kvs_press *pr, int n_ctx)
@@ -398,10 +495,14 @@ static void kv_fill_record(const struct kvs_press *pr, struct kvs_rec_step *r)
         const struct kvl *L = &p->L[l];
         uint64_t h = layer_held(p, L);
         r->layer_kept[l] = layer_tokens(L);
+        if (p->cp) { /* the pool's K/V and the positions an evicting method must keep with them */
+            h = kvs_cache_pool_bytes_held(p->cp, l) + (uint64_t)kvs_cache_pool_rows(p->cp, l) * sizeof(int32_t);
+            r->layer_kept[l] = (uint32_t)kvs_cache_pool_rows(p->cp, l);
+        }
         r->layer_bytes_held[l] = h;
         r->layer_sim[l] = NAN;
         held += h;
-        alloc += layer_alloc(p, L);
+        alloc += p->cp ? kvs_cache_pool_bytes_alloc(p->cp, l) : layer_alloc(p, L);
     }
     r->bytes_full = (uint64_t)p->n_ctx * p->N * p->dkv * 4;
     r->bytes_held = held;
@@ -427,6 +528,7 @@ static void kv_reset(struct kvs_press *pr)
 {
     struct kvp *p = (struct kvp *)pr;
     kv_free_layers(p);
+    if (p->cp) kvs_cache_pool_reset(p->cp);
     for (int l = 0; l < p->N; l++) {
         f16_reserve(p, &p->L[l], 0);
         if (p->L[l].score) memset(p->L[l].score, 0, (size_t)p->n_ctx_max * sizeof(float));
@@ -445,9 +547,19 @@ static void kv_destroy(struct kvs_press *pr)
         }
     }
     free(p->L);
+    kvs_cache_pool_delete(p->cp);
     free(p->sk); free(p->sv); free(p->sp); free(p->probs);
     free(p->boff); free(p->tbuf);
     free(p);
+}
+
+/* The pool goes with the backend; the press starts a new sequence. */
+static void kv_detach(struct kvs_press *pr)
+{
+    struct kvp *p = (struct kvp *)pr;
+    kv_reset(pr);
+    kvs_cache_pool_delete(p->cp);
+    p->cp = NULL;
 }
 
 static const struct kvs_press_ops kv_ops;
@@ -458,7 +570,7 @@ const char *kvs_press_kv_note(const struct kvs_press *p)
 
 static const struct kvs_press_ops kv_ops = {
     .name = "kv", .store = kv_store, .attend = kv_attend, .end_step = kv_end_step,
-    .fill_record = kv_fill_record, .reset = kv_reset, .destroy = kv_destroy,
+    .fill_record = kv_fill_record, .reset = kv_reset, .destroy = kv_destroy, .detach = kv_detach,
 };
 
 enum kvs_status kvs_press_kv_create(struct kvs_press **out, const struct kvs_model *m,

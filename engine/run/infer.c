@@ -274,9 +274,12 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
         kvs_ctx_delete(c);
         return bst;
     }
+    c->be->ctr = c->ctr;
     if (press) {
         press->ops_ctr = c->ctr;
         press->pool = c->pool;
+        if (press->be != c->be && press->ops->detach) press->ops->detach(press);
+        press->be = c->be;
     }
     *out = c;
     return KVS_OK;
@@ -289,6 +292,10 @@ oom:
 void kvs_ctx_delete(struct kvs_ctx *c)
 {
     if (!c) return;
+    if (c->press && c->be && c->press->be == c->be) { /* its pools go with the backend */
+        if (c->press->ops->detach) c->press->ops->detach(c->press);
+        c->press->be = NULL;
+    }
     if (c->bw && c->be)
         for (size_t i = 0; i < (size_t)c->m->hp.n_layer * 7 + 1; i++) kvs_backend_weight_release(c->be, &c->bw[i]);
     free(c->bw);
@@ -307,6 +314,7 @@ struct kvs_op_counter *kvs_ctx_counters(struct kvs_ctx *c) { return c->ctr; }
 struct kvs_pool *kvs_ctx_pool(struct kvs_ctx *c) { return c->pool; }
 const char *kvs_ctx_error(const struct kvs_ctx *c) { return c->err; }
 const char *kvs_ctx_backend(const struct kvs_ctx *c) { return kvs_backend_name(c->be); }
+uint64_t kvs_ctx_pool_bytes(const struct kvs_ctx *c) { return c->be ? c->be->pool_bytes : 0; }
 const char *kvs_ctx_device(const struct kvs_ctx *c) { return kvs_backend_device(c->be); }
 
 void kvs_ctx_set_hook(struct kvs_ctx *c, kvs_layer_hook fn, void *ud)

@@ -44,6 +44,8 @@ const char *kvs_ctx_error(const struct kvs_ctx *c);
  * and its device description. */
 const char *kvs_ctx_backend(const struct kvs_ctx *c);
 const char *kvs_ctx_device(const struct kvs_ctx *c);
+/* Bytes of K/V pool storage the backend holds in its own memory (device bytes for CUDA). */
+uint64_t kvs_ctx_pool_bytes(const struct kvs_ctx *c);
 
 /* Optional observer called for every layer of every chunk (similarity evidence, calibration).
  * x: (T, D) residual stream entering the layer; xn: (T, D) after attn RMSNorm; k: (T, n_kv*d) keys
