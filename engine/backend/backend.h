@@ -50,7 +50,7 @@ struct kvs_attn_kv16_args {
     int n_segs;
 };
 
-/* One layer's rows of a K/V cache pool (engine/cache_pool.h) in a backend's memory: host for the
+/* One layer's rows of a K/V cache pool (engine/backend/cache_pool.h) in a backend's memory: host for the
  * CPU backend, device for CUDA. Only backend entries read or write the storage; the pool module
  * keeps the counts. */
 struct kvs_kv_rows {
@@ -103,7 +103,7 @@ struct kvs_backend_ops {
      * vt (k, n), k = min(m, n). A is not modified. */
     enum kvs_status (*svd)(struct kvs_backend *b, const float *a, int m, int n, float *u, float *s, float *vt);
 
-    /* K/V pool storage (engine/cache_pool.h). The five entries come as a set: kv_grow NULL -> every
+    /* K/V pool storage (engine/backend/cache_pool.h). The five entries come as a set: kv_grow NULL -> every
      * pool of this backend lives in host memory and takes the CPU path (each call a counted
      * fallback); kv_grow set -> all five are set. DKV = n_head_kv*head_dim; host arrays are marked. */
     /* optional: NULL -> CPU path. Grows L to CAP >= L->n rows, keeping its rows (CAP 0 frees). */
@@ -199,7 +199,7 @@ enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_r
 
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 
-/* The K/V pool twins (engine/kv_pool.c, twin of kernels/kv_pool.cu), host memory; POOL (threads)
+/* The K/V pool twins (engine/backend/kv_pool.c, twin of kernels/kv_pool.cu), host memory; POOL (threads)
  * may be NULL. Same contracts as the vtable entries; KVS_ERR_NOMEM when memory runs out (L keeps
  * its rows and capacity), KVS_ERR_ARG for inconsistent shapes. */
 enum kvs_status kvs_cpu_kv_grow(struct kvs_kv_rows *L, int dkv, int cap);

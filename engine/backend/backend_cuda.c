@@ -538,7 +538,7 @@ static enum kvs_status cu_svd(struct kvs_backend *b, const float *a, int m, int 
     return get(b, vt, dvt, k * n * sizeof(float));
 }
 
-/* ---- K/V pool rows in device memory (twins: engine/kv_pool.c) ---- */
+/* ---- K/V pool rows in device memory (twins: engine/backend/kv_pool.c) ---- */
 
 static void cu_rows_free(struct cuda_be *s, void **k, void **v, void **pos)
 {
