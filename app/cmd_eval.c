@@ -424,8 +424,11 @@ static void print_table(const struct text *tx, int n_tx, const struct row *rows,
         if (!rows[i].failed && rows[i].note[0] && (i == 0 || strcmp(rows[i].note, rows[i - 1].note)))
             printf("note: %s @ %.2f: %s\n", rows[i].method, rows[i].target, rows[i].note);
     if (!o->n_pk || !n_pkr) return;
-    printf("\nretrieval (exact match): single key at %d depths (0.1-0.9), multi-key: %d keys, asked for one (%d per length)\n",
-           o->depths, MK_KEYS, o->multikey);
+    if (o->depths > 1)
+        printf("\nretrieval (exact match): single key at %d depths (0.1-0.9)", o->depths);
+    else
+        printf("\nretrieval (exact match): single key at %d depth%s", o->depths, o->depths ? " (0.5)" : "s");
+    printf(", multi-key: %d keys, asked for one (%d per length)\n", MK_KEYS, o->multikey);
     printf("%-22s %6s", "method", "target");
     for (int li = 0; li < o->n_pk; li++) printf("   %5d: single multi", (int)o->pk[li]);
     printf("\n");
