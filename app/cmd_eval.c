@@ -8,6 +8,7 @@
 #include "commonkv.h"
 #include "metrics.h"
 #include "options.h"
+#include "trace.h"
 
 #include <glob.h>
 #include <math.h>
@@ -336,6 +337,8 @@ static void fmt_bytes(char *b, size_t cap, uint64_t v)
     else snprintf(b, cap, "%.1fK", v / 1024.0);
 }
 
+static void jstr(const char *s) { kvs_json_string(stdout, s, strlen(s)); }
+
 /* JSON number or null for a metric without data */
 static void jnum(const char *key, double v, int prec)
 {
@@ -346,18 +349,30 @@ static void jnum(const char *key, double v, int prec)
 static void print_json(const struct kvs_model *m, const struct text *tx, int n_tx, const struct row *rows, int n,
                        const struct pkrow *pk, int n_pkr, const struct evalopt *o)
 {
-    printf("{\"model\": \"%s\", \"score_chunk\": %d, \"texts\": [", m->name, o->chunk);
-    for (int i = 0; i < n_tx; i++)
-        printf("%s{\"label\": \"%s\", \"path\": \"%s\", \"tokens\": %d, \"prefix\": %d, \"scored\": %d}", i ? ", " : "",
-               tx[i].label, tx[i].path, tx[i].n, tx[i].prefix, tx[i].scored);
+    printf("{\"model\": ");
+    jstr(m->name);
+    printf(", \"score_chunk\": %d, \"texts\": [", o->chunk);
+    for (int i = 0; i < n_tx; i++) {
+        printf("%s{\"label\": ", i ? ", " : "");
+        jstr(tx[i].label);
+        printf(", \"path\": ");
+        jstr(tx[i].path);
+        printf(", \"tokens\": %d, \"prefix\": %d, \"scored\": %d}", tx[i].n, tx[i].prefix, tx[i].scored);
+    }
     printf("],\n\"rows\": [");
     for (int i = 0; i < n; i++) {
         const struct row *r = &rows[i];
-        printf("%s\n {\"method\": \"%s\", \"text\": \"%s\", ", i ? "," : "", r->method, tx[r->text].label);
+        printf("%s\n {\"method\": ", i ? "," : "");
+        jstr(r->method);
+        printf(", \"text\": ");
+        jstr(tx[r->text].label);
+        printf(", ");
         if (r->target >= 0) printf("\"target_cr\": %.3f, ", r->target);
         else printf("\"target_cr\": null, ");
         if (r->failed) {
-            printf("\"error\": \"%s\"}", r->note);
+            printf("\"error\": ");
+            jstr(r->note);
+            printf("}");
             continue;
         }
         printf("\"cr_seen\": %.4f, \"achieved_cr\": %.4f, \"bytes_full\": %llu, \"bytes_held\": %llu, "
@@ -369,20 +384,25 @@ static void print_json(const struct kvs_model *m, const struct text *tx, int n_t
         jnum("ppl", r->ppl, 4);
         jnum("ppl_full", r->ppl_full, 4);
         jnum("decode_tps", r->tps, 2);
-        printf("\"n_scored\": %d, \"note\": \"%s\"}", tx[r->text].scored, r->note);
+        printf("\"n_scored\": %d, \"note\": ", tx[r->text].scored);
+        jstr(r->note);
+        printf("}");
     }
     printf("\n],\n\"passkey\": [");
     for (int i = 0; i < n_pkr; i++) {
         const struct pkrow *r = &pk[i];
-        printf("%s\n {\"method\": \"%s\", ", i ? "," : "", r->method);
-        if (r->target >= 0) printf("\"target_cr\": %.3f, ", r->target);
-        else printf("\"target_cr\": null, ");
+        printf("%s\n {\"method\": ", i ? "," : "");
+        jstr(r->method);
+        if (r->target >= 0) printf(", \"target_cr\": %.3f, ", r->target);
+        else printf(", \"target_cr\": null, ");
         printf("\"lengths\": [");
         for (int li = 0; li < o->n_pk; li++) {
             printf("%s{\"tokens\": %d, \"single_ok\": %d, \"single_n\": %d, \"multi_ok\": %d, \"multi_n\": %d}",
                    li ? ", " : "", (int)o->pk[li], r->ok[li], r->n[li], r->mk_ok[li], r->mk_n[li]);
         }
-        printf("], \"note\": \"%s\"}", r->note);
+        printf("], \"note\": ");
+        jstr(r->note);
+        printf("}");
     }
     printf("\n]}\n");
 }
@@ -736,7 +756,7 @@ int kvs_cmd_eval(int argc, char **argv)
     char *ms = NULL;
     for (char *spec = strtok_r(mbuf, ",", &ms); spec; spec = strtok_r(NULL, ",", &ms)) {
         if (!strcmp(spec, "full")) continue;
-        for (int c = 0; c < n_cr && npk < MAX_LIST * (MAX_LIST + 1); c++) {
+        for (int c = 0; c < n_cr && npk < MAX_LIST * (MAX_LIST + 1) && nr + n_tx <= MAX_TEXTS * MAX_LIST * (MAX_LIST + 1); c++) {
             if (!quiet) fprintf(stderr, "  %s @ CR %.2f ...\n", spec, crv[c]);
             bool bad = method_config(&o, spec, (float)crv[c], &mc, err, sizeof err) != KVS_OK;
             for (int t = 0; t < n_tx; t++) {
