@@ -86,6 +86,8 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
         if (isfinite(q->kl)) fprintf(f, ",\"kl\":%.6g", (double)q->kl);
         if (isfinite(q->top1)) fprintf(f, ",\"top1\":%.6g", (double)q->top1);
         if (isfinite(q->ppl)) fprintf(f, ",\"ppl\":%.6g", (double)q->ppl);
+        if (isfinite(q->ppl_full)) fprintf(f, ",\"ppl_full\":%.6g", (double)q->ppl_full);
+        fprintf(f, ",\"n_scored\":%u", q->n_tokens);
     }
     if (end) {
         /* a replayed END record comes from a file: its rates may be anything */

@@ -1,8 +1,9 @@
-/* `kvscope eval`: methods x target compression ratios on one text, side by side with `full`:
- * achieved CR from bytes held, teacher-forced perplexity, mean KL and top-1 agreement against the
- * full run, passkey retrieval at several lengths, decode tokens/s; a table or --json. `--similarity`
- * prints the layer-similarity evidence. `kvscope calibrate` measures per-layer key sensitivities
- * for merge weights. */
+/* `kvscope eval`: methods x target compression ratios on several texts, side by side with `full`:
+ * each text's prefix is prefilled and compressed once, then the next tokens are scored
+ * teacher-forced (KL, top-1, perplexity of both runs) with the CR those positions saw; passkey and
+ * multi-key retrieval at several lengths and depths; decode tokens/s; a table or --json.
+ * `--similarity` prints the layer-similarity evidence. `kvscope calibrate` measures per-layer key
+ * sensitivities for merge weights. */
 #include "commands.h"
 #include "commonkv.h"
 #include "metrics.h"
@@ -10,6 +11,7 @@
 #include "trace.h"
 
 #include <errno.h>
+#include <glob.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +26,8 @@ static int mkdir_if(const char *d) { return mkdir(d, 0755); }
 static void usage(FILE *f)
 {
     fputs("usage: kvscope eval [-m MODEL] [--methods full,commonkv,lowrank,minicache] [--cr 0.3,0.5,0.7]\n"
-          "                    [-f FILE] [--ctx N] [--passkey 512,1024] [--passkey-trials N] [--decode N]\n"
+          "                    [-f FILE]... [--prefix N] [--score N] [--score-chunk N] [--ctx N] [--decode N]\n"
+          "                    [--passkey 2048,4096,8192|none] [--depths N] [--multikey N]\n"
           "                    [--group G] [--rank R] [--rank-ratio X] [--rank-by-similarity] [--merge-share X] [--no-whiten]\n"
           "                    [--sim adjacent|first-last] [--merge-weights FILE] [--bits B] [--sinks N] [--recent N]\n"
           "                    [--cache-dir DIR | --no-cache] [-t THREADS] [--similarity] [--json] [--svg FILE]\n"
@@ -62,11 +65,24 @@ static bool progress_cb(void *ud, const char *what, float frac)
     return true;
 }
 
+#define MAX_TEXTS 8
+
+/* One evaluation text: its tokens, how many are prefilled (then compressed once) and how many
+ * after them are scored teacher-forced, and the full run's logits on those. */
+struct text {
+    char path[512], label[32];
+    int32_t *ids;     /* (n) tokens, BOS first when the model adds one */
+    int n, prefix, scored;
+    float *ref;       /* (scored, n_vocab) logits of the full run on the scored positions */
+};
+
 struct row {
     char method[64];
-    float target, achieved;
-    double ppl, kl, top1, passkey, tps;
-    int pk_ok, pk_n;
+    float target;
+    int text;                  /* index into the texts */
+    float achieved;            /* CR of the cache after the last scored token */
+    float cr_seen;             /* CR of the cache the scored positions attended over, averaged */
+    double ppl, ppl_full, kl, top1, tps;
     uint64_t held, full, alloc;
     uint32_t rank_min, rank_max;
     float merged;
@@ -74,22 +90,61 @@ struct row {
     bool failed;
 };
 
+/* Retrieval of one method at one target: per context length, single key at several depths and
+ * the multi-key task. */
+struct pkrow {
+    char method[64];
+    float target;
+    int ok[MAX_LIST], n[MAX_LIST];
+    int mk_ok[MAX_LIST], mk_n[MAX_LIST];
+    char note[300];
+};
+
 struct evalopt {
     struct kvs_method_config base;  /* knobs applied to every method */
-    int n_threads, n_decode, trials;
+    int n_threads, n_decode, depths, multikey, chunk;
     int n_pk;
     double pk[MAX_LIST];
 };
 
+#define MK_KEYS 4 /* needles in the multi-key prompt */
+
+/* The configuration of method SPEC at target CR with the shared knobs of O. */
+static enum kvs_status method_config(const struct evalopt *o, const char *spec, float cr,
+                                     struct kvs_method_config *mc, char *err, size_t errlen)
+{
+    *mc = o->base;
+    if (kvs_method_parse(mc, spec, err, errlen) != KVS_OK) return KVS_ERR_ARG;
+    const struct kvs_method_config *b = &o->base;
+    mc->group_size = b->group_size;
+    mc->rank = b->rank;
+    mc->rank_ratio = b->rank_ratio;
+    mc->rank_by_similarity = b->rank_by_similarity;
+    mc->merge_share = b->merge_share;
+    mc->whiten = b->whiten;
+    mc->sim_mode = b->sim_mode;
+    mc->sinks = b->sinks;
+    mc->recent = b->recent;
+    mc->quant_bits = b->quant_bits;
+    mc->merge_weights = b->merge_weights;
+    memcpy(mc->merge_weights_file, b->merge_weights_file, sizeof mc->merge_weights_file);
+    memcpy(mc->cache_dir, b->cache_dir, sizeof mc->cache_dir);
+    mc->target_cr = mc->methods == KVS_M_FULL ? -1.0f : cr;
+    return KVS_OK;
+}
+
+/* A press and a context; N_BATCH is the prefill chunk, so a prefix of N_BATCH tokens is run in one
+ * chunk and compressed once after it (the press's end_step). */
 static enum kvs_status make_ctx(const struct kvs_model *m, const struct kvs_method_config *mc, int n_ctx,
-                                int n_threads, bool *quiet, struct kvs_press **press, struct kvs_ctx **cx, char *err,
-                                size_t errlen)
+                                int n_batch, int n_threads, bool *quiet, struct kvs_press **press,
+                                struct kvs_ctx **cx, char *err, size_t errlen)
 {
     *press = NULL;
     *cx = NULL;
     struct kvs_ctx_params cp;
     kvs_ctx_params_default(&cp);
     cp.n_ctx = n_ctx;
+    cp.n_batch = KVS_MAX(1, n_batch);
     cp.n_threads = n_threads;
     enum kvs_status st = kvs_press_new(press, m, mc, n_ctx, progress_cb, quiet, err, errlen);
     if (st == KVS_OK) st = kvs_ctx_new(cx, m, *press, &cp, err, errlen);
@@ -121,69 +176,51 @@ static int greedy(struct kvs_ctx *cx, const struct kvs_model *m, int n, char *ou
     return 0;
 }
 
-/* One method at one target: teacher-forced quality on IDS, decode speed, passkey. */
-static void eval_one(const struct kvs_model *m, const struct evalopt *o, const char *spec, float cr,
-                     const int32_t *ids, int n, const float *ref, float *logits, struct row *r, bool *quiet)
+static double rec_cr(const struct kvs_rec_step *rec)
+{
+    return rec->bytes_full ? 1.0 - (double)rec->bytes_held / (double)rec->bytes_full : 0.0;
+}
+
+/* One method on one text: prefill the prefix in one chunk (the press compresses once after it),
+ * then score TX->scored tokens teacher-forced in chunks of o->chunk; each chunk's queries attend
+ * over the compressed cache as the previous chunk left it, whose CR is averaged into cr_seen.
+ * REF_OUT (the full run): receives the logits instead of comparing with TX->ref. */
+static void score_text(const struct kvs_model *m, const struct evalopt *o, const struct kvs_method_config *mc,
+                       const struct text *tx, float *logits, bool ref_out, bool decode, struct row *r, bool *quiet)
 {
     char err[512];
-    memset(r, 0, sizeof *r);
-    snprintf(r->method, sizeof r->method, "%s", spec);
-    r->target = cr;
-    r->passkey = NAN;
-    struct kvs_method_config mc = o->base;
-    if (kvs_method_parse(&mc, spec, err, sizeof err) != KVS_OK) {
-        snprintf(r->note, sizeof r->note, "%s", err);
-        r->failed = true;
-        return;
-    }
-    /* knobs shared by all methods, then the target */
-    struct kvs_method_config b = o->base;
-    mc.group_size = b.group_size;
-    mc.rank = b.rank;
-    mc.rank_ratio = b.rank_ratio;
-    mc.rank_by_similarity = b.rank_by_similarity;
-    mc.merge_share = b.merge_share;
-    mc.whiten = b.whiten;
-    mc.sim_mode = b.sim_mode;
-    mc.sinks = b.sinks;
-    mc.recent = b.recent;
-    mc.quant_bits = b.quant_bits;
-    mc.merge_weights = b.merge_weights;
-    memcpy(mc.merge_weights_file, b.merge_weights_file, sizeof mc.merge_weights_file);
-    memcpy(mc.cache_dir, b.cache_dir, sizeof mc.cache_dir);
-    mc.target_cr = mc.methods == KVS_M_FULL ? -1.0f : cr;
     struct kvs_press *press;
     struct kvs_ctx *cx;
-    if (make_ctx(m, &mc, n + o->n_decode + 2, o->n_threads, quiet, &press, &cx, err, sizeof err) != KVS_OK) {
+    const int P = tx->prefix, N = tx->scored, V = (int)m->hp.n_vocab;
+    if (make_ctx(m, mc, P + N + o->n_decode + 4, P, o->n_threads, quiet, &press, &cx, err, sizeof err) != KVS_OK) {
         snprintf(r->note, sizeof r->note, "%s", err);
         r->failed = true;
         return;
     }
-    int V = (int)m->hp.n_vocab;
-    if (kvs_ctx_eval(cx, ids, n, logits) != KVS_OK) {
-        snprintf(r->note, sizeof r->note, "%s", kvs_ctx_error(cx));
-        r->failed = true;
-        goto done;
-    }
-    struct kvs_quality_acc qa = {0};
-    for (int t = 0; t + 1 < n; t++)
-        kvs_quality_add(&qa, logits + (size_t)t * V, ref ? ref + (size_t)t * V : NULL, V, ids[t + 1]);
-    r->ppl = kvs_quality_ppl(&qa);
-    r->kl = ref ? kvs_quality_kl(&qa) : 0;
-    r->top1 = ref ? kvs_quality_top1(&qa) : 1;
-    if (!isfinite(r->ppl) || !isfinite(r->kl) || !isfinite(r->top1)) {
-        /* NaN or infinite logits (a factorization gone wrong, a corrupt model): a failure, not a number */
-        snprintf(r->note, sizeof r->note, "the logits are not finite (perplexity %g, KL %g)", r->ppl, r->kl);
-        r->failed = true;
-        goto done;
-    }
     struct kvs_rec_step rec;
+    double seen = 0;
+    if (kvs_ctx_eval(cx, tx->ids, P, NULL) != KVS_OK) goto ctx_fail;
+    for (int i = 0; i < N; i += o->chunk) {
+        int T = KVS_MIN(o->chunk, N - i);
+        memset(&rec, 0, sizeof rec);
+        press->ops->fill_record(press, &rec);
+        seen += rec_cr(&rec) * T;
+        if (kvs_ctx_eval(cx, tx->ids + P + i, T, logits + (size_t)i * V) != KVS_OK) goto ctx_fail;
+    }
+    r->cr_seen = (float)(seen / N);
+    struct kvs_quality_acc qa = {0};
+    for (int i = 0; i < N; i++)
+        kvs_quality_add(&qa, logits + (size_t)i * V, ref_out ? NULL : tx->ref + (size_t)i * V, V, tx->ids[P + i + 1]);
+    r->ppl = kvs_quality_ppl(&qa);
+    r->ppl_full = ref_out ? r->ppl : kvs_quality_ppl_ref(&qa);
+    r->kl = ref_out ? 0 : kvs_quality_kl(&qa);
+    r->top1 = ref_out ? 1 : kvs_quality_top1(&qa);
     memset(&rec, 0, sizeof rec);
     press->ops->fill_record(press, &rec);
     r->held = rec.bytes_held;
     r->full = rec.bytes_full;
     r->alloc = rec.bytes_alloc;
-    r->achieved = rec.cr_achieved;
+    r->achieved = (float)rec_cr(&rec);
     r->rank_min = UINT32_MAX;
     uint64_t kept = 0, merged = 0;
     for (uint32_t g = 0; g < rec.n_groups; g++) {
@@ -195,55 +232,104 @@ static void eval_one(const struct kvs_model *m, const struct evalopt *o, const c
     if (!rec.n_groups) r->rank_min = 0;
     r->merged = kept ? (float)merged / kept : 0.0f;
     snprintf(r->note, sizeof r->note, "%s", kvs_press_note(press));
-    /* decode speed at this context */
-    char gen[512];
-    double secs = 0;
-    if (o->n_decode > 0) {
+    r->tps = NAN;
+    if (decode && o->n_decode > 0) {
         /* one untimed token first: thread wake-up and first-touch costs are not decode speed */
-        if (greedy(cx, m, 1, gen, sizeof gen, NULL) != 0 || greedy(cx, m, o->n_decode, gen, sizeof gen, &secs) != 0) {
-            snprintf(r->note, sizeof r->note, "decode: %s", kvs_ctx_error(cx));
-            r->failed = true;
-            goto done;
-        }
-        r->tps = secs > 0 ? o->n_decode / secs : 0;
+        char gen[512];
+        double secs = 0;
+        if (greedy(cx, m, 1, gen, sizeof gen, NULL) != 0 || greedy(cx, m, o->n_decode, gen, sizeof gen, &secs) != 0)
+            goto ctx_fail;
+        r->tps = secs > 0 ? o->n_decode / secs : NAN;
     }
     kvs_ctx_delete(cx);
     kvs_press_delete(press);
-    cx = NULL;
-    press = NULL;
-    /* passkey retrieval: fresh contexts, several lengths and depths */
+    return;
+ctx_fail:
+    snprintf(r->note, sizeof r->note, "%s", kvs_ctx_error(cx));
+    r->failed = true;
+    kvs_ctx_delete(cx);
+    kvs_press_delete(press);
+}
+
+/* Tokens of TEXT (BOS first when the model wants one); malloc'd, caller frees. */
+static int32_t *encode(const struct kvs_model *m, const char *text, bool bos_first, int *n_out)
+{
+    int64_t cap = (int64_t)strlen(text) + 8;
+    int32_t *ids = malloc((size_t)cap * sizeof(int32_t));
+    if (!ids) return NULL;
+    int off = 0;
+    int32_t bos = kvs_tokenizer_bos(m->tok);
+    if (bos_first && bos >= 0 && kvs_tokenizer_add_bos(m->tok)) ids[off++] = bos;
+    int64_t n = kvs_tokenizer_encode(m->tok, text, strlen(text), false, ids + off, cap - off);
+    if (n <= 0) {
+        free(ids);
+        return NULL;
+    }
+    *n_out = (int)n + off;
+    return ids;
+}
+
+/* One retrieval prompt: everything before the question is prefilled in one chunk and compressed
+ * once; the question and the answer then run against the compressed cache, so the answer never
+ * comes from an uncompressed pass. Returns 1 (exact key), 0 (wrong) or -1 (could not run). */
+static int passkey_one(const struct kvs_model *m, const struct evalopt *o, const struct kvs_method_config *mc,
+                       char *prompt, uint32_t key, bool *quiet, char *err, size_t errlen)
+{
+    char *q = strrchr(prompt, '\n');
+    if (!q) return -1;
+    char *question = strdup(q);
+    *q = 0;
+    int nc = 0, nq = 0, rc = -1;
+    int32_t *ctx_ids = encode(m, prompt, true, &nc), *q_ids = question ? encode(m, question, false, &nq) : NULL;
+    struct kvs_press *press = NULL;
+    struct kvs_ctx *cx = NULL;
+    char gen[256];
+    if (ctx_ids && q_ids &&
+        make_ctx(m, mc, nc + nq + 16, nc, o->n_threads, quiet, &press, &cx, err, errlen) == KVS_OK) {
+        if (kvs_ctx_eval(cx, ctx_ids, nc, NULL) == KVS_OK && kvs_ctx_eval(cx, q_ids, nq, NULL) == KVS_OK &&
+            greedy(cx, m, 8, gen, sizeof gen, NULL) == 0)
+            rc = kvs_passkey_match(gen, key);
+        else
+            snprintf(err, errlen, "%s", kvs_ctx_error(cx));
+    }
+    kvs_ctx_delete(cx);
+    kvs_press_delete(press);
+    free(ctx_ids);
+    free(q_ids);
+    free(question);
+    return rc;
+}
+
+static void passkey_row(const struct kvs_model *m, const struct evalopt *o, const struct kvs_method_config *mc,
+                        struct pkrow *r, bool *quiet)
+{
+    char err[512] = "";
     for (int li = 0; li < o->n_pk; li++) {
         int len = (int)o->pk[li];
-        for (int t = 0; t < o->trials; t++) {
+        for (int t = 0; t < o->depths; t++) {
             uint32_t key = 10000u + (uint32_t)((len * 7919u + (uint32_t)t * 104729u) % 90000u);
-            float depth = o->trials > 1 ? 0.2f + 0.6f * t / (o->trials - 1) : 0.5f;
+            float depth = o->depths > 1 ? 0.1f + 0.8f * t / (o->depths - 1) : 0.5f;
             char *prompt = kvs_passkey_prompt(m->tok, len, key, depth);
-            if (!prompt) continue;
-            int64_t cap = (int64_t)strlen(prompt) + 8;
-            int32_t *pt = malloc((size_t)cap * sizeof(int32_t));
-            int off = 0;
-            int32_t bos = kvs_tokenizer_bos(m->tok);
-            if (pt && bos >= 0 && kvs_tokenizer_add_bos(m->tok)) pt[off++] = bos;
-            int64_t np = pt ? kvs_tokenizer_encode(m->tok, prompt, strlen(prompt), false, pt + off, cap - off) : -1;
+            int ok = prompt ? passkey_one(m, o, mc, prompt, key, quiet, err, sizeof err) : -1;
             free(prompt);
-            if (np <= 0) { free(pt); continue; }
-            np += off;
-            if (make_ctx(m, &mc, (int)np + 16, o->n_threads, quiet, &press, &cx, err, sizeof err) == KVS_OK &&
-                kvs_ctx_eval(cx, pt, (int)np, NULL) == KVS_OK && greedy(cx, m, 8, gen, sizeof gen, NULL) == 0) {
-                r->pk_n++;
-                r->pk_ok += kvs_passkey_match(gen, key);
-            }
-            kvs_ctx_delete(cx);
-            kvs_press_delete(press);
-            cx = NULL;
-            press = NULL;
-            free(pt);
+            if (ok < 0) continue;
+            r->n[li]++;
+            r->ok[li] += ok;
+        }
+        for (int t = 0; t < o->multikey; t++) {
+            uint32_t keys[MK_KEYS];
+            for (int k = 0; k < MK_KEYS; k++)
+                keys[k] = 10000u + (uint32_t)((len * 7907u + (uint32_t)(t * MK_KEYS + k) * 104723u) % 90000u);
+            int ask = (t * 3 + 1 + li) % MK_KEYS;
+            char *prompt = kvs_passkey_multi_prompt(m->tok, len, keys, MK_KEYS, ask);
+            int ok = prompt ? passkey_one(m, o, mc, prompt, keys[ask], quiet, err, sizeof err) : -1;
+            free(prompt);
+            if (ok < 0) continue;
+            r->mk_n[li]++;
+            r->mk_ok[li] += ok;
         }
     }
-    if (r->pk_n) r->passkey = (double)r->pk_ok / r->pk_n;
-done:
-    kvs_ctx_delete(cx);
-    kvs_press_delete(press);
+    if (err[0]) snprintf(r->note, sizeof r->note, "%s", err);
 }
 
 static void fmt_bytes(char *b, size_t cap, uint64_t v)
@@ -252,77 +338,138 @@ static void fmt_bytes(char *b, size_t cap, uint64_t v)
     else snprintf(b, cap, "%.1fK", v / 1024.0);
 }
 
-static void print_rows(const struct row *rows, int n, bool json, int n_tokens)
+static void jstr(const char *s) { kvs_json_string(stdout, s, strlen(s)); }
+
+/* JSON number or null for a metric without data */
+static void jnum(const char *key, double v, int prec)
 {
-    if (json) {
-        /* strings escaped, non-finite numbers as null: the output must always parse */
-        FILE *f = stdout;
-        fputs("[", f);
-        for (int i = 0; i < n; i++) {
-            const struct row *r = &rows[i];
-            fprintf(f, "%s\n {\"method\": ", i ? "," : "");
-            kvs_json_string(f, r->method, strnlen(r->method, sizeof r->method));
-            fputs(", \"target_cr\": ", f);
-            if (r->target >= 0) kvs_json_number(f, "%.3f", r->target);
-            else fputs("null", f);
-            if (r->failed) {
-                fputs(", \"error\": ", f);
-                kvs_json_string(f, r->note, strnlen(r->note, sizeof r->note));
-                fputs("}", f);
-                continue;
-            }
-            fputs(", \"achieved_cr\": ", f);
-            kvs_json_number(f, "%.4f", r->achieved);
-            fprintf(f, ", \"bytes_full\": %llu, \"bytes_held\": %llu, \"bytes_alloc\": %llu, \"rank_min\": %u, "
-                       "\"rank_max\": %u, \"merged_frac\": ",
-                    (unsigned long long)r->full, (unsigned long long)r->held, (unsigned long long)r->alloc, r->rank_min,
-                    r->rank_max);
-            kvs_json_number(f, "%.4f", r->merged);
-            fputs(", \"ppl\": ", f);
-            kvs_json_number(f, "%.4f", r->ppl);
-            fputs(", \"kl\": ", f);
-            kvs_json_number(f, "%.5f", r->kl);
-            fputs(", \"top1\": ", f);
-            kvs_json_number(f, "%.4f", r->top1);
-            fputs(", \"passkey_acc\": ", f);
-            if (r->pk_n) {
-                kvs_json_number(f, "%.3f", r->passkey);
-                fprintf(f, ", \"passkey_trials\": %d", r->pk_n);
-            } else {
-                fputs("null", f);
-            }
-            fputs(", \"decode_tps\": ", f);
-            kvs_json_number(f, "%.2f", r->tps);
-            fprintf(f, ", \"n_tokens\": %d, \"note\": ", n_tokens);
-            kvs_json_string(f, r->note, strnlen(r->note, sizeof r->note));
-            fputs("}", f);
-        }
-        fputs("\n]\n", f);
-        return;
+    if (isfinite(v)) printf("\"%s\": %.*f, ", key, prec, v);
+    else printf("\"%s\": null, ", key);
+}
+
+static void print_json(const struct kvs_model *m, const struct text *tx, int n_tx, const struct row *rows, int n,
+                       const struct pkrow *pk, int n_pkr, const struct evalopt *o)
+{
+    printf("{\"model\": ");
+    jstr(m->name);
+    printf(", \"score_chunk\": %d, \"texts\": [", o->chunk);
+    for (int i = 0; i < n_tx; i++) {
+        printf("%s{\"label\": ", i ? ", " : "");
+        jstr(tx[i].label);
+        printf(", \"path\": ");
+        jstr(tx[i].path);
+        printf(", \"tokens\": %d, \"prefix\": %d, \"scored\": %d}", tx[i].n, tx[i].prefix, tx[i].scored);
     }
-    printf("%-22s %6s %8s %9s %-16s %9s %8s %6s %8s %8s\n", "method", "target", "achieved", "held", "rank / merged",
-           "ppl", "KL", "top-1", "passkey", "dec t/s");
+    printf("],\n\"rows\": [");
     for (int i = 0; i < n; i++) {
         const struct row *r = &rows[i];
-        char tgt[16], held[16], rk[32], pk[16];
+        printf("%s\n {\"method\": ", i ? "," : "");
+        jstr(r->method);
+        printf(", \"text\": ");
+        jstr(tx[r->text].label);
+        printf(", ");
+        if (r->target >= 0) printf("\"target_cr\": %.3f, ", r->target);
+        else printf("\"target_cr\": null, ");
+        if (r->failed) {
+            printf("\"error\": ");
+            jstr(r->note);
+            printf("}");
+            continue;
+        }
+        printf("\"cr_seen\": %.4f, \"achieved_cr\": %.4f, \"bytes_full\": %llu, \"bytes_held\": %llu, "
+               "\"bytes_alloc\": %llu, \"rank_min\": %u, \"rank_max\": %u, \"merged_frac\": %.4f, ",
+               r->cr_seen, r->achieved, (unsigned long long)r->full, (unsigned long long)r->held,
+               (unsigned long long)r->alloc, r->rank_min, r->rank_max, r->merged);
+        jnum("kl", r->kl, 5);
+        jnum("top1", r->top1, 4);
+        jnum("ppl", r->ppl, 4);
+        jnum("ppl_full", r->ppl_full, 4);
+        jnum("decode_tps", r->tps, 2);
+        printf("\"n_scored\": %d, \"note\": ", tx[r->text].scored);
+        jstr(r->note);
+        printf("}");
+    }
+    printf("\n],\n\"passkey\": [");
+    for (int i = 0; i < n_pkr; i++) {
+        const struct pkrow *r = &pk[i];
+        printf("%s\n {\"method\": ", i ? "," : "");
+        jstr(r->method);
+        if (r->target >= 0) printf(", \"target_cr\": %.3f, ", r->target);
+        else printf(", \"target_cr\": null, ");
+        printf("\"lengths\": [");
+        for (int li = 0; li < o->n_pk; li++) {
+            printf("%s{\"tokens\": %d, \"single_ok\": %d, \"single_n\": %d, \"multi_ok\": %d, \"multi_n\": %d}",
+                   li ? ", " : "", (int)o->pk[li], r->ok[li], r->n[li], r->mk_ok[li], r->mk_n[li]);
+        }
+        printf("], \"note\": ");
+        jstr(r->note);
+        printf("}");
+    }
+    printf("\n]}\n");
+}
+
+static void print_table(const struct text *tx, int n_tx, const struct row *rows, int n, const struct pkrow *pk,
+                        int n_pkr, const struct evalopt *o)
+{
+    printf("%-22s %6s %-8s %7s %7s %9s %-14s %8s %6s %9s %9s %8s\n", "method", "target", "text", "CR seen", "CR end",
+           "held", "rank / merged", "KL", "top-1", "ppl", "ppl full", "dec t/s");
+    for (int i = 0; i < n; i++) {
+        const struct row *r = &rows[i];
+        char tgt[16], held[16], rk[32], tps[16];
         if (r->target >= 0) snprintf(tgt, sizeof tgt, "%.2f", r->target);
         else snprintf(tgt, sizeof tgt, "-");
         if (r->failed) {
-            printf("%-22s %6s  failed: %s\n", r->method, tgt, r->note);
+            printf("%-22s %6s %-8s  failed: %s\n", r->method, tgt, tx[r->text].label, r->note);
             continue;
         }
         fmt_bytes(held, sizeof held, r->held);
         if (r->rank_max == 0) snprintf(rk, sizeof rk, "-");
         else if (r->rank_min == r->rank_max) snprintf(rk, sizeof rk, "r%u / %.0f%%", r->rank_max, r->merged * 100);
         else snprintf(rk, sizeof rk, "r%u-%u / %.0f%%", r->rank_min, r->rank_max, r->merged * 100);
-        if (r->pk_n) snprintf(pk, sizeof pk, "%d/%d", r->pk_ok, r->pk_n);
-        else snprintf(pk, sizeof pk, "n/a");
-        printf("%-22s %6s %8.3f %9s %-16s %9.3f %8.4f %6.3f %8s %8.1f\n", r->method, tgt, r->achieved, held, rk, r->ppl,
-               r->kl, r->top1, pk, r->tps);
+        if (isfinite(r->tps)) snprintf(tps, sizeof tps, "%.1f", r->tps);
+        else snprintf(tps, sizeof tps, "n/a");
+        printf("%-22s %6s %-8s %7.3f %7.3f %9s %-14s %8.4f %6.3f %9.3f %9.3f %8s\n", r->method, tgt, tx[r->text].label,
+               r->cr_seen, r->achieved, held, rk, r->kl, r->top1, r->ppl, r->ppl_full, tps);
+        /* after the last text of a method and target: the mean over texts */
+        bool last = i + 1 == n || strcmp(rows[i + 1].method, r->method) || rows[i + 1].target != r->target;
+        if (last && n_tx > 1) {
+            double kl = 0, seen = 0, t1 = 0;
+            int k = 0;
+            for (int j = i; j >= 0 && !strcmp(rows[j].method, r->method) && rows[j].target == r->target; j--)
+                if (!rows[j].failed) { kl += rows[j].kl; seen += rows[j].cr_seen; t1 += rows[j].top1; k++; }
+            if (k) printf("%-22s %6s %-8s %7.3f %7s %9s %-14s %8.4f %6.3f\n", r->method, tgt, "mean", seen / k, "", "", "",
+                          kl / k, t1 / k);
+        }
     }
     for (int i = 0; i < n; i++)
-        if (!rows[i].failed && rows[i].note[0])
+        if (!rows[i].failed && rows[i].note[0] && (i == 0 || strcmp(rows[i].note, rows[i - 1].note)))
             printf("note: %s @ %.2f: %s\n", rows[i].method, rows[i].target, rows[i].note);
+    if (!o->n_pk || !n_pkr) return;
+    if (o->depths > 1)
+        printf("\nretrieval (exact match): single key at %d depths (0.1-0.9)", o->depths);
+    else
+        printf("\nretrieval (exact match): single key at %d depth%s", o->depths, o->depths ? " (0.5)" : "s");
+    printf(", multi-key: %d keys, asked for one (%d per length)\n", MK_KEYS, o->multikey);
+    printf("%-22s %6s", "method", "target");
+    for (int li = 0; li < o->n_pk; li++) printf("   %5d: single multi", (int)o->pk[li]);
+    printf("\n");
+    for (int i = 0; i < n_pkr; i++) {
+        const struct pkrow *r = &pk[i];
+        char tgt[16];
+        if (r->target >= 0) snprintf(tgt, sizeof tgt, "%.2f", r->target);
+        else snprintf(tgt, sizeof tgt, "-");
+        printf("%-22s %6s", r->method, tgt);
+        for (int li = 0; li < o->n_pk; li++) {
+            char a[16], b[16];
+            if (r->n[li]) snprintf(a, sizeof a, "%d/%d", r->ok[li], r->n[li]);
+            else snprintf(a, sizeof a, "n/a");
+            if (r->mk_n[li]) snprintf(b, sizeof b, "%d/%d", r->mk_ok[li], r->mk_n[li]);
+            else snprintf(b, sizeof b, "n/a");
+            printf("   %5s  %6s %5s", "", a, b);
+        }
+        printf("\n");
+        if (r->note[0]) printf("  note: %s\n", r->note);
+    }
 }
 
 /* ---- --svg: the quality/memory curves as a chart for slides and papers ---- */
@@ -536,16 +683,54 @@ static int32_t *read_tokens(const struct kvs_model *m, const char *file, int *n_
     return ids;
 }
 
+/* The default texts: a licence, a C header (technical), a Python module (code) and the prose
+ * history that opens Python's licence file; all ship with Debian. Missing ones are skipped. */
+static int default_texts(struct text *tx)
+{
+    static const char *const spec[][2] = {
+        {"licence", KVS_DEFAULT_TEXT},
+        {"header", "/usr/include/stdlib.h"},
+        {"code", "/usr/lib/python3.*/textwrap.py"},
+        {"prose", "/usr/lib/python3.*/LICENSE.txt"},
+    };
+    int n = 0;
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+        glob_t g;
+        if (glob(spec[i][1], 0, NULL, &g) != 0 || g.gl_pathc == 0) {
+            fprintf(stderr, "kvscope: eval: no %s text at %s, skipped\n", spec[i][0], spec[i][1]);
+            continue;
+        }
+        snprintf(tx[n].path, sizeof tx[n].path, "%s", g.gl_pathv[g.gl_pathc - 1]);
+        snprintf(tx[n].label, sizeof tx[n].label, "%s", spec[i][0]);
+        globfree(&g);
+        n++;
+    }
+    return n;
+}
+
+static void add_text(struct text *tx, int *n, const char *path)
+{
+    if (*n == MAX_TEXTS) return;
+    snprintf(tx[*n].path, sizeof tx[*n].path, "%s", path);
+    const char *b = strrchr(path, '/');
+    snprintf(tx[*n].label, sizeof tx[*n].label, "%.8s", b ? b + 1 : path);
+    (*n)++;
+}
+
 int kvs_cmd_eval(int argc, char **argv)
 {
-    const char *model_path = NULL, *methods = "full,commonkv,lowrank,minicache", *file = KVS_DEFAULT_TEXT;
-    const char *crs = "0.3,0.5,0.7", *pks = "512,1024";
-    long ctx = 1024, n_decode = 16, threads = 0, trials = 2, lv;
+    const char *model_path = NULL, *methods = "full,commonkv,lowrank,minicache";
+    const char *crs = "0.3,0.5,0.7", *pks = "2048";
+    long ctx = 0, prefix = 1024, n_score = 128, chunk = 32, n_decode = 8, threads = 0, depths = 5, multikey = 1, lv;
+    bool have_prefix = false;
     double dv;
     bool json = false, sim = false, quiet = false;
     const char *svg = NULL;
     struct evalopt o;
     memset(&o, 0, sizeof o);
+    struct text tx[MAX_TEXTS];
+    memset(tx, 0, sizeof tx);
+    int n_tx = 0;
     char err[512];
     kvs_method_parse(&o.base, "commonkv", err, sizeof err);
     for (int i = 1; i < argc; i++) {
@@ -554,11 +739,19 @@ int kvs_cmd_eval(int argc, char **argv)
         else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) { model_path = v; i++; }
         else if (!strcmp(a, "--methods") && v) { methods = v; i++; }
         else if (!strcmp(a, "--cr") && v) { crs = v; i++; }
-        else if (!strcmp(a, "-f") && v) { file = v; i++; }
+        else if (!strcmp(a, "-f") && v) {
+            if (n_tx == MAX_TEXTS) { kvs_die_msg("option -f: at most %d texts", MAX_TEXTS); return 2; }
+            add_text(tx, &n_tx, v);
+            i++;
+        }
         else if (!strcmp(a, "--passkey") && v) { pks = v; i++; }
         else if (!strcmp(a, "--ctx")) { if (!kvs_opt_int(a, v, 16, 1 << 20, &ctx)) return 2; i++; }
+        else if (!strcmp(a, "--prefix")) { if (!kvs_opt_int(a, v, 1, 1 << 20, &prefix)) return 2; have_prefix = true; i++; }
+        else if (!strcmp(a, "--score")) { if (!kvs_opt_int(a, v, 1, 1 << 16, &n_score)) return 2; i++; }
+        else if (!strcmp(a, "--score-chunk")) { if (!kvs_opt_int(a, v, 1, 4096, &chunk)) return 2; i++; }
         else if (!strcmp(a, "--decode")) { if (!kvs_opt_int(a, v, 0, 100000, &n_decode)) return 2; i++; }
-        else if (!strcmp(a, "--passkey-trials")) { if (!kvs_opt_int(a, v, 0, 100, &trials)) return 2; i++; }
+        else if (!strcmp(a, "--depths") || !strcmp(a, "--passkey-trials")) { if (!kvs_opt_int(a, v, 0, 100, &depths)) return 2; i++; }
+        else if (!strcmp(a, "--multikey")) { if (!kvs_opt_int(a, v, 0, 100, &multikey)) return 2; i++; }
         else if (!strcmp(a, "-t")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--group")) { if (!kvs_opt_int(a, v, 1, KVS_CKV_MAX_G, &lv)) return 2; o.base.group_size = (uint32_t)lv; i++; }
         else if (!strcmp(a, "--rank")) { if (!kvs_opt_int(a, v, 1, 1 << 16, &lv)) return 2; o.base.rank = (uint32_t)lv; i++; }
@@ -618,65 +811,124 @@ int kvs_cmd_eval(int argc, char **argv)
     int n_cr = parse_list("--cr", crs, 0, 0.999, crv);
     o.n_pk = strcmp(pks, "0") && strcmp(pks, "none") ? parse_list("--passkey", pks, 64, 1 << 20, o.pk) : 0;
     if (n_cr <= 0 || o.n_pk < 0) return 2;
+    if (ctx) {
+        /* --ctx caps the tokens used per text: prefix + scored + the one token scored last */
+        if (n_score > ctx / 2) n_score = ctx / 2;
+        if (!have_prefix || prefix > ctx - n_score - 1) prefix = ctx - n_score - 1;
+    }
     o.n_threads = (int)threads;
     o.n_decode = (int)n_decode;
-    o.trials = (int)trials;
+    o.depths = (int)depths;
+    o.multikey = (int)multikey;
+    o.chunk = (int)chunk;
     if (json) quiet = true;
+    if (!n_tx) n_tx = default_texts(tx);
+    if (!n_tx) {
+        kvs_die_msg("eval: no text to score (name one with -f FILE)");
+        return 2;
+    }
     if (!model_path) model_path = kvs_default_model();
     struct kvs_model *m = NULL;
     if (kvs_model_load(&m, model_path, err, sizeof err) != KVS_OK) {
         kvs_die_msg("%s", err);
         return 1;
     }
-    int n_all = 0, rc = 1;
-    int32_t *ids = read_tokens(m, file, &n_all);
-    float *ref = NULL, *logits = NULL;
+    int rc = 1, nr = 0, npk = 0;
+    float *logits = NULL;
     struct row *rows = NULL;
-    if (!ids) goto out;
-    int n = (int)KVS_MIN((long)n_all, ctx);
-    if (sim) {
-        rc = similarity(m, &o.base, ids, n, o.n_threads, json, &quiet);
-        if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
-            kvs_die_msg("eval: cannot write the results to stdout: %s", strerror(errno));
-            rc = 1;
-        }
-        goto out;
-    }
+    struct pkrow *pk = NULL;
     size_t V = m->hp.n_vocab;
-    ref = malloc((size_t)n * V * sizeof(float));
-    logits = malloc((size_t)n * V * sizeof(float));
-    rows = calloc((size_t)MAX_LIST * (MAX_LIST + 1), sizeof *rows);
-    if (!ref || !logits || !rows) {
-        kvs_die_msg("eval: out of memory for %d x %zu logits", n, V);
+    for (int t = 0; t < n_tx; t++) {
+        int n_all = 0;
+        tx[t].ids = read_tokens(m, tx[t].path, &n_all);
+        if (!tx[t].ids) goto out;
+        tx[t].n = n_all;
+        if (sim) break;
+        /* the scored tokens need one more after them; a short text gets a shorter prefix */
+        tx[t].scored = (int)KVS_MIN(n_score, (long)(n_all - 1) / 2);
+        tx[t].prefix = (int)KVS_MIN(prefix, (long)(n_all - 1 - tx[t].scored));
+        if (tx[t].scored < 1 || tx[t].prefix < 1) {
+            kvs_die_msg("%s: %d tokens are too few to prefill and score", tx[t].path, n_all);
+            goto out;
+        }
+        tx[t].ref = malloc((size_t)tx[t].scored * V * sizeof(float));
+        if (!tx[t].ref) {
+            kvs_die_msg("eval: out of memory for %d x %zu logits", tx[t].scored, V);
+            goto out;
+        }
+    }
+    if (sim) {
+        rc = similarity(m, &o.base, tx[0].ids, (int)KVS_MIN((long)tx[0].n, ctx ? ctx : 1024), o.n_threads, json, &quiet);
         goto out;
     }
-    if (!json)
-        printf("kvscope eval: %s (%u layers, D %u, KV %ux%u), %s: %d tokens, decode %ld tokens, passkey %s x %ld\n",
-               m->name, m->hp.n_layer, m->hp.n_embd, m->hp.n_head_kv, m->hp.head_dim, file, n, n_decode,
-               o.n_pk ? pks : "none", trials);
+    int max_scored = 0;
+    for (int t = 0; t < n_tx; t++) max_scored = KVS_MAX(max_scored, tx[t].scored);
+    logits = malloc((size_t)max_scored * V * sizeof(float));
+    rows = calloc((size_t)MAX_TEXTS * MAX_LIST * (MAX_LIST + 1), sizeof *rows);
+    pk = calloc((size_t)MAX_LIST * (MAX_LIST + 1), sizeof *pk);
+    if (!logits || !rows || !pk) {
+        kvs_die_msg("eval: out of memory for %d x %zu logits", max_scored, V);
+        goto out;
+    }
+    if (!json) {
+        printf("kvscope eval: %s (%u layers, D %u, KV %ux%u); per text: prefill a prefix in one pass, compress "
+               "once,\nthen score the next tokens teacher-forced in chunks of %d against the full run (KL is the "
+               "main metric;\nCR seen = the CR of the cache the scored positions attended over); decode %ld tokens\n",
+               m->name, m->hp.n_layer, m->hp.n_embd, m->hp.n_head_kv, m->hp.head_dim, o.chunk, n_decode);
+        for (int t = 0; t < n_tx; t++)
+            printf("  %-8s %s: %d tokens, prefix %d, scored %d\n", tx[t].label, tx[t].path, tx[t].n, tx[t].prefix,
+                   tx[t].scored);
+    }
     fflush(stdout);
+    struct kvs_method_config mc;
     /* the reference: full, on the same tokens */
-    int nr = 0;
-    eval_one(m, &o, "full", -1, ids, n, NULL, ref, &rows[nr], &quiet);
-    if (rows[nr].failed) {
-        kvs_die_msg("eval: full: %s", rows[nr].note);
-        goto out;
+    method_config(&o, "full", -1, &mc, err, sizeof err);
+    for (int t = 0; t < n_tx; t++) {
+        struct row *r = &rows[nr++];
+        snprintf(r->method, sizeof r->method, "full");
+        r->target = -1;
+        r->text = t;
+        if (!quiet) fprintf(stderr, "  full on %s ...\n", tx[t].label);
+        score_text(m, &o, &mc, &tx[t], tx[t].ref, true, t == 0, r, &quiet);
+        if (r->failed) {
+            kvs_die_msg("eval: full on %s: %s", tx[t].path, r->note);
+            goto out;
+        }
     }
-    rows[nr].kl = 0;
-    rows[nr].top1 = 1;
-    nr++;
+    if (o.n_pk) {
+        snprintf(pk[npk].method, sizeof pk[npk].method, "full");
+        pk[npk].target = -1;
+        passkey_row(m, &o, &mc, &pk[npk++], &quiet);
+    }
     char mbuf[256];
     snprintf(mbuf, sizeof mbuf, "%s", methods);
     char *ms = NULL;
     for (char *spec = strtok_r(mbuf, ",", &ms); spec; spec = strtok_r(NULL, ",", &ms)) {
         if (!strcmp(spec, "full")) continue;
-        for (int c = 0; c < n_cr && nr < MAX_LIST * (MAX_LIST + 1); c++) {
+        for (int c = 0; c < n_cr && npk < MAX_LIST * (MAX_LIST + 1) && nr + n_tx <= MAX_TEXTS * MAX_LIST * (MAX_LIST + 1); c++) {
             if (!quiet) fprintf(stderr, "  %s @ CR %.2f ...\n", spec, crv[c]);
-            eval_one(m, &o, spec, (float)crv[c], ids, n, ref, logits, &rows[nr], &quiet);
-            nr++;
+            bool bad = method_config(&o, spec, (float)crv[c], &mc, err, sizeof err) != KVS_OK;
+            for (int t = 0; t < n_tx; t++) {
+                struct row *r = &rows[nr++];
+                snprintf(r->method, sizeof r->method, "%s", spec);
+                r->target = (float)crv[c];
+                r->text = t;
+                if (bad) {
+                    snprintf(r->note, sizeof r->note, "%s", err);
+                    r->failed = true;
+                    continue;
+                }
+                score_text(m, &o, &mc, &tx[t], logits, false, t == 0, r, &quiet);
+            }
+            if (!bad && o.n_pk) {
+                snprintf(pk[npk].method, sizeof pk[npk].method, "%s", spec);
+                pk[npk].target = (float)crv[c];
+                passkey_row(m, &o, &mc, &pk[npk++], &quiet);
+            }
         }
     }
-    print_rows(rows, nr, json, n);
+    if (json) print_json(m, tx, n_tx, rows, nr, pk, npk, &o);
+    else print_table(tx, n_tx, rows, nr, pk, npk, &o);
     rc = 0;
     for (int i = 0; i < nr; i++) {
         if (!rows[i].failed) continue;
@@ -689,12 +941,53 @@ int kvs_cmd_eval(int argc, char **argv)
         kvs_die_msg("eval: cannot write the results to stdout: %s", strerror(errno));
         rc = 1;
     }
-    if (svg && !write_svg(svg, rows, nr, n, m->name)) rc = 1;
+    if (svg) {
+        /* the chart plots each method and target once: the mean over the texts, as the table's
+         * "mean" rows (a failed row leaves its method and target out) */
+        struct row *mean = calloc((size_t)KVS_MAX(nr, 1), sizeof *mean);
+        int nm = 0;
+        for (int i = 0; mean && i < nr; i++) {
+            int j = 0;
+            while (j < nm && !(strcmp(mean[j].method, rows[i].method) == 0 && mean[j].target == rows[i].target)) j++;
+            if (j == nm) {
+                mean[nm] = rows[i];
+                mean[nm].achieved = 0;
+                mean[nm].kl = mean[nm].ppl = mean[nm].top1 = 0;
+                mean[nm].held = mean[nm].full = 0;
+                mean[nm].rank_min = 0; /* counts the texts averaged */
+                nm++;
+            }
+            struct row *a = &mean[j];
+            a->failed |= rows[i].failed;
+            a->achieved += rows[i].achieved;
+            a->kl += rows[i].kl;
+            a->ppl += rows[i].ppl;
+            a->top1 += rows[i].top1;
+            a->held += rows[i].held;
+            a->full += rows[i].full;
+            a->rank_min++;
+        }
+        for (int j = 0; j < nm; j++) {
+            double k = mean[j].rank_min;
+            mean[j].achieved = (float)(mean[j].achieved / k);
+            mean[j].kl /= k;
+            mean[j].ppl /= k;
+            mean[j].top1 /= k;
+            mean[j].held = (uint64_t)((double)mean[j].held / k);
+            mean[j].full = (uint64_t)((double)mean[j].full / k);
+        }
+        int n_tok = n_tx ? tx[0].prefix + tx[0].scored : 0;
+        if (!mean || !write_svg(svg, mean, nm, n_tok, m->name)) rc = 1;
+        free(mean);
+    }
 out:
-    free(ref);
+    for (int t = 0; t < n_tx; t++) {
+        free(tx[t].ids);
+        free(tx[t].ref);
+    }
     free(logits);
     free(rows);
-    free(ids);
+    free(pk);
     kvs_model_delete(m);
     return rc;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `kvscope eval` and `kvscope calibrate` end to end: on a tiny model (every method, JSON fields,
-# targets met, the reference row exact, similarity evidence, merge weights from calibrate, bad
-# options) and, when present, a short run on SmolLM2. Prints "N passed, N failed" last.
+# `kvscope eval` and `kvscope calibrate` end to end: on a tiny model (every method on two texts,
+# JSON fields, targets met and seen by the scored positions, the reference row exact, lossy methods
+# lose information, retrieval rows, similarity evidence, merge weights from calibrate, bad options)
+# and, when present, a short run on SmolLM2. Prints "N passed, N failed" last.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${KVS_BUILD:-build}
@@ -29,28 +30,44 @@ open(sys.argv[1], "w").write(" ".join(out) + "\n")
 PY
 
 METHODS=full,commonkv,lowrank,minicache,quant,snapkv,streaming,commonkv+quant+snapkv
-"$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods $METHODS --cr 0.5 --ctx 400 --passkey 200 \
-    --passkey-trials 1 --decode 4 -t 2 --json >"$TMP/eval.json" 2>"$TMP/eval.err"
+head -c 3000 "$TMP/text.txt" | tr 'a-z' 'A-Z' >"$TMP/text2.txt"
+"$BIN" eval -m "$TINY" -f "$TMP/text.txt" -f "$TMP/text2.txt" --methods $METHODS --cr 0.5 --prefix 271 --score 96 \
+    --score-chunk 24 --passkey 200 --depths 2 --multikey 1 --decode 4 -t 2 --json >"$TMP/eval.json" 2>"$TMP/eval.err"
 check "eval exits 0" test $? -eq 0
 python3 - "$TMP/eval.json" <<'PY' || fail=$((fail + 1))
 import json, math, sys
-rows = json.load(open(sys.argv[1]))
+doc = json.load(open(sys.argv[1]))
+rows, pk, texts = doc["rows"], doc["passkey"], doc["texts"]
 errs = []
+if [t["label"] for t in texts] != ["text.txt", "text2.tx"]: errs.append("texts: %s" % texts)
+for t in texts:
+    if t["prefix"] != 271 or t["scored"] != 96: errs.append("text %s: prefix %d scored %d" % (t["label"], t["prefix"], t["scored"]))
 names = [r["method"] for r in rows]
 for want in ["full", "commonkv", "lowrank", "minicache", "quant", "snapkv", "streaming", "commonkv+quant+snapkv"]:
-    if want not in names: errs.append("missing row " + want)
+    if names.count(want) != 2: errs.append("want one %s row per text, got %d" % (want, names.count(want)))
+    if [p["method"] for p in pk].count(want) != 1: errs.append("no passkey row for " + want)
 for r in rows:
     if "error" in r: errs.append("%s failed: %s" % (r["method"], r["error"])); continue
-    for k in ["achieved_cr", "ppl", "kl", "top1", "decode_tps", "bytes_held", "bytes_full", "bytes_alloc"]:
+    for k in ["achieved_cr", "cr_seen", "ppl", "ppl_full", "kl", "top1", "bytes_held", "bytes_full", "bytes_alloc"]:
         if k not in r or r[k] is None or (isinstance(r[k], float) and not math.isfinite(r[k])):
             errs.append("%s: bad %s" % (r["method"], k))
     if r["bytes_alloc"] < r["bytes_held"]: errs.append(r["method"] + ": alloc < held")
-    if r["passkey_acc"] is None: errs.append(r["method"] + ": passkey not measured")
-full = [r for r in rows if r["method"] == "full"][0]
-if full["kl"] != 0 or full["top1"] != 1 or full["achieved_cr"] != 0: errs.append("full row is not the reference")
+    if r["n_scored"] != 96: errs.append(r["method"] + ": scored %d" % r["n_scored"])
+for p in pk:
+    for l in p["lengths"]:
+        if l["single_n"] != 2 or l["multi_n"] != 1: errs.append("%s: passkey trials %s" % (p["method"], l))
+full = [r for r in rows if r["method"] == "full"]
+for f in full:
+    if f["kl"] != 0 or f["top1"] != 1 or f["achieved_cr"] != 0 or f["cr_seen"] != 0: errs.append("full row is not the reference")
+# both runs' perplexity on the same tokens: every row's ppl_full is the full row's ppl on that text
+ref = {f["text"]: f["ppl"] for f in full}
+for r in rows:
+    if "error" not in r and abs(r["ppl_full"] - ref[r["text"]]) > 1e-6 * ref[r["text"]]: errs.append(r["method"] + ": ppl_full differs")
 for m in ["commonkv", "lowrank", "snapkv", "streaming"]:
-    r = [x for x in rows if x["method"] == m][0]
-    if abs(r["achieved_cr"] - 0.5) > 0.03: errs.append("%s: achieved %.3f for target 0.5" % (m, r["achieved_cr"]))
+    for r in [x for x in rows if x["method"] == m]:
+        if abs(r["achieved_cr"] - 0.5) > 0.03: errs.append("%s: achieved %.3f for target 0.5" % (m, r["achieved_cr"]))
+        # the scored positions attended over the compressed prefix: what they saw is near the target
+        if abs(r["cr_seen"] - 0.5) > 0.05: errs.append("%s: CR seen %.3f for target 0.5" % (m, r["cr_seen"]))
 ckv = [x for x in rows if x["method"] == "commonkv"][0]
 if ckv["merged_frac"] <= 0 or ckv["rank_max"] <= 0: errs.append("commonkv shows no rank or merging")
 for e in errs: print("FAIL:", e)
@@ -58,11 +75,24 @@ sys.exit(1 if errs else 0)
 PY
 [ $? -eq 0 ] && ok
 
+# methods that lose information show it on the scored positions: 2-bit quantization (quant at CR
+# 0.9 runs at 2 bits) and 90% eviction act on the prefix the scored tokens attend over
+"$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods quant,snapkv --cr 0.9 --prefix 271 --score 128 --passkey none \
+    --decode 0 -t 2 --json >"$TMP/lossy.json" 2>/dev/null
+check "lossy eval exits 0" test $? -eq 0
+check "2-bit quant and 90% eviction lose information" python3 -c "
+import json; rows = json.load(open('$TMP/lossy.json'))['rows']
+kl = {r['method']: r['kl'] for r in rows}
+assert kl['quant'] > 3e-4 and kl['snapkv'] > 3e-3, kl
+assert [r for r in rows if r['method'] == 'snapkv'][0]['cr_seen'] > 0.85, rows
+"
+
 # the table form names the columns and the notes
-"$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods commonkv,minicache --cr 0.7 --ctx 300 --passkey none \
-    --decode 2 -t 2 >"$TMP/table.txt" 2>/dev/null
+"$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods commonkv,minicache --cr 0.7 --ctx 300 --passkey 120 \
+    --depths 1 --multikey 1 --decode 2 -t 2 >"$TMP/table.txt" 2>/dev/null
 check "table exits 0" test $? -eq 0
-check "table header" grep -q "achieved.*ppl.*KL.*top-1.*passkey" "$TMP/table.txt"
+check "table header" grep -q "CR seen.*CR end.*KL.*top-1.*ppl.*ppl full" "$TMP/table.txt"
+check "retrieval table" grep -q "120: single multi" "$TMP/table.txt"
 check "minicache beyond reach is said" grep -q "beyond reach" "$TMP/table.txt"
 
 # second start reuses the factor cache
@@ -83,7 +113,7 @@ check "calibrate exits 0" test $? -eq 0
 check "calibrate writes 6 layers" test "$(grep -vc '^#' "$TMP/w.txt")" -eq 6
 "$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods commonkv --cr 0.5 --ctx 200 --passkey none --decode 2 \
     --merge-weights "$TMP/w.txt" --json >"$TMP/mw.json" 2>/dev/null
-check "eval with merge weights" python3 -c "import json; r=json.load(open('$TMP/mw.json')); assert 'error' not in r[1], r"
+check "eval with merge weights" python3 -c "import json; r=json.load(open('$TMP/mw.json'))['rows']; assert 'error' not in r[1], r"
 
 # bad input
 "$BIN" eval -m "$TINY" --cr 1.5 >/dev/null 2>&1
@@ -105,21 +135,30 @@ import json,sys; t=open('$TMP/nan.json').read(); t.strip() and json.loads(t)"
 check "failed row: exit 1" test $? -eq 1
 check "failed row: stderr names it" grep -q "eval: commonkv @ CR 0.50: .*none.txt" "$TMP/fail.err"
 check "failed row: JSON with an error" python3 -c "
-import json; r=json.load(open('$TMP/fail.json')); assert 'error' in r[1] and r[0]['method']=='full', r"
+import json; r=json.load(open('$TMP/fail.json'))['rows']; assert all('error' in x for x in r if x['method']=='commonkv') and r, r"
 # write errors on stdout are errors
 "$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods full --ctx 64 --passkey none --decode 0 --json >/dev/full 2>"$TMP/full.err"
 check "eval --json >/dev/full exits 1" test $? -eq 1
 check "eval --json >/dev/full says so" grep -q "cannot write" "$TMP/full.err"
+"$BIN" eval -m "$TINY" -f "$TMP/nothere.txt" --passkey none >/dev/null 2>"$TMP/nofile.err"
+check "missing text refused" test $? -ne 0
+check "missing text named" grep -q "nothere.txt" "$TMP/nofile.err"
 
 # the real model, briefly
 MODEL=${KVS_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 if [ -f "$MODEL" ]; then
-    "$BIN" eval -m "$MODEL" --methods commonkv,lowrank --cr 0.5 --ctx 256 --passkey none --decode 4 -t 2 \
-        --json >"$TMP/real.json" 2>/dev/null
+    "$BIN" eval -m "$MODEL" -f /usr/share/common-licenses/GPL-3 --methods commonkv,lowrank --cr 0.5 --prefix 320 \
+        --score 64 --passkey none --decode 4 -t 2 --json >"$TMP/real.json" 2>/dev/null
     check "SmolLM2 eval exits 0" test $? -eq 0
     check "SmolLM2 targets met" python3 -c "
-import json,math; rows=json.load(open('$TMP/real.json'))
+import json,math; rows=json.load(open('$TMP/real.json'))['rows']
 for r in rows[1:]: assert abs(r['achieved_cr']-0.5) <= 0.02 and math.isfinite(r['ppl']), r
+"
+    "$BIN" eval -m "$MODEL" -f /usr/share/common-licenses/GPL-3 --methods quant,snapkv --cr 0.9 --prefix 320 \
+        --score 64 --passkey none --decode 0 -t 2 --json >"$TMP/lossy.json" 2>/dev/null
+    check "SmolLM2: 2-bit quant and 90% eviction lose information" python3 -c "
+import json; kl = {r['method']: r['kl'] for r in json.load(open('$TMP/lossy.json'))['rows']}
+assert kl['quant'] > 0.05 and kl['snapkv'] > 0.05, kl
 "
 else
     echo "skipped: no real model at $MODEL"

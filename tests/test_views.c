@@ -317,6 +317,65 @@ static void test_panels_valid(void)
     kvs_history_free(&h);
 }
 
+static struct kvs_record *mk_quality(uint32_t n_tokens, float kl, float ppl, float ppl_full)
+{
+    struct kvs_record *r = kvs_record_new(KVS_REC_QUALITY, 0);
+    snprintf(r->u.quality.method, sizeof r->u.quality.method, "commonkv");
+    r->u.quality.target_cr = 0.5f;
+    r->u.quality.achieved_cr = 0.5f;
+    r->u.quality.kl = kl;
+    r->u.quality.top1 = n_tokens ? 0.75f : 0.0f;
+    r->u.quality.ppl = ppl;
+    r->u.quality.ppl_full = ppl_full;
+    r->u.quality.passkey_acc = NAN;
+    r->u.quality.decode_tps = NAN;
+    r->u.quality.n_tokens = n_tokens;
+    return r;
+}
+
+/* Live quality: both perplexities on the same tokens, setup apart from TTFT, no permanent passkey
+ * n/a, a QUALITY record without scored tokens shows n/a (never its KL or 0% top-1), and an
+ * allocation beyond a full cache is not shown as a negative CR. */
+static void test_quality_live(void)
+{
+    struct kvs_history h;
+    kvs_history_init(&h, 256);
+    feed(&h, "commonkv", 12, ALL_VALID, 0);
+    struct kvs_view_ctx v = {.h = &h, .cursor = 11, .live = true, .t = &theme, .sim_kind = KVS_MAT_SIM_HIDDEN};
+    struct kvs_rect r = {2, 2, 70, 40};
+    kvs_history_push(&h, mk_quality(24, 0.25f, 18.5f, 2.25f));
+    draw_panel(KVS_PANEL_QUALITY, &v, r);
+    CHECK(screen_has(r, "ppl full"));
+    CHECK(screen_has(r, "2.250"));
+    CHECK(screen_has(r, "18.500"));
+    CHECK(!screen_has(r, "passkey"));
+    /* the SVD op of the steps: (KVS_OP_COUNT - KVS_OP_SVD) ms each in mk_step, 12 steps */
+    CHECK(screen_has(r, "setup s"));
+    char setup[32];
+    snprintf(setup, sizeof setup, "%.2f", 12 * (KVS_OP_COUNT - KVS_OP_SVD) / 1000.0);
+    CHECKF(screen_has(r, setup), "setup %s s", setup);
+    kvs_history_push(&h, mk_quality(0, 2.99f, 1.0f, 1.0f));
+    struct kvs_history h2;
+    kvs_history_init(&h2, 256);
+    feed(&h2, "commonkv", 3, ALL_VALID & ~KVS_VALID_QUALITY, 0);
+    kvs_history_push(&h2, mk_quality(0, 2.99f, 1.0f, 1.0f));
+    struct kvs_view_ctx v2 = {.h = &h2, .cursor = 2, .live = true, .t = &theme, .sim_kind = KVS_MAT_SIM_HIDDEN};
+    draw_panel(KVS_PANEL_QUALITY, &v2, r);
+    CHECK(!screen_has(r, "2.99"));
+    CHECK(!screen_has(r, "0.0%"));
+    CHECK(screen_has(r, "n/a"));
+    /* allocated 1.5x the full cache */
+    struct kvs_record *st = mk_step(3, ALL_VALID, 0);
+    st->u.step.bytes_alloc = st->u.step.bytes_full + st->u.step.bytes_full / 2;
+    kvs_history_push(&h2, st);
+    v2.cursor = 3;
+    draw_panel(KVS_PANEL_MEMORY, &v2, r);
+    CHECK(screen_has(r, "50% over full"));
+    CHECK(!screen_has(r, "alloc -"));
+    kvs_history_free(&h);
+    kvs_history_free(&h2);
+}
+
 /* A run the model ended at once (END with no token generated) says so instead of waiting. */
 static void test_tokens_ended(void)
 {
@@ -816,6 +875,7 @@ int main(int argc, char **argv)
     RUN(test_panels_valid);
     RUN(test_panels_invalid);
     RUN(test_tokens_ended);
+    RUN(test_quality_live);
     RUN(test_ab);
     RUN(test_frames);
     RUN(test_mono);

@@ -30,7 +30,11 @@ static void mem_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
         x += kvs_w_text(w, t, y, r.x + x, r.w - x, !ok ? KVS_C_NA : short_of ? KVS_C_WARN : KVS_C_GOOD,
                         kvs_fmt_f(a, sizeof a, ok, "%.3f", s->cr_achieved));
         x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "  alloc ");
-        kvs_w_text(w, t, y, r.x + x, r.w - x, ok ? KVS_C_TEXT : KVS_C_NA, kvs_fmt_f(a, sizeof a, ok, "%.3f", cr_alloc));
+        /* allocated beyond a full cache is not a negative compression: say how far over it is */
+        if (ok && cr_alloc < 0)
+            kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_WARN, kvs_fmt_f(a, sizeof a, true, "%.0f%% over full", -cr_alloc * 100));
+        else
+            kvs_w_text(w, t, y, r.x + x, r.w - x, ok ? KVS_C_TEXT : KVS_C_NA, kvs_fmt_f(a, sizeof a, ok, "%.3f", cr_alloc));
         y++;
     }
     if (!ok) {

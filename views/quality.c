@@ -1,12 +1,14 @@
-/* Quality panel: perplexity, KL divergence and top-1 agreement against the full cache for the
- * current settings (step records with KVS_VALID_QUALITY, or a QUALITY record), and an A/B table
- * against a pinned run; a second mode (key k) plots KL against achieved CR for every run of the
- * session (and every QUALITY record of a trace). Invalid metrics print n/a. Draws only from the
- * history. */
+/* Quality panel: perplexity of the method and of the full run on the same (the reference's)
+ * tokens, KL divergence and top-1 agreement (step records with KVS_VALID_QUALITY, or a QUALITY
+ * record), one-off setup time apart from time to first token, and an A/B table against a pinned
+ * run; a second mode (key k) plots KL against achieved CR for every run of the session (and every
+ * QUALITY record of a trace). Invalid metrics print n/a; passkey, never measured live, shows only
+ * when a record has it. Draws only from the history. */
 #include "view.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 static void q_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
 {
@@ -17,7 +19,7 @@ static void q_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
 /* The metrics of one side of the comparison. NaN = not available. */
 struct qcol {
     const char *method;
-    double cr_target, cr_achieved, held, ppl, ppl_full, kl, top1, passkey, tps, ttft_ms;
+    double cr_target, cr_achieved, held, ppl, ppl_full, kl, top1, passkey, tps, ttft_ms, setup_s;
 };
 
 static void fill_col(struct qcol *q, const struct kvs_record *run, const struct kvs_rec_step *s, const struct kvs_record *qr,
@@ -25,6 +27,7 @@ static void fill_col(struct qcol *q, const struct kvs_record *run, const struct 
 {
     q->method = run ? run->u.run.method : "?";
     q->cr_target = q->cr_achieved = q->held = q->ppl = q->ppl_full = q->kl = q->top1 = q->passkey = q->tps = q->ttft_ms = NAN;
+    q->setup_s = NAN;
     if (run && run->u.run.target_cr >= 0) q->cr_target = run->u.run.target_cr;
     if (s && (s->valid & KVS_VALID_BYTES)) {
         q->cr_achieved = s->cr_achieved;
@@ -37,10 +40,12 @@ static void fill_col(struct qcol *q, const struct kvs_record *run, const struct 
     }
     if (qr) {
         const struct kvs_rec_quality *k = &qr->u.quality;
-        q->ppl = k->ppl;
-        q->ppl_full = k->ppl_full;
-        q->kl = k->kl;
-        q->top1 = k->top1;
+        if (k->n_tokens) {
+            q->ppl = k->ppl;
+            q->ppl_full = k->ppl_full;
+            q->kl = k->kl;
+            q->top1 = k->top1;
+        }
         q->passkey = k->passkey_acc;
         if (isfinite(k->achieved_cr) && !isfinite(q->cr_achieved)) q->cr_achieved = k->achieved_cr;
         if (k->decode_tps > 0) q->tps = k->decode_tps;
@@ -48,6 +53,22 @@ static void fill_col(struct qcol *q, const struct kvs_record *run, const struct 
     if (end && end->u.end.decode_tps > 0) q->tps = end->u.end.decode_tps;
     else if (!isfinite(q->tps) && n_dec > 0 && dec_ns > 0) q->tps = n_dec / (dec_ns / 1e9);
     if (ttft_ns) q->ttft_ms = ttft_ns / 1e6;
+}
+
+/* One-off setup (factorization, calibration): the session counts it as the SVD op of its first
+ * step; NaN when no step in the history carries it. */
+static double setup_secs(const struct kvs_history *h, uint64_t cursor)
+{
+    uint64_t ns = 0;
+    bool any = false;
+    for (uint64_t i = kvs_history_first(h); i <= cursor && i < h->n_steps; i++) {
+        const struct kvs_rec_step *s = kvs_history_step(h, i);
+        if (s && (s->valid & KVS_VALID_OPS) && s->ops[KVS_OP_SVD].calls) {
+            ns += s->ops[KVS_OP_SVD].ns;
+            any = true;
+        }
+    }
+    return any ? ns / 1e9 : NAN;
 }
 
 /* Self-perplexity of the generated tokens from their log-probabilities (NaN when not valid). */
@@ -135,6 +156,7 @@ static void q_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, s
     }
     struct qcol b, a;
     fill_col(&b, h->run, s, at_end ? h->quality : NULL, at_end ? h->end : NULL, h->t_first_decode_ns, n_dec, dec_ns);
+    b.setup_s = setup_secs(h, v->cursor);
     const struct kvs_hist_pin *pin = v->pin && v->pin->set ? v->pin : NULL;
     if (pin) fill_col(&a, pin->run, pin->step ? &pin->step->u.step : NULL, pin->quality, pin->end, pin->t_first_decode_ns,
                       pin->n_decode, pin->decode_ns);
@@ -176,9 +198,19 @@ static void q_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v, s
         {"top-1 %", b.top1, a.top1, "%.1f", 100, false},
         {"passkey %", b.passkey, a.passkey, "%.0f", 100, false},
         {"TTFT ms", b.ttft_ms, a.ttft_ms, "%.1f", 1, true},
+        {"setup s", b.setup_s, a.setup_s, "%.2f", 1, true},
         {"tok/s", b.tps, a.tps, "%.1f", 1, false},
     };
     int nrows = (int)(sizeof rows / sizeof rows[0]);
+    /* no passkey is run live: the row shows only when a record (eval, a pinned run) measured it */
+    if (!isfinite(b.passkey) && !(pin && isfinite(a.passkey))) {
+        for (int i = 0; i + 1 < nrows; i++)
+            if (!strcmp(rows[i].name, "passkey %")) {
+                memmove(&rows[i], &rows[i + 1], (size_t)(nrows - i - 1) * sizeof rows[0]);
+                break;
+            }
+        nrows--;
+    }
     int avail = ye - y;
     if (st->scroll > nrows - avail) st->scroll = nrows - avail;
     if (st->scroll < 0) st->scroll = 0;

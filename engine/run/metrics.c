@@ -83,6 +83,42 @@ char *kvs_passkey_prompt(const struct kvs_tokenizer *tok, int n_tokens, uint32_t
     return s;
 }
 
+static const char *box_colour[8] = {"red", "green", "blue", "yellow", "white", "black", "orange", "purple"};
+
+char *kvs_passkey_multi_prompt(const struct kvs_tokenizer *tok, int n_tokens, const uint32_t *keys, int n_keys,
+                               int ask)
+{
+    if (n_keys < 2 || n_keys > 8 || ask < 0 || ask >= n_keys) return NULL;
+    char needle[8][96], question[160];
+    int64_t fixed = 2;
+    const char *intro = "There are several pass keys hidden inside a lot of irrelevant text, one for each box. "
+                        "Find them and memorize them. I will quiz you about one of them.\n";
+    for (int i = 0; i < n_keys; i++) {
+        snprintf(needle[i], sizeof needle[i], "The pass key of the %s box is %u. ", box_colour[i], keys[i]);
+        fixed += kvs_tokenizer_encode(tok, needle[i], strlen(needle[i]), false, NULL, 0);
+    }
+    snprintf(question, sizeof question, "What is the pass key of the %s box? The pass key of the %s box is",
+             box_colour[ask], box_colour[ask]);
+    int64_t per = kvs_tokenizer_encode(tok, filler, strlen(filler), false, NULL, 0);
+    fixed += kvs_tokenizer_encode(tok, intro, strlen(intro), false, NULL, 0) +
+             kvs_tokenizer_encode(tok, question, strlen(question), false, NULL, 0);
+    if (per <= 0) return NULL;
+    int reps = (int)KVS_MAX(1, (n_tokens - fixed) / per);
+    size_t cap = strlen(intro) + strlen(question) + (size_t)reps * strlen(filler) + 8 * sizeof needle[0] + 8;
+    char *s = malloc(cap);
+    if (!s) return NULL;
+    size_t len = (size_t)snprintf(s, cap, "%s", intro);
+    int next = 0;
+    for (int i = 0; i <= reps; i++) {
+        /* needle j at depth 0.1 + 0.8 j / (n_keys - 1) */
+        while (next < n_keys && i == (int)lround((0.1 + 0.8 * next / (n_keys - 1)) * reps))
+            len += (size_t)snprintf(s + len, cap - len, "%s", needle[next++]);
+        if (i < reps) len += (size_t)snprintf(s + len, cap - len, "%s", filler);
+    }
+    snprintf(s + len, cap - len, "\n%s", question);
+    return s;
+}
+
 bool kvs_passkey_match(const char *text, uint32_t key)
 {
     const char *p = text;

@@ -25,6 +25,12 @@ double kvs_quality_top1(const struct kvs_quality_acc *a);
  * KEY is the pass key." at relative DEPTH (0..1) and the question at the end. Returns a malloc'd
  * string (caller frees) or NULL. */
 char *kvs_passkey_prompt(const struct kvs_tokenizer *tok, int n_tokens, uint32_t key, float depth);
+/* Multi-key retrieval prompt of about N_TOKENS tokens: N_KEYS needles "The pass key of the <colour>
+ * box is KEYS[i]." spread evenly through the filler (depths 0.1 .. 0.9), then a question about box
+ * ASK. N_KEYS is 2..8 (colours are fixed names). Returns a malloc'd string (caller frees) or NULL.
+ * Like kvs_passkey_prompt, the question follows the last newline. */
+char *kvs_passkey_multi_prompt(const struct kvs_tokenizer *tok, int n_tokens, const uint32_t *keys, int n_keys,
+                               int ask);
 /* True when the first number in TEXT equals KEY. */
 bool kvs_passkey_match(const char *text, uint32_t key);
 
