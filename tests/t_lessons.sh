@@ -91,23 +91,23 @@ STEPS=(0 3 3 3 3 2 2)
 play_lesson() { # play_lesson N DIR-OPTION LABEL
     local n=$1 opt=$2 label=$3 k
     start "$BIN lesson $n $opt"
-    check "$label: lesson $n opens at step 1" wait_for "Lesson $n - step 1/${STEPS[$n]}" 30
+    check "$label: lesson $n opens at step 1" wait_for "Lesson $n - step 1/${STEPS[$n]}"
     # the panels show the run's numbers (memory panel's achieved CR, status line's step counter)
-    check "$label: lesson $n panels show numbers" wait_re "achieved [0-9]\.[0-9]{3}" 30
+    check "$label: lesson $n panels show numbers" wait_re "achieved [0-9]\.[0-9]{3}"
     for ((k = 1; k <= STEPS[n]; k++)); do
-        wait_for "Lesson $n - step $k/${STEPS[$n]}" 30 >/dev/null
+        wait_for "Lesson $n - step $k/${STEPS[$n]}" >/dev/null
         local r all=1
         while read -r r; do
             [ -n "$r" ] || continue
-            if [ "${r#P:}" != "$r" ]; then wait_re "${r#P:}" 60 >/dev/null; else wait_ov "$r" 60 >/dev/null; fi ||
+            if [ "${r#P:}" != "$r" ]; then wait_re "${r#P:}" >/dev/null; else wait_ov "$r" >/dev/null; fi ||
                 { all=0; echo "   step $k: no match for /$r/"; }
         done < <(step_res "$n" "$k")
-        wait_cond 30 not_waiting || { all=0; echo "   step $k: still waiting for data"; }
+        wait_cond "$WAIT" not_waiting || { all=0; echo "   step $k: still waiting for data"; }
         if overlay | grep -qiE '(^| )(nan|-?inf|n/a)( |,|\.|$)'; then all=0; echo "   step $k: overlay shows a missing number: $(overlay)"; fi
         check "$label: lesson $n step $k shows its numbers" test $all = 1
         T send-keys -t ui Space
     done
-    check "$label: lesson $n reaches its end" wait_for "End of lesson $n" 30
+    check "$label: lesson $n reaches its end" wait_for "End of lesson $n"
 }
 for n in 1 2 3 4 5 6; do
     play_lesson $n "--dir $LESSONS" shipped
