@@ -7,6 +7,7 @@
 #   make check-gpu     CPU<->CUDA comparisons (needs an NVIDIA GPU)
 #   make gpu-report    one command for a GPU loan: build, check-gpu, compute-sanitizer, GPU benchmark
 #   make check-planted plants known bugs in a copy of kernels/ and shows the emulated tests catch each
+#   make lessons       re-record the shipped lesson traces (lessons/*.kvt) from the default model
 #   make model         fetch the default model (SmolLM2-135M-Instruct Q4_1) into models/
 #   make install       binary and man pages under $(PREFIX)
 
@@ -121,7 +122,7 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 CUDA_SO := $(BUILD)/libkvscope_cuda.so
 LIBS := $(VIEWS_LIB) $(TRACES_LIB) $(ENGINE_LIB)
 
-.PHONY: print-inc gpu-bundle all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench model setup install clean fuzz asan
+.PHONY: print-inc gpu-bundle lessons all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench model setup install clean fuzz asan
 all: $(BIN) $(if $(filter yes,$(HAVE_CUDA)),$(CUDA_SO))
 	$(Q)ln -sf $(BIN) kvscope
 
@@ -264,8 +265,16 @@ install: all
 	$(if $(filter yes,$(HAVE_CUDA)),install -d $(DESTDIR)$(PREFIX)/lib/kvscope && install -m 644 $(CUDA_SO) $(DESTDIR)$(PREFIX)/lib/kvscope/)
 	install -m 644 man/kvscope.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 644 man/kvscope-trace.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+	install -d $(DESTDIR)$(PREFIX)/share/kvscope/lessons
+	install -m 644 lessons/*.kvt $(DESTDIR)$(PREFIX)/share/kvscope/lessons/
 
 clean:
 	rm -rf $(BUILD) kvscope
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- the workshop lessons' traces: fixed settings (app/lesson.c), recorded in batch mode ----
+LESSONS := 1 2 3 4 5 6
+lessons: all
+	$(Q)mkdir -p lessons
+	$(Q)for n in $(LESSONS); do $(BIN) lesson $$n --batch --record lessons -m $(MODEL) || exit 1; done

@@ -23,6 +23,10 @@
 #include <unistd.h>
 
 #define DEFAULT_DOC_BYTES 6000 /* the default document is cut here so a run takes seconds */
+/* Without -p or -f the model is asked, through its chat template, about the default document: an
+ * instruct model answers in plain sentences (SmolLM2-135M-Instruct summarises it), where a bare
+ * continuation of the licence repeats licence boilerplate. */
+#define DEFAULT_QUESTION "Summarize the text above in three short sentences."
 
 static void usage(FILE *f)
 {
@@ -296,7 +300,14 @@ int kvs_cmd_run(int argc, char **argv)
     char *text = NULL;
     if (file) text = kvs_read_text_file(file, 64u << 20);
     else if (prompt) text = strdup(prompt);
-    else text = default_doc();
+    else if ((text = default_doc()) != NULL) {
+        size_t n = strlen(text);
+        char *q = realloc(text, n + sizeof DEFAULT_QUESTION + 2);
+        if (!q) { free(text); kvs_die_msg("out of memory"); return 1; }
+        text = q;
+        snprintf(text + n, sizeof DEFAULT_QUESTION + 2, "\n%s", DEFAULT_QUESTION);
+        chat = true;
+    }
     if (!text) { if (prompt) kvs_die_msg("out of memory"); return 1; }
     if (!model_path) model_path = kvs_default_model();
     struct kvs_model *model = NULL;

@@ -9,5 +9,6 @@ int kvs_cmd_eval(int argc, char **argv);
 int kvs_cmd_calibrate(int argc, char **argv);
 int kvs_cmd_bench(int argc, char **argv);
 int kvs_cmd_trace(int argc, char **argv);
+int kvs_cmd_lesson(int argc, char **argv);
 
 #endif

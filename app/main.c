@@ -15,6 +15,7 @@ static void usage(FILE *f)
           "       kvscope calibrate [-m MODEL]\n"
           "       kvscope bench [-m MODEL] [--ctx 512,2048]\n"
           "       kvscope trace info|export|recover FILE ...\n"
+          "       kvscope lesson list | N [--live [-m MODEL]]\n"
           "       kvscope --version | --help\n"
           "See kvscope(1).\n",
           f);
@@ -33,7 +34,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
         {"run", kvs_cmd_run},         {"generate", kvs_cmd_generate}, {"replay", kvs_cmd_replay},
         {"eval", kvs_cmd_eval},       {"calibrate", kvs_cmd_calibrate}, {"bench", kvs_cmd_bench},
-        {"trace", kvs_cmd_trace},
+        {"trace", kvs_cmd_trace},     {"lesson", kvs_cmd_lesson},
     };
     int (*fn)(int, char **) = NULL;
     const char *name = "run";

@@ -87,6 +87,19 @@ static const struct kvs_help_line help_replay[] = {
     {"mouse", "click focuses or seeks, double-click zooms, wheel scrolls"},
 };
 
+static const struct kvs_help_line help_lesson[] = {
+    {"q", "quit (from any state)"},
+    {"? F1", "this help (Esc or ? closes)"},
+    {"Space Enter Right", "next step of the lesson"},
+    {"Left", "previous step"},
+    {"v", "similarity: hidden / keys / latent"},
+    {"Tab BTab 1-6", "focus a panel"},
+    {"z", "zoom the focused panel"},
+    {"Up Down PgUp PgDn", "scroll the focused panel"},
+    {"t", "theme: default / mono / projector"},
+    {"x", "mouse on / off"},
+};
+
 struct ui {
     struct kvs_ui_source *src;
     const struct kvs_ui_opts *o;
@@ -303,6 +316,7 @@ static void on_record(struct ui *u, struct kvs_record *r)
         u->cursor = 0;
         if (!u->replay) u->paused = false;
     }
+    if (u->o->lesson) kvs_lesson_observe(u->o->lesson, r);
     /* the history takes our reference and may release R at once (records it does not keep) */
     bool is_end = r->type == KVS_REC_END;
     kvs_history_push(&u->h, r);
@@ -451,6 +465,31 @@ static void search_done(struct ui *u)
     say(u, KVS_C_WARN, "search: '%s' is not in the %u tokens", q, tk->n);
 }
 
+/* The lesson's step decides which panel is focused (highlighted) and the similarity source. */
+static void lesson_sync(struct ui *u)
+{
+    struct kvs_lesson_state *ls = u->o->lesson;
+    int p = kvs_lesson_panel(ls->lesson, ls->step), k = kvs_lesson_sim_kind(ls->lesson, ls->step);
+    if (p >= 0 && p < KVS_PANEL_COUNT) {
+        u->focus = p;
+        if (u->zoom >= 0) u->zoom = p;
+    }
+    if (k) u->v.sim_kind = k;
+}
+
+/* Lesson keys: Space, Enter and Right advance, Left goes back. Returns true when used. */
+static bool lesson_key(struct ui *u, int ch)
+{
+    struct kvs_lesson_state *ls = u->o->lesson;
+    switch (ch) {
+    case ' ': case '\n': case '\r': case KEY_ENTER: case KEY_RIGHT: kvs_lesson_next(ls); break;
+    case KEY_LEFT: kvs_lesson_prev(ls); break;
+    default: return false;
+    }
+    lesson_sync(u);
+    return true;
+}
+
 /* Returns false when the UI should quit. */
 static bool on_key(struct ui *u, int ch)
 {
@@ -483,6 +522,7 @@ static bool on_key(struct ui *u, int ch)
         if (u->help_scroll < 0) u->help_scroll = 0;
         return true;
     }
+    if (u->o->lesson && lesson_key(u, ch)) return true;
     const struct kvs_panel *fp = kvs_panels[u->focus];
     if (fp->key && fp->key(&u->st[u->focus], ch)) return true;
     struct kvs_ui_settings *w = &u->want;
@@ -627,15 +667,26 @@ static void on_mouse(struct ui *u)
     if (ev.bstate & (BUTTON1_CLICKED | BUTTON1_PRESSED)) u->focus = p;
 }
 
+/* Columns the lesson overlay takes at the right of a W-column screen (0: no lesson). */
+static int lesson_width(const struct ui *u, int w)
+{
+    if (!u->o->lesson) return 0;
+    int lw = w * 2 / 5;
+    if (lw < 34) lw = w < 68 ? w / 2 : 34;
+    if (lw > 60) lw = 60;
+    return lw;
+}
+
 static void draw(struct ui *u)
 {
-    int w = COLS, h = LINES;
+    int lw = lesson_width(u, COLS);
+    int w = COLS - lw, h = LINES;
     u->v.h = &u->h;
     u->v.pin = u->pin.set ? &u->pin : NULL;
     u->v.live = !u->paused;
     u->v.cursor = u->paused ? u->cursor : last_step(u);
     struct kvs_layout_req rq;
-    kvs_frame_layout_req(&u->v, w, h, u->replay, u->focus, u->zoom, &rq);
+    kvs_frame_layout_req(&u->v, w, h, u->replay && !u->o->lesson, u->focus, u->zoom, &rq);
     kvs_layout_compute(&rq, &u->lay);
     char settings[160], mode[48], extra[64], prompt[128];
     struct kvs_frame_info fi;
@@ -654,7 +705,8 @@ static void draw(struct ui *u)
         uint32_t nt = u->h.n_steps ? kvs_history_tokens_upto(&u->h, u->paused ? u->cursor : last_step(u)) : 0;
         snprintf(extra, sizeof extra, "token %u", nt);
         fi.scrub_extra = extra;
-        snprintf(mode, sizeof mode, "REPLAY %s", fi.playing ? "playing" : "paused");
+        if (u->o->lesson) snprintf(mode, sizeof mode, "LESSON %d", u->o->lesson->lesson);
+        else snprintf(mode, sizeof mode, "REPLAY %s", fi.playing ? "playing" : "paused");
         fi.settings = u->o->title;
     } else {
         snprintf(mode, sizeof mode, "%s", u->paused ? "PAUSED" : "LIVE");
@@ -687,13 +739,16 @@ static void draw(struct ui *u)
     fi.help = u->help;
     fi.help_scroll = u->help_scroll;
     fi.help_scroll_max = &u->help_scroll_max;
-    fi.help_lines = u->replay ? help_replay : help_live;
-    fi.n_help = u->replay ? (int)KVS_ARRAY_LEN(help_replay) : (int)KVS_ARRAY_LEN(help_live);
+    fi.help_lines = u->o->lesson ? help_lesson : u->replay ? help_replay : help_live;
+    fi.n_help = u->o->lesson ? (int)KVS_ARRAY_LEN(help_lesson)
+                : u->replay ? (int)KVS_ARRAY_LEN(help_replay) : (int)KVS_ARRAY_LEN(help_live);
     fi.keys_line = u->replay ? "q quit  ? help  space play/pause  </> speed  Left/Right step  : seek  b pin  v similarity  Tab focus  z zoom"
                              : "q quit  ? help  +/- CR  m method  g/G group  r/R rank  s/S sinks  w/W recent  space pause  b pin  f full-ref  v sim  z zoom";
+    if (u->o->lesson) fi.keys_line = "q quit  Space/Enter/Right next  Left back  ? help  v similarity  z zoom";
     fi.focus = u->focus;
     fi.zoom = u->zoom;
     kvs_frame_draw(stdscr, &u->lay, &u->v, u->st, &fi);
+    if (lw && !u->help) kvs_lesson_draw(stdscr, (struct kvs_rect){w, 0, lw, h}, &u->v, u->o->lesson);
     wnoutrefresh(stdscr);
     doupdate();
     u->dirty = false;
@@ -735,6 +790,7 @@ int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err
     sa.sa_handler = on_winch;
     sigaction(SIGWINCH, &sa, &old_winch);
     setup_theme(u);
+    if (o->lesson) lesson_sync(u);
     if (o->note) {
         say(u, KVS_C_WARN, "%s", o->note);
         u->msg_until = kvs_now_ns() + 30000000000ull;

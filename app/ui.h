@@ -6,6 +6,7 @@
 #define KVS_UI_H
 
 #include "config.h"
+#include "lesson.h"
 #include "record.h"
 
 /* What the keys change; a live source restarts its engine with them. */
@@ -54,6 +55,9 @@ struct kvs_ui_opts {
     const char *title;               /* shown in the status line, e.g. a trace file name */
     const char *note;                /* a warning shown at the start (e.g. a recovered trace) */
     uint32_t history;                /* steps kept for scrolling back (0: 16384) */
+    /* A lesson (kvscope lesson N): its overlay takes the right-hand columns, its step focuses the
+     * panel it talks about, and Space/Enter/Right/Left move through its steps. NULL: none. */
+    struct kvs_lesson_state *lesson;
 };
 
 /* Runs the UI until the user quits (q, SIGINT, SIGQUIT, SIGTERM, SIGHUP). Returns 0, or 1 with a
