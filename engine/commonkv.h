@@ -100,6 +100,10 @@ int kvs_ckv_spectrum_records(const struct kvs_ckv_factors *f, struct kvs_record 
  * share 0: 30.1/38.3/73.3, 0.25: 24.3/35.1/57.5, 0.5: 100.9/105.3/157.1. */
 #define KVS_CKV_MERGE_SHARE 0.25
 
+/* Default similarity floor: a (group, token) slot whose similarity score is below it is never
+ * merged, whatever the budget asks (--merge-floor overrides). */
+#define KVS_CKV_MERGE_FLOOR 0.45
+
 /* Rank and merge plan for a target compression ratio. Bytes per (group, token): unmerged
  * nl*r*2 (+4 position), merged r*2 (+4), full nl*2*d_kv*2. */
 struct kvs_ckv_plan {

@@ -208,6 +208,8 @@ struct ckv {
     bool merge, quant, evict;
     float cr_final;             /* target on real bytes (<0: none) */
     float cr_merge;             /* target the merge budget aims at, in fp16-equivalent bytes */
+    float floor;                /* slots less similar than this are never merged */
+    bool floor_blocked;         /* the last merge stopped at the floor, short of the budget */
     uint32_t qbits, qgroup, qres, sinks, recent, snap_window, snap_kernel, snap_capacity;
     int n_ctx, last_merge_ctx, last_evict_ctx;
     /* attention scratch, grown on demand */
@@ -838,15 +840,25 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
         }
     }
     if ((double)held16 <= target || nc == 0) goto done;
-    /* the global budget: merge the most similar slots first, until the bytes fit */
+    /* The cap: at most the plan's share of the eligible slots (merged or not) is ever merged. A
+     * partial context (an early prefill chunk) cannot meet the whole target, and without the cap
+     * it merged everything eligible there, dissimilar slots included, for good. */
+    uint64_t merged = 0;
+    for (int gi = 0; gi < c->ng; gi++)
+        if (c->g[gi].nl >= 2) merged += c->g[gi].s16.n + c->g[gi].sq.n;
+    double cap = ceil((double)c->plan.merge_frac * (double)(nc + merged)) - (double)merged;
+    size_t allowed = cap > 0 ? (size_t)KVS_MIN(cap, (double)nc) : 0;
+    /* the global budget: merge the most similar slots first, until the bytes fit, never a slot
+     * below the similarity floor */
     qsort(cd, nc, sizeof *cd, cand_cmp);
     size_t take = 0;
     double need = (double)held16 - target;
-    while (take < nc && need > 0) {
+    while (take < allowed && need > 0 && cd[take].sim >= c->floor) {
         const struct grp *g = &c->g[cd[take].g];
         need -= (double)(g->nl - 1) * g->r * 2;
         take++;
     }
+    c->floor_blocked = take < allowed && need > 0;
     uint8_t *drop[2] = {NULL, NULL};
     for (int gi = 0; gi < c->ng && st == KVS_OK; gi++) {
         struct grp *g = &c->g[gi];
@@ -1313,6 +1325,7 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     kvs_ckv_plan(c->f, &pc, n_ctx_max, &c->plan);
     if (warn[0] && !c->plan.note[0]) snprintf(c->plan.note, sizeof c->plan.note, "%.199s", warn);
     c->cr_merge = pc.target_cr >= 0 ? pc.target_cr : -1.0f;
+    c->floor = cfg.merge_floor;
     if (c->cr_merge < 0) c->merge = false;
     /* per-group A and per-layer B_k, B_v at the planned rank */
     float wl[KVS_MAX_LAYERS];

@@ -35,6 +35,8 @@ struct kvs_method_config {
     bool rank_by_similarity;
     float merge_share;      /* with a target CR: share of the mergeable (group, token) slots the
                              * plan merges (the rest of the saving comes from rank); <0: default */
+    float merge_floor;      /* a (group, token) slot whose similarity score (cosine, -1..1) is below
+                             * this is never merged; -1: no floor */
     /* quant */
     uint32_t quant_bits;    /* 2, 4, 8 */
     uint32_t quant_group;   /* elements per quantization group (32) */
