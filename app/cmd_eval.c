@@ -23,8 +23,9 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope eval [-m MODEL] [--methods full,commonkv,lowrank,minicache] [--cr 0.3,0.5,0.7]\n"
           "                    [-f FILE] [--ctx N] [--passkey 512,1024] [--passkey-trials N] [--decode N]\n"
-          "                    [--group G] [--rank R] [--rank-ratio X] [--rank-by-similarity] [--merge-share X] [--no-whiten]\n"
-          "                    [--sim adjacent|first-last] [--merge-weights FILE] [--bits B] [--sinks N] [--recent N]\n"
+          "                    [--group G] [--rank R] [--rank-ratio X] [--rank-by-similarity] [--merge-share X]\n"
+          "                    [--merge-floor X] [--no-whiten] [--sim adjacent|first-last]\n"
+          "                    [--merge-weights FILE] [--bits B] [--sinks N] [--recent N]\n"
           "                    [--cache-dir DIR | --no-cache] [-t THREADS] [--similarity] [--json]\n"
           "       kvscope calibrate [-m MODEL] [-f FILE] [--ctx N] [--noise X] [-o FILE] [-t THREADS]\n",
           f);
@@ -41,7 +42,8 @@ static int parse_list(const char *opt, const char *s, double lo, double hi, doub
             kvs_die_msg("option %s: at most %d values", opt, MAX_LIST);
             return -1;
         }
-        if (!kvs_opt_float(opt, t, lo, hi, &out[n])) return -1;
+        if (!strcmp(opt, "--cr") && !strcmp(t, "none")) out[n] = KVS_CR_NONE; /* no target */
+        else if (!kvs_opt_float(opt, t, lo, hi, &out[n])) return -1;
         n++;
     }
     return n;
@@ -141,6 +143,7 @@ static void eval_one(const struct kvs_model *m, const struct evalopt *o, const c
     mc.rank_ratio = b.rank_ratio;
     mc.rank_by_similarity = b.rank_by_similarity;
     mc.merge_share = b.merge_share;
+    mc.merge_floor = b.merge_floor;
     mc.whiten = b.whiten;
     mc.sim_mode = b.sim_mode;
     mc.sinks = b.sinks;
@@ -406,6 +409,12 @@ int kvs_cmd_eval(int argc, char **argv)
             double x;
             if (!kvs_opt_float(a, v, 0, 1, &x)) return 2;
             o.base.merge_share = (float)x;
+            i++;
+        }
+        else if (!strcmp(a, "--merge-floor")) {
+            double x;
+            if (!kvs_opt_float(a, v, -1, 1, &x)) return 2;
+            o.base.merge_floor = (float)x;
             i++;
         }
         else if (!strcmp(a, "--no-whiten")) o.base.whiten = false;

@@ -345,6 +345,18 @@ void kvs_ckv_plan(const struct kvs_ckv_factors *f, const struct kvs_method_confi
     plan->cr_rank_only = (float)(1 - held0 / full);
     plan->cr_max = (float)(1 - held1 / full);
     plan->reachable = true;
+    bool explicit_rank = cfg->rank || cfg->rank_ratio > 0 || cr < 0;
+    if (explicit_rank && cfg->merge_share >= 0 && merging) {
+        /* rank and share both given: they decide; a target only stops merging once met */
+        plan->merge_frac = (float)KVS_MIN(1.0, (double)cfg->merge_share);
+        double held = plan_bytes(f, plan->rank, plan->merge_frac * mu, NULL);
+        if (cr >= 0 && 1 - held / full < cr - 0.02)
+            snprintf(plan->note, sizeof plan->note,
+                     "rank %u with merge share %.2f reaches CR %.3f, short of the target %.2f", plan->rank[0],
+                     plan->merge_frac, 1 - held / full, cr);
+        plan->reachable = cr < 0 || 1 - held / full >= cr - 0.02;
+        return;
+    }
     if (cr < 0) {
         plan->merge_frac = 0;
         return;

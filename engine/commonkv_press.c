@@ -804,7 +804,7 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
         const struct grp *g = &c->g[gi];
         full_held += (double)(g->p16.n + g->pq.n + g->s16.n + g->sq.n) * g->nl * c->dkv * 4;
     }
-    double target = (1.0 - c->cr_merge) * full_held;
+    double target = c->cr_merge >= 0 ? (1.0 - c->cr_merge) * full_held : 0.0; /* none: the cap decides */
     int r_max = ckv_max_rank(c);
     float *buf = malloc((size_t)(KVS_CKV_MAX_G + 2) * r_max * sizeof(float));
     size_t nc = 0, ccap = 0;
@@ -1308,7 +1308,8 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     /* targets: a bare commonkv defaults to CR 0.5; in compositions the latent part plans for
      * min(target, 0.5) and quantization and eviction take the rest */
     float target = cfg.target_cr;
-    if (target < 0 && common && !cfg.rank && cfg.rank_ratio <= 0) target = 0.5f;
+    if (target < 0 && target != KVS_CR_NONE && common && !cfg.rank && cfg.rank_ratio <= 0) target = 0.5f;
+    if (target < 0) target = -1.0f;
     c->cr_final = target;
     struct kvs_method_config pc = cfg;
     if (target >= 0) {
@@ -1326,7 +1327,9 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     if (warn[0] && !c->plan.note[0]) snprintf(c->plan.note, sizeof c->plan.note, "%.199s", warn);
     c->cr_merge = pc.target_cr >= 0 ? pc.target_cr : -1.0f;
     c->floor = cfg.merge_floor;
-    if (c->cr_merge < 0) c->merge = false;
+    /* without a target only an explicit merge share merges (up to that share) */
+    if (c->cr_merge < 0 && !(cfg.merge_share > 0)) c->merge = false;
+    if (c->plan.merge_frac <= 0) c->merge = false;
     /* per-group A and per-layer B_k, B_v at the planned rank */
     float wl[KVS_MAX_LAYERS];
     for (int l = 0; l < c->N; l++) wl[l] = 1.0f;

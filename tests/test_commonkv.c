@@ -955,6 +955,19 @@ static void test_chunked_merge_cap(void)
            merged_c, ceil(frac * eligible), eligible);
     CHECKF(merged_o <= ceil(frac * eligible) + 0.5, "one-shot prefill merged %.0f slots, plan allows %.0f",
            merged_o, ceil(frac * eligible));
+    /* independent controls: no target with a rank merges nothing; no target with a rank and a
+     * merge share merges that share of the eligible slots */
+    c.target_cr = KVS_CR_NONE;
+    prefix_then_score(m, &c, ids, np, ns, 8, &rc, &frac);
+    double merged_none = 0;
+    for (uint32_t g = 0; g < rc.n_groups; g++) merged_none += rc.group_merged[g] * rc.layer_kept[2 * g];
+    CHECKF(merged_none == 0 && frac == 0, "--cr none --rank: merged %.0f slots (plan share %.2f)", merged_none, frac);
+    c.merge_share = 0.5f;
+    prefix_then_score(m, &c, ids, np, ns, 8, &rc, &frac);
+    merged_none = 0;
+    for (uint32_t g = 0; g < rc.n_groups; g++) merged_none += rc.group_merged[g] * rc.layer_kept[2 * g];
+    CHECKF(frac == 0.5f && fabs(merged_none - 0.5 * eligible) <= 1.0,
+           "--cr none --rank --merge-share 0.5: merged %.0f of %.0f eligible", merged_none, eligible);
     kvs_model_delete(m);
 }
 
