@@ -22,8 +22,10 @@ struct kvs_ckv_factors {
     uint32_t g_l0[KVS_MAX_GROUPS], g_nl[KVS_MAX_GROUPS]; /* first layer and layers of each group */
     uint32_t r_max[KVS_MAX_GROUPS];
     float *sigma[KVS_MAX_GROUPS];     /* (r_max) singular values, descending */
-    float *A[KVS_MAX_GROUPS];         /* (r_max, D) row i = sqrt(s_i) v_i^T (times S^-1 when whitened) */
-    float *B[KVS_MAX_GROUPS];         /* (2*nl*d_kv, r_max) = U sqrt(S): K rows of l0.., then V rows */
+    float *A[KVS_MAX_GROUPS];         /* (r_max, D) row i = sqrt(s_i) v_i^T (times S^-1 when whitened);
+                                       * a press's own factors keep only its first rank rows */
+    float *B[KVS_MAX_GROUPS];         /* (2*nl*d_kv, r_max) = U sqrt(S): K rows of l0.., then V rows;
+                                       * NULL in a press's own factors (it keeps per-layer copies) */
     double svd_seconds;
     bool from_cache;
 };

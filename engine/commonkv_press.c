@@ -180,7 +180,8 @@ static uint32_t seg_compact(struct seg *s, const uint8_t *drop)
 
 struct grp {
     uint32_t l0, nl, r;
-    float *A;                       /* (r, D) */
+    float *A;                       /* (r, D); borrowed from the press's own factors when a_borrowed */
+    bool a_borrowed;
     struct seg p16, pq, s16, sq;    /* private fp16, private packed, shared fp16, shared packed */
     float w[KVS_CKV_MAX_G];         /* merge weights, summing to 1 */
     float *score;                   /* (n_ctx_max) eviction scores by position (snapkv), or NULL */
@@ -209,6 +210,7 @@ struct ckv {
     float cr_final;             /* target on real bytes (<0: none) */
     float cr_merge;             /* target the merge budget aims at, in fp16-equivalent bytes */
     float floor;                /* slots less similar than this are never merged */
+    uint64_t factor_bytes;      /* what the press keeps of the factors for decoding (A, B_k, B_v, packs) */
     bool floor_blocked;         /* the last merge stopped at the floor, short of the budget */
     uint32_t qbits, qgroup, qres, sinks, recent, snap_window, snap_kernel, snap_capacity;
     int n_ctx, last_merge_ctx, last_evict_ctx;
@@ -1131,6 +1133,7 @@ static void ckv_fill_record(const struct kvs_press *p, struct kvs_rec_step *rec)
     rec->bytes_full = ckv_full_bytes(c, c->n_ctx);
     rec->bytes_held = held;
     rec->bytes_alloc = alloc;
+    rec->bytes_factors = c->factor_bytes;
     rec->cr_target = c->cr_final;
     rec->cr_achieved = rec->bytes_full ? (float)(1.0 - (double)held / rec->bytes_full) : 0.0f;
     rec->valid |= KVS_VALID_BYTES | KVS_VALID_BUDGET | (any_sim ? KVS_VALID_LAYER_SIM : 0) |
@@ -1171,7 +1174,7 @@ static void ckv_destroy(struct kvs_press *p)
         seg_free(&g->pq);
         seg_free(&g->s16);
         seg_free(&g->sq);
-        free(g->A);
+        if (!g->a_borrowed) free(g->A);
         free(g->score);
     }
     for (int l = 0; l < c->N; l++) {
@@ -1377,6 +1380,33 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
             g->score = calloc((size_t)n_ctx_max, sizeof(float));
             if (!g->score) goto oom;
         }
+    }
+    /* Decoding needs only A at the planned rank and the per-layer B copies made above: the press's
+     * own full-rank factors shrink to their first r rows of A (which the latent similarity also
+     * reads) and the singular values (the spectra records); B goes. Borrowed factors are the
+     * caller's to keep. */
+    if (c->own) {
+        for (int gi = 0; gi < c->ng; gi++) {
+            struct grp *g = &c->g[gi];
+            free(c->own->B[gi]);
+            c->own->B[gi] = NULL;
+            free(c->own->A[gi]);
+            c->own->A[gi] = g->A;
+            g->a_borrowed = true;
+        }
+    }
+    for (int gi = 0; gi < c->ng; gi++) {
+        const struct grp *g = &c->g[gi];
+        c->factor_bytes += (uint64_t)g->r * c->D * sizeof(float);
+        if (c->own) c->factor_bytes += (uint64_t)c->f->r_max[gi] * sizeof(float);
+    }
+    for (int l = 0; l < c->N; l++) {
+        uint64_t r = c->g[c->l2g[l]].r;
+        c->factor_bytes += 2 * (uint64_t)c->dkv * r * sizeof(float);
+        if (c->bk16[l].w) c->factor_bytes += (uint64_t)c->bk16[l].k_pad * c->bk16[l].n_out_pad * 2;
+        if (c->bk8[l].w)
+            c->factor_bytes += (uint64_t)c->bk8[l].k_pad * c->bk8[l].n_out_pad + (uint64_t)c->bk8[l].n_out_pad * 8 +
+                               (uint64_t)c->bk8[l].k * 4;
     }
     if (kvs_rope_table_init(&c->rope, hp, KVS_MIN(n_ctx_max, 4096)) != KVS_OK) goto oom;
     *out = &c->base;

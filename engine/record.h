@@ -101,6 +101,9 @@ struct kvs_rec_step {
     uint64_t layer_bytes_held[KVS_MAX_LAYERS];
     /* whole cache: full fp16 bytes of the same tokens, bytes held, bytes allocated */
     uint64_t bytes_full, bytes_held, bytes_alloc;
+    /* offline factors the press keeps for decoding (CommonKV/lowrank A, B): not cache, but memory
+     * the method costs; 0 for presses without */
+    uint64_t bytes_factors;
     float cr_target, cr_achieved; /* CR = 1 - held/full */
     float logprob;          /* log p(token) under the run's model */
     float ppl, kl, top1;    /* quality vs full so far, when KVS_VALID_QUALITY */

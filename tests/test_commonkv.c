@@ -971,6 +971,39 @@ static void test_chunked_merge_cap(void)
     kvs_model_delete(m);
 }
 
+/* Memory: a press keeps only what decoding needs of its own factors (A at its rank, no full-rank
+ * B) and reports those bytes in its step records. */
+static void test_factor_memory(void)
+{
+    struct kvs_model *m = tiny_model("llama", 4, 9);
+    CHECK(m != NULL);
+    if (!m) return;
+    char err[256];
+    struct kvs_method_config c;
+    kvs_method_parse(&c, "commonkv", err, sizeof err);
+    c.group_size = 2;
+    c.rank = 24;
+    c.whiten = false;
+    c.cache_dir[0] = 0;
+    c.target_cr = KVS_CR_NONE;
+    struct kvs_press *p = NULL;
+    CHECK(kvs_press_new(&p, m, &c, 64, NULL, NULL, err, sizeof err) == KVS_OK);
+    if (!p) { kvs_model_delete(m); return; }
+    const struct kvs_ckv_factors *f = kvs_press_commonkv_factors(p);
+    CHECK(f != NULL);
+    for (uint32_t g = 0; f && g < f->n_groups; g++)
+        CHECKF(f->B[g] == NULL && f->A[g] != NULL && f->sigma[g] != NULL, "group %u: full-rank B kept", g);
+    struct kvs_rec_step rec;
+    memset(&rec, 0, sizeof rec);
+    p->ops->fill_record(p, &rec);
+    /* A (2 groups x 24 x 64), sigma (2 x 64), B_k and B_v (4 layers x 2 x 32 x 24), fp32 */
+    uint64_t base = 2 * 24 * 64 * 4 + 2 * 64 * 4 + 4 * 2 * 32 * 24 * 4;
+    CHECKF(rec.bytes_factors >= base && rec.bytes_factors <= base * 2, "factor bytes %llu (fp32 part %llu)",
+           (unsigned long long)rec.bytes_factors, (unsigned long long)base);
+    kvs_press_delete(p);
+    kvs_model_delete(m);
+}
+
 static void test_real_model(void)
 {
     const char *path = getenv("KVS_MODEL") ? getenv("KVS_MODEL") : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -1068,6 +1101,7 @@ int main(void)
     RUN(test_fused_decode);
     RUN(test_weights_file);
     RUN(test_chunked_merge_cap);
+    RUN(test_factor_memory);
     RUN(test_real_model);
     return kvs_test_summary();
 }

@@ -126,6 +126,7 @@ static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
         kvt_buf_u64(b, s->ops[i].flops);
         kvt_buf_u32(b, s->ops[i].calls);
     }
+    kvt_buf_u64(b, s->bytes_factors);
 }
 
 static void enc_matrix(struct kvt_buf *b, const struct kvs_rec_matrix *m, uint32_t n_floats)
@@ -312,6 +313,7 @@ static void dec_step(struct cur *c, struct kvs_rec_step *s)
         oc.calls = g32(c);
         if (i < KVS_OP_COUNT) s->ops[i] = oc; /* ops a newer writer added are skipped */
     }
+    s->bytes_factors = c->pos < c->len ? g64(c) : 0; /* appended field: absent in older traces */
 }
 
 static void dec_quality(struct cur *c, struct kvs_rec_quality *q)

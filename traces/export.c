@@ -180,12 +180,12 @@ static void json_step(FILE *f, const struct kvs_rec_step *s)
     fputs(",\"group_merged\":", f);
     if (budget) jarr_f(f, s->group_merged, ng); else fputs("null", f);
     if (bytes) {
-        fprintf(f, ",\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":",
+        fprintf(f, ",\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"bytes_factors\":%llu,\"cr_achieved\":",
                 (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held,
-                (unsigned long long)s->bytes_alloc);
+                (unsigned long long)s->bytes_alloc, (unsigned long long)s->bytes_factors);
         jf(f, s->cr_achieved);
     } else {
-        fputs(",\"bytes_full\":null,\"bytes_held\":null,\"bytes_alloc\":null,\"cr_achieved\":null", f);
+        fputs(",\"bytes_full\":null,\"bytes_held\":null,\"bytes_alloc\":null,\"bytes_factors\":null,\"cr_achieved\":null", f);
     }
     fputs(",\"cr_target\":", f);
     if (s->cr_target < 0) fputs("null", f); else jf(f, s->cr_target);
