@@ -334,6 +334,12 @@ void kvs_ckv_plan(const struct kvs_ckv_factors *f, const struct kvs_method_confi
         double r = ((1 - cr) * full - fixed) / per_rank;
         uint32_t ru = (uint32_t)KVS_MAX(1.0, floor(r));
         for (uint32_t g = 0; g < f->n_groups; g++) plan->rank[g] = KVS_MIN(ru, f->r_max[g]);
+        /* a short context leaves little to merge: say what the target then costs in rank */
+        if (merging && mu < 0.5)
+            snprintf(plan->note, sizeof plan->note,
+                     "only %d of %d tokens can merge (%u sinks + %u recent protected): the target falls on the "
+                     "rank, %u of %u (%.2f D)", KVS_MAX(0, n_ctx - prot), n_ctx, cfg->sinks, cfg->recent, ru, D,
+                     (double)ru / D);
     }
     if (cfg->rank_by_similarity) {
         double budget = 0;

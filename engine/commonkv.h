@@ -98,9 +98,13 @@ enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *id
 int kvs_ckv_spectrum_records(const struct kvs_ckv_factors *f, struct kvs_record **recs, int cap);
 
 /* Share of the mergeable slots a target-CR plan merges by default (see kvs_ckv_plan); --merge-share
- * overrides it. Measured on SmolLM2-135M (G=4, GPL-3, 1024 tokens; perplexity at CR 0.3/0.5/0.7):
- * share 0: 30.1/38.3/73.3, 0.25: 24.3/35.1/57.5, 0.5: 100.9/105.3/157.1. */
-#define KVS_CKV_MERGE_SHARE 0.25
+ * overrides it. Measured with `kvscope eval --methods commonkv --cr 0.5,0.7` on SmolLM2-135M (G=4,
+ * GPL-3, 1024 tokens, floor 0.45, per-step cap), ppl / KL (achieved CR) at CR 0.5 ; 0.7:
+ *   0.25: 34.79 / 0.739 (0.474) ; 57.24 / 1.280 (0.685)    0.4: 32.47 / 0.667 ; 47.96 / 1.109
+ *   0.6:  26.12 / 0.421 (0.481) ; 39.42 / 0.893 (0.689)    0.8: 22.48 / 0.194 (0.488) ; 36.18 / 0.779 (0.693)
+ *   0.9:  20.84 / 0.119 but the floor stops it at CR 0.450 ; 0.675
+ * (lowrank: 24.19 / 0.319 ; 38.25 / 0.856). Before the cap and floor, 0.5 was a cliff (ppl 105). */
+#define KVS_CKV_MERGE_SHARE 0.8
 
 /* Default similarity floor: a (group, token) slot whose similarity score is below it is never
  * merged, whatever the budget asks (--merge-floor overrides). */

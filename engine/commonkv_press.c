@@ -845,22 +845,36 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
     /* The cap: at most the plan's share of the eligible slots (merged or not) is ever merged. A
      * partial context (an early prefill chunk) cannot meet the whole target, and without the cap
      * it merged everything eligible there, dissimilar slots included, for good. */
+    /* The cap is on bytes saved, as the plan counts them (a merge in a group of nl layers saves
+     * nl-1 latents), so that similar slots of small groups do not use it up. */
     uint64_t merged = 0;
-    for (int gi = 0; gi < c->ng; gi++)
-        if (c->g[gi].nl >= 2) merged += c->g[gi].s16.n + c->g[gi].sq.n;
-    double cap = ceil((double)c->plan.merge_frac * (double)(nc + merged)) - (double)merged;
-    size_t allowed = cap > 0 ? (size_t)KVS_MIN(cap, (double)nc) : 0;
+    double saved = 0, cap = 0;
+    for (int gi = 0; gi < c->ng; gi++) {
+        const struct grp *g = &c->g[gi];
+        if (g->nl < 2) continue;
+        double per = (double)(g->nl - 1) * g->r * 2;
+        merged += g->s16.n + g->sq.n;
+        saved += per * (g->s16.n + g->sq.n);
+        cap += per * (g->s16.n + g->sq.n);
+    }
+    for (size_t x = 0; x < nc; x++) cap += (double)(c->g[cd[x].g].nl - 1) * c->g[cd[x].g].r * 2;
+    cap *= c->plan.merge_frac;
     /* the global budget: merge the most similar slots first, until the bytes fit, never a slot
      * below the similarity floor */
     qsort(cd, nc, sizeof *cd, cand_cmp);
     size_t take = 0;
     double need = (double)held16 - target;
-    while (take < allowed && need > 0 && cd[take].sim >= c->floor) {
+    while (take < nc && saved < cap && need > 0 && cd[take].sim >= c->floor) {
         const struct grp *g = &c->g[cd[take].g];
         need -= (double)(g->nl - 1) * g->r * 2;
+        saved += (double)(g->nl - 1) * g->r * 2;
         take++;
     }
-    c->floor_blocked = take < allowed && need > 0;
+    c->floor_blocked = take < nc && saved < cap && need > 0;
+    if (c->floor_blocked && !c->plan.note[0])
+        snprintf(c->plan.note, sizeof c->plan.note,
+                 "similarity floor %.2f stopped merging at %zu of %zu eligible slots, short of the target",
+                 (double)c->floor, (size_t)(take + merged), (size_t)(nc + merged));
     uint8_t *drop[2] = {NULL, NULL};
     for (int gi = 0; gi < c->ng && st == KVS_OK; gi++) {
         struct grp *g = &c->g[gi];
