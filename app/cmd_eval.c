@@ -517,7 +517,7 @@ out:
 int kvs_cmd_calibrate(int argc, char **argv)
 {
     const char *model_path = NULL, *file = KVS_CKV_CALIB_TEXT, *outp = NULL;
-    long ctx = 256;
+    long ctx = 256, threads = 0;
     double noise = 1.0;
     bool quiet = false;
     for (int i = 1; i < argc; i++) {
@@ -528,6 +528,7 @@ int kvs_cmd_calibrate(int argc, char **argv)
         else if (!strcmp(a, "-o") && v) { outp = v; i++; }
         else if (!strcmp(a, "--ctx")) { if (!kvs_opt_int(a, v, 16, 1 << 16, &ctx)) return 2; i++; }
         else if (!strcmp(a, "--noise")) { if (!kvs_opt_float(a, v, 0.01, 100, &noise)) return 2; i++; }
+        else if (!strcmp(a, "-t")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "-q")) quiet = true;
         else { kvs_die_msg("calibrate: unknown option or missing value '%s'", a); usage(stderr); return 2; }
     }
@@ -544,7 +545,7 @@ int kvs_cmd_calibrate(int argc, char **argv)
     double base = 0;
     char path[600];
     if (!sens || kvs_ckv_calib_tokens(m, file, (int)ctx, &ids, &n, err, sizeof err) != KVS_OK ||
-        kvs_ckv_sensitivity(m, ids, n, (float)noise, sens, &base, progress_cb, &quiet, err, sizeof err) != KVS_OK) {
+        kvs_ckv_sensitivity(m, ids, n, (float)noise, (int)threads, sens, &base, progress_cb, &quiet, err, sizeof err) != KVS_OK) {
         kvs_die_msg("calibrate: %s", err);
         goto out;
     }

@@ -89,9 +89,10 @@ enum kvs_status kvs_ckv_calib_xtx(const struct kvs_model *m, uint32_t G, const i
                                   kvs_progress_fn progress, void *ud, char *err, size_t errlen);
 void kvs_ckv_calib_free(double **xtx, uint32_t n_groups);
 /* Per-layer key sensitivity: perplexity rise on IDS when that layer's keys get Gaussian noise of
- * NOISE times their rms (floored at 0.1% of the base perplexity). SENS: n_layer floats. */
-enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *ids, int n, float noise, float *sens,
-                                    double *ppl_base, kvs_progress_fn progress, void *ud, char *err, size_t errlen);
+ * NOISE times their rms (floored at 0.1% of the base perplexity). SENS: n_layer floats. N_THREADS:
+ * as kvs_ctx_params (0: every core); the result does not depend on it. */
+enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *ids, int n, float noise, int n_threads,
+                                    float *sens, double *ppl_base, kvs_progress_fn progress, void *ud, char *err, size_t errlen);
 
 /* One MATRIX record (KVS_MAT_SPECTRUM, rows = 1) per group with its singular values. Returns the
  * number of records written into recs (at most cap); each carries one reference for the caller. */
