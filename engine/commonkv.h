@@ -146,6 +146,10 @@ const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p);
  * press. Owned by the press. */
 const struct kvs_ckv_factors *kvs_press_commonkv_factors(const struct kvs_press *p);
 
+/* Fills the plan fields of a RUN record (merge share, floor, note) from a commonkv/lowrank press;
+ * NaN and "" for any other press. */
+void kvs_press_commonkv_run_fields(const struct kvs_press *p, struct kvs_rec_run *run);
+
 /* Why a press cannot reach its target CR (or another caveat of its plan); "" when none. */
 const char *kvs_press_note(const struct kvs_press *p);
 

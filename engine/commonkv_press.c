@@ -1244,6 +1244,17 @@ const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p)
     return &((const struct ckv *)p)->plan;
 }
 
+void kvs_press_commonkv_run_fields(const struct kvs_press *p, struct kvs_rec_run *run)
+{
+    run->plan_merge_share = run->plan_merge_floor = NAN;
+    run->plan_note[0] = 0;
+    if (!p || (p->ops != &ckv_ops && p->ops != &lowrank_ops)) return;
+    const struct ckv *c = (const struct ckv *)p;
+    run->plan_merge_share = c->merge ? c->plan.merge_frac : 0.0f;
+    run->plan_merge_floor = c->merge ? c->floor : NAN;
+    snprintf(run->plan_note, sizeof run->plan_note, "%s", c->plan.note);
+}
+
 /* Bytes of a packed latent row relative to fp16. */
 static double quant_factor(uint32_t r, uint32_t bits, uint32_t group)
 {

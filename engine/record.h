@@ -76,6 +76,10 @@ struct kvs_rec_run {
     uint32_t n_threads;
     uint64_t unix_ns;                /* wall-clock start */
     uint32_t precise;                /* 1: CPU decode on the accurate path (--precise), 0: quantized dots */
+    /* the CommonKV plan (NaN / "" for other methods): share of the mergeable slots' bytes merged
+     * at most, similarity floor (-1: none), and why the plan is what it is */
+    float plan_merge_share, plan_merge_floor;
+    char plan_note[200];
 };
 
 enum kvs_step_kind { KVS_STEP_PREFILL = 1, KVS_STEP_DECODE = 2 };

@@ -150,6 +150,12 @@ static void json_run(FILE *f, const struct kvs_rec_run *r)
     fprintf(f, ",\"n_threads\":%u,\"unix_ns\":", r->n_threads);
     ju64(f, r->unix_ns);
     fprintf(f, ",\"precise\":%s", r->precise ? "true" : "false");
+    fputs(",\"plan_merge_share\":", f);
+    if (isfinite(r->plan_merge_share)) jf(f, r->plan_merge_share); else fputs("null", f);
+    fputs(",\"plan_merge_floor\":", f);
+    if (isfinite(r->plan_merge_floor)) jf(f, r->plan_merge_floor); else fputs("null", f);
+    fputs(",\"plan_note\":", f);
+    JS(f, r->plan_note);
 }
 
 static void json_step(FILE *f, const struct kvs_rec_step *s)
