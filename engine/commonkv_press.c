@@ -3,10 +3,11 @@
  * packed rows when composed with quant), per group a shared pool of merged latents, each with the
  * tokens' positions. Keys are rebuilt per block of cached tokens (latents -> B_k -> RoPE at their
  * own positions), values by re-association (P C) B_v^T, never materialised. Merging under a
- * global byte budget, quantization of old rows and eviction of (group, token) slots happen in
- * end_step. Keys are rebuilt with the bf16 kernel of ckv_kernels.h where the build has it
- * (KVS_CKV_FP32=1 forces the fp32 BLAS path). Depends on commonkv.h, attn.h (fp16 rows),
- * ckv_kernels.h, threads.h and OpenBLAS. */
+ * global byte budget (capped at each step by the plan's merge share, never below a similarity
+ * floor), quantization of old rows and eviction of (group, token) slots happen in end_step; the
+ * press keeps of its factors only what decoding needs. Keys are rebuilt with the bf16 kernel of
+ * ckv_kernels.h where the build has it (KVS_CKV_FP32=1 forces the fp32 BLAS path). Depends on
+ * commonkv.h, attn.h (fp16 rows), ckv_kernels.h, threads.h and OpenBLAS. */
 #include "attn.h"
 #include "ckv_kernels.h"
 #include "commonkv_priv.h"
