@@ -213,6 +213,7 @@ struct ckv {
     float floor;                /* slots less similar than this are never merged */
     uint64_t factor_bytes;      /* what the press keeps of the factors for decoding (A, B_k, B_v, packs) */
     bool floor_blocked;         /* the last merge stopped at the floor, short of the budget */
+    bool note_is_floor;         /* plan.note holds the floor's message (cleared when it no longer holds) */
     uint32_t qbits, qgroup, qres, sinks, recent, snap_window, snap_kernel, snap_capacity;
     int n_ctx, last_merge_ctx, last_evict_ctx;
     /* attention scratch, grown on demand */
@@ -872,10 +873,17 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
         take++;
     }
     c->floor_blocked = take < nc && saved < cap && need > 0;
-    if (c->floor_blocked && !c->plan.note[0])
+    /* the note tells the latest merge's state: a floor that stopped an early chunk may not stop
+     * the last one */
+    if (c->floor_blocked && (!c->plan.note[0] || c->note_is_floor)) {
         snprintf(c->plan.note, sizeof c->plan.note,
                  "similarity floor %.2f stopped merging at %zu of %zu eligible slots, short of the target",
                  (double)c->floor, (size_t)(take + merged), (size_t)(nc + merged));
+        c->note_is_floor = true;
+    } else if (!c->floor_blocked && c->note_is_floor) {
+        c->plan.note[0] = 0;
+        c->note_is_floor = false;
+    }
     uint8_t *drop[2] = {NULL, NULL};
     for (int gi = 0; gi < c->ng && st == KVS_OK; gi++) {
         struct grp *g = &c->g[gi];
@@ -1178,6 +1186,8 @@ static void ckv_reset(struct kvs_press *p)
         g->evicted = 0;
     }
     c->n_ctx = c->last_merge_ctx = c->last_evict_ctx = 0;
+    if (c->note_is_floor) c->plan.note[0] = 0;
+    c->note_is_floor = c->floor_blocked = false;
 }
 
 static void ckv_destroy(struct kvs_press *p)
