@@ -77,8 +77,9 @@ int kvs_batch_print(FILE *f, kvs_batch_next_fn next, void *ctx, bool stop_at_end
     }
     if (last_step && (last_step->u.step.valid & KVS_VALID_BYTES)) {
         const struct kvs_rec_step *s = &last_step->u.step;
-        fprintf(f, ",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":", s->n_ctx,
-                (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held, (unsigned long long)s->bytes_alloc);
+        fprintf(f, ",\"n_ctx\":%u,\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"bytes_factors\":%llu,"
+                   "\"cr_achieved\":", s->n_ctx, (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held,
+                (unsigned long long)s->bytes_alloc, (unsigned long long)s->bytes_factors);
         kvs_json_number(f, "%.6g", (double)s->cr_achieved);
     }
     if (quality) {

@@ -31,7 +31,7 @@ int kvs_cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--ctx") && v) { ctxs = v; i++; }
         else if (!strcmp(a, "--methods") && v) { methods = v; i++; }
         else if (!strcmp(a, "-f") && v) { file = v; i++; }
-        else if (!strcmp(a, "--cr")) { if (!kvs_opt_float(a, v, 0, 0.999, &cr)) return 2; i++; }
+        else if (!strcmp(a, "--cr")) { if (!kvs_opt_cr(a, v, &cr)) return 2; i++; }
         else if (!strcmp(a, "-n")) { if (!kvs_opt_int(a, v, 1, 100000, &n_decode)) return 2; i++; }
         else if (!strcmp(a, "-t")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--json")) json = true;

@@ -46,7 +46,8 @@ static int parse_list(const char *opt, const char *s, double lo, double hi, doub
             kvs_die_msg("option %s: at most %d values", opt, MAX_LIST);
             return -1;
         }
-        if (!kvs_opt_float(opt, t, lo, hi, &out[n])) return -1;
+        if (!strcmp(opt, "--cr") && !strcmp(t, "none")) out[n] = KVS_CR_NONE; /* no target */
+        else if (!kvs_opt_float(opt, t, lo, hi, &out[n])) return -1;
         n++;
     }
     return n;
@@ -121,6 +122,7 @@ static enum kvs_status method_config(const struct evalopt *o, const char *spec, 
     mc->rank_ratio = b->rank_ratio;
     mc->rank_by_similarity = b->rank_by_similarity;
     mc->merge_share = b->merge_share;
+    mc->merge_floor = b->merge_floor;
     mc->whiten = b->whiten;
     mc->sim_mode = b->sim_mode;
     mc->sinks = b->sinks;
@@ -763,6 +765,12 @@ int kvs_cmd_eval(int argc, char **argv)
             o.base.merge_share = (float)x;
             i++;
         }
+        else if (!strcmp(a, "--merge-floor")) {
+            double x;
+            if (!kvs_opt_float(a, v, -1, 1, &x)) return 2;
+            o.base.merge_floor = (float)x;
+            i++;
+        }
         else if (!strcmp(a, "--no-whiten")) o.base.whiten = false;
         else if (!strcmp(a, "--whiten")) o.base.whiten = true;
         else if (!strcmp(a, "--sim") && v) {
@@ -995,7 +1003,7 @@ out:
 int kvs_cmd_calibrate(int argc, char **argv)
 {
     const char *model_path = NULL, *file = KVS_CKV_CALIB_TEXT, *outp = NULL;
-    long ctx = 256;
+    long ctx = 256, threads = 0;
     double noise = 1.0;
     bool quiet = false;
     for (int i = 1; i < argc; i++) {
@@ -1006,6 +1014,7 @@ int kvs_cmd_calibrate(int argc, char **argv)
         else if (!strcmp(a, "-o") && v) { outp = v; i++; }
         else if (!strcmp(a, "--ctx")) { if (!kvs_opt_int(a, v, 16, 1 << 16, &ctx)) return 2; i++; }
         else if (!strcmp(a, "--noise")) { if (!kvs_opt_float(a, v, 0.01, 100, &noise)) return 2; i++; }
+        else if (!strcmp(a, "-t")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "-q")) quiet = true;
         else { kvs_die_msg("calibrate: unknown option or missing value '%s'", a); return 2; }
     }
@@ -1027,7 +1036,7 @@ int kvs_cmd_calibrate(int argc, char **argv)
     double base = 0;
     char path[600];
     if (!sens || kvs_ckv_calib_tokens(m, file, (int)ctx, &ids, &n, err, sizeof err) != KVS_OK ||
-        kvs_ckv_sensitivity(m, ids, n, (float)noise, sens, &base, progress_cb, &quiet, err, sizeof err) != KVS_OK) {
+        kvs_ckv_sensitivity(m, ids, n, (float)noise, (int)threads, sens, &base, progress_cb, &quiet, err, sizeof err) != KVS_OK) {
         kvs_die_msg("calibrate: %s", err);
         goto out;
     }

@@ -40,7 +40,7 @@ int kvs_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--batch-size")) { if (!kvs_opt_int(a, v, 1, 65536, &n_batch)) return 2; i++; }
         else if (!strcmp(a, "--temp")) { if (!kvs_opt_float(a, v, 0, 100, &temp)) return 2; i++; }
         else if (!strcmp(a, "--top-p")) { if (!kvs_opt_float(a, v, 0, 1, &top_p)) return 2; i++; }
-        else if (!strcmp(a, "--cr")) { if (!kvs_opt_float(a, v, 0, 0.999, &cr)) return 2; i++; }
+        else if (!strcmp(a, "--cr")) { if (!kvs_opt_cr(a, v, &cr)) return 2; i++; }
         else if (!strcmp(a, "--seed")) { if (!kvs_opt_u64(a, v, &seed)) return 2; i++; }
         else if (!strcmp(a, "--chat")) chat = true;
         else if (!strcmp(a, "--precise")) precise = true;

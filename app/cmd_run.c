@@ -221,7 +221,7 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "--record")) { if (!v) goto needs; record = v; i++; }
         else if (!strcmp(a, "--backend")) { if (!kvs_opt_backend(a, v, &backend)) return 2; i++; }
         else if (!strcmp(a, "--theme")) { if (!v) goto needs; theme_name = v; i++; }
-        else if (!strcmp(a, "--cr")) { if (!kvs_opt_float(a, v, 0, 0.999, &cr)) return 2; i++; }
+        else if (!strcmp(a, "--cr")) { if (!kvs_opt_cr(a, v, &cr)) return 2; i++; }
         else if (!strcmp(a, "--rank-ratio")) { if (!kvs_opt_float(a, v, 0, 1, &rank_ratio)) return 2; i++; }
         else if (!strcmp(a, "--group")) { if (!kvs_opt_int(a, v, 1, 64, &group)) return 2; i++; }
         else if (!strcmp(a, "--sinks")) { if (!kvs_opt_int(a, v, 0, 4096, &sinks)) return 2; i++; }

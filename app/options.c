@@ -54,6 +54,24 @@ bool kvs_opt_float(const char *opt, const char *val, double lo, double hi, doubl
     return true;
 }
 
+bool kvs_opt_cr(const char *opt, const char *val, double *out)
+{
+    if (val && !strcmp(val, "none")) {
+        *out = KVS_CR_NONE;
+        return true;
+    }
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (errno || end == val || *end || !isfinite(v) || v < 0 || v > 0.999) {
+        kvs_die_msg("option %s: '%s' is not a number in [0, 0.999] or none", opt, val);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
 bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out)
 {
     if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }

@@ -10,6 +10,8 @@
 /* Each returns false after printing a one-line error to stderr. */
 bool kvs_opt_int(const char *opt, const char *val, long lo, long hi, long *out);
 bool kvs_opt_float(const char *opt, const char *val, double lo, double hi, double *out);
+/* A target compression ratio in [0, 0.999], or "none" (KVS_CR_NONE: no target). */
+bool kvs_opt_cr(const char *opt, const char *val, double *out);
 bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out);
 /* cpu, cuda or auto (kvs_backend_new's names). */
 bool kvs_opt_backend(const char *opt, const char *val, const char **out);

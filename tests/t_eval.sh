@@ -111,6 +111,11 @@ assert a[0]['latent'] is not None and a[3]['latent'] is None   # groups of 4: 3-
 "$BIN" calibrate -m "$TINY" -f "$TMP/text.txt" --ctx 64 -o "$TMP/w.txt" -q >"$TMP/cal.txt" 2>&1
 check "calibrate exits 0" test $? -eq 0
 check "calibrate writes 6 layers" test "$(grep -vc '^#' "$TMP/w.txt")" -eq 6
+# -t as its usage says, and the weights do not depend on the thread count
+"$BIN" calibrate -m "$TINY" -f "$TMP/text.txt" --ctx 64 -o "$TMP/w1.txt" -q -t 1 >/dev/null 2>&1
+check "calibrate -t 1 exits 0" test $? -eq 0
+"$BIN" calibrate -m "$TINY" -f "$TMP/text.txt" --ctx 64 -o "$TMP/w2.txt" -q -t 2 >/dev/null 2>&1
+check "calibrate -t 1 and -t 2 write the same weights" cmp -s "$TMP/w1.txt" "$TMP/w2.txt"
 "$BIN" eval -m "$TINY" -f "$TMP/text.txt" --methods commonkv --cr 0.5 --ctx 200 --passkey none --decode 2 \
     --merge-weights "$TMP/w.txt" --json >"$TMP/mw.json" 2>/dev/null
 check "eval with merge weights" python3 -c "import json; r=json.load(open('$TMP/mw.json'))['rows']; assert 'error' not in r[1], r"

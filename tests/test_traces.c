@@ -51,6 +51,9 @@ static struct kvs_record *mk_run(uint32_t id, uint32_t nl, uint32_t ng)
     for (uint32_t g = 0; g < ng; g++) u->group_rank[g] = 300 + g;
     u->n_threads = 2;
     u->unix_ns = 1732000000123456789ull;
+    u->plan_merge_share = 0.8f;
+    u->plan_merge_floor = 0.45f;
+    snprintf(u->plan_note, sizeof u->plan_note, "similarity floor 0.45 stopped merging at 10 of 20 eligible slots");
     return r;
 }
 
@@ -88,6 +91,7 @@ static struct kvs_record *mk_step(uint64_t step, uint32_t nl, uint32_t ng)
     s->bytes_full = rnd() >> 16;
     s->bytes_held = rnd() >> 18;
     s->bytes_alloc = rnd() >> 17;
+    s->bytes_factors = rnd() >> 20;
     s->cr_target = step % 7 ? 0.5f : -1.0f;
     s->cr_achieved = rndf();
     s->logprob = -rndf() * 3;
@@ -179,7 +183,9 @@ static bool rec_equal(const struct kvs_record *a, const struct kvs_record *b)
                   feq(x->target_cr, y->target_cr) && feq(x->rank_ratio, y->rank_ratio) &&
                   x->group_size == y->group_size && x->n_groups == y->n_groups && x->sinks == y->sinks &&
                   x->recent == y->recent && x->quant_bits == y->quant_bits && x->evict_capacity == y->evict_capacity &&
-                  x->n_threads == y->n_threads && x->unix_ns == y->unix_ns;
+                  x->n_threads == y->n_threads && x->unix_ns == y->unix_ns &&
+                  feq(x->plan_merge_share, y->plan_merge_share) && feq(x->plan_merge_floor, y->plan_merge_floor) &&
+                  SEQ(x->plan_note, y->plan_note);
         for (uint32_t g = 0; ok && g < KVS_MIN(x->n_groups, (uint32_t)KVS_MAX_GROUPS); g++)
             ok = x->group_rank[g] == y->group_rank[g];
         return ok;
@@ -190,7 +196,7 @@ static bool rec_equal(const struct kvs_record *a, const struct kvs_record *b)
                   x->token == y->token && SEQ(x->piece, y->piece) && x->t_start_ns == y->t_start_ns &&
                   x->t_end_ns == y->t_end_ns && x->valid == y->valid && x->n_layer == y->n_layer &&
                   x->n_groups == y->n_groups && x->bytes_full == y->bytes_full && x->bytes_held == y->bytes_held &&
-                  x->bytes_alloc == y->bytes_alloc && feq(x->cr_target, y->cr_target) &&
+                  x->bytes_alloc == y->bytes_alloc && x->bytes_factors == y->bytes_factors && feq(x->cr_target, y->cr_target) &&
                   feq(x->cr_achieved, y->cr_achieved) && feq(x->logprob, y->logprob) && feq(x->ppl, y->ppl) &&
                   feq(x->kl, y->kl) && feq(x->top1, y->top1);
         uint32_t nl = KVS_MIN(x->n_layer, (uint32_t)KVS_MAX_LAYERS), ng = KVS_MIN(x->n_groups, (uint32_t)KVS_MAX_GROUPS);

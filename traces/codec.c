@@ -3,6 +3,7 @@
  * and index entries. Depends on libc, zlib and engine/core/record.h. */
 #include "trace_int.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <zlib.h>
@@ -87,6 +88,9 @@ static void enc_run(struct kvt_buf *b, const struct kvs_rec_run *r)
     kvt_buf_u32(b, r->n_threads);
     kvt_buf_u64(b, r->unix_ns);
     kvt_buf_u32(b, r->precise);
+    kvt_buf_f32(b, r->plan_merge_share);
+    kvt_buf_f32(b, r->plan_merge_floor);
+    put_str(b, r->plan_note, sizeof r->plan_note);
 }
 
 static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
@@ -126,6 +130,7 @@ static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
         kvt_buf_u64(b, s->ops[i].flops);
         kvt_buf_u32(b, s->ops[i].calls);
     }
+    kvt_buf_u64(b, s->bytes_factors);
 }
 
 static void enc_matrix(struct kvt_buf *b, const struct kvs_rec_matrix *m, uint32_t n_floats)
@@ -271,6 +276,14 @@ static void dec_run(struct cur *c, struct kvs_rec_run *r)
     r->n_threads = g32(c);
     r->unix_ns = g64(c);
     r->precise = c->pos < c->len ? g32(c) : 0; /* appended field: absent in older traces */
+    /* appended plan fields: absent in older traces */
+    r->plan_merge_share = r->plan_merge_floor = NAN;
+    r->plan_note[0] = 0;
+    if (c->pos < c->len) {
+        r->plan_merge_share = gf32(c);
+        r->plan_merge_floor = gf32(c);
+        gstr(c, r->plan_note, sizeof r->plan_note);
+    }
 }
 
 static void dec_step(struct cur *c, struct kvs_rec_step *s)
@@ -312,6 +325,7 @@ static void dec_step(struct cur *c, struct kvs_rec_step *s)
         oc.calls = g32(c);
         if (i < KVS_OP_COUNT) s->ops[i] = oc; /* ops a newer writer added are skipped */
     }
+    s->bytes_factors = c->pos < c->len ? g64(c) : 0; /* appended field: absent in older traces */
 }
 
 static void dec_quality(struct cur *c, struct kvs_rec_quality *q)

@@ -161,6 +161,12 @@ static void json_run(FILE *f, const struct kvs_rec_run *r)
     fprintf(f, ",\"n_threads\":%u,\"unix_ns\":", r->n_threads);
     ju64(f, r->unix_ns);
     fprintf(f, ",\"precise\":%s", r->precise ? "true" : "false");
+    fputs(",\"plan_merge_share\":", f);
+    if (isfinite(r->plan_merge_share)) jf(f, r->plan_merge_share); else fputs("null", f);
+    fputs(",\"plan_merge_floor\":", f);
+    if (isfinite(r->plan_merge_floor)) jf(f, r->plan_merge_floor); else fputs("null", f);
+    fputs(",\"plan_note\":", f);
+    JS(f, r->plan_note);
 }
 
 static void json_step(FILE *f, const struct kvs_rec_step *s)
@@ -191,12 +197,12 @@ static void json_step(FILE *f, const struct kvs_rec_step *s)
     fputs(",\"group_merged\":", f);
     if (budget) jarr_f(f, s->group_merged, ng); else fputs("null", f);
     if (bytes) {
-        fprintf(f, ",\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"cr_achieved\":",
+        fprintf(f, ",\"bytes_full\":%llu,\"bytes_held\":%llu,\"bytes_alloc\":%llu,\"bytes_factors\":%llu,\"cr_achieved\":",
                 (unsigned long long)s->bytes_full, (unsigned long long)s->bytes_held,
-                (unsigned long long)s->bytes_alloc);
+                (unsigned long long)s->bytes_alloc, (unsigned long long)s->bytes_factors);
         jf(f, s->cr_achieved);
     } else {
-        fputs(",\"bytes_full\":null,\"bytes_held\":null,\"bytes_alloc\":null,\"cr_achieved\":null", f);
+        fputs(",\"bytes_full\":null,\"bytes_held\":null,\"bytes_alloc\":null,\"bytes_factors\":null,\"cr_achieved\":null", f);
     }
     fputs(",\"cr_target\":", f);
     if (s->cr_target < 0) fputs("null", f); else jf(f, s->cr_target);

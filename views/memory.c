@@ -1,6 +1,7 @@
 /* Memory panel: full fp16 vs held vs allocated KV bytes, absolute and as CR (target, achieved from
- * held bytes, and from allocated bytes), per layer, and growth with the context over the steps in
- * the history. Draws only from step and run records. */
+ * held bytes, and from allocated bytes), the factors a low-rank method keeps (its own line), per
+ * layer, and growth with the context over the steps in the history. Draws only from step and run
+ * records. */
 #include "view.h"
 
 #include <math.h>
@@ -44,9 +45,13 @@ static void mem_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     uint64_t top = s->bytes_full > s->bytes_alloc ? s->bytes_full : s->bytes_alloc;
     if (s->bytes_held > top) top = s->bytes_held;
     int bw = r.w - 17;
-    struct { const char *name; uint64_t v; enum kvs_role role; } rows[3] = {
-        {"full ", s->bytes_full, KVS_C_BAR_FULL}, {"held ", s->bytes_held, KVS_C_BAR_HELD}, {"alloc", s->bytes_alloc, KVS_C_BAR_ALLOC}};
-    for (int i = 0; i < 3 && y < ye; i++, y++) {
+    if (s->bytes_factors > top) top = s->bytes_factors;
+    /* the factors a low-rank method keeps are memory it costs beside the cache: their own line */
+    struct { const char *name; uint64_t v; enum kvs_role role; } rows[4] = {
+        {"full ", s->bytes_full, KVS_C_BAR_FULL}, {"held ", s->bytes_held, KVS_C_BAR_HELD}, {"alloc", s->bytes_alloc, KVS_C_BAR_ALLOC},
+        {"factr", s->bytes_factors, KVS_C_BAR_ALLOC}};
+    int n_rows = s->bytes_factors ? 4 : 3;
+    for (int i = 0; i < n_rows && y < ye; i++, y++) {
         int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "%s ", rows[i].name);
         if (bw >= 4) {
             kvs_w_bar(w, t, y, r.x + x, bw, (double)rows[i].v / (double)top, rows[i].role);

@@ -336,6 +336,12 @@ void kvs_ckv_plan(const struct kvs_ckv_factors *f, const struct kvs_method_confi
         double r = ((1 - cr) * full - fixed) / per_rank;
         uint32_t ru = (uint32_t)KVS_MAX(1.0, floor(r));
         for (uint32_t g = 0; g < f->n_groups; g++) plan->rank[g] = KVS_MIN(ru, f->r_max[g]);
+        /* a short context leaves little to merge: say what the target then costs in rank */
+        if (merging && mu < 0.5)
+            snprintf(plan->note, sizeof plan->note,
+                     "only %d of %d tokens can merge (%u sinks + %u recent protected): the target falls on the "
+                     "rank, %u of %u (%.2f D)", KVS_MAX(0, n_ctx - prot), n_ctx, cfg->sinks, cfg->recent, ru, D,
+                     (double)ru / D);
     }
     if (cfg->rank_by_similarity) {
         double budget = 0;
@@ -347,6 +353,18 @@ void kvs_ckv_plan(const struct kvs_ckv_factors *f, const struct kvs_method_confi
     plan->cr_rank_only = (float)(1 - held0 / full);
     plan->cr_max = (float)(1 - held1 / full);
     plan->reachable = true;
+    bool explicit_rank = cfg->rank || cfg->rank_ratio > 0 || cr < 0;
+    if (explicit_rank && cfg->merge_share >= 0 && merging) {
+        /* rank and share both given: they decide; a target only stops merging once met */
+        plan->merge_frac = (float)KVS_MIN(1.0, (double)cfg->merge_share);
+        double held = plan_bytes(f, plan->rank, plan->merge_frac * mu, NULL);
+        if (cr >= 0 && 1 - held / full < cr - 0.02)
+            snprintf(plan->note, sizeof plan->note,
+                     "rank %u with merge share %.2f reaches CR %.3f, short of the target %.2f", plan->rank[0],
+                     plan->merge_frac, 1 - held / full, cr);
+        plan->reachable = cr < 0 || 1 - held / full >= cr - 0.02;
+        return;
+    }
     if (cr < 0) {
         plan->merge_frac = 0;
         return;

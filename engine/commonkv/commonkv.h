@@ -22,8 +22,10 @@ struct kvs_ckv_factors {
     uint32_t g_l0[KVS_MAX_GROUPS], g_nl[KVS_MAX_GROUPS]; /* first layer and layers of each group */
     uint32_t r_max[KVS_MAX_GROUPS];
     float *sigma[KVS_MAX_GROUPS];     /* (r_max) singular values, descending */
-    float *A[KVS_MAX_GROUPS];         /* (r_max, D) row i = sqrt(s_i) v_i^T (times S^-1 when whitened) */
-    float *B[KVS_MAX_GROUPS];         /* (2*nl*d_kv, r_max) = U sqrt(S): K rows of l0.., then V rows */
+    float *A[KVS_MAX_GROUPS];         /* (r_max, D) row i = sqrt(s_i) v_i^T (times S^-1 when whitened);
+                                       * a press's own factors keep only its first rank rows */
+    float *B[KVS_MAX_GROUPS];         /* (2*nl*d_kv, r_max) = U sqrt(S): K rows of l0.., then V rows;
+                                       * NULL in a press's own factors (it keeps per-layer copies) */
     double svd_seconds;
     bool from_cache;
 };
@@ -87,18 +89,27 @@ enum kvs_status kvs_ckv_calib_xtx(const struct kvs_model *m, uint32_t G, const i
                                   kvs_progress_fn progress, void *ud, char *err, size_t errlen);
 void kvs_ckv_calib_free(double **xtx, uint32_t n_groups);
 /* Per-layer key sensitivity: perplexity rise on IDS when that layer's keys get Gaussian noise of
- * NOISE times their rms (floored at 0.1% of the base perplexity). SENS: n_layer floats. */
-enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *ids, int n, float noise, float *sens,
-                                    double *ppl_base, kvs_progress_fn progress, void *ud, char *err, size_t errlen);
+ * NOISE times their rms (floored at 0.1% of the base perplexity). SENS: n_layer floats. N_THREADS:
+ * as kvs_ctx_params (0: every core); the result does not depend on it. */
+enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *ids, int n, float noise, int n_threads,
+                                    float *sens, double *ppl_base, kvs_progress_fn progress, void *ud, char *err, size_t errlen);
 
 /* One MATRIX record (KVS_MAT_SPECTRUM, rows = 1) per group with its singular values. Returns the
  * number of records written into recs (at most cap); each carries one reference for the caller. */
 int kvs_ckv_spectrum_records(const struct kvs_ckv_factors *f, struct kvs_record **recs, int cap);
 
 /* Share of the mergeable slots a target-CR plan merges by default (see kvs_ckv_plan); --merge-share
- * overrides it. Measured on SmolLM2-135M (G=4, GPL-3, 1024 tokens; perplexity at CR 0.3/0.5/0.7):
- * share 0: 30.1/38.3/73.3, 0.25: 24.3/35.1/57.5, 0.5: 100.9/105.3/157.1. */
-#define KVS_CKV_MERGE_SHARE 0.25
+ * overrides it. Measured with `kvscope eval --methods commonkv --cr 0.5,0.7` on SmolLM2-135M (G=4,
+ * GPL-3, 1024 tokens, floor 0.45, per-step cap), ppl / KL (achieved CR) at CR 0.5 ; 0.7:
+ *   0.25: 34.79 / 0.739 (0.474) ; 57.24 / 1.280 (0.685)    0.4: 32.47 / 0.667 ; 47.96 / 1.109
+ *   0.6:  26.12 / 0.421 (0.481) ; 39.42 / 0.893 (0.689)    0.8: 22.48 / 0.194 (0.488) ; 36.18 / 0.779 (0.693)
+ *   0.9:  20.84 / 0.119 but the floor stops it at CR 0.450 ; 0.675
+ * (lowrank: 24.19 / 0.319 ; 38.25 / 0.856). Before the cap and floor, 0.5 was a cliff (ppl 105). */
+#define KVS_CKV_MERGE_SHARE 0.8
+
+/* Default similarity floor: a (group, token) slot whose similarity score is below it is never
+ * merged, whatever the budget asks (--merge-floor overrides). */
+#define KVS_CKV_MERGE_FLOOR 0.45
 
 /* Rank and merge plan for a target compression ratio. Bytes per (group, token): unmerged
  * nl*r*2 (+4 position), merged r*2 (+4), full nl*2*d_kv*2. */
@@ -134,6 +145,10 @@ const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p);
 /* The grouped factors a CommonKV press (alone or in a composition) runs with; NULL for any other
  * press. Owned by the press. */
 const struct kvs_ckv_factors *kvs_press_commonkv_factors(const struct kvs_press *p);
+
+/* Fills the plan fields of a RUN record (merge share, floor, note) from a commonkv/lowrank press;
+ * NaN and "" for any other press. */
+void kvs_press_commonkv_run_fields(const struct kvs_press *p, struct kvs_rec_run *run);
 
 /* Why a press cannot reach its target CR (or another caveat of its plan); "" when none. */
 const char *kvs_press_note(const struct kvs_press *p);

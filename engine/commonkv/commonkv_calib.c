@@ -90,7 +90,7 @@ static void xtx_hook(void *ud, int layer, int T, const int32_t *pos, const float
  * change) and cancels with KVS_ERR_CANCELLED when it returns false. */
 static enum kvs_status run_full(const struct kvs_model *m, const int32_t *ids, int n, kvs_layer_hook hook, void *ud,
                                 struct kvs_press *press, double *nll, kvs_progress_fn progress, void *pud,
-                                const char *what, char *err, size_t errlen)
+                                const char *what, int n_threads, char *err, size_t errlen)
 {
     struct kvs_method_config cfg;
     enum kvs_status st = kvs_method_parse(&cfg, "full", err, errlen);
@@ -106,6 +106,7 @@ static enum kvs_status run_full(const struct kvs_model *m, const int32_t *ids, i
     struct kvs_ctx_params cp;
     kvs_ctx_params_default(&cp);
     cp.n_ctx = n;
+    cp.n_threads = n_threads;
     st = kvs_ctx_new(&ctx, m, press, &cp, err, errlen);
     if (st != KVS_OK) goto done;
     if (hook) kvs_ctx_set_hook(ctx, hook, ud);
@@ -167,7 +168,7 @@ enum kvs_status kvs_ckv_calib_xtx(const struct kvs_model *m, uint32_t G, const i
         a.xtx[g] = calloc((size_t)D * D, sizeof(double));
         if (!a.xtx[g]) goto oom;
     }
-    st = run_full(m, ids, n, xtx_hook, &a, NULL, NULL, progress, ud, "calibrating (whitening statistics)", err, errlen);
+    st = run_full(m, ids, n, xtx_hook, &a, NULL, NULL, progress, ud, "calibrating (whitening statistics)", 0, err, errlen);
     free(a.tmp);
     if (st != KVS_OK) {
         kvs_ckv_calib_free(a.xtx, ng);
@@ -275,14 +276,14 @@ static const struct kvs_press_ops noisy_ops = {
     .fill_record = noisy_fill, .reset = noisy_reset, .destroy = noisy_destroy,
 };
 
-enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *ids, int n, float noise,
+enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *ids, int n, float noise, int n_threads,
                                     float *sens, double *ppl_base, kvs_progress_fn progress, void *ud, char *err,
                                     size_t errlen)
 {
     double base;
     int N = (int)m->hp.n_layer;
-    enum kvs_status st = run_full(m, ids, n, NULL, NULL, NULL, &base, progress, ud, "measuring layer sensitivity", err,
-                                  errlen);
+    enum kvs_status st = run_full(m, ids, n, NULL, NULL, NULL, &base, progress, ud, "measuring layer sensitivity",
+                                  n_threads, err, errlen);
     if (st != KVS_OK) return st;
     if (ppl_base) *ppl_base = exp(base);
     struct kvs_method_config cfg;
@@ -310,7 +311,7 @@ enum kvs_status kvs_ckv_sensitivity(const struct kvs_model *m, const int32_t *id
             return st;
         }
         double nll;
-        st = run_full(m, ids, n, NULL, NULL, &nz->base, &nll, NULL, NULL, NULL, err, errlen);
+        st = run_full(m, ids, n, NULL, NULL, &nz->base, &nll, NULL, NULL, NULL, n_threads, err, errlen);
         kvs_press_delete(&nz->base);
         if (st != KVS_OK) return st;
         /* perplexity rise; a floor keeps every layer's weight positive */

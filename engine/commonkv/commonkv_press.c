@@ -3,10 +3,11 @@
  * packed rows when composed with quant), per group a shared pool of merged latents, each with the
  * tokens' positions. Keys are rebuilt per block of cached tokens (latents -> B_k -> RoPE at their
  * own positions), values by re-association (P C) B_v^T, never materialised. Merging under a
- * global byte budget, quantization of old rows and eviction of (group, token) slots happen in
- * end_step. Keys are rebuilt with the bf16 kernel of ckv_kernels.h where the build has it
- * (KVS_CKV_FP32=1 forces the fp32 BLAS path). Depends on commonkv.h, attn.h (fp16 rows),
- * ckv_kernels.h, threads.h and OpenBLAS. */
+ * global byte budget (capped at each step by the plan's merge share, never below a similarity
+ * floor), quantization of old rows and eviction of (group, token) slots happen in end_step; the
+ * press keeps of its factors only what decoding needs. Keys are rebuilt with the bf16 kernel of
+ * ckv_kernels.h where the build has it (KVS_CKV_FP32=1 forces the fp32 BLAS path). Depends on
+ * commonkv.h, attn.h (fp16 rows), ckv_kernels.h, threads.h and OpenBLAS. */
 #include "attn.h"
 #include "ckv_kernels.h"
 #include "commonkv_priv.h"
@@ -180,7 +181,8 @@ static uint32_t seg_compact(struct seg *s, const uint8_t *drop)
 
 struct grp {
     uint32_t l0, nl, r;
-    float *A;                       /* (r, D) */
+    float *A;                       /* (r, D); borrowed from the press's own factors when a_borrowed */
+    bool a_borrowed;
     struct seg p16, pq, s16, sq;    /* private fp16, private packed, shared fp16, shared packed */
     float w[KVS_CKV_MAX_G];         /* merge weights, summing to 1 */
     float *score;                   /* (n_ctx_max) eviction scores by position (snapkv), or NULL */
@@ -208,6 +210,10 @@ struct ckv {
     bool merge, quant, evict;
     float cr_final;             /* target on real bytes (<0: none) */
     float cr_merge;             /* target the merge budget aims at, in fp16-equivalent bytes */
+    float floor;                /* slots less similar than this are never merged */
+    uint64_t factor_bytes;      /* what the press keeps of the factors for decoding (A, B_k, B_v, packs) */
+    bool floor_blocked;         /* the last merge stopped at the floor, short of the budget */
+    bool note_is_floor;         /* plan.note holds the floor's message (cleared when it no longer holds) */
     uint32_t qbits, qgroup, qres, sinks, recent, snap_window, snap_kernel, snap_capacity;
     int n_ctx, last_merge_ctx, last_evict_ctx;
     /* attention scratch, grown on demand */
@@ -802,7 +808,7 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
         const struct grp *g = &c->g[gi];
         full_held += (double)(g->p16.n + g->pq.n + g->s16.n + g->sq.n) * g->nl * c->dkv * 4;
     }
-    double target = (1.0 - c->cr_merge) * full_held;
+    double target = c->cr_merge >= 0 ? (1.0 - c->cr_merge) * full_held : 0.0; /* none: the cap decides */
     int r_max = ckv_max_rank(c);
     float *buf = malloc((size_t)(KVS_CKV_MAX_G + 2) * r_max * sizeof(float));
     size_t nc = 0, ccap = 0;
@@ -838,14 +844,45 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
         }
     }
     if ((double)held16 <= target || nc == 0) goto done;
-    /* the global budget: merge the most similar slots first, until the bytes fit */
+    /* The cap: at most the plan's share of the eligible slots (merged or not) is ever merged. A
+     * partial context (an early prefill chunk) cannot meet the whole target, and without the cap
+     * it merged everything eligible there, dissimilar slots included, for good. */
+    /* The cap is on bytes saved, as the plan counts them (a merge in a group of nl layers saves
+     * nl-1 latents), so that similar slots of small groups do not use it up. */
+    uint64_t merged = 0;
+    double saved = 0, cap = 0;
+    for (int gi = 0; gi < c->ng; gi++) {
+        const struct grp *g = &c->g[gi];
+        if (g->nl < 2) continue;
+        double per = (double)(g->nl - 1) * g->r * 2;
+        merged += g->s16.n + g->sq.n;
+        saved += per * (g->s16.n + g->sq.n);
+        cap += per * (g->s16.n + g->sq.n);
+    }
+    for (size_t x = 0; x < nc; x++) cap += (double)(c->g[cd[x].g].nl - 1) * c->g[cd[x].g].r * 2;
+    cap *= c->plan.merge_frac;
+    /* the global budget: merge the most similar slots first, until the bytes fit, never a slot
+     * below the similarity floor */
     qsort(cd, nc, sizeof *cd, cand_cmp);
     size_t take = 0;
     double need = (double)held16 - target;
-    while (take < nc && need > 0) {
+    while (take < nc && saved < cap && need > 0 && cd[take].sim >= c->floor) {
         const struct grp *g = &c->g[cd[take].g];
         need -= (double)(g->nl - 1) * g->r * 2;
+        saved += (double)(g->nl - 1) * g->r * 2;
         take++;
+    }
+    c->floor_blocked = take < nc && saved < cap && need > 0;
+    /* the note tells the latest merge's state: a floor that stopped an early chunk may not stop
+     * the last one */
+    if (c->floor_blocked && (!c->plan.note[0] || c->note_is_floor)) {
+        snprintf(c->plan.note, sizeof c->plan.note,
+                 "similarity floor %.2f stopped merging at %zu of %zu eligible slots, short of the target",
+                 (double)c->floor, (size_t)(take + merged), (size_t)(nc + merged));
+        c->note_is_floor = true;
+    } else if (!c->floor_blocked && c->note_is_floor) {
+        c->plan.note[0] = 0;
+        c->note_is_floor = false;
     }
     uint8_t *drop[2] = {NULL, NULL};
     for (int gi = 0; gi < c->ng && st == KVS_OK; gi++) {
@@ -1120,6 +1157,7 @@ static void ckv_fill_record(const struct kvs_press *p, struct kvs_rec_step *rec)
     rec->bytes_full = ckv_full_bytes(c, c->n_ctx);
     rec->bytes_held = held;
     rec->bytes_alloc = alloc;
+    rec->bytes_factors = c->factor_bytes;
     rec->cr_target = c->cr_final;
     rec->cr_achieved = rec->bytes_full ? (float)(1.0 - (double)held / rec->bytes_full) : 0.0f;
     rec->valid |= KVS_VALID_BYTES | KVS_VALID_BUDGET | (any_sim ? KVS_VALID_LAYER_SIM : 0) |
@@ -1149,6 +1187,8 @@ static void ckv_reset(struct kvs_press *p)
         g->evicted = 0;
     }
     c->n_ctx = c->last_merge_ctx = c->last_evict_ctx = 0;
+    if (c->note_is_floor) c->plan.note[0] = 0;
+    c->note_is_floor = c->floor_blocked = false;
 }
 
 static void ckv_destroy(struct kvs_press *p)
@@ -1160,7 +1200,7 @@ static void ckv_destroy(struct kvs_press *p)
         seg_free(&g->pq);
         seg_free(&g->s16);
         seg_free(&g->sq);
-        free(g->A);
+        if (!g->a_borrowed) free(g->A);
         free(g->score);
     }
     for (int l = 0; l < c->N; l++) {
@@ -1214,6 +1254,17 @@ const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p)
 {
     if (!p || (p->ops != &ckv_ops && p->ops != &lowrank_ops)) return NULL;
     return &((const struct ckv *)p)->plan;
+}
+
+void kvs_press_commonkv_run_fields(const struct kvs_press *p, struct kvs_rec_run *run)
+{
+    run->plan_merge_share = run->plan_merge_floor = NAN;
+    run->plan_note[0] = 0;
+    if (!p || (p->ops != &ckv_ops && p->ops != &lowrank_ops)) return;
+    const struct ckv *c = (const struct ckv *)p;
+    run->plan_merge_share = c->merge ? c->plan.merge_frac : 0.0f;
+    run->plan_merge_floor = c->merge ? c->floor : NAN;
+    snprintf(run->plan_note, sizeof run->plan_note, "%s", c->plan.note);
 }
 
 /* Bytes of a packed latent row relative to fp16. */
@@ -1297,7 +1348,8 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     /* targets: a bare commonkv defaults to CR 0.5; in compositions the latent part plans for
      * min(target, 0.5) and quantization and eviction take the rest */
     float target = cfg.target_cr;
-    if (target < 0 && common && !cfg.rank && cfg.rank_ratio <= 0) target = 0.5f;
+    if (target < 0 && target != KVS_CR_NONE && common && !cfg.rank && cfg.rank_ratio <= 0) target = 0.5f;
+    if (target < 0) target = -1.0f;
     c->cr_final = target;
     struct kvs_method_config pc = cfg;
     if (target >= 0) {
@@ -1314,7 +1366,10 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     kvs_ckv_plan(c->f, &pc, n_ctx_max, &c->plan);
     if (warn[0] && !c->plan.note[0]) snprintf(c->plan.note, sizeof c->plan.note, "%.199s", warn);
     c->cr_merge = pc.target_cr >= 0 ? pc.target_cr : -1.0f;
-    if (c->cr_merge < 0) c->merge = false;
+    c->floor = cfg.merge_floor;
+    /* without a target only an explicit merge share merges (up to that share) */
+    if (c->cr_merge < 0 && !(cfg.merge_share > 0)) c->merge = false;
+    if (c->plan.merge_frac <= 0) c->merge = false;
     /* per-group A and per-layer B_k, B_v at the planned rank */
     float wl[KVS_MAX_LAYERS];
     for (int l = 0; l < c->N; l++) wl[l] = 1.0f;
@@ -1362,6 +1417,33 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
             g->score = calloc((size_t)n_ctx_max, sizeof(float));
             if (!g->score) goto oom;
         }
+    }
+    /* Decoding needs only A at the planned rank and the per-layer B copies made above: the press's
+     * own full-rank factors shrink to their first r rows of A (which the latent similarity also
+     * reads) and the singular values (the spectra records); B goes. Borrowed factors are the
+     * caller's to keep. */
+    if (c->own) {
+        for (int gi = 0; gi < c->ng; gi++) {
+            struct grp *g = &c->g[gi];
+            free(c->own->B[gi]);
+            c->own->B[gi] = NULL;
+            free(c->own->A[gi]);
+            c->own->A[gi] = g->A;
+            g->a_borrowed = true;
+        }
+    }
+    for (int gi = 0; gi < c->ng; gi++) {
+        const struct grp *g = &c->g[gi];
+        c->factor_bytes += (uint64_t)g->r * c->D * sizeof(float);
+        if (c->own) c->factor_bytes += (uint64_t)c->f->r_max[gi] * sizeof(float);
+    }
+    for (int l = 0; l < c->N; l++) {
+        uint64_t r = c->g[c->l2g[l]].r;
+        c->factor_bytes += 2 * (uint64_t)c->dkv * r * sizeof(float);
+        if (c->bk16[l].w) c->factor_bytes += (uint64_t)c->bk16[l].k_pad * c->bk16[l].n_out_pad * 2;
+        if (c->bk8[l].w)
+            c->factor_bytes += (uint64_t)c->bk8[l].k_pad * c->bk8[l].n_out_pad + (uint64_t)c->bk8[l].n_out_pad * 8 +
+                               (uint64_t)c->bk8[l].k * 4;
     }
     if (kvs_rope_table_init(&c->rope, hp, KVS_MIN(n_ctx_max, 4096)) != KVS_OK) goto oom;
     *out = &c->base;

@@ -77,6 +77,10 @@ struct kvs_rec_run {
     uint32_t n_threads;
     uint64_t unix_ns;                /* wall-clock start */
     uint32_t precise;                /* 1: CPU decode on the accurate path (--precise), 0: quantized dots */
+    /* the CommonKV plan (NaN / "" for other methods): share of the mergeable slots' bytes merged
+     * at most, similarity floor (-1: none), and why the plan is what it is */
+    float plan_merge_share, plan_merge_floor;
+    char plan_note[200];
 };
 
 enum kvs_step_kind { KVS_STEP_PREFILL = 1, KVS_STEP_DECODE = 2 };
@@ -102,6 +106,9 @@ struct kvs_rec_step {
     uint64_t layer_bytes_held[KVS_MAX_LAYERS];
     /* whole cache: full fp16 bytes of the same tokens, bytes held, bytes allocated */
     uint64_t bytes_full, bytes_held, bytes_alloc;
+    /* offline factors the press keeps for decoding (CommonKV/lowrank A, B): not cache, but memory
+     * the method costs; 0 for presses without */
+    uint64_t bytes_factors;
     float cr_target, cr_achieved; /* CR = 1 - held/full */
     float logprob;          /* log p(token) under the run's model */
     float ppl, kl, top1;    /* quality vs full so far, when KVS_VALID_QUALITY */

@@ -62,6 +62,7 @@ enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, 
     snprintf(c->spec, sizeof c->spec, "%s", spec);
     c->target_cr = -1.0f;
     c->merge_share = -1.0f;
+    c->merge_floor = KVS_CKV_MERGE_FLOOR;
     c->group_size = 4;
     c->sinks = 4;
     c->recent = 128;

@@ -17,13 +17,16 @@ enum kvs_method_bit {
     KVS_M_STREAMING = 1u << 6,
 };
 
+#define KVS_CR_NONE (-2.0f) /* target_cr: explicitly no target (rank and merge share alone decide) */
+
 enum kvs_sim_mode { KVS_SIM_FIRST_LAST = 0, KVS_SIM_ADJ_MEAN = 1 };
 enum kvs_merge_weights { KVS_MERGE_UNIFORM = 0, KVS_MERGE_SENSITIVITY = 1 };
 
 struct kvs_method_config {
     char spec[64];          /* as given, e.g. "commonkv+quant+snapkv" */
     uint32_t methods;       /* kvs_method_bit mask */
-    float target_cr;        /* fraction of full fp16 KV bytes removed; <0: unset */
+    float target_cr;        /* fraction of full fp16 KV bytes removed; <0: unset (a bare commonkv
+                             * then aims at 0.5), KVS_CR_NONE: no target at all */
     /* commonkv / lowrank */
     uint32_t group_size;    /* G, default 4 */
     float rank_ratio;       /* rank = ratio * D when rank == 0; 0: derived from target_cr */
@@ -33,8 +36,11 @@ struct kvs_method_config {
     uint32_t merge_weights; /* enum kvs_merge_weights */
     bool whiten;
     bool rank_by_similarity;
-    float merge_share;      /* with a target CR: share of the mergeable (group, token) slots the
-                             * plan merges (the rest of the saving comes from rank); <0: default */
+    float merge_share;      /* share of the mergeable (group, token) slots merged at most: with a
+                             * target and no rank it also sets the rank (the rest of the saving);
+                             * with a rank it caps merging, with or without a target; <0: default */
+    float merge_floor;      /* a (group, token) slot whose similarity score (cosine, -1..1) is below
+                             * this is never merged; -1: no floor */
     /* quant */
     uint32_t quant_bits;    /* 2, 4, 8 */
     uint32_t quant_group;   /* elements per quantization group (32) */
