@@ -13,35 +13,17 @@ BUILD=${KVS_BUILD:-build}
 BIN=${KVS_BIN:-$PWD/$BUILD/kvscope}
 TMP=$(mktemp -d "${KVS_TEST_TMP:-/tmp}/lessons.XXXXXX")
 SOCK=kvs-les-$$
-pass=0; fail=0
-ok() { pass=$((pass + 1)); echo "ok   $*"; }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
-T() { LC_ALL=C.UTF-8 tmux -u -L "$SOCK" "$@"; }
-cleanup() { T kill-server 2>/dev/null; rm -rf "$TMP"; }
-trap cleanup EXIT
+. tests/lib/tui.sh
 
-if ! command -v tmux >/dev/null; then echo "skipped: tmux not installed"; echo "0 passed, 1 failed"; exit 1; fi
 if [ ! -x "$BIN" ]; then echo "missing $BIN (build first)"; echo "0 passed, 1 failed"; exit 1; fi
 LESSONS=$PWD/lessons
 ENV="env -u TMUX -u KVSCOPE_LESSONS TERM=xterm-256color LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME=$TMP/home XDG_CONFIG_HOME=$TMP/cfg"
 
-cap() { T capture-pane -p -t ui 2>/dev/null; }
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-WAIT=${KVS_TEST_WAIT:-60}
-wait_cond() {
-    local s=$1; shift; [ "$s" -lt "$WAIT" ] && s=$WAIT
-    local deadline=$(( $(now_ms) + s * 1000 ))
-    while [ "$(now_ms)" -lt "$deadline" ]; do "$@" && return 0; sleep 0.1; done
-    "$@"
-}
-on_screen() { cap | grep -qF -- "$1"; }
 on_screen_re() { cap | grep -qE -- "$1"; }
 # the overlay's text (between the last two double bars of each row), rows joined as the words wrap
 overlay() { cap | sed -n 's/.*║\(.*\)║$/\1/p' | tr '\n' ' ' | tr -s ' '; }
 in_overlay_re() { overlay | grep -qE -- "$1"; }
 show() { echo "   (timed out waiting for '$1'; screen:)"; cap | sed 's/^/   | /' | head -50; }
-wait_for() { wait_cond "${2:-$WAIT}" on_screen "$1" && return 0; show "$1"; return 1; }
 wait_re() { wait_cond "${2:-$WAIT}" on_screen_re "$1" && return 0; show "$1"; return 1; }
 wait_ov() { wait_cond "${2:-$WAIT}" in_overlay_re "$1" && return 0; show "$1"; echo "   overlay: $(overlay)"; return 1; }
 not_waiting() { ! on_screen "Waiting for"; }
