@@ -220,16 +220,9 @@ int kvs_cmd_replay(int argc, char **argv)
     if (!file) { kvs_die_msg("replay: no trace file"); return 2; }
     bool tui = !batch && isatty(STDOUT_FILENO) && isatty(STDIN_FILENO);
     struct kvs_config cfg;
-    kvs_config_defaults(&cfg);
     char cfg_path[1024], err[1024];
-    bool have_cfg_path = kvs_config_path(cfg_path, sizeof cfg_path);
-    if (tui && have_cfg_path && !kvs_config_load(&cfg, cfg_path, err, sizeof err)) { kvs_die_msg("config: %s", err); return 2; }
-    if (theme_name) {
-        int t = kvs_theme_parse(theme_name);
-        if (t < 0) { kvs_die_msg("option --theme: '%s' is not default, mono or projector", theme_name); return 2; }
-        cfg.theme = t;
-    }
-    if (no_mouse) cfg.mouse = false;
+    if (!kvs_opt_ui_config(&cfg, tui, theme_name, no_mouse, cfg_path, sizeof cfg_path)) return 2;
+    bool have_cfg_path = cfg_path[0] != 0;
     struct replay_reader rd;
     memset(&rd, 0, sizeof rd);
     if (!open_reader(file, &rd, err, sizeof err)) { kvs_die_msg("replay: %s", err); return 1; }

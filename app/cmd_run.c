@@ -246,13 +246,9 @@ int kvs_cmd_run(int argc, char **argv)
     bool tui = !batch && isatty(STDOUT_FILENO) && isatty(STDIN_FILENO);
     /* settings: defaults, then the config file (interactive only), then the command line */
     struct kvs_config cfg;
-    kvs_config_defaults(&cfg);
     char cfg_path[1024];
-    bool have_cfg_path = kvs_config_path(cfg_path, sizeof cfg_path);
-    if (tui && have_cfg_path) {
-        char err[512];
-        if (!kvs_config_load(&cfg, cfg_path, err, sizeof err)) { kvs_die_msg("config: %s", err); return 2; }
-    }
+    if (!kvs_opt_ui_config(&cfg, tui, theme_name, no_mouse, cfg_path, sizeof cfg_path)) return 2;
+    bool have_cfg_path = cfg_path[0] != 0;
     if (!tui) cfg.compare_full = false; /* batch output does not depend on the config file */
     /* checked whole before it is copied (the settings hold 63 bytes) and before the model loads */
     if (method) {
@@ -265,12 +261,6 @@ int kvs_cmd_run(int argc, char **argv)
     if (sinks >= 0) cfg.sinks = (uint32_t)sinks;
     if (recent >= 0) cfg.recent = (uint32_t)recent;
     if (compare_full) cfg.compare_full = true;
-    if (theme_name) {
-        int t = kvs_theme_parse(theme_name);
-        if (t < 0) { kvs_die_msg("option --theme: '%s' is not default, mono or projector", theme_name); return 2; }
-        cfg.theme = t;
-    }
-    if (no_mouse) cfg.mouse = false;
     char err[512];
     {
         struct kvs_method_config mc;

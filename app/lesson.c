@@ -388,16 +388,8 @@ int kvs_cmd_lesson(int argc, char **argv)
         return 2;
     }
     struct kvs_config cfg;
-    kvs_config_defaults(&cfg);
     char cfg_path[1024], err[1024];
-    bool have_cfg_path = kvs_config_path(cfg_path, sizeof cfg_path);
-    if (tui && have_cfg_path && !kvs_config_load(&cfg, cfg_path, err, sizeof err)) { kvs_die_msg("config: %s", err); return 2; }
-    if (theme_name) {
-        int t = kvs_theme_parse(theme_name);
-        if (t < 0) { kvs_die_msg("option --theme: '%s' is not default, mono or projector", theme_name); return 2; }
-        cfg.theme = t;
-    }
-    if (no_mouse) cfg.mouse = false;
+    if (!kvs_opt_ui_config(&cfg, tui, theme_name, no_mouse, cfg_path, sizeof cfg_path)) return 2;
     int n = (int)lesson;
     struct kvs_lesson_state ls;
     kvs_lesson_init(&ls, n);

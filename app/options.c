@@ -3,6 +3,8 @@
 #include "kvs.h"
 
 #include "press.h"
+#include "config.h"
+#include "theme.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -179,4 +181,28 @@ bool kvs_opt_method_list(const char *opt, const char *val)
         if (!comma) return true;
         p = comma + 1;
     }
+}
+
+bool kvs_opt_ui_config(struct kvs_config *cfg, bool tui, const char *theme_name, bool no_mouse, char *path,
+                       size_t cap)
+{
+    kvs_config_defaults(cfg);
+    if (!kvs_config_path(path, cap)) path[0] = 0;
+    if (tui && path[0]) {
+        char err[1024];
+        if (!kvs_config_load(cfg, path, err, sizeof err)) {
+            kvs_die_msg("config: %s", err);
+            return false;
+        }
+    }
+    if (theme_name) {
+        int t = kvs_theme_parse(theme_name);
+        if (t < 0) {
+            kvs_die_msg("option --theme: '%s' is not default, mono or projector", theme_name);
+            return false;
+        }
+        cfg->theme = t;
+    }
+    if (no_mouse) cfg->mouse = false;
+    return true;
 }

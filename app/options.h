@@ -21,6 +21,12 @@ bool kvs_opt_method(const char *opt, const char *val);
  * shorter than KVS_OPT_LIST_MAX bytes (the buffers the commands split it in). */
 #define KVS_OPT_LIST_MAX 256
 bool kvs_opt_method_list(const char *opt, const char *val);
+/* The UI's settings for a command: defaults, then the user's config file when TUI (its path, if
+ * any, into PATH of CAP bytes, else ""), then --theme THEME_NAME (may be NULL) and --no-mouse.
+ * Returns false after printing one line (exit status 2). */
+struct kvs_config;
+bool kvs_opt_ui_config(struct kvs_config *cfg, bool tui, const char *theme_name, bool no_mouse, char *path,
+                       size_t cap);
 /* Reads a whole text file into a malloc'd NUL-terminated string (at most MAX bytes); prints the
  * error and returns NULL on failure. */
 char *kvs_read_text_file(const char *path, size_t max);
