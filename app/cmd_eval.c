@@ -331,7 +331,7 @@ static void passkey_row(const struct kvs_model *m, const struct evalopt *o, cons
             r->mk_ok[li] += ok;
         }
     }
-    if (err[0]) snprintf(r->note, sizeof r->note, "%s", err);
+    if (err[0]) snprintf(r->note, sizeof r->note, "%.*s", (int)sizeof r->note - 1, err);
 }
 
 static void fmt_bytes(char *b, size_t cap, uint64_t v)
