@@ -157,27 +157,33 @@ static float dot_q4_k(const uint8_t *b, const struct kvs_q8k *a, int64_t nb)
     return hsum8(acc) + accm;
 }
 
+/* The 128 six-bit values of half H of a Q6_K block B as bytes 0..63 in Q[0..3] (32 each): low
+ * nibbles from ql, the two high bits from qh. Shared by the dot product and the dequantizer. */
+static inline void q6k_unpack_half(const uint8_t *b, int h, __m256i q[4])
+{
+    const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(0x30);
+    const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+    __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+    __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m3));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m3));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m3));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m3));
+}
+
 static float dot_q6_k(const uint8_t *b, const struct kvs_q8k *a, int64_t nb)
 {
     __m256 acc = _mm256_setzero_ps();
-    const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(0x30);
     for (int64_t i = 0; i < nb; i++, b += BB_Q6_K, a++) {
         const int8_t *sc = (const int8_t *)(b + 192);
         int sumb = 0; /* sum of scale * bsum, for the -32 offset */
         for (int j = 0; j < 16; j++) sumb += sc[j] * a->bsums[j];
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
             const int8_t *s = sc + 8 * h, *x = a->qs + 128 * h;
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-            __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m3));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m3));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m3));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                   _mm256_and_si256(_mm256_srli_epi16(hb, 2), m3));
+            q6k_unpack_half(b, h, q);
             for (int k = 0; k < 4; k++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * k));
                 __m256i p16 = _mm256_maddubs_epi16(q[k], xv); /* 0..63 x int8: no saturation */
@@ -344,20 +350,12 @@ static inline void store_q32(float *y, __m256i q, __m256 d, __m256 m, int op)
 
 static void deq_q6_k(const uint8_t *b, float *y)
 {
-    const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+    const __m256i off = _mm256_set1_epi8(32);
     const int8_t *sc = (const int8_t *)(b + 192);
     float d = ldh(b + 208);
     for (int h = 0; h < 2; h++) {
-        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
-        __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-        __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-        __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
         __m256i q[4];
-        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m3));
-        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m3));
-        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m3));
-        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m3));
+        q6k_unpack_half(b, h, q);
         for (int k = 0; k < 4; k++) {
             __m256i v = _mm256_sub_epi8(q[k], off);
             const int8_t *s = sc + 8 * h + 2 * k;
