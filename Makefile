@@ -212,7 +212,29 @@ emu-link:
 	@echo "$(CXX) -shared"
 	@echo "$(EMU_LIBS)"
 
-tests: $(TEST_BINS) $(BIN) $(EMU_SO) $(EMU_TEST)
+# tests/test_bench.c checks the floor arithmetic of `kvscope bench` (app/bench_floor.c)
+$(BUILD)/tests/test_bench: tests/test_bench.c $(BUILD)/app/bench_floor.o $(TESTLIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  TEST    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -Iapp -Itests/lib -o $@ $< $(BUILD)/app/bench_floor.o $(TESTLIB) $(LIBS) $(LDFLAGS) $(LDLIBS_ALL)
+
+# the card's peaks for the GPU benchmark's floors (tests/bench_peak.cu): copy bandwidth and the
+# key-rebuild GEMM rate; built by nvcc for a GPU and against the emulation for CI
+PEAK_GPU := $(BUILD)/tests/bench_peak
+PEAK_EMU := $(EMU_DIR)/bench_peak
+$(PEAK_GPU): tests/bench_peak.cu
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  NVCC    $<")
+	$(Q)$(NVCC) $(CUDA_ARCH) $(NVCCFLAGS) $(NVCC_WARN) -std=c++17 -o $@ $< -lcublas -lcudart
+$(EMU_DIR)/bench_peak.o: tests/bench_peak.cu $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  EMU     $<")
+	$(Q)$(CXX) -x c++ $(EMU_CXXFLAGS) -c $< -o $@
+$(PEAK_EMU): $(EMU_DIR)/bench_peak.o $(patsubst tests/cuda_emu/%.cpp,$(EMU_DIR)/cuda_emu/%.o,$(EMU_SRC))
+	$(if $(Q),@echo "  LINK    $@")
+	$(Q)$(CXX) -o $@ $^ $(EMU_LIBS)
+
+tests: $(TEST_BINS) $(BIN) $(EMU_SO) $(EMU_TEST) $(PEAK_EMU) $(if $(filter yes,$(HAVE_CUDA)),$(PEAK_GPU))
 
 # ---- set-up: Debian packages, Python reference tools, the model ----
 setup:

@@ -579,6 +579,22 @@ static const char inst_template[] =
     "message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + "
     "eos_token }}{% endif %}{% endfor %}";
 
+/* One row of COLS random Q4_0 or Q8_0 elements with rms STD: blocks of a fixed scale and uniform
+ * codes (uniform codes q - 8 in -8..7 have rms 4.64; int8 codes in -128..127 have rms 73.9). */
+static void random_block_row(uint32_t type, uint64_t cols, float std, struct rng *r, uint8_t *q)
+{
+    bool q8 = type == KVS_GGML_Q8_0;
+    uint16_t d = kvs_fp32_to_fp16(std / (q8 ? 73.9f : 4.64f));
+    size_t code_bytes = q8 ? 32 : 16;
+    for (uint64_t b = 0; b < cols / 32; b++, q += 2 + code_bytes) {
+        memcpy(q, &d, 2);
+        for (size_t j = 0; j < code_bytes; j += 8) {
+            uint64_t x = rng_next(r);
+            memcpy(q + 2 + j, &x, 8);
+        }
+    }
+}
+
 int kvs_tiny_build(const struct kvs_tiny_opts *o, uint8_t **out, size_t *len)
 {
     *out = NULL;
@@ -718,6 +734,10 @@ int kvs_tiny_build(const struct kvs_tiny_opts *o, uint8_t **out, size_t *len)
     kvs_gbuf_free(&kv);
     for (int i = 0; i < nt; i++) kvs_gbuf_tensor(&f, t[i].name, t[i].n_dims, t[i].ne, t[i].type, t[i].offset);
     kvs_gbuf_pad(&f, align);
+    if (o->random_blocks && !f.oom && f.cap < f.len + off) { /* one allocation for GBs of weights */
+        uint8_t *np = realloc(f.p, f.len + off);
+        if (np) { f.p = np; f.cap = f.len + off; }
+    }
     struct rng r = {o->seed * 0x2545F4914F6CDD1Dull + 12345};
     float *row = NULL;
     uint8_t *q = NULL;
@@ -728,7 +748,14 @@ int kvs_tiny_build(const struct kvs_tiny_opts *o, uint8_t **out, size_t *len)
         if (nr) row = nr;
         if (nq) q = nq;
         if (!nr || !nq) { f.oom = true; break; }
+        bool blocks = o->random_blocks && t[i].fill == FILL_NORMAL &&
+                      (t[i].type == KVS_GGML_Q4_0 || t[i].type == KVS_GGML_Q8_0);
         for (uint64_t rr = 0; rr < t[i].ne[1]; rr++) {
+            if (blocks) {
+                random_block_row(t[i].type, cols, t[i].std, &r, q);
+                kvs_gbuf_bytes(&f, q, rb);
+                continue;
+            }
             for (uint64_t c = 0; c < cols; c++) {
                 if (t[i].fill == FILL_NORM) row[c] = 1.0f + o->norm_jitter * rng_normal(&r);
                 else if (t[i].fill == FILL_ROPE) row[c] = llama3_factor(o, (uint32_t)c, hd);
