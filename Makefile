@@ -2,10 +2,11 @@
 #   make               build kvscope (CPU engine always; CUDA/CUPTI when found)
 #   make run           set up, get the model, build, start kvscope on the default model
 #   make test          set up, build, run every test (unit, reference, TUI, fuzz)
-#   make bench         benchmarks, each with a baseline measured in the same run
+#   make bench         benchmarks, each with a baseline measured in the same run (bench-gpu on a GPU)
+#   make bench-gpu     the CUDA engine against its floors: peaks, full/commonkv at 2K-32K, SVD (a GPU)
 #   make check-deps    module boundaries of DESIGN.md §2
 #   make check-gpu     CPU<->CUDA comparisons (needs an NVIDIA GPU)
-#   make gpu-report    one command for a GPU loan: build, check-gpu, compute-sanitizer, GPU benchmark
+#   make gpu-report    one command for a GPU loan: build, check-gpu, compute-sanitizer, bench-gpu
 #   make check-planted plants known bugs in a copy of kernels/ and shows the emulated tests catch each
 #   make lessons       re-record the shipped lesson traces (lessons/*.kvt) from the default model
 #   make model         fetch the default model (SmolLM2-135M-Instruct Q4_1) into models/
@@ -122,7 +123,7 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 CUDA_SO := $(BUILD)/libkvscope_cuda.so
 LIBS := $(VIEWS_LIB) $(TRACES_LIB) $(ENGINE_LIB)
 
-.PHONY: print-inc gpu-bundle lessons all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench model setup install clean fuzz asan
+.PHONY: print-inc gpu-bundle lessons all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench bench-gpu model setup install clean fuzz asan
 all: $(BIN) $(if $(filter yes,$(HAVE_CUDA)),$(CUDA_SO))
 	$(Q)ln -sf $(BIN) kvscope
 
@@ -280,6 +281,10 @@ check-gpu: all tests
 bench: all tests
 	@$(MAKE) --no-print-directory model
 	@tests/bench.sh $(BUILD) $(MODEL)
+
+# tests/bench.sh runs it too (every tests/bench_*.sh); "skipped: no GPU" without one
+bench-gpu: all tests
+	@tests/bench_gpu.sh $(BUILD)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5

@@ -13,7 +13,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/bundle/build/tests" "$tmp/bundle/lib"
 cp "$BUILD/kvscope" "$BUILD/libkvscope_cuda.so" "$tmp/bundle/build/"
-for t in test_backend test_cuda_emu; do cp "$BUILD/tests/$t" "$tmp/bundle/build/tests/"; done
+for t in test_backend test_cuda_emu test_bench bench_peak; do cp "$BUILD/tests/$t" "$tmp/bundle/build/tests/"; done
 # every library the binaries load from the system, except libc's own and CUDA's
 for f in "$tmp"/bundle/build/kvscope "$tmp"/bundle/build/tests/*; do ldd "$f"; done |
     awk '$3 ~ /^\// {print $3}' | sort -u |

@@ -4,7 +4,8 @@
 #      decode tokens/s at 512 and 2048 tokens of context, as ratios.
 #   2. the views: time to draw a full frame.
 #   3. tests/bench_*.sh of the other modules: methods (commonkv/lowrank vs full decode at 2048
-#      tokens), traces (recording overhead, bytes per token, seek time).
+#      tokens), traces (recording overhead, bytes per token, seek time), and on a GPU the CUDA
+#      engine against its floors (bench_gpu.sh; "skipped: no GPU" without one).
 set -u
 BUILD=${1:-build}
 MODEL=${2:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
