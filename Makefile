@@ -219,6 +219,18 @@ $(BUILD)/tests/test_bench: tests/test_bench.c $(BUILD)/app/bench_floor.o $(TESTL
 	$(if $(Q),@echo "  TEST    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -Iapp -Itests/lib -o $@ $< $(BUILD)/app/bench_floor.o $(TESTLIB) $(LIBS) $(LDFLAGS) $(LDLIBS_ALL)
 
+# tests/test_cupti_ladder.c steers the profiler's probes with a fake driver and a fake libcupti
+FAKE_DIR := $(BUILD)/tests/cupti_fake
+$(FAKE_DIR)/libcuda.so.1: tests/cupti_fake/fake_cuda.c
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  CC      $<")
+	$(Q)$(CC) -shared -fPIC -O1 $(WARN) -o $@ $<
+$(FAKE_DIR)/libcupti.so: tests/cupti_fake/fake_cupti.c
+	@mkdir -p $(dir $@)
+	$(if $(Q),@echo "  CC      $<")
+	$(Q)$(CC) -shared -fPIC -O1 $(WARN) -I$(dir $(CUPTI_INC)) -o $@ $<
+$(BUILD)/tests/test_cupti_ladder: $(FAKE_DIR)/libcuda.so.1 $(if $(filter yes,$(HAVE_CUPTI)),$(FAKE_DIR)/libcupti.so)
+
 # the card's peaks for the GPU benchmark's floors (tests/bench_peak.cu): copy bandwidth and the
 # key-rebuild GEMM rate; built by nvcc for a GPU and against the emulation for CI
 PEAK_GPU := $(BUILD)/tests/bench_peak
