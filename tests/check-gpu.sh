@@ -34,7 +34,8 @@ fi
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/check-gpu: GPU /'
 fi
-export KVS_CUDA_LIB=$PWD/$lib
+case $lib in /*) ;; *) lib=$PWD/$lib;; esac # BUILD may be absolute (gpu_report.sh, a bundle)
+export KVS_CUDA_LIB=$lib
 p=0; f=0
 for cmd in "$bin $GPU -v" "$BUILD/tests/test_cuda_emu $GPU $E2E"; do
     echo "== $cmd"
