@@ -43,7 +43,7 @@ else
     NDEC=${BENCH_GPU_DECODE:-32}
     MODELS=${BENCH_GPU_MODELS:-smollm2 llama3-8b}
     BUDGET=${BENCH_GPU_BUDGET:-270}
-    RUN_MAX=${BENCH_GPU_RUN_MAX:-90}
+    RUN_MAX=${BENCH_GPU_RUN_MAX:-150}
     GEMM_N=8192
 fi
 for f in "$BIN" "$PEAK" "$BUILD/tests/test_bench" "$KVS_CUDA_LIB"; do
