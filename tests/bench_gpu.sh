@@ -7,7 +7,8 @@
 # (test_bench --write-model; speed does not depend on the weights' values), and the SVD of every
 # group on the GPU. Each run gets its floor: full = (weights + K/V bytes) / bandwidth; commonkv =
 # (weights + latent bytes) / bandwidth + key-rebuild multiply-adds / tensor-core rate.
-# Every run has a time limit inside a total budget; a run that times out is reported, not fatal.
+# Every run has a time limit inside a total budget; a run that times out is reported, not fatal; a
+# run that fails makes the exit status 1.
 # Without a GPU: "skipped: no GPU", exit 0. KVS_BENCH_EMU=1 runs the same path through the host
 # emulation of the CUDA kernels at tiny sizes (CI: tests/t_bench_gpu.sh; the timings mean nothing).
 #   tests/bench_gpu.sh [BUILD]      env: BENCH_GPU_BUDGET (s, default 270), BENCH_GPU_CTX,
@@ -218,5 +219,7 @@ print("goals:" if goals else "goals: nothing measured")
 for g in goals:
     print("  " + g)
 ok = sum(1 for r in rows if r["status"] == "ok")
-print("bench-gpu: %d measured, %d not (timed out, skipped or failed)" % (ok, len(rows) - ok))
+failed = sum(1 for r in rows if r["status"].startswith("failed"))
+print("bench-gpu: %d measured, %d not (%d failed; the others timed out or were skipped)" % (ok, len(rows) - ok, failed))
+sys.exit(1 if failed else 0)
 PY

@@ -91,7 +91,7 @@ else
     last=$(grep '^bench-gpu: ' "$TMP/bench.log" | tail -n 1)
     if [ $rc -eq 0 ] && [ -n "$last" ]; then result bench-gpu "ok (${last#bench-gpu: })"
     elif timed_out $rc; then result bench-gpu "timed out after ${bb}s"
-    else result bench-gpu "FAIL (exit $rc)"; fi
+    else result bench-gpu "FAIL (exit $rc${last:+: ${last#bench-gpu: }})"; fi
     if [ -s "$TMP/rows.jsonl" ]; then echo; echo "raw rows (JSON lines):"; cat "$TMP/rows.jsonl"; fi
 fi
 

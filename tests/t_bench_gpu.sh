@@ -42,7 +42,7 @@ for ctx in 24 48; do
 done
 has "$R" '^SVD llama3-tiny +1 groups of \(512 x 256\) on cuda: [0-9.]+ s$' "the SVD of every group on the backend"
 has "$R" '^  llama3-tiny commonkv 48: [0-9.]+x its floor \(goal <= 1.30x\) (met|NOT met)$' "the goals"
-has "$R" '^bench-gpu: 5 measured, 0 not' "the closing count"
+has "$R" '^bench-gpu: 5 measured, 0 not \(0 failed' "the closing count"
 # every floor is (weights + cache) / bandwidth + MACs / rate, from the run's own numbers
 if python3 - "$T/rows.jsonl" "$R" <<'PY'; then ok; else ko "the floors do not follow from the rows' bytes, MACs and peaks"; fi
 import json, re, sys
@@ -73,6 +73,15 @@ if KVS_BENCH_EMU=1 BENCH_GPU_CTX=4000 BENCH_GPU_RUN_MAX=6 timeout 300 bash tests
 else ko "bench_gpu.sh with a timed-out run failed: $(tail -n 2 "$T/slow.txt")"; fi
 has "$T/slow.txt" '^llama3-tiny +full +4000 +timed out after 6s$' "a run over its limit is reported"
 
+# a run that fails (here: a CUDA library that is not one) is reported with its reason and fails the script
+echo "not a shared object" >"$T/not-a-library.so"
+KVS_BENCH_EMU=1 KVS_CUDA_EMU_LIB=$T/not-a-library.so BENCH_GPU_CTX=24 timeout 300 bash tests/bench_gpu.sh "$B" \
+    >"$T/broken.txt" 2>&1 </dev/null
+rc=$?
+if [ $rc -eq 1 ]; then ok; else ko "bench_gpu.sh with failing runs: exit $rc, not 1"; fi
+has "$T/broken.txt" '^llama3-tiny +full +24 +failed \(exit 1\): kvscope: ' "a failed run says why"
+has "$T/broken.txt" '^bench-gpu: 0 measured, [0-9]+ not \([1-9][0-9]* failed' "the failures are counted"
+
 # the one-command report, dry run on the emulation, into $OUT
 mkdir -p "$T/out"
 if OUT=$T/out KVS_GPU_REPORT_EMU=1 GPU_REPORT_BUDGET=450 timeout 900 bash tests/gpu_report.sh "$B" >"$T/report.log" 2>&1; then ok
@@ -84,7 +93,7 @@ if [ -f "$G" ]; then
     has "$G" '^build +ok$' "the build step passed"
     has "$G" '^check-gpu +ok \([0-9]+ passed, 0 failed\)$' "check-gpu passed"
     has "$G" '^compute-sanitizer +skipped: compute-sanitizer \(emulation' "the sanitizers say why they did not run"
-    has "$G" '^bench-gpu +ok \(5 measured, 0 not' "the benchmark ran"
+    has "$G" '^bench-gpu +ok \(5 measured, 0 not \(0 failed' "the benchmark ran"
     has "$G" '^\{"method": "commonkv", .*"floor_ratio": [0-9.]+, "kind": "bench"' "the raw rows are in the report"
     has "$G" '^total [0-9]+s; report: ' "the closing line"
 else
