@@ -139,7 +139,6 @@ int kvs_cmd_bench(int argc, char **argv)
         kvs_model_delete(m);
         return src;
     }
-    double wbytes = weight_bytes_per_token(m, backend);
     int64_t cap = (int64_t)strlen(text) + 8, n_text;
     int32_t *doc = malloc((size_t)cap * sizeof(int32_t));
     n_text = doc ? kvs_tokenizer_encode(m->tok, text, strlen(text), false, doc, cap) : -1;
@@ -202,7 +201,8 @@ int kvs_cmd_bench(int argc, char **argv)
             struct kvs_rec_step rec;
             memset(&rec, 0, sizeof rec);
             press->ops->fill_record(press, &rec);
-            const char *be_used = kvs_ctx_backend(cx);
+            const char *be_used = kvs_ctx_backend(cx); /* "auto" resolved */
+            double wbytes = weight_bytes_per_token(m, be_used);
             double cache_mean = 0.5 * ((double)rec0.bytes_held + (double)rec.bytes_held);
             double macs = 0.5 * (rebuild_macs(m, &mc, &rec0) + rebuild_macs(m, &mc, &rec));
             double dec_s = dc / (double)n_decode;
