@@ -46,5 +46,9 @@ if [ -n "$cupti_h" ]; then
 else
     echo "skipped: cupti.c with CUPTI headers (no cupti.h installed)"
 fi
+# so does the degradation ladder's test (tests/test_cupti_ladder.c), whose steps differ without them
+if cc -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fsyntax-only -D_GNU_SOURCE -DKVS_BUILD_DIR='"b"' \
+    $eng -Itests/lib tests/test_cupti_ladder.c 2>"$tmp/err"
+then ok; else ko "test_cupti_ladder.c without CUPTI headers: $(head -n1 "$tmp/err")"; fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
