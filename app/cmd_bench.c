@@ -15,7 +15,7 @@
 static void usage(FILE *f)
 {
     fputs("usage: kvscope bench [-m MODEL] [--ctx 512,2048] [--methods full,commonkv] [--cr X] [-n DECODE_TOKENS]\n"
-          "                     [-t THREADS] [-f FILE] [--precise] [--json]\n", f);
+          "                     [-t THREADS] [-f FILE] [--precise] [--ckv-keys auto|bf16|int8|fp32] [--json]\n", f);
 }
 
 int kvs_cmd_bench(int argc, char **argv)
@@ -24,6 +24,7 @@ int kvs_cmd_bench(int argc, char **argv)
     long n_decode = 64, threads = 0;
     double cr = -1;
     bool json = false, precise = false;
+    uint32_t ckv_keys = KVS_CKV_KEYS_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -36,6 +37,7 @@ int kvs_cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "-t")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--json")) json = true;
         else if (!strcmp(a, "--precise")) precise = true;
+        else if (!strcmp(a, "--ckv-keys")) { if (!kvs_opt_ckv_keys(a, v, &ckv_keys)) return 2; i++; }
         else { kvs_die_msg("bench: unknown option or missing value '%s'", a); return 2; }
     }
     if (!kvs_opt_method_list("--methods", methods)) return 2;
@@ -61,6 +63,7 @@ int kvs_cmd_bench(int argc, char **argv)
         struct kvs_method_config mc;
         if (kvs_method_parse(&mc, mname, err, sizeof err) != KVS_OK) { kvs_die_msg("option --methods: %s", err); goto out; }
         mc.target_cr = (float)cr;
+        mc.ckv_keys = ckv_keys;
         char cbuf[256];
         snprintf(cbuf, sizeof cbuf, "%s", ctxs);
         char *cs = NULL;

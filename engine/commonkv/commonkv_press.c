@@ -6,7 +6,7 @@
  * global byte budget (capped at each step by the plan's merge share, never below a similarity
  * floor), quantization of old rows and eviction of (group, token) slots happen in end_step; the
  * press keeps of its factors only what decoding needs. Keys are rebuilt with the bf16 kernel of
- * ckv_kernels.h where the build has it (KVS_CKV_FP32=1 forces the fp32 BLAS path). Depends on
+ * ckv_kernels.h where the build has it (the method config's ckv_keys picks int8 or fp32). Depends on
  * commonkv.h, attn.h (fp16 rows), ckv_kernels.h, threads.h and OpenBLAS. */
 #include "attn.h"
 #include "ckv_kernels.h"
@@ -1260,11 +1260,13 @@ void kvs_press_commonkv_run_fields(const struct kvs_press *p, struct kvs_rec_run
 {
     run->plan_merge_share = run->plan_merge_floor = NAN;
     run->plan_note[0] = 0;
+    run->ckv_keys = KVS_CKV_KEYS_AUTO;
     if (!p || (p->ops != &ckv_ops && p->ops != &lowrank_ops)) return;
     const struct ckv *c = (const struct ckv *)p;
     run->plan_merge_share = c->merge ? c->plan.merge_frac : 0.0f;
     run->plan_merge_floor = c->merge ? c->floor : NAN;
     snprintf(run->plan_note, sizeof run->plan_note, "%s", c->plan.note);
+    run->ckv_keys = c->i8 ? KVS_CKV_KEYS_INT8 : c->bf16 ? KVS_CKV_KEYS_BF16 : KVS_CKV_KEYS_FP32;
 }
 
 /* Bytes of a packed latent row relative to fp16. */
@@ -1318,15 +1320,13 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     c->snap_window = cfg.snap_window ? cfg.snap_window : 32;
     c->snap_kernel = cfg.snap_kernel ? cfg.snap_kernel : 7;
     c->snap_capacity = cfg.snap_capacity;
-    /* key kernel: bf16 where the build has it, else fp32 BLAS. KVS_CKV_KEYS=int8 (VNNI builds)
+    /* key kernel (cfg.ckv_keys): bf16 where the build has it, else fp32 BLAS. int8 (VNNI builds)
      * trades precision for speed: decode ~1.25x at 2048 tokens, ppl/KL unchanged at CR 0.3-0.7 on
      * SmolLM2, but one scale per latent row loses the small dimensions at full rank (max logit
-     * change 2.9% against bf16's < 1%), so it is not the default. KVS_CKV_KEYS=fp32 or
-     * KVS_CKV_FP32=1: the fp32 reference. */
-    const char *fp32 = getenv("KVS_CKV_FP32"), *keys = getenv("KVS_CKV_KEYS");
-    bool want_fp32 = (fp32 && fp32[0] && strcmp(fp32, "0") != 0) || (keys && !strcmp(keys, "fp32"));
-    c->i8 = !want_fp32 && keys && !strcmp(keys, "int8") && kvs_ckv_i8_available();
-    c->bf16 = !want_fp32 && !c->i8 && kvs_ckv_bf16_available();
+     * change 2.9% against bf16's < 1%), so it is not the default. fp32: the reference. A kernel
+     * this build lacks falls back to bf16, then fp32; the RUN record says which one ran. */
+    c->i8 = cfg.ckv_keys == KVS_CKV_KEYS_INT8 && kvs_ckv_i8_available();
+    c->bf16 = cfg.ckv_keys != KVS_CKV_KEYS_FP32 && !c->i8 && kvs_ckv_bf16_available();
     /* with eviction the observation window is the recent part worth keeping in fp16 */
     if (c->evict && c->quant) c->qres = KVS_MIN(c->qres, c->snap_window);
     enum kvs_status st = KVS_OK;
