@@ -4,6 +4,7 @@
  * LAPACK SVD, which are the oracle for kernels/. Depends on libc, BLAS/LAPACKE, engine/ headers;
  * never prints, never exits. */
 #include "backend.h"
+#include "latent_pool.h"
 
 #include <lapacke.h>
 #include <math.h>
@@ -379,6 +380,36 @@ static enum kvs_status cpu_kv_read(struct kvs_backend *b, const struct kvs_kv_ro
     return kvs_cpu_kv_read(L, dkv, row0, n, k, v, pos);
 }
 
+static enum kvs_status cpu_lat_grow(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                   int cap)
+{
+    return kvs_cpu_lat_grow(L, f, cap);
+}
+
+static enum kvs_status cpu_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                    int arr, int row0, int T, const float *x, const int32_t *pos)
+{
+    return kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+}
+
+static enum kvs_status cpu_lat_read(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                   int arr, int row0, int n, float *x, int32_t *pos)
+{
+    return kvs_cpu_lat_read(L, f, arr, row0, n, x, pos);
+}
+
+static enum kvs_status cpu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                      const uint8_t *keep)
+{
+    return kvs_cpu_lat_compact(L, f, keep);
+}
+
+static enum kvs_status cpu_lat_merge(struct kvs_backend *b, const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
+                                    const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w)
+{
+    return kvs_cpu_lat_merge(src, dst, f, idx, m, w);
+}
+
 static void cpu_destroy(struct kvs_backend *b) {}
 
 static const struct kvs_backend_ops cpu_ops = {
@@ -397,6 +428,11 @@ static const struct kvs_backend_ops cpu_ops = {
     .kv_attend = cpu_kv_attend,
     .kv_compact = cpu_kv_compact,
     .kv_read = cpu_kv_read,
+    .lat_grow = cpu_lat_grow,
+    .lat_store = cpu_lat_store,
+    .lat_read = cpu_lat_read,
+    .lat_compact = cpu_lat_compact,
+    .lat_merge = cpu_lat_merge,
 };
 
 static const char *cpu_probe(bool *available)
@@ -610,6 +646,71 @@ enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_r
     if (kvs_backend_kv_native(b)) return b->ops->kv_read(b, L, dkv, row0, n, k, v, pos);
     uint64_t t0 = fallback_begin(b);
     enum kvs_status st = kvs_cpu_kv_read(L, dkv, row0, n, k, v, pos);
+    fallback_end(b, t0);
+    return st;
+}
+
+/* ---- latent segment entries: the backend's set (fp16 rows), or the CPU twins on host memory ---- */
+
+bool kvs_backend_lat_native(const struct kvs_backend *b, const struct kvs_lat_fmt *f)
+{
+    /* the CPU backend's own entries cover packed rows too; a device's cover fp16 rows */
+    return b && b->ops->lat_grow && (!f->encode || b->ops->lat_grow == cpu_lat_grow);
+}
+
+enum kvs_status kvs_backend_lat_grow(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                     int cap)
+{
+    if (kvs_backend_lat_native(b, f)) {
+        int old = L->cap;
+        enum kvs_status st = b->ops->lat_grow(b, L, f, cap);
+        uint64_t row = (uint64_t)L->n_arr * f->row_bytes + sizeof(int32_t);
+        b->pool_bytes = b->pool_bytes - (uint64_t)old * row + (uint64_t)L->cap * row;
+        return st;
+    }
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_lat_grow(L, f, cap);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                      int arr, int row0, int T, const float *x, const int32_t *pos)
+{
+    if (kvs_backend_lat_native(b, f)) return b->ops->lat_store(b, L, f, arr, row0, T, x, pos);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_read(struct kvs_backend *b, const struct kvs_lat_rows *L,
+                                     const struct kvs_lat_fmt *f, int arr, int row0, int n, float *x, int32_t *pos)
+{
+    if (kvs_backend_lat_native(b, f)) return b->ops->lat_read(b, L, f, arr, row0, n, x, pos);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_lat_read(L, f, arr, row0, n, x, pos);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                        const uint8_t *keep)
+{
+    if (kvs_backend_lat_native(b, f)) return b->ops->lat_compact(b, L, f, keep);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_lat_compact(L, f, keep);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_lat_rows *src,
+                                      struct kvs_lat_rows *dst, const struct kvs_lat_fmt *f, const int32_t *idx,
+                                      int m, const float *w)
+{
+    if (kvs_backend_lat_native(b, f)) return b->ops->lat_merge(b, src, dst, f, idx, m, w);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_lat_merge(src, dst, f, idx, m, w);
     fallback_end(b, t0);
     return st;
 }
