@@ -195,7 +195,7 @@ int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *
 /* Thin SVD of a (m, n) row-major: u (m, k), s (k) descending, vt (k, n), k = min(m, n);
  * cuSOLVER gesvdj (Jacobi) in fp32. */
 int kvs_cuda_svd(struct kvs_cuda_ctx *c, const float *a, int m, int n, float *u, float *s, float *vt);
-/* K/V pool rows (twins in engine/backend/kv_pool.c). kv_store: rows [row0, row0+T) of k, v (cap, dkv) fp16
+/* K/V pool rows (twins in engine/cpu/kv_pool.c). kv_store: rows [row0, row0+T) of k, v (cap, dkv) fp16
  * = ks, vs (T, dkv) fp32, IEEE round to nearest even, overflow to inf (the CPU's conversion).
  * kv_compact: row i of k, v, pos becomes row src[i] for i < n_keep (src strictly increasing, so
  * the order is kept), through scratch. */

@@ -260,24 +260,9 @@ enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_la
 
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 
-/* The K/V pool twins (engine/backend/kv_pool.c, twin of kernels/kv_pool.cu), host memory; POOL (threads)
- * may be NULL. Same contracts as the vtable entries; KVS_ERR_NOMEM when memory runs out (L keeps
- * its rows and capacity), KVS_ERR_ARG for inconsistent shapes. */
-enum kvs_status kvs_cpu_kv_grow(struct kvs_kv_rows *L, int dkv, int cap);
-enum kvs_status kvs_cpu_kv_store(struct kvs_kv_rows *L, int dkv, int T, const int32_t *pos, const float *k,
-                                 const float *v);
-enum kvs_status kvs_cpu_kv_attend(struct kvs_pool *pool, const struct kvs_kv_rows *L,
-                                  const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass);
-enum kvs_status kvs_cpu_kv_compact(struct kvs_kv_rows *L, int dkv, const uint8_t *keep);
-enum kvs_status kvs_cpu_kv_read(const struct kvs_kv_rows *L, int dkv, int row0, int n, uint16_t *k, uint16_t *v,
-                                int32_t *pos);
+/* The twins of the kernels/ operations live in engine/cpu/<stem>.h, one header per stem
+ * (attention.h, kv_pool.h, latent_pool.h). */
 
-/* Attention over latents / an fp16 K/V cache on the CPU; POOL may be NULL. Returns KVS_ERR_NOMEM
- * when scratch cannot be allocated, KVS_ERR_ARG for inconsistent shapes. */
-enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *q,
-                                    float *out);
-enum kvs_status kvs_cpu_attn_kv16(struct kvs_pool *pool, const struct kvs_attn_kv16_args *a, const float *q,
-                                  float *out);
 /* Thin SVD with LAPACK sgesdd (A untouched); KVS_ERR_BACKEND when LAPACK reports a failure. */
 enum kvs_status kvs_cpu_svd(const float *a, int m, int n, float *u, float *s, float *vt);
 

@@ -4,7 +4,7 @@
  * implements the backend vtable on host pointers by staging through device buffers. Depends on libc,
  * libdl and kernels/kernels.h only (no CUDA headers or libraries at link time), so kvscope starts on
  * any machine; every failure is a status string. */
-#include "attn.h"
+#include "attention.h"
 #include "backend.h"
 
 #include <dlfcn.h>
@@ -539,7 +539,7 @@ static enum kvs_status cu_svd(struct kvs_backend *b, const float *a, int m, int 
     return get(b, vt, dvt, k * n * sizeof(float));
 }
 
-/* ---- K/V pool rows in device memory (twins: engine/backend/kv_pool.c) ---- */
+/* ---- K/V pool rows in device memory (twins: engine/cpu/kv_pool.c) ---- */
 
 static void cu_rows_free(struct cuda_be *s, void **k, void **v, void **pos)
 {

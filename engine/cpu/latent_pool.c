@@ -1,11 +1,11 @@
 /* CPU twin of kernels/latent_pool.cu (see latent_pool.h): latent segment rows in host memory,
  * grown by realloc, fp32 -> fp16 (or the press's codec) on store and back on read, order-keeping
  * compaction, and the merge's weighted sum of a token's per-layer latents (fused multiply-adds in
- * layer order, rounded once: the device computes the same). Depends on backend.h, attn.h (row
+ * layer order, rounded once: the device computes the same). Depends on backend.h, attention.h (row
  * conversions) and libc. */
 #include "latent_pool.h"
 
-#include "attn.h"
+#include "attention.h"
 
 #include <math.h>
 #include <stdlib.h>
