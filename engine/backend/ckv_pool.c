@@ -71,6 +71,7 @@ void kvs_ckv_seg_shrink(struct kvs_ckv_seg *s)
 enum kvs_status kvs_ckv_seg_append(struct kvs_ckv_seg *s, int T, const int32_t *pos, const float *x)
 {
     if (T < 0 || s->n + (uint32_t)T > s->cap) return KVS_ERR_ARG;
+    if (!T) return KVS_OK;
     enum kvs_status st = kvs_backend_lat_store(s->be, &s->L, &s->f, 0, (int)s->n, T, x, pos);
     if (st != KVS_OK) return st;
     memcpy(s->pos + s->n, pos, (size_t)T * sizeof(int32_t));
@@ -82,6 +83,7 @@ enum kvs_status kvs_ckv_seg_append(struct kvs_ckv_seg *s, int T, const int32_t *
 enum kvs_status kvs_ckv_seg_fill(struct kvs_ckv_seg *s, uint32_t arr, int T, const float *x)
 {
     if (T < 0 || (uint32_t)T > s->n || arr >= s->n_arr) return KVS_ERR_ARG;
+    if (!T) return KVS_OK;
     return kvs_backend_lat_store(s->be, &s->L, &s->f, (int)arr, (int)(s->n - (uint32_t)T), T, x, NULL);
 }
 

@@ -51,6 +51,7 @@ enum kvs_status kvs_cpu_lat_store(struct kvs_lat_rows *L, const struct kvs_lat_f
 {
     if (!fmt_ok(f) || !rows_ok(L) || arr < 0 || arr >= L->n_arr || row0 < 0 || T < 0 || row0 > L->cap - T)
         return KVS_ERR_ARG;
+    if (!T) return KVS_OK;
     uint8_t *dst = (uint8_t *)L->rows[arr] + (size_t)row0 * f->row_bytes;
     if (!f->encode) { /* the rows are contiguous: one conversion for all of them */
         kvs_f32_to_f16_row(x, (uint16_t *)dst, T * f->width);
