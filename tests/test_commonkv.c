@@ -4,7 +4,7 @@
  * merged tokens are decoded with each layer's own B, re-association equals explicit V, held bytes
  * equal an independent count, a chunked prefill merges no more than the plan allows; the bf16 key
  * kernel against fp32; the real model when present (chunked and one-shot prefill score alike). */
-#include "ckv_kernels.h"
+#include "latent_keys.h"
 #include "commonkv_priv.h"
 #include "harness.h"
 #include "infer.h"

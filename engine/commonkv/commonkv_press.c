@@ -8,9 +8,9 @@
  * (capped at each step by the plan's merge share, never below a similarity floor), quantization of
  * old rows and eviction of (group, token) slots happen in end_step. Keys are rebuilt by the kernel
  * the method config's ckv_keys picks (bf16 by default where built). Depends on commonkv.h,
- * ckv_pool.h, attention.h, ckv_kernels.h, threads.h and OpenBLAS. */
+ * ckv_pool.h, attention.h, latent_keys.h, threads.h and OpenBLAS. */
 #include "attention.h"
-#include "ckv_kernels.h"
+#include "latent_keys.h"
 #include "ckv_pool.h"
 #include "commonkv_priv.h"
 #include "infer.h"
