@@ -21,6 +21,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope bench [-m MODEL] [--ctx 512,2048] [--methods full,commonkv] [--cr X] [-n DECODE_TOKENS]\n"
           "                     [-t THREADS] [-f FILE] [--precise] [--backend cpu|cuda|auto] [--no-whiten]\n"
+          "                     [--ckv-keys auto|bf16|int8|fp32]\n"
           "                     [--bandwidth GB/s [--mac-rate TMAC/s]] [--svd] [--json]\n", f);
 }
 
@@ -106,6 +107,7 @@ int kvs_cmd_bench(int argc, char **argv)
     long n_decode = 64, threads = 0;
     double cr = -1, bw_gbs = 0, mac_tera = 0;
     bool json = false, precise = false, svd = false, no_whiten = false;
+    uint32_t ckv_keys = KVS_CKV_KEYS_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -123,6 +125,7 @@ int kvs_cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--bandwidth")) { if (!kvs_opt_float(a, v, 1e-6, 1e6, &bw_gbs)) return 2; i++; }
         else if (!strcmp(a, "--mac-rate")) { if (!kvs_opt_float(a, v, 1e-9, 1e6, &mac_tera)) return 2; i++; }
         else if (!strcmp(a, "--svd")) svd = true;
+        else if (!strcmp(a, "--ckv-keys")) { if (!kvs_opt_ckv_keys(a, v, &ckv_keys)) return 2; i++; }
         else { kvs_die_msg("bench: unknown option or missing value '%s'", a); return 2; }
     }
     if (!kvs_opt_method_list("--methods", methods)) return 2;
@@ -159,6 +162,7 @@ int kvs_cmd_bench(int argc, char **argv)
         if (kvs_method_parse(&mc, mname, err, sizeof err) != KVS_OK) { kvs_die_msg("option --methods: %s", err); goto out; }
         mc.target_cr = (float)cr;
         if (no_whiten) mc.whiten = false;
+        mc.ckv_keys = ckv_keys;
         char cbuf[256];
         snprintf(cbuf, sizeof cbuf, "%s", ctxs);
         char *cs = NULL;

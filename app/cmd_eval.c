@@ -30,7 +30,8 @@ static void usage(FILE *f)
           "                    [--passkey 2048,4096,8192|none] [--depths N] [--multikey N]\n"
           "                    [--group G] [--rank R] [--rank-ratio X] [--rank-by-similarity] [--merge-share X] [--no-whiten]\n"
           "                    [--sim adjacent|first-last] [--merge-weights FILE] [--bits B] [--sinks N] [--recent N]\n"
-          "                    [--cache-dir DIR | --no-cache] [-t THREADS] [--similarity] [--json] [--svg FILE]\n"
+          "                    [--cache-dir DIR | --no-cache] [--ckv-keys auto|bf16|int8|fp32] [-t THREADS]\n"
+          "                    [--similarity] [--json] [--svg FILE]\n"
           "       kvscope calibrate [-m MODEL] [-f FILE] [--ctx N] [--noise X] [-o FILE] [-t THREADS]\n",
           f);
 }
@@ -123,6 +124,7 @@ static enum kvs_status method_config(const struct evalopt *o, const char *spec, 
     mc->rank_by_similarity = b->rank_by_similarity;
     mc->merge_share = b->merge_share;
     mc->merge_floor = b->merge_floor;
+    mc->ckv_keys = b->ckv_keys;
     mc->whiten = b->whiten;
     mc->sim_mode = b->sim_mode;
     mc->sinks = b->sinks;
@@ -771,6 +773,7 @@ int kvs_cmd_eval(int argc, char **argv)
             o.base.merge_floor = (float)x;
             i++;
         }
+        else if (!strcmp(a, "--ckv-keys")) { if (!kvs_opt_ckv_keys(a, v, &o.base.ckv_keys)) return 2; i++; }
         else if (!strcmp(a, "--no-whiten")) o.base.whiten = false;
         else if (!strcmp(a, "--whiten")) o.base.whiten = true;
         else if (!strcmp(a, "--sim") && v) {

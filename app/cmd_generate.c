@@ -14,7 +14,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope generate [-m MODEL.gguf] (-p PROMPT | -f FILE) [-n N] [--chat] [--method M] [--cr X]\n"
           "                        [--temp T] [--top-p P] [--seed S] [-t THREADS] [--ctx N] [--batch-size N]\n"
-          "                        [--backend cpu|cuda|auto] [--precise] [--json]\n",
+          "                        [--backend cpu|cuda|auto] [--precise] [--ckv-keys auto|bf16|int8|fp32] [--json]\n",
           f);
 }
 
@@ -25,6 +25,7 @@ int kvs_cmd_generate(int argc, char **argv)
     double temp = 0, top_p = 0.95, cr = -1;
     uint64_t seed = 42;
     bool chat = false, json = false, precise = false;
+    uint32_t ckv_keys = KVS_CKV_KEYS_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -44,6 +45,7 @@ int kvs_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--seed")) { if (!kvs_opt_u64(a, v, &seed)) return 2; i++; }
         else if (!strcmp(a, "--chat")) chat = true;
         else if (!strcmp(a, "--precise")) precise = true;
+        else if (!strcmp(a, "--ckv-keys")) { if (!kvs_opt_ckv_keys(a, v, &ckv_keys)) return 2; i++; }
         else if (!strcmp(a, "--json")) json = true;
         else { kvs_die_msg("generate: unknown option '%s'", a); return 2; }
         continue;
@@ -68,6 +70,7 @@ int kvs_cmd_generate(int argc, char **argv)
     if (!model_path) model_path = kvs_default_model();
 
     mc.target_cr = (float)cr;
+    mc.ckv_keys = ckv_keys;
     struct kvs_model *m = NULL;
     if (kvs_model_load(&m, model_path, err, sizeof err) != KVS_OK) { kvs_die_msg("%s", err); free(text); return 1; }
     int rc = 1;

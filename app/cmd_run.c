@@ -32,7 +32,7 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--sinks N]\n"
           "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
-          "                   [--backend cpu|cuda|auto] [--precise]\n"
+          "                   [--backend cpu|cuda|auto] [--precise] [--ckv-keys auto|bf16|int8|fp32]\n"
           "                   [--theme default|mono|projector] [--no-mouse] [--batch] [--record FILE [--force]]\n"
           "                   [--compare-full]\n",
           f);
@@ -45,6 +45,7 @@ struct live {
     struct kvs_queue *q;
     uint32_t run_id;
     struct kvs_trace_writer *w;     /* --record: gets a reference to every record consumed */
+    uint32_t ckv_keys;              /* --ckv-keys (enum kvs_ckv_keys), for every run of the process */
 };
 
 /* Set by SIGINT/SIGQUIT/SIGTERM/SIGHUP outside the UI (--batch, engine shutdown); the output loop
@@ -68,6 +69,7 @@ static bool make_params(struct live *l, const struct kvs_ui_settings *s, struct 
     p->method.rank_ratio = s->rank_ratio;
     p->method.sinks = s->sinks;
     p->method.recent = s->recent;
+    p->method.ckv_keys = l->ckv_keys;
     p->compare_full = s->compare_full;
     p->run_id = ++l->run_id;
     return true;
@@ -210,6 +212,7 @@ int kvs_cmd_run(int argc, char **argv)
     long group = -1, sinks = -1, recent = -1, n_predict = 64, n_ctx = 2048, threads = 0;
     uint64_t seed = 42;
     bool chat = false, batch = false, no_mouse = false, compare_full = false, precise = false, force = false;
+    uint32_t ckv_keys = KVS_CKV_KEYS_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -232,6 +235,7 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "--seed")) { if (!kvs_opt_u64(a, v, &seed)) return 2; i++; }
         else if (!strcmp(a, "--chat")) chat = true;
         else if (!strcmp(a, "--precise")) precise = true;
+        else if (!strcmp(a, "--ckv-keys")) { if (!kvs_opt_ckv_keys(a, v, &ckv_keys)) return 2; i++; }
         else if (!strcmp(a, "--batch")) batch = true;
         else if (!strcmp(a, "--no-mouse")) no_mouse = true;
         else if (!strcmp(a, "--compare-full")) compare_full = true;
@@ -316,6 +320,7 @@ int kvs_cmd_run(int argc, char **argv)
     l.base.n_ctx = (int)n_ctx;
     l.base.n_threads = (int)threads;
     l.base.precise = precise;
+    l.ckv_keys = ckv_keys;
     snprintf(l.base.backend, sizeof l.base.backend, "%s", backend);
     l.base.seed = seed;
     l.base.lossless = !tui; /* batch output must not lose records; the TUI must not slow the engine */

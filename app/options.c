@@ -99,6 +99,16 @@ bool kvs_opt_backend(const char *opt, const char *val, const char **out)
     return true;
 }
 
+bool kvs_opt_ckv_keys(const char *opt, const char *val, uint32_t *out)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    if (!kvs_ckv_keys_parse(val, out)) {
+        kvs_die_msg("option %s: '%s' is not auto, bf16, int8 or fp32", opt, val);
+        return false;
+    }
+    return true;
+}
+
 char *kvs_read_text_file(const char *path, size_t max)
 {
     char err[600];

@@ -313,6 +313,9 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_svd,
     kvs_cuda_kv_store,
     kvs_cuda_kv_compact,
+    kvs_cuda_lat_store,
+    kvs_cuda_lat_compact,
+    kvs_cuda_lat_merge,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

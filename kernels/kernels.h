@@ -15,7 +15,8 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 2u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass */
+#define KVS_CUDA_ABI_VERSION 3u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+                                 * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -110,6 +111,20 @@ struct kvs_cuda_attn_kv16 {
     float *mass;              /* NULL or (n): Σ over queries and heads of the attention weights */
 };
 
+/* The merge of CommonKV latent rows (lat_merge): M rows appended to a shared segment, each the
+ * weighted sum of one token's latents over the N_ARR layers of a private segment, all device
+ * except the weights. */
+#define KVS_CUDA_LAT_MAX_ARR 16
+struct kvs_cuda_lat_merge {
+    int n_arr, width, m, row0;
+    const uint16_t *src[KVS_CUDA_LAT_MAX_ARR]; /* n_arr x (n_src, width) fp16 bits */
+    const int32_t *src_pos;   /* (n_src) */
+    const int32_t *idx;       /* (m) source rows */
+    float w[KVS_CUDA_LAT_MAX_ARR]; /* (n_arr) merge weights */
+    uint16_t *dst;            /* (cap, width) fp16; rows [row0, row0+m) written */
+    int32_t *dst_pos;         /* (cap) */
+};
+
 /* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in
  * last_error(ctx). Calls on one context must come from one thread at a time. */
 struct kvs_cuda_api {
@@ -153,6 +168,10 @@ struct kvs_cuda_api {
                     const float *vs);
     int (*kv_compact)(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int32_t *pos, int dkv, const int32_t *src,
                       int n_keep);
+    int (*lat_store)(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int row0, int T, const float *x);
+    int (*lat_compact)(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
+                       const int32_t *src, int n_keep);
+    int (*lat_merge)(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *a);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -176,7 +195,7 @@ int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *
 /* Thin SVD of a (m, n) row-major: u (m, k), s (k) descending, vt (k, n), k = min(m, n);
  * cuSOLVER gesvdj (Jacobi) in fp32. */
 int kvs_cuda_svd(struct kvs_cuda_ctx *c, const float *a, int m, int n, float *u, float *s, float *vt);
-/* K/V pool rows (twins in engine/backend/kv_pool.c). kv_store: rows [row0, row0+T) of k, v (cap, dkv) fp16
+/* K/V pool rows (twins in engine/cpu/kv_pool.c). kv_store: rows [row0, row0+T) of k, v (cap, dkv) fp16
  * = ks, vs (T, dkv) fp32, IEEE round to nearest even, overflow to inf (the CPU's conversion).
  * kv_compact: row i of k, v, pos becomes row src[i] for i < n_keep (src strictly increasing, so
  * the order is kept), through scratch. */
@@ -184,6 +203,15 @@ int kvs_cuda_kv_store(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int dkv,
                       const float *vs);
 int kvs_cuda_kv_compact(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int32_t *pos, int dkv,
                         const int32_t *src, int n_keep);
+/* CommonKV latent segment rows (twins in engine/cpu/latent_pool.c). lat_store: rows [row0, row0+T)
+ * of one array (cap, width) fp16 = x (T, width) fp32, rounded as the CPU does. lat_compact: row i
+ * of each of the N_ARR arrays (ROWS: a host array of device pointers) and of pos becomes row
+ * src[i] for i < n_keep (src strictly increasing), through scratch. lat_merge: see struct
+ * kvs_cuda_lat_merge; fused multiply-adds in layer order, rounded once, as the CPU twin. */
+int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int row0, int T, const float *x);
+int kvs_cuda_lat_compact(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
+                         const int32_t *src, int n_keep);
+int kvs_cuda_lat_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *a);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,7 @@
 /* K/V pool kernels (DESIGN.md §4, §7; the `full` press's cache in device memory): fp32 -> fp16
  * stores of new rows at the end of a layer's pool, and compaction (eviction) by a gather through
  * scratch. Attention over the rows is kvs_cuda_attn_kv16 (attention.cu). The CPU twin is
- * engine/backend/kv_pool.c. Depends on CUDA only. */
+ * engine/cpu/kv_pool.c. Depends on CUDA only. */
 #include "internal.cuh"
 
 /* k[row0 + t, i] = half(ks[t, i]) and the same for v, one thread per element (grid-stride). */

@@ -2,7 +2,7 @@
 # Decode speed of the latent methods against `full`, measured in the same run at the same context
 # (default 2048 tokens of the default document): tokens/s and the ratio to full (target >= 0.9).
 # commonkv (keys rebuilt by the bf16 kernel where the build has one) is also run with
-# KVS_CKV_KEYS=int8 (the VNNI kernel: faster, coarser) and =fp32 (BLAS), shown as commonkv-int8 and
+# --ckv-keys int8 (the VNNI kernel: faster, coarser) and fp32 (BLAS), shown as commonkv-int8 and
 # commonkv-fp32.
 # This machine's speed drifts by tens of percent from minute to minute (shared host), so the
 # methods run interleaved for ROUNDS rounds: each method's best decode rate is reported, and the
@@ -26,7 +26,7 @@ for round in $(seq 1 "$ROUNDS"); do
             sed "s/^\[{/[{\"round\": $round, /" >>"$OUT" || exit 1
     done
     for keys in int8 fp32; do
-        KVS_CKV_KEYS=$keys "$BIN" bench -m "$MODEL" --methods commonkv --cr "$CR" --ctx "$CTX" -n 64 --json |
+        "$BIN" bench -m "$MODEL" --methods commonkv --cr "$CR" --ctx "$CTX" -n 64 --ckv-keys "$keys" --json |
             sed "s/\"method\": *\"commonkv\"/\"method\":\"commonkv-$keys\"/" |
             sed "s/^\[{/[{\"round\": $round, /" >>"$OUT" || exit 1
     done

@@ -91,5 +91,14 @@ plant "kv pool: compaction leaves the positions behind" kv_pool.cu 's/gp\[r\] = 
 plant "kv pool: attention mass restarts at every query chunk" attention.cu 's/float s = mass\[j\];/float s = 0.0f;/'
 plant "kv pool: attention mass not zeroed first" attention.cu 's/if \(a->mass && a->n\) CUDA_CHECK\(cudaMemsetAsync\(a->mass, [^;]*;//'
 
+# CommonKV's latent segments on the device (latent_pool.cu)
+plant "latent pool: store ignores the row offset" latent_pool.cu 's/size_t off = \(size_t\)row0 \* width;/size_t off = 0;/'
+plant "latent pool: merge leaves out the group's last layer" latent_pool.cu \
+    's/for \(int l = 0; l < a\.n_arr; l\+\+\)/for (int l = 0; l < a.n_arr - 1; l++)/'
+plant "latent pool: merged rows overwrite the shared segment's first rows" latent_pool.cu \
+    's/size_t to = \(size_t\)\(a\.row0 \+ r\) \* a\.width;/size_t to = (size_t)r * a.width;/'
+plant "latent pool: compaction moves only the first layer's rows" latent_pool.cu \
+    's/for \(int a = 0; a < n_arr; a\+\+\) \{/for (int a = 0; a < 1; a++) {/'
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -39,6 +39,10 @@ expect_err 2 "option --temp" generate -p x --temp nan
 expect_err 2 "option --ctx" generate -p x --ctx 99999999999
 expect_err 2 "option --method: unknown method 'foo'" generate -p x --method foo
 expect_err 2 "option --backend" generate -p x --backend tpu
+expect_err 2 "option --ckv-keys: 'fp64' is not auto, bf16, int8 or fp32" generate -p x --ckv-keys fp64
+expect_err 2 "option --ckv-keys needs a value" bench --ckv-keys
+expect_err 2 "option --ckv-keys" run --batch --ckv-keys int4
+expect_err 2 "option --ckv-keys" eval --ckv-keys ""
 expect_err 2 "no prompt" generate
 expect_err 2 "unknown command 'bogus'" bogus
 expect_err 2 "unknown option" generate -p x --frobnicate

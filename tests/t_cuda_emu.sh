@@ -2,7 +2,9 @@
 # `kvscope generate --backend cuda` through the host emulation of the CUDA kernels
 # (build/emu/libkvscope_cuda_emu.so via KVS_CUDA_LIB), as a user would run it: on a tiny model and
 # on SmolLM2 the greedy tokens (--json) of --method full (and streaming/snapkv with eviction, whose
-# K/V rows also live in the backend's pool) equal the CPU engine's; test_backend's GPU comparisons run
+# K/V rows also live in the backend's pool; commonkv and commonkv+quant+snapkv over a long document,
+# whose latent segments live on the device and merge, quantize and evict there) equal the CPU
+# engine's; test_backend's GPU comparisons run
 # on the emulation; a missing emulated library is one clear line and a non-zero exit. Logits are
 # compared in build/tests/test_cuda_emu.
 # Prints "N passed, N failed".
@@ -24,14 +26,17 @@ fi
 tokens() { sed -n 's/.*"tokens": \[\([^]]*\)\].*/\1/p' "$1"; }
 
 # same_tokens NAME MODEL PROMPT N [METHOD ARGS...]: CPU and emulated CUDA give the same greedy tokens
+# (PROMPT @FILE: the text of FILE)
 same_tokens() {
     local name=$1 model=$2 prompt=$3 n=$4
     shift 4
     [ $# -gt 0 ] || set -- --method full
-    if ! timeout 300 "$K" generate -m "$model" -p "$prompt" -n "$n" -t 2 "$@" --json >"$T/$name.cpu" 2>"$T/$name.cpu.err"; then
+    local src=(-p "$prompt")
+    case $prompt in @*) src=(-f "${prompt#@}") ;; esac
+    if ! timeout 300 "$K" generate -m "$model" "${src[@]}" -n "$n" -t 2 "$@" --json >"$T/$name.cpu" 2>"$T/$name.cpu.err"; then
         ko "$name: cpu generate failed: $(head -n 1 "$T/$name.cpu.err")"; return
     fi
-    if ! KVS_CUDA_LIB=$LIB timeout 300 "$K" generate -m "$model" -p "$prompt" -n "$n" -t 2 "$@" --backend cuda --json \
+    if ! KVS_CUDA_LIB=$LIB timeout 300 "$K" generate -m "$model" "${src[@]}" -n "$n" -t 2 "$@" --backend cuda --json \
             >"$T/$name.cuda" 2>"$T/$name.cuda.err"; then
         ko "$name: --backend cuda (emulated) failed: $(head -n 1 "$T/$name.cuda.err")"; return
     fi
@@ -48,6 +53,10 @@ if "$B/tests/test_cuda_emu" --write-tiny "$T/tiny.gguf" qwen2-gqa3 2>"$T/tiny.er
     long="The GNU General Public License is a free, copyleft license for software and other kinds of works"
     same_tokens tiny-qwen2-streaming "$T/tiny.gguf" "$long" 8 --method streaming --cr 0.5
     same_tokens tiny-qwen2-snapkv "$T/tiny.gguf" "$long" 8 --method snapkv --cr 0.5
+    # ~1800 tokens: past the recent window, so latents merge, quantize and get evicted
+    head -c 2500 /usr/share/common-licenses/GPL-3 >"$T/doc.txt"
+    same_tokens tiny-qwen2-commonkv "$T/tiny.gguf" "@$T/doc.txt" 8 --method commonkv --cr 0.7
+    same_tokens tiny-qwen2-commonkv-quant-snapkv "$T/tiny.gguf" "@$T/doc.txt" 8 --method commonkv+quant+snapkv --cr 0.7
 else
     ko "write tiny model: $(head -n 1 "$T/tiny.err")"
 fi
@@ -55,6 +64,7 @@ fi
 M=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f "$M" ]; then
     same_tokens smollm2 "$M" "The capital of France is" 6
+    same_tokens smollm2-commonkv "$M" "The capital of France is" 6 --method commonkv
 else
     echo "skipped: $M not present (make model)"
 fi

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "attention.h"
 #include "backend.h"
 #include "cache_pool.h"
 #include "harness.h"
@@ -538,7 +539,7 @@ static void test_cpu_attn_kv16(void)
     kv16_case_free(&C);
 }
 
-/* The K/V pool on the CPU backend: its attention (attn.c, the path the full press runs) agrees with
+/* The K/V pool on the CPU backend: its attention (engine/cpu/attention.c, the path the full press runs) agrees with
  * the kv16 reference over the rows it holds, compaction keeps the chosen rows; and a backend
  * without the kv_* entries keeps its pool in host memory, with every call counted as a fallback. */
 static void test_cpu_kv_pool(void)

@@ -4,7 +4,7 @@
  * merged tokens are decoded with each layer's own B, re-association equals explicit V, held bytes
  * equal an independent count, a chunked prefill merges no more than the plan allows; the bf16 key
  * kernel against fp32; the real model when present (chunked and one-shot prefill score alike). */
-#include "ckv_kernels.h"
+#include "latent_keys.h"
 #include "commonkv_priv.h"
 #include "harness.h"
 #include "infer.h"
@@ -24,16 +24,6 @@ static float frand(void)
 {
     rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
     return (float)((double)(rng >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
-}
-
-/* KVS_CKV_KEYS as the suite was started with: tests that pick a key kernel put it back, so a run
- * under KVS_CKV_KEYS=int8 checks int8 everywhere else. */
-static char keys_env[16];
-static bool keys_env_set;
-static void keys_restore(void)
-{
-    if (keys_env_set) setenv("KVS_CKV_KEYS", keys_env, 1);
-    else unsetenv("KVS_CKV_KEYS");
 }
 
 static double frob_err(const float *M, const float *B, const float *A, int rows, int D, int k, int r)
@@ -316,9 +306,9 @@ static void test_full_rank(void)
         /* the int8 key kernel at full rank: one scale per latent row costs the smallest
          * dimensions precision (measured ~1.4e-3 here, against bf16's ~4.5e-4) */
         if (kvs_ckv_i8_available()) {
-            setenv("KVS_CKV_KEYS", "int8", 1);
+            ck.ckv_keys = KVS_CKV_KEYS_INT8;
             float *g8 = run_logits(m, &ck, ids, n, 16, NULL);
-            keys_restore();
+            ck.ckv_keys = KVS_CKV_KEYS_AUTO;
             CHECKF(ref && g8 && norm_err(g8, ref, (long)n * V) < 5e-3, "%s: int8 keys at full rank: normalised error %g",
                    archs[a], ref && g8 ? norm_err(g8, ref, (long)n * V) : -1.0);
             free(g8);
@@ -568,13 +558,11 @@ static void test_i8_kernel(void)
 
 /* Merged tokens: one shared latent per (group, token), decoded with each layer's own B_k, B_v;
  * values by re-association match attention over explicitly built V. FP32 forces the fp32 key
- * path (KVS_CKV_FP32=1), checked to 1e-3; the bf16 path is checked by normalised error (keys
+ * path (ckv_keys fp32), checked to 1e-3; the bf16 path is checked by normalised error (keys
  * carry bf16's ~2e-3 relative rounding). */
 static void merged_own_b(const char *keys)
 {
     bool fp32 = !strcmp(keys, "fp32");
-    unsetenv("KVS_CKV_FP32"); /* it would override KEYS */
-    setenv("KVS_CKV_KEYS", keys, 1);
     struct kvs_model *m = tiny_model("llama", 2, 11);
     CHECK(m != NULL);
     if (!m) return;
@@ -591,11 +579,22 @@ static void merged_own_b(const char *keys)
     c.sinks = 0;
     c.recent = 0;
     c.whiten = false;
+    CHECK(kvs_ckv_keys_parse(keys, &c.ckv_keys));
     int T = 12, D = 64, r = 20, d = 16, nh = 4, nkv = 2, dkv = 32;
     struct kvs_press *p = NULL;
     CHECK(kvs_press_commonkv_create(&p, m, &c, 64, f, NULL, NULL, err, sizeof err) == KVS_OK);
-    keys_restore();
     if (!p) { kvs_ckv_factors_delete(f); kvs_model_delete(m); return; }
+    /* the RUN record names the kernel that ran: the one asked for, or its fallback in this build */
+    {
+        struct kvs_rec_run run;
+        memset(&run, 0, sizeof run);
+        kvs_press_commonkv_run_fields(p, &run);
+        uint32_t want = KVS_CKV_KEYS_FP32;
+        if (!fp32 && !strcmp(keys, "int8") && kvs_ckv_i8_available()) want = KVS_CKV_KEYS_INT8;
+        else if (!fp32 && kvs_ckv_bf16_available()) want = KVS_CKV_KEYS_BF16;
+        CHECKF(run.ckv_keys == want, "keys %s: RUN record says %s, expected %s", keys,
+               kvs_ckv_keys_name(run.ckv_keys), kvs_ckv_keys_name(want));
+    }
     float *xn = malloc(sizeof(float) * 2 * T * D), q[4 * 16], out[2][4 * 16];
     int32_t pos[12];
     for (int i = 0; i < 2 * T * D; i++) xn[i] = frand();
@@ -775,8 +774,6 @@ static void test_fused_kernels(void)
 static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint32_t n_head_kv, const char *spec,
                        const char *keys, struct kvs_pool *pool)
 {
-    unsetenv("KVS_CKV_FP32"); /* it would override KEYS */
-    setenv("KVS_CKV_KEYS", keys, 1);
     struct kvs_model *m = tiny_model_dims(arch, 2, n_embd, n_head, n_head_kv, 21);
     CHECK(m != NULL);
     if (!m) return;
@@ -789,9 +786,9 @@ static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint3
     c.whiten = false;
     c.cache_dir[0] = 0;
     c.quant_residual = 16; /* composed with quant: older rows move to the packed pool */
+    CHECK(kvs_ckv_keys_parse(keys, &c.ckv_keys));
     struct kvs_press *p = NULL;
     enum kvs_status st = kvs_press_commonkv_create(&p, m, &c, 256, NULL, NULL, NULL, err, sizeof err);
-    keys_restore();
     CHECKF(st == KVS_OK, "%s %s: %s", arch, spec, err);
     if (!p) { kvs_model_delete(m); return; }
     p->pool = pool;
@@ -1085,11 +1082,6 @@ static void test_real_model(void)
 
 int main(void)
 {
-    const char *k = getenv("KVS_CKV_KEYS");
-    if (k) {
-        snprintf(keys_env, sizeof keys_env, "%s", k);
-        keys_env_set = true;
-    }
     RUN(test_svd);
     RUN(test_cache);
     RUN(test_full_rank);

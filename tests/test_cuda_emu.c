@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "cache_pool.h"
+#include "ckv_pool.h"
 #include "harness.h"
 #include "infer.h"
 #include "press.h"
@@ -482,6 +483,147 @@ static void test_kv_pool(void)
     kv_pool_case(8, 2, 128, 16, 12); /* small blocks (many moves), large scores */
 }
 
+/* ---------------------------------------------------------------- CommonKV latent segments */
+
+/* Every array and position of segment A (device) equals B's (CPU), bit for bit: both round fp32 to
+ * fp16 the same way and the merge sums in the same order with the same fused multiply-adds. */
+static void lat_same(const char *what, const struct kvs_ckv_seg *a, const struct kvs_ckv_seg *b)
+{
+    CHECKF(a->n == b->n, "%s: %u rows on the device, %u on the CPU", what, a->n, b->n);
+    if (a->n != b->n) return;
+    CHECKF(!a->n || !memcmp(a->pos, b->pos, a->n * sizeof(int32_t)), "%s: positions differ", what);
+    size_t cnt = (size_t)a->n * a->width;
+    float *x = malloc((cnt + 1) * sizeof(float)), *y = malloc((cnt + 1) * sizeof(float));
+    int32_t *pd = malloc(((size_t)a->n + 1) * sizeof(int32_t));
+    for (uint32_t arr = 0; arr < a->n_arr; arr++) {
+        x[cnt] = 555.0f;
+        CHECKF(kvs_ckv_seg_read(a, arr, 0, a->n, x) == KVS_OK, "%s: device read: %s", what, cuda16->err);
+        CHECK(kvs_ckv_seg_read(b, arr, 0, b->n, y) == KVS_OK);
+        CHECKF(x[cnt] == 555.0f, "%s: read wrote past %u rows", what, a->n);
+        long bad = -1;
+        for (size_t i = 0; i < cnt && bad < 0; i++)
+            if (memcmp(&x[i], &y[i], sizeof(float))) bad = (long)i;
+        CHECKF(bad < 0, "%s: array %u differs first at row %ld col %ld: %.7g vs %.7g", what, arr,
+               bad < 0 ? 0 : bad / (long)a->width, bad < 0 ? 0 : bad % (long)a->width, bad < 0 ? 0.0 : (double)x[bad],
+               bad < 0 ? 0.0 : (double)y[bad]);
+    }
+    /* the positions in device memory, not only the host copy */
+    if (a->n) {
+        CHECK(kvs_backend_lat_read(cuda16, &a->L, &a->f, 0, 0, (int)a->n, x, pd) == KVS_OK);
+        CHECKF(!memcmp(pd, b->pos, a->n * sizeof(int32_t)), "%s: device positions differ from the CPU's", what);
+    }
+    free(x), free(y), free(pd);
+}
+
+/* A private segment of G arrays of rank R and a shared one, on the emulated device and on the CPU,
+ * fed the same tokens at non-dense positions: appends past several blocks, a merge of scattered
+ * rows in a shuffled order into the shared segment, compaction of the merged rows, appends after
+ * it, an empty segment, and the device bytes counted and given back. */
+static void lat_pool_case(int G, int R, int block)
+{
+    char what[96];
+    snprintf(what, sizeof what, "emu latent segment (%d layers, rank %d, blocks of %d)", G, R, block);
+    struct kvs_lat_fmt f = {.width = R, .row_bytes = 2 * R};
+    struct kvs_ckv_seg pg, pc, sg, sc;
+    kvs_ckv_seg_init(&pg, &f, (uint32_t)G, (uint32_t)block);
+    kvs_ckv_seg_init(&pc, &f, (uint32_t)G, (uint32_t)block);
+    kvs_ckv_seg_init(&sg, &f, 1, (uint32_t)block);
+    kvs_ckv_seg_init(&sc, &f, 1, (uint32_t)block);
+    uint64_t base = cuda16->pool_bytes;
+    /* empty: nothing allocated, reads of nothing and a merge of nothing succeed */
+    CHECK(kvs_ckv_seg_read(&pg, 0, 0, 0, NULL) == KVS_OK);
+    CHECK(kvs_ckv_seg_reserve(&sg, cuda16, 1) == KVS_OK && kvs_ckv_seg_reserve(&sc, cpu, 1) == KVS_OK);
+    CHECK(kvs_ckv_seg_reserve(&pg, cuda16, 1) == KVS_OK && kvs_ckv_seg_reserve(&pc, cpu, 1) == KVS_OK);
+    CHECKF(kvs_ckv_seg_native(&pg) && kvs_ckv_seg_native(&sg), "%s: the device segment takes the CPU fallback", what);
+    CHECK(kvs_ckv_seg_merge(&pg, &sg, NULL, 0, NULL) == KVS_OK && sg.n == 0);
+    lat_same("empty segment", &pg, &pc);
+    int n = 0;
+    const int chunks[] = {37, 1, 100, 1, 60};
+    for (size_t ci = 0; ci < KVS_ARRAY_LEN(chunks); ci++) {
+        int T = chunks[ci];
+        int32_t *pos = malloc((size_t)T * sizeof(int32_t));
+        for (int t = 0; t < T; t++) pos[t] = 3 * (n + t) + 1; /* positions not dense (an earlier eviction) */
+        CHECK(kvs_ckv_seg_reserve(&pg, cuda16, pg.n + (uint32_t)T) == KVS_OK);
+        CHECK(kvs_ckv_seg_reserve(&pc, cpu, pc.n + (uint32_t)T) == KVS_OK);
+        for (int l = 0; l < G; l++) {
+            float *x = rand_vec((size_t)T * R, -3, 3);
+            if (ci == 0 && l == 0) x[3] = 1e5f, x[4] = -3e-8f; /* overflow to inf, a subnormal */
+            if (l == 0) {
+                CHECKF(kvs_ckv_seg_append(&pg, T, pos, x) == KVS_OK, "%s: append: %s", what, cuda16->err);
+                CHECK(kvs_ckv_seg_append(&pc, T, pos, x) == KVS_OK);
+            } else {
+                CHECKF(kvs_ckv_seg_fill(&pg, (uint32_t)l, T, x) == KVS_OK, "%s: fill: %s", what, cuda16->err);
+                CHECK(kvs_ckv_seg_fill(&pc, (uint32_t)l, T, x) == KVS_OK);
+            }
+            free(x);
+        }
+        n += T;
+        free(pos);
+    }
+    lat_same(what, &pg, &pc);
+    CHECKF(pg.cap == (uint32_t)((n + block - 1) / block * block) &&
+               kvs_ckv_seg_bytes_alloc(&pg) == kvs_ckv_seg_bytes_alloc(&pc),
+           "%s: %d rows in %u allocated (blocks of %d)", what, n, pg.cap, block);
+    CHECKF(cuda16->pool_bytes - base == kvs_ckv_seg_bytes_alloc(&pg) + kvs_ckv_seg_bytes_alloc(&sg),
+           "%s: the backend counts %llu device bytes, the segments %llu", what,
+           (unsigned long long)(cuda16->pool_bytes - base),
+           (unsigned long long)(kvs_ckv_seg_bytes_alloc(&pg) + kvs_ckv_seg_bytes_alloc(&sg)));
+    /* merge every 5th row (the first row with its inf included) in a shuffled order */
+    int m = 0;
+    int32_t *idx = malloc((size_t)n * sizeof(int32_t));
+    uint8_t *drop = calloc((size_t)n, 1);
+    for (int i = 0; i < n; i += 5) idx[m++] = i;
+    for (int i = m - 1; i > 0; i--) {
+        int j = (int)(frand(0, 1) * (float)(i + 1)) % (i + 1), t = idx[i];
+        idx[i] = idx[j], idx[j] = t;
+    }
+    for (int i = 0; i < m; i++) drop[idx[i]] = 1;
+    float w[KVS_LAT_MAX_ARR];
+    for (int l = 0; l < G; l++) w[l] = (float)(l + 1) / (float)(G * (G + 1) / 2);
+    CHECK(kvs_ckv_seg_reserve(&sg, cuda16, (uint32_t)m) == KVS_OK && kvs_ckv_seg_reserve(&sc, cpu, (uint32_t)m) == KVS_OK);
+    CHECKF(kvs_ckv_seg_merge(&pg, &sg, idx, (uint32_t)m, w) == KVS_OK, "%s: merge: %s", what, cuda16->err);
+    CHECK(kvs_ckv_seg_merge(&pc, &sc, idx, (uint32_t)m, w) == KVS_OK);
+    lat_same("merged rows", &sg, &sc);
+    CHECKF(sg.n == (uint32_t)m && sg.pos[0] == 3 * idx[0] + 1, "%s: merged %u rows, first at %d", what, sg.n,
+           sg.n ? sg.pos[0] : -1);
+    /* a second merge appends after the first (row0 = n) */
+    int32_t two[2] = {2, 1};
+    CHECK(kvs_ckv_seg_reserve(&sg, cuda16, sg.n + 2) == KVS_OK && kvs_ckv_seg_reserve(&sc, cpu, sc.n + 2) == KVS_OK);
+    CHECK(kvs_ckv_seg_merge(&pg, &sg, two, 2, w) == KVS_OK && kvs_ckv_seg_merge(&pc, &sc, two, 2, w) == KVS_OK);
+    lat_same("merged rows appended", &sg, &sc);
+    uint32_t rg = 0, rc = 0;
+    CHECKF(kvs_ckv_seg_compact(&pg, drop, &rg) == KVS_OK, "%s: compact: %s", what, cuda16->err);
+    CHECK(kvs_ckv_seg_compact(&pc, drop, &rc) == KVS_OK);
+    CHECKF(rg == (uint32_t)m && rc == (uint32_t)m, "%s: compaction removed %u and %u rows, not %d", what, rg, rc, m);
+    lat_same("after compaction", &pg, &pc);
+    CHECKF(pg.cap == (pg.n + (uint32_t)block - 1) / (uint32_t)block * (uint32_t)block,
+           "%s: compaction kept %u rows of room for %u", what, pg.cap, pg.n);
+    {
+        int T = 70;
+        int32_t pos[70];
+        for (int t = 0; t < T; t++) pos[t] = 3 * n + 10 + t;
+        CHECK(kvs_ckv_seg_reserve(&pg, cuda16, pg.n + 70) == KVS_OK && kvs_ckv_seg_reserve(&pc, cpu, pc.n + 70) == KVS_OK);
+        for (int l = 0; l < G; l++) {
+            float *x = rand_vec((size_t)T * R, -3, 3);
+            CHECK(l ? kvs_ckv_seg_fill(&pg, (uint32_t)l, T, x) == KVS_OK : kvs_ckv_seg_append(&pg, T, pos, x) == KVS_OK);
+            CHECK(l ? kvs_ckv_seg_fill(&pc, (uint32_t)l, T, x) == KVS_OK : kvs_ckv_seg_append(&pc, T, pos, x) == KVS_OK);
+            free(x);
+        }
+    }
+    lat_same("stored after compaction", &pg, &pc);
+    free(idx), free(drop);
+    kvs_ckv_seg_free(&pg), kvs_ckv_seg_free(&pc), kvs_ckv_seg_free(&sg), kvs_ckv_seg_free(&sc);
+    CHECKF(cuda16->pool_bytes == base, "%s: %llu device bytes left after the segments were freed", what,
+           (unsigned long long)(cuda16->pool_bytes - base));
+}
+
+static void test_latent_pool(void)
+{
+    lat_pool_case(4, 403, 256); /* SmolLM2 at CR 0.5: rank 403 (not a multiple of 32), groups of 4 */
+    lat_pool_case(3, 45, 16);   /* a small rank, groups of 3, small blocks (many moves) */
+    lat_pool_case(2, 128, 64);
+}
+
 static void test_svd(void)
 {
     int shapes[3][2] = {{384, 96}, {96, 200}, {77, 77}};
@@ -556,8 +698,10 @@ static struct logit_cmp logit_compare(const float *g, const float *c, int V)
  * as DTYPE), both through the `full` press. Every logit row must be within NERR_TOL (normalised
  * error), the mean KL(cpu || cuda) within KL_TOL, and every greedy token must agree. The CPU rounds
  * activations to q8 for quantized weights, the device to fp16/bf16: the tolerances cover that. */
-/* METHOD ("full", "streaming", "snapkv") at target CR (<0: its defaults) on the CPU and the emulated
- * device, fed the same tokens: logits, greedy tokens and the cache's place and bytes compared. */
+/* METHOD ("full", "streaming", "snapkv", "commonkv", "commonkv+quant+snapkv") at target CR (<0: its
+ * defaults) on the CPU and the emulated device, fed the same tokens: logits, greedy tokens and the
+ * cache's place and bytes compared. CommonKV runs with a short recent window (8 tokens, 2 sinks) so
+ * that a short prompt already merges, quantizes and evicts. */
 static void e2e_model(const char *label, const char *path, const char *dtype, const char *method, float cr,
                       const char *prompt, int n_gen, double nerr_tol, double kl_tol)
 {
@@ -570,7 +714,17 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
     struct kvs_method_config mc;
     CHECK(kvs_method_parse(&mc, method, err, sizeof err) == KVS_OK);
     mc.target_cr = cr;
-    bool full = !strcmp(method, "full");
+    bool full = !strcmp(method, "full"), ckv = strstr(method, "commonkv") != NULL;
+    bool evicts = strstr(method, "snapkv") || strstr(method, "streaming"), packed = strstr(method, "quant") != NULL;
+    if (ckv) {
+        mc.sinks = 2;
+        mc.recent = 8;
+        mc.quant_residual = 8;
+        mc.snap_window = 8;
+        mc.cache_dir[0] = 0; /* factors are not cached to disk from a test */
+        mc.whiten = false;
+        mc.merge_floor = -1.0f; /* random weights: dissimilar layers, merged anyway */
+    }
     struct kvs_press *pc = NULL, *pg = NULL;
     struct kvs_ctx *cc = NULL, *cg = NULL;
     int32_t toks[256];
@@ -636,15 +790,25 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
     fprintf(stderr, "   %s %s: K/V pool %llu bytes allocated in device memory (%llu held, %u of %d tokens kept in "
             "layer 0), %u CPU fallbacks\n", label, method, (unsigned long long)kvs_ctx_pool_bytes(cg),
             (unsigned long long)rg->bytes_held, rg->layer_kept[0], n + n_gen, kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
-    CHECKF(rg->bytes_alloc > 0 && kvs_ctx_pool_bytes(cg) == rg->bytes_alloc,
+    /* packed (quantized) latents stay in host memory: the device holds only the fp16 segments */
+    CHECKF(rg->bytes_alloc > 0 && (packed ? kvs_ctx_pool_bytes(cg) < rg->bytes_alloc && kvs_ctx_pool_bytes(cg) > 0
+                                          : kvs_ctx_pool_bytes(cg) == rg->bytes_alloc),
            "%s: the CUDA backend holds %llu pool bytes, the press reports %llu allocated", label,
            (unsigned long long)kvs_ctx_pool_bytes(cg), (unsigned long long)rg->bytes_alloc);
     CHECKF(rg->bytes_held == rc->bytes_held && (!full || rg->layer_kept[0] == (uint32_t)(n + n_gen)) &&
-               (full || cr < 0 || rg->layer_kept[0] < (uint32_t)(n + n_gen)) && rg->layer_kept[0] == rc->layer_kept[0],
+               (!evicts || cr < 0 || rg->layer_kept[0] < (uint32_t)(n + n_gen)) && rg->layer_kept[0] == rc->layer_kept[0],
            "%s: device pool holds %llu bytes / %u tokens, CPU %llu / %u", label, (unsigned long long)rg->bytes_held,
            rg->layer_kept[0], (unsigned long long)rc->bytes_held, rc->layer_kept[0]);
-    CHECKF(kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls == 0, "%s: %u CPU fallbacks on the CUDA backend", label,
-           kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
+    /* every fp16 row op ran on the device; packed rows are the one explicit, counted fallback */
+    CHECKF(packed ? kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls > 0 : kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls == 0,
+           "%s: %u CPU fallbacks on the CUDA backend", label, kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
+    if (ckv) {
+        CHECKF(rg->group_merged[0] > 0 && rg->group_merged[0] == rc->group_merged[0],
+               "%s: group 0 merged %.3f of its tokens on the device, %.3f on the CPU", label, rg->group_merged[0],
+               rc->group_merged[0]);
+        fprintf(stderr, "   %s %s: group 0 merged %.3f of its tokens (device and CPU)\n", label, method,
+                rg->group_merged[0]);
+    }
     CHECKF(!full || fabsf(rg->layer_sim[0] - rc->layer_sim[0]) < 0.02f, "%s: layer similarity %g on the device, %g on the CPU",
            label, rg->layer_sim[0], rc->layer_sim[0]);
     free(rg), free(rc);
@@ -698,6 +862,11 @@ static void test_e2e_tiny(void)
         /* eviction in the prefill and at decode: the attention mass and compaction on the device */
         e2e_model(label, path, NULL, "streaming", 0.5f, prompt, 8, 1e-2, 1e-4);
         e2e_model(label, path, NULL, "snapkv", 0.5f, prompt, 8, 1e-2, 1e-4);
+        /* CommonKV's latent segments on the device: stores, merges, compaction (and the packed
+         * rows' counted fallback when composed with quant) */
+        e2e_model(label, path, NULL, "commonkv", 0.5f, prompt, 8, 1e-2, 1e-4);
+        /* 4-bit latents turn the devices' fp16 rounding of the activations into larger steps */
+        e2e_model(label, path, NULL, "commonkv+quant+snapkv", 0.7f, prompt, 8, 5e-2, 1e-3);
         remove(path);
     }
 }
@@ -762,6 +931,7 @@ int main(int argc, char **argv)
         RUN(test_attn_latent);
         RUN(test_attn_kv16);
         RUN(test_kv_pool);
+        RUN(test_latent_pool);
         RUN(test_svd);
         if (!ops_only) RUN(test_e2e_tiny);
         if (!ops_only) RUN(test_e2e_smollm2);

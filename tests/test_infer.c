@@ -6,7 +6,7 @@
  *   test_infer --dump MODEL OUT.bin ID...   all logits (n, n_vocab) fp32 of one prefill
  *   test_infer --dump-decode MODEL OUT.bin ID...          the same logits, one token at a time (decode)
  *   test_infer --dump-decode-precise MODEL OUT.bin ID...  the same, decode with kvs_ctx_params.precise */
-#include "attn.h"
+#include "attention.h"
 #include "gguf.h"
 #include "quant.h"
 #include "harness.h"

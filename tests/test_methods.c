@@ -3,7 +3,7 @@
  * and composition run on tiny llama and qwen2 models (prefill in chunks, then decoding token by
  * token) without NaNs, with bytes that add up and targets met; commonkv+quant+snapkv reaches
  * CR >= 0.95. SmolLM2 too when present. */
-#include "attn.h"
+#include "attention.h"
 #include "commonkv_priv.h"
 #include "harness.h"
 #include "infer.h"

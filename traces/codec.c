@@ -91,6 +91,7 @@ static void enc_run(struct kvt_buf *b, const struct kvs_rec_run *r)
     kvt_buf_f32(b, r->plan_merge_share);
     kvt_buf_f32(b, r->plan_merge_floor);
     put_str(b, r->plan_note, sizeof r->plan_note);
+    kvt_buf_u32(b, r->ckv_keys);
 }
 
 static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
@@ -284,6 +285,7 @@ static void dec_run(struct cur *c, struct kvs_rec_run *r)
         r->plan_merge_floor = gf32(c);
         gstr(c, r->plan_note, sizeof r->plan_note);
     }
+    r->ckv_keys = c->pos < c->len ? g32(c) : KVS_CKV_KEYS_AUTO; /* appended field: absent in older traces */
 }
 
 static void dec_step(struct cur *c, struct kvs_rec_step *s)

@@ -167,6 +167,10 @@ static void json_run(FILE *f, const struct kvs_rec_run *r)
     if (isfinite(r->plan_merge_floor)) jf(f, r->plan_merge_floor); else fputs("null", f);
     fputs(",\"plan_note\":", f);
     JS(f, r->plan_note);
+    /* the key kernel CommonKV/lowrank ran with; null for other methods and older traces */
+    const char *keys = r->ckv_keys != KVS_CKV_KEYS_AUTO ? kvs_ckv_keys_name(r->ckv_keys) : NULL;
+    fputs(",\"ckv_keys\":", f);
+    if (keys) kvs_json_string(f, keys, strlen(keys)); else fputs("null", f);
 }
 
 static void json_step(FILE *f, const struct kvs_rec_step *s)

@@ -68,6 +68,26 @@ struct kvs_kv_attend_args {
     int n_head, n_head_kv, head_dim;
 };
 
+/* How a CommonKV latent segment (engine/backend/latent_pool.h) stores a row of WIDTH fp32 values:
+ * IEEE fp16 (encode and decode NULL), or packed bytes by the press's codec (quantized latents; those
+ * rows always live in host memory, through the CPU twins). */
+#define KVS_LAT_MAX_ARR 16
+struct kvs_lat_fmt {
+    int width, row_bytes;     /* row_bytes = 2*width for fp16 */
+    uint32_t bits, group;     /* codec parameters */
+    void (*encode)(const float *x, uint32_t n, uint32_t bits, uint32_t group, uint8_t *dst);
+    void (*decode)(const uint8_t *src, uint32_t n, uint32_t bits, uint32_t group, float *dst);
+};
+
+/* The rows of one latent segment in a backend's memory: N_ARR arrays in lock-step (a layer group's
+ * private pool: one array per layer, row i of each the same token; a shared pool: one array) and
+ * the tokens' positions. Only backend entries read or write the storage. */
+struct kvs_lat_rows {
+    void *rows[KVS_LAT_MAX_ARR]; /* n_arr x (cap, row_bytes); backend memory */
+    void *pos;                /* (cap) int32 original positions; backend memory */
+    int n_arr, n, cap;        /* arrays, rows held, rows allocated */
+};
+
 /* A weight as one backend sees it: the model's weight and, once prepared, its device copy. */
 struct kvs_backend_weight {
     const struct kvs_weight *w;
@@ -120,6 +140,29 @@ struct kvs_backend_ops {
     /* Copies rows [row0, row0+n) to host: k, v (n, dkv) fp16 bits, pos (n); any may be NULL. */
     enum kvs_status (*kv_read)(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
                                uint16_t *k, uint16_t *v, int32_t *pos);
+
+    /* CommonKV latent segments (engine/backend/latent_pool.h), fp16 rows only (packed rows take the
+     * CPU twins in host memory). The five entries come as a set: lat_grow NULL -> every latent
+     * segment of this backend lives in host memory (each call a counted fallback). Host arrays
+     * are marked; F is the segment's format (fp16). */
+    /* optional: NULL -> CPU path. Grows L to CAP >= L->n rows of its n_arr arrays, keeping them (CAP 0 frees). */
+    enum kvs_status (*lat_grow)(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int cap);
+    /* Writes rows [row0, row0+T) of array ARR from x (T, width) fp32 host, and their positions from
+     * POS (T) host unless NULL; row0 + T <= cap. L->n is the caller's to move. */
+    enum kvs_status (*lat_store)(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int arr,
+                                 int row0, int T, const float *x, const int32_t *pos);
+    /* x (n, width) fp32 host = rows [row0, row0+n) of array ARR; POS (n) host gets their positions
+     * unless NULL. */
+    enum kvs_status (*lat_read)(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                int arr, int row0, int n, float *x, int32_t *pos);
+    /* Keeps the rows whose KEEP (L->n) host byte is set, in order, in every array; sets L->n. */
+    enum kvs_status (*lat_compact)(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                   const uint8_t *keep);
+    /* Merge: appends M rows to array 0 of DST (dst->n += M; room allocated): row i = Σ_a W[a] ·
+     * row IDX[i] of SRC's array a (a < src->n_arr, fp32 fused multiply-adds in order of a, then
+     * rounded once), at that row's position. IDX (M), W (src->n_arr) host. Same format both. */
+    enum kvs_status (*lat_merge)(struct kvs_backend *b, const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
+                                 const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w);
 };
 
 struct kvs_backend {
@@ -129,7 +172,8 @@ struct kvs_backend {
     bool precise;             /* CPU products never quantize activations (kvs_ctx_params.precise) */
     char device[128];         /* "CPU" or "NVIDIA H100 80GB HBM3 (sm_90)" */
     struct kvs_op_counter *ctr; /* (KVS_OP_COUNT) where CPU fallbacks are counted (not owned; may be NULL) */
-    uint64_t pool_bytes;      /* K/V pool storage allocated through this backend's own kv_grow entry */
+    uint64_t pool_bytes;      /* K/V pool and latent segment storage allocated through this backend's own
+                               * kv_grow and lat_grow entries */
     char err[512];            /* last error */
 };
 
@@ -197,26 +241,28 @@ enum kvs_status kvs_backend_kv_compact(struct kvs_backend *b, struct kvs_kv_rows
 enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
                                     uint16_t *k, uint16_t *v, int32_t *pos);
 
+/* Latent segment entries: the backend's set for fp16 rows, or the CPU twins (host memory) when it
+ * has none or the rows are packed; a CPU backend's own are not fallbacks, another backend's are,
+ * each call counted in b->ctr[KVS_OP_FALLBACK]. B may be NULL (the CPU path). The rows of one
+ * segment must only ever be given to the backend that grew them, with the same format. */
+bool kvs_backend_lat_native(const struct kvs_backend *b, const struct kvs_lat_fmt *f);
+enum kvs_status kvs_backend_lat_grow(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                     int cap);
+enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                      int arr, int row0, int T, const float *x, const int32_t *pos);
+enum kvs_status kvs_backend_lat_read(struct kvs_backend *b, const struct kvs_lat_rows *L,
+                                     const struct kvs_lat_fmt *f, int arr, int row0, int n, float *x, int32_t *pos);
+enum kvs_status kvs_backend_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                        const uint8_t *keep);
+enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_lat_rows *src,
+                                      struct kvs_lat_rows *dst, const struct kvs_lat_fmt *f, const int32_t *idx,
+                                      int m, const float *w);
+
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 
-/* The K/V pool twins (engine/backend/kv_pool.c, twin of kernels/kv_pool.cu), host memory; POOL (threads)
- * may be NULL. Same contracts as the vtable entries; KVS_ERR_NOMEM when memory runs out (L keeps
- * its rows and capacity), KVS_ERR_ARG for inconsistent shapes. */
-enum kvs_status kvs_cpu_kv_grow(struct kvs_kv_rows *L, int dkv, int cap);
-enum kvs_status kvs_cpu_kv_store(struct kvs_kv_rows *L, int dkv, int T, const int32_t *pos, const float *k,
-                                 const float *v);
-enum kvs_status kvs_cpu_kv_attend(struct kvs_pool *pool, const struct kvs_kv_rows *L,
-                                  const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass);
-enum kvs_status kvs_cpu_kv_compact(struct kvs_kv_rows *L, int dkv, const uint8_t *keep);
-enum kvs_status kvs_cpu_kv_read(const struct kvs_kv_rows *L, int dkv, int row0, int n, uint16_t *k, uint16_t *v,
-                                int32_t *pos);
+/* The twins of the kernels/ operations live in engine/cpu/<stem>.h, one header per stem
+ * (attention.h, kv_pool.h, latent_pool.h). */
 
-/* Attention over latents / an fp16 K/V cache on the CPU; POOL may be NULL. Returns KVS_ERR_NOMEM
- * when scratch cannot be allocated, KVS_ERR_ARG for inconsistent shapes. */
-enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *q,
-                                    float *out);
-enum kvs_status kvs_cpu_attn_kv16(struct kvs_pool *pool, const struct kvs_attn_kv16_args *a, const float *q,
-                                  float *out);
 /* Thin SVD with LAPACK sgesdd (A untouched); KVS_ERR_BACKEND when LAPACK reports a failure. */
 enum kvs_status kvs_cpu_svd(const float *a, int m, int n, float *u, float *s, float *vt);
 

@@ -4,6 +4,7 @@
  * implements the backend vtable on host pointers by staging through device buffers. Depends on libc,
  * libdl and kernels/kernels.h only (no CUDA headers or libraries at link time), so kvscope starts on
  * any machine; every failure is a status string. */
+#include "attention.h"
 #include "backend.h"
 
 #include <dlfcn.h>
@@ -538,7 +539,7 @@ static enum kvs_status cu_svd(struct kvs_backend *b, const float *a, int m, int 
     return get(b, vt, dvt, k * n * sizeof(float));
 }
 
-/* ---- K/V pool rows in device memory (twins: engine/backend/kv_pool.c) ---- */
+/* ---- K/V pool rows in device memory (twins: engine/cpu/kv_pool.c) ---- */
 
 static void cu_rows_free(struct cuda_be *s, void **k, void **v, void **pos)
 {
@@ -652,6 +653,129 @@ static enum kvs_status cu_kv_read(struct kvs_backend *b, const struct kvs_kv_row
     return KVS_OK;
 }
 
+/* ---- CommonKV latent segments in device memory, fp16 rows (twins: engine/cpu/latent_pool.c) ---- */
+
+static void cu_lat_free(struct cuda_be *s, void **rows, int n_arr, void **pos)
+{
+    for (int a = 0; a < n_arr; a++) s->api->free(s->cx, rows[a]), rows[a] = NULL;
+    s->api->free(s->cx, *pos);
+    *pos = NULL;
+}
+
+static bool lat_fmt_ok(const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f)
+{
+    return !f->encode && f->width > 0 && f->row_bytes == 2 * f->width && L->n_arr > 0 &&
+           L->n_arr <= KVS_LAT_MAX_ARR && L->n_arr <= KVS_CUDA_LAT_MAX_ARR;
+}
+
+static enum kvs_status cu_lat_grow(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                   int cap)
+{
+    struct cuda_be *s = b->ctx;
+    if (!lat_fmt_ok(L, f) || cap < L->n) return KVS_ERR_ARG;
+    if (cap == 0) {
+        cu_lat_free(s, L->rows, L->n_arr, &L->pos);
+        L->cap = 0;
+        return KVS_OK;
+    }
+    size_t row = (size_t)f->row_bytes;
+    if ((size_t)cap > SIZE_MAX / row) return KVS_ERR_ARG;
+    void *rows[KVS_LAT_MAX_ARR] = {0}, *p = NULL;
+    for (int a = 0; a < L->n_arr; a++)
+        if (s->api->alloc(s->cx, &rows[a], (size_t)cap * row) != KVS_CUDA_OK) goto fail;
+    if (s->api->alloc(s->cx, &p, (size_t)cap * sizeof(int32_t)) != KVS_CUDA_OK) goto fail;
+    /* the rows held move to the new blocks on the device; the old ones go once the copies ran */
+    for (int a = 0; a < L->n_arr && L->n; a++)
+        if (s->api->copy(s->cx, rows[a], L->rows[a], (size_t)L->n * row) != KVS_CUDA_OK) goto fail;
+    if (L->n && s->api->copy(s->cx, p, L->pos, (size_t)L->n * sizeof(int32_t)) != KVS_CUDA_OK) goto fail;
+    cu_lat_free(s, L->rows, L->n_arr, &L->pos);
+    for (int a = 0; a < L->n_arr; a++) L->rows[a] = rows[a];
+    L->pos = p;
+    L->cap = cap;
+    return KVS_OK;
+fail:;
+    enum kvs_status st = api_fail(b, "lat_grow");
+    cu_lat_free(s, rows, L->n_arr, &p);
+    return st;
+}
+
+static enum kvs_status cu_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                    int arr, int row0, int T, const float *x, const int32_t *pos)
+{
+    struct cuda_be *s = b->ctx;
+    void *dx;
+    if (!lat_fmt_ok(L, f) || arr < 0 || arr >= L->n_arr || row0 < 0 || T < 0 || row0 > L->cap - T)
+        return KVS_ERR_ARG;
+    if (T == 0) return KVS_OK;
+    TRY(put(b, ST_C, x, (size_t)T * f->width * sizeof(float), &dx));
+    if (pos && s->api->upload(s->cx, (int32_t *)L->pos + row0, pos, (size_t)T * sizeof(int32_t)) != KVS_CUDA_OK)
+        return api_fail(b, "lat_store");
+    if (s->api->lat_store(s->cx, L->rows[arr], f->width, row0, T, dx) != KVS_CUDA_OK) return api_fail(b, "lat_store");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_lat_read(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                   int arr, int row0, int n, float *x, int32_t *pos)
+{
+    if (!lat_fmt_ok(L, f) || arr < 0 || arr >= L->n_arr || row0 < 0 || n < 0 || row0 > L->n - n) return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    /* fp16 bits come back and widen on the host: the conversion is exact either side */
+    size_t cnt = (size_t)n * f->width;
+    uint16_t *h = malloc(cnt * sizeof(uint16_t));
+    if (!h) return KVS_ERR_NOMEM;
+    enum kvs_status st = get(b, h, (const uint16_t *)L->rows[arr] + (size_t)row0 * f->width, cnt * sizeof(uint16_t));
+    if (st == KVS_OK) kvs_f16_to_f32_row(h, x, (int)cnt);
+    free(h);
+    if (st == KVS_OK && pos) st = get(b, pos, (const int32_t *)L->pos + row0, (size_t)n * sizeof(int32_t));
+    return st;
+}
+
+static enum kvs_status cu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                      const uint8_t *keep)
+{
+    struct cuda_be *s = b->ctx;
+    void *dsrc;
+    if (!lat_fmt_ok(L, f)) return KVS_ERR_ARG;
+    int32_t *src = malloc((size_t)(L->n ? L->n : 1) * sizeof(int32_t));
+    if (!src) return KVS_ERR_NOMEM;
+    int n_keep = 0;
+    for (int i = 0; i < L->n; i++)
+        if (keep[i]) src[n_keep++] = i;
+    enum kvs_status st = KVS_OK;
+    if (n_keep < L->n) {
+        st = put(b, ST_POS, src, (size_t)n_keep * sizeof(int32_t), &dsrc);
+        if (st == KVS_OK &&
+            s->api->lat_compact(s->cx, (uint16_t *const *)L->rows, L->n_arr, L->pos, f->width, dsrc, n_keep) !=
+                KVS_CUDA_OK)
+            st = api_fail(b, "lat_compact");
+        if (st == KVS_OK) L->n = n_keep;
+    }
+    free(src);
+    return st;
+}
+
+static enum kvs_status cu_lat_merge(struct kvs_backend *b, const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
+                                    const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w)
+{
+    struct cuda_be *s = b->ctx;
+    void *didx;
+    if (!lat_fmt_ok(src, f) || !lat_fmt_ok(dst, f) || m < 0 || dst->n > dst->cap - m) return KVS_ERR_ARG;
+    for (int i = 0; i < m; i++)
+        if (idx[i] < 0 || idx[i] >= src->n) return KVS_ERR_ARG;
+    if (!m) return KVS_OK;
+    struct kvs_cuda_lat_merge a = {.n_arr = src->n_arr, .width = f->width, .m = m, .row0 = dst->n,
+                                   .src_pos = src->pos, .dst = dst->rows[0], .dst_pos = dst->pos};
+    for (int l = 0; l < src->n_arr; l++) {
+        a.src[l] = src->rows[l];
+        a.w[l] = w[l];
+    }
+    TRY(put(b, ST_QPOS, idx, (size_t)m * sizeof(int32_t), &didx));
+    a.idx = didx;
+    if (s->api->lat_merge(s->cx, &a) != KVS_CUDA_OK) return api_fail(b, "lat_merge");
+    dst->n += m;
+    return KVS_OK;
+}
+
 static void cu_destroy(struct kvs_backend *b)
 {
     struct cuda_be *s = b->ctx;
@@ -678,6 +802,11 @@ static const struct kvs_backend_ops cuda_ops = {
     .kv_attend = cu_kv_attend,
     .kv_compact = cu_kv_compact,
     .kv_read = cu_kv_read,
+    .lat_grow = cu_lat_grow,
+    .lat_store = cu_lat_store,
+    .lat_read = cu_lat_read,
+    .lat_compact = cu_lat_compact,
+    .lat_merge = cu_lat_merge,
 };
 
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)

@@ -1,15 +1,17 @@
 /* The CommonKV latent cache (DESIGN.md §3 steps 5-9, §4) and, with group size 1 and no merging,
  * the lowrank (Palu-like) press. Per layer a private pool of latents c = A_g xn (fp16 rows, or
  * packed rows when composed with quant), per group a shared pool of merged latents, each with the
- * tokens' positions. Keys are rebuilt per block of cached tokens (latents -> B_k -> RoPE at their
- * own positions), values by re-association (P C) B_v^T, never materialised. Merging under a
- * global byte budget (capped at each step by the plan's merge share, never below a similarity
- * floor), quantization of old rows and eviction of (group, token) slots happen in end_step; the
- * press keeps of its factors only what decoding needs. Keys are rebuilt with the bf16 kernel of
- * ckv_kernels.h where the build has it (KVS_CKV_FP32=1 forces the fp32 BLAS path). Depends on
- * commonkv.h, attn.h (fp16 rows), ckv_kernels.h, threads.h and OpenBLAS. */
-#include "attn.h"
-#include "ckv_kernels.h"
+ * tokens' positions: segments of the backend's latent pools (ckv_pool.h), in its memory, which
+ * this press only decides about (what to store, merge, quantize, evict) and reads through the pool.
+ * Keys are rebuilt per block of cached tokens (latents -> B_k -> RoPE at their own positions),
+ * values by re-association (P C) B_v^T, never materialised. Merging under a global byte budget
+ * (capped at each step by the plan's merge share, never below a similarity floor), quantization of
+ * old rows and eviction of (group, token) slots happen in end_step. Keys are rebuilt by the kernel
+ * the method config's ckv_keys picks (bf16 by default where built). Depends on commonkv.h,
+ * ckv_pool.h, attention.h, latent_keys.h, threads.h and OpenBLAS. */
+#include "attention.h"
+#include "latent_keys.h"
+#include "ckv_pool.h"
 #include "commonkv_priv.h"
 #include "infer.h"
 #include "quant.h"
@@ -80,102 +82,38 @@ void kvs_rope_table_apply(const struct kvs_rope_table *t, float *x, int n_heads,
 
 /* ---------------------------------------------------------------- segments (pools) */
 
-/* Rows of latents in one storage format with their tokens' positions. A private segment holds one
- * array per layer of the group, in lock-step (row i of every array is the same token); a shared
- * segment holds one array of merged latents. */
-struct seg {
-    uint32_t fmt, n_arr, width, row_bytes, bits, qgroup;
-    uint32_t n, cap;
-    int32_t *pos;                   /* (cap) */
-    uint8_t *rows[KVS_CKV_MAX_G];   /* n_arr x (cap, row_bytes) */
-};
+/* Rows of latents in one storage format with their tokens' positions: a segment of the backend's
+ * latent pools (ckv_pool.h). A private segment holds one array per layer of the group, in
+ * lock-step (row i of every array is the same token); a shared segment holds one array of merged
+ * latents. The press reads positions from the segment's host copy and rows through the pool. */
+#define seg kvs_ckv_seg
 
 static void seg_init(struct seg *s, uint32_t fmt, uint32_t n_arr, uint32_t width, uint32_t bits, uint32_t qgroup)
 {
-    memset(s, 0, sizeof *s);
-    s->fmt = fmt;
-    s->n_arr = n_arr;
-    s->width = width;
-    s->bits = bits;
-    s->qgroup = qgroup;
-    s->row_bytes = fmt == FMT_F16 ? width * 2 : kvs_qrow_bytes(width, bits, qgroup);
-}
-
-static bool seg_resize(struct seg *s, uint32_t cap)
-{
-    if (cap == s->cap) return true;
-    if (cap == 0) {
-        free(s->pos);
-        s->pos = NULL;
-        for (uint32_t a = 0; a < s->n_arr; a++) { free(s->rows[a]); s->rows[a] = NULL; }
-        s->cap = 0;
-        return true;
+    struct kvs_lat_fmt f = {.width = (int)width, .row_bytes = (int)width * 2};
+    if (fmt == FMT_Q) {
+        f.row_bytes = (int)kvs_qrow_bytes(width, bits, qgroup);
+        f.bits = bits;
+        f.group = qgroup;
+        f.encode = kvs_qrow_encode;
+        f.decode = kvs_qrow_decode;
     }
-    int32_t *np = realloc(s->pos, (size_t)cap * sizeof(int32_t));
-    if (!np) return false;
-    s->pos = np;
-    for (uint32_t a = 0; a < s->n_arr; a++) {
-        uint8_t *nr = realloc(s->rows[a], (size_t)cap * s->row_bytes);
-        if (!nr) return false; /* arrays keep min(old, new) capacity valid; cap stays the old value */
-        s->rows[a] = nr;
-    }
-    s->cap = cap;
-    return true;
+    kvs_ckv_seg_init(s, &f, n_arr, CKV_BLOCK);
 }
 
-static bool seg_reserve(struct seg *s, uint32_t need)
+static bool seg_reserve(const struct kvs_press *p, struct seg *s, uint32_t need)
 {
-    if (need <= s->cap) return true;
-    uint32_t cap = (need + CKV_BLOCK - 1) / CKV_BLOCK * CKV_BLOCK;
-    return seg_resize(s, cap);
+    return kvs_ckv_seg_reserve(s, p->be, need) == KVS_OK;
 }
 
-/* Releases whole blocks no longer needed after compaction. */
-static void seg_shrink(struct seg *s)
-{
-    uint32_t cap = (s->n + CKV_BLOCK - 1) / CKV_BLOCK * CKV_BLOCK;
-    if (cap < s->cap) seg_resize(s, cap);
-}
+static void seg_free(struct seg *s) { kvs_ckv_seg_free(s); }
+static uint64_t seg_held(const struct seg *s) { return kvs_ckv_seg_bytes_held(s); }
+static uint64_t seg_alloc(const struct seg *s) { return kvs_ckv_seg_bytes_alloc(s); }
+static uint64_t seg_held16(const struct seg *s) { return kvs_ckv_seg_bytes_held16(s); }
 
-static void seg_free(struct seg *s) { seg_resize(s, 0); }
-
-static uint64_t seg_held(const struct seg *s) { return (uint64_t)s->n * ((uint64_t)s->n_arr * s->row_bytes + 4); }
-static uint64_t seg_alloc(const struct seg *s) { return (uint64_t)s->cap * ((uint64_t)s->n_arr * s->row_bytes + 4); }
-/* the same rows as fp16 (what the merge budget counts, independent of later quantization) */
-static uint64_t seg_held16(const struct seg *s) { return (uint64_t)s->n * ((uint64_t)s->n_arr * s->width * 2 + 4); }
-
-static void seg_put(struct seg *s, uint32_t arr, uint32_t i, const float *x)
-{
-    uint8_t *dst = s->rows[arr] + (size_t)i * s->row_bytes;
-    if (s->fmt == FMT_F16) kvs_f32_to_f16_row(x, (uint16_t *)dst, (int)s->width);
-    else kvs_qrow_encode(x, s->width, s->bits, s->qgroup, dst);
-}
-
-static void seg_get(const struct seg *s, uint32_t arr, uint32_t i, float *x)
-{
-    const uint8_t *src = s->rows[arr] + (size_t)i * s->row_bytes;
-    if (s->fmt == FMT_F16) kvs_f16_to_f32_row((const uint16_t *)src, x, (int)s->width);
-    else kvs_qrow_decode(src, s->width, s->bits, s->qgroup, x);
-}
-
-/* Removes rows whose DROP flag is set, keeping order; returns the rows removed. */
-static uint32_t seg_compact(struct seg *s, const uint8_t *drop)
-{
-    uint32_t w = 0;
-    for (uint32_t i = 0; i < s->n; i++) {
-        if (drop[i]) continue;
-        if (w != i) {
-            s->pos[w] = s->pos[i];
-            for (uint32_t a = 0; a < s->n_arr; a++)
-                memcpy(s->rows[a] + (size_t)w * s->row_bytes, s->rows[a] + (size_t)i * s->row_bytes, s->row_bytes);
-        }
-        w++;
-    }
-    uint32_t removed = s->n - w;
-    s->n = w;
-    seg_shrink(s);
-    return removed;
-}
+/* Row I of array ARR, decoded to fp32 (the rows exist: a read of them cannot fail on the CPU, and
+ * a device that fails leaves X as it was, with the backend's error set). */
+static void seg_get(const struct seg *s, uint32_t arr, uint32_t i, float *x) { kvs_ckv_seg_read(s, arr, i, 1, x); }
 
 /* ---------------------------------------------------------------- the press */
 
@@ -267,18 +205,18 @@ static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const in
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)r, c->D, 1.0f, xn, c->D, g->A, c->D, 0.0f, c->lat,
                 (int)r);
     struct seg *s = &g->p16;
+    enum kvs_status st;
     if (li == 0) {
-        if (!seg_reserve(s, s->n + (uint32_t)T)) goto oom;
         for (int t = 0; t < T; t++) {
             if (pos[t] < 0 || pos[t] >= c->n_ctx_max) {
                 kvs_seterr(p->err, sizeof p->err, "commonkv: position %d outside the context of %d", pos[t],
                            c->n_ctx_max);
                 return KVS_ERR_LIMIT;
             }
-            s->pos[s->n + t] = pos[t];
             if (kvs_rope_table_reserve(&c->rope, pos[t] + 1) != KVS_OK) goto oom;
         }
-        s->n += (uint32_t)T;
+        if (!seg_reserve(p, s, s->n + (uint32_t)T)) goto oom;
+        st = kvs_ckv_seg_append(s, T, pos, c->lat);
     } else {
         /* later layers of the group fill the rows the first layer opened, token for token */
         if (s->n < (uint32_t)T || memcmp(s->pos + s->n - T, pos, (size_t)T * sizeof(int32_t)) != 0) {
@@ -286,8 +224,13 @@ static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const in
                        layer);
             return KVS_ERR_STATE;
         }
+        st = kvs_ckv_seg_fill(s, li, T, c->lat);
     }
-    for (int t = 0; t < T; t++) seg_put(s, li, s->n - (uint32_t)T + (uint32_t)t, c->lat + (size_t)t * r);
+    if (st != KVS_OK) {
+        kvs_seterr(p->err, sizeof p->err, "commonkv: storing layer %d's latents: %s", layer,
+                   p->be && p->be->err[0] ? kvs_backend_error(p->be) : kvs_status_str(st));
+        return st;
+    }
     return KVS_OK;
 oom:
     kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory storing layer %d", layer);
@@ -321,13 +264,15 @@ static void rowsrc_init(struct rowsrc *rs, const struct grp *g, uint32_t li)
 static void ckv_rows_keys(const struct ckv *c, const struct rowsrc *rs, int layer, int r0, int m, int r, float *cf,
                           int32_t *rp, uint16_t *cb, float *sc, float *kk)
 {
-    int si = 0;
-    for (int i = 0; i < m; i++) {
+    /* the rows in runs that lie in one segment: one read per run */
+    for (int i = 0, si = 0; i < m;) {
         int row = r0 + i;
         while ((uint32_t)row >= rs->start[si + 1]) si++;
         uint32_t x = (uint32_t)row - rs->start[si];
-        seg_get(rs->seg[si], rs->arr[si], x, cf + (size_t)i * r);
-        rp[i] = rs->seg[si]->pos[x];
+        int cnt = KVS_MIN(m - i, (int)(rs->start[si + 1] - (uint32_t)row));
+        kvs_ckv_seg_read(rs->seg[si], rs->arr[si], x, (uint32_t)cnt, cf + (size_t)i * r);
+        memcpy(rp + i, rs->seg[si]->pos + x, (size_t)cnt * sizeof(int32_t));
+        i += cnt;
     }
     if (c->i8) {
         const struct kvs_ckv_i8_mat *bm = &c->bk8[layer];
@@ -884,45 +829,38 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
         c->plan.note[0] = 0;
         c->note_is_floor = false;
     }
-    uint8_t *drop[2] = {NULL, NULL};
+    /* per group, the chosen slots of each private segment move to its shared segment in the order
+     * they were chosen: the backend merges them (the layers' latents weighted by g->w) */
     for (int gi = 0; gi < c->ng && st == KVS_OK; gi++) {
         struct grp *g = &c->g[gi];
         if (g->nl < 2) continue;
-        int r = (int)g->r;
-        bool any = false;
-        for (size_t x = 0; x < take; x++) any |= cd[x].g == gi;
-        if (!any) continue;
-        drop[0] = calloc(g->p16.n + 1, 1);
-        drop[1] = calloc(g->pq.n + 1, 1);
-        if (!drop[0] || !drop[1]) {
-            free(drop[0]);
-            free(drop[1]);
-            goto oom;
-        }
-        for (size_t x = 0; x < take; x++) {
-            if (cd[x].g != gi) continue;
-            struct seg *src = cd[x].packed ? &g->pq : &g->p16, *dst = cd[x].packed ? &g->sq : &g->s16;
-            if (!seg_reserve(dst, dst->n + 1)) {
-                free(drop[0]);
-                free(drop[1]);
+        for (int packed = 0; packed < 2 && st == KVS_OK; packed++) {
+            struct seg *src = packed ? &g->pq : &g->p16, *dst = packed ? &g->sq : &g->s16;
+            uint32_t m = 0;
+            for (size_t x = 0; x < take; x++) m += cd[x].g == gi && cd[x].packed == packed;
+            if (!m) continue;
+            int32_t *idx = malloc((size_t)m * sizeof(int32_t));
+            uint8_t *drop = calloc(src->n + 1, 1);
+            if (!idx || !drop || !seg_reserve(&c->base, dst, dst->n + m)) {
+                free(idx);
+                free(drop);
                 goto oom;
             }
-            float *acc = buf + (size_t)(KVS_CKV_MAX_G + 1) * r_max, *row = buf;
-            memset(acc, 0, (size_t)r * sizeof(float));
-            for (uint32_t l = 0; l < g->nl; l++) {
-                seg_get(src, l, cd[x].idx, row);
-                for (int i = 0; i < r; i++) acc[i] += g->w[l] * row[i];
-            }
-            dst->pos[dst->n] = src->pos[cd[x].idx];
-            seg_put(dst, 0, dst->n, acc);
-            dst->n++;
-            drop[cd[x].packed][cd[x].idx] = 1;
+            m = 0;
+            for (size_t x = 0; x < take; x++)
+                if (cd[x].g == gi && cd[x].packed == packed) {
+                    idx[m++] = (int32_t)cd[x].idx;
+                    drop[cd[x].idx] = 1;
+                }
+            st = kvs_ckv_seg_merge(src, dst, idx, m, g->w);
+            if (st == KVS_OK) st = kvs_ckv_seg_compact(src, drop, NULL);
+            free(idx);
+            free(drop);
         }
-        seg_compact(&g->p16, drop[0]);
-        seg_compact(&g->pq, drop[1]);
-        free(drop[0]);
-        free(drop[1]);
     }
+    if (st != KVS_OK)
+        kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: merging: %s",
+                   c->base.be && c->base.be->err[0] ? kvs_backend_error(c->base.be) : kvs_status_str(st));
 done:
     free(buf);
     free(cd);
@@ -949,21 +887,28 @@ static enum kvs_status ckv_quantize(struct ckv *c, int n_ctx)
             for (uint32_t i = 0; i < src->n; i++) m += src->pos[i] < hi;
             if (!m) continue;
             uint8_t *drop = calloc(src->n, 1);
-            if (!drop || !seg_reserve(dst, dst->n + m)) {
+            if (!drop || !seg_reserve(&c->base, dst, dst->n + m)) {
                 free(drop);
                 goto oom;
             }
-            for (uint32_t i = 0; i < src->n; i++) {
+            enum kvs_status st = KVS_OK;
+            for (uint32_t i = 0; i < src->n && st == KVS_OK; i++) {
                 if (src->pos[i] >= hi) continue;
-                for (uint32_t a = 0; a < src->n_arr; a++) {
-                    seg_get(src, a, i, buf);
-                    seg_put(dst, a, dst->n, buf);
+                for (uint32_t a = 0; a < src->n_arr && st == KVS_OK; a++) {
+                    st = kvs_ckv_seg_read(src, a, i, 1, buf);
+                    if (st == KVS_OK) st = a == 0 ? kvs_ckv_seg_append(dst, 1, src->pos + i, buf)
+                                                  : kvs_ckv_seg_fill(dst, a, 1, buf);
                 }
-                dst->pos[dst->n++] = src->pos[i];
                 drop[i] = 1;
             }
-            seg_compact(src, drop);
+            if (st == KVS_OK) st = kvs_ckv_seg_compact(src, drop, NULL);
             free(drop);
+            if (st != KVS_OK) {
+                free(buf);
+                kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: quantizing latents: %s",
+                           c->base.be && c->base.be->err[0] ? kvs_backend_error(c->base.be) : kvs_status_str(st));
+                return st;
+            }
         }
     }
     free(buf);
@@ -1060,8 +1005,17 @@ static enum kvs_status ckv_evict(struct ckv *c, int n_ctx)
             if (!drop) goto oom;
             for (size_t x = 0; x < take; x++)
                 if (ev[x].g == gi && ev[x].which == w) drop[ev[x].idx] = 1;
-            g->evicted += seg_compact(ss[w], drop);
+            uint32_t removed = 0;
+            enum kvs_status st = kvs_ckv_seg_compact(ss[w], drop, &removed);
+            g->evicted += removed;
             free(drop);
+            if (st != KVS_OK) {
+                free(pooled);
+                free(ev);
+                kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: evicting: %s",
+                           c->base.be && c->base.be->err[0] ? kvs_backend_error(c->base.be) : kvs_status_str(st));
+                return st;
+            }
         }
     }
     /* every stored position is below the RoPE table's size, which grows with use: clearing only that
@@ -1179,8 +1133,8 @@ static void ckv_reset(struct kvs_press *p)
         struct grp *g = &c->g[gi];
         struct seg *ss[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
         for (int w = 0; w < 4; w++) {
-            ss[w]->n = 0;
-            seg_shrink(ss[w]);
+            kvs_ckv_seg_clear(ss[w]);
+            kvs_ckv_seg_shrink(ss[w]);
         }
         if (g->score) memset(g->score, 0, (size_t)KVS_MIN(c->rope.n_pos, c->n_ctx_max) * sizeof(float));
         g->sim_valid = false;
@@ -1189,6 +1143,20 @@ static void ckv_reset(struct kvs_press *p)
     c->n_ctx = c->last_merge_ctx = c->last_evict_ctx = 0;
     if (c->note_is_floor) c->plan.note[0] = 0;
     c->note_is_floor = c->floor_blocked = false;
+}
+
+/* The backend that holds the pools goes away: free them there and forget the tokens. */
+static void ckv_detach(struct kvs_press *p)
+{
+    struct ckv *c = (struct ckv *)p;
+    for (int gi = 0; gi < c->ng; gi++) {
+        struct grp *g = &c->g[gi];
+        seg_free(&g->p16);
+        seg_free(&g->pq);
+        seg_free(&g->s16);
+        seg_free(&g->sq);
+    }
+    ckv_reset(p);
 }
 
 static void ckv_destroy(struct kvs_press *p)
@@ -1231,10 +1199,12 @@ static void ckv_destroy(struct kvs_press *p)
 static const struct kvs_press_ops ckv_ops = {
     .name = "commonkv", .store = ckv_store, .attend = ckv_attend, .end_step = ckv_end_step,
     .fill_record = ckv_fill_record, .run_records = ckv_run_records, .reset = ckv_reset, .destroy = ckv_destroy,
+    .detach = ckv_detach,
 };
 static const struct kvs_press_ops lowrank_ops = {
     .name = "lowrank", .store = ckv_store, .attend = ckv_attend, .end_step = ckv_end_step,
     .fill_record = ckv_fill_record, .run_records = ckv_run_records, .reset = ckv_reset, .destroy = ckv_destroy,
+    .detach = ckv_detach,
 };
 
 const struct kvs_ckv_factors *kvs_press_commonkv_factors(const struct kvs_press *p)
@@ -1260,11 +1230,13 @@ void kvs_press_commonkv_run_fields(const struct kvs_press *p, struct kvs_rec_run
 {
     run->plan_merge_share = run->plan_merge_floor = NAN;
     run->plan_note[0] = 0;
+    run->ckv_keys = KVS_CKV_KEYS_AUTO;
     if (!p || (p->ops != &ckv_ops && p->ops != &lowrank_ops)) return;
     const struct ckv *c = (const struct ckv *)p;
     run->plan_merge_share = c->merge ? c->plan.merge_frac : 0.0f;
     run->plan_merge_floor = c->merge ? c->floor : NAN;
     snprintf(run->plan_note, sizeof run->plan_note, "%s", c->plan.note);
+    run->ckv_keys = c->i8 ? KVS_CKV_KEYS_INT8 : c->bf16 ? KVS_CKV_KEYS_BF16 : KVS_CKV_KEYS_FP32;
 }
 
 /* Bytes of a packed latent row relative to fp16. */
@@ -1318,15 +1290,13 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     c->snap_window = cfg.snap_window ? cfg.snap_window : 32;
     c->snap_kernel = cfg.snap_kernel ? cfg.snap_kernel : 7;
     c->snap_capacity = cfg.snap_capacity;
-    /* key kernel: bf16 where the build has it, else fp32 BLAS. KVS_CKV_KEYS=int8 (VNNI builds)
+    /* key kernel (cfg.ckv_keys): bf16 where the build has it, else fp32 BLAS. int8 (VNNI builds)
      * trades precision for speed: decode ~1.25x at 2048 tokens, ppl/KL unchanged at CR 0.3-0.7 on
      * SmolLM2, but one scale per latent row loses the small dimensions at full rank (max logit
-     * change 2.9% against bf16's < 1%), so it is not the default. KVS_CKV_KEYS=fp32 or
-     * KVS_CKV_FP32=1: the fp32 reference. */
-    const char *fp32 = getenv("KVS_CKV_FP32"), *keys = getenv("KVS_CKV_KEYS");
-    bool want_fp32 = (fp32 && fp32[0] && strcmp(fp32, "0") != 0) || (keys && !strcmp(keys, "fp32"));
-    c->i8 = !want_fp32 && keys && !strcmp(keys, "int8") && kvs_ckv_i8_available();
-    c->bf16 = !want_fp32 && !c->i8 && kvs_ckv_bf16_available();
+     * change 2.9% against bf16's < 1%), so it is not the default. fp32: the reference. A kernel
+     * this build lacks falls back to bf16, then fp32; the RUN record says which one ran. */
+    c->i8 = cfg.ckv_keys == KVS_CKV_KEYS_INT8 && kvs_ckv_i8_available();
+    c->bf16 = cfg.ckv_keys != KVS_CKV_KEYS_FP32 && !c->i8 && kvs_ckv_bf16_available();
     /* with eviction the observation window is the recent part worth keeping in fp16 */
     if (c->evict && c->quant) c->qres = KVS_MIN(c->qres, c->snap_window);
     enum kvs_status st = KVS_OK;

@@ -14,6 +14,23 @@ const char *kvs_op_name(enum kvs_op op)
     return (unsigned)op < KVS_OP_COUNT ? names[op] : "?";
 }
 
+static const char *const ckv_keys_names[] = {"auto", "fp32", "bf16", "int8"};
+
+const char *kvs_ckv_keys_name(uint32_t k)
+{
+    return k < sizeof ckv_keys_names / sizeof ckv_keys_names[0] ? ckv_keys_names[k] : NULL;
+}
+
+bool kvs_ckv_keys_parse(const char *name, uint32_t *out)
+{
+    for (uint32_t k = 0; name && k < sizeof ckv_keys_names / sizeof ckv_keys_names[0]; k++)
+        if (!strcmp(name, ckv_keys_names[k])) {
+            *out = k;
+            return true;
+        }
+    return false;
+}
+
 struct kvs_record *kvs_record_new(uint32_t type, uint32_t matrix_floats)
 {
     size_t base = offsetof(struct kvs_record, u);

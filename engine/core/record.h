@@ -41,6 +41,14 @@ enum kvs_op {
 };
 const char *kvs_op_name(enum kvs_op op);
 
+/* How CommonKV and lowrank rebuild keys from latents (the method config's ckv_keys, recorded in the
+ * RUN record as the kernel that ran). AUTO: bf16 where the build has the kernel, else fp32. */
+enum kvs_ckv_keys { KVS_CKV_KEYS_AUTO = 0, KVS_CKV_KEYS_FP32 = 1, KVS_CKV_KEYS_BF16 = 2, KVS_CKV_KEYS_INT8 = 3 };
+/* "auto", "fp32", "bf16", "int8"; NULL for a value outside the enum. */
+const char *kvs_ckv_keys_name(uint32_t k);
+/* Parses one of those names into *OUT; false for anything else. */
+bool kvs_ckv_keys_parse(const char *name, uint32_t *out);
+
 struct kvs_op_counter {
     uint64_t ns;    /* wall time */
     uint64_t bytes; /* bytes read + written (estimate from shapes) */
@@ -81,6 +89,9 @@ struct kvs_rec_run {
      * at most, similarity floor (-1: none), and why the plan is what it is */
     float plan_merge_share, plan_merge_floor;
     char plan_note[200];
+    /* the kernel CommonKV/lowrank rebuilt keys with (enum kvs_ckv_keys; KVS_CKV_KEYS_AUTO = 0 for
+     * other methods and in older traces) */
+    uint32_t ckv_keys;
 };
 
 enum kvs_step_kind { KVS_STEP_PREFILL = 1, KVS_STEP_DECODE = 2 };

@@ -41,6 +41,8 @@ struct kvs_method_config {
                              * with a rank it caps merging, with or without a target; <0: default */
     float merge_floor;      /* a (group, token) slot whose similarity score (cosine, -1..1) is below
                              * this is never merged; -1: no floor */
+    uint32_t ckv_keys;      /* enum kvs_ckv_keys: the key-rebuild kernel (AUTO: bf16 where built,
+                             * else fp32; a kernel this build lacks falls back the same way) */
     /* quant */
     uint32_t quant_bits;    /* 2, 4, 8 */
     uint32_t quant_group;   /* elements per quantization group (32) */

@@ -5,9 +5,9 @@
  * and counted from what is held. Without quant the rows live in a cache pool (cache_pool.h) in the
  * backend's memory: stores, attention with the attention mass, eviction by compaction are backend
  * entries. With quant the fp16 tier and packed blocks are still host memory here, and attention
- * dequantizes into fp16 scratch and runs attn.h (the next step moves them to the backend).
- * Depends on press.h, cache_pool.h, attn.h, quant.h, threads.h. */
-#include "attn.h"
+ * dequantizes into fp16 scratch and runs attention.h (the next step moves them to the backend).
+ * Depends on press.h, cache_pool.h, attention.h, quant.h, threads.h. */
+#include "attention.h"
 #include "cache_pool.h"
 #include "commonkv_priv.h"
 #include "quant.h"

@@ -3,8 +3,8 @@
  * RoPE, same position) and values are merged per KV head by SLERP of their directions at t, and
  * each layer keeps its own norms; the most dissimilar fraction of tokens (mc_threshold) is retained
  * unmerged in both layers. Layers before the start layer keep a plain fp16 cache. With a target CR
- * the start layer is chosen to reach it where possible. Depends on press.h, attn.h, quant.h. */
-#include "attn.h"
+ * the start layer is chosen to reach it where possible. Depends on press.h, attention.h, quant.h. */
+#include "attention.h"
 #include "commonkv_priv.h"
 #include "quant.h"
 #include "threads.h"

@@ -3,7 +3,7 @@
  * accumulators, so each packed B vector loaded serves 4 rows and each broadcast pair 6 vectors.
  * Without __AVX512BF16__ the kernel reports itself unavailable and the press keeps its fp32 BLAS
  * path. Depends on kvs.h and the compiler's intrinsics only. */
-#include "ckv_kernels.h"
+#include "latent_keys.h"
 
 #include <math.h>
 #include <stdlib.h>

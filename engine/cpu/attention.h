@@ -1,9 +1,11 @@
-/* Attention over an fp16 K/V cache (shared by the full press and the methods that keep K/V):
- * scores, softmax and weighted sum for grouped-query heads, threaded over (token, head).
- * Depends on threads and libc; SIMD with F16C/FMA when built for it. */
-#ifndef KVS_ATTN_H
-#define KVS_ATTN_H
+/* CPU twin of kernels/attention.cu. Attention over an fp16 K/V cache (shared by the K/V pools and
+ * the presses that keep K/V): scores, softmax and weighted sum for grouped-query heads, threaded
+ * over (token, head); the backend's reference attention over latents and fp16 segments.
+ * Depends on backend.h (argument types) and threads.h; SIMD with F16C/FMA when built for it. */
+#ifndef KVS_CPU_ATTENTION_H
+#define KVS_CPU_ATTENTION_H
 
+#include "backend.h"
 #include "threads.h"
 
 struct kvs_attn_args {
@@ -28,5 +30,13 @@ double kvs_exp_row(float *row, int n, float mx);
 /* Row conversions fp32 <-> fp16 (vectorised when available). */
 void kvs_f32_to_f16_row(const float *src, uint16_t *dst, int n);
 void kvs_f16_to_f32_row(const uint16_t *src, float *dst, int n);
+
+/* Attention over latents / an fp16 K/V cache (the backend's attn_latent and attn_kv16 entries on
+ * the CPU); POOL may be NULL. Returns KVS_ERR_NOMEM when scratch cannot be allocated, KVS_ERR_ARG
+ * for inconsistent shapes. */
+enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *q,
+                                    float *out);
+enum kvs_status kvs_cpu_attn_kv16(struct kvs_pool *pool, const struct kvs_attn_kv16_args *a, const float *q,
+                                  float *out);
 
 #endif

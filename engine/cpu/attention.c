@@ -1,6 +1,10 @@
-/* fp16 K/V attention (see attn.h). The scalar path is the reference; the F16C+FMA path is the
- * same arithmetic eight lanes at a time. */
-#include "attn.h"
+/* CPU twin of kernels/attention.cu: attention over an fp16 K/V cache (the scalar path is the
+ * reference; the F16C+FMA path is the same arithmetic eight lanes at a time), and the reference
+ * attention entries of the backend over latents (keys rebuilt on the fly, values re-associated)
+ * and over fp16 K/V segments. Depends on backend.h (argument types), infer.h (RoPE), threads.h,
+ * quant.h and libc; never prints. */
+#include "attention.h"
+#include "infer.h"
 #include "quant.h"
 
 #include <math.h>
@@ -276,4 +280,276 @@ bool kvs_attn_f16(struct kvs_pool *pool, const struct kvs_attn_args *a)
     for (int i = 0; i < nth; i++) free(bufs[i]);
     free(j.part);
     return ok;
+}
+
+/* ---------------------------------------------------------------- the backend's reference entries */
+
+/* Queries per chunk so that the (chunk, n_head, n) score matrix stays near 64 MiB. */
+static int attn_chunk(int T, int n_head, int64_t n)
+{
+    int64_t per_q = (int64_t)n_head * n;
+    int64_t tc = per_q > 0 ? ((int64_t)16 << 20) / per_q : T;
+    if (tc < 1) tc = 1;
+    if (tc > T) tc = T;
+    return (int)tc;
+}
+
+/* Softmax of one row in place; -inf entries become 0, a fully masked row all 0. */
+static void softmax_row(float *x, int64_t n)
+{
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    if (m == -INFINITY) {
+        memset(x, 0, (size_t)n * sizeof(float));
+        return;
+    }
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - m);
+        s += x[i];
+    }
+    float inv = (float)(1.0 / s);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+static float dotf(const float *a, const float *b, int n)
+{
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Validates the common head shape; returns the total token count in *n_out. */
+static enum kvs_status attn_shape(int T, const int32_t *q_pos, int n_head, int n_head_kv, int head_dim,
+                                  int n_segs, const int *seg_n, int64_t *n_out)
+{
+    int64_t n = 0;
+    if (T < 0 || (T > 0 && !q_pos) || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv != 0 || head_dim <= 0 ||
+        head_dim % 2 != 0 || head_dim > KVS_CUDA_MAX_HEAD_DIM || n_segs < 0)
+        return KVS_ERR_ARG;
+    for (int s = 0; s < n_segs; s++) {
+        if (seg_n[s] < 0) return KVS_ERR_ARG;
+        n += seg_n[s];
+    }
+    if (n > 0x7fffffff) return KVS_ERR_ARG;
+    *n_out = n;
+    return KVS_OK;
+}
+
+struct latent_job {
+    const struct kvs_attn_latent_args *a;
+    const float *q;           /* (tn, n_head*d) this chunk's queries */
+    const int32_t *q_pos;     /* (tn) */
+    int tn;
+    int64_t n;
+    const int64_t *seg_off;   /* (n_segs + 1) first global token of each segment */
+    float *scores;            /* (tn, n_head, n) */
+    float *pc;                /* (tn, n_head, rank) */
+    float *out;               /* (tn, n_head*d) */
+};
+
+/* Scores of key K (KV head G, position PJ) against the GQ query heads of G for every query of the
+ * chunk, written at column J of SCORES (tn, H, n); masked queries get -inf. */
+static void key_scores(const float *q, const int32_t *q_pos, int tn, int H, int gq, int d, float scale, int g,
+                       const float *k, int32_t pj, float *scores, int64_t n, int64_t j)
+{
+    for (int t = 0; t < tn; t++) {
+        bool visible = pj <= q_pos[t];
+        for (int hh = 0; hh < gq; hh++) {
+            int h = g * gq + hh;
+            scores[((size_t)t * H + h) * n + j] = visible ? dotf(q + ((size_t)t * H + h) * d, k, d) * scale : -INFINITY;
+        }
+    }
+}
+
+static void seg_find(const int64_t *off, int n_segs, int64_t j, int *s, int *local)
+{
+    int i = 0;
+    while (i + 1 < n_segs && j >= off[i + 1]) i++;
+    *s = i;
+    *local = (int)(j - off[i]);
+}
+
+/* Fused keys: k = RoPE(B_k[g] c_j) one at a time, dotted with every query of the head group. */
+static void latent_scores_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    const struct latent_job *jb = ctx;
+    const struct kvs_attn_latent_args *a = jb->a;
+    int d = a->head_dim, r = a->rank, H = a->n_head, gq = a->n_head / a->n_head_kv;
+    float k[KVS_CUDA_MAX_HEAD_DIM];
+    for (int64_t j = b; j < e; j++) {
+        int s, l;
+        seg_find(jb->seg_off, a->n_segs, j, &s, &l);
+        const float *cj = a->segs[s].c + (size_t)l * r;
+        int32_t pj = a->segs[s].pos[l];
+        for (int g = 0; g < a->n_head_kv; g++) {
+            for (int i = 0; i < d; i++) k[i] = dotf(a->bk + ((size_t)g * d + i) * r, cj, r);
+            kvs_cpu_rope(k, 1, d, pj, a->freqs, a->neox);
+            key_scores(jb->q, jb->q_pos, jb->tn, H, gq, d, a->scale, g, k, pj, jb->scores, jb->n, j);
+        }
+    }
+}
+
+/* Rows (t, h): softmax, then out = (P C) B_vᵀ with P C computed here row by row. */
+static void latent_rows_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    const struct latent_job *jb = ctx;
+    const struct kvs_attn_latent_args *a = jb->a;
+    int d = a->head_dim, r = a->rank, gq = a->n_head / a->n_head_kv;
+    for (int64_t row = b; row < e; row++) {
+        float *p = jb->scores + (size_t)row * jb->n;
+        float *pc = jb->pc + (size_t)row * r;
+        softmax_row(p, jb->n);
+        memset(pc, 0, (size_t)r * sizeof(float));
+        for (int s = 0; s < a->n_segs; s++) {
+            const float *ps = p + jb->seg_off[s];
+            for (int l = 0; l < a->segs[s].n; l++) {
+                float w = ps[l];
+                if (w == 0.0f) continue;
+                const float *cl = a->segs[s].c + (size_t)l * r;
+                for (int x = 0; x < r; x++) pc[x] += w * cl[x];
+            }
+        }
+        int g = (int)(row % a->n_head) / gq;
+        float *o = jb->out + (size_t)row * d;
+        for (int i = 0; i < d; i++) o[i] = dotf(a->bv + ((size_t)g * d + i) * r, pc, r);
+    }
+}
+
+enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *q,
+                                    float *out)
+{
+    int seg_n_small[16] = {0};
+    int *seg_n = a->n_segs <= 16 ? seg_n_small : malloc((size_t)a->n_segs * sizeof(int));
+    int64_t *seg_off = malloc(((size_t)(a->n_segs > 0 ? a->n_segs : 0) + 1) * sizeof(int64_t));
+    float *scores = NULL, *pc = NULL;
+    enum kvs_status st = KVS_ERR_NOMEM;
+    int64_t n = 0;
+    if (!seg_n || !seg_off) goto done;
+    for (int s = 0; s < a->n_segs; s++) seg_n[s] = a->segs[s].n;
+    st = attn_shape(a->T, a->q_pos, a->n_head, a->n_head_kv, a->head_dim, a->n_segs, seg_n, &n);
+    if (st != KVS_OK) goto done;
+    st = KVS_ERR_ARG;
+    if (a->rank <= 0 || (n > 0 && (!a->bk || !a->bv || !a->freqs))) goto done;
+    seg_off[0] = 0;
+    for (int s = 0; s < a->n_segs; s++) seg_off[s + 1] = seg_off[s] + seg_n[s];
+    int dq = a->n_head * a->head_dim;
+    if (a->T == 0) { st = KVS_OK; goto done; }
+    if (n == 0) {
+        memset(out, 0, (size_t)a->T * dq * sizeof(float));
+        st = KVS_OK;
+        goto done;
+    }
+    int tc = attn_chunk(a->T, a->n_head, n);
+    st = KVS_ERR_NOMEM;
+    scores = malloc((size_t)tc * a->n_head * (size_t)n * sizeof(float));
+    pc = malloc((size_t)tc * a->n_head * (size_t)a->rank * sizeof(float));
+    if (!scores || !pc) goto done;
+    for (int t0 = 0; t0 < a->T; t0 += tc) {
+        struct latent_job jb = {.a = a, .q = q + (size_t)t0 * dq, .q_pos = a->q_pos + t0,
+                                .tn = KVS_MIN(tc, a->T - t0), .n = n, .seg_off = seg_off, .scores = scores,
+                                .pc = pc, .out = out + (size_t)t0 * dq};
+        kvs_pool_for(pool, n, latent_scores_range, &jb);
+        kvs_pool_for(pool, (int64_t)jb.tn * a->n_head, latent_rows_range, &jb);
+    }
+    st = KVS_OK;
+done:
+    if (seg_n != seg_n_small) free(seg_n);
+    free(seg_off);
+    free(scores);
+    free(pc);
+    return st;
+}
+
+struct kv16_job {
+    const struct kvs_attn_kv16_args *a;
+    const float *q;
+    const int32_t *q_pos;
+    int tn;
+    int64_t n;
+    const int64_t *seg_off;
+    float *scores;
+    float *out;
+};
+
+static void kv16_scores_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    const struct kv16_job *jb = ctx;
+    const struct kvs_attn_kv16_args *a = jb->a;
+    int d = a->head_dim, H = a->n_head, dkv = a->n_head_kv * d, gq = a->n_head / a->n_head_kv;
+    float k[KVS_CUDA_MAX_HEAD_DIM];
+    for (int64_t j = b; j < e; j++) {
+        int s, l;
+        seg_find(jb->seg_off, a->n_segs, j, &s, &l);
+        int32_t pj = a->segs[s].pos[l];
+        for (int g = 0; g < a->n_head_kv; g++) {
+            const uint16_t *kj = a->segs[s].k + (size_t)l * dkv + (size_t)g * d;
+            for (int i = 0; i < d; i++) k[i] = kvs_fp16_to_fp32(kj[i]);
+            key_scores(jb->q, jb->q_pos, jb->tn, H, gq, d, a->scale, g, k, pj, jb->scores, jb->n, j);
+        }
+    }
+}
+
+static void kv16_rows_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    const struct kv16_job *jb = ctx;
+    const struct kvs_attn_kv16_args *a = jb->a;
+    int d = a->head_dim, dkv = a->n_head_kv * d, gq = a->n_head / a->n_head_kv;
+    for (int64_t row = b; row < e; row++) {
+        float *p = jb->scores + (size_t)row * jb->n;
+        float *o = jb->out + (size_t)row * d;
+        int g = (int)(row % a->n_head) / gq;
+        softmax_row(p, jb->n);
+        memset(o, 0, (size_t)d * sizeof(float));
+        for (int s = 0; s < a->n_segs; s++) {
+            const float *ps = p + jb->seg_off[s];
+            for (int l = 0; l < a->segs[s].n; l++) {
+                float w = ps[l];
+                if (w == 0.0f) continue;
+                const uint16_t *vl = a->segs[s].v + (size_t)l * dkv + (size_t)g * d;
+                for (int i = 0; i < d; i++) o[i] += w * kvs_fp16_to_fp32(vl[i]);
+            }
+        }
+    }
+}
+
+enum kvs_status kvs_cpu_attn_kv16(struct kvs_pool *pool, const struct kvs_attn_kv16_args *a, const float *q,
+                                  float *out)
+{
+    int seg_n_small[16] = {0};
+    int *seg_n = a->n_segs <= 16 ? seg_n_small : malloc((size_t)a->n_segs * sizeof(int));
+    int64_t *seg_off = malloc(((size_t)(a->n_segs > 0 ? a->n_segs : 0) + 1) * sizeof(int64_t));
+    float *scores = NULL;
+    enum kvs_status st = KVS_ERR_NOMEM;
+    int64_t n = 0;
+    if (!seg_n || !seg_off) goto done;
+    for (int s = 0; s < a->n_segs; s++) seg_n[s] = a->segs[s].n;
+    st = attn_shape(a->T, a->q_pos, a->n_head, a->n_head_kv, a->head_dim, a->n_segs, seg_n, &n);
+    if (st != KVS_OK) goto done;
+    seg_off[0] = 0;
+    for (int s = 0; s < a->n_segs; s++) seg_off[s + 1] = seg_off[s] + seg_n[s];
+    int dq = a->n_head * a->head_dim;
+    if (a->T == 0) goto done;
+    if (n == 0) {
+        memset(out, 0, (size_t)a->T * dq * sizeof(float));
+        goto done;
+    }
+    int tc = attn_chunk(a->T, a->n_head, n);
+    scores = malloc((size_t)tc * a->n_head * (size_t)n * sizeof(float));
+    if (!scores) {
+        st = KVS_ERR_NOMEM;
+        goto done;
+    }
+    for (int t0 = 0; t0 < a->T; t0 += tc) {
+        struct kv16_job jb = {.a = a, .q = q + (size_t)t0 * dq, .q_pos = a->q_pos + t0,
+                              .tn = KVS_MIN(tc, a->T - t0), .n = n, .seg_off = seg_off, .scores = scores,
+                              .out = out + (size_t)t0 * dq};
+        kvs_pool_for(pool, n, kv16_scores_range, &jb);
+        kvs_pool_for(pool, (int64_t)jb.tn * a->n_head, kv16_rows_range, &jb);
+    }
+done:
+    if (seg_n != seg_n_small) free(seg_n);
+    free(seg_off);
+    free(scores);
+    return st;
 }

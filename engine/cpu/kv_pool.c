@@ -1,9 +1,10 @@
 /* CPU twin of kernels/kv_pool.cu: the rows of a K/V cache pool (struct kvs_kv_rows) in host memory,
- * grown by realloc, fp32 -> fp16 stores, attention through attn.h (the path the `full` press has
+ * grown by realloc, fp32 -> fp16 stores, attention through attention.h (the path the `full` press has
  * always run) with the per-row attention mass eviction needs, compaction and row reads.
- * Depends on backend.h, attn.h, quant.h and libc; never prints. */
-#include "attn.h"
-#include "backend.h"
+ * Depends on kv_pool.h, attention.h, quant.h and libc; never prints. */
+#include "kv_pool.h"
+
+#include "attention.h"
 #include "quant.h"
 
 #include <stdlib.h>

@@ -1,0 +1,127 @@
+/* CPU twin of kernels/latent_pool.cu (see latent_pool.h): latent segment rows in host memory,
+ * grown by realloc, fp32 -> fp16 (or the press's codec) on store and back on read, order-keeping
+ * compaction, and the merge's weighted sum of a token's per-layer latents (fused multiply-adds in
+ * layer order, rounded once: the device computes the same). Depends on backend.h, attention.h (row
+ * conversions) and libc. */
+#include "latent_pool.h"
+
+#include "attention.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool fmt_ok(const struct kvs_lat_fmt *f)
+{
+    if (f->width <= 0 || f->row_bytes <= 0) return false;
+    return f->encode ? f->decode != NULL : f->row_bytes == 2 * f->width;
+}
+
+static bool rows_ok(const struct kvs_lat_rows *L) { return L->n_arr > 0 && L->n_arr <= KVS_LAT_MAX_ARR; }
+
+enum kvs_status kvs_cpu_lat_grow(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int cap)
+{
+    if (!fmt_ok(f) || !rows_ok(L) || cap < L->n) return KVS_ERR_ARG;
+    if (cap == 0) {
+        for (int a = 0; a < L->n_arr; a++) free(L->rows[a]), L->rows[a] = NULL;
+        free(L->pos);
+        L->pos = NULL;
+        L->cap = 0;
+        return KVS_OK;
+    }
+    if ((size_t)cap > SIZE_MAX / (size_t)f->row_bytes) return KVS_ERR_ARG;
+    bool ok = true;
+    /* a failed realloc leaves its block as it was: every array keeps at least min(old, new) rows
+     * valid and the capacity stays the old one */
+    void *p = realloc(L->pos, (size_t)cap * sizeof(int32_t));
+    if (p) L->pos = p;
+    ok &= p != NULL;
+    for (int a = 0; a < L->n_arr && ok; a++) {
+        void *r = realloc(L->rows[a], (size_t)cap * f->row_bytes);
+        if (r) L->rows[a] = r;
+        ok &= r != NULL;
+    }
+    if (!ok) return KVS_ERR_NOMEM;
+    L->cap = cap;
+    return KVS_OK;
+}
+
+enum kvs_status kvs_cpu_lat_store(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int arr, int row0, int T,
+                                  const float *x, const int32_t *pos)
+{
+    if (!fmt_ok(f) || !rows_ok(L) || arr < 0 || arr >= L->n_arr || row0 < 0 || T < 0 || row0 > L->cap - T)
+        return KVS_ERR_ARG;
+    if (!T) return KVS_OK;
+    uint8_t *dst = (uint8_t *)L->rows[arr] + (size_t)row0 * f->row_bytes;
+    if (!f->encode) { /* the rows are contiguous: one conversion for all of them */
+        kvs_f32_to_f16_row(x, (uint16_t *)dst, T * f->width);
+    } else {
+        for (int t = 0; t < T; t++)
+            f->encode(x + (size_t)t * f->width, (uint32_t)f->width, f->bits, f->group, dst + (size_t)t * f->row_bytes);
+    }
+    if (pos) memcpy((int32_t *)L->pos + row0, pos, (size_t)T * sizeof(int32_t));
+    return KVS_OK;
+}
+
+enum kvs_status kvs_cpu_lat_read(const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int arr, int row0, int n,
+                                 float *x, int32_t *pos)
+{
+    if (!fmt_ok(f) || !rows_ok(L) || arr < 0 || arr >= L->n_arr || row0 < 0 || n < 0 || row0 > L->n - n)
+        return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    const uint8_t *src = (const uint8_t *)L->rows[arr] + (size_t)row0 * f->row_bytes;
+    if (!f->decode) {
+        kvs_f16_to_f32_row((const uint16_t *)src, x, n * f->width);
+    } else {
+        for (int i = 0; i < n; i++)
+            f->decode(src + (size_t)i * f->row_bytes, (uint32_t)f->width, f->bits, f->group, x + (size_t)i * f->width);
+    }
+    if (pos) memcpy(pos, (const int32_t *)L->pos + row0, (size_t)n * sizeof(int32_t));
+    return KVS_OK;
+}
+
+enum kvs_status kvs_cpu_lat_compact(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, const uint8_t *keep)
+{
+    if (!fmt_ok(f) || !rows_ok(L)) return KVS_ERR_ARG;
+    int32_t *P = L->pos;
+    size_t rb = (size_t)f->row_bytes;
+    int w = 0;
+    for (int i = 0; i < L->n; i++) {
+        if (!keep[i]) continue;
+        if (w != i) {
+            P[w] = P[i];
+            for (int a = 0; a < L->n_arr; a++) {
+                uint8_t *R = L->rows[a];
+                memcpy(R + (size_t)w * rb, R + (size_t)i * rb, rb);
+            }
+        }
+        w++;
+    }
+    L->n = w;
+    return KVS_OK;
+}
+
+enum kvs_status kvs_cpu_lat_merge(const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
+                                  const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w)
+{
+    if (!fmt_ok(f) || !rows_ok(src) || !rows_ok(dst) || m < 0 || dst->n > dst->cap - m) return KVS_ERR_ARG;
+    for (int i = 0; i < m; i++)
+        if (idx[i] < 0 || idx[i] >= src->n) return KVS_ERR_ARG;
+    if (!m) return KVS_OK;
+    float *row = malloc((size_t)f->width * sizeof(float)), *acc = malloc((size_t)f->width * sizeof(float));
+    if (!row || !acc) {
+        free(row), free(acc);
+        return KVS_ERR_NOMEM;
+    }
+    for (int i = 0; i < m; i++) {
+        for (int x = 0; x < f->width; x++) acc[x] = 0.0f;
+        for (int a = 0; a < src->n_arr; a++) {
+            kvs_cpu_lat_read(src, f, a, idx[i], 1, row, NULL);
+            for (int x = 0; x < f->width; x++) acc[x] = fmaf(w[a], row[x], acc[x]);
+        }
+        kvs_cpu_lat_store(dst, f, 0, dst->n, 1, acc, (const int32_t *)src->pos + idx[i]);
+        dst->n++;
+    }
+    free(row), free(acc);
+    return KVS_OK;
+}

@@ -1,0 +1,20 @@
+/* CPU twins of kernels/latent_pool.cu: the rows of a CommonKV latent segment (struct kvs_lat_rows,
+ * engine/backend/backend.h) in host memory, fp16 or packed by the press's codec: growth, stores,
+ * reads, compaction and the merge into a shared segment. Same contracts as the backend's lat_*
+ * entries; KVS_ERR_NOMEM when memory runs out (L keeps its rows and capacity), KVS_ERR_ARG for
+ * inconsistent shapes. Depends on backend.h (types) only; never prints. */
+#ifndef KVS_CPU_LATENT_POOL_H
+#define KVS_CPU_LATENT_POOL_H
+
+#include "backend.h"
+
+enum kvs_status kvs_cpu_lat_grow(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int cap);
+enum kvs_status kvs_cpu_lat_store(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int arr, int row0, int T,
+                                  const float *x, const int32_t *pos);
+enum kvs_status kvs_cpu_lat_read(const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int arr, int row0, int n,
+                                 float *x, int32_t *pos);
+enum kvs_status kvs_cpu_lat_compact(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, const uint8_t *keep);
+enum kvs_status kvs_cpu_lat_merge(const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
+                                  const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w);
+
+#endif
