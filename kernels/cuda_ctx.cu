@@ -172,7 +172,8 @@ static void api_free(struct kvs_cuda_ctx *c, void *dptr)
 static int api_upload(struct kvs_cuda_ctx *c, void *dst, const void *src, size_t bytes)
 {
     if (!bytes) return KVS_CUDA_OK;
-    /* from pageable memory the call returns once SRC has been staged, so SRC may be reused */
+    /* from pageable memory the call returns once SRC has been staged, so SRC may be reused; from
+     * pinned memory (host_alloc) it is asynchronous and the next download orders it */
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     return KVS_CUDA_OK;
 fail:
@@ -202,6 +203,23 @@ static int api_copy(struct kvs_cuda_ctx *c, void *dst, const void *src, size_t b
     return KVS_CUDA_OK;
 fail:
     return KVS_CUDA_FAIL;
+}
+
+static int api_host_alloc(struct kvs_cuda_ctx *c, void **hptr, size_t bytes)
+{
+    *hptr = NULL;
+    CUDA_CHECK(cudaMallocHost(hptr, bytes ? bytes : 1));
+    return KVS_CUDA_OK;
+fail:
+    *hptr = NULL;
+    return KVS_CUDA_FAIL;
+}
+
+static void api_host_free(struct kvs_cuda_ctx *c, void *hptr)
+{
+    if (!hptr) return;
+    cudaStreamSynchronize(c->stream); /* a copy from it may still be queued */
+    if (cudaFreeHost(hptr) != cudaSuccess) snprintf(c->err, sizeof c->err, "cudaFreeHost failed");
 }
 
 /* ---------------------------------------------------------------- weights */
@@ -313,6 +331,12 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_svd,
     kvs_cuda_kv_store,
     kvs_cuda_kv_compact,
+    api_host_alloc,
+    api_host_free,
+    kvs_cuda_embed,
+    kvs_cuda_add_bias,
+    kvs_cuda_add,
+    kvs_cuda_swiglu,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

@@ -15,7 +15,8 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 2u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass */
+#define KVS_CUDA_ABI_VERSION 3u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+                                 * 3: pinned host memory, embed, add_bias, add, swiglu */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -153,13 +154,23 @@ struct kvs_cuda_api {
                     const float *vs);
     int (*kv_compact)(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int32_t *pos, int dkv, const int32_t *src,
                       int n_keep);
+
+    /* Page-locked host memory (cudaMallocHost) for staging: copies from and to it run at full
+     * speed and asynchronously (an upload from it may still run when upload returns). */
+    int (*host_alloc)(struct kvs_cuda_ctx *c, void **hptr, size_t bytes);
+    void (*host_free)(struct kvs_cuda_ctx *c, void *hptr);
+    /* The element-wise steps of a token (twins in engine/cpu/embedding.c, elementwise.c). */
+    int (*embed)(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const int32_t *tokens, int T, float *out);
+    int (*add_bias)(struct kvs_cuda_ctx *c, float *y, const float *b, int T, int n);
+    int (*add)(struct kvs_cuda_ctx *c, float *x, const float *y, int64_t n);
+    int (*swiglu)(struct kvs_cuda_ctx *c, float *g, const float *u, int64_t n);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
 const struct kvs_cuda_api *kvs_cuda_get_api(void);
 typedef const struct kvs_cuda_api *(*kvs_cuda_get_api_fn)(void);
 
-/* ---- the launchers behind the table, named after their CPU twins (engine/run/infer.h, backend.h).
+/* ---- the launchers behind the table, named after their CPU twins (engine/cpu/<stem>.h, backend.h).
  * The engine reaches them only through the table; they are listed here so that each twin pair
  * can be found by name. All pointers are device memory. ---- */
 
@@ -184,6 +195,12 @@ int kvs_cuda_kv_store(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int dkv,
                       const float *vs);
 int kvs_cuda_kv_compact(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int32_t *pos, int dkv,
                         const int32_t *src, int n_keep);
+/* out (T, cols) fp32 = rows TOKENS (T, already checked against w->rows) of the table W; kernels/embedding.cu. */
+int kvs_cuda_embed(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const int32_t *tokens, int T, float *out);
+/* kernels/elementwise.cu: y (T, n) += b (n); x (n) += y (n); g (n) = g / (1 + e^-g) · u (n). */
+int kvs_cuda_add_bias(struct kvs_cuda_ctx *c, float *y, const float *b, int T, int n);
+int kvs_cuda_add(struct kvs_cuda_ctx *c, float *x, const float *y, int64_t n);
+int kvs_cuda_swiglu(struct kvs_cuda_ctx *c, float *g, const float *u, int64_t n);
 
 #ifdef __cplusplus
 }

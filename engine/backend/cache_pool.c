@@ -53,8 +53,8 @@ static bool layer_ok(struct kvs_cache_pool *p, int layer)
     return false;
 }
 
-enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
-                                     const float *k, const float *v)
+enum kvs_status kvs_cache_pool_store_buf(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
+                                         const float *k, const float *v)
 {
     if (!layer_ok(p, layer) || T < 0) return KVS_ERR_ARG;
     struct kvs_kv_rows *L = &p->rows[layer];
@@ -72,9 +72,9 @@ enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T,
     return KVS_OK;
 }
 
-enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
-                                      int n_head, int n_head_kv, int head_dim, const float *q, float *out,
-                                      float *mass)
+enum kvs_status kvs_cache_pool_attend_buf(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
+                                          int n_head, int n_head_kv, int head_dim, const float *q, float *out,
+                                          float *mass)
 {
     if (!layer_ok(p, layer)) return KVS_ERR_ARG;
     struct kvs_kv_attend_args a = {.T = T, .q_pos = q_pos, .n_head = n_head, .n_head_kv = n_head_kv,
@@ -82,6 +82,46 @@ enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T
     if (n_head_kv * head_dim != p->dkv) return fail(p, KVS_ERR_ARG, "attention heads do not match the rows", layer);
     enum kvs_status st = kvs_backend_kv_attend(p->be, &p->rows[layer], &a, q, out, mass);
     return st == KVS_OK ? KVS_OK : fail(p, st, "attention", layer);
+}
+
+/* Host arrays on a backend whose memory is not the host's go through temporary buffers. */
+enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
+                                     const float *k, const float *v)
+{
+    if (kvs_backend_host_memory(p->be)) return kvs_cache_pool_store_buf(p, layer, T, pos, k, v);
+    if (!layer_ok(p, layer) || T < 0) return KVS_ERR_ARG;
+    size_t bytes = (size_t)T * (size_t)p->dkv * sizeof(float);
+    struct kvs_buf bk = {0}, bv = {0};
+    enum kvs_status st = kvs_backend_buf_alloc(p->be, &bk, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_alloc(p->be, &bv, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &bk, 0, k, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &bv, 0, v, bytes);
+    if (st == KVS_OK) st = kvs_cache_pool_store_buf(p, layer, T, pos, bk.data, bv.data);
+    else fail(p, st, "staging", layer);
+    kvs_backend_buf_free(p->be, &bk);
+    kvs_backend_buf_free(p->be, &bv);
+    return st;
+}
+
+enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
+                                      int n_head, int n_head_kv, int head_dim, const float *q, float *out,
+                                      float *mass)
+{
+    if (kvs_backend_host_memory(p->be))
+        return kvs_cache_pool_attend_buf(p, layer, T, q_pos, n_head, n_head_kv, head_dim, q, out, mass);
+    if (!layer_ok(p, layer) || T < 0 || n_head <= 0 || head_dim <= 0) return KVS_ERR_ARG;
+    size_t bytes = (size_t)T * (size_t)n_head * (size_t)head_dim * sizeof(float);
+    struct kvs_buf bq = {0}, bo = {0};
+    enum kvs_status st = kvs_backend_buf_alloc(p->be, &bq, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_alloc(p->be, &bo, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &bq, 0, q, bytes);
+    if (st != KVS_OK) fail(p, st, "staging", layer);
+    if (st == KVS_OK) st = kvs_cache_pool_attend_buf(p, layer, T, q_pos, n_head, n_head_kv, head_dim, bq.data, bo.data,
+                                                    mass);
+    if (st == KVS_OK && (st = kvs_backend_buf_download(p->be, out, &bo, 0, bytes)) != KVS_OK) fail(p, st, "staging", layer);
+    kvs_backend_buf_free(p->be, &bq);
+    kvs_backend_buf_free(p->be, &bo);
+    return st;
 }
 
 enum kvs_status kvs_cache_pool_compact(struct kvs_cache_pool *p, int layer, const uint8_t *keep)
