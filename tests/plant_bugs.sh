@@ -79,7 +79,7 @@ plant "GQA head->KV-head map shifted" attention.cu \
 plant "bf16 conversion off by a factor" cuda_ctx.cu 's/__float2bfloat16_rn\(src\[i\]\)/__float2bfloat16_rn(src[i] * 2.0f)/'
 plant "empty cache leaves the output unwritten" attention.cu \
     's/if \(a->n == 0\) \{\s*CUDA_CHECK\(cudaMemsetAsync\(a->out, 0, [^;]*;/if (a->n == 0) {/'
-plant "RoPE pairing swapped (interleaved <-> neox)" norm.cu 's/int a = neox \? i : 2 \* i, b = neox \? i \+ half : 2 \* i \+ 1;/int a = neox ? 2 * i : i, b = neox ? 2 * i + 1 : i + half;/'
+plant "RoPE pairing swapped (interleaved <-> neox)" rope.cu 's/int a = neox \? i : 2 \* i, b = neox \? i \+ half : 2 \* i \+ 1;/int a = neox ? 2 * i : i, b = neox ? 2 * i + 1 : i + half;/'
 plant "missing __syncthreads before the block sum reads the partials" internal.cuh \
     's/(if \(lane == 0\) part\[warp\] = v;\n)\s*__syncthreads\(\);\n(\s*v = lane < nw \? part\[lane\] : 0\.0f;)/$1$2/'
 
@@ -90,6 +90,13 @@ plant "kv pool: compaction gathers the wrong rows" kv_pool.cu 's/size_t from = \
 plant "kv pool: compaction leaves the positions behind" kv_pool.cu 's/gp\[r\] = pos\[src\[r\]\]/gp[r] = pos[r]/'
 plant "kv pool: attention mass restarts at every query chunk" attention.cu 's/float s = mass\[j\];/float s = 0.0f;/'
 plant "kv pool: attention mass not zeroed first" attention.cu 's/if \(a->mass && a->n\) CUDA_CHECK\(cudaMemsetAsync\(a->mass, [^;]*;//'
+
+# the element-wise steps of a device-resident token (embedding.cu, elementwise.cu)
+plant "embedding reads the next token's row" embedding.cu \
+    's/const __half \*row = table \+ \(size_t\)tokens\[blockIdx.x\] \* cols;/const __half *row = table + (size_t)(tokens[blockIdx.x] + 1) * cols;/'
+plant "bias indexed by row instead of column" elementwise.cu 's/y\[i\] \+= b\[i % n\]/y[i] += b[i \/ n]/'
+plant "SwiGLU sigmoid with the wrong sign" elementwise.cu 's/g\[i\] = v \/ \(1\.0f \+ expf\(-v\)\) \* u\[i\];/g[i] = v \/ (1.0f + expf(v)) * u[i];/'
+plant "residual add drops the last element" elementwise.cu 's/i < n; i \+= stride\) x\[i\] \+= y\[i\];/i < n - 1; i += stride) x[i] += y[i];/'
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

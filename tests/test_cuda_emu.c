@@ -15,6 +15,8 @@
 
 #include "backend.h"
 #include "cache_pool.h"
+#include "elementwise.h"
+#include "embedding.h"
 #include "harness.h"
 #include "infer.h"
 #include "press.h"
@@ -233,6 +235,100 @@ static void test_matmul(void)
     }
     kvs_backend_weight_release(cpu, &bc);
     free(wf);
+}
+
+/* ---------------------------------------------------------------- element-wise steps of a token */
+
+/* Backend buffer of BYTES holding a copy of SRC (uninitialised when SRC is NULL). */
+static void *buf_in(struct kvs_backend *b, struct kvs_buf *bf, const void *src, size_t bytes)
+{
+    CHECKF(kvs_backend_buf_alloc(b, bf, bytes) == KVS_OK, "%s", kvs_backend_error(b));
+    if (src && bf->data) CHECKF(kvs_backend_buf_upload(b, bf, 0, src, bytes) == KVS_OK, "%s", kvs_backend_error(b));
+    return bf->data;
+}
+
+/* Real shapes: SmolLM2 (D 576, ff 1536), Qwen2-0.5B-like with biases (D 896, dq 896, dkv 128,
+ * ff 4864), Llama-3-8B-like (D 4096, ff 14336); T = 1 (decode) and 7 (a prefill chunk). */
+static const struct { const char *name; int D, dq, dkv, F; } ew_shapes[] = {
+    {"SmolLM2", 576, 576, 192, 1536}, {"Qwen-like", 896, 896, 128, 4864}, {"Llama-8B-like", 4096, 4096, 1024, 14336},
+};
+
+/* bias add, residual add and SwiGLU against the CPU twins (engine/cpu/elementwise.c); the adds are
+ * one fp32 operation per element and must agree bit for bit. */
+static void test_elementwise(void)
+{
+    for (size_t k = 0; k < sizeof ew_shapes / sizeof ew_shapes[0]; k++)
+        for (int T = 1; T <= 7; T += 6) {
+            int D = ew_shapes[k].D, F = ew_shapes[k].F, nb = ew_shapes[k].dkv;
+            size_t nD = (size_t)T * D, nF = (size_t)T * F, nB = (size_t)T * nb;
+            float *x = rand_vec(nD, -4, 4), *y = rand_vec(nD, -4, 4), *g = rand_vec(nF, -12, 12),
+                  *u = rand_vec(nF, -3, 3), *kb = rand_vec(nB, -2, 2), *bias = rand_vec(nb, -1, 1);
+            float *got = malloc((nF > nD ? nF : nD) * sizeof(float)), *ref = malloc((nF > nD ? nF : nD) * sizeof(float));
+            struct kvs_buf bx, by, bg, bu, bk, bb;
+            float *dx = buf_in(cuda16, &bx, x, nD * 4), *dy = buf_in(cuda16, &by, y, nD * 4);
+            float *dg = buf_in(cuda16, &bg, g, nF * 4), *du = buf_in(cuda16, &bu, u, nF * 4);
+            float *dk = buf_in(cuda16, &bk, kb, nB * 4), *db = buf_in(cuda16, &bb, bias, (size_t)nb * 4);
+            char what[96];
+            CHECKF(kvs_backend_add(cuda16, dx, dy, nD) == KVS_OK, "%s", kvs_backend_error(cuda16));
+            CHECK(kvs_backend_buf_download(cuda16, got, &bx, 0, nD * 4) == KVS_OK);
+            memcpy(ref, x, nD * 4);
+            kvs_cpu_add(ref, y, nD);
+            snprintf(what, sizeof what, "emu add %s T=%d n=%d", ew_shapes[k].name, T, D);
+            compare(what, got, ref, (long)nD, 0, 0);
+            CHECKF(kvs_backend_add_bias(cuda16, dk, db, T, nb) == KVS_OK, "%s", kvs_backend_error(cuda16));
+            CHECK(kvs_backend_buf_download(cuda16, got, &bk, 0, nB * 4) == KVS_OK);
+            memcpy(ref, kb, nB * 4);
+            kvs_cpu_add_bias(ref, bias, T, nb);
+            snprintf(what, sizeof what, "emu add_bias %s T=%d n=%d", ew_shapes[k].name, T, nb);
+            compare(what, got, ref, (long)nB, 0, 0);
+            CHECKF(kvs_backend_swiglu(cuda16, dg, du, nF) == KVS_OK, "%s", kvs_backend_error(cuda16));
+            CHECK(kvs_backend_buf_download(cuda16, got, &bg, 0, nF * 4) == KVS_OK);
+            memcpy(ref, g, nF * 4);
+            kvs_cpu_swiglu(ref, u, nF);
+            snprintf(what, sizeof what, "emu swiglu %s T=%d n=%d", ew_shapes[k].name, T, F);
+            compare(what, got, ref, (long)nF, 1e-6f, 1e-6f); /* the device's expf may differ by an ulp */
+            struct kvs_buf *bufs[] = {&bx, &by, &bg, &bu, &bk, &bb};
+            for (int i = 0; i < 6; i++) kvs_backend_buf_free(cuda16, bufs[i]);
+            free(x), free(y), free(g), free(u), free(kb), free(bias), free(got), free(ref);
+        }
+}
+
+/* The embedding lookup against its CPU twin: rows equal bit for bit once the twin's fp32 rows are
+ * rounded to the table's 2-byte type (fp16: it holds these values on both backends). Tokens at
+ * both ends of the vocabulary and repeated. */
+static void test_embedding(void)
+{
+    const int V = 1000;
+    int32_t tok[7] = {0, V - 1, 17, 17, 500, 1, V - 2};
+    for (size_t k = 0; k < sizeof ew_shapes / sizeof ew_shapes[0]; k++) {
+        int D = ew_shapes[k].D;
+        float *tf = rand_vec((size_t)V * D, -0.5f, 0.5f);
+        struct kvs_weight w = {.type = KVS_GGML_F32, .rows = V, .cols = D, .data = tf, .row_bytes = (uint64_t)D * 4};
+        for (int b = 0; b < 2; b++) {
+            struct kvs_backend *be = b ? cuda_bf : cuda16;
+            struct kvs_backend_weight bw;
+            CHECKF(kvs_backend_table_prepare(be, &bw, &w) == KVS_OK && bw.dev, "%s", kvs_backend_error(be));
+            for (int T = 1; T <= 7; T += 6) {
+                struct kvs_buf bt, bo;
+                int32_t *dt = buf_in(be, &bt, tok + 7 - T, (size_t)T * sizeof(int32_t));
+                float *dout = buf_in(be, &bo, NULL, (size_t)T * D * 4);
+                float *got = malloc((size_t)T * D * 4), *ref = malloc((size_t)T * D * 4);
+                CHECKF(kvs_backend_embed(be, &bw, dt, T, dout) == KVS_OK, "%s", kvs_backend_error(be));
+                CHECK(kvs_backend_buf_download(be, got, &bo, 0, (size_t)T * D * 4) == KVS_OK);
+                kvs_cpu_embedding(&w, tok + 7 - T, T, ref);
+                for (long i = 0; i < (long)T * D; i++) ref[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(ref[i]));
+                char what[96];
+                snprintf(what, sizeof what, "emu embedding %s T=%d D=%d (%s backend)", ew_shapes[k].name, T, D,
+                         b ? "bf16" : "fp16");
+                compare(what, got, ref, (long)T * D, 0, 0);
+                kvs_backend_buf_free(be, &bt);
+                kvs_backend_buf_free(be, &bo);
+                free(got), free(ref);
+            }
+            kvs_backend_weight_release(be, &bw);
+        }
+        free(tf);
+    }
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -610,6 +706,8 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
         worst = fmax(worst, r.nerr), maxd = fmax(maxd, r.maxd), kl += r.kl, rows++, top1 += r.top_cpu == r.top_gpu;
     }
     char gen_c[256] = "", gen_g[256] = "";
+    struct kvs_ctx_xfer x0, x1;
+    kvs_ctx_transfers(cg, &x0);
     for (int i = 0; i < n_gen; i++) { /* greedy decode; both are fed the CPU's token */
         struct logit_cmp r = logit_compare(kvs_ctx_logits(cg), kvs_ctx_logits(cc), V);
         worst = fmax(worst, r.nerr), maxd = fmax(maxd, r.maxd), kl += r.kl, rows++, top1 += r.top_cpu == r.top_gpu;
@@ -622,6 +720,23 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
             CHECKF(0, "%s: decode step %d: %s %s", label, i, kvs_ctx_error(cc), kvs_ctx_error(cg));
             break;
         }
+    }
+    kvs_ctx_transfers(cg, &x1);
+    {
+        /* a decoded token's activations stay on the device: what crosses per token is its id and
+         * position (and the positions the K/V store and attention need) up, the logits down; a
+         * press on host arrays adds its inputs and output, counted as press crossings */
+        uint64_t down = (x1.down_bytes - x0.down_bytes) / (uint64_t)n_gen, up = (x1.up_bytes - x0.up_bytes) / (uint64_t)n_gen;
+        uint64_t press = (x1.press_bytes - x0.press_bytes) / (uint64_t)n_gen;
+        bool backend_io = pg->needs & KVS_PRESS_BACKEND_IO;
+        fprintf(stderr, "   %s %s: per decoded token %llu bytes down (logits %d), %llu up, %llu across the press "
+                "boundary (%s), host copies per token %.1f\n", label, method, (unsigned long long)down, V * 4,
+                (unsigned long long)up, (unsigned long long)press, backend_io ? "device press" : "host press",
+                (double)(x1.down_calls - x0.down_calls + x1.up_calls - x0.up_calls) / n_gen);
+        CHECKF(!backend_io || (press == 0 && down == (uint64_t)V * 4),
+               "%s %s: a decoded token left the device: %llu bytes down per token (logits are %d), %llu across the "
+               "press boundary", label, method, (unsigned long long)down, V * 4, (unsigned long long)press);
+        CHECKF(backend_io || press > 0, "%s %s: a host press's inputs crossed uncounted", label, method);
     }
     fprintf(stderr, "   %s %s (%s weights): %d prompt + %d greedy tokens; cpu%s / cuda-emu%s\n", label, method,
             dtype ? dtype : "fp16", n, n_gen, gen_c, gen_g);
@@ -759,6 +874,8 @@ int main(int argc, char **argv)
         RUN(test_rope);
         RUN(test_convert_exact);
         RUN(test_matmul);
+        RUN(test_elementwise);
+        RUN(test_embedding);
         RUN(test_attn_latent);
         RUN(test_attn_kv16);
         RUN(test_kv_pool);
