@@ -15,6 +15,8 @@ bool kvs_opt_cr(const char *opt, const char *val, double *out);
 bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out);
 /* cpu, cuda or auto (kvs_backend_new's names). */
 bool kvs_opt_backend(const char *opt, const char *val, const char **out);
+/* --weights auto|bf16|fp16: the type of the CUDA backend's weight copies. */
+bool kvs_opt_weights(const char *opt, const char *val, const char **out);
 /* A method spec kvs_method_parse accepts ("commonkv+quant"); checked before any model is loaded. */
 bool kvs_opt_method(const char *opt, const char *val);
 /* A comma-separated list of method specs, each accepted by kvs_method_parse, no empty entries,

@@ -126,6 +126,7 @@ static void api_shutdown(struct kvs_cuda_ctx *c)
 }
 
 static const char *api_device_name(const struct kvs_cuda_ctx *c) { return c ? c->name : ""; }
+static int api_compute_capability(const struct kvs_cuda_ctx *c) { return c ? c->cc_major * 10 + c->cc_minor : 0; }
 static const char *api_last_error(const struct kvs_cuda_ctx *c) { return c ? c->err : ""; }
 
 void *kvs_cuda_scratch(struct kvs_cuda_ctx *c, int slot, size_t bytes)
@@ -337,6 +338,7 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_add_bias,
     kvs_cuda_add,
     kvs_cuda_swiglu,
+    api_compute_capability,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

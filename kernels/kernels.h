@@ -164,6 +164,8 @@ struct kvs_cuda_api {
     int (*add_bias)(struct kvs_cuda_ctx *c, float *y, const float *b, int T, int n);
     int (*add)(struct kvs_cuda_ctx *c, float *x, const float *y, int64_t n);
     int (*swiglu)(struct kvs_cuda_ctx *c, float *g, const float *u, int64_t n);
+    /* The context's device compute capability as major*10 + minor (80 for sm_80). */
+    int (*compute_capability)(const struct kvs_cuda_ctx *c);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */

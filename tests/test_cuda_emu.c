@@ -89,9 +89,9 @@ static void test_backends(void)
 {
     char err[256] = "";
     CHECKF(kvs_backend_new(&cuda16, "cuda", NULL, err, sizeof err) == KVS_OK, "%s", err);
-    setenv("KVS_CUDA_WEIGHTS", "bf16", 1);
+    if (cuda16) CHECKF(kvs_backend_set_weights(cuda16, "fp16") == KVS_OK, "%s", kvs_backend_error(cuda16));
     CHECKF(kvs_backend_new(&cuda_bf, "cuda", NULL, err, sizeof err) == KVS_OK, "%s", err);
-    unsetenv("KVS_CUDA_WEIGHTS");
+    if (cuda_bf) CHECKF(kvs_backend_set_weights(cuda_bf, "bf16") == KVS_OK, "%s", kvs_backend_error(cuda_bf));
     CHECK(kvs_backend_new(&cpu, "cpu", pool, err, sizeof err) == KVS_OK);
     if (cuda16) {
         fprintf(stderr, "   device: %s\n", kvs_backend_device(cuda16));
@@ -191,6 +191,51 @@ static void test_convert_exact(void)
         kvs_backend_weight_release(b, &bw);
     }
     free(x), free(y);
+}
+
+/* The weights' type follows the compute capability (the emulator pretends one through
+ * KVS_CUDA_EMU_CC): auto is bf16 on sm_80 and newer, fp16 on sm_75, where bf16 is refused with
+ * the reason; an fp16 upload counts the values it clamps (the special values of
+ * test_convert_exact hold 5 beyond ±65504), bf16 clamps none. */
+static void test_weights_by_cc(void)
+{
+    static const struct { const char *cc, *want, *got; enum kvs_status st; } cases[] = {
+        {"90", "auto", "bf16", KVS_OK}, {"80", "auto", "bf16", KVS_OK}, {"75", "auto", "fp16", KVS_OK},
+        {"75", "bf16", "", KVS_ERR_UNSUPPORTED}, {"75", "fp16", "fp16", KVS_OK}, {"80", "fp16", "fp16", KVS_OK},
+    };
+    const float vals[8] = {1.0f, 65504.0f, 65519.0f, 70000.0f, -1e30f, 3.3895314e38f, -65505.0f, 0.5f};
+    struct kvs_weight w = {.type = KVS_GGML_F32, .rows = 2, .cols = 4, .data = vals, .row_bytes = 16};
+    if (on_gpu) {
+        printf("skipped: compute capability cases need the emulation\n");
+        return;
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256] = "";
+        struct kvs_backend *b = NULL;
+        setenv("KVS_CUDA_EMU_CC", cases[i].cc, 1);
+        CHECKF(kvs_backend_new(&b, "cuda", NULL, err, sizeof err) == KVS_OK, "%s", err);
+        unsetenv("KVS_CUDA_EMU_CC");
+        if (!b) continue;
+        enum kvs_status st = kvs_backend_set_weights(b, cases[i].want);
+        fprintf(stderr, "   sm_%s --weights %s: %s%s%s\n", cases[i].cc, cases[i].want, st == KVS_OK ? b->weights : "refused",
+                st == KVS_OK ? "" : ": ", st == KVS_OK ? "" : kvs_backend_error(b));
+        CHECKF(st == cases[i].st, "sm_%s --weights %s: status %d, expected %d (%s)", cases[i].cc, cases[i].want, st,
+               cases[i].st, kvs_backend_error(b));
+        if (st == KVS_OK) {
+            CHECKF(!strcmp(b->weights, cases[i].got), "sm_%s --weights %s chose %s, expected %s", cases[i].cc,
+                   cases[i].want, b->weights, cases[i].got);
+            struct kvs_backend_weight bw;
+            CHECKF(kvs_backend_weight_prepare(b, &bw, &w) == KVS_OK, "%s", kvs_backend_error(b));
+            uint64_t want_sat = strcmp(b->weights, "fp16") ? 0 : 5;
+            CHECKF(b->weights_saturated == want_sat, "sm_%s %s: %llu weights counted as clamped, expected %llu",
+                   cases[i].cc, b->weights, (unsigned long long)b->weights_saturated, (unsigned long long)want_sat);
+            kvs_backend_weight_release(b, &bw);
+        } else {
+            CHECKF(strstr(kvs_backend_error(b), "sm_75") != NULL, "the refusal does not name the GPU: %s",
+                   kvs_backend_error(b));
+        }
+        kvs_backend_delete(b);
+    }
 }
 
 static void test_matmul(void)
@@ -690,9 +735,8 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
     CHECKF(kvs_ctx_new(&cc, m, pc, &cp, err, sizeof err) == KVS_OK, "%s", err);
     cp.precise = false;
     snprintf(cp.backend, sizeof cp.backend, "cuda");
-    if (dtype) setenv("KVS_CUDA_WEIGHTS", dtype, 1);
+    snprintf(cp.weights, sizeof cp.weights, "%s", dtype ? dtype : "fp16");
     CHECKF(kvs_ctx_new(&cg, m, pg, &cp, err, sizeof err) == KVS_OK, "%s", err);
-    unsetenv("KVS_CUDA_WEIGHTS");
     if (!cc || !cg) goto done;
     CHECKF(!strcmp(kvs_ctx_backend(cg), "cuda"), "%s: context runs on %s", label, kvs_ctx_backend(cg));
     int V = (int)m->hp.n_vocab;
@@ -873,6 +917,7 @@ int main(int argc, char **argv)
         RUN(test_rmsnorm);
         RUN(test_rope);
         RUN(test_convert_exact);
+        RUN(test_weights_by_cc);
         RUN(test_matmul);
         RUN(test_elementwise);
         RUN(test_embedding);

@@ -91,6 +91,8 @@ static void enc_run(struct kvt_buf *b, const struct kvs_rec_run *r)
     kvt_buf_f32(b, r->plan_merge_share);
     kvt_buf_f32(b, r->plan_merge_floor);
     put_str(b, r->plan_note, sizeof r->plan_note);
+    put_str(b, r->weights, sizeof r->weights);
+    kvt_buf_u64(b, r->weights_saturated);
 }
 
 static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
@@ -283,6 +285,13 @@ static void dec_run(struct cur *c, struct kvs_rec_run *r)
         r->plan_merge_share = gf32(c);
         r->plan_merge_floor = gf32(c);
         gstr(c, r->plan_note, sizeof r->plan_note);
+    }
+    /* appended weights fields: absent in older traces ("" = not recorded, 0 clamped) */
+    r->weights[0] = 0;
+    r->weights_saturated = 0;
+    if (c->pos < c->len) {
+        gstr(c, r->weights, sizeof r->weights);
+        r->weights_saturated = g64(c);
     }
 }
 

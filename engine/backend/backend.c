@@ -717,6 +717,17 @@ enum kvs_status kvs_backend_rope(struct kvs_backend *b, float *x, int T, int n_h
     return st;
 }
 
+enum kvs_status kvs_backend_set_weights(struct kvs_backend *b, const char *want)
+{
+    if (!want || !*want) want = "auto";
+    if (strcmp(want, "auto") && strcmp(want, "bf16") && strcmp(want, "fp16")) {
+        if (b) kvs_seterr(b->err, sizeof b->err, "unknown weights type '%s' (auto, bf16 or fp16)", want);
+        return KVS_ERR_ARG;
+    }
+    if (b && b->ops->set_weights) return b->ops->set_weights(b, want);
+    return KVS_OK;
+}
+
 enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
                                            const struct kvs_weight *w)
 {

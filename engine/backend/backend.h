@@ -108,6 +108,10 @@ struct kvs_backend_ops {
     /* Rotates x (T, n_heads, head_dim) in place, token t at pos[t]; freqs (head_dim/2). */
     enum kvs_status (*rope)(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim, const int32_t *pos,
                             const float *freqs, bool neox);
+    /* optional: NULL -> the weights are read as the model stores them (CPU). Chooses the type of
+     * the device copies made from now on: WANT "auto" (the device's best), "bf16" or "fp16";
+     * KVS_ERR_UNSUPPORTED when the device cannot compute in it. Sets b->weights. */
+    enum kvs_status (*set_weights)(struct kvs_backend *b, const char *want);
     /* optional: NULL -> CPU path (bw->dev stays NULL). Makes a device copy of bw->w. */
     enum kvs_status (*weight_prepare)(struct kvs_backend *b, struct kvs_backend_weight *bw);
     /* optional: NULL -> nothing to release */
@@ -162,6 +166,8 @@ struct kvs_backend {
     char device[128];         /* "CPU" or "NVIDIA H100 80GB HBM3 (sm_90)" */
     struct kvs_op_counter *ctr; /* (KVS_OP_COUNT) where CPU fallbacks are counted (not owned; may be NULL) */
     uint64_t pool_bytes;      /* K/V pool storage allocated through this backend's own kv_grow entry */
+    char weights[8];          /* type of the device copies of the weights: "bf16", "fp16"; "" when the
+                               * backend reads the model's own (CPU) */
     /* weights uploaded as fp16 whose |value| exceeded 65504 and was clamped (0 for bf16 or the CPU) */
     uint64_t weights_saturated;
     /* host<->backend copies through the buffer wrappers (zero on a host-memory backend) */
@@ -247,6 +253,11 @@ enum kvs_status kvs_backend_rmsnorm(struct kvs_backend *b, float *out, const flo
                                     float eps);
 enum kvs_status kvs_backend_rope(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim,
                                  const int32_t *pos, const float *freqs, bool neox);
+/* Chooses the type of the weights' device copies ("auto", "bf16", "fp16"; NULL or "" = "auto")
+ * before any weight is prepared; a backend that reads the model's own weights accepts any and
+ * leaves b->weights "". KVS_ERR_ARG for another name, KVS_ERR_UNSUPPORTED (b->err says why) when
+ * the device cannot use the type asked for. */
+enum kvs_status kvs_backend_set_weights(struct kvs_backend *b, const char *want);
 /* Fills *bw for W (not owned; must outlive bw) and, where the backend keeps weights on a device,
  * uploads it. Release with kvs_backend_weight_release. */
 enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,

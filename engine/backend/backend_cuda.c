@@ -451,6 +451,23 @@ static enum kvs_status cu_weight_prepare(struct kvs_backend *b, struct kvs_backe
     return KVS_OK;
 }
 
+static enum kvs_status cu_set_weights(struct kvs_backend *b, const char *want)
+{
+    struct cuda_be *s = b->ctx;
+    int cc = s->api->compute_capability(s->cx);
+    /* bf16 tensor-core GEMMs need sm_80 (Ampere); before it fp16 is the only 2-byte type, with its
+     * saturation counted at upload (b->weights_saturated) */
+    bool bf16_ok = cc >= 80;
+    if (!strcmp(want, "bf16") && !bf16_ok) {
+        kvs_seterr(b->err, sizeof b->err, "bf16 weights need compute capability 8.0 (sm_80) or newer; this GPU is "
+                   "sm_%d: use --weights fp16 or auto", cc);
+        return KVS_ERR_UNSUPPORTED;
+    }
+    s->weight_dtype = !strcmp(want, "fp16") || !bf16_ok ? KVS_CUDA_F16 : KVS_CUDA_BF16;
+    snprintf(b->weights, sizeof b->weights, "%s", s->weight_dtype == KVS_CUDA_BF16 ? "bf16" : "fp16");
+    return KVS_OK;
+}
+
 static void cu_weight_release(struct kvs_backend *b, struct kvs_backend_weight *bw)
 {
     struct cuda_be *s = b->ctx;
@@ -744,6 +761,7 @@ static const struct kvs_backend_ops cuda_ops = {
     .host_free = cu_host_free,
     .rmsnorm = cu_rmsnorm,
     .rope = cu_rope,
+    .set_weights = cu_set_weights,
     .weight_prepare = cu_weight_prepare,
     .weight_release = cu_weight_release,
     .matmul = cu_matmul,
@@ -775,8 +793,6 @@ enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t
         return KVS_ERR_NOMEM;
     }
     s->api = cu.api;
-    const char *dt = getenv("KVS_CUDA_WEIGHTS");
-    s->weight_dtype = dt && !strcmp(dt, "bf16") ? KVS_CUDA_BF16 : KVS_CUDA_F16;
     char e[256] = "";
     if (s->api->init(&s->cx, 0, e, sizeof e) != KVS_CUDA_OK) {
         kvs_seterr(err, errlen, "CUDA initialisation failed: %s", e);
@@ -785,7 +801,8 @@ enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t
     }
     b->ops = &cuda_ops;
     b->ctx = s;
-    kvs_seterr(b->device, sizeof b->device, "%s (sm_%d%d)", s->api->device_name(s->cx), cu.info.probe.cc_major,
-             cu.info.probe.cc_minor);
+    cu_set_weights(b, "auto"); /* cannot fail for "auto" */
+    kvs_seterr(b->device, sizeof b->device, "%s (sm_%d)", s->api->device_name(s->cx),
+               s->api->compute_capability(s->cx));
     return KVS_OK;
 }

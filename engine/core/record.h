@@ -81,6 +81,10 @@ struct kvs_rec_run {
      * at most, similarity floor (-1: none), and why the plan is what it is */
     float plan_merge_share, plan_merge_floor;
     char plan_note[200];
+    /* the weights' device copies: type ("bf16", "fp16"; "" when the backend reads the model's own,
+     * as the CPU does) and how many values an fp16 upload clamped to ±65504 */
+    char weights[8];
+    uint64_t weights_saturated;
 };
 
 enum kvs_step_kind { KVS_STEP_PREFILL = 1, KVS_STEP_DECODE = 2 };

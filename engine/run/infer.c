@@ -54,6 +54,7 @@ void kvs_ctx_params_default(struct kvs_ctx_params *p)
     p->n_batch = 256;
     p->n_threads = 0;
     snprintf(p->backend, sizeof p->backend, "cpu");
+    snprintf(p->weights, sizeof p->weights, "auto");
     p->precise = false;
 }
 
@@ -160,6 +161,11 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
         return bst;
     }
     c->be->precise = p->precise;
+    if ((bst = kvs_backend_set_weights(c->be, p->weights)) != KVS_OK) {
+        kvs_seterr(err, errlen, "%s backend: %s", bname, kvs_backend_error(c->be));
+        kvs_ctx_delete(c);
+        return bst;
+    }
     if ((bst = bufs_alloc(c)) != KVS_OK || (bst = consts_upload(c)) != KVS_OK) {
         if (bst == KVS_ERR_NOMEM && !c->be->err[0]) goto oom;
         kvs_seterr(err, errlen, "%s backend: activation buffers for a batch of %d: %s", bname, p->n_batch,
@@ -246,6 +252,12 @@ struct kvs_pool *kvs_ctx_pool(struct kvs_ctx *c) { return c->pool; }
 const char *kvs_ctx_error(const struct kvs_ctx *c) { return c->err; }
 const char *kvs_ctx_backend(const struct kvs_ctx *c) { return kvs_backend_name(c->be); }
 uint64_t kvs_ctx_pool_bytes(const struct kvs_ctx *c) { return c->be ? c->be->pool_bytes : 0; }
+
+const char *kvs_ctx_weights(const struct kvs_ctx *c, uint64_t *saturated)
+{
+    if (saturated) *saturated = c->be ? c->be->weights_saturated : 0;
+    return c->be ? c->be->weights : "";
+}
 
 void kvs_ctx_transfers(const struct kvs_ctx *c, struct kvs_ctx_xfer *out)
 {

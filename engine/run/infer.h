@@ -11,6 +11,8 @@ struct kvs_ctx_params {
     int n_batch;        /* prefill chunk size; kvs_ctx_eval splits longer inputs */
     int n_threads;      /* <= 0: online cores */
     char backend[16];   /* "cpu" (default), "cuda" or "auto" (CUDA when a GPU is usable) */
+    char weights[8];    /* type of the weights' device copies: "auto" (default: bf16 on sm_80 and
+                         * newer, fp16 before), "bf16" or "fp16"; the CPU reads the model's own */
     bool precise;       /* CPU: every product dequantizes the weights and multiplies in fp32, as
                          * prefill does, instead of quantizing short products' activations to 8 bits
                          * (decode is slower and about as accurate as prefill; see kvscope(1)) */
@@ -56,6 +58,10 @@ struct kvs_ctx_xfer {
     uint64_t press_bytes, press_calls;
 };
 void kvs_ctx_transfers(const struct kvs_ctx *c, struct kvs_ctx_xfer *out);
+/* Type of the weights' device copies ("bf16", "fp16"; "" on the CPU) and, in *saturated (may be
+ * NULL), how many weight values an fp16 upload clamped to ±65504 (never silently: callers report a
+ * non-zero count). */
+const char *kvs_ctx_weights(const struct kvs_ctx *c, uint64_t *saturated);
 
 /* Optional observer called for every layer of every chunk (similarity evidence, calibration).
  * x: (T, D) residual stream entering the layer; xn: (T, D) after attn RMSNorm; k: (T, n_kv*d) keys
