@@ -236,7 +236,11 @@ static void test_backend_new(void)
         CHECKF(st == KVS_OK || st == KVS_ERR_BACKEND, "%s", err);
     } else {
         CHECK(st == KVS_ERR_UNSUPPORTED && !b);
-        CHECKF(!strcmp(err, why), "err \"%s\" probe \"%s\"", err, why);
+        /* the error is the probe's status and, in parentheses, the detail behind it */
+        const struct kvs_backend_cuda_info *in = kvs_backend_cuda_info();
+        CHECKF(!strncmp(err, why, strlen(why)), "err \"%s\" probe \"%s\"", err, why);
+        CHECKF(!in->detail[0] || strstr(err, in->detail), "err \"%s\" lacks the probe's detail \"%s\"", err, in->detail);
+        CHECK(!strcmp(err, kvs_backend_probe_detail()));
     }
     kvs_backend_delete(b);
 

@@ -195,6 +195,11 @@ const struct kvs_backend_entry *kvs_backend_entry_at(int i);
  * when CUDA is missing. AVAILABLE (may be NULL) is set to whether a GPU can be used. */
 const char *kvs_backend_probe(bool *available);
 
+/* The probe's status with the detail behind it, one line, static storage (probes first if needed):
+ * "no NVIDIA driver (libcuda.so.1: cannot open shared object file: No such file or directory)",
+ * "NVIDIA driver too old for CUDA 13.0 (driver supports CUDA 12.4: ...)", "no GPU (...)". */
+const char *kvs_backend_probe_detail(void);
+
 /* Creates backend NAME ("cpu", "cuda", or "auto": CUDA when available, else CPU) using POOL (not
  * owned, may be NULL) for CPU paths. Asking for "cuda" where it is unavailable gives
  * KVS_ERR_UNSUPPORTED with the probe's reason in err. Free with kvs_backend_delete. */

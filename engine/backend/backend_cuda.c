@@ -236,6 +236,24 @@ const char *kvs_backend_probe(bool *available)
     return cu.info.status;
 }
 
+static struct {
+    pthread_once_t once;
+    char line[sizeof cu.info.status + sizeof cu.info.detail + 8];
+} probe_line = {.once = PTHREAD_ONCE_INIT};
+
+static void probe_line_once(void)
+{
+    pthread_once(&cu.once, cuda_probe_once);
+    if (cu.info.detail[0]) snprintf(probe_line.line, sizeof probe_line.line, "%s (%s)", cu.info.status, cu.info.detail);
+    else snprintf(probe_line.line, sizeof probe_line.line, "%s", cu.info.status);
+}
+
+const char *kvs_backend_probe_detail(void)
+{
+    pthread_once(&probe_line.once, probe_line_once);
+    return probe_line.line;
+}
+
 const struct kvs_backend_cuda_info *kvs_backend_cuda_info(void)
 {
     pthread_once(&cu.once, cuda_probe_once);
@@ -782,9 +800,9 @@ static const struct kvs_backend_ops cuda_ops = {
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)
 {
     bool ok = false;
-    const char *why = kvs_backend_probe(&ok);
-    if (!ok) {
-        kvs_seterr(err, errlen, "%s", why);
+    kvs_backend_probe(&ok);
+    if (!ok) { /* the probe's words and what lies behind them (loader message, driver/runtime versions) */
+        kvs_seterr(err, errlen, "%s", kvs_backend_probe_detail());
         return KVS_ERR_UNSUPPORTED;
     }
     struct cuda_be *s = calloc(1, sizeof *s);
