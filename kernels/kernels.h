@@ -16,7 +16,8 @@ extern "C" {
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
 #define KVS_CUDA_ABI_VERSION 3u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
-                                 * 3: pinned host memory, embed, add_bias, add, swiglu */
+                                 * 3: pinned host memory, embed, add_bias, add, swiglu,
+                                 *    compute_capability, NVTX ranges */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -166,6 +167,10 @@ struct kvs_cuda_api {
     int (*swiglu)(struct kvs_cuda_ctx *c, float *g, const float *u, int64_t n);
     /* The context's device compute capability as major*10 + minor (80 for sm_80). */
     int (*compute_capability)(const struct kvs_cuda_ctx *c);
+    /* NVTX ranges (Nsight Systems timelines): push NAME, pop the innermost. Without a tool
+     * attached each call is a check of a function pointer. */
+    void (*range_push)(struct kvs_cuda_ctx *c, const char *name);
+    void (*range_pop)(struct kvs_cuda_ctx *c);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */

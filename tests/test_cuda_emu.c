@@ -9,6 +9,7 @@
  * library (tests/plant_bugs.sh points it at a copy with a planted bug); --ops skips the end-to-end
  * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh,
  * --gpu runs the same checks on a real GPU through $KVS_CUDA_LIB (tests/check-gpu.sh). */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -861,6 +862,60 @@ static void test_e2e_tiny(void)
     }
 }
 
+/* NVTX ranges: one per step (a prefill chunk, a decoded token) with one per layer inside it,
+ * balanced, as the emulator's NVTX stand-in recorded them. */
+static void test_nvtx_ranges(void)
+{
+    if (on_gpu) {
+        printf("skipped: NVTX ranges are checked through the emulation (nsys shows them on a GPU)\n");
+        return;
+    }
+    void *h = dlopen(getenv("KVS_CUDA_LIB"), RTLD_NOW | RTLD_NOLOAD);
+    int (*nvtx_log)(char *, size_t) = h ? (int (*)(char *, size_t))dlsym(h, "kvs_cuda_emu_nvtx_log") : NULL;
+    CHECKF(nvtx_log != NULL, "the emulated library exports no NVTX log");
+    if (!nvtx_log) return;
+    struct kvs_tiny_opts o;
+    tiny_opts(&o, 0);
+    char path[1024], err[256] = "";
+    snprintf(path, sizeof path, "%s/emu-nvtx.gguf", kvs_test_tmpdir());
+    CHECKF(kvs_tiny_write(path, &o) == 0, "%s", kvs_tiny_error());
+    struct kvs_model *m = NULL;
+    struct kvs_press *pr = NULL;
+    struct kvs_ctx *c = NULL;
+    struct kvs_method_config mc;
+    struct kvs_ctx_params cp;
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = 64;
+    cp.n_batch = 8;
+    snprintf(cp.backend, sizeof cp.backend, "cuda");
+    CHECK(kvs_model_load(&m, path, err, sizeof err) == KVS_OK);
+    CHECK(m && kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK);
+    if (m) CHECK(kvs_press_new(&pr, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK);
+    if (pr) CHECKF(kvs_ctx_new(&c, m, pr, &cp, err, sizeof err) == KVS_OK, "%s", err);
+    if (c) {
+        char got[4096], want[4096] = "";
+        int32_t toks[5] = {1, 2, 3, 4, 5};
+        nvtx_log(got, sizeof got); /* forget anything before */
+        CHECKF(kvs_ctx_eval(c, toks, 5, NULL) == KVS_OK && kvs_ctx_eval(c, toks, 1, NULL) == KVS_OK, "%s",
+               kvs_ctx_error(c));
+        int depth = nvtx_log(got, sizeof got);
+        const char *steps[2] = {"prefill 0-4", "decode 5"};
+        for (int s = 0; s < 2; s++) {
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s>", steps[s]);
+            for (uint32_t l = 0; l < m->hp.n_layer; l++)
+                snprintf(want + strlen(want), sizeof want - strlen(want), "layer %u><", l);
+            snprintf(want + strlen(want), sizeof want - strlen(want), "<");
+        }
+        fprintf(stderr, "   NVTX ranges of a 5-token prefill and a decoded token: %s\n", got);
+        CHECKF(!strcmp(got, want), "NVTX ranges \"%s\", expected \"%s\"", got, want);
+        CHECKF(depth == 0, "%d NVTX ranges left open", depth);
+    }
+    kvs_ctx_delete(c);
+    kvs_press_delete(pr);
+    kvs_model_delete(m);
+    remove(path);
+}
+
 static void test_e2e_smollm2(void)
 {
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -925,6 +980,7 @@ int main(int argc, char **argv)
         RUN(test_attn_kv16);
         RUN(test_kv_pool);
         RUN(test_svd);
+        RUN(test_nvtx_ranges);
         if (!ops_only) RUN(test_e2e_tiny);
         if (!ops_only) RUN(test_e2e_smollm2);
     }

@@ -593,6 +593,16 @@ void kvs_backend_host_free(struct kvs_backend *b, void *p)
     else b->ops->host_free(b, p);
 }
 
+void kvs_backend_range_push(struct kvs_backend *b, const char *name)
+{
+    if (b && b->ops->range_push) b->ops->range_push(b, name);
+}
+
+void kvs_backend_range_pop(struct kvs_backend *b)
+{
+    if (b && b->ops->range_pop) b->ops->range_pop(b);
+}
+
 /* ---- per-token operations on backend memory ---- */
 
 enum kvs_status kvs_backend_rmsnorm_buf(struct kvs_backend *b, float *out, const float *x, const float *w, int T,

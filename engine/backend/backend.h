@@ -100,6 +100,10 @@ struct kvs_backend_ops {
     enum kvs_status (*host_alloc)(struct kvs_backend *b, void **p, size_t bytes);
     void (*host_free)(struct kvs_backend *b, void *p);
 
+    /* optional: NULL -> nothing. Named ranges for a profiler's timeline (NVTX on CUDA), nested. */
+    void (*range_push)(struct kvs_backend *b, const char *name);
+    void (*range_pop)(struct kvs_backend *b);
+
     /* Per-token operations: every float and int32 pointer below is in the backend's memory (a
      * kvs_buf's data), so a token's activations stay there through every layer. */
     /* out (T, n) = RMSNorm of x (T, n) with weight w (n). */
@@ -235,6 +239,11 @@ enum kvs_status kvs_backend_buf_download(struct kvs_backend *b, void *dst, const
  * while B is alive. */
 void *kvs_backend_host_alloc(struct kvs_backend *b, size_t bytes);
 void kvs_backend_host_free(struct kvs_backend *b, void *p);
+
+/* Opens / closes a named range on B's profiler timeline (NVTX for CUDA: per step and per layer);
+ * nothing on a backend without one (B may be NULL). NAME is copied by the tool, if any. */
+void kvs_backend_range_push(struct kvs_backend *b, const char *name);
+void kvs_backend_range_pop(struct kvs_backend *b);
 
 /* ---- per-token operations on backend memory (the forward pass): every array is a kvs_buf's
  * data; contracts of the vtable entries of the same names ---- */

@@ -363,6 +363,18 @@ static void cu_host_free(struct kvs_backend *b, void *p)
     s->api->host_free(s->cx, p);
 }
 
+static void cu_range_push(struct kvs_backend *b, const char *name)
+{
+    struct cuda_be *s = b->ctx;
+    s->api->range_push(s->cx, name);
+}
+
+static void cu_range_pop(struct kvs_backend *b)
+{
+    struct cuda_be *s = b->ctx;
+    s->api->range_pop(s->cx);
+}
+
 /* ---- per-token operations on device buffers ---- */
 
 static enum kvs_status cu_rmsnorm(struct kvs_backend *b, float *out, const float *x, const float *w, int T, int n,
@@ -777,6 +789,8 @@ static const struct kvs_backend_ops cuda_ops = {
     .buf_download = cu_buf_download,
     .host_alloc = cu_host_alloc,
     .host_free = cu_host_free,
+    .range_push = cu_range_push,
+    .range_pop = cu_range_pop,
     .rmsnorm = cu_rmsnorm,
     .rope = cu_rope,
     .set_weights = cu_set_weights,

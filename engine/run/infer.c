@@ -42,6 +42,8 @@ struct kvs_ctx {
     /* host staging for a press that reads host arrays on a device backend, or a layer hook */
     float *h_x, *h_xn, *h_q, *h_k, *h_v, *h_att;
     struct kvs_ctx_xfer xfer;
+    char (*layer_names)[24];    /* (n_layer) "layer L": NVTX range names made once */
+    int ranges_open;            /* profiler ranges pushed and not yet popped */
     struct kvs_op_counter ctr[KVS_OP_COUNT];
     kvs_layer_hook hook;
     void *hook_ud;
@@ -153,7 +155,9 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
     const struct kvs_hparams *hp = &model->hp;
     c->pos = malloc((size_t)p->n_batch * sizeof(int32_t));
     c->lc = calloc(hp->n_layer ? hp->n_layer : 1, sizeof *c->lc);
-    if (!c->pool || !c->freqs || !c->pos || !c->lc) goto oom;
+    c->layer_names = calloc(hp->n_layer ? hp->n_layer : 1, sizeof *c->layer_names);
+    if (!c->pool || !c->freqs || !c->pos || !c->lc || !c->layer_names) goto oom;
+    for (uint32_t l = 0; l < hp->n_layer; l++) snprintf(c->layer_names[l], sizeof c->layer_names[l], "layer %u", l);
     const char *bname = p->backend[0] ? p->backend : "cpu";
     enum kvs_status bst = kvs_backend_new(&c->be, bname, c->pool, err, errlen);
     if (bst != KVS_OK) {
@@ -238,6 +242,7 @@ void kvs_ctx_delete(struct kvs_ctx *c)
     }
     free(c->bw);
     free(c->lc);
+    free(c->layer_names);
     kvs_backend_delete(c->be);
     kvs_pool_delete(c->pool);
     free(c->freqs);
@@ -303,6 +308,19 @@ static float *host_view(struct kvs_ctx *c, const struct kvs_buf *buf, float *sta
     return stage;
 }
 
+static void range_push(struct kvs_ctx *c, const char *name)
+{
+    kvs_backend_range_push(c->be, name);
+    c->ranges_open++;
+}
+
+static void range_pop(struct kvs_ctx *c)
+{
+    if (c->ranges_open <= 0) return;
+    kvs_backend_range_pop(c->be);
+    c->ranges_open--;
+}
+
 /* One chunk of T <= n_batch tokens. */
 static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int T, float *logits_all)
 {
@@ -339,6 +357,7 @@ static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int 
     for (int l = 0; l < (int)hp->n_layer; l++) {
         const struct layer_consts *lc = &c->lc[l];
         const struct kvs_backend_weight *bw = &c->bw[l * 7];
+        range_push(c, c->layer_names[l]);
         uint64_t t0 = kvs_now_ns();
         TRY(kvs_backend_rmsnorm_buf(be, xn, x, lc->attn_norm, T, D, hp->rms_eps));
         ctr_add(c, KVS_OP_NORM, t0, (uint64_t)T * D * 12, (uint64_t)T * D * 4);
@@ -397,6 +416,7 @@ static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int 
         TRY(kvs_backend_swiglu(be, gate, up, (size_t)T * F));
         TRY(matmul_ctr(c, &bw[6], gate, tmp, T));
         TRY(kvs_backend_add(be, x, tmp, (size_t)T * D));
+        range_pop(c);
     }
     c->n_past += T;
     if (pr->ops->end_step) {
@@ -453,7 +473,13 @@ enum kvs_status kvs_ctx_eval(struct kvs_ctx *c, const int32_t *tokens, int n, fl
     }
     for (int i = 0; i < n; i += c->p.n_batch) {
         int T = KVS_MIN(c->p.n_batch, n - i);
+        /* one range per step (a prefill chunk or a decoded token), one per layer inside it */
+        char name[48];
+        if (T == 1) snprintf(name, sizeof name, "decode %d", c->n_past);
+        else snprintf(name, sizeof name, "prefill %d-%d", c->n_past, c->n_past + T - 1);
+        range_push(c, name);
         enum kvs_status st = eval_chunk(c, tokens + i, T, logits ? logits + (size_t)i * c->m->hp.n_vocab : NULL);
+        while (c->ranges_open > 0) range_pop(c); /* an error may leave a layer's range open */
         if (st != KVS_OK) return st;
     }
     return KVS_OK;

@@ -5,12 +5,14 @@
  * kernel pointer argument, with a red zone behind each one checked after every launch.
  * Programming errors that a GPU would turn into a fault abort with a line naming the kernel. */
 #include <cuda_runtime.h>
+#include <nvtx3/nvToolsExt.h>
 
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include <sys/mman.h>
@@ -656,6 +658,36 @@ cudaError_t cudaFree(void *p)
     allocs.erase((uintptr_t)p);
     free(p);
     return cudaSuccess;
+}
+
+/* NVTX ranges: pushes append "name>" to a log, pops append "<"; a pop without a push is recorded
+ * as "!" so the nesting can be checked. kvs_cuda_emu_nvtx_log hands the log over and clears it. */
+static std::string nvtx_log;
+static int nvtx_depth;
+int nvtxRangePushA(const char *message)
+{
+    std::lock_guard<std::mutex> g(mem_lock);
+    nvtx_log += message ? message : "(null)";
+    nvtx_log += '>';
+    return nvtx_depth++;
+}
+int nvtxRangePop(void)
+{
+    std::lock_guard<std::mutex> g(mem_lock);
+    if (nvtx_depth == 0) {
+        nvtx_log += '!';
+        return -1;
+    }
+    nvtx_log += '<';
+    return --nvtx_depth;
+}
+/* Copies the log into BUF (CAP bytes, truncated) and clears it; returns the current depth. */
+extern "C" __attribute__((visibility("default"))) int kvs_cuda_emu_nvtx_log(char *buf, size_t cap)
+{
+    std::lock_guard<std::mutex> g(mem_lock);
+    if (cap) snprintf(buf, cap, "%s", nvtx_log.c_str());
+    nvtx_log.clear();
+    return nvtx_depth;
 }
 
 /* Pinned host memory is plain host memory here, tracked so that a wrong free is reported. */
