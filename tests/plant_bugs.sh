@@ -92,8 +92,8 @@ plant "kv pool: attention mass restarts at every query chunk" attention.cu 's/fl
 plant "kv pool: attention mass not zeroed first" attention.cu 's/if \(a->mass && a->n\) CUDA_CHECK\(cudaMemsetAsync\(a->mass, [^;]*;//'
 
 # the element-wise steps of a device-resident token (embedding.cu, elementwise.cu)
-plant "embedding reads the next token's row" embedding.cu \
-    's/const __half \*row = table \+ \(size_t\)tokens\[blockIdx.x\] \* cols;/const __half *row = table + (size_t)(tokens[blockIdx.x] + 1) * cols;/'
+plant "embedding reads a neighbouring token's row" embedding.cu \
+    's/const __half \*row = table \+ \(size_t\)tokens\[blockIdx.x\] \* cols;/const __half *row = table + (size_t)(tokens[blockIdx.x] ^ 1) * cols;/'
 plant "bias indexed by row instead of column" elementwise.cu 's/y\[i\] \+= b\[i % n\]/y[i] += b[i \/ n]/'
 plant "SwiGLU sigmoid with the wrong sign" elementwise.cu 's/g\[i\] = v \/ \(1\.0f \+ expf\(-v\)\) \* u\[i\];/g[i] = v \/ (1.0f + expf(v)) * u[i];/'
 plant "residual add drops the last element" elementwise.cu 's/i < n; i \+= stride\) x\[i\] \+= y\[i\];/i < n - 1; i += stride) x[i] += y[i];/'
