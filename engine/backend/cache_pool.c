@@ -35,8 +35,17 @@ void kvs_cache_pool_delete(struct kvs_cache_pool *p)
         p->rows[l].n = 0;
         if (p->rows[l].cap) kvs_backend_kv_grow(p->be, &p->rows[l], p->dkv, 0);
     }
+    for (int i = 0; i < 2; i++) kvs_backend_buf_free(p->be, &p->stage[i]);
     free(p->rows);
     free(p);
+}
+
+/* Staging buffer I of at least BYTES (kept for the pool's life: no allocation per call). */
+static enum kvs_status stage_buf(struct kvs_cache_pool *p, int i, size_t bytes)
+{
+    if (p->stage[i].data && p->stage[i].bytes >= bytes) return KVS_OK;
+    kvs_backend_buf_free(p->be, &p->stage[i]);
+    return kvs_backend_buf_alloc(p->be, &p->stage[i], bytes + bytes / 2);
 }
 
 static enum kvs_status fail(struct kvs_cache_pool *p, enum kvs_status st, const char *what, int layer)
@@ -84,23 +93,19 @@ enum kvs_status kvs_cache_pool_attend_buf(struct kvs_cache_pool *p, int layer, i
     return st == KVS_OK ? KVS_OK : fail(p, st, "attention", layer);
 }
 
-/* Host arrays on a backend whose memory is not the host's go through temporary buffers. */
+/* Host arrays on a backend whose memory is not the host's go through the pool's staging buffers. */
 enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
                                      const float *k, const float *v)
 {
     if (kvs_backend_host_memory(p->be)) return kvs_cache_pool_store_buf(p, layer, T, pos, k, v);
     if (!layer_ok(p, layer) || T < 0) return KVS_ERR_ARG;
     size_t bytes = (size_t)T * (size_t)p->dkv * sizeof(float);
-    struct kvs_buf bk = {0}, bv = {0};
-    enum kvs_status st = kvs_backend_buf_alloc(p->be, &bk, bytes);
-    if (st == KVS_OK) st = kvs_backend_buf_alloc(p->be, &bv, bytes);
-    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &bk, 0, k, bytes);
-    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &bv, 0, v, bytes);
-    if (st == KVS_OK) st = kvs_cache_pool_store_buf(p, layer, T, pos, bk.data, bv.data);
-    else fail(p, st, "staging", layer);
-    kvs_backend_buf_free(p->be, &bk);
-    kvs_backend_buf_free(p->be, &bv);
-    return st;
+    enum kvs_status st = stage_buf(p, 0, bytes);
+    if (st == KVS_OK) st = stage_buf(p, 1, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &p->stage[0], 0, k, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &p->stage[1], 0, v, bytes);
+    if (st != KVS_OK) return fail(p, st, "staging", layer);
+    return kvs_cache_pool_store_buf(p, layer, T, pos, p->stage[0].data, p->stage[1].data);
 }
 
 enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
@@ -111,16 +116,14 @@ enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T
         return kvs_cache_pool_attend_buf(p, layer, T, q_pos, n_head, n_head_kv, head_dim, q, out, mass);
     if (!layer_ok(p, layer) || T < 0 || n_head <= 0 || head_dim <= 0) return KVS_ERR_ARG;
     size_t bytes = (size_t)T * (size_t)n_head * (size_t)head_dim * sizeof(float);
-    struct kvs_buf bq = {0}, bo = {0};
-    enum kvs_status st = kvs_backend_buf_alloc(p->be, &bq, bytes);
-    if (st == KVS_OK) st = kvs_backend_buf_alloc(p->be, &bo, bytes);
-    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &bq, 0, q, bytes);
-    if (st != KVS_OK) fail(p, st, "staging", layer);
-    if (st == KVS_OK) st = kvs_cache_pool_attend_buf(p, layer, T, q_pos, n_head, n_head_kv, head_dim, bq.data, bo.data,
-                                                    mass);
-    if (st == KVS_OK && (st = kvs_backend_buf_download(p->be, out, &bo, 0, bytes)) != KVS_OK) fail(p, st, "staging", layer);
-    kvs_backend_buf_free(p->be, &bq);
-    kvs_backend_buf_free(p->be, &bo);
+    enum kvs_status st = stage_buf(p, 0, bytes);
+    if (st == KVS_OK) st = stage_buf(p, 1, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &p->stage[0], 0, q, bytes);
+    if (st != KVS_OK) return fail(p, st, "staging", layer);
+    st = kvs_cache_pool_attend_buf(p, layer, T, q_pos, n_head, n_head_kv, head_dim, p->stage[0].data,
+                                   p->stage[1].data, mass);
+    if (st == KVS_OK && (st = kvs_backend_buf_download(p->be, out, &p->stage[1], 0, bytes)) != KVS_OK)
+        return fail(p, st, "staging", layer);
     return st;
 }
 

@@ -11,6 +11,7 @@ struct kvs_cache_pool {
     struct kvs_backend *be;   /* owner of the storage (not owned; NULL: the CPU path) */
     int n_layer, dkv, block;  /* dkv = n_head_kv*head_dim; capacity grows in BLOCK rows */
     struct kvs_kv_rows *rows; /* (n_layer) */
+    struct kvs_buf stage[2];  /* backend buffers for host arrays on a device backend, grown on demand */
     char err[256];
 };
 
