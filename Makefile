@@ -170,7 +170,7 @@ $(BUILD)/kernels/%.o: kernels/%.cu kernels/kernels.h $(wildcard kernels/*.cuh)
 	$(Q)$(NVCC) $(CUDA_ARCH) $(NVCCFLAGS) $(NVCC_WARN) -std=c++17 -Ikernels -c $< -o $@
 $(CUDA_SO): $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(CUDA_SRC))
 	$(if $(Q),@echo "  LINK    $@")
-	$(Q)$(NVCC) -shared $(CUDA_ARCH) -o $@ $^ -lcublas -lcusolver -lcudart
+	$(Q)$(NVCC) -shared $(CUDA_ARCH) -o $@ $^ -lcublas -lcusolver -lcudart -ldl
 
 # ---- CUDA host emulation: the same kernels/*.cu as host C++ against tests/cuda_emu (no nvcc needed),
 # loaded through KVS_CUDA_LIB by the emulated tier of the tests. The score cap is lowered so that the

@@ -14,13 +14,15 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope generate [-m MODEL.gguf] (-p PROMPT | -f FILE) [-n N] [--chat] [--method M] [--cr X]\n"
           "                        [--temp T] [--top-p P] [--seed S] [-t THREADS] [--ctx N] [--batch-size N]\n"
-          "                        [--backend cpu|cuda|auto] [--precise] [--ckv-keys auto|bf16|int8|fp32] [--json]\n",
+          "                        [--backend cpu|cuda|auto] [--weights auto|bf16|fp16] [--precise]\n"
+          "                        [--ckv-keys auto|bf16|int8|fp32] [--json]\n",
           f);
 }
 
 int kvs_cmd_generate(int argc, char **argv)
 {
-    const char *model_path = NULL, *prompt = NULL, *file = NULL, *method = "full", *backend = "cpu";
+    const char *model_path = NULL, *prompt = NULL, *file = NULL, *method = "full", *backend = "cpu",
+               *weights = "auto";
     long n_predict = 64, threads = 0, n_ctx = 4096, n_batch = 256;
     double temp = 0, top_p = 0.95, cr = -1;
     uint64_t seed = 42;
@@ -35,6 +37,7 @@ int kvs_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { if (!v) goto needs; file = v; i++; }
         else if (!strcmp(a, "--method")) { if (!v) goto needs; method = v; i++; }
         else if (!strcmp(a, "--backend")) { if (!kvs_opt_backend(a, v, &backend)) return 2; i++; }
+        else if (!strcmp(a, "--weights")) { if (!kvs_opt_weights(a, v, &weights)) return 2; i++; }
         else if (!strcmp(a, "-n")) { if (!kvs_opt_int(a, v, 0, 1 << 20, &n_predict)) return 2; i++; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!kvs_opt_int(a, v, 0, 256, &threads)) return 2; i++; }
         else if (!strcmp(a, "--ctx")) { if (!kvs_opt_int(a, v, 16, 1 << 22, &n_ctx)) return 2; i++; }
@@ -88,7 +91,14 @@ int kvs_cmd_generate(int argc, char **argv)
     cp.n_threads = (int)threads;
     cp.precise = precise;
     snprintf(cp.backend, sizeof cp.backend, "%s", backend);
+    snprintf(cp.weights, sizeof cp.weights, "%s", weights);
     if (kvs_ctx_new(&ctx, m, press, &cp, err, sizeof err) != KVS_OK) { kvs_die_msg("%s", err); goto done; }
+    uint64_t clamped = 0;
+    const char *wtype = kvs_ctx_weights(ctx, &clamped);
+    if (clamped) /* never silent: fp16 cannot hold these weights */
+        fprintf(stderr, "kvscope: warning: %llu weight values exceed the fp16 range and were clamped to +-65504 "
+                "(--weights %s on %s); bf16 keeps them where the GPU supports it\n", (unsigned long long)clamped, wtype,
+                kvs_ctx_device(ctx));
     const char *ptext = text;
     if (chat) {
         if (!(chat_text = kvs_tokenizer_chat_format(m->tok, NULL, text))) { kvs_die_msg("generate: the model has no usable chat template"); goto done; }

@@ -32,7 +32,8 @@ static void usage(FILE *f)
 {
     fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--sinks N]\n"
           "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
-          "                   [--backend cpu|cuda|auto] [--precise] [--ckv-keys auto|bf16|int8|fp32]\n"
+          "                   [--backend cpu|cuda|auto] [--weights auto|bf16|fp16] [--precise]\n"
+          "                   [--ckv-keys auto|bf16|int8|fp32]\n"
           "                   [--theme default|mono|projector] [--no-mouse] [--batch] [--record FILE [--force]]\n"
           "                   [--compare-full]\n",
           f);
@@ -207,7 +208,7 @@ static bool record_close(struct kvs_trace_writer *w, const char *path)
 int kvs_cmd_run(int argc, char **argv)
 {
     const char *model_path = NULL, *prompt = NULL, *file = NULL, *record = NULL;
-    const char *method = NULL, *theme_name = NULL, *backend = "cpu";
+    const char *method = NULL, *theme_name = NULL, *backend = "cpu", *weights = "auto";
     double cr = NAN, rank_ratio = NAN;
     long group = -1, sinks = -1, recent = -1, n_predict = 64, n_ctx = 2048, threads = 0;
     uint64_t seed = 42;
@@ -223,6 +224,7 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "--method")) { if (!v) goto needs; method = v; i++; }
         else if (!strcmp(a, "--record")) { if (!v) goto needs; record = v; i++; }
         else if (!strcmp(a, "--backend")) { if (!kvs_opt_backend(a, v, &backend)) return 2; i++; }
+        else if (!strcmp(a, "--weights")) { if (!kvs_opt_weights(a, v, &weights)) return 2; i++; }
         else if (!strcmp(a, "--theme")) { if (!v) goto needs; theme_name = v; i++; }
         else if (!strcmp(a, "--cr")) { if (!kvs_opt_cr(a, v, &cr)) return 2; i++; }
         else if (!strcmp(a, "--rank-ratio")) { if (!kvs_opt_float(a, v, 0, 1, &rank_ratio)) return 2; i++; }
@@ -322,6 +324,7 @@ int kvs_cmd_run(int argc, char **argv)
     l.base.precise = precise;
     l.ckv_keys = ckv_keys;
     snprintf(l.base.backend, sizeof l.base.backend, "%s", backend);
+    snprintf(l.base.weights, sizeof l.base.weights, "%s", weights);
     l.base.seed = seed;
     l.base.lossless = !tui; /* batch output must not lose records; the TUI must not slow the engine */
     l.q = kvs_queue_new(4096);

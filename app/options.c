@@ -88,6 +88,17 @@ bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out)
     return true;
 }
 
+bool kvs_opt_weights(const char *opt, const char *val, const char **out)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    if (strcmp(val, "auto") && strcmp(val, "bf16") && strcmp(val, "fp16")) {
+        kvs_die_msg("option %s: '%s' is not auto, bf16 or fp16", opt, val);
+        return false;
+    }
+    *out = val;
+    return true;
+}
+
 bool kvs_opt_backend(const char *opt, const char *val, const char **out)
 {
     if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }

@@ -17,6 +17,8 @@ bool kvs_opt_u64(const char *opt, const char *val, uint64_t *out);
 bool kvs_opt_backend(const char *opt, const char *val, const char **out);
 /* A CommonKV key kernel (enum kvs_ckv_keys): auto, bf16, int8 or fp32. */
 bool kvs_opt_ckv_keys(const char *opt, const char *val, uint32_t *out);
+/* --weights auto|bf16|fp16: the type of the CUDA backend's weight copies. */
+bool kvs_opt_weights(const char *opt, const char *val, const char **out);
 /* A method spec kvs_method_parse accepts ("commonkv+quant"); checked before any model is loaded. */
 bool kvs_opt_method(const char *opt, const char *val);
 /* A comma-separated list of method specs, each accepted by kvs_method_parse, no empty entries,

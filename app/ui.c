@@ -4,6 +4,7 @@
  * Depends on views/ (curses through them), app/config.h and engine/core/record.h. */
 #include "ui.h"
 
+#include "backend.h"
 #include "crt.h"
 #include "frame.h"
 #include "history.h"
@@ -713,6 +714,9 @@ static void draw(struct ui *u)
         settings_text(&u->want, settings, sizeof settings);
         fi.settings = settings;
         fi.pending = u->pending;
+        bool gpu = false;
+        kvs_backend_probe(&gpu);
+        if (!gpu) fi.gpu_note = kvs_backend_probe_detail(); /* why a live run stays on the CPU */
     }
     fi.mode = mode;
     fi.pinned = u->pin.set;

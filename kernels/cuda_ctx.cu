@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <nvtx3/nvToolsExt.h>
+
 #include "internal.cuh"
 
 const char *kvs_cusolver_status_str(cusolverStatus_t s)
@@ -126,6 +128,11 @@ static void api_shutdown(struct kvs_cuda_ctx *c)
 }
 
 static const char *api_device_name(const struct kvs_cuda_ctx *c) { return c ? c->name : ""; }
+static int api_compute_capability(const struct kvs_cuda_ctx *c) { return c ? c->cc_major * 10 + c->cc_minor : 0; }
+/* NVTX3 is header-only: without a tool (NSYS_... injection) attached the first call finds none and
+ * every later one returns at once; no GPU or driver is needed. */
+static void api_range_push(struct kvs_cuda_ctx *c, const char *name) { nvtxRangePushA(name); }
+static void api_range_pop(struct kvs_cuda_ctx *c) { nvtxRangePop(); }
 static const char *api_last_error(const struct kvs_cuda_ctx *c) { return c ? c->err : ""; }
 
 void *kvs_cuda_scratch(struct kvs_cuda_ctx *c, int slot, size_t bytes)
@@ -172,7 +179,8 @@ static void api_free(struct kvs_cuda_ctx *c, void *dptr)
 static int api_upload(struct kvs_cuda_ctx *c, void *dst, const void *src, size_t bytes)
 {
     if (!bytes) return KVS_CUDA_OK;
-    /* from pageable memory the call returns once SRC has been staged, so SRC may be reused */
+    /* from pageable memory the call returns once SRC has been staged, so SRC may be reused; from
+     * pinned memory (host_alloc) it is asynchronous and the next download orders it */
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     return KVS_CUDA_OK;
 fail:
@@ -202,6 +210,23 @@ static int api_copy(struct kvs_cuda_ctx *c, void *dst, const void *src, size_t b
     return KVS_CUDA_OK;
 fail:
     return KVS_CUDA_FAIL;
+}
+
+static int api_host_alloc(struct kvs_cuda_ctx *c, void **hptr, size_t bytes)
+{
+    *hptr = NULL;
+    CUDA_CHECK(cudaMallocHost(hptr, bytes ? bytes : 1));
+    return KVS_CUDA_OK;
+fail:
+    *hptr = NULL;
+    return KVS_CUDA_FAIL;
+}
+
+static void api_host_free(struct kvs_cuda_ctx *c, void *hptr)
+{
+    if (!hptr) return;
+    cudaStreamSynchronize(c->stream); /* a copy from it may still be queued */
+    if (cudaFreeHost(hptr) != cudaSuccess) snprintf(c->err, sizeof c->err, "cudaFreeHost failed");
 }
 
 /* ---------------------------------------------------------------- weights */
@@ -316,6 +341,15 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_lat_store,
     kvs_cuda_lat_compact,
     kvs_cuda_lat_merge,
+    api_host_alloc,
+    api_host_free,
+    kvs_cuda_embed,
+    kvs_cuda_add_bias,
+    kvs_cuda_add,
+    kvs_cuda_swiglu,
+    api_compute_capability,
+    api_range_push,
+    api_range_pop,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

@@ -16,7 +16,9 @@ extern "C" {
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
 #define KVS_CUDA_ABI_VERSION 3u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
-                                 * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge) */
+                                 * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
+                                 *    pinned host memory, embed, add_bias, add, swiglu,
+                                 *    compute_capability, NVTX ranges */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -172,13 +174,29 @@ struct kvs_cuda_api {
     int (*lat_compact)(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
                        const int32_t *src, int n_keep);
     int (*lat_merge)(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *a);
+
+    /* Page-locked host memory (cudaMallocHost) for staging: copies from and to it run at full
+     * speed and asynchronously (an upload from it may still run when upload returns). */
+    int (*host_alloc)(struct kvs_cuda_ctx *c, void **hptr, size_t bytes);
+    void (*host_free)(struct kvs_cuda_ctx *c, void *hptr);
+    /* The element-wise steps of a token (twins in engine/cpu/embedding.c, elementwise.c). */
+    int (*embed)(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const int32_t *tokens, int T, float *out);
+    int (*add_bias)(struct kvs_cuda_ctx *c, float *y, const float *b, int T, int n);
+    int (*add)(struct kvs_cuda_ctx *c, float *x, const float *y, int64_t n);
+    int (*swiglu)(struct kvs_cuda_ctx *c, float *g, const float *u, int64_t n);
+    /* The context's device compute capability as major*10 + minor (80 for sm_80). */
+    int (*compute_capability)(const struct kvs_cuda_ctx *c);
+    /* NVTX ranges (Nsight Systems timelines): push NAME, pop the innermost. Without a tool
+     * attached each call is a check of a function pointer. */
+    void (*range_push)(struct kvs_cuda_ctx *c, const char *name);
+    void (*range_pop)(struct kvs_cuda_ctx *c);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
 const struct kvs_cuda_api *kvs_cuda_get_api(void);
 typedef const struct kvs_cuda_api *(*kvs_cuda_get_api_fn)(void);
 
-/* ---- the launchers behind the table, named after their CPU twins (engine/run/infer.h, backend.h).
+/* ---- the launchers behind the table, named after their CPU twins (engine/cpu/<stem>.h, backend.h).
  * The engine reaches them only through the table; they are listed here so that each twin pair
  * can be found by name. All pointers are device memory. ---- */
 
@@ -212,6 +230,12 @@ int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int ro
 int kvs_cuda_lat_compact(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
                          const int32_t *src, int n_keep);
 int kvs_cuda_lat_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *a);
+/* out (T, cols) fp32 = rows TOKENS (T, already checked against w->rows) of the table W; kernels/embedding.cu. */
+int kvs_cuda_embed(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const int32_t *tokens, int T, float *out);
+/* kernels/elementwise.cu: y (T, n) += b (n); x (n) += y (n); g (n) = g / (1 + e^-g) · u (n). */
+int kvs_cuda_add_bias(struct kvs_cuda_ctx *c, float *y, const float *b, int T, int n);
+int kvs_cuda_add(struct kvs_cuda_ctx *c, float *x, const float *y, int64_t n);
+int kvs_cuda_swiglu(struct kvs_cuda_ctx *c, float *g, const float *u, int64_t n);
 
 #ifdef __cplusplus
 }

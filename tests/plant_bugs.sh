@@ -79,7 +79,7 @@ plant "GQA head->KV-head map shifted" attention.cu \
 plant "bf16 conversion off by a factor" cuda_ctx.cu 's/__float2bfloat16_rn\(src\[i\]\)/__float2bfloat16_rn(src[i] * 2.0f)/'
 plant "empty cache leaves the output unwritten" attention.cu \
     's/if \(a->n == 0\) \{\s*CUDA_CHECK\(cudaMemsetAsync\(a->out, 0, [^;]*;/if (a->n == 0) {/'
-plant "RoPE pairing swapped (interleaved <-> neox)" norm.cu 's/int a = neox \? i : 2 \* i, b = neox \? i \+ half : 2 \* i \+ 1;/int a = neox ? 2 * i : i, b = neox ? 2 * i + 1 : i + half;/'
+plant "RoPE pairing swapped (interleaved <-> neox)" rope.cu 's/int a = neox \? i : 2 \* i, b = neox \? i \+ half : 2 \* i \+ 1;/int a = neox ? 2 * i : i, b = neox ? 2 * i + 1 : i + half;/'
 plant "missing __syncthreads before the block sum reads the partials" internal.cuh \
     's/(if \(lane == 0\) part\[warp\] = v;\n)\s*__syncthreads\(\);\n(\s*v = lane < nw \? part\[lane\] : 0\.0f;)/$1$2/'
 
@@ -99,6 +99,12 @@ plant "latent pool: merged rows overwrite the shared segment's first rows" laten
     's/size_t to = \(size_t\)\(a\.row0 \+ r\) \* a\.width;/size_t to = (size_t)r * a.width;/'
 plant "latent pool: compaction moves only the first layer's rows" latent_pool.cu \
     's/for \(int a = 0; a < n_arr; a\+\+\) \{/for (int a = 0; a < 1; a++) {/'
+# the element-wise steps of a device-resident token (embedding.cu, elementwise.cu)
+plant "embedding reads a neighbouring token's row" embedding.cu \
+    's/const __half \*row = table \+ \(size_t\)tokens\[blockIdx.x\] \* cols;/const __half *row = table + (size_t)(tokens[blockIdx.x] ^ 1) * cols;/'
+plant "bias indexed by row instead of column" elementwise.cu 's/y\[i\] \+= b\[i % n\]/y[i] += b[i \/ n]/'
+plant "SwiGLU sigmoid with the wrong sign" elementwise.cu 's/g\[i\] = v \/ \(1\.0f \+ expf\(-v\)\) \* u\[i\];/g[i] = v \/ (1.0f + expf(v)) * u[i];/'
+plant "residual add drops the last element" elementwise.cu 's/i < n; i \+= stride\) x\[i\] \+= y\[i\];/i < n - 1; i += stride) x[i] += y[i];/'
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

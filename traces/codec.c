@@ -92,6 +92,8 @@ static void enc_run(struct kvt_buf *b, const struct kvs_rec_run *r)
     kvt_buf_f32(b, r->plan_merge_floor);
     put_str(b, r->plan_note, sizeof r->plan_note);
     kvt_buf_u32(b, r->ckv_keys);
+    put_str(b, r->weights, sizeof r->weights);
+    kvt_buf_u64(b, r->weights_saturated);
 }
 
 static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
@@ -286,6 +288,13 @@ static void dec_run(struct cur *c, struct kvs_rec_run *r)
         gstr(c, r->plan_note, sizeof r->plan_note);
     }
     r->ckv_keys = c->pos < c->len ? g32(c) : KVS_CKV_KEYS_AUTO; /* appended field: absent in older traces */
+    /* appended weights fields: absent in older traces ("" = not recorded, 0 clamped) */
+    r->weights[0] = 0;
+    r->weights_saturated = 0;
+    if (c->pos < c->len) {
+        gstr(c, r->weights, sizeof r->weights);
+        r->weights_saturated = g64(c);
+    }
 }
 
 static void dec_step(struct cur *c, struct kvs_rec_step *s)

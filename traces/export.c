@@ -171,6 +171,10 @@ static void json_run(FILE *f, const struct kvs_rec_run *r)
     const char *keys = r->ckv_keys != KVS_CKV_KEYS_AUTO ? kvs_ckv_keys_name(r->ckv_keys) : NULL;
     fputs(",\"ckv_keys\":", f);
     if (keys) kvs_json_string(f, keys, strlen(keys)); else fputs("null", f);
+    fputs(",\"weights\":", f);
+    JS(f, r->weights);
+    fputs(",\"weights_saturated\":", f);
+    ju64(f, r->weights_saturated);
 }
 
 static void json_step(FILE *f, const struct kvs_rec_step *s)

@@ -95,7 +95,11 @@ static void draw_status(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx 
         x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);
     }
     if (run && r.w - x > 20) {
-        snprintf(buf, sizeof buf, "| %s %s", run->model, run->backend);
+        snprintf(buf, sizeof buf, "| %s %s ", run->model, run->backend);
+        x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);
+    }
+    if (fi->gpu_note && r.w - x > 12) {
+        snprintf(buf, sizeof buf, "| GPU: %s", fi->gpu_note);
         x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);
     }
     (void)x;

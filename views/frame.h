@@ -37,6 +37,8 @@ struct kvs_frame_info {
     const char *keys_line;       /* key bar text */
     int focus, zoom;
     const char *stale;           /* non-NULL: the panels show a previous run; this labels them */
+    const char *gpu_note;        /* non-NULL: why this live run cannot use the GPU (the CUDA probe's
+                                  * status and detail), shown at the end of the status line */
 };
 
 /* Fills the layout request for a W x H terminal from each panel's size hints. */

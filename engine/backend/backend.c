@@ -1,8 +1,8 @@
 /* Backend registry (a static array, CPU first, CUDA found at run time), the wrappers that fall back
- * to the CPU path when an optional entry is NULL, and the CPU backend itself: thin adapters over
- * the reference functions of engine/run/infer.c and the CPU twins of engine/cpu/ (attention, K/V
- * pool, latent pool), plus the LAPACK SVD, which are the oracle for kernels/. Depends on libc,
- * BLAS/LAPACKE, engine/ headers; never prints, never exits. */
+ * to the CPU path when an optional entry is NULL or stage host arrays through backend buffers, and
+ * the CPU backend itself: thin adapters over the twins in engine/cpu/ (norm, rope, matmul,
+ * embedding, elementwise, attention, K/V pool, latent pool) and the LAPACK SVD, which are
+ * the oracle for kernels/. Depends on libc, BLAS/LAPACKE, engine/ headers; never prints, never exits. */
 #include "backend.h"
 #include "attention.h"
 #include "kv_pool.h"
@@ -13,8 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "infer.h"
+#include "elementwise.h"
+#include "embedding.h"
+#include "matmul.h"
+#include "norm.h"
 #include "quant.h"
+#include "rope.h"
 #include "record.h"
 
 /* ---------------------------------------------------------------- CPU references */
@@ -35,28 +39,17 @@ enum kvs_status kvs_cpu_svd(const float *a, int m, int n, float *u, float *s, fl
 
 /* ---------------------------------------------------------------- CPU backend */
 
-static void cpu_rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps)
-{
-    for (int t = 0; t < T; t++) kvs_cpu_rmsnorm(out + (size_t)t * n, x + (size_t)t * n, w, n, eps);
-}
-
-static void cpu_rope_rows(float *x, int T, int n_heads, int head_dim, const int32_t *pos, const float *freqs,
-                          bool neox)
-{
-    for (int t = 0; t < T; t++) kvs_cpu_rope(x + (size_t)t * n_heads * head_dim, n_heads, head_dim, pos[t], freqs, neox);
-}
-
 static enum kvs_status cpu_rmsnorm(struct kvs_backend *b, float *out, const float *x, const float *w, int T, int n,
                                    float eps)
 {
-    cpu_rmsnorm_rows(out, x, w, T, n, eps);
+    kvs_cpu_rmsnorm_rows(out, x, w, T, n, eps);
     return KVS_OK;
 }
 
 static enum kvs_status cpu_rope(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim,
                                 const int32_t *pos, const float *freqs, bool neox)
 {
-    cpu_rope_rows(x, T, n_heads, head_dim, pos, freqs, neox);
+    kvs_cpu_rope_rows(x, T, n_heads, head_dim, pos, freqs, neox);
     return KVS_OK;
 }
 
@@ -64,6 +57,31 @@ static enum kvs_status cpu_matmul(struct kvs_backend *b, const struct kvs_backen
                                   float *y, int T)
 {
     kvs_cpu_matmul_ex(b->pool, bw->w, x, y, T, b->precise);
+    return KVS_OK;
+}
+
+static enum kvs_status cpu_embed(struct kvs_backend *b, const struct kvs_backend_weight *bw, const int32_t *tokens,
+                                 int T, float *out)
+{
+    kvs_cpu_embedding(bw->w, tokens, T, out);
+    return KVS_OK;
+}
+
+static enum kvs_status cpu_add_bias(struct kvs_backend *b, float *y, const float *bias, int T, int n)
+{
+    kvs_cpu_add_bias(y, bias, T, n);
+    return KVS_OK;
+}
+
+static enum kvs_status cpu_add(struct kvs_backend *b, float *x, const float *y, size_t n)
+{
+    kvs_cpu_add(x, y, n);
+    return KVS_OK;
+}
+
+static enum kvs_status cpu_swiglu(struct kvs_backend *b, float *g, const float *u, size_t n)
+{
+    kvs_cpu_swiglu(g, u, n);
     return KVS_OK;
 }
 
@@ -147,11 +165,16 @@ static void cpu_destroy(struct kvs_backend *b) {}
 static const struct kvs_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
+    .buf_alloc = NULL, /* buffers are host memory */
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .weight_prepare = NULL, /* the CPU reads the model's mapping directly */
     .weight_release = NULL,
     .matmul = cpu_matmul,
+    .embed = cpu_embed,
+    .add_bias = cpu_add_bias,
+    .add = cpu_add,
+    .swiglu = cpu_swiglu,
     .attn_latent = cpu_attn_latent,
     .attn_kv16 = cpu_attn_kv16,
     .svd = cpu_svd,
@@ -252,19 +275,234 @@ const char *kvs_backend_error(const struct kvs_backend *b) { return b ? b->err :
 
 /* ---------------------------------------------------------------- wrappers (b may be NULL: CPU) */
 
+/* ---- buffers ---- */
+
+bool kvs_backend_host_memory(const struct kvs_backend *b) { return !b || !b->ops->buf_alloc; }
+
+enum kvs_status kvs_backend_buf_alloc(struct kvs_backend *b, struct kvs_buf *buf, size_t bytes)
+{
+    buf->data = NULL;
+    buf->bytes = 0;
+    size_t n = bytes ? bytes : 1;
+    if (kvs_backend_host_memory(b)) {
+        buf->data = malloc(n);
+        if (!buf->data) {
+            if (b) kvs_seterr(b->err, sizeof b->err, "out of memory for a buffer of %zu bytes", bytes);
+            return KVS_ERR_NOMEM;
+        }
+    } else {
+        enum kvs_status st = b->ops->buf_alloc(b, &buf->data, n);
+        if (st != KVS_OK) {
+            buf->data = NULL;
+            return st;
+        }
+    }
+    buf->bytes = bytes;
+    return KVS_OK;
+}
+
+void kvs_backend_buf_free(struct kvs_backend *b, struct kvs_buf *buf)
+{
+    if (buf->data) {
+        if (kvs_backend_host_memory(b)) free(buf->data);
+        else b->ops->buf_free(b, buf->data);
+    }
+    buf->data = NULL;
+    buf->bytes = 0;
+}
+
+enum kvs_status kvs_backend_buf_upload(struct kvs_backend *b, struct kvs_buf *buf, size_t off, const void *src,
+                                       size_t bytes)
+{
+    if (off > buf->bytes || bytes > buf->bytes - off) {
+        if (b) kvs_seterr(b->err, sizeof b->err, "upload of %zu bytes at %zu outside a buffer of %zu", bytes, off,
+                          buf->bytes);
+        return KVS_ERR_ARG;
+    }
+    if (!bytes) return KVS_OK;
+    if (kvs_backend_host_memory(b)) {
+        memcpy((char *)buf->data + off, src, bytes);
+        return KVS_OK;
+    }
+    b->xfer_up_bytes += bytes;
+    b->xfer_up_calls++;
+    return b->ops->buf_upload(b, (char *)buf->data + off, src, bytes);
+}
+
+enum kvs_status kvs_backend_buf_download(struct kvs_backend *b, void *dst, const struct kvs_buf *buf, size_t off,
+                                         size_t bytes)
+{
+    if (off > buf->bytes || bytes > buf->bytes - off) {
+        if (b) kvs_seterr(b->err, sizeof b->err, "download of %zu bytes at %zu outside a buffer of %zu", bytes, off,
+                          buf->bytes);
+        return KVS_ERR_ARG;
+    }
+    if (!bytes) return KVS_OK;
+    if (kvs_backend_host_memory(b)) {
+        memcpy(dst, (const char *)buf->data + off, bytes);
+        return KVS_OK;
+    }
+    b->xfer_down_bytes += bytes;
+    b->xfer_down_calls++;
+    return b->ops->buf_download(b, dst, (const char *)buf->data + off, bytes);
+}
+
+void *kvs_backend_host_alloc(struct kvs_backend *b, size_t bytes)
+{
+    if (!b || !b->ops->host_alloc) return malloc(bytes ? bytes : 1);
+    void *p = NULL;
+    return b->ops->host_alloc(b, &p, bytes ? bytes : 1) == KVS_OK ? p : NULL;
+}
+
+void kvs_backend_host_free(struct kvs_backend *b, void *p)
+{
+    if (!p) return;
+    if (!b || !b->ops->host_free) free(p);
+    else b->ops->host_free(b, p);
+}
+
+void kvs_backend_range_push(struct kvs_backend *b, const char *name)
+{
+    if (b && b->ops->range_push) b->ops->range_push(b, name);
+}
+
+void kvs_backend_range_pop(struct kvs_backend *b)
+{
+    if (b && b->ops->range_pop) b->ops->range_pop(b);
+}
+
+/* ---- per-token operations on backend memory ---- */
+
+enum kvs_status kvs_backend_rmsnorm_buf(struct kvs_backend *b, float *out, const float *x, const float *w, int T,
+                                        int n, float eps)
+{
+    if (b && b->ops->rmsnorm) return b->ops->rmsnorm(b, out, x, w, T, n, eps);
+    kvs_cpu_rmsnorm_rows(out, x, w, T, n, eps);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_rope_buf(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim,
+                                     const int32_t *pos, const float *freqs, bool neox)
+{
+    if (b && b->ops->rope) return b->ops->rope(b, x, T, n_heads, head_dim, pos, freqs, neox);
+    kvs_cpu_rope_rows(x, T, n_heads, head_dim, pos, freqs, neox);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_matmul_buf(struct kvs_backend *b, const struct kvs_backend_weight *bw, const float *x,
+                                       float *y, int T)
+{
+    if (b && b->ops->matmul && (bw->dev || !b->ops->weight_prepare)) return b->ops->matmul(b, bw, x, y, T);
+    if (!kvs_backend_host_memory(b)) {
+        kvs_seterr(b->err, sizeof b->err, "matmul: weight (%lld, %lld) has no copy in %s memory", (long long)bw->w->rows,
+                   (long long)bw->w->cols, b->ops->name);
+        return KVS_ERR_STATE;
+    }
+    kvs_cpu_matmul_ex(b ? b->pool : NULL, bw->w, x, y, T, b && b->precise);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_embed(struct kvs_backend *b, const struct kvs_backend_weight *bw, const int32_t *tokens,
+                                  int T, float *out)
+{
+    if (b && b->ops->embed && (bw->dev || !b->ops->weight_prepare)) return b->ops->embed(b, bw, tokens, T, out);
+    if (!kvs_backend_host_memory(b)) {
+        kvs_seterr(b->err, sizeof b->err, "embed: the table has no copy in %s memory", b->ops->name);
+        return KVS_ERR_STATE;
+    }
+    kvs_cpu_embedding(bw->w, tokens, T, out);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_add_bias(struct kvs_backend *b, float *y, const float *bias, int T, int n)
+{
+    if (b && b->ops->add_bias) return b->ops->add_bias(b, y, bias, T, n);
+    kvs_cpu_add_bias(y, bias, T, n);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_add(struct kvs_backend *b, float *x, const float *y, size_t n)
+{
+    if (b && b->ops->add) return b->ops->add(b, x, y, n);
+    kvs_cpu_add(x, y, n);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_swiglu(struct kvs_backend *b, float *g, const float *u, size_t n)
+{
+    if (b && b->ops->swiglu) return b->ops->swiglu(b, g, u, n);
+    kvs_cpu_swiglu(g, u, n);
+    return KVS_OK;
+}
+
+/* ---- the same on host arrays: direct on host memory, else staged through temporary buffers ---- */
+
+/* Temporary buffers of one staged call, freed together. */
+struct staged {
+    struct kvs_backend *b;
+    struct kvs_buf buf[4];
+    int n;
+};
+
+/* Buffer of BYTES holding a copy of SRC (NULL: uninitialised); NULL with b->err on failure. */
+static void *stage_in(struct staged *s, const void *src, size_t bytes)
+{
+    struct kvs_buf *bf = &s->buf[s->n];
+    if (kvs_backend_buf_alloc(s->b, bf, bytes) != KVS_OK) return NULL;
+    s->n++;
+    if (src && kvs_backend_buf_upload(s->b, bf, 0, src, bytes) != KVS_OK) return NULL;
+    return bf->data;
+}
+
+static enum kvs_status stage_out(struct staged *s, void *dst, int idx, size_t bytes)
+{
+    return kvs_backend_buf_download(s->b, dst, &s->buf[idx], 0, bytes);
+}
+
+static void stage_done(struct staged *s)
+{
+    for (int i = 0; i < s->n; i++) kvs_backend_buf_free(s->b, &s->buf[i]);
+}
+
 enum kvs_status kvs_backend_rmsnorm(struct kvs_backend *b, float *out, const float *x, const float *w, int T, int n,
                                     float eps)
 {
-    if (b && b->ops->rmsnorm) return b->ops->rmsnorm(b, out, x, w, T, n, eps);
-    cpu_rmsnorm_rows(out, x, w, T, n, eps);
-    return KVS_OK;
+    if (kvs_backend_host_memory(b)) return kvs_backend_rmsnorm_buf(b, out, x, w, T, n, eps);
+    if (T <= 0 || n <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
+    struct staged s = {.b = b};
+    size_t bytes = (size_t)T * n * sizeof(float);
+    float *dx = stage_in(&s, x, bytes), *dw = dx ? stage_in(&s, w, (size_t)n * sizeof(float)) : NULL;
+    float *dy = dw ? stage_in(&s, NULL, bytes) : NULL;
+    enum kvs_status st = dy ? kvs_backend_rmsnorm_buf(b, dy, dx, dw, T, n, eps) : KVS_ERR_BACKEND;
+    if (st == KVS_OK) st = stage_out(&s, out, 2, bytes);
+    stage_done(&s);
+    return st;
 }
 
 enum kvs_status kvs_backend_rope(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim,
                                  const int32_t *pos, const float *freqs, bool neox)
 {
-    if (b && b->ops->rope) return b->ops->rope(b, x, T, n_heads, head_dim, pos, freqs, neox);
-    cpu_rope_rows(x, T, n_heads, head_dim, pos, freqs, neox);
+    if (kvs_backend_host_memory(b)) return kvs_backend_rope_buf(b, x, T, n_heads, head_dim, pos, freqs, neox);
+    if (T <= 0 || n_heads <= 0 || head_dim <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
+    struct staged s = {.b = b};
+    size_t bytes = (size_t)T * n_heads * head_dim * sizeof(float);
+    float *dx = stage_in(&s, x, bytes);
+    int32_t *dp = dx ? stage_in(&s, pos, (size_t)T * sizeof(int32_t)) : NULL;
+    float *df = dp ? stage_in(&s, freqs, (size_t)(head_dim / 2) * sizeof(float)) : NULL;
+    enum kvs_status st = df ? kvs_backend_rope_buf(b, dx, T, n_heads, head_dim, dp, df, neox) : KVS_ERR_BACKEND;
+    if (st == KVS_OK) st = stage_out(&s, x, 0, bytes);
+    stage_done(&s);
+    return st;
+}
+
+enum kvs_status kvs_backend_set_weights(struct kvs_backend *b, const char *want)
+{
+    if (!want || !*want) want = "auto";
+    if (strcmp(want, "auto") && strcmp(want, "bf16") && strcmp(want, "fp16")) {
+        if (b) kvs_seterr(b->err, sizeof b->err, "unknown weights type '%s' (auto, bf16 or fp16)", want);
+        return KVS_ERR_ARG;
+    }
+    if (b && b->ops->set_weights) return b->ops->set_weights(b, want);
     return KVS_OK;
 }
 
@@ -273,6 +511,17 @@ enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_bac
 {
     bw->w = w;
     bw->dev = NULL;
+    bw->table = false;
+    if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_table_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
+                                          const struct kvs_weight *w)
+{
+    bw->w = w;
+    bw->dev = NULL;
+    bw->table = true;
     if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
     return KVS_OK;
 }
@@ -286,9 +535,16 @@ void kvs_backend_weight_release(struct kvs_backend *b, struct kvs_backend_weight
 enum kvs_status kvs_backend_matmul(struct kvs_backend *b, const struct kvs_backend_weight *bw, const float *x,
                                    float *y, int T)
 {
-    if (b && b->ops->matmul && (bw->dev || !b->ops->weight_prepare)) return b->ops->matmul(b, bw, x, y, T);
-    kvs_cpu_matmul_ex(b ? b->pool : NULL, bw->w, x, y, T, b && b->precise);
-    return KVS_OK;
+    if (kvs_backend_host_memory(b)) return kvs_backend_matmul_buf(b, bw, x, y, T);
+    if (T <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
+    struct staged s = {.b = b};
+    size_t ybytes = (size_t)T * (size_t)bw->w->rows * sizeof(float);
+    float *dx = stage_in(&s, x, (size_t)T * (size_t)bw->w->cols * sizeof(float));
+    float *dy = dx ? stage_in(&s, NULL, ybytes) : NULL;
+    enum kvs_status st = dy ? kvs_backend_matmul_buf(b, bw, dx, dy, T) : KVS_ERR_BACKEND;
+    if (st == KVS_OK) st = stage_out(&s, y, 1, ybytes);
+    stage_done(&s);
+    return st;
 }
 
 enum kvs_status kvs_backend_attn_latent(struct kvs_backend *b, const struct kvs_attn_latent_args *a,
@@ -347,6 +603,10 @@ enum kvs_status kvs_backend_kv_store(struct kvs_backend *b, struct kvs_kv_rows *
                                      const int32_t *pos, const float *k, const float *v)
 {
     if (kvs_backend_kv_native(b)) return b->ops->kv_store(b, L, dkv, T, pos, k, v);
+    if (!kvs_backend_host_memory(b)) { /* the CPU twin cannot read another backend's buffers */
+        kvs_seterr(b->err, sizeof b->err, "kv_store: %s has buffers but no K/V pool entries", b->ops->name);
+        return KVS_ERR_STATE;
+    }
     uint64_t t0 = fallback_begin(b);
     enum kvs_status st = kvs_cpu_kv_store(L, dkv, T, pos, k, v);
     fallback_end(b, t0);
@@ -357,6 +617,10 @@ enum kvs_status kvs_backend_kv_attend(struct kvs_backend *b, const struct kvs_kv
                                       const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass)
 {
     if (kvs_backend_kv_native(b)) return b->ops->kv_attend(b, L, a, q, out, mass);
+    if (!kvs_backend_host_memory(b)) {
+        kvs_seterr(b->err, sizeof b->err, "kv_attend: %s has buffers but no K/V pool entries", b->ops->name);
+        return KVS_ERR_STATE;
+    }
     uint64_t t0 = fallback_begin(b);
     enum kvs_status st = kvs_cpu_kv_attend(b ? b->pool : NULL, L, a, q, out, mass);
     fallback_end(b, t0);

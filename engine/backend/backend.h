@@ -92,6 +92,8 @@ struct kvs_lat_rows {
 struct kvs_backend_weight {
     const struct kvs_weight *w;
     void *dev;                /* backend-owned (e.g. struct kvs_cuda_weight *); NULL: CPU path */
+    bool table;               /* read by rows (embedding), never a product operand: the backend may
+                               * keep it in a more precise 2-byte type than the products' */
 };
 
 struct kvs_backend;
@@ -100,19 +102,56 @@ struct kvs_op_counter;
 struct kvs_backend_ops {
     const char *name;         /* "cpu", "cuda" */
     void (*destroy)(struct kvs_backend *b);
+
+    /* Buffers in the backend's memory (activations of the forward pass, constants such as norm
+     * weights and biases). The four entries come as a set: buf_alloc NULL -> the backend computes on
+     * host memory, buffers are malloc'd and up/downloads are memcpy. */
+    /* optional: NULL -> host memory. *data receives BYTES (>= 1) of backend memory. */
+    enum kvs_status (*buf_alloc)(struct kvs_backend *b, void **data, size_t bytes);
+    void (*buf_free)(struct kvs_backend *b, void *data);
+    /* Copies BYTES from host SRC to backend memory DST, ordered after earlier work; from memory of
+     * host_alloc the copy may still run after the call returns: SRC must then stay unchanged until
+     * the next download. */
+    enum kvs_status (*buf_upload)(struct kvs_backend *b, void *dst, const void *src, size_t bytes);
+    /* Copies BYTES from backend memory SRC to host DST once all earlier work is done (waits). */
+    enum kvs_status (*buf_download)(struct kvs_backend *b, void *dst, const void *src, size_t bytes);
+    /* optional: NULL -> malloc. Host memory the backend copies to and from fastest (pinned for
+     * CUDA): staging for the logits and the press boundary. */
+    enum kvs_status (*host_alloc)(struct kvs_backend *b, void **p, size_t bytes);
+    void (*host_free)(struct kvs_backend *b, void *p);
+
+    /* optional: NULL -> nothing. Named ranges for a profiler's timeline (NVTX on CUDA), nested. */
+    void (*range_push)(struct kvs_backend *b, const char *name);
+    void (*range_pop)(struct kvs_backend *b);
+
+    /* Per-token operations: every float and int32 pointer below is in the backend's memory (a
+     * kvs_buf's data), so a token's activations stay there through every layer. */
     /* out (T, n) = RMSNorm of x (T, n) with weight w (n). */
     enum kvs_status (*rmsnorm)(struct kvs_backend *b, float *out, const float *x, const float *w, int T, int n,
                                float eps);
-    /* Rotates x (T, n_heads, head_dim) in place, token t at pos[t]. */
+    /* Rotates x (T, n_heads, head_dim) in place, token t at pos[t]; freqs (head_dim/2). */
     enum kvs_status (*rope)(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim, const int32_t *pos,
                             const float *freqs, bool neox);
+    /* optional: NULL -> the weights are read as the model stores them (CPU). Chooses the type of
+     * the device copies made from now on: WANT "auto" (the device's best), "bf16" or "fp16";
+     * KVS_ERR_UNSUPPORTED when the device cannot compute in it. Sets b->weights. */
+    enum kvs_status (*set_weights)(struct kvs_backend *b, const char *want);
     /* optional: NULL -> CPU path (bw->dev stays NULL). Makes a device copy of bw->w. */
     enum kvs_status (*weight_prepare)(struct kvs_backend *b, struct kvs_backend_weight *bw);
     /* optional: NULL -> nothing to release */
     void (*weight_release)(struct kvs_backend *b, struct kvs_backend_weight *bw);
-    /* optional: NULL -> CPU path. y (T, rows) = x (T, cols) · Wᵀ; only called when bw->dev is set. */
+    /* y (T, rows) = x (T, cols) · Wᵀ; on a backend with weight_prepare, only called when bw->dev is set. */
     enum kvs_status (*matmul)(struct kvs_backend *b, const struct kvs_backend_weight *bw, const float *x, float *y,
                               int T);
+    /* out (T, cols) = rows TOKENS (T, checked by the caller) of the table BW (n_vocab, cols). */
+    enum kvs_status (*embed)(struct kvs_backend *b, const struct kvs_backend_weight *bw, const int32_t *tokens,
+                             int T, float *out);
+    /* y (T, n) += bias (n) on every row. */
+    enum kvs_status (*add_bias)(struct kvs_backend *b, float *y, const float *bias, int T, int n);
+    /* x (n) += y (n): the residual stream. */
+    enum kvs_status (*add)(struct kvs_backend *b, float *x, const float *y, size_t n);
+    /* g (n) = silu(g) · u (n). */
+    enum kvs_status (*swiglu)(struct kvs_backend *b, float *g, const float *u, size_t n);
     /* optional: NULL -> CPU path. q (T, n_head*head_dim) after RoPE; out (T, n_head*head_dim). */
     enum kvs_status (*attn_latent)(struct kvs_backend *b, const struct kvs_attn_latent_args *a, const float *q,
                                    float *out);
@@ -128,11 +167,12 @@ struct kvs_backend_ops {
      * fallback); kv_grow set -> all five are set. DKV = n_head_kv*head_dim; host arrays are marked. */
     /* optional: NULL -> CPU path. Grows L to CAP >= L->n rows, keeping its rows (CAP 0 frees). */
     enum kvs_status (*kv_grow)(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int cap);
-    /* Appends T rows: k, v (T, dkv) fp32 host, stored as fp16 by the backend; pos (T) host. */
+    /* Appends T rows: k, v (T, dkv) fp32 in backend memory, stored as fp16; pos (T) host. */
     enum kvs_status (*kv_store)(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int T, const int32_t *pos,
                                 const float *k, const float *v);
-    /* out (T, n_head*head_dim) host = attention of q (T, n_head*head_dim) host over L's rows. MASS
-     * (L->n) host, when not NULL, receives each row's attention mass summed over queries and heads. */
+    /* out (T, n_head*head_dim) = attention of q (T, n_head*head_dim) over L's rows, both in backend
+     * memory. MASS (L->n) host, when not NULL, receives each row's attention mass summed over
+     * queries and heads. */
     enum kvs_status (*kv_attend)(struct kvs_backend *b, const struct kvs_kv_rows *L,
                                  const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass);
     /* Keeps the rows whose KEEP (L->n) host byte is non-zero, in order (eviction). */
@@ -174,6 +214,12 @@ struct kvs_backend {
     struct kvs_op_counter *ctr; /* (KVS_OP_COUNT) where CPU fallbacks are counted (not owned; may be NULL) */
     uint64_t pool_bytes;      /* K/V pool and latent segment storage allocated through this backend's own
                                * kv_grow and lat_grow entries */
+    char weights[8];          /* type of the device copies of the weights: "bf16", "fp16"; "" when the
+                               * backend reads the model's own (CPU) */
+    /* weights uploaded as fp16 whose |value| exceeded 65504 and was clamped (0 for bf16 or the CPU) */
+    uint64_t weights_saturated;
+    /* host<->backend copies through the buffer wrappers (zero on a host-memory backend) */
+    uint64_t xfer_up_bytes, xfer_down_bytes, xfer_up_calls, xfer_down_calls;
     char err[512];            /* last error */
 };
 
@@ -197,6 +243,11 @@ const struct kvs_backend_entry *kvs_backend_entry_at(int i);
  * when CUDA is missing. AVAILABLE (may be NULL) is set to whether a GPU can be used. */
 const char *kvs_backend_probe(bool *available);
 
+/* The probe's status with the detail behind it, one line, static storage (probes first if needed):
+ * "no NVIDIA driver (libcuda.so.1: cannot open shared object file: No such file or directory)",
+ * "NVIDIA driver too old for CUDA 13.0 (driver supports CUDA 12.4: ...)", "no GPU (...)". */
+const char *kvs_backend_probe_detail(void);
+
 /* Creates backend NAME ("cpu", "cuda", or "auto": CUDA when available, else CPU) using POOL (not
  * owned, may be NULL) for CPU paths. Asking for "cuda" where it is unavailable gives
  * KVS_ERR_UNSUPPORTED with the probe's reason in err. Free with kvs_backend_delete. */
@@ -207,16 +258,71 @@ const char *kvs_backend_name(const struct kvs_backend *b);
 const char *kvs_backend_device(const struct kvs_backend *b);
 const char *kvs_backend_error(const struct kvs_backend *b);
 
-/* ---- wrappers: dispatch to the backend, or the CPU path where an optional entry is NULL ---- */
+/* ---- buffers in the backend's memory (B may be NULL: host memory) ---- */
+
+/* A buffer in a backend's memory: host memory for the CPU backend (so the forward pass has one code
+ * path), device memory for CUDA. DATA may only be handed to that backend's entries. */
+struct kvs_buf {
+    void *data;
+    size_t bytes;
+};
+
+/* True when the backend computes on host memory (buffers are malloc'd, copies are memcpy). */
+bool kvs_backend_host_memory(const struct kvs_backend *b);
+/* Allocates BYTES in B's memory into *buf (zeroed on failure: KVS_ERR_NOMEM or KVS_ERR_BACKEND with
+ * b->err). Free with kvs_backend_buf_free (NULL data is fine) while B is alive. */
+enum kvs_status kvs_backend_buf_alloc(struct kvs_backend *b, struct kvs_buf *buf, size_t bytes);
+void kvs_backend_buf_free(struct kvs_backend *b, struct kvs_buf *buf);
+/* Copies BYTES between host memory and BUF at byte offset OFF (checked against buf->bytes: KVS_ERR_ARG).
+ * Counted in b->xfer_* unless B is host memory. Contracts of buf_upload / buf_download. */
+enum kvs_status kvs_backend_buf_upload(struct kvs_backend *b, struct kvs_buf *buf, size_t off, const void *src,
+                                       size_t bytes);
+enum kvs_status kvs_backend_buf_download(struct kvs_backend *b, void *dst, const struct kvs_buf *buf, size_t off,
+                                         size_t bytes);
+/* Host staging memory (pinned for CUDA); NULL when out of memory. Free with kvs_backend_host_free
+ * while B is alive. */
+void *kvs_backend_host_alloc(struct kvs_backend *b, size_t bytes);
+void kvs_backend_host_free(struct kvs_backend *b, void *p);
+
+/* Opens / closes a named range on B's profiler timeline (NVTX for CUDA: per step and per layer);
+ * nothing on a backend without one (B may be NULL). NAME is copied by the tool, if any. */
+void kvs_backend_range_push(struct kvs_backend *b, const char *name);
+void kvs_backend_range_pop(struct kvs_backend *b);
+
+/* ---- per-token operations on backend memory (the forward pass): every array is a kvs_buf's
+ * data; contracts of the vtable entries of the same names ---- */
+
+enum kvs_status kvs_backend_rmsnorm_buf(struct kvs_backend *b, float *out, const float *x, const float *w, int T,
+                                        int n, float eps);
+enum kvs_status kvs_backend_rope_buf(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim,
+                                     const int32_t *pos, const float *freqs, bool neox);
+enum kvs_status kvs_backend_matmul_buf(struct kvs_backend *b, const struct kvs_backend_weight *bw, const float *x,
+                                       float *y, int T);
+enum kvs_status kvs_backend_embed(struct kvs_backend *b, const struct kvs_backend_weight *bw, const int32_t *tokens,
+                                  int T, float *out);
+enum kvs_status kvs_backend_add_bias(struct kvs_backend *b, float *y, const float *bias, int T, int n);
+enum kvs_status kvs_backend_add(struct kvs_backend *b, float *x, const float *y, size_t n);
+enum kvs_status kvs_backend_swiglu(struct kvs_backend *b, float *g, const float *u, size_t n);
+
+/* ---- the same operations on host arrays (tests, offline work): a backend that is not host
+ * memory gets them staged through temporary buffers ---- */
 
 enum kvs_status kvs_backend_rmsnorm(struct kvs_backend *b, float *out, const float *x, const float *w, int T, int n,
                                     float eps);
 enum kvs_status kvs_backend_rope(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim,
                                  const int32_t *pos, const float *freqs, bool neox);
+/* Chooses the type of the weights' device copies ("auto", "bf16", "fp16"; NULL or "" = "auto")
+ * before any weight is prepared; a backend that reads the model's own weights accepts any and
+ * leaves b->weights "". KVS_ERR_ARG for another name, KVS_ERR_UNSUPPORTED (b->err says why) when
+ * the device cannot use the type asked for. */
+enum kvs_status kvs_backend_set_weights(struct kvs_backend *b, const char *want);
 /* Fills *bw for W (not owned; must outlive bw) and, where the backend keeps weights on a device,
  * uploads it. Release with kvs_backend_weight_release. */
 enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
                                            const struct kvs_weight *w);
+/* The same for a lookup table (the embedding): bw->table is set. */
+enum kvs_status kvs_backend_table_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
+                                          const struct kvs_weight *w);
 void kvs_backend_weight_release(struct kvs_backend *b, struct kvs_backend_weight *bw);
 enum kvs_status kvs_backend_matmul(struct kvs_backend *b, const struct kvs_backend_weight *bw, const float *x,
                                    float *y, int T);
@@ -233,6 +339,7 @@ enum kvs_status kvs_backend_svd(struct kvs_backend *b, const float *a, int m, in
  * of one pool must only ever be given to the backend that grew them. */
 bool kvs_backend_kv_native(const struct kvs_backend *b); /* the backend holds pools in its own memory */
 enum kvs_status kvs_backend_kv_grow(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int cap);
+/* kv_store's k, v and kv_attend's q, out are in B's memory (kvs_buf data), as for the entries. */
 enum kvs_status kvs_backend_kv_store(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int T,
                                      const int32_t *pos, const float *k, const float *v);
 enum kvs_status kvs_backend_kv_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,

@@ -1,7 +1,8 @@
 /* The CUDA backend as the engine sees it: finds and dlopens libkvscope_cuda.so ($KVS_CUDA_LIB, next
  * to the executable, the build directory, $(PREFIX)/lib/kvscope), checks its ABI, asks the driver and
  * the runtime for a GPU (or accepts the host emulation of tests/cuda_emu, which says so), and
- * implements the backend vtable on host pointers by staging through device buffers. Depends on libc,
+ * implements the backend vtable: the per-token entries on device buffers (a token's activations stay
+ * on the device), attention over host segments and the SVD by staging. Depends on libc,
  * libdl and kernels/kernels.h only (no CUDA headers or libraries at link time), so kvscope starts on
  * any machine; every failure is a status string. */
 #include "attention.h"
@@ -236,6 +237,24 @@ const char *kvs_backend_probe(bool *available)
     return cu.info.status;
 }
 
+static struct {
+    pthread_once_t once;
+    char line[sizeof cu.info.status + sizeof cu.info.detail + 8];
+} probe_line = {.once = PTHREAD_ONCE_INIT};
+
+static void probe_line_once(void)
+{
+    pthread_once(&cu.once, cuda_probe_once);
+    if (cu.info.detail[0]) snprintf(probe_line.line, sizeof probe_line.line, "%s (%s)", cu.info.status, cu.info.detail);
+    else snprintf(probe_line.line, sizeof probe_line.line, "%s", cu.info.status);
+}
+
+const char *kvs_backend_probe_detail(void)
+{
+    pthread_once(&probe_line.once, probe_line_once);
+    return probe_line.line;
+}
+
 const struct kvs_backend_cuda_info *kvs_backend_cuda_info(void)
 {
     pthread_once(&cu.once, cuda_probe_once);
@@ -305,32 +324,118 @@ static enum kvs_status get(struct kvs_backend *b, void *dst, const void *dev, si
         if (try_st_ != KVS_OK) return try_st_;  \
     } while (0)
 
+/* ---- buffers: device memory; staging in pinned host memory ---- */
+
+static enum kvs_status cu_buf_alloc(struct kvs_backend *b, void **data, size_t bytes)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->alloc(s->cx, data, bytes) != KVS_CUDA_OK) return api_fail(b, "device allocation");
+    return KVS_OK;
+}
+
+static void cu_buf_free(struct kvs_backend *b, void *data)
+{
+    struct cuda_be *s = b->ctx;
+    s->api->free(s->cx, data);
+}
+
+static enum kvs_status cu_buf_upload(struct kvs_backend *b, void *dst, const void *src, size_t bytes)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->upload(s->cx, dst, src, bytes) != KVS_CUDA_OK) return api_fail(b, "upload");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_buf_download(struct kvs_backend *b, void *dst, const void *src, size_t bytes)
+{
+    return get(b, dst, src, bytes);
+}
+
+static enum kvs_status cu_host_alloc(struct kvs_backend *b, void **p, size_t bytes)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->host_alloc(s->cx, p, bytes) != KVS_CUDA_OK) return api_fail(b, "pinned host allocation");
+    return KVS_OK;
+}
+
+static void cu_host_free(struct kvs_backend *b, void *p)
+{
+    struct cuda_be *s = b->ctx;
+    s->api->host_free(s->cx, p);
+}
+
+static void cu_range_push(struct kvs_backend *b, const char *name)
+{
+    struct cuda_be *s = b->ctx;
+    s->api->range_push(s->cx, name);
+}
+
+static void cu_range_pop(struct kvs_backend *b)
+{
+    struct cuda_be *s = b->ctx;
+    s->api->range_pop(s->cx);
+}
+
+/* ---- per-token operations on device buffers ---- */
+
 static enum kvs_status cu_rmsnorm(struct kvs_backend *b, float *out, const float *x, const float *w, int T, int n,
                                   float eps)
 {
     struct cuda_be *s = b->ctx;
-    void *dx, *dw, *dy;
-    size_t bytes = (size_t)T * n * sizeof(float);
-    if (T <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
-    TRY(put(b, ST_X, x, bytes, &dx));
-    TRY(put(b, ST_W, w, (size_t)n * sizeof(float), &dw));
-    if (!(dy = stage(b, ST_Y, bytes))) return KVS_ERR_BACKEND;
-    if (s->api->rmsnorm(s->cx, dy, dx, dw, T, n, eps) != KVS_CUDA_OK) return api_fail(b, "rmsnorm");
-    return get(b, out, dy, bytes);
+    if (s->api->rmsnorm(s->cx, out, x, w, T, n, eps) != KVS_CUDA_OK) return api_fail(b, "rmsnorm");
+    return KVS_OK;
 }
 
 static enum kvs_status cu_rope(struct kvs_backend *b, float *x, int T, int n_heads, int head_dim,
                                const int32_t *pos, const float *freqs, bool neox)
 {
     struct cuda_be *s = b->ctx;
-    void *dx, *dp, *df;
-    size_t bytes = (size_t)T * n_heads * head_dim * sizeof(float);
-    if (T <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
-    TRY(put(b, ST_X, x, bytes, &dx));
-    TRY(put(b, ST_POS, pos, (size_t)T * sizeof(int32_t), &dp));
-    TRY(put(b, ST_FREQS, freqs, (size_t)(head_dim / 2) * sizeof(float), &df));
-    if (s->api->rope(s->cx, dx, T, n_heads, head_dim, dp, df, neox) != KVS_CUDA_OK) return api_fail(b, "rope");
-    return get(b, x, dx, bytes);
+    if (s->api->rope(s->cx, x, T, n_heads, head_dim, pos, freqs, neox) != KVS_CUDA_OK) return api_fail(b, "rope");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_embed(struct kvs_backend *b, const struct kvs_backend_weight *bw, const int32_t *tokens,
+                                int T, float *out)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->embed(s->cx, bw->dev, tokens, T, out) != KVS_CUDA_OK) return api_fail(b, "embed");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_add_bias(struct kvs_backend *b, float *y, const float *bias, int T, int n)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->add_bias(s->cx, y, bias, T, n) != KVS_CUDA_OK) return api_fail(b, "add_bias");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_add(struct kvs_backend *b, float *x, const float *y, size_t n)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->add(s->cx, x, y, (int64_t)n) != KVS_CUDA_OK) return api_fail(b, "add");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_swiglu(struct kvs_backend *b, float *g, const float *u, size_t n)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->swiglu(s->cx, g, u, (int64_t)n) != KVS_CUDA_OK) return api_fail(b, "swiglu");
+    return KVS_OK;
+}
+
+/* Largest |value| of W (dequantized on the host, a few MiB at a time into TMP of CHUNK rows). */
+static float weight_absmax(const struct kvs_weight *w, float *tmp, int64_t chunk)
+{
+    float mx = 0;
+    for (int64_t r0 = 0; r0 < w->rows; r0 += chunk) {
+        int64_t nr = KVS_MIN(chunk, w->rows - r0);
+        for (int64_t r = 0; r < nr; r++) kvs_weight_row_f32(w, r0 + r, tmp + r * w->cols);
+        for (int64_t i = 0; i < nr * w->cols; i++) {
+            float a = fabsf(tmp[i]);
+            mx = a > mx || a != a ? a : mx; /* NaN stays visible */
+        }
+    }
+    return mx;
 }
 
 static enum kvs_status cu_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw)
@@ -342,20 +447,28 @@ static enum kvs_status cu_weight_prepare(struct kvs_backend *b, struct kvs_backe
         kvs_seterr(b->err, sizeof b->err, "weight_prepare: empty weight");
         return KVS_ERR_ARG;
     }
-    if (s->api->weight_new(s->cx, &dw, w->rows, w->cols, s->weight_dtype) != KVS_CUDA_OK)
-        return api_fail(b, "weight upload");
     /* dequantize on the host a few MiB at a time; the device converts to fp16/bf16 */
     int64_t chunk = KVS_MAX((int64_t)1, ((int64_t)8 << 20) / (w->cols * (int64_t)sizeof(float)));
     chunk = KVS_MIN(chunk, w->rows);
     float *tmp = malloc((size_t)chunk * (size_t)w->cols * sizeof(float));
     if (!tmp) {
-        s->api->weight_free(s->cx, dw);
         kvs_seterr(b->err, sizeof b->err, "weight_prepare: out of memory");
         return KVS_ERR_NOMEM;
     }
+    int dtype = s->weight_dtype;
+    /* a lookup table is never a GEMM operand: fp16 keeps 3 more mantissa bits than bf16 whenever
+     * every value is inside its range */
+    if (bw->table && dtype == KVS_CUDA_BF16 && weight_absmax(w, tmp, chunk) <= 65504.0f) dtype = KVS_CUDA_F16;
+    if (s->api->weight_new(s->cx, &dw, w->rows, w->cols, dtype) != KVS_CUDA_OK) {
+        free(tmp);
+        return api_fail(b, "weight upload");
+    }
+    uint64_t saturated = 0;
     for (int64_t r0 = 0; r0 < w->rows; r0 += chunk) {
         int64_t nr = KVS_MIN(chunk, w->rows - r0);
         for (int64_t r = 0; r < nr; r++) kvs_weight_row_f32(w, r0 + r, tmp + r * w->cols);
+        if (dtype == KVS_CUDA_F16) /* the upload clamps these to ±65504: counted, never silent */
+            for (int64_t i = 0; i < nr * w->cols; i++) saturated += fabsf(tmp[i]) > 65504.0f;
         if (s->api->weight_set_rows(s->cx, dw, r0, nr, tmp) != KVS_CUDA_OK) {
             free(tmp);
             enum kvs_status st = api_fail(b, "weight upload");
@@ -364,7 +477,25 @@ static enum kvs_status cu_weight_prepare(struct kvs_backend *b, struct kvs_backe
         }
     }
     free(tmp);
+    b->weights_saturated += saturated;
     bw->dev = dw;
+    return KVS_OK;
+}
+
+static enum kvs_status cu_set_weights(struct kvs_backend *b, const char *want)
+{
+    struct cuda_be *s = b->ctx;
+    int cc = s->api->compute_capability(s->cx);
+    /* bf16 tensor-core GEMMs need sm_80 (Ampere); before it fp16 is the only 2-byte type, with its
+     * saturation counted at upload (b->weights_saturated) */
+    bool bf16_ok = cc >= 80;
+    if (!strcmp(want, "bf16") && !bf16_ok) {
+        kvs_seterr(b->err, sizeof b->err, "bf16 weights need compute capability 8.0 (sm_80) or newer; this GPU is "
+                   "sm_%d: use --weights fp16 or auto", cc);
+        return KVS_ERR_UNSUPPORTED;
+    }
+    s->weight_dtype = !strcmp(want, "fp16") || !bf16_ok ? KVS_CUDA_F16 : KVS_CUDA_BF16;
+    snprintf(b->weights, sizeof b->weights, "%s", s->weight_dtype == KVS_CUDA_BF16 ? "bf16" : "fp16");
     return KVS_OK;
 }
 
@@ -379,14 +510,8 @@ static enum kvs_status cu_matmul(struct kvs_backend *b, const struct kvs_backend
                                  float *y, int T)
 {
     struct cuda_be *s = b->ctx;
-    const struct kvs_weight *w = bw->w;
-    void *dx, *dy;
-    size_t ybytes = (size_t)T * (size_t)w->rows * sizeof(float);
-    if (T <= 0) return T == 0 ? KVS_OK : KVS_ERR_ARG;
-    TRY(put(b, ST_X, x, (size_t)T * (size_t)w->cols * sizeof(float), &dx));
-    if (!(dy = stage(b, ST_Y, ybytes))) return KVS_ERR_BACKEND;
-    if (s->api->matmul(s->cx, bw->dev, dx, dy, T) != KVS_CUDA_OK) return api_fail(b, "matmul");
-    return get(b, y, dy, ybytes);
+    if (s->api->matmul(s->cx, bw->dev, x, y, T) != KVS_CUDA_OK) return api_fail(b, "matmul");
+    return KVS_OK;
 }
 
 /* Concatenates N_SEGS host runs (ELEM bytes per token, counts from N_OF) into device SLOT. */
@@ -584,15 +709,12 @@ static enum kvs_status cu_kv_store(struct kvs_backend *b, struct kvs_kv_rows *L,
                                    const int32_t *pos, const float *k, const float *v)
 {
     struct cuda_be *s = b->ctx;
-    void *dk, *dv;
     if (T < 0 || dkv <= 0 || L->n + T > L->cap) return KVS_ERR_ARG;
     if (T == 0) return KVS_OK;
-    size_t bytes = (size_t)T * dkv * sizeof(float);
-    TRY(put(b, ST_C, k, bytes, &dk));
-    TRY(put(b, ST_V, v, bytes, &dv));
+    /* k, v are device buffers: only the positions come from the host */
     if (s->api->upload(s->cx, (int32_t *)L->pos + L->n, pos, (size_t)T * sizeof(int32_t)) != KVS_CUDA_OK)
         return api_fail(b, "kv_store");
-    if (s->api->kv_store(s->cx, L->k, L->v, dkv, L->n, T, dk, dv) != KVS_CUDA_OK) return api_fail(b, "kv_store");
+    if (s->api->kv_store(s->cx, L->k, L->v, dkv, L->n, T, k, v) != KVS_CUDA_OK) return api_fail(b, "kv_store");
     L->n += T;
     return KVS_OK;
 }
@@ -601,23 +723,19 @@ static enum kvs_status cu_kv_attend(struct kvs_backend *b, const struct kvs_kv_r
                                     const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass)
 {
     struct cuda_be *s = b->ctx;
-    void *dq_, *dqp, *dout, *dmass = NULL;
+    void *dqp, *dmass = NULL;
     if (a->T < 0 || a->n_head <= 0 || a->n_head_kv <= 0 || a->head_dim <= 0) return KVS_ERR_ARG;
-    size_t obytes = (size_t)a->T * a->n_head * a->head_dim * sizeof(float);
     struct kvs_cuda_attn_kv16 d = {.T = a->T, .n = L->n, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
-                                   .head_dim = a->head_dim, .k = L->k, .v = L->v, .pos = L->pos,
-                                   .scale = 1.0f / sqrtf((float)a->head_dim)};
-    TRY(put(b, ST_X, q, obytes, &dq_));
+                                   .head_dim = a->head_dim, .q = q, .k = L->k, .v = L->v, .pos = L->pos,
+                                   .scale = 1.0f / sqrtf((float)a->head_dim), .out = out};
+    /* q and out are device buffers; the query positions go up, the mass (when asked) comes back */
     TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
-    if (!(dout = stage(b, ST_Y, obytes))) return KVS_ERR_BACKEND;
     if (mass && !(dmass = stage(b, ST_U, (size_t)L->n * sizeof(float)))) return KVS_ERR_BACKEND;
-    d.q = dq_;
     d.q_pos = dqp;
-    d.out = dout;
     d.mass = dmass;
     if (s->api->attn_kv16(s->cx, &d) != KVS_CUDA_OK) return api_fail(b, "kv_attend");
     if (mass) TRY(get(b, mass, dmass, (size_t)L->n * sizeof(float)));
-    return get(b, out, dout, obytes);
+    return KVS_OK;
 }
 
 static enum kvs_status cu_kv_compact(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, const uint8_t *keep)
@@ -789,11 +907,24 @@ static void cu_destroy(struct kvs_backend *b)
 static const struct kvs_backend_ops cuda_ops = {
     .name = "cuda",
     .destroy = cu_destroy,
+    .buf_alloc = cu_buf_alloc,
+    .buf_free = cu_buf_free,
+    .buf_upload = cu_buf_upload,
+    .buf_download = cu_buf_download,
+    .host_alloc = cu_host_alloc,
+    .host_free = cu_host_free,
+    .range_push = cu_range_push,
+    .range_pop = cu_range_pop,
     .rmsnorm = cu_rmsnorm,
     .rope = cu_rope,
+    .set_weights = cu_set_weights,
     .weight_prepare = cu_weight_prepare,
     .weight_release = cu_weight_release,
     .matmul = cu_matmul,
+    .embed = cu_embed,
+    .add_bias = cu_add_bias,
+    .add = cu_add,
+    .swiglu = cu_swiglu,
     .attn_latent = cu_attn_latent,
     .attn_kv16 = cu_attn_kv16,
     .svd = cu_svd,
@@ -812,9 +943,9 @@ static const struct kvs_backend_ops cuda_ops = {
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)
 {
     bool ok = false;
-    const char *why = kvs_backend_probe(&ok);
-    if (!ok) {
-        kvs_seterr(err, errlen, "%s", why);
+    kvs_backend_probe(&ok);
+    if (!ok) { /* the probe's words and what lies behind them (loader message, driver/runtime versions) */
+        kvs_seterr(err, errlen, "%s", kvs_backend_probe_detail());
         return KVS_ERR_UNSUPPORTED;
     }
     struct cuda_be *s = calloc(1, sizeof *s);
@@ -823,8 +954,6 @@ enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t
         return KVS_ERR_NOMEM;
     }
     s->api = cu.api;
-    const char *dt = getenv("KVS_CUDA_WEIGHTS");
-    s->weight_dtype = dt && !strcmp(dt, "bf16") ? KVS_CUDA_BF16 : KVS_CUDA_F16;
     char e[256] = "";
     if (s->api->init(&s->cx, 0, e, sizeof e) != KVS_CUDA_OK) {
         kvs_seterr(err, errlen, "CUDA initialisation failed: %s", e);
@@ -833,7 +962,8 @@ enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t
     }
     b->ops = &cuda_ops;
     b->ctx = s;
-    kvs_seterr(b->device, sizeof b->device, "%s (sm_%d%d)", s->api->device_name(s->cx), cu.info.probe.cc_major,
-             cu.info.probe.cc_minor);
+    cu_set_weights(b, "auto"); /* cannot fail for "auto" */
+    kvs_seterr(b->device, sizeof b->device, "%s (sm_%d)", s->api->device_name(s->cx),
+               s->api->compute_capability(s->cx));
     return KVS_OK;
 }

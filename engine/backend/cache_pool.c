@@ -35,8 +35,17 @@ void kvs_cache_pool_delete(struct kvs_cache_pool *p)
         p->rows[l].n = 0;
         if (p->rows[l].cap) kvs_backend_kv_grow(p->be, &p->rows[l], p->dkv, 0);
     }
+    for (int i = 0; i < 2; i++) kvs_backend_buf_free(p->be, &p->stage[i]);
     free(p->rows);
     free(p);
+}
+
+/* Staging buffer I of at least BYTES (kept for the pool's life: no allocation per call). */
+static enum kvs_status stage_buf(struct kvs_cache_pool *p, int i, size_t bytes)
+{
+    if (p->stage[i].data && p->stage[i].bytes >= bytes) return KVS_OK;
+    kvs_backend_buf_free(p->be, &p->stage[i]);
+    return kvs_backend_buf_alloc(p->be, &p->stage[i], bytes + bytes / 2);
 }
 
 static enum kvs_status fail(struct kvs_cache_pool *p, enum kvs_status st, const char *what, int layer)
@@ -53,8 +62,8 @@ static bool layer_ok(struct kvs_cache_pool *p, int layer)
     return false;
 }
 
-enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
-                                     const float *k, const float *v)
+enum kvs_status kvs_cache_pool_store_buf(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
+                                         const float *k, const float *v)
 {
     if (!layer_ok(p, layer) || T < 0) return KVS_ERR_ARG;
     struct kvs_kv_rows *L = &p->rows[layer];
@@ -72,9 +81,9 @@ enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T,
     return KVS_OK;
 }
 
-enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
-                                      int n_head, int n_head_kv, int head_dim, const float *q, float *out,
-                                      float *mass)
+enum kvs_status kvs_cache_pool_attend_buf(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
+                                          int n_head, int n_head_kv, int head_dim, const float *q, float *out,
+                                          float *mass)
 {
     if (!layer_ok(p, layer)) return KVS_ERR_ARG;
     struct kvs_kv_attend_args a = {.T = T, .q_pos = q_pos, .n_head = n_head, .n_head_kv = n_head_kv,
@@ -82,6 +91,40 @@ enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T
     if (n_head_kv * head_dim != p->dkv) return fail(p, KVS_ERR_ARG, "attention heads do not match the rows", layer);
     enum kvs_status st = kvs_backend_kv_attend(p->be, &p->rows[layer], &a, q, out, mass);
     return st == KVS_OK ? KVS_OK : fail(p, st, "attention", layer);
+}
+
+/* Host arrays on a backend whose memory is not the host's go through the pool's staging buffers. */
+enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
+                                     const float *k, const float *v)
+{
+    if (kvs_backend_host_memory(p->be)) return kvs_cache_pool_store_buf(p, layer, T, pos, k, v);
+    if (!layer_ok(p, layer) || T < 0) return KVS_ERR_ARG;
+    size_t bytes = (size_t)T * (size_t)p->dkv * sizeof(float);
+    enum kvs_status st = stage_buf(p, 0, bytes);
+    if (st == KVS_OK) st = stage_buf(p, 1, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &p->stage[0], 0, k, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &p->stage[1], 0, v, bytes);
+    if (st != KVS_OK) return fail(p, st, "staging", layer);
+    return kvs_cache_pool_store_buf(p, layer, T, pos, p->stage[0].data, p->stage[1].data);
+}
+
+enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
+                                      int n_head, int n_head_kv, int head_dim, const float *q, float *out,
+                                      float *mass)
+{
+    if (kvs_backend_host_memory(p->be))
+        return kvs_cache_pool_attend_buf(p, layer, T, q_pos, n_head, n_head_kv, head_dim, q, out, mass);
+    if (!layer_ok(p, layer) || T < 0 || n_head <= 0 || head_dim <= 0) return KVS_ERR_ARG;
+    size_t bytes = (size_t)T * (size_t)n_head * (size_t)head_dim * sizeof(float);
+    enum kvs_status st = stage_buf(p, 0, bytes);
+    if (st == KVS_OK) st = stage_buf(p, 1, bytes);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(p->be, &p->stage[0], 0, q, bytes);
+    if (st != KVS_OK) return fail(p, st, "staging", layer);
+    st = kvs_cache_pool_attend_buf(p, layer, T, q_pos, n_head, n_head_kv, head_dim, p->stage[0].data,
+                                   p->stage[1].data, mass);
+    if (st == KVS_OK && (st = kvs_backend_buf_download(p->be, out, &p->stage[1], 0, bytes)) != KVS_OK)
+        return fail(p, st, "staging", layer);
+    return st;
 }
 
 enum kvs_status kvs_cache_pool_compact(struct kvs_cache_pool *p, int layer, const uint8_t *keep)

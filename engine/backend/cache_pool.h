@@ -11,6 +11,7 @@ struct kvs_cache_pool {
     struct kvs_backend *be;   /* owner of the storage (not owned; NULL: the CPU path) */
     int n_layer, dkv, block;  /* dkv = n_head_kv*head_dim; capacity grows in BLOCK rows */
     struct kvs_kv_rows *rows; /* (n_layer) */
+    struct kvs_buf stage[2];  /* backend buffers for host arrays on a device backend, grown on demand */
     char err[256];
 };
 
@@ -22,14 +23,22 @@ enum kvs_status kvs_cache_pool_new(struct kvs_cache_pool **out, struct kvs_backe
 void kvs_cache_pool_delete(struct kvs_cache_pool *p);
 
 /* Appends T rows to LAYER: k, v (T, dkv) fp32 host (keys after RoPE), pos (T). Grows by whole blocks;
- * on failure the layer keeps its rows and p->err says why. */
+ * on failure the layer keeps its rows and p->err says why. On a backend whose memory is not the
+ * host's, k and v are staged through temporary buffers. */
 enum kvs_status kvs_cache_pool_store(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
                                      const float *k, const float *v);
+/* The same with k, v in the backend's memory (kvs_buf data): nothing crosses to the host. */
+enum kvs_status kvs_cache_pool_store_buf(struct kvs_cache_pool *p, int layer, int T, const int32_t *pos,
+                                         const float *k, const float *v);
 /* out (T, n_head*head_dim) host = attention of q (T, n_head*head_dim) over LAYER's rows (query t
  * sees positions <= q_pos[t]); MASS (rows) host, when not NULL, gets each row's attention mass. */
 enum kvs_status kvs_cache_pool_attend(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
                                       int n_head, int n_head_kv, int head_dim, const float *q, float *out,
                                       float *mass);
+/* The same with q and out in the backend's memory (q_pos and mass stay host). */
+enum kvs_status kvs_cache_pool_attend_buf(struct kvs_cache_pool *p, int layer, int T, const int32_t *q_pos,
+                                          int n_head, int n_head_kv, int head_dim, const float *q, float *out,
+                                          float *mass);
 /* Keeps LAYER's rows whose KEEP (rows) byte is set, in order, and returns whole unused blocks. */
 enum kvs_status kvs_cache_pool_compact(struct kvs_cache_pool *p, int layer, const uint8_t *keep);
 /* Copies rows [row0, row0+n) of LAYER to host (fp16 bits; any of k, v, pos may be NULL). */

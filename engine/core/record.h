@@ -92,6 +92,10 @@ struct kvs_rec_run {
     /* the kernel CommonKV/lowrank rebuilt keys with (enum kvs_ckv_keys; KVS_CKV_KEYS_AUTO = 0 for
      * other methods and in older traces) */
     uint32_t ckv_keys;
+    /* the weights' device copies: type ("bf16", "fp16"; "" when the backend reads the model's own,
+     * as the CPU does) and how many values an fp16 upload clamped to ±65504 */
+    char weights[8];
+    uint64_t weights_saturated;
 };
 
 enum kvs_step_kind { KVS_STEP_PREFILL = 1, KVS_STEP_DECODE = 2 };

@@ -68,8 +68,10 @@ struct kvs_method_config {
  * decided from the names alone, so callers check a spec before loading a model. */
 enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, char *err, size_t errlen);
 
-/* Flags a press sets to tell the forward pass what it needs computed. */
-enum { KVS_PRESS_NEEDS_KV = 1u << 0, KVS_PRESS_NEEDS_XN = 1u << 1 };
+/* Flags a press sets to tell the forward pass what it needs computed. BACKEND_IO: store's xn, k, v
+ * and attend's q, out are in the backend's memory (kvs_buf data, device memory for CUDA) and the
+ * press hands them to backend entries untouched; without it they are host arrays. */
+enum { KVS_PRESS_NEEDS_KV = 1u << 0, KVS_PRESS_NEEDS_XN = 1u << 1, KVS_PRESS_BACKEND_IO = 1u << 2 };
 
 struct kvs_press;
 struct kvs_pool;

@@ -1,6 +1,7 @@
 /* The `full` press: an fp16 K/V cache per layer, the reference every method is measured against.
  * Its rows live in a cache pool (cache_pool.h) in the backend's memory and are stored, attended and
- * read only through backend entries; the press keeps counts and decides nothing else.
+ * read only through backend entries; the press keeps counts and decides nothing else. Its k, v, q
+ * and out are backend memory (KVS_PRESS_BACKEND_IO): a CUDA token's K/V never leave the device.
  * Depends on press.h, cache_pool.h, quant.h. */
 #include "cache_pool.h"
 #include "press.h"
@@ -45,7 +46,7 @@ static enum kvs_status full_store(struct kvs_press *p, int layer, int T, const i
             kvs_seterr(p->err, sizeof p->err, "full: token at position %d stored out of order (expected %d)", pos[t], n + t);
             return KVS_ERR_STATE;
         }
-    st = kvs_cache_pool_store(f->cp, layer, T, pos, k, v);
+    st = kvs_cache_pool_store_buf(f->cp, layer, T, pos, k, v);
     if (st != KVS_OK) kvs_seterr(p->err, sizeof p->err, "full: %s", f->cp->err);
     return st;
 }
@@ -56,7 +57,7 @@ static enum kvs_status full_attend(struct kvs_press *p, int layer, int T, const 
     const struct kvs_hparams *hp = &p->model->hp;
     enum kvs_status st = full_pool(f);
     if (st != KVS_OK) return st;
-    st = kvs_cache_pool_attend(f->cp, layer, T, pos, (int)hp->n_head, (int)hp->n_head_kv, (int)hp->head_dim, q, out,
+    st = kvs_cache_pool_attend_buf(f->cp, layer, T, pos, (int)hp->n_head, (int)hp->n_head_kv, (int)hp->head_dim, q, out,
                                NULL);
     if (st != KVS_OK) kvs_seterr(p->err, sizeof p->err, "full: %s", f->cp->err);
     return st;
@@ -143,7 +144,7 @@ enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_m
     f->base.ops = &full_ops;
     f->base.model = m;
     f->base.cfg = *cfg;
-    f->base.needs = KVS_PRESS_NEEDS_KV;
+    f->base.needs = KVS_PRESS_NEEDS_KV | KVS_PRESS_BACKEND_IO; /* k, v, q, out stay in backend memory */
     f->n_layer = (int)m->hp.n_layer;
     f->dkv = (int)dkv;
     f->n_ctx_max = n_ctx_max;

@@ -1,16 +1,23 @@
-/* CPU forward pass (the oracle): embeddings, RMSNorm, RoPE, grouped-query attention through the
- * press, SwiGLU, output head; prefill in chunks, decode one token at a time; sampling.
- * Depends on model, quant, press, threads and OpenBLAS; never on curses or CUDA. */
+/* The forward pass, one code path for every backend: embeddings, RMSNorm, RoPE, grouped-query
+ * attention through the press, SwiGLU, output head; prefill in chunks, decode one token at a time;
+ * sampling. Activations live in backend buffers (host memory on the CPU, the oracle; device memory
+ * for CUDA) through every layer; only the logits come back, plus what a host-side press or a layer
+ * hook reads, each crossing counted. Depends on model, press, backend and threads; never on curses
+ * or CUDA. */
 #include "infer.h"
 #include "backend.h"
-#include "quant.h"
 
 #include <cblas.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A layer's small constants in backend memory (pointers into kvs_ctx.consts). */
+struct layer_consts {
+    const float *attn_norm, *ffn_norm; /* (D) */
+    const float *bq, *bk, *bv;         /* (dq), (dkv), (dkv); NULL without biases */
+};
 
 struct kvs_ctx {
     const struct kvs_model *m;
@@ -18,13 +25,25 @@ struct kvs_ctx {
     struct kvs_ctx_params p;
     struct kvs_pool *pool;
     struct kvs_backend *be;
-    struct kvs_backend_weight *bw; /* per layer: wq wk wv wo gate up down (7 each), then output */
-    float *freqs;               /* (head_dim/2) */
+    struct kvs_backend_weight *bw; /* per layer: wq wk wv wo gate up down (7 each), then output, embedding */
+    bool embd_shared;           /* the embedding is the output head's weight (tied): one device copy */
     int n_past;
-    /* scratch for one chunk of at most n_batch tokens */
-    float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up; /* (B,D) (B,D) (B,dq) (B,dkv) (B,dkv) (B,dq) (B,D) (B,F) (B,F) */
-    int32_t *pos;               /* (B) */
-    float *logits;              /* (n_vocab) last token */
+    /* backend memory: constants (norm weights, biases, RoPE frequencies) uploaded once */
+    struct kvs_buf consts;
+    struct layer_consts *lc;    /* (n_layer) */
+    const float *output_norm, *freqs_dev;
+    /* backend memory: one chunk of at most n_batch tokens */
+    struct kvs_buf x, xn, q, k, v, att, tmp, gate, up; /* (B,D) (B,D) (B,dq) (B,dkv) (B,dkv) (B,dq) (B,D) (B,F) (B,F) */
+    struct kvs_buf tok, posb;   /* (B) int32 */
+    struct kvs_buf logits_dev;  /* (rows, n_vocab), grown when every token's logits are asked for */
+    float *freqs;               /* (head_dim/2) host */
+    int32_t *pos;               /* (B) host */
+    float *logits;              /* (n_vocab) last token, host staging (pinned for CUDA) */
+    /* host staging for a press that reads host arrays on a device backend, or a layer hook */
+    float *h_x, *h_xn, *h_q, *h_k, *h_v, *h_att;
+    struct kvs_ctx_xfer xfer;
+    char (*layer_names)[24];    /* (n_layer) "layer L": NVTX range names made once */
+    int ranges_open;            /* profiler ranges pushed and not yet popped */
     struct kvs_op_counter ctr[KVS_OP_COUNT];
     kvs_layer_hook hook;
     void *hook_ud;
@@ -37,169 +56,8 @@ void kvs_ctx_params_default(struct kvs_ctx_params *p)
     p->n_batch = 256;
     p->n_threads = 0;
     snprintf(p->backend, sizeof p->backend, "cpu");
+    snprintf(p->weights, sizeof p->weights, "auto");
     p->precise = false;
-}
-
-/* ---------------------------------------------------------------- building blocks */
-
-void kvs_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
-{
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
-}
-
-float *kvs_rope_freqs(const struct kvs_hparams *hp)
-{
-    int half = (int)hp->head_dim / 2;
-    float *f = malloc((size_t)half * sizeof(float));
-    if (!f) return NULL;
-    for (int i = 0; i < half; i++) {
-        double inv = pow((double)hp->rope_theta, -2.0 * i / (double)hp->head_dim);
-        if (hp->rope_scale_factor > 0) {
-            double factor = hp->rope_scale_factor;
-            if (hp->rope_low_freq == 0 && hp->rope_high_freq == 0) {
-                inv /= factor; /* linear */
-            } else {
-                double orig = hp->rope_orig_ctx ? hp->rope_orig_ctx : 8192;
-                double wavelen = 2 * M_PI / inv;
-                double low_wl = orig / hp->rope_low_freq, high_wl = orig / hp->rope_high_freq;
-                if (wavelen < high_wl) {
-                    /* high frequencies unchanged */
-                } else if (wavelen > low_wl) {
-                    inv /= factor;
-                } else {
-                    double smooth = (orig / wavelen - hp->rope_low_freq) / (hp->rope_high_freq - hp->rope_low_freq);
-                    inv = (1 - smooth) * inv / factor + smooth * inv;
-                }
-            }
-        }
-        if (hp->rope_factors) inv /= hp->rope_factors[i];
-        f[i] = (float)inv;
-    }
-    return f;
-}
-
-void kvs_cpu_rope(float *x, int n_heads, int head_dim, int32_t pos, const float *freqs, bool neox)
-{
-    int half = head_dim / 2;
-    for (int i = 0; i < half; i++) {
-        double ang = (double)pos * freqs[i];
-        float c = (float)cos(ang), s = (float)sin(ang);
-        for (int h = 0; h < n_heads; h++) {
-            float *hx = x + (size_t)h * head_dim;
-            int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-            float x0 = hx[a], x1 = hx[b];
-            hx[a] = x0 * c - x1 * s;
-            hx[b] = x0 * s + x1 * c;
-        }
-    }
-}
-
-/* ---------------------------------------------------------------- matrix products */
-
-#define MM_VEC_MAX 4     /* up to this many tokens use quantized dots, beyond it dequant + sgemm */
-#define MM_TILE 32       /* weight rows dequantized at once for sgemm */
-
-struct mm_job {
-    const struct kvs_weight *w;
-    const float *x;
-    float *y;
-    int T;
-    struct kvs_qvec *qx;
-};
-
-/* Per-thread scratch (dequantized tiles, quantized activations), freed when its thread exits. */
-struct mm_tls {
-    float *tile;
-    size_t tile_cap;
-    struct kvs_qvec q[MM_VEC_MAX];
-};
-static pthread_key_t mm_key;
-static pthread_once_t mm_once = PTHREAD_ONCE_INIT;
-
-static void mm_tls_free(void *p)
-{
-    struct mm_tls *t = p;
-    free(t->tile);
-    for (int i = 0; i < MM_VEC_MAX; i++) kvs_qvec_free(&t->q[i]);
-    free(t);
-}
-
-static void mm_key_init(void) { pthread_key_create(&mm_key, mm_tls_free); }
-
-static struct mm_tls *mm_tls_get(void)
-{
-    pthread_once(&mm_once, mm_key_init);
-    struct mm_tls *t = pthread_getspecific(mm_key);
-    if (!t) {
-        t = calloc(1, sizeof *t);
-        if (!t) abort(); /* a few bytes; nothing sensible to do without them */
-        pthread_setspecific(mm_key, t);
-    }
-    return t;
-}
-
-static void mm_vec_range(void *ctx, int64_t b, int64_t e, int thread)
-{
-    const struct mm_job *j = ctx;
-    const uint8_t *base = j->w->data;
-    for (int64_t r = b; r < e; r++) {
-        const void *row = base + (uint64_t)r * j->w->row_bytes;
-        for (int t = 0; t < j->T; t++) j->y[(int64_t)t * j->w->rows + r] = kvs_vec_dot(j->w->type, row, &j->qx[t]);
-    }
-}
-
-/* Tiles [b, e) of MM_TILE weight rows. Tiles start at multiples of MM_TILE whatever the thread
- * count, so every sgemm call, and so every output bit, is the same at any -t. */
-static void mm_gemm_range(void *ctx, int64_t b, int64_t e, int thread)
-{
-    const struct mm_job *j = ctx;
-    const struct kvs_weight *w = j->w;
-    int64_t cols = w->cols;
-    for (int64_t r0 = b * MM_TILE; r0 < e * MM_TILE && r0 < w->rows; r0 += MM_TILE) {
-        int64_t nr = KVS_MIN(MM_TILE, w->rows - r0);
-        const float *tile;
-        if (w->type == KVS_GGML_F32) {
-            tile = (const float *)w->data + r0 * cols;
-        } else {
-            struct mm_tls *tl = mm_tls_get();
-            size_t need = (size_t)(nr * cols);
-            if (need > tl->tile_cap) {
-                float *nt = realloc(tl->tile, need * sizeof(float));
-                if (!nt) abort(); /* scratch of a few hundred KiB; nothing sensible to do without it */
-                tl->tile = nt;
-                tl->tile_cap = need;
-            }
-            for (int64_t r = 0; r < nr; r++) kvs_weight_row_f32(w, r0 + r, tl->tile + r * cols);
-            tile = tl->tile;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, (int)nr, (int)cols, 1.0f, j->x, (int)cols, tile,
-                    (int)cols, 0.0f, j->y + r0, (int)w->rows);
-    }
-}
-
-void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T)
-{
-    kvs_cpu_matmul_ex(pool, w, x, y, T, false);
-}
-
-void kvs_cpu_matmul_ex(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T,
-                       bool precise)
-{
-    struct mm_job j = {.w = w, .x = x, .y = y, .T = T, .qx = NULL};
-    if (T <= MM_VEC_MAX && !precise) {
-        struct mm_tls *tl = mm_tls_get();
-        j.qx = tl->q;
-        for (int t = 0; t < T; t++)
-            if (kvs_quant_prepare(&tl->q[t], w->type, x + (int64_t)t * w->cols, w->cols) != KVS_OK) abort();
-        /* small products cost less than waking the pool */
-        if ((int64_t)w->rows * w->cols * T < (1 << 16)) mm_vec_range(&j, 0, w->rows, 0);
-        else kvs_pool_for(pool, w->rows, mm_vec_range, &j);
-    } else {
-        kvs_pool_for(pool, (w->rows + MM_TILE - 1) / MM_TILE, mm_gemm_range, &j);
-    }
 }
 
 /* ---------------------------------------------------------------- context */
@@ -211,6 +69,71 @@ static void ctr_add(struct kvs_ctx *c, enum kvs_op op, uint64_t t0, uint64_t byt
     k->bytes += bytes;
     k->flops += flops;
     k->calls++;
+}
+
+/* Uploads the model's norm weights, biases and RoPE frequencies into one buffer of backend memory. */
+static enum kvs_status consts_upload(struct kvs_ctx *c)
+{
+    const struct kvs_model *m = c->m;
+    const struct kvs_hparams *hp = &m->hp;
+    size_t D = hp->n_embd, dq = (size_t)hp->n_head * hp->head_dim, dkv = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t half = hp->head_dim / 2, n = D + half;
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const struct kvs_layer *ly = &m->layers[l];
+        n += 2 * D + (ly->bq ? dq : 0) + (ly->bk ? dkv : 0) + (ly->bv ? dkv : 0);
+    }
+    enum kvs_status st = kvs_backend_buf_alloc(c->be, &c->consts, n * sizeof(float));
+    if (st != KVS_OK) return st;
+    const float *base = c->consts.data;
+    size_t off = 0;
+#define PUT(dst, src, count)                                                                                    \
+    do {                                                                                                        \
+        if ((st = kvs_backend_buf_upload(c->be, &c->consts, off * sizeof(float), (src), (count) * sizeof(float))) != \
+            KVS_OK)                                                                                             \
+            return st;                                                                                          \
+        (dst) = base + off;                                                                                     \
+        off += (count);                                                                                         \
+    } while (0)
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const struct kvs_layer *ly = &m->layers[l];
+        struct layer_consts *lc = &c->lc[l];
+        PUT(lc->attn_norm, ly->attn_norm, D);
+        PUT(lc->ffn_norm, ly->ffn_norm, D);
+        if (ly->bq) PUT(lc->bq, ly->bq, dq);
+        if (ly->bk) PUT(lc->bk, ly->bk, dkv);
+        if (ly->bv) PUT(lc->bv, ly->bv, dkv);
+    }
+    PUT(c->output_norm, m->output_norm, D);
+    PUT(c->freqs_dev, c->freqs, half);
+#undef PUT
+    return KVS_OK;
+}
+
+/* Activation buffers for chunks of B tokens, and host staging when the backend's memory is not the
+ * host's. */
+static enum kvs_status bufs_alloc(struct kvs_ctx *c)
+{
+    const struct kvs_hparams *hp = &c->m->hp;
+    size_t B = (size_t)c->p.n_batch, D = hp->n_embd, dq = (size_t)hp->n_head * hp->head_dim;
+    size_t dkv = (size_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, f = sizeof(float);
+    struct { struct kvs_buf *b; size_t bytes; } want[] = {
+        {&c->x, B * D * f}, {&c->xn, B * D * f}, {&c->q, B * dq * f}, {&c->k, B * dkv * f}, {&c->v, B * dkv * f},
+        {&c->att, B * dq * f}, {&c->tmp, B * D * f}, {&c->gate, B * F * f}, {&c->up, B * F * f},
+        {&c->tok, B * sizeof(int32_t)}, {&c->posb, B * sizeof(int32_t)}, {&c->logits_dev, (size_t)hp->n_vocab * f},
+    };
+    for (size_t i = 0; i < KVS_ARRAY_LEN(want); i++) {
+        enum kvs_status st = kvs_backend_buf_alloc(c->be, want[i].b, want[i].bytes);
+        if (st != KVS_OK) return st;
+    }
+    c->logits = kvs_backend_host_alloc(c->be, (size_t)hp->n_vocab * f);
+    if (!c->logits) return KVS_ERR_NOMEM;
+    memset(c->logits, 0, (size_t)hp->n_vocab * f);
+    if (kvs_backend_host_memory(c->be)) return KVS_OK;
+    float **h[] = {&c->h_x, &c->h_xn, &c->h_q, &c->h_k, &c->h_v, &c->h_att};
+    size_t n[] = {B * D, B * D, B * dq, B * dkv, B * dkv, B * dq};
+    for (size_t i = 0; i < KVS_ARRAY_LEN(h); i++)
+        if (!(*h[i] = kvs_backend_host_alloc(c->be, n[i] * f))) return KVS_ERR_NOMEM;
+    return KVS_OK;
 }
 
 enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model, struct kvs_press *press,
@@ -230,22 +153,11 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
     c->pool = kvs_pool_new(p->n_threads);
     c->freqs = kvs_rope_freqs(&model->hp);
     const struct kvs_hparams *hp = &model->hp;
-    size_t B = (size_t)p->n_batch, D = hp->n_embd, dq = (size_t)hp->n_head * hp->head_dim;
-    size_t dkv = (size_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
-    c->x = malloc(B * D * sizeof(float));
-    c->xn = malloc(B * D * sizeof(float));
-    c->q = malloc(B * dq * sizeof(float));
-    c->k = malloc(B * dkv * sizeof(float));
-    c->v = malloc(B * dkv * sizeof(float));
-    c->att = malloc(B * dq * sizeof(float));
-    c->tmp = malloc(B * D * sizeof(float));
-    c->gate = malloc(B * F * sizeof(float));
-    c->up = malloc(B * F * sizeof(float));
-    c->pos = malloc(B * sizeof(int32_t));
-    c->logits = calloc(hp->n_vocab, sizeof(float));
-    if (!c->pool || !c->freqs || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->tmp || !c->gate ||
-        !c->up || !c->pos || !c->logits)
-        goto oom;
+    c->pos = malloc((size_t)p->n_batch * sizeof(int32_t));
+    c->lc = calloc(hp->n_layer ? hp->n_layer : 1, sizeof *c->lc);
+    c->layer_names = calloc(hp->n_layer ? hp->n_layer : 1, sizeof *c->layer_names);
+    if (!c->pool || !c->freqs || !c->pos || !c->lc || !c->layer_names) goto oom;
+    for (uint32_t l = 0; l < hp->n_layer; l++) snprintf(c->layer_names[l], sizeof c->layer_names[l], "layer %u", l);
     const char *bname = p->backend[0] ? p->backend : "cpu";
     enum kvs_status bst = kvs_backend_new(&c->be, bname, c->pool, err, errlen);
     if (bst != KVS_OK) {
@@ -253,7 +165,19 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
         return bst;
     }
     c->be->precise = p->precise;
-    size_t nbw = (size_t)hp->n_layer * 7 + 1;
+    if ((bst = kvs_backend_set_weights(c->be, p->weights)) != KVS_OK) {
+        kvs_seterr(err, errlen, "%s backend: %s", bname, kvs_backend_error(c->be));
+        kvs_ctx_delete(c);
+        return bst;
+    }
+    if ((bst = bufs_alloc(c)) != KVS_OK || (bst = consts_upload(c)) != KVS_OK) {
+        if (bst == KVS_ERR_NOMEM && !c->be->err[0]) goto oom;
+        kvs_seterr(err, errlen, "%s backend: activation buffers for a batch of %d: %s", bname, p->n_batch,
+                   c->be->err[0] ? c->be->err : "out of memory");
+        kvs_ctx_delete(c);
+        return bst;
+    }
+    size_t nbw = (size_t)hp->n_layer * 7 + 2;
     c->bw = calloc(nbw, sizeof *c->bw);
     if (!c->bw) goto oom;
     for (uint32_t l = 0; l < hp->n_layer; l++) {
@@ -268,9 +192,17 @@ enum kvs_status kvs_ctx_new(struct kvs_ctx **out, const struct kvs_model *model,
             }
         }
     }
-    bst = kvs_backend_weight_prepare(c->be, &c->bw[nbw - 1], &model->output);
+    bst = kvs_backend_weight_prepare(c->be, &c->bw[nbw - 2], &model->output);
     if (bst != KVS_OK) {
         kvs_seterr(err, errlen, "%s backend: preparing the output head: %s", bname, kvs_backend_error(c->be));
+        kvs_ctx_delete(c);
+        return bst;
+    }
+    /* a tied embedding is the output head's table: one copy serves both */
+    c->embd_shared = model->tok_embd.data == model->output.data && model->tok_embd.type == model->output.type;
+    if (c->embd_shared) c->bw[nbw - 1] = c->bw[nbw - 2];
+    else if ((bst = kvs_backend_table_prepare(c->be, &c->bw[nbw - 1], &model->tok_embd)) != KVS_OK) {
+        kvs_seterr(err, errlen, "%s backend: preparing the embedding table: %s", bname, kvs_backend_error(c->be));
         kvs_ctx_delete(c);
         return bst;
     }
@@ -296,15 +228,25 @@ void kvs_ctx_delete(struct kvs_ctx *c)
         if (c->press->ops->detach) c->press->ops->detach(c->press);
         c->press->be = NULL;
     }
-    if (c->bw && c->be)
-        for (size_t i = 0; i < (size_t)c->m->hp.n_layer * 7 + 1; i++) kvs_backend_weight_release(c->be, &c->bw[i]);
+    if (c->be) {
+        size_t nbw = (size_t)c->m->hp.n_layer * 7 + 2;
+        if (c->bw) {
+            if (c->embd_shared) c->bw[nbw - 1].dev = NULL; /* released as the output head */
+            for (size_t i = 0; i < nbw; i++) kvs_backend_weight_release(c->be, &c->bw[i]);
+        }
+        struct kvs_buf *bufs[] = {&c->consts, &c->x, &c->xn, &c->q, &c->k, &c->v, &c->att, &c->tmp, &c->gate, &c->up,
+                                  &c->tok, &c->posb, &c->logits_dev};
+        for (size_t i = 0; i < KVS_ARRAY_LEN(bufs); i++) kvs_backend_buf_free(c->be, bufs[i]);
+        float *h[] = {c->logits, c->h_x, c->h_xn, c->h_q, c->h_k, c->h_v, c->h_att};
+        for (size_t i = 0; i < KVS_ARRAY_LEN(h); i++) kvs_backend_host_free(c->be, h[i]);
+    }
     free(c->bw);
+    free(c->lc);
+    free(c->layer_names);
     kvs_backend_delete(c->be);
     kvs_pool_delete(c->pool);
     free(c->freqs);
-    free(c->x); free(c->xn); free(c->q); free(c->k); free(c->v);
-    free(c->att); free(c->tmp); free(c->gate); free(c->up);
-    free(c->pos); free(c->logits);
+    free(c->pos);
     free(c);
 }
 
@@ -315,6 +257,21 @@ struct kvs_pool *kvs_ctx_pool(struct kvs_ctx *c) { return c->pool; }
 const char *kvs_ctx_error(const struct kvs_ctx *c) { return c->err; }
 const char *kvs_ctx_backend(const struct kvs_ctx *c) { return kvs_backend_name(c->be); }
 uint64_t kvs_ctx_pool_bytes(const struct kvs_ctx *c) { return c->be ? c->be->pool_bytes : 0; }
+
+const char *kvs_ctx_weights(const struct kvs_ctx *c, uint64_t *saturated)
+{
+    if (saturated) *saturated = c->be ? c->be->weights_saturated : 0;
+    return c->be ? c->be->weights : "";
+}
+
+void kvs_ctx_transfers(const struct kvs_ctx *c, struct kvs_ctx_xfer *out)
+{
+    *out = c->xfer;
+    out->up_bytes = c->be ? c->be->xfer_up_bytes : 0;
+    out->down_bytes = c->be ? c->be->xfer_down_bytes : 0;
+    out->up_calls = c->be ? c->be->xfer_up_calls : 0;
+    out->down_calls = c->be ? c->be->xfer_down_calls : 0;
+}
 const char *kvs_ctx_device(const struct kvs_ctx *c) { return kvs_backend_device(c->be); }
 
 void kvs_ctx_set_hook(struct kvs_ctx *c, kvs_layer_hook fn, void *ud)
@@ -333,23 +290,35 @@ static enum kvs_status matmul_ctr(struct kvs_ctx *c, const struct kvs_backend_we
 {
     const struct kvs_weight *w = bw->w;
     uint64_t t0 = kvs_now_ns();
-    enum kvs_status st = kvs_backend_matmul(c->be, bw, x, y, T);
+    enum kvs_status st = kvs_backend_matmul_buf(c->be, bw, x, y, T);
     ctr_add(c, KVS_OP_MATMUL, t0, (uint64_t)w->rows * w->row_bytes + (uint64_t)T * (w->cols + w->rows) * 4,
             2ull * T * w->rows * w->cols);
     if (st != KVS_OK) kvs_seterr(c->err, sizeof c->err, "%s backend: %s", kvs_backend_name(c->be), kvs_backend_error(c->be));
     return st;
 }
 
-static void add_bias(float *y, const float *b, int T, int n)
+/* Host view of COUNT floats of buffer BUF: the buffer itself on a host-memory backend, else a copy
+ * downloaded into STAGE (counted as a press-boundary crossing). NULL on failure. */
+static float *host_view(struct kvs_ctx *c, const struct kvs_buf *buf, float *stage, size_t count)
 {
-    if (!b) return;
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+    if (kvs_backend_host_memory(c->be)) return buf->data;
+    if (kvs_backend_buf_download(c->be, stage, buf, 0, count * sizeof(float)) != KVS_OK) return NULL;
+    c->xfer.press_bytes += count * sizeof(float);
+    c->xfer.press_calls++;
+    return stage;
 }
 
-static void silu_mul(float *g, const float *u, size_t n)
+static void range_push(struct kvs_ctx *c, const char *name)
 {
-    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    kvs_backend_range_push(c->be, name);
+    c->ranges_open++;
+}
+
+static void range_pop(struct kvs_ctx *c)
+{
+    if (c->ranges_open <= 0) return;
+    kvs_backend_range_pop(c->be);
+    c->ranges_open--;
 }
 
 /* One chunk of T <= n_batch tokens. */
@@ -360,60 +329,94 @@ static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int 
     const int D = (int)hp->n_embd, d = (int)hp->head_dim, nh = (int)hp->n_head, nkv = (int)hp->n_head_kv;
     const int dq = nh * d, dkv = nkv * d, F = (int)hp->n_ff, V = (int)hp->n_vocab;
     struct kvs_press *pr = c->press;
+    struct kvs_backend *be = c->be;
     bool need_kv = !pr || (pr->needs & KVS_PRESS_NEEDS_KV) || c->hook;
+    /* the press reads our buffers directly when they are host memory or it works on backend memory;
+     * otherwise its inputs come to the host and its output goes back (counted) */
+    bool direct = kvs_backend_host_memory(be) || (pr && (pr->needs & KVS_PRESS_BACKEND_IO));
+    float *x = c->x.data, *xn = c->xn.data, *q = c->q.data, *k = c->k.data, *v = c->v.data, *att = c->att.data;
+    float *tmp = c->tmp.data, *gate = c->gate.data, *up = c->up.data;
     for (int t = 0; t < T; t++) {
         if (tokens[t] < 0 || tokens[t] >= V) {
             kvs_seterr(c->err, sizeof c->err, "token id %d out of range (vocabulary %d)", tokens[t], V);
             return KVS_ERR_ARG;
         }
         c->pos[t] = c->n_past + t;
-        kvs_weight_row_f32(&m->tok_embd, tokens[t], c->x + (size_t)t * D);
     }
     enum kvs_status st = KVS_OK;
-#define TRY(expr) do { if ((st = (expr)) != KVS_OK) { if (!c->err[0]) kvs_seterr(c->err, sizeof c->err, "%s backend: %s", kvs_backend_name(c->be), kvs_backend_error(c->be)); return st; } } while (0)
+#define TRY(expr) do { if ((st = (expr)) != KVS_OK) { if (!c->err[0]) kvs_seterr(c->err, sizeof c->err, "%s backend: %s", kvs_backend_name(be), kvs_backend_error(be)); return st; } } while (0)
+#define HOST(var, buf, stage, count) do { if (!((var) = host_view(c, &(buf), (stage), (size_t)(count)))) TRY(KVS_ERR_BACKEND); } while (0)
     c->err[0] = 0;
+    TRY(kvs_backend_buf_upload(be, &c->tok, 0, tokens, (size_t)T * sizeof(int32_t)));
+    TRY(kvs_backend_buf_upload(be, &c->posb, 0, c->pos, (size_t)T * sizeof(int32_t)));
+    TRY(kvs_backend_embed(be, &c->bw[(size_t)hp->n_layer * 7 + 1], c->tok.data, T, x));
+    if (!pr) {
+        kvs_seterr(c->err, sizeof c->err, "no KV-cache method set");
+        return KVS_ERR_STATE;
+    }
     for (int l = 0; l < (int)hp->n_layer; l++) {
-        const struct kvs_layer *ly = &m->layers[l];
+        const struct layer_consts *lc = &c->lc[l];
         const struct kvs_backend_weight *bw = &c->bw[l * 7];
+        range_push(c, c->layer_names[l]);
         uint64_t t0 = kvs_now_ns();
-        TRY(kvs_backend_rmsnorm(c->be, c->xn, c->x, ly->attn_norm, T, D, hp->rms_eps));
+        TRY(kvs_backend_rmsnorm_buf(be, xn, x, lc->attn_norm, T, D, hp->rms_eps));
         ctr_add(c, KVS_OP_NORM, t0, (uint64_t)T * D * 12, (uint64_t)T * D * 4);
-        TRY(matmul_ctr(c, &bw[0], c->xn, c->q, T));
-        add_bias(c->q, ly->bq, T, dq);
+        TRY(matmul_ctr(c, &bw[0], xn, q, T));
+        if (lc->bq) TRY(kvs_backend_add_bias(be, q, lc->bq, T, dq));
         if (need_kv) {
-            TRY(matmul_ctr(c, &bw[1], c->xn, c->k, T));
-            add_bias(c->k, ly->bk, T, dkv);
-            TRY(matmul_ctr(c, &bw[2], c->xn, c->v, T));
-            add_bias(c->v, ly->bv, T, dkv);
+            TRY(matmul_ctr(c, &bw[1], xn, k, T));
+            if (lc->bk) TRY(kvs_backend_add_bias(be, k, lc->bk, T, dkv));
+            TRY(matmul_ctr(c, &bw[2], xn, v, T));
+            if (lc->bv) TRY(kvs_backend_add_bias(be, v, lc->bv, T, dkv));
         }
-        if (c->hook) c->hook(c->hook_ud, l, T, c->pos, c->x, c->xn, c->k);
+        if (c->hook) {
+            const float *hx, *hxn, *hk;
+            HOST(hx, c->x, c->h_x, (size_t)T * D);
+            HOST(hxn, c->xn, c->h_xn, (size_t)T * D);
+            HOST(hk, c->k, c->h_k, (size_t)T * dkv);
+            c->hook(c->hook_ud, l, T, c->pos, hx, hxn, hk);
+        }
         t0 = kvs_now_ns();
-        TRY(kvs_backend_rope(c->be, c->q, T, nh, d, c->pos, c->freqs, hp->rope_neox));
-        if (need_kv) TRY(kvs_backend_rope(c->be, c->k, T, nkv, d, c->pos, c->freqs, hp->rope_neox));
+        TRY(kvs_backend_rope_buf(be, q, T, nh, d, c->posb.data, c->freqs_dev, hp->rope_neox));
+        if (need_kv) TRY(kvs_backend_rope_buf(be, k, T, nkv, d, c->posb.data, c->freqs_dev, hp->rope_neox));
         ctr_add(c, KVS_OP_ROPE, t0, (uint64_t)T * (dq + dkv) * 8, (uint64_t)T * (dq + dkv) * 3);
-        if (!pr) {
-            kvs_seterr(c->err, sizeof c->err, "no KV-cache method set");
-            return KVS_ERR_STATE;
+        const float *pxn = xn, *pk = k, *pv = v, *pq = q;
+        float *patt = att;
+        if (!direct) { /* a press on host arrays (CommonKV's pools are still host memory) */
+            if (pr->needs & KVS_PRESS_NEEDS_XN) HOST(pxn, c->xn, c->h_xn, (size_t)T * D);
+            else pxn = NULL;
+            if (need_kv) {
+                HOST(pk, c->k, c->h_k, (size_t)T * dkv);
+                HOST(pv, c->v, c->h_v, (size_t)T * dkv);
+            }
+            patt = c->h_att;
         }
         t0 = kvs_now_ns();
-        st = pr->ops->store(pr, l, T, c->pos, c->xn, need_kv ? c->k : NULL, need_kv ? c->v : NULL);
+        st = pr->ops->store(pr, l, T, c->pos, pxn, need_kv ? pk : NULL, need_kv ? pv : NULL);
         ctr_add(c, KVS_OP_STORE, t0, (uint64_t)T * dkv * 2 * 2, 0);
         if (st != KVS_OK) goto press_fail;
+        if (!direct) HOST(pq, c->q, c->h_q, (size_t)T * dq);
         t0 = kvs_now_ns();
-        st = pr->ops->attend(pr, l, T, c->pos, c->q, c->att);
+        st = pr->ops->attend(pr, l, T, c->pos, pq, patt);
         uint64_t ctxlen = (uint64_t)c->n_past + T;
         ctr_add(c, KVS_OP_ATTN, t0, (uint64_t)ctxlen * dkv * 2 * 2 + (uint64_t)T * dq * 8, 4ull * T * nh * d * ctxlen);
         if (st != KVS_OK) goto press_fail;
-        TRY(matmul_ctr(c, &bw[3], c->att, c->tmp, T));
-        for (size_t i = 0; i < (size_t)T * D; i++) c->x[i] += c->tmp[i];
+        if (!direct) {
+            TRY(kvs_backend_buf_upload(be, &c->att, 0, c->h_att, (size_t)T * dq * sizeof(float)));
+            c->xfer.press_bytes += (uint64_t)T * dq * sizeof(float);
+            c->xfer.press_calls++;
+        }
+        TRY(matmul_ctr(c, &bw[3], att, tmp, T));
+        TRY(kvs_backend_add(be, x, tmp, (size_t)T * D));
         t0 = kvs_now_ns();
-        TRY(kvs_backend_rmsnorm(c->be, c->xn, c->x, ly->ffn_norm, T, D, hp->rms_eps));
+        TRY(kvs_backend_rmsnorm_buf(be, xn, x, lc->ffn_norm, T, D, hp->rms_eps));
         ctr_add(c, KVS_OP_NORM, t0, (uint64_t)T * D * 12, (uint64_t)T * D * 4);
-        TRY(matmul_ctr(c, &bw[4], c->xn, c->gate, T));
-        TRY(matmul_ctr(c, &bw[5], c->xn, c->up, T));
-        silu_mul(c->gate, c->up, (size_t)T * F);
-        TRY(matmul_ctr(c, &bw[6], c->gate, c->tmp, T));
-        for (size_t i = 0; i < (size_t)T * D; i++) c->x[i] += c->tmp[i];
+        TRY(matmul_ctr(c, &bw[4], xn, gate, T));
+        TRY(matmul_ctr(c, &bw[5], xn, up, T));
+        TRY(kvs_backend_swiglu(be, gate, up, (size_t)T * F));
+        TRY(matmul_ctr(c, &bw[6], gate, tmp, T));
+        TRY(kvs_backend_add(be, x, tmp, (size_t)T * D));
+        range_pop(c);
     }
     c->n_past += T;
     if (pr->ops->end_step) {
@@ -422,17 +425,23 @@ static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int 
         ctr_add(c, KVS_OP_MERGE, t0, 0, 0);
         if (st != KVS_OK) goto press_fail;
     }
-    /* output head: every token when asked, else the last one */
+    /* output head: every token when asked, else the last one; only the logits come back */
     uint64_t t0 = kvs_now_ns();
     int first = logits_all ? 0 : T - 1;
     int nt = T - first;
-    TRY(kvs_backend_rmsnorm(c->be, c->xn, c->x + (size_t)first * D, m->output_norm, nt, D, hp->rms_eps));
+    TRY(kvs_backend_rmsnorm_buf(be, xn, x + (size_t)first * D, c->output_norm, nt, D, hp->rms_eps));
     const struct kvs_backend_weight *ow = &c->bw[(size_t)hp->n_layer * 7];
+    size_t lbytes = (size_t)nt * V * sizeof(float);
+    if (c->logits_dev.bytes < lbytes) {
+        kvs_backend_buf_free(be, &c->logits_dev);
+        TRY(kvs_backend_buf_alloc(be, &c->logits_dev, lbytes));
+    }
+    TRY(kvs_backend_matmul_buf(be, ow, xn, c->logits_dev.data, nt));
     if (logits_all) {
-        TRY(kvs_backend_matmul(c->be, ow, c->xn, logits_all, nt));
+        TRY(kvs_backend_buf_download(be, logits_all, &c->logits_dev, 0, lbytes));
         memcpy(c->logits, logits_all + (size_t)(nt - 1) * V, (size_t)V * sizeof(float));
     } else {
-        TRY(kvs_backend_matmul(c->be, ow, c->xn, c->logits, 1));
+        TRY(kvs_backend_buf_download(be, c->logits, &c->logits_dev, 0, (size_t)V * sizeof(float)));
     }
     ctr_add(c, KVS_OP_LOGITS, t0, (uint64_t)m->output.rows * m->output.row_bytes, 2ull * nt * V * D);
     /* a corrupt model (NaN/Inf weights, bytes that do not match their type) must stop here with its
@@ -447,6 +456,7 @@ static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int 
         return KVS_ERR_FORMAT;
     }
     return KVS_OK;
+#undef HOST
 #undef TRY
 press_fail:
     kvs_seterr(c->err, sizeof c->err, "%s: %s", pr->ops->name, pr->err[0] ? pr->err : "failed");
@@ -463,7 +473,13 @@ enum kvs_status kvs_ctx_eval(struct kvs_ctx *c, const int32_t *tokens, int n, fl
     }
     for (int i = 0; i < n; i += c->p.n_batch) {
         int T = KVS_MIN(c->p.n_batch, n - i);
+        /* one range per step (a prefill chunk or a decoded token), one per layer inside it */
+        char name[48];
+        if (T == 1) snprintf(name, sizeof name, "decode %d", c->n_past);
+        else snprintf(name, sizeof name, "prefill %d-%d", c->n_past, c->n_past + T - 1);
+        range_push(c, name);
         enum kvs_status st = eval_chunk(c, tokens + i, T, logits ? logits + (size_t)i * c->m->hp.n_vocab : NULL);
+        while (c->ranges_open > 0) range_pop(c); /* an error may leave a layer's range open */
         if (st != KVS_OK) return st;
     }
     return KVS_OK;

@@ -11,6 +11,8 @@ struct kvs_ctx_params {
     int n_batch;        /* prefill chunk size; kvs_ctx_eval splits longer inputs */
     int n_threads;      /* <= 0: online cores */
     char backend[16];   /* "cpu" (default), "cuda" or "auto" (CUDA when a GPU is usable) */
+    char weights[8];    /* type of the weights' device copies: "auto" (default: bf16 on sm_80 and
+                         * newer, fp16 before), "bf16" or "fp16"; the CPU reads the model's own */
     bool precise;       /* CPU: every product dequantizes the weights and multiplies in fp32, as
                          * prefill does, instead of quantizing short products' activations to 8 bits
                          * (decode is slower and about as accurate as prefill; see kvscope(1)) */
@@ -47,6 +49,20 @@ const char *kvs_ctx_device(const struct kvs_ctx *c);
 /* Bytes of K/V pool storage the backend holds in its own memory (device bytes for CUDA). */
 uint64_t kvs_ctx_pool_bytes(const struct kvs_ctx *c);
 
+/* Host<->backend copies since the context was made (all zero on the CPU backend, whose buffers are
+ * host memory). up/down: every copy through the backend's buffers (tokens, positions, logits, …);
+ * press: those of them made because the press or a layer hook reads host arrays (a device token
+ * that leaves the device; zero for `full` without a hook). */
+struct kvs_ctx_xfer {
+    uint64_t up_bytes, down_bytes, up_calls, down_calls;
+    uint64_t press_bytes, press_calls;
+};
+void kvs_ctx_transfers(const struct kvs_ctx *c, struct kvs_ctx_xfer *out);
+/* Type of the weights' device copies ("bf16", "fp16"; "" on the CPU) and, in *saturated (may be
+ * NULL), how many weight values an fp16 upload clamped to ±65504 (never silently: callers report a
+ * non-zero count). */
+const char *kvs_ctx_weights(const struct kvs_ctx *c, uint64_t *saturated);
+
 /* Optional observer called for every layer of every chunk (similarity evidence, calibration).
  * x: (T, D) residual stream entering the layer; xn: (T, D) after attn RMSNorm; k: (T, n_kv*d) keys
  * before RoPE (always computed while a hook is set). Pointers are valid during the call only. */
@@ -59,19 +75,10 @@ int32_t kvs_sample(const float *logits, int n_vocab, float temp, float top_p, ui
 /* log softmax of logits at ID. */
 float kvs_logprob(const float *logits, int n_vocab, int32_t id);
 
-/* Building blocks shared with the presses and the CUDA twin (reference implementations). */
-void kvs_cpu_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
-/* Rotates N_HEADS heads of width HEAD_DIM at position POS in place. FREQS: (head_dim/2) inverse
- * frequencies (llama3 scaling already applied); NEOX: pairs (i, i+d/2) instead of (2i, 2i+1). */
-void kvs_cpu_rope(float *x, int n_heads, int head_dim, int32_t pos, const float *freqs, bool neox);
-/* Inverse frequencies for the model (head_dim/2 floats, malloc'd; caller frees). */
-float *kvs_rope_freqs(const struct kvs_hparams *hp);
-/* Y (T, rows) = X (T, cols) · Wᵀ for a quantized or float weight; threads over rows. Up to 4 rows
- * of X are quantized to 8 bits and dotted with the packed weights (fast, less accurate) unless
- * PRECISE; longer X, or PRECISE, dequantize the weights and run sgemm in fp32. The result does not
- * depend on the pool's thread count. kvs_cpu_matmul is kvs_cpu_matmul_ex without PRECISE. */
-void kvs_cpu_matmul(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T);
-void kvs_cpu_matmul_ex(struct kvs_pool *pool, const struct kvs_weight *w, const float *x, float *y, int T,
-                       bool precise);
+/* The CPU references of the building blocks (engine/cpu/, twins of kernels/ by stem) stay visible
+ * to the forward pass's users through this header. */
+#include "matmul.h"
+#include "norm.h"
+#include "rope.h"
 
 #endif

@@ -230,6 +230,7 @@ static void emit_run(struct kvs_session *s, struct kvs_press *press, struct kvs_
     clock_gettime(CLOCK_REALTIME, &ts);
     run->unix_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     run->precise = s->p.precise;
+    snprintf(run->weights, sizeof run->weights, "%s", kvs_ctx_weights(ctx, &run->weights_saturated));
     emit(s, r);
 }
 
@@ -283,6 +284,7 @@ static void *session_main(void *arg)
     cp.n_batch = s->p.n_batch > 0 ? s->p.n_batch : 256;
     cp.n_threads = s->p.n_threads;
     if (s->p.backend[0]) snprintf(cp.backend, sizeof cp.backend, "%s", s->p.backend);
+    if (s->p.weights[0]) snprintf(cp.weights, sizeof cp.weights, "%s", s->p.weights);
     cp.precise = s->p.precise;
     if ((st = kvs_ctx_new(&ctx, m, press, &cp, err, sizeof err)) != KVS_OK) { logf_(s, 2, "%s", err); goto end; }
     if (s->p.compare_full && s->p.method.methods != KVS_M_FULL) {
@@ -308,6 +310,11 @@ static void *session_main(void *arg)
         s->t0 = now;
     }
     emit_run(s, press, ctx);
+    uint64_t clamped = 0;
+    const char *wtype = kvs_ctx_weights(ctx, &clamped);
+    if (clamped) /* never silent: these weights are not what the model holds */
+        logf_(s, 1, "weights: %llu values exceed the fp16 range and were clamped to +-65504 (%s on %s)",
+              (unsigned long long)clamped, wtype, kvs_ctx_device(ctx));
     /* GPU activity: CUPTI when the run is on the GPU, otherwise the reason on one line */
     struct kvs_profiler *prof = NULL;
     enum kvs_prof_state pstate;

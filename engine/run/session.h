@@ -24,6 +24,7 @@ struct kvs_session_params {
     uint32_t run_id;
     char backend[16];           /* "cpu" (default), "cuda", "auto" */
     bool precise;               /* decode on the accurate path (kvs_ctx_params.precise) */
+    char weights[8];            /* CUDA weights' type: "auto" (default), "bf16", "fp16" */
     bool lossless;              /* wait when the queue is full (batch output); otherwise the engine
                                  * never waits for its consumer: a full queue drops the record and
                                  * END reports how many were dropped. RUN and END always wait. */

@@ -5,12 +5,14 @@
  * kernel pointer argument, with a red zone behind each one checked after every launch.
  * Programming errors that a GPU would turn into a fault abort with a line naming the kernel. */
 #include <cuda_runtime.h>
+#include <nvtx3/nvToolsExt.h>
 
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include <sys/mman.h>
@@ -586,6 +588,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device)
     p->maxGridSize[0] = 0x7fffffff, p->maxGridSize[1] = 65535, p->maxGridSize[2] = 65535;
     p->major = 8; /* the kernels' oldest real target */
     p->minor = 0;
+    /* KVS_CUDA_EMU_CC=75 pretends another compute capability (tests of the weights' dtype choice) */
+    const char *cc = getenv("KVS_CUDA_EMU_CC");
+    if (cc && cc[0] >= '1' && cc[0] <= '9' && cc[1] >= '0' && cc[1] <= '9' && !cc[2])
+        p->major = cc[0] - '0', p->minor = cc[1] - '0';
     p->multiProcessorCount = 1;
     return cudaSuccess;
 }
@@ -650,6 +656,64 @@ cudaError_t cudaFree(void *p)
     check_redzones("cudaFree: a kernel or copy");
     std::lock_guard<std::mutex> g(mem_lock);
     allocs.erase((uintptr_t)p);
+    free(p);
+    return cudaSuccess;
+}
+
+/* NVTX ranges: pushes append "name>" to a log, pops append "<"; a pop without a push is recorded
+ * as "!" so the nesting can be checked. kvs_cuda_emu_nvtx_log hands the log over and clears it. */
+static std::string nvtx_log;
+static int nvtx_depth;
+int nvtxRangePushA(const char *message)
+{
+    std::lock_guard<std::mutex> g(mem_lock);
+    nvtx_log += message ? message : "(null)";
+    nvtx_log += '>';
+    return nvtx_depth++;
+}
+int nvtxRangePop(void)
+{
+    std::lock_guard<std::mutex> g(mem_lock);
+    if (nvtx_depth == 0) {
+        nvtx_log += '!';
+        return -1;
+    }
+    nvtx_log += '<';
+    return --nvtx_depth;
+}
+/* Copies the log into BUF (CAP bytes, truncated) and clears it; returns the current depth. */
+extern "C" __attribute__((visibility("default"))) int kvs_cuda_emu_nvtx_log(char *buf, size_t cap)
+{
+    std::lock_guard<std::mutex> g(mem_lock);
+    if (cap) snprintf(buf, cap, "%s", nvtx_log.c_str());
+    nvtx_log.clear();
+    return nvtx_depth;
+}
+
+/* Pinned host memory is plain host memory here, tracked so that a wrong free is reported. */
+static std::map<uintptr_t, size_t> host_allocs;
+cudaError_t cudaMallocHost(void **p, size_t bytes)
+{
+    if (!p) return fail(cudaErrorInvalidValue);
+    *p = malloc(bytes ? bytes : 1);
+    if (!*p) return fail(cudaErrorMemoryAllocation);
+    memset(*p, 0xff, bytes); /* NaN, like device memory: nothing may read it before writing */
+    std::lock_guard<std::mutex> g(mem_lock);
+    host_allocs[(uintptr_t)*p] = bytes;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void *p)
+{
+    if (!p) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> g(mem_lock);
+        if (!host_allocs.erase((uintptr_t)p)) {
+            fprintf(stderr, "cuda-emu: cudaFreeHost(%p): not from cudaMallocHost\n", p);
+            fflush(stderr);
+            abort();
+        }
+    }
     free(p);
     return cudaSuccess;
 }
