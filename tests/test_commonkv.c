@@ -8,6 +8,7 @@
 #include "commonkv_priv.h"
 #include "harness.h"
 #include "infer.h"
+#include "method.h"
 #include "quant.h"
 #include "threads.h"
 #include "tinymodel.h"
@@ -593,7 +594,12 @@ static void merged_own_b(const char *keys)
     c.whiten = false;
     int T = 12, D = 64, r = 20, d = 16, nh = 4, nkv = 2, dkv = 32;
     struct kvs_press *p = NULL;
-    CHECK(kvs_press_commonkv_create(&p, m, &c, 64, f, NULL, NULL, err, sizeof err) == KVS_OK);
+    /* the plan from the method layer; the press borrows F, whose full factors the checks read */
+    struct kvs_ckv_factors *fp = NULL;
+    struct kvs_ckv_plan plan;
+    CHECK(kvs_method_prepare(&fp, &plan, m, &c, 64, NULL, NULL, err, sizeof err) == KVS_OK);
+    kvs_ckv_factors_delete(fp);
+    CHECK(kvs_press_commonkv_create(&p, m, &c, 64, f, false, &plan, err, sizeof err) == KVS_OK);
     keys_restore();
     if (!p) { kvs_ckv_factors_delete(f); kvs_model_delete(m); return; }
     float *xn = malloc(sizeof(float) * 2 * T * D), q[4 * 16], out[2][4 * 16];
@@ -790,7 +796,10 @@ static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint3
     c.cache_dir[0] = 0;
     c.quant_residual = 16; /* composed with quant: older rows move to the packed pool */
     struct kvs_press *p = NULL;
-    enum kvs_status st = kvs_press_commonkv_create(&p, m, &c, 256, NULL, NULL, NULL, err, sizeof err);
+    struct kvs_ckv_factors *f = NULL;
+    struct kvs_ckv_plan plan;
+    enum kvs_status st = kvs_method_prepare(&f, &plan, m, &c, 256, NULL, NULL, err, sizeof err);
+    if (st == KVS_OK) st = kvs_press_commonkv_create(&p, m, &c, 256, f, true, &plan, err, sizeof err);
     keys_restore();
     CHECKF(st == KVS_OK, "%s %s: %s", arch, spec, err);
     if (!p) { kvs_model_delete(m); return; }

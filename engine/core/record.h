@@ -81,6 +81,11 @@ struct kvs_rec_run {
      * at most, similarity floor (-1: none), and why the plan is what it is */
     float plan_merge_share, plan_merge_floor;
     char plan_note[200];
+    /* how the CommonKV plan was made (NaN-free; "" / 0 for other methods): the profile (0 tuned:
+     * measured on calibration text, 1 paper: the paper's fixed split) and why this plan (the
+     * candidates scored and their KL, or why none were) */
+    uint32_t plan_profile;
+    char plan_why[240];
 };
 
 enum kvs_step_kind { KVS_STEP_PREFILL = 1, KVS_STEP_DECODE = 2 };

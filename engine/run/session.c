@@ -225,6 +225,11 @@ static void emit_run(struct kvs_session *s, struct kvs_press *press, struct kvs_
     for (uint32_t g = 0; g < tmp.n_groups && g < KVS_MAX_GROUPS; g++) run->group_rank[g] = tmp.group_rank[g];
     if (tmp.n_groups) run->n_groups = tmp.n_groups;
     kvs_press_commonkv_run_fields(press, run);
+    const struct kvs_ckv_plan *plan = kvs_press_commonkv_plan(press);
+    if (plan) {
+        run->plan_profile = plan->profile;
+        snprintf(run->plan_why, sizeof run->plan_why, "%s", plan->why);
+    }
     run->n_threads = (uint32_t)kvs_pool_size(kvs_ctx_pool(ctx));
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
