@@ -54,6 +54,8 @@ static struct kvs_record *mk_run(uint32_t id, uint32_t nl, uint32_t ng)
     u->plan_merge_share = 0.8f;
     u->plan_merge_floor = 0.45f;
     snprintf(u->plan_note, sizeof u->plan_note, "similarity floor 0.45 stopped merging at 10 of 20 eligible slots");
+    u->plan_profile = 1;
+    snprintf(u->plan_why, sizeof u->plan_why, "KL@CR on topics.py (256+32 tok), share/floor/rank: 0.60/0.45/u 0.151@0.50*");
     return r;
 }
 
@@ -185,7 +187,7 @@ static bool rec_equal(const struct kvs_record *a, const struct kvs_record *b)
                   x->recent == y->recent && x->quant_bits == y->quant_bits && x->evict_capacity == y->evict_capacity &&
                   x->n_threads == y->n_threads && x->unix_ns == y->unix_ns &&
                   feq(x->plan_merge_share, y->plan_merge_share) && feq(x->plan_merge_floor, y->plan_merge_floor) &&
-                  SEQ(x->plan_note, y->plan_note);
+                  SEQ(x->plan_note, y->plan_note) && x->plan_profile == y->plan_profile && SEQ(x->plan_why, y->plan_why);
         for (uint32_t g = 0; ok && g < KVS_MIN(x->n_groups, (uint32_t)KVS_MAX_GROUPS); g++)
             ok = x->group_rank[g] == y->group_rank[g];
         return ok;

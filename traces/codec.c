@@ -91,6 +91,8 @@ static void enc_run(struct kvt_buf *b, const struct kvs_rec_run *r)
     kvt_buf_f32(b, r->plan_merge_share);
     kvt_buf_f32(b, r->plan_merge_floor);
     put_str(b, r->plan_note, sizeof r->plan_note);
+    kvt_buf_u32(b, r->plan_profile);
+    put_str(b, r->plan_why, sizeof r->plan_why);
 }
 
 static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
@@ -283,6 +285,13 @@ static void dec_run(struct cur *c, struct kvs_rec_run *r)
         r->plan_merge_share = gf32(c);
         r->plan_merge_floor = gf32(c);
         gstr(c, r->plan_note, sizeof r->plan_note);
+    }
+    /* appended plan origin: absent in older traces */
+    r->plan_profile = 0;
+    r->plan_why[0] = 0;
+    if (c->pos < c->len) {
+        r->plan_profile = g32(c);
+        gstr(c, r->plan_why, sizeof r->plan_why);
     }
 }
 

@@ -167,6 +167,10 @@ static void json_run(FILE *f, const struct kvs_rec_run *r)
     if (isfinite(r->plan_merge_floor)) jf(f, r->plan_merge_floor); else fputs("null", f);
     fputs(",\"plan_note\":", f);
     JS(f, r->plan_note);
+    fputs(",\"plan_profile\":", f);
+    JS(f, r->plan_profile ? "paper" : "tuned");
+    fputs(",\"plan_why\":", f);
+    JS(f, r->plan_why);
 }
 
 static void json_step(FILE *f, const struct kvs_rec_step *s)
