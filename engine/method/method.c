@@ -108,7 +108,8 @@ enum kvs_status kvs_method_prepare(struct kvs_ckv_factors **factors, struct kvs_
     uint32_t bits = c.quant_bits;
     char split[200] = "";
     if (target >= 0 && comp) split_target(f, &c, target, n_ctx, &pc.target_cr, &bits, split, sizeof split);
-    if (target >= 0 && pc.target_cr < 0) {
+    bool latent_fixed = target >= 0 && pc.target_cr < 0;
+    if (latent_fixed) {
         /* the other parts already remove more than the target: the latent is kept larger than the
          * full cache would be (rank up to full, nothing merged) */
         double h = 1.0 - pc.target_cr, full = 0, fixed = 0, per = 0;
@@ -160,6 +161,10 @@ enum kvs_status kvs_method_prepare(struct kvs_ckv_factors **factors, struct kvs_
         else if (!merging)
             snprintf(plan->why, sizeof plan->why, "%s: rank %u (%.2f D), no merging: nothing to search",
                      common ? "group size 1" : "lowrank", plan->rank[0], (double)plan->rank[0] / D);
+        else if (latent_fixed)
+            snprintf(plan->why, sizeof plan->why,
+                     "latent part: rank %u (%.2f D), nothing merged: the other parts carry the target", plan->rank[0],
+                     (double)plan->rank[0] / D);
         else if (unmeasured[0])
             snprintf(plan->why, sizeof plan->why, "default split, %s", unmeasured);
         else
@@ -204,7 +209,8 @@ enum kvs_status kvs_press_new(struct kvs_press **out, const struct kvs_model *mo
     if (m & (KVS_M_COMMONKV | KVS_M_LOWRANK)) {
         struct kvs_ckv_factors *f;
         struct kvs_ckv_plan plan;
-        st = kvs_method_prepare(&f, &plan, model, cfg, n_ctx_max, progress, progress_ctx, err, errlen);
+        int n_plan = cfg->plan_ctx > 0 ? KVS_MIN(cfg->plan_ctx, n_ctx_max) : n_ctx_max;
+        st = kvs_method_prepare(&f, &plan, model, cfg, n_plan, progress, progress_ctx, err, errlen);
         if (st != KVS_OK) return st;
         return kvs_press_commonkv_create(out, model, cfg, n_ctx_max, f, true, &plan, err, errlen);
     }

@@ -314,7 +314,16 @@ enum kvs_status kvs_plan_search(struct kvs_ckv_plan *plan, const struct kvs_ckv_
     plan->cal_tokens = P;
     plan->cal_scored = S;
     const char *b = strrchr(text, '/');
-    int len = snprintf(plan->why, sizeof plan->why, "KL@CR on %s (%d+%d tok)%s, share/floor%s:", b ? b + 1 : text, P,
+    if (mu <= 0) {
+        /* nothing can merge: say what the target costs on the rank alone */
+        snprintf(plan->why, sizeof plan->why,
+                 "nothing can merge in %d tokens (%u sinks + %u recent protected): rank %u (%.2f D) alone costs KL "
+                 "%.3f on %.40s",
+                 n_ctx, latent->sinks, latent->recent, plan->rank[0], (double)plan->rank[0] / f->n_embd,
+                 (double)plan->cand[plan->chosen].kl, b ? b + 1 : text);
+        return KVS_OK;
+    }
+    int len = snprintf(plan->why, sizeof plan->why, "KL@CR on %.40s (%d+%d tok)%s, share/floor%s:", b ? b + 1 : text, P,
                        S, plan->from_cache ? ", cached" : "", latent->rank_by_similarity ? "" : "/rank");
     for (int i = 0; i < plan->n_cand && len > 0 && (size_t)len < sizeof plan->why; i++) {
         const struct kvs_ckv_cand *c = &plan->cand[i];

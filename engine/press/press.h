@@ -62,6 +62,8 @@ struct kvs_method_config {
     /* commonkv / lowrank: how the plan is made (enum kvs_ckv_profile): measured on calibration
      * text (tuned, the default) or the paper's fixed split (--profile paper) */
     uint32_t profile;
+    /* tokens the plan is made for (prompt + tokens to generate); 0: the press's capacity */
+    int32_t plan_ctx;
 };
 
 enum kvs_ckv_profile { KVS_PROFILE_TUNED = 0, KVS_PROFILE_PAPER = 1 };
