@@ -115,8 +115,8 @@ static bool cache_load(const char *path, uint64_t key, struct kvs_ckv_plan *plan
 
 static void cache_save(const char *path, uint64_t key, const struct kvs_ckv_plan *plan)
 {
-    char part[800];
-    snprintf(part, sizeof part, "%s.part", path);
+    char part[820]; /* path (< 800) + ".part" */
+    if ((size_t)snprintf(part, sizeof part, "%.800s.part", path) >= sizeof part) return;
     FILE *fp = fopen(part, "w");
     if (!fp) return; /* the cache is an optimisation: the plan stands without it */
     bool ok = fprintf(fp, "%s %016llx\n", PLAN_MAGIC, (unsigned long long)key) > 0;
