@@ -29,6 +29,7 @@ static void usage(FILE *f)
           "                    [-f FILE]... [--prefix N] [--score N] [--score-chunk N] [--ctx N] [--decode N]\n"
           "                    [--passkey 2048,4096,8192|none] [--depths N] [--multikey N]\n"
           "                    [--group G] [--rank R] [--rank-ratio X] [--rank-by-similarity] [--merge-share X] [--no-whiten]\n"
+          "                    [--merge-floor X] [--profile tuned|paper]\n"
           "                    [--sim adjacent|first-last] [--merge-weights FILE] [--bits B] [--sinks N] [--recent N]\n"
           "                    [--cache-dir DIR | --no-cache] [--ckv-keys auto|bf16|int8|fp32] [-t THREADS]\n"
           "                    [--similarity] [--json] [--svg FILE]\n"
@@ -89,6 +90,7 @@ struct row {
     uint32_t rank_min, rank_max;
     float merged;
     char note[600];
+    char plan[300];            /* commonkv/lowrank: the plan and why (candidates and their KL) */
     bool failed;
 };
 
@@ -112,11 +114,31 @@ struct evalopt {
 #define MK_KEYS 4 /* needles in the multi-key prompt */
 
 /* The configuration of method SPEC at target CR with the shared knobs of O. */
+/* A --methods entry may name its plan profile: "commonkv:paper" or "commonkv:tuned". Copies the
+ * method name into NAME and returns the profile (PROFILE when none is named), or -1 for an unknown
+ * one. */
+static int entry_profile(const char *spec, char *name, size_t cap, uint32_t profile)
+{
+    const char *colon = strchr(spec, ':');
+    snprintf(name, cap, "%.*s", colon ? (int)(colon - spec) : (int)strlen(spec), spec);
+    if (!colon) return (int)profile;
+    if (!strcmp(colon + 1, "paper")) return KVS_PROFILE_PAPER;
+    if (!strcmp(colon + 1, "tuned")) return KVS_PROFILE_TUNED;
+    return -1;
+}
+
 static enum kvs_status method_config(const struct evalopt *o, const char *spec, float cr,
                                      struct kvs_method_config *mc, char *err, size_t errlen)
 {
     *mc = o->base;
-    if (kvs_method_parse(mc, spec, err, errlen) != KVS_OK) return KVS_ERR_ARG;
+    char name[64];
+    int prof = entry_profile(spec, name, sizeof name, o->base.profile);
+    if (prof < 0) {
+        kvs_seterr(err, errlen, "method '%s': profile must be tuned or paper", spec);
+        return KVS_ERR_ARG;
+    }
+    if (kvs_method_parse(mc, name, err, errlen) != KVS_OK) return KVS_ERR_ARG;
+    mc->profile = (uint32_t)prof;
     const struct kvs_method_config *b = &o->base;
     mc->group_size = b->group_size;
     mc->rank = b->rank;
@@ -125,6 +147,7 @@ static enum kvs_status method_config(const struct evalopt *o, const char *spec, 
     mc->merge_share = b->merge_share;
     mc->merge_floor = b->merge_floor;
     mc->ckv_keys = b->ckv_keys;
+    mc->profile = (uint32_t)prof;
     mc->whiten = b->whiten;
     mc->sim_mode = b->sim_mode;
     mc->sinks = b->sinks;
@@ -236,6 +259,13 @@ static void score_text(const struct kvs_model *m, const struct evalopt *o, const
     if (!rec.n_groups) r->rank_min = 0;
     r->merged = kept ? (float)merged / kept : 0.0f;
     snprintf(r->note, sizeof r->note, "%s", kvs_press_note(press));
+    const struct kvs_ckv_plan *pl = kvs_press_commonkv_plan(press);
+    if (pl) {
+        char fl[24] = "none";
+        if (pl->floor > -1.0f) snprintf(fl, sizeof fl, "%.2f", (double)pl->floor);
+        snprintf(r->plan, sizeof r->plan, "rank %u-%u, merge share %.2f, floor %s; %s", pl->rank[0],
+                 pl->rank[rec.n_groups ? rec.n_groups - 1 : 0], pl->merge ? (double)pl->merge_frac : 0.0, fl, pl->why);
+    }
     r->tps = NAN;
     if (decode && o->n_decode > 0) {
         /* one untimed token first: thread wake-up and first-touch costs are not decode speed */
@@ -391,6 +421,8 @@ static void print_json(const struct kvs_model *m, const struct text *tx, int n_t
         jnum("decode_tps", r->tps, 2);
         printf("\"n_scored\": %d, \"note\": ", tx[r->text].scored);
         jstr(r->note);
+        printf(", \"plan\": ");
+        jstr(r->plan);
         printf("}");
     }
     printf("\n],\n\"passkey\": [");
@@ -448,6 +480,9 @@ static void print_table(const struct text *tx, int n_tx, const struct row *rows,
     for (int i = 0; i < n; i++)
         if (!rows[i].failed && rows[i].note[0] && (i == 0 || strcmp(rows[i].note, rows[i - 1].note)))
             printf("note: %s @ %.2f: %s\n", rows[i].method, rows[i].target, rows[i].note);
+    for (int i = 0; i < n; i++)
+        if (!rows[i].failed && rows[i].plan[0] && (i == 0 || strcmp(rows[i].plan, rows[i - 1].plan)))
+            printf("plan: %s @ %.2f (%s): %s\n", rows[i].method, rows[i].target, tx[rows[i].text].label, rows[i].plan);
     if (!o->n_pk || !n_pkr) return;
     if (o->depths > 1)
         printf("\nretrieval (exact match): single key at %d depths (0.1-0.9)", o->depths);
@@ -774,6 +809,7 @@ int kvs_cmd_eval(int argc, char **argv)
             i++;
         }
         else if (!strcmp(a, "--ckv-keys")) { if (!kvs_opt_ckv_keys(a, v, &o.base.ckv_keys)) return 2; i++; }
+        else if (!strcmp(a, "--profile")) { if (!kvs_opt_profile(a, v, &o.base.profile)) return 2; i++; }
         else if (!strcmp(a, "--no-whiten")) o.base.whiten = false;
         else if (!strcmp(a, "--whiten")) o.base.whiten = true;
         else if (!strcmp(a, "--sim") && v) {
@@ -802,7 +838,25 @@ int kvs_cmd_eval(int argc, char **argv)
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = true;
         else { kvs_die_msg("eval: unknown option or missing value '%s'", a); return 2; }
     }
-    if (!kvs_opt_method_list("--methods", methods)) return 2;
+    {
+        /* the names are checked without their :profile suffixes, the suffixes here */
+        char plain[256] = "", one[64];
+        const char *p = methods;
+        size_t len = 0;
+        while (p && *p && len < sizeof plain - 1) {
+            const char *comma = strchr(p, ',');
+            char entry[128];
+            snprintf(entry, sizeof entry, "%.*s", comma ? (int)(comma - p) : (int)strlen(p), p);
+            if (entry_profile(entry, one, sizeof one, 0) < 0) {
+                kvs_die_msg("option --methods: '%s': the profile after ':' must be tuned or paper", entry);
+                return 2;
+            }
+            int w = snprintf(plain + len, sizeof plain - len, "%s%s", len ? "," : "", one);
+            if (w > 0) len += (size_t)w;
+            p = comma ? comma + 1 : NULL;
+        }
+        if (!kvs_opt_method_list("--methods", p == methods ? methods : plain)) return 2;
+    }
     if (svg) {
         /* fail before minutes of evaluation, not after: the chart's folder must be writable and
          * the name must not be a folder */

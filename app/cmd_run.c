@@ -30,7 +30,8 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--sinks N]\n"
+    fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--profile tuned|paper]\n"
+          "                   [--sinks N]\n"
           "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
           "                   [--backend cpu|cuda|auto] [--weights auto|bf16|fp16] [--precise]\n"
           "                   [--ckv-keys auto|bf16|int8|fp32]\n"
@@ -47,6 +48,7 @@ struct live {
     uint32_t run_id;
     struct kvs_trace_writer *w;     /* --record: gets a reference to every record consumed */
     uint32_t ckv_keys;              /* --ckv-keys (enum kvs_ckv_keys), for every run of the process */
+    uint32_t profile;               /* --profile: how CommonKV's plan is made */
 };
 
 /* Set by SIGINT/SIGQUIT/SIGTERM/SIGHUP outside the UI (--batch, engine shutdown); the output loop
@@ -71,6 +73,7 @@ static bool make_params(struct live *l, const struct kvs_ui_settings *s, struct 
     p->method.sinks = s->sinks;
     p->method.recent = s->recent;
     p->method.ckv_keys = l->ckv_keys;
+    p->method.profile = l->profile;
     p->compare_full = s->compare_full;
     p->run_id = ++l->run_id;
     return true;
@@ -210,6 +213,7 @@ int kvs_cmd_run(int argc, char **argv)
     const char *model_path = NULL, *prompt = NULL, *file = NULL, *record = NULL;
     const char *method = NULL, *theme_name = NULL, *backend = "cpu", *weights = "auto";
     double cr = NAN, rank_ratio = NAN;
+    uint32_t profile = KVS_PROFILE_TUNED;
     long group = -1, sinks = -1, recent = -1, n_predict = 64, n_ctx = 2048, threads = 0;
     uint64_t seed = 42;
     bool chat = false, batch = false, no_mouse = false, compare_full = false, precise = false, force = false;
@@ -228,6 +232,7 @@ int kvs_cmd_run(int argc, char **argv)
         else if (!strcmp(a, "--theme")) { if (!v) goto needs; theme_name = v; i++; }
         else if (!strcmp(a, "--cr")) { if (!kvs_opt_cr(a, v, &cr)) return 2; i++; }
         else if (!strcmp(a, "--rank-ratio")) { if (!kvs_opt_float(a, v, 0, 1, &rank_ratio)) return 2; i++; }
+        else if (!strcmp(a, "--profile")) { if (!kvs_opt_profile(a, v, &profile)) return 2; i++; }
         else if (!strcmp(a, "--group")) { if (!kvs_opt_int(a, v, 1, 64, &group)) return 2; i++; }
         else if (!strcmp(a, "--sinks")) { if (!kvs_opt_int(a, v, 0, 4096, &sinks)) return 2; i++; }
         else if (!strcmp(a, "--recent")) { if (!kvs_opt_int(a, v, 0, 1 << 20, &recent)) return 2; i++; }
@@ -326,6 +331,7 @@ int kvs_cmd_run(int argc, char **argv)
     snprintf(l.base.backend, sizeof l.base.backend, "%s", backend);
     snprintf(l.base.weights, sizeof l.base.weights, "%s", weights);
     l.base.seed = seed;
+    l.profile = profile;
     l.base.lossless = !tui; /* batch output must not lose records; the TUI must not slow the engine */
     l.q = kvs_queue_new(4096);
     int rc = 1;

@@ -184,6 +184,15 @@ bool kvs_opt_method(const char *opt, const char *val)
     return true;
 }
 
+bool kvs_opt_profile(const char *opt, const char *val, uint32_t *profile)
+{
+    if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }
+    if (!strcmp(val, "tuned")) *profile = KVS_PROFILE_TUNED;
+    else if (!strcmp(val, "paper")) *profile = KVS_PROFILE_PAPER;
+    else { kvs_die_msg("option %s: '%s' is not tuned or paper", opt, val); return false; }
+    return true;
+}
+
 bool kvs_opt_method_list(const char *opt, const char *val)
 {
     if (!val) { kvs_die_msg("option %s needs a value", opt); return false; }

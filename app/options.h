@@ -25,6 +25,8 @@ bool kvs_opt_method(const char *opt, const char *val);
  * shorter than KVS_OPT_LIST_MAX bytes (the buffers the commands split it in). */
 #define KVS_OPT_LIST_MAX 256
 bool kvs_opt_method_list(const char *opt, const char *val);
+/* --profile tuned|paper into *PROFILE (enum kvs_ckv_profile); false with a message otherwise. */
+bool kvs_opt_profile(const char *opt, const char *val, uint32_t *profile);
 /* The UI's settings for a command: defaults, then the user's config file when TUI (its path, if
  * any, into PATH of CAP bytes, else ""), then --theme THEME_NAME (may be NULL) and --no-mouse.
  * Returns false after printing one line (exit status 2). */

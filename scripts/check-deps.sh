@@ -60,6 +60,20 @@ for f in kernels/*; do
     inc "$f" | grep -E "$CURSES_RE" | sed 's/^/check-deps: curses in kernels\/: /' | grep . && fail=1
 done
 
+# Press constructors are pure (issue 9): offline work (calibration forward passes, SVD, factor and
+# plan caches, the plan search) runs in the method layer, engine/method/, before a press exists. A
+# press file that called it would close the cycle press -> calibration -> forward pass -> press.
+OFFLINE_RE='\b(kvs_ckv_factors_get|kvs_ckv_factors_build|kvs_ckv_cache_(load|save)|kvs_ckv_calib_[a-z_]+|kvs_ckv_sensitivity|kvs_ckv_weights_load|kvs_ckv_svd|kvs_plan_search|kvs_method_prepare|kvs_press_new|kvs_ctx_new|kvs_ctx_eval)[[:space:]]*\('
+for f in engine/press/*.c engine/commonkv/commonkv_press.c; do
+    [ -f "$f" ] || continue
+    grep -HnE "$OFFLINE_RE" "$f" | sed 's/^/check-deps: press constructors run no offline work (engine\/method\/ does): /' | grep . && fail=1
+done
+# and nothing below the method layer includes it
+for f in $ENGINE_FILES; do
+    case "$f" in engine/method/*) continue;; esac
+    inc "$f" | grep -E '"method\.h"' | sed 's/^/check-deps: only engine\/method\/, app\/ and tests\/ include method.h: /' | grep . && fail=1
+done
+
 # the only file that starts or ends curses mode
 for f in $(grep -lE '\b(initscr|newterm|endwin)[[:space:]]*\(' app/*.c views/*.c $ENGINE_FILES traces/*.c 2>/dev/null); do
     [ "$f" = views/crt.c ] || bad "$f: calls initscr/newterm/endwin (only views/crt.c may)"

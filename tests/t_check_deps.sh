@@ -13,9 +13,13 @@ echo '#include <ncurses.h>' >"$tmp/engine/zz_planted.c"
 echo '#include "infer.h"' >"$tmp/views/zz_planted.c"
 echo '#include <cuda_runtime.h>' >"$tmp/traces/zz_planted.c"
 echo 'void f(void) { initscr(); }' >"$tmp/app/zz_planted.c"
+# a press constructor that runs calibration (the cycle issue 9 removed) and a press that sees the method layer
+printf 'void g(void) { kvs_ckv_factors_get(0); }\n' >"$tmp/engine/press/zz_planted.c"
+echo '#include "method.h"' >"$tmp/engine/commonkv/zz_planted.h"
 out=$(cd "$tmp" && scripts/check-deps.sh 2>&1); rc=$?
 [ $rc -ne 0 ] && ok || ko "planted violations were not caught"
-for want in "curses in engine" "views/ may use only" "traces/" "only views/crt.c"; do
+for want in "curses in engine" "views/ may use only" "traces/" "only views/crt.c" "press constructors run no offline work" \
+    "only engine/method/, app/ and tests/ include method.h"; do
     echo "$out" | grep -q "$want" && ok || ko "no message for: $want"
 done
 

@@ -8,6 +8,7 @@
 #include "commonkv_priv.h"
 #include "harness.h"
 #include "infer.h"
+#include "method.h"
 #include "quant.h"
 #include "threads.h"
 #include "tinymodel.h"
@@ -582,7 +583,12 @@ static void merged_own_b(const char *keys)
     CHECK(kvs_ckv_keys_parse(keys, &c.ckv_keys));
     int T = 12, D = 64, r = 20, d = 16, nh = 4, nkv = 2, dkv = 32;
     struct kvs_press *p = NULL;
-    CHECK(kvs_press_commonkv_create(&p, m, &c, 64, f, NULL, NULL, err, sizeof err) == KVS_OK);
+    /* the plan from the method layer; the press borrows F, whose full factors the checks read */
+    struct kvs_ckv_factors *fp = NULL;
+    struct kvs_ckv_plan plan;
+    CHECK(kvs_method_prepare(&fp, &plan, m, &c, 64, NULL, NULL, err, sizeof err) == KVS_OK);
+    kvs_ckv_factors_delete(fp);
+    CHECK(kvs_press_commonkv_create(&p, m, &c, 64, f, false, &plan, err, sizeof err) == KVS_OK);
     if (!p) { kvs_ckv_factors_delete(f); kvs_model_delete(m); return; }
     /* the RUN record names the kernel that ran: the one asked for, or its fallback in this build */
     {
@@ -788,7 +794,10 @@ static void fused_case(const char *arch, uint32_t n_embd, uint32_t n_head, uint3
     c.quant_residual = 16; /* composed with quant: older rows move to the packed pool */
     CHECK(kvs_ckv_keys_parse(keys, &c.ckv_keys));
     struct kvs_press *p = NULL;
-    enum kvs_status st = kvs_press_commonkv_create(&p, m, &c, 256, NULL, NULL, NULL, err, sizeof err);
+    struct kvs_ckv_factors *f = NULL;
+    struct kvs_ckv_plan plan;
+    enum kvs_status st = kvs_method_prepare(&f, &plan, m, &c, 256, NULL, NULL, err, sizeof err);
+    if (st == KVS_OK) st = kvs_press_commonkv_create(&p, m, &c, 256, f, true, &plan, err, sizeof err);
     CHECKF(st == KVS_OK, "%s %s: %s", arch, spec, err);
     if (!p) { kvs_model_delete(m); return; }
     p->pool = pool;
@@ -1001,6 +1010,107 @@ static void test_factor_memory(void)
     kvs_model_delete(m);
 }
 
+static bool cancel_planning(void *ud, const char *what, float frac)
+{
+    (void)frac;
+    int *seen = ud;
+    if (strncmp(what, "planning", 8) != 0) return true;
+    return ++*seen < 3; /* let the reference and one candidate run, then cancel */
+}
+
+/* The measured plan (engine/method/planner.c): candidates scored by KL, the chosen one reaching the
+ * target when any does, the same plan from the cache as from the search, a corrupt cache file
+ * searched again, a short context measured as rank-only and said so, cancellation, and a press
+ * constructor that refuses to run without a plan. */
+static void test_planner(void)
+{
+    struct kvs_model *m = tiny_model("llama", 4, 13);
+    CHECK(m != NULL);
+    if (!m) return;
+    char err[256], dir[] = "/tmp/kvs_plan_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    struct kvs_method_config c;
+    kvs_method_parse(&c, "commonkv", err, sizeof err);
+    c.group_size = 2;
+    c.whiten = false;
+    c.target_cr = 0.5f;
+    snprintf(c.cache_dir, sizeof c.cache_dir, "%s", dir);
+    struct kvs_ckv_factors *f = NULL;
+    struct kvs_ckv_plan p1, p2;
+    CHECKF(kvs_method_prepare(&f, &p1, m, &c, 2048, NULL, NULL, err, sizeof err) == KVS_OK, "prepare: %s", err);
+    kvs_ckv_factors_delete(f);
+    CHECKF(p1.n_cand == 6 && p1.chosen >= 0 && p1.chosen < p1.n_cand && !p1.from_cache, "%d candidates, chosen %d",
+           p1.n_cand, p1.chosen);
+    bool any = false;
+    for (int i = 0; i < p1.n_cand; i++) {
+        CHECKF(isfinite(p1.cand[i].kl) && p1.cand[i].kl >= 0, "candidate %d KL %f", i, p1.cand[i].kl);
+        any = any || p1.cand[i].cr >= 0.48f;
+    }
+    if (any && p1.chosen >= 0)
+        CHECKF(p1.cand[p1.chosen].cr >= 0.48f, "chosen candidate reaches CR %.3f of 0.5 while another reaches it",
+               p1.cand[p1.chosen].cr);
+    for (int i = 0; any && i < p1.n_cand; i++)
+        if (p1.cand[i].cr >= 0.48f && p1.chosen >= 0)
+            CHECKF(p1.cand[p1.chosen].kl <= p1.cand[i].kl, "candidate %d has lower KL than the chosen one", i);
+    CHECKF(strstr(p1.why, "KL@CR") != NULL && strchr(p1.why, '*') != NULL, "why: %s", p1.why);
+    /* from the cache: the same plan, said to be cached */
+    CHECK(kvs_method_prepare(&f, &p2, m, &c, 2048, NULL, NULL, err, sizeof err) == KVS_OK);
+    kvs_ckv_factors_delete(f);
+    CHECKF(p2.from_cache && p2.chosen == p1.chosen && p2.merge_frac == p1.merge_frac && p2.floor == p1.floor &&
+           !memcmp(p2.rank, p1.rank, sizeof p1.rank), "cached plan differs (chosen %d vs %d)", p2.chosen, p1.chosen);
+    /* a corrupt plan file: searched again, same result */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "for f in %s/*.plan; do printf 'cand 2 x\\n' >> \"$f\"; done", dir);
+    CHECK(system(cmd) == 0);
+    CHECK(kvs_method_prepare(&f, &p2, m, &c, 2048, NULL, NULL, err, sizeof err) == KVS_OK);
+    kvs_ckv_factors_delete(f);
+    CHECKF(!p2.from_cache && p2.chosen == p1.chosen, "corrupt cache: from_cache %d chosen %d", p2.from_cache, p2.chosen);
+    /* a context shorter than the protected window: one rank-only plan, measured and said so */
+    CHECK(kvs_method_prepare(&f, &p2, m, &c, 100, NULL, NULL, err, sizeof err) == KVS_OK);
+    kvs_ckv_factors_delete(f);
+    CHECKF(p2.n_cand == 1 && !p2.merge && strstr(p2.why, "nothing can merge") != NULL && strstr(p2.note, "can merge"),
+           "short context: %d candidates, why '%s', note '%s'", p2.n_cand, p2.why, p2.note);
+    /* cancelled during the search: an error, no factors */
+    c.target_cr = 0.4f;
+    int seen = 0;
+    f = NULL;
+    CHECK(kvs_method_prepare(&f, &p2, m, &c, 2048, cancel_planning, &seen, err, sizeof err) == KVS_ERR_CANCELLED &&
+          f == NULL);
+    /* the constructor only allocates: without a plan it refuses */
+    struct kvs_press *pr = NULL;
+    CHECK(kvs_method_prepare(&f, &p2, m, &c, 64, NULL, NULL, err, sizeof err) == KVS_OK);
+    CHECK(kvs_press_commonkv_create(&pr, m, &c, 64, f, true, NULL, err, sizeof err) == KVS_ERR_ARG && pr == NULL);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+    kvs_model_delete(m);
+}
+
+/* The paper profile: rank 0.7 D, data-free factors, no floor; without a target the released code's
+ * merge share. */
+static void test_paper_profile(void)
+{
+    struct kvs_model *m = tiny_model("llama", 4, 15);
+    CHECK(m != NULL);
+    if (!m) return;
+    char err[256];
+    struct kvs_method_config c;
+    kvs_method_parse(&c, "commonkv", err, sizeof err);
+    c.group_size = 2;
+    c.cache_dir[0] = 0;
+    c.profile = KVS_PROFILE_PAPER;
+    c.target_cr = KVS_CR_NONE;
+    struct kvs_ckv_factors *f = NULL;
+    struct kvs_ckv_plan p;
+    CHECKF(kvs_method_prepare(&f, &p, m, &c, 1024, NULL, NULL, err, sizeof err) == KVS_OK, "%s", err);
+    uint32_t want = (uint32_t)lroundf(0.7f * m->hp.n_embd);
+    CHECKF(f && !f->whitened && p.rank[0] == want && p.floor == -1.0f && p.n_cand == 0 &&
+           fabsf(p.merge_frac - KVS_CKV_PAPER_MERGE_SHARE) < 1e-6f && p.merge && p.profile == KVS_PROFILE_PAPER &&
+           strstr(p.why, "paper profile"), "paper: rank %u (want %u), floor %.2f, share %.2f, why '%s'", p.rank[0], want,
+           p.floor, p.merge_frac, p.why);
+    kvs_ckv_factors_delete(f);
+    kvs_model_delete(m);
+}
+
 static void test_real_model(void)
 {
     const char *path = getenv("KVS_MODEL") ? getenv("KVS_MODEL") : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -1076,6 +1186,24 @@ static void test_real_model(void)
         free(gi);
         free(doc);
     }
+    /* the planner on SmolLM2: a candidate whose floor stops merging short of the target has the
+     * lowest KL (it compresses less); the plan must choose among those that reach the target */
+    {
+        struct kvs_method_config c3;
+        kvs_method_parse(&c3, "commonkv", err, sizeof err);
+        snprintf(c3.cache_dir, sizeof c3.cache_dir, "%s/factors-real", kvs_test_tmpdir());
+        c3.target_cr = 0.3f;
+        struct kvs_ckv_factors *f3 = NULL;
+        struct kvs_ckv_plan p3;
+        CHECKF(kvs_method_prepare(&f3, &p3, m, &c3, 2048, NULL, NULL, err, sizeof err) == KVS_OK, "%s", err);
+        kvs_ckv_factors_delete(f3);
+        bool reach = false;
+        for (int i = 0; i < p3.n_cand; i++) reach = reach || p3.cand[i].cr >= 0.28f;
+        CHECKF(p3.chosen >= 0 && (!reach || p3.cand[p3.chosen].cr >= 0.28f),
+               "SmolLM2 plan at CR 0.3 chose a candidate that reached %.3f: %s", p3.chosen >= 0 ? p3.cand[p3.chosen].cr : -1.0f,
+               p3.why);
+        printf("  SmolLM2 plan at CR 0.3: %s\n", p3.why);
+    }
     free(ref); free(got); free(ids); free(big);
     kvs_model_delete(m);
 }
@@ -1094,6 +1222,8 @@ int main(void)
     RUN(test_weights_file);
     RUN(test_chunked_merge_cap);
     RUN(test_factor_memory);
+    RUN(test_planner);
+    RUN(test_paper_profile);
     RUN(test_real_model);
     return kvs_test_summary();
 }

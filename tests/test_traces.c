@@ -57,6 +57,8 @@ static struct kvs_record *mk_run(uint32_t id, uint32_t nl, uint32_t ng)
     u->ckv_keys = KVS_CKV_KEYS_INT8;
     snprintf(u->weights, sizeof u->weights, "fp16");
     u->weights_saturated = 3;
+    u->plan_profile = 1;
+    snprintf(u->plan_why, sizeof u->plan_why, "KL@CR on topics.py (256+32 tok), share/floor/rank: 0.60/0.45/u 0.151@0.50*");
     return r;
 }
 
@@ -189,7 +191,8 @@ static bool rec_equal(const struct kvs_record *a, const struct kvs_record *b)
                   x->n_threads == y->n_threads && x->unix_ns == y->unix_ns &&
                   feq(x->plan_merge_share, y->plan_merge_share) && feq(x->plan_merge_floor, y->plan_merge_floor) &&
                   SEQ(x->plan_note, y->plan_note) && x->ckv_keys == y->ckv_keys && SEQ(x->weights, y->weights) &&
-                  x->weights_saturated == y->weights_saturated;
+                  x->weights_saturated == y->weights_saturated && x->plan_profile == y->plan_profile &&
+                  SEQ(x->plan_why, y->plan_why);
         for (uint32_t g = 0; ok && g < KVS_MIN(x->n_groups, (uint32_t)KVS_MAX_GROUPS); g++)
             ok = x->group_rank[g] == y->group_rank[g];
         return ok;

@@ -94,6 +94,8 @@ static void enc_run(struct kvt_buf *b, const struct kvs_rec_run *r)
     kvt_buf_u32(b, r->ckv_keys);
     put_str(b, r->weights, sizeof r->weights);
     kvt_buf_u64(b, r->weights_saturated);
+    kvt_buf_u32(b, r->plan_profile);
+    put_str(b, r->plan_why, sizeof r->plan_why);
 }
 
 static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
@@ -294,6 +296,13 @@ static void dec_run(struct cur *c, struct kvs_rec_run *r)
     if (c->pos < c->len) {
         gstr(c, r->weights, sizeof r->weights);
         r->weights_saturated = g64(c);
+    }
+    /* appended plan origin: absent in older traces */
+    r->plan_profile = 0;
+    r->plan_why[0] = 0;
+    if (c->pos < c->len) {
+        r->plan_profile = g32(c);
+        gstr(c, r->plan_why, sizeof r->plan_why);
     }
 }
 

@@ -175,6 +175,10 @@ static void json_run(FILE *f, const struct kvs_rec_run *r)
     JS(f, r->weights);
     fputs(",\"weights_saturated\":", f);
     ju64(f, r->weights_saturated);
+    fputs(",\"plan_profile\":", f);
+    JS(f, r->plan_profile ? "paper" : "tuned");
+    fputs(",\"plan_why\":", f);
+    JS(f, r->plan_why);
 }
 
 static void json_step(FILE *f, const struct kvs_rec_step *s)

@@ -148,10 +148,13 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     /* the plan the press chose: merged share, similarity floor, and why */
     if (y < ye && isfinite(run->plan_merge_share)) {
         char fl[16];
-        int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "plan: merge share %.2f  floor %s", run->plan_merge_share,
+        int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "plan (%s): merge share %.2f  floor %s",
+                             run->plan_profile ? "paper" : "tuned", run->plan_merge_share,
                              kvs_fmt_f(fl, sizeof fl, isfinite(run->plan_merge_floor), "%.2f", run->plan_merge_floor));
         if (run->plan_note[0]) kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_WARN, "  %s", run->plan_note);
         y++;
+        /* why this plan: the candidates measured and their KL (the chosen one starred) */
+        if (y < ye && run->plan_why[0]) kvs_w_printf(w, t, y++, r.x, r.w, KVS_C_DIM, "why: %s", run->plan_why);
     }
     if (y >= ye) return;
     if (!s) { kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "no steps yet"); return; }

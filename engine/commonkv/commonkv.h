@@ -112,7 +112,9 @@ int kvs_ckv_spectrum_records(const struct kvs_ckv_factors *f, struct kvs_record 
 #define KVS_CKV_MERGE_FLOOR 0.45
 
 /* Rank and merge plan for a target compression ratio. Bytes per (group, token): unmerged
- * nl*r*2 (+4 position), merged r*2 (+4), full nl*2*d_kv*2. */
+ * nl*r*2 (+4 position), merged r*2 (+4), full nl*2*d_kv*2. The method layer (engine/method/) fills
+ * the whole plan before the press exists; the press only reads it. */
+#define KVS_CKV_PLAN_MAX_CAND 8
 struct kvs_ckv_plan {
     uint32_t rank[KVS_MAX_GROUPS];
     float merge_frac;           /* fraction of mergeable (group, token) slots to merge, 0..1 */
@@ -120,10 +122,30 @@ struct kvs_ckv_plan {
     float cr_max;               /* CR with every mergeable slot merged (at the planning length) */
     bool reachable;
     char note[200];             /* why a target cannot be met, else empty */
+    /* set by the method layer (kvs_method_prepare), read by the press constructor */
+    bool merge;                 /* merging on (commonkv with G > 1 and something to merge) */
+    float floor;                /* similarity floor of the merge step (-1: none) */
+    float cr_final;             /* target on real bytes (<0: none) */
+    float cr_merge;             /* target of the merge budget in fp16-equivalent latent bytes (<0: none) */
+    uint32_t quant_bits;        /* bits of the packed latents in a composition with quant */
+    float merge_w[KVS_MAX_LAYERS]; /* per-layer merge weights (1: uniform) */
+    /* the measured search (planner.c); n_cand = 0 when the plan was not searched */
+    uint32_t profile;           /* enum kvs_ckv_profile it was made under */
+    int n_cand, chosen;         /* candidates scored and the index of the chosen one */
+    struct kvs_ckv_cand {
+        float share, floor;     /* merge share of the mergeable slots, similarity floor */
+        bool by_sim;            /* rank spread over groups by singular energy */
+        float kl;               /* mean KL vs full on the calibration continuation (NaN: not run) */
+        float cr;               /* CR (real bytes) the scored calibration tokens attended over */
+    } cand[KVS_CKV_PLAN_MAX_CAND];
+    int cal_tokens, cal_scored; /* calibration prefix and scored tokens of the search */
+    bool from_cache;            /* the search's result came from the plan cache */
+    char why[240];              /* one line: the candidates and their KL, or why none were measured */
 };
 /* Plans ranks for CFG (explicit rank, rank ratio, or derived from target_cr) at a context of
  * N_CTX tokens (the protected sinks and recent window limit merging). When cfg->rank_by_similarity
- * the total rank is spread over groups by water-filling their normalised singular energies. */
+ * the total rank is spread over groups by water-filling their normalised singular energies. Fills
+ * the rank and merge fields only; the method layer sets the rest. */
 void kvs_ckv_plan(const struct kvs_ckv_factors *f, const struct kvs_method_config *cfg, int n_ctx,
                   struct kvs_ckv_plan *plan);
 
@@ -134,12 +156,14 @@ enum kvs_status kvs_ckv_weights_save(const char *path, const float *w, int n_lay
                                      char *err, size_t errlen);
 
 /* Creates the commonkv press (also the latent part of compositions with quant and snapkv) and the
- * lowrank press (G = 1, no merging). FACTORS may be NULL (built or loaded as cfg says) or borrowed
- * (must outlive the press). */
+ * lowrank press (G = 1, no merging) from FACTORS and PLAN made beforehand by the method layer
+ * (kvs_method_prepare): the constructor only allocates and copies, it runs no calibration, SVD or
+ * file I/O. TAKE: the press owns FACTORS (and trims them to what decoding needs); else they are
+ * borrowed and must outlive the press. On failure a taken FACTORS is freed too. */
 enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct kvs_model *m,
                                           const struct kvs_method_config *cfg, int n_ctx_max,
-                                          const struct kvs_ckv_factors *factors, kvs_progress_fn progress,
-                                          void *ud, char *err, size_t errlen);
+                                          struct kvs_ckv_factors *factors, bool take,
+                                          const struct kvs_ckv_plan *plan, char *err, size_t errlen);
 /* The plan the press runs with (ranks, merge fraction, reachability note). */
 const struct kvs_ckv_plan *kvs_press_commonkv_plan(const struct kvs_press *p);
 /* The grouped factors a CommonKV press (alone or in a composition) runs with; NULL for any other

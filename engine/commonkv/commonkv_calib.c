@@ -14,9 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_model *m,
-                                      const struct kvs_method_config *cfg, int n_ctx_max, char *err, size_t errlen);
-
 enum kvs_status kvs_ckv_calib_tokens(const struct kvs_model *m, const char *path, int n_max, int32_t **ids, int *n,
                                      char *err, size_t errlen)
 {

@@ -1239,34 +1239,42 @@ void kvs_press_commonkv_run_fields(const struct kvs_press *p, struct kvs_rec_run
     run->ckv_keys = c->i8 ? KVS_CKV_KEYS_INT8 : c->bf16 ? KVS_CKV_KEYS_BF16 : KVS_CKV_KEYS_FP32;
 }
 
-/* Bytes of a packed latent row relative to fp16. */
-static double quant_factor(uint32_t r, uint32_t bits, uint32_t group)
-{
-    return (double)kvs_qrow_bytes(r, bits, group) / (2.0 * r);
-}
-
 enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct kvs_model *m,
                                           const struct kvs_method_config *cfg_in, int n_ctx_max,
-                                          const struct kvs_ckv_factors *factors, kvs_progress_fn progress,
-                                          void *ud, char *err, size_t errlen)
+                                          struct kvs_ckv_factors *factors, bool take,
+                                          const struct kvs_ckv_plan *plan, char *err, size_t errlen)
 {
     *out = NULL;
     const struct kvs_hparams *hp = &m->hp;
     struct kvs_method_config cfg = *cfg_in;
     bool common = (cfg.methods & KVS_M_COMMONKV) != 0;
     uint32_t G = common ? cfg.group_size : 1;
+    enum kvs_status st = KVS_ERR_ARG;
+    struct ckv *c = NULL;
+    if (!factors || !plan) {
+        kvs_seterr(err, errlen, "%s: the press needs its factors and plan (kvs_method_prepare)", cfg.spec);
+        goto reject;
+    }
+    if (factors->group_size != G || factors->n_layer != hp->n_layer || factors->n_embd != hp->n_embd ||
+        factors->d_kv != hp->n_head_kv * hp->head_dim) {
+        kvs_seterr(err, errlen, "%s: factors were built for another model or group size", cfg.spec);
+        goto reject;
+    }
     if (hp->n_layer > KVS_MAX_LAYERS || n_ctx_max <= 0) {
         kvs_seterr(err, errlen, "%s: %u layers / context %d out of range", cfg.spec, hp->n_layer, n_ctx_max);
-        return KVS_ERR_UNSUPPORTED;
+        st = KVS_ERR_UNSUPPORTED;
+        goto reject;
     }
-    if (cfg.quant_bits != 2 && cfg.quant_bits != 4 && cfg.quant_bits != 8 && (cfg.methods & KVS_M_QUANT)) {
-        kvs_seterr(err, errlen, "%s: quantization bits must be 2, 4 or 8 (got %u)", cfg.spec, cfg.quant_bits);
-        return KVS_ERR_ARG;
+    uint32_t qbits = plan->quant_bits ? plan->quant_bits : cfg.quant_bits;
+    if (qbits != 2 && qbits != 4 && qbits != 8 && (cfg.methods & KVS_M_QUANT)) {
+        kvs_seterr(err, errlen, "%s: quantization bits must be 2, 4 or 8 (got %u)", cfg.spec, qbits);
+        goto reject;
     }
-    struct ckv *c = calloc(1, sizeof *c);
+    c = calloc(1, sizeof *c);
     if (!c) {
         kvs_seterr(err, errlen, "%s: out of memory", cfg.spec);
-        return KVS_ERR_NOMEM;
+        st = KVS_ERR_NOMEM;
+        goto reject;
     }
     c->base.ops = common ? &ckv_ops : &lowrank_ops;
     c->base.model = m;
@@ -1282,7 +1290,7 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     c->merge = common && G > 1;
     c->quant = (cfg.methods & KVS_M_QUANT) != 0;
     c->evict = (cfg.methods & KVS_M_SNAPKV) != 0;
-    c->qbits = cfg.quant_bits;
+    c->qbits = qbits;
     c->qgroup = cfg.quant_group ? cfg.quant_group : 32;
     c->qres = cfg.quant_residual;
     c->sinks = cfg.sinks;
@@ -1299,54 +1307,16 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     c->bf16 = cfg.ckv_keys != KVS_CKV_KEYS_FP32 && !c->i8 && kvs_ckv_bf16_available();
     /* with eviction the observation window is the recent part worth keeping in fp16 */
     if (c->evict && c->quant) c->qres = KVS_MIN(c->qres, c->snap_window);
-    enum kvs_status st = KVS_OK;
-    char warn[300] = "";
-    if (factors) {
-        if (factors->group_size != G || factors->n_layer != hp->n_layer || factors->n_embd != hp->n_embd ||
-            factors->d_kv != (uint32_t)c->dkv) {
-            kvs_seterr(err, errlen, "%s: factors were built for another model or group size", cfg.spec);
-            st = KVS_ERR_ARG;
-            goto fail;
-        }
-        c->f = factors;
-    } else {
-        st = kvs_ckv_factors_get(&c->own, m, G, cfg.whiten, cfg.cache_dir, progress, ud, warn, sizeof warn, err, errlen);
-        if (st != KVS_OK) goto fail;
-        c->f = c->own;
-    }
+    if (take) c->own = factors;
+    c->f = factors;
     c->ng = (int)c->f->n_groups;
-    /* targets: a bare commonkv defaults to CR 0.5; in compositions the latent part plans for
-     * min(target, 0.5) and quantization and eviction take the rest */
-    float target = cfg.target_cr;
-    if (target < 0 && target != KVS_CR_NONE && common && !cfg.rank && cfg.rank_ratio <= 0) target = 0.5f;
-    if (target < 0) target = -1.0f;
-    c->cr_final = target;
-    struct kvs_method_config pc = cfg;
-    if (target >= 0) {
-        float ckv_cr = target;
-        if (c->evict) ckv_cr = KVS_MIN(target, 0.5f);
-        else if (c->quant) {
-            /* the packed rows shrink what merging must save */
-            uint32_t r_guess = (uint32_t)(0.5 * c->D);
-            double qf = quant_factor(r_guess, c->qbits, c->qgroup);
-            ckv_cr = (float)KVS_MAX(0.0, 1.0 - (1.0 - target) / qf);
-        }
-        pc.target_cr = ckv_cr;
-    }
-    kvs_ckv_plan(c->f, &pc, n_ctx_max, &c->plan);
-    if (warn[0] && !c->plan.note[0]) snprintf(c->plan.note, sizeof c->plan.note, "%.199s", warn);
-    c->cr_merge = pc.target_cr >= 0 ? pc.target_cr : -1.0f;
-    c->floor = cfg.merge_floor;
-    /* without a target only an explicit merge share merges (up to that share) */
-    if (c->cr_merge < 0 && !(cfg.merge_share > 0)) c->merge = false;
-    if (c->plan.merge_frac <= 0) c->merge = false;
+    c->plan = *plan;
+    c->cr_final = plan->cr_final;
+    c->cr_merge = plan->cr_merge;
+    c->floor = plan->floor;
+    c->merge = c->merge && plan->merge;
     /* per-group A and per-layer B_k, B_v at the planned rank */
-    float wl[KVS_MAX_LAYERS];
-    for (int l = 0; l < c->N; l++) wl[l] = 1.0f;
-    if (cfg.merge_weights == KVS_MERGE_SENSITIVITY && cfg.merge_weights_file[0]) {
-        st = kvs_ckv_weights_load(cfg.merge_weights_file, wl, c->N, err, errlen);
-        if (st != KVS_OK) goto fail;
-    }
+    const float *wl = plan->merge_w;
     for (int gi = 0; gi < c->ng; gi++) {
         struct grp *g = &c->g[gi];
         g->l0 = c->f->g_l0[gi];
@@ -1420,8 +1390,9 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     return KVS_OK;
 oom:
     kvs_seterr(err, errlen, "%s: out of memory", cfg.spec);
-    st = KVS_ERR_NOMEM;
-fail:
     ckv_destroy(&c->base);
+    return KVS_ERR_NOMEM;
+reject:
+    if (take) kvs_ckv_factors_delete(factors);
     return st;
 }

@@ -41,7 +41,11 @@ void kvs_rope_table_apply(const struct kvs_rope_table *t, float *x, int n_heads,
  * evicts; NULL otherwise. For tests. */
 const float *kvs_press_commonkv_scores(const struct kvs_press *p, int group);
 
-/* ---- constructors (press.c dispatches) ---- */
+/* ---- constructors (the method layer, engine/method/method.c, dispatches) ---- */
+/* The combinations kvs_press_new can build (press.c); KVS_ERR_ARG with a message otherwise. */
+enum kvs_status kvs_method_check_combination(uint32_t methods, const char *spec, char *err, size_t errlen);
+enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_model *m,
+                                      const struct kvs_method_config *cfg, int n_ctx_max, char *err, size_t errlen);
 enum kvs_status kvs_press_kv_create(struct kvs_press **out, const struct kvs_model *m,
                                     const struct kvs_method_config *cfg, int n_ctx_max, char *err, size_t errlen);
 enum kvs_status kvs_press_minicache_create(struct kvs_press **out, const struct kvs_model *m,

@@ -96,6 +96,11 @@ struct kvs_rec_run {
      * as the CPU does) and how many values an fp16 upload clamped to ±65504 */
     char weights[8];
     uint64_t weights_saturated;
+    /* how the CommonKV plan was made (NaN-free; "" / 0 for other methods): the profile (0 tuned:
+     * measured on calibration text, 1 paper: the paper's fixed split) and why this plan (the
+     * candidates scored and their KL, or why none were) */
+    uint32_t plan_profile;
+    char plan_why[240];
 };
 
 enum kvs_step_kind { KVS_STEP_PREFILL = 1, KVS_STEP_DECODE = 2 };

@@ -1,15 +1,13 @@
 /* Method registry: parses method specs ("commonkv+quant+snapkv") into a configuration with
- * defaults and creates the matching press. Depends on engine/press/press.h and the press constructors. */
+ * defaults. Creating the press is the method layer's job (engine/method/method.c), so nothing here
+ * runs offline work. Depends on engine/press/press.h and commonkv.h's defaults. */
 #include "commonkv_priv.h"
 #include "press.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_model *m,
-                                      const struct kvs_method_config *cfg, int n_ctx_max,
-                                      char *err, size_t errlen);
 
 static const struct { const char *name; uint32_t bit; } method_names[] = {
     {"full", KVS_M_FULL},         {"commonkv", KVS_M_COMMONKV}, {"lowrank", KVS_M_LOWRANK},
@@ -19,7 +17,7 @@ static const struct { const char *name; uint32_t bit; } method_names[] = {
 
 /* The combinations kvs_press_new can build; they depend on the names alone, so a spec is checked
  * before any model is loaded. */
-static enum kvs_status check_combination(uint32_t m, const char *spec, char *err, size_t errlen)
+enum kvs_status kvs_method_check_combination(uint32_t m, const char *spec, char *err, size_t errlen)
 {
     if ((m & KVS_M_FULL) && m != KVS_M_FULL) {
         kvs_seterr(err, errlen, "method '%s': full does not compose with other methods", spec);
@@ -62,7 +60,7 @@ enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, 
     snprintf(c->spec, sizeof c->spec, "%s", spec);
     c->target_cr = -1.0f;
     c->merge_share = -1.0f;
-    c->merge_floor = KVS_CKV_MERGE_FLOOR;
+    c->merge_floor = NAN; /* the plan chooses */
     c->group_size = 4;
     c->sinks = 4;
     c->recent = 128;
@@ -102,31 +100,7 @@ enum kvs_status kvs_method_parse(struct kvs_method_config *c, const char *spec, 
         if (!plus) break;
         tok = plus + 1;
     }
-    return check_combination(c->methods, spec, err, errlen);
-}
-
-enum kvs_status kvs_press_new(struct kvs_press **out, const struct kvs_model *model,
-                              const struct kvs_method_config *cfg, int n_ctx_max,
-                              kvs_progress_fn progress, void *progress_ctx, char *err, size_t errlen)
-{
-    *out = NULL;
-    uint32_t m = cfg->methods;
-    /* a config built by hand (not by kvs_method_parse) is checked too */
-    if (!m) {
-        kvs_seterr(err, errlen, "method '%s': no method named", cfg->spec);
-        return KVS_ERR_ARG;
-    }
-    enum kvs_status st = check_combination(m, cfg->spec, err, errlen);
-    if (st != KVS_OK) return st;
-    if (m == KVS_M_FULL)
-        return kvs_press_full_create(out, model, cfg, n_ctx_max, err, errlen);
-    /* latent methods: commonkv or lowrank, optionally with quantized latents and slot eviction */
-    if (m & (KVS_M_COMMONKV | KVS_M_LOWRANK))
-        return kvs_press_commonkv_create(out, model, cfg, n_ctx_max, NULL, progress, progress_ctx, err, errlen);
-    if (m & KVS_M_MINICACHE)
-        return kvs_press_minicache_create(out, model, cfg, n_ctx_max, err, errlen);
-    /* quant, snapkv, streaming and their pairs keep K/V rows */
-    return kvs_press_kv_create(out, model, cfg, n_ctx_max, err, errlen);
+    return kvs_method_check_combination(c->methods, spec, err, errlen);
 }
 
 void kvs_press_delete(struct kvs_press *p)

@@ -40,7 +40,8 @@ struct kvs_method_config {
                              * target and no rank it also sets the rank (the rest of the saving);
                              * with a rank it caps merging, with or without a target; <0: default */
     float merge_floor;      /* a (group, token) slot whose similarity score (cosine, -1..1) is below
-                             * this is never merged; -1: no floor */
+                             * this is never merged; -1: no floor; NaN (default): the plan's
+                             * choice (KVS_CKV_MERGE_FLOOR unless the planner measured another) */
     uint32_t ckv_keys;      /* enum kvs_ckv_keys: the key-rebuild kernel (AUTO: bf16 where built,
                              * else fp32; a kernel this build lacks falls back the same way) */
     /* quant */
@@ -60,7 +61,14 @@ struct kvs_method_config {
     char cache_dir[256];
     /* per-layer merge weights measured by `kvscope calibrate` (merge_weights = SENSITIVITY) */
     char merge_weights_file[256];
+    /* commonkv / lowrank: how the plan is made (enum kvs_ckv_profile): measured on calibration
+     * text (tuned, the default) or the paper's fixed split (--profile paper) */
+    uint32_t profile;
+    /* tokens the plan is made for (prompt + tokens to generate); 0: the press's capacity */
+    int32_t plan_ctx;
 };
+
+enum kvs_ckv_profile { KVS_PROFILE_TUNED = 0, KVS_PROFILE_PAPER = 1 };
 
 /* Fills C with defaults for the method SPEC ("full", "commonkv+quant", …; NULL means "full").
  * Returns KVS_ERR_ARG with a message in err for an empty or over-long spec (63 bytes at most), an
@@ -115,8 +123,10 @@ struct kvs_press {
     char err[256];
 };
 
-/* Creates the press for CFG over MODEL with room for N_CTX_MAX tokens. May run offline work
- * (SVD factorization, calibration), reporting progress through PROGRESS (may be NULL). On failure
+/* Creates the press for CFG over MODEL with room for N_CTX_MAX tokens. Implemented by the method
+ * layer (engine/method/method.c): it first runs the offline work (SVD factorization, calibration,
+ * the measured plan), reporting progress through PROGRESS (may be NULL), then calls the press's
+ * pure constructor. On failure
  * returns an error with a message in err and *out stays NULL. Free with kvs_press_delete.
  * PROGRESS is called between units of offline work (groups, calibration chunks, layers); when it
  * returns false the work stops there and the call returns KVS_ERR_CANCELLED ("cancelled"). */

@@ -225,6 +225,11 @@ static void emit_run(struct kvs_session *s, struct kvs_press *press, struct kvs_
     for (uint32_t g = 0; g < tmp.n_groups && g < KVS_MAX_GROUPS; g++) run->group_rank[g] = tmp.group_rank[g];
     if (tmp.n_groups) run->n_groups = tmp.n_groups;
     kvs_press_commonkv_run_fields(press, run);
+    const struct kvs_ckv_plan *plan = kvs_press_commonkv_plan(press);
+    if (plan) {
+        run->plan_profile = plan->profile;
+        snprintf(run->plan_why, sizeof run->plan_why, "%s", plan->why);
+    }
     run->n_threads = (uint32_t)kvs_pool_size(kvs_ctx_pool(ctx));
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -276,7 +281,37 @@ static void *session_main(void *arg)
     s->t0 = kvs_now_ns();
     uint64_t t_setup = s->t0;
 
-    enum kvs_status st = kvs_press_new(&press, m, &s->p.method, s->p.n_ctx, progress_cb, s, err, sizeof err);
+    /* prompt tokens */
+    const char *text = s->prompt;
+    char *chat = NULL;
+    if (s->p.chat) {
+        chat = kvs_tokenizer_chat_format(m->tok, NULL, text);
+        if (chat) text = chat;
+    }
+    size_t len = strlen(text);
+    int64_t cap = (int64_t)len + 8;
+    toks = malloc((size_t)(cap + s->p.n_predict + 1) * sizeof(int32_t));
+    if (!toks) { free(chat); logf_(s, 2, "out of memory tokenizing the prompt"); goto end; }
+    int64_t n = 0;
+    if (kvs_tokenizer_add_bos(m->tok) && kvs_tokenizer_bos(m->tok) >= 0) toks[n++] = kvs_tokenizer_bos(m->tok);
+    int64_t got = kvs_tokenizer_encode(m->tok, text, len, s->p.chat, toks + n, cap - n);
+    free(chat);
+    if (got < 0 || got > cap - n) { logf_(s, 2, "tokenizer failed on the prompt"); goto end; }
+    n += got;
+    if (n == 0) { logf_(s, 2, "empty prompt"); goto end; }
+    if (n + s->p.n_predict > s->p.n_ctx) {
+        int64_t keep = s->p.n_ctx - s->p.n_predict;
+        if (keep < 1) { logf_(s, 2, "context %d too small for %d new tokens", s->p.n_ctx, s->p.n_predict); goto end; }
+        logf_(s, 1, "prompt of %lld tokens cut to %lld to fit the context of %d", (long long)n, (long long)keep, s->p.n_ctx);
+        n = keep;
+    }
+    n_prompt = (int)n;
+
+    /* the plan is made for the tokens this run holds: a short prompt leaves little to merge, and
+     * the planner says what the target then costs */
+    struct kvs_method_config mc = s->p.method;
+    mc.plan_ctx = n_prompt + s->p.n_predict;
+    enum kvs_status st = kvs_press_new(&press, m, &mc, s->p.n_ctx, progress_cb, s, err, sizeof err);
     if (st != KVS_OK) { logf_(s, 2, "method %s: %s", s->p.method.spec, err); goto end; }
     struct kvs_ctx_params cp;
     kvs_ctx_params_default(&cp);
@@ -331,31 +366,6 @@ static void *session_main(void *arg)
         logf_(s, 0, "profiler: CPU run, internal counters only (GPU: %s)", why);
     }
 
-    /* prompt tokens */
-    const char *text = s->prompt;
-    char *chat = NULL;
-    if (s->p.chat) {
-        chat = kvs_tokenizer_chat_format(m->tok, NULL, text);
-        if (chat) text = chat;
-    }
-    size_t len = strlen(text);
-    int64_t cap = (int64_t)len + 8;
-    toks = malloc((size_t)(cap + s->p.n_predict + 1) * sizeof(int32_t));
-    if (!toks) { free(chat); logf_(s, 2, "out of memory tokenizing the prompt"); goto end; }
-    int64_t n = 0;
-    if (kvs_tokenizer_add_bos(m->tok) && kvs_tokenizer_bos(m->tok) >= 0) toks[n++] = kvs_tokenizer_bos(m->tok);
-    int64_t got = kvs_tokenizer_encode(m->tok, text, len, s->p.chat, toks + n, cap - n);
-    free(chat);
-    if (got < 0 || got > cap - n) { logf_(s, 2, "tokenizer failed on the prompt"); goto end; }
-    n += got;
-    if (n == 0) { logf_(s, 2, "empty prompt"); goto end; }
-    if (n + s->p.n_predict > s->p.n_ctx) {
-        int64_t keep = s->p.n_ctx - s->p.n_predict;
-        if (keep < 1) { logf_(s, 2, "context %d too small for %d new tokens", s->p.n_ctx, s->p.n_predict); goto end; }
-        logf_(s, 1, "prompt of %lld tokens cut to %lld to fit the context of %d", (long long)n, (long long)keep, s->p.n_ctx);
-        n = keep;
-    }
-    n_prompt = (int)n;
 
     if (s->p.similarity) {
         int D = (int)hp->n_embd, dkv = (int)(hp->n_head_kv * hp->head_dim);
