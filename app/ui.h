@@ -17,6 +17,12 @@ struct kvs_ui_settings {
     float rank_ratio;       /* 0: derived */
     uint32_t sinks, recent;
     bool compare_full;
+    /* the settings screen's knobs (F2) */
+    float merge_share;      /* share of the mergeable slots merged at most; NAN: the plan's */
+    float merge_floor;      /* similarity floor; NAN: the default floor, -1: none */
+    uint32_t quant_bits;    /* 2, 4, 8; 0: the method's default */
+    uint32_t evict_capacity;/* snapkv tokens kept; 0: the method's default */
+    uint32_t threads;       /* engine threads; 0: one per core */
 };
 
 /* A producer of records. Live sources set restart; replay sources set the scrubber entries. */
