@@ -76,7 +76,9 @@ static const struct kvs_help_line help_replay[] = {
     {"< > , .", "slower / faster (0.25x to 16x)"},
     {"Home End", "start / end of the trace"},
     {"{ }", "start of the previous / next run (marked on the scrubber)"},
-    {":", "seek: type a step number, or t and a token number, Enter"},
+    {":", "seek: type a step number, t and a token number, or seconds into this run (12.5s), Enter"},
+    {"( )", "mark the loop range: in / out at the step shown (marked [ ] on the scrubber)"},
+    {"l", "loop play over the marked range on / off"},
     {"b", "pin this result as A (compare A/B)"},
     {"B", "clear the pin"},
     {"F2", "settings screen: the trace's run settings (read-only) and the theme; Esc or F2 closes"},
@@ -144,6 +146,10 @@ struct ui {
     bool releasing;
     bool restarting;        /* settings applied; the new run has no step yet */
     char held_method[KVS_REC_NAME_MAX];
+    /* replay: a marked range (global steps) that playback loops over with l */
+    uint64_t loop_in, loop_out;
+    bool has_in, has_out, loop;
+    bool loop_armed;        /* playback has reached the range since the last restart */
     /* the settings screen (F2): cursor row, and the value being typed (Enter on a number) */
     bool settings;
     int set_row;
@@ -380,9 +386,93 @@ static int method_index(const char *m)
     return -1;
 }
 
+/* Replay: the global step shown. */
+static uint64_t replay_pos(const struct ui *u)
+{
+    uint64_t n = 0, d = 0;
+    u->src->position(u->src->ctx, &n, &d);
+    uint64_t base = d >= u->h.n_steps ? d - u->h.n_steps : 0;
+    return base + (u->paused ? u->cursor : last_step(u));
+}
+
+/* Replay, looping: the source starts over at the range's first step and plays on. */
+static void loop_restart(struct ui *u)
+{
+    char err[256];
+    if (!u->src->seek(u->src->ctx, u->loop_in, err, sizeof err)) {
+        say(u, KVS_C_BAD, "loop: %s", err);
+        u->loop = false;
+        return;
+    }
+    u->paused = false;
+    u->loop_armed = false;
+    u->src->set_playing(u->src->ctx, true);
+    u->dirty = true;
+}
+
+/* Replay, looping: playback reached the range's end. The last step delivered is the playback
+ * position (the views follow it while playing); while the restart fast-forwards to the range's
+ * start nothing is due. */
+static bool loop_due(struct ui *u)
+{
+    if (!u->replay || !u->loop || !u->src->playing(u->src->ctx)) return false;
+    uint64_t n = 0, d = 0;
+    u->src->position(u->src->ctx, &n, &d);
+    if (!d) return false;
+    if (!u->loop_armed) {
+        if (d - 1 < u->loop_in) return false;
+        u->loop_armed = true;
+    }
+    return d - 1 >= u->loop_out;
+}
+
+/* Replay: the run (index into the source's runs) holding global step POS, and its steps [*lo, *hi). */
+static size_t run_of(const struct ui *u, uint64_t pos, uint64_t *lo, uint64_t *hi)
+{
+    const uint64_t *first = NULL;
+    size_t n = u->src->runs ? u->src->runs(u->src->ctx, &first) : 0;
+    uint64_t total = 0, d = 0;
+    u->src->position(u->src->ctx, &total, &d);
+    size_t k = 0;
+    while (k + 1 < n && first[k + 1] <= pos) k++;
+    *lo = n ? first[k] : 0;
+    *hi = k + 1 < n ? first[k + 1] : total;
+    return k;
+}
+
+/* Replay: ':' with "12.5s": the first step of the current run that ended at or after that many
+ * seconds from the run's start (the time axis of the scrubber). */
+static void seek_time(struct ui *u, double secs)
+{
+    const uint64_t *t = NULL;
+    size_t nt = u->src->times ? u->src->times(u->src->ctx, &t) : 0;
+    if (!nt) { say(u, KVS_C_WARN, "seek: this trace has no step times"); return; }
+    uint64_t lo, hi;
+    size_t k = run_of(u, replay_pos(u), &lo, &hi);
+    if (hi > nt) hi = nt;
+    if (lo >= hi) { say(u, KVS_C_WARN, "seek: run %zu has no steps", k + 1); return; }
+    uint64_t want = (uint64_t)llround(secs * 1e9), s = lo;
+    while (s < hi && t[s] < want) s++;
+    if (s == hi) {
+        say(u, KVS_C_WARN, "seek: run %zu lasts %.2f s", k + 1, (double)t[hi - 1] / 1e9);
+        return;
+    }
+    goto_step(u, (int64_t)s);
+    say(u, KVS_C_GOOD, "%.2f s into run %zu: step %llu", (double)t[s] / 1e9, k + 1, (unsigned long long)s);
+}
+
 static void seek_prompt_done(struct ui *u)
 {
     const char *p = u->prompt_buf;
+    size_t plen = strlen(p);
+    if (plen > 1 && p[plen - 1] == 's') {
+        char *e;
+        double secs = strtod(p, &e);
+        u->prompt = false;
+        if (e != p + plen - 1 || !(secs >= 0) || !isfinite(secs)) { say(u, KVS_C_WARN, "seek: seconds look like 12.5s"); return; }
+        seek_time(u, secs);
+        return;
+    }
     bool token = *p == 't';
     if (token) p++;
     char *end;
@@ -756,7 +846,8 @@ static bool on_key(struct ui *u, int ch)
         else if (!u->search && (ch == '\n' || ch == '\r' || ch == KEY_ENTER)) seek_prompt_done(u);
         else if ((ch == KEY_BACKSPACE || ch == 127 || ch == 8) && n) u->prompt_buf[n - 1] = 0;
         else if (u->search && (ch == '\n' || ch == '\r' || ch == KEY_ENTER)) search_done(u);
-        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0) || (u->search && ch >= 32 && ch < 127)) &&
+        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0) || ch == '.' || (ch == 's' && n > 0) ||
+                  (u->search && ch >= 32 && ch < 127)) &&
                  n + 1 < sizeof u->prompt_buf) {
             u->prompt_buf[n] = (char)ch;
             u->prompt_buf[n + 1] = 0;
@@ -843,6 +934,30 @@ static bool on_key(struct ui *u, int ch)
     case '{': case '}':
         if (!u->replay || !u->src->runs) { say(u, KVS_C_WARN, "run seek is for replays"); break; }
         seek_run(u, ch == '}' ? 1 : -1);
+        break;
+    case '(': case ')': {
+        if (!u->replay) { say(u, KVS_C_WARN, "loop marks are for replays"); break; }
+        uint64_t pos = replay_pos(u);
+        if (ch == '(') {
+            u->loop_in = pos;
+            u->has_in = true;
+            if (u->has_out && u->loop_out <= pos) u->has_out = u->loop = false;
+        } else {
+            if (u->has_in && u->loop_in >= pos) { say(u, KVS_C_WARN, "loop out must come after in (step %llu)", (unsigned long long)u->loop_in); break; }
+            u->loop_out = pos;
+            u->has_out = true;
+        }
+        say(u, KVS_C_GOOD, "loop %s at step %llu%s", ch == '(' ? "in" : "out", (unsigned long long)pos,
+            u->has_in && u->has_out ? "; l loops" : "");
+        break;
+    }
+    case 'l':
+        if (!u->replay) { say(u, KVS_C_WARN, "loop play is for replays"); break; }
+        if (!u->has_in || !u->has_out) { say(u, KVS_C_WARN, "mark the range first: ( at its start, ) at its end"); break; }
+        u->loop = !u->loop;
+        if (u->loop) loop_restart(u);
+        say(u, KVS_C_GOOD, u->loop ? "looping steps %llu-%llu" : "loop off (steps %llu-%llu stay marked)",
+            (unsigned long long)u->loop_in, (unsigned long long)u->loop_out);
         break;
     case '/': u->prompt = u->search = true; u->prompt_buf[0] = 0; break;
     case ':':
@@ -958,8 +1073,16 @@ static void draw(struct ui *u)
         fi.scrub_len = n;
         fi.scrub_pos = base + (u->paused ? u->cursor : last_step(u));
         if (u->src->runs) fi.n_scrub_runs = u->src->runs(u->src->ctx, &fi.scrub_runs);
+        if (u->src->times) fi.n_scrub_t = u->src->times(u->src->ctx, &fi.scrub_t);
+        fi.loop_in = u->loop_in;
+        fi.loop_out = u->loop_out;
+        fi.has_in = u->has_in;
+        fi.has_out = u->has_out;
+        fi.loop = u->loop;
         uint32_t nt = u->h.n_steps ? kvs_history_tokens_upto(&u->h, u->paused ? u->cursor : last_step(u)) : 0;
-        snprintf(extra, sizeof extra, "token %u", nt);
+        int xl = snprintf(extra, sizeof extra, "token %u", nt);
+        if (fi.scrub_pos < fi.n_scrub_t && u->h.n_steps && xl > 0 && (size_t)xl < sizeof extra)
+            snprintf(extra + xl, sizeof extra - (size_t)xl, " %.2fs", (double)fi.scrub_t[fi.scrub_pos] / 1e9);
         fi.scrub_extra = extra;
         if (u->o->lesson) snprintf(mode, sizeof mode, "LESSON %d", u->o->lesson->lesson);
         else snprintf(mode, sizeof mode, "REPLAY %s", fi.playing ? "playing" : "paused");
@@ -985,7 +1108,7 @@ static void draw(struct ui *u)
         snprintf(prompt, sizeof prompt, "search tokens, or a layer (L12), Enter: %s_", u->prompt_buf);
         fi.message = prompt;
     } else if (u->prompt) {
-        snprintf(prompt, sizeof prompt, "seek to step (or tN for token N): %s_", u->prompt_buf);
+        snprintf(prompt, sizeof prompt, "seek to step, tN token N, or 12.5s into this run: %s_", u->prompt_buf);
         fi.message = prompt;
         fi.message_role = KVS_C_KEY;
     } else if (u->msg[0] && now < u->msg_until) {
@@ -998,7 +1121,7 @@ static void draw(struct ui *u)
     fi.help_lines = u->o->lesson ? help_lesson : u->replay ? help_replay : help_live;
     fi.n_help = u->o->lesson ? (int)KVS_ARRAY_LEN(help_lesson)
                 : u->replay ? (int)KVS_ARRAY_LEN(help_replay) : (int)KVS_ARRAY_LEN(help_live);
-    fi.keys_line = u->replay ? "q quit  ? help  space play/pause  </> speed  Left/Right step  : seek  b pin  v similarity  Tab focus  z zoom"
+    fi.keys_line = u->replay ? "q quit  ? help  space play/pause  </> speed  Left/Right step  : seek  ( ) l loop  F2 settings  v similarity  z zoom"
                              : "q quit  ? help  +/- CR  m method  g/G group  r/R rank  s/S sinks  w/W recent  space pause  b pin  f full-ref  v sim  z zoom";
     if (u->o->lesson) fi.keys_line = "q quit  Space/Enter/Right next  Left back  ? help  v similarity  z zoom";
     fi.focus = u->focus;
@@ -1075,7 +1198,8 @@ int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err
         /* drain what is due, within a budget so input stays responsive */
         uint64_t t0 = kvs_now_ns();
         struct kvs_record *r;
-        while (kvs_now_ns() - t0 < DRAIN_BUDGET_NS && (r = src->poll(src->ctx)) != NULL) on_record(u, r);
+        while (kvs_now_ns() - t0 < DRAIN_BUDGET_NS && !loop_due(u) && (r = src->poll(src->ctx)) != NULL) on_record(u, r);
+        if (loop_due(u)) loop_restart(u);
         uint64_t now = kvs_now_ns();
         if (u->pending && now - u->pending_since >= APPLY_DELAY_NS) apply(u);
         bool busy = src->busy && src->busy(src->ctx);

@@ -50,6 +50,9 @@ struct kvs_ui_source {
     /* Optional: the global step where each run of the trace starts, in order; returns how many
      * (the array stays owned by the source and valid until it closes). */
     size_t (*runs)(void *ctx, const uint64_t **first);
+    /* Optional: each step's end time relative to its run's start (ns), indexed by global step;
+     * returns how many (owned by the source, valid until it closes). */
+    size_t (*times)(void *ctx, const uint64_t **t_end);
 };
 
 struct kvs_ui_opts {
