@@ -132,10 +132,12 @@ static void split_draw(WINDOW *w, const struct kvs_theme *t, struct kvs_rect r, 
     static const char *names[4] = {"rank", "merge", "quant", "evict"};
     const int64_t parts[4] = {s->saved_rank, s->saved_merge, s->saved_quant, s->saved_evict};
     double full = (double)s->bytes_full;
-    int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, "CR %.2f =", 1.0 - (double)s->bytes_held / full);
+    bool narrow = r.w < 60; /* "CR 0.92 = rank -0.11 + merge 0.32 + quant 0.06 + evict 0.64" is 59 */
+    int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, narrow ? "CR %.2f=" : "CR %.2f =", 1.0 - (double)s->bytes_held / full);
     for (int i = 0; i < 4 && x < r.w; i++) {
         double f = (double)parts[i] / full;
-        x += kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "%s %s ", i ? " +" : "", names[i]);
+        if (narrow) x += kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "%s%.1s", i ? "+" : "", names[i]);
+        else x += kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "%s %s ", i ? " +" : "", names[i]);
         x += kvs_w_printf(w, t, y, r.x + x, r.w - x, parts[i] < 0 ? KVS_C_WARN : KVS_C_TEXT, "%.2f", f);
     }
 }
