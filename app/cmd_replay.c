@@ -35,6 +35,9 @@ struct replay_reader {
     /* The global step where each run starts (built by one pass over the file, which leaves the
      * reader rewound); returns how many. Call before playing. */
     size_t (*runs)(void *ctx, const uint64_t **first);
+    /* Each step's end time relative to its run's start (ns), by global step, from the same pass as
+     * runs(); returns how many (the array stays owned by the reader). */
+    size_t (*times)(void *ctx, const uint64_t **t_end);
     void (*close)(void *ctx);
 };
 
@@ -171,6 +174,12 @@ static size_t pl_runs(void *ctx, const uint64_t **first)
     return p->n_runs;
 }
 
+static size_t pl_times(void *ctx, const uint64_t **t_end)
+{
+    struct player *p = ctx;
+    return p->rd.times(p->rd.ctx, t_end);
+}
+
 static bool pl_seek_token(void *ctx, uint64_t token, char *err, size_t errlen)
 {
     struct player *p = ctx;
@@ -249,7 +258,7 @@ int kvs_cmd_replay(int argc, char **argv)
         struct kvs_ui_source src = {.ctx = &p, .poll = pl_poll, .busy = pl_busy, .set_playing = pl_set_playing,
                                     .playing = pl_playing, .set_speed = pl_set_speed, .speed = pl_speed,
                                     .position = pl_position, .seek = pl_seek,
-                                    .seek_token = pl_seek_token, .runs = pl_runs};
+                                    .seek_token = pl_seek_token, .runs = pl_runs, .times = pl_times};
         struct kvs_ui_opts o;
         memset(&o, 0, sizeof o);
         o.theme = cfg.theme;
@@ -277,6 +286,8 @@ struct trace_rd {
     /* global index of the first STEP of each run, in file order (built at the first seek) */
     uint64_t *run_first;
     size_t n_runs;
+    uint64_t *t_end;        /* (n_t) each step's run-relative end time, by global step */
+    size_t n_t;
     bool indexed;
     /* after a seek: skip to the WANT_NTH RUN record (1-based) among those whose step is WANT_STEP */
     bool want;
@@ -325,16 +336,27 @@ static struct kvs_record *tr_next(void *ctx)
     }
 }
 
-/* One pass over the trace noting where each run starts (its RUN record's step). A read error ends
- * the pass: later runs cannot be played anyway. */
+/* One pass over the trace noting where each run starts (its RUN record's step) and when each step
+ * ended (the scrubber's time axis). A read error ends the pass: later runs cannot be played anyway. */
 static bool tr_index(struct trace_rd *d, char *err, size_t errlen)
 {
-    size_t cap = 0;
+    size_t cap = 0, cap_t = 0;
+    d->n_runs = d->n_t = 0;
     kvs_trace_rewind(d->t);
     struct kvs_record *r;
     struct kvs_trace_where w;
     while (kvs_trace_next(d->t, &r, &w) == KVS_OK && r) {
         bool run = r->type == KVS_REC_RUN && !w.keyframe;
+        if (r->type == KVS_REC_STEP && !w.keyframe) {
+            if (d->n_t == cap_t) {
+                size_t nc = cap_t ? cap_t * 2 : 1024;
+                uint64_t *n = realloc(d->t_end, nc * sizeof *n);
+                if (!n) { kvs_record_unref(r); snprintf(err, errlen, "out of memory"); return false; }
+                d->t_end = n;
+                cap_t = nc;
+            }
+            d->t_end[d->n_t++] = r->u.step.t_end_ns;
+        }
         kvs_record_unref(r);
         if (!run) continue;
         if (d->n_runs == cap) {
@@ -400,10 +422,20 @@ static size_t tr_runs(void *ctx, const uint64_t **first)
     return d->n_runs;
 }
 
+static size_t tr_times(void *ctx, const uint64_t **t_end)
+{
+    struct trace_rd *d = ctx;
+    const uint64_t *first;
+    tr_runs(ctx, &first); /* the same pass */
+    *t_end = d->t_end;
+    return d->n_t;
+}
+
 static void tr_close(void *ctx)
 {
     struct trace_rd *d = ctx;
     kvs_trace_close(d->t);
+    free(d->t_end);
     free(d->run_first);
     free(d);
 }
@@ -430,6 +462,6 @@ static bool open_reader(const char *file, struct replay_reader *rd, char *err, s
     kvs_record_unref(r);
     kvs_trace_rewind(d->t);
     *rd = (struct replay_reader){.ctx = d, .next = tr_next, .seek = tr_seek, .n_steps = tr_n_steps, .error = tr_error,
-                                 .note = tr_note, .log_errors = tr_log_errors, .runs = tr_runs, .close = tr_close};
+                                 .note = tr_note, .log_errors = tr_log_errors, .runs = tr_runs, .times = tr_times, .close = tr_close};
     return true;
 }

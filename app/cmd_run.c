@@ -75,6 +75,11 @@ static bool make_params(struct live *l, const struct kvs_ui_settings *s, struct 
     p->method.ckv_keys = l->ckv_keys;
     p->method.profile = l->profile;
     p->compare_full = s->compare_full;
+    if (!isnan(s->merge_share)) p->method.merge_share = s->merge_share;
+    if (!isnan(s->merge_floor)) p->method.merge_floor = s->merge_floor;
+    if (s->quant_bits) p->method.quant_bits = s->quant_bits;
+    if (s->evict_capacity) p->method.snap_capacity = s->evict_capacity;
+    p->n_threads = (int)s->threads;
     p->run_id = ++l->run_id;
     return true;
 }
@@ -347,6 +352,8 @@ int kvs_cmd_run(int argc, char **argv)
     s.sinks = cfg.sinks;
     s.recent = cfg.recent;
     s.compare_full = cfg.compare_full;
+    s.merge_share = s.merge_floor = NAN; /* the method's own until the settings screen changes them */
+    s.threads = (uint32_t)threads;
     /* batch output stops at the next record on a signal; the UI sets its own flags while it runs
      * (these cover the moments around it); either way the trace is closed below */
     g_stop = 0;

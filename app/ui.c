@@ -8,6 +8,7 @@
 #include "crt.h"
 #include "frame.h"
 #include "history.h"
+#include "settings.h"
 #include "theme.h"
 #include "view.h"
 
@@ -46,6 +47,7 @@ static const struct kvs_help_line help_live[] = {
     {"s S", "fewer / more attention sinks"},
     {"w W", "smaller / larger recent window"},
     {"c", "quality against full on / off"},
+    {"F2", "settings screen: Up/Down pick, Left/Right change, Enter types a value, Esc or F2 closes"},
     {"Enter", "apply changed settings now (else after 0.6 s)"},
     {"e", "run again with the same settings"},
     {"Space p", "pause / follow the newest step"},
@@ -75,9 +77,12 @@ static const struct kvs_help_line help_replay[] = {
     {"< > , .", "slower / faster (0.25x to 16x)"},
     {"Home End", "start / end of the trace"},
     {"{ }", "start of the previous / next run (marked on the scrubber)"},
-    {":", "seek: type a step number, or t and a token number, Enter"},
+    {":", "seek: type a step number, t and a token number, or seconds into this run (12.5s), Enter"},
+    {"( )", "mark the loop range: in / out at the step shown (marked [ ] on the scrubber)"},
+    {"l", "loop play over the marked range on / off"},
     {"b", "pin this result as A (compare A/B)"},
     {"B", "clear the pin"},
+    {"F2", "settings screen: the trace's run settings (read-only) and the theme; Esc or F2 closes"},
     {"v", "similarity source: hidden / keys / latent"},
     {"Tab BTab 1-6", "focus a panel"},
     {"z", "zoom the focused panel (Esc: back to the grid)"},
@@ -91,6 +96,7 @@ static const struct kvs_help_line help_replay[] = {
 static const struct kvs_help_line help_lesson[] = {
     {"q", "quit (from any state)"},
     {"? F1", "this help (Esc or ? closes)"},
+    {"F2", "settings screen: the run's settings (read-only) and the theme"},
     {"Space Enter Right", "next step of the lesson"},
     {"Left", "previous step"},
     {"v", "similarity: hidden / keys / latent"},
@@ -141,6 +147,15 @@ struct ui {
     bool releasing;
     bool restarting;        /* settings applied; the new run has no step yet */
     char held_method[KVS_REC_NAME_MAX];
+    /* replay: a marked range (global steps) that playback loops over with l */
+    uint64_t loop_in, loop_out;
+    bool has_in, has_out, loop;
+    bool loop_armed;        /* playback has reached the range since the last restart */
+    /* the settings screen (F2): cursor row, and the value being typed (Enter on a number) */
+    bool settings;
+    int set_row;
+    bool set_edit;
+    char set_buf[24];
 };
 
 static void say(struct ui *u, enum kvs_role role, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -168,8 +183,18 @@ static void settings_text(const struct kvs_ui_settings *s, char *buf, size_t n)
     else snprintf(cr, sizeof cr, "%.2f", (double)s->cr);
     if (s->rank_ratio > 0) snprintf(rr, sizeof rr, "%.2f", (double)s->rank_ratio);
     else snprintf(rr, sizeof rr, "auto");
-    snprintf(buf, n, "%s CR %s G%u r %s s%u w%u%s", s->method, cr, s->group, rr, s->sinks, s->recent,
-             s->compare_full ? " +full" : "");
+    int k = snprintf(buf, n, "%s CR %s G%u r %s s%u w%u%s", s->method, cr, s->group, rr, s->sinks, s->recent,
+                     s->compare_full ? " +full" : "");
+    /* the settings screen's knobs, only where they differ from the method's own */
+    if (k < 0 || (size_t)k >= n) return;
+    if (!isnan(s->merge_share)) k += snprintf(buf + k, n - (size_t)k, " ms%.2f", (double)s->merge_share);
+    if ((size_t)k < n && !isnan(s->merge_floor)) {
+        if (s->merge_floor <= -1) k += snprintf(buf + k, n - (size_t)k, " floor none");
+        else k += snprintf(buf + k, n - (size_t)k, " floor %.2f", (double)s->merge_floor);
+    }
+    if ((size_t)k < n && s->quant_bits) k += snprintf(buf + k, n - (size_t)k, " q%u", s->quant_bits);
+    if ((size_t)k < n && s->evict_capacity) k += snprintf(buf + k, n - (size_t)k, " cap %u", s->evict_capacity);
+    if ((size_t)k < n && s->threads) snprintf(buf + k, n - (size_t)k, " t%u", s->threads);
 }
 
 static void apply(struct ui *u)
@@ -362,9 +387,93 @@ static int method_index(const char *m)
     return -1;
 }
 
+/* Replay: the global step shown. */
+static uint64_t replay_pos(const struct ui *u)
+{
+    uint64_t n = 0, d = 0;
+    u->src->position(u->src->ctx, &n, &d);
+    uint64_t base = d >= u->h.n_steps ? d - u->h.n_steps : 0;
+    return base + (u->paused ? u->cursor : last_step(u));
+}
+
+/* Replay, looping: the source starts over at the range's first step and plays on. */
+static void loop_restart(struct ui *u)
+{
+    char err[256];
+    if (!u->src->seek(u->src->ctx, u->loop_in, err, sizeof err)) {
+        say(u, KVS_C_BAD, "loop: %s", err);
+        u->loop = false;
+        return;
+    }
+    u->paused = false;
+    u->loop_armed = false;
+    u->src->set_playing(u->src->ctx, true);
+    u->dirty = true;
+}
+
+/* Replay, looping: playback reached the range's end. The last step delivered is the playback
+ * position (the views follow it while playing); while the restart fast-forwards to the range's
+ * start nothing is due. */
+static bool loop_due(struct ui *u)
+{
+    if (!u->replay || !u->loop || !u->src->playing(u->src->ctx)) return false;
+    uint64_t n = 0, d = 0;
+    u->src->position(u->src->ctx, &n, &d);
+    if (!d) return false;
+    if (!u->loop_armed) {
+        if (d - 1 < u->loop_in) return false;
+        u->loop_armed = true;
+    }
+    return d - 1 >= u->loop_out;
+}
+
+/* Replay: the run (index into the source's runs) holding global step POS, and its steps [*lo, *hi). */
+static size_t run_of(const struct ui *u, uint64_t pos, uint64_t *lo, uint64_t *hi)
+{
+    const uint64_t *first = NULL;
+    size_t n = u->src->runs ? u->src->runs(u->src->ctx, &first) : 0;
+    uint64_t total = 0, d = 0;
+    u->src->position(u->src->ctx, &total, &d);
+    size_t k = 0;
+    while (k + 1 < n && first[k + 1] <= pos) k++;
+    *lo = n ? first[k] : 0;
+    *hi = k + 1 < n ? first[k + 1] : total;
+    return k;
+}
+
+/* Replay: ':' with "12.5s": the first step of the current run that ended at or after that many
+ * seconds from the run's start (the time axis of the scrubber). */
+static void seek_time(struct ui *u, double secs)
+{
+    const uint64_t *t = NULL;
+    size_t nt = u->src->times ? u->src->times(u->src->ctx, &t) : 0;
+    if (!nt) { say(u, KVS_C_WARN, "seek: this trace has no step times"); return; }
+    uint64_t lo, hi;
+    size_t k = run_of(u, replay_pos(u), &lo, &hi);
+    if (hi > nt) hi = nt;
+    if (lo >= hi) { say(u, KVS_C_WARN, "seek: run %zu has no steps", k + 1); return; }
+    uint64_t want = (uint64_t)llround(secs * 1e9), s = lo;
+    while (s < hi && t[s] < want) s++;
+    if (s == hi) {
+        say(u, KVS_C_WARN, "seek: run %zu lasts %.2f s", k + 1, (double)t[hi - 1] / 1e9);
+        return;
+    }
+    goto_step(u, (int64_t)s);
+    say(u, KVS_C_GOOD, "%.2f s into run %zu: step %llu", (double)t[s] / 1e9, k + 1, (unsigned long long)s);
+}
+
 static void seek_prompt_done(struct ui *u)
 {
     const char *p = u->prompt_buf;
+    size_t plen = strlen(p);
+    if (plen > 1 && p[plen - 1] == 's') {
+        char *e;
+        double secs = strtod(p, &e);
+        u->prompt = false;
+        if (e != p + plen - 1 || !(secs >= 0) || !isfinite(secs)) { say(u, KVS_C_WARN, "seek: seconds look like 12.5s"); return; }
+        seek_time(u, secs);
+        return;
+    }
     bool token = *p == 't';
     if (token) p++;
     char *end;
@@ -491,6 +600,241 @@ static bool lesson_key(struct ui *u, int ch)
     return true;
 }
 
+/* ---- the settings screen (F2): live, the knobs the keys change and a few more, applied by a new
+ * run like the keys (debounced, Enter at once); replay and lessons show the run's RUN record */
+
+enum set_id { SR_METHOD, SR_CR, SR_RANK, SR_GROUP, SR_SHARE, SR_FLOOR, SR_QBITS, SR_CAP, SR_SINKS, SR_RECENT,
+              SR_THREADS, SR_FULL, SR_THEME, SR_COUNT };
+
+static const char *set_labels[SR_COUNT] = {"method", "target CR", "rank ratio", "group size", "merge share",
+                                           "merge floor", "quant bits", "eviction capacity", "sinks",
+                                           "recent window", "threads", "compare with full", "theme"};
+
+static bool set_live(const struct ui *u) { return !u->replay && !u->o->lesson; }
+
+/* Fills ROWS (SR_COUNT) from the wanted settings (live) or the run on screen (replay, lesson). */
+static void settings_rows(const struct ui *u, struct kvs_settings_row *rows)
+{
+    for (int i = 0; i < SR_COUNT; i++) {
+        rows[i].label = set_labels[i];
+        rows[i].value[0] = 0;
+        rows[i].editable = set_live(u) || i == SR_THEME;
+        rows[i].hint = rows[i].editable ? "Left/Right change, Enter types a value" : "replay: the trace's RUN record";
+    }
+    rows[SR_METHOD].hint = set_live(u) ? "Left/Right: next / previous method" : rows[SR_METHOD].hint;
+    rows[SR_FULL].hint = set_live(u) ? "Left/Right or Enter: on / off" : "replay: not in the RUN record";
+    rows[SR_THEME].hint = "Left/Right or Enter: default / mono / projector (applies at once)";
+#define V(i, ...) snprintf(rows[i].value, sizeof rows[i].value, __VA_ARGS__)
+    V(SR_THEME, "%s", kvs_theme_name(u->theme_id));
+    if (set_live(u)) {
+        const struct kvs_ui_settings *w = &u->want;
+        V(SR_METHOD, "%s", w->method);
+        if (w->cr < 0) V(SR_CR, "none"); else V(SR_CR, "%.2f", (double)w->cr);
+        if (w->rank_ratio > 0) V(SR_RANK, "%.2f", (double)w->rank_ratio); else V(SR_RANK, "auto (from CR)");
+        V(SR_GROUP, "%u", w->group);
+        if (isnan(w->merge_share)) V(SR_SHARE, "plan's"); else V(SR_SHARE, "%.2f", (double)w->merge_share);
+        if (isnan(w->merge_floor)) V(SR_FLOOR, "default");
+        else if (w->merge_floor <= -1) V(SR_FLOOR, "none");
+        else V(SR_FLOOR, "%.2f", (double)w->merge_floor);
+        if (w->quant_bits) V(SR_QBITS, "%u", w->quant_bits); else V(SR_QBITS, "default (4)");
+        if (w->evict_capacity) V(SR_CAP, "%u tokens", w->evict_capacity); else V(SR_CAP, "default (1024)");
+        V(SR_SINKS, "%u", w->sinks);
+        V(SR_RECENT, "%u", w->recent);
+        if (w->threads) V(SR_THREADS, "%u", w->threads); else V(SR_THREADS, "one per core");
+        V(SR_FULL, "%s", w->compare_full ? "on" : "off");
+        return;
+    }
+    const struct kvs_rec_run *r = u->h.run ? &u->h.run->u.run : NULL;
+    if (!r) {
+        V(SR_METHOD, "n/a (no run yet)");
+        for (int i = SR_CR; i < SR_THEME; i++) V(i, "n/a");
+        return;
+    }
+    V(SR_METHOD, "%s", r->method);
+    if (r->target_cr < 0) V(SR_CR, "none"); else V(SR_CR, "%.2f", (double)r->target_cr);
+    if (r->rank_ratio > 0) V(SR_RANK, "%.2f", (double)r->rank_ratio); else V(SR_RANK, "auto (g0 rank %u)", r->group_rank[0]);
+    if (r->group_size) V(SR_GROUP, "%u", r->group_size); else V(SR_GROUP, "n/a");
+    if (isfinite(r->plan_merge_share)) V(SR_SHARE, "%.2f", (double)r->plan_merge_share); else V(SR_SHARE, "n/a");
+    if (!isfinite(r->plan_merge_floor)) V(SR_FLOOR, "n/a");
+    else if (r->plan_merge_floor <= -1) V(SR_FLOOR, "none");
+    else V(SR_FLOOR, "%.2f", (double)r->plan_merge_floor);
+    if (r->quant_bits) V(SR_QBITS, "%u", r->quant_bits); else V(SR_QBITS, "n/a");
+    if (r->evict_capacity) V(SR_CAP, "%u tokens", r->evict_capacity); else V(SR_CAP, "n/a");
+    V(SR_SINKS, "%u", r->sinks);
+    V(SR_RECENT, "%u", r->recent);
+    V(SR_THREADS, "%u", r->n_threads);
+    V(SR_FULL, "n/a");
+#undef V
+}
+
+static float clampf(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+/* Left (DIR -1) or Right (DIR 1) on ROW: one step of that setting. */
+static void settings_step(struct ui *u, int row, int dir)
+{
+    if (row == SR_THEME) {
+        u->theme_id = (u->theme_id + (dir > 0 ? 1 : KVS_THEME_COUNT - 1)) % KVS_THEME_COUNT;
+        setup_theme(u);
+        return;
+    }
+    if (!set_live(u)) { say(u, KVS_C_WARN, "%s: the run's settings are fixed", u->replay ? "replay" : "lesson"); return; }
+    struct kvs_ui_settings *w = &u->want;
+    switch (row) {
+    case SR_METHOD: {
+        int i = method_index(w->method);
+        i = dir > 0 ? (i + 1) % N_METHODS : (i <= 0 ? N_METHODS - 1 : i - 1);
+        snprintf(w->method, sizeof w->method, "%s", methods[i]);
+        break;
+    }
+    case SR_CR:
+        if (w->cr < 0) w->cr = dir > 0 ? 0.05f : w->cr;
+        else if (dir < 0 && w->cr < 0.0999f) w->cr = -1;
+        else w->cr = clampf(w->cr + 0.05f * (float)dir, 0.05f, 0.98f);
+        break;
+    case SR_RANK:
+        w->rank_ratio = dir > 0 ? (w->rank_ratio <= 0 ? 0.1f : clampf(w->rank_ratio + 0.05f, 0, 1))
+                                : (w->rank_ratio - 0.05f < 0.049f ? 0 : w->rank_ratio - 0.05f);
+        break;
+    case SR_GROUP:
+        if (dir > 0 && w->group < 16) w->group++;
+        if (dir < 0 && w->group > 1) w->group--;
+        break;
+    case SR_SHARE:
+        if (isnan(w->merge_share)) w->merge_share = dir > 0 ? 0.0f : NAN;
+        else if (dir < 0 && w->merge_share < 0.0001f) w->merge_share = NAN;
+        else w->merge_share = clampf(w->merge_share + 0.05f * (float)dir, 0, 1);
+        break;
+    case SR_FLOOR: /* default, none, then -0.95 .. 1 */
+        if (isnan(w->merge_floor)) w->merge_floor = dir > 0 ? -1.0f : NAN;
+        else if (w->merge_floor <= -1) w->merge_floor = dir > 0 ? -0.95f : NAN;
+        else if (dir < 0 && w->merge_floor < -0.9499f) w->merge_floor = -1.0f;
+        else w->merge_floor = clampf(w->merge_floor + 0.05f * (float)dir, -1, 1);
+        break;
+    case SR_QBITS: {
+        static const uint32_t bits[4] = {0, 2, 4, 8};
+        int i = 0;
+        while (i < 4 && bits[i] != w->quant_bits) i++;
+        i = (i % 4 + (dir > 0 ? 1 : 3)) % 4;
+        w->quant_bits = bits[i];
+        break;
+    }
+    case SR_CAP:
+        if (!w->evict_capacity) w->evict_capacity = dir > 0 ? 2048 : 512;
+        else if (dir > 0) w->evict_capacity = w->evict_capacity < (1u << 20) ? w->evict_capacity * 2 : w->evict_capacity;
+        else w->evict_capacity = w->evict_capacity > 16 ? w->evict_capacity / 2 : 16;
+        break;
+    case SR_SINKS:
+        if (dir > 0) w->sinks = w->sinks >= 8 ? (w->sinks < 1024 ? w->sinks * 2 : w->sinks) : w->sinks + 1;
+        else w->sinks = w->sinks > 8 ? w->sinks / 2 : w->sinks ? w->sinks - 1 : 0;
+        break;
+    case SR_RECENT:
+        if (dir > 0) w->recent = w->recent ? (w->recent < 65536 ? w->recent * 2 : w->recent) : 16;
+        else w->recent = w->recent > 16 ? w->recent / 2 : 0;
+        break;
+    case SR_THREADS:
+        if (dir > 0 && w->threads < 256) w->threads++;
+        if (dir < 0 && w->threads > 0) w->threads--;
+        break;
+    case SR_FULL: w->compare_full = !w->compare_full; break;
+    default: return;
+    }
+    change(u);
+}
+
+/* Enter after typing: parses the text for ROW; "none", "auto", "default" and "plan" where they mean
+ * something. False with a message when the text is not a value of that row. */
+static bool settings_typed(struct ui *u, int row, const char *txt)
+{
+    struct kvs_ui_settings *w = &u->want;
+    char *end;
+    double x = strtod(txt, &end);
+    bool num = end != txt && *end == 0 && isfinite(x);
+    bool word_none = !strcmp(txt, "none"), word_auto = !strcmp(txt, "auto") || !strcmp(txt, "default") || !strcmp(txt, "plan");
+    switch (row) {
+    case SR_CR:
+        if (word_none) w->cr = -1;
+        else if (num && x > 0 && x < 1) w->cr = (float)x;
+        else return say(u, KVS_C_WARN, "target CR: a number between 0 and 1, or none"), false;
+        break;
+    case SR_RANK:
+        if (word_auto) w->rank_ratio = 0;
+        else if (num && x >= 0 && x <= 1) w->rank_ratio = (float)x;
+        else return say(u, KVS_C_WARN, "rank ratio: 0 to 1, or auto"), false;
+        break;
+    case SR_GROUP:
+        if (num && x >= 1 && x <= 16 && x == (int)x) w->group = (uint32_t)x;
+        else return say(u, KVS_C_WARN, "group size: a whole number from 1 to 16"), false;
+        break;
+    case SR_SHARE:
+        if (word_auto) w->merge_share = NAN;
+        else if (num && x >= 0 && x <= 1) w->merge_share = (float)x;
+        else return say(u, KVS_C_WARN, "merge share: 0 to 1, or plan"), false;
+        break;
+    case SR_FLOOR:
+        if (word_auto) w->merge_floor = NAN;
+        else if (word_none) w->merge_floor = -1;
+        else if (num && x >= -1 && x <= 1) w->merge_floor = (float)x;
+        else return say(u, KVS_C_WARN, "merge floor: a cosine from -1 to 1, none or default"), false;
+        break;
+    case SR_QBITS:
+        if (word_auto) w->quant_bits = 0;
+        else if (num && (x == 2 || x == 4 || x == 8)) w->quant_bits = (uint32_t)x;
+        else return say(u, KVS_C_WARN, "quant bits: 2, 4 or 8, or default"), false;
+        break;
+    case SR_CAP:
+        if (word_auto) w->evict_capacity = 0;
+        else if (num && x >= 1 && x <= (1 << 20) && x == (int)x) w->evict_capacity = (uint32_t)x;
+        else return say(u, KVS_C_WARN, "eviction capacity: 1 to 1048576 tokens, or default"), false;
+        break;
+    case SR_SINKS: case SR_RECENT:
+        if (num && x >= 0 && x <= (row == SR_SINKS ? 4096 : 1 << 20) && x == (int)x) {
+            if (row == SR_SINKS) w->sinks = (uint32_t)x; else w->recent = (uint32_t)x;
+        } else {
+            return say(u, KVS_C_WARN, "%s: a whole number", set_labels[row]), false;
+        }
+        break;
+    case SR_THREADS:
+        if (word_auto) w->threads = 0;
+        else if (num && x >= 0 && x <= 256 && x == (int)x) w->threads = (uint32_t)x;
+        else return say(u, KVS_C_WARN, "threads: 0 to 256 (0: one per core)"), false;
+        break;
+    default: return false;
+    }
+    change(u);
+    return true;
+}
+
+/* Keys while the settings screen is open (q and F10 quit before this). */
+static void settings_key(struct ui *u, int ch)
+{
+    if (u->set_edit) {
+        size_t n = strlen(u->set_buf);
+        if (ch == 27) u->set_edit = false;
+        else if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) u->set_edit = !settings_typed(u, u->set_row, u->set_buf);
+        else if ((ch == KEY_BACKSPACE || ch == 127 || ch == 8) && n) u->set_buf[n - 1] = 0;
+        else if (((ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || (ch >= 'a' && ch <= 'z')) && n + 1 < sizeof u->set_buf) {
+            u->set_buf[n] = (char)ch;
+            u->set_buf[n + 1] = 0;
+        }
+        return;
+    }
+    switch (ch) {
+    case 27: case KEY_F(2): u->settings = false; break;
+    case KEY_UP: u->set_row = (u->set_row + SR_COUNT - 1) % SR_COUNT; break;
+    case KEY_DOWN: u->set_row = (u->set_row + 1) % SR_COUNT; break;
+    case KEY_HOME: u->set_row = 0; break;
+    case KEY_END: u->set_row = SR_COUNT - 1; break;
+    case KEY_LEFT: case '-': settings_step(u, u->set_row, -1); break;
+    case KEY_RIGHT: case '+': settings_step(u, u->set_row, 1); break;
+    case '\n': case '\r': case KEY_ENTER:
+        if (u->set_row == SR_METHOD || u->set_row == SR_FULL || u->set_row == SR_THEME) settings_step(u, u->set_row, 1);
+        else if (!set_live(u)) say(u, KVS_C_WARN, "%s: the run's settings are fixed", u->replay ? "replay" : "lesson");
+        else { u->set_edit = true; u->set_buf[0] = 0; }
+        break;
+    default: break;
+    }
+}
+
 /* Returns false when the UI should quit. */
 static bool on_key(struct ui *u, int ch)
 {
@@ -503,7 +847,8 @@ static bool on_key(struct ui *u, int ch)
         else if (!u->search && (ch == '\n' || ch == '\r' || ch == KEY_ENTER)) seek_prompt_done(u);
         else if ((ch == KEY_BACKSPACE || ch == 127 || ch == 8) && n) u->prompt_buf[n - 1] = 0;
         else if (u->search && (ch == '\n' || ch == '\r' || ch == KEY_ENTER)) search_done(u);
-        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0) || (u->search && ch >= 32 && ch < 127)) &&
+        else if (((ch >= '0' && ch <= '9') || (ch == 't' && n == 0) || ch == '.' || (ch == 's' && n > 0) ||
+                  (u->search && ch >= 32 && ch < 127)) &&
                  n + 1 < sizeof u->prompt_buf) {
             u->prompt_buf[n] = (char)ch;
             u->prompt_buf[n + 1] = 0;
@@ -523,6 +868,8 @@ static bool on_key(struct ui *u, int ch)
         if (u->help_scroll < 0) u->help_scroll = 0;
         return true;
     }
+    if (u->settings) { settings_key(u, ch); return true; }
+    if (ch == KEY_F(2)) { u->settings = true; u->set_edit = false; return true; }
     if (u->o->lesson && lesson_key(u, ch)) return true;
     const struct kvs_panel *fp = kvs_panels[u->focus];
     if (fp->key && fp->key(&u->st[u->focus], ch)) return true;
@@ -588,6 +935,30 @@ static bool on_key(struct ui *u, int ch)
     case '{': case '}':
         if (!u->replay || !u->src->runs) { say(u, KVS_C_WARN, "run seek is for replays"); break; }
         seek_run(u, ch == '}' ? 1 : -1);
+        break;
+    case '(': case ')': {
+        if (!u->replay) { say(u, KVS_C_WARN, "loop marks are for replays"); break; }
+        uint64_t pos = replay_pos(u);
+        if (ch == '(') {
+            u->loop_in = pos;
+            u->has_in = true;
+            if (u->has_out && u->loop_out <= pos) u->has_out = u->loop = false;
+        } else {
+            if (u->has_in && u->loop_in >= pos) { say(u, KVS_C_WARN, "loop out must come after in (step %llu)", (unsigned long long)u->loop_in); break; }
+            u->loop_out = pos;
+            u->has_out = true;
+        }
+        say(u, KVS_C_GOOD, "loop %s at step %llu%s", ch == '(' ? "in" : "out", (unsigned long long)pos,
+            u->has_in && u->has_out ? "; l loops" : "");
+        break;
+    }
+    case 'l':
+        if (!u->replay) { say(u, KVS_C_WARN, "loop play is for replays"); break; }
+        if (!u->has_in || !u->has_out) { say(u, KVS_C_WARN, "mark the range first: ( at its start, ) at its end"); break; }
+        u->loop = !u->loop;
+        if (u->loop) loop_restart(u);
+        say(u, KVS_C_GOOD, u->loop ? "looping steps %llu-%llu" : "loop off (steps %llu-%llu stay marked)",
+            (unsigned long long)u->loop_in, (unsigned long long)u->loop_out);
         break;
     case '/': u->prompt = u->search = true; u->prompt_buf[0] = 0; break;
     case ':':
@@ -703,8 +1074,16 @@ static void draw(struct ui *u)
         fi.scrub_len = n;
         fi.scrub_pos = base + (u->paused ? u->cursor : last_step(u));
         if (u->src->runs) fi.n_scrub_runs = u->src->runs(u->src->ctx, &fi.scrub_runs);
+        if (u->src->times) fi.n_scrub_t = u->src->times(u->src->ctx, &fi.scrub_t);
+        fi.loop_in = u->loop_in;
+        fi.loop_out = u->loop_out;
+        fi.has_in = u->has_in;
+        fi.has_out = u->has_out;
+        fi.loop = u->loop;
         uint32_t nt = u->h.n_steps ? kvs_history_tokens_upto(&u->h, u->paused ? u->cursor : last_step(u)) : 0;
-        snprintf(extra, sizeof extra, "token %u", nt);
+        int xl = snprintf(extra, sizeof extra, "token %u", nt);
+        if (fi.scrub_pos < fi.n_scrub_t && u->h.n_steps && xl > 0 && (size_t)xl < sizeof extra)
+            snprintf(extra + xl, sizeof extra - (size_t)xl, " %.2fs", (double)fi.scrub_t[fi.scrub_pos] / 1e9);
         fi.scrub_extra = extra;
         if (u->o->lesson) snprintf(mode, sizeof mode, "LESSON %d", u->o->lesson->lesson);
         else snprintf(mode, sizeof mode, "REPLAY %s", fi.playing ? "playing" : "paused");
@@ -733,7 +1112,7 @@ static void draw(struct ui *u)
         snprintf(prompt, sizeof prompt, "search tokens, or a layer (L12), Enter: %s_", u->prompt_buf);
         fi.message = prompt;
     } else if (u->prompt) {
-        snprintf(prompt, sizeof prompt, "seek to step (or tN for token N): %s_", u->prompt_buf);
+        snprintf(prompt, sizeof prompt, "seek to step, tN token N, or 12.5s into this run: %s_", u->prompt_buf);
         fi.message = prompt;
         fi.message_role = KVS_C_KEY;
     } else if (u->msg[0] && now < u->msg_until) {
@@ -746,13 +1125,25 @@ static void draw(struct ui *u)
     fi.help_lines = u->o->lesson ? help_lesson : u->replay ? help_replay : help_live;
     fi.n_help = u->o->lesson ? (int)KVS_ARRAY_LEN(help_lesson)
                 : u->replay ? (int)KVS_ARRAY_LEN(help_replay) : (int)KVS_ARRAY_LEN(help_live);
-    fi.keys_line = u->replay ? "q quit  ? help  space play/pause  </> speed  Left/Right step  : seek  b pin  v similarity  Tab focus  z zoom"
+    fi.keys_line = u->replay ? "q quit  ? help  space play/pause  </> speed  Left/Right step  : seek  ( ) l loop  F2 settings  v similarity  z zoom"
                              : "q quit  ? help  +/- CR  m method  g/G group  r/R rank  s/S sinks  w/W recent  space pause  b pin  f full-ref  v sim  z zoom";
     if (u->o->lesson) fi.keys_line = "q quit  Space/Enter/Right next  Left back  ? help  v similarity  z zoom";
     fi.focus = u->focus;
     fi.zoom = u->zoom;
     kvs_frame_draw(stdscr, &u->lay, &u->v, u->st, &fi);
     if (lw && !u->help) kvs_lesson_draw(stdscr, (struct kvs_rect){w, 0, lw, h}, &u->v, u->o->lesson);
+    if (u->settings && !u->help) {
+        struct kvs_settings_row rows[SR_COUNT];
+        settings_rows(u, rows);
+        char title[96];
+        snprintf(title, sizeof title, "Settings: %s", set_live(u) ? "live run (changes start a new run)"
+                                                    : u->replay ? "the trace's run (read-only)" : "the lesson's run (read-only)");
+        struct kvs_settings_view sv = {.title = title, .rows = rows, .n_rows = SR_COUNT, .cursor = u->set_row,
+                                       .edit = u->set_edit ? u->set_buf : NULL,
+                                       .footer = set_live(u) ? "Up/Down row  Left/Right change  Enter type  Esc/F2 close"
+                                                             : "Up/Down row  Left/Right theme  Esc/F2 close"};
+        kvs_settings_draw(stdscr, &u->theme, COLS, LINES, &sv);
+    }
     wnoutrefresh(stdscr);
     doupdate();
     u->dirty = false;
@@ -811,7 +1202,8 @@ int kvs_ui_run(struct kvs_ui_source *src, const struct kvs_ui_opts *o, char *err
         /* drain what is due, within a budget so input stays responsive */
         uint64_t t0 = kvs_now_ns();
         struct kvs_record *r;
-        while (kvs_now_ns() - t0 < DRAIN_BUDGET_NS && (r = src->poll(src->ctx)) != NULL) on_record(u, r);
+        while (kvs_now_ns() - t0 < DRAIN_BUDGET_NS && !loop_due(u) && (r = src->poll(src->ctx)) != NULL) on_record(u, r);
+        if (loop_due(u)) loop_restart(u);
         uint64_t now = kvs_now_ns();
         if (u->pending && now - u->pending_since >= APPLY_DELAY_NS) apply(u);
         bool busy = src->busy && src->busy(src->ctx);

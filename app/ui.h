@@ -17,6 +17,12 @@ struct kvs_ui_settings {
     float rank_ratio;       /* 0: derived */
     uint32_t sinks, recent;
     bool compare_full;
+    /* the settings screen's knobs (F2) */
+    float merge_share;      /* share of the mergeable slots merged at most; NAN: the plan's */
+    float merge_floor;      /* similarity floor; NAN: the default floor, -1: none */
+    uint32_t quant_bits;    /* 2, 4, 8; 0: the method's default */
+    uint32_t evict_capacity;/* snapkv tokens kept; 0: the method's default */
+    uint32_t threads;       /* engine threads; 0: one per core */
 };
 
 /* A producer of records. Live sources set restart; replay sources set the scrubber entries. */
@@ -44,6 +50,9 @@ struct kvs_ui_source {
     /* Optional: the global step where each run of the trace starts, in order; returns how many
      * (the array stays owned by the source and valid until it closes). */
     size_t (*runs)(void *ctx, const uint64_t **first);
+    /* Optional: each step's end time relative to its run's start (ns), indexed by global step;
+     * returns how many (owned by the source, valid until it closes). */
+    size_t (*times)(void *ctx, const uint64_t **t_end);
 };
 
 struct kvs_ui_opts {

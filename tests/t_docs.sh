@@ -115,7 +115,7 @@ out(not miss, 'every key the UI handles is in the help overlay' + ('' if not mis
 stale = sorted(k for k in in_help - handled if k != 'mouse')
 out(not stale, 'every key in the help overlay is handled' + ('' if not stale else ': not handled ' + ' '.join(stale)))
 LIVE_ONLY = set('+-=_mMgGrRsSwWcef') | {'Enter'}
-REPLAY_ONLY = set('<>,.:{}')
+REPLAY_ONLY = set('<>,.:{}()l')
 bad_r = sorted(replay & LIVE_ONLY)
 bad_l = sorted(live & REPLAY_ONLY)
 out(not bad_r, 'the replay help lists no live-only key' + ('' if not bad_r else ': ' + ' '.join(bad_r)))

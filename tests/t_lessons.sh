@@ -65,7 +65,7 @@ step_res() {
     4.3) echo 'achieved 0\.[0-9]+'; echo 'KL [0-9.]+, top-1 agreement [0-9.]+%';;
     5.1) echo 'minicache +0\.50 +[0-9.]+ +[0-9.]+'; echo 'commonkv +0\.90 +[0-9.]+ +[0-9.]+';;
     5.2) echo 'Lowest KL at CR >= 0.5: [a-z]+'; echo '9 runs seen';;
-    6.1) echo 'merging +[-+][0-9.]+%'; echo 'quantization \( 4 bits\) +[-+][0-9.]+%'; echo 'Measured held: [0-9.]+ [KMG]iB \(CR 0\.[0-9]+\)';;
+    6.1) echo 'as the press counted them'; echo 'merging +[-+][0-9.]+%'; echo 'quantization +[-+][0-9.]+%'; echo 'eviction +[-+][0-9.]+%'; echo 'Sum: CR 0\.[0-9]+, held [0-9.]+ [KMG]iB';;
     6.2) echo 'reached CR 0\.[0-9]+'; echo 'KL [0-9.]+, top-1 agreement [0-9.]+%';;
     esac
 }

@@ -977,6 +977,75 @@ static void test_chunked_merge_cap(void)
     kvs_model_delete(m);
 }
 
+/* The CR split: for each composition the four parts (rank, merge, quant, evict) sum exactly to the
+ * bytes saved against the full fp16 cache; a stage that is active saved something, one that is
+ * not saved exactly nothing. Chunked prefill then decoding, so merging, quantization and eviction
+ * each run several times. */
+static void test_cr_split(void)
+{
+    struct kvs_model *m = tiny_model("llama", 4, 11);
+    CHECK(m != NULL);
+    if (!m) return;
+    int np = 200, ns = 16, V = (int)m->hp.n_vocab;
+    int32_t ids[256];
+    tokens(ids, np + ns, V);
+    static const struct { const char *spec; float cr; bool merge, quant, evict; } cases[] = {
+        {"commonkv", 0.45f, true, false, false},
+        {"commonkv+quant", 0.85f, true, true, false},
+        {"commonkv+snapkv", 0.8f, true, false, true},
+        {"commonkv+snapkv", KVS_CR_NONE, true, false, true}, /* fixed capacity: merged slots go too */
+        {"commonkv+quant+snapkv", 0.9f, true, true, true},
+        {"lowrank", -1.0f, false, false, false},
+        {"lowrank+quant", -1.0f, false, true, false},
+    };
+    for (size_t i = 0; i < KVS_ARRAY_LEN(cases); i++) {
+        char err[256];
+        struct kvs_method_config c;
+        CHECK(kvs_method_parse(&c, cases[i].spec, err, sizeof err) == KVS_OK);
+        c.group_size = 2;
+        c.rank = 48; /* the latents alone save a little: merging has work to do for each target */
+        c.whiten = false;
+        c.cache_dir[0] = 0;
+        c.sinks = 4;
+        c.recent = 16;
+        c.quant_residual = 16;
+        c.snap_window = 16;
+        c.target_cr = cases[i].cr;
+        c.merge_floor = -1.0f;
+        if (cases[i].cr == KVS_CR_NONE) {
+            c.merge_share = 0.5f;
+            c.snap_capacity = 40;
+        }
+        struct kvs_rec_step r;
+        memset(&r, 0, sizeof r);
+        double ppl = prefix_then_score(m, &c, ids, np, ns, 8, &r, NULL);
+        CHECKF(isfinite(ppl), "%s ran", cases[i].spec);
+        CHECKF(r.valid & KVS_VALID_SPLIT, "%s: the record carries the split", cases[i].spec);
+        int64_t saved = (int64_t)r.bytes_full - (int64_t)r.bytes_held;
+        int64_t sum = r.saved_rank + r.saved_merge + r.saved_quant + r.saved_evict;
+        CHECKF(sum == saved && saved > 0, "%s: rank %lld + merge %lld + quant %lld + evict %lld = %lld, saved %lld",
+               cases[i].spec, (long long)r.saved_rank, (long long)r.saved_merge, (long long)r.saved_quant,
+               (long long)r.saved_evict, (long long)sum, (long long)saved);
+        CHECKF(r.saved_rank > 0, "%s: rank 48 of 64 saves bytes (%lld)", cases[i].spec, (long long)r.saved_rank);
+        CHECKF((r.saved_merge > 0) == cases[i].merge && r.saved_merge >= 0, "%s: merge part %lld", cases[i].spec,
+               (long long)r.saved_merge);
+        CHECKF((r.saved_quant > 0) == cases[i].quant && r.saved_quant >= 0, "%s: quant part %lld", cases[i].spec,
+               (long long)r.saved_quant);
+        CHECKF((r.saved_evict > 0) == cases[i].evict && r.saved_evict >= 0, "%s: evict part %lld", cases[i].spec,
+               (long long)r.saved_evict);
+        if (cases[i].cr == KVS_CR_NONE) {
+            /* a small fixed capacity evicts merged slots too: each counts at its merged size, so the
+             * eviction part is below the evicted slots at their unmerged size (2 layers, rank 48) */
+            int64_t unmerged_all = 0;
+            for (uint32_t g = 0; g < r.n_groups; g++)
+                unmerged_all += (int64_t)(np - (int)r.layer_kept[2 * g]) * (2 * r.group_rank[g] * 2 + 4);
+            CHECKF(r.saved_evict > 0 && r.saved_evict < unmerged_all, "%s: evicted %lld bytes, %lld if none was merged",
+                   cases[i].spec, (long long)r.saved_evict, (long long)unmerged_all);
+        }
+    }
+    kvs_model_delete(m);
+}
+
 /* Memory: a press keeps only what decoding needs of its own factors (A at its rank, no full-rank
  * B) and reports those bytes in its step records. */
 static void test_factor_memory(void)
@@ -1221,6 +1290,7 @@ int main(void)
     RUN(test_fused_decode);
     RUN(test_weights_file);
     RUN(test_chunked_merge_cap);
+    RUN(test_cr_split);
     RUN(test_factor_memory);
     RUN(test_planner);
     RUN(test_paper_profile);

@@ -145,6 +145,38 @@ static void test_lesson4_correlation(void)
     kvs_history_free(&h);
 }
 
+/* Lesson 6 step 1: a step with the press's CR split prints the measured parts (a negative rank
+ * part with its sign); a step without it (an older trace) falls back to the stage model. */
+static void test_lesson6_split(void)
+{
+    struct kvs_history h;
+    CHECK(kvs_history_init(&h, 16) == KVS_OK);
+    kvs_history_push(&h, run_rec("commonkv+quant+snapkv", 6, 1, 4));
+    struct kvs_record *r = step_rec(40, 100000, 3);
+    struct kvs_rec_step *s = &r->u.step;
+    s->bytes_held = 8000;
+    s->cr_achieved = 0.92f;
+    s->saved_rank = -10000;
+    s->saved_merge = 32000;
+    s->saved_quant = 6000;
+    s->saved_evict = 64000;
+    s->valid |= KVS_VALID_SPLIT;
+    kvs_history_push(&h, kvs_record_clone(r));
+    struct kvs_lesson_state ls;
+    kvs_lesson_init(&ls, 6);
+    char buf[4096];
+    text(&ls, &h, buf, sizeof buf);
+    CHECKF(strstr(buf, "as the press counted them") != NULL, "%s", buf);
+    CHECKF(strstr(buf, "rank           -10.0%") != NULL && strstr(buf, "eviction       +64.0%") != NULL, "%s", buf);
+    CHECKF(strstr(buf, "Sum: CR 0.920") != NULL, "%s", buf);
+    s->valid &= ~(uint32_t)KVS_VALID_SPLIT;
+    kvs_history_push(&h, r);
+    text(&ls, &h, buf, sizeof buf);
+    CHECKF(strstr(buf, "stage by stage from the record fields") != NULL && strstr(buf, "as the press counted") == NULL,
+           "%s", buf);
+    kvs_history_free(&h);
+}
+
 static void test_lesson5_points_and_steps(void)
 {
     struct kvs_lesson_state ls;
@@ -198,6 +230,7 @@ int main(void)
     RUN(test_lesson2_waits_and_reads_matrices);
     RUN(test_lesson4_correlation);
     RUN(test_lesson5_points_and_steps);
+    RUN(test_lesson6_split);
     RUN(test_table);
     return kvs_test_summary();
 }

@@ -79,7 +79,7 @@ static struct kvs_record *mk_step(uint64_t step, uint32_t nl, uint32_t ng)
     snprintf(s->piece, sizeof s->piece, "%s", pieces[step % 6]);
     s->t_start_ns = step * 1000000ull + 17;
     s->t_end_ns = s->t_start_ns + 800000 + rnd() % 1000;
-    s->valid = (step % 5 == 4) ? KVS_VALID_BYTES : 0x7f;
+    s->valid = (step % 5 == 4) ? KVS_VALID_BYTES : 0xff;
     s->n_layer = nl;
     s->n_groups = ng;
     for (uint32_t l = 0; l < nl; l++) {
@@ -97,6 +97,10 @@ static struct kvs_record *mk_step(uint64_t step, uint32_t nl, uint32_t ng)
     s->bytes_held = rnd() >> 18;
     s->bytes_alloc = rnd() >> 17;
     s->bytes_factors = rnd() >> 20;
+    s->saved_rank = -(int64_t)(rnd() >> 22); /* negative: latents larger than K+V */
+    s->saved_merge = (int64_t)(rnd() >> 21);
+    s->saved_quant = (int64_t)(rnd() >> 23);
+    s->saved_evict = (int64_t)(rnd() >> 24);
     s->cr_target = step % 7 ? 0.5f : -1.0f;
     s->cr_achieved = rndf();
     s->logprob = -rndf() * 3;
@@ -205,7 +209,8 @@ static bool rec_equal(const struct kvs_record *a, const struct kvs_record *b)
                   x->n_groups == y->n_groups && x->bytes_full == y->bytes_full && x->bytes_held == y->bytes_held &&
                   x->bytes_alloc == y->bytes_alloc && x->bytes_factors == y->bytes_factors && feq(x->cr_target, y->cr_target) &&
                   feq(x->cr_achieved, y->cr_achieved) && feq(x->logprob, y->logprob) && feq(x->ppl, y->ppl) &&
-                  feq(x->kl, y->kl) && feq(x->top1, y->top1);
+                  feq(x->kl, y->kl) && feq(x->top1, y->top1) && x->saved_rank == y->saved_rank &&
+                  x->saved_merge == y->saved_merge && x->saved_quant == y->saved_quant && x->saved_evict == y->saved_evict;
         uint32_t nl = KVS_MIN(x->n_layer, (uint32_t)KVS_MAX_LAYERS), ng = KVS_MIN(x->n_groups, (uint32_t)KVS_MAX_GROUPS);
         ok = ok && feqn(x->layer_sim, y->layer_sim, nl) && feqn(x->group_sim, y->group_sim, ng) &&
              feqn(x->group_merged, y->group_merged, ng);

@@ -136,6 +136,10 @@ static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
         kvt_buf_u32(b, s->ops[i].calls);
     }
     kvt_buf_u64(b, s->bytes_factors);
+    kvt_buf_u64(b, (uint64_t)s->saved_rank);
+    kvt_buf_u64(b, (uint64_t)s->saved_merge);
+    kvt_buf_u64(b, (uint64_t)s->saved_quant);
+    kvt_buf_u64(b, (uint64_t)s->saved_evict);
 }
 
 static void enc_matrix(struct kvt_buf *b, const struct kvs_rec_matrix *m, uint32_t n_floats)
@@ -346,6 +350,16 @@ static void dec_step(struct cur *c, struct kvs_rec_step *s)
         if (i < KVS_OP_COUNT) s->ops[i] = oc; /* ops a newer writer added are skipped */
     }
     s->bytes_factors = c->pos < c->len ? g64(c) : 0; /* appended field: absent in older traces */
+    /* appended CR split: absent in older traces, whose KVS_VALID_SPLIT bit is clear as well */
+    s->saved_rank = s->saved_merge = s->saved_quant = s->saved_evict = 0;
+    if (c->pos < c->len) {
+        s->saved_rank = (int64_t)g64(c);
+        s->saved_merge = (int64_t)g64(c);
+        s->saved_quant = (int64_t)g64(c);
+        s->saved_evict = (int64_t)g64(c);
+    } else {
+        s->valid &= ~(uint32_t)KVS_VALID_SPLIT;
+    }
 }
 
 static void dec_quality(struct cur *c, struct kvs_rec_quality *q)

@@ -227,6 +227,12 @@ static void json_step(FILE *f, const struct kvs_rec_step *s)
     } else {
         fputs(",\"ppl\":null,\"kl\":null,\"top1\":null", f);
     }
+    if (s->valid & KVS_VALID_SPLIT)
+        fprintf(f, ",\"saved\":{\"rank\":%lld,\"merge\":%lld,\"quant\":%lld,\"evict\":%lld}",
+                (long long)s->saved_rank, (long long)s->saved_merge, (long long)s->saved_quant,
+                (long long)s->saved_evict);
+    else
+        fputs(",\"saved\":null", f);
     fputs(",\"ops\":", f);
     if (s->valid & KVS_VALID_OPS) {
         fputc('{', f);

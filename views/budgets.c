@@ -1,7 +1,8 @@
 /* Budgets panel: per group its rank against the group's maximum and its merged fraction next to
  * what a uniform allocation of the same total would give, its similarity score beside the merged
  * share, the share of spectral energy its rank keeps, and the tokens each layer keeps; a zero
- * budget or zero kept tokens is drawn in red. A second mode (key d) draws each group's singular
+ * budget or zero kept tokens is drawn in red; for latent presses, the achieved CR split into what
+ * rank, merging, quantization and eviction saved. A second mode (key d) draws each group's singular
  * values and cumulative energy with the chosen rank marked. Draws only from run, step and
  * spectrum records. */
 #include "view.h"
@@ -123,6 +124,24 @@ static void spectrum_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ct
     free(buf);
 }
 
+/* The achieved CR split by stage: each part is the bytes that stage saved over the full fp16 cache,
+ * as a share of it, so the parts add up to the achieved CR. A stage that costs bytes (latents
+ * larger than K+V) shows negative, in the warning colour. */
+static void split_draw(WINDOW *w, const struct kvs_theme *t, struct kvs_rect r, int y, const struct kvs_rec_step *s)
+{
+    static const char *names[4] = {"rank", "merge", "quant", "evict"};
+    const int64_t parts[4] = {s->saved_rank, s->saved_merge, s->saved_quant, s->saved_evict};
+    double full = (double)s->bytes_full;
+    bool narrow = r.w < 60; /* "CR 0.92 = rank -0.11 + merge 0.32 + quant 0.06 + evict 0.64" is 59 */
+    int x = kvs_w_printf(w, t, y, r.x, r.w, KVS_C_DIM, narrow ? "CR %.2f=" : "CR %.2f =", 1.0 - (double)s->bytes_held / full);
+    for (int i = 0; i < 4 && x < r.w; i++) {
+        double f = (double)parts[i] / full;
+        if (narrow) x += kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "%s%.1s", i ? "+" : "", names[i]);
+        else x += kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, "%s %s ", i ? " +" : "", names[i]);
+        x += kvs_w_printf(w, t, y, r.x + x, r.w - x, parts[i] < 0 ? KVS_C_WARN : KVS_C_TEXT, "%.2f", f);
+    }
+}
+
 static void bud_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
 {
     *min_w = 32;
@@ -158,6 +177,11 @@ static void bud_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     }
     if (y >= ye) return;
     if (!s) { kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "no steps yet"); return; }
+    if (y < ye && (s->valid & KVS_VALID_SPLIT) && (s->valid & KVS_VALID_BYTES) && s->bytes_full) {
+        split_draw(w, t, r, y, s);
+        y++;
+    }
+    if (y >= ye) return;
     if (st->mode == 1) { spectrum_draw(w, r, v, st, s, y); return; }
     bool budget_ok = (s->valid & KVS_VALID_BUDGET) && s->n_groups > 0;
     bool kept_ok = (s->valid & (KVS_VALID_BUDGET | KVS_VALID_BYTES)) && s->n_layer > 0;

@@ -2,6 +2,7 @@
  * lose content; nothing is drawn outside a layout rectangle. Depends on curses and views/. */
 #include "frame.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -148,6 +149,62 @@ static void draw_keys(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v
     }
 }
 
+/* Seconds as a short label: "0s", "2.5s", "90s", "12m". */
+static void fmt_secs(char *b, size_t n, double s)
+{
+    if (s >= 600) snprintf(b, n, "%.0fm", s / 60);
+    else if (s >= 10 || s == floor(s)) snprintf(b, n, "%.0fs", s);
+    else if (s * 10 == floor(s * 10)) snprintf(b, n, "%.1fs", s);
+    else snprintf(b, n, "%.2fs", s);
+}
+
+/* The time axis on the track [X0, X1): a label at each multiple of a round interval of
+ * run-relative seconds (every run starts again at 0 s), as many as fit without touching. */
+static void draw_time_axis(WINDOW *w, const struct kvs_theme *t, int y, int x0, int x1, const struct kvs_frame_info *fi)
+{
+    uint64_t n = fi->scrub_len < fi->n_scrub_t ? fi->scrub_len : fi->n_scrub_t;
+    int W = x1 - x0;
+    if (n < 2 || W < 8) return;
+    /* the time the track spans: each run's last step end, summed */
+    double total = 0;
+    for (size_t k = 0; k < fi->n_scrub_runs || k == 0; k++) {
+        uint64_t end = k + 1 < fi->n_scrub_runs ? fi->scrub_runs[k + 1] : n;
+        if (end > n) end = n;
+        if (end >= 1) total += (double)fi->scrub_t[end - 1] / 1e9;
+        if (!fi->n_scrub_runs) break;
+    }
+    static const double ticks[] = {0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600};
+    double tick = ticks[KVS_ARRAY_LEN(ticks) - 1];
+    for (size_t i = 0; i < KVS_ARRAY_LEN(ticks); i++)
+        if (total / ticks[i] <= W / 7.0) { tick = ticks[i]; break; }
+    int free_x = 0;
+    int64_t prev_b = -1;
+    size_t run = 0;
+    for (int j = 0; j < W; j++) {
+        uint64_t s = (uint64_t)((double)j * (double)(n - 1) / (double)(W - 1) + 0.5);
+        size_t r = run;
+        while (r + 1 < fi->n_scrub_runs && fi->scrub_runs[r + 1] <= s) r++;
+        int64_t b = (int64_t)floor((double)fi->scrub_t[s] / 1e9 / tick);
+        bool label = j == 0 || r != run || b > prev_b;
+        if (r != run) b = 0; /* a new run starts its clock again */
+        run = r;
+        prev_b = b;
+        if (!label || j < free_x) continue;
+        char lb[16];
+        fmt_secs(lb, sizeof lb, (double)b * tick);
+        int lx = j + 1; /* right of the tick's cell, where the position or a run mark may be */
+        int len = (int)strlen(lb);
+        if (lx + len > W) continue;
+        /* a label stops short of the next run's mark, so every run's "0s" has its room */
+        if (run + 1 < fi->n_scrub_runs) {
+            int next = (int)((double)fi->scrub_runs[run + 1] * (double)(W - 1) / (double)(n - 1) + 0.5);
+            if (lx + len >= next) continue;
+        }
+        kvs_w_text(w, t, y, x0 + lx, len, KVS_C_KEY, lb);
+        free_x = lx + len + 1;
+    }
+}
+
 static void draw_scrub(WINDOW *w, const struct kvs_layout *lay, const struct kvs_view_ctx *v, const struct kvs_frame_info *fi)
 {
     const struct kvs_theme *t = v->t;
@@ -159,6 +216,17 @@ static void draw_scrub(WINDOW *w, const struct kvs_layout *lay, const struct kvs
     double f = fi->scrub_len > 1 ? (double)fi->scrub_pos / (double)(fi->scrub_len - 1) : 0;
     if (x1 > x0) {
         kvs_w_bar(w, t, r.y, x0, x1 - x0, f, KVS_C_BAR_HELD);
+        if (fi->scrub_t) draw_time_axis(w, t, r.y, x0, x1, fi);
+        /* the marked loop range */
+        const uint64_t ends[2] = {fi->loop_in, fi->loop_out};
+        const bool has[2] = {fi->has_in, fi->has_out};
+        for (int e = 0; e < 2 && fi->scrub_len > 1; e++) {
+            if (!has[e]) continue;
+            double fe = (double)ends[e] / (double)(fi->scrub_len - 1);
+            if (fe > 1) fe = 1;
+            kvs_w_glyph(w, t, r.y, x0 + (int)(fe * (x1 - 1 - x0) + 0.5), fi->loop ? KVS_C_GOOD : KVS_C_WARN,
+                        e ? "]" : "[", e ? ']' : '[');
+        }
         /* run boundaries: where each run after the first starts */
         for (size_t k = 1; k < fi->n_scrub_runs && fi->scrub_len > 1; k++) {
             double fk = (double)fi->scrub_runs[k] / (double)(fi->scrub_len - 1);

@@ -28,6 +28,12 @@ struct kvs_frame_info {
     const char *scrub_extra;     /* e.g. "token 17" */
     const uint64_t *scrub_runs;  /* global step where each run starts (marked on the track) */
     size_t n_scrub_runs;
+    const uint64_t *scrub_t;     /* (n_scrub_t) each step's run-relative end time in ns: the time
+                                  * axis (seconds labelled along the track), or NULL */
+    size_t n_scrub_t;
+    uint64_t loop_in, loop_out;  /* marked range in global steps, where has_in / has_out */
+    bool has_in, has_out;
+    bool loop;                   /* playback loops over the range */
     /* help overlay */
     bool help;
     int help_scroll;

@@ -380,7 +380,21 @@ static void lesson6(struct out *o, int s, const struct kvs_history *h, const str
         put(o, "Each stage multiplies: rank x merging x bits x kept tokens. Pushing one alone that far costs more quality.\n");
         return;
     }
-    /* modelled stage by stage from the record fields; the measured total is shown beside it */
+    if (st->valid & KVS_VALID_SPLIT) {
+        /* measured: the press counts what each stage saved (the Budgets panel's "CR = ..." line) */
+        static const char *names[4] = {"rank", "merging", "quantization", "eviction"};
+        const int64_t parts[4] = {st->saved_rank, st->saved_merge, st->saved_quant, st->saved_evict};
+        double full = (double)st->bytes_full;
+        put(o, "Where the saved bytes come from at %u tokens (full fp16 %s), as the press counted them:\n", st->n_ctx,
+            bytes(b[0], 32, full));
+        for (int i = 0; i < 4; i++)
+            put(o, "  %-13s %+6.1f%%  %s%s\n", names[i], full > 0 ? 100.0 * (double)parts[i] / full : 0.0,
+                parts[i] < 0 ? "-" : "", bytes(b[1], 32, fabs((double)parts[i])));
+        put(o, "Sum: CR %.3f, held %s. The Budgets panel shows the same split under the plan.\n", (double)st->cr_achieved,
+            bytes(b[2], 32, (double)st->bytes_held));
+        return;
+    }
+    /* older traces: modelled stage by stage from the record fields; the measured total beside it */
     uint32_t L = st->n_layer < KVS_MAX_LAYERS ? st->n_layer : KVS_MAX_LAYERS, G = run->group_size ? run->group_size : 1;
     double n = st->n_ctx, full = (double)st->bytes_full, b_rank = 0, b_merge = 0, kept = 0;
     for (uint32_t g = 0; g * G < L && g < KVS_MAX_GROUPS; g++) {

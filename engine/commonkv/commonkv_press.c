@@ -127,6 +127,7 @@ struct grp {
     double sim_mean;                /* mean similarity of the slots scored at the last merge */
     bool sim_valid;
     uint64_t evicted;
+    uint64_t evicted_shared;        /* of those, merged slots (the CR split counts them at their size) */
 };
 
 struct ckv {
@@ -1008,6 +1009,7 @@ static enum kvs_status ckv_evict(struct ckv *c, int n_ctx)
             uint32_t removed = 0;
             enum kvs_status st = kvs_ckv_seg_compact(ss[w], drop, &removed);
             g->evicted += removed;
+            if (w >= 2) g->evicted_shared += removed;
             free(drop);
             if (st != KVS_OK) {
                 free(pooled);
@@ -1064,6 +1066,26 @@ static enum kvs_status ckv_end_step(struct kvs_press *p, int n_ctx)
     return st;
 }
 
+/* The CR split (record.h): each stage undone from the held bytes, last to first, so the four parts
+ * sum exactly to bytes_full - bytes_held when every token of the context is one slot per group. */
+static void ckv_fill_split(const struct ckv *c, struct kvs_rec_step *rec)
+{
+    int64_t lat = 0, merge = 0, quant = 0, evict = 0;
+    for (int gi = 0; gi < c->ng; gi++) {
+        const struct grp *g = &c->g[gi];
+        int64_t row = (int64_t)g->r * 2, unmerged = (int64_t)g->nl * row + 4;
+        quant += (int64_t)(seg_held16(&g->pq) - seg_held(&g->pq)) + (int64_t)(seg_held16(&g->sq) - seg_held(&g->sq));
+        evict += (int64_t)(g->evicted - g->evicted_shared) * unmerged + (int64_t)g->evicted_shared * (row + 4);
+        merge += (int64_t)(g->s16.n + g->sq.n + g->evicted_shared) * (int64_t)(g->nl - 1) * row;
+        lat += (int64_t)c->n_ctx * unmerged;
+    }
+    rec->saved_rank = (int64_t)ckv_full_bytes(c, c->n_ctx) - lat;
+    rec->saved_merge = merge;
+    rec->saved_quant = quant;
+    rec->saved_evict = evict;
+    rec->valid |= KVS_VALID_SPLIT;
+}
+
 static void ckv_fill_record(const struct kvs_press *p, struct kvs_rec_step *rec)
 {
     const struct ckv *c = (const struct ckv *)p;
@@ -1116,6 +1138,7 @@ static void ckv_fill_record(const struct kvs_press *p, struct kvs_rec_step *rec)
     rec->cr_achieved = rec->bytes_full ? (float)(1.0 - (double)held / rec->bytes_full) : 0.0f;
     rec->valid |= KVS_VALID_BYTES | KVS_VALID_BUDGET | (any_sim ? KVS_VALID_LAYER_SIM : 0) |
                   (any_gsim ? KVS_VALID_GROUP_SIM : 0);
+    ckv_fill_split(c, rec);
 }
 
 static void ckv_run_records(struct kvs_press *p, void (*emit)(void *ud, struct kvs_record *r), void *ud)
@@ -1138,7 +1161,7 @@ static void ckv_reset(struct kvs_press *p)
         }
         if (g->score) memset(g->score, 0, (size_t)KVS_MIN(c->rope.n_pos, c->n_ctx_max) * sizeof(float));
         g->sim_valid = false;
-        g->evicted = 0;
+        g->evicted = g->evicted_shared = 0;
     }
     c->n_ctx = c->last_merge_ctx = c->last_evict_ctx = 0;
     if (c->note_is_floor) c->plan.note[0] = 0;
