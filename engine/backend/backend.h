@@ -217,8 +217,6 @@ enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn
                                     float *out);
 enum kvs_status kvs_cpu_attn_kv16(struct kvs_pool *pool, const struct kvs_attn_kv16_args *a, const float *q,
                                   float *out);
-/* Thin SVD with LAPACK sgesdd (A untouched); KVS_ERR_BACKEND when LAPACK reports a failure. */
-enum kvs_status kvs_cpu_svd(const float *a, int m, int n, float *u, float *s, float *vt);
 
 /* ---- CUDA discovery details (engine/backend/backend_cuda.c), for diagnostics and tests ---- */
 
