@@ -14,7 +14,8 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvscope bench [-m MODEL] [--ctx 512,2048] [--methods full,commonkv] [--cr X] [-n DECODE_TOKENS]\n"
+    fputs("usage: kvscope bench [-m MODEL] [--ctx 512,2048] [--methods full,commonkv] [--cr X|none] [-n DECODE_TOKENS]\n"
+          "                     [--rank R] [--merge-share X] [--merge-floor X]\n"
           "                     [-t THREADS] [-f FILE] [--precise] [--json]\n", f);
 }
 
@@ -24,8 +25,13 @@ int kvs_cmd_bench(int argc, char **argv)
     long n_decode = 64, threads = 0;
     double cr = -1;
     bool json = false, precise = false;
+    struct kvs_opt_split split;
+    kvs_opt_split_init(&split);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int got = kvs_opt_split_parse(&split, a, v);
+        if (got < 0) return 2;
+        if (got > 0) { i++; continue; }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) { model_path = v; i++; }
         else if (!strcmp(a, "--ctx") && v) { ctxs = v; i++; }
@@ -61,6 +67,7 @@ int kvs_cmd_bench(int argc, char **argv)
         struct kvs_method_config mc;
         if (kvs_method_parse(&mc, mname, err, sizeof err) != KVS_OK) { kvs_die_msg("option --methods: %s", err); goto out; }
         mc.target_cr = (float)cr;
+        kvs_opt_split_apply(&split, &mc);
         char cbuf[256];
         snprintf(cbuf, sizeof cbuf, "%s", ctxs);
         char *cs = NULL;

@@ -30,7 +30,8 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--sinks N]\n"
+    fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X|none] [--group G] [--rank R] [--rank-ratio X]\n"
+          "                   [--merge-share X] [--merge-floor X] [--sinks N]\n"
           "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
           "                   [--backend cpu|cuda|auto] [--precise]\n"
           "                   [--theme default|mono|projector] [--no-mouse] [--batch] [--record FILE [--force]]\n"
@@ -45,6 +46,7 @@ struct live {
     struct kvs_queue *q;
     uint32_t run_id;
     struct kvs_trace_writer *w;     /* --record: gets a reference to every record consumed */
+    struct kvs_opt_split split;     /* --rank, --merge-share, --merge-floor: fixed for the process */
 };
 
 /* Set by SIGINT/SIGQUIT/SIGTERM/SIGHUP outside the UI (--batch, engine shutdown); the output loop
@@ -68,6 +70,7 @@ static bool make_params(struct live *l, const struct kvs_ui_settings *s, struct 
     p->method.rank_ratio = s->rank_ratio;
     p->method.sinks = s->sinks;
     p->method.recent = s->recent;
+    kvs_opt_split_apply(&l->split, &p->method);
     p->compare_full = s->compare_full;
     p->run_id = ++l->run_id;
     return true;
@@ -210,9 +213,14 @@ int kvs_cmd_run(int argc, char **argv)
     long group = -1, sinks = -1, recent = -1, n_predict = 64, n_ctx = 2048, threads = 0;
     uint64_t seed = 42;
     bool chat = false, batch = false, no_mouse = false, compare_full = false, precise = false, force = false;
+    struct kvs_opt_split split;
+    kvs_opt_split_init(&split);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int got = kvs_opt_split_parse(&split, a, v);
+        if (got < 0) return 2;
+        if (got > 0) { i++; continue; }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!v) goto needs; model_path = v; i++; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!v) goto needs; prompt = v; i++; }
@@ -309,6 +317,7 @@ int kvs_cmd_run(int argc, char **argv)
     struct live l;
     memset(&l, 0, sizeof l);
     l.model = model;
+    l.split = split;
     kvs_session_params_default(&l.base);
     l.base.prompt = text;
     l.base.chat = chat;
