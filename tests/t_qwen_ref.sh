@@ -13,8 +13,8 @@ pass=0; fail=0
 if [ ! -f "$MODEL" ]; then
     echo "skipped: $MODEL missing (make model-qwen fetches it)"; echo "0 passed, 0 failed"; exit 0
 fi
-if ! python3 -c 'import numpy, gguf, tokenizers, jinja2' 2>/dev/null; then
-    echo "skipped: python numpy, gguf, tokenizers or jinja2 missing"; echo "0 passed, 0 failed"; exit 0
+if ! python3 -c 'import numpy, gguf' 2>/dev/null; then
+    echo "skipped: python numpy or gguf missing (make setup)"; echo "0 passed, 0 failed"; exit 0
 fi
 T=$(mktemp -d "${KVS_TEST_TMP:-/tmp}/qwenref.XXXXXX")
 trap 'rm -rf "$T"' EXIT
@@ -37,22 +37,26 @@ compare qwen2.5 "$MODEL" 750 15801 1445 982 262 470 308 421 308 366 220 17 770 1
 
 # 3. tokenizer: the reference texts with the model's own pre-tokenizer, then the chat template
 TOK=$BUILD/tests/test_tokenizer
-python3 tests/ref/tokenizer_ref.py --cases "$T/cases" >/dev/null || bad "writing the tokenizer cases"
-python3 tests/ref/tokenizer_ref.py "$MODEL" --batch "$T" qwen2 "$T"/cases/*.txt || bad "tokenizer reference failed"
-for f in "$T"/cases/*.txt; do
-    special=
-    case $f in *.special.txt) special=--special ;; esac
-    if ! "$TOK" "$MODEL" "$f" $special >"$f.got" 2>"$f.err"; then bad "tokenizer ${f##*/}: $(head -c 300 "$f.err")"; continue; fi
-    if cmp -s "$f.qwen2.ref" "$f.got"; then ok "tokenizer ${f##*/} ($(wc -l <"$f.got") ids)"
-    else bad "tokenizer ${f##*/}: $(cmp "$f.qwen2.ref" "$f.got" 2>&1 | head -1)"; fi
-done
-for sys in "" "You answer in one word."; do
-    label="system: ${sys:-default}"
-    python3 tests/ref/tokenizer_ref.py "$MODEL" --chat "What is 2+2?" ${sys:+"$sys"} >"$T/chat.ref"
-    "$TOK" --chat "$MODEL" "What is 2+2?" ${sys:+"$sys"} >"$T/chat.got"
-    if cmp -s "$T/chat.ref" "$T/chat.got"; then ok "chat prompt ($label)"
-    else bad "chat prompt ($label) differs: $(diff "$T/chat.ref" "$T/chat.got" | head -4 | tr '\n' ' ')"; fi
-done
+if ! python3 -c 'import tokenizers, jinja2' 2>/dev/null; then
+    echo "skipped: python tokenizers or jinja2 missing: token ids and chat prompt not compared"
+else
+    python3 tests/ref/tokenizer_ref.py --cases "$T/cases" >/dev/null || bad "writing the tokenizer cases"
+    python3 tests/ref/tokenizer_ref.py "$MODEL" --batch "$T" qwen2 "$T"/cases/*.txt || bad "tokenizer reference failed"
+    for f in "$T"/cases/*.txt; do
+        special=
+        case $f in *.special.txt) special=--special ;; esac
+        if ! "$TOK" "$MODEL" "$f" $special >"$f.got" 2>"$f.err"; then bad "tokenizer ${f##*/}: $(head -c 300 "$f.err")"; continue; fi
+        if cmp -s "$f.qwen2.ref" "$f.got"; then ok "tokenizer ${f##*/} ($(wc -l <"$f.got") ids)"
+        else bad "tokenizer ${f##*/}: $(cmp "$f.qwen2.ref" "$f.got" 2>&1 | head -1)"; fi
+    done
+    for sys in "" "You answer in one word."; do
+        label="system: ${sys:-default}"
+        python3 tests/ref/tokenizer_ref.py "$MODEL" --chat "What is 2+2?" ${sys:+"$sys"} >"$T/chat.ref"
+        "$TOK" --chat "$MODEL" "What is 2+2?" ${sys:+"$sys"} >"$T/chat.got"
+        if cmp -s "$T/chat.ref" "$T/chat.got"; then ok "chat prompt ($label)"
+        else bad "chat prompt ($label) differs: $(diff "$T/chat.ref" "$T/chat.got" | head -4 | tr '\n' ' ')"; fi
+    done
+fi
 
 # 4. a greedy chat answer through the whole program
 ans=$("$KVSCOPE" generate -m "$MODEL" --chat -p "What is the capital of France? Answer in one word." -n 8 -t 2 2>"$T/gen.err")
