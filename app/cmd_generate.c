@@ -12,7 +12,8 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvscope generate [-m MODEL.gguf] (-p PROMPT | -f FILE) [-n N] [--chat] [--method M] [--cr X]\n"
+    fputs("usage: kvscope generate [-m MODEL.gguf] (-p PROMPT | -f FILE) [-n N] [--chat] [--method M] [--cr X|none]\n"
+          "                        [--rank R] [--merge-share X] [--merge-floor X]\n"
           "                        [--temp T] [--top-p P] [--seed S] [-t THREADS] [--ctx N] [--batch-size N]\n"
           "                        [--backend cpu|cuda|auto] [--weights auto|bf16|fp16] [--precise]\n"
           "                        [--ckv-keys auto|bf16|int8|fp32] [--json]\n",
@@ -28,9 +29,14 @@ int kvs_cmd_generate(int argc, char **argv)
     uint64_t seed = 42;
     bool chat = false, json = false, precise = false;
     uint32_t ckv_keys = KVS_CKV_KEYS_AUTO;
+    struct kvs_opt_split split;
+    kvs_opt_split_init(&split);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int got = kvs_opt_split_parse(&split, a, v);
+        if (got < 0) return 2;
+        if (got > 0) { i++; continue; }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!v) goto needs; model_path = v; i++; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!v) goto needs; prompt = v; i++; }
@@ -74,6 +80,7 @@ int kvs_cmd_generate(int argc, char **argv)
 
     mc.target_cr = (float)cr;
     mc.ckv_keys = ckv_keys;
+    kvs_opt_split_apply(&split, &mc);
     struct kvs_model *m = NULL;
     if (kvs_model_load(&m, model_path, err, sizeof err) != KVS_OK) { kvs_die_msg("%s", err); free(text); return 1; }
     int rc = 1;
@@ -165,6 +172,12 @@ int kvs_cmd_generate(int argc, char **argv)
         kvs_json_number(stdout, "%.2f", ptps);
         printf(", \"decode_tps\": ");
         kvs_json_number(stdout, "%.2f", dtps);
+        /* what the method's cache holds at the end, as bench reports it: shows --rank and the merge controls at work */
+        struct kvs_rec_step rec;
+        memset(&rec, 0, sizeof rec);
+        press->ops->fill_record(press, &rec);
+        printf(", \"bytes_held\": %llu, \"bytes_full\": %llu", (unsigned long long)rec.bytes_held,
+               (unsigned long long)rec.bytes_full);
         printf(", \"threads\": %d, \"precise\": %s}\n", kvs_pool_size(kvs_ctx_pool(ctx)), precise ? "true" : "false");
     } else {
         printf("\n");

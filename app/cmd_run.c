@@ -30,8 +30,8 @@
 
 static void usage(FILE *f)
 {
-    fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X] [--group G] [--rank-ratio R] [--profile tuned|paper]\n"
-          "                   [--sinks N]\n"
+    fputs("usage: kvscope run [-m MODEL.gguf] [--method M] [--cr X|none] [--group G] [--rank R] [--rank-ratio X]\n"
+          "                   [--profile tuned|paper] [--merge-share X] [--merge-floor X] [--sinks N]\n"
           "                   [--recent N] [-p PROMPT | -f FILE] [--chat] [-n N] [--seed S] [--ctx N] [-t THREADS]\n"
           "                   [--backend cpu|cuda|auto] [--weights auto|bf16|fp16] [--precise]\n"
           "                   [--ckv-keys auto|bf16|int8|fp32]\n"
@@ -49,6 +49,7 @@ struct live {
     struct kvs_trace_writer *w;     /* --record: gets a reference to every record consumed */
     uint32_t ckv_keys;              /* --ckv-keys (enum kvs_ckv_keys), for every run of the process */
     uint32_t profile;               /* --profile: how CommonKV's plan is made */
+    struct kvs_opt_split split;     /* --rank, --merge-share, --merge-floor: fixed for the process */
 };
 
 /* Set by SIGINT/SIGQUIT/SIGTERM/SIGHUP outside the UI (--batch, engine shutdown); the output loop
@@ -74,6 +75,7 @@ static bool make_params(struct live *l, const struct kvs_ui_settings *s, struct 
     p->method.recent = s->recent;
     p->method.ckv_keys = l->ckv_keys;
     p->method.profile = l->profile;
+    kvs_opt_split_apply(&l->split, &p->method);
     p->compare_full = s->compare_full;
     if (!isnan(s->merge_share)) p->method.merge_share = s->merge_share;
     if (!isnan(s->merge_floor)) p->method.merge_floor = s->merge_floor;
@@ -223,9 +225,14 @@ int kvs_cmd_run(int argc, char **argv)
     uint64_t seed = 42;
     bool chat = false, batch = false, no_mouse = false, compare_full = false, precise = false, force = false;
     uint32_t ckv_keys = KVS_CKV_KEYS_AUTO;
+    struct kvs_opt_split split;
+    kvs_opt_split_init(&split);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int got = kvs_opt_split_parse(&split, a, v);
+        if (got < 0) return 2;
+        if (got > 0) { i++; continue; }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!v) goto needs; model_path = v; i++; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!v) goto needs; prompt = v; i++; }
@@ -325,6 +332,7 @@ int kvs_cmd_run(int argc, char **argv)
     struct live l;
     memset(&l, 0, sizeof l);
     l.model = model;
+    l.split = split;
     kvs_session_params_default(&l.base);
     l.base.prompt = text;
     l.base.chat = chat;

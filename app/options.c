@@ -213,6 +213,28 @@ bool kvs_opt_method_list(const char *opt, const char *val)
     }
 }
 
+void kvs_opt_split_init(struct kvs_opt_split *o)
+{
+    o->rank = 0;
+    o->merge_share = NAN;
+    o->merge_floor = NAN;
+}
+
+int kvs_opt_split_parse(struct kvs_opt_split *o, const char *a, const char *v)
+{
+    if (!strcmp(a, "--rank")) return kvs_opt_int(a, v, 1, 1 << 16, &o->rank) ? 1 : -1;
+    if (!strcmp(a, "--merge-share")) return kvs_opt_float(a, v, 0, 1, &o->merge_share) ? 1 : -1;
+    if (!strcmp(a, "--merge-floor")) return kvs_opt_float(a, v, -1, 1, &o->merge_floor) ? 1 : -1;
+    return 0;
+}
+
+void kvs_opt_split_apply(const struct kvs_opt_split *o, struct kvs_method_config *mc)
+{
+    if (o->rank > 0) mc->rank = (uint32_t)o->rank;
+    if (!isnan(o->merge_share)) mc->merge_share = (float)o->merge_share;
+    if (!isnan(o->merge_floor)) mc->merge_floor = (float)o->merge_floor;
+}
+
 bool kvs_opt_ui_config(struct kvs_config *cfg, bool tui, const char *theme_name, bool no_mouse, char *path,
                        size_t cap)
 {

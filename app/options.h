@@ -27,6 +27,20 @@ bool kvs_opt_method(const char *opt, const char *val);
 bool kvs_opt_method_list(const char *opt, const char *val);
 /* --profile tuned|paper into *PROFILE (enum kvs_ckv_profile); false with a message otherwise. */
 bool kvs_opt_profile(const char *opt, const char *val, uint32_t *profile);
+/* CommonKV's split, the same independent controls on every command that takes a method: --rank R
+ * (per group), --merge-share X (share of the mergeable slots merged at most) and --merge-floor X
+ * (similarity below which a slot never merges), beside --cr (the target, or none). Unset: 0 / NaN. */
+struct kvs_opt_split {
+    long rank;
+    double merge_share, merge_floor;
+};
+void kvs_opt_split_init(struct kvs_opt_split *o);
+/* Parses A (with its value V) when it is one of the options above: returns 1 (the caller skips V),
+ * 0 when A is another option, -1 after printing a one-line error (exit status 2). */
+int kvs_opt_split_parse(struct kvs_opt_split *o, const char *a, const char *v);
+/* Copies what was given into a method configuration (the rest keeps its defaults). */
+struct kvs_method_config;
+void kvs_opt_split_apply(const struct kvs_opt_split *o, struct kvs_method_config *mc);
 /* The UI's settings for a command: defaults, then the user's config file when TUI (its path, if
  * any, into PATH of CAP bytes, else ""), then --theme THEME_NAME (may be NULL) and --no-mouse.
  * Returns false after printing one line (exit status 2). */

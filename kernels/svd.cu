@@ -1,5 +1,5 @@
 /* Thin SVD on the GPU with cuSOLVER gesvdj (Jacobi, fp32), twin of kvs_cpu_svd (LAPACK sgesdd,
- * engine/backend/backend.c). Row-major A (m, n) is column-major X = Aᵀ (n, m); with X = Uₓ S Vₓᵀ,
+ * engine/cpu/svd.c). Row-major A (m, n) is column-major X = Aᵀ (n, m); with X = Uₓ S Vₓᵀ,
  * A = Vₓ S Uₓᵀ, so row-major vt (k, n) is exactly column-major Uₓ (n, k) and u (m, k) is the
  * transpose of column-major Vₓ (m, k). Depends on the CUDA runtime, cuBLAS, cuSOLVER. */
 #include "internal.cuh"

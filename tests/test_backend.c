@@ -18,6 +18,7 @@
 #include "harness.h"
 #include "infer.h"
 #include "profiler.h"
+#include "svd.h"
 #include "quant.h"
 #include "record.h"
 

@@ -1,14 +1,14 @@
 /* Backend registry (a static array, CPU first, CUDA found at run time), the wrappers that fall back
  * to the CPU path when an optional entry is NULL or stage host arrays through backend buffers, and
  * the CPU backend itself: thin adapters over the twins in engine/cpu/ (norm, rope, matmul,
- * embedding, elementwise, attention, K/V pool, latent pool) and the LAPACK SVD, which are
- * the oracle for kernels/. Depends on libc, BLAS/LAPACKE, engine/ headers; never prints, never exits. */
+ * embedding, elementwise, attention, K/V pool, latent pool, svd), which are
+ * the oracle for kernels/. Depends on libc, engine/ headers; never prints, never exits. */
 #include "backend.h"
 #include "attention.h"
 #include "kv_pool.h"
 #include "latent_pool.h"
+#include "svd.h"
 
-#include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,20 +22,6 @@
 #include "record.h"
 
 /* ---------------------------------------------------------------- CPU references */
-
-enum kvs_status kvs_cpu_svd(const float *a, int m, int n, float *u, float *s, float *vt)
-{
-    if (m <= 0 || n <= 0) return KVS_ERR_ARG;
-    uint64_t cells;
-    if (!kvs_mul_ok((uint64_t)m, (uint64_t)n, &cells) || cells > SIZE_MAX / sizeof(float)) return KVS_ERR_ARG;
-    float *w = malloc((size_t)cells * sizeof(float));
-    if (!w) return KVS_ERR_NOMEM;
-    memcpy(w, a, (size_t)cells * sizeof(float));
-    int k = KVS_MIN(m, n);
-    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', m, n, w, n, s, u, k, vt, n);
-    free(w);
-    return info == 0 ? KVS_OK : KVS_ERR_BACKEND;
-}
 
 /* ---------------------------------------------------------------- CPU backend */
 

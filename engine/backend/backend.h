@@ -370,8 +370,6 @@ enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_la
 /* The twins of the kernels/ operations live in engine/cpu/<stem>.h, one header per stem
  * (attention.h, kv_pool.h, latent_pool.h). */
 
-/* Thin SVD with LAPACK sgesdd (A untouched); KVS_ERR_BACKEND when LAPACK reports a failure. */
-enum kvs_status kvs_cpu_svd(const float *a, int m, int n, float *u, float *s, float *vt);
 
 /* ---- CUDA discovery details (engine/backend/backend_cuda.c), for diagnostics and tests ---- */
 

@@ -242,20 +242,20 @@ static void emit_run(struct kvs_session *s, struct kvs_press *press, struct kvs_
 /* A QUALITY record: the method against the full run on the reference's tokens so far (N of them).
  * No passkey is run live, so passkey_acc stays NaN (the panel leaves the row out). */
 #define QUALITY_EVERY 8
-static void emit_quality(struct kvs_session *s, struct kvs_press *press, double kl_sum, int agree, double nll_sum,
-                         double nll_ref_sum, int n, double decode_s, int n_gen)
+static void emit_quality(struct kvs_session *s, struct kvs_press *press, const struct kvs_quality_acc *q,
+                         double decode_s, int n_gen)
 {
     struct kvs_record *r = kvs_record_new(KVS_REC_QUALITY, 0);
     if (!r) return;
     snprintf(r->u.quality.method, sizeof r->u.quality.method, "%s", s->p.method.spec);
     r->u.quality.target_cr = s->p.method.target_cr;
-    r->u.quality.kl = (float)(kl_sum / n);
-    r->u.quality.top1 = (float)agree / n;
-    r->u.quality.ppl = (float)exp(nll_sum / n);
-    r->u.quality.ppl_full = (float)exp(nll_ref_sum / n);
+    r->u.quality.kl = (float)kvs_quality_kl(q);
+    r->u.quality.top1 = (float)kvs_quality_top1(q);
+    r->u.quality.ppl = (float)kvs_quality_ppl(q);
+    r->u.quality.ppl_full = (float)kvs_quality_ppl_ref(q);
     r->u.quality.passkey_acc = NAN;
     r->u.quality.decode_tps = decode_s > 0 && n_gen > 0 ? (float)(n_gen / decode_s) : NAN;
-    r->u.quality.n_tokens = (uint32_t)n;
+    r->u.quality.n_tokens = (uint32_t)q->n;
     struct kvs_rec_step tmp;
     memset(&tmp, 0, sizeof tmp);
     press->ops->fill_record(press, &tmp);
@@ -272,7 +272,6 @@ static void *session_main(void *arg)
     struct kvs_press *press = NULL, *ref_press = NULL;
     struct kvs_ctx *ctx = NULL, *ref_ctx = NULL;
     int32_t *toks = NULL;
-    float *ref_logits = NULL;
     struct kvs_op_counter prev[KVS_OP_COUNT];
     memset(prev, 0, sizeof prev);
     uint64_t n_steps = 0;
@@ -328,8 +327,6 @@ static void *session_main(void *arg)
         if (kvs_press_new(&ref_press, m, &fc, s->p.n_ctx, NULL, NULL, err, sizeof err) != KVS_OK ||
             kvs_ctx_new(&ref_ctx, m, ref_press, &cp, err, sizeof err) != KVS_OK) {
             logf_(s, 1, "quality comparison disabled: %s", err);
-        } else if (!(ref_logits = malloc((size_t)hp->n_vocab * sizeof(float)))) {
-            logf_(s, 1, "quality comparison disabled: out of memory");
         }
     }
     /* setup (SVD, calibration, contexts) is a phase of its own: counted as the SVD op of the first
@@ -408,8 +405,8 @@ static void *session_main(void *arg)
 
     /* decode */
     uint64_t rng = s->p.seed ? s->p.seed : 0x1234567ull;
-    double kl_sum = 0, nll_sum = 0, nll_ref_sum = 0;
-    int agree = 0, compared = 0;
+    struct kvs_quality_acc qa; /* the method against the full run, the same accumulator eval uses */
+    memset(&qa, 0, sizeof qa);
     uint64_t td0 = kvs_now_ns();
     for (int i = 0; i < s->p.n_predict && !s->stop; i++) {
         uint64_t a = kvs_now_ns();
@@ -420,27 +417,8 @@ static void *session_main(void *arg)
         float lp = kvs_logprob(lg, (int)hp->n_vocab, id);
         if (kvs_tokenizer_is_eog(m->tok, id)) break; /* no token: nothing to score */
         struct kvs_record *r = kvs_record_new(KVS_REC_STEP, 0);
-        if (ref_ctx) {
-            /* KL(full || method) and top-1 agreement on the same prefix */
-            const float *rl = kvs_ctx_logits(ref_ctx);
-            int V = (int)hp->n_vocab;
-            float mr = rl[0], mm = lg[0];
-            int ar = 0, am = 0;
-            for (int v = 1; v < V; v++) { if (rl[v] > rl[ar]) ar = v; if (lg[v] > lg[am]) am = v; }
-            mr = rl[ar]; mm = lg[am];
-            double zr = 0, zm = 0;
-            for (int v = 0; v < V; v++) { zr += exp((double)rl[v] - mr); zm += exp((double)lg[v] - mm); }
-            double kl = 0;
-            for (int v = 0; v < V; v++) {
-                double pr = exp((double)rl[v] - mr) / zr;
-                if (pr > 0) kl += pr * (((double)rl[v] - mr - log(zr)) - ((double)lg[v] - mm - log(zm)));
-            }
-            kl_sum += kl > 0 ? kl : 0;
-            agree += ar == am;
-            compared++;
-            nll_sum += -lp;
-            nll_ref_sum += -kvs_logprob(rl, V, id);
-        }
+        /* KL(full || method), top-1 agreement and both perplexities on the same prefix */
+        if (ref_ctx) kvs_quality_add(&qa, lg, kvs_ctx_logits(ref_ctx), (int)hp->n_vocab, id);
         toks[n++] = id;
         if ((st = kvs_ctx_eval(ctx, &id, 1, NULL)) != KVS_OK) {
             if (r) kvs_record_unref(r);
@@ -460,10 +438,10 @@ static void *session_main(void *arg)
         sr->piece[pl > 0 ? KVS_MIN(pl, KVS_REC_PIECE_MAX - 1) : 0] = 0;
         sr->logprob = lp;
         sr->valid |= KVS_VALID_LOGPROB;
-        if (compared) {
-            sr->kl = (float)(kl_sum / compared);
-            sr->top1 = (float)agree / compared;
-            sr->ppl = (float)exp(nll_sum / compared);
+        if (qa.n) {
+            sr->kl = (float)kvs_quality_kl(&qa);
+            sr->top1 = (float)kvs_quality_top1(&qa);
+            sr->ppl = (float)kvs_quality_ppl(&qa);
             sr->valid |= KVS_VALID_QUALITY;
         }
         sr->t_start_ns = a - s->t0;
@@ -471,12 +449,11 @@ static void *session_main(void *arg)
         fill_step(s, press, ctx, sr, prev);
         emit(s, r);
         /* the running comparison, both perplexities on the same tokens, every few tokens */
-        if (compared && compared % QUALITY_EVERY == 0)
-            emit_quality(s, press, kl_sum, agree, nll_sum, nll_ref_sum, compared, (double)(kvs_now_ns() - td0) / 1e9, n_gen);
+        if (qa.n && qa.n % QUALITY_EVERY == 0) emit_quality(s, press, &qa, (double)(kvs_now_ns() - td0) / 1e9, n_gen);
         drain_profiler(s, prof);
     }
     decode_s = (double)(kvs_now_ns() - td0) / 1e9;
-    if (compared) emit_quality(s, press, kl_sum, agree, nll_sum, nll_ref_sum, compared, decode_s, n_gen);
+    if (qa.n) emit_quality(s, press, &qa, decode_s, n_gen);
 end:;
     if (prof) {
         kvs_profiler_stop(prof);
@@ -498,7 +475,6 @@ end:;
     kvs_ctx_delete(ctx);
     kvs_press_delete(press);
     free(toks);
-    free(ref_logits);
     __atomic_store_n(&s->done, 1, __ATOMIC_RELEASE);
     return NULL;
 }

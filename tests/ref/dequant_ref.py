@@ -96,11 +96,17 @@ def main():
     else:
         first_last = lambda n: [(0, min(n, 512)), (max(0, n - 512), min(n, 512))]
         every = lambda n: [(0, n)]
-        sel = {"token_embd.weight": first_last, "output_norm.weight": every}
-        for l in (0, 15, 29):
+        sel = {"token_embd.weight": first_last, "output.weight": first_last, "output_norm.weight": every}
+        # first, middle and last block (0, 15, 29 on SmolLM2; 0, 12, 23 on Qwen2.5, whose Q4_K, Q6_K
+        # and Q8_0 tensors all fall in these), with the K/V biases where the model has them
+        n_layer = 1 + max(int(t.name.split(".")[1]) for t in gguf.GGUFReader(a.real).tensors
+                          if t.name.startswith("blk."))
+        for l in (0, n_layer // 2, n_layer - 1):
             for s in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                       "ffn_down"):
                 sel[f"blk.{l}.{s}.weight"] = every
+            for s in ("attn_q", "attn_k", "attn_v"):
+                sel[f"blk.{l}.{s}.bias"] = every
         check_file(a.bin, a.real, tmp, sel)
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
