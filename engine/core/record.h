@@ -134,11 +134,12 @@ struct kvs_rec_step {
     float logprob;          /* log p(token) under the run's model */
     float ppl, kl, top1;    /* quality vs full so far, when KVS_VALID_QUALITY */
     struct kvs_op_counter ops[KVS_OP_COUNT];
-    /* where the saved bytes came from (KVS_VALID_SPLIT; latent presses): bytes_full - bytes_held
+    /* where the saved bytes came from (KVS_VALID_SPLIT; every compressing press): bytes_full - bytes_held
      * split by stage, undoing them last to first: evict (held slots' fp16 cost of the evicted
      * slots), quant (packed rows against the same rows in fp16), merge (each merged slot's other
      * layers' rows), rank (full fp16 K+V against one unmerged latent row per layer and token,
-     * positions included: negative when the latents are the larger) */
+     * positions included: negative when the latents are the larger). K/V presses (quant, snapkv,
+     * streaming): rank and merge 0, the kept tokens' positions charged to evict, else quant */
     int64_t saved_rank, saved_merge, saved_quant, saved_evict;
 };
 

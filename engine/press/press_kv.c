@@ -485,6 +485,30 @@ static enum kvs_status kv_end_step(struct kvs_press *pr, int n_ctx)
     return KVS_OK;
 }
 
+/* Where the saved bytes came from (the Budgets panel's CR split): no rank or merging here; quant
+ * saves the difference between a packed block and the same tokens' fp16 rows, eviction the rows
+ * of the tokens it dropped. Every kept token also stores its position (4 bytes), which a full fp16
+ * cache does not: that cost is charged to eviction when it is active (it is why positions are
+ * kept), else to quant, so that rank + merge + quant + evict = bytes_full - bytes_held exactly. */
+static void kv_fill_split(const struct kvp *p, struct kvs_rec_step *r)
+{
+    int64_t quant = 0, evict = 0, pos = 0, row = (int64_t)p->dkv * 4;
+    for (int l = 0; l < p->N; l++) {
+        const struct kvl *L = &p->L[l];
+        int64_t kept = p->cp ? (int64_t)kvs_cache_pool_rows(p->cp, l) : (int64_t)layer_tokens(L);
+        for (uint32_t i = 0; !p->cp && i < L->nblk; i++)
+            quant += (int64_t)L->blk[i].nt * (row + 4) - (int64_t)blk_bytes(p, L->blk[i].nt);
+        evict += ((int64_t)p->n_ctx - kept) * row;
+        pos += kept * 4;
+    }
+    if (p->snap || p->stream) evict -= pos;
+    else quant -= pos;
+    r->saved_rank = r->saved_merge = 0;
+    r->saved_quant = quant;
+    r->saved_evict = evict;
+    r->valid |= KVS_VALID_SPLIT;
+}
+
 static void kv_fill_record(const struct kvs_press *pr, struct kvs_rec_step *r)
 {
     const struct kvp *p = (const struct kvp *)pr;
@@ -510,6 +534,7 @@ static void kv_fill_record(const struct kvs_press *pr, struct kvs_rec_step *r)
     r->cr_target = p->cr;
     r->cr_achieved = r->bytes_full ? (float)(1.0 - (double)held / r->bytes_full) : 0.0f;
     r->valid |= KVS_VALID_BYTES;
+    kv_fill_split(p, r);
 }
 
 static void kv_free_layers(struct kvp *p)
