@@ -1060,6 +1060,9 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
         mc.cache_dir[0] = 0; /* factors are not cached to disk from a test */
         mc.whiten = false;
         mc.merge_floor = -1.0f; /* random weights: dissimilar layers, merged anyway */
+        /* the device attends over fp16 rows by lat_attend, keys rebuilt in fp32: the CPU oracle
+         * rebuilds them in fp32 too (its default bf16 kernel rounds B_k and the latents) */
+        mc.ckv_keys = KVS_CKV_KEYS_FP32;
     }
     struct kvs_press *pc = NULL, *pg = NULL;
     struct kvs_ctx *cc = NULL, *cg = NULL;
