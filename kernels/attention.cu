@@ -2,9 +2,11 @@
  *  - over CommonKV latents: one warp per (token, KV head) rebuilds k = B_k c in shared memory,
  *    rotates it and dots it with every query of the head group (fused, K never stored); softmax;
  *    P·C with cuBLAS; then (P C) B_vᵀ, one warp per output element (re-association, V never stored);
+ *  - over CommonKV latent segment rows (lat_attend): the fp16 rows of every segment gathered to
+ *    fp32 once, then the latent path above with the biases b_k, b_v and the attention mass;
  *  - over a plain fp16 K/V cache: warp-per-token dots, softmax, P·V per (query, head).
  * Queries are processed in chunks so the score matrix stays bounded. The CPU twins are
- * kvs_cpu_attn_latent / kvs_cpu_attn_kv16 (engine/backend/backend.c). Depends on CUDA, cuBLAS. */
+ * kvs_cpu_attn_latent / kvs_cpu_lat_attend / kvs_cpu_attn_kv16 (engine/cpu/attention.c). Depends on CUDA, cuBLAS. */
 #include "internal.cuh"
 
 #define ATT_WARPS 4                      /* warps (tokens) per block in the score kernels */
@@ -38,7 +40,7 @@ static __device__ void warp_key_scores(const float *q, const int32_t *q_pos, int
 
 __global__ void k_latent_scores(const float *q, const int32_t *q_pos, int T, int n_head, int n_head_kv, int d,
                                 int rank, const float *cl, const int32_t *pos, int n, const float *bk,
-                                const float *freqs, int neox, float scale, float *scores)
+                                const float *kb, const float *freqs, int neox, float scale, float *scores)
 {
     __shared__ float ks[ATT_WARPS][KVS_CUDA_MAX_HEAD_DIM];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -54,7 +56,7 @@ __global__ void k_latent_scores(const float *q, const int32_t *q_pos, int T, int
         float s = 0.0f;
         for (int r = lane; r < rank; r += 32) s += brow[r] * cj[r];
         s = kvs_warp_sum(s);
-        if (lane == 0) k[i] = s;
+        if (lane == 0) k[i] = kb ? s + kb[g * d + i] : s;
     }
     __syncwarp();
     int half = d / 2;
@@ -72,8 +74,8 @@ __global__ void k_latent_scores(const float *q, const int32_t *q_pos, int T, int
 }
 
 /* out[t, h, i] = B_v[g*d + i, :] · pc[t, h, :], one warp per output element. */
-__global__ void k_latent_out(const float *pc, const float *bv, int T, int n_head, int n_head_kv, int d, int rank,
-                             float *out)
+__global__ void k_latent_out(const float *pc, const float *bv, const float *vb, int T, int n_head, int n_head_kv,
+                             int d, int rank, float *out)
 {
     int64_t wid = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
@@ -88,7 +90,7 @@ __global__ void k_latent_out(const float *pc, const float *bv, int T, int n_head
     float s = 0.0f;
     for (int r = lane; r < rank; r += 32) s += brow[r] * p[r];
     s = kvs_warp_sum(s);
-    if (lane == 0) out[wid] = s;
+    if (lane == 0) out[wid] = vb ? s + vb[g * d + i] : s;
 }
 
 /* Queries per chunk so that (chunk, n_head, n) floats fit the score cap; at least 1. */
@@ -101,7 +103,12 @@ static int att_chunk(int T, int n_head, int n)
     return (int)tc;
 }
 
-int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a)
+__global__ void k_kv16_mass(const float *p, int64_t rows, int n, float *mass);
+
+/* The latent path shared by attn_latent and lat_attend: biases KB, VB (NULL: none); MASS (n, zeroed
+ * by the caller) or NULL gets the weights of the queries t >= MASS_FROM. */
+static int latent_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a, const float *kb,
+                         const float *vb, float *mass, int mass_from)
 {
     const float one = 1.0f, zero = 0.0f;
     int tc, dq;
@@ -129,17 +136,88 @@ int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_late
         dim3 grid(kvs_grid(a->n, ATT_WARPS), (unsigned)a->n_head_kv);
         KVS_LAUNCH(k_latent_scores, grid, ATT_WARPS * 32, 0, c->stream)(
             a->q + (size_t)t0 * dq, a->q_pos + t0, tn, a->n_head, a->n_head_kv, a->head_dim, a->rank, a->c, a->pos,
-            a->n, a->bk, a->freqs, a->neox, a->scale, scores);
+            a->n, a->bk, kb, a->freqs, a->neox, a->scale, scores);
         KVS_LAUNCH_CHECK();
         if (kvs_cuda_softmax_rows(c, scores, rows, a->n) != KVS_CUDA_OK) goto fail;
         /* Row-major PC (rows, rank) = P (rows, n) · C (n, rank); column-major: PCᶜ = Cᶜ · Pᶜ. */
         CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, a->rank, (int)rows, a->n, &one, a->c, a->rank,
                                  scores, a->n, &zero, pc, a->rank));
         KVS_LAUNCH(k_latent_out, kvs_grid(outs * 32, 256), 256, 0, c->stream)(
-            pc, a->bv, tn, a->n_head, a->n_head_kv, a->head_dim, a->rank, a->out + (size_t)t0 * dq);
+            pc, a->bv, vb, tn, a->n_head, a->n_head_kv, a->head_dim, a->rank, a->out + (size_t)t0 * dq);
         KVS_LAUNCH_CHECK();
+        if (mass) {
+            /* the chunk's rows (t, h) of the queries in the mass window, in order */
+            int64_t r0 = t0 >= mass_from ? 0 : (int64_t)(mass_from - t0) * a->n_head;
+            if (r0 < rows) {
+                KVS_LAUNCH(k_kv16_mass, kvs_grid(a->n, 256), 256, 0, c->stream)(scores + r0 * a->n, rows - r0, a->n,
+                                                                                mass);
+                KVS_LAUNCH_CHECK();
+            }
+        }
     }
     return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a)
+{
+    return latent_attend(c, a, NULL, NULL, NULL, 0);
+}
+
+/* C (n, rank) fp32 and P (n) from rows [0, n) of one segment, placed from row OFF on. */
+__global__ void k_lat_gather(const __half *rows, const int32_t *pos, int n, int rank, int off, float *C, int32_t *P)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)n * rank) return;
+    C[(int64_t)off * rank + i] = __half2float(rows[i]);
+    if (i % rank == 0) P[off + i / rank] = pos[i / rank];
+}
+
+int kvs_cuda_lat_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_attend *a)
+{
+    int64_t n = 0;
+    int off = 0;
+    float *C;
+    int32_t *P;
+    struct kvs_cuda_attn_latent d;
+    KVS_REQUIRE(a->n_segs >= 0 && a->n_segs <= KVS_CUDA_LAT_ATTEND_MAX_SEGS, "lat_attend: %d segments", a->n_segs);
+    for (int s = 0; s < a->n_segs; s++) {
+        KVS_REQUIRE(a->n[s] >= 0, "lat_attend: segment %d has %d rows", s, a->n[s]);
+        n += a->n[s];
+    }
+    KVS_REQUIRE(n <= 0x7fffffff, "lat_attend: %lld rows", (long long)n);
+    if (a->mass && n) CUDA_CHECK(cudaMemsetAsync(a->mass, 0, (size_t)n * sizeof(float), c->stream));
+    C = (float *)kvs_cuda_scratch(c, KVS_SCR_LAT_C, (size_t)(n ? n : 1) * (a->rank > 0 ? a->rank : 1) * sizeof(float));
+    if (!C) goto fail;
+    P = (int32_t *)kvs_cuda_scratch(c, KVS_SCR_LAT_POS, (size_t)(n ? n : 1) * sizeof(int32_t));
+    if (!P) goto fail;
+    if (a->T > 0)
+        for (int s = 0; s < a->n_segs; s++) {
+            if (a->n[s] > 0) {
+                KVS_LAUNCH(k_lat_gather, kvs_grid((int64_t)a->n[s] * a->rank, 256), 256, 0, c->stream)(
+                    (const __half *)a->rows[s], a->pos[s], a->n[s], a->rank, off, C, P);
+                KVS_LAUNCH_CHECK();
+            }
+            off += a->n[s];
+        }
+    d.T = a->T;
+    d.n = (int)n;
+    d.n_head = a->n_head;
+    d.n_head_kv = a->n_head_kv;
+    d.head_dim = a->head_dim;
+    d.rank = a->rank;
+    d.q = a->q;
+    d.q_pos = a->q_pos;
+    d.c = C;
+    d.pos = P;
+    d.bk = a->bk;
+    d.bv = a->bv;
+    d.freqs = a->freqs;
+    d.neox = a->neox;
+    d.scale = a->scale;
+    d.out = a->out;
+    return latent_attend(c, &d, a->bk_bias, a->bv_bias, a->mass, a->mass_from);
 fail:
     return KVS_CUDA_FAIL;
 }

@@ -350,6 +350,7 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     api_compute_capability,
     api_range_push,
     api_range_pop,
+    kvs_cuda_lat_attend,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

@@ -15,10 +15,11 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 3u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 4u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
-                                 *    compute_capability, NVTX ranges */
+                                 *    compute_capability, NVTX ranges;
+                                 * 4: lat_attend (attention over latent segment rows) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -127,6 +128,30 @@ struct kvs_cuda_lat_merge {
     int32_t *dst_pos;         /* (cap) */
 };
 
+/* Attention of T queries over one layer's CommonKV latent rows as the segments hold them (fp16,
+ * positions in any order), all device: the rows are gathered to fp32 once, then as
+ * kvs_cuda_attn_latent with k_j = RoPE_{pos_j}(B_k[g] c_j + b_k[g]) and out += b_v[g] (biases
+ * may be NULL); MASS (n, rows of all segments in order) or NULL gets Σ over queries t >=
+ * mass_from and heads of the attention weights. */
+#define KVS_CUDA_LAT_ATTEND_MAX_SEGS 4
+struct kvs_cuda_lat_attend {
+    int T, n_head, n_head_kv, head_dim, rank;
+    int n_segs;
+    const uint16_t *rows[KVS_CUDA_LAT_ATTEND_MAX_SEGS]; /* (n[s], rank) fp16 bits */
+    const int32_t *pos[KVS_CUDA_LAT_ATTEND_MAX_SEGS];   /* (n[s]) */
+    int n[KVS_CUDA_LAT_ATTEND_MAX_SEGS];
+    const float *q;           /* (T, n_head*head_dim) after RoPE */
+    const int32_t *q_pos;     /* (T) */
+    const float *bk, *bv;     /* (n_head_kv*head_dim, rank) */
+    const float *bk_bias, *bv_bias; /* (n_head_kv*head_dim) or NULL */
+    const float *freqs;       /* (head_dim/2) */
+    int neox;
+    float scale;
+    float *out;               /* (T, n_head*head_dim) */
+    float *mass;              /* NULL or (Σ n) */
+    int mass_from;
+};
+
 /* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in
  * last_error(ctx). Calls on one context must come from one thread at a time. */
 struct kvs_cuda_api {
@@ -190,6 +215,8 @@ struct kvs_cuda_api {
      * attached each call is a check of a function pointer. */
     void (*range_push)(struct kvs_cuda_ctx *c, const char *name);
     void (*range_pop)(struct kvs_cuda_ctx *c);
+    /* Attention over latent segment rows (struct kvs_cuda_lat_attend). */
+    int (*lat_attend)(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_attend *a);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -210,6 +237,7 @@ int kvs_cuda_rope(struct kvs_cuda_ctx *c, float *x, int T, int n_heads, int head
 int kvs_cuda_matmul(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const float *x, float *y, int T);
 int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a);
 int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *a);
+int kvs_cuda_lat_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_attend *a);
 /* Thin SVD of a (m, n) row-major: u (m, k), s (k) descending, vt (k, n), k = min(m, n);
  * cuSOLVER gesvdj (Jacobi) in fp32. */
 int kvs_cuda_svd(struct kvs_cuda_ctx *c, const float *a, int m, int n, float *u, float *s, float *vt);

@@ -99,6 +99,13 @@ plant "latent pool: merged rows overwrite the shared segment's first rows" laten
     's/size_t to = \(size_t\)\(a\.row0 \+ r\) \* a\.width;/size_t to = (size_t)r * a.width;/'
 plant "latent pool: compaction moves only the first layer's rows" latent_pool.cu \
     's/for \(int a = 0; a < n_arr; a\+\+\) \{/for (int a = 0; a < 1; a++) {/'
+# attention over the latent segments' rows (lat_attend in attention.cu)
+plant "latent attention: RoPE at the row index instead of the stored position" attention.cu \
+    's/sincos\(\(double\)pj \* \(double\)freqs\[i\]/sincos((double)j * (double)freqs[i]/'
+plant "latent attention: mass counts every query, not the window" attention.cu \
+    's/int64_t r0 = t0 >= mass_from \? 0 : [^;]*;/int64_t r0 = 0;/'
+plant "latent attention: shared rows gathered over the private ones" attention.cu \
+    's/C\[\(int64_t\)off \* rank \+ i\] = /C[i] = /'
 # the element-wise steps of a device-resident token (embedding.cu, elementwise.cu)
 plant "embedding reads a neighbouring token's row" embedding.cu \
     's/const __half \*row = table \+ \(size_t\)tokens\[blockIdx.x\] \* cols;/const __half *row = table + (size_t)(tokens[blockIdx.x] ^ 1) * cols;/'

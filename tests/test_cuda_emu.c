@@ -766,6 +766,200 @@ static void test_latent_pool(void)
     lat_pool_case(2, 128, 64);
 }
 
+/* ---------------------------------------------------------------- attention over latent segments */
+
+/* BYTES of host SRC in a fresh buffer of B (NULL data for 0 bytes). */
+static void *buf_put(struct kvs_backend *b, struct kvs_buf *bf, const void *src, size_t bytes)
+{
+    memset(bf, 0, sizeof *bf);
+    if (!bytes) return NULL;
+    CHECK(kvs_backend_buf_alloc(b, bf, bytes) == KVS_OK);
+    CHECK(kvs_backend_buf_upload(b, bf, 0, src, bytes) == KVS_OK);
+    return bf->data;
+}
+
+/* One backend's copy of a layer's factors (B_k, B_v, b_k, b_v, RoPE frequencies), uploaded once. */
+struct lat_consts {
+    struct kvs_buf bk, bv, kb, vb, fr;
+};
+
+static void lat_consts_put(struct lat_consts *k, struct kvs_backend *b, const float *bk, const float *bv,
+                           const float *kb, const float *vb, const float *fr, size_t dkv, int r, int d)
+{
+    buf_put(b, &k->bk, bk, dkv * r * sizeof(float));
+    buf_put(b, &k->bv, bv, dkv * r * sizeof(float));
+    buf_put(b, &k->kb, kb, kb ? dkv * sizeof(float) : 0);
+    buf_put(b, &k->vb, vb, vb ? dkv * sizeof(float) : 0);
+    buf_put(b, &k->fr, fr, (size_t)(d / 2) * sizeof(float));
+}
+
+static void lat_consts_free(struct lat_consts *k, struct kvs_backend *b)
+{
+    kvs_backend_buf_free(b, &k->bk), kvs_backend_buf_free(b, &k->bv), kvs_backend_buf_free(b, &k->kb);
+    kvs_backend_buf_free(b, &k->vb), kvs_backend_buf_free(b, &k->fr);
+}
+
+/* lat_attend of T queries with head layout H:G of width d over the layer ARR of private segment
+ * P* and shared segment S* (device: pg, sg; CPU: pc, sc), queries at the positions QP, mass of the
+ * queries from MASS_FROM on: output and mass of the emulated device against the CPU twin; on the
+ * CPU, without biases, the same bytes as attn_latent over the rows decoded to fp32 (the oracle the
+ * existing tests hold to). */
+static void lat_attend_same(const char *what, const struct kvs_ckv_seg *pg, const struct kvs_ckv_seg *sg,
+                            const struct kvs_ckv_seg *pc, const struct kvs_ckv_seg *sc, int arr, int T,
+                            const int32_t *qp, int mass_from, int H, int G, int d, bool neox, float sharp,
+                            const struct lat_consts *kg, const struct lat_consts *kc, const float *bk,
+                            const float *bv, const float *fr, bool biases)
+{
+    int r = pg->width, n = (int)(pc->n + sc->n);
+    size_t no = (size_t)T * H * d;
+    float *q = rand_vec(no, -1, 1);
+    float *og = malloc(no * sizeof(float)), *oc = malloc(no * sizeof(float)), *ol = malloc(no * sizeof(float));
+    float *mg = malloc((size_t)(n + 1) * sizeof(float)), *mc = malloc((size_t)(n + 1) * sizeof(float));
+    struct kvs_buf qg, qc, bo_g, bo_c;
+    buf_put(cuda16, &qg, q, no * sizeof(float));
+    buf_put(cpu, &qc, q, no * sizeof(float));
+    for (size_t i = 0; i < no; i++) og[i] = 12345.0f; /* stale values must not survive */
+    buf_put(cuda16, &bo_g, og, no * sizeof(float));
+    buf_put(cpu, &bo_c, og, no * sizeof(float));
+    for (int j = 0; j <= n; j++) mg[j] = 777.0f, mc[j] = -1.0f;
+    struct kvs_lat_attend_args a = {.T = T, .q_pos = qp, .n_head = H, .n_head_kv = G, .head_dim = d, .rank = r,
+                                    .scale = sharp / sqrtf((float)d), .neox = neox, .f = &pc->f, .n_segs = 2,
+                                    .mass_from = mass_from};
+    a.segs[0].L = &pg->L, a.segs[0].arr = arr, a.segs[1].L = &sg->L, a.segs[1].arr = 0;
+    a.bk = kg->bk.data, a.bv = kg->bv.data, a.bk_bias = kg->kb.data, a.bv_bias = kg->vb.data, a.freqs = kg->fr.data;
+    CHECKF(kvs_backend_lat_attend(cuda16, &a, qg.data, bo_g.data, mg) == KVS_OK, "%s: %s", what, cuda16->err);
+    a.segs[0].L = &pc->L, a.segs[1].L = &sc->L;
+    a.bk = kc->bk.data, a.bv = kc->bv.data, a.bk_bias = kc->kb.data, a.bv_bias = kc->vb.data, a.freqs = kc->fr.data;
+    uint64_t fb = cpu->ctr ? cpu->ctr[KVS_OP_FALLBACK].calls : 0;
+    CHECKF(kvs_backend_lat_attend(cpu, &a, qc.data, bo_c.data, mc) == KVS_OK, "%s: %s", what, cpu->err);
+    CHECKF(!cpu->ctr || cpu->ctr[KVS_OP_FALLBACK].calls == fb, "%s: the CPU backend's own entry counted as a fallback",
+           what);
+    CHECK(kvs_backend_buf_download(cuda16, og, &bo_g, 0, no * sizeof(float)) == KVS_OK);
+    CHECK(kvs_backend_buf_download(cpu, oc, &bo_c, 0, no * sizeof(float)) == KVS_OK);
+    char w[200];
+    snprintf(w, sizeof w, "emu lat_attend %s (T %d, %d:%d heads, d %d, rank %d, n %d+%d%s%s)", what, T, H, G, d, r,
+             (int)pc->n, (int)sc->n, neox ? ", neox" : "", biases ? ", biases" : "");
+    compare(w, og, oc, (long)no, 2e-5f, 1e-3f);
+    if (n) {
+        snprintf(w, sizeof w, "emu lat_attend %s: attention mass (T %d from %d, %d heads, n %d)", what, T, mass_from,
+                 H, n);
+        compare(w, mg, mc, n, 1e-5f, 1e-3f);
+    }
+    CHECKF(mg[n] == 777.0f && mc[n] == -1.0f, "%s: attention mass written past the %d rows", what, n);
+    if (!biases) {
+        /* the CPU twin against attn_latent over the decoded rows (fp32, two host segments) */
+        float *c0 = malloc(((size_t)pc->n * r + 1) * sizeof(float)), *c1 = malloc(((size_t)sc->n * r + 1) * sizeof(float));
+        CHECK(kvs_ckv_seg_read(pc, (uint32_t)arr, 0, pc->n, c0) == KVS_OK);
+        CHECK(kvs_ckv_seg_read(sc, 0, 0, sc->n, c1) == KVS_OK);
+        struct kvs_latent_seg segs[2] = {{c0, pc->pos, (int)pc->n}, {c1, sc->pos, (int)sc->n}};
+        struct kvs_attn_latent_args la = {.T = T, .q_pos = qp, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                          .rank = r, .bk = bk, .bv = bv, .freqs = fr, .neox = neox,
+                                          .scale = sharp / sqrtf((float)d), .segs = segs, .n_segs = 2};
+        CHECK(kvs_backend_attn_latent(cpu, &la, q, ol) == KVS_OK);
+        snprintf(w, sizeof w, "cpu lat_attend %s vs attn_latent over the decoded rows", what);
+        compare(w, oc, ol, (long)no, 0.0f, 0.0f);
+        free(c0), free(c1);
+    }
+    kvs_backend_buf_free(cuda16, &qg), kvs_backend_buf_free(cpu, &qc);
+    kvs_backend_buf_free(cuda16, &bo_g), kvs_backend_buf_free(cpu, &bo_c);
+    free(q), free(og), free(oc), free(ol), free(mg), free(mc);
+}
+
+/* Appends T rows at POS to every array of both private segments (the same values). */
+static void lat_rows_add(struct kvs_ckv_seg *pg, struct kvs_ckv_seg *pc, int T, const int32_t *pos, float amp)
+{
+    CHECK(kvs_ckv_seg_reserve(pg, cuda16, pg->n + (uint32_t)T) == KVS_OK);
+    CHECK(kvs_ckv_seg_reserve(pc, cpu, pc->n + (uint32_t)T) == KVS_OK);
+    for (uint32_t l = 0; l < pg->n_arr; l++) {
+        float *x = rand_vec((size_t)T * pg->width, -amp, amp);
+        CHECK(l ? kvs_ckv_seg_fill(pg, l, T, x) == KVS_OK : kvs_ckv_seg_append(pg, T, pos, x) == KVS_OK);
+        CHECK(l ? kvs_ckv_seg_fill(pc, l, T, x) == KVS_OK : kvs_ckv_seg_append(pc, T, pos, x) == KVS_OK);
+        free(x);
+    }
+}
+
+/* A layer group of NL layers with H:G heads of width d and rank R: its private and shared segments
+ * on the emulated device and on the CPU; attention of layer 1 over them while empty, after stores
+ * past one decode tile (64 rows), after a merge of scattered rows in a shuffled order into the
+ * shared segment and the compaction of those rows (positions neither dense nor sorted), with
+ * decode (T 1) and query chunks (T 9 > the emulated chunk of 6), the mass over a window of the last
+ * queries, biases on and off. */
+static void lat_attend_case(int NL, int H, int G, int d, int R, bool neox, float sharp)
+{
+    struct kvs_lat_fmt f = {.width = R, .row_bytes = 2 * R};
+    struct kvs_ckv_seg pg, pc, sg, sc;
+    kvs_ckv_seg_init(&pg, &f, (uint32_t)NL, 64);
+    kvs_ckv_seg_init(&pc, &f, (uint32_t)NL, 64);
+    kvs_ckv_seg_init(&sg, &f, 1, 64);
+    kvs_ckv_seg_init(&sc, &f, 1, 64);
+    size_t dkv = (size_t)G * d;
+    float *bk = rand_vec(dkv * R, -0.15f, 0.15f), *bv = rand_vec(dkv * R, -0.15f, 0.15f);
+    float *kb = rand_vec(dkv, -0.5f, 0.5f), *vb = rand_vec(dkv, -0.5f, 0.5f), *fr = rope_freqs(d, 10000.0);
+    struct lat_consts k0g, k0c, k1g, k1c; /* without and with biases */
+    lat_consts_put(&k0g, cuda16, bk, bv, NULL, NULL, fr, dkv, R, d);
+    lat_consts_put(&k0c, cpu, bk, bv, NULL, NULL, fr, dkv, R, d);
+    lat_consts_put(&k1g, cuda16, bk, bv, kb, vb, fr, dkv, R, d);
+    lat_consts_put(&k1c, cpu, bk, bv, kb, vb, fr, dkv, R, d);
+    int32_t qp[9];
+    /* empty: nothing allocated, then allocated but no rows */
+    for (int t = 0; t < 3; t++) qp[t] = t;
+    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, bk, bv, fr, true);
+    CHECK(kvs_ckv_seg_reserve(&sg, cuda16, 1) == KVS_OK && kvs_ckv_seg_reserve(&sc, cpu, 1) == KVS_OK);
+    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, bk, bv, fr, false);
+    /* 300 rows at positions 2i (every other token evicted earlier): 9 queries make two chunks */
+    int n = 300;
+    int32_t *pos = malloc((size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) pos[i] = 2 * i;
+    lat_rows_add(&pg, &pc, 100, pos, 1.0f);
+    lat_rows_add(&pg, &pc, n - 100, pos + 100, 1.0f);
+    int last = pos[n - 1];
+    qp[0] = last + 1;
+    lat_attend_same("decode", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, bk, bv, fr, false);
+    /* a chunk of 9 queries, the earliest seeing fewer rows (and the first none at all) */
+    for (int t = 0; t < 9; t++) qp[t] = t ? last - 2 * (8 - t) : -1;
+    lat_attend_same("prefill chunks", &pg, &sg, &pc, &sc, 1, 9, qp, 5, H, G, d, neox, sharp, &k1g, &k1c, bk, bv, fr,
+                    true);
+    /* merge every 7th row, shuffled, into the shared segment and compact them out of the private one */
+    int m = 0;
+    int32_t idx[64];
+    uint8_t *drop = calloc((size_t)n, 1);
+    for (int i = 3; i < n; i += 7) idx[m++] = i;
+    for (int i = m - 1; i > 0; i--) {
+        int j = (int)(frand(0, 1) * (float)(i + 1)) % (i + 1), t = idx[i];
+        idx[i] = idx[j], idx[j] = t;
+    }
+    for (int i = 0; i < m; i++) drop[idx[i]] = 1;
+    float w[KVS_LAT_MAX_ARR];
+    for (int l = 0; l < NL; l++) w[l] = 1.0f / (float)NL;
+    CHECK(kvs_ckv_seg_reserve(&sg, cuda16, (uint32_t)m) == KVS_OK && kvs_ckv_seg_reserve(&sc, cpu, (uint32_t)m) == KVS_OK);
+    CHECK(kvs_ckv_seg_merge(&pg, &sg, idx, (uint32_t)m, w) == KVS_OK && kvs_ckv_seg_merge(&pc, &sc, idx, (uint32_t)m, w) == KVS_OK);
+    CHECK(kvs_ckv_seg_compact(&pg, drop, NULL) == KVS_OK && kvs_ckv_seg_compact(&pc, drop, NULL) == KVS_OK);
+    qp[0] = last + 1;
+    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, bk, bv, fr,
+                    true);
+    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 0, 1, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, bk, bv, fr,
+                    false);
+    for (int t = 0; t < 9; t++) qp[t] = last - 3 * (8 - t);
+    lat_attend_same("chunks after merge", &pg, &sg, &pc, &sc, 1, 9, qp, 4, H, G, d, neox, sharp, &k0g, &k0c, bk, bv, fr,
+                    false);
+    /* only the shared segment holds rows */
+    memset(drop, 1, (size_t)n);
+    CHECK(kvs_ckv_seg_compact(&pg, drop, NULL) == KVS_OK && kvs_ckv_seg_compact(&pc, drop, NULL) == KVS_OK);
+    qp[0] = last + 1;
+    lat_attend_same("shared rows only", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, bk, bv, fr,
+                    true);
+    free(pos), free(drop), free(bk), free(bv), free(kb), free(vb), free(fr);
+    lat_consts_free(&k0g, cuda16), lat_consts_free(&k0c, cpu), lat_consts_free(&k1g, cuda16), lat_consts_free(&k1c, cpu);
+    kvs_ckv_seg_free(&pg), kvs_ckv_seg_free(&pc), kvs_ckv_seg_free(&sg), kvs_ckv_seg_free(&sc);
+}
+
+static void test_lat_attend(void)
+{
+    lat_attend_case(3, 9, 3, 64, 45, false, 1);   /* SmolLM2-135M: 9 heads over 3 of 64, GQA 3:1, rank 45 */
+    lat_attend_case(2, 8, 2, 128, 77, true, 1);   /* Llama-3-like: 8 over 2 of 128, GQA 4:1, rank 77 */
+    lat_attend_case(2, 9, 3, 64, 45, false, 150); /* large logits: the max must be subtracted */
+}
+
 static void test_svd(void)
 {
     int shapes[3][2] = {{384, 96}, {96, 200}, {77, 77}};
@@ -866,6 +1060,9 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
         mc.cache_dir[0] = 0; /* factors are not cached to disk from a test */
         mc.whiten = false;
         mc.merge_floor = -1.0f; /* random weights: dissimilar layers, merged anyway */
+        /* the device attends over fp16 rows by lat_attend, keys rebuilt in fp32: the CPU oracle
+         * rebuilds them in fp32 too (its default bf16 kernel rounds B_k and the latents) */
+        mc.ckv_keys = KVS_CKV_KEYS_FP32;
     }
     struct kvs_press *pc = NULL, *pg = NULL;
     struct kvs_ctx *cc = NULL, *cg = NULL;
@@ -1151,6 +1348,7 @@ int main(int argc, char **argv)
         RUN(test_attn_kv16);
         RUN(test_kv_pool);
         RUN(test_latent_pool);
+        RUN(test_lat_attend);
         RUN(test_svd);
         RUN(test_nvtx_ranges);
         if (!ops_only) RUN(test_e2e_tiny);

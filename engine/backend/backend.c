@@ -140,6 +140,12 @@ static enum kvs_status cpu_lat_compact(struct kvs_backend *b, struct kvs_lat_row
     return kvs_cpu_lat_compact(L, f, keep);
 }
 
+static enum kvs_status cpu_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
+                                     float *out, float *mass)
+{
+    return kvs_cpu_lat_attend(b->pool, a, q, out, mass);
+}
+
 static enum kvs_status cpu_lat_merge(struct kvs_backend *b, const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
                                     const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w)
 {
@@ -174,6 +180,7 @@ static const struct kvs_backend_ops cpu_ops = {
     .lat_read = cpu_lat_read,
     .lat_compact = cpu_lat_compact,
     .lat_merge = cpu_lat_merge,
+    .lat_attend = cpu_lat_attend,
 };
 
 static const char *cpu_probe(bool *available)
@@ -693,6 +700,22 @@ enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_la
     if (kvs_backend_lat_native(b, f)) return b->ops->lat_merge(b, src, dst, f, idx, m, w);
     uint64_t t0 = fallback_begin(b);
     enum kvs_status st = kvs_cpu_lat_merge(src, dst, f, idx, m, w);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
+                                       float *out, float *mass)
+{
+    if (!a->f) return KVS_ERR_ARG;
+    if (b && b->ops->lat_attend && kvs_backend_lat_native(b, a->f)) return b->ops->lat_attend(b, a, q, out, mass);
+    if (!kvs_backend_host_memory(b)) {
+        kvs_seterr(b->err, sizeof b->err, "lat_attend: %s cannot attend over these latent rows on its buffers",
+                   b->ops->name);
+        return KVS_ERR_STATE;
+    }
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_lat_attend(b ? b->pool : NULL, a, q, out, mass);
     fallback_end(b, t0);
     return st;
 }

@@ -88,6 +88,28 @@ struct kvs_lat_rows {
     int n_arr, n, cap;        /* arrays, rows held, rows allocated */
 };
 
+/* Attention of T queries over one layer's CommonKV latent rows as they sit in a backend's latent
+ * segments (struct kvs_lat_rows: a group's private segment, array = the layer's index in the group,
+ * and its shared segment(s)), positions in any order and not dense: keys k_j = RoPE_{pos_j}(B_k[g]
+ * c_j + b_k[g]) rebuilt from the fp16 rows, never stored; values by re-association, out_h =
+ * (P_h C) B_v[g]ᵀ + b_v[g]; query t sees row j only when pos_j <= q_pos[t]; no visible row: 0.
+ * Every float pointer here is backend memory (a kvs_buf's data, uploaded once per press). */
+#define KVS_LAT_ATTEND_MAX_SEGS 4
+struct kvs_lat_attend_args {
+    int T;
+    const int32_t *q_pos;     /* (T) host */
+    int n_head, n_head_kv, head_dim, rank;
+    float scale;              /* usually 1/sqrt(head_dim) */
+    bool neox;
+    const float *bk, *bv;     /* (n_head_kv*head_dim, rank) the layer's B_k, B_v, row-major */
+    const float *bk_bias, *bv_bias; /* (n_head_kv*head_dim) b_k, b_v, or NULL */
+    const float *freqs;       /* (head_dim/2) RoPE inverse frequencies */
+    const struct kvs_lat_fmt *f; /* the segments' format; width == rank */
+    int n_segs;               /* <= KVS_LAT_ATTEND_MAX_SEGS; rows are numbered segment after segment */
+    struct { const struct kvs_lat_rows *L; int arr; } segs[KVS_LAT_ATTEND_MAX_SEGS];
+    int mass_from;            /* queries t >= mass_from add their weights to the mass */
+};
+
 /* A weight as one backend sees it: the model's weight and, once prepared, its device copy. */
 struct kvs_backend_weight {
     const struct kvs_weight *w;
@@ -203,6 +225,12 @@ struct kvs_backend_ops {
      * rounded once), at that row's position. IDX (M), W (src->n_arr) host. Same format both. */
     enum kvs_status (*lat_merge)(struct kvs_backend *b, const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
                                  const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w);
+    /* optional: NULL -> CPU path on host rows (a counted fallback; an error on a backend whose
+     * memory is not the host's). Attention over latent rows (struct kvs_lat_attend_args) of this
+     * backend's fp16 segments: q, out (T, n_head*head_dim) backend memory; MASS (rows of all
+     * segments, in order) host, or NULL: Σ over queries t >= mass_from and heads of the weights. */
+    enum kvs_status (*lat_attend)(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
+                                  float *out, float *mass);
 };
 
 struct kvs_backend {
@@ -364,6 +392,10 @@ enum kvs_status kvs_backend_lat_compact(struct kvs_backend *b, struct kvs_lat_ro
 enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_lat_rows *src,
                                       struct kvs_lat_rows *dst, const struct kvs_lat_fmt *f, const int32_t *idx,
                                       int m, const float *w);
+/* The lat_attend entry, or the CPU twin on a host-memory backend (packed rows included there);
+ * KVS_ERR_STATE when the rows or q/out are device memory the backend cannot attend over. */
+enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
+                                       float *out, float *mass);
 
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 

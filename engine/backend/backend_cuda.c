@@ -872,6 +872,41 @@ static enum kvs_status cu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows
     return st;
 }
 
+/* q, out, B_k, B_v, the biases and the frequencies are device buffers, the rows the segments';
+ * the query positions go up and the mass (when asked) comes back. */
+static enum kvs_status cu_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
+                                     float *out, float *mass)
+{
+    struct cuda_be *s = b->ctx;
+    void *dqp, *dmass = NULL;
+    if (a->T < 0 || a->n_head <= 0 || a->n_head_kv <= 0 || a->head_dim <= 0 || a->rank <= 0 || !a->f ||
+        a->f->width != a->rank || a->n_segs < 0 || a->n_segs > KVS_LAT_ATTEND_MAX_SEGS ||
+        a->n_segs > KVS_CUDA_LAT_ATTEND_MAX_SEGS)
+        return KVS_ERR_ARG;
+    struct kvs_cuda_lat_attend d = {.T = a->T, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+                                    .head_dim = a->head_dim, .rank = a->rank, .n_segs = a->n_segs, .q = q,
+                                    .bk = a->bk, .bv = a->bv, .bk_bias = a->bk_bias, .bv_bias = a->bv_bias,
+                                    .freqs = a->freqs, .neox = a->neox, .scale = a->scale, .out = out,
+                                    .mass_from = a->mass_from};
+    int64_t n = 0;
+    for (int i = 0; i < a->n_segs; i++) {
+        const struct kvs_lat_rows *L = a->segs[i].L;
+        if (!L || !lat_fmt_ok(L, a->f) || a->segs[i].arr < 0 || a->segs[i].arr >= L->n_arr) return KVS_ERR_ARG;
+        d.rows[i] = L->rows[a->segs[i].arr];
+        d.pos[i] = L->pos;
+        d.n[i] = L->n;
+        n += L->n;
+    }
+    if (n > INT_MAX) return KVS_ERR_ARG;
+    TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
+    if (mass && !(dmass = stage(b, ST_U, (size_t)(n ? n : 1) * sizeof(float)))) return KVS_ERR_BACKEND;
+    d.q_pos = dqp;
+    d.mass = dmass;
+    if (s->api->lat_attend(s->cx, &d) != KVS_CUDA_OK) return api_fail(b, "lat_attend");
+    if (mass && n) TRY(get(b, mass, dmass, (size_t)n * sizeof(float)));
+    return KVS_OK;
+}
+
 static enum kvs_status cu_lat_merge(struct kvs_backend *b, const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
                                     const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w)
 {
@@ -938,6 +973,7 @@ static const struct kvs_backend_ops cuda_ops = {
     .lat_read = cu_lat_read,
     .lat_compact = cu_lat_compact,
     .lat_merge = cu_lat_merge,
+    .lat_attend = cu_lat_attend,
 };
 
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)

@@ -173,6 +173,12 @@ struct ckv {
     int32_t *dec_rp;            /* (dec_cap) positions of the rows */
     size_t dec_cap;
     float *qs;                  /* (CKV_FUSED_T, nh*d) queries scaled by 1/sqrt(d) */
+    /* attention by the backend's lat_attend (a backend whose memory is not the host's): each
+     * layer's factors uploaded once, the queries and the output staged per call */
+    struct kvs_buf dev_bk[KVS_MAX_LAYERS], dev_bv[KVS_MAX_LAYERS], dev_kb[KVS_MAX_LAYERS], dev_vb[KVS_MAX_LAYERS];
+    struct kvs_buf dev_freqs, dev_q, dev_out;
+    float *dev_mass;            /* (dev_mass_cap) attention mass of the rows, host */
+    size_t dev_mass_cap;
 };
 
 /* One thread's scratch for the fused decode: a tile of latents (fp32 and bf16), its keys, positions
@@ -628,6 +634,101 @@ static enum kvs_status ckv_attend_fused(struct ckv *c, struct dec_job *j, const 
     return KVS_OK;
 }
 
+static void ckv_dev_free(struct ckv *c)
+{
+    struct kvs_backend *be = c->base.be;
+    for (int l = 0; l < c->N; l++) {
+        kvs_backend_buf_free(be, &c->dev_bk[l]);
+        kvs_backend_buf_free(be, &c->dev_bv[l]);
+        kvs_backend_buf_free(be, &c->dev_kb[l]);
+        kvs_backend_buf_free(be, &c->dev_vb[l]);
+    }
+    kvs_backend_buf_free(be, &c->dev_freqs);
+    kvs_backend_buf_free(be, &c->dev_q);
+    kvs_backend_buf_free(be, &c->dev_out);
+    free(c->dev_mass);
+    c->dev_mass = NULL;
+    c->dev_mass_cap = 0;
+}
+
+/* BUF holds at least BYTES of BE's memory (contents not kept); then COUNT floats of host SRC
+ * copied there unless SRC is NULL. */
+static enum kvs_status dev_put(struct kvs_backend *be, struct kvs_buf *buf, size_t bytes, const float *src)
+{
+    enum kvs_status st = KVS_OK;
+    if (buf->bytes < bytes) {
+        kvs_backend_buf_free(be, buf);
+        if ((st = kvs_backend_buf_alloc(be, buf, bytes)) != KVS_OK) return st;
+    }
+    return src ? kvs_backend_buf_upload(be, buf, 0, src, bytes) : KVS_OK;
+}
+
+/* True when the group's attention can run in the backend (lat_attend): a backend whose memory is not the
+ * host's, holding the group's fp16 rows, with no packed rows (those stay on the CPU path, each of
+ * their reads a counted fallback, because one softmax spans every row). */
+static bool ckv_dev_attend(const struct ckv *c, const struct grp *g)
+{
+    struct kvs_backend *be = c->base.be;
+    return be && !kvs_backend_host_memory(be) && be->ops->lat_attend && g->pq.n == 0 && g->sq.n == 0 &&
+           kvs_ckv_seg_native(&g->p16) && (g->s16.n == 0 || kvs_ckv_seg_native(&g->s16));
+}
+
+/* Attention of LAYER over its private and shared fp16 rows by the backend; the eviction mass of the
+ * last snap_window queries added to the group's scores by position. */
+static enum kvs_status ckv_attend_dev(struct ckv *c, struct grp *g, int layer, int T, const int32_t *pos,
+                                      const float *q, float *out)
+{
+    struct kvs_backend *be = c->base.be;
+    const int d = c->d, r = (int)g->r;
+    size_t dkv = (size_t)c->dkv, qbytes = (size_t)T * c->nh * d * sizeof(float);
+    uint32_t n = g->p16.n + g->s16.n;
+    enum kvs_status st;
+    if (!c->dev_freqs.data && (st = dev_put(be, &c->dev_freqs, (size_t)(d / 2) * sizeof(float), c->rope.freqs)))
+        goto fail;
+    if (!c->dev_bk[layer].data) {
+        if ((st = dev_put(be, &c->dev_bk[layer], dkv * r * sizeof(float), c->Bk[layer])) ||
+            (st = dev_put(be, &c->dev_bv[layer], dkv * r * sizeof(float), c->Bv[layer])) ||
+            (c->bk[layer] && (st = dev_put(be, &c->dev_kb[layer], dkv * sizeof(float), c->bk[layer]))) ||
+            (c->bv[layer] && (st = dev_put(be, &c->dev_vb[layer], dkv * sizeof(float), c->bv[layer])))) {
+            kvs_backend_buf_free(be, &c->dev_bk[layer]); /* uploaded again next time */
+            goto fail;
+        }
+    }
+    if ((st = dev_put(be, &c->dev_q, qbytes, q)) || (st = dev_put(be, &c->dev_out, qbytes, NULL))) goto fail;
+    float *mass = NULL;
+    if (g->score && n) {
+        if (n > c->dev_mass_cap) {
+            float *mm = realloc(c->dev_mass, (size_t)n * sizeof(float));
+            if (!mm) {
+                kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory for eviction scores");
+                return KVS_ERR_NOMEM;
+            }
+            c->dev_mass = mm;
+            c->dev_mass_cap = n;
+        }
+        mass = c->dev_mass;
+    }
+    struct kvs_lat_attend_args a = {.T = T, .q_pos = pos, .n_head = c->nh, .n_head_kv = c->nkv, .head_dim = d,
+                                    .rank = r, .scale = 1.0f / sqrtf((float)d), .neox = c->rope.neox,
+                                    .bk = c->dev_bk[layer].data, .bv = c->dev_bv[layer].data,
+                                    .bk_bias = c->dev_kb[layer].data, .bv_bias = c->dev_vb[layer].data,
+                                    .freqs = c->dev_freqs.data, .f = &g->p16.f, .n_segs = 2,
+                                    .mass_from = T - (int)c->snap_window};
+    a.segs[0].L = &g->p16.L, a.segs[0].arr = layer - (int)g->l0;
+    a.segs[1].L = &g->s16.L, a.segs[1].arr = 0;
+    if ((st = kvs_backend_lat_attend(be, &a, c->dev_q.data, c->dev_out.data, mass)) ||
+        (st = kvs_backend_buf_download(be, out, &c->dev_out, 0, qbytes)))
+        goto fail;
+    if (mass) {
+        for (uint32_t x = 0; x < g->p16.n; x++) g->score[g->p16.pos[x]] += mass[x];
+        for (uint32_t x = 0; x < g->s16.n; x++) g->score[g->s16.pos[x]] += mass[g->p16.n + x];
+    }
+    return KVS_OK;
+fail:
+    kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: attention on %s: %s", be->ops->name, be->err);
+    return st;
+}
+
 static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *q,
                                   float *out)
 {
@@ -640,6 +741,9 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
         memset(out, 0, (size_t)T * c->nh * c->d * sizeof(float));
         return KVS_OK;
     }
+    /* decode steps attend in the backend; prefill chunks keep the CPU path (one read of the rows
+     * per call) until lat_attend has a kernel that does not rebuild the keys per query chunk */
+    if (T <= CKV_FUSED_T && ckv_dev_attend(c, g)) return ckv_attend_dev(c, g, layer, T, pos, q, out);
     if (T <= CKV_FUSED_T) {
         struct dec_job dj = {.c = c, .g = g, .rs = kj.rs, .layer = layer, .T = T, .n_rows = kj.n_rows, .pos = pos};
         return ckv_attend_fused(c, &dj, q, out);
@@ -1179,6 +1283,7 @@ static void ckv_detach(struct kvs_press *p)
         seg_free(&g->s16);
         seg_free(&g->sq);
     }
+    ckv_dev_free(c);
     ckv_reset(p);
 }
 
@@ -1214,6 +1319,7 @@ static void ckv_destroy(struct kvs_press *p)
     free(c->csc);
     free(c->lat);
     ckv_dec_free(c);
+    ckv_dev_free(c); /* nothing left after a detach; else the backend is still alive */
     kvs_rope_table_free(&c->rope);
     kvs_ckv_factors_delete(c->own);
     free(c);

@@ -4,6 +4,7 @@
  * and over fp16 K/V segments. Depends on backend.h (argument types), infer.h (RoPE), threads.h,
  * quant.h and libc; never prints. */
 #include "attention.h"
+#include "latent_pool.h"
 #include "infer.h"
 #include "quant.h"
 
@@ -338,6 +339,7 @@ static enum kvs_status attn_shape(int T, const int32_t *q_pos, int n_head, int n
 
 struct latent_job {
     const struct kvs_attn_latent_args *a;
+    const float *kb, *vb;     /* (n_head_kv*d) biases b_k, b_v, or NULL */
     const float *q;           /* (tn, n_head*d) this chunk's queries */
     const int32_t *q_pos;     /* (tn) */
     int tn;
@@ -384,6 +386,8 @@ static void latent_scores_range(void *ctx, int64_t b, int64_t e, int thread)
         int32_t pj = a->segs[s].pos[l];
         for (int g = 0; g < a->n_head_kv; g++) {
             for (int i = 0; i < d; i++) k[i] = dotf(a->bk + ((size_t)g * d + i) * r, cj, r);
+            if (jb->kb)
+                for (int i = 0; i < d; i++) k[i] += jb->kb[g * d + i];
             kvs_cpu_rope(k, 1, d, pj, a->freqs, a->neox);
             key_scores(jb->q, jb->q_pos, jb->tn, H, gq, d, a->scale, g, k, pj, jb->scores, jb->n, j);
         }
@@ -413,11 +417,16 @@ static void latent_rows_range(void *ctx, int64_t b, int64_t e, int thread)
         int g = (int)(row % a->n_head) / gq;
         float *o = jb->out + (size_t)row * d;
         for (int i = 0; i < d; i++) o[i] = dotf(a->bv + ((size_t)g * d + i) * r, pc, r);
+        if (jb->vb)
+            for (int i = 0; i < d; i++) o[i] += jb->vb[g * d + i];
     }
 }
 
-enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *q,
-                                    float *out)
+/* The latent path shared by attn_latent and lat_attend: biases KB, VB (NULL: none); MASS (n, zeroed
+ * by the caller) or NULL gets the weights of the queries t >= MASS_FROM, row (t, h) after row, as
+ * the CUDA twin adds them. */
+static enum kvs_status latent_run(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *kb,
+                                  const float *vb, const float *q, float *out, float *mass, int mass_from)
 {
     int seg_n_small[16] = {0};
     int *seg_n = a->n_segs <= 16 ? seg_n_small : malloc((size_t)a->n_segs * sizeof(int));
@@ -446,11 +455,17 @@ enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn
     pc = malloc((size_t)tc * a->n_head * (size_t)a->rank * sizeof(float));
     if (!scores || !pc) goto done;
     for (int t0 = 0; t0 < a->T; t0 += tc) {
-        struct latent_job jb = {.a = a, .q = q + (size_t)t0 * dq, .q_pos = a->q_pos + t0,
+        struct latent_job jb = {.a = a, .kb = kb, .vb = vb, .q = q + (size_t)t0 * dq, .q_pos = a->q_pos + t0,
                                 .tn = KVS_MIN(tc, a->T - t0), .n = n, .seg_off = seg_off, .scores = scores,
                                 .pc = pc, .out = out + (size_t)t0 * dq};
         kvs_pool_for(pool, n, latent_scores_range, &jb);
         kvs_pool_for(pool, (int64_t)jb.tn * a->n_head, latent_rows_range, &jb);
+        if (mass)
+            for (int t = KVS_MAX(mass_from - t0, 0); t < jb.tn; t++)
+                for (int h = 0; h < a->n_head; h++) {
+                    const float *p = scores + ((size_t)t * a->n_head + h) * n;
+                    for (int64_t x = 0; x < n; x++) mass[x] += p[x];
+                }
     }
     st = KVS_OK;
 done:
@@ -458,6 +473,50 @@ done:
     free(seg_off);
     free(scores);
     free(pc);
+    return st;
+}
+
+enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *q,
+                                    float *out)
+{
+    return latent_run(pool, a, NULL, NULL, q, out, NULL, 0);
+}
+
+enum kvs_status kvs_cpu_lat_attend(struct kvs_pool *pool, const struct kvs_lat_attend_args *a, const float *q,
+                                   float *out, float *mass)
+{
+    if (!a->f || a->f->width != a->rank || a->n_segs < 0 || a->n_segs > KVS_LAT_ATTEND_MAX_SEGS) return KVS_ERR_ARG;
+    int64_t n = 0;
+    for (int s = 0; s < a->n_segs; s++) {
+        const struct kvs_lat_rows *L = a->segs[s].L;
+        if (!L || a->segs[s].arr < 0 || a->segs[s].arr >= L->n_arr || L->n < 0) return KVS_ERR_ARG;
+        n += L->n;
+    }
+    if (n > 0x7fffffff) return KVS_ERR_ARG;
+    /* the rows decoded to fp32 once (fp16 or packed), then the latent path over one segment */
+    float *c = malloc((size_t)(n ? n : 1) * (size_t)a->rank * sizeof(float));
+    int32_t *pos = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    enum kvs_status st = KVS_ERR_NOMEM;
+    if (!c || !pos) goto done;
+    int64_t off = 0;
+    for (int s = 0; s < a->n_segs; s++) {
+        const struct kvs_lat_rows *L = a->segs[s].L;
+        if (L->n) {
+            st = kvs_cpu_lat_read(L, a->f, a->segs[s].arr, 0, L->n, c + off * a->rank, pos + off);
+            if (st != KVS_OK) goto done;
+        }
+        off += L->n;
+    }
+    if (mass && n) memset(mass, 0, (size_t)n * sizeof(float));
+    struct kvs_latent_seg seg = {c, pos, (int)n};
+    struct kvs_attn_latent_args la = {.T = a->T, .q_pos = a->q_pos, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+                                      .head_dim = a->head_dim, .rank = a->rank, .bk = a->bk, .bv = a->bv,
+                                      .freqs = a->freqs, .neox = a->neox, .scale = a->scale, .segs = &seg,
+                                      .n_segs = 1};
+    st = latent_run(pool, &la, a->bk_bias, a->bv_bias, q, out, mass, a->mass_from);
+done:
+    free(c);
+    free(pos);
     return st;
 }
 
