@@ -1272,17 +1272,20 @@ static void ckv_reset(struct kvs_press *p)
     c->note_is_floor = c->floor_blocked = false;
 }
 
+/* A group's four latent segments, freed where they live. */
+static void ckv_segs_free(struct grp *g)
+{
+    seg_free(&g->p16);
+    seg_free(&g->pq);
+    seg_free(&g->s16);
+    seg_free(&g->sq);
+}
+
 /* The backend that holds the pools goes away: free them there and forget the tokens. */
 static void ckv_detach(struct kvs_press *p)
 {
     struct ckv *c = (struct ckv *)p;
-    for (int gi = 0; gi < c->ng; gi++) {
-        struct grp *g = &c->g[gi];
-        seg_free(&g->p16);
-        seg_free(&g->pq);
-        seg_free(&g->s16);
-        seg_free(&g->sq);
-    }
+    for (int gi = 0; gi < c->ng; gi++) ckv_segs_free(&c->g[gi]);
     ckv_dev_free(c);
     ckv_reset(p);
 }
@@ -1292,10 +1295,7 @@ static void ckv_destroy(struct kvs_press *p)
     struct ckv *c = (struct ckv *)p;
     for (int gi = 0; gi < c->ng; gi++) {
         struct grp *g = &c->g[gi];
-        seg_free(&g->p16);
-        seg_free(&g->pq);
-        seg_free(&g->s16);
-        seg_free(&g->sq);
+        ckv_segs_free(g);
         if (!g->a_borrowed) free(g->A);
         free(g->score);
     }
