@@ -14,21 +14,15 @@ BIN=${KVS_BIN:-$PWD/$BUILD/kvscope}
 TV=$PWD/$BUILD/tests/test_views
 TMP=$(mktemp -d "${KVS_TEST_TMP:-/tmp}/replay.XXXXXX")
 SOCK=kvs-replay-$$
-pass=0; fail=0
 bgpid=
-ok() { pass=$((pass + 1)); echo "ok   $*"; }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
-T() { LC_ALL=C.UTF-8 tmux -u -L "$SOCK" "$@"; }
+. tests/lib/tui.sh
+# the shared cleanup, plus the recording killed mid-run by the crash-loss checks
 cleanup() {
     [ -n "$bgpid" ] && kill -9 "$bgpid" 2>/dev/null
     T kill-server 2>/dev/null
     rm -rf "$TMP"
 }
-trap cleanup EXIT
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-if ! command -v tmux >/dev/null; then echo "skipped: tmux not installed"; echo "0 passed, 1 failed"; exit 1; fi
 if [ ! -x "$BIN" ] || [ ! -x "$TV" ]; then echo "missing $BIN or $TV (build first)"; echo "0 passed, 1 failed"; exit 1; fi
 "$TV" --tiny-model "$TMP/tiny.gguf" || { echo "cannot write the tiny model"; echo "0 passed, 1 failed"; exit 1; }
 
@@ -38,23 +32,6 @@ PROMPT="The quick brown fox jumps over the lazy dog. The lazy dog sleeps while t
 N=1000
 RUN="$BIN run -m $TMP/tiny.gguf -p '$PROMPT' -t 1 --seed 1 --method commonkv --cr 0.5"
 
-cap() { T capture-pane -p -t ui 2>/dev/null; }
-# Every wait gets at least WAIT seconds: the deadline is there to end a hung test, not to time it.
-WAIT=${KVS_TEST_WAIT:-60}
-deadline_ms() { local s=${1:-$WAIT}; [ "$s" -lt "$WAIT" ] && s=$WAIT; echo $(( $(now_ms) + s * 1000 )); }
-# wait_cond SECONDS CMD...: true once CMD succeeds
-wait_cond() {
-    local deadline; deadline=$(deadline_ms "$1"); shift
-    while [ "$(now_ms)" -lt "$deadline" ]; do "$@" && return 0; sleep 0.1; done
-    "$@"
-}
-on_screen() { cap | grep -qF -- "$1"; }
-# wait_for TEXT [SECONDS]: true once TEXT is on the screen (fixed string)
-wait_for() {
-    wait_cond "${2:-$WAIT}" on_screen "$1" && return 0
-    echo "   (timed out waiting for '$1'; screen:)"; cap | sed 's/^/   | /' | head -60
-    return 1
-}
 # idle: no busy spinner at the start of the status line (the engine finished / replay paused)
 idle() { cap | head -n 1 | grep -q '^ kvscope '; }
 # wait_stable [SECONDS]: true once the UI is idle and two captures 1 s apart are the same

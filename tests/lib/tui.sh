@@ -1,4 +1,4 @@
-# Shared by the tmux-driven TUI tests (t_tui, t_tui_story, t_lessons): counters, a private tmux
+# Shared by the tmux-driven TUI tests (t_tui, t_tui_story, t_lessons, t_replay, …): counters, a private tmux
 # server, screen capture and waits for a condition with a generous deadline (never a fixed sleep).
 # The sourcing script sets TMP (a scratch folder, removed on exit) and SOCK (its tmux socket name)
 # first; the pane it captures is the session named "ui".
