@@ -5,22 +5,7 @@
 #define KVS_COMMONKV_PRIV_H
 
 #include "commonkv.h"
-
-/* ---- packed asymmetric quantization of one row (press_quant.c) ----
- * N elements in groups of GROUP; each group: fp16 scale, fp16 minimum, then its codes packed
- * LSB-first at BITS (2, 4 or 8) per element, rounded up to whole bytes. */
-uint32_t kvs_qrow_bytes(uint32_t n, uint32_t bits, uint32_t group);
-void kvs_qrow_encode(const float *x, uint32_t n, uint32_t bits, uint32_t group, uint8_t *dst);
-void kvs_qrow_decode(const uint8_t *src, uint32_t n, uint32_t bits, uint32_t group, float *dst);
-
-/* KIVI key block: T tokens x C channels quantized per channel (each channel's T values share a
- * scale and minimum). Bytes: C * (4 + ceil(T*bits/8)). Layout: channel-major. */
-uint32_t kvs_qcol_bytes(uint32_t T, uint32_t C, uint32_t bits);
-void kvs_qcol_encode(const float *x, uint32_t T, uint32_t C, uint32_t bits, uint8_t *dst);
-/* Decodes token t (C values) of a block. */
-void kvs_qcol_decode_row(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, uint32_t t, float *dst);
-/* All T tokens of a column-quantized block, as (T, C) floats (the same values as decode_row). */
-void kvs_qcol_decode(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, float *dst);
+#include "quant_codec.h"
 
 /* ---- RoPE with a precomputed table (same angles as kvs_cpu_rope) ---- */
 struct kvs_rope_table {

@@ -1,8 +1,9 @@
-/* KIVI-style asymmetric quantization kernels (DESIGN.md §5 `quant`): rows quantized per token in
- * channel groups (values, CommonKV latents) and token blocks quantized per channel (keys), 2, 4 or
- * 8 bits, packed LSB-first, scale and minimum in fp16. The press that uses them for K/V is in
- * press_kv.c; commonkv+quant uses the row codec for latents. Depends on quant.h (fp16) only. */
-#include "commonkv_priv.h"
+/* CPU twin of kernels/quant_codec.cuh (quant_codec.h): KIVI-style asymmetric quantization, rows
+ * per token in channel groups (values, CommonKV latents) and token blocks per channel (keys), 2, 4
+ * or 8 bits, packed LSB-first, scale and minimum in fp16. press_kv.c uses it for K/V, commonkv+quant
+ * for latents. Decoding is min + scale·code as one fused multiply-add (fmaf), as the device
+ * computes it, whatever the compiler's contraction setting. Depends on quant.h (fp16) only. */
+#include "quant_codec.h"
 #include "quant.h"
 
 #include <math.h>
@@ -78,14 +79,14 @@ void kvs_qrow_decode(const uint8_t *src, uint32_t n, uint32_t bits, uint32_t gro
         if (bits == 4) {
             for (uint32_t j = 0; j + 1 < len; j += 2) {
                 uint8_t b = codes[j >> 1];
-                dst[i + j] = mn + s * (float)(b & 15);
-                dst[i + j + 1] = mn + s * (float)(b >> 4);
+                dst[i + j] = fmaf(s, (float)(b & 15), mn);
+                dst[i + j + 1] = fmaf(s, (float)(b >> 4), mn);
             }
-            if (len & 1) dst[i + len - 1] = mn + s * (float)(codes[(len - 1) >> 1] & 15);
+            if (len & 1) dst[i + len - 1] = fmaf(s, (float)(codes[(len - 1) >> 1] & 15), mn);
         } else if (bits == 8) {
-            for (uint32_t j = 0; j < len; j++) dst[i + j] = mn + s * (float)codes[j];
+            for (uint32_t j = 0; j < len; j++) dst[i + j] = fmaf(s, (float)codes[j], mn);
         } else {
-            for (uint32_t j = 0; j < len; j++) dst[i + j] = mn + s * (float)pack_get(codes, j, bits);
+            for (uint32_t j = 0; j < len; j++) dst[i + j] = fmaf(s, (float)pack_get(codes, j, bits), mn);
         }
         src += 4 + (len * bits + 7) / 8;
     }
@@ -108,7 +109,7 @@ void kvs_qcol_decode(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, 
         memcpy(&hs, h, 2);
         memcpy(&hm, h + 2, 2);
         float s = kvs_fp16_to_fp32(hs), mn = kvs_fp16_to_fp32(hm);
-        for (uint32_t t = 0; t < T; t++) dst[(size_t)t * C + c] = mn + s * (float)pack_get(h + 4, t, bits);
+        for (uint32_t t = 0; t < T; t++) dst[(size_t)t * C + c] = fmaf(s, (float)pack_get(h + 4, t, bits), mn);
     }
 }
 
@@ -120,6 +121,6 @@ void kvs_qcol_decode_row(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bi
         uint16_t hs, hm;
         memcpy(&hs, h, 2);
         memcpy(&hm, h + 2, 2);
-        dst[c] = kvs_fp16_to_fp32(hm) + kvs_fp16_to_fp32(hs) * (float)pack_get(h + 4, t, bits);
+        dst[c] = fmaf(kvs_fp16_to_fp32(hs), (float)pack_get(h + 4, t, bits), kvs_fp16_to_fp32(hm));
     }
 }
