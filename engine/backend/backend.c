@@ -644,7 +644,7 @@ enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_r
 bool kvs_backend_lat_native(const struct kvs_backend *b, const struct kvs_lat_fmt *f)
 {
     /* the CPU backend's own entries cover packed rows too; a device's cover fp16 rows */
-    return b && b->ops->lat_grow && (!f->encode || b->ops->lat_grow == cpu_lat_grow);
+    return b && b->ops->lat_grow && (f->codec == KVS_LAT_FP16 || b->ops->lat_grow == cpu_lat_grow);
 }
 
 enum kvs_status kvs_backend_lat_grow(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,

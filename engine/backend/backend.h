@@ -69,14 +69,15 @@ struct kvs_kv_attend_args {
 };
 
 /* How a CommonKV latent segment (engine/backend/latent_pool.h) stores a row of WIDTH fp32 values:
- * IEEE fp16 (encode and decode NULL), or packed bytes by the press's codec (quantized latents; those
- * rows always live in host memory, through the CPU twins). */
+ * IEEE fp16, or packed by the row codec of engine/cpu/quant_codec.h (kernels/quant_codec.cuh on the
+ * device): quantized latents. A codec is named, never a function pointer, so every backend can
+ * implement it in its own memory. */
 #define KVS_LAT_MAX_ARR 16
+enum kvs_lat_codec { KVS_LAT_FP16 = 0, KVS_LAT_QROW = 1 };
 struct kvs_lat_fmt {
-    int width, row_bytes;     /* row_bytes = 2*width for fp16 */
-    uint32_t bits, group;     /* codec parameters */
-    void (*encode)(const float *x, uint32_t n, uint32_t bits, uint32_t group, uint8_t *dst);
-    void (*decode)(const uint8_t *src, uint32_t n, uint32_t bits, uint32_t group, float *dst);
+    int width, row_bytes;     /* row_bytes = 2*width for fp16, kvs_qrow_bytes(width, bits, group) packed */
+    uint32_t codec;           /* enum kvs_lat_codec */
+    uint32_t bits, group;     /* KVS_LAT_QROW: bits per code (2, 4, 8) and elements per group */
 };
 
 /* The rows of one latent segment in a backend's memory: N_ARR arrays in lock-step (a layer group's

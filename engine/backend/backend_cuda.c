@@ -782,7 +782,7 @@ static void cu_lat_free(struct cuda_be *s, void **rows, int n_arr, void **pos)
 
 static bool lat_fmt_ok(const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f)
 {
-    return !f->encode && f->width > 0 && f->row_bytes == 2 * f->width && L->n_arr > 0 &&
+    return f->codec == KVS_LAT_FP16 && f->width > 0 && f->row_bytes == 2 * f->width && L->n_arr > 0 &&
            L->n_arr <= KVS_LAT_MAX_ARR && L->n_arr <= KVS_CUDA_LAT_MAX_ARR;
 }
 

@@ -95,8 +95,7 @@ static void seg_init(struct seg *s, uint32_t fmt, uint32_t n_arr, uint32_t width
         f.row_bytes = (int)kvs_qrow_bytes(width, bits, qgroup);
         f.bits = bits;
         f.group = qgroup;
-        f.encode = kvs_qrow_encode;
-        f.decode = kvs_qrow_decode;
+        f.codec = KVS_LAT_QROW;
     }
     kvs_ckv_seg_init(s, &f, n_arr, CKV_BLOCK);
 }

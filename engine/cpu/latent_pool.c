@@ -1,11 +1,12 @@
 /* CPU twin of kernels/latent_pool.cu (see latent_pool.h): latent segment rows in host memory,
- * grown by realloc, fp32 -> fp16 (or the press's codec) on store and back on read, order-keeping
+ * grown by realloc, fp32 -> fp16 (or the row codec of quant_codec.h) on store and back on read, order-keeping
  * compaction, and the merge's weighted sum of a token's per-layer latents (fused multiply-adds in
  * layer order, rounded once: the device computes the same). Depends on backend.h, attention.h (row
  * conversions) and libc. */
 #include "latent_pool.h"
 
 #include "attention.h"
+#include "quant_codec.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -14,7 +15,10 @@
 static bool fmt_ok(const struct kvs_lat_fmt *f)
 {
     if (f->width <= 0 || f->row_bytes <= 0) return false;
-    return f->encode ? f->decode != NULL : f->row_bytes == 2 * f->width;
+    if (f->codec == KVS_LAT_QROW)
+        return (f->bits == 2 || f->bits == 4 || f->bits == 8) && f->group > 0 &&
+               (uint32_t)f->row_bytes == kvs_qrow_bytes((uint32_t)f->width, f->bits, f->group);
+    return f->codec == KVS_LAT_FP16 && f->row_bytes == 2 * f->width;
 }
 
 static bool rows_ok(const struct kvs_lat_rows *L) { return L->n_arr > 0 && L->n_arr <= KVS_LAT_MAX_ARR; }
@@ -53,11 +57,11 @@ enum kvs_status kvs_cpu_lat_store(struct kvs_lat_rows *L, const struct kvs_lat_f
         return KVS_ERR_ARG;
     if (!T) return KVS_OK;
     uint8_t *dst = (uint8_t *)L->rows[arr] + (size_t)row0 * f->row_bytes;
-    if (!f->encode) { /* the rows are contiguous: one conversion for all of them */
+    if (f->codec == KVS_LAT_FP16) { /* the rows are contiguous: one conversion for all of them */
         kvs_f32_to_f16_row(x, (uint16_t *)dst, T * f->width);
     } else {
         for (int t = 0; t < T; t++)
-            f->encode(x + (size_t)t * f->width, (uint32_t)f->width, f->bits, f->group, dst + (size_t)t * f->row_bytes);
+            kvs_qrow_encode(x + (size_t)t * f->width, (uint32_t)f->width, f->bits, f->group, dst + (size_t)t * f->row_bytes);
     }
     if (pos) memcpy((int32_t *)L->pos + row0, pos, (size_t)T * sizeof(int32_t));
     return KVS_OK;
@@ -70,11 +74,11 @@ enum kvs_status kvs_cpu_lat_read(const struct kvs_lat_rows *L, const struct kvs_
         return KVS_ERR_ARG;
     if (!n) return KVS_OK;
     const uint8_t *src = (const uint8_t *)L->rows[arr] + (size_t)row0 * f->row_bytes;
-    if (!f->decode) {
+    if (f->codec == KVS_LAT_FP16) {
         kvs_f16_to_f32_row((const uint16_t *)src, x, n * f->width);
     } else {
         for (int i = 0; i < n; i++)
-            f->decode(src + (size_t)i * f->row_bytes, (uint32_t)f->width, f->bits, f->group, x + (size_t)i * f->width);
+            kvs_qrow_decode(src + (size_t)i * f->row_bytes, (uint32_t)f->width, f->bits, f->group, x + (size_t)i * f->width);
     }
     if (pos) memcpy(pos, (const int32_t *)L->pos + row0, (size_t)n * sizeof(int32_t));
     return KVS_OK;
