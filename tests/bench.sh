@@ -22,8 +22,17 @@ echo "== kvscope vs llama.cpp: $MODEL, $THREADS threads, context $CTXS, $NDEC de
 "$BIN" bench -m "$MODEL" --ctx "$CTXS" --methods full -n "$NDEC" -t "$THREADS" --json >"$tmp/kvs.json" || { echo "kvscope bench failed"; exit 1; }
 if ! python3 -c "import llama_cpp" 2>/dev/null; then
     echo "installing llama-cpp-python (builds llama.cpp from source; several minutes)…"
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" python3 -m pip install -q llama-cpp-python >/dev/null 2>&1 ||
-        CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" python3 -m pip install -q --break-system-packages llama-cpp-python >/dev/null 2>&1
+    # The CPU's own SIMD features, never AMX: GGML_NATIVE=ON turns AMX on wherever the CPU reports
+    # it, and in a VM that does not grant the AMX tile state (this one) llama.cpp 0.3.36 then
+    # segfaults in its first decode.
+    flags="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF"
+    cpu=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+    for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI avx512f:AVX512 \
+                avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx512vbmi:AVX512_VBMI; do
+        case "$cpu" in *" ${pair%%:*} "*) flags="$flags -DGGML_${pair#*:}=ON" ;; *) flags="$flags -DGGML_${pair#*:}=OFF" ;; esac
+    done
+    CMAKE_ARGS="$flags" python3 -m pip install -q llama-cpp-python >/dev/null 2>&1 ||
+        CMAKE_ARGS="$flags" python3 -m pip install -q --break-system-packages llama-cpp-python >/dev/null 2>&1
 fi
 if python3 -c "import llama_cpp" 2>/dev/null; then
     python3 tests/bench_llamacpp.py "$MODEL" "$CTXS" "$THREADS" "$NDEC" "$TEXT" >"$tmp/llama.json" 2>"$tmp/llama.err" ||
