@@ -104,7 +104,7 @@ plant "latent attention: RoPE at the row index instead of the stored position" a
     's/sincos\(\(double\)pj \* \(double\)freqs\[i\]/sincos((double)j * (double)freqs[i]/'
 plant "latent attention: mass counts every query, not the window" attention.cu \
     's/int64_t r0 = t0 >= mass_from \? 0 : [^;]*;/int64_t r0 = 0;/'
-plant "latent attention: shared rows gathered over the private ones" attention.cu \
+plant "latent attention: shared rows gathered over the private ones" latent_attend.cu \
     's/C\[\(int64_t\)off \* rank \+ i\] = /C[i] = /'
 # the element-wise steps of a device-resident token (embedding.cu, elementwise.cu)
 plant "embedding reads a neighbouring token's row" embedding.cu \
@@ -113,5 +113,14 @@ plant "bias indexed by row instead of column" elementwise.cu 's/y\[i\] \+= b\[i 
 plant "SwiGLU sigmoid with the wrong sign" elementwise.cu 's/g\[i\] = v \/ \(1\.0f \+ expf\(-v\)\) \* u\[i\];/g[i] = v \/ (1.0f + expf(v)) * u[i];/'
 plant "residual add drops the last element" elementwise.cu 's/i < n; i \+= stride\) x\[i\] \+= y\[i\];/i < n - 1; i += stride) x[i] += y[i];/'
 
+# lat_attend's fused decode kernel (latent_attend.cu)
+plant "fused decode: online softmax keeps the accumulator when the max grows" latent_attend.cu \
+    's/float v = \*ap \* la_alpha\[qi\];/float v = *ap;/'
+plant "fused decode: split combine ignores the last split's max" latent_attend.cu \
+    's/la_w\[s\] = ms == -INFINITY \? 0\.0f : expf\(ms - M\);/la_w[s] = ms == -INFINITY ? 0.0f : s == splits - 1 ? 1.0f : expf(ms - M);/'
+plant "fused decode: RoPE at the tile's first position" latent_attend.cu \
+    's/sincos\(\(double\)la_pos\[rr\] \*/sincos((double)la_pos[0] */'
+plant "fused decode: the last tile's tail rows dropped" latent_attend.cu \
+    's/if \(j < jend\) \{/if (j0 + LA_ROWS <= jend) {/'
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
