@@ -24,6 +24,7 @@ using namespace nvcuda;
 #define LA_QMAX 64                                      /* query heads per block: T * (n_head / n_head_kv) */
 #define LA_NF (KVS_CUDA_MAX_HEAD_DIM / 16 / LA_WARPS)   /* accumulator tiles per warp at the widest head */
 #define LA_MAX_SPLITS 256
+#define LA_KLD (KVS_CUDA_MAX_HEAD_DIM + 4) /* la_k's row stride: the score loop's 16 rows fall in 8 banks */
 #define LA_EMU_SMS 16 /* the SM count the emulation pretends (it reports 1) */
 
 /* bf16 WMMA exists from sm_80 on; the launcher never picks it below (see la_fused_ok). */
@@ -53,7 +54,7 @@ struct la_args {
 };
 
 /* Shared by the two tile kernels (file scope: one copy whatever the element type). */
-__shared__ __align__(32) float la_k[LA_ROWS][KVS_CUDA_MAX_HEAD_DIM]; /* the tile's keys, fp32 */
+__shared__ __align__(32) float la_k[LA_ROWS][LA_KLD];                /* the tile's keys, fp32 */
 __shared__ __align__(32) unsigned short la_c[LA_ROWS * LA_KC];       /* latents staged as 16-bit inputs */
 __shared__ float la_s[LA_QMAX][LA_ROWS];                            /* scores, then weights */
 __shared__ float la_m[LA_QMAX], la_l[LA_QMAX], la_alpha[LA_QMAX];
@@ -115,7 +116,7 @@ template <typename T> static __device__ void la_tile_keys(const la_args &a, int 
         for (int f = 0; f < LA_NF; f++) {
             int nt = warp + f * LA_WARPS;
             if (nt >= ntiles) break;
-            wmma::store_matrix_sync(&la_k[0][nt * 16], acc[f], KVS_CUDA_MAX_HEAD_DIM, wmma::mem_row_major);
+            wmma::store_matrix_sync(&la_k[0][nt * 16], acc[f], LA_KLD, wmma::mem_row_major);
         }
     }
     __syncthreads();
