@@ -331,7 +331,8 @@ template <typename T> static int la_launch(struct kvs_cuda_ctx *c, const struct 
     size_t nrow = (size_t)a->T * a->n_head;
     float *part, *pc;
     dim3 grid((unsigned)a->n_head_kv, (unsigned)splits);
-    part = (float *)kvs_cuda_scratch(c, KVS_SCR_LAT_PART, ((size_t)splits * nrow * (a->rank + 2) + nrow * 2) * sizeof(float));
+    part = (float *)kvs_cuda_scratch(c, KVS_SCR_LAT_PART,
+                                     ((size_t)splits * nrow * (a->rank + 2) + nrow * 2) * sizeof(float));
     if (!part) goto fail;
     pc = (float *)kvs_cuda_scratch(c, KVS_SCR_PC, nrow * a->rank * sizeof(float));
     if (!pc) goto fail;

@@ -4,7 +4,9 @@
  * several tiles, query chunks (the emulated build caps the score matrix at 64 KiB), an empty cache;
  * matmul with fp16 and bf16 weights, with the conversions checked bit for bit; the SVD; the K/V
  * cache pool in device memory (stores bit for bit, growth past a block, attention with the
- * attention mass, compaction, an empty pool) against the same pool on the CPU backend.
+ * attention mass, compaction, an empty pool) against the same pool on the CPU backend; lat_attend's
+ * fused decode kernel (fp16 and bf16 tensor-core key rebuild, 1 to many context splits, rows out of
+ * order and invisible to some queries) against the CPU twin given the same 16-bit B_k.
  * Each comparison prints its normalised error and worst elements. KVS_CUDA_EMU_LIB overrides the
  * library (tests/plant_bugs.sh points it at a copy with a planted bug); --ops skips the end-to-end
  * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh,
@@ -933,9 +935,11 @@ static void lat_attend_case(int NL, int H, int G, int d, int R, bool neox, float
     int32_t qp[9];
     /* empty: nothing allocated, then allocated but no rows */
     for (int t = 0; t < 3; t++) qp[t] = t;
-    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, &k1c16, bk, bv, fr, true);
+    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp,
+                    &k1g, &k1c, &k1c16, bk, bv, fr, true);
     CHECK(kvs_ckv_seg_reserve(&sg, cuda16, 1) == KVS_OK && kvs_ckv_seg_reserve(&sc, cpu, 1) == KVS_OK);
-    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, &k0c16, bk, bv, fr, false);
+    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp,
+                    &k0g, &k0c, &k0c16, bk, bv, fr, false);
     /* 300 rows at positions 2i (every other token evicted earlier): 9 queries make two chunks */
     int n = 300;
     int32_t *pos = malloc((size_t)n * sizeof(int32_t));
@@ -944,11 +948,12 @@ static void lat_attend_case(int NL, int H, int G, int d, int R, bool neox, float
     lat_rows_add(&pg, &pc, n - 100, pos + 100, 1.0f);
     int last = pos[n - 1];
     qp[0] = last + 1;
-    lat_attend_same("decode", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, &k0c16, bk, bv, fr, false);
+    lat_attend_same("decode", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp,
+                    &k0g, &k0c, &k0c16, bk, bv, fr, false);
     /* a chunk of 9 queries, the earliest seeing fewer rows (and the first none at all) */
     for (int t = 0; t < 9; t++) qp[t] = t ? last - 2 * (8 - t) : -1;
-    lat_attend_same("prefill chunks", &pg, &sg, &pc, &sc, 1, 9, qp, 5, H, G, d, neox, sharp, &k1g, &k1c, &k1c16, bk, bv, fr,
-                    true);
+    lat_attend_same("prefill chunks", &pg, &sg, &pc, &sc, 1, 9, qp, 5, H, G, d, neox, sharp,
+                    &k1g, &k1c, &k1c16, bk, bv, fr, true);
     /* merge every 7th row, shuffled, into the shared segment and compact them out of the private one */
     int m = 0;
     int32_t idx[64];
@@ -965,19 +970,19 @@ static void lat_attend_case(int NL, int H, int G, int d, int R, bool neox, float
     CHECK(kvs_ckv_seg_merge(&pg, &sg, idx, (uint32_t)m, w) == KVS_OK && kvs_ckv_seg_merge(&pc, &sc, idx, (uint32_t)m, w) == KVS_OK);
     CHECK(kvs_ckv_seg_compact(&pg, drop, NULL) == KVS_OK && kvs_ckv_seg_compact(&pc, drop, NULL) == KVS_OK);
     qp[0] = last + 1;
-    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, &k1c16, bk, bv, fr,
-                    true);
-    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 0, 1, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, &k0c16, bk, bv, fr,
-                    false);
+    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp,
+                    &k1g, &k1c, &k1c16, bk, bv, fr, true);
+    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 0, 1, qp, 0, H, G, d, neox, sharp,
+                    &k0g, &k0c, &k0c16, bk, bv, fr, false);
     for (int t = 0; t < 9; t++) qp[t] = last - 3 * (8 - t);
-    lat_attend_same("chunks after merge", &pg, &sg, &pc, &sc, 1, 9, qp, 4, H, G, d, neox, sharp, &k0g, &k0c, &k0c16, bk, bv, fr,
-                    false);
+    lat_attend_same("chunks after merge", &pg, &sg, &pc, &sc, 1, 9, qp, 4, H, G, d, neox, sharp,
+                    &k0g, &k0c, &k0c16, bk, bv, fr, false);
     /* only the shared segment holds rows */
     memset(drop, 1, (size_t)n);
     CHECK(kvs_ckv_seg_compact(&pg, drop, NULL) == KVS_OK && kvs_ckv_seg_compact(&pc, drop, NULL) == KVS_OK);
     qp[0] = last + 1;
-    lat_attend_same("shared rows only", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, &k1c16, bk, bv, fr,
-                    true);
+    lat_attend_same("shared rows only", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp,
+                    &k1g, &k1c, &k1c16, bk, bv, fr, true);
     free(pos), free(drop), free(bk), free(bv), free(kb), free(vb), free(fr);
     lat_consts_free(&k0g, cuda16), lat_consts_free(&k0c, cpu), lat_consts_free(&k1g, cuda16), lat_consts_free(&k1c, cpu);
     lat_consts_free(&k0c16, cpu), lat_consts_free(&k1c16, cpu);
