@@ -1100,6 +1100,38 @@ static void fused_case(int H, int G, int d, int R, bool neox, float sharp, int n
         free(q);
         for (int k = 0; k < 5; k++) free(o[k]), free(m[k]);
     }
+    /* new B_k bytes in the same device buffer: the fp16 device's 16-bit copy must follow them */
+    {
+        float *bk2 = rand_vec(dkv * R, -0.15f, 0.15f);
+        for (size_t i = 0; i < dkv * R; i++) bk2[i] = round16(bk2[i], false);
+        int32_t qp = top;
+        size_t no = (size_t)H * d;
+        float *q = rand_vec(no, -1, 1), *o[2];
+        struct lat_consts kc2;
+        lat_consts_put(&kc2, cpu, bk2, bv, kb, vb, fr, dkv, R, d);
+        CHECK(kvs_backend_buf_upload(cuda16, &sd[0].k.bk, 0, bk2, dkv * R * sizeof(float)) == KVS_OK);
+        for (int k = 0; k < 2; k++) {
+            struct fused_side *z = &sd[2 * k];
+            const struct lat_consts *kk = k ? &kc2 : &z->k;
+            struct kvs_buf qb, ob;
+            o[k] = malloc(no * sizeof(float));
+            buf_put(z->b, &qb, q, no * sizeof(float));
+            buf_put(z->b, &ob, q, no * sizeof(float));
+            struct kvs_lat_attend_args a = {.T = 1, .q_pos = &qp, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                            .rank = R, .scale = sharp / sqrtf((float)d), .neox = neox, .f = &f,
+                                            .n_segs = 2};
+            a.segs[0].L = &z->p.L, a.segs[0].arr = 0, a.segs[1].L = &z->s.L, a.segs[1].arr = 0;
+            a.bk = kk->bk.data, a.bv = kk->bv.data, a.bk_bias = kk->kb.data, a.bv_bias = kk->vb.data;
+            a.freqs = kk->fr.data;
+            CHECKF(kvs_backend_lat_attend(z->b, &a, qb.data, ob.data, NULL) == KVS_OK, "%s", z->b->err);
+            CHECK(kvs_backend_buf_download(z->b, o[k], &ob, 0, no * sizeof(float)) == KVS_OK);
+            kvs_backend_buf_free(z->b, &qb), kvs_backend_buf_free(z->b, &ob);
+        }
+        compare("emu fused decode after B_k was uploaded again (its 16-bit copy follows)", o[0], o[1], (long)no,
+                2e-5f, 1e-3f);
+        lat_consts_free(&kc2, cpu);
+        free(bk2), free(q), free(o[0]), free(o[1]);
+    }
     for (int k = 0; k < 3; k++) {
         lat_consts_free(&sd[k].k, sd[k].b);
         kvs_ckv_seg_free(&sd[k].p), kvs_ckv_seg_free(&sd[k].s);
