@@ -99,7 +99,8 @@ plant "latent pool: merged rows overwrite the shared segment's first rows" laten
     's/size_t to = \(size_t\)\(a\.row0 \+ r\) \* a\.width;/size_t to = (size_t)r * a.width;/'
 plant "latent pool: compaction moves only the first layer's rows" latent_pool.cu \
     's/for \(int a = 0; a < n_arr; a\+\+\) \{/for (int a = 0; a < 1; a++) {/'
-# attention over the latent segments' rows (lat_attend in attention.cu)
+# attention over the latent segments' rows (lat_attend's prefill: the score-matrix path of attention.cu,
+# the gather in latent_attend.cu)
 plant "latent attention: RoPE at the row index instead of the stored position" attention.cu \
     's/sincos\(\(double\)pj \* \(double\)freqs\[i\]/sincos((double)j * (double)freqs[i]/'
 plant "latent attention: mass counts every query, not the window" attention.cu \
