@@ -1,12 +1,12 @@
 /* Attention kernels (DESIGN.md §3 step 6, §5 `full`):
  *  - over CommonKV latents: one warp per (token, KV head) rebuilds k = B_k c in shared memory,
  *    rotates it and dots it with every query of the head group (fused, K never stored); softmax;
- *    P·C with cuBLAS; then (P C) B_vᵀ, one warp per output element (re-association, V never stored);
- *  - over CommonKV latent segment rows (lat_attend): the fp16 rows of every segment gathered to
- *    fp32 once, then the latent path above with the biases b_k, b_v and the attention mass;
+ *    P·C with cuBLAS; then (P C) B_vᵀ, one warp per output element (re-association, V never stored).
+ *    This score-matrix path also serves lat_attend's prefill chunks (kernels/latent_attend.cu holds
+ *    lat_attend and its fused decode kernel);
  *  - over a plain fp16 K/V cache: warp-per-token dots, softmax, P·V per (query, head).
  * Queries are processed in chunks so the score matrix stays bounded. The CPU twins are
- * kvs_cpu_attn_latent / kvs_cpu_lat_attend / kvs_cpu_attn_kv16 (engine/cpu/attention.c). Depends on CUDA, cuBLAS. */
+ * kvs_cpu_attn_latent / kvs_cpu_attn_kv16 (engine/cpu/attention.c). Depends on CUDA, cuBLAS. */
 #include "internal.cuh"
 
 #define ATT_WARPS 4                      /* warps (tokens) per block in the score kernels */
@@ -105,9 +105,8 @@ static int att_chunk(int T, int n_head, int n)
 
 __global__ void k_kv16_mass(const float *p, int64_t rows, int n, float *mass);
 
-/* The latent path shared by attn_latent and lat_attend: biases KB, VB (NULL: none); MASS (n, zeroed
- * by the caller) or NULL gets the weights of the queries t >= MASS_FROM. */
-static int latent_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a, const float *kb,
+/* The latent path shared by attn_latent and lat_attend's prefill (internal.cuh). */
+int kvs_cuda_latent_attend_scored(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a, const float *kb,
                          const float *vb, float *mass, int mass_from)
 {
     const float one = 1.0f, zero = 0.0f;
@@ -162,64 +161,7 @@ fail:
 
 int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a)
 {
-    return latent_attend(c, a, NULL, NULL, NULL, 0);
-}
-
-/* C (n, rank) fp32 and P (n) from rows [0, n) of one segment, placed from row OFF on. */
-__global__ void k_lat_gather(const __half *rows, const int32_t *pos, int n, int rank, int off, float *C, int32_t *P)
-{
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)n * rank) return;
-    C[(int64_t)off * rank + i] = __half2float(rows[i]);
-    if (i % rank == 0) P[off + i / rank] = pos[i / rank];
-}
-
-int kvs_cuda_lat_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_attend *a)
-{
-    int64_t n = 0;
-    int off = 0;
-    float *C;
-    int32_t *P;
-    struct kvs_cuda_attn_latent d;
-    KVS_REQUIRE(a->n_segs >= 0 && a->n_segs <= KVS_CUDA_LAT_ATTEND_MAX_SEGS, "lat_attend: %d segments", a->n_segs);
-    for (int s = 0; s < a->n_segs; s++) {
-        KVS_REQUIRE(a->n[s] >= 0, "lat_attend: segment %d has %d rows", s, a->n[s]);
-        n += a->n[s];
-    }
-    KVS_REQUIRE(n <= 0x7fffffff, "lat_attend: %lld rows", (long long)n);
-    if (a->mass && n) CUDA_CHECK(cudaMemsetAsync(a->mass, 0, (size_t)n * sizeof(float), c->stream));
-    C = (float *)kvs_cuda_scratch(c, KVS_SCR_LAT_C, (size_t)(n ? n : 1) * (a->rank > 0 ? a->rank : 1) * sizeof(float));
-    if (!C) goto fail;
-    P = (int32_t *)kvs_cuda_scratch(c, KVS_SCR_LAT_POS, (size_t)(n ? n : 1) * sizeof(int32_t));
-    if (!P) goto fail;
-    if (a->T > 0)
-        for (int s = 0; s < a->n_segs; s++) {
-            if (a->n[s] > 0) {
-                KVS_LAUNCH(k_lat_gather, kvs_grid((int64_t)a->n[s] * a->rank, 256), 256, 0, c->stream)(
-                    (const __half *)a->rows[s], a->pos[s], a->n[s], a->rank, off, C, P);
-                KVS_LAUNCH_CHECK();
-            }
-            off += a->n[s];
-        }
-    d.T = a->T;
-    d.n = (int)n;
-    d.n_head = a->n_head;
-    d.n_head_kv = a->n_head_kv;
-    d.head_dim = a->head_dim;
-    d.rank = a->rank;
-    d.q = a->q;
-    d.q_pos = a->q_pos;
-    d.c = C;
-    d.pos = P;
-    d.bk = a->bk;
-    d.bv = a->bv;
-    d.freqs = a->freqs;
-    d.neox = a->neox;
-    d.scale = a->scale;
-    d.out = a->out;
-    return latent_attend(c, &d, a->bk_bias, a->bv_bias, a->mass, a->mass_from);
-fail:
-    return KVS_CUDA_FAIL;
+    return kvs_cuda_latent_attend_scored(c, a, NULL, NULL, NULL, 0);
 }
 
 /* scores (T, n_head, n) over fp16 keys: one warp per (token j, KV head g). */

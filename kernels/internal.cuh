@@ -36,6 +36,8 @@ enum kvs_cuda_scratch_slot {
     KVS_SCR_COMPACT,    /* kv_compact: gathered K, V rows and positions */
     KVS_SCR_LAT_C,      /* lat_attend: the segments' rows gathered to fp32 (n, rank) */
     KVS_SCR_LAT_POS,    /* lat_attend: their positions (n) */
+    KVS_SCR_LAT_PART,   /* lat_attend decode: per split P·C (splits, T*n_head, rank), max and sum */
+    KVS_SCR_LAT_MASS,   /* lat_attend decode: attention mass per KV head (n_head_kv, n) */
     KVS_SCR_COUNT
 };
 
@@ -142,5 +144,11 @@ int kvs_cuda_convert(struct kvs_cuda_ctx *c, void *dst, const float *src, int64_
 /* Softmax of R rows of length N in place (masked entries are -inf and become 0; a fully masked
  * row becomes all 0). Shared by both attention kinds. */
 int kvs_cuda_softmax_rows(struct kvs_cuda_ctx *c, float *x, int64_t rows, int n);
+
+/* Latent attention through a (T_chunk, n_head, n) score matrix (attention.cu): attn_latent, and
+ * lat_attend's prefill chunks over rows gathered to fp32. Biases KB, VB (NULL: none); MASS (n,
+ * zeroed by the caller) or NULL gets the weights of the queries t >= MASS_FROM. */
+int kvs_cuda_latent_attend_scored(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a, const float *kb,
+                                  const float *vb, float *mass, int mass_from);
 
 #endif

@@ -15,11 +15,12 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 4u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 5u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
-                                 * 4: lat_attend (attention over latent segment rows) */
+                                 * 4: lat_attend (attention over latent segment rows);
+                                 * 5: lat_attend's fused decode (bk16, splits) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -129,10 +130,12 @@ struct kvs_cuda_lat_merge {
 };
 
 /* Attention of T queries over one layer's CommonKV latent rows as the segments hold them (fp16,
- * positions in any order), all device: the rows are gathered to fp32 once, then as
- * kvs_cuda_attn_latent with k_j = RoPE_{pos_j}(B_k[g] c_j + b_k[g]) and out += b_v[g] (biases
- * may be NULL); MASS (n, rows of all segments in order) or NULL gets Σ over queries t >=
- * mass_from and heads of the attention weights. */
+ * positions in any order), all device: as kvs_cuda_attn_latent with k_j = RoPE_{pos_j}(B_k[g] c_j
+ * + b_k[g]) and out += b_v[g] (biases may be NULL); MASS (n, rows of all segments in order) or
+ * NULL gets Σ over queries t >= mass_from and heads of the attention weights. With BK16 and T <= 4
+ * (decode) one fused kernel rebuilds the keys tile by tile on tensor cores from BK16 (fp16 or bf16
+ * inputs, fp32 accumulation) with an online softmax, split over the context; otherwise (prefill
+ * chunks) the rows are gathered to fp32 and attended through a score matrix with B_k in fp32. */
 #define KVS_CUDA_LAT_ATTEND_MAX_SEGS 4
 struct kvs_cuda_lat_attend {
     int T, n_head, n_head_kv, head_dim, rank;
@@ -150,6 +153,11 @@ struct kvs_cuda_lat_attend {
     float *out;               /* (T, n_head*head_dim) */
     float *mass;              /* NULL or (Σ n) */
     int mass_from;
+    /* ABI 5: the fused decode path */
+    const struct kvs_cuda_weight *bk16; /* NULL, or B_k as (n_head_kv*head_dim, rank rounded up to 16)
+                                         * fp16/bf16 with zero columns past the rank, made once per layer */
+    int splits;               /* context splits of the fused kernel; 0: from the SM count (or
+                               * $KVS_CUDA_LAT_SPLITS) */
 };
 
 /* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in

@@ -99,12 +99,13 @@ plant "latent pool: merged rows overwrite the shared segment's first rows" laten
     's/size_t to = \(size_t\)\(a\.row0 \+ r\) \* a\.width;/size_t to = (size_t)r * a.width;/'
 plant "latent pool: compaction moves only the first layer's rows" latent_pool.cu \
     's/for \(int a = 0; a < n_arr; a\+\+\) \{/for (int a = 0; a < 1; a++) {/'
-# attention over the latent segments' rows (lat_attend in attention.cu)
+# attention over the latent segments' rows (lat_attend's prefill: the score-matrix path of attention.cu,
+# the gather in latent_attend.cu)
 plant "latent attention: RoPE at the row index instead of the stored position" attention.cu \
     's/sincos\(\(double\)pj \* \(double\)freqs\[i\]/sincos((double)j * (double)freqs[i]/'
 plant "latent attention: mass counts every query, not the window" attention.cu \
     's/int64_t r0 = t0 >= mass_from \? 0 : [^;]*;/int64_t r0 = 0;/'
-plant "latent attention: shared rows gathered over the private ones" attention.cu \
+plant "latent attention: shared rows gathered over the private ones" latent_attend.cu \
     's/C\[\(int64_t\)off \* rank \+ i\] = /C[i] = /'
 # the element-wise steps of a device-resident token (embedding.cu, elementwise.cu)
 plant "embedding reads a neighbouring token's row" embedding.cu \
@@ -113,5 +114,14 @@ plant "bias indexed by row instead of column" elementwise.cu 's/y\[i\] \+= b\[i 
 plant "SwiGLU sigmoid with the wrong sign" elementwise.cu 's/g\[i\] = v \/ \(1\.0f \+ expf\(-v\)\) \* u\[i\];/g[i] = v \/ (1.0f + expf(v)) * u[i];/'
 plant "residual add drops the last element" elementwise.cu 's/i < n; i \+= stride\) x\[i\] \+= y\[i\];/i < n - 1; i += stride) x[i] += y[i];/'
 
+# lat_attend's fused decode kernel (latent_attend.cu)
+plant "fused decode: online softmax keeps the accumulator when the max grows" latent_attend.cu \
+    's/float v = \*ap \* la_alpha\[qi\];/float v = *ap;/'
+plant "fused decode: split combine ignores the last split's max" latent_attend.cu \
+    's/la_w\[s\] = ms == -INFINITY \? 0\.0f : expf\(ms - M\);/la_w[s] = ms == -INFINITY ? 0.0f : s == splits - 1 ? 1.0f : expf(ms - M);/'
+plant "fused decode: RoPE at the tile's first position" latent_attend.cu \
+    's/sincos\(\(double\)la_pos\[rr\] \*/sincos((double)la_pos[0] */'
+plant "fused decode: the last tile's tail rows dropped" latent_attend.cu \
+    's/if \(j < jend\) \{/if (j0 + LA_ROWS <= jend) {/'
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

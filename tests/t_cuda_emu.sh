@@ -75,9 +75,10 @@ if "$B/tests/test_cuda_emu" --write-tiny "$T/tiny.gguf" qwen2-gqa3 2>"$T/tiny.er
     same_tokens tiny-qwen2-snapkv "$T/tiny.gguf" "$long" 8 --method snapkv --cr 0.5
     # ~1800 tokens: past the recent window, so latents merge, quantize and get evicted
     head -c 2500 /usr/share/common-licenses/GPL-3 >"$T/doc.txt"
-    # decode attends over the latents on the device (lat_attend), keys rebuilt in fp32: the CPU
-    # rebuilds them in fp32 too (its default bf16 kernel rounds B_k and the latents, which moves
-    # the eviction scores and, on this random model, the greedy tokens)
+    # decode attends over the latents on the device (lat_attend's fused kernel: keys rebuilt on
+    # tensor cores from B_k in the weights' 16-bit type, bf16 on the emulated sm_80), the CPU in
+    # fp32 (its default bf16 kernel also rounds the latents, which moves the eviction scores and,
+    # on this random model, the greedy tokens)
     same_tokens tiny-qwen2-commonkv "$T/tiny.gguf" "@$T/doc.txt" 8 --method commonkv --cr 0.7 --ckv-keys fp32
     # The composition plans its quant bits and eviction on top of merged latents, and on this random
     # model greedy decoding after 1,800 tokens sits on near-ties: the devices' rounding (fp32

@@ -4,7 +4,9 @@
  * several tiles, query chunks (the emulated build caps the score matrix at 64 KiB), an empty cache;
  * matmul with fp16 and bf16 weights, with the conversions checked bit for bit; the SVD; the K/V
  * cache pool in device memory (stores bit for bit, growth past a block, attention with the
- * attention mass, compaction, an empty pool) against the same pool on the CPU backend.
+ * attention mass, compaction, an empty pool) against the same pool on the CPU backend; lat_attend's
+ * fused decode kernel (fp16 and bf16 tensor-core key rebuild, 1 to many context splits, rows out of
+ * order and invisible to some queries) against the CPU twin given the same 16-bit B_k.
  * Each comparison prints its normalised error and worst elements. KVS_CUDA_EMU_LIB overrides the
  * library (tests/plant_bugs.sh points it at a copy with a planted bug); --ops skips the end-to-end
  * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh,
@@ -768,6 +770,17 @@ static void test_latent_pool(void)
 
 /* ---------------------------------------------------------------- attention over latent segments */
 
+/* X rounded to the 16-bit type the fused kernel's tensor cores read (fp16, or bf16 to nearest even). */
+static float round16(float x, bool bf)
+{
+    if (!bf) return kvs_fp16_to_fp32(kvs_fp32_to_fp16(x));
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
 /* BYTES of host SRC in a fresh buffer of B (NULL data for 0 bytes). */
 static void *buf_put(struct kvs_backend *b, struct kvs_buf *bf, const void *src, size_t bytes)
 {
@@ -803,12 +816,14 @@ static void lat_consts_free(struct lat_consts *k, struct kvs_backend *b)
  * P* and shared segment S* (device: pg, sg; CPU: pc, sc), queries at the positions QP, mass of the
  * queries from MASS_FROM on: output and mass of the emulated device against the CPU twin; on the
  * CPU, without biases, the same bytes as attn_latent over the rows decoded to fp32 (the oracle the
- * existing tests hold to). */
+ * existing tests hold to). Decode (T <= 4) runs the fused kernel, whose tensor cores read B_k in
+ * fp16: held tightly to the CPU twin given that B_k (KC16), loosely to the fp32 one. */
 static void lat_attend_same(const char *what, const struct kvs_ckv_seg *pg, const struct kvs_ckv_seg *sg,
                             const struct kvs_ckv_seg *pc, const struct kvs_ckv_seg *sc, int arr, int T,
                             const int32_t *qp, int mass_from, int H, int G, int d, bool neox, float sharp,
-                            const struct lat_consts *kg, const struct lat_consts *kc, const float *bk,
-                            const float *bv, const float *fr, bool biases)
+                            const struct lat_consts *kg, const struct lat_consts *kc,
+                            const struct lat_consts *kc16, const float *bk, const float *bv, const float *fr,
+                            bool biases)
 {
     int r = pg->width, n = (int)(pc->n + sc->n);
     size_t no = (size_t)T * H * d;
@@ -837,14 +852,26 @@ static void lat_attend_same(const char *what, const struct kvs_ckv_seg *pg, cons
     CHECK(kvs_backend_buf_download(cuda16, og, &bo_g, 0, no * sizeof(float)) == KVS_OK);
     CHECK(kvs_backend_buf_download(cpu, oc, &bo_c, 0, no * sizeof(float)) == KVS_OK);
     char w[200];
+    bool fused = T <= 4 && n > 0;
+    float *oc16 = malloc(no * sizeof(float)), *mc16 = malloc((size_t)(n + 1) * sizeof(float));
+    if (fused) { /* the CPU twin again, with the fp16 B_k */
+        a.bk = kc16->bk.data, a.bv = kc16->bv.data, a.bk_bias = kc16->kb.data, a.bv_bias = kc16->vb.data;
+        CHECKF(kvs_backend_lat_attend(cpu, &a, qc.data, bo_c.data, mc16) == KVS_OK, "%s: %s", what, cpu->err);
+        CHECK(kvs_backend_buf_download(cpu, oc16, &bo_c, 0, no * sizeof(float)) == KVS_OK);
+    }
     snprintf(w, sizeof w, "emu lat_attend %s (T %d, %d:%d heads, d %d, rank %d, n %d+%d%s%s)", what, T, H, G, d, r,
              (int)pc->n, (int)sc->n, neox ? ", neox" : "", biases ? ", biases" : "");
-    compare(w, og, oc, (long)no, 2e-5f, 1e-3f);
+    compare(w, og, fused ? oc16 : oc, (long)no, 2e-5f, 1e-3f);
+    if (fused) {
+        snprintf(w, sizeof w, "emu lat_attend %s: fused vs the fp32 B_k (fp16 inputs: atol 4e-3, rtol 2e-2)", what);
+        compare(w, og, oc, (long)no, 4e-3f, 2e-2f);
+    }
     if (n) {
         snprintf(w, sizeof w, "emu lat_attend %s: attention mass (T %d from %d, %d heads, n %d)", what, T, mass_from,
                  H, n);
-        compare(w, mg, mc, n, 1e-5f, 1e-3f);
+        compare(w, mg, fused ? mc16 : mc, n, 1e-5f, 1e-3f);
     }
+    free(oc16), free(mc16);
     CHECKF(mg[n] == 777.0f && mc[n] == -1.0f, "%s: attention mass written past the %d rows", what, n);
     if (!biases) {
         /* the CPU twin against attn_latent over the decoded rows (fp32, two host segments) */
@@ -895,17 +922,24 @@ static void lat_attend_case(int NL, int H, int G, int d, int R, bool neox, float
     size_t dkv = (size_t)G * d;
     float *bk = rand_vec(dkv * R, -0.15f, 0.15f), *bv = rand_vec(dkv * R, -0.15f, 0.15f);
     float *kb = rand_vec(dkv, -0.5f, 0.5f), *vb = rand_vec(dkv, -0.5f, 0.5f), *fr = rope_freqs(d, 10000.0);
-    struct lat_consts k0g, k0c, k1g, k1c; /* without and with biases */
+    struct lat_consts k0g, k0c, k1g, k1c, k0c16, k1c16; /* without and with biases; CPU with the fp16 B_k */
     lat_consts_put(&k0g, cuda16, bk, bv, NULL, NULL, fr, dkv, R, d);
     lat_consts_put(&k0c, cpu, bk, bv, NULL, NULL, fr, dkv, R, d);
     lat_consts_put(&k1g, cuda16, bk, bv, kb, vb, fr, dkv, R, d);
     lat_consts_put(&k1c, cpu, bk, bv, kb, vb, fr, dkv, R, d);
+    float *bk16 = malloc(dkv * R * sizeof(float));
+    for (size_t i = 0; i < dkv * R; i++) bk16[i] = round16(bk[i], false);
+    lat_consts_put(&k0c16, cpu, bk16, bv, NULL, NULL, fr, dkv, R, d);
+    lat_consts_put(&k1c16, cpu, bk16, bv, kb, vb, fr, dkv, R, d);
+    free(bk16);
     int32_t qp[9];
     /* empty: nothing allocated, then allocated but no rows */
     for (int t = 0; t < 3; t++) qp[t] = t;
-    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, bk, bv, fr, true);
+    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp,
+                    &k1g, &k1c, &k1c16, bk, bv, fr, true);
     CHECK(kvs_ckv_seg_reserve(&sg, cuda16, 1) == KVS_OK && kvs_ckv_seg_reserve(&sc, cpu, 1) == KVS_OK);
-    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, bk, bv, fr, false);
+    lat_attend_same("empty pool", &pg, &sg, &pc, &sc, 1, 3, qp, 0, H, G, d, neox, sharp,
+                    &k0g, &k0c, &k0c16, bk, bv, fr, false);
     /* 300 rows at positions 2i (every other token evicted earlier): 9 queries make two chunks */
     int n = 300;
     int32_t *pos = malloc((size_t)n * sizeof(int32_t));
@@ -914,11 +948,12 @@ static void lat_attend_case(int NL, int H, int G, int d, int R, bool neox, float
     lat_rows_add(&pg, &pc, n - 100, pos + 100, 1.0f);
     int last = pos[n - 1];
     qp[0] = last + 1;
-    lat_attend_same("decode", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, bk, bv, fr, false);
+    lat_attend_same("decode", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp,
+                    &k0g, &k0c, &k0c16, bk, bv, fr, false);
     /* a chunk of 9 queries, the earliest seeing fewer rows (and the first none at all) */
     for (int t = 0; t < 9; t++) qp[t] = t ? last - 2 * (8 - t) : -1;
-    lat_attend_same("prefill chunks", &pg, &sg, &pc, &sc, 1, 9, qp, 5, H, G, d, neox, sharp, &k1g, &k1c, bk, bv, fr,
-                    true);
+    lat_attend_same("prefill chunks", &pg, &sg, &pc, &sc, 1, 9, qp, 5, H, G, d, neox, sharp,
+                    &k1g, &k1c, &k1c16, bk, bv, fr, true);
     /* merge every 7th row, shuffled, into the shared segment and compact them out of the private one */
     int m = 0;
     int32_t idx[64];
@@ -935,21 +970,22 @@ static void lat_attend_case(int NL, int H, int G, int d, int R, bool neox, float
     CHECK(kvs_ckv_seg_merge(&pg, &sg, idx, (uint32_t)m, w) == KVS_OK && kvs_ckv_seg_merge(&pc, &sc, idx, (uint32_t)m, w) == KVS_OK);
     CHECK(kvs_ckv_seg_compact(&pg, drop, NULL) == KVS_OK && kvs_ckv_seg_compact(&pc, drop, NULL) == KVS_OK);
     qp[0] = last + 1;
-    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, bk, bv, fr,
-                    true);
-    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 0, 1, qp, 0, H, G, d, neox, sharp, &k0g, &k0c, bk, bv, fr,
-                    false);
+    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp,
+                    &k1g, &k1c, &k1c16, bk, bv, fr, true);
+    lat_attend_same("decode after merge", &pg, &sg, &pc, &sc, 0, 1, qp, 0, H, G, d, neox, sharp,
+                    &k0g, &k0c, &k0c16, bk, bv, fr, false);
     for (int t = 0; t < 9; t++) qp[t] = last - 3 * (8 - t);
-    lat_attend_same("chunks after merge", &pg, &sg, &pc, &sc, 1, 9, qp, 4, H, G, d, neox, sharp, &k0g, &k0c, bk, bv, fr,
-                    false);
+    lat_attend_same("chunks after merge", &pg, &sg, &pc, &sc, 1, 9, qp, 4, H, G, d, neox, sharp,
+                    &k0g, &k0c, &k0c16, bk, bv, fr, false);
     /* only the shared segment holds rows */
     memset(drop, 1, (size_t)n);
     CHECK(kvs_ckv_seg_compact(&pg, drop, NULL) == KVS_OK && kvs_ckv_seg_compact(&pc, drop, NULL) == KVS_OK);
     qp[0] = last + 1;
-    lat_attend_same("shared rows only", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp, &k1g, &k1c, bk, bv, fr,
-                    true);
+    lat_attend_same("shared rows only", &pg, &sg, &pc, &sc, 1, 1, qp, 0, H, G, d, neox, sharp,
+                    &k1g, &k1c, &k1c16, bk, bv, fr, true);
     free(pos), free(drop), free(bk), free(bv), free(kb), free(vb), free(fr);
     lat_consts_free(&k0g, cuda16), lat_consts_free(&k0c, cpu), lat_consts_free(&k1g, cuda16), lat_consts_free(&k1c, cpu);
+    lat_consts_free(&k0c16, cpu), lat_consts_free(&k1c16, cpu);
     kvs_ckv_seg_free(&pg), kvs_ckv_seg_free(&pc), kvs_ckv_seg_free(&sg), kvs_ckv_seg_free(&sc);
 }
 
@@ -958,6 +994,158 @@ static void test_lat_attend(void)
     lat_attend_case(3, 9, 3, 64, 45, false, 1);   /* SmolLM2-135M: 9 heads over 3 of 64, GQA 3:1, rank 45 */
     lat_attend_case(2, 8, 2, 128, 77, true, 1);   /* Llama-3-like: 8 over 2 of 128, GQA 4:1, rank 77 */
     lat_attend_case(2, 9, 3, 64, 45, false, 150); /* large logits: the max must be subtracted */
+}
+
+/* ---------------------------------------------------------------- lat_attend: the fused decode kernel */
+
+/* One backend's copy of a fused-decode case: a private segment of 2 layers and a shared one. */
+struct fused_side {
+    struct kvs_backend *b;
+    struct kvs_ckv_seg p, s;
+    struct lat_consts k;
+};
+
+/* Decode (T 1, 3, 4 queries) over NP private and NS shared rows at shuffled positions (odd
+ * numbers, some after a query's position), with biases, through the fused kernel on the fp16 and
+ * the bf16 device, the context split 1, 3 and "many" ways ($KVS_CUDA_LAT_SPLITS), mass on and off.
+ * Latents are values exact in both fp16 and bf16, so each device must match the CPU twin fed with
+ * B_k rounded to its 16-bit type up to summation order (tight); against the fp32 B_k it shows the
+ * error of 16-bit tensor-core inputs (loose, stated). */
+static void fused_case(int H, int G, int d, int R, bool neox, float sharp, int np, int ns)
+{
+    struct kvs_lat_fmt f = {.width = R, .row_bytes = 2 * R};
+    size_t dkv = (size_t)G * d;
+    int N = np + ns;
+    float *bk = rand_vec(dkv * R, -0.15f, 0.15f), *bv = rand_vec(dkv * R, -0.15f, 0.15f);
+    float *kb = rand_vec(dkv, -0.5f, 0.5f), *vb = rand_vec(dkv, -0.5f, 0.5f), *fr = rope_freqs(d, 10000.0);
+    float *bk16 = malloc(dkv * R * sizeof(float)), *bkbf = malloc(dkv * R * sizeof(float));
+    for (size_t i = 0; i < dkv * R; i++) bk16[i] = round16(bk[i], false), bkbf[i] = round16(bk[i], true);
+    int32_t *pos = malloc((size_t)N * sizeof(int32_t));
+    for (int i = 0; i < N; i++) pos[i] = 2 * i + 1;
+    for (int i = N - 1; i > 0; i--) {
+        int j = (int)(frand(0, 1) * (float)(i + 1)) % (i + 1), t = pos[i];
+        pos[i] = pos[j], pos[j] = t;
+    }
+    float *xp[2], *xs = rand_vec((size_t)ns * R + 1, -1, 1);
+    for (int l = 0; l < 2; l++) xp[l] = rand_vec((size_t)np * R + 1, -1, 1);
+    for (int l = 0; l < 3; l++) {
+        float *x = l < 2 ? xp[l] : xs;
+        size_t cnt = (size_t)(l < 2 ? np : ns) * R;
+        for (size_t i = 0; i < cnt; i++) x[i] = fabsf(x[i]) < 1e-3f ? 0.0f : round16(x[i], true);
+    }
+    struct fused_side sd[3] = {{.b = cuda16}, {.b = cuda_bf}, {.b = cpu}};
+    struct lat_consts kc16, kcbf; /* the CPU twin with B_k as each device's tensor cores see it */
+    for (int k = 0; k < 3; k++) {
+        struct fused_side *z = &sd[k];
+        kvs_ckv_seg_init(&z->p, &f, 2, 64);
+        kvs_ckv_seg_init(&z->s, &f, 1, 64);
+        CHECK(kvs_ckv_seg_reserve(&z->p, z->b, (uint32_t)np) == KVS_OK);
+        CHECK(kvs_ckv_seg_reserve(&z->s, z->b, (uint32_t)ns) == KVS_OK);
+        CHECK(kvs_ckv_seg_append(&z->p, np, pos, xp[0]) == KVS_OK && kvs_ckv_seg_fill(&z->p, 1, np, xp[1]) == KVS_OK);
+        CHECK(kvs_ckv_seg_append(&z->s, ns, pos + np, xs) == KVS_OK);
+        lat_consts_put(&z->k, z->b, bk, bv, kb, vb, fr, dkv, R, d);
+    }
+    lat_consts_put(&kc16, cpu, bk16, bv, kb, vb, fr, dkv, R, d);
+    lat_consts_put(&kcbf, cpu, bkbf, bv, kb, vb, fr, dkv, R, d);
+    int top = 2 * N; /* above every position */
+    struct {
+        int T, mass_from;
+        int32_t qp[4];
+    } qs[3] = {{1, 0, {top - 40}}, {3, 1, {N, top - 60, top + 5}}, {4, 2, {-1, N, top - 60, top + 5}}};
+    const char *splits[3] = {"1", "3", "1000"};
+    for (int c = 0; c < 3; c++) {
+        int T = qs[c].T;
+        size_t no = (size_t)T * H * d;
+        bool with_mass = c != 1;
+        float *q = rand_vec(no, -1, 1), *o[5], *m[5];
+        for (int k = 0; k < 5; k++) o[k] = malloc(no * sizeof(float)), m[k] = malloc((size_t)(N + 1) * sizeof(float));
+        /* o[0], o[1]: fp16 and bf16 devices; o[2]: CPU, fp32 B_k; o[3], o[4]: CPU, B_k rounded */
+        for (int k = 0; k < 5; k++) {
+            struct fused_side *z = &sd[k < 2 ? k : 2];
+            const struct lat_consts *kk = k < 3 ? &z->k : k == 3 ? &kc16 : &kcbf;
+            struct kvs_buf qb, ob;
+            buf_put(z->b, &qb, q, no * sizeof(float));
+            for (size_t i = 0; i < no; i++) o[k][i] = 12345.0f;
+            buf_put(z->b, &ob, o[k], no * sizeof(float));
+            for (int j = 0; j <= N; j++) m[k][j] = 777.0f;
+            struct kvs_lat_attend_args a = {.T = T, .q_pos = qs[c].qp, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                            .rank = R, .scale = sharp / sqrtf((float)d), .neox = neox, .f = &f,
+                                            .n_segs = 2, .mass_from = qs[c].mass_from};
+            a.segs[0].L = &z->p.L, a.segs[0].arr = 1, a.segs[1].L = &z->s.L, a.segs[1].arr = 0;
+            a.bk = kk->bk.data, a.bv = kk->bv.data, a.bk_bias = kk->kb.data, a.bv_bias = kk->vb.data;
+            a.freqs = kk->fr.data;
+            setenv("KVS_CUDA_LAT_SPLITS", splits[c], 1);
+            CHECKF(kvs_backend_lat_attend(z->b, &a, qb.data, ob.data, with_mass ? m[k] : NULL) == KVS_OK, "%s",
+                   z->b->err);
+            unsetenv("KVS_CUDA_LAT_SPLITS");
+            CHECK(kvs_backend_buf_download(z->b, o[k], &ob, 0, no * sizeof(float)) == KVS_OK);
+            kvs_backend_buf_free(z->b, &qb), kvs_backend_buf_free(z->b, &ob);
+        }
+        char w[200];
+        for (int k = 0; k < 2; k++) {
+            const char *dt = k ? "bf16" : "fp16";
+            snprintf(w, sizeof w, "emu fused decode %s (T %d, %d:%d heads, d %d, rank %d, n %d+%d, splits %s%s)", dt, T,
+                     H, G, d, R, np, ns, splits[c], neox ? ", neox" : "");
+            compare(w, o[k], o[3 + k], (long)no, 2e-5f, 1e-3f);
+            snprintf(w, sizeof w, "emu fused decode %s vs the fp32 B_k (16-bit inputs: atol %g, rtol %g)", dt,
+                     k ? 2e-2 : 4e-3, k ? 8e-2 : 2e-2);
+            compare(w, o[k], o[2], (long)no, k ? 2e-2f : 4e-3f, k ? 8e-2f : 2e-2f);
+            if (with_mass) {
+                snprintf(w, sizeof w, "emu fused decode %s: attention mass (T %d from %d, n %d)", dt, T,
+                         qs[c].mass_from, N);
+                compare(w, m[k], m[3 + k], N, 1e-5f, 1e-3f);
+            }
+            CHECKF(m[k][N] == 777.0f, "%s: attention mass written past the %d rows", w, N);
+        }
+        free(q);
+        for (int k = 0; k < 5; k++) free(o[k]), free(m[k]);
+    }
+    /* new B_k bytes in the same device buffer: the fp16 device's 16-bit copy must follow them */
+    {
+        float *bk2 = rand_vec(dkv * R, -0.15f, 0.15f);
+        for (size_t i = 0; i < dkv * R; i++) bk2[i] = round16(bk2[i], false);
+        int32_t qp = top;
+        size_t no = (size_t)H * d;
+        float *q = rand_vec(no, -1, 1), *o[2];
+        struct lat_consts kc2;
+        lat_consts_put(&kc2, cpu, bk2, bv, kb, vb, fr, dkv, R, d);
+        CHECK(kvs_backend_buf_upload(cuda16, &sd[0].k.bk, 0, bk2, dkv * R * sizeof(float)) == KVS_OK);
+        for (int k = 0; k < 2; k++) {
+            struct fused_side *z = &sd[2 * k];
+            const struct lat_consts *kk = k ? &kc2 : &z->k;
+            struct kvs_buf qb, ob;
+            o[k] = malloc(no * sizeof(float));
+            buf_put(z->b, &qb, q, no * sizeof(float));
+            buf_put(z->b, &ob, q, no * sizeof(float));
+            struct kvs_lat_attend_args a = {.T = 1, .q_pos = &qp, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                            .rank = R, .scale = sharp / sqrtf((float)d), .neox = neox, .f = &f,
+                                            .n_segs = 2};
+            a.segs[0].L = &z->p.L, a.segs[0].arr = 0, a.segs[1].L = &z->s.L, a.segs[1].arr = 0;
+            a.bk = kk->bk.data, a.bv = kk->bv.data, a.bk_bias = kk->kb.data, a.bv_bias = kk->vb.data;
+            a.freqs = kk->fr.data;
+            CHECKF(kvs_backend_lat_attend(z->b, &a, qb.data, ob.data, NULL) == KVS_OK, "%s", z->b->err);
+            CHECK(kvs_backend_buf_download(z->b, o[k], &ob, 0, no * sizeof(float)) == KVS_OK);
+            kvs_backend_buf_free(z->b, &qb), kvs_backend_buf_free(z->b, &ob);
+        }
+        compare("emu fused decode after B_k was uploaded again (its 16-bit copy follows)", o[0], o[1], (long)no,
+                2e-5f, 1e-3f);
+        lat_consts_free(&kc2, cpu);
+        free(bk2), free(q), free(o[0]), free(o[1]);
+    }
+    for (int k = 0; k < 3; k++) {
+        lat_consts_free(&sd[k].k, sd[k].b);
+        kvs_ckv_seg_free(&sd[k].p), kvs_ckv_seg_free(&sd[k].s);
+    }
+    lat_consts_free(&kc16, cpu), lat_consts_free(&kcbf, cpu);
+    free(bk), free(bv), free(kb), free(vb), free(fr), free(bk16), free(bkbf), free(pos), free(xp[0]), free(xp[1]),
+        free(xs);
+}
+
+static void test_lat_attend_fused(void)
+{
+    fused_case(9, 3, 64, 45, false, 1, 150, 57);  /* SmolLM2-135M's heads, GQA 3:1, rank 45 (not a multiple of 16) */
+    fused_case(8, 2, 128, 90, true, 1, 171, 40);  /* Llama-3-like, GQA 4:1, rank 90 */
+    fused_case(9, 3, 64, 90, false, 12, 100, 9);  /* sharp logits: the running max moves */
 }
 
 static void test_svd(void)
@@ -1349,6 +1537,7 @@ int main(int argc, char **argv)
         RUN(test_kv_pool);
         RUN(test_latent_pool);
         RUN(test_lat_attend);
+        RUN(test_lat_attend_fused);
         RUN(test_svd);
         RUN(test_nvtx_ranges);
         if (!ops_only) RUN(test_e2e_tiny);

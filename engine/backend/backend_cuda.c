@@ -273,6 +273,15 @@ struct cuda_be {
     void *buf[ST_COUNT];      /* device staging buffers, grown on demand */
     size_t cap[ST_COUNT];
     int weight_dtype;         /* enum kvs_cuda_dtype */
+    /* lat_attend's 16-bit copies of B_k (one per layer's B_k buffer), made on first use and
+     * dropped when that buffer is freed or written */
+    struct bk16_copy {
+        const void *src;      /* the fp32 B_k device buffer */
+        size_t bytes;         /* its size: rows * rank floats */
+        int dtype;
+        struct kvs_cuda_weight *w; /* (rows, rank rounded up to 16) zero-padded */
+    } *bk16;
+    int n_bk16, cap_bk16;
 };
 
 static enum kvs_status api_fail(struct kvs_backend *b, const char *what)
@@ -333,15 +342,32 @@ static enum kvs_status cu_buf_alloc(struct kvs_backend *b, void **data, size_t b
     return KVS_OK;
 }
 
+/* Drops the 16-bit B_k copies made from device bytes [p, p + bytes) (bytes 0: from the buffer at p). */
+static void bk16_forget(struct cuda_be *s, const void *p, size_t bytes)
+{
+    for (int i = 0; i < s->n_bk16;) {
+        const char *a = s->bk16[i].src, *q = p;
+        bool hit = bytes ? a < q + bytes && q < a + s->bk16[i].bytes : a == q;
+        if (hit) {
+            s->api->weight_free(s->cx, s->bk16[i].w);
+            s->bk16[i] = s->bk16[--s->n_bk16];
+        } else {
+            i++;
+        }
+    }
+}
+
 static void cu_buf_free(struct kvs_backend *b, void *data)
 {
     struct cuda_be *s = b->ctx;
+    if (data) bk16_forget(s, data, 0);
     s->api->free(s->cx, data);
 }
 
 static enum kvs_status cu_buf_upload(struct kvs_backend *b, void *dst, const void *src, size_t bytes)
 {
     struct cuda_be *s = b->ctx;
+    if (bytes) bk16_forget(s, dst, bytes);
     if (s->api->upload(s->cx, dst, src, bytes) != KVS_CUDA_OK) return api_fail(b, "upload");
     return KVS_OK;
 }
@@ -872,8 +898,42 @@ static enum kvs_status cu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows
     return st;
 }
 
+/* The 16-bit copy of the fp32 device B_k BK (rows, rank) that lat_attend's fused decode reads, in
+ * the weights' dtype: made once (down, padded, up) and kept until BK's buffer is freed or written. */
+static const struct kvs_cuda_weight *bk16_get(struct kvs_backend *b, const float *bk, int rows, int rank)
+{
+    struct cuda_be *s = b->ctx;
+    size_t bytes = (size_t)rows * rank * sizeof(float);
+    int rp = (rank + 15) / 16 * 16;
+    for (int i = 0; i < s->n_bk16; i++)
+        if (s->bk16[i].src == bk && s->bk16[i].bytes == bytes && s->bk16[i].dtype == s->weight_dtype)
+            return s->bk16[i].w;
+    if (s->n_bk16 == s->cap_bk16) {
+        int cap = s->cap_bk16 ? 2 * s->cap_bk16 : 16;
+        struct bk16_copy *g = realloc(s->bk16, (size_t)cap * sizeof *g);
+        if (!g) return NULL;
+        s->bk16 = g;
+        s->cap_bk16 = cap;
+    }
+    float *h = malloc(bytes), *p = calloc((size_t)rows * rp, sizeof(float));
+    struct kvs_cuda_weight *w = NULL;
+    if (h && p && get(b, h, bk, bytes) == KVS_OK) {
+        for (int r = 0; r < rows; r++) memcpy(p + (size_t)r * rp, h + (size_t)r * rank, (size_t)rank * sizeof(float));
+        if (s->api->weight_new(s->cx, &w, rows, rp, s->weight_dtype) != KVS_CUDA_OK) w = NULL;
+        else if (s->api->weight_set_rows(s->cx, w, 0, rows, p) != KVS_CUDA_OK) {
+            s->api->weight_free(s->cx, w);
+            w = NULL;
+        }
+    }
+    free(h);
+    free(p);
+    if (w) s->bk16[s->n_bk16++] = (struct bk16_copy){.src = bk, .bytes = bytes, .dtype = s->weight_dtype, .w = w};
+    return w;
+}
+
 /* q, out, B_k, B_v, the biases and the frequencies are device buffers, the rows the segments';
- * the query positions go up and the mass (when asked) comes back. */
+ * the query positions go up and the mass (when asked) comes back. Decode steps read B_k from its
+ * 16-bit copy (bk16_get); without one (no memory) they take the prefill path. */
 static enum kvs_status cu_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
                                      float *out, float *mass)
 {
@@ -898,6 +958,7 @@ static enum kvs_status cu_lat_attend(struct kvs_backend *b, const struct kvs_lat
         n += L->n;
     }
     if (n > INT_MAX) return KVS_ERR_ARG;
+    if (a->T <= 4 && n > 0) d.bk16 = bk16_get(b, a->bk, a->n_head_kv * a->head_dim, a->rank);
     TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
     if (mass && !(dmass = stage(b, ST_U, (size_t)(n ? n : 1) * sizeof(float)))) return KVS_ERR_BACKEND;
     d.q_pos = dqp;
@@ -934,6 +995,8 @@ static void cu_destroy(struct kvs_backend *b)
     struct cuda_be *s = b->ctx;
     if (!s) return;
     for (int i = 0; i < ST_COUNT; i++) s->api->free(s->cx, s->buf[i]);
+    for (int i = 0; i < s->n_bk16; i++) s->api->weight_free(s->cx, s->bk16[i].w);
+    free(s->bk16);
     s->api->shutdown(s->cx);
     free(s);
     b->ctx = NULL;

@@ -424,6 +424,13 @@ static uint64_t warp_op(const char *file, int line, int kind, unsigned mask, uin
 
 void kvs_emu::syncwarp(const char *file, int line, unsigned mask) { warp_op(file, line, K_SYNCWARP, mask, 0, 0, 32); }
 
+/* WMMA misuse (tests/cuda_emu/include/mma.h): a misaligned pointer or leading dimension. */
+void kvs_emu::fault(const char *file, int line, const char *what)
+{
+    const uint3 &t = tid_of(S.cur);
+    die("thread (%u,%u,%u) at %s:%d: %s", t.x, t.y, t.z, file, line, what);
+}
+
 uint64_t kvs_emu::shfl(const char *file, int line, int kind, unsigned mask, uint64_t bits, int arg, int width)
 {
     return warp_op(file, line, kind, mask, bits, arg, width);

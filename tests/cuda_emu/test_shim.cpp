@@ -3,12 +3,15 @@
  * divergence (threads at different __syncthreads, a thread leaving a barrier or a shuffle, lanes
  * at different shuffles, an overrun past an allocation) aborts with a line naming the kernel.
  * Aborting cases run in a forked child whose stderr is checked. fp16/bf16 conversions are checked
- * against the engine's (engine/model/quant.h). cuBLAS and gesvdj argument checks and layouts. */
+ * against the engine's (engine/model/quant.h). cuBLAS and gesvdj argument checks and layouts. WMMA
+ * (mma.h): products of fp16 and bf16 tiles in every layout, a warp that does not meet whole at a
+ * WMMA call, a misaligned tile pointer. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
+#include <mma.h>
 
 #include <csignal>
 #include <cstdio>
@@ -118,6 +121,39 @@ __global__ void k_overrun(float *p, int n)
 
 __global__ void k_nothing(float *) {}
 
+/* D (16x16, row-major, or column-major when COL) = A (16x16, row-major) · B (16x16, column-major
+ * when BCOL) + C, one warp, element type T. */
+template <typename T, bool BCOL, bool COL> __global__ void k_wmma(const T *a, const T *b, const float *c, float *d)
+{
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+    typename std::conditional<BCOL, wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>,
+                              wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>>::type fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::load_matrix_sync(fa, a, 16);
+    wmma::load_matrix_sync(fb, b, 16);
+    wmma::load_matrix_sync(acc, c, 16, wmma::mem_row_major);
+    wmma::mma_sync(acc, fa, fb, acc);
+    wmma::store_matrix_sync(d, acc, 16, COL ? wmma::mem_col_major : wmma::mem_row_major);
+}
+
+/* half a warp reaches the product */
+__global__ void k_wmma_divergent(float *d)
+{
+    using namespace nvcuda;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    if (threadIdx.x < 16) wmma::fill_fragment(acc, 1.0f);
+    else wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+
+__global__ void k_wmma_misaligned(float *d)
+{
+    using namespace nvcuda;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 1.0f);
+    wmma::store_matrix_sync(d + 4, acc, 16, wmma::mem_row_major);
+}
+
 /* ---------------------------------------------------------------- tests */
 
 static void test_shuffles(void)
@@ -217,6 +253,48 @@ static void test_divergence(void)
     CHECK(aborts_with([] { LAUNCH(k_exit_at_barrier, 1, 64)(d); }, "exited", "k_exit_at_barrier"));
     CHECK(aborts_with([] { LAUNCH(k_exit_at_shuffle, 1, 32)(d); }, "exited", "k_exit_at_shuffle"));
     CHECK(aborts_with([] { LAUNCH(k_divergent_shuffle, 1, 32)(d); }, "diverged", "k_divergent_shuffle"));
+    cudaFree(d);
+}
+
+/* One WMMA product of element type T against the host's, both layouts of B and of D. */
+template <typename T, bool BCOL, bool COL> static int wmma_case(T (*cvt)(float))
+{
+    T ha[256], hb[256];
+    float fa[256], fb[256], hc[256], hd[256];
+    for (int i = 0; i < 256; i++) {
+        ha[i] = cvt((float)((i * 7) % 13 - 6) / 8.0f);
+        hb[i] = cvt((float)((i * 5) % 11 - 5) / 4.0f);
+        hc[i] = (float)(i % 9) - 4.0f;
+    }
+    for (int i = 0; i < 256; i++) fa[i] = (float)((i * 7) % 13 - 6) / 8.0f, fb[i] = (float)((i * 5) % 11 - 5) / 4.0f;
+    T *da, *db;
+    float *dc, *dd;
+    cudaMalloc(&da, sizeof ha), cudaMalloc(&db, sizeof hb), cudaMalloc(&dc, sizeof hc), cudaMalloc(&dd, sizeof hd);
+    cudaMemcpy(da, ha, sizeof ha, cudaMemcpyHostToDevice);
+    cudaMemcpy(db, hb, sizeof hb, cudaMemcpyHostToDevice);
+    cudaMemcpy(dc, hc, sizeof hc, cudaMemcpyHostToDevice);
+    LAUNCH((k_wmma<T, BCOL, COL>), 1, 32)(da, db, dc, dd);
+    cudaMemcpy(hd, dd, sizeof hd, cudaMemcpyDeviceToHost);
+    int bad = 0;
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) {
+            double ref = hc[m * 16 + n]; /* small integers over powers of two: exact in fp16, bf16, fp32 */
+            for (int k = 0; k < 16; k++) ref += (double)fa[m * 16 + k] * fb[BCOL ? n * 16 + k : k * 16 + n];
+            bad += hd[COL ? n * 16 + m : m * 16 + n] != (float)ref;
+        }
+    cudaFree(da), cudaFree(db), cudaFree(dc), cudaFree(dd);
+    return bad;
+}
+
+static void test_wmma(void)
+{
+    CHECKF((wmma_case<__half, false, false>(__float2half_rn)) == 0, "fp16, B row-major: wrong elements");
+    CHECKF((wmma_case<__half, true, false>(__float2half_rn)) == 0, "fp16, B column-major: wrong elements");
+    CHECKF((wmma_case<__nv_bfloat16, true, true>(__float2bfloat16_rn)) == 0, "bf16, D column-major: wrong elements");
+    static float *d;
+    cudaMalloc(&d, 512 * sizeof(float));
+    CHECK(aborts_with([] { LAUNCH(k_wmma_divergent, 1, 32)(d); }, "diverged", "k_wmma_divergent"));
+    CHECK(aborts_with([] { LAUNCH(k_wmma_misaligned, 1, 32)(d); }, "not 256-bit aligned", "k_wmma_misaligned"));
     cudaFree(d);
 }
 
@@ -331,6 +409,7 @@ int main(void)
     RUN(test_launch_limits);
     RUN(test_memory);
     RUN(test_divergence);
+    RUN(test_wmma);
     RUN(test_conversions);
     RUN(test_cublas);
     RUN(test_gesvdj);

@@ -31,6 +31,7 @@ typedef struct kvs_emu_stream *cudaStream_t;
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
 /* Blocks run one after another, so static storage is per-block storage; the section lets the
  * launcher find every __shared__ byte and fill it with NaN before each block. */
 #define __shared__ static __attribute__((section("kvs_emu_shared")))
@@ -43,6 +44,9 @@ extern dim3 block_dim, grid_dim;
 
 void syncthreads(const char *file, int line);
 void syncwarp(const char *file, int line, unsigned mask = 0xffffffffu);
+/* A call a GPU would reject or fault on (a misaligned WMMA pointer): one line naming the call site
+ * and the thread, then abort. */
+[[noreturn]] void fault(const char *file, int line, const char *what);
 /* kind: 0 idx, 1 up, 2 down, 3 xor. The value travels as 64 bits. */
 uint64_t shfl(const char *file, int line, int kind, unsigned mask, uint64_t bits, int arg, int width);
 
@@ -139,5 +143,6 @@ static inline launcher<P...> make_launcher(const char *name, void (*kernel)(P...
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 static inline float __fdividef(float a, float b) { return a / b; }
+[[noreturn]] static inline void __trap(void) { __builtin_trap(); }
 
 #endif
