@@ -997,6 +997,103 @@ static void test_svd(void)
     }
 }
 
+/* ---------------------------------------------------------------- the card: memory, fp16 overflow */
+
+/* The card's used/total memory: under the emulation, exactly the live device allocations against
+ * the pretend size of KVS_CUDA_EMU_MEM (an allocation beyond it fails as on a full card); on a GPU,
+ * used within total and total the probe's. The CPU has no card to report. */
+static void test_mem_info(void)
+{
+    uint64_t u0, t0, u1, t1, u2, t2;
+    const size_t bytes = 3u << 20;
+    struct kvs_buf buf = {0};
+    if (!on_gpu) setenv("KVS_CUDA_EMU_MEM", "4G", 1);
+    CHECKF(kvs_backend_mem_info(cuda16, &u0, &t0) == KVS_OK, "%s", kvs_backend_error(cuda16));
+    CHECKF(kvs_backend_buf_alloc(cuda16, &buf, bytes) == KVS_OK, "%s", kvs_backend_error(cuda16));
+    CHECK(kvs_backend_mem_info(cuda16, &u1, &t1) == KVS_OK);
+    kvs_backend_buf_free(cuda16, &buf);
+    CHECK(kvs_backend_mem_info(cuda16, &u2, &t2) == KVS_OK);
+    fprintf(stderr, "   card: %llu of %llu bytes used, %llu with a %zu-byte buffer, %llu after it was freed\n",
+            (unsigned long long)u0, (unsigned long long)t0, (unsigned long long)u1, bytes, (unsigned long long)u2);
+    CHECKF(u0 > 0 && u0 < t0 && u1 <= t1 && t0 == t1 && t1 == t2, "used %llu / %llu, then %llu / %llu",
+           (unsigned long long)u0, (unsigned long long)t0, (unsigned long long)u1, (unsigned long long)t1);
+    if (on_gpu) {
+        CHECKF(t0 == kvs_backend_cuda_info()->probe.total_mem, "total %llu, the probe says %llu",
+               (unsigned long long)t0, (unsigned long long)kvs_backend_cuda_info()->probe.total_mem);
+    } else {
+        CHECKF(t0 == 4ull << 30, "total %llu, KVS_CUDA_EMU_MEM says %llu", (unsigned long long)t0, 4ull << 30);
+        CHECKF(u1 - u0 == bytes && u2 == u0, "a %zu-byte buffer moved used by %lld, its free by %lld", bytes,
+               (long long)(u1 - u0), (long long)(u2 - u1));
+        /* a card with less free memory than asked for: an error with the reason, nothing allocated */
+        char small[32];
+        snprintf(small, sizeof small, "%llu", (unsigned long long)(u0 + bytes - 1));
+        setenv("KVS_CUDA_EMU_MEM", small, 1);
+        CHECKF(kvs_backend_buf_alloc(cuda16, &buf, bytes) != KVS_OK && buf.data == NULL &&
+                   strstr(kvs_backend_error(cuda16), "out of memory"),
+               "an allocation beyond the card: \"%s\"", kvs_backend_error(cuda16));
+        kvs_backend_buf_free(cuda16, &buf);
+        CHECK(kvs_backend_mem_info(cuda16, &u2, &t2) == KVS_OK && u2 == u0 && t2 == u0 + bytes - 1);
+        unsetenv("KVS_CUDA_EMU_MEM");
+    }
+    uint64_t cu, ct;
+    CHECK(kvs_backend_mem_info(cpu, &cu, &ct) == KVS_ERR_UNSUPPORTED && cu == 0 && ct == 0);
+}
+
+/* fp16 products clamp activations beyond ±65504 and count each one on the device (never silent):
+ * a matmul whose input holds K such values (±inf among them, NaN not: it is no overflow) adds
+ * exactly K to the count, and its output equals the product of the clamped input; bf16 counts
+ * none; the CPU none. */
+static void test_acts_saturated(void)
+{
+    enum { ROWS = 40, COLS = 96, T = 5 };
+    float *wf = rand_vec((size_t)ROWS * COLS, -0.01f, 0.01f);
+    float *x = rand_vec((size_t)T * COLS, -2, 2), *xc = malloc((size_t)T * COLS * sizeof(float));
+    float *yg = malloc((size_t)T * ROWS * sizeof(float)), *yc = malloc((size_t)T * ROWS * sizeof(float));
+    const float over[] = {65505.0f, -65600.0f, 1e6f, -3e38f, INFINITY, -INFINITY, 7e4f, -70000.5f, 65519.0f};
+    const int n_over = (int)(sizeof over / sizeof over[0]);
+    for (int i = 0; i < n_over; i++) x[(i * 53) % (T * COLS)] = over[i];
+    x[7] = 65504.0f; /* exactly the largest fp16: not clamped */
+    x[11] = -65504.0f;
+    x[13] = NAN;
+    memcpy(xc, x, (size_t)T * COLS * sizeof(float));
+    for (int i = 0; i < T * COLS; i++) xc[i] = xc[i] > 65504.0f ? 65504.0f : xc[i] < -65504.0f ? -65504.0f : xc[i];
+    struct kvs_weight w = {.type = KVS_GGML_F32, .rows = ROWS, .cols = COLS, .data = wf,
+                           .row_bytes = (uint64_t)COLS * 4};
+    for (int k = 0; k < 2; k++) {
+        struct kvs_backend *b = k ? cuda_bf : cuda16;
+        struct kvs_backend_weight bg;
+        uint64_t before = 0, after = 0;
+        CHECKF(kvs_backend_weight_prepare(b, &bg, &w) == KVS_OK, "%s", kvs_backend_error(b));
+        CHECKF(kvs_backend_acts_saturated(b, &before) == KVS_OK, "%s", kvs_backend_error(b));
+        CHECKF(kvs_backend_matmul(b, &bg, x, yg, T) == KVS_OK, "%s", kvs_backend_error(b));
+        CHECKF(kvs_backend_matmul(b, &bg, x, yg, 1) == KVS_OK, "%s", kvs_backend_error(b)); /* row 0 again */
+        CHECKF(kvs_backend_acts_saturated(b, &after) == KVS_OK && after == b->acts_saturated, "%s",
+               kvs_backend_error(b));
+        int want = 0;
+        for (int i = 0; i < T * COLS; i++) want += fabsf(x[i]) > 65504.0f;
+        for (int i = 0; i < COLS; i++) want += fabsf(x[i]) > 65504.0f;
+        if (k) want = 0;
+        fprintf(stderr, "   %s: %llu activation values counted as clamped, %d expected\n", b->weights,
+                (unsigned long long)(after - before), want);
+        CHECKF(after - before == (uint64_t)want, "%s: %llu activations counted as clamped, expected %d", b->weights,
+               (unsigned long long)(after - before), want);
+        if (!k) { /* fp16: the row of the clamped input (NaN rows are NaN on both) */
+            CHECK(kvs_backend_matmul(b, &bg, xc, yc, T) == KVS_OK);
+            int bad = 0;
+            for (int i = 0; i < T * ROWS; i++)
+                if (!(yg[i] == yc[i] || (isnan(yg[i]) && isnan(yc[i])))) bad++;
+            CHECKF(bad == 0, "fp16: %d outputs differ from the product of the clamped input", bad);
+            for (int i = 0; i < T * ROWS; i++)
+                if (isinf(yg[i])) bad++;
+            CHECKF(bad == 0, "fp16: %d outputs are infinite: the conversion overflowed instead of clamping", bad);
+        }
+        kvs_backend_weight_release(b, &bg);
+    }
+    uint64_t c = 1;
+    CHECK(kvs_backend_acts_saturated(cpu, &c) == KVS_OK && c == 0);
+    free(wf), free(x), free(xc), free(yg), free(yc);
+}
+
 /* ---------------------------------------------------------------- end to end */
 
 /* Statistics of one logit row against the CPU's: normalised error, KL(cpu || cuda), argmaxes. */
@@ -1351,6 +1448,8 @@ int main(int argc, char **argv)
         RUN(test_lat_attend);
         RUN(test_svd);
         RUN(test_nvtx_ranges);
+        RUN(test_mem_info);
+        RUN(test_acts_saturated);
         if (!ops_only) RUN(test_e2e_tiny);
         if (!ops_only) RUN(test_e2e_smollm2);
     }
