@@ -1300,6 +1300,127 @@ static void tiny_opts(struct kvs_tiny_opts *o, int which)
 
 static const char *const tiny_names[] = {"llama", "qwen2-gqa3"};
 
+/* The tiny llama with norm weights of about ±3e4: a few percent of every RMSNorm output, the input
+ * of the q, k, v, gate and up products, lie beyond the fp16 range (65504), as a badly scaled fine-tune's
+ * activations might. fp32 and bf16 hold them; fp16 products must clamp them and say so. */
+static void tiny_overflow_opts(struct kvs_tiny_opts *o)
+{
+    tiny_opts(o, 0);
+    o->norm_jitter = 3e4f;
+    o->weight_std = 0.01f; /* keys and values stay inside fp16: the K/V cache holds fp16 */
+    o->seed = 5;
+}
+
+struct hook_over {
+    int D;        /* the model's width */
+    uint64_t n;   /* layer 0's RMSNorm outputs beyond ±65504 */
+};
+static void count_over_hook(void *ud, int layer, int T, const int32_t *pos, const float *x, const float *xn,
+                            const float *k)
+{
+    struct hook_over *h = ud;
+    (void)pos, (void)x, (void)k;
+    if (layer != 0) return;
+    for (int i = 0; i < T * h->D; i++) h->n += fabsf(xn[i]) > 65504.0f;
+}
+
+/* Prefill of PROMPT on MODEL through the emulated device pretending compute capability CC (the
+ * weights' type follows: fp16 on sm_75, bf16 on sm_80): the activations its fp16 products clamped. */
+static uint64_t acts_clamped_run(const char *path, const char *cc, const char *prompt, char wtype[8])
+{
+    struct kvs_model *m = NULL;
+    struct kvs_press *pr = NULL;
+    struct kvs_ctx *c = NULL;
+    struct kvs_method_config mc;
+    struct kvs_ctx_params cp;
+    char err[256] = "";
+    uint64_t n = UINT64_MAX;
+    int32_t toks[64];
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = 128;
+    cp.n_batch = 16;
+    snprintf(cp.backend, sizeof cp.backend, "cuda");
+    CHECKF(kvs_model_load(&m, path, err, sizeof err) == KVS_OK, "%s", err);
+    if (m) CHECK(kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK &&
+                 kvs_press_new(&pr, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK);
+    setenv("KVS_CUDA_EMU_CC", cc, 1);
+    if (pr) CHECKF(kvs_ctx_new(&c, m, pr, &cp, err, sizeof err) == KVS_OK, "%s", err);
+    unsetenv("KVS_CUDA_EMU_CC");
+    if (c) {
+        int64_t nt = kvs_tokenizer_encode(m->tok, prompt, strlen(prompt), false, toks, 64);
+        CHECK(nt > 0);
+        CHECKF(kvs_ctx_eval(c, toks, (int)nt, NULL) == KVS_OK, "%s", kvs_ctx_error(c));
+        int32_t id = kvs_sample(kvs_ctx_logits(c), (int)m->hp.n_vocab, 0, 1, &rng);
+        CHECKF(kvs_ctx_eval(c, &id, 1, NULL) == KVS_OK, "%s", kvs_ctx_error(c)); /* and a decoded token */
+        n = kvs_ctx_acts_saturated(c);
+        uint64_t ws = 0;
+        snprintf(wtype, 8, "%s", kvs_ctx_weights(c, &ws));
+    }
+    kvs_ctx_delete(c);
+    kvs_press_delete(pr);
+    kvs_model_delete(m);
+    return n;
+}
+
+/* End to end on sm_75 (fp16 weights): a model whose activations overflow fp16 gets them counted, at
+ * least the RMSNorm outputs of layer 0 beyond the range that the CPU's hook sees (each feeds the q,
+ * k and v products); the ordinary tiny model counts 0; on sm_80 (bf16) the overflowing one 0 too. */
+static void test_e2e_acts_saturated(void)
+{
+    const char *prompt = "The GNU General Public License is a free license";
+    char over[1024], plain[1024], err[256] = "";
+    struct kvs_tiny_opts o;
+    if (on_gpu) {
+        printf("skipped: compute capability 7.5 is pretended by the emulation\n");
+        return;
+    }
+    tiny_overflow_opts(&o);
+    snprintf(over, sizeof over, "%s/emu-overflow.gguf", kvs_test_tmpdir());
+    CHECKF(kvs_tiny_write(over, &o) == 0, "%s", kvs_tiny_error());
+    tiny_opts(&o, 0);
+    snprintf(plain, sizeof plain, "%s/emu-plain.gguf", kvs_test_tmpdir());
+    CHECKF(kvs_tiny_write(plain, &o) == 0, "%s", kvs_tiny_error());
+    /* layer 0's RMSNorm outputs beyond fp16 on the CPU (the same prompt, the same embedding) */
+    struct hook_over h = {0};
+    struct kvs_model *m = NULL;
+    struct kvs_press *pr = NULL;
+    struct kvs_ctx *c = NULL;
+    struct kvs_method_config mc;
+    struct kvs_ctx_params cp;
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = 128;
+    cp.n_batch = 16;
+    if (kvs_model_load(&m, over, err, sizeof err) == KVS_OK && kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK &&
+        kvs_press_new(&pr, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK &&
+        kvs_ctx_new(&c, m, pr, &cp, err, sizeof err) == KVS_OK) {
+        int32_t toks[64];
+        h.D = (int)m->hp.n_embd;
+        int64_t nt = kvs_tokenizer_encode(m->tok, prompt, strlen(prompt), false, toks, 64);
+        kvs_ctx_set_hook(c, count_over_hook, &h);
+        CHECK(nt > 0 && kvs_ctx_eval(c, toks, (int)nt, NULL) == KVS_OK);
+    } else {
+        CHECKF(false, "CPU context on the overflowing model: %s", err);
+    }
+    kvs_ctx_delete(c);
+    kvs_press_delete(pr);
+    kvs_model_delete(m);
+    char w75[8] = "", w80[8] = "", wp[8] = "";
+    uint64_t n75 = acts_clamped_run(over, "75", prompt, w75);
+    uint64_t n80 = acts_clamped_run(over, "80", prompt, w80);
+    uint64_t np = acts_clamped_run(plain, "75", prompt, wp);
+    fprintf(stderr, "   activations clamped: overflowing model %llu (%s; layer 0's norm outputs beyond fp16 on the "
+            "CPU: %llu), %llu (%s); ordinary model %llu (%s)\n", (unsigned long long)n75, w75,
+            (unsigned long long)h.n, (unsigned long long)n80, w80, (unsigned long long)np, wp);
+    CHECKF(!strcmp(w75, "fp16") && !strcmp(w80, "bf16") && !strcmp(wp, "fp16"), "weights %s, %s, %s", w75, w80, wp);
+    CHECKF(h.n > 0, "the overflowing model does not overflow on the CPU");
+    CHECKF(n75 != UINT64_MAX && n75 >= 3 * h.n, "sm_75: %llu activations counted as clamped, at least %llu expected",
+           (unsigned long long)n75, (unsigned long long)(3 * h.n));
+    CHECKF(n80 == 0, "sm_80 (bf16): %llu activations counted as clamped", (unsigned long long)n80);
+    CHECKF(np == 0, "the ordinary model: %llu activations counted as clamped", (unsigned long long)np);
+    remove(over);
+    remove(plain);
+}
+
 static void test_e2e_tiny(void)
 {
     const char *prompt = "The GNU General Public License is a free, copyleft license for software";
@@ -1412,6 +1533,13 @@ int main(int argc, char **argv)
         } else break;
     }
     if (argc == 4 && !strcmp(argv[1], "--write-tiny")) { /* for tests/t_cuda_emu.sh */
+        if (!strcmp(argv[3], "fp16-overflow")) {
+            struct kvs_tiny_opts o;
+            tiny_overflow_opts(&o);
+            if (kvs_tiny_write(argv[2], &o) == 0) return 0;
+            fprintf(stderr, "%s\n", kvs_tiny_error());
+            return 1;
+        }
         for (int k = 0; k < 2; k++)
             if (!strcmp(argv[3], tiny_names[k])) {
                 struct kvs_tiny_opts o;
@@ -1450,6 +1578,7 @@ int main(int argc, char **argv)
         RUN(test_nvtx_ranges);
         RUN(test_mem_info);
         RUN(test_acts_saturated);
+        if (!ops_only) RUN(test_e2e_acts_saturated);
         if (!ops_only) RUN(test_e2e_tiny);
         if (!ops_only) RUN(test_e2e_smollm2);
     }
