@@ -591,7 +591,9 @@ static size_t emu_total_mem(void)
         default: break;
         }
         if (end != e && !*end && v > 0 && v <= (~0ull >> shift)) return (size_t)(v << shift);
-        say("KVS_CUDA_EMU_MEM=%s is not a size (bytes, or a number with K, M, G or T): ignored", e);
+        static bool told;
+        if (!told) say("KVS_CUDA_EMU_MEM=%s is not a size (bytes, or a number with K, M, G or T): ignored", e);
+        told = true;
     }
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
