@@ -164,6 +164,11 @@ int kvs_cmd_generate(int argc, char **argv)
         if (kvs_ctx_eval(ctx, &id, 1, NULL) != KVS_OK) { kvs_die_msg("%s", kvs_ctx_error(ctx)); goto done; }
     }
     double decode_s = (double)(kvs_now_ns() - t0) / 1e9;
+    uint64_t acts = kvs_ctx_acts_saturated(ctx);
+    if (acts) /* never silent: the products saw +-65504 where the model computed more */
+        fprintf(stderr, "kvscope: warning: %llu activation values exceeded the fp16 range in the products and were "
+                "clamped to +-65504 (--weights %s on %s); bf16 keeps them where the GPU supports it\n",
+                (unsigned long long)acts, wtype, kvs_ctx_device(ctx));
     double ptps = prefill_s > 0 ? n / prefill_s : 0, dtps = decode_s > 0 ? n_gen / decode_s : 0;
     if (json) {
         printf("], \"text\": ");

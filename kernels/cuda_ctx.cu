@@ -80,6 +80,7 @@ static void ctx_release(struct kvs_cuda_ctx *c)
 {
     for (int i = 0; i < KVS_SCR_COUNT; i++)
         if (c->scratch[i]) cudaFree(c->scratch[i]);
+    if (c->acts_clamped) cudaFree(c->acts_clamped);
     if (c->solver) cusolverDnDestroy(c->solver);
     if (c->blas) cublasDestroy(c->blas);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -111,6 +112,8 @@ static int api_init(struct kvs_cuda_ctx **out, int device, char *err, size_t err
     CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
     CUSOLVER_CHECK(cusolverDnCreate(&c->solver));
     CUSOLVER_CHECK(cusolverDnSetStream(c->solver, c->stream));
+    CUDA_CHECK(cudaMalloc(&c->acts_clamped, sizeof *c->acts_clamped));
+    CUDA_CHECK(cudaMemsetAsync(c->acts_clamped, 0, sizeof *c->acts_clamped, c->stream));
     *out = c;
     return KVS_CUDA_OK;
 fail:
@@ -166,6 +169,9 @@ static int api_alloc(struct kvs_cuda_ctx *c, void **dptr, size_t bytes)
     return KVS_CUDA_OK;
 fail:
     *dptr = NULL;
+    /* the runtime keeps the failure as its last error: cleared here (the message is in c->err), or
+     * the next launch check would blame a kernel for a full card */
+    (void)cudaGetLastError();
     return KVS_CUDA_FAIL;
 }
 
@@ -227,6 +233,34 @@ static void api_host_free(struct kvs_cuda_ctx *c, void *hptr)
     if (!hptr) return;
     cudaStreamSynchronize(c->stream); /* a copy from it may still be queued */
     if (cudaFreeHost(hptr) != cudaSuccess) snprintf(c->err, sizeof c->err, "cudaFreeHost failed");
+}
+
+/* The card's memory: what every process (this one's context included) holds, not only this
+ * context's allocations, since that is what is left for a longer context or a larger batch. */
+static int api_mem_info(struct kvs_cuda_ctx *c, uint64_t *used, uint64_t *total)
+{
+    size_t f = 0, t = 0;
+    *used = *total = 0;
+    CUDA_CHECK(cudaSetDevice(c->device));
+    CUDA_CHECK(cudaMemGetInfo(&f, &t));
+    KVS_REQUIRE(f <= t, "cudaMemGetInfo: %zu bytes free of %zu", f, t);
+    *used = (uint64_t)(t - f);
+    *total = (uint64_t)t;
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+static int api_acts_saturated(struct kvs_cuda_ctx *c, uint64_t *count)
+{
+    unsigned long long n = 0;
+    *count = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&n, c->acts_clamped, sizeof n, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    *count = (uint64_t)n;
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
 }
 
 /* ---------------------------------------------------------------- weights */
@@ -351,6 +385,8 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     api_range_push,
     api_range_pop,
     kvs_cuda_lat_attend,
+    api_mem_info,
+    api_acts_saturated,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

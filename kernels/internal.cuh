@@ -52,6 +52,9 @@ struct kvs_cuda_ctx {
     void *scratch[KVS_SCR_COUNT];
     size_t scratch_cap[KVS_SCR_COUNT];
     char err[512];
+    /* device, one counter: activation values kvs_cuda_matmul clamped to ±65504 converting them to
+     * fp16, since init (read by acts_saturated once a step, so products never wait for it) */
+    unsigned long long *acts_clamped;
 };
 
 struct kvs_cuda_weight {

@@ -15,12 +15,13 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 5u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 6u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
                                  * 4: lat_attend (attention over latent segment rows);
-                                 * 5: lat_attend's fused decode (bk16, splits) */
+                                 * 5: lat_attend's fused decode (bk16, splits);
+                                 * 6: mem_info (the card's used/total memory), acts_saturated */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -225,6 +226,13 @@ struct kvs_cuda_api {
     void (*range_pop)(struct kvs_cuda_ctx *c);
     /* Attention over latent segment rows (struct kvs_cuda_lat_attend). */
     int (*lat_attend)(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_attend *a);
+    /* The card's memory as cudaMemGetInfo reports it for the context's device: *used = total - free
+     * (every process's allocations, the CUDA context's own included), *total its size, in bytes. */
+    int (*mem_info)(struct kvs_cuda_ctx *c, uint64_t *used, uint64_t *total);
+    /* Activation values matmul clamped to ±65504 when it converted them to fp16 for an fp16 weight
+     * (see kvs_cuda_matmul), counted on the device since init and read back here (waits for the
+     * stream: call it once a step, after the step's last download). bf16 never clamps. */
+    int (*acts_saturated)(struct kvs_cuda_ctx *c, uint64_t *count);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -241,7 +249,9 @@ int kvs_cuda_rmsnorm(struct kvs_cuda_ctx *c, float *out, const float *x, const f
 int kvs_cuda_rope(struct kvs_cuda_ctx *c, float *x, int T, int n_heads, int head_dim, const int32_t *pos,
                   const float *freqs, int neox);
 /* y (T, rows) = x (T, cols) · Wᵀ: x converted to W's dtype, cublasGemmEx with CUBLAS_COMPUTE_32F
- * (tensor cores), fp32 output. Activations beyond the fp16 range saturate; use bf16 for those. */
+ * (tensor cores), fp32 output. For an fp16 W, activations beyond the fp16 range are clamped to
+ * ±65504 (never inf, which would turn whole output rows into inf/NaN) and counted in the context's
+ * device counter (acts_saturated); NaN stays NaN. bf16 holds every fp32 magnitude. */
 int kvs_cuda_matmul(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const float *x, float *y, int T);
 int kvs_cuda_attn_latent(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a);
 int kvs_cuda_attn_kv16(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_kv16 *a);

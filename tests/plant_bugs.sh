@@ -113,6 +113,11 @@ plant "embedding reads a neighbouring token's row" embedding.cu \
 plant "bias indexed by row instead of column" elementwise.cu 's/y\[i\] \+= b\[i % n\]/y[i] += b[i \/ n]/'
 plant "SwiGLU sigmoid with the wrong sign" elementwise.cu 's/g\[i\] = v \/ \(1\.0f \+ expf\(-v\)\) \* u\[i\];/g[i] = v \/ (1.0f + expf(v)) * u[i];/'
 plant "residual add drops the last element" elementwise.cu 's/i < n; i \+= stride\) x\[i\] \+= y\[i\];/i < n - 1; i += stride) x[i] += y[i];/'
+# the card: its used/total memory and the fp16 activation overflow count (cuda_ctx.cu, matmul.cu)
+plant "device memory: used and total swapped" cuda_ctx.cu \
+    's/\*used = \(uint64_t\)\(t - f\);\n(\s*)\*total = \(uint64_t\)t;/*used = (uint64_t)t;\n$1*total = (uint64_t)(t - f);/'
+plant "fp16 activation overflow: counter never incremented" matmul.cu 's/if \(over\) atomicAdd\(clamped, over\);//'
+plant "fp16 activation overflow: counted but not clamped (inf)" matmul.cu 's/v = v > 0\.0f \? 65504\.0f : -65504\.0f;//'
 
 # lat_attend's fused decode kernel (latent_attend.cu)
 plant "fused decode: online softmax keeps the accumulator when the max grows" latent_attend.cu \

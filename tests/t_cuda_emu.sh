@@ -120,6 +120,45 @@ fi
 if KVS_CUDA_SYNC=1 KVS_CUDA_LIB=$LIB timeout 300 "$B/tests/test_cuda_emu" --ops >"$T/sync.log" 2>&1; then ok
 else ko "test_cuda_emu --ops with KVS_CUDA_SYNC=1: $(grep -E '^FAIL' "$T/sync.log" | head -n 3)"; fi
 
+# the card and fp16 activation overflow, as a user meets them: on sm_75 (fp16 weights) a model whose
+# activations leave the fp16 range gets a warning from generate and log records from run, every
+# step record carries the count and the card's used/total memory (the emulator's live allocations
+# against KVS_CUDA_EMU_MEM); an ordinary model warns of nothing; a CPU run has no card
+if "$B/tests/test_cuda_emu" --write-tiny "$T/over.gguf" fp16-overflow 2>"$T/over.err"; then
+    if KVS_CUDA_EMU_CC=75 KVS_CUDA_LIB=$LIB timeout 300 "$K" generate -m "$T/over.gguf" -p "The GNU General Public License" \
+            -n 2 --backend cuda >"$T/over.out" 2>"$T/over.gen.err" &&
+            grep -q "warning: [1-9][0-9]* activation values exceeded the fp16 range" "$T/over.gen.err"; then ok
+    else ko "generate on sm_75 does not warn of clamped activations: $(head -n 3 "$T/over.gen.err")"; fi
+    if KVS_CUDA_EMU_CC=75 KVS_CUDA_EMU_MEM=3G KVS_CUDA_LIB=$LIB timeout 300 "$K" run --batch -m "$T/over.gguf" \
+            -p "The GNU General Public License" -n 3 --backend cuda >"$T/over.jsonl" 2>"$T/over.run.err" &&
+        python3 - "$T/over.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+steps = [r for r in recs if r.get("type") == "step"]
+logs = [r["text"] for r in recs if r.get("type") == "log"]
+assert steps, "no steps"
+for s in steps:
+    d = s["device"]
+    assert d and d["mem_total"] == 3 << 30 and 0 < d["mem_used"] < d["mem_total"], d
+    assert d["pool_bytes"] == s["bytes_alloc"], (d, s["bytes_alloc"])
+counts = [s["acts_saturated"] for s in steps]
+assert counts[0] > 0 and counts == sorted(counts), counts
+assert any(t.startswith("activations: %d values beyond the fp16 range" % counts[0]) for t in logs), logs
+print("   run --batch on sm_75: activations clamped per step %s; card %d of %d bytes used" %
+      (counts, steps[-1]["device"]["mem_used"], steps[-1]["device"]["mem_total"]))
+PY
+    then ok
+    else ko "run --batch on sm_75: the records lack the card or the clamped activations ($(head -n 2 "$T/over.run.err"))"; fi
+    if KVS_CUDA_EMU_CC=75 KVS_CUDA_LIB=$LIB timeout 300 "$K" generate -m "$T/tiny.gguf" -p "The GNU General Public License" \
+            -n 2 --backend cuda >"$T/plain75.out" 2>"$T/plain75.err" && ! grep -q "activation values" "$T/plain75.err"; then ok
+    else ko "an ordinary model on sm_75: $(head -n 2 "$T/plain75.err")"; fi
+    if timeout 300 "$K" run --batch -m "$T/over.gguf" -p "The GNU" -n 1 >"$T/cpu.jsonl" 2>/dev/null &&
+            python3 -c 'import json,sys; s=[json.loads(l) for l in open(sys.argv[1]) if "\"step\"" in l]; assert s and all(r["device"] is None and r["acts_saturated"] == 0 for r in s)' "$T/cpu.jsonl"; then ok
+    else ko "a CPU run reports a card or clamped activations"; fi
+else
+    ko "write the fp16-overflow model: $(head -n 1 "$T/over.err")"
+fi
+
 # a missing library: one line naming the reason, exit 1, no crash
 KVS_CUDA_LIB=$T/nonexistent.so timeout 60 "$K" generate -m "$T/tiny.gguf" -p x -n 1 --backend cuda >"$T/miss.out" 2>"$T/miss.err"
 rc=$?

@@ -1185,6 +1185,103 @@ static void test_svd(void)
     }
 }
 
+/* ---------------------------------------------------------------- the card: memory, fp16 overflow */
+
+/* The card's used/total memory: under the emulation, exactly the live device allocations against
+ * the pretend size of KVS_CUDA_EMU_MEM (an allocation beyond it fails as on a full card); on a GPU,
+ * used within total and total the probe's. The CPU has no card to report. */
+static void test_mem_info(void)
+{
+    uint64_t u0, t0, u1, t1, u2, t2;
+    const size_t bytes = 3u << 20;
+    struct kvs_buf buf = {0};
+    if (!on_gpu) setenv("KVS_CUDA_EMU_MEM", "4G", 1);
+    CHECKF(kvs_backend_mem_info(cuda16, &u0, &t0) == KVS_OK, "%s", kvs_backend_error(cuda16));
+    CHECKF(kvs_backend_buf_alloc(cuda16, &buf, bytes) == KVS_OK, "%s", kvs_backend_error(cuda16));
+    CHECK(kvs_backend_mem_info(cuda16, &u1, &t1) == KVS_OK);
+    kvs_backend_buf_free(cuda16, &buf);
+    CHECK(kvs_backend_mem_info(cuda16, &u2, &t2) == KVS_OK);
+    fprintf(stderr, "   card: %llu of %llu bytes used, %llu with a %zu-byte buffer, %llu after it was freed\n",
+            (unsigned long long)u0, (unsigned long long)t0, (unsigned long long)u1, bytes, (unsigned long long)u2);
+    CHECKF(u0 > 0 && u0 < t0 && u1 <= t1 && t0 == t1 && t1 == t2, "used %llu / %llu, then %llu / %llu",
+           (unsigned long long)u0, (unsigned long long)t0, (unsigned long long)u1, (unsigned long long)t1);
+    if (on_gpu) {
+        CHECKF(t0 == kvs_backend_cuda_info()->probe.total_mem, "total %llu, the probe says %llu",
+               (unsigned long long)t0, (unsigned long long)kvs_backend_cuda_info()->probe.total_mem);
+    } else {
+        CHECKF(t0 == 4ull << 30, "total %llu, KVS_CUDA_EMU_MEM says %llu", (unsigned long long)t0, 4ull << 30);
+        CHECKF(u1 - u0 == bytes && u2 == u0, "a %zu-byte buffer moved used by %lld, its free by %lld", bytes,
+               (long long)(u1 - u0), (long long)(u2 - u1));
+        /* a card with less free memory than asked for: an error with the reason, nothing allocated */
+        char small[32];
+        snprintf(small, sizeof small, "%llu", (unsigned long long)(u0 + bytes - 1));
+        setenv("KVS_CUDA_EMU_MEM", small, 1);
+        CHECKF(kvs_backend_buf_alloc(cuda16, &buf, bytes) != KVS_OK && buf.data == NULL &&
+                   strstr(kvs_backend_error(cuda16), "out of memory"),
+               "an allocation beyond the card: \"%s\"", kvs_backend_error(cuda16));
+        kvs_backend_buf_free(cuda16, &buf);
+        CHECK(kvs_backend_mem_info(cuda16, &u2, &t2) == KVS_OK && u2 == u0 && t2 == u0 + bytes - 1);
+        unsetenv("KVS_CUDA_EMU_MEM");
+    }
+    uint64_t cu, ct;
+    CHECK(kvs_backend_mem_info(cpu, &cu, &ct) == KVS_ERR_UNSUPPORTED && cu == 0 && ct == 0);
+}
+
+/* fp16 products clamp activations beyond ±65504 and count each one on the device (never silent):
+ * a matmul whose input holds K such values (±inf among them, NaN not: it is no overflow) adds
+ * exactly K to the count, and its output equals the product of the clamped input; bf16 counts
+ * none; the CPU none. */
+static void test_acts_saturated(void)
+{
+    enum { ROWS = 40, COLS = 96, T = 5 };
+    float *wf = rand_vec((size_t)ROWS * COLS, -0.01f, 0.01f);
+    float *x = rand_vec((size_t)T * COLS, -2, 2), *xc = malloc((size_t)T * COLS * sizeof(float));
+    float *yg = malloc((size_t)T * ROWS * sizeof(float)), *yc = malloc((size_t)T * ROWS * sizeof(float));
+    const float over[] = {65505.0f, -65600.0f, 1e6f, -3e38f, INFINITY, -INFINITY, 7e4f, -70000.5f, 65519.0f};
+    const int n_over = (int)(sizeof over / sizeof over[0]);
+    for (int i = 0; i < n_over; i++) x[(i * 53) % (T * COLS)] = over[i];
+    x[7] = 65504.0f; /* exactly the largest fp16: not clamped */
+    x[11] = -65504.0f;
+    x[13] = NAN;
+    memcpy(xc, x, (size_t)T * COLS * sizeof(float));
+    for (int i = 0; i < T * COLS; i++) xc[i] = xc[i] > 65504.0f ? 65504.0f : xc[i] < -65504.0f ? -65504.0f : xc[i];
+    struct kvs_weight w = {.type = KVS_GGML_F32, .rows = ROWS, .cols = COLS, .data = wf,
+                           .row_bytes = (uint64_t)COLS * 4};
+    for (int k = 0; k < 2; k++) {
+        struct kvs_backend *b = k ? cuda_bf : cuda16;
+        struct kvs_backend_weight bg;
+        uint64_t before = 0, after = 0;
+        CHECKF(kvs_backend_weight_prepare(b, &bg, &w) == KVS_OK, "%s", kvs_backend_error(b));
+        CHECKF(kvs_backend_acts_saturated(b, &before) == KVS_OK, "%s", kvs_backend_error(b));
+        CHECKF(kvs_backend_matmul(b, &bg, x, yg, T) == KVS_OK, "%s", kvs_backend_error(b));
+        CHECKF(kvs_backend_matmul(b, &bg, x, yg, 1) == KVS_OK, "%s", kvs_backend_error(b)); /* row 0 again */
+        CHECKF(kvs_backend_acts_saturated(b, &after) == KVS_OK && after == b->acts_saturated, "%s",
+               kvs_backend_error(b));
+        int want = 0;
+        for (int i = 0; i < T * COLS; i++) want += fabsf(x[i]) > 65504.0f;
+        for (int i = 0; i < COLS; i++) want += fabsf(x[i]) > 65504.0f;
+        if (k) want = 0;
+        fprintf(stderr, "   %s: %llu activation values counted as clamped, %d expected\n", b->weights,
+                (unsigned long long)(after - before), want);
+        CHECKF(after - before == (uint64_t)want, "%s: %llu activations counted as clamped, expected %d", b->weights,
+               (unsigned long long)(after - before), want);
+        if (!k) { /* fp16: the row of the clamped input (NaN rows are NaN on both) */
+            CHECK(kvs_backend_matmul(b, &bg, xc, yc, T) == KVS_OK);
+            int bad = 0;
+            for (int i = 0; i < T * ROWS; i++)
+                if (!(yg[i] == yc[i] || (isnan(yg[i]) && isnan(yc[i])))) bad++;
+            CHECKF(bad == 0, "fp16: %d outputs differ from the product of the clamped input", bad);
+            for (int i = 0; i < T * ROWS; i++)
+                if (isinf(yg[i])) bad++;
+            CHECKF(bad == 0, "fp16: %d outputs are infinite: the conversion overflowed instead of clamping", bad);
+        }
+        kvs_backend_weight_release(b, &bg);
+    }
+    uint64_t c = 1;
+    CHECK(kvs_backend_acts_saturated(cpu, &c) == KVS_OK && c == 0);
+    free(wf), free(x), free(xc), free(yg), free(yc);
+}
+
 /* ---------------------------------------------------------------- end to end */
 
 /* Statistics of one logit row against the CPU's: normalised error, KL(cpu || cuda), argmaxes. */
@@ -1391,6 +1488,127 @@ static void tiny_opts(struct kvs_tiny_opts *o, int which)
 
 static const char *const tiny_names[] = {"llama", "qwen2-gqa3"};
 
+/* The tiny llama with norm weights of about ±3e4: a few percent of every RMSNorm output, the input
+ * of the q, k, v, gate and up products, lie beyond the fp16 range (65504), as a badly scaled fine-tune's
+ * activations might. fp32 and bf16 hold them; fp16 products must clamp them and say so. */
+static void tiny_overflow_opts(struct kvs_tiny_opts *o)
+{
+    tiny_opts(o, 0);
+    o->norm_jitter = 3e4f;
+    o->weight_std = 0.01f; /* keys and values stay inside fp16: the K/V cache holds fp16 */
+    o->seed = 5;
+}
+
+struct hook_over {
+    int D;        /* the model's width */
+    uint64_t n;   /* layer 0's RMSNorm outputs beyond ±65504 */
+};
+static void count_over_hook(void *ud, int layer, int T, const int32_t *pos, const float *x, const float *xn,
+                            const float *k)
+{
+    struct hook_over *h = ud;
+    (void)pos, (void)x, (void)k;
+    if (layer != 0) return;
+    for (int i = 0; i < T * h->D; i++) h->n += fabsf(xn[i]) > 65504.0f;
+}
+
+/* Prefill of PROMPT on MODEL through the emulated device pretending compute capability CC (the
+ * weights' type follows: fp16 on sm_75, bf16 on sm_80): the activations its fp16 products clamped. */
+static uint64_t acts_clamped_run(const char *path, const char *cc, const char *prompt, char wtype[8])
+{
+    struct kvs_model *m = NULL;
+    struct kvs_press *pr = NULL;
+    struct kvs_ctx *c = NULL;
+    struct kvs_method_config mc;
+    struct kvs_ctx_params cp;
+    char err[256] = "";
+    uint64_t n = UINT64_MAX;
+    int32_t toks[64];
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = 128;
+    cp.n_batch = 16;
+    snprintf(cp.backend, sizeof cp.backend, "cuda");
+    CHECKF(kvs_model_load(&m, path, err, sizeof err) == KVS_OK, "%s", err);
+    if (m) CHECK(kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK &&
+                 kvs_press_new(&pr, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK);
+    setenv("KVS_CUDA_EMU_CC", cc, 1);
+    if (pr) CHECKF(kvs_ctx_new(&c, m, pr, &cp, err, sizeof err) == KVS_OK, "%s", err);
+    unsetenv("KVS_CUDA_EMU_CC");
+    if (c) {
+        int64_t nt = kvs_tokenizer_encode(m->tok, prompt, strlen(prompt), false, toks, 64);
+        CHECK(nt > 0);
+        CHECKF(kvs_ctx_eval(c, toks, (int)nt, NULL) == KVS_OK, "%s", kvs_ctx_error(c));
+        int32_t id = kvs_sample(kvs_ctx_logits(c), (int)m->hp.n_vocab, 0, 1, &rng);
+        CHECKF(kvs_ctx_eval(c, &id, 1, NULL) == KVS_OK, "%s", kvs_ctx_error(c)); /* and a decoded token */
+        n = kvs_ctx_acts_saturated(c);
+        uint64_t ws = 0;
+        snprintf(wtype, 8, "%s", kvs_ctx_weights(c, &ws));
+    }
+    kvs_ctx_delete(c);
+    kvs_press_delete(pr);
+    kvs_model_delete(m);
+    return n;
+}
+
+/* End to end on sm_75 (fp16 weights): a model whose activations overflow fp16 gets them counted, at
+ * least the RMSNorm outputs of layer 0 beyond the range that the CPU's hook sees (each feeds the q,
+ * k and v products); the ordinary tiny model counts 0; on sm_80 (bf16) the overflowing one 0 too. */
+static void test_e2e_acts_saturated(void)
+{
+    const char *prompt = "The GNU General Public License is a free license";
+    char over[1024], plain[1024], err[256] = "";
+    struct kvs_tiny_opts o;
+    if (on_gpu) {
+        printf("skipped: compute capability 7.5 is pretended by the emulation\n");
+        return;
+    }
+    tiny_overflow_opts(&o);
+    snprintf(over, sizeof over, "%s/emu-overflow.gguf", kvs_test_tmpdir());
+    CHECKF(kvs_tiny_write(over, &o) == 0, "%s", kvs_tiny_error());
+    tiny_opts(&o, 0);
+    snprintf(plain, sizeof plain, "%s/emu-plain.gguf", kvs_test_tmpdir());
+    CHECKF(kvs_tiny_write(plain, &o) == 0, "%s", kvs_tiny_error());
+    /* layer 0's RMSNorm outputs beyond fp16 on the CPU (the same prompt, the same embedding) */
+    struct hook_over h = {0};
+    struct kvs_model *m = NULL;
+    struct kvs_press *pr = NULL;
+    struct kvs_ctx *c = NULL;
+    struct kvs_method_config mc;
+    struct kvs_ctx_params cp;
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = 128;
+    cp.n_batch = 16;
+    if (kvs_model_load(&m, over, err, sizeof err) == KVS_OK && kvs_method_parse(&mc, "full", err, sizeof err) == KVS_OK &&
+        kvs_press_new(&pr, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK &&
+        kvs_ctx_new(&c, m, pr, &cp, err, sizeof err) == KVS_OK) {
+        int32_t toks[64];
+        h.D = (int)m->hp.n_embd;
+        int64_t nt = kvs_tokenizer_encode(m->tok, prompt, strlen(prompt), false, toks, 64);
+        kvs_ctx_set_hook(c, count_over_hook, &h);
+        CHECK(nt > 0 && kvs_ctx_eval(c, toks, (int)nt, NULL) == KVS_OK);
+    } else {
+        CHECKF(false, "CPU context on the overflowing model: %s", err);
+    }
+    kvs_ctx_delete(c);
+    kvs_press_delete(pr);
+    kvs_model_delete(m);
+    char w75[8] = "", w80[8] = "", wp[8] = "";
+    uint64_t n75 = acts_clamped_run(over, "75", prompt, w75);
+    uint64_t n80 = acts_clamped_run(over, "80", prompt, w80);
+    uint64_t np = acts_clamped_run(plain, "75", prompt, wp);
+    fprintf(stderr, "   activations clamped: overflowing model %llu (%s; layer 0's norm outputs beyond fp16 on the "
+            "CPU: %llu), %llu (%s); ordinary model %llu (%s)\n", (unsigned long long)n75, w75,
+            (unsigned long long)h.n, (unsigned long long)n80, w80, (unsigned long long)np, wp);
+    CHECKF(!strcmp(w75, "fp16") && !strcmp(w80, "bf16") && !strcmp(wp, "fp16"), "weights %s, %s, %s", w75, w80, wp);
+    CHECKF(h.n > 0, "the overflowing model does not overflow on the CPU");
+    CHECKF(n75 != UINT64_MAX && n75 >= 3 * h.n, "sm_75: %llu activations counted as clamped, at least %llu expected",
+           (unsigned long long)n75, (unsigned long long)(3 * h.n));
+    CHECKF(n80 == 0, "sm_80 (bf16): %llu activations counted as clamped", (unsigned long long)n80);
+    CHECKF(np == 0, "the ordinary model: %llu activations counted as clamped", (unsigned long long)np);
+    remove(over);
+    remove(plain);
+}
+
 static void test_e2e_tiny(void)
 {
     const char *prompt = "The GNU General Public License is a free, copyleft license for software";
@@ -1503,6 +1721,13 @@ int main(int argc, char **argv)
         } else break;
     }
     if (argc == 4 && !strcmp(argv[1], "--write-tiny")) { /* for tests/t_cuda_emu.sh */
+        if (!strcmp(argv[3], "fp16-overflow")) {
+            struct kvs_tiny_opts o;
+            tiny_overflow_opts(&o);
+            if (kvs_tiny_write(argv[2], &o) == 0) return 0;
+            fprintf(stderr, "%s\n", kvs_tiny_error());
+            return 1;
+        }
         for (int k = 0; k < 2; k++)
             if (!strcmp(argv[3], tiny_names[k])) {
                 struct kvs_tiny_opts o;
@@ -1540,6 +1765,9 @@ int main(int argc, char **argv)
         RUN(test_lat_attend_fused);
         RUN(test_svd);
         RUN(test_nvtx_ranges);
+        RUN(test_mem_info);
+        RUN(test_acts_saturated);
+        if (!ops_only) RUN(test_e2e_acts_saturated);
         if (!ops_only) RUN(test_e2e_tiny);
         if (!ops_only) RUN(test_e2e_smollm2);
     }

@@ -101,6 +101,12 @@ static struct kvs_record *mk_step(uint64_t step, uint32_t nl, uint32_t ng)
     s->saved_merge = (int64_t)(rnd() >> 21);
     s->saved_quant = (int64_t)(rnd() >> 23);
     s->saved_evict = (int64_t)(rnd() >> 24);
+    if (step % 3) { /* a CUDA run's card (every third step: not measured, as on the CPU) */
+        s->dev_mem_total = 80ull << 30;
+        s->dev_mem_used = (3ull << 30) + (rnd() >> 40);
+        s->dev_pool_bytes = rnd() >> 30;
+    }
+    s->acts_saturated = step > 5 ? step * 1000003ull : 0;
     s->cr_target = step % 7 ? 0.5f : -1.0f;
     s->cr_achieved = rndf();
     s->logprob = -rndf() * 3;
@@ -210,7 +216,9 @@ static bool rec_equal(const struct kvs_record *a, const struct kvs_record *b)
                   x->bytes_alloc == y->bytes_alloc && x->bytes_factors == y->bytes_factors && feq(x->cr_target, y->cr_target) &&
                   feq(x->cr_achieved, y->cr_achieved) && feq(x->logprob, y->logprob) && feq(x->ppl, y->ppl) &&
                   feq(x->kl, y->kl) && feq(x->top1, y->top1) && x->saved_rank == y->saved_rank &&
-                  x->saved_merge == y->saved_merge && x->saved_quant == y->saved_quant && x->saved_evict == y->saved_evict;
+                  x->saved_merge == y->saved_merge && x->saved_quant == y->saved_quant && x->saved_evict == y->saved_evict &&
+                  x->dev_mem_used == y->dev_mem_used && x->dev_mem_total == y->dev_mem_total &&
+                  x->dev_pool_bytes == y->dev_pool_bytes && x->acts_saturated == y->acts_saturated;
         uint32_t nl = KVS_MIN(x->n_layer, (uint32_t)KVS_MAX_LAYERS), ng = KVS_MIN(x->n_groups, (uint32_t)KVS_MAX_GROUPS);
         ok = ok && feqn(x->layer_sim, y->layer_sim, nl) && feqn(x->group_sim, y->group_sim, ng) &&
              feqn(x->group_merged, y->group_merged, ng);
@@ -1103,6 +1111,10 @@ static void test_export(void)
     CHECK(strstr(buf, "\"piece\":\"\\\"q\\\",\"") != NULL);
     CHECK(strstr(buf, "\"piece\":\"\xc3\xa9t\xc3\xa9\"") != NULL);
     CHECK(strstr(buf, "\"layer_kept\":[") != NULL && strstr(buf, "\"logprob\":null") != NULL); /* validity bits */
+    /* the card: an object on measured steps, null on the others; the clamped activations always */
+    CHECK(strstr(buf, "\"device\":{\"mem_used\":") != NULL && strstr(buf, ",\"mem_total\":85899345920,") != NULL);
+    CHECK(strstr(buf, "\"device\":null,\"acts_saturated\":0,") != NULL);
+    CHECK(strstr(buf, "\"acts_saturated\":6000018,") != NULL);
     free(buf);
     free(ref);
 

@@ -507,6 +507,54 @@ static void test_frames(void)
     kvs_history_free(&h);
 }
 
+/* The card on a CUDA run: the status line shows its used/total memory (whole, or not at all on a
+ * narrow screen), the Memory panel says the bytes are device memory (and how much a run left in
+ * host memory); a CPU run shows no GPU figure and says host memory. */
+static void test_device_memory(void)
+{
+    for (int k = 0; k < 3; k++) { /* 0: CUDA, every pool on the device; 1: CUDA, packed rows on the host; 2: CPU */
+        struct kvs_history h;
+        kvs_history_init(&h, 64);
+        struct kvs_record *run = mk_run("commonkv");
+        snprintf(run->u.run.backend, sizeof run->u.run.backend, "%s", k == 2 ? "cpu" : "cuda");
+        kvs_history_push(&h, run);
+        for (int i = 0; i < 4; i++) {
+            struct kvs_record *r = mk_step((uint64_t)i, ALL_VALID, 0);
+            if (k < 2) {
+                r->u.step.dev_mem_total = 80ull << 30;
+                r->u.step.dev_mem_used = (uint64_t)(3.2 * 1073741824.0);
+                r->u.step.dev_pool_bytes = k ? r->u.step.bytes_alloc - (1u << 20) : r->u.step.bytes_alloc;
+            }
+            kvs_history_push(&h, r);
+        }
+        struct kvs_layout lay;
+        resize_term(40, 200);
+        draw_frame(&h, 200, 40, false, -1, &lay);
+        struct kvs_rect status = lay.status;
+        bool gpu = screen_has(status, "| GPU 3.2/80.0 GiB ");
+        CHECKF(k == 2 ? !screen_has(status, "GPU") : gpu, "case %d: status line %s the card's memory", k,
+               gpu ? "shows" : "lacks");
+        struct kvs_view_ctx v = {.h = &h, .cursor = h.n_steps - 1, .live = true, .t = &theme, .sim_kind = 1};
+        struct kvs_rect r = {0, 0, 100, 20};
+        draw_panel(2, &v, r);
+        CHECKF(screen_has(r, k == 2 ? "KV bytes in host memory" : "KV bytes in device memory"),
+               "case %d: the Memory panel does not say whose memory the bytes are", k);
+        CHECKF(screen_has(r, "(1.00 MiB in host memory)") == (k == 1), "case %d: host share %s", k,
+               k == 1 ? "missing" : "shown without cause");
+        CHECKF(screen_has(r, "GPU ") == (k < 2), "case %d: the card's memory in the panel", k);
+        /* 60 columns: the status line keeps whole fields, never a cut GPU figure */
+        resize_term(24, 60);
+        draw_frame(&h, 60, 24, false, -1, &lay);
+        char row[512];
+        row_text(lay.status.y, 0, 60, row, sizeof row);
+        const char *g = strstr(row, "GPU");
+        CHECKF(!g || strstr(row, "| GPU 3.2/80.0 GiB") != NULL, "60 columns: a cut GPU figure: \"%s\"", row);
+        fprintf(stderr, "   case %d at 60 columns: \"%s\"\n", k, row);
+        kvs_history_free(&h);
+    }
+    resize_term(H, W);
+}
+
 static void test_mono(void)
 {
     struct kvs_theme mono;
@@ -892,6 +940,7 @@ int main(int argc, char **argv)
     RUN(test_quality_live);
     RUN(test_ab);
     RUN(test_frames);
+    RUN(test_device_memory);
     RUN(test_mono);
     RUN(test_story_similarity);
     RUN(test_story_budgets);

@@ -140,6 +140,10 @@ static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
     kvt_buf_u64(b, (uint64_t)s->saved_merge);
     kvt_buf_u64(b, (uint64_t)s->saved_quant);
     kvt_buf_u64(b, (uint64_t)s->saved_evict);
+    kvt_buf_u64(b, s->dev_mem_used);
+    kvt_buf_u64(b, s->dev_mem_total);
+    kvt_buf_u64(b, s->dev_pool_bytes);
+    kvt_buf_u64(b, s->acts_saturated);
 }
 
 static void enc_matrix(struct kvt_buf *b, const struct kvs_rec_matrix *m, uint32_t n_floats)
@@ -359,6 +363,14 @@ static void dec_step(struct cur *c, struct kvs_rec_step *s)
         s->saved_evict = (int64_t)g64(c);
     } else {
         s->valid &= ~(uint32_t)KVS_VALID_SPLIT;
+    }
+    /* appended device fields: absent in older traces (0: not measured, nothing clamped) */
+    s->dev_mem_used = s->dev_mem_total = s->dev_pool_bytes = s->acts_saturated = 0;
+    if (c->pos < c->len) {
+        s->dev_mem_used = g64(c);
+        s->dev_mem_total = g64(c);
+        s->dev_pool_bytes = g64(c);
+        s->acts_saturated = g64(c);
     }
 }
 

@@ -233,6 +233,14 @@ static void json_step(FILE *f, const struct kvs_rec_step *s)
                 (long long)s->saved_evict);
     else
         fputs(",\"saved\":null", f);
+    /* the card: null on the CPU and in traces that did not measure it */
+    if (s->dev_mem_total)
+        fprintf(f, ",\"device\":{\"mem_used\":%llu,\"mem_total\":%llu,\"pool_bytes\":%llu}",
+                (unsigned long long)s->dev_mem_used, (unsigned long long)s->dev_mem_total,
+                (unsigned long long)s->dev_pool_bytes);
+    else
+        fputs(",\"device\":null", f);
+    fprintf(f, ",\"acts_saturated\":%llu", (unsigned long long)s->acts_saturated);
     fputs(",\"ops\":", f);
     if (s->valid & KVS_VALID_OPS) {
         fputc('{', f);

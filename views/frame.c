@@ -95,6 +95,12 @@ static void draw_status(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx 
                  (unsigned long long)s->step, (unsigned long long)(v->h->n_steps ? v->h->n_steps - 1 : 0), s->n_ctx);
         x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);
     }
+    /* the card's used/total memory (CUDA runs only; the CPU has none to show), whole or not at all */
+    if (s && s->dev_mem_total) {
+        int n = snprintf(buf, sizeof buf, "| GPU %.1f/%.1f GiB ", (double)s->dev_mem_used / 1073741824.0,
+                         (double)s->dev_mem_total / 1073741824.0);
+        if (n > 0 && n <= r.w - x) x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);
+    }
     if (run && r.w - x > 20) {
         snprintf(buf, sizeof buf, "| %s %s ", run->model, run->backend);
         x += kvs_w_text(w, t, r.y, r.x + x, r.w - x, KVS_C_STATUS, buf);

@@ -1,11 +1,12 @@
 /* Memory panel: full fp16 vs held vs allocated KV bytes, absolute and as CR (target, achieved from
- * held bytes, and from allocated bytes), the factors a low-rank method keeps (its own line), per
- * layer, and growth with the context over the steps in the history. Draws only from step and run
- * records. */
+ * held bytes, and from allocated bytes), whose memory they are (the GPU's or the host's), the
+ * factors a low-rank method keeps (its own line), per layer, and growth with the context over the
+ * steps in the history. Draws only from step and run records. */
 #include "view.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 static void mem_layout(const struct kvs_view_ctx *v, int *min_w, int *min_h)
 {
@@ -41,6 +42,20 @@ static void mem_draw(WINDOW *w, struct kvs_rect r, const struct kvs_view_ctx *v,
     if (!ok) {
         if (y < ye) kvs_w_text(w, t, y, r.x, r.w, KVS_C_NA, "KV bytes: n/a");
         return;
+    }
+    /* whose memory the bytes below are: the GPU's on a CUDA run (what a longer context or a larger
+     * batch could use), the host's on the CPU; pools a CUDA run left in host memory are said so */
+    if (run && y < ye) {
+        bool host = !strcmp(run->backend, "cpu");
+        int x = kvs_w_text(w, t, y, r.x, r.w, KVS_C_DIM, "KV bytes in ");
+        x += kvs_w_text(w, t, y, r.x + x, r.w - x, KVS_C_TEXT, host ? "host memory" : "device memory");
+        if (!host && s->dev_mem_total && s->dev_pool_bytes < s->bytes_alloc)
+            x += kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_WARN, " (%s in host memory)",
+                              kvs_fmt_bytes(a, sizeof a, s->bytes_alloc - s->dev_pool_bytes));
+        if (!host && s->dev_mem_total)
+            kvs_w_printf(w, t, y, r.x + x, r.w - x, KVS_C_DIM, ", GPU %s of %s used",
+                         kvs_fmt_bytes(a, sizeof a, s->dev_mem_used), kvs_fmt_bytes(b, sizeof b, s->dev_mem_total));
+        y++;
     }
     uint64_t top = s->bytes_full > s->bytes_alloc ? s->bytes_full : s->bytes_alloc;
     if (s->bytes_held > top) top = s->bytes_held;

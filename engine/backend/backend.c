@@ -719,3 +719,22 @@ enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_l
     fallback_end(b, t0);
     return st;
 }
+
+/* ---- the card ---- */
+
+enum kvs_status kvs_backend_mem_info(struct kvs_backend *b, uint64_t *used, uint64_t *total)
+{
+    *used = *total = 0;
+    if (!b || !b->ops->mem_info) return KVS_ERR_UNSUPPORTED;
+    return b->ops->mem_info(b, used, total);
+}
+
+enum kvs_status kvs_backend_acts_saturated(struct kvs_backend *b, uint64_t *count)
+{
+    *count = 0;
+    if (!b || !b->ops->acts_saturated) return KVS_OK;
+    enum kvs_status st = b->ops->acts_saturated(b, count);
+    if (st == KVS_OK) b->acts_saturated = *count;
+    else *count = b->acts_saturated;
+    return st;
+}

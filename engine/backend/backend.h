@@ -232,6 +232,14 @@ struct kvs_backend_ops {
      * segments, in order) host, or NULL: Σ over queries t >= mass_from and heads of the weights. */
     enum kvs_status (*lat_attend)(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
                                   float *out, float *mass);
+
+    /* Device memory and fp16 activation overflow (the two come as a set). */
+    /* optional: NULL -> the backend computes in host memory: no card to report. *used: the card's
+     * memory in use by every process (this one's context included), *total: its size, bytes. */
+    enum kvs_status (*mem_info)(struct kvs_backend *b, uint64_t *used, uint64_t *total);
+    /* optional: NULL -> products never narrow activations. *count: activation values the products
+     * clamped to ±65504 converting them to fp16 since the backend was made (waits for the device). */
+    enum kvs_status (*acts_saturated)(struct kvs_backend *b, uint64_t *count);
 };
 
 struct kvs_backend {
@@ -250,6 +258,9 @@ struct kvs_backend {
     /* host<->backend copies through the buffer wrappers (zero on a host-memory backend) */
     uint64_t xfer_up_bytes, xfer_down_bytes, xfer_up_calls, xfer_down_calls;
     char err[512];            /* last error */
+    /* activation values fp16 products clamped to ±65504, as of the last kvs_backend_acts_saturated
+     * (0 for bf16 or the CPU) */
+    uint64_t acts_saturated;
 };
 
 /* ---- registry ---- */
@@ -397,6 +408,16 @@ enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_la
  * KVS_ERR_STATE when the rows or q/out are device memory the backend cannot attend over. */
 enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
                                        float *out, float *mass);
+
+/* ---- the card: memory and fp16 activation overflow ---- */
+
+/* The card's memory in use (every process) and its size, bytes: KVS_OK, or KVS_ERR_UNSUPPORTED
+ * with both 0 on a backend without device memory (the CPU; B NULL), KVS_ERR_BACKEND with b->err. */
+enum kvs_status kvs_backend_mem_info(struct kvs_backend *b, uint64_t *used, uint64_t *total);
+/* Reads the device's count of activation values clamped to the fp16 range into b->acts_saturated
+ * and *count (0 and KVS_OK on a backend that never narrows them, or B NULL). Waits for the device:
+ * once a step, after its last download, costs no extra synchronisation. */
+enum kvs_status kvs_backend_acts_saturated(struct kvs_backend *b, uint64_t *count);
 
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 

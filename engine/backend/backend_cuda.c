@@ -990,6 +990,22 @@ static enum kvs_status cu_lat_merge(struct kvs_backend *b, const struct kvs_lat_
     return KVS_OK;
 }
 
+/* ---- the card ---- */
+
+static enum kvs_status cu_mem_info(struct kvs_backend *b, uint64_t *used, uint64_t *total)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->mem_info(s->cx, used, total) != KVS_CUDA_OK) return api_fail(b, "device memory");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_acts_saturated(struct kvs_backend *b, uint64_t *count)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->acts_saturated(s->cx, count) != KVS_CUDA_OK) return api_fail(b, "activation overflow count");
+    return KVS_OK;
+}
+
 static void cu_destroy(struct kvs_backend *b)
 {
     struct cuda_be *s = b->ctx;
@@ -1037,6 +1053,8 @@ static const struct kvs_backend_ops cuda_ops = {
     .lat_compact = cu_lat_compact,
     .lat_merge = cu_lat_merge,
     .lat_attend = cu_lat_attend,
+    .mem_info = cu_mem_info,
+    .acts_saturated = cu_acts_saturated,
 };
 
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)

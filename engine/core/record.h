@@ -141,6 +141,13 @@ struct kvs_rec_step {
      * positions included: negative when the latents are the larger). K/V presses (quant, snapkv,
      * streaming): rank and merge 0, the kept tokens' positions charged to evict, else quant */
     int64_t saved_rank, saved_merge, saved_quant, saved_evict;
+    /* the card the run computes on (all 0 on the CPU and in older traces; dev_mem_total 0: not
+     * measured), at the end of the step: its memory in use by every process and its size; the cache
+     * storage this run's backend holds in device memory (pools grown by its own entries, positions
+     * included; pools left in host memory are not in it); activation values fp16 products clamped
+     * to ±65504 since the run started (0 with bf16 weights) */
+    uint64_t dev_mem_used, dev_mem_total, dev_pool_bytes;
+    uint64_t acts_saturated;
 };
 
 enum kvs_matrix_kind {

@@ -264,6 +264,18 @@ const char *kvs_ctx_weights(const struct kvs_ctx *c, uint64_t *saturated)
     return c->be ? c->be->weights : "";
 }
 
+bool kvs_ctx_device_mem(const struct kvs_ctx *c, uint64_t *used, uint64_t *total)
+{
+    return kvs_backend_mem_info(c->be, used, total) == KVS_OK;
+}
+
+uint64_t kvs_ctx_acts_saturated(struct kvs_ctx *c)
+{
+    uint64_t n = 0;
+    kvs_backend_acts_saturated(c->be, &n); /* a failed read keeps the last count */
+    return n;
+}
+
 void kvs_ctx_transfers(const struct kvs_ctx *c, struct kvs_ctx_xfer *out)
 {
     *out = c->xfer;

@@ -62,6 +62,13 @@ void kvs_ctx_transfers(const struct kvs_ctx *c, struct kvs_ctx_xfer *out);
  * NULL), how many weight values an fp16 upload clamped to ±65504 (never silently: callers report a
  * non-zero count). */
 const char *kvs_ctx_weights(const struct kvs_ctx *c, uint64_t *saturated);
+/* The card the context computes on: its memory in use (every process) and its size, bytes; false
+ * with both 0 when there is none (the CPU backend) or the driver did not answer. */
+bool kvs_ctx_device_mem(const struct kvs_ctx *c, uint64_t *used, uint64_t *total);
+/* Activation values the context's fp16 products clamped to ±65504 so far (0 with bf16 weights and
+ * on the CPU); reads the device's counter, waiting for its work: once a step, after the logits.
+ * Callers report a non-zero count (never silent). */
+uint64_t kvs_ctx_acts_saturated(struct kvs_ctx *c);
 
 /* Optional observer called for every layer of every chunk (similarity evidence, calibration).
  * x: (T, D) residual stream entering the layer; xn: (T, D) after attn RMSNorm; k: (T, n_kv*d) keys

@@ -34,6 +34,7 @@ struct kvs_session {
     float *sim_x, *sim_k; /* (n_layer, SIM_SAMPLES, D) and (n_layer, SIM_SAMPLES, dkv) */
     bool sim_filled[SIM_SAMPLES];
     int sim_n;
+    uint64_t acts_logged; /* activation values clamped to fp16 that a log record has reported */
 };
 
 void kvs_session_params_default(struct kvs_session_params *p)
@@ -179,6 +180,17 @@ static void fill_step(struct kvs_session *s, struct kvs_press *press, struct kvs
     st->n_layer = s->model->hp.n_layer;
     st->cr_target = s->p.method.target_cr;
     if (press->ops->fill_record) press->ops->fill_record(press, st);
+    /* the card, after the step's last download: its memory and the fp16 activation overflow count
+     * (read once a step, so the products never wait for it) */
+    if (kvs_ctx_device_mem(ctx, &st->dev_mem_used, &st->dev_mem_total)) st->dev_pool_bytes = kvs_ctx_pool_bytes(ctx);
+    st->acts_saturated = kvs_ctx_acts_saturated(ctx);
+    if (st->acts_saturated && !s->acts_logged) { /* never silent: the products did not see these values */
+        uint64_t clamped = 0;
+        logf_(s, 1, "activations: %llu values beyond the fp16 range clamped to +-65504 in products by step %llu "
+              "(%s weights); bf16 keeps them", (unsigned long long)st->acts_saturated, (unsigned long long)st->step,
+              kvs_ctx_weights(ctx, &clamped));
+        s->acts_logged = st->acts_saturated;
+    }
 }
 
 static void emit_run(struct kvs_session *s, struct kvs_press *press, struct kvs_ctx *ctx)
@@ -459,6 +471,12 @@ end:;
         kvs_profiler_stop(prof);
         drain_profiler(s, prof);
         kvs_profiler_delete(prof);
+    }
+    if (ctx && s->acts_logged) {
+        uint64_t n_acts = kvs_ctx_acts_saturated(ctx);
+        if (n_acts > s->acts_logged)
+            logf_(s, 1, "activations: %llu values beyond the fp16 range clamped to +-65504 in products in this run",
+                  (unsigned long long)n_acts);
     }
     struct kvs_record *r = kvs_record_new(KVS_REC_END, 0);
     if (r) {

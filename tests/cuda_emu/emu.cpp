@@ -83,6 +83,7 @@ struct {
 
 std::mutex mem_lock;
 std::map<uintptr_t, size_t> allocs; /* base -> bytes of every live device allocation */
+size_t live_bytes; /* sum of allocs' bytes: the emulated card's memory in use (cudaMemGetInfo) */
 thread_local cudaError_t last_error = cudaSuccess;
 
 cudaError_t fail(cudaError_t e)
@@ -579,14 +580,49 @@ cudaError_t cudaGetDeviceCount(int *n)
     return cudaSuccess;
 }
 
+/* The emulated card's size: KVS_CUDA_EMU_MEM (bytes, or with a K, M, G or T suffix of powers of
+ * 1024) when set, read at every call so that a test can change it; the host's physical memory
+ * otherwise. Allocations beyond it fail as on a full GPU. */
+static size_t emu_total_mem(void)
+{
+    const char *e = getenv("KVS_CUDA_EMU_MEM");
+    if (e && *e) {
+        char *end = nullptr;
+        unsigned long long v = strtoull(e, &end, 10);
+        int shift = 0;
+        switch (*end) {
+        case 'K': shift = 10, end++; break;
+        case 'M': shift = 20, end++; break;
+        case 'G': shift = 30, end++; break;
+        case 'T': shift = 40, end++; break;
+        default: break;
+        }
+        if (end != e && !*end && v > 0 && v <= (~0ull >> shift)) return (size_t)(v << shift);
+        static bool told;
+        if (!told) say("KVS_CUDA_EMU_MEM=%s is not a size (bytes, or a number with K, M, G or T): ignored", e);
+        told = true;
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    if (!free_bytes || !total_bytes) return fail(cudaErrorInvalidValue);
+    size_t total = emu_total_mem();
+    std::lock_guard<std::mutex> g(mem_lock);
+    *total_bytes = total;
+    *free_bytes = live_bytes < total ? total - live_bytes : 0;
+    return cudaSuccess;
+}
+
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device)
 {
     if (!p) return fail(cudaErrorInvalidValue);
     if (device != 0) return fail(cudaErrorInvalidDevice);
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", kvs_cuda_emulation());
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    p->totalGlobalMem = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+    p->totalGlobalMem = emu_total_mem();
     p->sharedMemPerBlock = SHARED_LIMIT;
     p->regsPerBlock = 65536;
     p->warpSize = 32;
@@ -637,12 +673,18 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
     if (!bytes) return cudaSuccess;
     size_t total = (bytes + REDZONE + 255) & ~(size_t)255;
     if (total < bytes) return fail(cudaErrorMemoryAllocation);
+    size_t card = emu_total_mem();
+    {
+        std::lock_guard<std::mutex> g(mem_lock);
+        if (bytes > card || live_bytes > card - bytes) return fail(cudaErrorMemoryAllocation);
+    }
     unsigned char *m = (unsigned char *)aligned_alloc(256, total);
     if (!m) return fail(cudaErrorMemoryAllocation);
     memset(m, 0xff, bytes); /* NaN in every float, fp16 and bf16 */
     memset(m + bytes, REDZONE_BYTE, REDZONE);
     std::lock_guard<std::mutex> g(mem_lock);
     allocs[(uintptr_t)m] = bytes;
+    live_bytes += bytes;
     *p = m;
     return cudaSuccess;
 }
@@ -662,7 +704,9 @@ cudaError_t cudaFree(void *p)
     }
     check_redzones("cudaFree: a kernel or copy");
     std::lock_guard<std::mutex> g(mem_lock);
-    allocs.erase((uintptr_t)p);
+    auto it = allocs.find((uintptr_t)p);
+    live_bytes -= it->second;
+    allocs.erase(it);
     free(p);
     return cudaSuccess;
 }

@@ -68,6 +68,9 @@ template <typename T> static inline cudaError_t cudaMalloc(T **p, size_t bytes)
     return cudaMalloc((void **)p, bytes);
 }
 cudaError_t cudaFree(void *p);
+/* free and total bytes of the emulated card: total from $KVS_CUDA_EMU_MEM (default: host memory),
+ * used = the live cudaMalloc bytes */
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 cudaError_t cudaMallocHost(void **p, size_t bytes);
 cudaError_t cudaFreeHost(void *p);
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);

@@ -139,6 +139,15 @@ static inline launcher<P...> make_launcher(const char *name, void (*kernel)(P...
 #define __shfl_down_sync(...) kvs_emu::shfl_kind<2>(__FILE__, __LINE__, __VA_ARGS__)
 #define __shfl_xor_sync(...) kvs_emu::shfl_kind<3>(__FILE__, __LINE__, __VA_ARGS__)
 
+/* Atomics: blocks run one after another and a fiber only yields at a barrier or shuffle, so a
+ * plain read-modify-write is indivisible here. Returns the old value, as CUDA does. */
+static inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v)
+{
+    unsigned long long old = *p;
+    *p = old + v;
+    return old;
+}
+
 /* Device math that the host library lacks. */
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
