@@ -112,6 +112,12 @@ plant "embedding reads a neighbouring token's row" embedding.cu \
 plant "bias indexed by row instead of column" elementwise.cu 's/y\[i\] \+= b\[i % n\]/y[i] += b[i \/ n]/'
 plant "SwiGLU sigmoid with the wrong sign" elementwise.cu 's/g\[i\] = v \/ \(1\.0f \+ expf\(-v\)\) \* u\[i\];/g[i] = v \/ (1.0f + expf(v)) * u[i];/'
 plant "residual add drops the last element" elementwise.cu 's/i < n; i \+= stride\) x\[i\] \+= y\[i\];/i < n - 1; i += stride) x[i] += y[i];/'
+# MiniCache's layer pairs on the device (minicache.cu)
+plant "minicache: SLERP with t and 1-t swapped" minicache.cu \
+    's/wa = sin\(\(1 - t\) \* om\) \/ so;\n(\s*)wb = sin\(t \* om\) \/ so;/wa = sin(t * om) \/ so;\n$1wb = sin((1 - t) * om) \/ so;/'
+plant "minicache: a layer's norm taken from its partner" minicache.cu \
+    's/nr\[\(2 \* kv\) \* nkv \+ h\] = __float2half_rn\(na\);/nr[(2 * kv) * nkv + h] = __float2half_rn(nb);/'
+plant "minicache: retained tokens merged anyway" minicache.cu 's/int r = a\.keep \+ j;/int r = j;/'
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
