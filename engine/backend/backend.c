@@ -1,7 +1,7 @@
 /* Backend registry (a static array, CPU first, CUDA found at run time), the wrappers that fall back
  * to the CPU path when an optional entry is NULL or stage host arrays through backend buffers, and
  * the CPU backend itself: thin adapters over the twins in engine/cpu/ (norm, rope, matmul,
- * embedding, elementwise, attention, K/V pool, latent pool, svd), which are
+ * embedding, elementwise, attention, K/V pool, latent pool, minicache, svd), which are
  * the oracle for kernels/. Depends on libc, engine/ headers; never prints, never exits. */
 #include "backend.h"
 #include "attention.h"
