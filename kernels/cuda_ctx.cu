@@ -387,6 +387,9 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_lat_attend,
     api_mem_info,
     api_acts_saturated,
+    kvs_cuda_mc_score,
+    kvs_cuda_mc_merge,
+    kvs_cuda_mc_attend,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

@@ -38,6 +38,7 @@ enum kvs_cuda_scratch_slot {
     KVS_SCR_LAT_POS,    /* lat_attend: their positions (n) */
     KVS_SCR_LAT_PART,   /* lat_attend decode: per split P·C (splits, T*n_head, rank), max and sum */
     KVS_SCR_LAT_MASS,   /* lat_attend decode: attention mass per KV head (n_head_kv, n) */
+    KVS_SCR_MC_KV,      /* mc_attend: unmerged and rebuilt merged K, V rows and positions */
     KVS_SCR_COUNT
 };
 

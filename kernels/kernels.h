@@ -15,13 +15,14 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 6u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 7u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
                                  * 4: lat_attend (attention over latent segment rows);
                                  * 5: lat_attend's fused decode (bk16, splits);
-                                 * 6: mem_info (the card's used/total memory), acts_saturated */
+                                 * 6: mem_info (the card's used/total memory), acts_saturated;
+                                 * 7: MiniCache pairs (mc_score, mc_merge, mc_attend) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -161,6 +162,42 @@ struct kvs_cuda_lat_attend {
                                * $KVS_CUDA_LAT_SPLITS) */
 };
 
+/* MiniCache's merge of two layers' fp16 K/V rows (twins in engine/cpu/minicache.c), all device:
+ * mc_score writes, for the M rows IDX of layers a and b, DIST (m) = acos(û_a·û_b)/π averaged over
+ * the heads of keys then values and DOTS (m, 2*nkv) or NULL = the cosines; mc_merge appends, for
+ * r in [KEEP, M), the SLERP at T of row IDX[r]'s unit directions per head (renormalised) to EK, EV
+ * at row ROW0 + r - KEEP, both layers' norms to NRM (|k_a|, |k_b|, |v_a|, |v_b| per head) and
+ * POS_A[IDX[r]] to POS. The first KEEP rows of IDX are retained, not merged. */
+struct kvs_cuda_mc_pair {
+    int nkv, d, m, keep, row0;
+    float t;
+    const uint16_t *ka, *va, *kb, *vb; /* (n, nkv*d) fp16 bits: the two layers' rows */
+    const int32_t *pos_a;     /* (n) */
+    const int32_t *idx;       /* (m) */
+    float *dist;              /* mc_score: (m) */
+    double *dots;             /* mc_score: (m, 2*nkv) or NULL */
+    uint16_t *ek, *ev;        /* mc_merge: (cap, nkv*d) */
+    uint16_t *nrm;            /* mc_merge: (cap, 4*nkv) */
+    int32_t *pos;             /* mc_merge: (cap) */
+};
+
+/* Attention of T queries over a layer's N unmerged fp16 rows and NM merged rows rebuilt as this
+ * layer's (SIDE 0: the pair's first layer, 1: its second): k = half(|k_side| · dir_k) per head,
+ * v likewise, then as kvs_cuda_attn_kv16; all device. */
+struct kvs_cuda_mc_attend {
+    int T, n_head, n_head_kv, head_dim;
+    const float *q;           /* (T, n_head*head_dim) after RoPE */
+    const int32_t *q_pos;     /* (T) */
+    int n;                    /* unmerged rows */
+    const uint16_t *k, *v;    /* (n, n_head_kv*head_dim) */
+    const int32_t *pos;       /* (n) */
+    int nm, side;             /* merged rows */
+    const uint16_t *ek, *ev;  /* (nm, n_head_kv*head_dim) unit directions */
+    const uint16_t *nrm;      /* (nm, 4*n_head_kv) */
+    const int32_t *mpos;      /* (nm) */
+    float *out;               /* (T, n_head*head_dim) */
+};
+
 /* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in
  * last_error(ctx). Calls on one context must come from one thread at a time. */
 struct kvs_cuda_api {
@@ -233,6 +270,10 @@ struct kvs_cuda_api {
      * (see kvs_cuda_matmul), counted on the device since init and read back here (waits for the
      * stream: call it once a step, after the step's last download). bf16 never clamps. */
     int (*acts_saturated)(struct kvs_cuda_ctx *c, uint64_t *count);
+    /* MiniCache pairs (struct kvs_cuda_mc_pair, struct kvs_cuda_mc_attend). */
+    int (*mc_score)(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a);
+    int (*mc_merge)(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a);
+    int (*mc_attend)(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_attend *a);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -282,6 +323,12 @@ int kvs_cuda_embed(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, cons
 int kvs_cuda_add_bias(struct kvs_cuda_ctx *c, float *y, const float *b, int T, int n);
 int kvs_cuda_add(struct kvs_cuda_ctx *c, float *x, const float *y, int64_t n);
 int kvs_cuda_swiglu(struct kvs_cuda_ctx *c, float *g, const float *u, int64_t n);
+/* kernels/minicache.cu (twins in engine/cpu/minicache.c): one thread per scored row, one per merged
+ * (row, head) with the CPU's sequential sums; attention rebuilds the merged rows into scratch
+ * after the unmerged ones and runs kvs_cuda_attn_kv16 over both. */
+int kvs_cuda_mc_score(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a);
+int kvs_cuda_mc_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a);
+int kvs_cuda_mc_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_attend *a);
 
 #ifdef __cplusplus
 }

@@ -118,6 +118,12 @@ plant "device memory: used and total swapped" cuda_ctx.cu \
     's/\*used = \(uint64_t\)\(t - f\);\n(\s*)\*total = \(uint64_t\)t;/*used = (uint64_t)t;\n$1*total = (uint64_t)(t - f);/'
 plant "fp16 activation overflow: counter never incremented" matmul.cu 's/if \(over\) atomicAdd\(clamped, over\);//'
 plant "fp16 activation overflow: counted but not clamped (inf)" matmul.cu 's/v = v > 0\.0f \? 65504\.0f : -65504\.0f;//'
+# MiniCache's layer pairs on the device (minicache.cu)
+plant "minicache: SLERP with t and 1-t swapped" minicache.cu \
+    's/wa = sin\(\(1 - t\) \* om\) \/ so;\n(\s*)wb = sin\(t \* om\) \/ so;/wa = sin(t * om) \/ so;\n$1wb = sin((1 - t) * om) \/ so;/'
+plant "minicache: a layer's norm taken from its partner" minicache.cu \
+    's/nr\[\(2 \* kv\) \* nkv \+ h\] = __float2half_rn\(na\);/nr[(2 * kv) * nkv + h] = __float2half_rn(nb);/'
+plant "minicache: retained tokens merged anyway" minicache.cu 's/int r = a\.keep \+ j;/int r = j;/'
 
 # lat_attend's fused decode kernel (latent_attend.cu)
 plant "fused decode: online softmax keeps the accumulator when the max grows" latent_attend.cu \

@@ -3,8 +3,8 @@
 # (build/emu/libkvscope_cuda_emu.so via KVS_CUDA_LIB), as a user would run it: on a tiny model and
 # on SmolLM2 the greedy tokens (--json) of --method full (and streaming/snapkv with eviction, whose
 # K/V rows also live in the backend's pool; commonkv and commonkv+quant+snapkv over a long document,
-# whose latent segments live on the device and merge, quantize and evict there) equal the CPU
-# engine's; test_backend's GPU comparisons run
+# whose latent segments live on the device and merge, quantize and evict there; minicache over the
+# same document, whose layer pairs merge on the device) equal the CPU engine's; test_backend's GPU comparisons run
 # on the emulation; a missing emulated library is one clear line and a non-zero exit. Logits are
 # compared in build/tests/test_cuda_emu.
 # Prints "N passed, N failed".
@@ -87,6 +87,11 @@ if "$B/tests/test_cuda_emu" --write-tiny "$T/tiny.gguf" qwen2-gqa3 2>"$T/tiny.er
     # held (the same plan, merges and evictions); the logits themselves are held to the CPU by
     # test_cuda_emu's teacher-forced KL bound on both tiny models.
     same_first tiny-qwen2-commonkv-quant-snapkv "$T/tiny.gguf" "@$T/doc.txt" --method commonkv+quant+snapkv --cr 0.7
+    # MiniCache's layer pairs on the device, about 380 tokens: past the window of 4 sinks and 128
+    # recent tokens, so the prefill merges and retains (over the 1,800-token document the emulated
+    # attention takes ten minutes, and greedy decoding of this random model meets near-ties)
+    head -c 450 /usr/share/common-licenses/GPL-3 >"$T/doc450.txt"
+    same_tokens tiny-qwen2-minicache "$T/tiny.gguf" "@$T/doc450.txt" 16 --method minicache --cr 0.5
 else
     ko "write tiny model: $(head -n 1 "$T/tiny.err")"
 fi

@@ -17,6 +17,7 @@
 #include "cache_pool.h"
 #include "harness.h"
 #include "infer.h"
+#include "mc_pool.h"
 #include "profiler.h"
 #include "svd.h"
 #include "quant.h"
@@ -652,6 +653,110 @@ static void check_svd(const char *what, const float *a, int m, int n, const floa
     CHECKF(rec < tol && orth < tol * 10, "%s: reconstruction %.3g orthogonality %.3g", what, rec, orth);
 }
 
+static enum kvs_status fake_buf_alloc(struct kvs_backend *b, void **data, size_t bytes)
+{
+    *data = NULL;
+    return KVS_ERR_NOMEM;
+}
+
+/* MiniCache's pool on the CPU backend against a backend without the mc_* entries (host memory: the
+ * CPU twins, each call counted as a fallback): the same scores, merged rows and attention, bit for
+ * bit; bytes held and allocated counted in one place and given back; a backend with its own
+ * memory and no mc_* entries gets one clear error, not a fallback on memory it cannot read. */
+static void test_cpu_mc_pool(void)
+{
+    enum { H = 4, G = 2, d = 32, dkv = G * d, n = 300, T = 3 };
+    const int la = 0;
+    struct kvs_backend *cpu = NULL;
+    char err[256];
+    CHECK(kvs_backend_new(&cpu, "cpu", pool, err, sizeof err) == KVS_OK);
+    if (!cpu) return;
+    struct kvs_op_counter ctr[KVS_OP_COUNT] = {{0}}, fctr[KVS_OP_COUNT] = {{0}};
+    cpu->ctr = ctr;
+    struct kvs_backend_ops fake_ops = *cpu->ops;
+    fake_ops.name = "fake";
+    fake_ops.mc_grow = NULL, fake_ops.mc_score = NULL, fake_ops.mc_merge = NULL;
+    fake_ops.mc_attend = NULL, fake_ops.mc_read = NULL;
+    struct kvs_backend fake = {.ops = &fake_ops, .pool = pool, .ctr = fctr};
+    struct kvs_mc_pool *pc = NULL, *pf = NULL;
+    CHECKF(kvs_mc_pool_new(&pc, cpu, 2, G, d, 128, 1, &la, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_mc_pool_new(&pf, &fake, 2, G, d, 128, 1, &la, err, sizeof err) == KVS_OK, "%s", err);
+    if (!pc || !pf) goto done;
+    float *k = malloc((size_t)n * dkv * sizeof(float)), *v = malloc((size_t)n * dkv * sizeof(float));
+    int32_t *pos = malloc((size_t)n * sizeof(int32_t)), *idx = malloc((size_t)n * sizeof(int32_t)), qpos[T];
+    for (int i = 0; i < n; i++) pos[i] = i;
+    for (int l = 0; l < 2; l++) {
+        for (size_t i = 0; i < (size_t)n * dkv; i++) k[i] = frand(-1, 1) + (l ? 0.9f * k[i] : 0.0f);
+        for (size_t i = 0; i < (size_t)n * dkv; i++) v[i] = frand(-1, 1) + (l ? 0.5f * v[i] : 0.0f);
+        CHECK(kvs_mc_pool_store_buf(pc, l, n, pos, k, v) == KVS_OK);
+        CHECK(kvs_mc_pool_store_buf(pf, l, n, pos, k, v) == KVS_OK);
+    }
+    int m = 0;
+    for (int i = 4; i < n - 16; i++) idx[m++] = i;
+    float *dc = malloc((size_t)m * sizeof(float)), *df = malloc((size_t)m * sizeof(float));
+    double *xc = malloc((size_t)m * 2 * G * sizeof(double)), *xf = malloc((size_t)m * 2 * G * sizeof(double));
+    CHECK(kvs_mc_pool_score(pc, 0, idx, m, dc, xc) == KVS_OK && kvs_mc_pool_score(pf, 0, idx, m, df, xf) == KVS_OK);
+    CHECK(!memcmp(dc, df, (size_t)m * sizeof(float)) && !memcmp(xc, xf, (size_t)m * 2 * G * sizeof(double)));
+    bool dist_ok = true;
+    for (int r = 0; r < m; r++) dist_ok = dist_ok && dc[r] > 0 && dc[r] < 0.5f; /* correlated layers: below 90° */
+    CHECKF(dist_ok, "angular distances outside (0, 0.5) for correlated layers");
+    const int keep = 20;
+    CHECK(kvs_mc_pool_merge(pc, 0, 0.6f, idx, m, keep) == KVS_OK && kvs_mc_pool_merge(pf, 0, 0.6f, idx, m, keep) == KVS_OK);
+    int nm = kvs_mc_pool_merged(pc, 0), left = kvs_mc_pool_rows(pc, 0);
+    CHECKF(nm == m - keep && left == n - nm && kvs_mc_pool_rows(pc, 1) == left && kvs_mc_pool_merged(pf, 0) == nm,
+           "%d merged, %d unmerged rows left of %d", nm, left, n);
+    /* the retained rows (idx[0..keep)) stay unmerged in both layers, in order */
+    int32_t *left_pos = malloc((size_t)left * sizeof(int32_t));
+    CHECK(kvs_mc_pool_read_pos(pc, 1, 0, left, left_pos) == KVS_OK);
+    bool kept_ok = left == 4 + keep + 16;
+    for (int i = 0; kept_ok && i < left; i++) kept_ok = left_pos[i] == (i < 4 + keep ? i : n - 16 + (i - 4 - keep));
+    CHECKF(kept_ok, "the retained rows are not the first %d candidates", keep);
+    uint16_t *ec = malloc((size_t)nm * dkv * 2), *ef = malloc((size_t)nm * dkv * 2);
+    int32_t *mpos = malloc((size_t)nm * sizeof(int32_t));
+    CHECK(kvs_backend_mc_read(cpu, &pc->pairs[0], G, d, 0, nm, ec, NULL, NULL, mpos) == KVS_OK);
+    bool merged_ok = true; /* the merged rows are the candidates after the retained ones, in order */
+    for (int r = 0; r < nm; r++) merged_ok = merged_ok && mpos[r] == idx[keep + r];
+    CHECKF(merged_ok, "the merged rows are not candidates %d.. (a retained row merged?)", keep);
+    free(mpos);
+    CHECK(kvs_backend_mc_read(&fake, &pf->pairs[0], G, d, 0, nm, ef, NULL, NULL, NULL) == KVS_OK);
+    CHECK(!memcmp(ec, ef, (size_t)nm * dkv * 2));
+    size_t no = (size_t)T * H * d;
+    float *q = malloc(no * sizeof(float)), *oc = malloc(no * sizeof(float)), *of = malloc(no * sizeof(float));
+    for (size_t i = 0; i < no; i++) q[i] = frand(-2, 2);
+    for (int t = 0; t < T; t++) qpos[t] = n - T + t;
+    for (int l = 0; l < 2; l++) {
+        CHECK(kvs_mc_pool_attend_buf(pc, l, 0, T, qpos, H, q, oc) == KVS_OK);
+        CHECK(kvs_mc_pool_attend_buf(pf, l, 0, T, qpos, H, q, of) == KVS_OK);
+        CHECKF(!memcmp(oc, of, no * sizeof(float)), "layer %d: the fallback's attention differs", l);
+    }
+    uint64_t row = (uint64_t)dkv * 4 + 4, mrow = kvs_mc_row_bytes(G, d);
+    uint64_t held = kvs_mc_pool_bytes_held(pc, 0) + kvs_mc_pool_bytes_held(pc, 1);
+    uint64_t alloc = kvs_mc_pool_bytes_alloc(pc, 0) + kvs_mc_pool_bytes_alloc(pc, 1);
+    CHECKF(held == 2 * left * row + (uint64_t)nm * mrow && alloc == 2 * 128 * row + 384 * mrow &&
+               cpu->pool_bytes == alloc && fake.pool_bytes == 2 * 128 * row,
+           "held %llu, allocated %llu (backend counts %llu; the one without mc entries %llu: its K/V rows only)",
+           (unsigned long long)held, (unsigned long long)alloc, (unsigned long long)cpu->pool_bytes,
+           (unsigned long long)fake.pool_bytes);
+    CHECKF(fctr[KVS_OP_FALLBACK].calls == 6 && ctr[KVS_OP_FALLBACK].calls == 0,
+           "fallbacks: %u on the backend without mc entries (1 grow, 1 score, 1 merge, 1 read, 2 attentions), %u on "
+           "the CPU", fctr[KVS_OP_FALLBACK].calls, ctr[KVS_OP_FALLBACK].calls);
+    /* a backend with device memory and no mc_* entries: an error that says so */
+    struct kvs_backend_ops dev_ops = fake_ops;
+    dev_ops.name = "devicelike";
+    dev_ops.buf_alloc = fake_buf_alloc;
+    struct kvs_backend dev = {.ops = &dev_ops, .pool = pool};
+    struct kvs_mc_rows P = {0};
+    CHECK(kvs_backend_mc_grow(&dev, &P, G, d, 128) == KVS_ERR_STATE && strstr(dev.err, "no minicache entries") &&
+          P.cap == 0);
+    free(k), free(v), free(pos), free(idx), free(dc), free(df), free(xc), free(xf), free(left_pos);
+    free(ec), free(ef), free(q), free(oc), free(of);
+done:
+    kvs_mc_pool_delete(pc);
+    kvs_mc_pool_delete(pf);
+    CHECK(cpu->pool_bytes == 0);
+    kvs_backend_delete(cpu);
+}
+
 static void test_cpu_svd(void)
 {
     int shapes[2][2] = {{40, 12}, {12, 40}};
@@ -910,6 +1015,7 @@ int main(int argc, char **argv)
     RUN(test_cpu_attn_latent);
     RUN(test_cpu_attn_kv16);
     RUN(test_cpu_kv_pool);
+    RUN(test_cpu_mc_pool);
     RUN(test_cpu_svd);
     RUN(test_profiler_probe);
     RUN(test_gpu);

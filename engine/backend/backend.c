@@ -1,12 +1,13 @@
 /* Backend registry (a static array, CPU first, CUDA found at run time), the wrappers that fall back
  * to the CPU path when an optional entry is NULL or stage host arrays through backend buffers, and
  * the CPU backend itself: thin adapters over the twins in engine/cpu/ (norm, rope, matmul,
- * embedding, elementwise, attention, K/V pool, latent pool, svd), which are
+ * embedding, elementwise, attention, K/V pool, latent pool, minicache, svd), which are
  * the oracle for kernels/. Depends on libc, engine/ headers; never prints, never exits. */
 #include "backend.h"
 #include "attention.h"
 #include "kv_pool.h"
 #include "latent_pool.h"
+#include "minicache.h"
 #include "svd.h"
 
 #include <math.h>
@@ -152,6 +153,37 @@ static enum kvs_status cpu_lat_merge(struct kvs_backend *b, const struct kvs_lat
     return kvs_cpu_lat_merge(src, dst, f, idx, m, w);
 }
 
+/* MiniCache pairs (twins: engine/cpu/minicache.c) */
+static enum kvs_status cpu_mc_grow(struct kvs_backend *b, struct kvs_mc_rows *P, int nkv, int d, int cap)
+{
+    return kvs_cpu_mc_grow(P, nkv, d, cap);
+}
+
+static enum kvs_status cpu_mc_score(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                    int nkv, int d, const int32_t *idx, int m, float *dist, double *dots)
+{
+    return kvs_cpu_mc_score(A, B, nkv, d, idx, m, dist, dots);
+}
+
+static enum kvs_status cpu_mc_merge(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                    struct kvs_mc_rows *P, int nkv, int d, float t, const int32_t *idx, int m,
+                                    int keep)
+{
+    return kvs_cpu_mc_merge(A, B, P, nkv, d, t, idx, m, keep);
+}
+
+static enum kvs_status cpu_mc_attend(struct kvs_backend *b, const struct kvs_kv_rows *L, const struct kvs_mc_rows *P,
+                                     int side, const struct kvs_kv_attend_args *a, const float *q, float *out)
+{
+    return kvs_cpu_mc_attend(b->pool, L, P, side, a, q, out);
+}
+
+static enum kvs_status cpu_mc_read(struct kvs_backend *b, const struct kvs_mc_rows *P, int nkv, int d, int row0,
+                                   int n, uint16_t *ek, uint16_t *ev, uint16_t *nrm, int32_t *pos)
+{
+    return kvs_cpu_mc_read(P, nkv, d, row0, n, ek, ev, nrm, pos);
+}
+
 static void cpu_destroy(struct kvs_backend *b) {}
 
 static const struct kvs_backend_ops cpu_ops = {
@@ -181,6 +213,11 @@ static const struct kvs_backend_ops cpu_ops = {
     .lat_compact = cpu_lat_compact,
     .lat_merge = cpu_lat_merge,
     .lat_attend = cpu_lat_attend,
+    .mc_grow = cpu_mc_grow,
+    .mc_score = cpu_mc_score,
+    .mc_merge = cpu_mc_merge,
+    .mc_attend = cpu_mc_attend,
+    .mc_read = cpu_mc_read,
 };
 
 static const char *cpu_probe(bool *available)
@@ -736,5 +773,81 @@ enum kvs_status kvs_backend_acts_saturated(struct kvs_backend *b, uint64_t *coun
     enum kvs_status st = b->ops->acts_saturated(b, count);
     if (st == KVS_OK) b->acts_saturated = *count;
     else *count = b->acts_saturated;
+    return st;
+}
+
+/* ---- MiniCache pair entries: the backend's set, or the CPU twins on host memory, counted ---- */
+
+bool kvs_backend_mc_native(const struct kvs_backend *b) { return b && b->ops->mc_grow; }
+
+/* The CPU twins read host memory only: on a backend with its own (device) memory the missing
+ * entries are an error, not a fallback. */
+static bool mc_fallback_ok(struct kvs_backend *b, const char *what)
+{
+    if (kvs_backend_host_memory(b)) return true;
+    kvs_seterr(b->err, sizeof b->err, "%s: %s holds rows in its own memory but has no minicache entries", what,
+               b->ops->name);
+    return false;
+}
+
+enum kvs_status kvs_backend_mc_grow(struct kvs_backend *b, struct kvs_mc_rows *P, int nkv, int d, int cap)
+{
+    if (kvs_backend_mc_native(b)) {
+        int old = P->cap;
+        enum kvs_status st = b->ops->mc_grow(b, P, nkv, d, cap);
+        uint64_t row = kvs_mc_row_bytes(nkv, d);
+        b->pool_bytes = b->pool_bytes - (uint64_t)old * row + (uint64_t)P->cap * row;
+        return st;
+    }
+    if (!mc_fallback_ok(b, "mc_grow")) return KVS_ERR_STATE;
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_mc_grow(P, nkv, d, cap);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_mc_score(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                     int nkv, int d, const int32_t *idx, int m, float *dist, double *dots)
+{
+    if (kvs_backend_mc_native(b)) return b->ops->mc_score(b, A, B, nkv, d, idx, m, dist, dots);
+    if (!mc_fallback_ok(b, "mc_score")) return KVS_ERR_STATE;
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_mc_score(A, B, nkv, d, idx, m, dist, dots);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_mc_merge(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                     struct kvs_mc_rows *P, int nkv, int d, float t, const int32_t *idx, int m,
+                                     int keep)
+{
+    if (kvs_backend_mc_native(b)) return b->ops->mc_merge(b, A, B, P, nkv, d, t, idx, m, keep);
+    if (!mc_fallback_ok(b, "mc_merge")) return KVS_ERR_STATE;
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_mc_merge(A, B, P, nkv, d, t, idx, m, keep);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_mc_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,
+                                      const struct kvs_mc_rows *P, int side, const struct kvs_kv_attend_args *a,
+                                      const float *q, float *out)
+{
+    if (kvs_backend_mc_native(b)) return b->ops->mc_attend(b, L, P, side, a, q, out);
+    if (!mc_fallback_ok(b, "mc_attend")) return KVS_ERR_STATE;
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_mc_attend(b ? b->pool : NULL, L, P, side, a, q, out);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_mc_read(struct kvs_backend *b, const struct kvs_mc_rows *P, int nkv, int d, int row0,
+                                    int n, uint16_t *ek, uint16_t *ev, uint16_t *nrm, int32_t *pos)
+{
+    if (kvs_backend_mc_native(b)) return b->ops->mc_read(b, P, nkv, d, row0, n, ek, ev, nrm, pos);
+    if (!mc_fallback_ok(b, "mc_read")) return KVS_ERR_STATE;
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_mc_read(P, nkv, d, row0, n, ek, ev, nrm, pos);
+    fallback_end(b, t0);
     return st;
 }

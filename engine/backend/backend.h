@@ -111,6 +111,16 @@ struct kvs_lat_attend_args {
     int mass_from;            /* queries t >= mass_from add their weights to the mass */
 };
 
+/* The merged tokens of a MiniCache layer pair (la, la+1) in a backend's memory (DESIGN.md §5
+ * `minicache`): per token and KV head one unit direction for the keys and one for the values,
+ * shared by both layers, and each layer's own norms. Only backend entries read or write it. */
+struct kvs_mc_rows {
+    void *ek, *ev;            /* (cap, nkv*d) fp16 unit directions per head; backend memory */
+    void *nrm;                /* (cap, 4*nkv) fp16: |k_la|, |k_la+1|, |v_la|, |v_la+1| per head */
+    void *pos;                /* (cap) int32 original positions */
+    int n, cap;               /* rows held, rows allocated */
+};
+
 /* A weight as one backend sees it: the model's weight and, once prepared, its device copy. */
 struct kvs_backend_weight {
     const struct kvs_weight *w;
@@ -240,6 +250,33 @@ struct kvs_backend_ops {
     /* optional: NULL -> products never narrow activations. *count: activation values the products
      * clamped to ±65504 converting them to fp16 since the backend was made (waits for the device). */
     enum kvs_status (*acts_saturated)(struct kvs_backend *b, uint64_t *count);
+    /* MiniCache merged pairs (engine/backend/mc_pool.h; struct kvs_mc_rows): the unmerged rows of
+     * both layers sit in a K/V cache pool (kv_* entries); these entries score, merge and attend. The
+     * five entries come as a set: mc_grow NULL -> every pair of this backend lives in host memory
+     * and takes the CPU twins of engine/cpu/minicache.h (each call a counted fallback; an error when
+     * the K/V rows are device memory). NKV heads of width D; host arrays are marked. */
+    /* optional: NULL -> CPU path. Grows P to CAP >= P->n rows, keeping them (CAP 0 frees). */
+    enum kvs_status (*mc_grow)(struct kvs_backend *b, struct kvs_mc_rows *P, int nkv, int d, int cap);
+    /* For the M rows IDX (host) of layers A and B (the same tokens, row for row): DIST (M) host =
+     * angular distance acos(û_a·û_b)/π averaged over heads, keys then values; DOTS (M, 2*NKV) host,
+     * or NULL = the cosines û_a·û_b, keys' heads first. */
+    enum kvs_status (*mc_score)(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                int nkv, int d, const int32_t *idx, int m, float *dist, double *dots);
+    /* Appends M - KEEP rows to P (room allocated; P->n moves): for r in [KEEP, M), row IDX[r] (host)
+     * of A and B merged per head into the SLERP at T of their unit directions (renormalised) with
+     * both layers' norms, at A's position. The first KEEP rows of IDX are retained, not merged. */
+    enum kvs_status (*mc_merge)(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                struct kvs_mc_rows *P, int nkv, int d, float t, const int32_t *idx, int m,
+                                int keep);
+    /* out (T, n_head*head_dim) = attention of q over L's rows and P's merged rows (P may be NULL)
+     * rebuilt as SIDE's keys and values (SIDE 0: P's first layer, 1: its second): k = |k_side| ·
+     * dir_k per head, rounded to fp16 like a stored row; q, out backend memory. */
+    enum kvs_status (*mc_attend)(struct kvs_backend *b, const struct kvs_kv_rows *L, const struct kvs_mc_rows *P,
+                                 int side, const struct kvs_kv_attend_args *a, const float *q, float *out);
+    /* Copies rows [row0, row0+n) of P to host: ek, ev (n, nkv*d), nrm (n, 4*nkv) fp16 bits, pos (n);
+     * any may be NULL. */
+    enum kvs_status (*mc_read)(struct kvs_backend *b, const struct kvs_mc_rows *P, int nkv, int d, int row0, int n,
+                               uint16_t *ek, uint16_t *ev, uint16_t *nrm, int32_t *pos);
 };
 
 struct kvs_backend {
@@ -418,6 +455,24 @@ enum kvs_status kvs_backend_mem_info(struct kvs_backend *b, uint64_t *used, uint
  * and *count (0 and KVS_OK on a backend that never narrows them, or B NULL). Waits for the device:
  * once a step, after its last download, costs no extra synchronisation. */
 enum kvs_status kvs_backend_acts_saturated(struct kvs_backend *b, uint64_t *count);
+/* MiniCache pair entries: the backend's set, or the CPU twins (host memory) when it has none; a
+ * CPU backend's own are not fallbacks, another backend's are, each call counted in
+ * b->ctr[KVS_OP_FALLBACK]; B may be NULL (the CPU path). KVS_ERR_STATE when the rows are device
+ * memory the CPU twins cannot read. mc_grow keeps b->pool_bytes. */
+bool kvs_backend_mc_native(const struct kvs_backend *b);
+enum kvs_status kvs_backend_mc_grow(struct kvs_backend *b, struct kvs_mc_rows *P, int nkv, int d, int cap);
+enum kvs_status kvs_backend_mc_score(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                     int nkv, int d, const int32_t *idx, int m, float *dist, double *dots);
+enum kvs_status kvs_backend_mc_merge(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                     struct kvs_mc_rows *P, int nkv, int d, float t, const int32_t *idx, int m,
+                                     int keep);
+enum kvs_status kvs_backend_mc_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,
+                                      const struct kvs_mc_rows *P, int side, const struct kvs_kv_attend_args *a,
+                                      const float *q, float *out);
+enum kvs_status kvs_backend_mc_read(struct kvs_backend *b, const struct kvs_mc_rows *P, int nkv, int d, int row0,
+                                    int n, uint16_t *ek, uint16_t *ev, uint16_t *nrm, int32_t *pos);
+/* Bytes of one merged row: two directions, four norms per head, a position. */
+uint64_t kvs_mc_row_bytes(int nkv, int d);
 
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 

@@ -1006,6 +1006,124 @@ static enum kvs_status cu_acts_saturated(struct kvs_backend *b, uint64_t *count)
     return KVS_OK;
 }
 
+/* ---- MiniCache pairs in device memory (twins: engine/cpu/minicache.c) ---- */
+
+static void cu_mc_free(struct cuda_be *s, void **ek, void **ev, void **nrm, void **pos)
+{
+    s->api->free(s->cx, *ek);
+    s->api->free(s->cx, *ev);
+    s->api->free(s->cx, *nrm);
+    s->api->free(s->cx, *pos);
+    *ek = *ev = *nrm = *pos = NULL;
+}
+
+static enum kvs_status cu_mc_grow(struct kvs_backend *b, struct kvs_mc_rows *P, int nkv, int d, int cap)
+{
+    struct cuda_be *s = b->ctx;
+    if (nkv <= 0 || d <= 0 || cap < P->n) return KVS_ERR_ARG;
+    if (cap == 0) {
+        cu_mc_free(s, &P->ek, &P->ev, &P->nrm, &P->pos);
+        P->cap = 0;
+        return KVS_OK;
+    }
+    size_t row = (size_t)nkv * d * sizeof(uint16_t), nrow = (size_t)4 * nkv * sizeof(uint16_t);
+    if ((size_t)cap > SIZE_MAX / row) return KVS_ERR_ARG;
+    void *ek = NULL, *ev = NULL, *nr = NULL, *p = NULL;
+    if (s->api->alloc(s->cx, &ek, (size_t)cap * row) != KVS_CUDA_OK ||
+        s->api->alloc(s->cx, &ev, (size_t)cap * row) != KVS_CUDA_OK ||
+        s->api->alloc(s->cx, &nr, (size_t)cap * nrow) != KVS_CUDA_OK ||
+        s->api->alloc(s->cx, &p, (size_t)cap * sizeof(int32_t)) != KVS_CUDA_OK)
+        goto fail;
+    /* the merged rows move to the new blocks on the device; the old ones go once the copies ran */
+    if (P->n && (s->api->copy(s->cx, ek, P->ek, (size_t)P->n * row) != KVS_CUDA_OK ||
+                 s->api->copy(s->cx, ev, P->ev, (size_t)P->n * row) != KVS_CUDA_OK ||
+                 s->api->copy(s->cx, nr, P->nrm, (size_t)P->n * nrow) != KVS_CUDA_OK ||
+                 s->api->copy(s->cx, p, P->pos, (size_t)P->n * sizeof(int32_t)) != KVS_CUDA_OK))
+        goto fail;
+    cu_mc_free(s, &P->ek, &P->ev, &P->nrm, &P->pos);
+    P->ek = ek, P->ev = ev, P->nrm = nr, P->pos = p;
+    P->cap = cap;
+    return KVS_OK;
+fail:;
+    enum kvs_status st = api_fail(b, "mc_grow");
+    cu_mc_free(s, &ek, &ev, &nr, &p);
+    return st;
+}
+
+static bool mc_idx_ok(const struct kvs_kv_rows *A, const struct kvs_kv_rows *B, const int32_t *idx, int m)
+{
+    for (int r = 0; r < m; r++)
+        if (idx[r] < 0 || idx[r] >= A->n || idx[r] >= B->n) return false;
+    return true;
+}
+
+static enum kvs_status cu_mc_score(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                   int nkv, int d, const int32_t *idx, int m, float *dist, double *dots)
+{
+    struct cuda_be *s = b->ctx;
+    void *didx, *ddist, *ddots = NULL;
+    if (nkv <= 0 || d <= 0 || m < 0 || !mc_idx_ok(A, B, idx, m)) return KVS_ERR_ARG;
+    if (!m) return KVS_OK;
+    /* the row indices go up, the distances (and cosines) come back */
+    TRY(put(b, ST_QPOS, idx, (size_t)m * sizeof(int32_t), &didx));
+    if (!(ddist = stage(b, ST_U, (size_t)m * sizeof(float)))) return KVS_ERR_BACKEND;
+    if (dots && !(ddots = stage(b, ST_S, (size_t)m * 2 * nkv * sizeof(double)))) return KVS_ERR_BACKEND;
+    struct kvs_cuda_mc_pair a = {.nkv = nkv, .d = d, .m = m, .ka = A->k, .va = A->v, .kb = B->k, .vb = B->v,
+                                 .pos_a = A->pos, .idx = didx, .dist = ddist, .dots = ddots};
+    if (s->api->mc_score(s->cx, &a) != KVS_CUDA_OK) return api_fail(b, "mc_score");
+    TRY(get(b, dist, ddist, (size_t)m * sizeof(float)));
+    if (dots) TRY(get(b, dots, ddots, (size_t)m * 2 * nkv * sizeof(double)));
+    return KVS_OK;
+}
+
+static enum kvs_status cu_mc_merge(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
+                                   struct kvs_mc_rows *P, int nkv, int d, float t, const int32_t *idx, int m, int keep)
+{
+    struct cuda_be *s = b->ctx;
+    void *didx;
+    if (nkv <= 0 || d <= 0 || m < 0 || keep < 0 || keep > m || P->n > P->cap - (m - keep) || !mc_idx_ok(A, B, idx, m))
+        return KVS_ERR_ARG;
+    if (m == keep) return KVS_OK;
+    TRY(put(b, ST_QPOS, idx, (size_t)m * sizeof(int32_t), &didx));
+    struct kvs_cuda_mc_pair a = {.nkv = nkv, .d = d, .m = m, .keep = keep, .row0 = P->n, .t = t, .ka = A->k,
+                                 .va = A->v, .kb = B->k, .vb = B->v, .pos_a = A->pos, .idx = didx, .ek = P->ek,
+                                 .ev = P->ev, .nrm = P->nrm, .pos = P->pos};
+    if (s->api->mc_merge(s->cx, &a) != KVS_CUDA_OK) return api_fail(b, "mc_merge");
+    P->n += m - keep;
+    return KVS_OK;
+}
+
+static enum kvs_status cu_mc_attend(struct kvs_backend *b, const struct kvs_kv_rows *L, const struct kvs_mc_rows *P,
+                                    int side, const struct kvs_kv_attend_args *a, const float *q, float *out)
+{
+    struct cuda_be *s = b->ctx;
+    void *dqp;
+    if (a->T < 0 || a->n_head <= 0 || a->n_head_kv <= 0 || a->head_dim <= 0 || (side != 0 && side != 1))
+        return KVS_ERR_ARG;
+    if (a->T == 0) return KVS_OK;
+    /* q and out are device buffers; only the query positions go up */
+    TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
+    struct kvs_cuda_mc_attend d = {.T = a->T, .n_head = a->n_head, .n_head_kv = a->n_head_kv, .head_dim = a->head_dim,
+                                   .q = q, .q_pos = dqp, .n = L->n, .k = L->k, .v = L->v, .pos = L->pos,
+                                   .nm = P ? P->n : 0, .side = side, .out = out};
+    if (P) d.ek = P->ek, d.ev = P->ev, d.nrm = P->nrm, d.mpos = P->pos;
+    if (s->api->mc_attend(s->cx, &d) != KVS_CUDA_OK) return api_fail(b, "mc_attend");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_mc_read(struct kvs_backend *b, const struct kvs_mc_rows *P, int nkv, int d, int row0, int n,
+                                  uint16_t *ek, uint16_t *ev, uint16_t *nrm, int32_t *pos)
+{
+    if (nkv <= 0 || d <= 0 || row0 < 0 || n < 0 || row0 > P->n - n) return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    size_t dkv = (size_t)nkv * d, bytes = (size_t)n * dkv * sizeof(uint16_t);
+    if (ek) TRY(get(b, ek, (const uint16_t *)P->ek + (size_t)row0 * dkv, bytes));
+    if (ev) TRY(get(b, ev, (const uint16_t *)P->ev + (size_t)row0 * dkv, bytes));
+    if (nrm) TRY(get(b, nrm, (const uint16_t *)P->nrm + (size_t)row0 * 4 * nkv, (size_t)n * 4 * nkv * sizeof(uint16_t)));
+    if (pos) TRY(get(b, pos, (const int32_t *)P->pos + row0, (size_t)n * sizeof(int32_t)));
+    return KVS_OK;
+}
+
 static void cu_destroy(struct kvs_backend *b)
 {
     struct cuda_be *s = b->ctx;
@@ -1055,6 +1173,11 @@ static const struct kvs_backend_ops cuda_ops = {
     .lat_attend = cu_lat_attend,
     .mem_info = cu_mem_info,
     .acts_saturated = cu_acts_saturated,
+    .mc_grow = cu_mc_grow,
+    .mc_score = cu_mc_score,
+    .mc_merge = cu_mc_merge,
+    .mc_attend = cu_mc_attend,
+    .mc_read = cu_mc_read,
 };
 
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)
