@@ -351,6 +351,10 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     api_range_push,
     api_range_pop,
     kvs_cuda_lat_attend,
+    kvs_cuda_kvq_quantize,
+    kvs_cuda_kvq_attend,
+    kvs_cuda_kvq_compact,
+    kvs_cuda_kvq_scores,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

@@ -36,6 +36,10 @@ enum kvs_cuda_scratch_slot {
     KVS_SCR_COMPACT,    /* kv_compact: gathered K, V rows and positions */
     KVS_SCR_LAT_C,      /* lat_attend: the segments' rows gathered to fp32 (n, rank) */
     KVS_SCR_LAT_POS,    /* lat_attend: their positions (n) */
+    KVS_SCR_KVQ_ROWS,   /* kvq_attend: fp16 K, V rows and positions of packed + fp16 tiers;
+                         * kvq_compact: decoded keys of re-encoded blocks (fp32) */
+    KVS_SCR_KVQ_MASS,   /* kvq_attend: per-row mass; kvq_scores: present flags;
+                         * kvq_compact: the new packed arrays before they are copied back */
     KVS_SCR_COUNT
 };
 
