@@ -300,8 +300,7 @@ uint64_t kvs_kvq_pool_bytes_alloc(const struct kvs_kvq_pool *p, int layer)
 {
     const struct kvs_kvq_rows *L = &p->rows[layer];
     return (uint64_t)L->f16.cap * ((uint64_t)p->f.dkv * 2 * sizeof(uint16_t) + sizeof(int32_t)) + L->kq_cap +
-           (uint64_t)L->tq_cap * (p->f.vrow + sizeof(int32_t)) + (uint64_t)L->blk_cap * 3 * sizeof(uint32_t) +
-           (uint64_t)L->n_score * sizeof(float);
+           (uint64_t)L->tq_cap * (p->f.vrow + sizeof(int32_t)) + (uint64_t)L->n_score * sizeof(float);
 }
 
 bool kvs_kvq_pool_native(const struct kvs_kvq_pool *p) { return kvs_backend_kvq_native(p->be); }

@@ -56,8 +56,8 @@ int kvs_kvq_pool_rows_packed(const struct kvs_kvq_pool *p, int layer);
 uint64_t kvs_kvq_pool_bytes_held(const struct kvs_kvq_pool *p, int layer);
 /* The packed blocks alone (keys, values, positions). */
 uint64_t kvs_kvq_pool_bytes_packed(const struct kvs_kvq_pool *p, int layer);
-/* Everything allocated for LAYER: both tiers' capacity with positions, the block table and the
- * score. */
+/* Everything allocated in the backend for LAYER: both tiers' capacity with positions and the
+ * score (the host block table, 12 bytes a block, is bookkeeping like the pool struct). */
 uint64_t kvs_kvq_pool_bytes_alloc(const struct kvs_kvq_pool *p, int layer);
 /* True when the rows live in the backend's own memory. */
 bool kvs_kvq_pool_native(const struct kvs_kvq_pool *p);
