@@ -49,7 +49,7 @@ void kvs_kvq_pool_delete(struct kvs_kvq_pool *p)
         if (L->tq_cap || L->kq_cap || L->score) kvs_backend_kvq_grow(p->be, L, &p->f, 0, 0, 0);
         free(L->blk_nt), free(L->blk_koff), free(L->blk_t0);
     }
-    for (int i = 0; i < 2; i++) kvs_backend_buf_free(p->be, &p->stage[i]);
+    for (int i = 0; i < 2; i++) kvs_backend_buf_free(p->be, &p->stage[i]), free(p->host[i]);
     free(p->pos);
     free(p->rows);
     free(p);
@@ -91,8 +91,9 @@ static enum kvs_status f16_fit(struct kvs_kvq_pool *p, struct kvs_kvq_rows *L, i
     return kvs_backend_kv_grow(p->fbe, &L->f16, p->f.dkv, cap);
 }
 
-enum kvs_status kvs_kvq_pool_store(struct kvs_kvq_pool *p, int layer, int T, const int32_t *pos, const float *k,
-                                   const float *v)
+/* Appends T rows whose k, v are where the fp16 tier's backend (fbe) reads them. */
+static enum kvs_status store_rows(struct kvs_kvq_pool *p, int layer, int T, const int32_t *pos, const float *k,
+                                  const float *v)
 {
     if (!layer_ok(p, layer) || T < 0) return KVS_ERR_ARG;
     struct kvs_kvq_rows *L = &p->rows[layer];
@@ -104,19 +105,53 @@ enum kvs_status kvs_kvq_pool_store(struct kvs_kvq_pool *p, int layer, int T, con
     if (L->f16.n + T > L->f16.cap && (st = f16_fit(p, L, L->f16.n + T)) != KVS_OK) return fail(p, st, "growing", layer);
     bool dense = L->f16.n + L->tq == 0 || (L->f16.dense && L->tq == 0);
     for (int t = 0; t < T && dense; t++) dense = pos[t] == L->f16.n + t;
-    if (staged(p)) {
-        size_t bytes = (size_t)T * (size_t)p->f.dkv * sizeof(float);
-        if ((st = stage_buf(p, 0, bytes)) != KVS_OK || (st = stage_buf(p, 1, bytes)) != KVS_OK ||
-            (st = kvs_backend_buf_upload(p->be, &p->stage[0], 0, k, bytes)) != KVS_OK ||
-            (st = kvs_backend_buf_upload(p->be, &p->stage[1], 0, v, bytes)) != KVS_OK)
-            return fail(p, st, "staging", layer);
-        k = p->stage[0].data;
-        v = p->stage[1].data;
-    }
     if ((st = kvs_backend_kv_store(p->fbe, &L->f16, p->f.dkv, T, pos, k, v)) != KVS_OK)
         return fail(p, st, "storing", layer);
     L->f16.dense = dense;
     return KVS_OK;
+}
+
+/* Host scratch of BYTES for a device backend without the kvq entries (its pool is host memory). */
+static float *host_buf(struct kvs_kvq_pool *p, int i, size_t bytes)
+{
+    if (p->host_cap[i] < bytes) {
+        float *h = realloc(p->host[i], bytes);
+        if (!h) return NULL;
+        p->host[i] = h;
+        p->host_cap[i] = bytes;
+    }
+    return p->host[i];
+}
+
+enum kvs_status kvs_kvq_pool_store(struct kvs_kvq_pool *p, int layer, int T, const int32_t *pos, const float *k,
+                                   const float *v)
+{
+    if (!layer_ok(p, layer) || T < 0) return KVS_ERR_ARG;
+    if (!staged(p)) return store_rows(p, layer, T, pos, k, v);
+    size_t bytes = (size_t)T * (size_t)p->f.dkv * sizeof(float);
+    enum kvs_status st;
+    if ((st = stage_buf(p, 0, bytes)) != KVS_OK || (st = stage_buf(p, 1, bytes)) != KVS_OK ||
+        (st = kvs_backend_buf_upload(p->be, &p->stage[0], 0, k, bytes)) != KVS_OK ||
+        (st = kvs_backend_buf_upload(p->be, &p->stage[1], 0, v, bytes)) != KVS_OK)
+        return fail(p, st, "staging", layer);
+    return store_rows(p, layer, T, pos, p->stage[0].data, p->stage[1].data);
+}
+
+enum kvs_status kvs_kvq_pool_store_buf(struct kvs_kvq_pool *p, int layer, int T, const int32_t *pos, const float *k,
+                                       const float *v)
+{
+    if (!layer_ok(p, layer) || T < 0) return KVS_ERR_ARG;
+    if (p->fbe || kvs_backend_host_memory(p->be)) return store_rows(p, layer, T, pos, k, v);
+    /* a device backend without the entries: its rows come to the host pool */
+    size_t bytes = (size_t)T * (size_t)p->f.dkv * sizeof(float);
+    float *hk = host_buf(p, 0, bytes), *hv = host_buf(p, 1, bytes);
+    if (!hk || !hv) return fail(p, KVS_ERR_NOMEM, "staging", layer);
+    struct kvs_buf bk = {(void *)k, bytes}, bv = {(void *)v, bytes};
+    enum kvs_status st;
+    if ((st = kvs_backend_buf_download(p->be, hk, &bk, 0, bytes)) != KVS_OK ||
+        (st = kvs_backend_buf_download(p->be, hv, &bv, 0, bytes)) != KVS_OK)
+        return fail(p, st, "staging", layer);
+    return store_rows(p, layer, T, pos, hk, hv);
 }
 
 /* Room for one more block: the host block table, packed tokens and key bytes (doubling). */
@@ -182,10 +217,10 @@ enum kvs_status kvs_kvq_pool_quantize(struct kvs_kvq_pool *p, int layer, int res
     return st == KVS_OK ? KVS_OK : fail(p, st, "quantizing", layer);
 }
 
-enum kvs_status kvs_kvq_pool_attend(struct kvs_kvq_pool *p, int layer, int T, const int32_t *q_pos, int n_head,
-                                    int n_head_kv, int head_dim, const float *q, float *out, bool score)
+/* Attention with q and out where the kvq entries (or the CPU twin, host) read them. */
+static enum kvs_status attend_rows(struct kvs_kvq_pool *p, int layer, int T, const int32_t *q_pos, int n_head,
+                                   int n_head_kv, int head_dim, const float *q, float *out, bool score)
 {
-    if (!layer_ok(p, layer) || T < 0 || n_head <= 0 || head_dim <= 0) return KVS_ERR_ARG;
     if (n_head_kv * head_dim != p->f.dkv) return fail(p, KVS_ERR_ARG, "attention heads do not match the rows", layer);
     if (score && !p->n_score) return fail(p, KVS_ERR_ARG, "no scores kept", layer);
     struct kvs_kvq_rows *L = &p->rows[layer];
@@ -194,18 +229,40 @@ enum kvs_status kvs_kvq_pool_attend(struct kvs_kvq_pool *p, int layer, int T, co
         return fail(p, st, "allocating the scores", layer);
     struct kvs_kv_attend_args a = {.T = T, .q_pos = q_pos, .n_head = n_head, .n_head_kv = n_head_kv,
                                    .head_dim = head_dim};
-    if (!staged(p)) {
-        st = kvs_backend_kvq_attend(p->be, L, &p->f, &a, q, out, score);
-        return st == KVS_OK ? KVS_OK : fail(p, st, "attention", layer);
-    }
+    st = kvs_backend_kvq_attend(p->be, L, &p->f, &a, q, out, score);
+    return st == KVS_OK ? KVS_OK : fail(p, st, "attention", layer);
+}
+
+enum kvs_status kvs_kvq_pool_attend(struct kvs_kvq_pool *p, int layer, int T, const int32_t *q_pos, int n_head,
+                                    int n_head_kv, int head_dim, const float *q, float *out, bool score)
+{
+    if (!layer_ok(p, layer) || T < 0 || n_head <= 0 || head_dim <= 0) return KVS_ERR_ARG;
+    if (!staged(p)) return attend_rows(p, layer, T, q_pos, n_head, n_head_kv, head_dim, q, out, score);
     size_t bytes = (size_t)T * (size_t)n_head * (size_t)head_dim * sizeof(float);
+    enum kvs_status st;
     if ((st = stage_buf(p, 0, bytes)) != KVS_OK || (st = stage_buf(p, 1, bytes)) != KVS_OK ||
         (st = kvs_backend_buf_upload(p->be, &p->stage[0], 0, q, bytes)) != KVS_OK)
         return fail(p, st, "staging", layer);
-    if ((st = kvs_backend_kvq_attend(p->be, L, &p->f, &a, p->stage[0].data, p->stage[1].data, score)) != KVS_OK)
-        return fail(p, st, "attention", layer);
-    if ((st = kvs_backend_buf_download(p->be, out, &p->stage[1], 0, bytes)) != KVS_OK)
+    st = attend_rows(p, layer, T, q_pos, n_head, n_head_kv, head_dim, p->stage[0].data, p->stage[1].data, score);
+    if (st == KVS_OK && (st = kvs_backend_buf_download(p->be, out, &p->stage[1], 0, bytes)) != KVS_OK)
         return fail(p, st, "staging", layer);
+    return st;
+}
+
+enum kvs_status kvs_kvq_pool_attend_buf(struct kvs_kvq_pool *p, int layer, int T, const int32_t *q_pos, int n_head,
+                                        int n_head_kv, int head_dim, const float *q, float *out, bool score)
+{
+    if (!layer_ok(p, layer) || T < 0 || n_head <= 0 || head_dim <= 0) return KVS_ERR_ARG;
+    if (p->fbe || kvs_backend_host_memory(p->be))
+        return attend_rows(p, layer, T, q_pos, n_head, n_head_kv, head_dim, q, out, score);
+    size_t bytes = (size_t)T * (size_t)n_head * (size_t)head_dim * sizeof(float);
+    float *hq = host_buf(p, 0, bytes), *ho = host_buf(p, 1, bytes);
+    if (!hq || !ho) return fail(p, KVS_ERR_NOMEM, "staging", layer);
+    struct kvs_buf bq = {(void *)q, bytes}, bo = {out, bytes};
+    enum kvs_status st;
+    if ((st = kvs_backend_buf_download(p->be, hq, &bq, 0, bytes)) != KVS_OK) return fail(p, st, "staging", layer);
+    if ((st = attend_rows(p, layer, T, q_pos, n_head, n_head_kv, head_dim, hq, ho, score)) != KVS_OK) return st;
+    if ((st = kvs_backend_buf_upload(p->be, &bo, 0, ho, bytes)) != KVS_OK) return fail(p, st, "staging", layer);
     return KVS_OK;
 }
 

@@ -17,8 +17,10 @@ struct kvs_kvq_pool {
     struct kvs_kvq_fmt f;
     struct kvs_kvq_rows *rows; /* (n_layer) */
     struct kvs_buf stage[2];  /* backend buffers for host arrays on a device backend */
-    int32_t *pos;             /* (n_score or grown) host scratch: the positions of a layer's rows */
+    int32_t *pos;             /* host scratch: the positions of a layer's rows (eviction) */
     int pos_cap;
+    float *host[2];           /* host copies of backend arrays for a device backend without kvq entries */
+    size_t host_cap[2];
     char err[256];
 };
 
@@ -33,6 +35,10 @@ void kvs_kvq_pool_delete(struct kvs_kvq_pool *p);
 /* Appends T rows to LAYER's fp16 tier: k, v (T, dkv) fp32 host (keys after RoPE), pos (T). */
 enum kvs_status kvs_kvq_pool_store(struct kvs_kvq_pool *p, int layer, int T, const int32_t *pos, const float *k,
                                    const float *v);
+/* The same with k, v in the backend's memory (kvs_buf data): on a backend with the kvq entries
+ * nothing crosses to the host. */
+enum kvs_status kvs_kvq_pool_store_buf(struct kvs_kvq_pool *p, int layer, int T, const int32_t *pos, const float *k,
+                                       const float *v);
 /* KIVI: while the fp16 tier holds RESIDUAL + group rows, its oldest GROUP become a packed block. */
 enum kvs_status kvs_kvq_pool_quantize(struct kvs_kvq_pool *p, int layer, int residual);
 /* out (T, n_head*head_dim) host = attention of q (T, n_head*head_dim) host over LAYER's rows
@@ -40,6 +46,9 @@ enum kvs_status kvs_kvq_pool_quantize(struct kvs_kvq_pool *p, int layer, int res
  * layer's score by position. */
 enum kvs_status kvs_kvq_pool_attend(struct kvs_kvq_pool *p, int layer, int T, const int32_t *q_pos, int n_head,
                                     int n_head_kv, int head_dim, const float *q, float *out, bool score);
+/* The same with q and out in the backend's memory (q_pos stays host). */
+enum kvs_status kvs_kvq_pool_attend_buf(struct kvs_kvq_pool *p, int layer, int T, const int32_t *q_pos, int n_head,
+                                        int n_head_kv, int head_dim, const float *q, float *out, bool score);
 /* Eviction scores: POOLED (n_ctx) host = the layer's score max-pooled over KERNEL positions, -inf
  * where the layer holds no row; the score restarts from zero. */
 enum kvs_status kvs_kvq_pool_scores(struct kvs_kvq_pool *p, int layer, int n_ctx, int kernel, float *pooled);

@@ -4,7 +4,8 @@
  * (sinks + window), alone or as quant+snapkv / quant+streaming. Everything is really stored packed
  * and counted from what is held. The rows, packed blocks and snapkv's attention mass live in a
  * quantized pool (kvq_pool.h) in the backend's memory: the press decides what to quantize and
- * evict and calls it; it downloads only the pooled eviction scores and the rows' positions.
+ * evict and calls it; k, v, q and out stay in backend memory (KVS_PRESS_BACKEND_IO), and only the
+ * pooled eviction scores and the rows' positions come to the host.
  * Depends on press.h, kvq_pool.h, quant_codec.h (sizes), threads.h. */
 #include "commonkv_priv.h"
 #include "kvq_pool.h"
@@ -57,7 +58,7 @@ static enum kvs_status kv_store(struct kvs_press *pr, int layer, int T, const in
     }
     enum kvs_status st = kv_pool(p);
     if (st != KVS_OK) return st;
-    st = kvs_kvq_pool_store(p->cp, layer, T, pos, k, v);
+    st = kvs_kvq_pool_store_buf(p->cp, layer, T, pos, k, v);
     return st == KVS_OK ? KVS_OK : pool_fail(p, st);
 }
 
@@ -71,9 +72,9 @@ static enum kvs_status kv_attend(struct kvs_press *pr, int layer, int T, const i
     if (st != KVS_OK) return st;
     int dq = p->nh * p->d;
     int obs = p->snap ? KVS_MIN(T, (int)p->window) : 0;
-    if (T - obs > 0) st = kvs_kvq_pool_attend(p->cp, layer, T - obs, pos, p->nh, p->nkv, p->d, q, out, false);
+    if (T - obs > 0) st = kvs_kvq_pool_attend_buf(p->cp, layer, T - obs, pos, p->nh, p->nkv, p->d, q, out, false);
     if (st == KVS_OK && obs > 0)
-        st = kvs_kvq_pool_attend(p->cp, layer, obs, pos + (T - obs), p->nh, p->nkv, p->d, q + (size_t)(T - obs) * dq,
+        st = kvs_kvq_pool_attend_buf(p->cp, layer, obs, pos + (T - obs), p->nh, p->nkv, p->d, q + (size_t)(T - obs) * dq,
                                  out + (size_t)(T - obs) * dq, true);
     return st == KVS_OK ? KVS_OK : pool_fail(p, st);
 }
@@ -240,7 +241,7 @@ enum kvs_status kvs_press_kv_create(struct kvs_press **out, const struct kvs_mod
     p->base.ops = &kv_ops;
     p->base.model = m;
     p->base.cfg = *cfg;
-    p->base.needs = KVS_PRESS_NEEDS_KV;
+    p->base.needs = KVS_PRESS_NEEDS_KV | KVS_PRESS_BACKEND_IO; /* k, v, q, out stay in backend memory */
     p->N = (int)hp->n_layer;
     p->nh = (int)hp->n_head;
     p->nkv = (int)hp->n_head_kv;
