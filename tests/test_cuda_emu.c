@@ -4,7 +4,9 @@
  * several tiles, query chunks (the emulated build caps the score matrix at 64 KiB), an empty cache;
  * matmul with fp16 and bf16 weights, with the conversions checked bit for bit; the SVD; the K/V
  * cache pool in device memory (stores bit for bit, growth past a block, attention with the
- * attention mass, compaction, an empty pool) against the same pool on the CPU backend.
+ * attention mass, compaction, an empty pool) against the same pool on the CPU backend; the
+ * quantized K/V pool (packed bytes bit for bit at 2/4/8 bits, attention over packed blocks, eviction
+ * that re-encodes blocks, pooled eviction scores) and quant, quant+snapkv, quant+streaming end to end.
  * Each comparison prints its normalised error and worst elements. KVS_CUDA_EMU_LIB overrides the
  * library (tests/plant_bugs.sh points it at a copy with a planted bug); --ops skips the end-to-end
  * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh,
