@@ -390,6 +390,10 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_mc_score,
     kvs_cuda_mc_merge,
     kvs_cuda_mc_attend,
+    kvs_cuda_kvq_quantize,
+    kvs_cuda_kvq_attend,
+    kvs_cuda_kvq_compact,
+    kvs_cuda_kvq_scores,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

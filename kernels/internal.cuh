@@ -39,6 +39,10 @@ enum kvs_cuda_scratch_slot {
     KVS_SCR_LAT_PART,   /* lat_attend decode: per split P·C (splits, T*n_head, rank), max and sum */
     KVS_SCR_LAT_MASS,   /* lat_attend decode: attention mass per KV head (n_head_kv, n) */
     KVS_SCR_MC_KV,      /* mc_attend: unmerged and rebuilt merged K, V rows and positions */
+    KVS_SCR_KVQ_ROWS,   /* kvq_attend: fp16 K, V rows and positions of packed + fp16 tiers;
+                         * kvq_compact: decoded keys of re-encoded blocks (fp32) */
+    KVS_SCR_KVQ_MASS,   /* kvq_attend: per-row mass; kvq_scores: present flags;
+                         * kvq_compact: the new packed arrays before they are copied back */
     KVS_SCR_COUNT
 };
 

@@ -15,14 +15,16 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 7u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 8u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
                                  * 4: lat_attend (attention over latent segment rows);
                                  * 5: lat_attend's fused decode (bk16, splits);
                                  * 6: mem_info (the card's used/total memory), acts_saturated;
-                                 * 7: MiniCache pairs (mc_score, mc_merge, mc_attend) */
+                                 * 7: MiniCache pairs (mc_score, mc_merge, mc_attend);
+                                 * 8: quantized K/V pool (kvq_quantize, kvq_attend, kvq_compact,
+                                 *    kvq_scores) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -198,6 +200,66 @@ struct kvs_cuda_mc_attend {
     float *out;               /* (T, n_head*head_dim) */
 };
 
+/* One layer of the quantized K/V pool as the kernels see it (struct kvs_kvq_rows), all device:
+ * packed key blocks back to back (engine/cpu/quant_codec.h layout), packed value rows and positions
+ * of the TQ packed tokens, then the fp16 tier. BLK (nblk, 3) int32: tokens, key byte offset and
+ * first token row of each block. */
+struct kvs_cuda_kvq {
+    int dkv, bits, group, vrow;
+    int nblk, tq, n16;
+    const int32_t *blk;
+    const uint8_t *kq, *vq;
+    const int32_t *pq;
+    const uint16_t *k16, *v16; /* (n16, dkv) fp16 bits */
+    const int32_t *p16;
+};
+
+/* Packs the first GROUP fp16 rows K16, V16 (dkv wide) into one block: keys per channel at KDST
+ * (kvs_qcol_bytes(group, dkv, bits)), values per token in channel groups at VDST (group, vrow). */
+struct kvs_cuda_kvq_quantize {
+    int dkv, bits, group, vrow;
+    const uint16_t *k16, *v16;
+    uint8_t *kdst, *vdst;
+};
+
+/* Attention of T queries over every row of L (packed rows decoded, rounded to fp16 as stored rows
+ * are), as kvs_cuda_attn_kv16 with scale 1/sqrt(head_dim); SCORE (positions) or NULL: each row's
+ * mass (Σ over queries and heads, rows in order) added at its position. */
+struct kvs_cuda_kvq_attend {
+    struct kvs_cuda_kvq L;
+    int T, n_head, n_head_kv, head_dim;
+    const float *q;           /* (T, n_head*head_dim) */
+    const int32_t *q_pos;     /* (T) */
+    float *out;               /* (T, n_head*head_dim) */
+    float *score;
+};
+
+/* Eviction of packed tokens: NB_NEW new blocks from PLAN (nb_new, 6) int32: source block's token
+ * count, key byte offset and first row, kept tokens, new key byte offset, new first row; and
+ * SRC (tq_new, 4) int32: each kept token's old row, its source block's token count, key byte
+ * offset and first row. A new block whose kept count equals its source's
+ * keeps its key bytes; the others are re-encoded from their kept tokens' decoded keys. Values and
+ * positions move by row. The arrays of L are rewritten in place (through scratch). */
+struct kvs_cuda_kvq_compact {
+    int dkv, bits, group, vrow;
+    int nb_new, tq_new;
+    size_t kq_new;            /* key bytes after */
+    const int32_t *plan, *src;
+    uint8_t *kq, *vq;
+    int32_t *pq;
+};
+
+/* Eviction scores: POOLED (n_ctx) = SCORE max-pooled over KERNEL positions (kernel/2 each side),
+ * -inf at positions held by neither PQ (tq) nor P16 (n16); then SCORE (n_score) is zeroed. POOLED
+ * may be NULL (only the zeroing). */
+struct kvs_cuda_kvq_scores {
+    float *score;
+    int n_score, n_ctx, kernel;
+    const int32_t *pq, *p16;
+    int tq, n16;
+    float *pooled;
+};
+
 /* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in
  * last_error(ctx). Calls on one context must come from one thread at a time. */
 struct kvs_cuda_api {
@@ -274,6 +336,11 @@ struct kvs_cuda_api {
     int (*mc_score)(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a);
     int (*mc_merge)(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a);
     int (*mc_attend)(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_attend *a);
+    /* The quantized K/V pool (twins in engine/cpu/kv_quant.c; structs above). */
+    int (*kvq_quantize)(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_quantize *a);
+    int (*kvq_attend)(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_attend *a);
+    int (*kvq_compact)(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_compact *a);
+    int (*kvq_scores)(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_scores *a);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -329,6 +396,11 @@ int kvs_cuda_swiglu(struct kvs_cuda_ctx *c, float *g, const float *u, int64_t n)
 int kvs_cuda_mc_score(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a);
 int kvs_cuda_mc_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a);
 int kvs_cuda_mc_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_attend *a);
+/* kernels/kv_quant.cu: the quantized K/V pool (twins kvs_cpu_kvq_* in engine/cpu/kv_quant.c). */
+int kvs_cuda_kvq_quantize(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_quantize *a);
+int kvs_cuda_kvq_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_attend *a);
+int kvs_cuda_kvq_compact(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_compact *a);
+int kvs_cuda_kvq_scores(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_scores *a);
 
 #ifdef __cplusplus
 }

@@ -136,3 +136,17 @@ plant "fused decode: the last tile's tail rows dropped" latent_attend.cu \
     's/if \(j < jend\) \{/if (j0 + LA_ROWS <= jend) {/'
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
+
+
+# the quantized K/V pool on the device (kv_quant.cu) and the packed codec it uses (quant_codec.cuh)
+plant "kv quant: a code packed at the wrong bit offset" quant_codec.cuh \
+    's/uint32_t bit = i \* bits;(\s+codes\[bit >> 3\] \|=)/uint32_t bit = ((i + 1) % n) * bits;$1/'
+plant "kv quant: the minimum and scale swapped in the header" quant_codec.cuh \
+    's/memcpy\(hdr, &hs, 2\);(\s+)memcpy\(hdr \+ 2, &hmin, 2\);/memcpy(hdr, &hmin, 2);$1memcpy(hdr + 2, &hs, 2);/'
+plant "kv quant: the last token of a block dropped on compaction" kv_quant.cu \
+    's/\(uint32_t\)kept, \(uint32_t\)dkv, \(uint32_t\)ch/(uint32_t)(kept - 1), (uint32_t)dkv, (uint32_t)ch/'
+plant "kv quant: the eviction score's pooling window off by one" kv_quant.cu \
+    's/hi = i \+ h >= n_ctx \? n_ctx - 1 : i \+ h;/hi = i + h - 1 >= n_ctx ? n_ctx - 1 : i + h - 1;/'
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]

@@ -67,7 +67,7 @@ same() {
 # runs the pair in parallel (two cores; nothing here depends on timing)
 both() { "$@" & }
 
-METHODS="full commonkv lowrank minicache quant snapkv streaming commonkv+quant+snapkv"
+METHODS="full commonkv lowrank minicache quant snapkv streaming commonkv+quant+snapkv quant+snapkv quant+streaming"
 
 # ---------------------------------------------------------------- tiny model, every method
 TINY=$T/tiny.gguf

@@ -6,6 +6,7 @@
 #include "backend.h"
 #include "attention.h"
 #include "kv_pool.h"
+#include "kv_quant.h"
 #include "latent_pool.h"
 #include "minicache.h"
 #include "svd.h"
@@ -184,6 +185,41 @@ static enum kvs_status cpu_mc_read(struct kvs_backend *b, const struct kvs_mc_ro
     return kvs_cpu_mc_read(P, nkv, d, row0, n, ek, ev, nrm, pos);
 }
 
+static enum kvs_status cpu_kvq_grow(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                    int tq_cap, size_t kq_cap, int n_score)
+{
+    return kvs_cpu_kvq_grow(L, f, tq_cap, kq_cap, n_score);
+}
+
+static enum kvs_status cpu_kvq_quantize(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f)
+{
+    return kvs_cpu_kvq_quantize(L, f);
+}
+
+static enum kvs_status cpu_kvq_attend(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                      const struct kvs_kv_attend_args *a, const float *q, float *out, bool score)
+{
+    return kvs_cpu_kvq_attend(b->pool, L, f, a, q, out, score);
+}
+
+static enum kvs_status cpu_kvq_compact(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                       const uint8_t *keep)
+{
+    return kvs_cpu_kvq_compact(L, f, keep);
+}
+
+static enum kvs_status cpu_kvq_read(struct kvs_backend *b, const struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                    uint8_t *kq, uint8_t *vq, int32_t *pq)
+{
+    return kvs_cpu_kvq_read(L, f, kq, vq, pq);
+}
+
+static enum kvs_status cpu_kvq_scores(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                      int n_ctx, int kernel, float *pooled)
+{
+    return kvs_cpu_kvq_scores(L, f, n_ctx, kernel, pooled);
+}
+
 static void cpu_destroy(struct kvs_backend *b) {}
 
 static const struct kvs_backend_ops cpu_ops = {
@@ -218,6 +254,12 @@ static const struct kvs_backend_ops cpu_ops = {
     .mc_merge = cpu_mc_merge,
     .mc_attend = cpu_mc_attend,
     .mc_read = cpu_mc_read,
+    .kvq_grow = cpu_kvq_grow,
+    .kvq_quantize = cpu_kvq_quantize,
+    .kvq_attend = cpu_kvq_attend,
+    .kvq_compact = cpu_kvq_compact,
+    .kvq_read = cpu_kvq_read,
+    .kvq_scores = cpu_kvq_scores,
 };
 
 static const char *cpu_probe(bool *available)
@@ -806,6 +848,29 @@ enum kvs_status kvs_backend_mc_grow(struct kvs_backend *b, struct kvs_mc_rows *P
     return st;
 }
 
+/* ---- quantized K/V pool entries: the backend's set, or the CPU twins on host memory, counted ---- */
+
+bool kvs_backend_kvq_native(const struct kvs_backend *b) { return b && b->ops->kvq_grow; }
+
+/* Without the entries a backend's quantized pools (their fp16 tier included, see kvq_pool.c) live
+ * in host memory, and kvq_attend's q and out are host arrays. */
+enum kvs_status kvs_backend_kvq_grow(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                     int tq_cap, size_t kq_cap, int n_score)
+{
+    if (kvs_backend_kvq_native(b)) {
+        uint64_t old = (uint64_t)L->tq_cap * (f->vrow + sizeof(int32_t)) + L->kq_cap +
+                       (uint64_t)L->n_score * sizeof(float);
+        enum kvs_status st = b->ops->kvq_grow(b, L, f, tq_cap, kq_cap, n_score);
+        b->pool_bytes = b->pool_bytes - old + (uint64_t)L->tq_cap * (f->vrow + sizeof(int32_t)) + L->kq_cap +
+                        (uint64_t)L->n_score * sizeof(float);
+        return st;
+    }
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kvq_grow(L, f, tq_cap, kq_cap, n_score);
+    fallback_end(b, t0);
+    return st;
+}
+
 enum kvs_status kvs_backend_mc_score(struct kvs_backend *b, const struct kvs_kv_rows *A, const struct kvs_kv_rows *B,
                                      int nkv, int d, const int32_t *idx, int m, float *dist, double *dots)
 {
@@ -813,6 +878,15 @@ enum kvs_status kvs_backend_mc_score(struct kvs_backend *b, const struct kvs_kv_
     if (!mc_fallback_ok(b, "mc_score")) return KVS_ERR_STATE;
     uint64_t t0 = fallback_begin(b);
     enum kvs_status st = kvs_cpu_mc_score(A, B, nkv, d, idx, m, dist, dots);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_kvq_quantize(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f)
+{
+    if (kvs_backend_kvq_native(b)) return b->ops->kvq_quantize(b, L, f);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kvq_quantize(L, f);
     fallback_end(b, t0);
     return st;
 }
@@ -829,6 +903,16 @@ enum kvs_status kvs_backend_mc_merge(struct kvs_backend *b, const struct kvs_kv_
     return st;
 }
 
+enum kvs_status kvs_backend_kvq_attend(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                       const struct kvs_kv_attend_args *a, const float *q, float *out, bool score)
+{
+    if (kvs_backend_kvq_native(b)) return b->ops->kvq_attend(b, L, f, a, q, out, score);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kvq_attend(b ? b->pool : NULL, L, f, a, q, out, score);
+    fallback_end(b, t0);
+    return st;
+}
+
 enum kvs_status kvs_backend_mc_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,
                                       const struct kvs_mc_rows *P, int side, const struct kvs_kv_attend_args *a,
                                       const float *q, float *out)
@@ -841,6 +925,16 @@ enum kvs_status kvs_backend_mc_attend(struct kvs_backend *b, const struct kvs_kv
     return st;
 }
 
+enum kvs_status kvs_backend_kvq_compact(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                        const uint8_t *keep)
+{
+    if (kvs_backend_kvq_native(b)) return b->ops->kvq_compact(b, L, f, keep);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kvq_compact(L, f, keep);
+    fallback_end(b, t0);
+    return st;
+}
+
 enum kvs_status kvs_backend_mc_read(struct kvs_backend *b, const struct kvs_mc_rows *P, int nkv, int d, int row0,
                                     int n, uint16_t *ek, uint16_t *ev, uint16_t *nrm, int32_t *pos)
 {
@@ -848,6 +942,26 @@ enum kvs_status kvs_backend_mc_read(struct kvs_backend *b, const struct kvs_mc_r
     if (!mc_fallback_ok(b, "mc_read")) return KVS_ERR_STATE;
     uint64_t t0 = fallback_begin(b);
     enum kvs_status st = kvs_cpu_mc_read(P, nkv, d, row0, n, ek, ev, nrm, pos);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_kvq_read(struct kvs_backend *b, const struct kvs_kvq_rows *L,
+                                     const struct kvs_kvq_fmt *f, uint8_t *kq, uint8_t *vq, int32_t *pq)
+{
+    if (kvs_backend_kvq_native(b)) return b->ops->kvq_read(b, L, f, kq, vq, pq);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kvq_read(L, f, kq, vq, pq);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_kvq_scores(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                       int n_ctx, int kernel, float *pooled)
+{
+    if (kvs_backend_kvq_native(b)) return b->ops->kvq_scores(b, L, f, n_ctx, kernel, pooled);
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_kvq_scores(L, f, n_ctx, kernel, pooled);
     fallback_end(b, t0);
     return st;
 }

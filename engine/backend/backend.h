@@ -121,6 +121,31 @@ struct kvs_mc_rows {
     int n, cap;               /* rows held, rows allocated */
 };
 
+/* The quantized K/V pool of the `quant` press and its compositions (engine/backend/kvq_pool.h;
+ * DESIGN.md §5, §7): per layer an fp16 tier of the newest rows (a struct kvs_kv_rows, through
+ * the kv_* entries) and packed KIVI blocks (engine/cpu/quant_codec.h: keys per channel over a
+ * block's tokens, values per token in channel groups), all in the backend's memory, plus the
+ * snapkv attention mass by position. The block table is host bookkeeping kept by the entries. */
+struct kvs_kvq_fmt {
+    int dkv;                  /* n_head_kv*head_dim */
+    uint32_t bits, group;     /* 2, 4 or 8 bits; GROUP tokens per key block = channels per value group */
+    uint32_t vrow;            /* kvs_qrow_bytes(dkv, bits, group): one packed value row */
+};
+struct kvs_kvq_rows {
+    struct kvs_kv_rows f16;   /* the fp16 tier, oldest first */
+    void *kq;                 /* (kq_cap) bytes: key blocks back to back, block b at blk_koff[b]; backend memory */
+    void *vq;                 /* (tq_cap, vrow) packed value rows of the packed tokens, block after block */
+    void *pq;                 /* (tq_cap) int32 positions of the packed tokens */
+    float *score;             /* (n_score) attention mass by position (snapkv), or NULL; backend memory */
+    size_t kq_bytes, kq_cap;  /* key bytes held, allocated */
+    int tq, tq_cap;           /* packed tokens held, allocated */
+    int n_score;
+    int nblk, blk_cap;        /* blocks held; room in the three host arrays below */
+    uint32_t *blk_nt;         /* (blk_cap) host: tokens of block b (< group after an eviction) */
+    uint32_t *blk_koff;       /* (blk_cap) host: byte offset of block b's keys in kq */
+    uint32_t *blk_t0;         /* (blk_cap) host: row of block b's first token in vq and pq */
+};
+
 /* A weight as one backend sees it: the model's weight and, once prepared, its device copy. */
 struct kvs_backend_weight {
     const struct kvs_weight *w;
@@ -277,6 +302,40 @@ struct kvs_backend_ops {
      * any may be NULL. */
     enum kvs_status (*mc_read)(struct kvs_backend *b, const struct kvs_mc_rows *P, int nkv, int d, int row0, int n,
                                uint16_t *ek, uint16_t *ev, uint16_t *nrm, int32_t *pos);
+    /* Quantized K/V pool (struct kvs_kvq_rows, engine/backend/kvq_pool.h). The six entries come as a
+     * set: kvq_grow NULL -> every quantized pool of this backend lives in host memory and takes the
+     * CPU twins (engine/cpu/kv_quant.h; each call a counted fallback). The fp16 tier L->f16 goes
+     * through the kv_* entries. Rows are numbered packed tokens first (block order), then the fp16
+     * tier. Host arrays are marked. */
+    /* optional: NULL -> CPU path. Grows the packed tier to TQ_CAP tokens and KQ_CAP key bytes,
+     * keeping what it holds, and allocates L->score (N_SCORE floats, zeroed) when N_SCORE > 0 and
+     * there is none; all zero frees the packed tier and the score (not the fp16 tier). */
+    enum kvs_status (*kvq_grow)(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                int tq_cap, size_t kq_cap, int n_score);
+    /* Packs fp16 rows [0, f->group) of L->f16 into block L->nblk (keys per channel, values per
+     * token; positions copied) and appends it: room in blk_*, tq_cap and kq_cap is the caller's.
+     * L->f16 is left as it was (the pool drops the rows). */
+    enum kvs_status (*kvq_quantize)(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f);
+    /* out (T, n_head*head_dim) = attention of q over every row (packed rows decoded as
+     * kvs_qcol/qrow_decode then rounded to fp16, exactly as stored rows), q and out backend
+     * memory. With SCORE, each row's attention mass (Σ over queries and heads, rows outer) is
+     * added to L->score at the row's position. */
+    enum kvs_status (*kvq_attend)(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                  const struct kvs_kv_attend_args *a, const float *q, float *out, bool score);
+    /* Keeps the packed tokens whose KEEP (L->tq) host byte is set, in order: whole blocks kept stay
+     * byte for byte, blocks that lose every token go, the others are decoded and re-encoded with
+     * their kept tokens (values and positions move as they are). Updates the block table. */
+    enum kvs_status (*kvq_compact)(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                   const uint8_t *keep);
+    /* Copies the packed tier to host as stored: kq (L->kq_bytes), vq (L->tq, vrow), pq (L->tq);
+     * any may be NULL. */
+    enum kvs_status (*kvq_read)(struct kvs_backend *b, const struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                uint8_t *kq, uint8_t *vq, int32_t *pq);
+    /* Eviction scores (snapkv): POOLED (n_ctx) host, unless NULL, = L->score max-pooled over
+     * KERNEL neighbouring positions (kvs_snap_pool), -inf at positions the layer does not hold;
+     * then L->score is zeroed. n_ctx <= L->n_score. */
+    enum kvs_status (*kvq_scores)(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                  int n_ctx, int kernel, float *pooled);
 };
 
 struct kvs_backend {
@@ -473,6 +532,23 @@ enum kvs_status kvs_backend_mc_read(struct kvs_backend *b, const struct kvs_mc_r
                                     int n, uint16_t *ek, uint16_t *ev, uint16_t *nrm, int32_t *pos);
 /* Bytes of one merged row: two directions, four norms per head, a position. */
 uint64_t kvs_mc_row_bytes(int nkv, int d);
+/* Quantized K/V pool entries: the backend's set, or the CPU twins (host memory) when it has none;
+ * a CPU backend's own are not fallbacks, another backend's are, each call counted in
+ * b->ctr[KVS_OP_FALLBACK]. B may be NULL (the CPU path). kvq_attend's q and out are B's memory
+ * when it has the entries, host arrays when it has not (the whole pool is then host memory). */
+bool kvs_backend_kvq_native(const struct kvs_backend *b);
+enum kvs_status kvs_backend_kvq_grow(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                     int tq_cap, size_t kq_cap, int n_score);
+enum kvs_status kvs_backend_kvq_quantize(struct kvs_backend *b, struct kvs_kvq_rows *L,
+                                         const struct kvs_kvq_fmt *f);
+enum kvs_status kvs_backend_kvq_attend(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                       const struct kvs_kv_attend_args *a, const float *q, float *out, bool score);
+enum kvs_status kvs_backend_kvq_compact(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                        const uint8_t *keep);
+enum kvs_status kvs_backend_kvq_read(struct kvs_backend *b, const struct kvs_kvq_rows *L,
+                                     const struct kvs_kvq_fmt *f, uint8_t *kq, uint8_t *vq, int32_t *pq);
+enum kvs_status kvs_backend_kvq_scores(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                       int n_ctx, int kernel, float *pooled);
 
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 

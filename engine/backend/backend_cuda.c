@@ -1124,6 +1124,199 @@ static enum kvs_status cu_mc_read(struct kvs_backend *b, const struct kvs_mc_row
     return KVS_OK;
 }
 
+/* ---- the quantized K/V pool in device memory (twins: engine/cpu/kv_quant.c); the fp16 tier is
+ * the kv_* entries' rows, the block table host bookkeeping ---- */
+
+static bool kvq_fmt_ok(const struct kvs_kvq_fmt *f)
+{
+    return f->dkv > 0 && (f->bits == 2 || f->bits == 4 || f->bits == 8) && f->group > 0 && f->vrow > 0;
+}
+
+static void cu_kvq_free(struct cuda_be *s, struct kvs_kvq_rows *L)
+{
+    s->api->free(s->cx, L->kq);
+    s->api->free(s->cx, L->vq);
+    s->api->free(s->cx, L->pq);
+    s->api->free(s->cx, L->score);
+    L->kq = L->vq = L->pq = NULL;
+    L->score = NULL;
+    L->kq_cap = 0, L->tq_cap = 0, L->n_score = 0;
+}
+
+static enum kvs_status cu_kvq_grow(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                   int tq_cap, size_t kq_cap, int n_score)
+{
+    struct cuda_be *s = b->ctx;
+    if (!kvq_fmt_ok(f) || tq_cap < L->tq || kq_cap < L->kq_bytes || n_score < 0) return KVS_ERR_ARG;
+    if (tq_cap == 0 && kq_cap == 0 && n_score == 0) {
+        cu_kvq_free(s, L);
+        return KVS_OK;
+    }
+    if ((size_t)tq_cap > SIZE_MAX / f->vrow) return KVS_ERR_ARG;
+    if (n_score > 0 && !L->score) {
+        void *d = NULL;
+        float *z = calloc((size_t)n_score, sizeof(float));
+        if (!z) return KVS_ERR_NOMEM;
+        int rc = s->api->alloc(s->cx, &d, (size_t)n_score * sizeof(float));
+        if (rc == KVS_CUDA_OK) rc = s->api->upload(s->cx, d, z, (size_t)n_score * sizeof(float));
+        free(z);
+        if (rc != KVS_CUDA_OK) {
+            s->api->free(s->cx, d);
+            return api_fail(b, "kvq_grow");
+        }
+        L->score = d;
+        L->n_score = n_score;
+    }
+    if (tq_cap == L->tq_cap && kq_cap == L->kq_cap) return KVS_OK;
+    void *k = NULL, *v = NULL, *p = NULL;
+    if (s->api->alloc(s->cx, &k, kq_cap ? kq_cap : 1) != KVS_CUDA_OK ||
+        s->api->alloc(s->cx, &v, (size_t)(tq_cap ? tq_cap : 1) * f->vrow) != KVS_CUDA_OK ||
+        s->api->alloc(s->cx, &p, (size_t)(tq_cap ? tq_cap : 1) * sizeof(int32_t)) != KVS_CUDA_OK)
+        goto fail;
+    /* what the pool holds moves to the new blocks on the device; the old ones go once copied */
+    if ((L->kq_bytes && s->api->copy(s->cx, k, L->kq, L->kq_bytes) != KVS_CUDA_OK) ||
+        (L->tq && (s->api->copy(s->cx, v, L->vq, (size_t)L->tq * f->vrow) != KVS_CUDA_OK ||
+                   s->api->copy(s->cx, p, L->pq, (size_t)L->tq * sizeof(int32_t)) != KVS_CUDA_OK)))
+        goto fail;
+    s->api->free(s->cx, L->kq);
+    s->api->free(s->cx, L->vq);
+    s->api->free(s->cx, L->pq);
+    L->kq = k, L->vq = v, L->pq = p;
+    L->kq_cap = kq_cap;
+    L->tq_cap = tq_cap;
+    return KVS_OK;
+fail:;
+    enum kvs_status st = api_fail(b, "kvq_grow");
+    s->api->free(s->cx, k);
+    s->api->free(s->cx, v);
+    s->api->free(s->cx, p);
+    return st;
+}
+
+static enum kvs_status cu_kvq_quantize(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f)
+{
+    struct cuda_be *s = b->ctx;
+    if (!kvq_fmt_ok(f) || L->f16.n < (int)f->group || L->nblk >= L->blk_cap) return KVS_ERR_ARG;
+    uint32_t kb = (uint32_t)f->dkv * (4 + (f->group * f->bits + 7) / 8);
+    if (L->tq + (int)f->group > L->tq_cap || L->kq_bytes + kb > L->kq_cap) return KVS_ERR_ARG;
+    struct kvs_cuda_kvq_quantize a = {.dkv = f->dkv, .bits = (int)f->bits, .group = (int)f->group,
+                                      .vrow = (int)f->vrow, .k16 = L->f16.k, .v16 = L->f16.v,
+                                      .kdst = (uint8_t *)L->kq + L->kq_bytes,
+                                      .vdst = (uint8_t *)L->vq + (size_t)L->tq * f->vrow};
+    if (s->api->kvq_quantize(s->cx, &a) != KVS_CUDA_OK ||
+        s->api->copy(s->cx, (int32_t *)L->pq + L->tq, L->f16.pos, f->group * sizeof(int32_t)) != KVS_CUDA_OK)
+        return api_fail(b, "kvq_quantize");
+    L->blk_nt[L->nblk] = f->group;
+    L->blk_koff[L->nblk] = (uint32_t)L->kq_bytes;
+    L->blk_t0[L->nblk] = (uint32_t)L->tq;
+    L->nblk++;
+    L->tq += (int)f->group;
+    L->kq_bytes += kb;
+    return KVS_OK;
+}
+
+static enum kvs_status cu_kvq_attend(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                     const struct kvs_kv_attend_args *a, const float *q, float *out, bool score)
+{
+    struct cuda_be *s = b->ctx;
+    void *dqp, *dblk = NULL;
+    if (!kvq_fmt_ok(f) || a->T < 0 || a->n_head <= 0 || a->n_head_kv <= 0 || (score && !L->score)) return KVS_ERR_ARG;
+    if (L->nblk) { /* the block table goes up with the query positions */
+        int32_t *t = malloc((size_t)L->nblk * 3 * sizeof(int32_t));
+        if (!t) return KVS_ERR_NOMEM;
+        for (int i = 0; i < L->nblk; i++)
+            t[3 * i] = (int32_t)L->blk_nt[i], t[3 * i + 1] = (int32_t)L->blk_koff[i], t[3 * i + 2] = (int32_t)L->blk_t0[i];
+        enum kvs_status st = put(b, ST_W, t, (size_t)L->nblk * 3 * sizeof(int32_t), &dblk);
+        free(t);
+        if (st != KVS_OK) return st;
+    }
+    TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
+    struct kvs_cuda_kvq_attend d = {
+        .L = {.dkv = f->dkv, .bits = (int)f->bits, .group = (int)f->group, .vrow = (int)f->vrow, .nblk = L->nblk,
+              .tq = L->tq, .n16 = L->f16.n, .blk = dblk, .kq = L->kq, .vq = L->vq, .pq = L->pq, .k16 = L->f16.k,
+              .v16 = L->f16.v, .p16 = L->f16.pos},
+        .T = a->T, .n_head = a->n_head, .n_head_kv = a->n_head_kv, .head_dim = a->head_dim, .q = q, .q_pos = dqp,
+        .out = out, .score = score ? L->score : NULL};
+    if (s->api->kvq_attend(s->cx, &d) != KVS_CUDA_OK) return api_fail(b, "kvq_attend");
+    return KVS_OK;
+}
+
+static enum kvs_status cu_kvq_compact(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                      const uint8_t *keep)
+{
+    struct cuda_be *s = b->ctx;
+    if (!kvq_fmt_ok(f)) return KVS_ERR_ARG;
+    int32_t *plan = malloc((size_t)(L->nblk ? L->nblk : 1) * 6 * sizeof(int32_t));
+    int32_t *src = malloc((size_t)(L->tq ? L->tq : 1) * 4 * sizeof(int32_t));
+    uint32_t *nt = malloc((size_t)(L->nblk ? L->nblk : 1) * 3 * sizeof(uint32_t));
+    enum kvs_status st = KVS_ERR_NOMEM;
+    if (!plan || !src || !nt) goto done;
+    int nb = 0, tw = 0;
+    size_t kw = 0;
+    for (int bi = 0; bi < L->nblk; bi++) {
+        int n0 = (int)L->blk_nt[bi], t0 = (int)L->blk_t0[bi], kept = 0;
+        for (int t = 0; t < n0; t++)
+            if (keep[t0 + t]) {
+                int32_t *r = src + 4 * (tw + kept);
+                r[0] = t0 + t, r[1] = n0, r[2] = (int32_t)L->blk_koff[bi], r[3] = t0;
+                kept++;
+            }
+        if (!kept) continue;
+        int32_t *pl = plan + 6 * nb;
+        pl[0] = n0, pl[1] = (int32_t)L->blk_koff[bi], pl[2] = t0, pl[3] = kept, pl[4] = (int32_t)kw, pl[5] = tw;
+        nt[3 * nb] = (uint32_t)kept, nt[3 * nb + 1] = (uint32_t)kw, nt[3 * nb + 2] = (uint32_t)tw;
+        nb++;
+        tw += kept;
+        kw += (size_t)f->dkv * (4 + ((size_t)kept * f->bits + 7) / 8);
+    }
+    void *dplan = NULL, *dsrc = NULL;
+    if (tw) {
+        if ((st = put(b, ST_W, plan, (size_t)nb * 6 * sizeof(int32_t), &dplan)) != KVS_OK) goto done;
+        if ((st = put(b, ST_POS, src, (size_t)tw * 4 * sizeof(int32_t), &dsrc)) != KVS_OK) goto done;
+        struct kvs_cuda_kvq_compact d = {.dkv = f->dkv, .bits = (int)f->bits, .group = (int)f->group,
+                                         .vrow = (int)f->vrow, .nb_new = nb, .tq_new = tw, .kq_new = kw,
+                                         .plan = dplan, .src = dsrc, .kq = L->kq, .vq = L->vq, .pq = L->pq};
+        if (s->api->kvq_compact(s->cx, &d) != KVS_CUDA_OK) {
+            st = api_fail(b, "kvq_compact");
+            goto done;
+        }
+    }
+    for (int i = 0; i < nb; i++) L->blk_nt[i] = nt[3 * i], L->blk_koff[i] = nt[3 * i + 1], L->blk_t0[i] = nt[3 * i + 2];
+    L->nblk = nb;
+    L->tq = tw;
+    L->kq_bytes = kw;
+    st = KVS_OK;
+done:
+    free(plan);
+    free(src);
+    free(nt);
+    return st;
+}
+
+static enum kvs_status cu_kvq_read(struct kvs_backend *b, const struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                   uint8_t *kq, uint8_t *vq, int32_t *pq)
+{
+    if (!kvq_fmt_ok(f)) return KVS_ERR_ARG;
+    if (kq && L->kq_bytes) TRY(get(b, kq, L->kq, L->kq_bytes));
+    if (vq && L->tq) TRY(get(b, vq, L->vq, (size_t)L->tq * f->vrow));
+    if (pq && L->tq) TRY(get(b, pq, L->pq, (size_t)L->tq * sizeof(int32_t)));
+    return KVS_OK;
+}
+
+static enum kvs_status cu_kvq_scores(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
+                                     int n_ctx, int kernel, float *pooled)
+{
+    struct cuda_be *s = b->ctx;
+    void *dp = NULL;
+    if (!kvq_fmt_ok(f) || !L->score || n_ctx < 0 || n_ctx > L->n_score) return KVS_ERR_ARG;
+    if (pooled && n_ctx && !(dp = stage(b, ST_U, (size_t)n_ctx * sizeof(float)))) return KVS_ERR_BACKEND;
+    struct kvs_cuda_kvq_scores d = {.score = L->score, .n_score = L->n_score, .n_ctx = n_ctx, .kernel = kernel,
+                                    .pq = L->pq, .p16 = L->f16.pos, .tq = L->tq, .n16 = L->f16.n, .pooled = dp};
+    if (s->api->kvq_scores(s->cx, &d) != KVS_CUDA_OK) return api_fail(b, "kvq_scores");
+    if (dp) TRY(get(b, pooled, dp, (size_t)n_ctx * sizeof(float)));
+    return KVS_OK;
+}
+
 static void cu_destroy(struct kvs_backend *b)
 {
     struct cuda_be *s = b->ctx;
@@ -1178,6 +1371,12 @@ static const struct kvs_backend_ops cuda_ops = {
     .mc_merge = cu_mc_merge,
     .mc_attend = cu_mc_attend,
     .mc_read = cu_mc_read,
+    .kvq_grow = cu_kvq_grow,
+    .kvq_quantize = cu_kvq_quantize,
+    .kvq_attend = cu_kvq_attend,
+    .kvq_compact = cu_kvq_compact,
+    .kvq_read = cu_kvq_read,
+    .kvq_scores = cu_kvq_scores,
 };
 
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)
