@@ -36,6 +36,7 @@ enum kvs_cuda_scratch_slot {
     KVS_SCR_COMPACT,    /* kv_compact: gathered K, V rows and positions */
     KVS_SCR_LAT_C,      /* lat_attend: the segments' rows gathered to fp32 (n, rank) */
     KVS_SCR_LAT_POS,    /* lat_attend: their positions (n) */
+    KVS_SCR_LAT_QSUM,   /* lat_qmerge: the merged rows summed in fp32 (m, width) before encoding */
     KVS_SCR_COUNT
 };
 

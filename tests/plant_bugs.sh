@@ -112,6 +112,13 @@ plant "embedding reads a neighbouring token's row" embedding.cu \
 plant "bias indexed by row instead of column" elementwise.cu 's/y\[i\] \+= b\[i % n\]/y[i] += b[i \/ n]/'
 plant "SwiGLU sigmoid with the wrong sign" elementwise.cu 's/g\[i\] = v \/ \(1\.0f \+ expf\(-v\)\) \* u\[i\];/g[i] = v \/ (1.0f + expf(v)) * u[i];/'
 plant "residual add drops the last element" elementwise.cu 's/i < n; i \+= stride\) x\[i\] \+= y\[i\];/i < n - 1; i += stride) x[i] += y[i];/'
+# packed (quantized) CommonKV latent rows in device memory (kernels/latent_pool.cu's lat_q* paths)
+plant "packed latents: device encoder writes the minimum where the scale goes" quant_codec.cuh \
+    's/memcpy\(hdr, &hs, 2\);\n    memcpy\(hdr \+ 2, &hmin, 2\);/memcpy(hdr, &hmin, 2);\n    memcpy(hdr + 2, &hs, 2);/'
+plant "packed latents: merge encodes before it sums" latent_pool.cu \
+    's/(\n    KVS_LAUNCH\(k_lat_qsum,[^;]*;\n    KVS_LAUNCH_CHECK\(\);)(\n    KVS_LAUNCH\(k_lat_qstore,[^;]*;\n    KVS_LAUNCH_CHECK\(\);)/$2$1/'
+plant "packed latents: compaction copies rows at the fp16 row size" latent_pool.cu \
+    's/int rb = f->row_bytes;/int rb = 2 * f->width;/'
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
