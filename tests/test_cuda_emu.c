@@ -1433,6 +1433,13 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
                "%s %s: a decoded token left the device: %llu bytes down per token (logits are %d), %llu across the "
                "press boundary", label, method, (unsigned long long)down, V * 4, (unsigned long long)press);
         CHECKF(backend_io || press > 0, "%s %s: a host press's inputs crossed uncounted", label, method);
+        /* CommonKV attends by lat_attend on the device, packed rows or not: per decoded token each
+         * layer's queries go up for it besides the press's output going back (attention on the
+         * CPU uploads only the output: measured 69128 bytes against 2 x 69120 for SmolLM2) */
+        uint64_t qb = (uint64_t)m->hp.n_layer * m->hp.n_head * m->hp.head_dim * sizeof(float);
+        CHECKF(!ckv || up >= 2 * qb, "%s %s: %llu bytes up per decoded token, less than every layer's queries and "
+               "outputs (%llu): the press attended on the CPU", label, method, (unsigned long long)up,
+               (unsigned long long)(2 * qb));
     }
     fprintf(stderr, "   %s %s (%s weights): %d prompt + %d greedy tokens; cpu%s / cuda-emu%s\n", label, method,
             dtype ? dtype : "fp16", n, n_gen, gen_c, gen_g);
