@@ -345,6 +345,13 @@ static void api_weight_free(struct kvs_cuda_ctx *c, struct kvs_cuda_weight *w)
     free(w);
 }
 
+/* Packed latent rows are stored, read, compacted, merged and attended over by this library. */
+static uint32_t api_lat_codecs(const struct kvs_cuda_ctx *c)
+{
+    (void)c;
+    return KVS_CUDA_LAT_CODEC_FP16 | KVS_CUDA_LAT_CODEC_QROW;
+}
+
 /* ---------------------------------------------------------------- table */
 
 static const struct kvs_cuda_api kvs_cuda_table = {
@@ -394,6 +401,11 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_kvq_attend,
     kvs_cuda_kvq_compact,
     kvs_cuda_kvq_scores,
+    api_lat_codecs,
+    kvs_cuda_lat_qstore,
+    kvs_cuda_lat_qload,
+    kvs_cuda_lat_qcompact,
+    kvs_cuda_lat_qmerge,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

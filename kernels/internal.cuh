@@ -43,6 +43,7 @@ enum kvs_cuda_scratch_slot {
                          * kvq_compact: decoded keys of re-encoded blocks (fp32) */
     KVS_SCR_KVQ_MASS,   /* kvq_attend: per-row mass; kvq_scores: present flags;
                          * kvq_compact: the new packed arrays before they are copied back */
+    KVS_SCR_LAT_QSUM,   /* lat_qmerge: the merged rows summed in fp32 (m, width) before encoding */
     KVS_SCR_COUNT
 };
 

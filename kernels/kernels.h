@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 8u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 9u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
@@ -24,7 +24,9 @@ extern "C" {
                                  * 6: mem_info (the card's used/total memory), acts_saturated;
                                  * 7: MiniCache pairs (mc_score, mc_merge, mc_attend);
                                  * 8: quantized K/V pool (kvq_quantize, kvq_attend, kvq_compact,
-                                 *    kvq_scores) */
+                                 *    kvq_scores);
+                                 * 9: packed latent rows (lat_codecs, lat_qstore, lat_qload,
+                                 *    lat_qcompact, lat_qmerge) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -260,6 +262,17 @@ struct kvs_cuda_kvq_scores {
     float *pooled;
 };
 
+/* A packed latent row format (the row codec of quant_codec.cuh, engine/cpu/quant_codec.h): WIDTH
+ * values in groups of GROUP, each group an fp16 scale, an fp16 minimum and its codes at BITS (2, 4,
+ * 8) packed LSB-first, ROW_BYTES = kvs_dev_qrow_bytes(width, bits, group) per row. */
+struct kvs_cuda_qrow {
+    int width, row_bytes, bits, group;
+};
+/* Bits of lat_codecs(): the row formats the lat_* entries take, bit (1 << c) for the engine's
+ * codec number c (enum kvs_lat_codec in engine/backend/backend.h: 0 fp16, 1 packed rows). */
+#define KVS_CUDA_LAT_CODEC_FP16 (1u << 0)
+#define KVS_CUDA_LAT_CODEC_QROW (1u << 1)
+
 /* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in
  * last_error(ctx). Calls on one context must come from one thread at a time. */
 struct kvs_cuda_api {
@@ -341,6 +354,21 @@ struct kvs_cuda_api {
     int (*kvq_attend)(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_attend *a);
     int (*kvq_compact)(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_compact *a);
     int (*kvq_scores)(struct kvs_cuda_ctx *c, const struct kvs_cuda_kvq_scores *a);
+    /* Packed latent rows (struct kvs_cuda_qrow; twins in engine/cpu/latent_pool.c, same bytes).
+     * lat_codecs: the KVS_CUDA_LAT_CODEC_* bits this library's lat_* entries take (the engine keeps
+     * packed rows on the host unless QROW is set). lat_qstore: rows [row0, row0+T) of ROWS (cap,
+     * row_bytes) = x (T, width) fp32 encoded. lat_qload: OUT (n, width) = rows [row0, row0+n)
+     * decoded, fp32 (DTYPE 0) or fp16 (KVS_CUDA_F16, the decoded fp32 rounded to nearest).
+     * lat_qcompact: as lat_compact, rows of row_bytes. lat_qmerge: as lat_merge over packed rows
+     * (src, dst hold rows of row_bytes): decoded, summed in fp32, encoded once. */
+    uint32_t (*lat_codecs)(const struct kvs_cuda_ctx *c);
+    int (*lat_qstore)(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *rows, int row0, int T,
+                      const float *x);
+    int (*lat_qload)(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const uint8_t *rows, int row0, int n,
+                     void *out, int dtype);
+    int (*lat_qcompact)(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *const *rows, int n_arr,
+                        int32_t *pos, const int32_t *src, int n_keep);
+    int (*lat_qmerge)(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const struct kvs_cuda_lat_merge *a);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -384,6 +412,15 @@ int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int ro
 int kvs_cuda_lat_compact(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
                          const int32_t *src, int n_keep);
 int kvs_cuda_lat_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *a);
+/* Packed latent rows (same twins, KVS_LAT_QROW; contracts of the table entries of the same names):
+ * encode one thread per group, decode one thread per element, byte rows through scratch. */
+int kvs_cuda_lat_qstore(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *rows, int row0, int T,
+                        const float *x);
+int kvs_cuda_lat_qload(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const uint8_t *rows, int row0, int n,
+                       void *out, int dtype);
+int kvs_cuda_lat_qcompact(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *const *rows, int n_arr,
+                          int32_t *pos, const int32_t *src, int n_keep);
+int kvs_cuda_lat_qmerge(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const struct kvs_cuda_lat_merge *a);
 /* out (T, cols) fp32 = rows TOKENS (T, already checked against w->rows) of the table W; kernels/embedding.cu. */
 int kvs_cuda_embed(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const int32_t *tokens, int T, float *out);
 /* kernels/elementwise.cu: y (T, n) += b (n); x (n) += y (n); g (n) = g / (1 + e^-g) · u (n). */

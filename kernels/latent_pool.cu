@@ -1,8 +1,11 @@
 /* CommonKV latent segment kernels (DESIGN.md §4, §7; the private and shared latent pools in device
  * memory): fp32 -> fp16 stores of new rows, compaction (eviction, or the rows a merge moved out)
  * by a gather through scratch, and the merge of one token's per-layer latents into a shared row.
- * The CPU twin is engine/cpu/latent_pool.c. Depends on CUDA only. */
+ * Packed rows (quantized latents, the row codec of quant_codec.cuh) are stored, read, compacted
+ * and merged here too, byte for byte as the CPU twin. The CPU twin is engine/cpu/latent_pool.c.
+ * Depends on CUDA only. */
 #include "internal.cuh"
+#include "quant_codec.cuh"
 
 /* rows[row0*width + i] = half(x[i]), one thread per element (grid-stride). */
 __global__ void k_lat_store(__half *rows, int width, int row0, int64_t count, const float *x)
@@ -91,6 +94,159 @@ int kvs_cuda_lat_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *
                 "lat_merge: bad shape (width %d, %d arrays, %d rows at %d)", a->width, a->n_arr, a->m, a->row0);
     if (!a->m) return KVS_CUDA_OK;
     KVS_LAUNCH(k_lat_merge, (unsigned)a->m, 128, 0, c->stream)(*a);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* ---- packed rows (the row codec of quant_codec.cuh; twins: the KVS_LAT_QROW paths of
+ * engine/cpu/latent_pool.c, same bytes) ---- */
+
+static int qrow_groups(const struct kvs_cuda_qrow *f) { return (f->width + f->group - 1) / f->group; }
+
+static bool qrow_ok(const struct kvs_cuda_qrow *f)
+{
+    return f->width > 0 && f->group > 0 && (f->bits == 2 || f->bits == 4 || f->bits == 8) &&
+           (uint32_t)f->row_bytes == kvs_dev_qrow_bytes((uint32_t)f->width, (uint32_t)f->bits, (uint32_t)f->group);
+}
+
+/* One thread per (row t, group g): group g of x's row t encoded into row row0 + t of ROWS (every
+ * group but the last is full, so its bytes start at g times a full group's). */
+__global__ void k_lat_qstore(struct kvs_cuda_qrow f, uint8_t *rows, int row0, int T, int ng, const float *x)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)T * ng) return;
+    int t = (int)(i / ng), g = (int)(i % ng);
+    int j0 = g * f.group, len = f.width - j0 < f.group ? f.width - j0 : f.group;
+    uint8_t *dst = rows + (size_t)(row0 + t) * f.row_bytes + (size_t)g * (4 + (f.group * f.bits + 7) / 8);
+    kvs_dev_qgroup_encode(x + (size_t)t * f.width + j0, 1, (uint32_t)len, (uint32_t)f.bits, dst, dst + 4);
+}
+
+int kvs_cuda_lat_qstore(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *rows, int row0, int T,
+                        const float *x)
+{
+    int ng;
+    KVS_REQUIRE(qrow_ok(f) && row0 >= 0 && T >= 0, "lat_qstore: bad format or shape (width %d, %d bytes, %d bits, "
+                "groups of %d, row %d, T %d)", f->width, f->row_bytes, f->bits, f->group, row0, T);
+    if (!T) return KVS_CUDA_OK;
+    ng = qrow_groups(f);
+    KVS_LAUNCH(k_lat_qstore, kvs_grid((int64_t)T * ng, 128), 128, 0, c->stream)(*f, rows, row0, T, ng, x);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* out[i] = element i % width of row row0 + i / width, decoded (fp32 into O32, else fp16 into O16):
+ * one thread per element, grid-stride. */
+__global__ void k_lat_qload(struct kvs_cuda_qrow f, const uint8_t *rows, int row0, int64_t count, float *o32,
+                            __half *o16)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (; i < count; i += stride) {
+        int64_t r = i / f.width;
+        float v = kvs_dev_qrow_get(rows + (size_t)(row0 + r) * f.row_bytes, (uint32_t)(i - r * f.width),
+                                   (uint32_t)f.bits, (uint32_t)f.group);
+        if (o16) o16[i] = __float2half_rn(v);
+        else o32[i] = v;
+    }
+}
+
+int kvs_cuda_lat_qload(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const uint8_t *rows, int row0, int n,
+                       void *out, int dtype)
+{
+    int64_t count;
+    unsigned grid;
+    KVS_REQUIRE(qrow_ok(f) && row0 >= 0 && n >= 0 && (dtype == 0 || dtype == KVS_CUDA_F16),
+                "lat_qload: bad format or shape (width %d, %d bytes, %d bits, groups of %d, row %d, n %d, dtype %d)",
+                f->width, f->row_bytes, f->bits, f->group, row0, n, dtype);
+    count = (int64_t)n * f->width;
+    if (!count) return KVS_CUDA_OK;
+    grid = kvs_grid(count, 256);
+    if (grid > 65535u * 8u) grid = 65535u * 8u;
+    KVS_LAUNCH(k_lat_qload, grid, 256, 0, c->stream)(*f, rows, row0, count, dtype ? NULL : (float *)out,
+                                                     dtype ? (__half *)out : NULL);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* Row i of g = row src[i] of rows, RB bytes each (and its position into gp when given): one block
+ * per kept row. */
+__global__ void k_lat_qgather(const uint8_t *rows, const int32_t *pos, int rb, const int32_t *src, int n_keep,
+                              uint8_t *g, int32_t *gp)
+{
+    int r = blockIdx.x;
+    if (r >= n_keep) return;
+    size_t from = (size_t)src[r] * rb, to = (size_t)r * rb;
+    for (int i = threadIdx.x; i < rb; i += blockDim.x) g[to + i] = rows[from + i];
+    if (gp && threadIdx.x == 0) gp[r] = pos[src[r]];
+}
+
+int kvs_cuda_lat_qcompact(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *const *rows, int n_arr,
+                          int32_t *pos, const int32_t *src, int n_keep)
+{
+    size_t bytes;
+    char *g;
+    int rb = f->row_bytes;
+    KVS_REQUIRE(qrow_ok(f) && n_arr > 0 && n_arr <= KVS_CUDA_LAT_MAX_ARR && n_keep >= 0,
+                "lat_qcompact: bad format or shape (%d bytes a row, %d arrays, keep %d)", rb, n_arr, n_keep);
+    if (!n_keep) return KVS_CUDA_OK;
+    bytes = (size_t)n_keep * rb;
+    bytes = (bytes + 3) & ~(size_t)3; /* the positions after the rows, aligned */
+    g = (char *)kvs_cuda_scratch(c, KVS_SCR_COMPACT, bytes + (size_t)n_keep * sizeof(int32_t));
+    if (!g) goto fail;
+    /* gathered to scratch and copied back, as the fp16 rows (an in-place gather would race) */
+    for (int a = 0; a < n_arr; a++) {
+        int32_t *gp = a == 0 ? (int32_t *)(g + bytes) : NULL;
+        KVS_LAUNCH(k_lat_qgather, (unsigned)n_keep, 128, 0, c->stream)(rows[a], pos, rb, src, n_keep, (uint8_t *)g,
+                                                                       gp);
+        KVS_LAUNCH_CHECK();
+        CUDA_CHECK(cudaMemcpyAsync(rows[a], g, (size_t)n_keep * rb, cudaMemcpyDeviceToDevice, c->stream));
+        if (a == 0)
+            CUDA_CHECK(cudaMemcpyAsync(pos, g + bytes, (size_t)n_keep * sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                                       c->stream));
+    }
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* S[r, x] = Σ_l w[l] · (row idx[r] of src[l], decoded)[x], fused multiply-adds in layer order (the
+ * CPU twin's), one thread per element; the merged row's position beside it. */
+__global__ void k_lat_qsum(struct kvs_cuda_qrow f, struct kvs_cuda_lat_merge a, float *S)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)a.m * f.width) return;
+    int r = (int)(i / f.width), x = (int)(i % f.width);
+    size_t from = (size_t)a.idx[r] * f.row_bytes;
+    float acc = 0.0f;
+    for (int l = 0; l < a.n_arr; l++)
+        acc = kvs_dev_fma(a.w[l], kvs_dev_qrow_get((const uint8_t *)a.src[l] + from, (uint32_t)x, (uint32_t)f.bits,
+                                                   (uint32_t)f.group), acc);
+    S[i] = acc;
+    if (x == 0) a.dst_pos[a.row0 + r] = a.src_pos[a.idx[r]];
+}
+
+int kvs_cuda_lat_qmerge(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const struct kvs_cuda_lat_merge *a)
+{
+    float *S;
+    int ng;
+    KVS_REQUIRE(qrow_ok(f) && a->width == f->width && a->n_arr > 0 && a->n_arr <= KVS_CUDA_LAT_MAX_ARR && a->m >= 0 &&
+                    a->row0 >= 0,
+                "lat_qmerge: bad format or shape (width %d/%d, %d arrays, %d rows at %d)", a->width, f->width,
+                a->n_arr, a->m, a->row0);
+    if (!a->m) return KVS_CUDA_OK;
+    ng = qrow_groups(f);
+    S = (float *)kvs_cuda_scratch(c, KVS_SCR_LAT_QSUM, (size_t)a->m * f->width * sizeof(float));
+    if (!S) goto fail;
+    /* summed in fp32 first, then encoded once (one thread per group), as the CPU twin */
+    KVS_LAUNCH(k_lat_qsum, kvs_grid((int64_t)a->m * f->width, 128), 128, 0, c->stream)(*f, *a, S);
+    KVS_LAUNCH_CHECK();
+    KVS_LAUNCH(k_lat_qstore, kvs_grid((int64_t)a->m * ng, 128), 128, 0, c->stream)(*f, (uint8_t *)a->dst, a->row0, a->m, ng, S);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:

@@ -150,3 +150,15 @@ plant "kv quant: the eviction score's pooling window off by one" kv_quant.cu \
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
+
+
+# packed (quantized) CommonKV latent rows in device memory (kernels/latent_pool.cu's lat_q* paths)
+plant "packed latents: device encoder writes the minimum where the scale goes" quant_codec.cuh \
+    's/memcpy\(hdr, &hs, 2\);\n    memcpy\(hdr \+ 2, &hmin, 2\);/memcpy(hdr, &hmin, 2);\n    memcpy(hdr + 2, &hs, 2);/'
+plant "packed latents: merge encodes before it sums" latent_pool.cu \
+    's/(\n    KVS_LAUNCH\(k_lat_qsum,[^;]*;\n    KVS_LAUNCH_CHECK\(\);)(\n    KVS_LAUNCH\(k_lat_qstore,[^;]*;\n    KVS_LAUNCH_CHECK\(\);)/$2$1/'
+plant "packed latents: compaction copies rows at the fp16 row size" latent_pool.cu \
+    's/int rb = f->row_bytes;/int rb = 2 * f->width;/'
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]

@@ -148,6 +148,12 @@ static enum kvs_status cpu_lat_attend(struct kvs_backend *b, const struct kvs_la
     return kvs_cpu_lat_attend(b->pool, a, q, out, mass);
 }
 
+static bool cpu_lat_codec(const struct kvs_backend *b, uint32_t codec)
+{
+    (void)b;
+    return codec == KVS_LAT_FP16 || codec == KVS_LAT_QROW;
+}
+
 static enum kvs_status cpu_lat_merge(struct kvs_backend *b, const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
                                     const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w)
 {
@@ -260,6 +266,7 @@ static const struct kvs_backend_ops cpu_ops = {
     .kvq_compact = cpu_kvq_compact,
     .kvq_read = cpu_kvq_read,
     .kvq_scores = cpu_kvq_scores,
+    .lat_codec = cpu_lat_codec,
 };
 
 static const char *cpu_probe(bool *available)
@@ -722,8 +729,10 @@ enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_r
 
 bool kvs_backend_lat_native(const struct kvs_backend *b, const struct kvs_lat_fmt *f)
 {
-    /* the CPU backend's own entries cover packed rows too; a device's cover fp16 rows */
-    return b && b->ops->lat_grow && (f->codec == KVS_LAT_FP16 || b->ops->lat_grow == cpu_lat_grow);
+    /* fp16 rows wherever there are lat_* entries; other codecs where the backend says it takes them
+     * (for CUDA the loaded library decides, so an older one keeps packed rows on the host) */
+    return b && b->ops->lat_grow &&
+           (f->codec == KVS_LAT_FP16 || (b->ops->lat_codec && b->ops->lat_codec(b, f->codec)));
 }
 
 enum kvs_status kvs_backend_lat_grow(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
@@ -787,7 +796,10 @@ enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_l
                                        float *out, float *mass)
 {
     if (!a->f) return KVS_ERR_ARG;
-    if (b && b->ops->lat_attend && kvs_backend_lat_native(b, a->f)) return b->ops->lat_attend(b, a, q, out, mass);
+    bool native = kvs_backend_lat_native(b, a->f);
+    for (int s = 0; s < a->n_segs && s < KVS_LAT_ATTEND_MAX_SEGS; s++)
+        native &= !a->seg_f[s] || kvs_backend_lat_native(b, a->seg_f[s]);
+    if (b && b->ops->lat_attend && native) return b->ops->lat_attend(b, a, q, out, mass);
     if (!kvs_backend_host_memory(b)) {
         kvs_seterr(b->err, sizeof b->err, "lat_attend: %s cannot attend over these latent rows on its buffers",
                    b->ops->name);

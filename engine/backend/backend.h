@@ -109,6 +109,9 @@ struct kvs_lat_attend_args {
     int n_segs;               /* <= KVS_LAT_ATTEND_MAX_SEGS; rows are numbered segment after segment */
     struct { const struct kvs_lat_rows *L; int arr; } segs[KVS_LAT_ATTEND_MAX_SEGS];
     int mass_from;            /* queries t >= mass_from add their weights to the mass */
+    /* per segment, its format where it differs from F (a group's packed segments beside its fp16
+     * ones: one softmax spans them all); NULL entries: F. Same width. */
+    const struct kvs_lat_fmt *seg_f[KVS_LAT_ATTEND_MAX_SEGS];
 };
 
 /* The merged tokens of a MiniCache layer pair (la, la+1) in a backend's memory (DESIGN.md §5
@@ -239,10 +242,10 @@ struct kvs_backend_ops {
     enum kvs_status (*kv_read)(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
                                uint16_t *k, uint16_t *v, int32_t *pos);
 
-    /* CommonKV latent segments (engine/backend/latent_pool.h), fp16 rows only (packed rows take the
-     * CPU twins in host memory). The five entries come as a set: lat_grow NULL -> every latent
-     * segment of this backend lives in host memory (each call a counted fallback). Host arrays
-     * are marked; F is the segment's format (fp16). */
+    /* CommonKV latent segments (engine/backend/latent_pool.h), in the formats lat_codec accepts
+     * (fp16 at least; rows of another format take the CPU twins in host memory). The five entries
+     * come as a set: lat_grow NULL -> every latent segment of this backend lives in host memory
+     * (each call a counted fallback). Host arrays are marked; F is the segment's format. */
     /* optional: NULL -> CPU path. Grows L to CAP >= L->n rows of its n_arr arrays, keeping them (CAP 0 frees). */
     enum kvs_status (*lat_grow)(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int cap);
     /* Writes rows [row0, row0+T) of array ARR from x (T, width) fp32 host, and their positions from
@@ -336,6 +339,9 @@ struct kvs_backend_ops {
      * then L->score is zeroed. n_ctx <= L->n_score. */
     enum kvs_status (*kvq_scores)(struct kvs_backend *b, struct kvs_kvq_rows *L, const struct kvs_kvq_fmt *f,
                                   int n_ctx, int kernel, float *pooled);
+    /* optional: NULL -> fp16 rows only. Whether the lat_* entries (lat_attend included) take rows
+     * of CODEC (enum kvs_lat_codec): what the backend (for CUDA: the loaded library) reports. */
+    bool (*lat_codec)(const struct kvs_backend *b, uint32_t codec);
 };
 
 struct kvs_backend {
@@ -484,8 +490,8 @@ enum kvs_status kvs_backend_kv_compact(struct kvs_backend *b, struct kvs_kv_rows
 enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
                                     uint16_t *k, uint16_t *v, int32_t *pos);
 
-/* Latent segment entries: the backend's set for fp16 rows, or the CPU twins (host memory) when it
- * has none or the rows are packed; a CPU backend's own are not fallbacks, another backend's are,
+/* Latent segment entries: the backend's set for the formats it takes (lat_codec), or the CPU twins
+ * (host memory) when it has none or not for that format; a CPU backend's own are not fallbacks, another backend's are,
  * each call counted in b->ctr[KVS_OP_FALLBACK]. B may be NULL (the CPU path). The rows of one
  * segment must only ever be given to the backend that grew them, with the same format. */
 bool kvs_backend_lat_native(const struct kvs_backend *b, const struct kvs_lat_fmt *f);

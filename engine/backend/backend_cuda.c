@@ -264,7 +264,9 @@ const struct kvs_backend_cuda_info *kvs_backend_cuda_info(void)
 /* ---------------------------------------------------------------- backend on host pointers */
 
 enum {
-    ST_X, ST_Y, ST_W, ST_POS, ST_QPOS, ST_FREQS, ST_C, ST_V, ST_BK, ST_BV, ST_U, ST_S, ST_VT, ST_COUNT
+    ST_X, ST_Y, ST_W, ST_POS, ST_QPOS, ST_FREQS, ST_C, ST_V, ST_BK, ST_BV, ST_U, ST_S, ST_VT,
+    ST_LQ, /* lat_attend: packed segments' rows decoded to fp16 */
+    ST_COUNT
 };
 
 struct cuda_be {
@@ -282,6 +284,7 @@ struct cuda_be {
         struct kvs_cuda_weight *w; /* (rows, rank rounded up to 16) zero-padded */
     } *bk16;
     int n_bk16, cap_bk16;
+    bool qrow;                /* the library takes packed latent rows (lat_codecs and the lat_q* entries) */
 };
 
 static enum kvs_status api_fail(struct kvs_backend *b, const char *what)
@@ -797,7 +800,7 @@ static enum kvs_status cu_kv_read(struct kvs_backend *b, const struct kvs_kv_row
     return KVS_OK;
 }
 
-/* ---- CommonKV latent segments in device memory, fp16 rows (twins: engine/cpu/latent_pool.c) ---- */
+/* ---- CommonKV latent segments in device memory, fp16 or packed rows (twins: engine/cpu/latent_pool.c) ---- */
 
 static void cu_lat_free(struct cuda_be *s, void **rows, int n_arr, void **pos)
 {
@@ -806,17 +809,33 @@ static void cu_lat_free(struct cuda_be *s, void **rows, int n_arr, void **pos)
     *pos = NULL;
 }
 
-static bool lat_fmt_ok(const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f)
+/* Packed rows need the library's lat_q* entries (kvs_cuda_qrow checks the rest of the format). */
+static bool lat_fmt_ok(const struct cuda_be *s, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f)
 {
-    return f->codec == KVS_LAT_FP16 && f->width > 0 && f->row_bytes == 2 * f->width && L->n_arr > 0 &&
-           L->n_arr <= KVS_LAT_MAX_ARR && L->n_arr <= KVS_CUDA_LAT_MAX_ARR;
+    bool codec = f->codec == KVS_LAT_FP16 ? f->row_bytes == 2 * f->width
+                                          : f->codec == KVS_LAT_QROW && s->qrow && f->row_bytes > 0;
+    return codec && f->width > 0 && L->n_arr > 0 && L->n_arr <= KVS_LAT_MAX_ARR && L->n_arr <= KVS_CUDA_LAT_MAX_ARR;
+}
+
+static struct kvs_cuda_qrow qrow_of(const struct kvs_lat_fmt *f)
+{
+    return (struct kvs_cuda_qrow){.width = f->width, .row_bytes = f->row_bytes, .bits = (int)f->bits,
+                                  .group = (int)f->group};
+}
+
+_Static_assert((1u << KVS_LAT_QROW) == KVS_CUDA_LAT_CODEC_QROW, "lat_codecs() bits follow enum kvs_lat_codec");
+
+static bool cu_lat_codec(const struct kvs_backend *b, uint32_t codec)
+{
+    const struct cuda_be *s = b->ctx;
+    return codec == KVS_LAT_FP16 || (codec == KVS_LAT_QROW && s->qrow);
 }
 
 static enum kvs_status cu_lat_grow(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                    int cap)
 {
     struct cuda_be *s = b->ctx;
-    if (!lat_fmt_ok(L, f) || cap < L->n) return KVS_ERR_ARG;
+    if (!lat_fmt_ok(s, L, f) || cap < L->n) return KVS_ERR_ARG;
     if (cap == 0) {
         cu_lat_free(s, L->rows, L->n_arr, &L->pos);
         L->cap = 0;
@@ -848,21 +867,33 @@ static enum kvs_status cu_lat_store(struct kvs_backend *b, struct kvs_lat_rows *
 {
     struct cuda_be *s = b->ctx;
     void *dx;
-    if (!lat_fmt_ok(L, f) || arr < 0 || arr >= L->n_arr || row0 < 0 || T < 0 || row0 > L->cap - T)
+    if (!lat_fmt_ok(s, L, f) || arr < 0 || arr >= L->n_arr || row0 < 0 || T < 0 || row0 > L->cap - T)
         return KVS_ERR_ARG;
     if (T == 0) return KVS_OK;
     TRY(put(b, ST_C, x, (size_t)T * f->width * sizeof(float), &dx));
     if (pos && s->api->upload(s->cx, (int32_t *)L->pos + row0, pos, (size_t)T * sizeof(int32_t)) != KVS_CUDA_OK)
         return api_fail(b, "lat_store");
-    if (s->api->lat_store(s->cx, L->rows[arr], f->width, row0, T, dx) != KVS_CUDA_OK) return api_fail(b, "lat_store");
+    struct kvs_cuda_qrow q = qrow_of(f);
+    int rc = f->codec == KVS_LAT_QROW ? s->api->lat_qstore(s->cx, &q, L->rows[arr], row0, T, dx) /* encoded there */
+                                      : s->api->lat_store(s->cx, L->rows[arr], f->width, row0, T, dx);
+    if (rc != KVS_CUDA_OK) return api_fail(b, "lat_store");
     return KVS_OK;
 }
 
 static enum kvs_status cu_lat_read(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                    int arr, int row0, int n, float *x, int32_t *pos)
 {
-    if (!lat_fmt_ok(L, f) || arr < 0 || arr >= L->n_arr || row0 < 0 || n < 0 || row0 > L->n - n) return KVS_ERR_ARG;
+    struct cuda_be *s = b->ctx;
+    if (!lat_fmt_ok(s, L, f) || arr < 0 || arr >= L->n_arr || row0 < 0 || n < 0 || row0 > L->n - n) return KVS_ERR_ARG;
     if (!n) return KVS_OK;
+    if (f->codec == KVS_LAT_QROW) { /* decoded on the device, fp32 comes back */
+        struct kvs_cuda_qrow q = qrow_of(f);
+        void *dx = stage(b, ST_C, (size_t)n * f->width * sizeof(float));
+        if (!dx) return KVS_ERR_BACKEND;
+        if (s->api->lat_qload(s->cx, &q, L->rows[arr], row0, n, dx, 0) != KVS_CUDA_OK) return api_fail(b, "lat_read");
+        TRY(get(b, x, dx, (size_t)n * f->width * sizeof(float)));
+        return pos ? get(b, pos, (const int32_t *)L->pos + row0, (size_t)n * sizeof(int32_t)) : KVS_OK;
+    }
     /* fp16 bits come back and widen on the host: the conversion is exact either side */
     size_t cnt = (size_t)n * f->width;
     uint16_t *h = malloc(cnt * sizeof(uint16_t));
@@ -879,7 +910,7 @@ static enum kvs_status cu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows
 {
     struct cuda_be *s = b->ctx;
     void *dsrc;
-    if (!lat_fmt_ok(L, f)) return KVS_ERR_ARG;
+    if (!lat_fmt_ok(s, L, f)) return KVS_ERR_ARG;
     int32_t *src = malloc((size_t)(L->n ? L->n : 1) * sizeof(int32_t));
     if (!src) return KVS_ERR_NOMEM;
     int n_keep = 0;
@@ -887,10 +918,13 @@ static enum kvs_status cu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows
         if (keep[i]) src[n_keep++] = i;
     enum kvs_status st = KVS_OK;
     if (n_keep < L->n) {
+        struct kvs_cuda_qrow q = qrow_of(f);
         st = put(b, ST_POS, src, (size_t)n_keep * sizeof(int32_t), &dsrc);
         if (st == KVS_OK &&
-            s->api->lat_compact(s->cx, (uint16_t *const *)L->rows, L->n_arr, L->pos, f->width, dsrc, n_keep) !=
-                KVS_CUDA_OK)
+            (f->codec == KVS_LAT_QROW
+                 ? s->api->lat_qcompact(s->cx, &q, (uint8_t *const *)L->rows, L->n_arr, L->pos, dsrc, n_keep)
+                 : s->api->lat_compact(s->cx, (uint16_t *const *)L->rows, L->n_arr, L->pos, f->width, dsrc,
+                                       n_keep)) != KVS_CUDA_OK)
             st = api_fail(b, "lat_compact");
         if (st == KVS_OK) L->n = n_keep;
     }
@@ -933,7 +967,9 @@ static const struct kvs_cuda_weight *bk16_get(struct kvs_backend *b, const float
 
 /* q, out, B_k, B_v, the biases and the frequencies are device buffers, the rows the segments';
  * the query positions go up and the mass (when asked) comes back. Decode steps read B_k from its
- * 16-bit copy (bk16_get); without one (no memory) they take the prefill path. */
+ * 16-bit copy (bk16_get); without one (no memory) they take the prefill path. Packed segments are
+ * decoded to fp16 rows in scratch first (the decoded fp32 values rounded to nearest), which the
+ * attention kernel then reads as it reads the fp16 segments. */
 static enum kvs_status cu_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
                                      float *out, float *mass)
 {
@@ -948,17 +984,33 @@ static enum kvs_status cu_lat_attend(struct kvs_backend *b, const struct kvs_lat
                                     .bk = a->bk, .bv = a->bv, .bk_bias = a->bk_bias, .bv_bias = a->bv_bias,
                                     .freqs = a->freqs, .neox = a->neox, .scale = a->scale, .out = out,
                                     .mass_from = a->mass_from};
-    int64_t n = 0;
+    int64_t n = 0, nq = 0;
     for (int i = 0; i < a->n_segs; i++) {
         const struct kvs_lat_rows *L = a->segs[i].L;
-        if (!L || !lat_fmt_ok(L, a->f) || a->segs[i].arr < 0 || a->segs[i].arr >= L->n_arr) return KVS_ERR_ARG;
+        const struct kvs_lat_fmt *f = a->seg_f[i] ? a->seg_f[i] : a->f;
+        if (!L || !lat_fmt_ok(s, L, f) || f->width != a->rank || a->segs[i].arr < 0 || a->segs[i].arr >= L->n_arr)
+            return KVS_ERR_ARG;
         d.rows[i] = L->rows[a->segs[i].arr];
         d.pos[i] = L->pos;
         d.n[i] = L->n;
         n += L->n;
+        if (f->codec == KVS_LAT_QROW) nq += L->n;
     }
     if (n > INT_MAX) return KVS_ERR_ARG;
     if (a->T <= 4 && n > 0) d.bk16 = bk16_get(b, a->bk, a->n_head_kv * a->head_dim, a->rank);
+    if (nq) {
+        uint16_t *h = stage(b, ST_LQ, (size_t)nq * a->rank * sizeof(uint16_t));
+        if (!h) return KVS_ERR_BACKEND;
+        for (int i = 0; i < a->n_segs; i++) {
+            const struct kvs_lat_fmt *f = a->seg_f[i] ? a->seg_f[i] : a->f;
+            if (f->codec != KVS_LAT_QROW || !d.n[i]) continue;
+            struct kvs_cuda_qrow qf = qrow_of(f);
+            if (s->api->lat_qload(s->cx, &qf, (const uint8_t *)d.rows[i], 0, d.n[i], h, KVS_CUDA_F16) != KVS_CUDA_OK)
+                return api_fail(b, "lat_attend");
+            d.rows[i] = h;
+            h += (size_t)d.n[i] * a->rank;
+        }
+    }
     TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
     if (mass && !(dmass = stage(b, ST_U, (size_t)(n ? n : 1) * sizeof(float)))) return KVS_ERR_BACKEND;
     d.q_pos = dqp;
@@ -973,7 +1025,7 @@ static enum kvs_status cu_lat_merge(struct kvs_backend *b, const struct kvs_lat_
 {
     struct cuda_be *s = b->ctx;
     void *didx;
-    if (!lat_fmt_ok(src, f) || !lat_fmt_ok(dst, f) || m < 0 || dst->n > dst->cap - m) return KVS_ERR_ARG;
+    if (!lat_fmt_ok(s, src, f) || !lat_fmt_ok(s, dst, f) || m < 0 || dst->n > dst->cap - m) return KVS_ERR_ARG;
     for (int i = 0; i < m; i++)
         if (idx[i] < 0 || idx[i] >= src->n) return KVS_ERR_ARG;
     if (!m) return KVS_OK;
@@ -985,7 +1037,9 @@ static enum kvs_status cu_lat_merge(struct kvs_backend *b, const struct kvs_lat_
     }
     TRY(put(b, ST_QPOS, idx, (size_t)m * sizeof(int32_t), &didx));
     a.idx = didx;
-    if (s->api->lat_merge(s->cx, &a) != KVS_CUDA_OK) return api_fail(b, "lat_merge");
+    struct kvs_cuda_qrow q = qrow_of(f);
+    if ((f->codec == KVS_LAT_QROW ? s->api->lat_qmerge(s->cx, &q, &a) : s->api->lat_merge(s->cx, &a)) != KVS_CUDA_OK)
+        return api_fail(b, "lat_merge");
     dst->n += m;
     return KVS_OK;
 }
@@ -1377,6 +1431,7 @@ static const struct kvs_backend_ops cuda_ops = {
     .kvq_compact = cu_kvq_compact,
     .kvq_read = cu_kvq_read,
     .kvq_scores = cu_kvq_scores,
+    .lat_codec = cu_lat_codec,
 };
 
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)
@@ -1399,6 +1454,9 @@ enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t
         free(s);
         return KVS_ERR_BACKEND;
     }
+    /* packed latent rows stay on the device only where the library says it takes them */
+    s->qrow = s->api->lat_codecs && (s->api->lat_codecs(s->cx) & KVS_CUDA_LAT_CODEC_QROW) && s->api->lat_qstore &&
+              s->api->lat_qload && s->api->lat_qcompact && s->api->lat_qmerge;
     b->ops = &cuda_ops;
     b->ctx = s;
     cu_set_weights(b, "auto"); /* cannot fail for "auto" */

@@ -1,9 +1,9 @@
 /* CommonKV's latent pools (DESIGN.md §4, §7): segments of latent rows with their tokens' positions,
  * a layer group's private pool (one array per layer, in lock-step) or its shared pool of merged
- * latents, fp16 or packed. The rows live in the backend's memory (host for CPU, device for CUDA;
- * packed rows in host memory) and are touched only through the backend's lat_* entries; this
- * module grows them in blocks, keeps a host copy of the positions for the press's decisions, and
- * counts held and allocated bytes. Depends on backend.h only. */
+ * latents, fp16 or packed. The rows live in the backend's memory (host for CPU, device for CUDA,
+ * packed rows too where the backend takes them) and are touched only through the backend's lat_*
+ * entries; this module grows them in blocks, keeps a host copy of the positions for the press's
+ * decisions, and counts held and allocated bytes. Depends on backend.h only. */
 #ifndef KVS_CKV_POOL_H
 #define KVS_CKV_POOL_H
 

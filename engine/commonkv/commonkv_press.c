@@ -663,24 +663,26 @@ static enum kvs_status dev_put(struct kvs_backend *be, struct kvs_buf *buf, size
 }
 
 /* True when the group's attention can run in the backend (lat_attend): a backend whose memory is not the
- * host's, holding the group's fp16 rows, with no packed rows (those stay on the CPU path, each of
- * their reads a counted fallback, because one softmax spans every row). */
+ * host's, holding every row of the group, fp16 and packed (packed rows the backend does not take
+ * stay on the CPU path, each of their reads a counted fallback, because one softmax spans every row). */
 static bool ckv_dev_attend(const struct ckv *c, const struct grp *g)
 {
     struct kvs_backend *be = c->base.be;
-    return be && !kvs_backend_host_memory(be) && be->ops->lat_attend && g->pq.n == 0 && g->sq.n == 0 &&
-           kvs_ckv_seg_native(&g->p16) && (g->s16.n == 0 || kvs_ckv_seg_native(&g->s16));
+    return be && !kvs_backend_host_memory(be) && be->ops->lat_attend && kvs_ckv_seg_native(&g->p16) &&
+           (g->pq.n == 0 || kvs_ckv_seg_native(&g->pq)) && (g->s16.n == 0 || kvs_ckv_seg_native(&g->s16)) &&
+           (g->sq.n == 0 || kvs_ckv_seg_native(&g->sq));
 }
 
-/* Attention of LAYER over its private and shared fp16 rows by the backend; the eviction mass of the
- * last snap_window queries added to the group's scores by position. */
+/* Attention of LAYER over its private and shared rows (fp16 and packed) by the backend; the eviction
+ * mass of the last snap_window queries added to the group's scores by position. */
 static enum kvs_status ckv_attend_dev(struct ckv *c, struct grp *g, int layer, int T, const int32_t *pos,
                                       const float *q, float *out)
 {
     struct kvs_backend *be = c->base.be;
     const int d = c->d, r = (int)g->r;
     size_t dkv = (size_t)c->dkv, qbytes = (size_t)T * c->nh * d * sizeof(float);
-    uint32_t n = g->p16.n + g->s16.n;
+    const struct seg *sv[4] = {&g->p16, &g->pq, &g->s16, &g->sq}; /* rowsrc's order */
+    uint32_t n = g->p16.n + g->pq.n + g->s16.n + g->sq.n;
     enum kvs_status st;
     if (!c->dev_freqs.data && (st = dev_put(be, &c->dev_freqs, (size_t)(d / 2) * sizeof(float), c->rope.freqs)))
         goto fail;
@@ -711,17 +713,18 @@ static enum kvs_status ckv_attend_dev(struct ckv *c, struct grp *g, int layer, i
                                     .rank = r, .scale = 1.0f / sqrtf((float)d), .neox = c->rope.neox,
                                     .bk = c->dev_bk[layer].data, .bv = c->dev_bv[layer].data,
                                     .bk_bias = c->dev_kb[layer].data, .bv_bias = c->dev_vb[layer].data,
-                                    .freqs = c->dev_freqs.data, .f = &g->p16.f, .n_segs = 2,
+                                    .freqs = c->dev_freqs.data, .f = &g->p16.f, .n_segs = 4,
                                     .mass_from = T - (int)c->snap_window};
-    a.segs[0].L = &g->p16.L, a.segs[0].arr = layer - (int)g->l0;
-    a.segs[1].L = &g->s16.L, a.segs[1].arr = 0;
+    for (int i = 0; i < 4; i++) {
+        a.segs[i].L = &sv[i]->L, a.segs[i].arr = i < 2 ? layer - (int)g->l0 : 0;
+        a.seg_f[i] = &sv[i]->f;
+    }
     if ((st = kvs_backend_lat_attend(be, &a, c->dev_q.data, c->dev_out.data, mass)) ||
         (st = kvs_backend_buf_download(be, out, &c->dev_out, 0, qbytes)))
         goto fail;
-    if (mass) {
-        for (uint32_t x = 0; x < g->p16.n; x++) g->score[g->p16.pos[x]] += mass[x];
-        for (uint32_t x = 0; x < g->s16.n; x++) g->score[g->s16.pos[x]] += mass[g->p16.n + x];
-    }
+    if (mass)
+        for (uint32_t i = 0, off = 0; i < 4; off += sv[i++]->n)
+            for (uint32_t x = 0; x < sv[i]->n; x++) g->score[sv[i]->pos[x]] += mass[off + x];
     return KVS_OK;
 fail:
     kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: attention on %s: %s", be->ops->name, be->err);

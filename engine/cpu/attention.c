@@ -490,6 +490,7 @@ enum kvs_status kvs_cpu_lat_attend(struct kvs_pool *pool, const struct kvs_lat_a
     for (int s = 0; s < a->n_segs; s++) {
         const struct kvs_lat_rows *L = a->segs[s].L;
         if (!L || a->segs[s].arr < 0 || a->segs[s].arr >= L->n_arr || L->n < 0) return KVS_ERR_ARG;
+        if (a->seg_f[s] && a->seg_f[s]->width != a->rank) return KVS_ERR_ARG;
         n += L->n;
     }
     if (n > 0x7fffffff) return KVS_ERR_ARG;
@@ -502,7 +503,8 @@ enum kvs_status kvs_cpu_lat_attend(struct kvs_pool *pool, const struct kvs_lat_a
     for (int s = 0; s < a->n_segs; s++) {
         const struct kvs_lat_rows *L = a->segs[s].L;
         if (L->n) {
-            st = kvs_cpu_lat_read(L, a->f, a->segs[s].arr, 0, L->n, c + off * a->rank, pos + off);
+            const struct kvs_lat_fmt *f = a->seg_f[s] ? a->seg_f[s] : a->f; /* a packed segment among fp16 ones */
+            st = kvs_cpu_lat_read(L, f, a->segs[s].arr, 0, L->n, c + off * a->rank, pos + off);
             if (st != KVS_OK) goto done;
         }
         off += L->n;
