@@ -351,6 +351,7 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     api_range_push,
     api_range_pop,
     kvs_cuda_lat_attend,
+    kvs_cuda_lat_cosine,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

@@ -1,7 +1,7 @@
 /* CommonKV latent segment kernels (DESIGN.md §4, §7; the private and shared latent pools in device
  * memory): fp32 -> fp16 stores of new rows, compaction (eviction, or the rows a merge moved out)
- * by a gather through scratch, and the merge of one token's per-layer latents into a shared row.
- * The CPU twin is engine/cpu/latent_pool.c. Depends on CUDA only. */
+ * by a gather through scratch, the merge of one token's per-layer latents into a shared row, and
+ * the cosine scores between a segment's arrays that drive merging. The CPU twin is engine/cpu/latent_pool.c. Depends on CUDA only. */
 #include "internal.cuh"
 
 /* rows[row0*width + i] = half(x[i]), one thread per element (grid-stride). */
@@ -91,6 +91,50 @@ int kvs_cuda_lat_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *
                 "lat_merge: bad shape (width %d, %d arrays, %d rows at %d)", a->width, a->n_arr, a->m, a->row0);
     if (!a->m) return KVS_CUDA_OK;
     KVS_LAUNCH(k_lat_merge, (unsigned)a->m, 128, 0, c->stream)(*a);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* Cosine of rows X and Y (WIDTH fp16): fp64 sums in element order (products of two floats are
+ * exact in fp64, so a contracted multiply-add rounds as the CPU twin's multiply then add). */
+__device__ static double lat_cos(const __half *x, const __half *y, int width)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int k = 0; k < width; k++) {
+        double u = (double)__half2float(x[k]), v = (double)__half2float(y[k]);
+        ab += u * v;
+        aa += u * u;
+        bb += v * v;
+    }
+    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
+}
+
+/* One thread per row i < n: out[i] as struct kvs_cuda_lat_cosine says. */
+__global__ void k_lat_cosine(struct kvs_cuda_lat_cosine a)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= a.n) return;
+    size_t off = (size_t)(a.row0 + i) * a.width;
+    if (!a.adj) {
+        a.out[i] = (float)lat_cos((const __half *)a.rows[0] + off, (const __half *)a.rows[a.n_arr - 1] + off, a.width);
+        return;
+    }
+    double acc = 0;
+    for (int l = 0; l + 1 < a.n_arr; l++)
+        acc += lat_cos((const __half *)a.rows[l] + off, (const __half *)a.rows[l + 1] + off, a.width);
+    a.out[i] = (float)(acc / (a.n_arr - 1));
+}
+
+int kvs_cuda_lat_cosine(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_cosine *a)
+{
+    KVS_REQUIRE(a->width > 0 && a->n_arr > 0 && a->n_arr <= KVS_CUDA_LAT_MAX_ARR && a->n >= 0 && a->row0 >= 0 &&
+                    (!a->adj || a->n_arr > 1),
+                "lat_cosine: bad shape (width %d, %d arrays, %d rows at %d, adj %d)", a->width, a->n_arr, a->n,
+                a->row0, a->adj);
+    if (!a->n) return KVS_CUDA_OK;
+    KVS_LAUNCH(k_lat_cosine, kvs_grid(a->n, 128), 128, 0, c->stream)(*a);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:
