@@ -21,6 +21,9 @@
 #include "elementwise.h"
 #include "embedding.h"
 #include "harness.h"
+#include "latent_attend.h"
+#include "latent_keys.h"
+#include "record.h"
 #include "infer.h"
 #include "press.h"
 #include "quant.h"
@@ -957,8 +960,139 @@ static void lat_attend_case(int NL, int H, int G, int d, int R, bool neox, float
     kvs_ckv_seg_free(&pg), kvs_ckv_seg_free(&pc), kvs_ckv_seg_free(&sg), kvs_ckv_seg_free(&sc);
 }
 
+/* ---------------------------------------------------------------- the CPU's lat_attend paths */
+
+/* The CPU lat_attend of T queries at QP over SEGS (n_segs of them, the layer's array ARR[i]), with
+ * the key kernel KEYS (B_k packed in PACK) and RoPE table CS (NULL: built by the call), on POOL;
+ * out and mass (n) of the queries from MASS_FROM. */
+static void cpu_lat_call(struct kvs_pool *tp, struct kvs_ckv_seg *const *segs, const int *arr, int n_segs, int T,
+                         const int32_t *qp, int mass_from, int H, int G, int d, const float *q, const float *bk,
+                         const float *bv, const float *kb, const float *vb, const float *fr, uint32_t keys,
+                         const void *pack, const float *cs, int cs_n, float *out, float *mass)
+{
+    struct kvs_lat_attend_args a = {.T = T, .q_pos = qp, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                    .rank = segs[0]->width, .scale = 1.0f / sqrtf((float)d), .bk = bk, .bv = bv,
+                                    .bk_bias = kb, .bv_bias = vb, .freqs = fr, .f = &segs[0]->f, .n_segs = n_segs,
+                                    .mass_from = mass_from, .keys = keys, .bk_pack = pack, .rope_cs = cs,
+                                    .rope_n_pos = cs_n};
+    for (int i = 0; i < n_segs; i++) {
+        a.segs[i].L = &segs[i]->L;
+        a.segs[i].arr = arr[i];
+        a.seg_f[i] = &segs[i]->f;
+    }
+    CHECK(kvs_cpu_lat_attend(tp, &a, q, out, mass) == KVS_OK);
+}
+
+static bool same_bytes(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof(float)); }
+
+/* The paths live CPU runs take, on a group's four segments as the press keeps them (private fp16
+ * and packed, shared fp16 and packed) at SmolLM2's head layout and rank R: the fused decode and the
+ * materialising chunk against attn_latent over the decoded rows; the chunk's mass against the sum
+ * of its queries decoded one at a time (the two paths against each other); the same bytes at one
+ * and two threads and with the caller's RoPE table; bf16 keys within bf16's rounding. */
+static void lat_attend_cpu_case(int NL, int H, int G, int d, int R)
+{
+    struct kvs_lat_fmt f16 = {.width = R, .row_bytes = 2 * R};
+    struct kvs_lat_fmt fq = {.width = R, .row_bytes = (int)kvs_qrow_bytes((uint32_t)R, 4, 32), .codec = KVS_LAT_QROW,
+                             .bits = 4, .group = 32};
+    struct kvs_ckv_seg p16, pq, s16, sq;
+    kvs_ckv_seg_init(&p16, &f16, (uint32_t)NL, 64), kvs_ckv_seg_init(&pq, &fq, (uint32_t)NL, 64);
+    kvs_ckv_seg_init(&s16, &f16, 1, 64), kvs_ckv_seg_init(&sq, &fq, 1, 64);
+    struct kvs_ckv_seg *segs[4] = {&p16, &pq, &s16, &sq};
+    const int rows[4] = {150, 170, 40, 37}, arr[4] = {1, 1, 0, 0};
+    int n = 0, pmax = 0;
+    for (int k = 0; k < 4; k++) {
+        struct kvs_ckv_seg *sg = segs[k];
+        CHECK(kvs_ckv_seg_reserve(sg, cpu, (uint32_t)rows[k]) == KVS_OK);
+        int32_t *pos = malloc((size_t)rows[k] * sizeof(int32_t));
+        for (int i = 0; i < rows[k]; i++) pos[i] = 4 * (n + i) + k, pmax = KVS_MAX(pmax, pos[i]); /* interleaved */
+        for (uint32_t l = 0; l < sg->n_arr; l++) {
+            float *x = rand_vec((size_t)rows[k] * R, -1, 1);
+            CHECK(l ? kvs_ckv_seg_fill(sg, l, rows[k], x) == KVS_OK : kvs_ckv_seg_append(sg, rows[k], pos, x) == KVS_OK);
+            free(x);
+        }
+        n += rows[k];
+        free(pos);
+    }
+    size_t dkv = (size_t)G * d;
+    float *bk = rand_vec(dkv * R, -0.15f, 0.15f), *bv = rand_vec(dkv * R, -0.15f, 0.15f);
+    float *kb = rand_vec(dkv, -0.5f, 0.5f), *vb = rand_vec(dkv, -0.5f, 0.5f), *fr = rope_freqs(d, 10000.0);
+    int T = 9, dq = H * d;
+    int32_t qp[9];
+    for (int t = 0; t < T; t++) qp[t] = pmax - 40 * (8 - t); /* the earlier queries see fewer rows */
+    float *q = rand_vec((size_t)T * dq, -1, 1);
+    float *o1 = malloc((size_t)T * dq * sizeof(float)), *o2 = malloc((size_t)T * dq * sizeof(float));
+    float *ol = malloc((size_t)T * dq * sizeof(float)), *m1 = calloc((size_t)n, sizeof(float));
+    float *m2 = calloc((size_t)n, sizeof(float)), *msum = calloc((size_t)n, sizeof(float));
+    /* the reference: attn_latent over the rows decoded to fp32, with the biases added around it */
+    float *c[4];
+    struct kvs_latent_seg ls[4];
+    for (int k = 0; k < 4; k++) {
+        c[k] = malloc((size_t)rows[k] * R * sizeof(float));
+        CHECK(kvs_ckv_seg_read(segs[k], (uint32_t)arr[k], 0, (uint32_t)rows[k], c[k]) == KVS_OK);
+        ls[k] = (struct kvs_latent_seg){c[k], segs[k]->pos, rows[k]};
+    }
+    struct kvs_attn_latent_args la = {.T = T, .q_pos = qp, .n_head = H, .n_head_kv = G, .head_dim = d, .rank = R,
+                                      .bk = bk, .bv = bv, .freqs = fr, .scale = 1.0f / sqrtf((float)d), .segs = ls,
+                                      .n_segs = 4};
+    CHECK(kvs_backend_attn_latent(cpu, &la, q, ol) == KVS_OK);
+    char w[200];
+    /* the chunk (materialising) and its queries one by one (fused), without biases */
+    cpu_lat_call(pool, segs, arr, 4, T, qp, 0, H, G, d, q, bk, bv, NULL, NULL, fr, 0, NULL, NULL, 0, o1, m1);
+    snprintf(w, sizeof w, "cpu lat_attend chunk of %d over fp16+packed rows (rank %d, n %d) vs attn_latent", T, R, n);
+    compare(w, o1, ol, (long)T * dq, 2e-5f, 1e-3f);
+    for (int t = 0; t < T; t++) {
+        cpu_lat_call(pool, segs, arr, 4, 1, qp + t, 0, H, G, d, q + (size_t)t * dq, bk, bv, NULL, NULL, fr, 0, NULL,
+                     NULL, 0, o2 + (size_t)t * dq, m2);
+        for (int x = 0; x < n; x++) msum[x] += m2[x];
+    }
+    snprintf(w, sizeof w, "cpu lat_attend fused decode over fp16+packed rows (rank %d, n %d) vs attn_latent", R, n);
+    compare(w, o2, ol, (long)T * dq, 2e-5f, 1e-3f);
+    snprintf(w, sizeof w, "cpu lat_attend chunk mass vs the sum of its queries' decode mass (rank %d)", R);
+    compare(w, m1, msum, n, 1e-5f, 1e-4f);
+    double tot = 0;
+    for (int x = 0; x < n; x++) tot += m1[x];
+    CHECKF(fabs(tot - (double)T * H) < 1e-3 * T * H, "rank %d: the mass sums to %.6g, not %d queries x %d heads", R,
+           tot, T, H);
+    /* with biases, mass from query 6: threads and the caller's RoPE table change no byte */
+    float *cs = malloc((size_t)(pmax + 1) * (d / 2) * 2 * sizeof(float));
+    for (int p = 0; p <= pmax; p++)
+        for (int i = 0; i < d / 2; i++) {
+            cs[((size_t)p * (d / 2) + i) * 2] = (float)cos((double)p * fr[i]);
+            cs[((size_t)p * (d / 2) + i) * 2 + 1] = (float)sin((double)p * fr[i]);
+        }
+    for (int tt = 1; tt <= T; tt += T - 1) {
+        cpu_lat_call(pool, segs, arr, 4, tt, qp + T - tt, tt - 3, H, G, d, q, bk, bv, kb, vb, fr, 0, NULL, NULL, 0, o1, m1);
+        cpu_lat_call(NULL, segs, arr, 4, tt, qp + T - tt, tt - 3, H, G, d, q, bk, bv, kb, vb, fr, 0, NULL, cs, pmax + 1,
+                     o2, m2);
+        CHECKF(same_bytes(o1, o2, (size_t)tt * dq) && same_bytes(m1, m2, (size_t)n),
+               "rank %d, T %d: lat_attend on 2 threads with its own RoPE table differs from 1 thread with the caller's",
+               R, tt);
+    }
+    /* bf16 keys (where the build has the kernel): the rounding of B_k and the latents to bf16 */
+    struct kvs_ckv_bf16_mat bm = {0};
+    if (kvs_ckv_bf16_available() && kvs_ckv_bf16_pack(&bm, bk, (int)dkv, R, R) == KVS_OK) {
+        cpu_lat_call(pool, segs, arr, 4, T, qp, 0, H, G, d, q, bk, bv, NULL, NULL, fr, KVS_CKV_KEYS_BF16, &bm, cs,
+                     pmax + 1, o1, m1);
+        snprintf(w, sizeof w, "cpu lat_attend bf16 keys, chunk of %d (rank %d) vs attn_latent in fp32", T, R);
+        compare(w, o1, ol, (long)T * dq, 2e-3f, 2e-2f);
+        cpu_lat_call(pool, segs, arr, 4, 1, qp + T - 1, 0, H, G, d, q + (size_t)(T - 1) * dq, bk, bv, NULL, NULL, fr,
+                     KVS_CKV_KEYS_BF16, &bm, cs, pmax + 1, o2, m2);
+        snprintf(w, sizeof w, "cpu lat_attend bf16 keys, decode (rank %d) vs attn_latent in fp32", R);
+        compare(w, o2, ol + (size_t)(T - 1) * dq, dq, 2e-3f, 2e-2f);
+        kvs_ckv_bf16_free(&bm);
+    } else {
+        fprintf(stderr, "   skipped: bf16 keys (this build has no bf16 kernel)\n");
+    }
+    for (int k = 0; k < 4; k++) free(c[k]), kvs_ckv_seg_free(segs[k]);
+    free(bk), free(bv), free(kb), free(vb), free(fr), free(q), free(o1), free(o2), free(ol), free(m1), free(m2);
+    free(msum), free(cs);
+}
+
 static void test_lat_attend(void)
 {
+    lat_attend_cpu_case(3, 9, 3, 64, 45); /* SmolLM2: 9 heads over 3 of 64, rank 45 (not a multiple of 32) */
+    lat_attend_cpu_case(2, 8, 2, 128, 96);
     lat_attend_case(3, 9, 3, 64, 45, false, 1);   /* SmolLM2-135M: 9 heads over 3 of 64, GQA 3:1, rank 45 */
     lat_attend_case(2, 8, 2, 128, 77, true, 1);   /* Llama-3-like: 8 over 2 of 128, GQA 4:1, rank 77 */
     lat_attend_case(2, 9, 3, 64, 45, false, 150); /* large logits: the max must be subtracted */
