@@ -92,7 +92,7 @@ struct kvs_lat_rows {
 /* Attention of T queries over one layer's CommonKV latent rows as they sit in a backend's latent
  * segments (struct kvs_lat_rows: a group's private segment, array = the layer's index in the group,
  * and its shared segment(s)), positions in any order and not dense: keys k_j = RoPE_{pos_j}(B_k[g]
- * c_j + b_k[g]) rebuilt from the fp16 rows, never stored; values by re-association, out_h =
+ * c_j + b_k[g]) rebuilt from the rows (fp16, or packed: seg_f), never stored; values by re-association, out_h =
  * (P_h C) B_v[g]ᵀ + b_v[g]; query t sees row j only when pos_j <= q_pos[t]; no visible row: 0.
  * Every float pointer here is backend memory (a kvs_buf's data, uploaded once per press). */
 #define KVS_LAT_ATTEND_MAX_SEGS 4

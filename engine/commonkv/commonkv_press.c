@@ -10,6 +10,7 @@
  * merge share, never below a similarity floor), quantization of old rows and eviction of (group,
  * token) slots happen in end_step. Depends on commonkv.h, ckv_pool.h, backend.h, latent_keys.h,
  * latent_pool.h and OpenBLAS. */
+#include "latent_attend.h"
 #include "latent_keys.h"
 #include "latent_pool.h"
 #include "ckv_pool.h"
@@ -302,7 +303,7 @@ static enum kvs_status ckv_attend_dev(struct ckv *c, const struct grp *g, int la
 }
 
 /* Attention of LAYER on the host for a device backend that cannot take every segment where it is
- * (packed rows, which live in host memory, beside its fp16 rows): the segments in device memory
+ * (packed rows, which live in host memory, beside its fp16 rows) or a query chunk: the segments in device memory
  * are staged to host fp16 segments (fp16 -> fp32 -> fp16 is exact), then the CPU twin runs on the
  * backend's threads, a counted fallback. USED: the segments of A, in order. */
 static enum kvs_status ckv_attend_staged(struct ckv *c, int layer, struct kvs_lat_attend_args *a,
@@ -340,7 +341,7 @@ static enum kvs_status ckv_attend_staged(struct ckv *c, int layer, struct kvs_la
 
 /* Attention of LAYER over every row it may see (private fp16, private packed, shared fp16, shared
  * packed; empty segments left out), always by the backend's lat_attend: where the rows are, or on
- * the host when the backend cannot take them all. The eviction mass of the last snap_window queries
+ * the host (the CPU twin over staged rows) for a device that cannot take them all or a query chunk. The eviction mass of the last snap_window queries
  * is added to the group's scores by position. */
 static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *q,
                                   float *out)
@@ -384,8 +385,13 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
     }
     enum kvs_status st;
     if (be && !kvs_backend_host_memory(be)) {
-        st = native && kvs_backend_lat_attend_native(be, &a) ? ckv_attend_dev(c, g, layer, &a, q, out, mass)
-                                                             : ckv_attend_staged(c, layer, &a, used, q, out, mass);
+        /* a device attends decode steps where the rows are; query chunks (prefill) stay on the
+         * host twin over staged rows, as before this attended through lat_attend, until the
+         * device has a kernel that does not rebuild every row's keys per query chunk (the
+         * emulated one took over 12 minutes for a 1,800-token prefill of the tiny model that the
+         * staged path does in seconds) */
+        bool dev = native && T <= KVS_LAT_FUSED_T && kvs_backend_lat_attend_native(be, &a);
+        st = dev ? ckv_attend_dev(c, g, layer, &a, q, out, mass) : ckv_attend_staged(c, layer, &a, used, q, out, mass);
     } else {
         ckv_args_host(c, layer, &a);
         st = be ? kvs_backend_lat_attend(be, &a, q, out, mass) : kvs_backend_lat_attend_host(NULL, p->pool, &a, q, out, mass);
