@@ -1388,9 +1388,12 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
                (!evicts || cr < 0 || rg->layer_kept[0] < (uint32_t)(n + n_gen)) && rg->layer_kept[0] == rc->layer_kept[0],
            "%s: device pool holds %llu bytes / %u tokens, CPU %llu / %u", label, (unsigned long long)rg->bytes_held,
            rg->layer_kept[0], (unsigned long long)rc->bytes_held, rc->layer_kept[0]);
-    /* every fp16 row op ran on the device; packed rows are the one explicit, counted fallback */
-    CHECKF(packed ? kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls > 0 : kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls == 0,
-           "%s: %u CPU fallbacks on the CUDA backend", label, kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls);
+    /* every fp16 row op ran on the device; packed rows are an explicit, counted fallback, and so is
+     * CommonKV's attention of a prefill chunk (the host twin over staged rows): one per layer and
+     * chunk, fewer than the decoded tokens, where a decode step that fell back adds one per layer */
+    uint32_t fb = kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls;
+    CHECKF(packed ? fb > 0 : ckv ? fb > 0 && fb < (uint32_t)n_gen : fb == 0, "%s: %u CPU fallbacks on the CUDA backend",
+           label, fb);
     if (ckv) {
         CHECKF(rg->group_merged[0] > 0 && rg->group_merged[0] == rc->group_merged[0],
                "%s: group 0 merged %.3f of its tokens on the device, %.3f on the CPU", label, rg->group_merged[0],
