@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 9u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 10u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
@@ -26,7 +26,8 @@ extern "C" {
                                  * 8: quantized K/V pool (kvq_quantize, kvq_attend, kvq_compact,
                                  *    kvq_scores);
                                  * 9: packed latent rows (lat_codecs, lat_qstore, lat_qload,
-                                 *    lat_qcompact, lat_qmerge) */
+                                 *    lat_qcompact, lat_qmerge);
+                                 * 10: lat_cosine (cosine scores between latent arrays) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -273,6 +274,17 @@ struct kvs_cuda_qrow {
 #define KVS_CUDA_LAT_CODEC_FP16 (1u << 0)
 #define KVS_CUDA_LAT_CODEC_QROW (1u << 1)
 
+/* Cosine scores of rows [row0, row0+n) between the arrays ROWS[0..n_arr) of one latent segment
+ * (fp16): out[i] = cos(rows[0][i], rows[n_arr-1][i]) (adj 0), or the mean over a < n_arr-1 of
+ * cos(rows[a][i], rows[a+1][i]) (adj 1); one thread per row, fp64 sums in element order (the CPU
+ * twin's order: the same bits). */
+struct kvs_cuda_lat_cosine {
+    int n_arr, width, row0, n, adj;
+    const uint16_t *rows[KVS_CUDA_LAT_MAX_ARR]; /* n_arr x (cap, width) fp16 bits, or packed rows */
+    float *out;               /* (n) */
+    int bits, group, row_bytes; /* bits 0: fp16 rows; else packed by the row codec (quant_codec.cuh) */
+};
+
 /* The function table. Entries returning int give KVS_CUDA_OK or KVS_CUDA_FAIL with the reason in
  * last_error(ctx). Calls on one context must come from one thread at a time. */
 struct kvs_cuda_api {
@@ -369,6 +381,8 @@ struct kvs_cuda_api {
     int (*lat_qcompact)(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *const *rows, int n_arr,
                         int32_t *pos, const int32_t *src, int n_keep);
     int (*lat_qmerge)(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const struct kvs_cuda_lat_merge *a);
+    /* Cosine scores between latent arrays (struct kvs_cuda_lat_cosine). */
+    int (*lat_cosine)(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_cosine *a);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -421,6 +435,8 @@ int kvs_cuda_lat_qload(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, co
 int kvs_cuda_lat_qcompact(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *const *rows, int n_arr,
                           int32_t *pos, const int32_t *src, int n_keep);
 int kvs_cuda_lat_qmerge(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const struct kvs_cuda_lat_merge *a);
+/* See struct kvs_cuda_lat_cosine; twin kvs_cpu_lat_cosine (engine/cpu/latent_pool.c). */
+int kvs_cuda_lat_cosine(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_cosine *a);
 /* out (T, cols) fp32 = rows TOKENS (T, already checked against w->rows) of the table W; kernels/embedding.cu. */
 int kvs_cuda_embed(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, const int32_t *tokens, int T, float *out);
 /* kernels/elementwise.cu: y (T, n) += b (n); x (n) += y (n); g (n) = g / (1 + e^-g) · u (n). */

@@ -241,9 +241,10 @@ __global__ void k_lat_combine(const float *acc, const float *ml, int splits, int
     if (threadIdx.x == 0) mlf[row * 2] = M, mlf[row * 2 + 1] = L;
 }
 
-/* out[t, h, i] = B_v[g*d + i, :] · pc[t, h, :] + b_v[g*d + i], one warp per output element. */
-__global__ void k_lat_out(const float *pc, const float *bv, const float *vb, int64_t total, int n_head, int gq, int d,
-                          int rank, float *out)
+/* out[t, h, i] = B_v[g*d + i, :] · pc[t, h, :] + b_v[g*d + i], one warp per output element; 0 where
+ * the query saw no row (mlf's merged sum is 0), as the contract and the CPU twin say. */
+__global__ void k_lat_out(const float *pc, const float *bv, const float *vb, const float *mlf, int64_t total,
+                          int n_head, int gq, int d, int rank, float *out)
 {
     int64_t wid = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
@@ -256,7 +257,7 @@ __global__ void k_lat_out(const float *pc, const float *bv, const float *vb, int
     float s = 0.0f;
     for (int x = lane; x < rank; x += 32) s += brow[x] * p[x];
     s = kvs_warp_sum(s);
-    if (lane == 0) out[wid] = vb ? s + vb[g * d + i] : s;
+    if (lane == 0) out[wid] = mlf[th * 2 + 1] > 0.0f ? (vb ? s + vb[g * d + i] : s) : 0.0f;
 }
 
 /* The mass pass: the same tiles and keys; mass_part[g][j] = Σ over queries t >= mass_from and the
@@ -345,7 +346,7 @@ template <typename T> static int la_launch(struct kvs_cuda_ctx *c, const struct 
                                                                   (float *)la.mlf);
     KVS_LAUNCH_CHECK();
     KVS_LAUNCH(k_lat_out, kvs_grid((int64_t)nrow * a->head_dim * 32, 256), 256, 0, c->stream)(
-        pc, a->bv, a->bv_bias, (int64_t)nrow * a->head_dim, a->n_head, a->n_head / a->n_head_kv, a->head_dim, a->rank,
+        pc, a->bv, a->bv_bias, la.mlf, (int64_t)nrow * a->head_dim, a->n_head, a->n_head / a->n_head_kv, a->head_dim, a->rank,
         a->out);
     KVS_LAUNCH_CHECK();
     if (a->mass && a->mass_from < a->T) {

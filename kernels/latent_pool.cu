@@ -1,9 +1,9 @@
 /* CommonKV latent segment kernels (DESIGN.md §4, §7; the private and shared latent pools in device
  * memory): fp32 -> fp16 stores of new rows, compaction (eviction, or the rows a merge moved out)
- * by a gather through scratch, and the merge of one token's per-layer latents into a shared row.
- * Packed rows (quantized latents, the row codec of quant_codec.cuh) are stored, read, compacted
- * and merged here too, byte for byte as the CPU twin. The CPU twin is engine/cpu/latent_pool.c.
- * Depends on CUDA only. */
+ * by a gather through scratch, the merge of one token's per-layer latents into a shared row, and
+ * the cosine scores between a segment's arrays that drive merging. Packed rows (quantized latents,
+ * the row codec of quant_codec.cuh) are stored, read, compacted and merged here too, byte for byte
+ * as the CPU twin. The CPU twin is engine/cpu/latent_pool.c. Depends on CUDA only. */
 #include "internal.cuh"
 #include "quant_codec.cuh"
 
@@ -247,6 +247,58 @@ int kvs_cuda_lat_qmerge(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, c
     KVS_LAUNCH(k_lat_qsum, kvs_grid((int64_t)a->m * f->width, 128), 128, 0, c->stream)(*f, *a, S);
     KVS_LAUNCH_CHECK();
     KVS_LAUNCH(k_lat_qstore, kvs_grid((int64_t)a->m * ng, 128), 128, 0, c->stream)(*f, (uint8_t *)a->dst, a->row0, a->m, ng, S);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* Element K of row I of array ROWS: fp16, or packed by the row codec (BITS > 0). */
+__device__ static float lat_elem(const struct kvs_cuda_lat_cosine &a, const void *rows, size_t i, int k)
+{
+    if (!a.bits) return __half2float(((const __half *)rows)[i * a.width + k]);
+    return kvs_dev_qrow_get((const uint8_t *)rows + i * a.row_bytes, (uint32_t)k, (uint32_t)a.bits,
+                            (uint32_t)a.group);
+}
+
+/* Cosine of row I of arrays X and Y (WIDTH values, decoded as the CPU twin decodes them): fp64 sums
+ * in element order (products of two floats are exact in fp64, so a contracted multiply-add rounds
+ * as the CPU twin's multiply then add). */
+__device__ static double lat_cos(const struct kvs_cuda_lat_cosine &a, const void *x, const void *y, size_t i)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int k = 0; k < a.width; k++) {
+        double u = (double)lat_elem(a, x, i, k), v = (double)lat_elem(a, y, i, k);
+        ab += u * v;
+        aa += u * u;
+        bb += v * v;
+    }
+    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
+}
+
+/* One thread per row i < n: out[i] as struct kvs_cuda_lat_cosine says. */
+__global__ void k_lat_cosine(struct kvs_cuda_lat_cosine a)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= a.n) return;
+    size_t row = (size_t)(a.row0 + i);
+    if (!a.adj) {
+        a.out[i] = (float)lat_cos(a, a.rows[0], a.rows[a.n_arr - 1], row);
+        return;
+    }
+    double acc = 0;
+    for (int l = 0; l + 1 < a.n_arr; l++) acc += lat_cos(a, a.rows[l], a.rows[l + 1], row);
+    a.out[i] = (float)(acc / (a.n_arr - 1));
+}
+
+int kvs_cuda_lat_cosine(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_cosine *a)
+{
+    KVS_REQUIRE(a->width > 0 && a->n_arr > 0 && a->n_arr <= KVS_CUDA_LAT_MAX_ARR && a->n >= 0 && a->row0 >= 0 &&
+                    (!a->adj || a->n_arr > 1) && (!a->bits || a->row_bytes > 0),
+                "lat_cosine: bad shape (width %d, %d arrays, %d rows at %d, adj %d)", a->width, a->n_arr, a->n,
+                a->row0, a->adj);
+    if (!a->n) return KVS_CUDA_OK;
+    KVS_LAUNCH(k_lat_cosine, kvs_grid(a->n, 128), 128, 0, c->stream)(*a);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:

@@ -160,5 +160,54 @@ plant "packed latents: merge encodes before it sums" latent_pool.cu \
 plant "packed latents: compaction copies rows at the fp16 row size" latent_pool.cu \
     's/int rb = f->row_bytes;/int rb = 2 * f->width;/'
 
+# lat-cpu: the cosine scores that drive merging (lat_cosine in latent_pool.cu)
+plant "latent cosine: without the norm of one side" latent_pool.cu \
+    's/return aa > 0 && bb > 0 \? ab \/ sqrt\(aa \* bb\) : 0\.0;/return aa > 0 \&\& bb > 0 ? ab \/ sqrt(aa) : 0.0;/'
+plant "latent cosine: adjacent mean stops one pair short" latent_pool.cu \
+    's/for \(int l = 0; l \+ 1 < a\.n_arr; l\+\+\)/for (int l = 0; l + 2 < a.n_arr; l++)/'
+
+# plant_cpu NAME FILE PERL-SUBSTITUTION: one bug in a copy of a CPU twin (engine/cpu/FILE), the
+# engine's live CPU code. The sources and BUILD's objects are copied with their times, so make
+# rebuilds only the patched object, the engine library and test_cuda_emu; the unpatched emulated
+# library runs beside it (--ops). The test must fail.
+plant_cpu() {
+    local name=$1 file=$2 subst=$3
+    case "$name" in *"${PLANT_ONLY:-}"*) ;; *) return ;; esac
+    local d=$W/cpu_$(echo "$name" | tr -c 'a-z0-9\n' '_')
+    rm -rf "$d"; mkdir -p "$d"
+    tar -c Makefile app engine traces views tests kernels | tar -x -C "$d"
+    tar -c "$B"/engine "$B"/traces "$B"/views "$B"/tests/lib "$B"/*.a | tar -x -C "$d"
+    perl -0pi -e "$subst" "$d/engine/cpu/$file"
+    if cmp -s "engine/cpu/$file" "$d/engine/cpu/$file"; then
+        echo "FAIL $name: the patch did not apply to engine/cpu/$file (update tests/plant_bugs.sh)"
+        fail=$((fail+1)); return
+    fi
+    touch "$d/engine/cpu/$file"
+    if ! make -s -C "$d" BUILD="$B" "$B/tests/test_cuda_emu" >"$d/build.log" 2>&1; then
+        echo "FAIL $name: the planted copy does not build:"; grep -E 'error' "$d/build.log" | head -5
+        fail=$((fail+1)); return
+    fi
+    KVS_CUDA_EMU_LIB=$PWD/$EMU/libkvscope_cuda_emu.so timeout 300 "$d/$B/tests/test_cuda_emu" --ops >"$d/test.log" 2>&1
+    local rc=$?
+    local why
+    why=$(grep -E '^(FAIL|cuda-emu:)' "$d/test.log" | head -n 1 | cut -c1-150)
+    if [ $rc -ne 0 ]; then
+        echo "caught:     $name  ($(grep -cE '^FAIL' "$d/test.log") failed checks; first: ${why:-exit $rc})"
+        pass=$((pass+1))
+    else
+        echo "NOT caught: $name"
+        fail=$((fail+1))
+    fi
+}
+# the CPU's lat_attend (engine/cpu/latent_attend.c) and lat_cosine twin (latent_pool.c)
+plant_cpu "cpu lat_attend: fused decode slots combined without rescaling" latent_attend.c \
+    's/float f = st->m\[sh\] == -INFINITY \? 0\.0f : expf\(st->m\[sh\] - M\);/float f = st->m[sh] == -INFINITY ? 0.0f : 1.0f;/'
+plant_cpu "cpu lat_attend: chunk mass counts every query, not the window" latent_attend.c \
+    's/if \(ev && i0 \+ i >= j->ev_from\)/if (ev)/'
+plant_cpu "cpu lat_attend: fused decode masks by row index, not the stored position" latent_attend.c \
+    's/if \(w->rp\[i\] > qp\) sr\[i\] = -INFINITY;/if (r0 + i > qp) sr[i] = -INFINITY;/'
+plant_cpu "cpu lat_cosine: without the norm of one side" latent_pool.c \
+    's/return aa > 0 && bb > 0 \? ab \/ sqrt\(aa \* bb\) : 0\.0;/return aa > 0 \&\& bb > 0 ? ab \/ sqrt(aa) : 0.0;/'
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -12,6 +12,8 @@
  * eviction that re-encodes blocks, pooled eviction scores) and quant, quant+snapkv, quant+streaming
  * end to end; CommonKV's latent segments, fp16 and packed (quantized: the stored bytes equal the
  * CPU twin's), and the attention over them.
+ * attention mass, compaction, an empty pool) against the same pool on the CPU backend; the cosine
+ * scores between latent arrays bit for bit.
  * Each comparison prints its normalised error and worst elements. KVS_CUDA_EMU_LIB overrides the
  * library (tests/plant_bugs.sh points it at a copy with a planted bug); --ops skips the end-to-end
  * runs (tiny models, SmolLM2), --write-tiny PATH NAME writes a tiny model for tests/t_cuda_emu.sh,
@@ -27,6 +29,9 @@
 #include "elementwise.h"
 #include "embedding.h"
 #include "harness.h"
+#include "latent_attend.h"
+#include "latent_keys.h"
+#include "record.h"
 #include "infer.h"
 #include "mc_pool.h"
 #include "kvq_pool.h"
@@ -1299,8 +1304,11 @@ static void lat_attend_same(const char *what, const struct kvs_ckv_seg *pg, cons
              (int)pc->n, (int)sc->n, neox ? ", neox" : "", biases ? ", biases" : "");
     compare(w, og, fused ? oc16 : oc, (long)no, 2e-5f, 1e-3f);
     if (fused) {
-        snprintf(w, sizeof w, "emu lat_attend %s: fused vs the fp32 B_k (fp16 inputs: atol 4e-3, rtol 2e-2)", what);
-        compare(w, og, oc, (long)no, 4e-3f, 2e-2f);
+        /* logits 150x sharp amplify B_k's fp16 rounding: after the merge two elements of ~0.01 moved
+         * by 0.005 (normalised error 0.0019) once the CPU twin became the press's fused decode,
+         * whose fp32 sums run in another order; the tight check above holds the kernel itself */
+        snprintf(w, sizeof w, "emu lat_attend %s: fused vs the fp32 B_k (fp16 inputs: atol 8e-3, rtol 2e-2)", what);
+        compare(w, og, oc, (long)no, 8e-3f, 2e-2f);
     }
     if (n) {
         snprintf(w, sizeof w, "emu lat_attend %s: attention mass (T %d from %d, %d heads, n %d)", what, T, mass_from,
@@ -1319,8 +1327,10 @@ static void lat_attend_same(const char *what, const struct kvs_ckv_seg *pg, cons
                                           .rank = r, .bk = bk, .bv = bv, .freqs = fr, .neox = neox,
                                           .scale = sharp / sqrtf((float)d), .segs = segs, .n_segs = 2};
         CHECK(kvs_backend_attn_latent(cpu, &la, q, ol) == KVS_OK);
+        /* the CPU's lat_attend is the live path (fused decode, materialising chunks, keys by sgemm):
+         * the reference attn_latent's arithmetic in another order, so equal within rounding */
         snprintf(w, sizeof w, "cpu lat_attend %s vs attn_latent over the decoded rows", what);
-        compare(w, oc, ol, (long)no, 0.0f, 0.0f);
+        compare(w, oc, ol, (long)no, 2e-5f, 1e-3f);
         free(c0), free(c1);
     }
     kvs_backend_buf_free(cuda16, &qg), kvs_backend_buf_free(cpu, &qc);
@@ -1633,8 +1643,139 @@ static void test_lat_attend_packed(void)
             "rounding the decoded latents to fp16 alone, %.3g for the device in all\n", worst[0], worst[1]);
 }
 
+/* ---------------------------------------------------------------- the CPU's lat_attend paths */
+
+/* The CPU lat_attend of T queries at QP over SEGS (n_segs of them, the layer's array ARR[i]), with
+ * the key kernel KEYS (B_k packed in PACK) and RoPE table CS (NULL: built by the call), on POOL;
+ * out and mass (n) of the queries from MASS_FROM. */
+static void cpu_lat_call(struct kvs_pool *tp, struct kvs_ckv_seg *const *segs, const int *arr, int n_segs, int T,
+                         const int32_t *qp, int mass_from, int H, int G, int d, const float *q, const float *bk,
+                         const float *bv, const float *kb, const float *vb, const float *fr, uint32_t keys,
+                         const void *pack, const float *cs, int cs_n, float *out, float *mass)
+{
+    struct kvs_lat_attend_args a = {.T = T, .q_pos = qp, .n_head = H, .n_head_kv = G, .head_dim = d,
+                                    .rank = segs[0]->width, .scale = 1.0f / sqrtf((float)d), .bk = bk, .bv = bv,
+                                    .bk_bias = kb, .bv_bias = vb, .freqs = fr, .f = &segs[0]->f, .n_segs = n_segs,
+                                    .mass_from = mass_from, .keys = keys, .bk_pack = pack, .rope_cs = cs,
+                                    .rope_n_pos = cs_n};
+    for (int i = 0; i < n_segs; i++) {
+        a.segs[i].L = &segs[i]->L;
+        a.segs[i].arr = arr[i];
+        a.seg_f[i] = &segs[i]->f;
+    }
+    CHECK(kvs_cpu_lat_attend(tp, &a, q, out, mass) == KVS_OK);
+}
+
+static bool same_bytes(const float *a, const float *b, size_t n) { return !memcmp(a, b, n * sizeof(float)); }
+
+/* The paths live CPU runs take, on a group's four segments as the press keeps them (private fp16
+ * and packed, shared fp16 and packed) at SmolLM2's head layout and rank R: the fused decode and the
+ * materialising chunk against attn_latent over the decoded rows; the chunk's mass against the sum
+ * of its queries decoded one at a time (the two paths against each other); the same bytes at one
+ * and two threads and with the caller's RoPE table; bf16 keys within bf16's rounding. */
+static void lat_attend_cpu_case(int NL, int H, int G, int d, int R)
+{
+    struct kvs_lat_fmt f16 = {.width = R, .row_bytes = 2 * R};
+    struct kvs_lat_fmt fq = {.width = R, .row_bytes = (int)kvs_qrow_bytes((uint32_t)R, 4, 32), .codec = KVS_LAT_QROW,
+                             .bits = 4, .group = 32};
+    struct kvs_ckv_seg p16, pq, s16, sq;
+    kvs_ckv_seg_init(&p16, &f16, (uint32_t)NL, 64), kvs_ckv_seg_init(&pq, &fq, (uint32_t)NL, 64);
+    kvs_ckv_seg_init(&s16, &f16, 1, 64), kvs_ckv_seg_init(&sq, &fq, 1, 64);
+    struct kvs_ckv_seg *segs[4] = {&p16, &pq, &s16, &sq};
+    const int rows[4] = {150, 170, 40, 37}, arr[4] = {1, 1, 0, 0};
+    int n = 0, pmax = 0;
+    for (int k = 0; k < 4; k++) {
+        struct kvs_ckv_seg *sg = segs[k];
+        CHECK(kvs_ckv_seg_reserve(sg, cpu, (uint32_t)rows[k]) == KVS_OK);
+        int32_t *pos = malloc((size_t)rows[k] * sizeof(int32_t));
+        for (int i = 0; i < rows[k]; i++) pos[i] = 4 * (n + i) + k, pmax = KVS_MAX(pmax, pos[i]); /* interleaved */
+        for (uint32_t l = 0; l < sg->n_arr; l++) {
+            float *x = rand_vec((size_t)rows[k] * R, -1, 1);
+            CHECK(l ? kvs_ckv_seg_fill(sg, l, rows[k], x) == KVS_OK : kvs_ckv_seg_append(sg, rows[k], pos, x) == KVS_OK);
+            free(x);
+        }
+        n += rows[k];
+        free(pos);
+    }
+    size_t dkv = (size_t)G * d;
+    float *bk = rand_vec(dkv * R, -0.15f, 0.15f), *bv = rand_vec(dkv * R, -0.15f, 0.15f);
+    float *kb = rand_vec(dkv, -0.5f, 0.5f), *vb = rand_vec(dkv, -0.5f, 0.5f), *fr = rope_freqs(d, 10000.0);
+    int T = 9, dq = H * d;
+    int32_t qp[9];
+    for (int t = 0; t < T; t++) qp[t] = pmax - 40 * (8 - t); /* the earlier queries see fewer rows */
+    float *q = rand_vec((size_t)T * dq, -1, 1);
+    float *o1 = malloc((size_t)T * dq * sizeof(float)), *o2 = malloc((size_t)T * dq * sizeof(float));
+    float *ol = malloc((size_t)T * dq * sizeof(float)), *m1 = calloc((size_t)n, sizeof(float));
+    float *m2 = calloc((size_t)n, sizeof(float)), *msum = calloc((size_t)n, sizeof(float));
+    /* the reference: attn_latent over the rows decoded to fp32, with the biases added around it */
+    float *c[4];
+    struct kvs_latent_seg ls[4];
+    for (int k = 0; k < 4; k++) {
+        c[k] = malloc((size_t)rows[k] * R * sizeof(float));
+        CHECK(kvs_ckv_seg_read(segs[k], (uint32_t)arr[k], 0, (uint32_t)rows[k], c[k]) == KVS_OK);
+        ls[k] = (struct kvs_latent_seg){c[k], segs[k]->pos, rows[k]};
+    }
+    struct kvs_attn_latent_args la = {.T = T, .q_pos = qp, .n_head = H, .n_head_kv = G, .head_dim = d, .rank = R,
+                                      .bk = bk, .bv = bv, .freqs = fr, .scale = 1.0f / sqrtf((float)d), .segs = ls,
+                                      .n_segs = 4};
+    CHECK(kvs_backend_attn_latent(cpu, &la, q, ol) == KVS_OK);
+    char w[200];
+    /* the chunk (materialising) and its queries one by one (fused), without biases */
+    cpu_lat_call(pool, segs, arr, 4, T, qp, 0, H, G, d, q, bk, bv, NULL, NULL, fr, 0, NULL, NULL, 0, o1, m1);
+    snprintf(w, sizeof w, "cpu lat_attend chunk of %d over fp16+packed rows (rank %d, n %d) vs attn_latent", T, R, n);
+    compare(w, o1, ol, (long)T * dq, 2e-5f, 1e-3f);
+    for (int t = 0; t < T; t++) {
+        cpu_lat_call(pool, segs, arr, 4, 1, qp + t, 0, H, G, d, q + (size_t)t * dq, bk, bv, NULL, NULL, fr, 0, NULL,
+                     NULL, 0, o2 + (size_t)t * dq, m2);
+        for (int x = 0; x < n; x++) msum[x] += m2[x];
+    }
+    snprintf(w, sizeof w, "cpu lat_attend fused decode over fp16+packed rows (rank %d, n %d) vs attn_latent", R, n);
+    compare(w, o2, ol, (long)T * dq, 2e-5f, 1e-3f);
+    snprintf(w, sizeof w, "cpu lat_attend chunk mass vs the sum of its queries' decode mass (rank %d)", R);
+    compare(w, m1, msum, n, 1e-5f, 1e-4f);
+    double tot = 0;
+    for (int x = 0; x < n; x++) tot += m1[x];
+    CHECKF(fabs(tot - (double)T * H) < 1e-3 * T * H, "rank %d: the mass sums to %.6g, not %d queries x %d heads", R,
+           tot, T, H);
+    /* with biases, mass from query 6: threads and the caller's RoPE table change no byte */
+    float *cs = malloc((size_t)(pmax + 1) * (d / 2) * 2 * sizeof(float));
+    for (int p = 0; p <= pmax; p++)
+        for (int i = 0; i < d / 2; i++) {
+            cs[((size_t)p * (d / 2) + i) * 2] = (float)cos((double)p * fr[i]);
+            cs[((size_t)p * (d / 2) + i) * 2 + 1] = (float)sin((double)p * fr[i]);
+        }
+    for (int tt = 1; tt <= T; tt += T - 1) {
+        cpu_lat_call(pool, segs, arr, 4, tt, qp + T - tt, tt - 3, H, G, d, q, bk, bv, kb, vb, fr, 0, NULL, NULL, 0, o1, m1);
+        cpu_lat_call(NULL, segs, arr, 4, tt, qp + T - tt, tt - 3, H, G, d, q, bk, bv, kb, vb, fr, 0, NULL, cs, pmax + 1,
+                     o2, m2);
+        CHECKF(same_bytes(o1, o2, (size_t)tt * dq) && same_bytes(m1, m2, (size_t)n),
+               "rank %d, T %d: lat_attend on 2 threads with its own RoPE table differs from 1 thread with the caller's",
+               R, tt);
+    }
+    /* bf16 keys (where the build has the kernel): the rounding of B_k and the latents to bf16 */
+    struct kvs_ckv_bf16_mat bm = {0};
+    if (kvs_ckv_bf16_available() && kvs_ckv_bf16_pack(&bm, bk, (int)dkv, R, R) == KVS_OK) {
+        cpu_lat_call(pool, segs, arr, 4, T, qp, 0, H, G, d, q, bk, bv, NULL, NULL, fr, KVS_CKV_KEYS_BF16, &bm, cs,
+                     pmax + 1, o1, m1);
+        snprintf(w, sizeof w, "cpu lat_attend bf16 keys, chunk of %d (rank %d) vs attn_latent in fp32", T, R);
+        compare(w, o1, ol, (long)T * dq, 2e-3f, 2e-2f);
+        cpu_lat_call(pool, segs, arr, 4, 1, qp + T - 1, 0, H, G, d, q + (size_t)(T - 1) * dq, bk, bv, NULL, NULL, fr,
+                     KVS_CKV_KEYS_BF16, &bm, cs, pmax + 1, o2, m2);
+        snprintf(w, sizeof w, "cpu lat_attend bf16 keys, decode (rank %d) vs attn_latent in fp32", R);
+        compare(w, o2, ol + (size_t)(T - 1) * dq, dq, 2e-3f, 2e-2f);
+        kvs_ckv_bf16_free(&bm);
+    } else {
+        fprintf(stderr, "   skipped: bf16 keys (this build has no bf16 kernel)\n");
+    }
+    for (int k = 0; k < 4; k++) free(c[k]), kvs_ckv_seg_free(segs[k]);
+    free(bk), free(bv), free(kb), free(vb), free(fr), free(q), free(o1), free(o2), free(ol), free(m1), free(m2);
+    free(msum), free(cs);
+}
+
 static void test_lat_attend(void)
 {
+    lat_attend_cpu_case(3, 9, 3, 64, 45); /* SmolLM2: 9 heads over 3 of 64, rank 45 (not a multiple of 32) */
+    lat_attend_cpu_case(2, 8, 2, 128, 96);
     lat_attend_case(3, 9, 3, 64, 45, false, 1);   /* SmolLM2-135M: 9 heads over 3 of 64, GQA 3:1, rank 45 */
     lat_attend_case(2, 8, 2, 128, 77, true, 1);   /* Llama-3-like: 8 over 2 of 128, GQA 4:1, rank 77 */
     lat_attend_case(2, 9, 3, 64, 45, false, 150); /* large logits: the max must be subtracted */
@@ -1790,6 +1931,100 @@ static void test_lat_attend_fused(void)
     fused_case(9, 3, 64, 45, false, 1, 150, 57);  /* SmolLM2-135M's heads, GQA 3:1, rank 45 (not a multiple of 16) */
     fused_case(8, 2, 128, 90, true, 1, 171, 40);  /* Llama-3-like, GQA 4:1, rank 90 */
     fused_case(9, 3, 64, 90, false, 12, 100, 9);  /* sharp logits: the running max moves */
+}
+
+/* ---------------------------------------------------------------- cosine scores (lat_cosine) */
+
+/* Cosine of A and B in fp64, written out here (a third opinion beside the two twins). */
+static double cos_ref(const float *a, const float *b, int n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    return aa > 0 && bb > 0 ? ab / sqrt(aa) / sqrt(bb) : 0.0;
+}
+
+/* One lat_cosine call on both backends (device segment PG, CPU segment PC): bit for bit, nothing
+ * written past the N rows, and within 1e-6 of cos_ref over the rows read back. */
+static void lat_cosine_same(const char *what, const struct kvs_ckv_seg *pg, const struct kvs_ckv_seg *pc, int arr0,
+                            int arr1, bool adj, int row0, int n)
+{
+    int R = pc->width;
+    float *og = malloc((size_t)(n + 1) * sizeof(float)), *oc = malloc((size_t)(n + 1) * sizeof(float));
+    float *ref = malloc((size_t)(n + 1) * sizeof(float)), *x = malloc((size_t)2 * R * sizeof(float));
+    for (int i = 0; i <= n; i++) og[i] = 777.0f, oc[i] = -1.0f;
+    CHECKF(kvs_backend_lat_cosine(cuda16, &pg->L, &pg->f, arr0, arr1, adj, row0, n, og) == KVS_OK, "%s: %s", what,
+           cuda16->err);
+    CHECKF(kvs_backend_lat_cosine(cpu, &pc->L, &pc->f, arr0, arr1, adj, row0, n, oc) == KVS_OK, "%s", what);
+    for (int i = 0; i < n; i++) {
+        double acc = 0;
+        for (int a = arr0; a < (adj ? arr1 : arr0 + 1); a++) {
+            int b = adj ? a + 1 : arr1;
+            CHECK(kvs_ckv_seg_read(pc, (uint32_t)a, (uint32_t)(row0 + i), 1, x) == KVS_OK);
+            CHECK(kvs_ckv_seg_read(pc, (uint32_t)b, (uint32_t)(row0 + i), 1, x + R) == KVS_OK);
+            acc += cos_ref(x, x + R, R);
+        }
+        ref[i] = (float)(adj ? acc / (arr1 - arr0) : acc);
+    }
+    char w[200];
+    snprintf(w, sizeof w, "emu lat_cosine %s (rank %d, arrays %d..%d%s, rows %d+%d)", what, R, arr0, arr1,
+             adj ? " adjacent" : "", row0, n);
+    compare(w, og, oc, n, 0.0f, 0.0f);
+    snprintf(w, sizeof w, "cpu lat_cosine %s against the cosines written out (rank %d)", what, R);
+    compare(w, oc, ref, n, 1e-6f, 0.0f);
+    CHECKF(og[n] == 777.0f && oc[n] == -1.0f, "%s: lat_cosine wrote past the %d rows", what, n);
+    free(og), free(oc), free(ref), free(x);
+}
+
+/* A group of NL layers at rank R, 300 rows (past a block of 128 threads) that agree more in the
+ * earlier layers, with a zero row and a row the same in every layer: first/last, adjacent mean,
+ * single pairs, a range from an offset, no rows; packed rows on the device backend take the CPU
+ * twin in host memory. */
+static void lat_cosine_case(int NL, int R)
+{
+    struct kvs_lat_fmt f = {.width = R, .row_bytes = 2 * R};
+    struct kvs_lat_fmt fq = {.width = R, .row_bytes = (int)kvs_qrow_bytes((uint32_t)R, 4, 32), .codec = KVS_LAT_QROW,
+                             .bits = 4, .group = 32};
+    struct kvs_ckv_seg pg, pc, qg, qc;
+    kvs_ckv_seg_init(&pg, &f, (uint32_t)NL, 64), kvs_ckv_seg_init(&pc, &f, (uint32_t)NL, 64);
+    kvs_ckv_seg_init(&qg, &fq, (uint32_t)NL, 64), kvs_ckv_seg_init(&qc, &fq, (uint32_t)NL, 64);
+    int n = 300;
+    int32_t *pos = malloc((size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) pos[i] = 5 * i + 1;
+    float *base = rand_vec((size_t)n * R, -1, 1), *x = malloc((size_t)n * R * sizeof(float));
+    struct kvs_ckv_seg *segs[4] = {&pg, &pc, &qg, &qc};
+    struct kvs_backend *owner[4] = {cuda16, cpu, cuda16, cpu};
+    for (int k = 0; k < 4; k++) CHECK(kvs_ckv_seg_reserve(segs[k], owner[k], (uint32_t)n) == KVS_OK);
+    for (int l = 0; l < NL; l++) {
+        for (size_t i = 0; i < (size_t)n * R; i++) x[i] = base[i] + (float)l * 0.4f * frand(-1, 1);
+        for (int r = 0; r < R; r++) x[(size_t)7 * R + r] = base[(size_t)7 * R + r]; /* row 7: every layer the same */
+        if (l == NL - 1) memset(x + (size_t)11 * R, 0, (size_t)R * sizeof(float)); /* row 11: zero in the last */
+        for (int k = 0; k < 4; k++)
+            CHECK(l ? kvs_ckv_seg_fill(segs[k], (uint32_t)l, n, x) == KVS_OK
+                    : kvs_ckv_seg_append(segs[k], n, pos, x) == KVS_OK);
+    }
+    lat_cosine_same("first/last", &pg, &pc, 0, NL - 1, false, 0, n);
+    lat_cosine_same("adjacent mean", &pg, &pc, 0, NL - 1, true, 0, n);
+    for (int l = 0; l + 1 < NL; l++) lat_cosine_same("one pair", &pg, &pc, l, l + 1, false, 130, n - 130);
+    lat_cosine_same("the last row", &pg, &pc, 0, 1, false, n - 1, 1);
+    lat_cosine_same("no rows", &pg, &pc, 0, NL - 1, true, 17, 0);
+    lat_cosine_same("packed rows on the device", &qg, &qc, 0, NL - 1, true, 0, n);
+    float v[2];
+    CHECK(kvs_backend_lat_cosine(cuda16, &pg.L, &pg.f, 0, NL - 1, false, 7, 1, v) == KVS_OK);
+    CHECK(kvs_backend_lat_cosine(cuda16, &pg.L, &pg.f, 0, NL - 1, false, 11, 1, v + 1) == KVS_OK);
+    CHECKF(fabsf(v[0] - 1.0f) < 1e-6f && v[1] == 0.0f, "rank %d: same rows score %.9g (1), a zero row %.9g (0)", R,
+           (double)v[0], (double)v[1]);
+    CHECK(kvs_backend_lat_cosine(cpu, &pc.L, &pc.f, 0, NL, false, 0, 1, v) == KVS_ERR_ARG);
+    CHECK(kvs_backend_lat_cosine(cpu, &pc.L, &pc.f, 0, 1, false, n - 1, 2, v) == KVS_ERR_ARG);
+    CHECK(kvs_backend_lat_cosine(cuda16, &pg.L, &pg.f, 1, 1, true, 0, 1, v) == KVS_ERR_ARG);
+    free(pos), free(base), free(x);
+    for (int k = 0; k < 4; k++) kvs_ckv_seg_free(segs[k]);
+}
+
+static void test_lat_cosine(void)
+{
+    lat_cosine_case(3, 45); /* SmolLM2 at a low rank, groups of 3 */
+    lat_cosine_case(4, 64);
+    lat_cosine_case(2, 90);
 }
 
 static void test_svd(void)
@@ -2120,6 +2355,12 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
     CHECKF(!packed || (rg->saved_quant > 0 && rg->saved_quant == rc->saved_quant),
            "%s %s: quantization saved %lld bytes on the device, %lld on the CPU", label, method,
            (long long)rg->saved_quant, (long long)rc->saved_quant);
+    /* every fp16 row op ran on the device; packed rows are an explicit, counted fallback, and so is
+     * CommonKV's attention of a prefill chunk (the host twin over staged rows): one per layer and
+     * chunk, fewer than the decoded tokens, where a decode step that fell back adds one per layer */
+    uint32_t fb = kvs_ctx_counters(cg)[KVS_OP_FALLBACK].calls;
+    CHECKF(packed ? fb > 0 : ckv ? fb > 0 && fb < (uint32_t)n_gen : fb == 0, "%s: %u CPU fallbacks on the CUDA backend",
+           label, fb);
     if (ckv) {
         /* the plan may leave a dissimilar group unmerged (SmolLM2's group 0): some group merges, each
          * the same share on both */
@@ -2489,6 +2730,7 @@ int main(int argc, char **argv)
         RUN(test_lat_attend_fused);
         RUN(test_minicache);
         RUN(test_lat_attend_packed);
+        RUN(test_lat_cosine);
         RUN(test_svd);
         RUN(test_nvtx_ranges);
         RUN(test_mem_info);

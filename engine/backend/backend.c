@@ -7,6 +7,7 @@
 #include "attention.h"
 #include "kv_pool.h"
 #include "kv_quant.h"
+#include "latent_attend.h"
 #include "latent_pool.h"
 #include "minicache.h"
 #include "svd.h"
@@ -226,6 +227,12 @@ static enum kvs_status cpu_kvq_scores(struct kvs_backend *b, struct kvs_kvq_rows
     return kvs_cpu_kvq_scores(L, f, n_ctx, kernel, pooled);
 }
 
+static enum kvs_status cpu_lat_cosine(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                     int arr0, int arr1, bool adj, int row0, int n, float *out)
+{
+    return kvs_cpu_lat_cosine(L, f, arr0, arr1, adj, row0, n, out);
+}
+
 static void cpu_destroy(struct kvs_backend *b) {}
 
 static const struct kvs_backend_ops cpu_ops = {
@@ -267,6 +274,7 @@ static const struct kvs_backend_ops cpu_ops = {
     .kvq_read = cpu_kvq_read,
     .kvq_scores = cpu_kvq_scores,
     .lat_codec = cpu_lat_codec,
+    .lat_cosine = cpu_lat_cosine,
 };
 
 static const char *cpu_probe(bool *available)
@@ -792,14 +800,19 @@ enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_la
     return st;
 }
 
+bool kvs_backend_lat_attend_native(const struct kvs_backend *b, const struct kvs_lat_attend_args *a)
+{
+    if (!b || !b->ops->lat_attend || !a->f || !kvs_backend_lat_native(b, a->f)) return false;
+    for (int i = 0; i < a->n_segs && i < KVS_LAT_ATTEND_MAX_SEGS; i++)
+        if (a->seg_f[i] && !kvs_backend_lat_native(b, a->seg_f[i])) return false;
+    return true;
+}
+
 enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
                                        float *out, float *mass)
 {
     if (!a->f) return KVS_ERR_ARG;
-    bool native = kvs_backend_lat_native(b, a->f);
-    for (int s = 0; s < a->n_segs && s < KVS_LAT_ATTEND_MAX_SEGS; s++)
-        native &= !a->seg_f[s] || kvs_backend_lat_native(b, a->seg_f[s]);
-    if (b && b->ops->lat_attend && native) return b->ops->lat_attend(b, a, q, out, mass);
+    if (kvs_backend_lat_attend_native(b, a)) return b->ops->lat_attend(b, a, q, out, mass);
     if (!kvs_backend_host_memory(b)) {
         kvs_seterr(b->err, sizeof b->err, "lat_attend: %s cannot attend over these latent rows on its buffers",
                    b->ops->name);
@@ -974,6 +987,32 @@ enum kvs_status kvs_backend_kvq_scores(struct kvs_backend *b, struct kvs_kvq_row
     if (kvs_backend_kvq_native(b)) return b->ops->kvq_scores(b, L, f, n_ctx, kernel, pooled);
     uint64_t t0 = fallback_begin(b);
     enum kvs_status st = kvs_cpu_kvq_scores(L, f, n_ctx, kernel, pooled);
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_attend_host(struct kvs_backend *b, struct kvs_pool *pool,
+                                            const struct kvs_lat_attend_args *a, const float *q, float *out,
+                                            float *mass)
+{
+    bool host = kvs_backend_host_memory(b);
+    uint64_t t0 = host ? 0 : fallback_begin(b);
+    enum kvs_status st = kvs_cpu_lat_attend(b ? b->pool : pool, a, q, out, mass);
+    if (!host) fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_cosine(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                       int arr0, int arr1, bool adj, int row0, int n, float *out)
+{
+    if (b && b->ops->lat_cosine && kvs_backend_lat_native(b, f))
+        return b->ops->lat_cosine(b, L, f, arr0, arr1, adj, row0, n, out);
+    if (kvs_backend_lat_native(b, f) && !kvs_backend_host_memory(b)) {
+        kvs_seterr(b->err, sizeof b->err, "lat_cosine: %s holds these rows but has no lat_cosine entry", b->ops->name);
+        return KVS_ERR_STATE;
+    }
+    uint64_t t0 = fallback_begin(b);
+    enum kvs_status st = kvs_cpu_lat_cosine(L, f, arr0, arr1, adj, row0, n, out);
     fallback_end(b, t0);
     return st;
 }

@@ -92,7 +92,7 @@ struct kvs_lat_rows {
 /* Attention of T queries over one layer's CommonKV latent rows as they sit in a backend's latent
  * segments (struct kvs_lat_rows: a group's private segment, array = the layer's index in the group,
  * and its shared segment(s)), positions in any order and not dense: keys k_j = RoPE_{pos_j}(B_k[g]
- * c_j + b_k[g]) rebuilt from the fp16 rows, never stored; values by re-association, out_h =
+ * c_j + b_k[g]) rebuilt from the rows (fp16, or packed: seg_f), never stored; values by re-association, out_h =
  * (P_h C) B_v[g]ᵀ + b_v[g]; query t sees row j only when pos_j <= q_pos[t]; no visible row: 0.
  * Every float pointer here is backend memory (a kvs_buf's data, uploaded once per press). */
 #define KVS_LAT_ATTEND_MAX_SEGS 4
@@ -109,9 +109,16 @@ struct kvs_lat_attend_args {
     int n_segs;               /* <= KVS_LAT_ATTEND_MAX_SEGS; rows are numbered segment after segment */
     struct { const struct kvs_lat_rows *L; int arr; } segs[KVS_LAT_ATTEND_MAX_SEGS];
     int mass_from;            /* queries t >= mass_from add their weights to the mass */
-    /* per segment, its format where it differs from F (a group's packed segments beside its fp16
-     * ones: one softmax spans them all); NULL entries: F. Same width. */
-    const struct kvs_lat_fmt *seg_f[KVS_LAT_ATTEND_MAX_SEGS];
+    /* lat-cpu: what the CPU twin needs beyond the device's arguments (a device backend ignores
+     * keys, bk_pack and the RoPE table), and a format per segment (packed rows beside fp16 ones) */
+    uint32_t keys;            /* enum kvs_ckv_keys (record.h): the CPU's key kernel; BF16 and INT8 need
+                               * bk_pack and a build that has the kernel, else fp32 with bk */
+    const void *bk_pack;      /* host: B_k packed for that kernel (struct kvs_ckv_bf16_mat or
+                               * kvs_ckv_i8_mat, engine/cpu/latent_keys.h), or NULL */
+    const float *rope_cs;     /* host (rope_n_pos, head_dim/2, 2) cos, sin of pos*freqs, or NULL: the
+                               * CPU builds one per call */
+    int rope_n_pos;
+    const struct kvs_lat_fmt *seg_f[KVS_LAT_ATTEND_MAX_SEGS]; /* segment i's format, or NULL: f */
 };
 
 /* The merged tokens of a MiniCache layer pair (la, la+1) in a backend's memory (DESIGN.md §5
@@ -342,6 +349,12 @@ struct kvs_backend_ops {
     /* optional: NULL -> fp16 rows only. Whether the lat_* entries (lat_attend included) take rows
      * of CODEC (enum kvs_lat_codec): what the backend (for CUDA: the loaded library) reports. */
     bool (*lat_codec)(const struct kvs_backend *b, uint32_t codec);
+    /* optional: NULL -> CPU path on host rows (a counted fallback). Similarity of rows [row0,
+     * row0+n) of L: out[i] = cosine of row i of arrays ARR0 and ARR1 (ADJ false), or the mean over
+     * a in [arr0, arr1) of the cosines of arrays a and a+1 (ADJ true); sums in fp64 in element
+     * order, rounded once; a zero row scores 0. OUT (n) host. */
+    enum kvs_status (*lat_cosine)(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                  int arr0, int arr1, bool adj, int row0, int n, float *out);
 };
 
 struct kvs_backend {
@@ -510,6 +523,17 @@ enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_la
  * KVS_ERR_STATE when the rows or q/out are device memory the backend cannot attend over. */
 enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
                                        float *out, float *mass);
+/* True when B's lat_attend takes A's segments where they are (every segment's format native). */
+bool kvs_backend_lat_attend_native(const struct kvs_backend *b, const struct kvs_lat_attend_args *a);
+/* lat_attend over rows and arrays all in host memory (a caller that staged a device's rows to the
+ * host, or B NULL): the CPU twin on B's threads (or POOL's when B is NULL), counted as a fallback
+ * on a backend whose memory is not the host's. */
+enum kvs_status kvs_backend_lat_attend_host(struct kvs_backend *b, struct kvs_pool *pool,
+                                            const struct kvs_lat_attend_args *a, const float *q, float *out,
+                                            float *mass);
+/* The lat_cosine entry on B's rows, or the CPU twin where B has none or the rows are not native. */
+enum kvs_status kvs_backend_lat_cosine(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                       int arr0, int arr1, bool adj, int row0, int n, float *out);
 
 /* ---- the card: memory and fp16 activation overflow ---- */
 
@@ -559,7 +583,7 @@ enum kvs_status kvs_backend_kvq_scores(struct kvs_backend *b, struct kvs_kvq_row
 /* ---- CPU references (the oracle), usable without a backend object ---- */
 
 /* The twins of the kernels/ operations live in engine/cpu/<stem>.h, one header per stem
- * (attention.h, kv_pool.h, latent_pool.h). */
+ * (attention.h, kv_pool.h, latent_pool.h, latent_attend.h). */
 
 
 /* ---- CUDA discovery details (engine/backend/backend_cuda.c), for diagnostics and tests ---- */

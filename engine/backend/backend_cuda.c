@@ -1371,6 +1371,30 @@ static enum kvs_status cu_kvq_scores(struct kvs_backend *b, struct kvs_kvq_rows 
     return KVS_OK;
 }
 
+/* Cosine scores between arrays of a device segment: the kernel writes them to a staging buffer
+ * and they come back to OUT (host). */
+static enum kvs_status cu_lat_cosine(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                     int arr0, int arr1, bool adj, int row0, int n, float *out)
+{
+    struct cuda_be *s = b->ctx;
+    if (!lat_fmt_ok(s, L, f) || arr0 < 0 || arr1 < arr0 || arr1 >= L->n_arr || (adj && arr1 == arr0) || row0 < 0 ||
+        n < 0 || row0 > L->n - n)
+        return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    struct kvs_cuda_lat_cosine a = {.n_arr = arr1 - arr0 + 1, .width = f->width, .row0 = row0, .n = n, .adj = adj};
+    if (f->codec == KVS_LAT_QROW) a.bits = (int)f->bits, a.group = (int)f->group, a.row_bytes = f->row_bytes;
+    if (adj) {
+        for (int l = arr0; l <= arr1; l++) a.rows[l - arr0] = L->rows[l];
+    } else { /* the two arrays as the first and the last */
+        a.n_arr = 2;
+        a.rows[0] = L->rows[arr0];
+        a.rows[1] = L->rows[arr1];
+    }
+    if (!(a.out = stage(b, ST_U, (size_t)n * sizeof(float)))) return KVS_ERR_BACKEND;
+    if (s->api->lat_cosine(s->cx, &a) != KVS_CUDA_OK) return api_fail(b, "lat_cosine");
+    return get(b, out, a.out, (size_t)n * sizeof(float));
+}
+
 static void cu_destroy(struct kvs_backend *b)
 {
     struct cuda_be *s = b->ctx;
@@ -1432,6 +1456,7 @@ static const struct kvs_backend_ops cuda_ops = {
     .kvq_read = cu_kvq_read,
     .kvq_scores = cu_kvq_scores,
     .lat_codec = cu_lat_codec,
+    .lat_cosine = cu_lat_cosine,
 };
 
 enum kvs_status kvs_backend_cuda_create(struct kvs_backend *b, char *err, size_t errlen)

@@ -2,15 +2,17 @@
  * the lowrank (Palu-like) press. Per layer a private pool of latents c = A_g xn (fp16 rows, or
  * packed rows when composed with quant), per group a shared pool of merged latents, each with the
  * tokens' positions: segments of the backend's latent pools (ckv_pool.h), in its memory, which
- * this press only decides about (what to store, merge, quantize, evict) and reads through the pool.
- * Keys are rebuilt per block of cached tokens (latents -> B_k -> RoPE at their own positions),
- * values by re-association (P C) B_v^T, never materialised. Merging under a global byte budget
- * (capped at each step by the plan's merge share, never below a similarity floor), quantization of
- * old rows and eviction of (group, token) slots happen in end_step. Keys are rebuilt by the kernel
- * the method config's ckv_keys picks (bf16 by default where built). Depends on commonkv.h,
- * ckv_pool.h, attention.h, latent_keys.h, threads.h and OpenBLAS. */
-#include "attention.h"
+ * this press only decides about (what to store, merge, quantize, evict). Attention is the
+ * backend's lat_attend, for every chunk and decode step (the CPU's is engine/cpu/latent_attend.c:
+ * keys rebuilt per block of rows, values by re-association), with the key kernel the method
+ * config's ckv_keys picks (bf16 by default where built); the similarities that drive merging are
+ * the backend's lat_cosine. Merging under a global byte budget (capped at each step by the plan's
+ * merge share, never below a similarity floor), quantization of old rows and eviction of (group,
+ * token) slots happen in end_step. Depends on commonkv.h, ckv_pool.h, backend.h, latent_keys.h,
+ * latent_pool.h and OpenBLAS. */
+#include "latent_attend.h"
 #include "latent_keys.h"
+#include "latent_pool.h"
 #include "ckv_pool.h"
 #include "commonkv_priv.h"
 #include "infer.h"
@@ -25,12 +27,6 @@
 
 #define CKV_BLOCK 256       /* pools grow and shrink in blocks of this many tokens */
 #define CKV_MERGE_BLOCK 32  /* decoded tokens merge once this many have left the recent window */
-#define CKV_ROWS_TASK 64    /* cached rows per key-reconstruction task */
-#define CKV_QTILE 32        /* query rows per attention task */
-#define CKV_DTILE 64        /* cached rows per fused decode task */
-#define CKV_DSUB 16         /* rows of a tile accumulated at once (L1-sized) */
-#define CKV_FUSED_T 4       /* attention over at most this many query rows runs fused (decode) */
-#define CKV_DSLOTS 8        /* fused decode: softmax states, each over a fixed run of tiles (not per thread) */
 
 enum { FMT_F16 = 0, FMT_Q = 1 };
 
@@ -110,10 +106,6 @@ static uint64_t seg_held(const struct seg *s) { return kvs_ckv_seg_bytes_held(s)
 static uint64_t seg_alloc(const struct seg *s) { return kvs_ckv_seg_bytes_alloc(s); }
 static uint64_t seg_held16(const struct seg *s) { return kvs_ckv_seg_bytes_held16(s); }
 
-/* Row I of array ARR, decoded to fp32 (the rows exist: a read of them cannot fail on the CPU, and
- * a device that fails leaves X as it was, with the backend's error set). */
-static void seg_get(const struct seg *s, uint32_t arr, uint32_t i, float *x) { kvs_ckv_seg_read(s, arr, i, 1, x); }
-
 /* ---------------------------------------------------------------- the press */
 
 struct grp {
@@ -154,38 +146,21 @@ struct ckv {
     bool note_is_floor;         /* plan.note holds the floor's message (cleared when it no longer holds) */
     uint32_t qbits, qgroup, qres, sinks, recent, snap_window, snap_kernel, snap_capacity;
     int n_ctx, last_merge_ctx, last_evict_ctx;
-    /* attention scratch, grown on demand */
-    float *cf, *kk;             /* (rows, r), (rows, dkv) */
-    int32_t *rp;                /* (rows) */
-    uint16_t *cb;               /* (rows, r_max rounded up to even) bf16 latents, bf16 path only */
-    size_t rows_cap;
-    int nth;
-    float **th_s, **th_y;       /* per thread: (QTILE, rows), (QTILE, r) */
-    size_t th_cap;
-    float *ev_part;             /* (nh, window tiles, rows) eviction mass per attention task */
-    size_t ev_cap;
     float *lat;                 /* (T, r) store scratch */
     size_t lat_cap;
-    struct ckv_dec *dec;        /* (dec_nth) fused decode: tile scratch per thread, softmax state per slot */
-    int dec_nth;
-    float *dec_s;               /* (CKV_FUSED_T * nh, dec_cap) masked scores, for eviction statistics */
-    int32_t *dec_rp;            /* (dec_cap) positions of the rows */
-    size_t dec_cap;
-    float *qs;                  /* (CKV_FUSED_T, nh*d) queries scaled by 1/sqrt(d) */
     /* attention by the backend's lat_attend (a backend whose memory is not the host's): each
      * layer's factors uploaded once, the queries and the output staged per call */
     struct kvs_buf dev_bk[KVS_MAX_LAYERS], dev_bv[KVS_MAX_LAYERS], dev_kb[KVS_MAX_LAYERS], dev_vb[KVS_MAX_LAYERS];
     struct kvs_buf dev_freqs, dev_q, dev_out;
-    float *dev_mass;            /* (dev_mass_cap) attention mass of the rows, host */
-    size_t dev_mass_cap;
-};
-
-/* One thread's scratch for the fused decode: a tile of latents (fp32 and bf16), its keys, positions
- * and scores, and the running softmax (max, sum, weighted latent sum) of every (query, head). */
-struct ckv_dec {
-    float *tf, *tk, *ts, *m, *l, *y, *tsc;
-    uint16_t *tb;
-    int32_t *rp;
+    float *mass;                /* (mass_cap) attention mass of the rows, host (eviction) */
+    size_t mass_cap;
+    /* a device backend that cannot attend over every segment (packed rows a library keeps on the
+     * host beside its fp16 ones) or a query chunk: its device rows staged to host fp16 segments,
+     * one per native segment of the call */
+    struct kvs_lat_rows stage[4];
+    struct kvs_lat_fmt stage_fmt[4]; /* the staged segments' formats (fp16) */
+    float *stage_f;             /* (stage_cap, r_max) the rows decoded on their way */
+    size_t stage_cap;
 };
 
 static int ckv_max_rank(const struct ckv *c)
@@ -243,396 +218,6 @@ oom:
     return KVS_ERR_NOMEM;
 }
 
-/* The rows layer LI of group G attends to, in order: private fp16, private packed, shared fp16,
- * shared packed. */
-struct rowsrc {
-    const struct seg *seg[4];
-    uint32_t arr[4];
-    uint32_t start[5];
-};
-
-static void rowsrc_init(struct rowsrc *rs, const struct grp *g, uint32_t li)
-{
-    const struct seg *s[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
-    uint32_t a[4] = {li, li, 0, 0};
-    rs->start[0] = 0;
-    for (int i = 0; i < 4; i++) {
-        rs->seg[i] = s[i];
-        rs->arr[i] = a[i];
-        rs->start[i + 1] = rs->start[i] + s[i]->n;
-    }
-}
-
-/* Rows [r0, r0 + m) of RS (layer LAYER): latents to CF (fp32, leading dimension r) and positions
- * to RP, then keys into KK (leading dimension dkv) by the int8, bf16 or fp32 kernel, plus b_k, with
- * RoPE at each row's own position. CB: conversion scratch (m rows of r + 4 uint16); SC: m floats
- * (int8 row scales). Shared by the materialising path (prefill) and the fused decode tiles. */
-static void ckv_rows_keys(const struct ckv *c, const struct rowsrc *rs, int layer, int r0, int m, int r, float *cf,
-                          int32_t *rp, uint16_t *cb, float *sc, float *kk)
-{
-    /* the rows in runs that lie in one segment: one read per run */
-    for (int i = 0, si = 0; i < m;) {
-        int row = r0 + i;
-        while ((uint32_t)row >= rs->start[si + 1]) si++;
-        uint32_t x = (uint32_t)row - rs->start[si];
-        int cnt = KVS_MIN(m - i, (int)(rs->start[si + 1] - (uint32_t)row));
-        kvs_ckv_seg_read(rs->seg[si], rs->arr[si], x, (uint32_t)cnt, cf + (size_t)i * r);
-        memcpy(rp + i, rs->seg[si]->pos + x, (size_t)cnt * sizeof(int32_t));
-        i += cnt;
-    }
-    if (c->i8) {
-        const struct kvs_ckv_i8_mat *bm = &c->bk8[layer];
-        kvs_ckv_i8_rows(bm, cf, m, r, (uint8_t *)cb, sc);
-        kvs_ckv_i8_gemm(bm, (const uint8_t *)cb, sc, m, kk, c->dkv);
-    } else if (c->bf16) {
-        const struct kvs_ckv_bf16_mat *bm = &c->bk16[layer];
-        kvs_ckv_bf16_rows(bm, cf, m, r, cb);
-        kvs_ckv_bf16_gemm(bm, cb, m, kk, c->dkv);
-    } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, c->dkv, r, 1.0f, cf, r, c->Bk[layer], r, 0.0f, kk,
-                    c->dkv);
-    }
-    const float *bk = c->bk[layer];
-    if (bk)
-        for (int i = 0; i < m; i++)
-            for (int x = 0; x < c->dkv; x++) kk[(size_t)i * c->dkv + x] += bk[x];
-    kvs_ckv_rope_rows(c->rope.cs, c->rope.half, c->rope.neox, kk, m, c->dkv, c->nkv, rp);
-}
-
-struct keys_job {
-    struct ckv *c;
-    const struct grp *g;
-    struct rowsrc rs;
-    int layer, n_rows;
-};
-
-/* Rows [b, e) of tasks of CKV_ROWS_TASK rows: latents to fp32, keys = latents B_k^T (+ b_k), RoPE
- * at each row's own position. */
-static void keys_range(void *ctx, int64_t b, int64_t e, int thread)
-{
-    struct keys_job *j = ctx;
-    struct ckv *c = j->c;
-    int r = (int)j->g->r;
-    (void)thread;
-    for (int64_t task = b; task < e; task++) {
-        int r0 = (int)task * CKV_ROWS_TASK, m = KVS_MIN(j->n_rows, r0 + CKV_ROWS_TASK) - r0;
-        ckv_rows_keys(c, &j->rs, j->layer, r0, m, r, c->cf + (size_t)r0 * r, c->rp + r0,
-                      c->cb ? c->cb + (size_t)r0 * (r + 4) : NULL, c->csc ? c->csc + r0 : NULL,
-                      c->kk + (size_t)r0 * c->dkv);
-    }
-}
-
-struct attn_job {
-    struct ckv *c;
-    const struct grp *g;
-    int layer, T, n_rows, n_tiles, ev_from, ev_tile0;
-    const int32_t *pos;
-    const float *q;
-    float *out;
-    float *ev;                  /* (nh, n_tiles - ev_tile0, n_rows) eviction mass, or NULL */
-};
-
-/* Tasks (head, tile of CKV_QTILE queries): scores, masked softmax, Y = P C, out = Y B_v^T. */
-static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
-{
-    struct attn_job *j = ctx;
-    struct ckv *c = j->c;
-    const int d = c->d, r = (int)j->g->r, n = j->n_rows, dq = c->nh * d, dkv = c->dkv;
-    const int rep = c->nh / c->nkv;
-    const float scale = 1.0f / sqrtf((float)d);
-    float *S = c->th_s[thread], *Y = c->th_y[thread];
-    for (int64_t task = b; task < e; task++) {
-        int h = (int)(task / j->n_tiles), tile = (int)(task % j->n_tiles);
-        int kv = h / rep, i0 = tile * CKV_QTILE, tq = KVS_MIN(CKV_QTILE, j->T - i0);
-        /* this task's own eviction row (summed in task order after the loop, never per thread) */
-        float *ev = j->ev && tile >= j->ev_tile0 ?
-                    j->ev + ((size_t)h * (j->n_tiles - j->ev_tile0) + (tile - j->ev_tile0)) * n : NULL;
-        if (ev) memset(ev, 0, (size_t)n * sizeof(float));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, n, d, scale, j->q + (size_t)i0 * dq + (size_t)h * d,
-                    dq, c->kk + (size_t)kv * d, dkv, 0.0f, S, n);
-        for (int i = 0; i < tq; i++) {
-            float *s = S + (size_t)i * n;
-            int32_t qp = j->pos[i0 + i];
-            float mx = -INFINITY;
-            for (int x = 0; x < n; x++) {
-                if (c->rp[x] > qp) s[x] = -INFINITY;
-                else if (s[x] > mx) mx = s[x];
-            }
-            if (mx == -INFINITY) {
-                memset(s, 0, (size_t)n * sizeof(float));
-                continue;
-            }
-            double sum = 0;
-            for (int x = 0; x < n; x++) {
-                float pexp = s[x] == -INFINITY ? 0.0f : expf(s[x] - mx);
-                s[x] = pexp;
-                sum += pexp;
-            }
-            float inv = (float)(1.0 / sum);
-            for (int x = 0; x < n; x++) s[x] *= inv;
-            if (ev && i0 + i >= j->ev_from)
-                for (int x = 0; x < n; x++) ev[x] += s[x];
-        }
-        /* values by re-association: (P C) B_v^T, V is never formed */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tq, r, n, 1.0f, S, n, c->cf, r, 0.0f, Y, r);
-        float *o = j->out + (size_t)i0 * dq + (size_t)h * d;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, d, r, 1.0f, Y, r, c->Bv[j->layer] + (size_t)kv * d * r,
-                    r, 0.0f, o, dq);
-        const float *bv = c->bv[j->layer];
-        if (bv)
-            for (int i = 0; i < tq; i++)
-                for (int x = 0; x < d; x++) o[(size_t)i * dq + x] += bv[kv * d + x];
-    }
-}
-
-static bool ckv_scratch(struct ckv *c, size_t rows, int r_max)
-{
-    if (rows > c->rows_cap) {
-        size_t cap = (rows + CKV_BLOCK - 1) / CKV_BLOCK * CKV_BLOCK;
-        float *cf = realloc(c->cf, cap * r_max * sizeof(float));
-        if (cf) c->cf = cf;
-        float *kk = realloc(c->kk, cap * c->dkv * sizeof(float));
-        if (kk) c->kk = kk;
-        int32_t *rp = realloc(c->rp, cap * sizeof(int32_t));
-        if (rp) c->rp = rp;
-        uint16_t *cb = NULL;
-        float *csc = NULL;
-        if (c->bf16 || c->i8) {
-            cb = realloc(c->cb, cap * (size_t)(r_max + 4) * sizeof(uint16_t));
-            if (cb) c->cb = cb;
-        }
-        if (c->i8) {
-            csc = realloc(c->csc, cap * sizeof(float));
-            if (csc) c->csc = csc;
-        }
-        if (!cf || !kk || !rp || ((c->bf16 || c->i8) && !cb) || (c->i8 && !csc)) return false;
-        c->rows_cap = cap;
-    }
-    int nth = kvs_pool_size(c->base.pool);
-    if (nth > c->nth || c->rows_cap > c->th_cap) {
-        for (int t = 0; t < c->nth; t++) {
-            free(c->th_s[t]);
-            free(c->th_y[t]);
-        }
-        free(c->th_s);
-        free(c->th_y);
-        c->nth = 0;
-        c->th_s = calloc((size_t)nth, sizeof(float *));
-        c->th_y = calloc((size_t)nth, sizeof(float *));
-        if (!c->th_s || !c->th_y) return false;
-        c->nth = nth;
-        for (int t = 0; t < nth; t++) {
-            c->th_s[t] = malloc((size_t)CKV_QTILE * c->rows_cap * sizeof(float));
-            c->th_y[t] = malloc((size_t)CKV_QTILE * r_max * sizeof(float));
-            if (!c->th_s[t] || !c->th_y[t]) return false;
-        }
-        c->th_cap = c->rows_cap;
-    }
-    return true;
-}
-
-/* Fused decode: one pass over the cached rows in tiles of CKV_DTILE, each task rebuilding its tile's
- * keys (bf16 kernel or sgemm), RoPE, scores for every (query, head), then an online softmax that
- * folds the tile into the running max, sum and weighted latent sum Y = sum p C of its slot.
- * A slot is a fixed run of consecutive tiles folded in order (at most CKV_DSLOTS slots, whatever
- * the thread count), and the slots are combined in slot order, so the result is the same bytes at
- * any -t and on any run. Nothing the size of the context is materialised; out = (Y / sum) B_v^T. */
-struct dec_job {
-    struct ckv *c;
-    const struct grp *g;
-    struct rowsrc rs;
-    int layer, T, n_rows, n_tiles, n_slots;
-    const int32_t *pos;
-    float *S;                   /* (T*nh, n_rows) masked scores kept for eviction statistics, or NULL */
-    int32_t *rp;                /* (n_rows) positions, with S */
-};
-
-/* Tile TASK: rebuild its keys in W's scratch and fold it into W's softmax state. */
-static void dec_tile(struct dec_job *j, struct ckv_dec *w, int64_t task)
-{
-    struct ckv *c = j->c;
-    const int r = (int)j->g->r, d = c->d, dkv = c->dkv, nh = c->nh, rep = nh / c->nkv, dq = nh * d;
-    int r0 = (int)task * CKV_DTILE, m = KVS_MIN(j->n_rows, r0 + CKV_DTILE) - r0;
-    ckv_rows_keys(c, &j->rs, j->layer, r0, m, r, w->tf, w->rp, w->tb, w->tsc, w->tk);
-    if (j->rp) memcpy(j->rp + r0, w->rp, (size_t)m * sizeof(int32_t));
-    for (int qi = 0; qi < j->T; qi++)
-        for (int kv = 0; kv < c->nkv; kv++)
-            kvs_ckv_scores(w->tk + (size_t)kv * d, m, dkv, c->qs + (size_t)qi * dq + (size_t)kv * rep * d, rep, d,
-                           d, w->ts + (size_t)(qi * nh + kv * rep) * CKV_DTILE, CKV_DTILE);
-    for (int qi = 0; qi < j->T; qi++) {
-        int32_t qp = j->pos[qi];
-        for (int h = 0; h < nh; h++) {
-            int sh = qi * nh + h;
-            float *s = w->ts + (size_t)sh * CKV_DTILE, mx = -INFINITY;
-            for (int i = 0; i < m; i++) {
-                if (w->rp[i] > qp) s[i] = -INFINITY;
-                else if (s[i] > mx) mx = s[i];
-            }
-            if (j->S) memcpy(j->S + (size_t)sh * j->n_rows + r0, s, (size_t)m * sizeof(float));
-            if (mx == -INFINITY) { /* every row of the tile is in this query's future */
-                memset(s, 0, (size_t)m * sizeof(float));
-                continue;
-            }
-            float *y = w->y + (size_t)sh * r;
-            if (mx > w->m[sh]) {
-                float f = w->m[sh] == -INFINITY ? 0.0f : expf(w->m[sh] - mx);
-                w->l[sh] *= f;
-                for (int x = 0; x < r; x++) y[x] *= f;
-                w->m[sh] = mx;
-            }
-            w->l[sh] += (float)kvs_exp_row(s, m, w->m[sh]);
-        }
-    }
-    /* Y += P C in sub-blocks of rows small enough to stay in L1 while every head reads them
-     * (a tile whose rows are all masked for a head has P = 0 there and is skipped) */
-    for (int i0 = 0; i0 < m; i0 += CKV_DSUB)
-        for (int sh = 0; sh < j->T * nh; sh++)
-            kvs_ckv_accum(w->y + (size_t)sh * r, w->ts + (size_t)sh * CKV_DTILE + i0, w->tf + (size_t)i0 * r,
-                          KVS_MIN(CKV_DSUB, m - i0), r, r);
-}
-
-/* Slots [b, e): each folds its own run of tiles, in order, into its own softmax state; the tile
- * scratch is the thread's. */
-static void dec_range(void *ctx, int64_t b, int64_t e, int thread)
-{
-    struct dec_job *j = ctx;
-    struct ckv *c = j->c;
-    for (int64_t slot = b; slot < e; slot++) {
-        struct ckv_dec w = c->dec[thread];
-        w.m = c->dec[slot].m;
-        w.l = c->dec[slot].l;
-        w.y = c->dec[slot].y;
-        for (int64_t task = slot * j->n_tiles / j->n_slots; task < (slot + 1) * j->n_tiles / j->n_slots; task++)
-            dec_tile(j, &w, task);
-    }
-}
-
-static void ckv_dec_free(struct ckv *c)
-{
-    for (int t = 0; c->dec && t < c->dec_nth; t++) {
-        struct ckv_dec *w = &c->dec[t];
-        free(w->tf); free(w->tk); free(w->ts); free(w->m); free(w->l); free(w->y); free(w->tb); free(w->rp);
-        free(w->tsc);
-    }
-    free(c->dec);
-    free(c->qs);
-    free(c->dec_s);
-    free(c->dec_rp);
-    c->dec_s = NULL;
-    c->dec_rp = NULL;
-    c->dec_cap = 0;
-    c->dec = NULL;
-    c->qs = NULL;
-    c->dec_nth = 0;
-}
-
-static bool ckv_dec_scratch(struct ckv *c, int r_max)
-{
-    int nth = KVS_MAX(kvs_pool_size(c->base.pool), CKV_DSLOTS); /* scratch per thread, state per slot */
-    if (c->dec && c->dec_nth >= nth) return true;
-    struct ckv_dec *dec = calloc((size_t)nth, sizeof *dec);
-    if (!dec) return false;
-    int nq = CKV_FUSED_T * c->nh;
-    bool ok = true;
-    for (int t = 0; t < nth; t++) {
-        struct ckv_dec *w = &dec[t];
-        w->tf = malloc((size_t)CKV_DTILE * r_max * sizeof(float));
-        w->tk = malloc((size_t)CKV_DTILE * c->dkv * sizeof(float));
-        w->ts = malloc((size_t)nq * CKV_DTILE * sizeof(float));
-        w->m = malloc((size_t)nq * sizeof(float));
-        w->l = malloc((size_t)nq * sizeof(float));
-        w->y = malloc((size_t)nq * r_max * sizeof(float));
-        w->tb = malloc((size_t)CKV_DTILE * (r_max + 4) * sizeof(uint16_t));
-        w->tsc = malloc((size_t)CKV_DTILE * sizeof(float));
-        w->rp = malloc((size_t)CKV_DTILE * sizeof(int32_t));
-        ok &= w->tf && w->tk && w->ts && w->m && w->l && w->y && w->tb && w->rp && w->tsc;
-    }
-    float *qs = malloc((size_t)CKV_FUSED_T * c->nh * c->d * sizeof(float));
-    ok &= qs != NULL;
-    ckv_dec_free(c);
-    c->dec = dec;
-    c->dec_nth = nth;
-    c->qs = qs;
-    if (!ok) ckv_dec_free(c);
-    return ok;
-}
-
-static enum kvs_status ckv_attend_fused(struct ckv *c, struct dec_job *j, const float *q, float *out)
-{
-    const int r = (int)j->g->r, d = c->d, nh = c->nh, dq = nh * d, rep = nh / c->nkv, nq = j->T * nh;
-    if (!ckv_dec_scratch(c, ckv_max_rank(c))) {
-        kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory for decode attention");
-        return KVS_ERR_NOMEM;
-    }
-    if (c->evict) {
-        if ((size_t)j->n_rows > c->dec_cap) {
-            size_t cap = ((size_t)j->n_rows + CKV_BLOCK - 1) / CKV_BLOCK * CKV_BLOCK;
-            float *S = realloc(c->dec_s, cap * CKV_FUSED_T * nh * sizeof(float));
-            if (S) c->dec_s = S;
-            int32_t *rp = realloc(c->dec_rp, cap * sizeof(int32_t));
-            if (rp) c->dec_rp = rp;
-            if (!S || !rp) {
-                kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory for decode attention");
-                return KVS_ERR_NOMEM;
-            }
-            c->dec_cap = cap;
-        }
-        j->S = c->dec_s;
-        j->rp = c->dec_rp;
-    }
-    const float scale = 1.0f / sqrtf((float)d);
-    for (int i = 0; i < j->T * dq; i++) c->qs[i] = q[i] * scale;
-    j->n_tiles = (j->n_rows + CKV_DTILE - 1) / CKV_DTILE;
-    j->n_slots = KVS_MIN(j->n_tiles, CKV_DSLOTS);
-    for (int t = 0; t < j->n_slots; t++) {
-        struct ckv_dec *w = &c->dec[t];
-        for (int i = 0; i < nq; i++) {
-            w->m[i] = -INFINITY;
-            w->l[i] = 0;
-        }
-        memset(w->y, 0, (size_t)nq * r * sizeof(float));
-    }
-    kvs_pool_for(c->base.pool, j->n_slots, dec_range, j);
-    /* combine the slots' running softmax states in slot order, then values by re-association */
-    float *y = c->dec[0].y;
-    const float *bv = c->bv[j->layer];
-    for (int sh = 0; sh < nq; sh++) {
-        float M = -INFINITY;
-        for (int t = 0; t < j->n_slots; t++) M = KVS_MAX(M, c->dec[t].m[sh]);
-        float *o = out + (size_t)(sh / nh) * dq + (size_t)(sh % nh) * d;
-        int kv = (sh % nh) / rep;
-        if (M == -INFINITY) { /* no visible row: nothing to attend to */
-            memset(o, 0, (size_t)d * sizeof(float));
-            continue;
-        }
-        float *ys = y + (size_t)sh * r;
-        double l = 0;
-        for (int t = 0; t < j->n_slots; t++) {
-            struct ckv_dec *w = &c->dec[t];
-            float f = w->m[sh] == -INFINITY ? 0.0f : expf(w->m[sh] - M);
-            l += (double)f * w->l[sh];
-            if (t == 0) {
-                for (int x = 0; x < r; x++) ys[x] *= f;
-            } else if (f != 0.0f) {
-                const float *yt = w->y + (size_t)sh * r;
-                for (int x = 0; x < r; x++) ys[x] += f * yt[x];
-            }
-        }
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, d, r, (float)(1.0 / l), c->Bv[j->layer] + (size_t)kv * d * r, r, ys,
-                    1, 0.0f, o, 1);
-        if (bv)
-            for (int x = 0; x < d; x++) o[x] += bv[kv * d + x];
-        if (j->S && sh / nh >= j->T - (int)c->snap_window) {
-            /* eviction statistics: this (query, head)'s normalised weights, by position */
-            float *srow = j->S + (size_t)sh * j->n_rows;
-            kvs_exp_row(srow, j->n_rows, M);
-            float inv = (float)(1.0 / l);
-            for (int x = 0; x < j->n_rows; x++) j->g->score[j->rp[x]] += srow[x] * inv;
-        }
-    }
-    return KVS_OK;
-}
-
 static void ckv_dev_free(struct ckv *c)
 {
     struct kvs_backend *be = c->base.be;
@@ -645,9 +230,22 @@ static void ckv_dev_free(struct ckv *c)
     kvs_backend_buf_free(be, &c->dev_freqs);
     kvs_backend_buf_free(be, &c->dev_q);
     kvs_backend_buf_free(be, &c->dev_out);
-    free(c->dev_mass);
-    c->dev_mass = NULL;
-    c->dev_mass_cap = 0;
+}
+
+/* The host scratch of attention: the mass and the staging of a device's rows. */
+static void ckv_attend_scratch_free(struct ckv *c)
+{
+    struct kvs_lat_fmt f16 = {.width = 1, .row_bytes = 2, .codec = KVS_LAT_FP16};
+    for (int i = 0; i < 4; i++)
+        if (c->stage[i].n_arr) {
+            c->stage[i].n = 0;
+            kvs_cpu_lat_grow(&c->stage[i], &f16, 0);
+        }
+    free(c->stage_f);
+    free(c->mass);
+    c->stage_f = NULL;
+    c->mass = NULL;
+    c->stage_cap = c->mass_cap = 0;
 }
 
 /* BUF holds at least BYTES of BE's memory (contents not kept); then COUNT floats of host SRC
@@ -662,122 +260,157 @@ static enum kvs_status dev_put(struct kvs_backend *be, struct kvs_buf *buf, size
     return src ? kvs_backend_buf_upload(be, buf, 0, src, bytes) : KVS_OK;
 }
 
-/* True when the group's attention can run in the backend (lat_attend): a backend whose memory is not the
- * host's, holding every row of the group, fp16 and packed (packed rows the backend does not take
- * stay on the CPU path, each of their reads a counted fallback, because one softmax spans every row). */
-static bool ckv_dev_attend(const struct ckv *c, const struct grp *g)
+/* A's factors, RoPE and key kernel as host arrays (the CPU backend, or rows staged to the host). */
+static void ckv_args_host(const struct ckv *c, int layer, struct kvs_lat_attend_args *a)
 {
-    struct kvs_backend *be = c->base.be;
-    return be && !kvs_backend_host_memory(be) && be->ops->lat_attend && kvs_ckv_seg_native(&g->p16) &&
-           (g->pq.n == 0 || kvs_ckv_seg_native(&g->pq)) && (g->s16.n == 0 || kvs_ckv_seg_native(&g->s16)) &&
-           (g->sq.n == 0 || kvs_ckv_seg_native(&g->sq));
+    a->bk = c->Bk[layer];
+    a->bv = c->Bv[layer];
+    a->bk_bias = c->bk[layer];
+    a->bv_bias = c->bv[layer];
+    a->freqs = c->rope.freqs;
+    a->rope_cs = c->rope.cs;
+    a->rope_n_pos = c->rope.n_pos;
+    a->keys = c->i8 ? KVS_CKV_KEYS_INT8 : c->bf16 ? KVS_CKV_KEYS_BF16 : KVS_CKV_KEYS_FP32;
+    a->bk_pack = c->i8 ? (const void *)&c->bk8[layer] : c->bf16 ? (const void *)&c->bk16[layer] : NULL;
 }
 
-/* Attention of LAYER over its private and shared rows (fp16 and packed) by the backend; the eviction
- * mass of the last snap_window queries added to the group's scores by position. */
-static enum kvs_status ckv_attend_dev(struct ckv *c, struct grp *g, int layer, int T, const int32_t *pos,
-                                      const float *q, float *out)
+/* Attention of LAYER by a device backend's lat_attend over the rows where they are: the layer's
+ * factors uploaded once, the queries and the output staged through device buffers. */
+static enum kvs_status ckv_attend_dev(struct ckv *c, const struct grp *g, int layer, struct kvs_lat_attend_args *a,
+                                      const float *q, float *out, float *mass)
 {
     struct kvs_backend *be = c->base.be;
     const int d = c->d, r = (int)g->r;
-    size_t dkv = (size_t)c->dkv, qbytes = (size_t)T * c->nh * d * sizeof(float);
-    const struct seg *sv[4] = {&g->p16, &g->pq, &g->s16, &g->sq}; /* rowsrc's order */
-    uint32_t n = g->p16.n + g->pq.n + g->s16.n + g->sq.n;
+    size_t dkv = (size_t)c->dkv, qbytes = (size_t)a->T * c->nh * d * sizeof(float);
     enum kvs_status st;
     if (!c->dev_freqs.data && (st = dev_put(be, &c->dev_freqs, (size_t)(d / 2) * sizeof(float), c->rope.freqs)))
-        goto fail;
+        return st;
     if (!c->dev_bk[layer].data) {
         if ((st = dev_put(be, &c->dev_bk[layer], dkv * r * sizeof(float), c->Bk[layer])) ||
             (st = dev_put(be, &c->dev_bv[layer], dkv * r * sizeof(float), c->Bv[layer])) ||
             (c->bk[layer] && (st = dev_put(be, &c->dev_kb[layer], dkv * sizeof(float), c->bk[layer]))) ||
             (c->bv[layer] && (st = dev_put(be, &c->dev_vb[layer], dkv * sizeof(float), c->bv[layer])))) {
             kvs_backend_buf_free(be, &c->dev_bk[layer]); /* uploaded again next time */
-            goto fail;
+            return st;
         }
     }
-    if ((st = dev_put(be, &c->dev_q, qbytes, q)) || (st = dev_put(be, &c->dev_out, qbytes, NULL))) goto fail;
-    float *mass = NULL;
-    if (g->score && n) {
-        if (n > c->dev_mass_cap) {
-            float *mm = realloc(c->dev_mass, (size_t)n * sizeof(float));
-            if (!mm) {
-                kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory for eviction scores");
-                return KVS_ERR_NOMEM;
-            }
-            c->dev_mass = mm;
-            c->dev_mass_cap = n;
-        }
-        mass = c->dev_mass;
-    }
-    struct kvs_lat_attend_args a = {.T = T, .q_pos = pos, .n_head = c->nh, .n_head_kv = c->nkv, .head_dim = d,
-                                    .rank = r, .scale = 1.0f / sqrtf((float)d), .neox = c->rope.neox,
-                                    .bk = c->dev_bk[layer].data, .bv = c->dev_bv[layer].data,
-                                    .bk_bias = c->dev_kb[layer].data, .bv_bias = c->dev_vb[layer].data,
-                                    .freqs = c->dev_freqs.data, .f = &g->p16.f, .n_segs = 4,
-                                    .mass_from = T - (int)c->snap_window};
-    for (int i = 0; i < 4; i++) {
-        a.segs[i].L = &sv[i]->L, a.segs[i].arr = i < 2 ? layer - (int)g->l0 : 0;
-        a.seg_f[i] = &sv[i]->f;
-    }
-    if ((st = kvs_backend_lat_attend(be, &a, c->dev_q.data, c->dev_out.data, mass)) ||
-        (st = kvs_backend_buf_download(be, out, &c->dev_out, 0, qbytes)))
-        goto fail;
-    if (mass)
-        for (uint32_t i = 0, off = 0; i < 4; off += sv[i++]->n)
-            for (uint32_t x = 0; x < sv[i]->n; x++) g->score[sv[i]->pos[x]] += mass[off + x];
-    return KVS_OK;
-fail:
-    kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: attention on %s: %s", be->ops->name, be->err);
-    return st;
+    if ((st = dev_put(be, &c->dev_q, qbytes, q)) || (st = dev_put(be, &c->dev_out, qbytes, NULL))) return st;
+    a->bk = c->dev_bk[layer].data;
+    a->bv = c->dev_bv[layer].data;
+    a->bk_bias = c->dev_kb[layer].data;
+    a->bv_bias = c->dev_vb[layer].data;
+    a->freqs = c->dev_freqs.data;
+    if ((st = kvs_backend_lat_attend(be, a, c->dev_q.data, c->dev_out.data, mass))) return st;
+    return kvs_backend_buf_download(be, out, &c->dev_out, 0, qbytes);
 }
 
+/* Attention of LAYER on the host for a device backend that cannot take every segment where it is
+ * (packed rows a library without packed support keeps in host memory) or a query chunk: the
+ * segments in device memory are staged to host fp16 segments (fp16 -> fp32 -> fp16 is exact; packed
+ * rows are decoded and rounded to fp16, as the device's own attention reads them), then the CPU twin
+ * runs on the backend's threads, a counted fallback. USED: the segments of A, in order. */
+static enum kvs_status ckv_attend_staged(struct ckv *c, int layer, struct kvs_lat_attend_args *a,
+                                         const struct seg *const *used, const float *q, float *out, float *mass)
+{
+    struct kvs_backend *be = c->base.be;
+    int k = 0;
+    enum kvs_status st;
+    for (int i = 0; i < a->n_segs; i++) {
+        const struct seg *s = used[i];
+        if (!kvs_ckv_seg_native(s)) continue;
+        if (k == 4) return KVS_ERR_STATE;
+        uint32_t arr = (uint32_t)a->segs[i].arr;
+        if ((size_t)s->n * s->width > c->stage_cap) {
+            float *nf = realloc(c->stage_f, (size_t)s->n * s->width * sizeof(float));
+            if (!nf) return KVS_ERR_NOMEM;
+            c->stage_f = nf;
+            c->stage_cap = (size_t)s->n * s->width;
+        }
+        struct kvs_lat_fmt *f16 = &c->stage_fmt[k];
+        *f16 = (struct kvs_lat_fmt){.width = (int)s->width, .row_bytes = 2 * (int)s->width, .codec = KVS_LAT_FP16};
+        struct kvs_lat_rows *L = &c->stage[k++];
+        L->n_arr = 1;
+        L->n = 0;
+        /* sized for this segment's rows and width (groups differ in rank) */
+        if ((st = kvs_cpu_lat_grow(L, f16, (int)s->n)) ||
+            (st = kvs_ckv_seg_read(s, arr, 0, s->n, c->stage_f)) ||
+            (st = kvs_cpu_lat_store(L, f16, 0, 0, (int)s->n, c->stage_f, s->pos)))
+            return st;
+        a->seg_f[i] = f16;
+        L->n = (int)s->n;
+        a->segs[i].L = L;
+        a->segs[i].arr = 0;
+    }
+    ckv_args_host(c, layer, a);
+    return kvs_backend_lat_attend_host(be, c->base.pool, a, q, out, mass);
+}
+
+/* Attention of LAYER over every row it may see (private fp16, private packed, shared fp16, shared
+ * packed; empty segments left out), always by the backend's lat_attend: where the rows are, or on
+ * the host (the CPU twin over staged rows) for a device that cannot take them all or a query chunk. The eviction mass of the last snap_window queries
+ * is added to the group's scores by position. */
 static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *q,
                                   float *out)
 {
     struct ckv *c = (struct ckv *)p;
     struct grp *g = &c->g[c->l2g[layer]];
-    struct keys_job kj = {.c = c, .g = g, .layer = layer};
-    rowsrc_init(&kj.rs, g, (uint32_t)layer - g->l0);
-    kj.n_rows = (int)kj.rs.start[4];
-    if (kj.n_rows == 0) {
+    struct kvs_backend *be = p->be;
+    uint32_t li = (uint32_t)layer - g->l0, n = 0;
+    const struct seg *all[4] = {&g->p16, &g->pq, &g->s16, &g->sq}, *used[4];
+    const uint32_t arr[4] = {li, li, 0, 0};
+    struct kvs_lat_attend_args a = {.T = T, .q_pos = pos, .n_head = c->nh, .n_head_kv = c->nkv, .head_dim = c->d,
+                                    .rank = (int)g->r, .scale = 1.0f / sqrtf((float)c->d), .neox = c->rope.neox,
+                                    .f = &g->p16.f, .mass_from = T - (int)c->snap_window};
+    bool native = true;
+    for (int i = 0; i < 4; i++) {
+        if (!all[i]->n) continue;
+        used[a.n_segs] = all[i];
+        a.segs[a.n_segs].L = &all[i]->L;
+        a.segs[a.n_segs].arr = (int)arr[i];
+        a.seg_f[a.n_segs] = &all[i]->f;
+        native &= kvs_ckv_seg_native(all[i]);
+        a.n_segs++;
+        n += all[i]->n;
+    }
+    if (n == 0) {
         memset(out, 0, (size_t)T * c->nh * c->d * sizeof(float));
         return KVS_OK;
     }
-    /* decode steps attend in the backend; prefill chunks keep the CPU path (one read of the rows
-     * per call) until lat_attend has a kernel that does not rebuild the keys per query chunk */
-    if (T <= CKV_FUSED_T && ckv_dev_attend(c, g)) return ckv_attend_dev(c, g, layer, T, pos, q, out);
-    if (T <= CKV_FUSED_T) {
-        struct dec_job dj = {.c = c, .g = g, .rs = kj.rs, .layer = layer, .T = T, .n_rows = kj.n_rows, .pos = pos};
-        return ckv_attend_fused(c, &dj, q, out);
-    }
-    if (!ckv_scratch(c, (size_t)kj.n_rows, ckv_max_rank(c))) {
-        kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory for attention over %d tokens", kj.n_rows);
-        return KVS_ERR_NOMEM;
-    }
-    kvs_pool_for(p->pool, (kj.n_rows + CKV_ROWS_TASK - 1) / CKV_ROWS_TASK, keys_range, &kj);
-    struct attn_job aj = {.c = c, .g = g, .layer = layer, .T = T, .n_rows = kj.n_rows, .pos = pos, .q = q,
-                          .out = out, .n_tiles = (T + CKV_QTILE - 1) / CKV_QTILE,
-                          .ev_from = T - (int)c->snap_window};
-    aj.ev_tile0 = KVS_MAX(aj.ev_from, 0) / CKV_QTILE;
-    size_t n_ev = (size_t)c->nh * (size_t)(aj.n_tiles - aj.ev_tile0);
-    if (c->evict) {
-        if (n_ev * (size_t)kj.n_rows > c->ev_cap) {
-            float *e = realloc(c->ev_part, n_ev * (size_t)kj.n_rows * sizeof(float));
-            if (!e) {
-                kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory for eviction scores over %d tokens",
-                           kj.n_rows);
+    float *mass = NULL;
+    if (g->score) {
+        if (n > c->mass_cap) {
+            float *mm = realloc(c->mass, (size_t)n * sizeof(float));
+            if (!mm) {
+                kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory for eviction scores over %u tokens", n);
                 return KVS_ERR_NOMEM;
             }
-            c->ev_part = e;
-            c->ev_cap = n_ev * (size_t)kj.n_rows;
+            c->mass = mm;
+            c->mass_cap = n;
         }
-        aj.ev = c->ev_part;
+        mass = c->mass;
     }
-    kvs_pool_for(p->pool, (int64_t)c->nh * aj.n_tiles, attn_range, &aj);
-    if (c->evict) {
-        /* attention mass from the observation window, summed over heads and layers in task order */
-        for (size_t t = 0; t < n_ev; t++)
-            for (int x = 0; x < kj.n_rows; x++) g->score[c->rp[x]] += c->ev_part[t * (size_t)kj.n_rows + x];
+    enum kvs_status st;
+    if (be && !kvs_backend_host_memory(be)) {
+        /* a device attends decode steps where the rows are; query chunks (prefill) stay on the
+         * host twin over staged rows, as before this attended through lat_attend, until the
+         * device has a kernel that does not rebuild every row's keys per query chunk (the
+         * emulated one took over 12 minutes for a 1,800-token prefill of the tiny model that the
+         * staged path does in seconds) */
+        bool dev = native && T <= KVS_LAT_FUSED_T && kvs_backend_lat_attend_native(be, &a);
+        st = dev ? ckv_attend_dev(c, g, layer, &a, q, out, mass) : ckv_attend_staged(c, layer, &a, used, q, out, mass);
+    } else {
+        ckv_args_host(c, layer, &a);
+        st = be ? kvs_backend_lat_attend(be, &a, q, out, mass) : kvs_backend_lat_attend_host(NULL, p->pool, &a, q, out, mass);
+    }
+    if (st != KVS_OK) {
+        kvs_seterr(p->err, sizeof p->err, "commonkv: attention of layer %d over %u tokens on %s: %s", layer, n,
+                   be ? be->ops->name : "cpu",
+                   be && be->err[0] ? be->err : kvs_status_str(st));
+        return st;
+    }
+    if (mass) {
+        for (int i = 0, off = 0; i < a.n_segs; off += (int)used[i]->n, i++)
+            for (uint32_t x = 0; x < used[i]->n; x++) g->score[used[i]->pos[x]] += mass[off + x];
     }
     return KVS_OK;
 }
@@ -803,17 +436,6 @@ static void ckv_bytes(const struct ckv *c, uint64_t *held, uint64_t *alloc, uint
 
 static uint64_t ckv_full_bytes(const struct ckv *c, int n_ctx) { return (uint64_t)n_ctx * c->N * c->dkv * 2 * 2; }
 
-static double cosine(const float *a, const float *b, int n)
-{
-    double ab = 0, aa = 0, bb = 0;
-    for (int i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
-}
-
 struct cand {
     float sim;
     uint16_t g;
@@ -829,24 +451,13 @@ static int cand_cmp(const void *x, const void *y)
     return a->idx < b->idx ? -1 : a->idx > b->idx;
 }
 
-/* Similarity of one (group, token) slot: cosine of its first and last layers' latents, or the
- * mean over adjacent pairs. */
-static float slot_sim(const struct ckv *c, const struct grp *g, const struct seg *s, uint32_t idx, float *buf)
+/* Similarity of the (group, token) slots of private segment S, row by row into SIM (s->n): the
+ * cosine of their first and last layers' latents, or the mean over adjacent pairs, by the backend
+ * that holds the rows (lat_cosine). */
+static enum kvs_status slot_sims(const struct ckv *c, const struct grp *g, const struct seg *s, float *sim)
 {
-    int r = (int)g->r;
-    if (c->base.cfg.sim_mode == KVS_SIM_ADJ_MEAN) {
-        double acc = 0;
-        seg_get(s, 0, idx, buf);
-        for (uint32_t l = 1; l < g->nl; l++) {
-            float *prev = buf + (size_t)((l - 1) & 1) * r, *cur = buf + (size_t)(l & 1) * r;
-            seg_get(s, l, idx, cur);
-            acc += cosine(prev, cur, r);
-        }
-        return (float)(acc / (g->nl - 1));
-    }
-    seg_get(s, 0, idx, buf);
-    seg_get(s, g->nl - 1, idx, buf + r);
-    return (float)cosine(buf, buf + r, r);
+    bool adj = c->base.cfg.sim_mode == KVS_SIM_ADJ_MEAN;
+    return kvs_backend_lat_cosine(s->be, &s->L, &s->f, 0, (int)g->nl - 1, adj, 0, (int)s->n, sim);
 }
 
 static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
@@ -861,8 +472,9 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
         full_held += (double)(g->p16.n + g->pq.n + g->s16.n + g->sq.n) * g->nl * c->dkv * 4;
     }
     double target = c->cr_merge >= 0 ? (1.0 - c->cr_merge) * full_held : 0.0; /* none: the cap decides */
-    int r_max = ckv_max_rank(c);
-    float *buf = malloc((size_t)(KVS_CKV_MAX_G + 2) * r_max * sizeof(float));
+    uint32_t n_max = 1;
+    for (int gi = 0; gi < c->ng; gi++) n_max = KVS_MAX(n_max, KVS_MAX(c->g[gi].p16.n, c->g[gi].pq.n));
+    float *buf = malloc((size_t)n_max * sizeof(float)); /* one segment's similarities */
     size_t nc = 0, ccap = 0;
     struct cand *cd = NULL;
     enum kvs_status st = KVS_OK;
@@ -875,6 +487,11 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
         uint64_t cnt = 0;
         for (int packed = 0; packed < 2; packed++) {
             const struct seg *s = packed ? &g->pq : &g->p16;
+            if (s->n && (st = slot_sims(c, g, s, buf)) != KVS_OK) {
+                kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: similarity of group %d: %s", gi,
+                           s->be && s->be->err[0] ? kvs_backend_error(s->be) : kvs_status_str(st));
+                goto done;
+            }
             for (uint32_t i = 0; i < s->n; i++) {
                 if (s->pos[i] < lo || s->pos[i] >= hi) continue;
                 if (nc == ccap) {
@@ -884,7 +501,7 @@ static enum kvs_status ckv_merge(struct ckv *c, int n_ctx)
                     cd = n2;
                     ccap = ncap;
                 }
-                float sim = slot_sim(c, g, s, i, buf);
+                float sim = buf[i];
                 cd[nc++] = (struct cand){.sim = sim, .g = (uint16_t)gi, .packed = (uint8_t)packed, .idx = i};
                 sum += sim;
                 cnt++;
@@ -1199,7 +816,6 @@ static void ckv_fill_record(const struct kvs_press *p, struct kvs_rec_step *rec)
     rec->n_groups = (uint32_t)c->ng;
     uint64_t held = 0, alloc = 0;
     bool any_sim = false, any_gsim = false;
-    float *buf = malloc((size_t)2 * ckv_max_rank(c) * sizeof(float));
     for (int gi = 0; gi < c->ng; gi++) {
         const struct grp *g = &c->g[gi];
         const struct seg *ss[4] = {&g->p16, &g->pq, &g->s16, &g->sq};
@@ -1227,15 +843,15 @@ static void ckv_fill_record(const struct kvs_press *p, struct kvs_rec_step *rec)
             rec->layer_kept[g->l0 + l] = kept;
             int lay = (int)(g->l0 + l);
             rec->layer_sim[lay] = NAN;
-            if (buf && l + 1 < g->nl && g->p16.n > 0) {
-                seg_get(&g->p16, l, g->p16.n - 1, buf);
-                seg_get(&g->p16, l + 1, g->p16.n - 1, buf + g->r);
-                rec->layer_sim[lay] = (float)cosine(buf, buf + g->r, (int)g->r);
+            float sim;
+            if (l + 1 < g->nl && g->p16.n > 0 &&
+                kvs_backend_lat_cosine(g->p16.be, &g->p16.L, &g->p16.f, (int)l, (int)l + 1, false,
+                                       (int)g->p16.n - 1, 1, &sim) == KVS_OK) {
+                rec->layer_sim[lay] = sim;
                 any_sim = true;
             }
         }
     }
-    free(buf);
     rec->bytes_full = ckv_full_bytes(c, c->n_ctx);
     rec->bytes_held = held;
     rec->bytes_alloc = alloc;
@@ -1307,20 +923,8 @@ static void ckv_destroy(struct kvs_press *p)
         kvs_ckv_bf16_free(&c->bk16[l]);
         kvs_ckv_i8_free(&c->bk8[l]);
     }
-    for (int t = 0; t < c->nth; t++) {
-        free(c->th_s[t]);
-        free(c->th_y[t]);
-    }
-    free(c->th_s);
-    free(c->th_y);
-    free(c->ev_part);
-    free(c->cf);
-    free(c->kk);
-    free(c->rp);
-    free(c->cb);
-    free(c->csc);
     free(c->lat);
-    ckv_dec_free(c);
+    ckv_attend_scratch_free(c);
     ckv_dev_free(c); /* nothing left after a detach; else the backend is still alive */
     kvs_rope_table_free(&c->rope);
     kvs_ckv_factors_delete(c->own);

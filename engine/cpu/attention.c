@@ -4,7 +4,6 @@
  * and over fp16 K/V segments. Depends on backend.h (argument types), infer.h (RoPE), threads.h,
  * quant.h and libc; never prints. */
 #include "attention.h"
-#include "latent_pool.h"
 #include "infer.h"
 #include "quant.h"
 
@@ -422,9 +421,9 @@ static void latent_rows_range(void *ctx, int64_t b, int64_t e, int thread)
     }
 }
 
-/* The latent path shared by attn_latent and lat_attend: biases KB, VB (NULL: none); MASS (n, zeroed
- * by the caller) or NULL gets the weights of the queries t >= MASS_FROM, row (t, h) after row, as
- * the CUDA twin adds them. */
+/* The latent path of attn_latent: biases KB, VB (NULL: none); MASS (n, zeroed by the caller) or
+ * NULL gets the weights of the queries t >= MASS_FROM, row (t, h) after row, as the CUDA twin adds
+ * them. */
 static enum kvs_status latent_run(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *kb,
                                   const float *vb, const float *q, float *out, float *mass, int mass_from)
 {
@@ -480,46 +479,6 @@ enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn
                                     float *out)
 {
     return latent_run(pool, a, NULL, NULL, q, out, NULL, 0);
-}
-
-enum kvs_status kvs_cpu_lat_attend(struct kvs_pool *pool, const struct kvs_lat_attend_args *a, const float *q,
-                                   float *out, float *mass)
-{
-    if (!a->f || a->f->width != a->rank || a->n_segs < 0 || a->n_segs > KVS_LAT_ATTEND_MAX_SEGS) return KVS_ERR_ARG;
-    int64_t n = 0;
-    for (int s = 0; s < a->n_segs; s++) {
-        const struct kvs_lat_rows *L = a->segs[s].L;
-        if (!L || a->segs[s].arr < 0 || a->segs[s].arr >= L->n_arr || L->n < 0) return KVS_ERR_ARG;
-        if (a->seg_f[s] && a->seg_f[s]->width != a->rank) return KVS_ERR_ARG;
-        n += L->n;
-    }
-    if (n > 0x7fffffff) return KVS_ERR_ARG;
-    /* the rows decoded to fp32 once (fp16 or packed), then the latent path over one segment */
-    float *c = malloc((size_t)(n ? n : 1) * (size_t)a->rank * sizeof(float));
-    int32_t *pos = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
-    enum kvs_status st = KVS_ERR_NOMEM;
-    if (!c || !pos) goto done;
-    int64_t off = 0;
-    for (int s = 0; s < a->n_segs; s++) {
-        const struct kvs_lat_rows *L = a->segs[s].L;
-        if (L->n) {
-            const struct kvs_lat_fmt *f = a->seg_f[s] ? a->seg_f[s] : a->f; /* a packed segment among fp16 ones */
-            st = kvs_cpu_lat_read(L, f, a->segs[s].arr, 0, L->n, c + off * a->rank, pos + off);
-            if (st != KVS_OK) goto done;
-        }
-        off += L->n;
-    }
-    if (mass && n) memset(mass, 0, (size_t)n * sizeof(float));
-    struct kvs_latent_seg seg = {c, pos, (int)n};
-    struct kvs_attn_latent_args la = {.T = a->T, .q_pos = a->q_pos, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
-                                      .head_dim = a->head_dim, .rank = a->rank, .bk = a->bk, .bv = a->bv,
-                                      .freqs = a->freqs, .neox = a->neox, .scale = a->scale, .segs = &seg,
-                                      .n_segs = 1};
-    st = latent_run(pool, &la, a->bk_bias, a->bv_bias, q, out, mass, a->mass_from);
-done:
-    free(c);
-    free(pos);
-    return st;
 }
 
 struct kv16_job {

@@ -1,7 +1,7 @@
 /* CPU twin of kernels/attention.cu. Attention over an fp16 K/V cache (shared by the K/V pools and
  * the presses that keep K/V): scores, softmax and weighted sum for grouped-query heads, threaded
- * over (token, head); the backend's reference attention over latents, latent segment rows and
- * fp16 segments.
+ * over (token, head); the backend's reference attention over latents and fp16 segments (attention
+ * over latent segment rows is latent_attend.h's).
  * Depends on backend.h (argument types) and threads.h; SIMD with F16C/FMA when built for it. */
 #ifndef KVS_CPU_ATTENTION_H
 #define KVS_CPU_ATTENTION_H
@@ -37,10 +37,6 @@ void kvs_f16_to_f32_row(const uint16_t *src, float *dst, int n);
  * for inconsistent shapes. */
 enum kvs_status kvs_cpu_attn_latent(struct kvs_pool *pool, const struct kvs_attn_latent_args *a, const float *q,
                                     float *out);
-/* Attention over latent segment rows in host memory (the backend's lat_attend entry on the CPU,
- * struct kvs_lat_attend_args; fp16 or packed rows, decoded once); MASS as the entry. */
-enum kvs_status kvs_cpu_lat_attend(struct kvs_pool *pool, const struct kvs_lat_attend_args *a, const float *q,
-                                   float *out, float *mass);
 enum kvs_status kvs_cpu_attn_kv16(struct kvs_pool *pool, const struct kvs_attn_kv16_args *a, const float *q,
                                   float *out);
 

@@ -1,9 +1,10 @@
-/* CPU latent-key kernels (the key rebuild CommonKV's attention runs; the device rebuilds keys inside
- * its own kernels, kernels/latent_attend.cu for decode): K = C B^T with bf16 pairs and fp32
- * accumulation (AVX512_BF16 vdpbf16ps) or int8 quads (VNNI) when the build targets a CPU that has them, RoPE
+/* CPU latent-key kernels (the key rebuild of the CPU's lat_attend, latent_attend.c, which every
+ * CommonKV and lowrank attention on the CPU runs; the device rebuilds keys inside its own kernels,
+ * kernels/latent_attend.cu for decode): K = C B^T with bf16 pairs and fp32 accumulation
+ * (AVX512_BF16 vdpbf16ps) or int8 quads (VNNI) when the build targets a CPU that has them, RoPE
  * over rows at their own positions, scores and the P·C accumulation of the fused decode. B is
  * packed once per layer (weights); latent rows are converted per call. Depends on kvs.h only (no
- * BLAS, no press state): the fp32 path stays in the press as the reference. */
+ * BLAS, no press state): the fp32 path (BLAS) is latent_attend.c's, the reference. */
 #ifndef KVS_CPU_LATENT_KEYS_H
 #define KVS_CPU_LATENT_KEYS_H
 

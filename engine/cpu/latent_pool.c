@@ -1,7 +1,8 @@
 /* CPU twin of kernels/latent_pool.cu (see latent_pool.h): latent segment rows in host memory,
  * grown by realloc, fp32 -> fp16 (or the row codec of quant_codec.h) on store and back on read, order-keeping
  * compaction, and the merge's weighted sum of a token's per-layer latents (fused multiply-adds in
- * layer order, rounded once: the device computes the same). Depends on backend.h, attention.h (row
+ * layer order, rounded once: the device computes the same), and cosine scores between arrays (fp64
+ * sums in element order, as the device's one thread per row). Depends on backend.h, attention.h (row
  * conversions) and libc. */
 #include "latent_pool.h"
 
@@ -127,5 +128,47 @@ enum kvs_status kvs_cpu_lat_merge(const struct kvs_lat_rows *src, struct kvs_lat
         dst->n++;
     }
     free(row), free(acc);
+    return KVS_OK;
+}
+
+/* Cosine of A and B (N floats) summed in fp64 in element order; 0 when either is zero. */
+static double cosine(const float *a, const float *b, int n)
+{
+    double ab = 0, aa = 0, bb = 0;
+    for (int i = 0; i < n; i++) {
+        ab += (double)a[i] * b[i];
+        aa += (double)a[i] * a[i];
+        bb += (double)b[i] * b[i];
+    }
+    return aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0.0;
+}
+
+enum kvs_status kvs_cpu_lat_cosine(const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int arr0, int arr1,
+                                   bool adj, int row0, int n, float *out)
+{
+    if (!fmt_ok(f) || !rows_ok(L) || arr0 < 0 || arr1 < arr0 || arr1 >= L->n_arr || (adj && arr1 == arr0) ||
+        row0 < 0 || n < 0 || row0 > L->n - n)
+        return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    float *buf = malloc((size_t)2 * f->width * sizeof(float));
+    if (!buf) return KVS_ERR_NOMEM;
+    const int w = f->width;
+    for (int i = 0; i < n; i++) {
+        if (!adj) {
+            kvs_cpu_lat_read(L, f, arr0, row0 + i, 1, buf, NULL);
+            kvs_cpu_lat_read(L, f, arr1, row0 + i, 1, buf + w, NULL);
+            out[i] = (float)cosine(buf, buf + w, w);
+            continue;
+        }
+        double acc = 0;
+        kvs_cpu_lat_read(L, f, arr0, row0 + i, 1, buf, NULL);
+        for (int a = arr0 + 1; a <= arr1; a++) {
+            float *prev = buf + (size_t)((a - 1 - arr0) & 1) * w, *cur = buf + (size_t)((a - arr0) & 1) * w;
+            kvs_cpu_lat_read(L, f, a, row0 + i, 1, cur, NULL);
+            acc += cosine(prev, cur, w);
+        }
+        out[i] = (float)(acc / (arr1 - arr0));
+    }
+    free(buf);
     return KVS_OK;
 }

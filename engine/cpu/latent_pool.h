@@ -1,6 +1,6 @@
 /* CPU twins of kernels/latent_pool.cu: the rows of a CommonKV latent segment (struct kvs_lat_rows,
  * engine/backend/backend.h) in host memory, fp16 or packed by the press's codec: growth, stores,
- * reads, compaction and the merge into a shared segment. Same contracts as the backend's lat_*
+ * reads, compaction, the merge into a shared segment and the rows' cosine similarity. Same contracts as the backend's lat_*
  * entries; KVS_ERR_NOMEM when memory runs out (L keeps its rows and capacity), KVS_ERR_ARG for
  * inconsistent shapes. Depends on backend.h (types) only; never prints. */
 #ifndef KVS_CPU_LATENT_POOL_H
@@ -16,5 +16,9 @@ enum kvs_status kvs_cpu_lat_read(const struct kvs_lat_rows *L, const struct kvs_
 enum kvs_status kvs_cpu_lat_compact(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, const uint8_t *keep);
 enum kvs_status kvs_cpu_lat_merge(const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
                                   const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w);
+/* The lat_cosine entry (backend.h): out (n) = similarity of rows [row0, row0+n) between arrays
+ * ARR0 and ARR1, or (ADJ) the mean over adjacent array pairs in [arr0, arr1]; fp64 sums. */
+enum kvs_status kvs_cpu_lat_cosine(const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int arr0, int arr1,
+                                   bool adj, int row0, int n, float *out);
 
 #endif
