@@ -32,41 +32,48 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
-/* Row i of g = row src[i] of rows (and of pos into gp when both are given): one block per kept row. */
-__global__ void k_lat_gather(const __half *rows, const int32_t *pos, int width, const int32_t *src, int n_keep,
-                             __half *g, int32_t *gp)
+/* Row i of g = row src[i] of rows, RB bytes each (and its position into gp when given): one block
+ * per kept row. fp16 and packed rows alike. */
+__global__ void k_lat_gather(const uint8_t *rows, const int32_t *pos, int rb, const int32_t *src, int n_keep,
+                             uint8_t *g, int32_t *gp)
 {
     int r = blockIdx.x;
     if (r >= n_keep) return;
-    size_t from = (size_t)src[r] * width, to = (size_t)r * width;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) g[to + i] = rows[from + i];
+    size_t from = (size_t)src[r] * rb, to = (size_t)r * rb;
+    for (int i = threadIdx.x; i < rb; i += blockDim.x) g[to + i] = rows[from + i];
     if (gp && threadIdx.x == 0) gp[r] = pos[src[r]];
 }
 
-int kvs_cuda_lat_compact(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
-                         const int32_t *src, int n_keep)
+/* Keeps rows SRC (n_keep, in order) of the N_ARR arrays of RB-byte rows and their positions. Rows
+ * move down in place; an in-place gather would race (a row read by one block is written by
+ * another), so each array is gathered to scratch and copied back. */
+static int lat_compact_rows(struct kvs_cuda_ctx *c, uint8_t *const *rows, int n_arr, int32_t *pos, int rb,
+                            const int32_t *src, int n_keep)
 {
-    size_t bytes;
-    char *g;
-    KVS_REQUIRE(width > 0 && n_arr > 0 && n_arr <= KVS_CUDA_LAT_MAX_ARR && n_keep >= 0,
-                "lat_compact: bad shape (width %d, %d arrays, keep %d)", width, n_arr, n_keep);
-    if (!n_keep) return KVS_CUDA_OK;
-    bytes = (size_t)n_keep * width * sizeof(uint16_t);
-    g = (char *)kvs_cuda_scratch(c, KVS_SCR_COMPACT, bytes + (size_t)n_keep * sizeof(int32_t));
+    size_t bytes = ((size_t)n_keep * rb + 3) & ~(size_t)3; /* the positions after the rows, aligned */
+    char *g = (char *)kvs_cuda_scratch(c, KVS_SCR_COMPACT, bytes + (size_t)n_keep * sizeof(int32_t));
     if (!g) goto fail;
-    /* rows move down in place; an in-place gather would race (a row read by one block is written
-     * by another), so each array is gathered to scratch and copied back */
     for (int a = 0; a < n_arr; a++) {
         int32_t *gp = a == 0 ? (int32_t *)(g + bytes) : NULL;
-        KVS_LAUNCH(k_lat_gather, (unsigned)n_keep, 128, 0, c->stream)((const __half *)rows[a], pos, width, src,
-                                                                      n_keep, (__half *)g, gp);
+        KVS_LAUNCH(k_lat_gather, (unsigned)n_keep, 128, 0, c->stream)(rows[a], pos, rb, src, n_keep, (uint8_t *)g, gp);
         KVS_LAUNCH_CHECK();
-        CUDA_CHECK(cudaMemcpyAsync(rows[a], g, bytes, cudaMemcpyDeviceToDevice, c->stream));
+        CUDA_CHECK(cudaMemcpyAsync(rows[a], g, (size_t)n_keep * rb, cudaMemcpyDeviceToDevice, c->stream));
         if (a == 0)
             CUDA_CHECK(cudaMemcpyAsync(pos, g + bytes, (size_t)n_keep * sizeof(int32_t), cudaMemcpyDeviceToDevice,
                                        c->stream));
     }
     return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+int kvs_cuda_lat_compact(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
+                         const int32_t *src, int n_keep)
+{
+    KVS_REQUIRE(width > 0 && n_arr > 0 && n_arr <= KVS_CUDA_LAT_MAX_ARR && n_keep >= 0,
+                "lat_compact: bad shape (width %d, %d arrays, keep %d)", width, n_arr, n_keep);
+    if (!n_keep) return KVS_CUDA_OK;
+    return lat_compact_rows(c, (uint8_t *const *)rows, n_arr, pos, 2 * width, src, n_keep);
 fail:
     return KVS_CUDA_FAIL;
 }
@@ -174,43 +181,14 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
-/* Row i of g = row src[i] of rows, RB bytes each (and its position into gp when given): one block
- * per kept row. */
-__global__ void k_lat_qgather(const uint8_t *rows, const int32_t *pos, int rb, const int32_t *src, int n_keep,
-                              uint8_t *g, int32_t *gp)
-{
-    int r = blockIdx.x;
-    if (r >= n_keep) return;
-    size_t from = (size_t)src[r] * rb, to = (size_t)r * rb;
-    for (int i = threadIdx.x; i < rb; i += blockDim.x) g[to + i] = rows[from + i];
-    if (gp && threadIdx.x == 0) gp[r] = pos[src[r]];
-}
-
 int kvs_cuda_lat_qcompact(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, uint8_t *const *rows, int n_arr,
                           int32_t *pos, const int32_t *src, int n_keep)
 {
-    size_t bytes;
-    char *g;
     int rb = f->row_bytes;
     KVS_REQUIRE(qrow_ok(f) && n_arr > 0 && n_arr <= KVS_CUDA_LAT_MAX_ARR && n_keep >= 0,
                 "lat_qcompact: bad format or shape (%d bytes a row, %d arrays, keep %d)", rb, n_arr, n_keep);
     if (!n_keep) return KVS_CUDA_OK;
-    bytes = (size_t)n_keep * rb;
-    bytes = (bytes + 3) & ~(size_t)3; /* the positions after the rows, aligned */
-    g = (char *)kvs_cuda_scratch(c, KVS_SCR_COMPACT, bytes + (size_t)n_keep * sizeof(int32_t));
-    if (!g) goto fail;
-    /* gathered to scratch and copied back, as the fp16 rows (an in-place gather would race) */
-    for (int a = 0; a < n_arr; a++) {
-        int32_t *gp = a == 0 ? (int32_t *)(g + bytes) : NULL;
-        KVS_LAUNCH(k_lat_qgather, (unsigned)n_keep, 128, 0, c->stream)(rows[a], pos, rb, src, n_keep, (uint8_t *)g,
-                                                                       gp);
-        KVS_LAUNCH_CHECK();
-        CUDA_CHECK(cudaMemcpyAsync(rows[a], g, (size_t)n_keep * rb, cudaMemcpyDeviceToDevice, c->stream));
-        if (a == 0)
-            CUDA_CHECK(cudaMemcpyAsync(pos, g + bytes, (size_t)n_keep * sizeof(int32_t), cudaMemcpyDeviceToDevice,
-                                       c->stream));
-    }
-    return KVS_CUDA_OK;
+    return lat_compact_rows(c, rows, n_arr, pos, rb, src, n_keep);
 fail:
     return KVS_CUDA_FAIL;
 }
