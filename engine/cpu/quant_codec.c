@@ -21,6 +21,16 @@ static uint32_t pack_get(const uint8_t *src, uint32_t i, uint32_t bits)
     return (src[bit >> 3] >> (bit & 7)) & ((1u << bits) - 1);
 }
 
+/* The fp16 scale and minimum that lead a group, as floats. */
+static void q_header(const uint8_t *h, float *s, float *mn)
+{
+    uint16_t hs, hm;
+    memcpy(&hs, h, 2);
+    memcpy(&hm, h + 2, 2);
+    *s = kvs_fp16_to_fp32(hs);
+    *mn = kvs_fp16_to_fp32(hm);
+}
+
 /* Quantizes n values (stride apart) into a header (scale, min) and packed codes. */
 static void q_encode(const float *x, size_t stride, uint32_t n, uint32_t bits, uint8_t *hdr, uint8_t *codes)
 {
@@ -71,10 +81,8 @@ void kvs_qrow_decode(const uint8_t *src, uint32_t n, uint32_t bits, uint32_t gro
 {
     for (uint32_t i = 0; i < n; i += group) {
         uint32_t len = n - i < group ? n - i : group;
-        uint16_t hs, hm;
-        memcpy(&hs, src, 2);
-        memcpy(&hm, src + 2, 2);
-        float s = kvs_fp16_to_fp32(hs), mn = kvs_fp16_to_fp32(hm);
+        float s, mn;
+        q_header(src, &s, &mn);
         const uint8_t *codes = src + 4;
         if (bits == 4) {
             for (uint32_t j = 0; j + 1 < len; j += 2) {
@@ -94,6 +102,19 @@ void kvs_qrow_decode(const uint8_t *src, uint32_t n, uint32_t bits, uint32_t gro
 
 uint32_t kvs_qcol_bytes(uint32_t T, uint32_t C, uint32_t bits) { return C * (4 + (T * bits + 7) / 8); }
 
+/* Tokens [t0, t1) of channel C of a key block of T tokens, STRIDE floats apart from DST. The one
+ * reader of the per-channel layout: a whole block and a single token are its two loops, so they
+ * give the same values by construction, and a block reads each channel's header once. Inline:
+ * called out of line, decode_row's one-token calls took twice as long. */
+static inline void qcol_decode_channel(const uint8_t *src, uint32_t T, uint32_t c, uint32_t bits, uint32_t t0,
+                                       uint32_t t1, float *dst, size_t stride)
+{
+    const uint8_t *h = src + (size_t)c * (4 + (T * bits + 7) / 8);
+    float s, mn;
+    q_header(h, &s, &mn);
+    for (uint32_t t = t0; t < t1; t++) dst[(size_t)(t - t0) * stride] = fmaf(s, (float)pack_get(h + 4, t, bits), mn);
+}
+
 void kvs_qcol_encode(const float *x, uint32_t T, uint32_t C, uint32_t bits, uint8_t *dst)
 {
     uint32_t per = 4 + (T * bits + 7) / 8;
@@ -102,25 +123,10 @@ void kvs_qcol_encode(const float *x, uint32_t T, uint32_t C, uint32_t bits, uint
 
 void kvs_qcol_decode(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, float *dst)
 {
-    uint32_t per = 4 + (T * bits + 7) / 8;
-    for (uint32_t c = 0; c < C; c++) {
-        const uint8_t *h = src + (size_t)c * per;
-        uint16_t hs, hm;
-        memcpy(&hs, h, 2);
-        memcpy(&hm, h + 2, 2);
-        float s = kvs_fp16_to_fp32(hs), mn = kvs_fp16_to_fp32(hm);
-        for (uint32_t t = 0; t < T; t++) dst[(size_t)t * C + c] = fmaf(s, (float)pack_get(h + 4, t, bits), mn);
-    }
+    for (uint32_t c = 0; c < C; c++) qcol_decode_channel(src, T, c, bits, 0, T, dst + c, C);
 }
 
 void kvs_qcol_decode_row(const uint8_t *src, uint32_t T, uint32_t C, uint32_t bits, uint32_t t, float *dst)
 {
-    uint32_t per = 4 + (T * bits + 7) / 8;
-    for (uint32_t c = 0; c < C; c++) {
-        const uint8_t *h = src + (size_t)c * per;
-        uint16_t hs, hm;
-        memcpy(&hs, h, 2);
-        memcpy(&hm, h + 2, 2);
-        dst[c] = fmaf(kvs_fp16_to_fp32(hs), (float)pack_get(h + 4, t, bits), kvs_fp16_to_fp32(hm));
-    }
+    for (uint32_t c = 0; c < C; c++) qcol_decode_channel(src, T, c, bits, t, t + 1, dst + c, C);
 }
