@@ -545,26 +545,52 @@ static void test_cpu_attn_kv16(void)
     kv16_case_free(&C);
 }
 
+/* A CPU backend and "fake": the same entries less the optional family LACKS names, so each pool call
+ * on it runs the CPU twins on host memory and counts a fallback. Each counts into its own
+ * counters. Returns false (one failed check) when the CPU backend cannot be made; then nothing is
+ * held. F must stay where it is while fake is used (fake.ops points into it). */
+enum fake_lacks { FAKE_NO_KV, FAKE_NO_MC };
+struct fake_pair {
+    struct kvs_backend *cpu;
+    struct kvs_backend_ops ops; /* fake's entries */
+    struct kvs_backend fake;
+    struct kvs_op_counter ctr[KVS_OP_COUNT], fctr[KVS_OP_COUNT]; /* cpu's, fake's */
+};
+
+static bool fake_pair_init(struct fake_pair *F, enum fake_lacks lacks)
+{
+    char err[256];
+    memset(F, 0, sizeof *F);
+    CHECKF(kvs_backend_new(&F->cpu, "cpu", pool, err, sizeof err) == KVS_OK, "%s", err);
+    if (!F->cpu) return false;
+    F->cpu->ctr = F->ctr;
+    F->ops = *F->cpu->ops;
+    F->ops.name = "fake";
+    if (lacks == FAKE_NO_KV) {
+        F->ops.kv_grow = NULL, F->ops.kv_store = NULL, F->ops.kv_attend = NULL;
+        F->ops.kv_compact = NULL, F->ops.kv_read = NULL;
+    } else {
+        F->ops.mc_grow = NULL, F->ops.mc_score = NULL, F->ops.mc_merge = NULL;
+        F->ops.mc_attend = NULL, F->ops.mc_read = NULL;
+    }
+    F->fake = (struct kvs_backend){.ops = &F->ops, .pool = pool, .ctr = F->fctr};
+    return true;
+}
+
 /* The K/V pool on the CPU backend: its attention (engine/cpu/attention.c, the path the full press runs) agrees with
  * the kv16 reference over the rows it holds, compaction keeps the chosen rows; and a backend
  * without the kv_* entries keeps its pool in host memory, with every call counted as a fallback. */
 static void test_cpu_kv_pool(void)
 {
     const int H = 6, G = 2, d = 32, dkv = G * d, n = 300, T = 5;
-    struct kvs_backend *cpu = NULL;
+    struct fake_pair F;
+    if (!fake_pair_init(&F, FAKE_NO_KV)) return;
+    struct kvs_backend *cpu = F.cpu, *fake = &F.fake;
+    const struct kvs_op_counter *ctr = F.ctr, *fctr = F.fctr;
     char err[256];
-    CHECK(kvs_backend_new(&cpu, "cpu", pool, err, sizeof err) == KVS_OK);
-    if (!cpu) return;
-    struct kvs_op_counter ctr[KVS_OP_COUNT] = {{0}}, fctr[KVS_OP_COUNT] = {{0}};
-    cpu->ctr = ctr;
-    struct kvs_backend_ops fake_ops = *cpu->ops;
-    fake_ops.name = "fake";
-    fake_ops.kv_grow = NULL, fake_ops.kv_store = NULL, fake_ops.kv_attend = NULL;
-    fake_ops.kv_compact = NULL, fake_ops.kv_read = NULL;
-    struct kvs_backend fake = {.ops = &fake_ops, .pool = pool, .ctr = fctr};
     struct kvs_cache_pool *pc = NULL, *pf = NULL;
     CHECKF(kvs_cache_pool_new(&pc, cpu, 1, dkv, 128, err, sizeof err) == KVS_OK, "%s", err);
-    CHECKF(kvs_cache_pool_new(&pf, &fake, 1, dkv, 128, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_cache_pool_new(&pf, fake, 1, dkv, 128, err, sizeof err) == KVS_OK, "%s", err);
     float *k = malloc((size_t)n * dkv * sizeof(float)), *v = malloc((size_t)n * dkv * sizeof(float));
     int32_t *pos = malloc((size_t)n * sizeof(int32_t)), qpos[T];
     for (size_t i = 0; i < (size_t)n * dkv; i++) k[i] = frand(-1, 1), v[i] = frand(-1, 1);
@@ -613,8 +639,8 @@ static void test_cpu_kv_pool(void)
     CHECK(kvs_cache_pool_read(pc, 0, kept - 1, 2, kk, NULL, NULL) == KVS_ERR_ARG);
     /* the fake backend: host rows, no bytes of its own, each of 2 grows (128, 384 rows), 3 stores, 1 attention counted */
     CHECK(!kvs_cache_pool_native(pf) && kvs_cache_pool_native(pc));
-    CHECKF(fctr[KVS_OP_FALLBACK].calls == 6 && fake.pool_bytes == 0, "fallbacks counted %u, fake backend bytes %llu",
-           fctr[KVS_OP_FALLBACK].calls, (unsigned long long)fake.pool_bytes);
+    CHECKF(fctr[KVS_OP_FALLBACK].calls == 6 && fake->pool_bytes == 0, "fallbacks counted %u, fake backend bytes %llu",
+           fctr[KVS_OP_FALLBACK].calls, (unsigned long long)fake->pool_bytes);
     CHECKF(ctr[KVS_OP_FALLBACK].calls == 0, "the CPU backend counted %u fallbacks", ctr[KVS_OP_FALLBACK].calls);
     kvs_cache_pool_delete(pc);
     kvs_cache_pool_delete(pf);
@@ -667,20 +693,14 @@ static void test_cpu_mc_pool(void)
 {
     enum { H = 4, G = 2, d = 32, dkv = G * d, n = 300, T = 3 };
     const int la = 0;
-    struct kvs_backend *cpu = NULL;
+    struct fake_pair F;
+    if (!fake_pair_init(&F, FAKE_NO_MC)) return;
+    struct kvs_backend *cpu = F.cpu, *fake = &F.fake;
+    const struct kvs_op_counter *ctr = F.ctr, *fctr = F.fctr;
     char err[256];
-    CHECK(kvs_backend_new(&cpu, "cpu", pool, err, sizeof err) == KVS_OK);
-    if (!cpu) return;
-    struct kvs_op_counter ctr[KVS_OP_COUNT] = {{0}}, fctr[KVS_OP_COUNT] = {{0}};
-    cpu->ctr = ctr;
-    struct kvs_backend_ops fake_ops = *cpu->ops;
-    fake_ops.name = "fake";
-    fake_ops.mc_grow = NULL, fake_ops.mc_score = NULL, fake_ops.mc_merge = NULL;
-    fake_ops.mc_attend = NULL, fake_ops.mc_read = NULL;
-    struct kvs_backend fake = {.ops = &fake_ops, .pool = pool, .ctr = fctr};
     struct kvs_mc_pool *pc = NULL, *pf = NULL;
     CHECKF(kvs_mc_pool_new(&pc, cpu, 2, G, d, 128, 1, &la, err, sizeof err) == KVS_OK, "%s", err);
-    CHECKF(kvs_mc_pool_new(&pf, &fake, 2, G, d, 128, 1, &la, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_mc_pool_new(&pf, fake, 2, G, d, 128, 1, &la, err, sizeof err) == KVS_OK, "%s", err);
     if (!pc || !pf) goto done;
     float *k = malloc((size_t)n * dkv * sizeof(float)), *v = malloc((size_t)n * dkv * sizeof(float));
     int32_t *pos = malloc((size_t)n * sizeof(int32_t)), *idx = malloc((size_t)n * sizeof(int32_t)), qpos[T];
@@ -718,7 +738,7 @@ static void test_cpu_mc_pool(void)
     for (int r = 0; r < nm; r++) merged_ok = merged_ok && mpos[r] == idx[keep + r];
     CHECKF(merged_ok, "the merged rows are not candidates %d.. (a retained row merged?)", keep);
     free(mpos);
-    CHECK(kvs_backend_mc_read(&fake, &pf->pairs[0], G, d, 0, nm, ef, NULL, NULL, NULL) == KVS_OK);
+    CHECK(kvs_backend_mc_read(fake, &pf->pairs[0], G, d, 0, nm, ef, NULL, NULL, NULL) == KVS_OK);
     CHECK(!memcmp(ec, ef, (size_t)nm * dkv * 2));
     size_t no = (size_t)T * H * d;
     float *q = malloc(no * sizeof(float)), *oc = malloc(no * sizeof(float)), *of = malloc(no * sizeof(float));
@@ -733,15 +753,15 @@ static void test_cpu_mc_pool(void)
     uint64_t held = kvs_mc_pool_bytes_held(pc, 0) + kvs_mc_pool_bytes_held(pc, 1);
     uint64_t alloc = kvs_mc_pool_bytes_alloc(pc, 0) + kvs_mc_pool_bytes_alloc(pc, 1);
     CHECKF(held == 2 * left * row + (uint64_t)nm * mrow && alloc == 2 * 128 * row + 384 * mrow &&
-               cpu->pool_bytes == alloc && fake.pool_bytes == 2 * 128 * row,
+               cpu->pool_bytes == alloc && fake->pool_bytes == 2 * 128 * row,
            "held %llu, allocated %llu (backend counts %llu; the one without mc entries %llu: its K/V rows only)",
            (unsigned long long)held, (unsigned long long)alloc, (unsigned long long)cpu->pool_bytes,
-           (unsigned long long)fake.pool_bytes);
+           (unsigned long long)fake->pool_bytes);
     CHECKF(fctr[KVS_OP_FALLBACK].calls == 6 && ctr[KVS_OP_FALLBACK].calls == 0,
            "fallbacks: %u on the backend without mc entries (1 grow, 1 score, 1 merge, 1 read, 2 attentions), %u on "
            "the CPU", fctr[KVS_OP_FALLBACK].calls, ctr[KVS_OP_FALLBACK].calls);
     /* a backend with device memory and no mc_* entries: an error that says so */
-    struct kvs_backend_ops dev_ops = fake_ops;
+    struct kvs_backend_ops dev_ops = F.ops;
     dev_ops.name = "devicelike";
     dev_ops.buf_alloc = fake_buf_alloc;
     struct kvs_backend dev = {.ops = &dev_ops, .pool = pool};
