@@ -2864,9 +2864,12 @@ static void test_e2e_acts_saturated(void)
     remove(plain);
 }
 
-/* The tiny Qwen2 (fp16 weights, K/V bias) with a K bias of 1e5: every layer's keys leave the fp16
- * range, as a badly scaled model's might; before issue 13 they were stored as ±inf and the first
- * softmax over them made the logits NaN. */
+/* The tiny Qwen2 (fp16 weights, K/V bias) with a K bias of 1e5 in each head's first channel: one
+ * pair of every key leaves the fp16 range where RoPE turns it, as a badly scaled model's might.
+ * Before issue 13 such keys were stored as ±inf, a score became +inf, the softmax NaN and with it
+ * every logit (measured: 355 of 355 non-finite from the first decoded token on the CPU, from the
+ * prompt on the device). With a bias in every channel the scores were all NaN and the attention
+ * output silently 0 instead: no NaN to see, so the test uses the single channel. */
 static void tiny_kv_overflow_opts(struct kvs_tiny_opts *o)
 {
     tiny_opts(o, 1);
@@ -2900,7 +2903,7 @@ static uint64_t cache_clamped_run(const char *path, const char *backend, const c
         int64_t nt = kvs_tokenizer_encode(m->tok, prompt, strlen(prompt), false, toks, 64);
         bool ok = nt > 0 && kvs_ctx_eval(c, toks, (int)nt, NULL) == KVS_OK;
         CHECKF(ok, "%s on %s: %s", method, backend, kvs_ctx_error(c));
-        *finite = true;
+        *finite = ok;
         for (int s = 0; ok && s < 4; s++) {
             const float *lg = kvs_ctx_logits(c);
             for (uint32_t i = 0; i < m->hp.n_vocab; i++) *finite &= isfinite(lg[i]) != 0;
@@ -2919,8 +2922,8 @@ static uint64_t cache_clamped_run(const char *path, const char *backend, const c
 
 /* End to end, both backends, the methods whose caches hold fp16 K/V (the quantized pool's fp16 tier
  * and MiniCache's merged rows included): the overflowing model's logits stay finite and the clamped
- * keys are counted (at least a prompt's worth: RoPE turns some pairs back inside the range); the
- * ordinary model counts none. */
+ * keys are counted, the same number on both (the stores are bit-identical and the keys computed
+ * alike); the ordinary model counts none. */
 static void test_e2e_cache_saturated(void)
 {
     const char *prompt = "The GNU General Public License is a free license";
@@ -2942,8 +2945,8 @@ static void test_e2e_cache_saturated(void)
                 "the ordinary model %llu\n", methods[i], (unsigned long long)nc, (unsigned long long)ng,
                 fc ? "finite" : "NOT finite", fg ? "finite" : "NOT finite", (unsigned long long)np);
         CHECKF(fc && fg, "%s: the overflowing model's logits are not finite (CPU %d, device %d)", methods[i], fc, fg);
-        /* 2 layers of 2 KV heads of 32: 128 keys a token, about half beyond the range after RoPE */
-        CHECKF(nc != UINT64_MAX && ng != UINT64_MAX && nc >= 128 && ng >= 128,
+        /* one pair per KV head, 2 heads, 2 layers: at most 8 values a token, fewer where RoPE turns them */
+        CHECKF(nc != UINT64_MAX && nc == ng && nc >= 10,
                "%s: %llu (CPU) and %llu (device) cache values counted as clamped", methods[i], (unsigned long long)nc,
                (unsigned long long)ng);
         CHECKF(fp && np == 0, "%s: the ordinary model: %llu cache values counted as clamped", methods[i],

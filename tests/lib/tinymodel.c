@@ -761,7 +761,7 @@ int kvs_tiny_build(const struct kvs_tiny_opts *o, uint8_t **out, size_t *len)
                 else if (t[i].fill == FILL_ROPE) row[c] = llama3_factor(o, (uint32_t)c, hd);
                 else row[c] = t[i].std * rng_normal(&r);
                 /* the same draws as FILL_NORMAL: without a shift the model's bytes do not change */
-                if (t[i].fill == FILL_KBIAS && o->k_bias_shift != 0.0f) row[c] += o->k_bias_shift;
+                if (t[i].fill == FILL_KBIAS && o->k_bias_shift != 0.0f && c % hd == 0) row[c] += o->k_bias_shift;
             }
             kvs_quant_row(t[i].type, row, q, (int64_t)cols);
             kvs_gbuf_bytes(&f, q, rb);
