@@ -29,7 +29,7 @@ extern "C" {
                                  *    lat_qcompact, lat_qmerge);
                                  * 10: lat_cosine (cosine scores between latent arrays);
                                  * 11: cache_saturated (fp16 cache stores clamp at ±65504,
-                                 *     counted) */
+                                 *     counted; lat_qload's fp16 output saturates too) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -373,7 +373,8 @@ struct kvs_cuda_api {
      * lat_codecs: the KVS_CUDA_LAT_CODEC_* bits this library's lat_* entries take (the engine keeps
      * packed rows on the host unless QROW is set). lat_qstore: rows [row0, row0+T) of ROWS (cap,
      * row_bytes) = x (T, width) fp32 encoded. lat_qload: OUT (n, width) = rows [row0, row0+n)
-     * decoded, fp32 (DTYPE 0) or fp16 (KVS_CUDA_F16, the decoded fp32 rounded to nearest).
+     * decoded, fp32 (DTYPE 0) or fp16 (KVS_CUDA_F16, the decoded fp32 rounded to nearest,
+     * saturating at ±65504 like the CPU's staging through kvs_f32_to_f16_row; not counted).
      * lat_qcompact: as lat_compact, rows of row_bytes. lat_qmerge: as lat_merge over packed rows
      * (src, dst hold rows of row_bytes): decoded, summed in fp32, encoded once. */
     uint32_t (*lat_codecs)(const struct kvs_cuda_ctx *c);

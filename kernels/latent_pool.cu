@@ -153,18 +153,20 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
-/* out[i] = element i % width of row row0 + i / width, decoded (fp32 into O32, else fp16 into O16):
- * one thread per element, grid-stride. */
+/* out[i] = element i % width of row row0 + i / width, decoded (fp32 into O32, else fp16 into O16,
+ * saturating at ±65504 as the CPU's fp16 staging of packed rows does; uncounted: a decode, not a
+ * store): one thread per element, grid-stride. */
 __global__ void k_lat_qload(struct kvs_cuda_qrow f, const uint8_t *rows, int row0, int64_t count, float *o32,
                             __half *o16)
 {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    unsigned long long over = 0;
     for (; i < count; i += stride) {
         int64_t r = i / f.width;
         float v = kvs_dev_qrow_get(rows + (size_t)(row0 + r) * f.row_bytes, (uint32_t)(i - r * f.width),
                                    (uint32_t)f.bits, (uint32_t)f.group);
-        if (o16) o16[i] = __float2half_rn(v);
+        if (o16) o16[i] = kvs_dev_f2h_sat(v, &over);
         else o32[i] = v;
     }
 }
