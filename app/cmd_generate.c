@@ -169,6 +169,11 @@ int kvs_cmd_generate(int argc, char **argv)
         fprintf(stderr, "kvscope: warning: %llu activation values exceeded the fp16 range in the products and were "
                 "clamped to +-65504 (--weights %s on %s); bf16 keeps them where the GPU supports it\n",
                 (unsigned long long)acts, wtype, kvs_ctx_device(ctx));
+    uint64_t cache = kvs_ctx_cache_saturated(ctx);
+    if (cache) /* never silent: attention saw +-65504 where the model computed more (or inf) */
+        fprintf(stderr, "kvscope: warning: %llu cache values clamped to fp16 range (+-65504) instead of stored as "
+                "inf (method %s on %s); the model's keys or values exceed fp16\n", (unsigned long long)cache,
+                mc.spec, kvs_ctx_device(ctx));
     double ptps = prefill_s > 0 ? n / prefill_s : 0, dtps = decode_s > 0 ? n_gen / decode_s : 0;
     if (json) {
         printf("], \"text\": ");

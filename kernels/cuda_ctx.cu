@@ -112,8 +112,10 @@ static int api_init(struct kvs_cuda_ctx **out, int device, char *err, size_t err
     CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
     CUSOLVER_CHECK(cusolverDnCreate(&c->solver));
     CUSOLVER_CHECK(cusolverDnSetStream(c->solver, c->stream));
-    CUDA_CHECK(cudaMalloc(&c->acts_clamped, sizeof *c->acts_clamped));
-    CUDA_CHECK(cudaMemsetAsync(c->acts_clamped, 0, sizeof *c->acts_clamped, c->stream));
+    /* both overflow counters in one allocation: [0] activations, [1] cache stores */
+    CUDA_CHECK(cudaMalloc(&c->acts_clamped, 2 * sizeof *c->acts_clamped));
+    CUDA_CHECK(cudaMemsetAsync(c->acts_clamped, 0, 2 * sizeof *c->acts_clamped, c->stream));
+    c->cache_clamped = c->acts_clamped + 1;
     *out = c;
     return KVS_CUDA_OK;
 fail:
@@ -256,6 +258,18 @@ static int api_acts_saturated(struct kvs_cuda_ctx *c, uint64_t *count)
     unsigned long long n = 0;
     *count = 0;
     CUDA_CHECK(cudaMemcpyAsync(&n, c->acts_clamped, sizeof n, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    *count = (uint64_t)n;
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+static int api_cache_saturated(struct kvs_cuda_ctx *c, uint64_t *count)
+{
+    unsigned long long n = 0;
+    *count = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&n, c->cache_clamped, sizeof n, cudaMemcpyDeviceToHost, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     *count = (uint64_t)n;
     return KVS_CUDA_OK;
@@ -407,6 +421,7 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_lat_qcompact,
     kvs_cuda_lat_qmerge,
     kvs_cuda_lat_cosine,
+    api_cache_saturated,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

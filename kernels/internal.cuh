@@ -61,6 +61,9 @@ struct kvs_cuda_ctx {
     /* device, one counter: activation values kvs_cuda_matmul clamped to ±65504 converting them to
      * fp16, since init (read by acts_saturated once a step, so products never wait for it) */
     unsigned long long *acts_clamped;
+    /* device, one counter beside acts_clamped (the same allocation): values the cache stores
+     * (kv_store, lat_store, lat_merge, mc_merge) clamped to ±65504, since init (cache_saturated) */
+    unsigned long long *cache_clamped;
 };
 
 struct kvs_cuda_weight {
@@ -136,6 +139,19 @@ static __device__ __forceinline__ float kvs_block_max(float v)
     v = lane < nw ? part[lane] : -INFINITY;
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+/* fp32 -> fp16 for a cache store, the bytes of the CPU's kvs_f32_to_f16_row: beyond ±65504 (±inf
+ * included) clamped, never rounded to ±inf (the next softmax would make it NaN), and counted in
+ * *OVER (a per-thread count: the kernel adds it to c->cache_clamped once, only when non-zero, so
+ * the common case costs no atomic); NaN stays NaN, uncounted. */
+static __device__ __forceinline__ __half kvs_dev_f2h_sat(float v, unsigned long long *over)
+{
+    if (fabsf(v) > 65504.0f) {
+        v = v > 0.0f ? 65504.0f : -65504.0f;
+        (*over)++;
+    }
+    return __float2half_rn(v);
 }
 
 /* Grid size for N independent items of PER_BLOCK each, capped to the 1-D grid limit. */

@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 10u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 11u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
@@ -27,7 +27,9 @@ extern "C" {
                                  *    kvq_scores);
                                  * 9: packed latent rows (lat_codecs, lat_qstore, lat_qload,
                                  *    lat_qcompact, lat_qmerge);
-                                 * 10: lat_cosine (cosine scores between latent arrays) */
+                                 * 10: lat_cosine (cosine scores between latent arrays);
+                                 * 11: cache_saturated (fp16 cache stores clamp at ±65504,
+                                 *     counted; lat_qload's fp16 output saturates too) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -124,7 +126,7 @@ struct kvs_cuda_attn_kv16 {
 
 /* The merge of CommonKV latent rows (lat_merge): M rows appended to a shared segment, each the
  * weighted sum of one token's latents over the N_ARR layers of a private segment, all device
- * except the weights. */
+ * except the weights. fp16 rows saturate at ±65504, counted (cache_saturated). */
 #define KVS_CUDA_LAT_MAX_ARR 16
 struct kvs_cuda_lat_merge {
     int n_arr, width, m, row0;
@@ -172,7 +174,8 @@ struct kvs_cuda_lat_attend {
  * the heads of keys then values and DOTS (m, 2*nkv) or NULL = the cosines; mc_merge appends, for
  * r in [KEEP, M), the SLERP at T of row IDX[r]'s unit directions per head (renormalised) to EK, EV
  * at row ROW0 + r - KEEP, both layers' norms to NRM (|k_a|, |k_b|, |v_a|, |v_b| per head) and
- * POS_A[IDX[r]] to POS. The first KEEP rows of IDX are retained, not merged. */
+ * POS_A[IDX[r]] to POS. The first KEEP rows of IDX are retained, not merged. Directions and norms
+ * saturate at ±65504, counted (cache_saturated): a norm can overflow where no element does. */
 struct kvs_cuda_mc_pair {
     int nkv, d, m, keep, row0;
     float t;
@@ -370,7 +373,8 @@ struct kvs_cuda_api {
      * lat_codecs: the KVS_CUDA_LAT_CODEC_* bits this library's lat_* entries take (the engine keeps
      * packed rows on the host unless QROW is set). lat_qstore: rows [row0, row0+T) of ROWS (cap,
      * row_bytes) = x (T, width) fp32 encoded. lat_qload: OUT (n, width) = rows [row0, row0+n)
-     * decoded, fp32 (DTYPE 0) or fp16 (KVS_CUDA_F16, the decoded fp32 rounded to nearest).
+     * decoded, fp32 (DTYPE 0) or fp16 (KVS_CUDA_F16, the decoded fp32 rounded to nearest,
+     * saturating at ±65504 like the CPU's staging through kvs_f32_to_f16_row; not counted).
      * lat_qcompact: as lat_compact, rows of row_bytes. lat_qmerge: as lat_merge over packed rows
      * (src, dst hold rows of row_bytes): decoded, summed in fp32, encoded once. */
     uint32_t (*lat_codecs)(const struct kvs_cuda_ctx *c);
@@ -383,6 +387,11 @@ struct kvs_cuda_api {
     int (*lat_qmerge)(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const struct kvs_cuda_lat_merge *a);
     /* Cosine scores between latent arrays (struct kvs_cuda_lat_cosine). */
     int (*lat_cosine)(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_cosine *a);
+    /* Values the fp16 cache stores (kv_store, lat_store, lat_merge, mc_merge) clamped to ±65504
+     * instead of rounding them to ±inf, counted on the device since init and read back here (waits
+     * for the stream, like acts_saturated: once a step). Decodes to fp16 for attention (kvq_attend,
+     * mc_attend) saturate too but are not counted: their rows were counted when stored. */
+    int (*cache_saturated)(struct kvs_cuda_ctx *c, uint64_t *count);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -410,7 +419,8 @@ int kvs_cuda_lat_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_attend
  * cuSOLVER gesvdj (Jacobi) in fp32. */
 int kvs_cuda_svd(struct kvs_cuda_ctx *c, const float *a, int m, int n, float *u, float *s, float *vt);
 /* K/V pool rows (twins in engine/cpu/kv_pool.c). kv_store: rows [row0, row0+T) of k, v (cap, dkv) fp16
- * = ks, vs (T, dkv) fp32, IEEE round to nearest even, overflow to inf (the CPU's conversion).
+ * = ks, vs (T, dkv) fp32, IEEE round to nearest even, beyond ±65504 clamped and counted
+ * (cache_saturated), NaN kept (the CPU's kvs_f32_to_f16_row).
  * kv_compact: row i of k, v, pos becomes row src[i] for i < n_keep (src strictly increasing, so
  * the order is kept), through scratch. */
 int kvs_cuda_kv_store(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int dkv, int row0, int T, const float *ks,

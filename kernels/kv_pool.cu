@@ -1,20 +1,23 @@
 /* K/V pool kernels (DESIGN.md §4, §7; the `full` press's cache in device memory): fp32 -> fp16
- * stores of new rows at the end of a layer's pool, and compaction (eviction) by a gather through
- * scratch. Attention over the rows is kvs_cuda_attn_kv16 (attention.cu). The CPU twin is
- * engine/cpu/kv_pool.c. Depends on CUDA only. */
+ * stores of new rows at the end of a layer's pool (saturating at ±65504, counted), and compaction
+ * (eviction) by a gather through scratch. Attention over the rows is kvs_cuda_attn_kv16
+ * (attention.cu). The CPU twin is engine/cpu/kv_pool.c. Depends on CUDA only. */
 #include "internal.cuh"
 
-/* k[row0 + t, i] = half(ks[t, i]) and the same for v, one thread per element (grid-stride). */
+/* k[row0 + t, i] = half(ks[t, i]) and the same for v, one thread per element (grid-stride),
+ * saturating at ±65504 and counting what it clamped into *CLAMPED. */
 __global__ void k_kv_store(__half *k, __half *v, int dkv, int row0, int64_t count, const float *ks,
-                           const float *vs)
+                           const float *vs, unsigned long long *clamped)
 {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     size_t off = (size_t)row0 * dkv;
+    unsigned long long over = 0;
     for (; i < count; i += stride) {
-        k[off + i] = __float2half_rn(ks[i]);
-        v[off + i] = __float2half_rn(vs[i]);
+        k[off + i] = kvs_dev_f2h_sat(ks[i], &over);
+        v[off + i] = kvs_dev_f2h_sat(vs[i], &over);
     }
+    if (over) atomicAdd(clamped, over);
 }
 
 int kvs_cuda_kv_store(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int dkv, int row0, int T, const float *ks,
@@ -27,7 +30,8 @@ int kvs_cuda_kv_store(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int dkv,
     if (!count) return KVS_CUDA_OK;
     grid = kvs_grid(count, 256);
     if (grid > 65535u * 8u) grid = 65535u * 8u;
-    KVS_LAUNCH(k_kv_store, grid, 256, 0, c->stream)((__half *)k, (__half *)v, dkv, row0, count, ks, vs);
+    KVS_LAUNCH(k_kv_store, grid, 256, 0, c->stream)((__half *)k, (__half *)v, dkv, row0, count, ks, vs,
+                                                        c->cache_clamped);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:

@@ -61,20 +61,22 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
-/* Block b's tokens to fp16 rows (the CPU twin's decode, then IEEE round to nearest even), one
- * CUDA block per packed block. */
+/* Block b's tokens to fp16 rows (the CPU twin's decode, then IEEE round to nearest even, saturating
+ * at ±65504 like a store: rows stored at ±65504 can decode a little beyond; uncounted, as they were
+ * counted when stored), one CUDA block per packed block. */
 __global__ void k_kvq_unpack(const int32_t *blk, const uint8_t *kq, const uint8_t *vq, const int32_t *pq, int dkv,
                              int bits, int group, int vrow, __half *k, __half *v, int32_t *pos)
 {
     int b = blockIdx.x;
     int nt = blk[3 * b], t0 = blk[3 * b + 2];
     const uint8_t *kb = kq + blk[3 * b + 1];
+    unsigned long long over = 0;
     for (int64_t e = threadIdx.x; e < (int64_t)nt * dkv; e += blockDim.x) {
         int t = (int)(e / dkv), ch = (int)(e % dkv);
         size_t r = (size_t)(t0 + t) * dkv + ch;
-        k[r] = __float2half_rn(kvs_dev_qcol_get(kb, (uint32_t)nt, (uint32_t)t, (uint32_t)ch, (uint32_t)bits));
-        v[r] = __float2half_rn(kvs_dev_qrow_get(vq + (size_t)(t0 + t) * vrow, (uint32_t)ch, (uint32_t)bits,
-                                                (uint32_t)group));
+        k[r] = kvs_dev_f2h_sat(kvs_dev_qcol_get(kb, (uint32_t)nt, (uint32_t)t, (uint32_t)ch, (uint32_t)bits), &over);
+        v[r] = kvs_dev_f2h_sat(kvs_dev_qrow_get(vq + (size_t)(t0 + t) * vrow, (uint32_t)ch, (uint32_t)bits,
+                                                (uint32_t)group), &over);
         if (ch == 0) pos[t0 + t] = pq[t0 + t];
     }
 }

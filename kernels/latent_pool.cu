@@ -1,19 +1,23 @@
 /* CommonKV latent segment kernels (DESIGN.md §4, §7; the private and shared latent pools in device
- * memory): fp32 -> fp16 stores of new rows, compaction (eviction, or the rows a merge moved out)
- * by a gather through scratch, the merge of one token's per-layer latents into a shared row, and
- * the cosine scores between a segment's arrays that drive merging. Packed rows (quantized latents,
- * the row codec of quant_codec.cuh) are stored, read, compacted and merged here too, byte for byte
- * as the CPU twin. The CPU twin is engine/cpu/latent_pool.c. Depends on CUDA only. */
+ * memory): fp32 -> fp16 stores of new rows (saturating at ±65504, counted), compaction (eviction,
+ * or the rows a merge moved out) by a gather through scratch, the merge of one token's per-layer
+ * latents into a shared row, and the cosine scores between a segment's arrays that drive merging.
+ * Packed rows (quantized latents, the row codec of quant_codec.cuh) are stored, read, compacted and
+ * merged here too, byte for byte as the CPU twin. The CPU twin is engine/cpu/latent_pool.c. Depends on CUDA only. */
 #include "internal.cuh"
 #include "quant_codec.cuh"
 
-/* rows[row0*width + i] = half(x[i]), one thread per element (grid-stride). */
-__global__ void k_lat_store(__half *rows, int width, int row0, int64_t count, const float *x)
+/* rows[row0*width + i] = half(x[i]), one thread per element (grid-stride), saturating at ±65504
+ * and counting what it clamped into *CLAMPED. */
+__global__ void k_lat_store(__half *rows, int width, int row0, int64_t count, const float *x,
+                            unsigned long long *clamped)
 {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     size_t off = (size_t)row0 * width;
-    for (; i < count; i += stride) rows[off + i] = __float2half_rn(x[i]);
+    unsigned long long over = 0;
+    for (; i < count; i += stride) rows[off + i] = kvs_dev_f2h_sat(x[i], &over);
+    if (over) atomicAdd(clamped, over);
 }
 
 int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int row0, int T, const float *x)
@@ -25,7 +29,8 @@ int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int ro
     if (!count) return KVS_CUDA_OK;
     grid = kvs_grid(count, 256);
     if (grid > 65535u * 8u) grid = 65535u * 8u;
-    KVS_LAUNCH(k_lat_store, grid, 256, 0, c->stream)((__half *)rows, width, row0, count, x);
+    KVS_LAUNCH(k_lat_store, grid, 256, 0, c->stream)((__half *)rows, width, row0, count, x,
+                                                         c->cache_clamped);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:
@@ -79,19 +84,22 @@ fail:
 }
 
 /* One block per merged row: dst[row0 + i] = half(Σ_a w[a] · src[a][idx[i]]), summed in layer order
- * with fused multiply-adds (the CPU twin's order and rounding), and its position. */
-__global__ void k_lat_merge(struct kvs_cuda_lat_merge a)
+ * with fused multiply-adds (the CPU twin's order and rounding), saturating at ±65504 (counted into
+ * *CLAMPED), and its position. */
+__global__ void k_lat_merge(struct kvs_cuda_lat_merge a, unsigned long long *clamped)
 {
     int r = blockIdx.x;
     if (r >= a.m) return;
     int from = a.idx[r];
     size_t to = (size_t)(a.row0 + r) * a.width;
+    unsigned long long over = 0;
     for (int x = threadIdx.x; x < a.width; x += blockDim.x) {
         float acc = 0.0f;
         for (int l = 0; l < a.n_arr; l++)
             acc = fmaf(a.w[l], __half2float(((const __half *)a.src[l])[(size_t)from * a.width + x]), acc);
-        ((__half *)a.dst)[to + x] = __float2half_rn(acc);
+        ((__half *)a.dst)[to + x] = kvs_dev_f2h_sat(acc, &over);
     }
+    if (over) atomicAdd(clamped, over);
     if (threadIdx.x == 0) a.dst_pos[a.row0 + r] = a.src_pos[from];
 }
 
@@ -100,7 +108,7 @@ int kvs_cuda_lat_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *
     KVS_REQUIRE(a->width > 0 && a->n_arr > 0 && a->n_arr <= KVS_CUDA_LAT_MAX_ARR && a->m >= 0 && a->row0 >= 0,
                 "lat_merge: bad shape (width %d, %d arrays, %d rows at %d)", a->width, a->n_arr, a->m, a->row0);
     if (!a->m) return KVS_CUDA_OK;
-    KVS_LAUNCH(k_lat_merge, (unsigned)a->m, 128, 0, c->stream)(*a);
+    KVS_LAUNCH(k_lat_merge, (unsigned)a->m, 128, 0, c->stream)(*a, c->cache_clamped);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:
@@ -145,18 +153,20 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
-/* out[i] = element i % width of row row0 + i / width, decoded (fp32 into O32, else fp16 into O16):
- * one thread per element, grid-stride. */
+/* out[i] = element i % width of row row0 + i / width, decoded (fp32 into O32, else fp16 into O16,
+ * saturating at ±65504 as the CPU's fp16 staging of packed rows does; uncounted: a decode, not a
+ * store): one thread per element, grid-stride. */
 __global__ void k_lat_qload(struct kvs_cuda_qrow f, const uint8_t *rows, int row0, int64_t count, float *o32,
                             __half *o16)
 {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    unsigned long long over = 0;
     for (; i < count; i += stride) {
         int64_t r = i / f.width;
         float v = kvs_dev_qrow_get(rows + (size_t)(row0 + r) * f.row_bytes, (uint32_t)(i - r * f.width),
                                    (uint32_t)f.bits, (uint32_t)f.group);
-        if (o16) o16[i] = __float2half_rn(v);
+        if (o16) o16[i] = kvs_dev_f2h_sat(v, &over);
         else o32[i] = v;
     }
 }

@@ -72,8 +72,9 @@ static __device__ float mc_slerp_at(const __half *xa, float na, const __half *xb
     return lin ? (1 - t) * ua + t * ub : (float)(wa * ua + wb * ub);
 }
 
-/* One thread per merged (row, K or V, head): directions, renormalised, and both norms. */
-__global__ void k_mc_merge(struct kvs_cuda_mc_pair a)
+/* One thread per merged (row, K or V, head): directions, renormalised, and both norms, saturating
+ * at ±65504 (a norm of fp16 values can exceed it) and counting what it clamped into *CLAMPED. */
+__global__ void k_mc_merge(struct kvs_cuda_mc_pair a, unsigned long long *clamped)
 {
     int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     int d = a.d, nkv = a.nkv, dkv = nkv * d, heads = 2 * nkv;
@@ -100,10 +101,12 @@ __global__ void k_mc_merge(struct kvs_cuda_mc_pair a)
     float inv = s > 0 ? (float)(1.0 / sqrt(s)) : 0.0f;
     size_t row = (size_t)a.row0 + (size_t)j;
     __half *dst = (__half *)(kv ? a.ev : a.ek) + row * dkv + (size_t)h * d;
-    for (int x = 0; x < d; x++) dst[x] = __float2half_rn(mc_slerp_at(xa, na, xb, nb, x, lin, t, wa, wb) * inv);
+    unsigned long long over = 0;
+    for (int x = 0; x < d; x++) dst[x] = kvs_dev_f2h_sat(mc_slerp_at(xa, na, xb, nb, x, lin, t, wa, wb) * inv, &over);
     __half *nr = (__half *)a.nrm + row * 4 * nkv;
-    nr[(2 * kv) * nkv + h] = __float2half_rn(na);
-    nr[(2 * kv + 1) * nkv + h] = __float2half_rn(nb);
+    nr[(2 * kv) * nkv + h] = kvs_dev_f2h_sat(na, &over);
+    nr[(2 * kv + 1) * nkv + h] = kvs_dev_f2h_sat(nb, &over);
+    if (over) atomicAdd(clamped, over);
     if (kvh == 0) a.pos[row] = a.pos_a[i];
 }
 
@@ -114,24 +117,26 @@ int kvs_cuda_mc_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_mc_pair *a)
                 "mc_merge: bad shape (%d heads of %d, %d rows, %d kept, at %d)", a->nkv, a->d, a->m, a->keep, a->row0);
     count = (int64_t)(a->m - a->keep) * 2 * a->nkv;
     if (!count) return KVS_CUDA_OK;
-    KVS_LAUNCH(k_mc_merge, kvs_grid(count, 64), 64, 0, c->stream)(*a);
+    KVS_LAUNCH(k_mc_merge, kvs_grid(count, 64), 64, 0, c->stream)(*a, c->cache_clamped);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:
     return KVS_CUDA_FAIL;
 }
 
-/* Merged row i as SIDE's keys and values: half(direction · that layer's norm), one block per row. */
+/* Merged row i as SIDE's keys and values: half(direction · that layer's norm), one block per row,
+ * saturating as the CPU twin's rebuild does (uncounted: the norms were counted when merged). */
 __global__ void k_mc_rebuild(const __half *ek, const __half *ev, const __half *nrm, const int32_t *mpos, int nkv,
                              int d, int side, __half *k, __half *v, int32_t *pos)
 {
     int i = blockIdx.x, dkv = nkv * d;
     const __half *nr = nrm + (size_t)i * 4 * nkv;
     size_t off = (size_t)i * dkv;
+    unsigned long long over = 0;
     for (int x = threadIdx.x; x < dkv; x += blockDim.x) {
         int h = x / d;
-        k[off + x] = __float2half_rn(__half2float(ek[off + x]) * __half2float(nr[side * nkv + h]));
-        v[off + x] = __float2half_rn(__half2float(ev[off + x]) * __half2float(nr[(2 + side) * nkv + h]));
+        k[off + x] = kvs_dev_f2h_sat(__half2float(ek[off + x]) * __half2float(nr[side * nkv + h]), &over);
+        v[off + x] = kvs_dev_f2h_sat(__half2float(ev[off + x]) * __half2float(nr[(2 + side) * nkv + h]), &over);
     }
     if (threadIdx.x == 0) pos[i] = mpos[i];
 }

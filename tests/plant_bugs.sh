@@ -209,5 +209,28 @@ plant_cpu "cpu lat_attend: fused decode masks by row index, not the stored posit
 plant_cpu "cpu lat_cosine: without the norm of one side" latent_pool.c \
     's/return aa > 0 && bb > 0 \? ab \/ sqrt\(aa \* bb\) : 0\.0;/return aa > 0 \&\& bb > 0 ? ab \/ sqrt(aa) : 0.0;/'
 
+# fp16 cache stores saturate at +-65504 and count what they clamp, on both sides, bit for bit (issue 13:
+# test_cache_saturated): the device's conversion (internal.cuh), each store kernel's count, the
+# decodes for attention; the CPU twin's conversion (attention.c, vector body and scalar tail) and count
+plant "fp16 cache: device stores round beyond 65504 to inf" internal.cuh \
+    's/v = v > 0\.0f \? 65504\.0f : -65504\.0f;\n        \(\*over\)\+\+;/(*over)++;/'
+plant "fp16 cache: K/V store never counted" kv_pool.cu 's/if \(over\) atomicAdd\(clamped, over\);//'
+plant "fp16 cache: latent store never counted" latent_pool.cu 's/if \(over\) atomicAdd\(clamped, over\);//'
+plant "fp16 cache: latent merge never counted" latent_pool.cu \
+    's/(kvs_dev_f2h_sat\(acc, &over\);\n    \}\n)    if \(over\) atomicAdd\(clamped, over\);\n/$1/'
+plant "fp16 cache: minicache norms never counted" minicache.cu 's/if \(over\) atomicAdd\(clamped, over\);//'
+plant "fp16 cache: minicache norm rounded to inf" minicache.cu \
+    's/nr\[\(2 \* kv\) \* nkv \+ h\] = kvs_dev_f2h_sat\(na, &over\);/nr[(2 * kv) * nkv + h] = __float2half_rn(na);/'
+plant "fp16 cache: packed keys decode to inf" kv_quant.cu \
+    's/k\[r\] = kvs_dev_f2h_sat\((.*?), &over\);/k[r] = __float2half_rn($1);/'
+plant_cpu "cpu fp16 cache: vector stores round beyond 65504 to inf" attention.c \
+    's/x = _mm256_max_ps\(lo, _mm256_min_ps\(hi, x\)\);//'
+plant_cpu "cpu fp16 cache: scalar stores round beyond 65504 to inf" attention.c \
+    's/f = f > 0\.0f \? 65504\.0f : -65504\.0f;//'
+plant_cpu "cpu fp16 cache: vector stores not counted" attention.c \
+    's/clamped \+= \(uint64_t\)__builtin_popcount\(\(unsigned\)over\);//'
+plant_cpu "cpu fp16 cache: K/V pool keys not counted" kv_pool.c \
+    's/L->clamped \+= kvs_f32_to_f16_row\(k /kvs_f32_to_f16_row(k /'
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

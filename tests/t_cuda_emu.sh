@@ -164,6 +164,37 @@ else
     ko "write the fp16-overflow model: $(head -n 1 "$T/over.err")"
 fi
 
+# fp16 cache overflow, as a user meets it (issue 13): a model whose keys leave the fp16 range (K bias
+# 1e5) gets a warning from generate on either backend, log records from run and the count in every
+# step record from the first on; the ordinary model warns of nothing and counts 0
+if "$B/tests/test_cuda_emu" --write-tiny "$T/kvover.gguf" kv-overflow 2>"$T/kvover.err"; then
+    for be in cpu cuda; do
+        if KVS_CUDA_LIB=$LIB timeout 300 "$K" generate -m "$T/kvover.gguf" -p "The GNU General Public License" \
+                -n 2 --backend $be >"$T/kvover.$be.out" 2>"$T/kvover.$be.err" &&
+                grep -q "warning: [1-9][0-9]* cache values clamped to fp16 range" "$T/kvover.$be.err"; then ok
+        else ko "generate --backend $be does not warn of clamped cache values: $(head -n 3 "$T/kvover.$be.err")"; fi
+        if KVS_CUDA_LIB=$LIB timeout 300 "$K" run --batch -m "$T/kvover.gguf" -p "The GNU General Public License" \
+                -n 3 --method full --backend $be >"$T/kvover.$be.jsonl" 2>"$T/kvover.run.err" &&
+            python3 - "$T/kvover.$be.jsonl" "$be" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+steps = [r for r in recs if r.get("type") == "step"]
+logs = [r["text"] for r in recs if r.get("type") == "log"]
+counts = [s["cache_saturated"] for s in steps]
+assert steps and counts[0] > 0 and counts == sorted(counts) and counts[-1] > counts[0], counts
+assert any(t.startswith("cache: %d cache values clamped to fp16 range" % counts[0]) for t in logs), logs
+print("   run --batch --backend %s, keys beyond fp16: cache values clamped per step %s" % (sys.argv[2], counts))
+PY
+        then ok
+        else ko "run --batch --backend $be: the records lack the clamped cache values ($(head -n 2 "$T/kvover.run.err"))"; fi
+    done
+    if timeout 300 "$K" run --batch -m "$T/tiny.gguf" -p "The GNU" -n 1 --method full >"$T/plain.jsonl" 2>/dev/null &&
+            python3 -c 'import json,sys; s=[json.loads(l) for l in open(sys.argv[1]) if "\"step\"" in l]; assert s and all(r["cache_saturated"] == 0 for r in s)' "$T/plain.jsonl"; then ok
+    else ko "an ordinary model reports clamped cache values"; fi
+else
+    ko "write the kv-overflow model: $(head -n 1 "$T/kvover.err")"
+fi
+
 # a missing library: one line naming the reason, exit 1, no crash
 KVS_CUDA_LIB=$T/nonexistent.so timeout 60 "$K" generate -m "$T/tiny.gguf" -p x -n 1 --backend cuda >"$T/miss.out" 2>"$T/miss.err"
 rc=$?

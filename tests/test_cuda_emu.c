@@ -26,6 +26,7 @@
 #include "backend.h"
 #include "cache_pool.h"
 #include "ckv_pool.h"
+#include "attention.h"
 #include "elementwise.h"
 #include "embedding.h"
 #include "harness.h"
@@ -2161,6 +2162,325 @@ static void test_acts_saturated(void)
     free(wf), free(x), free(xc), free(yg), free(yc);
 }
 
+/* ---------------------------------------------------------------- fp16 cache overflow */
+
+/* Values beyond the fp16 range (issue 13: saturation is reported, never silent), ±inf among them;
+ * 65504 itself and 65519 (which rounds down to it anyway) are in / at the edge. */
+static const float cache_over[] = {65505.0f, -65600.0f, 1e6f, -3e38f, INFINITY, -INFINITY, 7e4f, -70000.5f,
+                                   65519.0f, 65520.0f, -65520.0f, 1e5f};
+
+/* The fp16 bits a saturating cache store must give for X (NaN excepted): ±65504 beyond the range,
+ * else the plain IEEE rounding every stored value has always had. */
+static uint16_t f16_sat_ref(float x)
+{
+    if (fabsf(x) > 65504.0f) return x > 0 ? 0x7bff : 0xfbff;
+    return kvs_fp32_to_fp16(x);
+}
+
+/* Plants the overflowing values into X (N) at spread indices from OFF; returns how many lie beyond
+ * ±65504 (every one of them). 65504 and -65504 exactly go in too, uncounted. */
+static uint64_t plant_over(float *x, size_t n, size_t off)
+{
+    uint64_t k = 0;
+    const size_t no = KVS_ARRAY_LEN(cache_over);
+    for (size_t i = 0; i < no && i * 37 + off < n; i++) x[i * 37 + off] = cache_over[i], k++;
+    if (no * 37 + off + 1 < n) x[no * 37 + off] = 65504.0f, x[no * 37 + off + 1] = -65504.0f;
+    return k;
+}
+
+static uint64_t cache_count(struct kvs_backend *b)
+{
+    uint64_t n = UINT64_MAX;
+    CHECKF(kvs_backend_cache_saturated(b, &n) == KVS_OK && n == b->cache_saturated, "%s: %s", kvs_backend_name(b),
+           kvs_backend_error(b));
+    return n;
+}
+
+/* N stored fp16 values against f16_sat_ref of the values that went in: no infinity, the clamped
+ * ones at ±65504, the others their usual bytes. */
+static void f16_sat_check(const char *what, const uint16_t *got, const float *x, size_t n)
+{
+    size_t bad = 0, inf = 0, first = 0;
+    for (size_t i = 0; i < n; i++) {
+        inf += (got[i] & 0x7fff) == 0x7c00;
+        if (got[i] != f16_sat_ref(x[i]) && !bad++) first = i;
+    }
+    CHECKF(inf == 0, "%s: %zu stored values are infinite", what, inf);
+    CHECKF(bad == 0, "%s: %zu of %zu stored values are not the saturating conversion's, first [%zu] %.9g -> %04x, "
+           "expected %04x", what, bad, n, first, (double)x[first], got[first], f16_sat_ref(x[first]));
+}
+
+/* The CPU conversion itself (vector body and scalar tail): the reference bytes, NaN kept (not
+ * counted), the count right. */
+static void cache_sat_convert(void)
+{
+    enum { N = 203 };
+    float *x = rand_vec(N, -70000.0f, 70000.0f);
+    uint16_t h[N];
+    uint64_t want = 0;
+    plant_over(x, N, 2);
+    x[N - 1] = -INFINITY, x[N - 2] = NAN, x[5] = NAN; /* the tail and the vector body */
+    for (int i = 0; i < N; i++) want += fabsf(x[i]) > 65504.0f;
+    uint64_t got = kvs_f32_to_f16_row(x, h, N);
+    CHECKF(got == want, "kvs_f32_to_f16_row: %llu values counted as clamped, %llu expected", (unsigned long long)got,
+           (unsigned long long)want);
+    CHECKF((h[5] & 0x7c00) == 0x7c00 && (h[5] & 0x3ff) && (h[N - 2] & 0x7c00) == 0x7c00 && (h[N - 2] & 0x3ff),
+           "kvs_f32_to_f16_row: NaN became %04x / %04x", h[5], h[N - 2]);
+    x[5] = x[N - 2] = 0.0f, h[5] = h[N - 2] = 0;
+    f16_sat_check("kvs_f32_to_f16_row", h, x, N);
+    free(x);
+}
+
+/* K/V pool: rows with values beyond the range in keys and values, stored on the device and the CPU:
+ * bit-equal, saturated, counted the same on both; attention over them is finite on both. */
+static void cache_sat_kv(int H, int G, int d)
+{
+    int dkv = G * d, T = 29;
+    char what[96], err[256];
+    snprintf(what, sizeof what, "fp16 overflow: kv pool (%d:%d heads, d %d)", H, G, d);
+    struct kvs_cache_pool *pg = NULL, *pc = NULL;
+    CHECKF(kvs_cache_pool_new(&pg, cuda16, 1, dkv, 64, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_cache_pool_new(&pc, cpu, 1, dkv, 64, err, sizeof err) == KVS_OK, "%s", err);
+    if (!pg || !pc) goto done;
+    size_t e = (size_t)T * dkv;
+    float *k = rand_vec(e, -4, 4), *v = rand_vec(e, -4, 4);
+    uint64_t want = plant_over(k, e, 3) + plant_over(v, e, 11 + (size_t)dkv * 7);
+    int32_t pos[29];
+    for (int t = 0; t < T; t++) pos[t] = t;
+    uint64_t g0 = cache_count(cuda16), c0 = cache_count(cpu);
+    CHECKF(kvs_cache_pool_store(pg, 0, T, pos, k, v) == KVS_OK, "%s: %s", what, pg->err);
+    CHECKF(kvs_cache_pool_store(pc, 0, T, pos, k, v) == KVS_OK, "%s: %s", what, pc->err);
+    uint64_t g = cache_count(cuda16) - g0, c = cache_count(cpu) - c0;
+    fprintf(stderr, "   %s: %llu values clamped on the device, %llu on the CPU, %llu planted\n", what,
+            (unsigned long long)g, (unsigned long long)c, (unsigned long long)want);
+    CHECKF(g == want && c == want, "%s: %llu (device) and %llu (CPU) values counted as clamped, %llu expected", what,
+           (unsigned long long)g, (unsigned long long)c, (unsigned long long)want);
+    kv_rows_same(what, pg, pc, dkv);
+    uint16_t *kh = malloc(e * 2), *vh = malloc(e * 2);
+    CHECK(kvs_cache_pool_read(pg, 0, 0, T, kh, vh, NULL) == KVS_OK);
+    f16_sat_check("fp16 overflow: device keys", kh, k, e);
+    f16_sat_check("fp16 overflow: device values", vh, v, e);
+    /* attention over the saturated rows: finite, the same on both (scores of ±65504 keys are large,
+     * so small queries) */
+    size_t no = (size_t)4 * H * d;
+    float *q = rand_vec(no, -1e-4f, 1e-4f), *og = malloc(no * 4), *oc = malloc(no * 4);
+    int32_t qp[4] = {T - 4, T - 3, T - 2, T - 1};
+    CHECKF(kvs_cache_pool_attend(pg, 0, 4, qp, H, G, d, q, og, NULL) == KVS_OK, "%s: %s", what, pg->err);
+    CHECKF(kvs_cache_pool_attend(pc, 0, 4, qp, H, G, d, q, oc, NULL) == KVS_OK, "%s: %s", what, pc->err);
+    size_t nonfinite = 0;
+    for (size_t i = 0; i < no; i++) nonfinite += !isfinite(og[i]) + !isfinite(oc[i]);
+    CHECKF(nonfinite == 0, "%s: %zu attention outputs are not finite", what, nonfinite);
+    char w[160];
+    snprintf(w, sizeof w, "%s: attention over saturated rows", what);
+    compare(w, og, oc, (long)no, 5e-2f, 1e-3f);
+    free(k), free(v), free(kh), free(vh), free(q), free(og), free(oc);
+done:
+    kvs_cache_pool_delete(pg);
+    kvs_cache_pool_delete(pc);
+}
+
+/* Quantized pool: its fp16 tier stores saturate and count as the K/V pool's; a block packed from
+ * rows at ±65504 can decode a little beyond (the scale rounds up), which the attention's decode
+ * saturates on both sides, so attention stays finite and equal. */
+static void cache_sat_kvq(int H, int G, int d, uint32_t bits)
+{
+    int dkv = G * d, T = 48, n_ctx = 64;
+    char what[96], err[256];
+    snprintf(what, sizeof what, "fp16 overflow: quantized pool (%d:%d heads, d %d, %u bits)", H, G, d, bits);
+    struct kvs_kvq_pool *pg = NULL, *pc = NULL;
+    CHECKF(kvs_kvq_pool_new(&pg, cuda16, 1, dkv, bits, 32, 64, n_ctx, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_kvq_pool_new(&pc, cpu, 1, dkv, bits, 32, 64, n_ctx, err, sizeof err) == KVS_OK, "%s", err);
+    if (!pg || !pc) goto done;
+    size_t e = (size_t)T * dkv;
+    float *k = rand_vec(e, -4, 4), *v = rand_vec(e, -4, 4);
+    uint64_t want = plant_over(k, e, 1) + plant_over(v, e, 5);
+    /* a channel and a row spanning the whole range: packed, they decode beyond ±65504 */
+    for (int t = 0; t < 32; t++) k[(size_t)t * dkv + 2] = t % 2 ? 1e5f : -1e5f, want++;
+    for (int x = 0; x < dkv; x++) v[(size_t)20 * dkv + x] = x % 2 ? 65504.0f : -65504.0f; /* past the planted */
+    int32_t pos[48];
+    for (int t = 0; t < T; t++) pos[t] = t;
+    uint64_t g0 = cache_count(cuda16), c0 = cache_count(cpu);
+    CHECKF(kvs_kvq_pool_store(pg, 0, T, pos, k, v) == KVS_OK, "%s: %s", what, pg->err);
+    CHECKF(kvs_kvq_pool_store(pc, 0, T, pos, k, v) == KVS_OK, "%s: %s", what, pc->err);
+    uint64_t g = cache_count(cuda16) - g0, c = cache_count(cpu) - c0;
+    CHECKF(g == want && c == want, "%s: %llu (device) and %llu (CPU) values counted as clamped, %llu expected", what,
+           (unsigned long long)g, (unsigned long long)c, (unsigned long long)want);
+    CHECK(kvs_kvq_pool_quantize(pg, 0, 16) == KVS_OK && kvs_kvq_pool_quantize(pc, 0, 16) == KVS_OK);
+    CHECKF(pc->rows[0].nblk == 1, "%s: %d blocks packed", what, pc->rows[0].nblk);
+    kvq_bytes_same(what, pg, pc);
+    CHECKF(cache_count(cuda16) - g0 == want && cache_count(cpu) - c0 == want, "%s: packing or attention counted",
+           what);
+    size_t no = (size_t)2 * H * d;
+    float *q = rand_vec(no, -1e-4f, 1e-4f), *og = malloc(no * 4), *oc = malloc(no * 4);
+    int32_t qp[2] = {T - 2, T - 1};
+    CHECKF(kvs_kvq_pool_attend(pg, 0, 2, qp, H, G, d, q, og, false) == KVS_OK, "%s: %s", what, pg->err);
+    CHECKF(kvs_kvq_pool_attend(pc, 0, 2, qp, H, G, d, q, oc, false) == KVS_OK, "%s: %s", what, pc->err);
+    size_t nonfinite = 0;
+    for (size_t i = 0; i < no; i++) nonfinite += !isfinite(og[i]) + !isfinite(oc[i]);
+    CHECKF(nonfinite == 0, "%s: %zu attention outputs are not finite", what, nonfinite);
+    char w[160];
+    snprintf(w, sizeof w, "%s: attention over packed saturated rows", what);
+    compare(w, og, oc, (long)no, 5e-2f, 1e-3f);
+    CHECKF(cache_count(cuda16) - g0 == want && cache_count(cpu) - c0 == want, "%s: attention's decode counted",
+           what);
+    free(k), free(v), free(q), free(og), free(oc);
+done:
+    kvs_kvq_pool_delete(pg);
+    kvs_kvq_pool_delete(pc);
+}
+
+/* CommonKV fp16 latents: stores beyond the range and a merge whose weighted sums exceed it (rows
+ * near 65504, weights summing to more than 1), bit-equal and counted the same on both. */
+static void cache_sat_latent(int G, int R)
+{
+    char what[96];
+    snprintf(what, sizeof what, "fp16 overflow: latent segments (%d layers, rank %d)", G, R);
+    struct kvs_lat_fmt f = {.width = R, .row_bytes = 2 * R};
+    struct kvs_ckv_seg pg, pc, sg, sc;
+    int T = 24;
+    kvs_ckv_seg_init(&pg, &f, (uint32_t)G, 16);
+    kvs_ckv_seg_init(&pc, &f, (uint32_t)G, 16);
+    kvs_ckv_seg_init(&sg, &f, 1, 16);
+    kvs_ckv_seg_init(&sc, &f, 1, 16);
+    int32_t pos[24];
+    for (int t = 0; t < T; t++) pos[t] = 2 * t;
+    CHECK(kvs_ckv_seg_reserve(&pg, cuda16, (uint32_t)T) == KVS_OK && kvs_ckv_seg_reserve(&pc, cpu, (uint32_t)T) == KVS_OK);
+    uint64_t g0 = cache_count(cuda16), c0 = cache_count(cpu), want = 0;
+    size_t e = (size_t)T * R;
+    float **xs = malloc((size_t)G * sizeof(float *));
+    for (int l = 0; l < G; l++) {
+        float *x = xs[l] = rand_vec(e, -3, 3);
+        want += plant_over(x, e, (size_t)l * 5);
+        for (int i = 0; i < R; i++) x[(size_t)20 * R + i] = i % 3 ? 60000.0f : -61000.0f; /* near the edge */
+        if (!l) {
+            CHECKF(kvs_ckv_seg_append(&pg, T, pos, x) == KVS_OK, "%s: append: %s", what, cuda16->err);
+            CHECK(kvs_ckv_seg_append(&pc, T, pos, x) == KVS_OK);
+        } else {
+            CHECKF(kvs_ckv_seg_fill(&pg, (uint32_t)l, T, x) == KVS_OK, "%s: fill: %s", what, cuda16->err);
+            CHECK(kvs_ckv_seg_fill(&pc, (uint32_t)l, T, x) == KVS_OK);
+        }
+    }
+    uint64_t g = cache_count(cuda16) - g0, c = cache_count(cpu) - c0;
+    CHECKF(g == want && c == want, "%s: stores: %llu (device) and %llu (CPU) values counted as clamped, %llu expected",
+           what, (unsigned long long)g, (unsigned long long)c, (unsigned long long)want);
+    lat_same(what, &pg, &pc);
+    float *rd = malloc(e * sizeof(float));
+    CHECK(kvs_ckv_seg_read(&pg, 0, 0, (uint32_t)T, rd) == KVS_OK);
+    size_t inf = 0;
+    for (size_t i = 0; i < e; i++) inf += isinf(rd[i]);
+    CHECKF(inf == 0, "%s: %zu stored latents are infinite", what, inf);
+    /* merge row 20 (sums of about ±1.2e5: every element clamped) and two rows with planted values
+     * (each at most one layer's ±65504 in an element: a sum inside the range) */
+    int32_t idx[3] = {20, 0, 13};
+    float w[KVS_LAT_MAX_ARR];
+    for (int l = 0; l < G; l++) w[l] = 2.0f / (float)G;
+    CHECK(kvs_ckv_seg_reserve(&sg, cuda16, 3) == KVS_OK && kvs_ckv_seg_reserve(&sc, cpu, 3) == KVS_OK);
+    g0 = cache_count(cuda16), c0 = cache_count(cpu);
+    CHECKF(kvs_ckv_seg_merge(&pg, &sg, idx, 3, w) == KVS_OK, "%s: merge: %s", what, cuda16->err);
+    CHECK(kvs_ckv_seg_merge(&pc, &sc, idx, 3, w) == KVS_OK);
+    g = cache_count(cuda16) - g0, c = cache_count(cpu) - c0;
+    fprintf(stderr, "   %s: the merge clamped %llu values on the device, %llu on the CPU\n", what,
+            (unsigned long long)g, (unsigned long long)c);
+    CHECKF(g == (uint64_t)R && c == (uint64_t)R, "%s: merge: %llu (device) and %llu (CPU) values counted as "
+           "clamped, %d expected", what, (unsigned long long)g, (unsigned long long)c, R);
+    lat_same("fp16 overflow: merged latents", &sg, &sc);
+    CHECK(kvs_ckv_seg_read(&sg, 0, 0, 3, rd) == KVS_OK);
+    inf = 0;
+    for (int i = 0; i < 3 * R; i++) inf += isinf(rd[i]);
+    CHECKF(inf == 0, "%s: %zu merged latents are infinite", what, inf);
+    for (int l = 0; l < G; l++) free(xs[l]);
+    free(xs), free(rd);
+    kvs_ckv_seg_free(&pg), kvs_ckv_seg_free(&pc), kvs_ckv_seg_free(&sg), kvs_ckv_seg_free(&sc);
+}
+
+/* MiniCache: keys of about ±2·10^4 per element are inside fp16 but their per-head norms (about
+ * 1.6·10^5 over 64) are not: the merged norms saturate, counted the same on both, bit-equal, and
+ * attention over the rebuilt rows stays finite. */
+static void cache_sat_mc(int H, int G, int d)
+{
+    char what[96], err[256];
+    snprintf(what, sizeof what, "fp16 overflow: minicache pair (%d:%d heads, d %d)", H, G, d);
+    struct kvs_mc_pool *pg = NULL, *pc = NULL;
+    const int la = 0;
+    int T = 40, dkv = G * d;
+    CHECKF(kvs_mc_pool_new(&pg, cuda16, 2, G, d, 64, 1, &la, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_mc_pool_new(&pc, cpu, 2, G, d, 64, 1, &la, err, sizeof err) == KVS_OK, "%s", err);
+    if (!pg || !pc) goto done;
+    size_t e = (size_t)T * dkv;
+    float *kv[4];
+    for (int i = 0; i < 4; i++) kv[i] = rand_vec(e, i % 2 ? -2 : -2.5e4f, i % 2 ? 2 : 2.5e4f);
+    for (size_t i = 0; i < e; i++) kv[2][i] = 0.9f * kv[0][i] + 0.1f * kv[2][i]; /* layers alike: merged */
+    int32_t pos[40];
+    for (int t = 0; t < T; t++) pos[t] = t;
+    struct kvs_buf b[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&b[i], 0, sizeof b[i]);
+        CHECK(kvs_backend_buf_alloc(cuda16, &b[i], e * sizeof(float)) == KVS_OK);
+        CHECK(kvs_backend_buf_upload(cuda16, &b[i], 0, kv[i], e * sizeof(float)) == KVS_OK);
+    }
+    uint64_t g0 = cache_count(cuda16), c0 = cache_count(cpu);
+    for (int l = 0; l < 2; l++) {
+        CHECKF(kvs_mc_pool_store_buf(pg, l, T, pos, b[2 * l].data, b[2 * l + 1].data) == KVS_OK, "%s", pg->err);
+        CHECKF(kvs_mc_pool_store_buf(pc, l, T, pos, kv[2 * l], kv[2 * l + 1]) == KVS_OK, "%s", pc->err);
+    }
+    CHECKF(cache_count(cuda16) == g0 && cache_count(cpu) == c0, "%s: in-range rows counted as clamped", what);
+    mc_merge_both(what, pg, pc, 0, 8, 0.0f);
+    uint64_t g = cache_count(cuda16) - g0, c = cache_count(cpu) - c0;
+    int n = kvs_mc_pool_merged(pc, 0);
+    uint16_t *nr = malloc(((size_t)n * 4 * G + 1) * 2);
+    CHECK(kvs_backend_mc_read(cpu, &pc->pairs[0], G, d, 0, n, NULL, NULL, nr, NULL) == KVS_OK);
+    uint64_t at_max = 0;
+    for (size_t i = 0; i < (size_t)n * 4 * G; i++) at_max += nr[i] == 0x7bff;
+    fprintf(stderr, "   %s: %d rows merged, %llu norms clamped on the device, %llu on the CPU, %llu at 65504\n", what,
+            n, (unsigned long long)g, (unsigned long long)c, (unsigned long long)at_max);
+    CHECKF(n > 0 && g == c && c > 0 && c == at_max, "%s: %llu (device) and %llu (CPU) norms counted as clamped, %llu "
+           "stored at 65504", what, (unsigned long long)g, (unsigned long long)c, (unsigned long long)at_max);
+    mc_pairs_same(what, pg, pc);
+    {
+        size_t no = (size_t)2 * H * d, bytes = no * sizeof(float);
+        float *q = rand_vec(no, -1e-5f, 1e-5f), *og = malloc(bytes), *oc = malloc(bytes);
+        int32_t qp[2] = {T - 2, T - 1};
+        struct kvs_buf bq = {0}, bo = {0};
+        CHECK(kvs_backend_buf_alloc(cuda16, &bq, bytes) == KVS_OK && kvs_backend_buf_alloc(cuda16, &bo, bytes) == KVS_OK);
+        CHECK(kvs_backend_buf_upload(cuda16, &bq, 0, q, bytes) == KVS_OK);
+        for (int layer = 0; layer < 2; layer++) {
+            CHECKF(kvs_mc_pool_attend_buf(pg, layer, 0, 2, qp, H, bq.data, bo.data) == KVS_OK, "%s: %s", what, pg->err);
+            CHECK(kvs_backend_buf_download(cuda16, og, &bo, 0, bytes) == KVS_OK);
+            CHECKF(kvs_mc_pool_attend_buf(pc, layer, 0, 2, qp, H, q, oc) == KVS_OK, "%s: %s", what, pc->err);
+            size_t nonfinite = 0;
+            for (size_t i = 0; i < no; i++) nonfinite += !isfinite(og[i]) + !isfinite(oc[i]);
+            CHECKF(nonfinite == 0, "%s: layer %d: %zu attention outputs are not finite", what, layer, nonfinite);
+            char w[160];
+            snprintf(w, sizeof w, "%s: attention of layer %d over saturated merged rows", what, layer);
+            compare(w, og, oc, (long)no, 1e-1f, 1e-3f);
+        }
+        kvs_backend_buf_free(cuda16, &bq), kvs_backend_buf_free(cuda16, &bo);
+        free(q), free(og), free(oc);
+    }
+    for (int i = 0; i < 4; i++) kvs_backend_buf_free(cuda16, &b[i]), free(kv[i]);
+    free(nr);
+done:
+    kvs_mc_pool_delete(pg);
+    kvs_mc_pool_delete(pc);
+}
+
+/* Every fp16 cache store saturates at ±65504 (never ±inf, which the next softmax makes NaN) and
+ * counts what it clamped, on the device and the CPU alike, bit for bit (issue 13). */
+static void test_cache_saturated(void)
+{
+    cache_sat_convert();
+    cache_sat_kv(9, 3, 64);  /* SmolLM2 */
+    cache_sat_kv(14, 2, 64); /* Qwen2.5-0.5B */
+    cache_sat_kvq(9, 3, 64, 2);
+    cache_sat_kvq(14, 2, 64, 4);
+    cache_sat_latent(4, 403); /* SmolLM2 at CR 0.5 */
+    cache_sat_latent(3, 45);
+    cache_sat_mc(9, 3, 64);
+    cache_sat_mc(14, 2, 64);
+    uint64_t n = UINT64_MAX;
+    CHECK(kvs_backend_cache_saturated(NULL, &n) == KVS_OK && n == 0);
+}
+
 /* ---------------------------------------------------------------- end to end */
 
 /* Statistics of one logit row against the CPU's: normalised error, KL(cpu || cuda), argmaxes. */
@@ -2544,6 +2864,98 @@ static void test_e2e_acts_saturated(void)
     remove(plain);
 }
 
+/* The tiny Qwen2 (fp16 weights, K/V bias) with a K bias of 1e5 in each head's first channel: one
+ * pair of every key leaves the fp16 range where RoPE turns it, as a badly scaled model's might.
+ * Before issue 13 such keys were stored as ±inf, a score became +inf, the softmax NaN and with it
+ * every logit (measured: 355 of 355 non-finite from the first decoded token on the CPU, from the
+ * prompt on the device). With a bias in every channel the scores were all NaN and the attention
+ * output silently 0 instead: no NaN to see, so the test uses the single channel. */
+static void tiny_kv_overflow_opts(struct kvs_tiny_opts *o)
+{
+    tiny_opts(o, 1);
+    o->k_bias_shift = 1e5f;
+}
+
+/* Prefill of PROMPT and 3 decoded tokens with METHOD on BACKEND: *FINITE whether every logit of
+ * every step was finite; returns the cache values clamped (UINT64_MAX when the run failed). */
+static uint64_t cache_clamped_run(const char *path, const char *backend, const char *method, const char *prompt,
+                                  bool *finite)
+{
+    struct kvs_model *m = NULL;
+    struct kvs_press *pr = NULL;
+    struct kvs_ctx *c = NULL;
+    struct kvs_method_config mc;
+    struct kvs_ctx_params cp;
+    char err[256] = "";
+    uint64_t n = UINT64_MAX;
+    int32_t toks[64];
+    *finite = false;
+    kvs_ctx_params_default(&cp);
+    cp.n_ctx = 128;
+    cp.n_batch = 16;
+    snprintf(cp.backend, sizeof cp.backend, "%s", backend);
+    CHECKF(kvs_model_load(&m, path, err, sizeof err) == KVS_OK, "%s", err);
+    if (m) CHECKF(kvs_method_parse(&mc, method, err, sizeof err) == KVS_OK, "%s", err);
+    mc.sinks = 2, mc.recent = 4, mc.quant_residual = 4; /* the short prompt is merged / packed already */
+    if (m) CHECKF(kvs_press_new(&pr, m, &mc, cp.n_ctx, NULL, NULL, err, sizeof err) == KVS_OK, "%s", err);
+    if (pr) CHECKF(kvs_ctx_new(&c, m, pr, &cp, err, sizeof err) == KVS_OK, "%s", err);
+    if (c) {
+        int64_t nt = kvs_tokenizer_encode(m->tok, prompt, strlen(prompt), false, toks, 64);
+        bool ok = nt > 0 && kvs_ctx_eval(c, toks, (int)nt, NULL) == KVS_OK;
+        CHECKF(ok, "%s on %s: %s", method, backend, kvs_ctx_error(c));
+        *finite = ok;
+        for (int s = 0; ok && s < 4; s++) {
+            const float *lg = kvs_ctx_logits(c);
+            for (uint32_t i = 0; i < m->hp.n_vocab; i++) *finite &= isfinite(lg[i]) != 0;
+            if (s == 3) break;
+            int32_t id = kvs_sample(lg, (int)m->hp.n_vocab, 0, 1, &rng);
+            ok = kvs_ctx_eval(c, &id, 1, NULL) == KVS_OK;
+            CHECKF(ok, "%s on %s: decode: %s", method, backend, kvs_ctx_error(c));
+        }
+        if (ok) n = kvs_ctx_cache_saturated(c);
+    }
+    kvs_ctx_delete(c);
+    kvs_press_delete(pr);
+    kvs_model_delete(m);
+    return n;
+}
+
+/* End to end, both backends, the methods whose caches hold fp16 K/V (the quantized pool's fp16 tier
+ * and MiniCache's merged rows included): the overflowing model's logits stay finite and the clamped
+ * keys are counted, the same number on both (the stores are bit-identical and the keys computed
+ * alike); the ordinary model counts none. */
+static void test_e2e_cache_saturated(void)
+{
+    const char *prompt = "The GNU General Public License is a free license";
+    const char *methods[] = {"full", "snapkv", "quant", "minicache"};
+    char over[1024], plain[1024];
+    struct kvs_tiny_opts o;
+    tiny_kv_overflow_opts(&o);
+    snprintf(over, sizeof over, "%s/emu-kv-overflow.gguf", kvs_test_tmpdir());
+    CHECKF(kvs_tiny_write(over, &o) == 0, "%s", kvs_tiny_error());
+    tiny_opts(&o, 1);
+    snprintf(plain, sizeof plain, "%s/emu-kv-plain.gguf", kvs_test_tmpdir());
+    CHECKF(kvs_tiny_write(plain, &o) == 0, "%s", kvs_tiny_error());
+    for (size_t i = 0; i < KVS_ARRAY_LEN(methods); i++) {
+        bool fc = false, fg = false, fp = false;
+        uint64_t nc = cache_clamped_run(over, "cpu", methods[i], prompt, &fc);
+        uint64_t ng = cache_clamped_run(over, "cuda", methods[i], prompt, &fg);
+        uint64_t np = cache_clamped_run(plain, "cuda", methods[i], prompt, &fp);
+        fprintf(stderr, "   %s, keys biased by 1e5: cache values clamped %llu (CPU), %llu (device); logits %s, %s; "
+                "the ordinary model %llu\n", methods[i], (unsigned long long)nc, (unsigned long long)ng,
+                fc ? "finite" : "NOT finite", fg ? "finite" : "NOT finite", (unsigned long long)np);
+        CHECKF(fc && fg, "%s: the overflowing model's logits are not finite (CPU %d, device %d)", methods[i], fc, fg);
+        /* one pair per KV head, 2 heads, 2 layers: at most 8 values a token, fewer where RoPE turns them */
+        CHECKF(nc != UINT64_MAX && nc == ng && nc >= 10,
+               "%s: %llu (CPU) and %llu (device) cache values counted as clamped", methods[i], (unsigned long long)nc,
+               (unsigned long long)ng);
+        CHECKF(fp && np == 0, "%s: the ordinary model: %llu cache values counted as clamped", methods[i],
+               (unsigned long long)np);
+    }
+    remove(over);
+    remove(plain);
+}
+
 static void test_e2e_tiny(void)
 {
     const char *prompt = "The GNU General Public License is a free, copyleft license for software";
@@ -2682,9 +3094,10 @@ int main(int argc, char **argv)
         } else break;
     }
     if (argc == 4 && !strcmp(argv[1], "--write-tiny")) { /* for tests/t_cuda_emu.sh */
-        if (!strcmp(argv[3], "fp16-overflow")) {
+        if (!strcmp(argv[3], "fp16-overflow") || !strcmp(argv[3], "kv-overflow")) {
             struct kvs_tiny_opts o;
-            tiny_overflow_opts(&o);
+            if (argv[3][0] == 'f') tiny_overflow_opts(&o);
+            else tiny_kv_overflow_opts(&o);
             if (kvs_tiny_write(argv[2], &o) == 0) return 0;
             fprintf(stderr, "%s\n", kvs_tiny_error());
             return 1;
@@ -2708,8 +3121,9 @@ int main(int argc, char **argv)
         printf("emulated CUDA library: %s\n", lib);
     }
     pool = kvs_pool_new(2);
-    RUN(test_probe);
-    RUN(test_backends);
+    /* not filtered by $KVS_TEST_ONLY: they make the backends every other test uses */
+    fprintf(stderr, "-- test_probe\n"), test_probe();
+    fprintf(stderr, "-- test_backends\n"), test_backends();
     if (cuda16 && cuda_bf && cpu) {
         RUN(test_rmsnorm);
         RUN(test_rope);
@@ -2734,7 +3148,9 @@ int main(int argc, char **argv)
         RUN(test_nvtx_ranges);
         RUN(test_mem_info);
         RUN(test_acts_saturated);
+        RUN(test_cache_saturated);
         if (!ops_only) RUN(test_e2e_acts_saturated);
+        if (!ops_only) RUN(test_e2e_cache_saturated);
         if (!ops_only) RUN(test_e2e_tiny);
         if (!ops_only) RUN(test_e2e_smollm2);
     }

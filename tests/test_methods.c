@@ -193,15 +193,21 @@ static void test_row_conversions(void)
     for (int i = 0; i < 2000; i++) f[n++] = ldexpf(1.0f + (float)(2 * i + 1) / 2048.0f, -3); /* exact ties */
     f[n++] = 65504.0f; f[n++] = 65520.0f; f[n++] = 1e9f; f[n++] = -1e9f; f[n++] = INFINITY; f[n++] = -INFINITY;
     f[n++] = NAN; f[n++] = 0.0f; f[n++] = -0.0f; f[n++] = 5.96e-8f; f[n++] = 2.98e-8f; f[n++] = 1e-10f;
-    kvs_f32_to_f16_row(f, h, n);
+    /* the row conversion is the caches' store: beyond ±65504 (±inf included) it saturates and
+     * counts instead of giving ±inf (issue 13); everything else is the scalar converter's */
+    uint64_t clamped = kvs_f32_to_f16_row(f, h, n), want = 0;
     ok = true;
     for (int i = 0; i < n; i++) {
-        uint16_t r = kvs_fp32_to_fp16(f[i]);
+        bool over = fabsf(f[i]) > 65504.0f;
+        uint16_t r = over ? (f[i] > 0 ? 0x7bff : 0xfbff) : kvs_fp32_to_fp16(f[i]);
+        want += over;
         bool nan_r = (r & 0x7c00) == 0x7c00 && (r & 0x3ff), nan_h = (h[i] & 0x7c00) == 0x7c00 && (h[i] & 0x3ff);
         ok &= nan_r ? nan_h : r == h[i];
         if (!ok) { fprintf(stderr, "   %.9g: row %04x scalar %04x\n", f[i], h[i], r); break; }
     }
-    CHECKF(ok, "fp32 -> fp16 rows equal the scalar converter on %d floats", n);
+    CHECKF(ok, "fp32 -> fp16 rows equal the scalar converter on %d floats (saturating beyond ±65504)", n);
+    CHECKF(clamped == want && want > 1000, "fp32 -> fp16 rows: %llu values counted as clamped, %llu beyond ±65504",
+           (unsigned long long)clamped, (unsigned long long)want);
 }
 
 /* ||out - ref|| / ||ref|| for one query row at position QP: ref is float64 attention of Q (NH heads of

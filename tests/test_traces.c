@@ -7,6 +7,7 @@
  * tests/bench_traces.sh: --bench [N]. */
 #include "harness.h"
 #include "trace.h"
+#include "trace_int.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -107,6 +108,7 @@ static struct kvs_record *mk_step(uint64_t step, uint32_t nl, uint32_t ng)
         s->dev_pool_bytes = rnd() >> 30;
     }
     s->acts_saturated = step > 5 ? step * 1000003ull : 0;
+    s->cache_saturated = step > 3 ? step * 7000001ull : 0;
     s->cr_target = step % 7 ? 0.5f : -1.0f;
     s->cr_achieved = rndf();
     s->logprob = -rndf() * 3;
@@ -218,7 +220,8 @@ static bool rec_equal(const struct kvs_record *a, const struct kvs_record *b)
                   feq(x->kl, y->kl) && feq(x->top1, y->top1) && x->saved_rank == y->saved_rank &&
                   x->saved_merge == y->saved_merge && x->saved_quant == y->saved_quant && x->saved_evict == y->saved_evict &&
                   x->dev_mem_used == y->dev_mem_used && x->dev_mem_total == y->dev_mem_total &&
-                  x->dev_pool_bytes == y->dev_pool_bytes && x->acts_saturated == y->acts_saturated;
+                  x->dev_pool_bytes == y->dev_pool_bytes && x->acts_saturated == y->acts_saturated &&
+                  x->cache_saturated == y->cache_saturated;
         uint32_t nl = KVS_MIN(x->n_layer, (uint32_t)KVS_MAX_LAYERS), ng = KVS_MIN(x->n_groups, (uint32_t)KVS_MAX_GROUPS);
         ok = ok && feqn(x->layer_sim, y->layer_sim, nl) && feqn(x->group_sim, y->group_sim, ng) &&
              feqn(x->group_merged, y->group_merged, ng);
@@ -820,6 +823,35 @@ static void test_unknown_types(void)
     recs_free(&v);
 }
 
+/* A step record as older writers wrote it, without the appended cache overflow count (its last 8
+ * bytes): read back, the count is 0 (nothing was counted then) and every field before it intact;
+ * the current record round-trips the count. */
+static void test_step_without_cache_count(void)
+{
+    struct kvs_record *r = mk_step(9, 30, 8), *back = NULL;
+    r->u.step.acts_saturated = 5;
+    r->u.step.cache_saturated = 123456789012ull;
+    struct kvt_buf b = {0};
+    char err[256] = "";
+    size_t used = 0;
+    CHECK(kvt_record_encode(&b, r) && !b.oom && b.len > 16);
+    CHECKF(kvt_record_decode(b.p, b.len, &used, &back, err, sizeof err) == KVS_OK && back && used == b.len, "%s", err);
+    CHECK(back && back->u.step.cache_saturated == 123456789012ull && back->u.step.acts_saturated == 5);
+    kvs_record_unref(back);
+    back = NULL;
+    kvt_put32(b.p + 4, kvt_get32(b.p + 4) - 8); /* the body length, less the count */
+    CHECKF(kvt_record_decode(b.p, b.len - 8, &used, &back, err, sizeof err) == KVS_OK && back && used == b.len - 8,
+           "%s", err);
+    CHECKF(back && back->u.step.cache_saturated == 0 && back->u.step.acts_saturated == 5 &&
+               back->u.step.dev_pool_bytes == r->u.step.dev_pool_bytes && back->u.step.step == 9,
+           "an older step record: cache_saturated %llu, acts_saturated %llu",
+           back ? (unsigned long long)back->u.step.cache_saturated : 0ull,
+           back ? (unsigned long long)back->u.step.acts_saturated : 0ull);
+    kvs_record_unref(back);
+    kvs_record_unref(r);
+    kvt_buf_free(&b);
+}
+
 static void test_versions(void)
 {
     struct recs v = {0};
@@ -1114,7 +1146,7 @@ static void test_export(void)
     /* the card: an object on measured steps, null on the others; the clamped activations always */
     CHECK(strstr(buf, "\"device\":{\"mem_used\":") != NULL && strstr(buf, ",\"mem_total\":85899345920,") != NULL);
     CHECK(strstr(buf, "\"device\":null,\"acts_saturated\":0,") != NULL);
-    CHECK(strstr(buf, "\"acts_saturated\":6000018,") != NULL);
+    CHECK(strstr(buf, "\"acts_saturated\":6000018,\"cache_saturated\":42000006,") != NULL);
     free(buf);
     free(ref);
 
@@ -1672,6 +1704,7 @@ int main(int argc, char **argv)
     RUN(test_bit_flips);
     RUN(test_unknown_types);
     RUN(test_versions);
+    RUN(test_step_without_cache_count);
     RUN(test_overflow);
     RUN(test_seek);
     RUN(test_recover);

@@ -144,6 +144,7 @@ static void enc_step(struct kvt_buf *b, const struct kvs_rec_step *s)
     kvt_buf_u64(b, s->dev_mem_total);
     kvt_buf_u64(b, s->dev_pool_bytes);
     kvt_buf_u64(b, s->acts_saturated);
+    kvt_buf_u64(b, s->cache_saturated);
 }
 
 static void enc_matrix(struct kvt_buf *b, const struct kvs_rec_matrix *m, uint32_t n_floats)
@@ -372,6 +373,8 @@ static void dec_step(struct cur *c, struct kvs_rec_step *s)
         s->dev_pool_bytes = g64(c);
         s->acts_saturated = g64(c);
     }
+    /* appended cache overflow count: absent in older traces (nothing counted: read as 0) */
+    s->cache_saturated = c->pos < c->len ? g64(c) : 0;
 }
 
 static void dec_quality(struct cur *c, struct kvs_rec_quality *q)

@@ -240,7 +240,8 @@ static void json_step(FILE *f, const struct kvs_rec_step *s)
                 (unsigned long long)s->dev_pool_bytes);
     else
         fputs(",\"device\":null", f);
-    fprintf(f, ",\"acts_saturated\":%llu", (unsigned long long)s->acts_saturated);
+    fprintf(f, ",\"acts_saturated\":%llu,\"cache_saturated\":%llu", (unsigned long long)s->acts_saturated,
+            (unsigned long long)s->cache_saturated);
     fputs(",\"ops\":", f);
     if (s->valid & KVS_VALID_OPS) {
         fputc('{', f);

@@ -686,17 +686,29 @@ enum kvs_status kvs_backend_kv_grow(struct kvs_backend *b, struct kvs_kv_rows *L
     return st;
 }
 
+/* Adds what the CPU twins clamped into host rows during one store (rows' count now minus BEFORE)
+ * to B's host count: the CPU backend's own entries and any backend's fallbacks alike. */
+static void host_clamped(struct kvs_backend *b, uint64_t before, uint64_t now)
+{
+    if (b) b->cache_clamped_host += now - before;
+}
+
 enum kvs_status kvs_backend_kv_store(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, int T,
                                      const int32_t *pos, const float *k, const float *v)
 {
-    if (kvs_backend_kv_native(b)) return b->ops->kv_store(b, L, dkv, T, pos, k, v);
-    if (!kvs_backend_host_memory(b)) { /* the CPU twin cannot read another backend's buffers */
+    uint64_t c0 = L->clamped;
+    enum kvs_status st;
+    if (kvs_backend_kv_native(b)) {
+        st = b->ops->kv_store(b, L, dkv, T, pos, k, v);
+    } else if (!kvs_backend_host_memory(b)) { /* the CPU twin cannot read another backend's buffers */
         kvs_seterr(b->err, sizeof b->err, "kv_store: %s has buffers but no K/V pool entries", b->ops->name);
         return KVS_ERR_STATE;
+    } else {
+        uint64_t t0 = fallback_begin(b);
+        st = kvs_cpu_kv_store(L, dkv, T, pos, k, v);
+        fallback_end(b, t0);
     }
-    uint64_t t0 = fallback_begin(b);
-    enum kvs_status st = kvs_cpu_kv_store(L, dkv, T, pos, k, v);
-    fallback_end(b, t0);
+    host_clamped(b, c0, L->clamped);
     return st;
 }
 
@@ -762,10 +774,16 @@ enum kvs_status kvs_backend_lat_grow(struct kvs_backend *b, struct kvs_lat_rows 
 enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                       int arr, int row0, int T, const float *x, const int32_t *pos)
 {
-    if (kvs_backend_lat_native(b, f)) return b->ops->lat_store(b, L, f, arr, row0, T, x, pos);
-    uint64_t t0 = fallback_begin(b);
-    enum kvs_status st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
-    fallback_end(b, t0);
+    uint64_t c0 = L->clamped;
+    enum kvs_status st;
+    if (kvs_backend_lat_native(b, f)) {
+        st = b->ops->lat_store(b, L, f, arr, row0, T, x, pos);
+    } else {
+        uint64_t t0 = fallback_begin(b);
+        st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+        fallback_end(b, t0);
+    }
+    host_clamped(b, c0, L->clamped);
     return st;
 }
 
@@ -793,10 +811,16 @@ enum kvs_status kvs_backend_lat_merge(struct kvs_backend *b, const struct kvs_la
                                       struct kvs_lat_rows *dst, const struct kvs_lat_fmt *f, const int32_t *idx,
                                       int m, const float *w)
 {
-    if (kvs_backend_lat_native(b, f)) return b->ops->lat_merge(b, src, dst, f, idx, m, w);
-    uint64_t t0 = fallback_begin(b);
-    enum kvs_status st = kvs_cpu_lat_merge(src, dst, f, idx, m, w);
-    fallback_end(b, t0);
+    uint64_t c0 = dst->clamped;
+    enum kvs_status st;
+    if (kvs_backend_lat_native(b, f)) {
+        st = b->ops->lat_merge(b, src, dst, f, idx, m, w);
+    } else {
+        uint64_t t0 = fallback_begin(b);
+        st = kvs_cpu_lat_merge(src, dst, f, idx, m, w);
+        fallback_end(b, t0);
+    }
+    host_clamped(b, c0, dst->clamped);
     return st;
 }
 
@@ -840,6 +864,18 @@ enum kvs_status kvs_backend_acts_saturated(struct kvs_backend *b, uint64_t *coun
     enum kvs_status st = b->ops->acts_saturated(b, count);
     if (st == KVS_OK) b->acts_saturated = *count;
     else *count = b->acts_saturated;
+    return st;
+}
+
+enum kvs_status kvs_backend_cache_saturated(struct kvs_backend *b, uint64_t *count)
+{
+    *count = 0;
+    if (!b) return KVS_OK;
+    uint64_t dev = 0;
+    enum kvs_status st = KVS_OK;
+    if (b->ops->cache_saturated) st = b->ops->cache_saturated(b, &dev);
+    if (st == KVS_OK) b->cache_saturated = dev + b->cache_clamped_host;
+    *count = b->cache_saturated;
     return st;
 }
 
@@ -920,11 +956,17 @@ enum kvs_status kvs_backend_mc_merge(struct kvs_backend *b, const struct kvs_kv_
                                      struct kvs_mc_rows *P, int nkv, int d, float t, const int32_t *idx, int m,
                                      int keep)
 {
-    if (kvs_backend_mc_native(b)) return b->ops->mc_merge(b, A, B, P, nkv, d, t, idx, m, keep);
-    if (!mc_fallback_ok(b, "mc_merge")) return KVS_ERR_STATE;
-    uint64_t t0 = fallback_begin(b);
-    enum kvs_status st = kvs_cpu_mc_merge(A, B, P, nkv, d, t, idx, m, keep);
-    fallback_end(b, t0);
+    uint64_t c0 = P->clamped;
+    enum kvs_status st;
+    if (kvs_backend_mc_native(b)) {
+        st = b->ops->mc_merge(b, A, B, P, nkv, d, t, idx, m, keep);
+    } else {
+        if (!mc_fallback_ok(b, "mc_merge")) return KVS_ERR_STATE;
+        uint64_t t0 = fallback_begin(b);
+        st = kvs_cpu_mc_merge(A, B, P, nkv, d, t, idx, m, keep);
+        fallback_end(b, t0);
+    }
+    host_clamped(b, c0, P->clamped);
     return st;
 }
 

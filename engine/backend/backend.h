@@ -59,6 +59,8 @@ struct kvs_kv_rows {
     int n, cap;               /* rows held, rows allocated */
     bool dense;               /* row j holds position j (kept by the pool module): the CPU's
                                * attention then skips the position lookups */
+    uint64_t clamped;         /* values the CPU twins clamped to ±65504 storing into these host rows
+                               * (a device counts its own: kvs_backend_cache_saturated) */
 };
 
 /* Attention of T queries over the rows of one pool layer, scores scaled by 1/sqrt(head_dim). */
@@ -87,6 +89,7 @@ struct kvs_lat_rows {
     void *rows[KVS_LAT_MAX_ARR]; /* n_arr x (cap, row_bytes); backend memory */
     void *pos;                /* (cap) int32 original positions; backend memory */
     int n_arr, n, cap;        /* arrays, rows held, rows allocated */
+    uint64_t clamped;         /* values the CPU twins clamped to ±65504 storing fp16 host rows */
 };
 
 /* Attention of T queries over one layer's CommonKV latent rows as they sit in a backend's latent
@@ -129,6 +132,7 @@ struct kvs_mc_rows {
     void *nrm;                /* (cap, 4*nkv) fp16: |k_la|, |k_la+1|, |v_la|, |v_la+1| per head */
     void *pos;                /* (cap) int32 original positions */
     int n, cap;               /* rows held, rows allocated */
+    uint64_t clamped;         /* norms (and direction values) the CPU twin clamped to ±65504 */
 };
 
 /* The quantized K/V pool of the `quant` press and its compositions (engine/backend/kvq_pool.h;
@@ -285,6 +289,10 @@ struct kvs_backend_ops {
     /* optional: NULL -> products never narrow activations. *count: activation values the products
      * clamped to ±65504 converting them to fp16 since the backend was made (waits for the device). */
     enum kvs_status (*acts_saturated)(struct kvs_backend *b, uint64_t *count);
+    /* optional: NULL -> the backend's caches are host rows, counted by the CPU twins. *count: values
+     * its device stores (kv_store, lat_store, lat_merge, mc_merge) clamped to ±65504 since the
+     * backend was made (waits for the device); the host rows' count is added by the wrapper. */
+    enum kvs_status (*cache_saturated)(struct kvs_backend *b, uint64_t *count);
     /* MiniCache merged pairs (engine/backend/mc_pool.h; struct kvs_mc_rows): the unmerged rows of
      * both layers sit in a K/V cache pool (kv_* entries); these entries score, merge and attend. The
      * five entries come as a set: mc_grow NULL -> every pair of this backend lives in host memory
@@ -376,6 +384,10 @@ struct kvs_backend {
     /* activation values fp16 products clamped to ±65504, as of the last kvs_backend_acts_saturated
      * (0 for bf16 or the CPU) */
     uint64_t acts_saturated;
+    /* values fp16 cache stores clamped to ±65504 (every backend, any weight type): those the CPU
+     * twins clamped in host rows, counted as they happen, and the total with the device's as of the
+     * last kvs_backend_cache_saturated */
+    uint64_t cache_clamped_host, cache_saturated;
 };
 
 /* ---- registry ---- */
@@ -544,6 +556,12 @@ enum kvs_status kvs_backend_mem_info(struct kvs_backend *b, uint64_t *used, uint
  * and *count (0 and KVS_OK on a backend that never narrows them, or B NULL). Waits for the device:
  * once a step, after its last download, costs no extra synchronisation. */
 enum kvs_status kvs_backend_acts_saturated(struct kvs_backend *b, uint64_t *count);
+/* Values the K/V, latent and MiniCache fp16 stores clamped to ±65504 instead of storing ±inf
+ * (issue 13), since B was made: the device's count (read as acts_saturated's, once a step) plus the
+ * host rows' (b->cache_clamped_host), into b->cache_saturated and *count. 0 and KVS_OK for B NULL; a
+ * failed device read gives the last count and the error. A separate count from acts_saturated: its
+ * cause is the model's keys and values, not the weights' type, and bf16 weights do not remove it. */
+enum kvs_status kvs_backend_cache_saturated(struct kvs_backend *b, uint64_t *count);
 /* MiniCache pair entries: the backend's set, or the CPU twins (host memory) when it has none; a
  * CPU backend's own are not fallbacks, another backend's are, each call counted in
  * b->ctr[KVS_OP_FALLBACK]; B may be NULL (the CPU path). KVS_ERR_STATE when the rows are device

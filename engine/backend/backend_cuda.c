@@ -1060,6 +1060,13 @@ static enum kvs_status cu_acts_saturated(struct kvs_backend *b, uint64_t *count)
     return KVS_OK;
 }
 
+static enum kvs_status cu_cache_saturated(struct kvs_backend *b, uint64_t *count)
+{
+    struct cuda_be *s = b->ctx;
+    if (s->api->cache_saturated(s->cx, count) != KVS_CUDA_OK) return api_fail(b, "cache overflow count");
+    return KVS_OK;
+}
+
 /* ---- MiniCache pairs in device memory (twins: engine/cpu/minicache.c) ---- */
 
 static void cu_mc_free(struct cuda_be *s, void **ek, void **ev, void **nrm, void **pos)
@@ -1444,6 +1451,7 @@ static const struct kvs_backend_ops cuda_ops = {
     .lat_attend = cu_lat_attend,
     .mem_info = cu_mem_info,
     .acts_saturated = cu_acts_saturated,
+    .cache_saturated = cu_cache_saturated,
     .mc_grow = cu_mc_grow,
     .mc_score = cu_mc_score,
     .mc_merge = cu_mc_merge,

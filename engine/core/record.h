@@ -148,6 +148,9 @@ struct kvs_rec_step {
      * to ±65504 since the run started (0 with bf16 weights) */
     uint64_t dev_mem_used, dev_mem_total, dev_pool_bytes;
     uint64_t acts_saturated;
+    /* values the fp16 caches (K/V rows, fp16 latents, MiniCache's merged rows) clamped to ±65504
+     * instead of storing ±inf, since the run started, on any backend (0 in older traces) */
+    uint64_t cache_saturated;
 };
 
 enum kvs_matrix_kind {

@@ -19,14 +19,34 @@
  * thread: see kvs_attn_f16) */
 #define ATTN_MIN_ITEMS 16
 
-void kvs_f32_to_f16_row(const float *src, uint16_t *dst, int n)
+uint16_t kvs_f32_to_f16_sat(float f, uint64_t *clamped)
 {
+    if (fabsf(f) > 65504.0f) { /* NaN compares false: it stays NaN, uncounted */
+        f = f > 0.0f ? 65504.0f : -65504.0f;
+        (*clamped)++;
+    }
+    return kvs_fp32_to_fp16(f);
+}
+
+uint64_t kvs_f32_to_f16_row(const float *src, uint16_t *dst, int n)
+{
+    uint64_t clamped = 0;
     int i = 0;
 #ifdef KVS_SIMD_F16
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    /* min/max return their second operand when either is NaN, so NaN passes through the clamp */
+    const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f), sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(src + i);
+        int over = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, x), hi, _CMP_GT_OQ));
+        if (over) {
+            clamped += (uint64_t)__builtin_popcount((unsigned)over);
+            x = _mm256_max_ps(lo, _mm256_min_ps(hi, x));
+        }
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
 #endif
-    for (; i < n; i++) dst[i] = kvs_fp32_to_fp16(src[i]);
+    for (; i < n; i++) dst[i] = kvs_f32_to_f16_sat(src[i], &clamped);
+    return clamped;
 }
 
 void kvs_f16_to_f32_row(const uint16_t *src, float *dst, int n)

@@ -28,8 +28,15 @@ bool kvs_attn_f16(struct kvs_pool *pool, const struct kvs_attn_args *a);
  * exp (relative error below 4e-6) where the build has AVX2/FMA. */
 double kvs_exp_row(float *row, int n, float mx);
 
-/* Row conversions fp32 <-> fp16 (vectorised when available). */
-void kvs_f32_to_f16_row(const float *src, uint16_t *dst, int n);
+/* Row conversions fp32 <-> fp16 (vectorised when available). fp32 -> fp16 is the cache's store
+ * (DESIGN.md §4; issue 13: fp16 saturation is reported, never silent): a value beyond ±65504, ±inf
+ * included, is clamped to ±65504 rather than rounded to ±inf (which the next softmax would turn into
+ * NaN); NaN stays NaN; every other value gets IEEE round to nearest even, the bytes it always had.
+ * Returns how many values were clamped; the device's stores (kernels/internal.cuh, kvs_dev_f2h_sat)
+ * give the same bytes and count the same values. */
+uint64_t kvs_f32_to_f16_row(const float *src, uint16_t *dst, int n);
+/* One value of kvs_f32_to_f16_row; *CLAMPED is incremented when it was clamped. */
+uint16_t kvs_f32_to_f16_sat(float f, uint64_t *clamped);
 void kvs_f16_to_f32_row(const uint16_t *src, float *dst, int n);
 
 /* Attention over latents / an fp16 K/V cache (the backend's attn_latent and attn_kv16 entries on

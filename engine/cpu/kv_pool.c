@@ -1,6 +1,7 @@
 /* CPU twin of kernels/kv_pool.cu: the rows of a K/V cache pool (struct kvs_kv_rows) in host memory,
- * grown by realloc, fp32 -> fp16 stores, attention through attention.h (the path the `full` press has
- * always run) with the per-row attention mass eviction needs, compaction and row reads.
+ * grown by realloc, fp32 -> fp16 stores (saturating at ±65504, counted in L->clamped), attention
+ * through attention.h (the path the `full` press has always run) with the per-row attention mass
+ * eviction needs, compaction and row reads.
  * Depends on kv_pool.h, attention.h, quant.h and libc; never prints. */
 #include "kv_pool.h"
 
@@ -41,8 +42,8 @@ enum kvs_status kvs_cpu_kv_store(struct kvs_kv_rows *L, int dkv, int T, const in
     uint16_t *K = L->k, *V = L->v;
     int32_t *P = L->pos;
     for (int t = 0; t < T; t++) {
-        kvs_f32_to_f16_row(k + (size_t)t * dkv, K + (size_t)(L->n + t) * dkv, dkv);
-        kvs_f32_to_f16_row(v + (size_t)t * dkv, V + (size_t)(L->n + t) * dkv, dkv);
+        L->clamped += kvs_f32_to_f16_row(k + (size_t)t * dkv, K + (size_t)(L->n + t) * dkv, dkv);
+        L->clamped += kvs_f32_to_f16_row(v + (size_t)t * dkv, V + (size_t)(L->n + t) * dkv, dkv);
         P[L->n + t] = pos[t];
     }
     L->n += T;

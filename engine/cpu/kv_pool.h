@@ -7,7 +7,8 @@
 
 /* The K/V pool twins, host memory; POOL (threads)
  * may be NULL. Same contracts as the vtable entries; KVS_ERR_NOMEM when memory runs out (L keeps
- * its rows and capacity), KVS_ERR_ARG for inconsistent shapes. */
+ * its rows and capacity), KVS_ERR_ARG for inconsistent shapes. kv_store saturates at ±65504
+ * (kvs_f32_to_f16_row) and adds the values it clamped to L->clamped. */
 enum kvs_status kvs_cpu_kv_grow(struct kvs_kv_rows *L, int dkv, int cap);
 enum kvs_status kvs_cpu_kv_store(struct kvs_kv_rows *L, int dkv, int T, const int32_t *pos, const float *k,
                                  const float *v);

@@ -80,7 +80,9 @@ enum kvs_status kvs_cpu_kvq_quantize(struct kvs_kvq_rows *L, const struct kvs_kv
     return KVS_OK;
 }
 
-/* Packed blocks [b, e) to fp16 rows of the scratch at their token rows. */
+/* Packed blocks [b, e) to fp16 rows of the scratch at their token rows. A block of stored rows at
+ * ±65504 can decode a little beyond (min + 3·scale with the scale rounded up): the conversion
+ * saturates as a store does, uncounted, since the values were counted when they were stored. */
 struct unpack_job {
     const struct kvs_kvq_rows *L;
     const struct kvs_kvq_fmt *f;

@@ -59,7 +59,7 @@ enum kvs_status kvs_cpu_lat_store(struct kvs_lat_rows *L, const struct kvs_lat_f
     if (!T) return KVS_OK;
     uint8_t *dst = (uint8_t *)L->rows[arr] + (size_t)row0 * f->row_bytes;
     if (f->codec == KVS_LAT_FP16) { /* the rows are contiguous: one conversion for all of them */
-        kvs_f32_to_f16_row(x, (uint16_t *)dst, T * f->width);
+        L->clamped += kvs_f32_to_f16_row(x, (uint16_t *)dst, T * f->width); /* saturating, counted */
     } else {
         for (int t = 0; t < T; t++)
             kvs_qrow_encode(x + (size_t)t * f->width, (uint32_t)f->width, f->bits, f->group, dst + (size_t)t * f->row_bytes);

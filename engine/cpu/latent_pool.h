@@ -2,7 +2,9 @@
  * engine/backend/backend.h) in host memory, fp16 or packed by the press's codec: growth, stores,
  * reads, compaction, the merge into a shared segment and the rows' cosine similarity. Same contracts as the backend's lat_*
  * entries; KVS_ERR_NOMEM when memory runs out (L keeps its rows and capacity), KVS_ERR_ARG for
- * inconsistent shapes. Depends on backend.h (types) only; never prints. */
+ * inconsistent shapes. fp16 stores (lat_store, lat_merge) saturate at ±65504 (kvs_f32_to_f16_row)
+ * and add the values they clamped to the stored rows' L->clamped (dst's for the merge).
+ * Depends on backend.h (types) only; never prints. */
 #ifndef KVS_CPU_LATENT_POOL_H
 #define KVS_CPU_LATENT_POOL_H
 

@@ -127,9 +127,11 @@ enum kvs_status kvs_cpu_mc_merge(const struct kvs_kv_rows *A, const struct kvs_k
                 for (int x = 0; x < d; x++) s += (double)e[x] * e[x];
                 float inv = s > 0 ? (float)(1.0 / sqrt(s)) : 0.0f;
                 uint16_t *dst = (kv ? EV : EK) + (size_t)P->n * dkv + h * d;
-                for (int x = 0; x < d; x++) dst[x] = kvs_fp32_to_fp16(e[x] * inv);
-                nr[(2 * kv) * nkv + h] = kvs_fp32_to_fp16(na);
-                nr[(2 * kv + 1) * nkv + h] = kvs_fp32_to_fp16(nb);
+                /* a unit direction stays inside fp16; a norm of fp16 values need not (64 of them
+                 * at 10^4 make 8·10^4): saturated and counted like any cache store */
+                for (int x = 0; x < d; x++) dst[x] = kvs_f32_to_f16_sat(e[x] * inv, &P->clamped);
+                nr[(2 * kv) * nkv + h] = kvs_f32_to_f16_sat(na, &P->clamped);
+                nr[(2 * kv + 1) * nkv + h] = kvs_f32_to_f16_sat(nb, &P->clamped);
             }
         PS[P->n++] = ((const int32_t *)A->pos)[i];
     }
@@ -139,7 +141,8 @@ enum kvs_status kvs_cpu_mc_merge(const struct kvs_kv_rows *A, const struct kvs_k
 
 /* The merged rows of P as one layer's keys and values (its own norms times the shared unit
  * directions), written after the AT unmerged rows of the attention scratch; tasks of
- * MC_REBUILD_ROWS rows. */
+ * MC_REBUILD_ROWS rows. Unit directions times norms at most 65504 stay in range; the conversion
+ * saturates all the same (uncounted: the norms were counted when merged). */
 #define MC_REBUILD_ROWS 64
 struct rebuild_job {
     const struct kvs_mc_rows *P;

@@ -2,7 +2,9 @@
  * engine/backend/backend.h) in host memory beside the unmerged rows of a K/V cache pool: growth,
  * per-token distance of two layers' rows, SLERP merge, attention over unmerged and merged rows,
  * reads. Same contracts as the backend's mc_* entries; KVS_ERR_NOMEM when memory runs out (P
- * keeps its rows and capacity), KVS_ERR_ARG for inconsistent shapes. Depends on backend.h only. */
+ * keeps its rows and capacity), KVS_ERR_ARG for inconsistent shapes. mc_merge saturates its fp16
+ * directions and norms at ±65504 and adds the values it clamped to P->clamped. Depends on
+ * backend.h only. */
 #ifndef KVS_CPU_MINICACHE_H
 #define KVS_CPU_MINICACHE_H
 

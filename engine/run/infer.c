@@ -276,6 +276,13 @@ uint64_t kvs_ctx_acts_saturated(struct kvs_ctx *c)
     return n;
 }
 
+uint64_t kvs_ctx_cache_saturated(struct kvs_ctx *c)
+{
+    uint64_t n = 0;
+    kvs_backend_cache_saturated(c->be, &n); /* a failed read keeps the last count */
+    return n;
+}
+
 void kvs_ctx_transfers(const struct kvs_ctx *c, struct kvs_ctx_xfer *out)
 {
     *out = c->xfer;

@@ -69,6 +69,10 @@ bool kvs_ctx_device_mem(const struct kvs_ctx *c, uint64_t *used, uint64_t *total
  * on the CPU); reads the device's counter, waiting for its work: once a step, after the logits.
  * Callers report a non-zero count (never silent). */
 uint64_t kvs_ctx_acts_saturated(struct kvs_ctx *c);
+/* Values the context's fp16 caches (K/V rows, CommonKV fp16 latents, MiniCache's merged rows)
+ * clamped to ±65504 instead of storing ±inf, so far, on any backend and any weight type; reads the
+ * device's counter like kvs_ctx_acts_saturated (once a step). Callers report a non-zero count. */
+uint64_t kvs_ctx_cache_saturated(struct kvs_ctx *c);
 
 /* Optional observer called for every layer of every chunk (similarity evidence, calibration).
  * x: (T, D) residual stream entering the layer; xn: (T, D) after attn RMSNorm; k: (T, n_kv*d) keys

@@ -35,6 +35,7 @@ struct kvs_session {
     bool sim_filled[SIM_SAMPLES];
     int sim_n;
     uint64_t acts_logged; /* activation values clamped to fp16 that a log record has reported */
+    uint64_t cache_logged; /* cache values clamped to fp16 that a log record has reported */
 };
 
 void kvs_session_params_default(struct kvs_session_params *p)
@@ -190,6 +191,13 @@ static void fill_step(struct kvs_session *s, struct kvs_press *press, struct kvs
               "(%s weights); bf16 keeps them", (unsigned long long)st->acts_saturated, (unsigned long long)st->step,
               kvs_ctx_weights(ctx, &clamped));
         s->acts_logged = st->acts_saturated;
+    }
+    st->cache_saturated = kvs_ctx_cache_saturated(ctx);
+    if (st->cache_saturated && !s->cache_logged) { /* never silent: attention saw +-65504, not the value */
+        logf_(s, 1, "cache: %llu cache values clamped to fp16 range (+-65504) by step %llu instead of stored as "
+              "inf; the model's keys or values exceed fp16", (unsigned long long)st->cache_saturated,
+              (unsigned long long)st->step);
+        s->cache_logged = st->cache_saturated;
     }
 }
 
@@ -477,6 +485,12 @@ end:;
         if (n_acts > s->acts_logged)
             logf_(s, 1, "activations: %llu values beyond the fp16 range clamped to +-65504 in products in this run",
                   (unsigned long long)n_acts);
+    }
+    if (ctx && s->cache_logged) {
+        uint64_t n_cache = kvs_ctx_cache_saturated(ctx);
+        if (n_cache > s->cache_logged)
+            logf_(s, 1, "cache: %llu cache values clamped to fp16 range (+-65504) in this run",
+                  (unsigned long long)n_cache);
     }
     struct kvs_record *r = kvs_record_new(KVS_REC_END, 0);
     if (r) {

@@ -35,6 +35,12 @@ int kvs_test_allclose(const char *what, const float *got, const float *ref, long
     return 1;
 }
 
+int kvs_test_selected(const char *name)
+{
+    const char *only = getenv("KVS_TEST_ONLY");
+    return !only || !*only || strstr(name, only) != NULL;
+}
+
 int kvs_test_summary(void)
 {
     printf("%d passed, %d failed\n", kvs_test_passed, kvs_test_failed);

@@ -26,8 +26,10 @@ extern int kvs_test_passed, kvs_test_failed;
  * error on failure. Returns 1 when all are within tolerance. */
 int kvs_test_allclose(const char *what, const float *got, const float *ref, long n, float atol, float rtol);
 
-/* Runs one named test function, printing its name. */
-#define RUN(fn) do { fprintf(stderr, "-- %s\n", #fn); fn(); } while (0)
+/* Runs one named test function, printing its name; with $KVS_TEST_ONLY set, only the functions
+ * whose name contains it (a quick rerun of one test while working on it; unset, every test runs). */
+#define RUN(fn) do { if (kvs_test_selected(#fn)) { fprintf(stderr, "-- %s\n", #fn); fn(); } } while (0)
+int kvs_test_selected(const char *name);
 
 /* Prints "N passed, N failed" and returns 0 when nothing failed. */
 int kvs_test_summary(void);

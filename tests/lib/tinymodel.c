@@ -502,7 +502,7 @@ static float rng_normal(struct rng *r)
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-enum fill { FILL_NORMAL, FILL_NORM, FILL_ROPE };
+enum fill { FILL_NORMAL, FILL_NORM, FILL_ROPE, FILL_KBIAS };
 
 struct tdesc {
     char name[64];
@@ -654,7 +654,7 @@ int kvs_tiny_build(const struct kvs_tiny_opts *o, uint8_t **out, size_t *len)
         bad |= T("attn_v.weight", 2, o->n_embd, d_kv, o->wtype, FILL_NORMAL, o->weight_std);
         if (qwen) {
             bad |= T("attn_q.bias", 1, o->n_embd, 1, KVS_GGML_F32, FILL_NORMAL, o->weight_std);
-            bad |= T("attn_k.bias", 1, d_kv, 1, KVS_GGML_F32, FILL_NORMAL, o->weight_std);
+            bad |= T("attn_k.bias", 1, d_kv, 1, KVS_GGML_F32, FILL_KBIAS, o->weight_std);
             bad |= T("attn_v.bias", 1, d_kv, 1, KVS_GGML_F32, FILL_NORMAL, o->weight_std);
         }
         bad |= T("attn_output.weight", 2, o->n_embd, o->n_embd, o->wtype, FILL_NORMAL, o->weight_std);
@@ -760,6 +760,8 @@ int kvs_tiny_build(const struct kvs_tiny_opts *o, uint8_t **out, size_t *len)
                 if (t[i].fill == FILL_NORM) row[c] = 1.0f + o->norm_jitter * rng_normal(&r);
                 else if (t[i].fill == FILL_ROPE) row[c] = llama3_factor(o, (uint32_t)c, hd);
                 else row[c] = t[i].std * rng_normal(&r);
+                /* the same draws as FILL_NORMAL: without a shift the model's bytes do not change */
+                if (t[i].fill == FILL_KBIAS && o->k_bias_shift != 0.0f && c % hd == 0) row[c] += o->k_bias_shift;
             }
             kvs_quant_row(t[i].type, row, q, (int64_t)cols);
             kvs_gbuf_bytes(&f, q, rb);

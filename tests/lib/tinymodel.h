@@ -42,6 +42,9 @@ struct kvs_tiny_opts {
     float weight_std;          /* 2D weights ~ N(0, weight_std) (default 0.02) */
     float embd_std;            /* token embeddings ~ N(0, embd_std) (default 0.02) */
     float norm_jitter;         /* norm weights ~ 1 + N(0, norm_jitter) (default 0.1) */
+    float k_bias_shift;        /* qwen2: added to the first attn_k.bias value of every KV head
+                                * (default 0); 1e5 puts one of each head's key pairs beyond the fp16
+                                * range (wherever RoPE turns it), as the cache's overflow tests need */
     uint64_t seed;
     /* Q4_0 / Q8_0 2D weights as uniformly random blocks (every nibble or byte from the seed, one
      * scale per tensor giving weight_std) instead of quantized Gaussian rows: about 50x faster, so a
