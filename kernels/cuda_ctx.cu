@@ -407,6 +407,7 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_lat_qcompact,
     kvs_cuda_lat_qmerge,
     kvs_cuda_lat_cosine,
+    kvs_cuda_lat_load,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

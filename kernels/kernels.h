@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 10u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 11u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
@@ -27,7 +27,8 @@ extern "C" {
                                  *    kvq_scores);
                                  * 9: packed latent rows (lat_codecs, lat_qstore, lat_qload,
                                  *    lat_qcompact, lat_qmerge);
-                                 * 10: lat_cosine (cosine scores between latent arrays) */
+                                 * 10: lat_cosine (cosine scores between latent arrays);
+                                 * 11: lat_load (fp16 latent rows to fp32 on the device) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -383,6 +384,9 @@ struct kvs_cuda_api {
     int (*lat_qmerge)(struct kvs_cuda_ctx *c, const struct kvs_cuda_qrow *f, const struct kvs_cuda_lat_merge *a);
     /* Cosine scores between latent arrays (struct kvs_cuda_lat_cosine). */
     int (*lat_cosine)(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_cosine *a);
+    /* fp16 latent rows back to fp32 on the device (kvs_cuda_lat_load): rows that move to a packed
+     * segment are read here and encoded by lat_qstore without leaving the device. */
+    int (*lat_load)(struct kvs_cuda_ctx *c, const uint16_t *rows, int width, int row0, int n, float *x);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -423,6 +427,8 @@ int kvs_cuda_kv_compact(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int32_
  * src[i] for i < n_keep (src strictly increasing), through scratch. lat_merge: see struct
  * kvs_cuda_lat_merge; fused multiply-adds in layer order, rounded once, as the CPU twin. */
 int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int row0, int T, const float *x);
+/* lat_load: x (n, width) fp32 = rows [row0, row0+n) of one fp16 array, widened (exact). */
+int kvs_cuda_lat_load(struct kvs_cuda_ctx *c, const uint16_t *rows, int width, int row0, int n, float *x);
 int kvs_cuda_lat_compact(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
                          const int32_t *src, int n_keep);
 int kvs_cuda_lat_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *a);

@@ -1,5 +1,5 @@
 /* CommonKV latent segment kernels (DESIGN.md §4, §7; the private and shared latent pools in device
- * memory): fp32 -> fp16 stores of new rows, compaction (eviction, or the rows a merge moved out)
+ * memory): fp32 -> fp16 stores of new rows and fp16 -> fp32 loads (rows moving to packed segments), compaction (eviction, or the rows a merge moved out)
  * by a gather through scratch, the merge of one token's per-layer latents into a shared row, and
  * the cosine scores between a segment's arrays that drive merging. Packed rows (quantized latents,
  * the row codec of quant_codec.cuh) are stored, read, compacted and merged here too, byte for byte
@@ -26,6 +26,31 @@ int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int ro
     grid = kvs_grid(count, 256);
     if (grid > 65535u * 8u) grid = 65535u * 8u;
     KVS_LAUNCH(k_lat_store, grid, 256, 0, c->stream)((__half *)rows, width, row0, count, x);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* x[i] = float(rows[row0*width + i]), one thread per element (grid-stride): fp16 widens exactly. */
+__global__ void k_lat_load(const __half *rows, int width, int row0, int64_t count, float *x)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    size_t off = (size_t)row0 * width;
+    for (; i < count; i += stride) x[i] = __half2float(rows[off + i]);
+}
+
+int kvs_cuda_lat_load(struct kvs_cuda_ctx *c, const uint16_t *rows, int width, int row0, int n, float *x)
+{
+    int64_t count;
+    unsigned grid;
+    KVS_REQUIRE(width > 0 && row0 >= 0 && n >= 0, "lat_load: bad shape (width %d, row %d, n %d)", width, row0, n);
+    count = (int64_t)n * width;
+    if (!count) return KVS_CUDA_OK;
+    grid = kvs_grid(count, 256);
+    if (grid > 65535u * 8u) grid = 65535u * 8u;
+    KVS_LAUNCH(k_lat_load, grid, 256, 0, c->stream)((const __half *)rows, width, row0, count, x);
     KVS_LAUNCH_CHECK();
     return KVS_CUDA_OK;
 fail:

@@ -137,6 +137,14 @@ static enum kvs_status cpu_lat_read(struct kvs_backend *b, const struct kvs_lat_
     return kvs_cpu_lat_read(L, f, arr, row0, n, x, pos);
 }
 
+static enum kvs_status cpu_lat_copy(struct kvs_backend *b, const struct kvs_lat_rows *src, const struct kvs_lat_fmt *sf,
+                                    int sarr, int row0, int n, struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df,
+                                    int darr, int drow0, const int32_t *pos)
+{
+    (void)b;
+    return kvs_cpu_lat_copy(src, sf, sarr, row0, n, dst, df, darr, drow0, pos);
+}
+
 static enum kvs_status cpu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                       const uint8_t *keep)
 {
@@ -259,6 +267,7 @@ static const struct kvs_backend_ops cpu_ops = {
     .lat_grow = cpu_lat_grow,
     .lat_store = cpu_lat_store,
     .lat_read = cpu_lat_read,
+    .lat_copy = cpu_lat_copy,
     .lat_compact = cpu_lat_compact,
     .lat_merge = cpu_lat_merge,
     .lat_attend = cpu_lat_attend,
@@ -759,12 +768,65 @@ enum kvs_status kvs_backend_lat_grow(struct kvs_backend *b, struct kvs_lat_rows 
     return st;
 }
 
-enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
-                                      int arr, int row0, int T, const float *x, const int32_t *pos)
+enum kvs_status kvs_backend_lat_store_buf(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                          int arr, int row0, int T, const float *x, const int32_t *pos)
 {
     if (kvs_backend_lat_native(b, f)) return b->ops->lat_store(b, L, f, arr, row0, T, x, pos);
     uint64_t t0 = fallback_begin(b);
-    enum kvs_status st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+    enum kvs_status st;
+    if (kvs_backend_host_memory(b)) {
+        st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+    } else { /* rows the backend keeps on the host (a format it does not take): X comes down first */
+        size_t bytes = (size_t)T * f->width * sizeof(float);
+        float *h = malloc(bytes ? bytes : 1);
+        st = h ? b->ops->buf_download(b, h, x, bytes) : KVS_ERR_NOMEM;
+        if (st == KVS_OK) st = kvs_cpu_lat_store(L, f, arr, row0, T, h, pos);
+        free(h);
+    }
+    fallback_end(b, t0);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                      int arr, int row0, int T, const float *x, const int32_t *pos)
+{
+    bool native = kvs_backend_lat_native(b, f);
+    if (native && kvs_backend_host_memory(b)) return b->ops->lat_store(b, L, f, arr, row0, T, x, pos);
+    if (!native) { /* host rows: X is where they are */
+        uint64_t t0 = fallback_begin(b);
+        enum kvs_status st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+        fallback_end(b, t0);
+        return st;
+    }
+    struct kvs_buf tmp = {0};
+    size_t bytes = (size_t)T * f->width * sizeof(float);
+    enum kvs_status st = kvs_backend_buf_alloc(b, &tmp, bytes ? bytes : 1);
+    if (st == KVS_OK) st = kvs_backend_buf_upload(b, &tmp, 0, x, bytes);
+    if (st == KVS_OK) st = b->ops->lat_store(b, L, f, arr, row0, T, tmp.data, pos);
+    kvs_backend_buf_free(b, &tmp);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_copy(struct kvs_backend *b, const struct kvs_lat_rows *src,
+                                     const struct kvs_lat_fmt *sf, int sarr, int row0, int n,
+                                     struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df, int darr, int drow0,
+                                     const int32_t *pos)
+{
+    bool sn = kvs_backend_lat_native(b, sf), dn = kvs_backend_lat_native(b, df);
+    if (sn && dn && b->ops->lat_copy) return b->ops->lat_copy(b, src, sf, sarr, row0, n, dst, df, darr, drow0, pos);
+    if (!sn && !dn) { /* both in host memory */
+        uint64_t t0 = fallback_begin(b);
+        enum kvs_status st = kvs_cpu_lat_copy(src, sf, sarr, row0, n, dst, df, darr, drow0, pos);
+        fallback_end(b, t0);
+        return st;
+    }
+    /* through the host: decoded rows come down and go up again into the destination's format */
+    if (sf->width != df->width || n < 0) return KVS_ERR_ARG;
+    uint64_t t0 = fallback_begin(b);
+    float *h = malloc((size_t)(n ? n : 1) * sf->width * sizeof(float));
+    enum kvs_status st = h ? kvs_backend_lat_read(b, src, sf, sarr, row0, n, h, NULL) : KVS_ERR_NOMEM;
+    if (st == KVS_OK) st = kvs_backend_lat_store(b, dst, df, darr, drow0, n, h, pos);
+    free(h);
     fallback_end(b, t0);
     return st;
 }

@@ -866,11 +866,10 @@ static enum kvs_status cu_lat_store(struct kvs_backend *b, struct kvs_lat_rows *
                                     int arr, int row0, int T, const float *x, const int32_t *pos)
 {
     struct cuda_be *s = b->ctx;
-    void *dx;
+    float *dx = (float *)x; /* device memory: the latents the projection left there */
     if (!lat_fmt_ok(s, L, f) || arr < 0 || arr >= L->n_arr || row0 < 0 || T < 0 || row0 > L->cap - T)
         return KVS_ERR_ARG;
     if (T == 0) return KVS_OK;
-    TRY(put(b, ST_C, x, (size_t)T * f->width * sizeof(float), &dx));
     if (pos && s->api->upload(s->cx, (int32_t *)L->pos + row0, pos, (size_t)T * sizeof(int32_t)) != KVS_CUDA_OK)
         return api_fail(b, "lat_store");
     struct kvs_cuda_qrow q = qrow_of(f);
@@ -903,6 +902,26 @@ static enum kvs_status cu_lat_read(struct kvs_backend *b, const struct kvs_lat_r
     free(h);
     if (st == KVS_OK && pos) st = get(b, pos, (const int32_t *)L->pos + row0, (size_t)n * sizeof(int32_t));
     return st;
+}
+
+/* Rows of SRC decoded to fp32 in staging (fp16 widened, packed decoded), then stored in DST's
+ * format: the rows never leave the device. */
+static enum kvs_status cu_lat_copy(struct kvs_backend *b, const struct kvs_lat_rows *src, const struct kvs_lat_fmt *sf,
+                                   int sarr, int row0, int n, struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df,
+                                   int darr, int drow0, const int32_t *pos)
+{
+    struct cuda_be *s = b->ctx;
+    if (!lat_fmt_ok(s, src, sf) || !lat_fmt_ok(s, dst, df) || sf->width != df->width || sarr < 0 ||
+        sarr >= src->n_arr || row0 < 0 || n < 0 || row0 > src->n - n)
+        return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    float *dx = stage(b, ST_C, (size_t)n * sf->width * sizeof(float));
+    if (!dx) return KVS_ERR_BACKEND;
+    struct kvs_cuda_qrow q = qrow_of(sf);
+    int rc = sf->codec == KVS_LAT_QROW ? s->api->lat_qload(s->cx, &q, src->rows[sarr], row0, n, dx, 0)
+                                       : s->api->lat_load(s->cx, src->rows[sarr], sf->width, row0, n, dx);
+    if (rc != KVS_CUDA_OK) return api_fail(b, "lat_copy");
+    return cu_lat_store(b, dst, df, darr, drow0, n, dx, pos);
 }
 
 static enum kvs_status cu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
@@ -1439,6 +1458,7 @@ static const struct kvs_backend_ops cuda_ops = {
     .lat_grow = cu_lat_grow,
     .lat_store = cu_lat_store,
     .lat_read = cu_lat_read,
+    .lat_copy = cu_lat_copy,
     .lat_compact = cu_lat_compact,
     .lat_merge = cu_lat_merge,
     .lat_attend = cu_lat_attend,
