@@ -57,6 +57,34 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
+/* score[pos[i]] += mass[i] for the N rows of one segment; rows outside [0, n_score) are skipped
+ * (the launcher checked them). One thread per row: the positions are distinct, so no two threads
+ * touch one score and the sum is the twin's, bit for bit. */
+__global__ void k_lat_mass_add(const int32_t *pos, int n, const float *mass, float *score, int n_score)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int32_t p = pos[i];
+    if (p >= 0 && p < n_score) score[p] += mass[i];
+}
+
+int kvs_cuda_lat_mass_add(struct kvs_cuda_ctx *c, const int32_t *const *pos, const int *n, int n_segs,
+                          const float *mass, float *score, int n_score)
+{
+    KVS_REQUIRE(n_segs >= 0 && n_segs <= KVS_CUDA_LAT_ATTEND_MAX_SEGS && n_score >= 0,
+                "lat_mass_add: %d segments, %d scores", n_segs, n_score);
+    for (int s = 0, off = 0; s < n_segs; off += n[s], s++) {
+        KVS_REQUIRE(n[s] >= 0, "lat_mass_add: segment %d has %d rows", s, n[s]);
+        if (!n[s]) continue;
+        /* one segment after the other, in order: a kernel per segment keeps the twin's order */
+        KVS_LAUNCH(k_lat_mass_add, kvs_grid(n[s], 256), 256, 0, c->stream)(pos[s], n[s], mass + off, score, n_score);
+        KVS_LAUNCH_CHECK();
+    }
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
 /* Row i of g = row src[i] of rows, RB bytes each (and its position into gp when given): one block
  * per kept row. fp16 and packed rows alike. */
 __global__ void k_lat_gather(const uint8_t *rows, const int32_t *pos, int rb, const int32_t *src, int n_keep,

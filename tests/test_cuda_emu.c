@@ -299,6 +299,42 @@ static void test_matmul(void)
     free(wf);
 }
 
+/* A factor kept exact (CommonKV's latent projection A at SmolLM2's rank 288 and Qwen's 334 x 896):
+ * fp32 on the device whatever the weights' type, its product against a double-precision sum within
+ * fp32 rounding (a 16-bit copy is ~1e-3 away), on both the fp16 and the bf16 backend. */
+static void test_matmul_factor(void)
+{
+    static const int shapes[][2] = {{288, 576}, {334, 896}};
+    for (size_t si = 0; si < KVS_ARRAY_LEN(shapes); si++) {
+        int rows = shapes[si][0], cols = shapes[si][1];
+        float *wf = rand_vec((size_t)rows * cols, -0.1f, 0.1f);
+        struct kvs_weight w = {.type = KVS_GGML_F32, .rows = rows, .cols = cols, .data = wf,
+                               .row_bytes = (uint64_t)cols * 4};
+        for (int k = 0; k < 2; k++) {
+            struct kvs_backend *b = k ? cuda_bf : cuda16;
+            struct kvs_backend_weight bg;
+            CHECKF(kvs_backend_factor_prepare(b, &bg, &w) == KVS_OK && bg.dev && bg.exact, "%s", kvs_backend_error(b));
+            int T = 9;
+            float *x = rand_vec((size_t)T * cols, -1, 1);
+            float *yg = calloc((size_t)T * rows, sizeof(float)), *yr = calloc((size_t)T * rows, sizeof(float));
+            CHECKF(kvs_backend_matmul(b, &bg, x, yg, T) == KVS_OK, "%s", kvs_backend_error(b));
+            for (int t = 0; t < T; t++)
+                for (int r = 0; r < rows; r++) {
+                    double sum = 0;
+                    for (int c = 0; c < cols; c++) sum += (double)wf[(size_t)r * cols + c] * x[(size_t)t * cols + c];
+                    yr[(size_t)t * rows + r] = (float)sum;
+                }
+            char what[96];
+            snprintf(what, sizeof what, "emu matmul fp32 factor %dx%d on the %s backend vs fp64 sums", rows, cols,
+                     k ? "bf16" : "fp16");
+            compare(what, yg, yr, (long)T * rows, 1e-6f, 1e-5f);
+            free(x), free(yg), free(yr);
+            kvs_backend_weight_release(b, &bg);
+        }
+        free(wf);
+    }
+}
+
 /* ---------------------------------------------------------------- element-wise steps of a token */
 
 /* Backend buffer of BYTES holding a copy of SRC (uninitialised when SRC is NULL). */
@@ -1341,6 +1377,46 @@ static void lat_attend_same(const char *what, const struct kvs_ckv_seg *pg, cons
     }
     free(oc16), free(mc16);
     CHECKF(mg[n] == 777.0f && mc[n] == -1.0f, "%s: attention mass written past the %d rows", what, n);
+    if (n && mass_from < T) {
+        /* the mass added to eviction scores by position where they are (a CommonKV composition with
+         * snapkv): each backend's scores = what they held + the mass it returned above, bit for bit,
+         * at the rows' positions only; the device's never come to the host for it */
+        int32_t pmax = 0;
+        for (uint32_t i = 0; i < pc->n; i++) pmax = pc->pos[i] > pmax ? pc->pos[i] : pmax;
+        for (uint32_t i = 0; i < sc->n; i++) pmax = sc->pos[i] > pmax ? sc->pos[i] : pmax;
+        int ns = pmax + 3;
+        float *s0 = malloc((size_t)ns * sizeof(float)), *s1 = malloc((size_t)ns * sizeof(float));
+        for (int i = 0; i < ns; i++) s0[i] = 0.25f * (float)(i % 7);
+        for (int k = 0; k < 2; k++) {
+            struct kvs_backend *b = k ? cpu : cuda16;
+            const struct lat_consts *kk = k ? kc : kg;
+            struct kvs_buf sb;
+            buf_put(b, &sb, s0, (size_t)ns * sizeof(float));
+            a.segs[0].L = k ? &pc->L : &pg->L, a.segs[1].L = k ? &sc->L : &sg->L;
+            a.bk = kk->bk.data, a.bv = kk->bv.data, a.bk_bias = kk->kb.data, a.bv_bias = kk->vb.data;
+            a.freqs = kk->fr.data, a.score = sb.data, a.n_score = ns;
+            CHECKF(kvs_backend_lat_attend(b, &a, k ? qc.data : qg.data, k ? bo_c.data : bo_g.data, NULL) == KVS_OK,
+                   "%s: attention with scores: %s", what, b->err);
+            CHECK(kvs_backend_buf_download(b, s1, &sb, 0, (size_t)ns * sizeof(float)) == KVS_OK);
+            const float *m = k ? mc : mg;
+            uint8_t *hit = calloc((size_t)ns, 1);
+            int bad = -1;
+            for (int j = 0; j < n && bad < 0; j++) {
+                int32_t p = j < (int)pc->n ? pc->pos[j] : sc->pos[j - (int)pc->n];
+                hit[p] = 1;
+                float want = s0[p] + m[j];
+                if (memcmp(&s1[p], &want, sizeof want)) bad = j;
+            }
+            for (int i = 0; i < ns && bad < 0; i++)
+                if (!hit[i] && s1[i] != s0[i]) bad = n + i;
+            CHECKF(bad < 0, "%s: %s scores by position differ from held + mass at %s %d", what, k ? "CPU" : "device",
+                   bad < n ? "row" : "untouched position", bad < n ? bad : bad - n);
+            free(hit);
+            kvs_backend_buf_free(b, &sb);
+            a.score = NULL, a.n_score = 0;
+        }
+        free(s0), free(s1);
+    }
     if (!biases) {
         /* the CPU twin against attn_latent over the decoded rows (fp32, two host segments) */
         float *c0 = malloc(((size_t)pc->n * r + 1) * sizeof(float)), *c1 = malloc(((size_t)sc->n * r + 1) * sizeof(float));
@@ -2344,8 +2420,9 @@ static void e2e_model(const char *label, const char *path, const char *dtype, co
                 "boundary (%s), host copies per token %.1f\n", label, method, (unsigned long long)down, V * 4,
                 (unsigned long long)up, (unsigned long long)press, backend_io ? "device press" : "host press",
                 (double)(x1.down_calls - x0.down_calls + x1.up_calls - x0.up_calls) / n_xfer);
-        /* CommonKV with eviction brings each layer's attention mass over its rows down (the host
-         * pools it by position and decides what goes): at most one float per row and layer */
+        /* CommonKV with eviction keeps each group's scores by position on the device (its attention
+         * adds the mass there); an eviction step (every snap_window tokens) brings them down once to
+         * decide what goes: at most one float per position and layer, averaged over the window */
         uint64_t mass_max = ckv && evicts ? (uint64_t)m->hp.n_layer * (uint64_t)(n + n_gen) * sizeof(float) : 0;
         CHECKF(!backend_io || (press == 0 && down >= (uint64_t)V * 4 && down <= (uint64_t)V * 4 + mass_max),
                "%s %s: a decoded token left the device: %llu bytes down per token (logits are %d, eviction mass at "
@@ -2746,6 +2823,7 @@ int main(int argc, char **argv)
         RUN(test_convert_exact);
         RUN(test_weights_by_cc);
         RUN(test_matmul);
+        RUN(test_matmul_factor);
         RUN(test_elementwise);
         RUN(test_embedding);
         RUN(test_attn_latent);

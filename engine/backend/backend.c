@@ -151,10 +151,26 @@ static enum kvs_status cpu_lat_compact(struct kvs_backend *b, struct kvs_lat_row
     return kvs_cpu_lat_compact(L, f, keep);
 }
 
+/* The CPU twin of lat_attend on host rows; with A's scores (host memory here) the rows' mass goes
+ * there by position (kvs_cpu_lat_mass_add) instead of to MASS. */
+static enum kvs_status cpu_lat_attend_scored(struct kvs_pool *pool, const struct kvs_lat_attend_args *a,
+                                            const float *q, float *out, float *mass)
+{
+    if (!a->score) return kvs_cpu_lat_attend(pool, a, q, out, mass);
+    int64_t n = 0;
+    for (int i = 0; i < a->n_segs && i < KVS_LAT_ATTEND_MAX_SEGS; i++) n += a->segs[i].L ? a->segs[i].L->n : 0;
+    float *m = malloc((size_t)(n ? n : 1) * sizeof(float));
+    if (!m) return KVS_ERR_NOMEM;
+    enum kvs_status st = kvs_cpu_lat_attend(pool, a, q, out, m);
+    if (st == KVS_OK) kvs_cpu_lat_mass_add(a, m, a->score);
+    free(m);
+    return st;
+}
+
 static enum kvs_status cpu_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
                                      float *out, float *mass)
 {
-    return kvs_cpu_lat_attend(b->pool, a, q, out, mass);
+    return cpu_lat_attend_scored(b->pool, a, q, out, mass);
 }
 
 static bool cpu_lat_codec(const struct kvs_backend *b, uint32_t codec)
@@ -608,6 +624,18 @@ enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_bac
     bw->w = w;
     bw->dev = NULL;
     bw->table = false;
+    bw->exact = false;
+    if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_factor_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
+                                           const struct kvs_weight *w)
+{
+    bw->w = w;
+    bw->dev = NULL;
+    bw->table = false;
+    bw->exact = true;
     if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
     return KVS_OK;
 }
@@ -618,6 +646,7 @@ enum kvs_status kvs_backend_table_prepare(struct kvs_backend *b, struct kvs_back
     bw->w = w;
     bw->dev = NULL;
     bw->table = true;
+    bw->exact = false;
     if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
     return KVS_OK;
 }
@@ -881,7 +910,7 @@ enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_l
         return KVS_ERR_STATE;
     }
     uint64_t t0 = fallback_begin(b);
-    enum kvs_status st = kvs_cpu_lat_attend(b ? b->pool : NULL, a, q, out, mass);
+    enum kvs_status st = cpu_lat_attend_scored(b ? b->pool : NULL, a, q, out, mass);
     fallback_end(b, t0);
     return st;
 }
@@ -1059,7 +1088,7 @@ enum kvs_status kvs_backend_lat_attend_host(struct kvs_backend *b, struct kvs_po
 {
     bool host = kvs_backend_host_memory(b);
     uint64_t t0 = host ? 0 : fallback_begin(b);
-    enum kvs_status st = kvs_cpu_lat_attend(b ? b->pool : pool, a, q, out, mass);
+    enum kvs_status st = cpu_lat_attend_scored(b ? b->pool : pool, a, q, out, mass);
     if (!host) fallback_end(b, t0);
     return st;
 }

@@ -119,6 +119,11 @@ struct kvs_lat_attend_args {
                                * CPU builds one per call */
     int rope_n_pos;
     const struct kvs_lat_fmt *seg_f[KVS_LAT_ATTEND_MAX_SEGS]; /* segment i's format, or NULL: f */
+    /* eviction scores by position in the backend's memory (n_score floats), or NULL: with them each
+     * row's mass (what MASS would receive) is added at the row's position where the scores are, and
+     * MASS is not used; the rows' positions must be distinct */
+    float *score;
+    int n_score;
 };
 
 /* The merged tokens of a MiniCache layer pair (la, la+1) in a backend's memory (DESIGN.md §5
@@ -162,6 +167,8 @@ struct kvs_backend_weight {
     void *dev;                /* backend-owned (e.g. struct kvs_cuda_weight *); NULL: CPU path */
     bool table;               /* read by rows (embedding), never a product operand: the backend may
                                * keep it in a more precise 2-byte type than the products' */
+    bool exact;               /* a small factor (CommonKV's A) kept in fp32 on a device, its products in
+                               * fp32: a 16-bit copy would add its rounding to the cache's own */
 };
 
 struct kvs_backend;
@@ -483,6 +490,9 @@ enum kvs_status kvs_backend_set_weights(struct kvs_backend *b, const char *want)
 /* Fills *bw for W (not owned; must outlive bw) and, where the backend keeps weights on a device,
  * uploads it. Release with kvs_backend_weight_release. */
 enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
+                                           const struct kvs_weight *w);
+/* The same for a small factor kept exact on a device (bw->exact is set). */
+enum kvs_status kvs_backend_factor_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
                                            const struct kvs_weight *w);
 /* The same for a lookup table (the embedding): bw->table is set. */
 enum kvs_status kvs_backend_table_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,

@@ -488,6 +488,7 @@ static enum kvs_status cu_weight_prepare(struct kvs_backend *b, struct kvs_backe
     /* a lookup table is never a GEMM operand: fp16 keeps 3 more mantissa bits than bf16 whenever
      * every value is inside its range */
     if (bw->table && dtype == KVS_CUDA_BF16 && weight_absmax(w, tmp, chunk) <= 65504.0f) dtype = KVS_CUDA_F16;
+    if (bw->exact) dtype = KVS_CUDA_F32;
     if (s->api->weight_new(s->cx, &dw, w->rows, w->cols, dtype) != KVS_CUDA_OK) {
         free(tmp);
         return api_fail(b, "weight upload");
@@ -985,7 +986,8 @@ static const struct kvs_cuda_weight *bk16_get(struct kvs_backend *b, const float
 }
 
 /* q, out, B_k, B_v, the biases and the frequencies are device buffers, the rows the segments';
- * the query positions go up and the mass (when asked) comes back. Decode steps read B_k from its
+ * the query positions go up and the mass (when asked) comes back, or is added to the device's
+ * eviction scores (a->score) without leaving it. Decode steps read B_k from its
  * 16-bit copy (bk16_get); without one (no memory) they take the prefill path. Packed segments are
  * decoded to fp16 rows in scratch first (the decoded fp32 values rounded to nearest), which the
  * attention kernel then reads as it reads the fp16 segments. */
@@ -1031,10 +1033,15 @@ static enum kvs_status cu_lat_attend(struct kvs_backend *b, const struct kvs_lat
         }
     }
     TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
-    if (mass && !(dmass = stage(b, ST_U, (size_t)(n ? n : 1) * sizeof(float)))) return KVS_ERR_BACKEND;
+    if ((mass || a->score) && !(dmass = stage(b, ST_U, (size_t)(n ? n : 1) * sizeof(float)))) return KVS_ERR_BACKEND;
     d.q_pos = dqp;
     d.mass = dmass;
     if (s->api->lat_attend(s->cx, &d) != KVS_CUDA_OK) return api_fail(b, "lat_attend");
+    if (a->score) { /* the mass stays here: added to the scores by position */
+        if (n && s->api->lat_mass_add(s->cx, d.pos, d.n, d.n_segs, dmass, a->score, a->n_score) != KVS_CUDA_OK)
+            return api_fail(b, "lat_attend");
+        return KVS_OK;
+    }
     if (mass && n) TRY(get(b, mass, dmass, (size_t)n * sizeof(float)));
     return KVS_OK;
 }

@@ -118,6 +118,8 @@ struct grp {
     struct seg p16, pq, s16, sq;    /* private fp16, private packed, shared fp16, shared packed */
     float w[KVS_CKV_MAX_G];         /* merge weights, summing to 1 */
     float *score;                   /* (n_ctx_max) eviction scores by position (snapkv), or NULL */
+    struct kvs_buf dev_score;       /* the same on a device backend, where its attention adds the mass;
+                                     * read (and added to SCORE: a staged layer's share) at eviction */
     double sim_mean;                /* mean similarity of the slots scored at the last merge */
     bool sim_valid;
     uint64_t evicted;
@@ -190,12 +192,13 @@ static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const in
     enum kvs_status st;
     const float *lat;
     if (dev) {
-        /* c = A xn where xn is: the backend's matmul (cuBLAS on a GPU), A uploaded once in the
-         * weights' type; the latents go to the pool without leaving the device */
+        /* c = A xn where xn is: the backend's matmul (an fp32 cuBLAS GEMM on a GPU: A uploaded once
+         * and kept exact, so the latents carry only the cache's fp16 rounding, as on the CPU); the
+         * latents go to the pool without leaving the device */
         if (!g->dev_a.dev) {
             g->aw = (struct kvs_weight){.type = KVS_GGML_F32, .rows = r, .cols = c->D, .data = g->A,
                                         .row_bytes = (uint64_t)c->D * sizeof(float)};
-            if ((st = kvs_backend_weight_prepare(p->be, &g->dev_a, &g->aw)) != KVS_OK) goto dev_fail;
+            if ((st = kvs_backend_factor_prepare(p->be, &g->dev_a, &g->aw)) != KVS_OK) goto dev_fail;
         }
         if ((st = dev_put(p->be, &c->dev_lat, (size_t)T * r * sizeof(float), NULL)) != KVS_OK ||
             (st = kvs_backend_matmul_buf(p->be, &g->dev_a, xn, c->dev_lat.data, T)) != KVS_OK)
@@ -258,7 +261,10 @@ static void ckv_dev_free(struct ckv *c)
         kvs_backend_buf_free(be, &c->dev_kb[l]);
         kvs_backend_buf_free(be, &c->dev_vb[l]);
     }
-    for (int gi = 0; gi < c->ng; gi++) kvs_backend_weight_release(be, &c->g[gi].dev_a);
+    for (int gi = 0; gi < c->ng; gi++) {
+        kvs_backend_weight_release(be, &c->g[gi].dev_a);
+        kvs_backend_buf_free(be, &c->g[gi].dev_score);
+    }
     kvs_backend_buf_free(be, &c->dev_freqs);
     kvs_backend_buf_free(be, &c->dev_lat);
 }
@@ -375,6 +381,34 @@ static enum kvs_status ckv_attend_staged(struct ckv *c, int layer, struct kvs_la
     return kvs_backend_buf_upload(be, &ob, 0, c->h_out, ob.bytes);
 }
 
+/* G's eviction scores in device memory, zeroed (the first device attention of a composition with
+ * snapkv); until then the mass of staged layers was added to the host's. */
+static enum kvs_status ckv_dev_scores(struct ckv *c, struct grp *g)
+{
+    float *zero = calloc((size_t)c->n_ctx_max, sizeof(float));
+    if (!zero) return KVS_ERR_NOMEM;
+    enum kvs_status st = dev_put(c->base.be, &g->dev_score, (size_t)c->n_ctx_max * sizeof(float), zero);
+    free(zero);
+    return st;
+}
+
+/* Device scores of G into its host scores (added: a staged layer's mass may be there), then zeroed
+ * there; positions [0, N_USED). */
+static enum kvs_status ckv_scores_down(struct ckv *c, struct grp *g, size_t n_used)
+{
+    if (!g->dev_score.data || !n_used) return KVS_OK;
+    float *t = calloc(n_used, sizeof(float));
+    if (!t) return KVS_ERR_NOMEM;
+    enum kvs_status st = kvs_backend_buf_download(c->base.be, t, &g->dev_score, 0, n_used * sizeof(float));
+    if (st == KVS_OK) {
+        for (size_t i = 0; i < n_used; i++) g->score[i] += t[i];
+        memset(t, 0, n_used * sizeof(float));
+        st = kvs_backend_buf_upload(c->base.be, &g->dev_score, 0, t, n_used * sizeof(float));
+    }
+    free(t);
+    return st;
+}
+
 /* Attention of LAYER over every row it may see (private fp16, private packed, shared fp16, shared
  * packed; empty segments left out), always by the backend's lat_attend: where the rows are, or on
  * the host (the CPU twin over staged rows) for a device that cannot take them all or a query chunk. The eviction mass of the last snap_window queries
@@ -427,18 +461,25 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
          * emulated one took over 12 minutes for a 1,800-token prefill of the tiny model that the
          * staged path does in seconds) */
         bool dev = native && T <= KVS_LAT_FUSED_T && kvs_backend_lat_attend_native(be, &a);
-        st = dev ? ckv_attend_dev(c, g, layer, &a, q, out, mass) : ckv_attend_staged(c, layer, &a, used, q, out, mass);
+        if (dev && g->score) { /* the mass stays on the device, added to the group's scores there */
+            if (!g->dev_score.data && (st = ckv_dev_scores(c, g)) != KVS_OK) goto fail;
+            a.score = g->dev_score.data;
+            a.n_score = c->n_ctx_max;
+        }
+        st = dev ? ckv_attend_dev(c, g, layer, &a, q, out, a.score ? NULL : mass)
+                 : ckv_attend_staged(c, layer, &a, used, q, out, mass);
     } else {
         ckv_args_host(c, layer, &a);
         st = be ? kvs_backend_lat_attend(be, &a, q, out, mass) : kvs_backend_lat_attend_host(NULL, p->pool, &a, q, out, mass);
     }
+fail:
     if (st != KVS_OK) {
         kvs_seterr(p->err, sizeof p->err, "commonkv: attention of layer %d over %u tokens on %s: %s", layer, n,
                    be ? be->ops->name : "cpu",
                    be && be->err[0] ? be->err : kvs_status_str(st));
         return st;
     }
-    if (mass) {
+    if (mass && !a.score) {
         for (int i = 0, off = 0; i < a.n_segs; off += (int)used[i]->n, i++)
             for (uint32_t x = 0; x < used[i]->n; x++) g->score[used[i]->pos[x]] += mass[off + x];
     }
@@ -698,6 +739,15 @@ static enum kvs_status ckv_evict(struct ckv *c, int n_ctx)
         for (int gi = 0; gi < c->ng; gi++) per_token += (double)c->g[gi].nl * c->g[gi].r * 2 + 4;
         target = KVS_MAX(0.0, target - 0.5 * c->snap_window * per_token);
     }
+    /* a device's scores come down once per eviction (every snap_window tokens), not per step */
+    for (int gi = 0; gi < c->ng; gi++) {
+        enum kvs_status st = ckv_scores_down(c, &c->g[gi], (size_t)KVS_MIN(n_ctx, c->n_ctx_max));
+        if (st != KVS_OK) {
+            kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: eviction scores of group %d: %s", gi,
+                       c->base.be && c->base.be->err[0] ? kvs_backend_error(c->base.be) : kvs_status_str(st));
+            return st;
+        }
+    }
     float *pooled = malloc((size_t)KVS_MAX(n_ctx, 1) * sizeof(float));
     struct evc *ev = NULL;
     size_t ne = 0, cap = 0;
@@ -907,6 +957,7 @@ static void ckv_reset(struct kvs_press *p)
             kvs_ckv_seg_shrink(ss[w]);
         }
         if (g->score) memset(g->score, 0, (size_t)KVS_MIN(c->rope.n_pos, c->n_ctx_max) * sizeof(float));
+        kvs_backend_buf_free(c->base.be, &g->dev_score); /* made again, zeroed, at the next device attention */
         g->sim_valid = false;
         g->evicted = g->evicted_shared = 0;
     }

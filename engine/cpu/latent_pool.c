@@ -109,6 +109,15 @@ enum kvs_status kvs_cpu_lat_copy(const struct kvs_lat_rows *src, const struct kv
     return KVS_OK;
 }
 
+void kvs_cpu_lat_mass_add(const struct kvs_lat_attend_args *a, const float *mass, float *score)
+{
+    for (int s = 0, off = 0; s < a->n_segs; off += a->segs[s].L->n, s++) {
+        const int32_t *pos = a->segs[s].L->pos;
+        for (int i = 0; i < a->segs[s].L->n; i++)
+            if (pos[i] >= 0 && pos[i] < a->n_score) score[pos[i]] += mass[off + i];
+    }
+}
+
 enum kvs_status kvs_cpu_lat_compact(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, const uint8_t *keep)
 {
     if (!fmt_ok(f) || !rows_ok(L)) return KVS_ERR_ARG;

@@ -18,6 +18,9 @@ enum kvs_status kvs_cpu_lat_read(const struct kvs_lat_rows *L, const struct kvs_
 enum kvs_status kvs_cpu_lat_copy(const struct kvs_lat_rows *src, const struct kvs_lat_fmt *sf, int sarr, int row0,
                                  int n, struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df, int darr, int drow0,
                                  const int32_t *pos);
+/* score[pos_j] += mass[j] for every row j of A's segments, numbered segment after segment (the
+ * order lat_attend's MASS has); positions outside [0, a->n_score) are skipped. */
+void kvs_cpu_lat_mass_add(const struct kvs_lat_attend_args *a, const float *mass, float *score);
 enum kvs_status kvs_cpu_lat_compact(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, const uint8_t *keep);
 enum kvs_status kvs_cpu_lat_merge(const struct kvs_lat_rows *src, struct kvs_lat_rows *dst,
                                   const struct kvs_lat_fmt *f, const int32_t *idx, int m, const float *w);
