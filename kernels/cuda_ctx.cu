@@ -312,7 +312,8 @@ static int api_weight_new(struct kvs_cuda_ctx *c, struct kvs_cuda_weight **out, 
 {
     struct kvs_cuda_weight *w = NULL;
     *out = NULL;
-    KVS_REQUIRE(dtype == KVS_CUDA_F16 || dtype == KVS_CUDA_BF16, "weight_new: unknown dtype %d", dtype);
+    KVS_REQUIRE(dtype == KVS_CUDA_F16 || dtype == KVS_CUDA_BF16 || dtype == KVS_CUDA_F32,
+                "weight_new: unknown dtype %d", dtype);
     /* cuBLAS takes int dimensions */
     KVS_REQUIRE(rows > 0 && cols > 0 && rows <= 0x7fffffff && cols <= 0x7fffffff &&
                     (uint64_t)rows <= UINT64_MAX / 2 / (uint64_t)cols,
@@ -322,7 +323,7 @@ static int api_weight_new(struct kvs_cuda_ctx *c, struct kvs_cuda_weight **out, 
     w->rows = rows;
     w->cols = cols;
     w->dtype = dtype;
-    CUDA_CHECK(cudaMalloc(&w->data, (size_t)rows * (size_t)cols * 2));
+    CUDA_CHECK(cudaMalloc(&w->data, (size_t)rows * (size_t)cols * (dtype == KVS_CUDA_F32 ? 4 : 2)));
     *out = w;
     return KVS_CUDA_OK;
 fail:
@@ -341,6 +342,11 @@ static int api_weight_set_rows(struct kvs_cuda_ctx *c, struct kvs_cuda_weight *w
     if (!n) return KVS_CUDA_OK;
     count = (size_t)n * (size_t)w->cols;
     bytes = count * sizeof(float);
+    if (w->dtype == KVS_CUDA_F32) { /* kept as given */
+        CUDA_CHECK(cudaMemcpyAsync((char *)w->data + (size_t)row0 * (size_t)w->cols * 4, src, bytes,
+                                   cudaMemcpyHostToDevice, c->stream));
+        return KVS_CUDA_OK;
+    }
     stage = (float *)kvs_cuda_scratch(c, KVS_SCR_STAGE, bytes);
     if (!stage) goto fail;
     CUDA_CHECK(cudaMemcpyAsync(stage, src, bytes, cudaMemcpyHostToDevice, c->stream));
@@ -422,6 +428,8 @@ static const struct kvs_cuda_api kvs_cuda_table = {
     kvs_cuda_lat_qmerge,
     kvs_cuda_lat_cosine,
     api_cache_saturated,
+    kvs_cuda_lat_load,
+    kvs_cuda_lat_mass_add,
 };
 
 extern "C" __attribute__((visibility("default"))) const struct kvs_cuda_api *kvs_cuda_get_api(void)

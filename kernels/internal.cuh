@@ -69,7 +69,7 @@ struct kvs_cuda_ctx {
 struct kvs_cuda_weight {
     int64_t rows, cols;
     int dtype;       /* enum kvs_cuda_dtype */
-    void *data;      /* (rows, cols) row-major, 2 bytes per element */
+    void *data;      /* (rows, cols) row-major, 2 bytes per element (4 for KVS_CUDA_F32) */
 };
 
 const char *kvs_cusolver_status_str(cusolverStatus_t s);

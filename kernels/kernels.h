@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvs_cuda_api or an argument struct changes layout or meaning. */
-#define KVS_CUDA_ABI_VERSION 11u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
+#define KVS_CUDA_ABI_VERSION 12u /* 2: K/V pool entries (copy, kv_store, kv_compact), attn_kv16 mass;
                                  * 3: CommonKV latent segments (lat_store, lat_compact, lat_merge),
                                  *    pinned host memory, embed, add_bias, add, swiglu,
                                  *    compute_capability, NVTX ranges;
@@ -29,7 +29,10 @@ extern "C" {
                                  *    lat_qcompact, lat_qmerge);
                                  * 10: lat_cosine (cosine scores between latent arrays);
                                  * 11: cache_saturated (fp16 cache stores clamp at ±65504,
-                                 *     counted; lat_qload's fp16 output saturates too) */
+                                 *     counted; lat_qload's fp16 output saturates too);
+                                 * 12: lat_load (fp16 latent rows to fp32 on the device),
+                                 *     lat_mass_add (eviction scores by position on the device),
+                                 *     fp32 weights (KVS_CUDA_F32) */
 /* Name of the exported entry point (for dlsym). */
 #define KVS_CUDA_ENTRY "kvs_cuda_get_api"
 /* Largest head width the attention kernels accept (per-warp key in shared memory). */
@@ -67,7 +70,8 @@ static inline void kvs_check_record(char *errbuf, size_t cap, const char *lib, c
 enum kvs_cuda_rc { KVS_CUDA_OK = 0, KVS_CUDA_FAIL = -1 /* message in last_error() */ };
 
 /* Device storage of uploaded weights (tensor-core GEMM inputs). */
-enum kvs_cuda_dtype { KVS_CUDA_F16 = 1, KVS_CUDA_BF16 = 2 };
+/* F32: a small factor kept exact (CommonKV's latent projection A), its products by plain fp32 GEMMs */
+enum kvs_cuda_dtype { KVS_CUDA_F16 = 1, KVS_CUDA_BF16 = 2, KVS_CUDA_F32 = 3 };
 
 /* What probe() found, from the most to the least fundamental failure. */
 enum kvs_cuda_probe_status {
@@ -392,6 +396,14 @@ struct kvs_cuda_api {
      * for the stream, like acts_saturated: once a step). Decodes to fp16 for attention (kvq_attend,
      * mc_attend) saturate too but are not counted: their rows were counted when stored. */
     int (*cache_saturated)(struct kvs_cuda_ctx *c, uint64_t *count);
+    /* fp16 latent rows back to fp32 on the device (kvs_cuda_lat_load): rows that move to a packed
+     * segment are read here and encoded by lat_qstore without leaving the device. */
+    int (*lat_load)(struct kvs_cuda_ctx *c, const uint16_t *rows, int width, int row0, int n, float *x);
+    /* The attention mass of latent rows added to eviction scores by position, on the device
+     * (kvs_cuda_lat_mass_add): snapkv's scores of a CommonKV composition never come to the host
+     * per step. */
+    int (*lat_mass_add)(struct kvs_cuda_ctx *c, const int32_t *const *pos, const int *n, int n_segs,
+                        const float *mass, float *score, int n_score);
 };
 
 /* The library's single exported entry point: a static table (never NULL, never freed). */
@@ -433,6 +445,13 @@ int kvs_cuda_kv_compact(struct kvs_cuda_ctx *c, uint16_t *k, uint16_t *v, int32_
  * src[i] for i < n_keep (src strictly increasing), through scratch. lat_merge: see struct
  * kvs_cuda_lat_merge; fused multiply-adds in layer order, rounded once, as the CPU twin. */
 int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int row0, int T, const float *x);
+/* lat_load: x (n, width) fp32 = rows [row0, row0+n) of one fp16 array, widened (exact). */
+int kvs_cuda_lat_load(struct kvs_cuda_ctx *c, const uint16_t *rows, int width, int row0, int n, float *x);
+/* lat_mass_add: score[pos_s[i]] += mass[off_s + i] over the rows of N_SEGS segments numbered one after
+ * the other (POS: a host array of device pointers, N the rows of each); positions are distinct, and
+ * those outside [0, n_score) skipped. Twin: kvs_cpu_lat_mass_add (engine/cpu/latent_pool.c). */
+int kvs_cuda_lat_mass_add(struct kvs_cuda_ctx *c, const int32_t *const *pos, const int *n, int n_segs,
+                          const float *mass, float *score, int n_score);
 int kvs_cuda_lat_compact(struct kvs_cuda_ctx *c, uint16_t *const *rows, int n_arr, int32_t *pos, int width,
                          const int32_t *src, int n_keep);
 int kvs_cuda_lat_merge(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_merge *a);

@@ -1,9 +1,11 @@
 /* CommonKV latent segment kernels (DESIGN.md §4, §7; the private and shared latent pools in device
- * memory): fp32 -> fp16 stores of new rows (saturating at ±65504, counted), compaction (eviction,
- * or the rows a merge moved out) by a gather through scratch, the merge of one token's per-layer
- * latents into a shared row, and the cosine scores between a segment's arrays that drive merging.
- * Packed rows (quantized latents, the row codec of quant_codec.cuh) are stored, read, compacted and
- * merged here too, byte for byte as the CPU twin. The CPU twin is engine/cpu/latent_pool.c. Depends on CUDA only. */
+ * memory): fp32 -> fp16 stores of new rows (saturating at ±65504, counted) and fp16 -> fp32 loads
+ * (rows moving to packed segments), compaction (eviction, or the rows a merge moved out) by a
+ * gather through scratch, the merge of one token's per-layer latents into a shared row, the cosine
+ * scores between a segment's arrays that drive merging, and the attention mass added to eviction
+ * scores by position. Packed rows (quantized latents, the row codec of quant_codec.cuh) are stored,
+ * read, compacted and merged here too, byte for byte as the CPU twin. The CPU twin is
+ * engine/cpu/latent_pool.c. Depends on CUDA only. */
 #include "internal.cuh"
 #include "quant_codec.cuh"
 
@@ -32,6 +34,59 @@ int kvs_cuda_lat_store(struct kvs_cuda_ctx *c, uint16_t *rows, int width, int ro
     KVS_LAUNCH(k_lat_store, grid, 256, 0, c->stream)((__half *)rows, width, row0, count, x,
                                                          c->cache_clamped);
     KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* x[i] = float(rows[row0*width + i]), one thread per element (grid-stride): fp16 widens exactly. */
+__global__ void k_lat_load(const __half *rows, int width, int row0, int64_t count, float *x)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    size_t off = (size_t)row0 * width;
+    for (; i < count; i += stride) x[i] = __half2float(rows[off + i]);
+}
+
+int kvs_cuda_lat_load(struct kvs_cuda_ctx *c, const uint16_t *rows, int width, int row0, int n, float *x)
+{
+    int64_t count;
+    unsigned grid;
+    KVS_REQUIRE(width > 0 && row0 >= 0 && n >= 0, "lat_load: bad shape (width %d, row %d, n %d)", width, row0, n);
+    count = (int64_t)n * width;
+    if (!count) return KVS_CUDA_OK;
+    grid = kvs_grid(count, 256);
+    if (grid > 65535u * 8u) grid = 65535u * 8u;
+    KVS_LAUNCH(k_lat_load, grid, 256, 0, c->stream)((const __half *)rows, width, row0, count, x);
+    KVS_LAUNCH_CHECK();
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
+}
+
+/* score[pos[i]] += mass[i] for the N rows of one segment; rows outside [0, n_score) are skipped
+ * (the launcher checked them). One thread per row: the positions are distinct, so no two threads
+ * touch one score and the sum is the twin's, bit for bit. */
+__global__ void k_lat_mass_add(const int32_t *pos, int n, const float *mass, float *score, int n_score)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int32_t p = pos[i];
+    if (p >= 0 && p < n_score) score[p] += mass[i];
+}
+
+int kvs_cuda_lat_mass_add(struct kvs_cuda_ctx *c, const int32_t *const *pos, const int *n, int n_segs,
+                          const float *mass, float *score, int n_score)
+{
+    KVS_REQUIRE(n_segs >= 0 && n_segs <= KVS_CUDA_LAT_ATTEND_MAX_SEGS && n_score >= 0,
+                "lat_mass_add: %d segments, %d scores", n_segs, n_score);
+    for (int s = 0, off = 0; s < n_segs; off += n[s], s++) {
+        KVS_REQUIRE(n[s] >= 0, "lat_mass_add: segment %d has %d rows", s, n[s]);
+        if (!n[s]) continue;
+        /* one segment after the other, in order: a kernel per segment keeps the twin's order */
+        KVS_LAUNCH(k_lat_mass_add, kvs_grid(n[s], 256), 256, 0, c->stream)(pos[s], n[s], mass + off, score, n_score);
+        KVS_LAUNCH_CHECK();
+    }
     return KVS_CUDA_OK;
 fail:
     return KVS_CUDA_FAIL;

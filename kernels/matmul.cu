@@ -31,6 +31,11 @@ int kvs_cuda_matmul(struct kvs_cuda_ctx *c, const struct kvs_cuda_weight *w, con
     void *xs;
     KVS_REQUIRE(w != NULL && T >= 0, "matmul: bad arguments");
     if (T == 0) return KVS_CUDA_OK;
+    if (w->dtype == KVS_CUDA_F32) { /* an exact factor: fp32 in, fp32 products (no narrowing) */
+        CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &alpha,
+                                 (const float *)w->data, (int)w->cols, x, (int)w->cols, &beta, y, (int)w->rows));
+        return KVS_CUDA_OK;
+    }
     type = w->dtype == KVS_CUDA_BF16 ? CUDA_R_16BF : CUDA_R_16F;
     xs = kvs_cuda_scratch(c, KVS_SCR_ACT, (size_t)T * (size_t)w->cols * 2);
     if (!xs) goto fail;

@@ -137,16 +137,40 @@ static enum kvs_status cpu_lat_read(struct kvs_backend *b, const struct kvs_lat_
     return kvs_cpu_lat_read(L, f, arr, row0, n, x, pos);
 }
 
+static enum kvs_status cpu_lat_copy(struct kvs_backend *b, const struct kvs_lat_rows *src, const struct kvs_lat_fmt *sf,
+                                    int sarr, int row0, int n, struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df,
+                                    int darr, int drow0, const int32_t *pos)
+{
+    (void)b;
+    return kvs_cpu_lat_copy(src, sf, sarr, row0, n, dst, df, darr, drow0, pos);
+}
+
 static enum kvs_status cpu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                       const uint8_t *keep)
 {
     return kvs_cpu_lat_compact(L, f, keep);
 }
 
+/* The CPU twin of lat_attend on host rows; with A's scores (host memory here) the rows' mass goes
+ * there by position (kvs_cpu_lat_mass_add) instead of to MASS. */
+static enum kvs_status cpu_lat_attend_scored(struct kvs_pool *pool, const struct kvs_lat_attend_args *a,
+                                            const float *q, float *out, float *mass)
+{
+    if (!a->score) return kvs_cpu_lat_attend(pool, a, q, out, mass);
+    int64_t n = 0;
+    for (int i = 0; i < a->n_segs && i < KVS_LAT_ATTEND_MAX_SEGS; i++) n += a->segs[i].L ? a->segs[i].L->n : 0;
+    float *m = malloc((size_t)(n ? n : 1) * sizeof(float));
+    if (!m) return KVS_ERR_NOMEM;
+    enum kvs_status st = kvs_cpu_lat_attend(pool, a, q, out, m);
+    if (st == KVS_OK) kvs_cpu_lat_mass_add(a, m, a->score);
+    free(m);
+    return st;
+}
+
 static enum kvs_status cpu_lat_attend(struct kvs_backend *b, const struct kvs_lat_attend_args *a, const float *q,
                                      float *out, float *mass)
 {
-    return kvs_cpu_lat_attend(b->pool, a, q, out, mass);
+    return cpu_lat_attend_scored(b->pool, a, q, out, mass);
 }
 
 static bool cpu_lat_codec(const struct kvs_backend *b, uint32_t codec)
@@ -259,6 +283,7 @@ static const struct kvs_backend_ops cpu_ops = {
     .lat_grow = cpu_lat_grow,
     .lat_store = cpu_lat_store,
     .lat_read = cpu_lat_read,
+    .lat_copy = cpu_lat_copy,
     .lat_compact = cpu_lat_compact,
     .lat_merge = cpu_lat_merge,
     .lat_attend = cpu_lat_attend,
@@ -599,6 +624,18 @@ enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_bac
     bw->w = w;
     bw->dev = NULL;
     bw->table = false;
+    bw->exact = false;
+    if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
+    return KVS_OK;
+}
+
+enum kvs_status kvs_backend_factor_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
+                                           const struct kvs_weight *w)
+{
+    bw->w = w;
+    bw->dev = NULL;
+    bw->table = false;
+    bw->exact = true;
     if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
     return KVS_OK;
 }
@@ -609,6 +646,7 @@ enum kvs_status kvs_backend_table_prepare(struct kvs_backend *b, struct kvs_back
     bw->w = w;
     bw->dev = NULL;
     bw->table = true;
+    bw->exact = false;
     if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
     return KVS_OK;
 }
@@ -771,8 +809,8 @@ enum kvs_status kvs_backend_lat_grow(struct kvs_backend *b, struct kvs_lat_rows 
     return st;
 }
 
-enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
-                                      int arr, int row0, int T, const float *x, const int32_t *pos)
+enum kvs_status kvs_backend_lat_store_buf(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                          int arr, int row0, int T, const float *x, const int32_t *pos)
 {
     uint64_t c0 = L->clamped;
     enum kvs_status st;
@@ -780,10 +818,70 @@ enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows
         st = b->ops->lat_store(b, L, f, arr, row0, T, x, pos);
     } else {
         uint64_t t0 = fallback_begin(b);
-        st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+        if (kvs_backend_host_memory(b)) {
+            st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+        } else { /* rows the backend keeps on the host (a format it does not take): X comes down first */
+            size_t bytes = (size_t)T * f->width * sizeof(float);
+            float *h = malloc(bytes ? bytes : 1);
+            st = h ? b->ops->buf_download(b, h, x, bytes) : KVS_ERR_NOMEM;
+            if (st == KVS_OK) st = kvs_cpu_lat_store(L, f, arr, row0, T, h, pos);
+            free(h);
+        }
         fallback_end(b, t0);
     }
     host_clamped(b, c0, L->clamped);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                      int arr, int row0, int T, const float *x, const int32_t *pos)
+{
+    bool native = kvs_backend_lat_native(b, f);
+    uint64_t c0 = L->clamped;
+    enum kvs_status st;
+    if (native && kvs_backend_host_memory(b)) {
+        st = b->ops->lat_store(b, L, f, arr, row0, T, x, pos);
+    } else if (!native) { /* host rows: X is where they are */
+        uint64_t t0 = fallback_begin(b);
+        st = kvs_cpu_lat_store(L, f, arr, row0, T, x, pos);
+        fallback_end(b, t0);
+    } else { /* staged through a buffer of the backend's memory */
+        struct kvs_buf tmp = {0};
+        size_t bytes = (size_t)T * f->width * sizeof(float);
+        st = kvs_backend_buf_alloc(b, &tmp, bytes ? bytes : 1);
+        if (st == KVS_OK) st = kvs_backend_buf_upload(b, &tmp, 0, x, bytes);
+        if (st == KVS_OK) st = b->ops->lat_store(b, L, f, arr, row0, T, tmp.data, pos);
+        kvs_backend_buf_free(b, &tmp);
+    }
+    host_clamped(b, c0, L->clamped);
+    return st;
+}
+
+enum kvs_status kvs_backend_lat_copy(struct kvs_backend *b, const struct kvs_lat_rows *src,
+                                     const struct kvs_lat_fmt *sf, int sarr, int row0, int n,
+                                     struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df, int darr, int drow0,
+                                     const int32_t *pos)
+{
+    bool sn = kvs_backend_lat_native(b, sf), dn = kvs_backend_lat_native(b, df);
+    uint64_t c0 = dst->clamped;
+    enum kvs_status st;
+    if (sn && dn && b->ops->lat_copy) {
+        st = b->ops->lat_copy(b, src, sf, sarr, row0, n, dst, df, darr, drow0, pos);
+    } else if (!sn && !dn) { /* both in host memory */
+        uint64_t t0 = fallback_begin(b);
+        st = kvs_cpu_lat_copy(src, sf, sarr, row0, n, dst, df, darr, drow0, pos);
+        fallback_end(b, t0);
+    } else { /* through the host: decoded rows come down and go up again into the destination's format */
+        if (sf->width != df->width || n < 0) return KVS_ERR_ARG;
+        uint64_t t0 = fallback_begin(b);
+        float *h = malloc((size_t)(n ? n : 1) * sf->width * sizeof(float));
+        st = h ? kvs_backend_lat_read(b, src, sf, sarr, row0, n, h, NULL) : KVS_ERR_NOMEM;
+        if (st == KVS_OK) st = kvs_backend_lat_store(b, dst, df, darr, drow0, n, h, pos);
+        free(h);
+        fallback_end(b, t0);
+        return st; /* kvs_backend_lat_store counted what it clamped */
+    }
+    host_clamped(b, c0, dst->clamped);
     return st;
 }
 
@@ -843,7 +941,7 @@ enum kvs_status kvs_backend_lat_attend(struct kvs_backend *b, const struct kvs_l
         return KVS_ERR_STATE;
     }
     uint64_t t0 = fallback_begin(b);
-    enum kvs_status st = kvs_cpu_lat_attend(b ? b->pool : NULL, a, q, out, mass);
+    enum kvs_status st = cpu_lat_attend_scored(b ? b->pool : NULL, a, q, out, mass);
     fallback_end(b, t0);
     return st;
 }
@@ -1039,7 +1137,7 @@ enum kvs_status kvs_backend_lat_attend_host(struct kvs_backend *b, struct kvs_po
 {
     bool host = kvs_backend_host_memory(b);
     uint64_t t0 = host ? 0 : fallback_begin(b);
-    enum kvs_status st = kvs_cpu_lat_attend(b ? b->pool : pool, a, q, out, mass);
+    enum kvs_status st = cpu_lat_attend_scored(b ? b->pool : pool, a, q, out, mass);
     if (!host) fallback_end(b, t0);
     return st;
 }

@@ -122,6 +122,11 @@ struct kvs_lat_attend_args {
                                * CPU builds one per call */
     int rope_n_pos;
     const struct kvs_lat_fmt *seg_f[KVS_LAT_ATTEND_MAX_SEGS]; /* segment i's format, or NULL: f */
+    /* eviction scores by position in the backend's memory (n_score floats), or NULL: with them each
+     * row's mass (what MASS would receive) is added at the row's position where the scores are, and
+     * MASS is not used; the rows' positions must be distinct */
+    float *score;
+    int n_score;
 };
 
 /* The merged tokens of a MiniCache layer pair (la, la+1) in a backend's memory (DESIGN.md §5
@@ -166,6 +171,8 @@ struct kvs_backend_weight {
     void *dev;                /* backend-owned (e.g. struct kvs_cuda_weight *); NULL: CPU path */
     bool table;               /* read by rows (embedding), never a product operand: the backend may
                                * keep it in a more precise 2-byte type than the products' */
+    bool exact;               /* a small factor (CommonKV's A) kept in fp32 on a device, its products in
+                               * fp32: a 16-bit copy would add its rounding to the cache's own */
 };
 
 struct kvs_backend;
@@ -259,14 +266,23 @@ struct kvs_backend_ops {
      * (each call a counted fallback). Host arrays are marked; F is the segment's format. */
     /* optional: NULL -> CPU path. Grows L to CAP >= L->n rows of its n_arr arrays, keeping them (CAP 0 frees). */
     enum kvs_status (*lat_grow)(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int cap);
-    /* Writes rows [row0, row0+T) of array ARR from x (T, width) fp32 host, and their positions from
-     * POS (T) host unless NULL; row0 + T <= cap. L->n is the caller's to move. */
+    /* Writes rows [row0, row0+T) of array ARR from x (T, width) fp32 in the backend's memory (a
+     * kvs_buf's data: the latents a device computed stay there), and their positions from POS (T)
+     * host unless NULL; row0 + T <= cap. L->n is the caller's to move. */
     enum kvs_status (*lat_store)(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, int arr,
                                  int row0, int T, const float *x, const int32_t *pos);
     /* x (n, width) fp32 host = rows [row0, row0+n) of array ARR; POS (n) host gets their positions
      * unless NULL. */
     enum kvs_status (*lat_read)(struct kvs_backend *b, const struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                 int arr, int row0, int n, float *x, int32_t *pos);
+    /* optional: NULL -> through the host (lat_read, then lat_store from a staging buffer). Rows
+     * [row0, row0+n) of SRC's array SARR, decoded from SF, written in DF as rows [drow0, drow0+n) of
+     * DST's array DARR (drow0 + n <= dst->cap; same width): fp16 rows that leave the residual window
+     * become packed ones without leaving the backend. Positions from POS (n) host unless NULL;
+     * dst->n is the caller's to move. */
+    enum kvs_status (*lat_copy)(struct kvs_backend *b, const struct kvs_lat_rows *src, const struct kvs_lat_fmt *sf,
+                                int sarr, int row0, int n, struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df,
+                                int darr, int drow0, const int32_t *pos);
     /* Keeps the rows whose KEEP (L->n) host byte is set, in order, in every array; sets L->n. */
     enum kvs_status (*lat_compact)(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                    const uint8_t *keep);
@@ -487,6 +503,9 @@ enum kvs_status kvs_backend_set_weights(struct kvs_backend *b, const char *want)
  * uploads it. Release with kvs_backend_weight_release. */
 enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
                                            const struct kvs_weight *w);
+/* The same for a small factor kept exact on a device (bw->exact is set). */
+enum kvs_status kvs_backend_factor_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
+                                           const struct kvs_weight *w);
 /* The same for a lookup table (the embedding): bw->table is set. */
 enum kvs_status kvs_backend_table_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
                                           const struct kvs_weight *w);
@@ -522,8 +541,18 @@ enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_r
 bool kvs_backend_lat_native(const struct kvs_backend *b, const struct kvs_lat_fmt *f);
 enum kvs_status kvs_backend_lat_grow(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                      int cap);
+/* lat_store with X (T, width) in B's memory (the entry's contract) ... */
+enum kvs_status kvs_backend_lat_store_buf(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
+                                          int arr, int row0, int T, const float *x, const int32_t *pos);
+/* ... and with X host (tests, offline work): staged through a temporary buffer of B's memory. */
 enum kvs_status kvs_backend_lat_store(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
                                       int arr, int row0, int T, const float *x, const int32_t *pos);
+/* The lat_copy entry; without one, read to the host and stored from there (counted as a fallback
+ * on a backend whose memory is not the host's). Both segments on B, or both in host memory. */
+enum kvs_status kvs_backend_lat_copy(struct kvs_backend *b, const struct kvs_lat_rows *src,
+                                     const struct kvs_lat_fmt *sf, int sarr, int row0, int n,
+                                     struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df, int darr, int drow0,
+                                     const int32_t *pos);
 enum kvs_status kvs_backend_lat_read(struct kvs_backend *b, const struct kvs_lat_rows *L,
                                      const struct kvs_lat_fmt *f, int arr, int row0, int n, float *x, int32_t *pos);
 enum kvs_status kvs_backend_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,

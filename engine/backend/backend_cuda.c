@@ -488,6 +488,7 @@ static enum kvs_status cu_weight_prepare(struct kvs_backend *b, struct kvs_backe
     /* a lookup table is never a GEMM operand: fp16 keeps 3 more mantissa bits than bf16 whenever
      * every value is inside its range */
     if (bw->table && dtype == KVS_CUDA_BF16 && weight_absmax(w, tmp, chunk) <= 65504.0f) dtype = KVS_CUDA_F16;
+    if (bw->exact) dtype = KVS_CUDA_F32;
     if (s->api->weight_new(s->cx, &dw, w->rows, w->cols, dtype) != KVS_CUDA_OK) {
         free(tmp);
         return api_fail(b, "weight upload");
@@ -866,11 +867,10 @@ static enum kvs_status cu_lat_store(struct kvs_backend *b, struct kvs_lat_rows *
                                     int arr, int row0, int T, const float *x, const int32_t *pos)
 {
     struct cuda_be *s = b->ctx;
-    void *dx;
+    float *dx = (float *)x; /* device memory: the latents the projection left there */
     if (!lat_fmt_ok(s, L, f) || arr < 0 || arr >= L->n_arr || row0 < 0 || T < 0 || row0 > L->cap - T)
         return KVS_ERR_ARG;
     if (T == 0) return KVS_OK;
-    TRY(put(b, ST_C, x, (size_t)T * f->width * sizeof(float), &dx));
     if (pos && s->api->upload(s->cx, (int32_t *)L->pos + row0, pos, (size_t)T * sizeof(int32_t)) != KVS_CUDA_OK)
         return api_fail(b, "lat_store");
     struct kvs_cuda_qrow q = qrow_of(f);
@@ -903,6 +903,26 @@ static enum kvs_status cu_lat_read(struct kvs_backend *b, const struct kvs_lat_r
     free(h);
     if (st == KVS_OK && pos) st = get(b, pos, (const int32_t *)L->pos + row0, (size_t)n * sizeof(int32_t));
     return st;
+}
+
+/* Rows of SRC decoded to fp32 in staging (fp16 widened, packed decoded), then stored in DST's
+ * format: the rows never leave the device. */
+static enum kvs_status cu_lat_copy(struct kvs_backend *b, const struct kvs_lat_rows *src, const struct kvs_lat_fmt *sf,
+                                   int sarr, int row0, int n, struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df,
+                                   int darr, int drow0, const int32_t *pos)
+{
+    struct cuda_be *s = b->ctx;
+    if (!lat_fmt_ok(s, src, sf) || !lat_fmt_ok(s, dst, df) || sf->width != df->width || sarr < 0 ||
+        sarr >= src->n_arr || row0 < 0 || n < 0 || row0 > src->n - n)
+        return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    float *dx = stage(b, ST_C, (size_t)n * sf->width * sizeof(float));
+    if (!dx) return KVS_ERR_BACKEND;
+    struct kvs_cuda_qrow q = qrow_of(sf);
+    int rc = sf->codec == KVS_LAT_QROW ? s->api->lat_qload(s->cx, &q, src->rows[sarr], row0, n, dx, 0)
+                                       : s->api->lat_load(s->cx, src->rows[sarr], sf->width, row0, n, dx);
+    if (rc != KVS_CUDA_OK) return api_fail(b, "lat_copy");
+    return cu_lat_store(b, dst, df, darr, drow0, n, dx, pos);
 }
 
 static enum kvs_status cu_lat_compact(struct kvs_backend *b, struct kvs_lat_rows *L, const struct kvs_lat_fmt *f,
@@ -966,7 +986,8 @@ static const struct kvs_cuda_weight *bk16_get(struct kvs_backend *b, const float
 }
 
 /* q, out, B_k, B_v, the biases and the frequencies are device buffers, the rows the segments';
- * the query positions go up and the mass (when asked) comes back. Decode steps read B_k from its
+ * the query positions go up and the mass (when asked) comes back, or is added to the device's
+ * eviction scores (a->score) without leaving it. Decode steps read B_k from its
  * 16-bit copy (bk16_get); without one (no memory) they take the prefill path. Packed segments are
  * decoded to fp16 rows in scratch first (the decoded fp32 values rounded to nearest), which the
  * attention kernel then reads as it reads the fp16 segments. */
@@ -1012,10 +1033,15 @@ static enum kvs_status cu_lat_attend(struct kvs_backend *b, const struct kvs_lat
         }
     }
     TRY(put(b, ST_QPOS, a->q_pos, (size_t)a->T * sizeof(int32_t), &dqp));
-    if (mass && !(dmass = stage(b, ST_U, (size_t)(n ? n : 1) * sizeof(float)))) return KVS_ERR_BACKEND;
+    if ((mass || a->score) && !(dmass = stage(b, ST_U, (size_t)(n ? n : 1) * sizeof(float)))) return KVS_ERR_BACKEND;
     d.q_pos = dqp;
     d.mass = dmass;
     if (s->api->lat_attend(s->cx, &d) != KVS_CUDA_OK) return api_fail(b, "lat_attend");
+    if (a->score) { /* the mass stays here: added to the scores by position */
+        if (n && s->api->lat_mass_add(s->cx, d.pos, d.n, d.n_segs, dmass, a->score, a->n_score) != KVS_CUDA_OK)
+            return api_fail(b, "lat_attend");
+        return KVS_OK;
+    }
     if (mass && n) TRY(get(b, mass, dmass, (size_t)n * sizeof(float)));
     return KVS_OK;
 }
@@ -1446,6 +1472,7 @@ static const struct kvs_backend_ops cuda_ops = {
     .lat_grow = cu_lat_grow,
     .lat_store = cu_lat_store,
     .lat_read = cu_lat_read,
+    .lat_copy = cu_lat_copy,
     .lat_compact = cu_lat_compact,
     .lat_merge = cu_lat_merge,
     .lat_attend = cu_lat_attend,

@@ -68,11 +68,19 @@ void kvs_ckv_seg_shrink(struct kvs_ckv_seg *s)
     if (cap < s->cap) seg_resize(s, cap);
 }
 
-enum kvs_status kvs_ckv_seg_append(struct kvs_ckv_seg *s, int T, const int32_t *pos, const float *x)
+/* X in host memory (BUF false) or in the backend's (BUF true) */
+static enum kvs_status seg_store(struct kvs_ckv_seg *s, bool buf, uint32_t arr, uint32_t row0, int T, const float *x,
+                                 const int32_t *pos)
+{
+    return buf ? kvs_backend_lat_store_buf(s->be, &s->L, &s->f, (int)arr, (int)row0, T, x, pos)
+               : kvs_backend_lat_store(s->be, &s->L, &s->f, (int)arr, (int)row0, T, x, pos);
+}
+
+static enum kvs_status seg_append(struct kvs_ckv_seg *s, bool buf, int T, const int32_t *pos, const float *x)
 {
     if (T < 0 || s->n + (uint32_t)T > s->cap) return KVS_ERR_ARG;
     if (!T) return KVS_OK;
-    enum kvs_status st = kvs_backend_lat_store(s->be, &s->L, &s->f, 0, (int)s->n, T, x, pos);
+    enum kvs_status st = seg_store(s, buf, 0, s->n, T, x, pos);
     if (st != KVS_OK) return st;
     memcpy(s->pos + s->n, pos, (size_t)T * sizeof(int32_t));
     s->L.n += T;
@@ -80,11 +88,48 @@ enum kvs_status kvs_ckv_seg_append(struct kvs_ckv_seg *s, int T, const int32_t *
     return KVS_OK;
 }
 
-enum kvs_status kvs_ckv_seg_fill(struct kvs_ckv_seg *s, uint32_t arr, int T, const float *x)
+static enum kvs_status seg_fill(struct kvs_ckv_seg *s, bool buf, uint32_t arr, int T, const float *x)
 {
     if (T < 0 || (uint32_t)T > s->n || arr >= s->n_arr) return KVS_ERR_ARG;
     if (!T) return KVS_OK;
-    return kvs_backend_lat_store(s->be, &s->L, &s->f, (int)arr, (int)(s->n - (uint32_t)T), T, x, NULL);
+    return seg_store(s, buf, arr, s->n - (uint32_t)T, T, x, NULL);
+}
+
+enum kvs_status kvs_ckv_seg_append(struct kvs_ckv_seg *s, int T, const int32_t *pos, const float *x)
+{
+    return seg_append(s, false, T, pos, x);
+}
+
+enum kvs_status kvs_ckv_seg_fill(struct kvs_ckv_seg *s, uint32_t arr, int T, const float *x)
+{
+    return seg_fill(s, false, arr, T, x);
+}
+
+enum kvs_status kvs_ckv_seg_append_buf(struct kvs_ckv_seg *s, int T, const int32_t *pos, const float *x)
+{
+    return seg_append(s, true, T, pos, x);
+}
+
+enum kvs_status kvs_ckv_seg_fill_buf(struct kvs_ckv_seg *s, uint32_t arr, int T, const float *x)
+{
+    return seg_fill(s, true, arr, T, x);
+}
+
+enum kvs_status kvs_ckv_seg_move_rows(const struct kvs_ckv_seg *src, uint32_t row0, uint32_t n, struct kvs_ckv_seg *dst)
+{
+    if (row0 > src->n || n > src->n - row0 || dst->n + n > dst->cap || src->n_arr != dst->n_arr ||
+        src->width != dst->width || src->be != dst->be)
+        return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    for (uint32_t a = 0; a < src->n_arr; a++) {
+        enum kvs_status st = kvs_backend_lat_copy(src->be, &src->L, &src->f, (int)a, (int)row0, (int)n, &dst->L, &dst->f,
+                                                  (int)a, (int)dst->n, a == 0 ? src->pos + row0 : NULL);
+        if (st != KVS_OK) return st;
+    }
+    memcpy(dst->pos + dst->n, src->pos + row0, (size_t)n * sizeof(int32_t));
+    dst->L.n += (int)n;
+    sync_counts(dst);
+    return KVS_OK;
 }
 
 enum kvs_status kvs_ckv_seg_read(const struct kvs_ckv_seg *s, uint32_t arr, uint32_t row0, uint32_t n, float *x)

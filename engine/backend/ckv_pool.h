@@ -29,11 +29,18 @@ void kvs_ckv_seg_free(struct kvs_ckv_seg *s);
 enum kvs_status kvs_ckv_seg_reserve(struct kvs_ckv_seg *s, struct kvs_backend *be, uint32_t need);
 /* Gives back whole blocks no longer needed (best effort: a failed move keeps the old blocks). */
 void kvs_ckv_seg_shrink(struct kvs_ckv_seg *s);
-/* Opens T rows at the end (room reserved): array 0 gets x (T, width) fp32, all arrays' rows are
- * the tokens at POS (T). */
+/* Opens T rows at the end (room reserved): array 0 gets x (T, width) fp32 host, all arrays' rows
+ * are the tokens at POS (T). */
 enum kvs_status kvs_ckv_seg_append(struct kvs_ckv_seg *s, int T, const int32_t *pos, const float *x);
-/* Writes the last T rows of array ARR (the rows append opened) from x (T, width) fp32. */
+/* Writes the last T rows of array ARR (the rows append opened) from x (T, width) fp32 host. */
 enum kvs_status kvs_ckv_seg_fill(struct kvs_ckv_seg *s, uint32_t arr, int T, const float *x);
+/* The same two with X in the backend's memory (a kvs_buf's data: a device's own latents). */
+enum kvs_status kvs_ckv_seg_append_buf(struct kvs_ckv_seg *s, int T, const int32_t *pos, const float *x);
+enum kvs_status kvs_ckv_seg_fill_buf(struct kvs_ckv_seg *s, uint32_t arr, int T, const float *x);
+/* Appends rows [row0, row0+n) of SRC, every array, to DST (room reserved; same arrays and width,
+ * any formats, the same backend), re-encoded in DST's format where they are (lat_copy). SRC keeps
+ * its rows (compact it after). */
+enum kvs_status kvs_ckv_seg_move_rows(const struct kvs_ckv_seg *src, uint32_t row0, uint32_t n, struct kvs_ckv_seg *dst);
 /* x (n, width) fp32 = rows [row0, row0+n) of array ARR, decoded. */
 enum kvs_status kvs_ckv_seg_read(const struct kvs_ckv_seg *s, uint32_t arr, uint32_t row0, uint32_t n, float *x);
 /* Removes the rows whose DROP (n) byte is set, keeping order, and gives back whole blocks.

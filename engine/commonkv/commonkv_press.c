@@ -112,9 +112,14 @@ struct grp {
     uint32_t l0, nl, r;
     float *A;                       /* (r, D); borrowed from the press's own factors when a_borrowed */
     bool a_borrowed;
+    struct kvs_weight aw;           /* A as an fp32 weight, and its copy on a device backend (uploaded at
+                                     * the first store; the latent projection is the backend's matmul) */
+    struct kvs_backend_weight dev_a;
     struct seg p16, pq, s16, sq;    /* private fp16, private packed, shared fp16, shared packed */
     float w[KVS_CKV_MAX_G];         /* merge weights, summing to 1 */
     float *score;                   /* (n_ctx_max) eviction scores by position (snapkv), or NULL */
+    struct kvs_buf dev_score;       /* the same on a device backend, where its attention adds the mass;
+                                     * read (and added to SCORE: a staged layer's share) at eviction */
     double sim_mean;                /* mean similarity of the slots scored at the last merge */
     bool sim_valid;
     uint64_t evicted;
@@ -148,10 +153,12 @@ struct ckv {
     int n_ctx, last_merge_ctx, last_evict_ctx;
     float *lat;                 /* (T, r) store scratch */
     size_t lat_cap;
-    /* attention by the backend's lat_attend (a backend whose memory is not the host's): each
-     * layer's factors uploaded once, the queries and the output staged per call */
+    /* a backend whose memory is not the host's: each layer's factors uploaded once for its
+     * lat_attend, and the latents of a store (T, r) computed there */
     struct kvs_buf dev_bk[KVS_MAX_LAYERS], dev_bv[KVS_MAX_LAYERS], dev_kb[KVS_MAX_LAYERS], dev_vb[KVS_MAX_LAYERS];
-    struct kvs_buf dev_freqs, dev_q, dev_out;
+    struct kvs_buf dev_freqs, dev_lat;
+    float *h_q, *h_out;         /* (h_cap) a staged attention's queries and output on the host */
+    size_t h_cap;
     float *mass;                /* (mass_cap) attention mass of the rows, host (eviction) */
     size_t mass_cap;
     /* a device backend that cannot attend over every segment (packed rows a library keeps on the
@@ -163,11 +170,16 @@ struct ckv {
     size_t stage_cap;
 };
 
-static int ckv_max_rank(const struct ckv *c)
+/* BUF holds at least BYTES of BE's memory (contents not kept); then BYTES of host SRC copied
+ * there unless SRC is NULL. */
+static enum kvs_status dev_put(struct kvs_backend *be, struct kvs_buf *buf, size_t bytes, const float *src)
 {
-    int r = 0;
-    for (int g = 0; g < c->ng; g++) r = KVS_MAX(r, (int)c->g[g].r);
-    return r;
+    enum kvs_status st = KVS_OK;
+    if (buf->bytes < bytes) {
+        kvs_backend_buf_free(be, buf);
+        if ((st = kvs_backend_buf_alloc(be, buf, bytes)) != KVS_OK) return st;
+    }
+    return src ? kvs_backend_buf_upload(be, buf, 0, src, bytes) : KVS_OK;
 }
 
 static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *xn,
@@ -176,17 +188,35 @@ static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const in
     struct ckv *c = (struct ckv *)p;
     struct grp *g = &c->g[c->l2g[layer]];
     uint32_t li = (uint32_t)layer - g->l0, r = g->r;
-    if ((size_t)T * r > c->lat_cap) {
-        float *nl = realloc(c->lat, (size_t)T * r * sizeof(float));
-        if (!nl) goto oom;
-        c->lat = nl;
-        c->lat_cap = (size_t)T * r;
-    }
-    /* c = A xn for every new token: (T, D) x (r, D)^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)r, c->D, 1.0f, xn, c->D, g->A, c->D, 0.0f, c->lat,
-                (int)r);
-    struct seg *s = &g->p16;
+    bool dev = p->be && !kvs_backend_host_memory(p->be);
     enum kvs_status st;
+    const float *lat;
+    if (dev) {
+        /* c = A xn where xn is: the backend's matmul (an fp32 cuBLAS GEMM on a GPU: A uploaded once
+         * and kept exact, so the latents carry only the cache's fp16 rounding, as on the CPU); the
+         * latents go to the pool without leaving the device */
+        if (!g->dev_a.dev) {
+            g->aw = (struct kvs_weight){.type = KVS_GGML_F32, .rows = r, .cols = c->D, .data = g->A,
+                                        .row_bytes = (uint64_t)c->D * sizeof(float)};
+            if ((st = kvs_backend_factor_prepare(p->be, &g->dev_a, &g->aw)) != KVS_OK) goto dev_fail;
+        }
+        if ((st = dev_put(p->be, &c->dev_lat, (size_t)T * r * sizeof(float), NULL)) != KVS_OK ||
+            (st = kvs_backend_matmul_buf(p->be, &g->dev_a, xn, c->dev_lat.data, T)) != KVS_OK)
+            goto dev_fail;
+        lat = c->dev_lat.data;
+    } else {
+        if ((size_t)T * r > c->lat_cap) {
+            float *nl = realloc(c->lat, (size_t)T * r * sizeof(float));
+            if (!nl) goto oom;
+            c->lat = nl;
+            c->lat_cap = (size_t)T * r;
+        }
+        /* c = A xn for every new token: (T, D) x (r, D)^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)r, c->D, 1.0f, xn, c->D, g->A, c->D, 0.0f,
+                    c->lat, (int)r);
+        lat = c->lat;
+    }
+    struct seg *s = &g->p16;
     if (li == 0) {
         for (int t = 0; t < T; t++) {
             if (pos[t] < 0 || pos[t] >= c->n_ctx_max) {
@@ -197,7 +227,7 @@ static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const in
             if (kvs_rope_table_reserve(&c->rope, pos[t] + 1) != KVS_OK) goto oom;
         }
         if (!seg_reserve(p, s, s->n + (uint32_t)T)) goto oom;
-        st = kvs_ckv_seg_append(s, T, pos, c->lat);
+        st = dev ? kvs_ckv_seg_append_buf(s, T, pos, lat) : kvs_ckv_seg_append(s, T, pos, lat);
     } else {
         /* later layers of the group fill the rows the first layer opened, token for token */
         if (s->n < (uint32_t)T || memcmp(s->pos + s->n - T, pos, (size_t)T * sizeof(int32_t)) != 0) {
@@ -205,7 +235,7 @@ static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const in
                        layer);
             return KVS_ERR_STATE;
         }
-        st = kvs_ckv_seg_fill(s, li, T, c->lat);
+        st = dev ? kvs_ckv_seg_fill_buf(s, li, T, lat) : kvs_ckv_seg_fill(s, li, T, lat);
     }
     if (st != KVS_OK) {
         kvs_seterr(p->err, sizeof p->err, "commonkv: storing layer %d's latents: %s", layer,
@@ -213,6 +243,10 @@ static enum kvs_status ckv_store(struct kvs_press *p, int layer, int T, const in
         return st;
     }
     return KVS_OK;
+dev_fail:
+    kvs_seterr(p->err, sizeof p->err, "commonkv: latent projection of layer %d on %s: %s", layer, p->be->ops->name,
+               p->be->err[0] ? kvs_backend_error(p->be) : kvs_status_str(st));
+    return st;
 oom:
     kvs_seterr(p->err, sizeof p->err, "commonkv: out of memory storing layer %d", layer);
     return KVS_ERR_NOMEM;
@@ -227,9 +261,12 @@ static void ckv_dev_free(struct ckv *c)
         kvs_backend_buf_free(be, &c->dev_kb[l]);
         kvs_backend_buf_free(be, &c->dev_vb[l]);
     }
+    for (int gi = 0; gi < c->ng; gi++) {
+        kvs_backend_weight_release(be, &c->g[gi].dev_a);
+        kvs_backend_buf_free(be, &c->g[gi].dev_score);
+    }
     kvs_backend_buf_free(be, &c->dev_freqs);
-    kvs_backend_buf_free(be, &c->dev_q);
-    kvs_backend_buf_free(be, &c->dev_out);
+    kvs_backend_buf_free(be, &c->dev_lat);
 }
 
 /* The host scratch of attention: the mass and the staging of a device's rows. */
@@ -248,18 +285,6 @@ static void ckv_attend_scratch_free(struct ckv *c)
     c->stage_cap = c->mass_cap = 0;
 }
 
-/* BUF holds at least BYTES of BE's memory (contents not kept); then COUNT floats of host SRC
- * copied there unless SRC is NULL. */
-static enum kvs_status dev_put(struct kvs_backend *be, struct kvs_buf *buf, size_t bytes, const float *src)
-{
-    enum kvs_status st = KVS_OK;
-    if (buf->bytes < bytes) {
-        kvs_backend_buf_free(be, buf);
-        if ((st = kvs_backend_buf_alloc(be, buf, bytes)) != KVS_OK) return st;
-    }
-    return src ? kvs_backend_buf_upload(be, buf, 0, src, bytes) : KVS_OK;
-}
-
 /* A's factors, RoPE and key kernel as host arrays (the CPU backend, or rows staged to the host). */
 static void ckv_args_host(const struct ckv *c, int layer, struct kvs_lat_attend_args *a)
 {
@@ -274,14 +299,14 @@ static void ckv_args_host(const struct ckv *c, int layer, struct kvs_lat_attend_
     a->bk_pack = c->i8 ? (const void *)&c->bk8[layer] : c->bf16 ? (const void *)&c->bk16[layer] : NULL;
 }
 
-/* Attention of LAYER by a device backend's lat_attend over the rows where they are: the layer's
- * factors uploaded once, the queries and the output staged through device buffers. */
+/* Attention of LAYER by a device backend's lat_attend over the rows where they are, Q and OUT in
+ * its memory: the layer's factors uploaded once. */
 static enum kvs_status ckv_attend_dev(struct ckv *c, const struct grp *g, int layer, struct kvs_lat_attend_args *a,
                                       const float *q, float *out, float *mass)
 {
     struct kvs_backend *be = c->base.be;
     const int d = c->d, r = (int)g->r;
-    size_t dkv = (size_t)c->dkv, qbytes = (size_t)a->T * c->nh * d * sizeof(float);
+    size_t dkv = (size_t)c->dkv;
     enum kvs_status st;
     if (!c->dev_freqs.data && (st = dev_put(be, &c->dev_freqs, (size_t)(d / 2) * sizeof(float), c->rope.freqs)))
         return st;
@@ -294,21 +319,20 @@ static enum kvs_status ckv_attend_dev(struct ckv *c, const struct grp *g, int la
             return st;
         }
     }
-    if ((st = dev_put(be, &c->dev_q, qbytes, q)) || (st = dev_put(be, &c->dev_out, qbytes, NULL))) return st;
     a->bk = c->dev_bk[layer].data;
     a->bv = c->dev_bv[layer].data;
     a->bk_bias = c->dev_kb[layer].data;
     a->bv_bias = c->dev_vb[layer].data;
     a->freqs = c->dev_freqs.data;
-    if ((st = kvs_backend_lat_attend(be, a, c->dev_q.data, c->dev_out.data, mass))) return st;
-    return kvs_backend_buf_download(be, out, &c->dev_out, 0, qbytes);
+    return kvs_backend_lat_attend(be, a, q, out, mass);
 }
 
 /* Attention of LAYER on the host for a device backend that cannot take every segment where it is
  * (packed rows a library without packed support keeps in host memory) or a query chunk: the
  * segments in device memory are staged to host fp16 segments (fp16 -> fp32 -> fp16 is exact; packed
- * rows are decoded and rounded to fp16, as the device's own attention reads them), then the CPU twin
- * runs on the backend's threads, a counted fallback. USED: the segments of A, in order. */
+ * rows are decoded and rounded to fp16, as the device's own attention reads them), Q comes down,
+ * the CPU twin runs on the backend's threads (a counted fallback) and OUT goes back up. USED: the
+ * segments of A, in order. */
 static enum kvs_status ckv_attend_staged(struct ckv *c, int layer, struct kvs_lat_attend_args *a,
                                          const struct seg *const *used, const float *q, float *out, float *mass)
 {
@@ -342,7 +366,47 @@ static enum kvs_status ckv_attend_staged(struct ckv *c, int layer, struct kvs_la
         a->segs[i].arr = 0;
     }
     ckv_args_host(c, layer, a);
-    return kvs_backend_lat_attend_host(be, c->base.pool, a, q, out, mass);
+    size_t qn = (size_t)a->T * c->nh * c->d;
+    if (qn > c->h_cap) {
+        float *nq = realloc(c->h_q, qn * sizeof(float)), *no = nq ? realloc(c->h_out, qn * sizeof(float)) : NULL;
+        if (nq) c->h_q = nq;
+        if (no) c->h_out = no;
+        if (!no) return KVS_ERR_NOMEM;
+        c->h_cap = qn;
+    }
+    struct kvs_buf qb = {.data = (void *)q, .bytes = qn * sizeof(float)}, ob = {.data = out, .bytes = qb.bytes};
+    if ((st = kvs_backend_buf_download(be, c->h_q, &qb, 0, qb.bytes)) ||
+        (st = kvs_backend_lat_attend_host(be, c->base.pool, a, c->h_q, c->h_out, mass)))
+        return st;
+    return kvs_backend_buf_upload(be, &ob, 0, c->h_out, ob.bytes);
+}
+
+/* G's eviction scores in device memory, zeroed (the first device attention of a composition with
+ * snapkv); until then the mass of staged layers was added to the host's. */
+static enum kvs_status ckv_dev_scores(struct ckv *c, struct grp *g)
+{
+    float *zero = calloc((size_t)c->n_ctx_max, sizeof(float));
+    if (!zero) return KVS_ERR_NOMEM;
+    enum kvs_status st = dev_put(c->base.be, &g->dev_score, (size_t)c->n_ctx_max * sizeof(float), zero);
+    free(zero);
+    return st;
+}
+
+/* Device scores of G into its host scores (added: a staged layer's mass may be there), then zeroed
+ * there; positions [0, N_USED). */
+static enum kvs_status ckv_scores_down(struct ckv *c, struct grp *g, size_t n_used)
+{
+    if (!g->dev_score.data || !n_used) return KVS_OK;
+    float *t = calloc(n_used, sizeof(float));
+    if (!t) return KVS_ERR_NOMEM;
+    enum kvs_status st = kvs_backend_buf_download(c->base.be, t, &g->dev_score, 0, n_used * sizeof(float));
+    if (st == KVS_OK) {
+        for (size_t i = 0; i < n_used; i++) g->score[i] += t[i];
+        memset(t, 0, n_used * sizeof(float));
+        st = kvs_backend_buf_upload(c->base.be, &g->dev_score, 0, t, n_used * sizeof(float));
+    }
+    free(t);
+    return st;
 }
 
 /* Attention of LAYER over every row it may see (private fp16, private packed, shared fp16, shared
@@ -397,18 +461,25 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
          * emulated one took over 12 minutes for a 1,800-token prefill of the tiny model that the
          * staged path does in seconds) */
         bool dev = native && T <= KVS_LAT_FUSED_T && kvs_backend_lat_attend_native(be, &a);
-        st = dev ? ckv_attend_dev(c, g, layer, &a, q, out, mass) : ckv_attend_staged(c, layer, &a, used, q, out, mass);
+        if (dev && g->score) { /* the mass stays on the device, added to the group's scores there */
+            if (!g->dev_score.data && (st = ckv_dev_scores(c, g)) != KVS_OK) goto fail;
+            a.score = g->dev_score.data;
+            a.n_score = c->n_ctx_max;
+        }
+        st = dev ? ckv_attend_dev(c, g, layer, &a, q, out, a.score ? NULL : mass)
+                 : ckv_attend_staged(c, layer, &a, used, q, out, mass);
     } else {
         ckv_args_host(c, layer, &a);
         st = be ? kvs_backend_lat_attend(be, &a, q, out, mass) : kvs_backend_lat_attend_host(NULL, p->pool, &a, q, out, mass);
     }
+fail:
     if (st != KVS_OK) {
         kvs_seterr(p->err, sizeof p->err, "commonkv: attention of layer %d over %u tokens on %s: %s", layer, n,
                    be ? be->ops->name : "cpu",
                    be && be->err[0] ? be->err : kvs_status_str(st));
         return st;
     }
-    if (mass) {
+    if (mass && !a.score) {
         for (int i = 0, off = 0; i < a.n_segs; off += (int)used[i]->n, i++)
             for (uint32_t x = 0; x < used[i]->n; x++) g->score[used[i]->pos[x]] += mass[off + x];
     }
@@ -596,12 +667,11 @@ oom:
     return KVS_ERR_NOMEM;
 }
 
-/* Moves rows older than the fp16 residual window into packed segments. */
+/* Moves rows older than the fp16 residual window into packed segments, run by run of consecutive
+ * rows, encoded where the rows are (the backend's lat_copy: on a device they never leave it). */
 static enum kvs_status ckv_quantize(struct ckv *c, int n_ctx)
 {
     int32_t hi = n_ctx - (int32_t)c->qres;
-    float *buf = malloc((size_t)ckv_max_rank(c) * sizeof(float));
-    if (!buf) goto oom;
     for (int gi = 0; gi < c->ng; gi++) {
         struct grp *g = &c->g[gi];
         struct seg *pairs[2][2] = {{&g->p16, &g->pq}, {&g->s16, &g->sq}};
@@ -613,34 +683,30 @@ static enum kvs_status ckv_quantize(struct ckv *c, int n_ctx)
             uint8_t *drop = calloc(src->n, 1);
             if (!drop || !seg_reserve(&c->base, dst, dst->n + m)) {
                 free(drop);
-                goto oom;
+                kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory quantizing latents");
+                return KVS_ERR_NOMEM;
             }
             enum kvs_status st = KVS_OK;
-            for (uint32_t i = 0; i < src->n && st == KVS_OK; i++) {
-                if (src->pos[i] >= hi) continue;
-                for (uint32_t a = 0; a < src->n_arr && st == KVS_OK; a++) {
-                    st = kvs_ckv_seg_read(src, a, i, 1, buf);
-                    if (st == KVS_OK) st = a == 0 ? kvs_ckv_seg_append(dst, 1, src->pos + i, buf)
-                                                  : kvs_ckv_seg_fill(dst, a, 1, buf);
+            for (uint32_t i = 0; i < src->n && st == KVS_OK;) {
+                if (src->pos[i] >= hi) {
+                    i++;
+                    continue;
                 }
-                drop[i] = 1;
+                uint32_t e = i;
+                while (e < src->n && src->pos[e] < hi) drop[e++] = 1;
+                st = kvs_ckv_seg_move_rows(src, i, e - i, dst);
+                i = e;
             }
             if (st == KVS_OK) st = kvs_ckv_seg_compact(src, drop, NULL);
             free(drop);
             if (st != KVS_OK) {
-                free(buf);
                 kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: quantizing latents: %s",
                            c->base.be && c->base.be->err[0] ? kvs_backend_error(c->base.be) : kvs_status_str(st));
                 return st;
             }
         }
     }
-    free(buf);
     return KVS_OK;
-oom:
-    free(buf);
-    kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: out of memory quantizing latents");
-    return KVS_ERR_NOMEM;
 }
 
 struct evc {
@@ -672,6 +738,15 @@ static enum kvs_status ckv_evict(struct ckv *c, int n_ctx)
         double per_token = 0;
         for (int gi = 0; gi < c->ng; gi++) per_token += (double)c->g[gi].nl * c->g[gi].r * 2 + 4;
         target = KVS_MAX(0.0, target - 0.5 * c->snap_window * per_token);
+    }
+    /* a device's scores come down once per eviction (every snap_window tokens), not per step */
+    for (int gi = 0; gi < c->ng; gi++) {
+        enum kvs_status st = ckv_scores_down(c, &c->g[gi], (size_t)KVS_MIN(n_ctx, c->n_ctx_max));
+        if (st != KVS_OK) {
+            kvs_seterr(c->base.err, sizeof c->base.err, "commonkv: eviction scores of group %d: %s", gi,
+                       c->base.be && c->base.be->err[0] ? kvs_backend_error(c->base.be) : kvs_status_str(st));
+            return st;
+        }
     }
     float *pooled = malloc((size_t)KVS_MAX(n_ctx, 1) * sizeof(float));
     struct evc *ev = NULL;
@@ -882,6 +957,7 @@ static void ckv_reset(struct kvs_press *p)
             kvs_ckv_seg_shrink(ss[w]);
         }
         if (g->score) memset(g->score, 0, (size_t)KVS_MIN(c->rope.n_pos, c->n_ctx_max) * sizeof(float));
+        kvs_backend_buf_free(c->base.be, &g->dev_score); /* made again, zeroed, at the next device attention */
         g->sim_valid = false;
         g->evicted = g->evicted_shared = 0;
     }
@@ -924,6 +1000,8 @@ static void ckv_destroy(struct kvs_press *p)
         kvs_ckv_i8_free(&c->bk8[l]);
     }
     free(c->lat);
+    free(c->h_q);
+    free(c->h_out);
     ckv_attend_scratch_free(c);
     ckv_dev_free(c); /* nothing left after a detach; else the backend is still alive */
     kvs_rope_table_free(&c->rope);
@@ -1014,7 +1092,9 @@ enum kvs_status kvs_press_commonkv_create(struct kvs_press **out, const struct k
     c->base.ops = common ? &ckv_ops : &lowrank_ops;
     c->base.model = m;
     c->base.cfg = cfg;
-    c->base.needs = KVS_PRESS_NEEDS_XN;
+    /* xn, q and out stay in the backend's memory: on a device the latents are projected, stored,
+     * merged, quantized and attended over there */
+    c->base.needs = KVS_PRESS_NEEDS_XN | KVS_PRESS_BACKEND_IO;
     c->N = (int)hp->n_layer;
     c->D = (int)hp->n_embd;
     c->d = (int)hp->head_dim;

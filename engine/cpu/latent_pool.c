@@ -85,6 +85,39 @@ enum kvs_status kvs_cpu_lat_read(const struct kvs_lat_rows *L, const struct kvs_
     return KVS_OK;
 }
 
+enum kvs_status kvs_cpu_lat_copy(const struct kvs_lat_rows *src, const struct kvs_lat_fmt *sf, int sarr, int row0,
+                                 int n, struct kvs_lat_rows *dst, const struct kvs_lat_fmt *df, int darr, int drow0,
+                                 const int32_t *pos)
+{
+    if (!fmt_ok(sf) || !fmt_ok(df) || sf->width != df->width || !rows_ok(src) || !rows_ok(dst) || sarr < 0 ||
+        sarr >= src->n_arr || darr < 0 || darr >= dst->n_arr || row0 < 0 || n < 0 || row0 > src->n - n ||
+        drow0 < 0 || drow0 > dst->cap - n)
+        return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    /* a few rows at a time: decode to fp32, encode in the destination's format (the bytes a read
+     * followed by a store give) */
+    enum { CHUNK = 64 };
+    int rows = n < CHUNK ? n : CHUNK;
+    float *x = malloc((size_t)rows * sf->width * sizeof(float));
+    if (!x) return KVS_ERR_NOMEM;
+    for (int i = 0; i < n; i += rows) {
+        int k = n - i < rows ? n - i : rows;
+        kvs_cpu_lat_read(src, sf, sarr, row0 + i, k, x, NULL);
+        kvs_cpu_lat_store(dst, df, darr, drow0 + i, k, x, pos ? pos + i : NULL);
+    }
+    free(x);
+    return KVS_OK;
+}
+
+void kvs_cpu_lat_mass_add(const struct kvs_lat_attend_args *a, const float *mass, float *score)
+{
+    for (int s = 0, off = 0; s < a->n_segs; off += a->segs[s].L->n, s++) {
+        const int32_t *pos = a->segs[s].L->pos;
+        for (int i = 0; i < a->segs[s].L->n; i++)
+            if (pos[i] >= 0 && pos[i] < a->n_score) score[pos[i]] += mass[off + i];
+    }
+}
+
 enum kvs_status kvs_cpu_lat_compact(struct kvs_lat_rows *L, const struct kvs_lat_fmt *f, const uint8_t *keep)
 {
     if (!fmt_ok(f) || !rows_ok(L)) return KVS_ERR_ARG;

@@ -401,7 +401,7 @@ static enum kvs_status eval_chunk(struct kvs_ctx *c, const int32_t *tokens, int 
         ctr_add(c, KVS_OP_ROPE, t0, (uint64_t)T * (dq + dkv) * 8, (uint64_t)T * (dq + dkv) * 3);
         const float *pxn = xn, *pk = k, *pv = v, *pq = q;
         float *patt = att;
-        if (!direct) { /* a press on host arrays (CommonKV's pools are still host memory) */
+        if (!direct) { /* a press on host arrays (none built in sets it: each keeps its rows in the backend) */
             if (pr->needs & KVS_PRESS_NEEDS_XN) HOST(pxn, c->xn, c->h_xn, (size_t)T * D);
             else pxn = NULL;
             if (need_kv) {
