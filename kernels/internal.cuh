@@ -152,7 +152,7 @@ static inline unsigned kvs_grid(int64_t n, int per_block)
 int kvs_cuda_convert(struct kvs_cuda_ctx *c, void *dst, const float *src, int64_t n, int dtype);
 
 /* Softmax of R rows of length N in place (masked entries are -inf and become 0; a fully masked
- * row becomes all 0). Shared by both attention kinds. */
+ * row becomes all 0). The K/V attention's (the latent one has its own, fused with the mask). */
 int kvs_cuda_softmax_rows(struct kvs_cuda_ctx *c, float *x, int64_t rows, int n);
 
 /* Attention through a score matrix takes queries in chunks so that (T_chunk, n_head, n) fp32

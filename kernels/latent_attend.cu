@@ -5,11 +5,11 @@
  * position, scores the GQA group's queries and keeps an online softmax with P·C in fp32; a combine
  * kernel merges the splits (log-sum-exp) and applies ·B_vᵀ + b_v. K, V and the score matrix are
  * never stored; the attention mass is a second pass over the tiles with the final max and sum.
- * Prefill chunks (and attn_latent) run as cuBLAS GEMMs plus elementwise kernels: the rows gathered
- * to fp32, all KV heads' keys rebuilt once per call (one GEMM, then b_k and RoPE), then per chunk
- * of queries the scores per head (strided batched over the KV heads), mask, softmax, P·C (one
- * GEMM) and (P C) B_vᵀ (strided batched). The CPU twin is kvs_cpu_lat_attend (engine/cpu/).
- * Depends on CUDA (mma.h) and cuBLAS. */
+ * Prefill chunks (and attn_latent) run as cuBLAS GEMMs plus kernels without block barriers: the
+ * rows gathered to fp32, all KV heads' keys rebuilt once per call (one GEMM, then b_k and RoPE),
+ * then per chunk of queries the scores per head (strided batched over the KV heads), mask and
+ * softmax (a warp per row), P·C (one GEMM) and (P C) B_vᵀ (strided batched), + b_v. The CPU twin
+ * is kvs_cpu_lat_attend (engine/cpu/). Depends on CUDA (mma.h) and cuBLAS. */
 #include <mma.h>
 
 #include <stdlib.h>
@@ -419,27 +419,40 @@ __global__ void k_lat_keys_rope(float *K, const int32_t *pos, const float *kb, c
     k[ib] = x0 * (float)sn + x1 * (float)cs;
 }
 
-/* Scores S (tn, n_head, n) of the chunk's queries: scaled where row j is visible to query t
- * (pos[j] <= q_pos[t]), else -inf, which the softmax turns into 0. */
-__global__ void k_lat_mask(float *S, const int32_t *q_pos, const int32_t *pos, int64_t total, int n_head, int n,
-                           float scale)
+/* One warp per row (t, h) of the chunk's scores S (tn*n_head, n): scaled where row j is visible to
+ * query t (pos[j] <= q_pos[t]), else -inf; then the softmax over the row in place, as
+ * kvs_cuda_softmax_rows computes it (a row with nothing visible becomes all 0), and seen[t] = 1
+ * when query t saw a row. Warp reductions only, no block barrier: the block-per-row softmax's
+ * barriers and 256 threads per row took most of an emulated prefill, and 32 lanes per row fill a
+ * GPU once a chunk has a few hundred (query, head) rows. */
+__global__ void k_lat_softmax(float *S, const int32_t *q_pos, const int32_t *pos, int64_t rows, int n_head, int n,
+                              float scale, int *seen)
 {
-    int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= total) return;
-    int j = (int)(e % n);
-    int64_t t = e / n / n_head;
-    S[e] = pos[j] <= q_pos[t] ? S[e] * scale : -INFINITY;
-}
-
-/* seen[t] = 1 when query t sees at least one of the n rows. */
-__global__ void k_lat_seen(const int32_t *q_pos, const int32_t *pos, int tn, int n, int *seen)
-{
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= tn) return;
-    int32_t qp = q_pos[t];
-    int s = 0;
-    for (int j = 0; j < n && !s; j++) s = pos[j] <= qp;
-    seen[t] = s;
+    int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return; /* whole warps leave together */
+    float *s = S + row * n;
+    int32_t qp = q_pos[row / n_head];
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) {
+        float v = pos[j] <= qp ? s[j] * scale : -INFINITY;
+        s[j] = v;
+        m = fmaxf(m, v);
+    }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0 && row % n_head == 0) seen[row / n_head] = m != -INFINITY;
+    if (m == -INFINITY) { /* nothing visible: attend to nothing rather than produce NaN */
+        for (int j = lane; j < n; j += 32) s[j] = 0.0f;
+        return;
+    }
+    float sum = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+        float e = s[j] == -INFINITY ? 0.0f : expf(s[j] - m); /* a causal chunk masks half its scores */
+        s[j] = e;
+        sum += e;
+    }
+    float inv = 1.0f / kvs_warp_sum(sum);
+    for (int j = lane; j < n; j += 32) s[j] *= inv;
 }
 
 /* out (tn, n_head*d) += b_v[g] for the queries that saw a row; the others keep their 0 (P C = 0). */
@@ -500,10 +513,9 @@ int kvs_cuda_latent_attend_scored(struct kvs_cuda_ctx *c, const struct kvs_cuda_
             CUBLAS_CHECK(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, tn, d, &one, K, dkv, d,
                                                    q + (size_t)hh * d, dq, (long long)gq * d, &zero,
                                                    scores + (size_t)hh * n, a->n_head * n, (long long)gq * n, G));
-        KVS_LAUNCH(k_lat_mask, kvs_grid(rows * n, 256), 256, 0, c->stream)(scores, a->q_pos + t0, a->pos, rows * n,
-                                                                             a->n_head, n, a->scale);
+        KVS_LAUNCH(k_lat_softmax, kvs_grid(rows * 32, 256), 256, 0, c->stream)(scores, a->q_pos + t0, a->pos, rows,
+                                                                                 a->n_head, n, a->scale, seen);
         KVS_LAUNCH_CHECK();
-        if (kvs_cuda_softmax_rows(c, scores, rows, n) != KVS_CUDA_OK) goto fail;
         /* Row-major PC (rows, r) = P (rows, n) · C (n, r); column-major: PCᶜ = Cᶜ · Pᶜ. */
         CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, r, (int)rows, n, &one, a->c, r, scores, n, &zero,
                                  pc, r));
@@ -516,8 +528,6 @@ int kvs_cuda_latent_attend_scored(struct kvs_cuda_ctx *c, const struct kvs_cuda_
                                                    (long long)gq * r, &zero, out + (size_t)hh * d, dq,
                                                    (long long)gq * d, G));
         if (vb) {
-            KVS_LAUNCH(k_lat_seen, kvs_grid(tn, 128), 128, 0, c->stream)(a->q_pos + t0, a->pos, tn, n, seen);
-            KVS_LAUNCH_CHECK();
             KVS_LAUNCH(k_lat_out_bias, kvs_grid(rows * d, 256), 256, 0, c->stream)(out, vb, seen, rows * d,
                                                                                      a->n_head, gq, d);
             KVS_LAUNCH_CHECK();
