@@ -391,12 +391,8 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
     }
     enum kvs_status st;
     if (be && !kvs_backend_host_memory(be)) {
-        /* a device attends decode steps where the rows are; query chunks (prefill) stay on the
-         * host twin over staged rows, as before this attended through lat_attend, until the
-         * device has a kernel that does not rebuild every row's keys per query chunk (the
-         * emulated one took over 12 minutes for a 1,800-token prefill of the tiny model that the
-         * staged path does in seconds) */
-        bool dev = native && T <= KVS_LAT_FUSED_T && kvs_backend_lat_attend_native(be, &a);
+        /* a device attends where the rows are, decode steps and prefill chunks alike */
+        bool dev = native && kvs_backend_lat_attend_native(be, &a);
         st = dev ? ckv_attend_dev(c, g, layer, &a, q, out, mass) : ckv_attend_staged(c, layer, &a, used, q, out, mass);
     } else {
         ckv_args_host(c, layer, &a);
