@@ -36,6 +36,7 @@ enum kvs_cuda_scratch_slot {
     KVS_SCR_COMPACT,    /* kv_compact: gathered K, V rows and positions */
     KVS_SCR_LAT_C,      /* lat_attend: the segments' rows gathered to fp32 (n, rank) */
     KVS_SCR_LAT_POS,    /* lat_attend: their positions (n) */
+    KVS_SCR_LAT_K,      /* latent attention, prefill: keys (n, n_head_kv*head_dim), then (T_chunk) seen flags */
     KVS_SCR_LAT_PART,   /* lat_attend decode: per split P·C (splits, T*n_head, rank), max and sum */
     KVS_SCR_LAT_MASS,   /* lat_attend decode: attention mass per KV head (n_head_kv, n) */
     KVS_SCR_MC_KV,      /* mc_attend: unmerged and rebuilt merged K, V rows and positions */
@@ -167,12 +168,31 @@ static inline unsigned kvs_grid(int64_t n, int per_block)
 int kvs_cuda_convert(struct kvs_cuda_ctx *c, void *dst, const float *src, int64_t n, int dtype);
 
 /* Softmax of R rows of length N in place (masked entries are -inf and become 0; a fully masked
- * row becomes all 0). Shared by both attention kinds. */
+ * row becomes all 0). The K/V attention's (the latent one has its own, fused with the mask). */
 int kvs_cuda_softmax_rows(struct kvs_cuda_ctx *c, float *x, int64_t rows, int n);
 
-/* Latent attention through a (T_chunk, n_head, n) score matrix (attention.cu): attn_latent, and
- * lat_attend's prefill chunks over rows gathered to fp32. Biases KB, VB (NULL: none); MASS (n,
- * zeroed by the caller) or NULL gets the weights of the queries t >= MASS_FROM. */
+/* Attention through a score matrix takes queries in chunks so that (T_chunk, n_head, n) fp32
+ * scores stay under this cap; the emulated build lowers it so that tests reach the chunk loop. */
+#ifndef ATT_SCORE_BYTES
+#define ATT_SCORE_BYTES (256u << 20)
+#endif
+
+/* Queries per chunk so that (chunk, n_head, n) floats fit the score cap; at least 1. */
+static inline int kvs_att_chunk(int T, int n_head, int n)
+{
+    uint64_t per_q = (uint64_t)n_head * (uint64_t)n * sizeof(float);
+    uint64_t tc = per_q ? ATT_SCORE_BYTES / per_q : (uint64_t)T;
+    if (tc < 1) tc = 1;
+    if (tc > (uint64_t)T) tc = (uint64_t)T;
+    return (int)tc;
+}
+
+/* MASS[j] += Σ over ROWS rows of probabilities P (rows, n), rows in order (attention.cu). */
+int kvs_cuda_mass_add(struct kvs_cuda_ctx *c, const float *p, int64_t rows, int n, float *mass);
+
+/* Latent attention by GEMMs through a (T_chunk, n_head, n) score matrix (latent_attend.cu):
+ * attn_latent, and lat_attend's prefill chunks over rows gathered to fp32. Biases KB, VB (NULL:
+ * none); MASS (n, zeroed by the caller) or NULL gets the weights of the queries t >= MASS_FROM. */
 int kvs_cuda_latent_attend_scored(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a, const float *kb,
                                   const float *vb, float *mass, int mass_from);
 

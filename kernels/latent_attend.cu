@@ -5,8 +5,11 @@
  * position, scores the GQA group's queries and keeps an online softmax with P·C in fp32; a combine
  * kernel merges the splits (log-sum-exp) and applies ·B_vᵀ + b_v. K, V and the score matrix are
  * never stored; the attention mass is a second pass over the tiles with the final max and sum.
- * Prefill chunks gather the rows to fp32 and take the score-matrix path of attention.cu.
- * The CPU twin is kvs_cpu_lat_attend (engine/cpu/). Depends on CUDA (mma.h) only. */
+ * Prefill chunks (and attn_latent) run as cuBLAS GEMMs plus kernels without block barriers: the
+ * rows gathered to fp32, all KV heads' keys rebuilt once per call (one GEMM, then b_k and RoPE),
+ * then per chunk of queries the scores per head (strided batched over the KV heads), mask and
+ * softmax (a warp per row), P·C (one GEMM) and (P C) B_vᵀ (strided batched), + b_v. The CPU twin
+ * is kvs_cpu_lat_attend (engine/cpu/). Depends on CUDA (mma.h) and cuBLAS. */
 #include <mma.h>
 
 #include <stdlib.h>
@@ -385,6 +388,8 @@ static int lat_attend_fused(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_at
                                            : la_launch<__half>(c, a, la, splits);
 }
 
+/* ---------------------------------------------------------------- prefill: GEMMs */
+
 /* C (n, rank) fp32 and P (n) from rows [0, n) of one segment, placed from row OFF on. */
 __global__ void k_lat_gather_f32(const __half *rows, const int32_t *pos, int n, int rank, int off, float *C,
                                  int32_t *P)
@@ -393,6 +398,149 @@ __global__ void k_lat_gather_f32(const __half *rows, const int32_t *pos, int n, 
     if (i >= (int64_t)n * rank) return;
     C[(int64_t)off * rank + i] = __half2float(rows[i]);
     if (i % rank == 0) P[off + i / rank] = pos[i / rank];
+}
+
+/* Keys K (n, n_kv*d) = C B_kᵀ in place: + b_k, then RoPE at each row's own position, one thread per
+ * (row, KV head, pair); the angle in double, as the fused kernel and the CPU twin's table. */
+__global__ void k_lat_keys_rope(float *K, const int32_t *pos, const float *kb, const float *freqs, int64_t total,
+                                int n_kv, int d, int neox)
+{
+    int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= total) return;
+    int half = d / 2, i = (int)(e % half);
+    int64_t jg = e / half; /* j * n_kv + g */
+    int g = (int)(jg % n_kv), ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+    float *k = K + jg * d;
+    float x0 = k[ia], x1 = k[ib];
+    if (kb) x0 += kb[g * d + ia], x1 += kb[g * d + ib];
+    double sn, cs;
+    sincos((double)pos[jg / n_kv] * (double)freqs[i], &sn, &cs);
+    k[ia] = x0 * (float)cs - x1 * (float)sn;
+    k[ib] = x0 * (float)sn + x1 * (float)cs;
+}
+
+/* One warp per row (t, h) of the chunk's scores S (tn*n_head, n): scaled where row j is visible to
+ * query t (pos[j] <= q_pos[t]), else -inf; then the softmax over the row in place, as
+ * kvs_cuda_softmax_rows computes it (a row with nothing visible becomes all 0), and seen[t] = 1
+ * when query t saw a row. Warp reductions only, no block barrier: the block-per-row softmax's
+ * barriers and 256 threads per row took most of an emulated prefill, and 32 lanes per row fill a
+ * GPU once a chunk has a few hundred (query, head) rows. */
+__global__ void k_lat_softmax(float *S, const int32_t *q_pos, const int32_t *pos, int64_t rows, int n_head, int n,
+                              float scale, int *seen)
+{
+    int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return; /* whole warps leave together */
+    float *s = S + row * n;
+    int32_t qp = q_pos[row / n_head];
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) {
+        float v = pos[j] <= qp ? s[j] * scale : -INFINITY;
+        s[j] = v;
+        m = fmaxf(m, v);
+    }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0 && row % n_head == 0) seen[row / n_head] = m != -INFINITY;
+    if (m == -INFINITY) { /* nothing visible: attend to nothing rather than produce NaN */
+        for (int j = lane; j < n; j += 32) s[j] = 0.0f;
+        return;
+    }
+    float sum = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+        float e = s[j] == -INFINITY ? 0.0f : expf(s[j] - m); /* a causal chunk masks half its scores */
+        s[j] = e;
+        sum += e;
+    }
+    float inv = 1.0f / kvs_warp_sum(sum);
+    for (int j = lane; j < n; j += 32) s[j] *= inv;
+}
+
+/* out (tn, n_head*d) += b_v[g] for the queries that saw a row; the others keep their 0 (P C = 0). */
+__global__ void k_lat_out_bias(float *out, const float *vb, const int *seen, int64_t total, int n_head, int gq, int d)
+{
+    int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= total) return;
+    int i = (int)(e % d);
+    int64_t th = e / d; /* t * n_head + h */
+    int g = (int)(th % n_head) / gq;
+    if (seen[th / n_head]) out[e] += vb[g * d + i];
+}
+
+int kvs_cuda_latent_attend_scored(struct kvs_cuda_ctx *c, const struct kvs_cuda_attn_latent *a, const float *kb,
+                                  const float *vb, float *mass, int mass_from)
+{
+    const float one = 1.0f, zero = 0.0f;
+    int tc, dq, dkv, gq, G, d, r, n;
+    float *K, *scores, *pc;
+    int *seen;
+    KVS_REQUIRE(a->T >= 0 && a->n >= 0 && a->n_head > 0 && a->n_head_kv > 0 && a->n_head % a->n_head_kv == 0 &&
+                    a->head_dim > 0 && a->head_dim % 2 == 0 && a->head_dim <= KVS_CUDA_MAX_HEAD_DIM &&
+                    a->rank > 0 && (int64_t)a->n_head * a->n <= 0x7fffffff &&
+                    (int64_t)a->n_head * a->rank <= 0x7fffffff,
+                "attn_latent: bad shape (T %d, n %d, heads %d/%d, dim %d, rank %d)", a->T, a->n, a->n_head,
+                a->n_head_kv, a->head_dim, a->rank);
+    G = a->n_head_kv, d = a->head_dim, r = a->rank, n = a->n;
+    gq = a->n_head / G, dq = a->n_head * d, dkv = G * d;
+    if (a->T == 0) return KVS_CUDA_OK;
+    if (n == 0) {
+        CUDA_CHECK(cudaMemsetAsync(a->out, 0, (size_t)a->T * dq * sizeof(float), c->stream));
+        return KVS_CUDA_OK;
+    }
+    tc = kvs_att_chunk(a->T, a->n_head, n);
+    K = (float *)kvs_cuda_scratch(c, KVS_SCR_LAT_K, (size_t)n * dkv * sizeof(float) + (size_t)tc * sizeof(int));
+    if (!K) goto fail;
+    seen = (int *)(K + (size_t)n * dkv);
+    scores = (float *)kvs_cuda_scratch(c, KVS_SCR_SCORES, (size_t)tc * a->n_head * n * sizeof(float));
+    if (!scores) goto fail;
+    pc = (float *)kvs_cuda_scratch(c, KVS_SCR_PC, (size_t)tc * a->n_head * r * sizeof(float));
+    if (!pc) goto fail;
+    /* every KV head's keys once per call, whatever the number of chunks. Row-major K (n, dkv) =
+     * C (n, r) · B_kᵀ; column-major: Kᶜ (dkv, n) = (B_kᶜ)ᵀ · Cᶜ */
+    CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, dkv, n, r, &one, a->bk, r, a->c, r, &zero, K, dkv));
+    KVS_LAUNCH(k_lat_keys_rope, kvs_grid((int64_t)n * dkv / 2, 256), 256, 0, c->stream)(
+        K, a->pos, kb, a->freqs, (int64_t)n * dkv / 2, G, d, a->neox);
+    KVS_LAUNCH_CHECK();
+    for (int t0 = 0; t0 < a->T; t0 += tc) {
+        int tn = a->T - t0 < tc ? a->T - t0 : tc;
+        int64_t rows = (int64_t)tn * a->n_head;
+        const float *q = a->q + (size_t)t0 * dq;
+        float *out = a->out + (size_t)t0 * dq;
+        /* Head h = g*gq + hh: row-major S_h (tn, n) = Q_h (tn, d; ld dq) · K_gᵀ (K_g: n, d; ld dkv),
+         * written at S + h*n with ld n_head*n so that S is (t, h, j). Column-major: S_hᶜ (n, tn) =
+         * (K_gᶜ)ᵀ · Q_hᶜ. One call per in-group index hh, batched over g: K_g, Q_h and S_h step by
+         * d, gq*d and gq*n from one KV head to the next. */
+        for (int hh = 0; hh < gq; hh++)
+            CUBLAS_CHECK(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, tn, d, &one, K, dkv, d,
+                                                   q + (size_t)hh * d, dq, (long long)gq * d, &zero,
+                                                   scores + (size_t)hh * n, a->n_head * n, (long long)gq * n, G));
+        KVS_LAUNCH(k_lat_softmax, kvs_grid(rows * 32, 256), 256, 0, c->stream)(scores, a->q_pos + t0, a->pos, rows,
+                                                                                 a->n_head, n, a->scale, seen);
+        KVS_LAUNCH_CHECK();
+        /* Row-major PC (rows, r) = P (rows, n) · C (n, r); column-major: PCᶜ = Cᶜ · Pᶜ. */
+        CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, r, (int)rows, n, &one, a->c, r, scores, n, &zero,
+                                 pc, r));
+        /* out_h (tn, d; ld dq) = PC_h (tn, r; ld n_head*r) · B_v[g]ᵀ (B_v[g]: d, r); column-major
+         * out_hᶜ (d, tn) = (B_vᶜ[g])ᵀ · PC_hᶜ. Batched over g: B_v[g], PC_h and out_h step by d*r,
+         * gq*r and gq*d. */
+        for (int hh = 0; hh < gq; hh++)
+            CUBLAS_CHECK(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, d, tn, r, &one, a->bv, r,
+                                                   (long long)d * r, pc + (size_t)hh * r, a->n_head * r,
+                                                   (long long)gq * r, &zero, out + (size_t)hh * d, dq,
+                                                   (long long)gq * d, G));
+        if (vb) {
+            KVS_LAUNCH(k_lat_out_bias, kvs_grid(rows * d, 256), 256, 0, c->stream)(out, vb, seen, rows * d,
+                                                                                     a->n_head, gq, d);
+            KVS_LAUNCH_CHECK();
+        }
+        if (mass) {
+            /* the chunk's rows (t, h) of the queries in the mass window, in order */
+            int64_t r0 = t0 >= mass_from ? 0 : (int64_t)(mass_from - t0) * a->n_head;
+            if (r0 < rows && kvs_cuda_mass_add(c, scores + r0 * n, rows - r0, n, mass) != KVS_CUDA_OK) goto fail;
+        }
+    }
+    return KVS_CUDA_OK;
+fail:
+    return KVS_CUDA_FAIL;
 }
 
 int kvs_cuda_lat_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_attend *a)
@@ -420,7 +568,7 @@ int kvs_cuda_lat_attend(struct kvs_cuda_ctx *c, const struct kvs_cuda_lat_attend
         return KVS_CUDA_OK;
     }
     if (la_fused_ok(c, a)) return lat_attend_fused(c, a, (int)n);
-    /* prefill chunks (or no 16-bit B_k): rows gathered to fp32 once, then the score-matrix path */
+    /* prefill chunks (or no 16-bit B_k): rows gathered to fp32 once, then the GEMM path */
     C = (float *)kvs_cuda_scratch(c, KVS_SCR_LAT_C, (size_t)n * a->rank * sizeof(float));
     if (!C) goto fail;
     P = (int32_t *)kvs_cuda_scratch(c, KVS_SCR_LAT_POS, (size_t)n * sizeof(int32_t));

@@ -4,7 +4,8 @@
 # recompiled; the rest and the shim come from BUILD/emu) and runs build/tests/test_cuda_emu --ops
 # against it. Each bug must make the test fail. Prints one line per bug (caught / NOT caught) and
 # "N passed, N failed" last. Usage: tests/plant_bugs.sh [BUILD]   (make check-planted);
-# PLANT_ONLY=TEXT plants only the bugs whose name contains TEXT.
+# PLANT_ONLY=TEXT plants only the bugs whose name contains TEXT; PLANT_ARGS="--only WORD" narrows each
+# run to the checks named WORD (quicker while writing a plant; the full --ops run is the real check).
 set -u
 cd "$(dirname "$0")/.."
 B=${1:-${KVS_BUILD:-build}}
@@ -21,7 +22,8 @@ CXX=$(make -s --no-print-directory BUILD="$B" emu-cxx) || { echo "0 passed, 1 fa
 { read -r LINK; read -r LIBS; } < <(make -s --no-print-directory BUILD="$B" emu-link)
 
 # the unpatched library must pass, or nothing below means anything
-if ! KVS_CUDA_EMU_LIB=$PWD/$EMU/libkvscope_cuda_emu.so "$TEST" --ops >"$W/baseline.log" 2>&1; then
+# shellcheck disable=SC2086
+if ! KVS_CUDA_EMU_LIB=$PWD/$EMU/libkvscope_cuda_emu.so "$TEST" --ops ${PLANT_ARGS:-} >"$W/baseline.log" 2>&1; then
     echo "plant_bugs: the unpatched emulated library fails its tests:"
     grep FAIL "$W/baseline.log" | head -5
     echo "0 passed, 1 failed"; exit 1
@@ -57,7 +59,8 @@ plant() {
     if ! $LINK -o "$d/lib.so" $objs "$EMU"/cuda_emu/*.o $LIBS 2>"$d/link.log"; then
         echo "FAIL $name: link failed:"; head -5 "$d/link.log"; fail=$((fail+1)); return
     fi
-    KVS_CUDA_EMU_LIB=$d/lib.so timeout 300 "$TEST" --ops >"$d/test.log" 2>&1
+    # shellcheck disable=SC2086
+    KVS_CUDA_EMU_LIB=$d/lib.so timeout 300 "$TEST" --ops ${PLANT_ARGS:-} >"$d/test.log" 2>&1
     local rc=$?
     local why
     why=$(grep -E '^(FAIL|cuda-emu:)' "$d/test.log" | head -n 1 | cut -c1-150)
@@ -73,7 +76,7 @@ plant() {
 plant "softmax without the max subtraction" norm.cu 's/expf\(row\[i\] - m\)/expf(row[i])/'
 plant "wrong output offset in the query-chunk loop" attention.cu \
     's/a->out \+ \(size_t\)t0 \* dq\)/a->out + (size_t)t0 * a->head_dim)/'
-plant "last token of the cache dropped" attention.cu 's/if \(j >= n\) return; \/\* whole warp/if (j >= n - 1) return; \/* whole warp/'
+plant "last token of the cache dropped" attention.cu 's/if \(j >= n\) return;\n(\s*)float \*k = ks\[warp\];/if (j >= n - 1) return;\n$1float *k = ks[warp];/'
 plant "GQA head->KV-head map shifted" attention.cu \
     's/int g = h \/ \(n_head \/ n_head_kv\);/int g = (h + 1) % n_head \/ (n_head \/ n_head_kv);/'
 plant "bf16 conversion off by a factor" cuda_ctx.cu 's/__float2bfloat16_rn\(src\[i\]\)/__float2bfloat16_rn(src[i] * 2.0f)/'
@@ -99,14 +102,27 @@ plant "latent pool: merged rows overwrite the shared segment's first rows" laten
     's/size_t to = \(size_t\)\(a\.row0 \+ r\) \* a\.width;/size_t to = (size_t)r * a.width;/'
 plant "latent pool: compaction moves only the first layer's rows" latent_pool.cu \
     's/for \(int a = 0; a < n_arr; a\+\+\) \{/for (int a = 0; a < 1; a++) {/'
-# attention over the latent segments' rows (lat_attend's prefill: the score-matrix path of attention.cu,
+# attention over the latent segments' rows (attn_latent and lat_attend's prefill: the GEMM path and
 # the gather in latent_attend.cu)
-plant "latent attention: RoPE at the row index instead of the stored position" attention.cu \
-    's/sincos\(\(double\)pj \* \(double\)freqs\[i\]/sincos((double)j * (double)freqs[i]/'
-plant "latent attention: mass counts every query, not the window" attention.cu \
+plant "latent attention: RoPE at the row index instead of the stored position" latent_attend.cu \
+    's/sincos\(\(double\)pos\[jg \/ n_kv\] \*/sincos((double)(jg \/ n_kv) */'
+plant "latent attention: mass counts every query, not the window" latent_attend.cu \
     's/int64_t r0 = t0 >= mass_from \? 0 : [^;]*;/int64_t r0 = 0;/'
 plant "latent attention: shared rows gathered over the private ones" latent_attend.cu \
     's/C\[\(int64_t\)off \* rank \+ i\] = /C[i] = /'
+plant "prefill: mask hides a row at the query's own position" latent_attend.cu \
+    's/float v = pos\[j\] <= qp \?/float v = pos[j] < qp ?/'
+plant "prefill: b_k of KV head 0 for every head" latent_attend.cu \
+    's/if \(kb\) x0 \+= kb\[g \* d \+ ia\], x1 \+= kb\[g \* d \+ ib\];/if (kb) x0 += kb[ia], x1 += kb[ib];/'
+plant "prefill: b_v of KV head 0 for every head" latent_attend.cu 's/out\[e\] \+= vb\[g \* d \+ i\];/out[e] += vb[i];/'
+plant "prefill: b_v added where the query saw no row" latent_attend.cu \
+    's/if \(seen\[th \/ n_head\]\) out\[e\]/out[e]/'
+plant "prefill: score batches take the queries one head apart, not one KV group" latent_attend.cu \
+    's/dq, \(long long\)gq \* d, &zero,/dq, (long long)d, &zero,/'
+plant "prefill: output batches step B_v by a row, not by a KV head" latent_attend.cu \
+    's/a->bv, r,\n(\s*)\(long long\)d \* r,/a->bv, r,\n$1(long long)r,/'
+plant "prefill: mass window counted from each chunk's start" latent_attend.cu \
+    's/\(int64_t\)\(mass_from - t0\) \* a->n_head;/(int64_t)mass_from * a->n_head;/'
 # the element-wise steps of a device-resident token (embedding.cu, elementwise.cu)
 plant "embedding reads a neighbouring token's row" embedding.cu \
     's/const __half \*row = table \+ \(size_t\)tokens\[blockIdx.x\] \* cols;/const __half *row = table + (size_t)(tokens[blockIdx.x] ^ 1) * cols;/'

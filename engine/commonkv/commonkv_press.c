@@ -162,7 +162,7 @@ struct ckv {
     float *mass;                /* (mass_cap) attention mass of the rows, host (eviction) */
     size_t mass_cap;
     /* a device backend that cannot attend over every segment (packed rows a library keeps on the
-     * host beside its fp16 ones) or a query chunk: its device rows staged to host fp16 segments,
+     * host beside its fp16 ones): its device rows staged to host fp16 segments,
      * one per native segment of the call */
     struct kvs_lat_rows stage[4];
     struct kvs_lat_fmt stage_fmt[4]; /* the staged segments' formats (fp16) */
@@ -328,7 +328,7 @@ static enum kvs_status ckv_attend_dev(struct ckv *c, const struct grp *g, int la
 }
 
 /* Attention of LAYER on the host for a device backend that cannot take every segment where it is
- * (packed rows a library without packed support keeps in host memory) or a query chunk: the
+ * (packed rows a library without packed support keeps in host memory): the
  * segments in device memory are staged to host fp16 segments (fp16 -> fp32 -> fp16 is exact; packed
  * rows are decoded and rounded to fp16, as the device's own attention reads them), Q comes down,
  * the CPU twin runs on the backend's threads (a counted fallback) and OUT goes back up. USED: the
@@ -411,8 +411,9 @@ static enum kvs_status ckv_scores_down(struct ckv *c, struct grp *g, size_t n_us
 
 /* Attention of LAYER over every row it may see (private fp16, private packed, shared fp16, shared
  * packed; empty segments left out), always by the backend's lat_attend: where the rows are, or on
- * the host (the CPU twin over staged rows) for a device that cannot take them all or a query chunk. The eviction mass of the last snap_window queries
- * is added to the group's scores by position. */
+ * the host (the CPU twin over staged rows) for a device that cannot take them all. The eviction mass
+ * of the last snap_window queries is added to the group's scores by position (on a device, where
+ * they are). */
 static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const int32_t *pos, const float *q,
                                   float *out)
 {
@@ -455,13 +456,10 @@ static enum kvs_status ckv_attend(struct kvs_press *p, int layer, int T, const i
     }
     enum kvs_status st;
     if (be && !kvs_backend_host_memory(be)) {
-        /* a device attends decode steps where the rows are; query chunks (prefill) stay on the
-         * host twin over staged rows, as before this attended through lat_attend, until the
-         * device has a kernel that does not rebuild every row's keys per query chunk (the
-         * emulated one took over 12 minutes for a 1,800-token prefill of the tiny model that the
-         * staged path does in seconds) */
-        bool dev = native && T <= KVS_LAT_FUSED_T && kvs_backend_lat_attend_native(be, &a);
-        if (dev && g->score) { /* the mass stays on the device, added to the group's scores there */
+        /* a device attends where the rows are, decode steps and prefill chunks alike; with snapkv
+         * the mass stays there too, added to the group's scores by position */
+        bool dev = native && kvs_backend_lat_attend_native(be, &a);
+        if (dev && g->score) {
             if (!g->dev_score.data && (st = ckv_dev_scores(c, g)) != KVS_OK) goto fail;
             a.score = g->dev_score.data;
             a.n_score = c->n_ctx_max;

@@ -119,6 +119,7 @@ static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
         float *ev = j->ev && tile >= j->ev_tile0 ?
                     j->ev + ((size_t)h * (j->n_tiles - j->ev_tile0) + (tile - j->ev_tile0)) * n : NULL;
         if (ev) memset(ev, 0, (size_t)n * sizeof(float));
+        bool seen[LA_QTILE]; /* the query saw a row: only then does it get b_v (the contract's 0) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tq, n, d, a->scale, j->q + (size_t)i0 * dq + (size_t)h * d,
                     dq, j->kk + (size_t)kv * d, dkv, 0.0f, S, n);
         for (int i = 0; i < tq; i++) {
@@ -129,7 +130,8 @@ static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
                 if (j->rp[x] > qp) sr[x] = -INFINITY;
                 else if (sr[x] > mx) mx = sr[x];
             }
-            if (mx == -INFINITY) {
+            seen[i] = mx != -INFINITY;
+            if (!seen[i]) {
                 memset(sr, 0, (size_t)n * sizeof(float));
                 continue;
             }
@@ -151,7 +153,7 @@ static void attn_range(void *ctx, int64_t b, int64_t e, int thread)
                     o, dq);
         if (a->bv_bias)
             for (int i = 0; i < tq; i++)
-                for (int x = 0; x < d; x++) o[(size_t)i * dq + x] += a->bv_bias[kv * d + x];
+                for (int x = 0; x < d && seen[i]; x++) o[(size_t)i * dq + x] += a->bv_bias[kv * d + x];
     }
 }
 

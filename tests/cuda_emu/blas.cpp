@@ -1,4 +1,4 @@
-/* CUDA host emulation, libraries: cuBLAS (Sgemm, GemmEx with fp16/bf16/fp32 inputs and fp32
+/* CUDA host emulation, libraries: cuBLAS (Sgemm, SgemmStridedBatched, GemmEx with fp16/bf16/fp32 inputs and fp32
  * compute, Sgeam) mapped to OpenBLAS after converting half types to float, and cuSOLVER gesvdj
  * mapped to LAPACKE_sgesdd. Arguments are checked as cuBLAS/cuSOLVER check them (status codes),
  * and every operand must lie inside a device allocation (a GPU would fault). Column-major. */
@@ -145,6 +145,36 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
     cublasStatus_t st = gemm_check(h, ta, tb, m, n, k, alpha, lda, ldb, beta, ldc);
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     return gemm_common("cublasSgemm", ta, tb, m, n, k, *alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, *beta, C, ldc);
+}
+
+/* Batch i is cublasSgemm on A + i*strideA, B + i*strideB, C + i*strideC, in order, each operand
+ * checked inside its allocation. cuBLAS leaves overlapping C batches undefined (a GPU runs them
+ * at once): rejected here, so a wrong stride fails instead of depending on the order. */
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                         int k, const float *alpha, const float *A, int lda, long long strideA,
+                                         const float *B, int ldb, long long strideB, const float *beta, float *C,
+                                         int ldc, long long strideC, int batchCount)
+{
+    cublasStatus_t st = gemm_check(h, ta, tb, m, n, k, alpha, lda, ldb, beta, ldc);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    if (batchCount < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (batchCount > 1 && m && n) {
+        /* apart when each batch lies past the previous one's last column, or when the batches take
+         * disjoint row ranges of the same columns (all of them inside one leading dimension) */
+        long long s = strideC < 0 ? -strideC : strideC;
+        bool apart = s >= (long long)(n - 1) * ldc + m || (s >= m && (long long)(batchCount - 1) * s + m <= ldc);
+        if (!apart) {
+            fprintf(stderr, "cuda-emu: cublasSgemmStridedBatched: C batches overlap (m %d, n %d, ldc %d, strideC %lld)\n",
+                    m, n, ldc, strideC);
+            return CUBLAS_STATUS_INVALID_VALUE;
+        }
+    }
+    for (int i = 0; i < batchCount; i++) {
+        st = gemm_common("cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha, A + (long long)i * strideA, CUDA_R_32F,
+                         lda, B + (long long)i * strideB, CUDA_R_32F, ldb, *beta, C + (long long)i * strideC, ldc);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+    }
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
