@@ -225,6 +225,18 @@ plant_cpu "cpu lat_attend: fused decode masks by row index, not the stored posit
 plant_cpu "cpu lat_cosine: without the norm of one side" latent_pool.c \
     's/return aa > 0 && bb > 0 \? ab \/ sqrt\(aa \* bb\) : 0\.0;/return aa > 0 \&\& bb > 0 ? ab \/ sqrt(aa) : 0.0;/'
 
+# CommonKV's token on the device (lat_copy's load, the eviction scores by position, the exact factor)
+plant "lat_load: rows read from row 0, not row0" latent_pool.cu \
+    's/for \(; i < count; i \+= stride\) x\[i\] = __half2float\(rows\[off \+ i\]\);/for (; i < count; i += stride) x[i] = __half2float(rows[i]);/'
+plant "lat_mass_add: mass added at the row index, not its position" latent_pool.cu \
+    's/if \(p >= 0 && p < n_score\) score\[p\] \+= mass\[i\];/if (i < n_score) score[i] += mass[i];/'
+plant "lat_mass_add: only the first segment's rows" latent_pool.cu \
+    's/for \(int s = 0, off = 0; s < n_segs; off \+= n\[s\], s\+\+\)/for (int s = 0, off = 0; s < 1 \&\& s < n_segs; off += n[s], s++)/'
+plant "fp32 factor: uploaded as fp16" cuda_ctx.cu \
+    's/if \(w->dtype == KVS_CUDA_F32\) \{ \/\* kept as given \*\//if (w->dtype == KVS_CUDA_F32) { w->dtype = KVS_CUDA_F16; \/* kept as given *\//'
+plant_cpu "cpu lat_copy: every chunk of rows written at the first row" latent_pool.c \
+    's/kvs_cpu_lat_store\(dst, df, darr, drow0 \+ i, k,/kvs_cpu_lat_store(dst, df, darr, drow0, k,/'
+
 # fp16 cache stores saturate at +-65504 and count what they clamp, on both sides, bit for bit (issue 13:
 # test_cache_saturated): the device's conversion (internal.cuh), each store kernel's count, the
 # decodes for attention; the CPU twin's conversion (attention.c, vector body and scalar tail) and count

@@ -1183,16 +1183,17 @@ static void lat_pool_case(int G, int R, int block, int bits, int group)
         struct kvs_ckv_seg og, oc;
         kvs_ckv_seg_init(&og, &fo, (uint32_t)G, (uint32_t)block);
         kvs_ckv_seg_init(&oc, &fo, (uint32_t)G, (uint32_t)block);
-        CHECK(kvs_ckv_seg_reserve(&og, cuda16, 40) == KVS_OK && kvs_ckv_seg_reserve(&oc, cpu, 40) == KVS_OK);
-        const uint32_t runs[2][2] = {{0, 7}, {20, 33}};
+        /* the second run longer than the twin's 64-row chunk */
+        CHECK(kvs_ckv_seg_reserve(&og, cuda16, 107) == KVS_OK && kvs_ckv_seg_reserve(&oc, cpu, 107) == KVS_OK);
+        const uint32_t runs[2][2] = {{0, 7}, {20, 100}};
         for (int k = 0; k < 2; k++) {
             CHECKF(kvs_ckv_seg_move_rows(&pg, runs[k][0], runs[k][1], &og) == KVS_OK, "%s: rows to %s: %s", what,
                    bits ? "fp16" : "packed", cuda16->err);
             CHECK(kvs_ckv_seg_move_rows(&pc, runs[k][0], runs[k][1], &oc) == KVS_OK);
         }
         lat_same(bits ? "packed rows copied to fp16" : "fp16 rows copied to packed", &og, &oc);
-        CHECKF(og.n == 40 && og.pos[7] == pg.pos[20] && og.pos[39] == pg.pos[52], "%s: %u rows copied, row 7 at %d",
-               what, og.n, og.n > 7 ? og.pos[7] : -1);
+        CHECKF(og.n == 107 && og.pos[7] == pg.pos[20] && og.pos[106] == pg.pos[119],
+               "%s: %u rows copied, row 7 at %d", what, og.n, og.n > 7 ? og.pos[7] : -1);
         kvs_ckv_seg_free(&og), kvs_ckv_seg_free(&oc);
     }
     free(idx), free(drop);
