@@ -1018,11 +1018,51 @@ static void test_kv_quant(void)
     kvq_case(8, 4, 128, 8);
 }
 
+/* Every layer's newest key row in one read (a step record's layer similarity): SmolLM2's 30 layers,
+ * rows held differing by layer (one empty), bit for bit the device's and the CPU's, each equal to
+ * that layer's last row read alone. */
+static void kv_newest_keys_case(void)
+{
+    const int NL = 30, dkv = 192;
+    struct kvs_cache_pool *pg = NULL, *pc = NULL;
+    char err[256];
+    CHECKF(kvs_cache_pool_new(&pg, cuda16, NL, dkv, 64, err, sizeof err) == KVS_OK, "%s", err);
+    CHECKF(kvs_cache_pool_new(&pc, cpu, NL, dkv, 64, err, sizeof err) == KVS_OK, "%s", err);
+    if (!pg || !pc) return;
+    for (int l = 0; l < NL; l++) {
+        int T = l == 7 ? 0 : 1 + (l * 13) % 70;
+        int32_t pos[80];
+        for (int t = 0; t < T; t++) pos[t] = t;
+        float *k = rand_vec((size_t)(T ? T : 1) * dkv, -3, 3), *v = rand_vec((size_t)(T ? T : 1) * dkv, -3, 3);
+        if (T) {
+            CHECK(kvs_cache_pool_store(pg, l, T, pos, k, v) == KVS_OK);
+            CHECK(kvs_cache_pool_store(pc, l, T, pos, k, v) == KVS_OK);
+        }
+        free(k), free(v);
+    }
+    uint16_t *kg = malloc((size_t)NL * dkv * 2), *kc = malloc((size_t)NL * dkv * 2), *one = malloc((size_t)dkv * 2);
+    CHECKF(kvs_cache_pool_newest_keys(pg, kg) == KVS_OK, "%s", pg->err);
+    CHECK(kvs_cache_pool_newest_keys(pc, kc) == KVS_OK);
+    CHECKF(!memcmp(kg, kc, (size_t)NL * dkv * 2), "newest keys of %d layers differ between the device and the CPU", NL);
+    int bad = -1;
+    for (int l = 0; l < NL && bad < 0; l++) {
+        int n = kvs_cache_pool_rows(pc, l);
+        if (n) CHECK(kvs_cache_pool_read(pc, l, n - 1, 1, one, NULL, NULL) == KVS_OK);
+        else memset(one, 0, (size_t)dkv * 2);
+        if (memcmp(kg + (size_t)l * dkv, one, (size_t)dkv * 2)) bad = l;
+    }
+    CHECKF(bad < 0, "layer %d's newest key read with the others differs from its last row", bad);
+    free(kg), free(kc), free(one);
+    kvs_cache_pool_delete(pg);
+    kvs_cache_pool_delete(pc);
+}
+
 static void test_kv_pool(void)
 {
     kv_pool_case(9, 3, 64, 64, 1);   /* SmolLM2: GQA 3:1, head width 64 */
     kv_pool_case(8, 2, 128, 64, 1);  /* Llama-3-like: GQA 4:1, head width 128 */
     kv_pool_case(8, 2, 128, 16, 12); /* small blocks (many moves), large scores */
+    kv_newest_keys_case();
 }
 
 /* ---------------------------------------------------------------- CommonKV latent segments */

@@ -783,6 +783,17 @@ enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_r
     return st;
 }
 
+enum kvs_status kvs_backend_kv_keys_gather(struct kvs_backend *b, const struct kvs_kv_rows *const *Ls, int n,
+                                           int dkv, const int32_t *rows, uint16_t *k)
+{
+    if (kvs_backend_kv_native(b) && b->ops->kv_keys_gather) return b->ops->kv_keys_gather(b, Ls, n, dkv, rows, k);
+    for (int i = 0; i < n; i++) {
+        enum kvs_status st = kvs_backend_kv_read(b, Ls[i], dkv, rows[i], 1, k + (size_t)i * dkv, NULL, NULL);
+        if (st != KVS_OK) return st;
+    }
+    return KVS_OK;
+}
+
 /* ---- latent segment entries: the backend's set (fp16 rows), or the CPU twins on host memory ---- */
 
 bool kvs_backend_lat_native(const struct kvs_backend *b, const struct kvs_lat_fmt *f)

@@ -259,6 +259,10 @@ struct kvs_backend_ops {
     /* Copies rows [row0, row0+n) to host: k, v (n, dkv) fp16 bits, pos (n); any may be NULL. */
     enum kvs_status (*kv_read)(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
                                uint16_t *k, uint16_t *v, int32_t *pos);
+    /* optional: NULL -> kv_read per row. k (n, dkv) host fp16 bits = the key row ROWS[i] (host) of
+     * LS[i] for every i, with one wait for the device: what a step record reads of every layer. */
+    enum kvs_status (*kv_keys_gather)(struct kvs_backend *b, const struct kvs_kv_rows *const *Ls, int n, int dkv,
+                                      const int32_t *rows, uint16_t *k);
 
     /* CommonKV latent segments (engine/backend/latent_pool.h), in the formats lat_codec accepts
      * (fp16 at least; rows of another format take the CPU twins in host memory). The five entries
@@ -531,6 +535,8 @@ enum kvs_status kvs_backend_kv_store(struct kvs_backend *b, struct kvs_kv_rows *
 enum kvs_status kvs_backend_kv_attend(struct kvs_backend *b, const struct kvs_kv_rows *L,
                                       const struct kvs_kv_attend_args *a, const float *q, float *out, float *mass);
 enum kvs_status kvs_backend_kv_compact(struct kvs_backend *b, struct kvs_kv_rows *L, int dkv, const uint8_t *keep);
+enum kvs_status kvs_backend_kv_keys_gather(struct kvs_backend *b, const struct kvs_kv_rows *const *Ls, int n,
+                                           int dkv, const int32_t *rows, uint16_t *k);
 enum kvs_status kvs_backend_kv_read(struct kvs_backend *b, const struct kvs_kv_rows *L, int dkv, int row0, int n,
                                     uint16_t *k, uint16_t *v, int32_t *pos);
 

@@ -801,6 +801,24 @@ static enum kvs_status cu_kv_read(struct kvs_backend *b, const struct kvs_kv_row
     return KVS_OK;
 }
 
+/* The rows copied on the device into one staging buffer (no wait), then one download. */
+static enum kvs_status cu_kv_keys_gather(struct kvs_backend *b, const struct kvs_kv_rows *const *Ls, int n, int dkv,
+                                         const int32_t *rows, uint16_t *k)
+{
+    struct cuda_be *s = b->ctx;
+    if (n < 0 || dkv <= 0) return KVS_ERR_ARG;
+    for (int i = 0; i < n; i++)
+        if (rows[i] < 0 || rows[i] >= Ls[i]->n) return KVS_ERR_ARG;
+    if (!n) return KVS_OK;
+    size_t row = (size_t)dkv * sizeof(uint16_t);
+    char *d = stage(b, ST_V, (size_t)n * row);
+    if (!d) return KVS_ERR_BACKEND;
+    for (int i = 0; i < n; i++)
+        if (s->api->copy(s->cx, d + (size_t)i * row, (const char *)Ls[i]->k + (size_t)rows[i] * row, row) != KVS_CUDA_OK)
+            return api_fail(b, "kv_keys_gather");
+    return get(b, k, d, (size_t)n * row);
+}
+
 /* ---- CommonKV latent segments in device memory, fp16 or packed rows (twins: engine/cpu/latent_pool.c) ---- */
 
 static void cu_lat_free(struct cuda_be *s, void **rows, int n_arr, void **pos)
@@ -1469,6 +1487,7 @@ static const struct kvs_backend_ops cuda_ops = {
     .kv_attend = cu_kv_attend,
     .kv_compact = cu_kv_compact,
     .kv_read = cu_kv_read,
+    .kv_keys_gather = cu_kv_keys_gather,
     .lat_grow = cu_lat_grow,
     .lat_store = cu_lat_store,
     .lat_read = cu_lat_read,

@@ -156,6 +156,27 @@ enum kvs_status kvs_cache_pool_read(struct kvs_cache_pool *p, int layer, int row
     return st == KVS_OK ? KVS_OK : fail(p, st, "reading rows", layer);
 }
 
+enum kvs_status kvs_cache_pool_newest_keys(struct kvs_cache_pool *p, uint16_t *k)
+{
+    const struct kvs_kv_rows **Ls = calloc((size_t)p->n_layer, sizeof *Ls);
+    int32_t *rows = calloc((size_t)p->n_layer, sizeof *rows);
+    int *lay = malloc((size_t)p->n_layer * sizeof *lay);
+    uint16_t *g = malloc((size_t)p->n_layer * p->dkv * sizeof(uint16_t));
+    enum kvs_status st = KVS_ERR_NOMEM;
+    if (Ls && rows && lay && g) {
+        int n = 0;
+        for (int l = 0; l < p->n_layer; l++)
+            if (p->rows[l].n > 0) Ls[n] = &p->rows[l], rows[n] = p->rows[l].n - 1, lay[n++] = l;
+        st = kvs_backend_kv_keys_gather(p->be, Ls, n, p->dkv, rows, g);
+        if (st == KVS_OK) {
+            memset(k, 0, (size_t)p->n_layer * p->dkv * sizeof(uint16_t));
+            for (int i = 0; i < n; i++) memcpy(k + (size_t)lay[i] * p->dkv, g + (size_t)i * p->dkv, p->dkv * sizeof(uint16_t));
+        }
+    }
+    free(Ls), free(rows), free(lay), free(g);
+    return st == KVS_OK ? KVS_OK : fail(p, st, "reading the newest keys", 0);
+}
+
 void kvs_cache_pool_reset(struct kvs_cache_pool *p)
 {
     for (int l = 0; l < p->n_layer; l++) p->rows[l].n = 0, p->rows[l].dense = true;

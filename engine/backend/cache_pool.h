@@ -44,6 +44,9 @@ enum kvs_status kvs_cache_pool_compact(struct kvs_cache_pool *p, int layer, cons
 /* Copies rows [row0, row0+n) of LAYER to host (fp16 bits; any of k, v, pos may be NULL). */
 enum kvs_status kvs_cache_pool_read(struct kvs_cache_pool *p, int layer, int row0, int n, uint16_t *k,
                                     uint16_t *v, int32_t *pos);
+/* k (n_layer, dkv) fp16 bits = every layer's newest key row (its last row), zeros for a layer
+ * without rows: one wait for the device, whatever the layer count. */
+enum kvs_status kvs_cache_pool_newest_keys(struct kvs_cache_pool *p, uint16_t *k);
 /* Forgets every row, keeping the storage for the next sequence. */
 void kvs_cache_pool_reset(struct kvs_cache_pool *p);
 

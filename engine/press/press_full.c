@@ -17,7 +17,7 @@ struct press_full {
     struct kvs_press base;
     struct kvs_cache_pool *cp;  /* NULL until the first store; on base.be */
     int n_layer, dkv, n_ctx_max;
-    uint16_t *last;             /* (2, dkv) scratch: the newest key of two layers (similarity) */
+    uint16_t *last;             /* (n_layer, dkv) scratch: every layer's newest key (similarity) */
 };
 
 /* The pool on the press's current backend, made on first use. */
@@ -72,6 +72,8 @@ static void full_fill_record(const struct kvs_press *p, struct kvs_rec_step *r)
     r->n_layer = (uint32_t)f->n_layer;
     r->n_groups = 0;
     bool sim = false;
+    /* every layer's newest key in one read (one wait on a device, not two per layer pair) */
+    bool keys = f->cp && f->last && kvs_cache_pool_newest_keys(f->cp, f->last) == KVS_OK;
     for (int l = 0; l < f->n_layer && f->cp; l++) {
         int n = kvs_cache_pool_rows(f->cp, l);
         uint64_t b = kvs_cache_pool_bytes_held(f->cp, l);
@@ -81,10 +83,8 @@ static void full_fill_record(const struct kvs_press *p, struct kvs_rec_step *r)
         alloc += kvs_cache_pool_bytes_alloc(f->cp, l);
         /* the newest token sits at the same position in both layers, so RoPE rotates both keys
          * alike and their cosine equals that of the unrotated keys */
-        if (l + 1 < f->n_layer && n > 0 && kvs_cache_pool_rows(f->cp, l + 1) == n && f->last &&
-            kvs_cache_pool_read(f->cp, l, n - 1, 1, f->last, NULL, NULL) == KVS_OK &&
-            kvs_cache_pool_read(f->cp, l + 1, n - 1, 1, f->last + f->dkv, NULL, NULL) == KVS_OK) {
-            const uint16_t *a = f->last, *b2 = f->last + f->dkv;
+        if (keys && l + 1 < f->n_layer && n > 0 && kvs_cache_pool_rows(f->cp, l + 1) == n) {
+            const uint16_t *a = f->last + (size_t)l * f->dkv, *b2 = a + f->dkv;
             double ab = 0, aa = 0, bb = 0;
             for (int i = 0; i < f->dkv; i++) {
                 double x = kvs_fp16_to_fp32(a[i]), y = kvs_fp16_to_fp32(b2[i]);
@@ -134,7 +134,7 @@ enum kvs_status kvs_press_full_create(struct kvs_press **out, const struct kvs_m
 {
     struct press_full *f = calloc(1, sizeof *f);
     size_t dkv = (size_t)m->hp.n_head_kv * m->hp.head_dim;
-    if (f) f->last = malloc(2 * (dkv ? dkv : 1) * sizeof(uint16_t));
+    if (f) f->last = malloc((size_t)KVS_MAX(m->hp.n_layer, 1u) * (dkv ? dkv : 1) * sizeof(uint16_t));
     if (!f || !f->last) {
         if (f) free(f->last);
         free(f);
