@@ -253,11 +253,12 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
-static int api_acts_saturated(struct kvs_cuda_ctx *c, uint64_t *count)
+/* *COUNT = the device counter DEV, once the stream's work is done. */
+static int read_counter(struct kvs_cuda_ctx *c, const unsigned long long *dev, uint64_t *count)
 {
     unsigned long long n = 0;
     *count = 0;
-    CUDA_CHECK(cudaMemcpyAsync(&n, c->acts_clamped, sizeof n, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_CHECK(cudaMemcpyAsync(&n, dev, sizeof n, cudaMemcpyDeviceToHost, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     *count = (uint64_t)n;
     return KVS_CUDA_OK;
@@ -265,16 +266,14 @@ fail:
     return KVS_CUDA_FAIL;
 }
 
+static int api_acts_saturated(struct kvs_cuda_ctx *c, uint64_t *count)
+{
+    return read_counter(c, c->acts_clamped, count);
+}
+
 static int api_cache_saturated(struct kvs_cuda_ctx *c, uint64_t *count)
 {
-    unsigned long long n = 0;
-    *count = 0;
-    CUDA_CHECK(cudaMemcpyAsync(&n, c->cache_clamped, sizeof n, cudaMemcpyDeviceToHost, c->stream));
-    CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    *count = (uint64_t)n;
-    return KVS_CUDA_OK;
-fail:
-    return KVS_CUDA_FAIL;
+    return read_counter(c, c->cache_clamped, count);
 }
 
 /* ---------------------------------------------------------------- weights */

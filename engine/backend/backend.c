@@ -618,37 +618,34 @@ enum kvs_status kvs_backend_set_weights(struct kvs_backend *b, const char *want)
     return KVS_OK;
 }
 
-enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
-                                           const struct kvs_weight *w)
+/* Fills *BW for W as a product operand, an exact factor or a table, and makes the device copy. */
+static enum kvs_status weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw, const struct kvs_weight *w,
+                                      bool table, bool exact)
 {
     bw->w = w;
     bw->dev = NULL;
-    bw->table = false;
-    bw->exact = false;
+    bw->table = table;
+    bw->exact = exact;
     if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
     return KVS_OK;
+}
+
+enum kvs_status kvs_backend_weight_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
+                                           const struct kvs_weight *w)
+{
+    return weight_prepare(b, bw, w, false, false);
 }
 
 enum kvs_status kvs_backend_factor_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
                                            const struct kvs_weight *w)
 {
-    bw->w = w;
-    bw->dev = NULL;
-    bw->table = false;
-    bw->exact = true;
-    if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
-    return KVS_OK;
+    return weight_prepare(b, bw, w, false, true);
 }
 
 enum kvs_status kvs_backend_table_prepare(struct kvs_backend *b, struct kvs_backend_weight *bw,
                                           const struct kvs_weight *w)
 {
-    bw->w = w;
-    bw->dev = NULL;
-    bw->table = true;
-    bw->exact = false;
-    if (b && b->ops->weight_prepare) return b->ops->weight_prepare(b, bw);
-    return KVS_OK;
+    return weight_prepare(b, bw, w, true, false);
 }
 
 void kvs_backend_weight_release(struct kvs_backend *b, struct kvs_backend_weight *bw)
